@@ -1,0 +1,50 @@
+"""Merchant categories: the ``category`` field of a transfer.
+
+The restricted ones are those the court blacklist and low social-credit scores bar people from
+(air travel, high-speed rail, luxury hotels...), and the ones a score-keeper counts as "bad"
+(video games, gambling-adjacent entertainment).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Category(enum.IntEnum):
+    GROCERIES = 0
+    RESTAURANTS = 1
+    RETAIL = 2
+    ONLINE_SHOPPING = 3
+    UTILITIES = 4
+    LOCAL_TRANSPORT = 5
+    HEALTHCARE = 6
+    EDUCATION = 7
+    PEER_TO_PEER = 8
+    AIR_TRAVEL = 9
+    HIGH_SPEED_RAIL = 10
+    LUXURY_HOTEL = 11
+    VIDEO_GAMES = 12
+    ENTERTAINMENT = 13
+    LUXURY_GOODS = 14
+    PRIVATE_SCHOOL = 15
+
+
+#: Share of payments per category in the default workload (sums to 1).
+DEFAULT_MIX: dict[Category, float] = {
+    Category.GROCERIES: 0.22,
+    Category.RESTAURANTS: 0.16,
+    Category.RETAIL: 0.12,
+    Category.ONLINE_SHOPPING: 0.14,
+    Category.UTILITIES: 0.05,
+    Category.LOCAL_TRANSPORT: 0.08,
+    Category.HEALTHCARE: 0.03,
+    Category.EDUCATION: 0.02,
+    Category.PEER_TO_PEER: 0.08,
+    Category.AIR_TRAVEL: 0.02,
+    Category.HIGH_SPEED_RAIL: 0.03,
+    Category.LUXURY_HOTEL: 0.01,
+    Category.VIDEO_GAMES: 0.02,
+    Category.ENTERTAINMENT: 0.015,
+    Category.LUXURY_GOODS: 0.003,
+    Category.PRIVATE_SCHOOL: 0.002,
+}

@@ -1,0 +1,105 @@
+"""Result codes: one per transfer, with a documented precedence.
+
+A transfer is checked stage by stage; the first failing check wins. The numeric value of a code is
+*not* its precedence (codes are append-only for wire compatibility); ``PRECEDENCE`` is.
+
+Precedence, highest first:
+
+==================  =====================================================================
+code                meaning
+==================  =====================================================================
+UNKNOWN_OPERATOR    the operator number is outside the ledger's configured operators
+INVALID_ID          transfer_id is negative
+STALE_ID            transfer_id is older than the operator's idempotency window, so it cannot
+                    be proven new; rejected rather than risk a double payment
+DUPLICATE           (operator, transfer_id) was already processed; no money moves
+INVALID_AMOUNT      amount_fen <= 0 or > MAX_TRANSFER_FEN
+SAME_ACCOUNT        payer == payee
+UNKNOWN_ACCOUNT     payer or payee is not an account of this ledger
+FORBIDDEN_PAYER     the operator does not hold the payer's account (reserved for operator auth)
+FROZEN              payer or payee is frozen (freeze hook)
+BLACKLISTED         payer is on the blacklist and the category is restricted (blacklist hook)
+CREDIT_RESTRICTED   payer's social-credit score is below the threshold for this category
+WALLET_SINGLE_LIMIT amount exceeds the payer's wallet-class single-payment cap
+WALLET_DAILY_LIMIT  payer's spending today would exceed the wallet-class daily cap
+WALLET_BALANCE_LIMIT payee's balance would exceed its wallet-class balance cap
+INSUFFICIENT_FUNDS  payer's balance at that point in the sequence is below the amount
+HOOK_ERROR          an authorize hook raised; the whole batch is refused, nothing applied
+OVERLOADED          the server shed the transfer before it reached the ledger
+==================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class ResultCode(enum.IntEnum):
+    OK = 0
+    UNKNOWN_OPERATOR = 1
+    INVALID_ID = 2
+    DUPLICATE = 3
+    STALE_ID = 4
+    INVALID_AMOUNT = 5
+    SAME_ACCOUNT = 6
+    UNKNOWN_ACCOUNT = 7
+    FORBIDDEN_PAYER = 8
+    FROZEN = 9
+    BLACKLISTED = 10
+    CREDIT_RESTRICTED = 11
+    WALLET_SINGLE_LIMIT = 12
+    WALLET_DAILY_LIMIT = 13
+    WALLET_BALANCE_LIMIT = 14
+    INSUFFICIENT_FUNDS = 15
+    HOOK_ERROR = 16
+    OVERLOADED = 17
+
+
+#: Codes in precedence order, highest first (OK last: it only stands when nothing failed).
+PRECEDENCE: tuple[ResultCode, ...] = (
+    ResultCode.UNKNOWN_OPERATOR,
+    ResultCode.INVALID_ID,
+    ResultCode.STALE_ID,
+    ResultCode.DUPLICATE,
+    ResultCode.INVALID_AMOUNT,
+    ResultCode.SAME_ACCOUNT,
+    ResultCode.UNKNOWN_ACCOUNT,
+    ResultCode.FORBIDDEN_PAYER,
+    ResultCode.FROZEN,
+    ResultCode.BLACKLISTED,
+    ResultCode.CREDIT_RESTRICTED,
+    ResultCode.WALLET_SINGLE_LIMIT,
+    ResultCode.WALLET_DAILY_LIMIT,
+    ResultCode.WALLET_BALANCE_LIMIT,
+    ResultCode.INSUFFICIENT_FUNDS,
+    ResultCode.HOOK_ERROR,
+    ResultCode.OVERLOADED,
+    ResultCode.OK,
+)
+
+CODE_DTYPE = np.dtype(np.uint8)
+
+
+def rank_table() -> np.ndarray:
+    """Rank of each code value (lower rank wins); indexed by code value."""
+    table = np.zeros(len(ResultCode), dtype=np.uint8)
+    for rank, code in enumerate(PRECEDENCE):
+        table[code] = rank
+    return table
+
+
+def merge(codes: np.ndarray, new: np.ndarray, ranks: np.ndarray) -> None:
+    """Fold ``new`` reject codes into ``codes`` in place; the higher-precedence code wins."""
+    np.copyto(codes, new, where=ranks[new] < ranks[codes])
+
+
+def name_counts(counts: np.ndarray) -> dict[str, int]:
+    """Per-code counts (indexed by code value) keyed by lower-case code name, zeros left out."""
+    return {ResultCode(i).name.lower(): int(c) for i, c in enumerate(counts) if c}
+
+
+def counts_by_name(codes: np.ndarray) -> dict[str, int]:
+    """Histogram of result codes keyed by lower-case code name (zero counts left out)."""
+    return name_counts(np.bincount(codes, minlength=len(ResultCode)))

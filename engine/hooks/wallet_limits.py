@@ -1,0 +1,107 @@
+"""wallet_limits: the e-CNY wallet classes' single-payment, daily and balance caps.
+
+Figures from a 2020 pilot agreement (yuan; DESIGN.md): class 1 balance 500k / single 50k /
+daily 100k; class 2: 10k / 5k / 10k; class 3: 2k / 2k / 2k; class 4: 1k / 500 / 1k. (The annual
+caps are not modelled.) Class 0, institutional (merchant and corporate) wallets, has no caps.
+The single cap is an ordinary authorize veto; the daily and balance caps
+move with the money, so the ledger checks them in sequence (``SequentialLimits``) and they are
+exact within a batch. Days roll over at midnight China Standard Time (UTC+8), judged by the
+first transfer of a batch: a batch is within one day.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+import numpy as np
+
+from engine.codes import CODE_DTYPE, ResultCode
+from engine.hooks.base import Hook, Transfers
+
+if TYPE_CHECKING:
+    from engine.ledger import Ledger
+
+FEN_PER_YUAN = 100
+NS_PER_DAY = 86_400 * 10**9
+CST_OFFSET_NS = 8 * 3_600 * 10**9
+
+
+class ClassCaps(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Caps of one wallet class, in yuan."""
+
+    balance_yuan: int
+    single_yuan: int
+    daily_yuan: int
+
+
+class WalletLimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    class_1: ClassCaps = ClassCaps(500_000, 50_000, 100_000)
+    class_2: ClassCaps = ClassCaps(10_000, 5_000, 10_000)
+    class_3: ClassCaps = ClassCaps(2_000, 2_000, 2_000)
+    class_4: ClassCaps = ClassCaps(1_000, 500, 1_000)
+
+    def __post_init__(self) -> None:
+        for i, c in enumerate(self.classes(), start=1):
+            for name in ("balance_yuan", "single_yuan", "daily_yuan"):
+                v = getattr(c, name)
+                if not 0 < v * FEN_PER_YUAN < 2**32:
+                    raise ValueError(f"class_{i}.{name} must be in 1..{(2**32 - 1) // 100} yuan, got {v}")
+
+    def classes(self) -> tuple[ClassCaps, ...]:
+        return (self.class_1, self.class_2, self.class_3, self.class_4)
+
+
+#: The "cap" of institutional wallets (class 0): above any reachable amount, balance or day's
+#: spending (the ledger bounds supply and batch size so that no sum it compares can overflow).
+NO_CAP_FEN = 2**63 - 1
+
+
+def _per_class(config: WalletLimitsConfig, name: str) -> np.ndarray:
+    caps = [getattr(c, name) * FEN_PER_YUAN for c in config.classes()]
+    return np.array([NO_CAP_FEN, *caps], dtype=np.int64)
+
+
+def day_of(timestamp_ns: int) -> int:
+    """Day number in China Standard Time."""
+    return (timestamp_ns + CST_OFFSET_NS) // NS_PER_DAY
+
+
+class WalletLimits(Hook):
+    name = "wallet_limits"
+
+    def __init__(self, config: WalletLimitsConfig | None = None) -> None:
+        self.config = config or WalletLimitsConfig()
+        self.single_cap_fen = _per_class(self.config, "single_yuan")
+        self.daily_cap_fen = _per_class(self.config, "daily_yuan")
+        self.balance_cap_fen = _per_class(self.config, "balance_yuan")
+        self.daily_spent_fen = np.zeros(0, dtype=np.uint32)
+        self.day: int | None = None
+        self.rollovers = 0
+        self._wallet_class = np.zeros(0, dtype=np.uint8)
+
+    def attach(self, ledger: Ledger) -> None:
+        if ledger.limits is not None:
+            raise ValueError("a ledger takes one sequential-limits hook; wallet_limits is listed twice")
+        self.daily_spent_fen = np.zeros(ledger.accounts, dtype=np.uint32)
+        self._wallet_class = ledger.wallet_class
+        ledger.limits = self
+
+    def begin_batch(self, batch: np.ndarray) -> None:
+        day = day_of(int(batch["timestamp_ns"][0]))
+        if self.day is None:
+            self.day = day
+        elif day > self.day:
+            self.daily_spent_fen[:] = 0
+            self.day = day
+            self.rollovers += 1
+
+    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray:
+        cap = self.single_cap_fen[self._wallet_class[transfers.payer]]
+        return np.where(transfers.amount_fen > cap, ResultCode.WALLET_SINGLE_LIMIT, 0).astype(CODE_DTYPE)
+
+    def state_bytes(self) -> int:
+        return self.daily_spent_fen.nbytes
+
+    def stats(self) -> dict[str, int]:
+        return {"rollovers": self.rollovers}

@@ -1,0 +1,117 @@
+"""Per-operator idempotency: a sliding window of seen transfer ids with bounded memory.
+
+Each operator numbers its transfers (any order, ideally increasing). For each operator the ledger
+keeps ``high`` (the largest id seen) and a ring of ``window`` booleans: slot ``id % window`` says
+whether ``id`` was consumed, valid for ids in ``(high - window, high]``. An id at or below
+``high - window`` cannot be proven new and gets STALE_ID. Memory: ``window`` bytes per operator
+that has submitted at least once (1 MiB at the default window of 2**20 ids), never growing.
+
+An id is consumed by the first transfer that carries it past the id checks, whatever that
+transfer's final result: a retry of a transfer that failed for insufficient funds is a
+DUPLICATE, so a client can never apply one intent twice by retrying it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.codes import CODE_DTYPE, ResultCode
+
+DEFAULT_WINDOW = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Consumed:
+    operator: int
+    new_high: int
+    ids: np.ndarray
+
+
+class IdWindow:
+    """Sliding-window duplicate detection for up to ``operators`` operators."""
+
+    def __init__(self, operators: int, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"id window must be >= 1, got {window}")
+        self.window = window
+        self.high = np.full(operators, -1, dtype=np.int64)
+        self._seen: dict[int, np.ndarray] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self._seen.values()) + self.high.nbytes
+
+    def check(
+        self, operator: np.ndarray, transfer_id: np.ndarray, eligible: np.ndarray
+    ) -> tuple[np.ndarray, list[_Consumed]]:
+        """Codes (DUPLICATE, STALE_ID or OK) for eligible transfers, and what to commit.
+
+        Exact sequential semantics: the window a transfer is judged by ends at the largest id
+        of that operator before it, including earlier transfers of the same batch.
+        """
+        codes = np.zeros(len(transfer_id), dtype=CODE_DTYPE)
+        plan: list[_Consumed] = []
+        ops = operator[eligible]
+        if ops.size == 0:
+            return codes, plan
+        first = int(ops[0])
+        single = bool((ops == first).all())
+        for op in (first,) if single else np.unique(ops).tolist():
+            where = np.flatnonzero(eligible & (operator == op)) if not single or not eligible.all() else None
+            ids = transfer_id if where is None else transfer_id[where]
+            op_codes, consumed = self._check_one(op, ids)
+            if where is None:
+                codes = op_codes
+            else:
+                codes[where] = op_codes
+            plan.append(_Consumed(op, max(int(self.high[op]), int(ids.max())), ids[consumed]))
+        return codes, plan
+
+    def _check_one(self, op: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h0 = int(self.high[op])
+        codes = np.zeros(len(ids), dtype=CODE_DTYPE)
+        # Fast path: the usual stream of fresh, strictly increasing ids.
+        if ids[0] > h0 and (len(ids) == 1 or bool((ids[1:] > ids[:-1]).all())):
+            return codes, np.ones(len(ids), dtype=bool)
+        running = np.maximum.accumulate(ids)
+        high_before = np.empty_like(ids)
+        high_before[0] = h0
+        np.maximum(running[:-1], h0, out=high_before[1:])
+        stale = ids <= high_before - self.window
+        dup = np.zeros(len(ids), dtype=bool)
+        seen = self._seen.get(op)
+        if seen is not None:
+            dup |= (ids <= h0) & seen[ids % self.window]
+        _, first_index = np.unique(ids, return_index=True)
+        repeated = np.ones(len(ids), dtype=bool)
+        repeated[first_index] = False
+        dup |= repeated
+        dup &= ~stale
+        codes[stale] = ResultCode.STALE_ID
+        codes[dup] = ResultCode.DUPLICATE
+        return codes, ~(stale | dup)
+
+    def commit(self, plan: list[_Consumed]) -> None:
+        """Record the consumed ids of a batch that was applied."""
+        w = self.window
+        for c in plan:
+            seen = self._seen.get(c.operator)
+            if seen is None:
+                seen = self._seen[c.operator] = np.zeros(w, dtype=bool)
+            h0 = int(self.high[c.operator])
+            if c.new_high > h0:
+                # Slots of ids (h0, new_high] held ids that have now left the window.
+                if c.new_high - h0 >= w:
+                    seen[:] = False
+                else:
+                    lo, hi = (h0 + 1) % w, (c.new_high + 1) % w
+                    if lo < hi:
+                        seen[lo:hi] = False
+                    else:
+                        seen[lo:] = False
+                        seen[:hi] = False
+                self.high[c.operator] = c.new_high
+            keep = c.ids[c.ids > c.new_high - w]
+            seen[keep % w] = True

@@ -1,0 +1,358 @@
+"""The account ledger: columnar state and exact sequential batch semantics.
+
+Rules (DESIGN.md, "Ledger semantics"):
+
+* Money is int64 fen. Accounts are dense ids ``0..N-1``; state is one numpy column per field.
+* ``apply(batch)`` returns one ResultCode per transfer and leaves exactly the balances and codes
+  that applying the transfers one by one, in batch order, would leave. Checks run in the
+  precedence order documented in ``engine.codes``; the first failing check wins.
+* Policy state kept by hooks is read as of the start of the batch; the caps that move with the
+  money (daily spending, balance caps: ``SequentialLimits``) are exact within a batch.
+* Total money is constant except for explicit ``issue``/``redeem``; no balance goes negative.
+
+How ``apply`` stays exact and fast: it computes, per account touched by the batch, worst-case
+bounds (every debit succeeds and no credit arrives; every credit arrives and no debit happens).
+A transfer whose payer and payee both pass every check under the worst case succeeds whatever the
+order, so all such transfers are applied in one vectorised step. Only transfers that touch an
+account failing a bound run through an exact one-at-a-time loop, in batch order. Because the
+bounds hold for any subset of outcomes, the two parts cannot influence each other's checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from engine.codes import CODE_DTYPE, ResultCode, merge, rank_table
+from engine.hooks.base import Hook, Transfers
+from engine.idempotency import DEFAULT_WINDOW, IdWindow
+from engine.records import MAX_BATCH, MAX_SUPPLY_FEN, MAX_TRANSFER_FEN, TRANSFER_DTYPE
+
+#: Bits of the per-account ``flags`` column; hooks own the meaning of the bits they set.
+FLAG_FROZEN = np.uint8(1)
+FLAG_BLACKLISTED = np.uint8(2)
+
+#: Wallet classes: 1-4 are e-CNY's personal wallet classes (1 = fully verified, 4 = anonymous);
+#: 0 is an institutional (merchant or corporate) wallet, outside the personal-wallet caps.
+WALLET_CLASSES = (0, 1, 2, 3, 4)
+
+
+_SPENT_MAX = 2**32 - 1
+_T = TypeVar("_T")
+
+
+class SequentialLimits(Protocol):
+    """Caps checked in sequence with the money, exactly within a batch (the wallet_limits hook)."""
+
+    #: Per account: fen spent since the day rolled over (uint32; daily caps are below 2**32).
+    daily_spent_fen: np.ndarray
+    #: Per wallet class (index = class, 0..4): the daily spending cap and the balance cap, int64.
+    #: Spending is stored saturated at 2**32 - 1, so caps of 2**32 or more mean "no cap".
+    daily_cap_fen: np.ndarray
+    balance_cap_fen: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """Outcome of a conservation check."""
+
+    ok: bool
+    total_fen: int
+    expected_fen: int
+    negative_accounts: int
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "FAILED"
+        return (
+            f"audit {verdict}: total {self.total_fen} fen, expected {self.expected_fen} fen, "
+            f"{self.negative_accounts} negative balances"
+        )
+
+
+@dataclass(slots=True)
+class HookTiming:
+    """Time spent in one hook, by phase, in nanoseconds."""
+
+    authorize_ns: int = 0
+    observe_ns: int = 0
+    begin_ns: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+    @property
+    def total_ns(self) -> int:
+        return self.authorize_ns + self.observe_ns + self.begin_ns
+
+
+@dataclass(slots=True)
+class LedgerStats:
+    batches: int = 0
+    transfers: int = 0
+    exact_path_transfers: int = 0
+    refused_batches: int = 0
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(len(ResultCode), dtype=np.int64))
+
+
+class Ledger:
+    """In-memory account ledger with policy hooks.
+
+    ``accounts`` dense ids; ``balance_fen`` and ``wallet_class`` are a scalar or one value per
+    account. ``operators`` bounds the operator numbers accepted; ``id_window`` is the
+    idempotency window per operator (see ``engine.idempotency``).
+    """
+
+    def __init__(
+        self,
+        accounts: int,
+        *,
+        balance_fen: int | np.ndarray = 0,
+        wallet_class: int | np.ndarray = 1,
+        operators: int = 64,
+        id_window: int = DEFAULT_WINDOW,
+        hooks: Sequence[Hook] = (),
+    ) -> None:
+        if not 0 < accounts < 2**32:
+            raise ValueError(f"accounts must be in 1..{2**32 - 1}, got {accounts}")
+        if not 0 < operators <= 2**16:
+            raise ValueError(f"operators must be in 1..65536, got {operators}")
+        self.accounts = accounts
+        self.operators = operators
+        self.balance = np.empty(accounts, dtype=np.int64)
+        self.balance[:] = balance_fen
+        if (self.balance < 0).any():
+            raise ValueError("initial balances must be >= 0")
+        self.wallet_class = np.empty(accounts, dtype=np.uint8)
+        self.wallet_class[:] = wallet_class
+        if not np.isin(self.wallet_class, WALLET_CLASSES).all():
+            raise ValueError(f"wallet classes must be one of {WALLET_CLASSES}")
+        self.flags = np.zeros(accounts, dtype=np.uint8)
+        self.supply_fen = int(self.balance.sum(dtype=np.int64))
+        if self.supply_fen > MAX_SUPPLY_FEN:
+            raise ValueError(f"total money {self.supply_fen} fen exceeds MAX_SUPPLY_FEN {MAX_SUPPLY_FEN}")
+        self.ids = IdWindow(operators, id_window)
+        self.limits: SequentialLimits | None = None
+        self.stats = LedgerStats()
+        self._ranks = rank_table()
+        self._deferred: list[tuple[Hook, np.ndarray, np.ndarray]] = []
+        self.hooks: tuple[Hook, ...] = tuple(hooks)
+        names = [h.name for h in self.hooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"hook names must be unique, got {names}")
+        self.hook_timing = {h.name: HookTiming() for h in self.hooks}
+        for h in self.hooks:
+            h.attach(self)
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def state_bytes(self) -> int:
+        """Bytes of per-account state: ledger columns plus every hook's state."""
+        core = self.balance.nbytes + self.wallet_class.nbytes + self.flags.nbytes
+        return core + sum(h.state_bytes() for h in self.hooks)
+
+    def bytes_per_account(self) -> float:
+        return self.state_bytes() / self.accounts
+
+    def audit(self) -> Audit:
+        """Conservation check: total money equals what was issued, and nothing is negative."""
+        total = int(self.balance.sum(dtype=np.int64))
+        negative = int(np.count_nonzero(self.balance < 0))
+        return Audit(total == self.supply_fen and negative == 0, total, self.supply_fen, negative)
+
+    def issue(self, account: int, amount_fen: int) -> None:
+        """Create money in ``account`` (central-bank issuance)."""
+        self._check_account(account)
+        if amount_fen <= 0 or self.supply_fen + amount_fen > MAX_SUPPLY_FEN:
+            raise ValueError(f"cannot issue {amount_fen} fen (supply {self.supply_fen})")
+        self.balance[account] += amount_fen
+        self.supply_fen += amount_fen
+
+    def redeem(self, account: int, amount_fen: int) -> None:
+        """Destroy money held in ``account`` (redemption to reserves)."""
+        self._check_account(account)
+        if amount_fen <= 0 or amount_fen > int(self.balance[account]):
+            raise ValueError(f"cannot redeem {amount_fen} fen from balance {int(self.balance[account])}")
+        self.balance[account] -= amount_fen
+        self.supply_fen -= amount_fen
+
+    def _check_account(self, account: int) -> None:
+        if not 0 <= account < self.accounts:
+            raise ValueError(f"unknown account {account}: this ledger has accounts 0..{self.accounts - 1}")
+
+    # ---- applying batches --------------------------------------------------------------------
+
+    def apply(self, batch: np.ndarray) -> np.ndarray:
+        """Apply ``batch`` (records of TRANSFER_DTYPE) and return one result code per transfer.
+
+        Deferred observers are queued, not run: call ``run_deferred()`` when the replies are
+        out. The caller must not modify ``batch`` until then.
+        """
+        if batch.dtype != TRANSFER_DTYPE:
+            raise TypeError(f"batch dtype must be TRANSFER_DTYPE, got {batch.dtype}")
+        n = len(batch)
+        if n > MAX_BATCH:
+            raise ValueError(f"batch of {n} transfers exceeds MAX_BATCH {MAX_BATCH}; split it")
+        codes = np.zeros(n, dtype=CODE_DTYPE)
+        if n == 0:
+            return codes
+        try:
+            for h in self.hooks:
+                self._timed(h, "begin_ns", h.begin_batch, batch)
+        except Exception:  # a failing hook refuses the batch, never corrupts the ledger
+            return self._refuse(codes)
+
+        operator = batch["operator"]
+        transfer_id = batch["transfer_id"]
+        payer = batch["payer"]
+        payee = batch["payee"]
+        amount = batch["amount_fen"]
+        # Lowest precedence first, so each higher-precedence check overwrites.
+        codes[(payer >= self.accounts) | (payee >= self.accounts)] = ResultCode.UNKNOWN_ACCOUNT
+        codes[payer == payee] = ResultCode.SAME_ACCOUNT
+        codes[(amount <= 0) | (amount > MAX_TRANSFER_FEN)] = ResultCode.INVALID_AMOUNT
+        bad_operator = operator >= self.operators
+        bad_id = transfer_id < 0
+        id_codes, consumed = self.ids.check(operator, transfer_id, ~(bad_operator | bad_id))
+        np.copyto(codes, id_codes, where=id_codes != 0)
+        codes[bad_id] = ResultCode.INVALID_ID
+        codes[bad_operator] = ResultCode.UNKNOWN_OPERATOR
+
+        pending = np.flatnonzero(codes == 0)
+        if len(pending):
+            transfers = Transfers(batch, None if len(pending) == n else pending)
+            sub = np.zeros(len(pending), dtype=CODE_DTYPE)
+            for h in self.hooks:
+                if not h.authorizes:
+                    continue
+                try:
+                    vetoes = self._timed(h, "authorize_ns", h.authorize, transfers, self)
+                except Exception:  # a failing hook refuses the batch, never corrupts the ledger
+                    return self._refuse(codes)
+                if vetoes is not None:
+                    merge(sub, np.asarray(vetoes, dtype=CODE_DTYPE), self._ranks)
+            ok = sub == 0
+            settle_codes = self._settle(
+                transfers.payer[ok] if not ok.all() else transfers.payer,
+                transfers.payee[ok] if not ok.all() else transfers.payee,
+                transfers.amount_fen[ok] if not ok.all() else transfers.amount_fen,
+            )
+            sub[ok] = settle_codes
+            codes[pending] = sub
+        self.ids.commit(consumed)
+        self._count(codes)
+
+        for h in self.hooks:
+            if not h.observes:
+                continue
+            if h.deferred:
+                self._deferred.append((h, batch, codes))
+            else:
+                self._observe(h, batch, codes)
+        return codes
+
+    def _refuse(self, codes: np.ndarray) -> np.ndarray:
+        codes[:] = ResultCode.HOOK_ERROR
+        self.stats.refused_batches += 1
+        self._count(codes)
+        return codes
+
+    def run_deferred(self) -> None:
+        """Run the deferred observers queued by earlier ``apply`` calls, in order."""
+        queue, self._deferred = self._deferred, []
+        for h, batch, codes in queue:
+            self._observe(h, batch, codes)
+
+    def _observe(self, h: Hook, batch: np.ndarray, codes: np.ndarray) -> None:
+        # The batch is committed; an observer's failure is counted (in _timed), not fatal.
+        with contextlib.suppress(Exception):
+            self._timed(h, "observe_ns", h.observe, batch, codes)
+
+    def _timed(self, h: Hook, phase: str, fn: Callable[..., _T], *args: Any) -> _T:
+        timing = self.hook_timing[h.name]
+        t0 = time.perf_counter_ns()
+        try:
+            return fn(*args)
+        except Exception as exc:
+            timing.errors += 1
+            timing.last_error = f"{phase.removesuffix('_ns')}: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            setattr(timing, phase, getattr(timing, phase) + time.perf_counter_ns() - t0)
+
+    def _count(self, codes: np.ndarray) -> None:
+        self.stats.batches += 1
+        self.stats.transfers += len(codes)
+        self.stats.codes += np.bincount(codes, minlength=len(ResultCode))
+
+    def _settle(self, payer: np.ndarray, payee: np.ndarray, amount: np.ndarray) -> np.ndarray:
+        """Move money for transfers that passed every other check; codes for the sequential checks."""
+        k = len(payer)
+        codes = np.zeros(k, dtype=CODE_DTYPE)
+        if k == 0:
+            return codes
+        accounts, local = np.unique(np.concatenate([payer, payee]), return_inverse=True)
+        lp, lq = local[:k], local[k:]
+        m = len(accounts)
+        debit = np.zeros(m, dtype=np.int64)
+        credit = np.zeros(m, dtype=np.int64)
+        np.add.at(debit, lp, amount)
+        np.add.at(credit, lq, amount)
+        balance = self.balance[accounts]
+        limits = self.limits
+        safe = balance >= debit
+        if limits is not None:
+            cls = self.wallet_class[accounts]
+            spent = limits.daily_spent_fen[accounts].astype(np.int64)
+            daily_cap = limits.daily_cap_fen[cls]
+            balance_cap = limits.balance_cap_fen[cls]
+            safe &= spent + debit <= daily_cap
+            safe &= balance + credit <= balance_cap
+        if safe.all():
+            self.balance[accounts] = balance + credit - debit
+            if limits is not None:
+                limits.daily_spent_fen[accounts] = np.minimum(spent + debit, _SPENT_MAX)
+            return codes
+
+        certain = safe[lp] & safe[lq]
+        certain_debit = np.zeros(m, dtype=np.int64)
+        certain_credit = np.zeros(m, dtype=np.int64)
+        np.add.at(certain_debit, lp[certain], amount[certain])
+        np.add.at(certain_credit, lq[certain], amount[certain])
+        # Exact one-at-a-time path, on plain Python ints, for the transfers whose outcome
+        # depends on order. State starts at the batch start: certain transfers never touch the
+        # accounts whose checks can fail, and the others pass their checks in any order.
+        uncertain = np.flatnonzero(~certain)
+        self.stats.exact_path_transfers += len(uncertain)
+        bal = balance.tolist()
+        out = [0] * len(uncertain)
+        ups, uqs, uas = lp[uncertain].tolist(), lq[uncertain].tolist(), amount[uncertain].tolist()
+        if limits is None:
+            for j, (p, q, a) in enumerate(zip(ups, uqs, uas, strict=True)):
+                if bal[p] < a:
+                    out[j] = ResultCode.INSUFFICIENT_FUNDS
+                else:
+                    bal[p] -= a
+                    bal[q] += a
+        else:
+            sp = spent.tolist()
+            dcap = daily_cap.tolist()
+            bcap = balance_cap.tolist()
+            for j, (p, q, a) in enumerate(zip(ups, uqs, uas, strict=True)):
+                if sp[p] + a > dcap[p]:
+                    out[j] = ResultCode.WALLET_DAILY_LIMIT
+                elif bal[q] + a > bcap[q]:
+                    out[j] = ResultCode.WALLET_BALANCE_LIMIT
+                elif bal[p] < a:
+                    out[j] = ResultCode.INSUFFICIENT_FUNDS
+                else:
+                    bal[p] -= a
+                    bal[q] += a
+                    sp[p] += a
+            limits.daily_spent_fen[accounts] = np.minimum(np.array(sp, dtype=np.int64) + certain_debit, _SPENT_MAX)
+        self.balance[accounts] = np.array(bal, dtype=np.int64) + certain_credit - certain_debit
+        codes[uncertain] = out
+        return codes
