@@ -131,9 +131,10 @@ class Ledger:
         if not np.isin(self.wallet_class, WALLET_CLASSES).all():
             raise ValueError(f"wallet classes must be one of {WALLET_CLASSES}")
         self.flags = np.zeros(accounts, dtype=np.uint8)
+        # The float sum guards the exact int64 sum against wrapping around.
+        if float(self.balance.sum(dtype=np.float64)) > MAX_SUPPLY_FEN:
+            raise ValueError(f"total initial money exceeds MAX_SUPPLY_FEN ({MAX_SUPPLY_FEN} fen)")
         self.supply_fen = int(self.balance.sum(dtype=np.int64))
-        if self.supply_fen > MAX_SUPPLY_FEN:
-            raise ValueError(f"total money {self.supply_fen} fen exceeds MAX_SUPPLY_FEN {MAX_SUPPLY_FEN}")
         self.ids = IdWindow(operators, id_window)
         self.limits: SequentialLimits | None = None
         self.stats = LedgerStats()

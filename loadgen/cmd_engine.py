@@ -1,10 +1,7 @@
 """``cbdc-bench engine``: the in-process benchmark of the ledger and its hooks (no network).
 
-Batches are generated up front (outside the timed region) and cycled with fresh ids; only
-``Ledger.apply`` and the deferred observers are timed. Every other cycle runs the pool with payer
-and payee swapped: replaying the same payments in one direction would drain the same payers
-cycle after cycle, which no real stream does; reversing them keeps balances near their seeded
-distribution however long the run. The first ``warmup`` seconds are run and
+Batches are generated up front (outside the timed region) and replayed by a ``BatchPool``; only
+``Ledger.apply`` and the deferred observers are timed. The first ``warmup`` seconds are run and
 discarded, so caches, allocator and branch predictors are warm when measuring starts.
 """
 
@@ -21,7 +18,7 @@ from engine.codes import name_counts
 from engine.ledger import Ledger
 from engine.profiles import PROFILES, build_hooks
 from loadgen.environment import collect
-from loadgen.workload import DEFAULT_SEED, Workload, WorkloadConfig
+from loadgen.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
 
 
 class EngineResult(msgspec.Struct, frozen=True):
@@ -59,33 +56,26 @@ def run_engine(
     workload = Workload(WorkloadConfig(accounts=accounts, seed=seed))
     balance, wallet_class = workload.initial_state()
     ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=build_hooks(profile, scenario))
-    batches = [workload.batch(batch, first_id=i * batch) for i in range(pool)]
-    id_step = pool * batch
-    time_step = int(id_step * workload.ns_per_payment)
+    stream = BatchPool(workload, pool, batch)
 
-    def run_for(duration: float, cycle: int) -> tuple[int, int, int]:
+    def run_for(duration: float) -> tuple[int, int]:
         spent_ns = 0
         done = 0
         while spent_ns < duration * 1e9:
-            for b in batches:
-                if cycle:
-                    b["transfer_id"] += id_step
-                    b["timestamp_ns"] += time_step
-                    b["payer"], b["payee"] = b["payee"].copy(), b["payer"].copy()
-                t0 = time.perf_counter_ns()
-                ledger.apply(b)
-                ledger.run_deferred()
-                spent_ns += time.perf_counter_ns() - t0
-                done += len(b)
-            cycle += 1
-        return spent_ns, done, cycle
+            b = stream.next()
+            t0 = time.perf_counter_ns()
+            ledger.apply(b)
+            ledger.run_deferred()
+            spent_ns += time.perf_counter_ns() - t0
+            done += len(b)
+        return spent_ns, done
 
-    _, _, cycle = run_for(warmup, 0)
+    run_for(warmup)
     before_transfers = ledger.stats.transfers
     before_exact = ledger.stats.exact_path_transfers
     before_codes = ledger.stats.codes.copy()
     before_hooks = {n: t.total_ns for n, t in ledger.hook_timing.items()}
-    spent_ns, done, _ = run_for(seconds, cycle)
+    spent_ns, done = run_for(seconds)
     measured = ledger.stats.transfers - before_transfers
     audit = ledger.audit()
     return EngineResult(
