@@ -318,31 +318,35 @@ class Ledger:
                 limits.daily_spent_fen[accounts] = np.minimum(spent + debit, _SPENT_MAX)
             return codes
 
-        certain = safe[lp] & safe[lq]
-        certain_debit = np.zeros(m, dtype=np.int64)
-        certain_credit = np.zeros(m, dtype=np.int64)
-        np.add.at(certain_debit, lp[certain], amount[certain])
-        np.add.at(certain_credit, lq[certain], amount[certain])
         # Exact one-at-a-time path, on plain Python ints, for the transfers whose outcome
-        # depends on order. State starts at the batch start: certain transfers never touch the
-        # accounts whose checks can fail, and the others pass their checks in any order.
-        uncertain = np.flatnonzero(~certain)
+        # depends on order: those touching an account that fails a worst-case bound. Their state
+        # starts at the batch start, because certain transfers never touch such accounts and
+        # every other account passes its checks whatever subset of transfers succeeds.
+        uncertain = np.flatnonzero(~(safe[lp] & safe[lq]))
         self.stats.exact_path_transfers += len(uncertain)
-        bal = balance.tolist()
-        out = [0] * len(uncertain)
-        ups, uqs, uas = lp[uncertain].tolist(), lq[uncertain].tolist(), amount[uncertain].tolist()
+        up, uq, ua = lp[uncertain], lq[uncertain], amount[uncertain]
+        # Certain transfers' totals: everything minus what the uncertain transfers asked for.
+        np.subtract.at(debit, up, ua)
+        np.subtract.at(credit, uq, ua)
+        involved, loop_local = np.unique(np.concatenate([up, uq]), return_inverse=True)
+        u = len(uncertain)
+        start_bal = balance[involved]
+        bal = start_bal.tolist()
+        out = [0] * u
+        pairs = zip(loop_local[:u].tolist(), loop_local[u:].tolist(), ua.tolist(), strict=True)
         if limits is None:
-            for j, (p, q, a) in enumerate(zip(ups, uqs, uas, strict=True)):
+            for j, (p, q, a) in enumerate(pairs):
                 if bal[p] < a:
                     out[j] = ResultCode.INSUFFICIENT_FUNDS
                 else:
                     bal[p] -= a
                     bal[q] += a
         else:
-            sp = spent.tolist()
-            dcap = daily_cap.tolist()
-            bcap = balance_cap.tolist()
-            for j, (p, q, a) in enumerate(zip(ups, uqs, uas, strict=True)):
+            start_spent = spent[involved]
+            sp = start_spent.tolist()
+            dcap = daily_cap[involved].tolist()
+            bcap = balance_cap[involved].tolist()
+            for j, (p, q, a) in enumerate(pairs):
                 if sp[p] + a > dcap[p]:
                     out[j] = ResultCode.WALLET_DAILY_LIMIT
                 elif bal[q] + a > bcap[q]:
@@ -353,7 +357,11 @@ class Ledger:
                     bal[p] -= a
                     bal[q] += a
                     sp[p] += a
-            limits.daily_spent_fen[accounts] = np.minimum(np.array(sp, dtype=np.int64) + certain_debit, _SPENT_MAX)
-        self.balance[accounts] = np.array(bal, dtype=np.int64) + certain_credit - certain_debit
+            spent += debit
+            spent[involved] += np.array(sp, dtype=np.int64) - start_spent
+            limits.daily_spent_fen[accounts] = np.minimum(spent, _SPENT_MAX)
+        new_balance = balance + credit - debit
+        new_balance[involved] += np.array(bal, dtype=np.int64) - start_bal
+        self.balance[accounts] = new_balance
         codes[uncertain] = out
         return codes
