@@ -1,0 +1,115 @@
+"""Search for the maximum sustainable throughput (DESIGN.md's definition).
+
+A rate is *sustained* when achieved >= ``min_achieved_ratio`` (99%) of offered and p99 latency
+<= the SLO. The search brackets the boundary (doubling up from a start rate, or halving down),
+bisects it to a relative precision, then confirms: a run at 95% of the found rate must be
+sustained and a run at 105% must not be, both repeated; a confirmation that disagrees is reported,
+not hidden. ``measure`` is any callable rate -> RunOutcome, so the logic is tested on a simulated
+system whose capacity is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+
+class RunOutcome(msgspec.Struct, frozen=True):
+    """What one measured run at one offered rate gave."""
+
+    offered_tps: float
+    achieved_tps: float
+    p99_ms: float
+
+
+class Trial(msgspec.Struct, frozen=True):
+    offered_tps: float
+    achieved_tps: float
+    p99_ms: float
+    sustained: bool
+    phase: str  # "bracket", "bisect", "confirm-low" or "confirm-high"
+
+
+class SearchResult(msgspec.Struct, frozen=True):
+    max_sustainable_tps: float
+    slo_p99_ms: float
+    confirmed: bool  # every confirm-low run sustained and every confirm-high run did not
+    note: str
+    trials: list[Trial]
+
+
+def sustained(outcome: RunOutcome, slo_p99_ms: float, min_achieved_ratio: float = 0.99) -> bool:
+    return outcome.achieved_tps >= min_achieved_ratio * outcome.offered_tps and outcome.p99_ms <= slo_p99_ms
+
+
+def find_max_sustainable(
+    measure: Callable[[float], RunOutcome],
+    *,
+    slo_p99_ms: float,
+    start_tps: float,
+    max_tps: float,
+    min_tps: float = 1_000.0,
+    precision: float = 0.05,
+    confirm_repeats: int = 1,
+    min_achieved_ratio: float = 0.99,
+    progress: Callable[[Trial], None] | None = None,
+) -> SearchResult:
+    """Bracket, bisect to ``precision`` (relative), then confirm at 95% and 105%."""
+    if not 0 < min_tps <= start_tps <= max_tps:
+        raise ValueError(f"need 0 < min_tps <= start_tps <= max_tps, got {min_tps}, {start_tps}, {max_tps}")
+    trials: list[Trial] = []
+
+    def run(rate: float, phase: str) -> bool:
+        outcome = measure(rate)
+        ok = sustained(outcome, slo_p99_ms, min_achieved_ratio)
+        trial = Trial(rate, outcome.achieved_tps, outcome.p99_ms, ok, phase)
+        trials.append(trial)
+        if progress is not None:
+            progress(trial)
+        return ok
+
+    # Bracket: lo sustained, hi not (hi = None while no failure is seen below max_tps).
+    lo: float | None = None
+    hi: float | None = None
+    rate = start_tps
+    if run(rate, "bracket"):
+        lo = rate
+        while hi is None and lo < max_tps:
+            rate = min(lo * 2, max_tps)
+            if run(rate, "bracket"):
+                lo = rate
+            else:
+                hi = rate
+    else:
+        hi = rate
+        while lo is None and hi > min_tps:
+            rate = max(hi / 2, min_tps)
+            if run(rate, "bracket"):
+                lo = rate
+            else:
+                hi = rate
+    if lo is None:
+        return SearchResult(0.0, slo_p99_ms, False, f"not sustained even at {min_tps:,.0f}/s", trials)
+    if hi is None:
+        return SearchResult(lo, slo_p99_ms, False, f"sustained up to the search ceiling {max_tps:,.0f}/s", trials)
+
+    while (hi - lo) / lo > precision:
+        mid = (lo + hi) / 2
+        if run(mid, "bisect"):
+            lo = mid
+        else:
+            hi = mid
+
+    low_ok = [run(lo * 0.95, "confirm-low") for _ in range(confirm_repeats)]
+    high_ok = [run(lo * 1.05, "confirm-high") for _ in range(confirm_repeats)]
+    confirmed = all(low_ok) and not any(high_ok)
+    note = (
+        "confirmed"
+        if confirmed
+        else (
+            f"confirmation disagrees: 95% sustained {sum(low_ok)}/{len(low_ok)}, "
+            f"105% sustained {sum(high_ok)}/{len(high_ok)} (noisy machine or a soft knee)"
+        )
+    )
+    return SearchResult(lo, slo_p99_ms, confirmed, note, trials)
