@@ -98,12 +98,20 @@ class LedgerStats:
     codes: np.ndarray = field(default_factory=lambda: np.zeros(len(ResultCode), dtype=np.int64))
 
 
+def owner_ranges(accounts: int, operators: int) -> np.ndarray:
+    """Bounds giving each operator an equal contiguous share of the accounts."""
+    return np.linspace(0, accounts, operators + 1).round().astype(np.int64)
+
+
 class Ledger:
     """In-memory account ledger with policy hooks.
 
     ``accounts`` dense ids; ``balance_fen`` and ``wallet_class`` are a scalar or one value per
     account. ``operators`` bounds the operator numbers accepted; ``id_window`` is the
-    idempotency window per operator (see ``engine.idempotency``).
+    idempotency window per operator (see ``engine.idempotency``). ``owners``, if given, makes
+    each operator hold a contiguous range of accounts (``owner_ranges``): operator k may debit
+    only accounts ``owners[k] <= a < owners[k+1]`` (FORBIDDEN_PAYER otherwise); it costs no
+    per-account memory.
     """
 
     def __init__(
@@ -115,6 +123,7 @@ class Ledger:
         operators: int = 64,
         id_window: int = DEFAULT_WINDOW,
         hooks: Sequence[Hook] = (),
+        owners: np.ndarray | None = None,
     ) -> None:
         if not 0 < accounts < 2**32:
             raise ValueError(f"accounts must be in 1..{2**32 - 1}, got {accounts}")
@@ -136,6 +145,12 @@ class Ledger:
             raise ValueError(f"total initial money exceeds MAX_SUPPLY_FEN ({MAX_SUPPLY_FEN} fen)")
         self.supply_fen = int(self.balance.sum(dtype=np.int64))
         self.ids = IdWindow(operators, id_window)
+        self.owners: np.ndarray | None = None
+        if owners is not None:
+            bounds = np.asarray(owners, dtype=np.int64)
+            if len(bounds) != operators + 1 or bounds[0] != 0 or bounds[-1] != accounts or (np.diff(bounds) < 0).any():
+                raise ValueError(f"owners must be {operators + 1} non-decreasing bounds from 0 to {accounts}")
+            self.owners = bounds
         self.limits: SequentialLimits | None = None
         self.stats = LedgerStats()
         self._ranks = rank_table()
@@ -212,6 +227,9 @@ class Ledger:
         payee = batch["payee"]
         amount = batch["amount_fen"]
         # Lowest precedence first, so each higher-precedence check overwrites.
+        if self.owners is not None:
+            owner = np.searchsorted(self.owners, payer, side="right") - 1
+            codes[owner != operator] = ResultCode.FORBIDDEN_PAYER
         codes[(payer >= self.accounts) | (payee >= self.accounts)] = ResultCode.UNKNOWN_ACCOUNT
         codes[payer == payee] = ResultCode.SAME_ACCOUNT
         codes[(amount <= 0) | (amount > MAX_TRANSFER_FEN)] = ResultCode.INVALID_AMOUNT

@@ -53,6 +53,7 @@ class ReferenceLedger:
         id_window: int = DEFAULT_WINDOW,
         wallet_limits: WalletLimitsConfig | None = None,
         hooks: Sequence[ReferenceHook] = (),
+        owners: Sequence[int] | None = None,
     ) -> None:
         self.balance = [int(b) for b in balances]
         self.wallet_class = [int(c) for c in wallet_classes]
@@ -65,6 +66,7 @@ class ReferenceLedger:
         self.day: int | None = None
         self.hooks = list(hooks)
         self.supply = sum(self.balance)
+        self.owners = None if owners is None else [int(b) for b in owners]
 
     def _caps(self, account: int) -> tuple[int, int, int]:
         assert self.limits is not None
@@ -117,6 +119,8 @@ class ReferenceLedger:
         n = len(self.balance)
         if payer >= n or payee >= n:
             return ResultCode.UNKNOWN_ACCOUNT
+        if self.owners is not None and not self.owners[op] <= payer < self.owners[op + 1]:
+            return ResultCode.FORBIDDEN_PAYER
         vetoes = [h.authorize_one(tx, self) for h in self.hooks]
         if self.limits is not None and amount > self._caps(payer)[0]:
             vetoes.append(ResultCode.WALLET_SINGLE_LIMIT)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.hooks.wallet_limits import WalletLimits, WalletLimitsConfig
-from engine.ledger import Ledger
+from engine.ledger import Ledger, owner_ranges
 from engine.records import MAX_TRANSFER_FEN, TRANSFER_DTYPE
 from engine.reference import ReferenceLedger
 
@@ -19,11 +19,13 @@ def twins(
     limits: bool = False,
     operators: int = 4,
     id_window: int = 64,
+    owned: bool = False,
 ) -> tuple[Ledger, ReferenceLedger]:
     """A vectorised ledger and the reference model in the same starting state."""
     balances = np.asarray(balances, dtype=np.int64)
     classes = np.full(len(balances), 1, dtype=np.uint8) if classes is None else np.asarray(classes, dtype=np.uint8)
     config = WalletLimitsConfig()
+    owners = owner_ranges(len(balances), operators) if owned else None
     ledger = Ledger(
         len(balances),
         balance_fen=balances,
@@ -31,6 +33,7 @@ def twins(
         operators=operators,
         id_window=id_window,
         hooks=[WalletLimits(config)] if limits else [],
+        owners=owners,
     )
     ref = ReferenceLedger(
         balances.tolist(),
@@ -38,6 +41,7 @@ def twins(
         operators=operators,
         id_window=id_window,
         wallet_limits=config if limits else None,
+        owners=None if owners is None else owners.tolist(),
     )
     return ledger, ref
 

@@ -10,7 +10,7 @@ import pytest
 from engine.codes import PRECEDENCE, ResultCode
 from engine.hooks.base import Hook, Transfers
 from engine.hooks.wallet_limits import NS_PER_DAY, WalletLimits
-from engine.ledger import Ledger
+from engine.ledger import Ledger, owner_ranges
 from engine.records import MAX_BATCH, MAX_TRANSFER_FEN, make_batch
 from tests.helpers import assert_same, twins
 
@@ -81,6 +81,15 @@ def test_same_account() -> None:
 @pytest.mark.parametrize(("payer", "payee"), [(0, 2), (2, 0), (2**32 - 1, 0)])
 def test_unknown_account(payer: int, payee: int) -> None:
     assert one(Ledger(2, balance_fen=100), payer, payee, 10) == R.UNKNOWN_ACCOUNT
+
+
+def test_forbidden_payer_outside_the_operators_range() -> None:
+    ledger = Ledger(10, balance_fen=100, operators=2, owners=owner_ranges(10, 2))
+    assert one(ledger, 7, 1, 10, operator=0) == R.FORBIDDEN_PAYER  # account 7 belongs to operator 1
+    assert one(ledger, 7, 1, 10, operator=1) == R.OK  # its own operator may debit it
+    assert one(ledger, 2, 8, 10, operator=0) == R.OK  # paying another bank's customer is fine
+    with pytest.raises(ValueError, match="owners must be"):
+        Ledger(10, operators=2, owners=np.array([0, 5]))
 
 
 def test_insufficient_funds() -> None:

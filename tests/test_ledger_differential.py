@@ -11,13 +11,15 @@ from loadgen.workload import Workload, WorkloadConfig
 from tests.helpers import assert_same, random_batch, twins
 
 
-@pytest.mark.parametrize("limits", [False, True], ids=["baseline", "wallet_limits"])
-def test_random_adversarial_batches_match_reference(seed: int, limits: bool) -> None:
+@pytest.mark.parametrize(
+    ("limits", "owned"), [(False, False), (True, False), (True, True)], ids=["baseline", "wallet_limits", "owned"]
+)
+def test_random_adversarial_batches_match_reference(seed: int, limits: bool, owned: bool) -> None:
     rng = np.random.default_rng(seed)
     accounts = 40
     balances = rng.integers(0, 20_000, accounts)
     classes = rng.integers(0, 5, accounts)
-    ledger, ref = twins(balances, classes, limits=limits)
+    ledger, ref = twins(balances, classes, limits=limits, owned=owned)
     next_id = 0
     seen_codes: set[int] = set()
     for _ in range(40):
