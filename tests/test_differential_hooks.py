@@ -140,7 +140,7 @@ def test_profile_matches_reference(profile, seed, rng) -> None:
     else:
         near = rng.choice(ACCOUNTS, 15, replace=False)
 
-    d.realistic(4, 500)
+    d.realistic(6, 800)
     d.drain()
     d.chain()
     listed = np.flatnonzero(ledger.flags & 2)

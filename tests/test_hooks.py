@@ -101,8 +101,10 @@ def test_frozen_accounts_neither_pay_nor_receive_and_unfreeze_restores() -> None
     batch = make_batch([2, 1, 1], [1, 2, 3], 50, transfer_id=ids(3))
     assert ledger.apply(batch).tolist() == [ResultCode.FROZEN, ResultCode.FROZEN, OK]
     assert int(ledger.balance[2]) == 1_000_000
-    fr.unfreeze(2)
-    assert not fr.is_frozen(2)
+    fr.freeze([2, 2, 3])
+    assert fr.stats()["frozen"] == fr.frozen() == 2
+    fr.unfreeze([2, 3, 4])
+    assert not fr.is_frozen(2) and fr.stats()["frozen"] == fr.frozen() == 0
     assert ledger.apply(make_batch([2, 1], [1, 2], 50, transfer_id=ids(2))).tolist() == [OK, OK]
     assert ledger.audit().ok
 
