@@ -28,7 +28,17 @@ from engine.hooks.surveillance_log import SurveillanceLog
 from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN, Ledger
 from engine.reference import ReferenceHook, ReferenceLedger, Tx
 
-_FIELDS = ("transfer_id", "timestamp_ns", "amount_fen", "device_id", "payer", "payee", "location_cell", "operator")
+_FIELDS = (
+    "transfer_id",
+    "timestamp_ns",
+    "amount_fen",
+    "device_id",
+    "payer",
+    "payee",
+    "location_cell",
+    "operator",
+    "category",
+)
 _RECORD = struct.Struct("<qqqQIIIHH")  # TRANSFER_DTYPE, field by field
 _M64 = (1 << 64) - 1
 
@@ -112,7 +122,7 @@ class RefSurveillanceLog(_Base):
 
     def observe_batch(self, txs: list[Tx], codes: list[int]) -> None:
         for tx, code in zip(txs, codes, strict=True):
-            self.rows.append((*(tx[f] for f in _FIELDS), tx["category"], code))
+            self.rows.append((*(tx[f] for f in _FIELDS), code))
             self.seen += 1
 
     def query(self, account: int) -> list[tuple[int, ...]]:
@@ -143,7 +153,7 @@ class RefAuditChain(_Base):
         leaves = []
         for i in range(0, len(txs), self.leaf_transfers):
             chunk = txs[i : i + self.leaf_transfers]
-            body = b"".join(_RECORD.pack(*(tx[f] for f in _FIELDS), tx["category"]) for tx in chunk)
+            body = b"".join(_RECORD.pack(*(tx[f] for f in _FIELDS)) for tx in chunk)
             leaves.append(self._h(b"\x00" + body + bytes(codes[i : i + self.leaf_transfers])))
         merkle = self._merkle(leaves)
         self.head = self._h(b"\x02" + self.head + struct.pack("<QI", self.batches, len(txs)) + merkle)

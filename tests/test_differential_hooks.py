@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from engine.categories import RESTRICTED_DEFAULT, Category
+from engine.codes import ResultCode
 from engine.hooks.audit_chain import AuditChain
 from engine.hooks.blacklist import Blacklist
 from engine.hooks.freeze import Freeze
 from engine.hooks.privacy import CATEGORY_COLUMNS, Privacy
 from engine.hooks.social_credit import SocialCredit
 from engine.hooks.surveillance_log import SurveillanceLog
-from engine.ledger import Ledger
+from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN, Ledger
 from engine.profiles import build_hooks, profile_names
 from engine.records import make_batch
 from engine.reference import ReferenceLedger
@@ -143,7 +144,7 @@ def test_profile_matches_reference(profile, seed, rng) -> None:
     d.realistic(6, 800)
     d.drain()
     d.chain()
-    listed = np.flatnonzero(ledger.flags & 2)
+    listed = np.flatnonzero(ledger.flags & FLAG_BLACKLISTED)
     d.restricted_spending(listed)
     if bl is not None:  # runtime changes, mirrored on the reference
         add, remove = rng.choice(ACCOUNTS, 30, replace=False), listed[: len(listed) // 2]
@@ -151,15 +152,15 @@ def test_profile_matches_reference(profile, seed, rng) -> None:
         bl.remove(remove)
         ref_of(ref, "blacklist").add(add.tolist())
         ref_of(ref, "blacklist").remove(remove.tolist())
-        d.restricted_spending(np.flatnonzero(ledger.flags & 2))
+        d.restricted_spending(np.flatnonzero(ledger.flags & FLAG_BLACKLISTED))
     if fr is not None:
         victims = rng.choice(ACCOUNTS, 20, replace=False)
         fr.freeze(victims)
         ref_of(ref, "freeze").freeze(victims.tolist())
-        d.frozen_traffic(np.flatnonzero(ledger.flags & 1))
+        d.frozen_traffic(np.flatnonzero(ledger.flags & FLAG_FROZEN))
         fr.unfreeze(victims[:10])
         ref_of(ref, "freeze").unfreeze(victims[:10].tolist())
-    d.frozen_traffic(np.flatnonzero(ledger.flags & 1))
+    d.frozen_traffic(np.flatnonzero(ledger.flags & FLAG_FROZEN))
     d.score_crossing(near)
     d.realistic(2, 500)
 
@@ -189,7 +190,9 @@ def test_profile_matches_reference(profile, seed, rng) -> None:
         for (region, cat, index), rank in rpv.registers.items():
             registers[region * CATEGORY_COLUMNS + cat, index] = rank
         assert np.array_equal(pv.registers, registers)
-    assert sum(ledger.stats.codes[c] for c in (9, 10, 11)) > 0 or profile in (
+    assert sum(
+        ledger.stats.codes[c] for c in (ResultCode.FROZEN, ResultCode.BLACKLISTED, ResultCode.CREDIT_RESTRICTED)
+    ) > 0 or profile in (
         "baseline",
         "limits",
         "surveillance",

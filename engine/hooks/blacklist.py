@@ -14,11 +14,8 @@ import numpy as np
 
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
 from engine.codes import CODE_DTYPE, ResultCode
-from engine.hooks.base import Hook, Transfers, as_accounts
+from engine.hooks.base import Hook, Transfers, as_accounts, seeded_chunks
 from engine.ledger import FLAG_BLACKLISTED, Ledger
-
-#: Accounts are drawn in chunks so listing 1.4 billion accounts needs no 11 GB of random floats.
-_DRAW_CHUNK = 1 << 22
 
 
 class BlacklistConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -38,10 +35,8 @@ def seeded_flags(flags: np.ndarray, bit: np.uint8, fraction: float, seed: int) -
     """Set ``bit`` in a seeded ``fraction`` of ``flags`` (each account independently)."""
     if fraction <= 0:
         return
-    rng = np.random.default_rng(seed)
-    for start in range(0, len(flags), _DRAW_CHUNK):
-        part = flags[start : start + _DRAW_CHUNK]
-        part[rng.random(len(part)) < fraction] |= bit
+    for part, n, rng in seeded_chunks(len(flags), seed):
+        flags[part][rng.random(n) < fraction] |= bit
 
 
 class Blacklist(Hook):

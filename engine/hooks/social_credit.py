@@ -23,10 +23,8 @@ import numpy as np
 
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
 from engine.codes import CODE_DTYPE, ResultCode
-from engine.hooks.base import Hook, Transfers, as_accounts
+from engine.hooks.base import Hook, Transfers, as_accounts, seeded_chunks
 from engine.ledger import Ledger
-
-_DRAW_CHUNK = 1 << 22
 
 
 class SocialCreditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -75,10 +73,8 @@ class SocialCredit(Hook):
     def attach(self, ledger: Ledger) -> None:
         c = self.config
         self.score = np.empty(ledger.accounts, dtype=np.uint16)
-        rng = np.random.default_rng(c.seed)
-        for start in range(0, ledger.accounts, _DRAW_CHUNK):
-            part = self.score[start : start + _DRAW_CHUNK]
-            part[:] = np.clip(np.rint(rng.normal(c.initial_mean, c.initial_sd, len(part))), c.min_score, c.max_score)
+        for part, n, rng in seeded_chunks(ledger.accounts, c.seed):
+            self.score[part] = np.clip(np.rint(rng.normal(c.initial_mean, c.initial_sd, n)), c.min_score, c.max_score)
 
     def set_scores(self, accounts: int | np.ndarray | list[int], score: int | np.ndarray) -> None:
         """Set scores directly (an administrative correction), clipped to the range."""
