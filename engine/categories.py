@@ -8,6 +8,9 @@ The restricted ones are those the court blacklist and low social-credit scores b
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
+
+import numpy as np
 
 
 class Category(enum.IntEnum):
@@ -48,3 +51,28 @@ DEFAULT_MIX: dict[Category, float] = {
     Category.LUXURY_GOODS: 0.003,
     Category.PRIVATE_SCHOOL: 0.002,
 }
+
+
+#: Categories the court blacklist and a low social-credit score bar by default.
+RESTRICTED_DEFAULT: tuple[str, ...] = (
+    "AIR_TRAVEL",
+    "HIGH_SPEED_RAIL",
+    "LUXURY_HOTEL",
+    "LUXURY_GOODS",
+    "PRIVATE_SCHOOL",
+)
+
+
+def check_names(names: Iterable[str], field: str) -> None:
+    """Raise ValueError naming ``field`` unless every item of ``names`` is a Category name."""
+    unknown = [n for n in names if n not in Category.__members__]
+    if unknown:
+        raise ValueError(f"{field}: unknown categories {unknown}; known: {', '.join(Category.__members__)}")
+
+
+def category_table(values: dict[str, int], dtype: type[np.generic]) -> np.ndarray:
+    """Lookup table indexed by any ``category`` value (uint16): ``values`` by name, 0 elsewhere."""
+    table = np.zeros(1 << 16, dtype=dtype)
+    for name, v in values.items():
+        table[Category[name]] = v
+    return table

@@ -1,22 +1,102 @@
-"""Hook profiles: named, ordered lists of policy hooks.
+"""Hook profiles: named, ordered lists of policy hooks, read from a TOML scenario file.
 
-The policy-hooks work replaces this minimal registry with profiles read from a TOML scenario file.
+The package ships ``engine/scenarios/default.toml`` with the profiles ``baseline``, ``limits``,
+``compliance``, ``enforcement``, ``surveillance``, ``full`` and ``privacy`` and every built-in
+hook's parameters; users copy it and pass their copy as ``scenario_path``. The file is decoded
+into the typed, frozen Structs below; unknown fields and bad values are errors that name the file,
+the field (``$.hooks.blacklist.listed_fraction``) and the problem.
 """
 
 from __future__ import annotations
 
+import importlib.resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.hooks.audit_chain import AuditChainConfig
 from engine.hooks.base import Hook
-from engine.hooks.wallet_limits import WalletLimits
+from engine.hooks.blacklist import BlacklistConfig
+from engine.hooks.freeze import FreezeConfig
+from engine.hooks.privacy import PrivacyConfig
+from engine.hooks.registry import BUILTIN, check_spec, load_hook
+from engine.hooks.social_credit import SocialCreditConfig
+from engine.hooks.surveillance_log import SurveillanceLogConfig
+from engine.hooks.wallet_limits import WalletLimitsConfig
 
-PROFILES = ("baseline", "limits")
+
+class HookSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Parameters of every built-in hook (all optional), and of users' hooks under ``custom``."""
+
+    wallet_limits: WalletLimitsConfig = WalletLimitsConfig()
+    blacklist: BlacklistConfig = BlacklistConfig()
+    freeze: FreezeConfig = FreezeConfig()
+    social_credit: SocialCreditConfig = SocialCreditConfig()
+    surveillance_log: SurveillanceLogConfig = SurveillanceLogConfig()
+    audit_chain: AuditChainConfig = AuditChainConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    #: Keyword arguments for ``module:attribute`` hooks, keyed by that spec.
+    custom: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+    def params(self, spec: str) -> Any:
+        return getattr(self, spec) if spec in BUILTIN else self.custom.get(spec, {})
 
 
-def build_hooks(profile: str, scenario_path: str | None = None) -> list[Hook]:
-    """Fresh hook instances for ``profile``."""
-    if scenario_path is not None:
-        raise ValueError("scenario files are not supported yet")
-    if profile == "baseline":
-        return []
-    if profile == "limits":
-        return [WalletLimits()]
-    raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    profiles: dict[str, tuple[str, ...]]
+    hooks: HookSettings = HookSettings()
+
+    def __post_init__(self) -> None:
+        if not self.profiles:
+            raise ValueError("profiles: define at least one profile")
+        for name, specs in self.profiles.items():
+            for spec in specs:
+                try:
+                    check_spec(spec)
+                except ValueError as exc:
+                    raise ValueError(f"profile {name!r}: {exc}") from None
+            if len(set(specs)) != len(specs):
+                raise ValueError(f"profile {name!r} lists a hook twice: {list(specs)}")
+
+
+def default_scenario_text() -> bytes:
+    """The shipped default scenario file, for users to copy."""
+    return importlib.resources.files("engine.scenarios").joinpath("default.toml").read_bytes()
+
+
+def load_scenario(scenario_path: str | Path | None = None) -> Scenario:
+    """Decode and validate a scenario file (the shipped default when ``scenario_path`` is None)."""
+    if scenario_path is None:
+        name, data = "default scenario (engine/scenarios/default.toml)", default_scenario_text()
+    else:
+        name = str(scenario_path)
+        try:
+            data = Path(scenario_path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read scenario file {name}: {exc.strerror or exc}") from exc
+    try:
+        return msgspec.toml.decode(data, type=Scenario)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"scenario {name}: invalid: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"scenario {name}: not valid TOML: {exc}") from exc
+
+
+def profile_names(scenario_path: str | Path | None = None) -> tuple[str, ...]:
+    """The profiles a scenario defines, in file order."""
+    return tuple(load_scenario(scenario_path).profiles)
+
+
+def profile_hooks(profile: str, scenario: Scenario) -> tuple[str, ...]:
+    """The hook specs of ``profile``; ValueError listing the profiles if there is none such."""
+    try:
+        return scenario.profiles[profile]
+    except KeyError:
+        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(scenario.profiles)}") from None
+
+
+def build_hooks(profile: str, scenario_path: str | Path | None = None) -> list[Hook]:
+    """Fresh hook instances for ``profile`` of the scenario at ``scenario_path`` (default: shipped)."""
+    scenario = load_scenario(scenario_path)
+    return [load_hook(spec, scenario.hooks.params(spec)) for spec in profile_hooks(profile, scenario)]

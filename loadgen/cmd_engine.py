@@ -16,7 +16,7 @@ import msgspec
 
 from engine.codes import name_counts
 from engine.ledger import Ledger
-from engine.profiles import PROFILES, build_hooks
+from engine.profiles import build_hooks, profile_names
 from loadgen.environment import collect
 from loadgen.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
 
@@ -37,6 +37,8 @@ class EngineResult(msgspec.Struct, frozen=True):
     audit_ok: bool
     seed: int
     environment: Any = None
+    #: Each hook's own figures (vetoes, rows logged, store bytes...), from ``Hook.stats()``.
+    hook_stats: dict[str, Any] = {}
 
 
 def run_engine(
@@ -78,6 +80,8 @@ def run_engine(
     spent_ns, done = run_for(seconds)
     measured = ledger.stats.transfers - before_transfers
     audit = ledger.audit()
+    for h in ledger.hooks:
+        h.close()
     return EngineResult(
         profile=profile,
         accounts=accounts,
@@ -91,6 +95,7 @@ def run_engine(
         codes=name_counts(ledger.stats.codes - before_codes),
         hooks={n: (t.total_ns - before_hooks[n]) / max(measured, 1) for n, t in ledger.hook_timing.items()},
         hook_errors={n: t.errors for n, t in ledger.hook_timing.items() if t.errors},
+        hook_stats={h.name: h.stats() for h in ledger.hooks},
         audit_ok=audit.ok,
         seed=seed,
         environment=collect(),
@@ -100,7 +105,8 @@ def run_engine(
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engine", help="in-process ledger benchmark (no network)", description=__doc__)
     p.add_argument("--accounts", type=int, default=1_000_000, help="number of accounts (default 1,000,000)")
-    p.add_argument("--profile", default="baseline", help=f"hook profile (default baseline; {', '.join(PROFILES)})")
+    profiles = ", ".join(profile_names())
+    p.add_argument("--profile", default="baseline", help=f"hook profile (default baseline; shipped: {profiles})")
     p.add_argument("--scenario", default=None, help="TOML scenario file with profile definitions")
     p.add_argument("--batch", type=int, default=8192, help="transfers per batch (default 8192)")
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds of ledger time (default 5)")

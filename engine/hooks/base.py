@@ -19,7 +19,7 @@ counted, and the committed batch stands.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -108,12 +108,29 @@ class Hook:
         return type(self).observe is not Hook.observe
 
     def state_bytes(self) -> int:
-        """Memory this hook holds, for the bytes-per-account figure."""
+        """Per-account memory this hook holds (it grows with the accounts), for bytes per account.
+
+        Fixed-size buffers (a bounded log, aggregates) do not scale with the accounts: hooks
+        report those in ``stats()`` instead.
+        """
         return 0
 
     def stats(self) -> dict[str, Any]:
         """Hook-specific figures for result files (counts, sizes)."""
         return {}
+
+    def close(self) -> None:
+        """Flush and release files; called once when the run ends."""
+
+
+def as_accounts(accounts: int | np.ndarray | list[int], ledger_accounts: int) -> np.ndarray:
+    """Account ids from an int or array for runtime admin calls, checked against the ledger's range."""
+    ids = np.atleast_1d(np.asarray(accounts))
+    if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"accounts must be an int or a 1-d array of ints, got {ids.dtype} of shape {ids.shape}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= ledger_accounts):
+        raise ValueError(f"accounts must be in 0..{ledger_accounts - 1}, got {int(ids.min())}..{int(ids.max())}")
+    return ids.astype(np.int64)
 
 
 PerTransferAuthorize = Callable[[np.void], int]
@@ -160,3 +177,16 @@ class PerTransferHook(Hook):
         fn = self._observe_one
         for t, c in zip(batch, codes.tolist(), strict=True):
             fn(t, c)
+
+
+#: Seeded per-account state is drawn in chunks: reproducible, and no temporary array of random
+#: floats the size of all accounts (11 GB at 1.4 billion).
+_DRAW_CHUNK = 1 << 22
+
+
+def seeded_chunks(length: int, seed: int) -> Iterator[tuple[slice, int, np.random.Generator]]:
+    """(slice, its length, generator) over ``0..length``, one generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, length, _DRAW_CHUNK):
+        stop = min(start + _DRAW_CHUNK, length)
+        yield slice(start, stop), stop - start, rng

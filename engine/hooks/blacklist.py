@@ -1,0 +1,86 @@
+"""blacklist: listed payers may not pay restricted categories (court "dishonest debtor" list).
+
+About 30 million people are on the court list (DESIGN.md), some 2% of residents; they may not buy
+flights, high-speed rail tickets, luxury hotel stays and the like. The default lists a seeded 2%
+of accounts. The list lives in the ledger's per-account ``flags`` column (bit FLAG_BLACKLISTED),
+so it costs no memory of its own; ``add`` and ``remove`` change it between batches at runtime.
+Only payers are checked: being paid is not restricted.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+
+from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
+from engine.codes import CODE_DTYPE, ResultCode
+from engine.hooks.base import Hook, Transfers, as_accounts, seeded_chunks
+from engine.ledger import FLAG_BLACKLISTED, Ledger
+
+
+class BlacklistConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    #: Share of accounts listed at start, drawn with ``seed``.
+    listed_fraction: float = 0.02
+    seed: int = 20_260_102
+    #: Category names (engine.categories.Category) that listed payers may not pay.
+    restricted: tuple[str, ...] = RESTRICTED_DEFAULT
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.listed_fraction <= 1:
+            raise ValueError(f"listed_fraction must be in [0, 1], got {self.listed_fraction}")
+        check_names(self.restricted, "restricted")
+
+
+def seeded_flags(flags: np.ndarray, bit: np.uint8, fraction: float, seed: int) -> None:
+    """Set ``bit`` in a seeded ``fraction`` of ``flags`` (each account independently)."""
+    if fraction <= 0:
+        return
+    for part, n, rng in seeded_chunks(len(flags), seed):
+        flags[part][rng.random(n) < fraction] |= bit
+
+
+class Blacklist(Hook):
+    name = "blacklist"
+
+    def __init__(self, config: BlacklistConfig | None = None) -> None:
+        self.config = config or BlacklistConfig()
+        self.restricted = category_table(dict.fromkeys(self.config.restricted, 1), np.bool_)
+        self._flags = np.zeros(0, dtype=np.uint8)
+        self.vetoed = 0
+
+    def attach(self, ledger: Ledger) -> None:
+        self._flags = ledger.flags
+        self._flags &= ~FLAG_BLACKLISTED
+        seeded_flags(self._flags, FLAG_BLACKLISTED, self.config.listed_fraction, self.config.seed)
+
+    def add(self, accounts: int | np.ndarray | list[int]) -> None:
+        """List ``accounts`` (effective from the next batch)."""
+        self._flags[as_accounts(accounts, len(self._flags))] |= FLAG_BLACKLISTED
+
+    def remove(self, accounts: int | np.ndarray | list[int]) -> None:
+        """Take ``accounts`` off the list (effective from the next batch)."""
+        self._flags[as_accounts(accounts, len(self._flags))] &= ~FLAG_BLACKLISTED
+
+    def is_listed(self, account: int) -> bool:
+        return bool(self._flags[as_accounts(account, len(self._flags))[0]] & FLAG_BLACKLISTED)
+
+    def listed(self) -> int:
+        """Number of accounts on the list."""
+        return int(np.count_nonzero(self._flags & FLAG_BLACKLISTED))
+
+    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray | None:
+        # Restricted categories are a few percent of payments: test them first, then gather
+        # the flags of those payers only.
+        candidates = np.flatnonzero(self.restricted[transfers.category])
+        if len(candidates) == 0:
+            return None
+        hit = candidates[(self._flags[transfers.payer[candidates]] & FLAG_BLACKLISTED) != 0]
+        if len(hit) == 0:
+            return None
+        self.vetoed += len(hit)
+        codes = np.zeros(len(transfers), dtype=CODE_DTYPE)
+        codes[hit] = ResultCode.BLACKLISTED
+        return codes
+
+    def stats(self) -> dict[str, int]:
+        return {"listed": self.listed(), "vetoed": self.vetoed}

@@ -1,0 +1,48 @@
+"""User-style hooks for tests: loaded by ``module:attribute`` and used to test failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.hooks.base import Hook, Transfers
+
+
+class FailingHook(Hook):
+    """Raises in the phases it is told to, on the batches numbered in ``fail_on`` (all if None)."""
+
+    name = "failing"
+
+    def __init__(self, phase: str = "authorize", fail_on: list[int] | None = None) -> None:
+        self.phase, self.fail_on = phase, fail_on
+        self.batches = 0
+        self.observed = 0
+
+    def _maybe_fail(self, phase: str) -> None:
+        if phase == self.phase and (self.fail_on is None or self.batches in self.fail_on):
+            raise RuntimeError(f"injected failure in {phase}")
+
+    def begin_batch(self, batch: np.ndarray) -> None:
+        self.batches += 1
+        self._maybe_fail("begin")
+
+    def authorize(self, transfers: Transfers, ledger: Any) -> np.ndarray | None:
+        self._maybe_fail("authorize")
+        return None
+
+    def observe(self, batch: np.ndarray, codes: np.ndarray) -> None:
+        self._maybe_fail("observe")
+        self.observed += 1
+
+
+def make_failing(**kwargs: Any) -> Hook:
+    """A factory, to test loading ``module:factory``."""
+    return FailingHook(**kwargs)
+
+
+def not_a_hook() -> object:
+    return object()
+
+
+NOT_CALLABLE = 42
