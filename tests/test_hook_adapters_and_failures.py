@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from custom_hooks import FailingHook
+from tests.custom_hooks import FailingHook
 
 from engine.codes import ResultCode
 from engine.hooks.audit_chain import AuditChain, AuditChainConfig
