@@ -594,7 +594,16 @@ class Server:
             return
         if not self._check_account(conn, msg, account):
             return
-        getattr(hook, method)(np.array([account], dtype=np.uint32))
+        try:
+            getattr(hook, method)(np.array([account], dtype=np.uint32))
+        except Exception as exc:  # the hook refused (e.g. a limit of its own): report, keep serving
+            self._error(
+                conn,
+                ErrorCode.BAD_FIELD,
+                f"{type(msg).__name__}: the {hook_name!r} hook refused account {account}: {type(exc).__name__}: {exc}",
+                req,
+            )
+            return
         self.counters["admin_" + type(msg).__name__.lower()] += 1
         self._send(conn, Ack(req))
 

@@ -252,3 +252,18 @@ def test_too_many_connections_is_refused(start_server: StartServer) -> None:
             connect(st)
         assert info.value.code == ErrorCode.TOO_MANY_CONNECTIONS
         assert a.audit().ok and b.audit().ok
+
+
+def test_a_hook_refusing_an_admin_request_is_reported(start_server: StartServer) -> None:
+    hook = freeze_hook()
+
+    def refuse(accounts: np.ndarray) -> None:
+        raise ValueError("account is protected")
+
+    hook.freeze = refuse  # type: ignore[method-assign]
+    st = start_server(hooks=[hook])
+    with connect(st) as c:
+        with pytest.raises(ServerError) as info:
+            c.freeze(3)
+        assert info.value.code == ErrorCode.BAD_FIELD and "account is protected" in info.value.error.message
+        c.unfreeze(3)  # the connection and the server go on
