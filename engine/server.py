@@ -287,8 +287,8 @@ class _Connection(asyncio.Protocol):
             self._slow_timer = None
 
 
-# A queued Submit: (connection, seq, records, transfers counted against queue_limit, enqueue ns).
-_Entry = tuple[_Connection, int, np.ndarray, int, int]
+# A queued Submit: (connection, seq, records blob, transfers, counted against queue_limit, enqueue ns).
+_Entry = tuple[_Connection, int, bytes, int, int, int]
 
 
 class Server:
@@ -531,7 +531,7 @@ class Server:
             self.codes[ResultCode.OVERLOADED] += n
             self._send(conn, Results(seq, _OVERLOADED * n, time.time_ns()))
             return
-        self._queue.append((conn, seq, records, cost, time.perf_counter_ns()))
+        self._queue.append((conn, seq, blob, n, cost, time.perf_counter_ns()))
         self._queued += cost
         self._queued_records += n
         self._queue_peak = max(self._queue_peak, self._queued)
@@ -647,22 +647,24 @@ class Server:
         entries: list[_Entry] = []
         n = 0
         cost = 0
-        while queue and n + len(queue[0][2]) <= limit:
+        while queue and n + queue[0][3] <= limit:
             entry = queue.popleft()
             entries.append(entry)
-            n += len(entry[2])
-            cost += entry[3]
+            n += entry[3]
+            cost += entry[4]
         if not entries:
             return
         self._queued -= cost
         self._queued_records -= n
-        batch = entries[0][2] if len(entries) == 1 else np.concatenate([e[2] for e in entries])
+        # Joining the raw blobs is one memcpy; np.concatenate of structured arrays costs ~10 µs per
+        # part in dtype promotion. A bytearray keeps the batch writable like any other array.
+        batch = np.frombuffer(bytearray().join([e[2] for e in entries]), dtype=TRANSFER_DTYPE)
         t0 = time.perf_counter_ns()
         codes = self.ledger.apply(batch) if self.ledger is not None else np.zeros(n, dtype=CODE_DTYPE)
         commit_ns = time.time_ns()
         t1 = time.perf_counter_ns()
         self._engine_ns += t1 - t0
-        wait = t1 - entries[0][4]
+        wait = t1 - entries[0][5]
         self._wait_ns_sum += wait
         self._wait_ns_max = max(self._wait_ns_max, wait)
         self.counters["batches"] += 1
@@ -675,8 +677,7 @@ class Server:
         off = 0
         encode = self._encoder.encode
         pack = HEADER.pack
-        for conn, seq, records, _, _ in entries:
-            k = len(records)
+        for conn, seq, _, k, _, _ in entries:
             conn.pending -= 1
             if conn.closing:
                 off += k
