@@ -710,9 +710,18 @@ class Server:
     # ---- stats -------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters for StatsReply: plain JSON-able values (see the wire StatsReply)."""
+        """Counters for StatsReply, plain JSON-able values; all totals are since the server started.
+
+        ``transfers``/``batches``: through the engine (shed transfers excluded); ``codes``: every
+        result code sent, including ``overloaded`` for shed Submits; ``batch_sizes``: engine
+        batches per power-of-two size bucket; ``engine_s``: time inside ``apply``;
+        ``oldest_enqueue_to_commit_us_*``: per batch, from its oldest Submit's arrival to commit;
+        ``hooks``: per hook, cumulative ns by phase and ``ns_per_transfer`` over ``ledger.transfers``
+        (difference two snapshots to exclude a warm-up).
+        """
         c = self.counters
         batches = c["batches"]
+        buffered = [k.transport.get_write_buffer_size() for k in self._connections if k.transport is not None]
         stats: dict[str, Any] = {
             "mode": "echo" if self.config.echo else "ledger",
             "profile": "echo" if self.config.echo else self.config.profile,
@@ -738,6 +747,8 @@ class Server:
             "batch_sizes": {
                 f"{1 << (b - 1)}-{(1 << b) - 1}" if b else "0": int(k) for b, k in enumerate(self.batch_sizes) if k
             },
+            "write_buffered_bytes": sum(w for w in buffered),
+            "write_buffered_max_bytes": max(buffered, default=0),
             "errors": dict(self.errors),
             "slow_consumers": c["slow_consumers"],
             "partial_frames_dropped": c["partial_frames_dropped"],

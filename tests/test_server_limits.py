@@ -62,8 +62,10 @@ def test_client_that_stops_reading_is_cut_off(start_server: StartServer, workloa
     with connect(st, operator=2) as bystander:
         deadline = time.monotonic() + 15
         first_id = 0
-        while bystander.stats()["slow_consumers"] < 1:
+        while (s := bystander.stats())["slow_consumers"] < 1:
             assert time.monotonic() < deadline, "slow consumer was not cut off"
+            # Bounded: the hard limit (4x the mark) plus at most the one frame that crossed it.
+            assert s["write_buffered_max_bytes"] <= 4 * (16 << 10) + 8192
             # The bystander is served while the other client is being throttled.
             assert len(bystander.transfer(workload.batch(10, first_id=first_id, operator=2))) == 10
             first_id += 10
