@@ -86,3 +86,15 @@ def test_client_that_stops_reading_is_cut_off(start_server: StartServer, workloa
                 reader.recv()
     finally:
         reader.close()
+
+
+def test_zero_transfer_submits_count_against_the_queue(start_server: StartServer) -> None:
+    # An empty Submit costs one queue slot: a flood of them cannot grow the queue without bound.
+    st = start_server(hooks=[SlowHook(0.02)], max_batch=16, queue_limit=16)
+    with connect(st, operator=0) as c:
+        c.send_raw(b"".join(c.codec.frame(Submit(i, b"")) for i in range(1, 101)))
+        got = [c.results(i) for i in range(1, 101)]
+        stats = c.stats()
+    assert all(len(k) == 0 for k in got)
+    assert stats["queue_peak_transfers"] <= 16
+    assert stats["submits"] == 100 and stats["shed_submits"] > 0
