@@ -15,7 +15,7 @@ from engine.ledger import Ledger
 from engine.server import ServerConfig, build_ledger
 from engine.wire import ErrorCode, Submit
 from loadgen.workload import Workload, WorkloadConfig
-from tests.conftest import (
+from tests.server_support import (
     TEST_ACCOUNTS,
     TEST_SEED,
     StartServer,

@@ -11,7 +11,7 @@ from engine.client import Client
 from engine.codes import ResultCode
 from engine.wire import StatsRequest, Submit
 from loadgen.workload import Workload
-from tests.conftest import SlowHook, StartServer, connect
+from tests.server_support import SlowHook, StartServer, connect
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from engine.records import TRANSFER_DTYPE
 from engine.server import ServerThread
 from engine.wire import HEADER, PROTOCOL_VERSION, Codec, Error, ErrorCode, Hello, Results, Submit
 from loadgen.workload import Workload
-from tests.conftest import StartServer, connect
+from tests.server_support import StartServer, connect
 
 MAX_FRAME = 1 << 16
 MAX_BATCH = 256
