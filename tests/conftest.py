@@ -1,12 +1,19 @@
-"""Shared fixtures. Every random test draws from a seed that is printed, so a failure replays."""
+"""Shared fixtures: printed seeds for random tests, in-process servers on port 0, workloads."""
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
+
+from engine.hooks.base import Hook
+from engine.server import ServerConfig, ServerThread
+from loadgen.workload import Workload, WorkloadConfig
+from tests.server_support import TEST_ACCOUNTS, TEST_SEED, StartServer
 
 
 @pytest.fixture
@@ -20,3 +27,25 @@ def seed(request: pytest.FixtureRequest) -> int:
 @pytest.fixture
 def rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def start_server() -> Iterator[StartServer]:
+    """``start_server(hooks=None, **config)``: a running in-process server, stopped after the test."""
+    started: list[ServerThread] = []
+
+    def start(hooks: Sequence[Hook] | None = None, **config: Any) -> ServerThread:
+        cfg = ServerConfig(**{"port": 0, "accounts": TEST_ACCOUNTS, "seed": TEST_SEED, **config})
+        st = ServerThread(cfg, hooks=hooks)
+        started.append(st)
+        st.start()
+        return st
+
+    yield start
+    for st in started:
+        st.stop()
+
+
+@pytest.fixture
+def workload() -> Workload:
+    return Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED))
