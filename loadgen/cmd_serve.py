@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.profiles import PROFILES
+from engine.profiles import profile_names
 from engine.server import DEFAULT_PORT, ServerConfig, serve
 from engine.wire import DEFAULT_MAX_FRAME_BYTES
 from loadgen.workload import DEFAULT_SEED
@@ -21,7 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"TCP port; 0 picks a free one (default {DEFAULT_PORT})"
     )
-    p.add_argument("--profile", default=d.profile, help=f"hook profile (default {d.profile}; {', '.join(PROFILES)})")
+    p.add_argument(
+        "--profile", default=d.profile, help=f"hook profile (default {d.profile}; {', '.join(profile_names())})"
+    )
     p.add_argument("--scenario", default=None, help="TOML scenario file with profile definitions")
     p.add_argument("--accounts", type=int, default=d.accounts, help=f"number of accounts (default {d.accounts:,})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="workload seed of the initial balances")

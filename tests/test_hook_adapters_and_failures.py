@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.custom_hooks import FailingHook
 
 from engine.codes import ResultCode
 from engine.hooks.audit_chain import AuditChain, AuditChainConfig
@@ -16,6 +15,7 @@ from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN, Ledger
 from engine.reference import ReferenceLedger
 from engine.reference_hooks import RefAuditChain
 from loadgen.workload import Workload, WorkloadConfig
+from tests.custom_hooks import FailingHook
 
 ACCOUNTS = 2_000
 
