@@ -482,6 +482,7 @@ class Server:
                 queue_limit=cfg.queue_limit,
                 max_wait_us=round(self._wait_s * 1e6),
                 echo=cfg.echo,
+                next_transfer_id=0 if self.ledger is None else int(self.ledger.ids.high[msg.operator]) + 1,
             ),
         )
 

@@ -126,6 +126,9 @@ class Welcome(Message):
     queue_limit: int = 0  # transfers the server queues before answering OVERLOADED (0 = not stated)
     max_wait_us: int = 0  # how long a transfer may wait for its engine batch to fill
     echo: bool = False  # calibration mode: every transfer acknowledged OK, no ledger
+    #: One above the largest transfer id this operator has had applied (0 if none, or echo):
+    #: a client that reconnects or restarts numbers from here instead of replaying old ids.
+    next_transfer_id: int = 0
 
 
 class Results(Message):

@@ -6,54 +6,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from engine.client import Client
-from engine.codes import ResultCode
 from engine.hooks.base import Hook, Transfers
-from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN, Ledger
+from engine.hooks.blacklist import Blacklist, BlacklistConfig
+from engine.hooks.freeze import Freeze, FreezeConfig
+from engine.ledger import Ledger
 from engine.server import ServerThread
 
 TEST_ACCOUNTS = 20_000
 TEST_SEED = 7_301
 
 
-class FlagHook(Hook):
-    """A minimal freeze/blacklist hook: vetoes transfers touching flagged accounts.
-
-    Stands in for the real policy hooks so the server's admin plumbing is tested on its own.
-    """
-
-    def __init__(self, name: str, flag: np.uint8, code: ResultCode, add: str, remove: str) -> None:
-        self.name = name
-        self._flag = flag
-        self._code = code
-        self._ledger: Ledger | None = None
-        setattr(self, add, self._set)
-        setattr(self, remove, self._clear)
-
-    def attach(self, ledger: Ledger) -> None:
-        self._ledger = ledger
-
-    def _set(self, accounts: np.ndarray) -> None:
-        assert self._ledger is not None
-        self._ledger.flags[accounts] |= self._flag
-
-    def _clear(self, accounts: np.ndarray) -> None:
-        assert self._ledger is not None
-        self._ledger.flags[accounts] &= ~self._flag
-
-    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray:
-        hit = ((ledger.flags[transfers.payer] | ledger.flags[transfers.payee]) & self._flag) != 0
-        return np.where(hit, self._code, 0).astype(np.uint8)
+def freeze_hook() -> Freeze:
+    """The real freeze hook, with nobody frozen at start."""
+    return Freeze(FreezeConfig(frozen_fraction=0.0))
 
 
-def freeze_hook() -> FlagHook:
-    return FlagHook("freeze", FLAG_FROZEN, ResultCode.FROZEN, "freeze", "unfreeze")
-
-
-def blacklist_hook() -> FlagHook:
-    return FlagHook("blacklist", FLAG_BLACKLISTED, ResultCode.BLACKLISTED, "add", "remove")
+def blacklist_hook() -> Blacklist:
+    """The real blacklist hook, with nobody listed at start."""
+    return Blacklist(BlacklistConfig(listed_fraction=0.0))
 
 
 class SlowHook(Hook):

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 
+from engine.categories import Category
 from engine.client import ServerError
 from engine.codes import ResultCode
 from engine.ledger import Ledger
@@ -165,6 +166,7 @@ def test_freeze_and_blacklist_take_effect(start_server: StartServer, workload: W
         c.unfreeze(payer)
         assert c.transfer(b[1:2])[0] == ResultCode.OK
         payer2 = int(b["payer"][2])
+        b["category"][2] = Category.AIR_TRAVEL  # a restricted category for listed payers
         c.blacklist_add(payer2)
         assert c.transfer(b[2:3])[0] == ResultCode.BLACKLISTED
         c.blacklist_remove(payer2)
@@ -267,3 +269,17 @@ def test_a_hook_refusing_an_admin_request_is_reported(start_server: StartServer)
             c.freeze(3)
         assert info.value.code == ErrorCode.BAD_FIELD and "account is protected" in info.value.error.message
         c.unfreeze(3)  # the connection and the server go on
+
+
+def test_welcome_tells_a_reconnecting_operator_where_to_resume_numbering(
+    start_server: StartServer, workload: Workload
+) -> None:
+    st = start_server()
+    with connect(st, operator=3) as c:
+        assert c.welcome is not None and c.welcome.next_transfer_id == 0
+        b = workload.batch(10, first_id=500, operator=3)
+        b["transfer_id"] = np.arange(500, 510)
+        c.transfer(b)
+    with connect(st, operator=3) as c, connect(st, operator=4) as other:
+        assert c.welcome is not None and c.welcome.next_transfer_id == 510
+        assert other.welcome is not None and other.welcome.next_transfer_id == 0
