@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("loadgen.cmd_engine",)
+SUBCOMMANDS = ("loadgen.cmd_engine", "loadgen.cmd_serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
