@@ -1,0 +1,189 @@
+"""Locust integration: drive the cbdc-bench server from Locust's UI, CSV/HTML reports and workers.
+
+    locust -f loadgen/locustfile.py --host tcp://127.0.0.1:7400
+    locust -f loadgen/locustfile.py --host tcp://127.0.0.1:7400 --headless -u 8 -r 8 -t 30s \
+        --csv out --html report.html
+    locust -f loadgen/locustfile.py --host tcp://127.0.0.1:7400 --processes 2 ...
+
+Each Locust user is a gateway of one authorised operator: it connects with the server's plain
+wire protocol (a blocking socket client, which gevent makes cooperative; uvloop cannot run inside
+Locust's workers), and submits batches drawn from the same seeded workload as the native
+generator (with ids of its own: the workload's deliberate duplicates are not re-sent here). Each
+batch is one Locust request named ``submit <profile> x<batch>``; it fails when
+the server answers with an error or sheds transfers (``overloaded``, ``hook_error``); business
+rejections (insufficient funds, blacklisted...) are counted per result code, summed across
+workers, printed at the end and written to ``<csv prefix>_result_codes.csv`` with ``--csv``.
+
+Honest labelling: Locust is closed-loop (a user sends its next batch only after the reply) and
+keeps response times in milliseconds, so its latencies are not comparable to the native open-loop
+generator's (``cbdc-bench load`` / ``run``), which is the reference measurement.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import itertools
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from locust import User, between, constant, events, task
+from locust.env import Environment
+
+from engine.client import Client, ServerError
+from engine.codes import ResultCode, name_counts
+from loadgen.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
+
+log = logging.getLogger("cbdc-bench.locust")
+
+#: Codes that mean the system, not the payment, failed: such a batch is a failed request.
+SYSTEM_FAILURES = (ResultCode.OVERLOADED, ResultCode.HOOK_ERROR)
+#: Id interleaving across worker processes (see PaymentGateway.on_start).
+ID_STRIDE = 64
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    group = parser.add_argument_group("cbdc-bench")
+    group.add_argument("--cbdc-batch", type=int, default=1_000, help="transfers per submitted batch (default 1000)")
+    group.add_argument(
+        "--cbdc-operators", type=int, default=8, help="operators the users are spread over (default 8; <= server's)"
+    )
+    group.add_argument("--cbdc-seed", type=int, default=DEFAULT_SEED, help="workload seed (default: the server's)")
+    group.add_argument("--cbdc-pool", type=int, default=8, help="pre-generated batches per user (default 8)")
+    group.add_argument(
+        "--cbdc-think-ms", type=float, default=0.0, help="pause between a user's batches, ms (default 0)"
+    )
+
+
+class LocustState:
+    """Per-process state, kept on the Locust environment rather than in module globals."""
+
+    def __init__(self) -> None:
+        self.codes: collections.Counter[str] = collections.Counter()
+        self.next_id: dict[int, int] = {}
+        self.user_serial = itertools.count()
+
+    def take_ids(self, operator: int, n: int, resume_at: int) -> int:
+        """First of ``n`` consecutive fresh id slots for ``operator`` in this process.
+
+        Numbering starts at ``resume_at`` (from the server's Welcome), so a new run against a
+        server that has seen earlier runs continues above their ids instead of replaying them.
+        """
+        first = self.next_id.get(operator, resume_at)
+        self.next_id[operator] = first + n
+        return first
+
+
+@events.init.add_listener
+def _init(environment: Environment, **_: Any) -> None:
+    state = LocustState()
+    environment.cbdc = state  # type: ignore[attr-defined]
+
+    def report(client_id: str, data: dict[str, Any]) -> None:  # worker -> master, every few seconds
+        data["cbdc_codes"] = dict(state.codes)
+        state.codes.clear()
+
+    def merge(client_id: str, data: dict[str, Any]) -> None:  # on the master
+        state.codes.update(data.get("cbdc_codes", {}))
+
+    environment.events.report_to_master.add_listener(report)
+    environment.events.worker_report.add_listener(merge)
+
+
+@events.quitting.add_listener
+def _summary(environment: Environment, **_: Any) -> None:
+    codes: collections.Counter[str] = environment.cbdc.codes  # type: ignore[attr-defined]
+    if not codes:
+        return
+    total = sum(codes.values())
+    log.info("cbdc-bench result codes (%d transfers): %s", total, ", ".join(f"{k} {v}" for k, v in codes.most_common()))
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if prefix:
+        with open(f"{prefix}_result_codes.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["code", "transfers"])
+            w.writerows(codes.most_common())
+
+
+def parse_host(host: str | None) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` (or ``HOST:PORT``) -> (host, port), with a clear error otherwise."""
+    if not host:
+        raise ValueError("no host: pass --host tcp://127.0.0.1:PORT (the port `cbdc-bench serve` printed)")
+    parts = urlsplit(host if "://" in host else f"tcp://{host}")
+    if parts.scheme != "tcp" or not parts.hostname or not parts.port:
+        raise ValueError(f"host must look like tcp://127.0.0.1:7400, got {host!r}")
+    return parts.hostname, parts.port
+
+
+class PaymentGateway(User):
+    """An operator's gateway submitting payment batches to the cbdc-bench server."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        opts = self.environment.parsed_options
+        state: LocustState = self.environment.cbdc  # type: ignore[attr-defined]
+        runner = self.environment.runner
+        self.worker = getattr(runner, "worker_index", 0) if runner is not None else 0
+        serial = next(state.user_serial)
+        self.operator = (self.worker + serial) % opts.cbdc_operators
+        host, port = parse_host(self.host)
+        self.client = Client(host, port, operator=self.operator, name=f"locust worker {self.worker}")
+        welcome = self.client.welcome
+        assert welcome is not None
+        if opts.cbdc_batch > welcome.max_batch:
+            raise ValueError(f"--cbdc-batch {opts.cbdc_batch} exceeds the server's max_batch {welcome.max_batch}")
+        self.name = f"submit {welcome.profile} x{opts.cbdc_batch}"
+        workload = Workload(
+            WorkloadConfig(accounts=welcome.accounts, seed=opts.cbdc_seed), stream=1_000 + self.worker * 10_000 + serial
+        )
+        self.pool = BatchPool(workload, opts.cbdc_pool, opts.cbdc_batch, operator=self.operator)
+        self.state = state
+        # Ids of one operator interleave across worker processes: worker w uses ids = w (mod
+        # ID_STRIDE), so up to ID_STRIDE workers never clash, and all stay near each other,
+        # inside the server's idempotency window.
+        self.offset = self.worker % ID_STRIDE
+        self.resume_slot = -(-welcome.next_transfer_id // ID_STRIDE)  # ceil: first slot above the server's ids
+        if opts.cbdc_think_ms:
+            self.wait_time = between(opts.cbdc_think_ms / 1000, opts.cbdc_think_ms / 1000)
+
+    def on_stop(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
+    @task
+    def submit_batch(self) -> None:
+        batch = self.pool.next()
+        first = self.state.take_ids(self.operator, len(batch), self.resume_slot)
+        batch["transfer_id"] = (first + np.arange(len(batch))) * ID_STRIDE + self.offset
+        start = time.perf_counter()
+        exception: Exception | None = None
+        try:
+            codes = self.client.transfer(batch)
+        except (ServerError, OSError) as exc:
+            exception = exc
+            codes = None
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        if codes is not None:
+            counts = name_counts(np.bincount(codes, minlength=len(ResultCode)))
+            self.state.codes.update(counts)
+            failed = sum(counts.get(c.name.lower(), 0) for c in SYSTEM_FAILURES)
+            if failed:
+                exception = RuntimeError(
+                    f"{failed} of {len(batch)} transfers shed by the server (overloaded/hook_error)"
+                )
+        self.environment.events.request.fire(
+            request_type="CBDC",
+            name=self.name,
+            response_time=elapsed_ms,
+            response_length=batch.nbytes,
+            exception=exception,
+            context={"operator": self.operator},
+        )
+        if exception is not None and codes is None:
+            self.stop(force=True)

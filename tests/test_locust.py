@@ -1,0 +1,78 @@
+"""Locust integration: a real server, Locust headless in a subprocess, stats and audit checked."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.client import Client
+from loadgen.locustfile import parse_host
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_parse_host() -> None:
+    assert parse_host("tcp://127.0.0.1:7400") == ("127.0.0.1", 7400)
+    assert parse_host("localhost:9") == ("localhost", 9)
+    for bad in (None, "", "http://x:1", "tcp://nohost"):
+        with pytest.raises(ValueError, match="host"):
+            parse_host(bad)
+
+
+@pytest.fixture
+def server() -> tuple[str, int]:  # type: ignore[misc]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen.cli", "serve", "--port", "0", "--accounts", "20000"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on" in line, line
+        host, port = line.split("listening on", 1)[1].strip().split()[0].rsplit(":", 1)
+        yield host, int(port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def run_locust(host: str, port: int, tmp_path: Path, *extra: str) -> tuple[list[dict[str, str]], dict[str, int]]:
+    prefix = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadgen" / "locustfile.py"), "--host", f"tcp://{host}:{port}",
+         "--headless", "-u", "3", "-r", "3", "-t", "3s", "--csv", str(prefix), "--only-summary", "--cbdc-batch", "500",
+         *extra],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(f"{prefix}_stats.csv") as f:
+        stats = list(csv.DictReader(f))
+    with open(f"{prefix}_result_codes.csv") as f:
+        codes = {row["code"]: int(row["transfers"]) for row in csv.DictReader(f)}
+    return stats, codes
+
+
+def test_locust_headless_run_reports_requests_and_keeps_the_ledger_sound(
+    server: tuple[str, int], tmp_path: Path
+) -> None:
+    host, port = server
+    for extra in ((), ("--processes", "2")):  # standalone, then distributed over two workers
+        stats, codes = run_locust(host, port, tmp_path, *extra)
+        row = next(r for r in stats if r["Name"].startswith("submit baseline x500"))
+        assert int(row["Request Count"]) > 0
+        assert int(row["Failure Count"]) == 0
+        assert codes["ok"] > 0.9 * sum(codes.values()), codes
+        assert "stale_id" not in codes  # the second run resumes numbering above the first
+    with Client(host, port) as c:
+        assert c.audit().ok
