@@ -25,12 +25,13 @@ import collections
 import csv
 import itertools
 import logging
+import os
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-from locust import User, between, constant, events, task
+from locust import User, events, task
 from locust.env import Environment
 
 from engine.client import Client, ServerError
@@ -41,8 +42,6 @@ log = logging.getLogger("cbdc-bench.locust")
 
 #: Codes that mean the system, not the payment, failed: such a batch is a failed request.
 SYSTEM_FAILURES = (ResultCode.OVERLOADED, ResultCode.HOOK_ERROR)
-#: Id interleaving across worker processes (see PaymentGateway.on_start).
-ID_STRIDE = 64
 
 
 @events.init_command_line_parser.add_listener
@@ -51,6 +50,13 @@ def _add_arguments(parser: Any) -> None:
     group.add_argument("--cbdc-batch", type=int, default=1_000, help="transfers per submitted batch (default 1000)")
     group.add_argument(
         "--cbdc-operators", type=int, default=8, help="operators the users are spread over (default 8; <= server's)"
+    )
+    group.add_argument(
+        "--cbdc-workers",
+        type=int,
+        default=0,
+        help="worker processes in the whole run (default: --processes, else 1); with --master/--worker set it "
+        "to the number of workers so each operator is driven by one process only",
     )
     group.add_argument("--cbdc-seed", type=int, default=DEFAULT_SEED, help="workload seed (default: the server's)")
     group.add_argument("--cbdc-pool", type=int, default=8, help="pre-generated batches per user (default 8)")
@@ -68,7 +74,7 @@ class LocustState:
         self.user_serial = itertools.count()
 
     def take_ids(self, operator: int, n: int, resume_at: int) -> int:
-        """First of ``n`` consecutive fresh id slots for ``operator`` in this process.
+        """First of ``n`` consecutive fresh ids for ``operator`` in this process.
 
         Numbering starts at ``resume_at`` (from the server's Welcome), so a new run against a
         server that has seen earlier runs continues above their ids instead of replaying them.
@@ -122,15 +128,24 @@ def parse_host(host: str | None) -> tuple[str, int]:
 class PaymentGateway(User):
     """An operator's gateway submitting payment batches to the cbdc-bench server."""
 
-    wait_time = constant(0)
+    def wait_time(self) -> float:
+        """Seconds between a user's batches: --cbdc-think-ms (default 0: closed loop, no pause)."""
+        return float(self.environment.parsed_options.cbdc_think_ms) / 1000
 
     def on_start(self) -> None:
         opts = self.environment.parsed_options
-        state: LocustState = self.environment.cbdc  # type: ignore[attr-defined]
+        state: LocustState = self.environment.cbdc
         runner = self.environment.runner
         self.worker = getattr(runner, "worker_index", 0) if runner is not None else 0
+        workers = opts.cbdc_workers or (opts.processes if getattr(opts, "processes", None) else 0)
+        workers = (os.cpu_count() or 1) if workers == -1 else max(workers, 1)
+        if opts.cbdc_operators % workers:
+            raise ValueError(f"--cbdc-operators ({opts.cbdc_operators}) must be a multiple of the workers ({workers})")
+        # Operators are split between worker processes (operator = worker mod workers), so one
+        # operator's ids are numbered by one process only and stay in order for the server's
+        # idempotency window; users of one process that share an operator share its counter.
         serial = next(state.user_serial)
-        self.operator = (self.worker + serial) % opts.cbdc_operators
+        self.operator = (self.worker % workers + workers * serial) % opts.cbdc_operators
         host, port = parse_host(self.host)
         self.client = Client(host, port, operator=self.operator, name=f"locust worker {self.worker}")
         welcome = self.client.welcome
@@ -143,13 +158,7 @@ class PaymentGateway(User):
         )
         self.pool = BatchPool(workload, opts.cbdc_pool, opts.cbdc_batch, operator=self.operator)
         self.state = state
-        # Ids of one operator interleave across worker processes: worker w uses ids = w (mod
-        # ID_STRIDE), so up to ID_STRIDE workers never clash, and all stay near each other,
-        # inside the server's idempotency window.
-        self.offset = self.worker % ID_STRIDE
-        self.resume_slot = -(-welcome.next_transfer_id // ID_STRIDE)  # ceil: first slot above the server's ids
-        if opts.cbdc_think_ms:
-            self.wait_time = between(opts.cbdc_think_ms / 1000, opts.cbdc_think_ms / 1000)
+        self.resume_at = welcome.next_transfer_id
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
@@ -159,8 +168,8 @@ class PaymentGateway(User):
     @task
     def submit_batch(self) -> None:
         batch = self.pool.next()
-        first = self.state.take_ids(self.operator, len(batch), self.resume_slot)
-        batch["transfer_id"] = (first + np.arange(len(batch))) * ID_STRIDE + self.offset
+        first = self.state.take_ids(self.operator, len(batch), self.resume_at)
+        batch["transfer_id"] = np.arange(first, first + len(batch))
         start = time.perf_counter()
         exception: Exception | None = None
         try:
