@@ -336,16 +336,23 @@ async def run_share(
         start_ns = wait_start(welcomes[0])
         for g in gateways:
             g.start_ns = start_ns
-        cpu0 = time.process_time()
         tick = config.tick_ns
-        schedule_end = start_ns + int(config.schedule_seconds * 1e9)
-        deadline = schedule_end + int(config.drain * 1e9)
+        window_start = start_ns + m.warmup_ns
+        window_end = start_ns + m.window_end_ns
+        deadline = window_end + int(config.drain * 1e9)
+        # Generator CPU over the measured window, read at the first tick past each edge.
+        cpu_start: float | None = None
+        cpu_end: float | None = None
         now = time.monotonic_ns()
         if start_ns > now:
             await asyncio.sleep((start_ns - now) / 1e9)
         next_tick = start_ns
         while True:
             now = time.monotonic_ns()
+            if cpu_start is None and now >= window_start:
+                cpu_start = time.process_time()
+            if cpu_end is None and now >= window_end:
+                cpu_end = time.process_time()
             for g in gateways:
                 g.send_due(now)
             if all(g.done for g in gateways) or now >= deadline:
@@ -359,7 +366,8 @@ async def run_share(
         end_rel = time.monotonic_ns() - start_ns
         for g in gateways:
             g.finish(end_rel)
-        m.generator_cpu_s = time.process_time() - cpu0
+        now_cpu = time.process_time()
+        m.generator_cpu_s = (now_cpu if cpu_end is None else cpu_end) - (now_cpu if cpu_start is None else cpu_start)
         failures = [f"operator {g.operator}: {g.failure}" for g in gateways if g.failure]
         return ShareReport(measurement=m, failures=failures, welcome=msgspec.to_builtins(welcomes[0]))
     finally:
@@ -368,7 +376,8 @@ async def run_share(
                 g.transport.abort()
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop (asyncio's where uvloop is unavailable)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
@@ -387,7 +396,7 @@ def _child_main(config: LoadConfig, operators: list[int], conn: Any) -> None:
         return int(msg[1])
 
     try:
-        with asyncio.Runner(loop_factory=_new_loop) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             report = runner.run(run_share(config, operators, wait_start))
         conn.send(("report", report))
     except BaseException as exc:
