@@ -49,6 +49,8 @@ class ErrorCode(enum.StrEnum):
     AUTH_FAILED = "auth_failed"
     SLOW_CONSUMER = "slow_consumer"  # the client did not read its replies; connection closed
     SHUTTING_DOWN = "shutting_down"
+    ECHO_MODE = "echo_mode"  # request needs a ledger, but the server runs in --echo calibration mode
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # the server's connection limit is reached
 
 
 class Message(msgspec.Struct, array_like=True, tag=True, gc=False):
@@ -105,6 +107,11 @@ class StatsRequest(Message):
 ClientMessage = (
     Hello | Submit | Freeze | Unfreeze | BlacklistAdd | BlacklistRemove | Balance | AuditRequest | StatsRequest
 )
+#: Tags of the messages a client may send (a message's tag is its class name).
+CLIENT_TAGS = frozenset(
+    t.__name__
+    for t in (Hello, Submit, Freeze, Unfreeze, BlacklistAdd, BlacklistRemove, Balance, AuditRequest, StatsRequest)
+)
 
 # ---- server -> client ------------------------------------------------------------------------
 
@@ -116,6 +123,9 @@ class Welcome(Message):
     profile: str
     max_batch: int
     max_frame_bytes: int
+    queue_limit: int = 0  # transfers the server queues before answering OVERLOADED (0 = not stated)
+    max_wait_us: int = 0  # how long a transfer may wait for its engine batch to fill
+    echo: bool = False  # calibration mode: every transfer acknowledged OK, no ledger
 
 
 class Results(Message):
@@ -160,10 +170,13 @@ ServerMessage = Welcome | Results | Error | Ack | BalanceReply | AuditReply | St
 
 
 class FrameTooLarge(ValueError):
-    def __init__(self, length: int, limit: int) -> None:
+    """A frame header declared more than the limit; ``frames`` are the complete bodies before it."""
+
+    def __init__(self, length: int, limit: int, frames: list[bytes] | None = None) -> None:
         super().__init__(f"frame of {length} bytes exceeds the limit of {limit} bytes")
         self.length = length
         self.limit = limit
+        self.frames = frames or []
 
 
 class Codec:
@@ -202,7 +215,7 @@ class FrameReader:
             (length,) = HEADER.unpack_from(buf, pos)
             if length > self.max_frame_bytes:
                 del buf[:pos]
-                raise FrameTooLarge(length, self.max_frame_bytes)
+                raise FrameTooLarge(length, self.max_frame_bytes, frames)
             if end - pos - HEADER.size < length:
                 break
             start = pos + HEADER.size

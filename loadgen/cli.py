@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("loadgen.cmd_run", "loadgen.cmd_load", "loadgen.cmd_engine")
+SUBCOMMANDS = ("loadgen.cmd_run", "loadgen.cmd_load", "loadgen.cmd_serve", "loadgen.cmd_engine")
 
 
 def build_parser() -> argparse.ArgumentParser:
