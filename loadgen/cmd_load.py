@@ -37,27 +37,42 @@ def process_cpu_s(pid: int) -> float | None:
 
 
 def hook_cost(stats_start: dict[str, Any], stats_end: dict[str, Any]) -> dict[str, Any]:
-    """Per-hook cost over the measured window: the difference of the server's cumulative stats.
+    """Per-hook cost over the measured window, from the server's cumulative stats at its edges.
 
-    Expects ``stats["hooks"] = {name: {"total_ns": int, ...}}`` and ``stats["transfers"]``; for
-    each hook, every numeric field's increase, plus ``ns_per_transfer`` over the window.
+    The server reports ``stats["hooks"] = {name: {"authorize_ns": ..., "observe_ns": ...,
+    "begin_ns": ..., "errors": ..., ...}}`` since it started, and ``stats["ledger"]["transfers"]``.
+    Each cumulative counter's increase over the window is kept, and ``ns_per_transfer`` is
+    recomputed from the summed ``*_ns`` increases (the server's own ``ns_per_transfer`` is an
+    average since start-up, warm-up included, so it is not differenced).
     """
-    end_hooks = stats_end.get("hooks") or {}
-    start_hooks = stats_start.get("hooks") or {}
-    transfers = _num(stats_end.get("transfers")) - _num(stats_start.get("transfers"))
-    out: dict[str, Any] = {}
+    end_hooks = stats_end.get("hooks")
     if not isinstance(end_hooks, dict):
-        return out
+        return {}
+    start_hooks = stats_start.get("hooks")
+    start_hooks = start_hooks if isinstance(start_hooks, dict) else {}
+    transfers = _ledger_transfers(stats_end) - _ledger_transfers(stats_start)
+    out: dict[str, Any] = {}
     for name, end in end_hooks.items():
         if not isinstance(end, dict):
             continue
-        start = start_hooks.get(name) if isinstance(start_hooks, dict) else None
+        start = start_hooks.get(name)
         start = start if isinstance(start, dict) else {}
-        delta = {k: _num(v) - _num(start.get(k)) for k, v in end.items() if isinstance(v, int | float)}
-        if "total_ns" in delta and transfers > 0:
-            delta["ns_per_transfer"] = delta["total_ns"] / transfers
+        delta = {
+            k: _num(v) - _num(start.get(k))
+            for k, v in end.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "ns_per_transfer"
+        }
+        spent_ns = sum(v for k, v in delta.items() if k.endswith("_ns"))
+        delta["ns_per_transfer"] = spent_ns / transfers if transfers > 0 else 0.0
         out[name] = delta
     return out
+
+
+def _ledger_transfers(stats: dict[str, Any]) -> float:
+    ledger = stats.get("ledger")
+    if isinstance(ledger, dict) and "transfers" in ledger:
+        return _num(ledger["transfers"])
+    return _num(stats.get("transfers"))
 
 
 def _num(v: Any) -> float:
@@ -75,7 +90,8 @@ async def measure(
 ) -> RunResult:
     """Run the load, probing server stats and CPU at the measured window's edges; audit after."""
     admin = AdminClient(config.host, config.port)
-    await admin.connect()
+    server_welcome = await admin.connect()
+    echo = echo or server_welcome.echo
     probes: dict[str, tuple[float | None, dict[str, Any]]] = {}
     probe_failures: list[str] = []
     tasks: list[asyncio.Task[None]] = []
@@ -102,7 +118,7 @@ async def measure(
         m, failures, welcome = await run_load(config, on_start=on_start)
         await asyncio.gather(*tasks)
         outcome = None
-        if audit:
+        if audit and not echo:  # an echo server has no ledger to audit
             try:
                 reply = await admin.audit()
                 outcome = AuditOutcome(reply.ok, reply.total_fen, reply.expected_fen, reply.negative_accounts)
@@ -128,7 +144,7 @@ async def measure(
         stats_end=stats_end,
         hooks=hook_cost(stats_start, stats_end),
         audit=outcome,
-        echo=echo or welcome.get("profile") == "echo",
+        echo=echo,
     )
 
 
@@ -141,7 +157,9 @@ def run_measure(config: LoadConfig, **kwargs: Any) -> RunResult:
 # ---- command line ----------------------------------------------------------------------------
 
 
-def add_load_arguments(p: argparse.ArgumentParser, *, rate: float, seconds: float, warmup: float) -> None:
+def add_load_arguments(
+    p: argparse.ArgumentParser, *, rate: float, seconds: float, warmup: float, out: str | None = None
+) -> None:
     """The load options shared by ``load`` and ``run``."""
     p.add_argument("--rate", type=float, default=rate, help=f"offered payments/s, all gateways (default {rate:,.0f})")
     p.add_argument("--seconds", type=float, default=seconds, help=f"measured seconds (default {seconds:g})")
@@ -154,7 +172,9 @@ def add_load_arguments(p: argparse.ArgumentParser, *, rate: float, seconds: floa
     p.add_argument("--drain", type=float, default=5.0, help="seconds to wait for replies after the schedule")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="workload and schedule seed")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--out", default=None, help="directory for the result file (load: none unless given)")
+    p.add_argument(
+        "--out", default=out, help=f"directory for the result file (default {out or 'none: not written'})"
+    )
 
 
 def config_from_args(args: argparse.Namespace, *, host: str, port: int) -> LoadConfig:

@@ -211,7 +211,14 @@ class Gateway:
         """Generate the transfer pool for a ledger of ``accounts`` accounts."""
         c = self.config
         workload = Workload(WorkloadConfig(accounts=accounts, seed=c.seed), stream=1 + self.operator)
-        forward = workload.batch(c.pool, first_id=0, operator=self.operator)
+        # In chunks: the workload re-sends recent ids (duplicates) only from its second batch on.
+        chunk = 4096
+        forward = np.concatenate(
+            [
+                workload.batch(min(chunk, c.pool - first), first_id=first, operator=self.operator)
+                for first in range(0, c.pool, chunk)
+            ]
+        )
         reverse = forward.copy()
         reverse["payer"], reverse["payee"] = forward["payee"], forward["payer"]
         self._pools = (forward, reverse)
@@ -369,7 +376,7 @@ async def run_share(
         now_cpu = time.process_time()
         m.generator_cpu_s = (now_cpu if cpu_end is None else cpu_end) - (now_cpu if cpu_start is None else cpu_start)
         failures = [f"operator {g.operator}: {g.failure}" for g in gateways if g.failure]
-        return ShareReport(measurement=m, failures=failures, welcome=msgspec.to_builtins(welcomes[0]))
+        return ShareReport(measurement=m, failures=failures, welcome=msgspec.structs.asdict(welcomes[0]))
     finally:
         for g in gateways:
             if g.transport is not None and not g.transport.is_closing():
