@@ -172,9 +172,7 @@ def add_load_arguments(
     p.add_argument("--drain", type=float, default=5.0, help="seconds to wait for replies after the schedule")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="workload and schedule seed")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument(
-        "--out", default=out, help=f"directory for the result file (default {out or 'none: not written'})"
-    )
+    p.add_argument("--out", default=out, help=f"directory for the result file (default {out or 'none: not written'})")
 
 
 def config_from_args(args: argparse.Namespace, *, host: str, port: int) -> LoadConfig:
@@ -259,6 +257,5 @@ def format_summary(r: RunResult) -> str:
             f"audit: {'ok' if s.audit_ok else 'FAILED'} (total {r.audit.total_fen:,} fen, expected "
             f"{r.audit.expected_fen:,}, negative accounts {r.audit.negative_accounts})"
         )
-    for f in r.failures:
-        lines.append(f"problem: {f}")
+    lines += [f"problem: {f}" for f in r.failures]
     return "\n".join(lines)

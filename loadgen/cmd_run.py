@@ -38,7 +38,7 @@ DEFAULT_ACCOUNTS = 1_000_000
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(ChildProcessError):
     """The server process died or did not report its port in time."""
 
 
@@ -53,12 +53,14 @@ class ServerProcess:
     proc: subprocess.Popen[str] | None = None
     _stderr: IO[str] | None = None
     _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    _pump_thread: threading.Thread | None = None
 
     def start(self) -> tuple[str, int]:
-        self._stderr = tempfile.TemporaryFile("w+")
+        self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the server; closed in stop()
         cmd = [sys.executable, "-m", "loadgen", "serve", *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1)
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
             remaining = deadline - time.monotonic()
@@ -108,6 +110,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        if self._pump_thread is not None:
+            self._pump_thread.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
@@ -165,7 +171,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     config = config_from_args(args, host=args.host, port=0)
-    result = run_benchmark(
-        config, profile=args.profile, accounts=args.accounts, scenario=args.scenario, echo=args.echo
-    )
+    result = run_benchmark(config, profile=args.profile, accounts=args.accounts, scenario=args.scenario, echo=args.echo)
     return report(result, as_json=args.json, out=args.out)

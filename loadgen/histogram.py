@@ -186,6 +186,12 @@ class Histogram:
             out[p] = min(int(value), self.max_ns)
         return out
 
+    def count_above(self, value_ns: int) -> int:
+        """How many recorded values lie above ``value_ns`` (to the histogram's resolution)."""
+        v = min(max(int(value_ns), 0), self.layout.highest)
+        index = int(self.layout.indices(np.array([v], dtype=np.int64))[0])
+        return int(self.counts[index + 1 :].sum())
+
     def value_at(self, percentile: float) -> int:
         return self.percentiles((percentile,))[percentile]
 

@@ -105,7 +105,7 @@ class Counts(msgspec.Struct, frozen=True):
     results: int  # answered by a Results frame, exactly once each
     unanswered: int  # sent, no reply by the end of the drain
     unsent: int  # never sent (generator or connection fell behind)
-    late: int  # measured transfers sent more than a tick + 1 ms after schedule
+    late: int  # measured transfers sent more than a tick + 2 ms after schedule
     error_transfers: int  # answered by an Error frame
     protocol_errors: int
     frames_sent: int

@@ -133,7 +133,5 @@ class DoubleServer:
             self.transfers += len(records)
             if len(records):
                 self.seen_ids.setdefault(int(records["operator"][0]), []).append(records["transfer_id"].copy())
-            codes = (
-                self.code_of(records) if self.code_of is not None else np.zeros(len(records), dtype=CODE_DTYPE)
-            )
+            codes = self.code_of(records) if self.code_of is not None else np.zeros(len(records), dtype=CODE_DTYPE)
             conn.send(wire.Results(seq=msg.seq, codes=codes.astype(CODE_DTYPE).tobytes(), commit_ns=time.time_ns()))
