@@ -19,6 +19,11 @@ Micro-batching (group commit)
     positive wait is rounded up to whole milliseconds. When a flush leaves Submits behind (the
     queue held more than one batch) the next flush is scheduled at once, after one I/O round.
 
+The engine runs on the event-loop thread. While a batch runs nothing is read: new frames wait in
+the kernel's socket buffers (TCP's own bounded queue) and are read, validated and queued or shed
+in the next I/O round. The alternative, a worker thread, would overlap little under the GIL and
+would make the batch boundaries depend on thread scheduling.
+
 Ordering
     Per connection, Results come in Submit order except for shed Submits (below), whose Results
     are sent immediately and can overtake queued ones; clients match Results by ``seq``.
@@ -196,6 +201,8 @@ class _Connection(asyncio.Protocol):
             self.reader = FrameReader(self.server.config.max_frame_bytes)  # drop the rest: closing
             for body in exc.frames:
                 self.server._handle(self, body)
+            if self.pending:  # answer the Submits it sent before the bad frame, then close
+                self.server._drain()
             self.server._error(
                 self,
                 ErrorCode.FRAME_TOO_LARGE,
@@ -587,7 +594,16 @@ class Server:
             return
         if not self._check_account(conn, msg, account):
             return
-        getattr(hook, method)(np.array([account], dtype=np.uint32))
+        try:
+            getattr(hook, method)(np.array([account], dtype=np.uint32))
+        except Exception as exc:  # the hook refused (e.g. a limit of its own): report, keep serving
+            self._error(
+                conn,
+                ErrorCode.BAD_FIELD,
+                f"{type(msg).__name__}: the {hook_name!r} hook refused account {account}: {type(exc).__name__}: {exc}",
+                req,
+            )
+            return
         self.counters["admin_" + type(msg).__name__.lower()] += 1
         self._send(conn, Ack(req))
 
