@@ -142,10 +142,11 @@ class Summary(msgspec.Struct, frozen=True):
     """The headline numbers (what ``--json`` prints)."""
 
     profile: str
-    offered_tps: float
+    offered_tps: float  # the configured rate
+    scheduled_tps: float  # payments actually scheduled in the measured window / its length (Poisson varies)
     achieved_tps: float  # replies received in the measured window / its length
     goodput_tps: float  # of which OK
-    achieved_ratio: float
+    achieved_ratio: float  # achieved / scheduled
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -221,9 +222,10 @@ def build_result(
     summary = Summary(
         profile=profile,
         offered_tps=config.rate_tps,
+        scheduled_tps=m.scheduled_measured / config.seconds,
         achieved_tps=achieved,
         goodput_tps=m.window_ok / config.seconds,
-        achieved_ratio=achieved / config.rate_tps,
+        achieved_ratio=m.window_completed / max(m.scheduled_measured, 1),
         p50_ms=latency.p50_ms,
         p90_ms=latency.p90_ms,
         p99_ms=latency.p99_ms,
