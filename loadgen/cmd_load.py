@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -149,9 +151,20 @@ async def measure(
 
 
 def run_measure(config: LoadConfig, **kwargs: Any) -> RunResult:
-    """``measure`` on a fresh uvloop event loop."""
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(measure(config, **kwargs))
+    """``measure`` on a fresh uvloop event loop; SIGTERM cancels it as cleanly as Ctrl-C does."""
+
+    async def main() -> RunResult:
+        task = asyncio.current_task()
+        assert task is not None
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await measure(config, **kwargs)
+
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(main())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt("terminated") from None
 
 
 # ---- command line ----------------------------------------------------------------------------

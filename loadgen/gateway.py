@@ -447,6 +447,7 @@ async def _run_processes(
     ctx = multiprocessing.get_context("spawn")
     procs: list[Any] = []
     conns: list[Any] = []
+    finished = False
     try:
         for share in shares:
             parent_conn, child_conn = ctx.Pipe()
@@ -477,6 +478,7 @@ async def _run_processes(
             merged.merge(report.measurement)
             failures += report.failures
             welcome = report.welcome
+        finished = True
         return merged, failures, welcome
     finally:
         for conn in conns:
@@ -484,6 +486,8 @@ async def _run_processes(
                 conn.send(("stop", 0))
             conn.close()
         for p in procs:
+            if not finished:  # error or cancellation: do not let them run out their schedules
+                p.terminate()
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
