@@ -13,7 +13,13 @@ import sys
 from collections.abc import Sequence
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("loadgen.cmd_engine", "loadgen.cmd_serve", "loadgen.cmd_verify_chain")
+SUBCOMMANDS = (
+    "loadgen.cmd_run",
+    "loadgen.cmd_load",
+    "loadgen.cmd_serve",
+    "loadgen.cmd_engine",
+    "loadgen.cmd_verify_chain",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
