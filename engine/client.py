@@ -13,6 +13,7 @@ import collections
 import socket
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -208,3 +209,13 @@ def _ref_of(msg: ServerMessage) -> int | None:
         case Error(ref=ref) | Ack(req=ref) | BalanceReply(req=ref) | AuditReply(req=ref) | StatsReply(req=ref):
             return ref
     return None
+
+
+def parse_host(host: str | None) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` (or ``HOST:PORT``) -> (host, port), with a clear error otherwise."""
+    if not host:
+        raise ValueError("no host: pass --host tcp://127.0.0.1:PORT (the port `cbdc-bench serve` printed)")
+    parts = urlsplit(host if "://" in host else f"tcp://{host}")
+    if parts.scheme != "tcp" or not parts.hostname or not parts.port:
+        raise ValueError(f"host must look like tcp://127.0.0.1:7400, got {host!r}")
+    return parts.hostname, parts.port

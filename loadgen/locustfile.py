@@ -28,13 +28,12 @@ import logging
 import os
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from locust import User, events, task
 from locust.env import Environment
 
-from engine.client import Client, ServerError
+from engine.client import Client, ServerError, parse_host
 from engine.codes import ResultCode, name_counts
 from loadgen.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
 
@@ -113,16 +112,6 @@ def _summary(environment: Environment, **_: Any) -> None:
             w = csv.writer(f)
             w.writerow(["code", "transfers"])
             w.writerows(codes.most_common())
-
-
-def parse_host(host: str | None) -> tuple[str, int]:
-    """``tcp://HOST:PORT`` (or ``HOST:PORT``) -> (host, port), with a clear error otherwise."""
-    if not host:
-        raise ValueError("no host: pass --host tcp://127.0.0.1:PORT (the port `cbdc-bench serve` printed)")
-    parts = urlsplit(host if "://" in host else f"tcp://{host}")
-    if parts.scheme != "tcp" or not parts.hostname or not parts.port:
-        raise ValueError(f"host must look like tcp://127.0.0.1:7400, got {host!r}")
-    return parts.hostname, parts.port
 
 
 class PaymentGateway(User):

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import uvloop
-from wire_double import DoubleServer
 
 from engine import wire
 from engine.codes import ResultCode
 from loadgen.gateway import Gateway, LoadConfig, run_load
 from loadgen.measure import Measurement
+from tests.wire_double import DoubleServer
 
 MS = 1_000_000
 

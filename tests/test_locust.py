@@ -1,4 +1,8 @@
-"""Locust integration: a real server, Locust headless in a subprocess, stats and audit checked."""
+"""Locust integration: a real server, Locust headless in a subprocess, stats and audit checked.
+
+Locust is never imported in the test process: importing it monkey-patches the interpreter with
+gevent, which would break every asyncio and thread based test that runs after it.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.client import Client
-from loadgen.locustfile import parse_host
+from engine.client import Client, parse_host
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,22 +31,22 @@ def test_parse_host() -> None:
 
 @pytest.fixture
 def server() -> tuple[str, int]:  # type: ignore[misc]
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "loadgen.cli", "serve", "--port", "0", "--accounts", "20000"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on" in line, line
-        host, port = line.split("listening on", 1)[1].strip().split()[0].rsplit(":", 1)
-        yield host, int(port)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert "listening on" in line, line
+            host, port = line.split("listening on", 1)[1].strip().split()[0].rsplit(":", 1)
+            yield host, int(port)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
 def run_locust(host: str, port: int, tmp_path: Path, *extra: str) -> tuple[list[dict[str, str]], dict[str, int]]:
