@@ -57,6 +57,17 @@ def _add_arguments(parser: Any) -> None:
         help="worker processes in the whole run (default: --processes, else 1); with --master/--worker set it "
         "to the number of workers so each operator is driven by one process only",
     )
+    group.add_argument(
+        "--cbdc-accounts",
+        type=int,
+        default=0,
+        help="draw payers and payees from the first N accounts (default 0: all of the server's)",
+    )
+    group.add_argument(
+        "--cbdc-profile",
+        default="",
+        help="profile the server must be running (default: any); a mismatch stops the run with an error",
+    )
     group.add_argument("--cbdc-seed", type=int, default=DEFAULT_SEED, help="workload seed (default: the server's)")
     group.add_argument("--cbdc-pool", type=int, default=8, help="pre-generated batches per user (default 8)")
     group.add_argument(
@@ -141,9 +152,14 @@ class PaymentGateway(User):
         assert welcome is not None
         if opts.cbdc_batch > welcome.max_batch:
             raise ValueError(f"--cbdc-batch {opts.cbdc_batch} exceeds the server's max_batch {welcome.max_batch}")
+        if opts.cbdc_profile and opts.cbdc_profile != welcome.profile:
+            raise ValueError(f"--cbdc-profile {opts.cbdc_profile!r}, but the server runs {welcome.profile!r}")
+        accounts = opts.cbdc_accounts or welcome.accounts
+        if not 2 <= accounts <= welcome.accounts:
+            raise ValueError(f"--cbdc-accounts must be in 2..{welcome.accounts} (the server's accounts)")
         self.name = f"submit {welcome.profile} x{opts.cbdc_batch}"
         workload = Workload(
-            WorkloadConfig(accounts=welcome.accounts, seed=opts.cbdc_seed), stream=1_000 + self.worker * 10_000 + serial
+            WorkloadConfig(accounts=accounts, seed=opts.cbdc_seed), stream=1_000 + self.worker * 10_000 + serial
         )
         self.pool = BatchPool(workload, opts.cbdc_pool, opts.cbdc_batch, operator=self.operator)
         self.state = state

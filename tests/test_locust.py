@@ -54,13 +54,15 @@ def run_locust(host: str, port: int, tmp_path: Path, *extra: str) -> tuple[list[
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "loadgen" / "locustfile.py"), "--host", f"tcp://{host}:{port}",
-         "--headless", "-u", "3", "-r", "3", "-t", "3s", "--csv", str(prefix), "--only-summary", "--cbdc-batch", "500",
+         "--headless", "-u", "3", "-r", "3", "-t", "3s", "--csv", str(prefix), "--html", str(tmp_path / "report.html"),
+        "--only-summary", "--cbdc-batch", "500",
          *extra],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     with open(f"{prefix}_stats.csv") as f:
         stats = list(csv.DictReader(f))
+    assert (tmp_path / "report.html").stat().st_size > 1_000
     with open(f"{prefix}_result_codes.csv") as f:
         codes = {row["code"]: int(row["transfers"]) for row in csv.DictReader(f)}
     return stats, codes
@@ -70,7 +72,7 @@ def test_locust_headless_run_reports_requests_and_keeps_the_ledger_sound(
     server: tuple[str, int], tmp_path: Path
 ) -> None:
     host, port = server
-    for extra in ((), ("--processes", "2")):  # standalone, then distributed over two workers
+    for extra in ((), ("--processes", "2", "--cbdc-profile", "baseline", "--cbdc-accounts", "5000")):
         stats, codes = run_locust(host, port, tmp_path, *extra)
         row = next(r for r in stats if r["Name"].startswith("submit baseline x500"))
         assert int(row["Request Count"]) > 0
