@@ -79,6 +79,30 @@ class Transfers:
         return self.batch if self._all else self.batch[self.index]
 
 
+def restricted_veto(
+    transfers: Transfers,
+    restricted: np.ndarray,
+    barred: Callable[[np.ndarray], np.ndarray],
+    code: int,
+) -> tuple[np.ndarray | None, int]:
+    """Veto ``code`` for payments in a restricted category whose payer is ``barred``.
+
+    ``restricted`` is a boolean table indexed by category; ``barred(payers)`` says which of the
+    given payers may not pay those categories. Restricted categories are a few percent of
+    payments, so they are tested first and the per-payer state is gathered for those only.
+    Returns the codes (or None when nothing is vetoed) and the number vetoed.
+    """
+    candidates = np.flatnonzero(restricted[transfers.category])
+    if len(candidates) == 0:
+        return None, 0
+    hit = candidates[barred(transfers.payer[candidates])]
+    if len(hit) == 0:
+        return None, 0
+    codes = np.zeros(len(transfers), dtype=CODE_DTYPE)
+    codes[hit] = code
+    return codes, len(hit)
+
+
 class Hook:
     """Base class for policy hooks; override the phases the hook takes part in."""
 

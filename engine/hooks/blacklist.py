@@ -13,8 +13,8 @@ import msgspec
 import numpy as np
 
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
-from engine.codes import CODE_DTYPE, ResultCode
-from engine.hooks.base import Hook, Transfers, as_accounts, seeded_chunks
+from engine.codes import ResultCode
+from engine.hooks.base import Hook, Transfers, as_accounts, restricted_veto, seeded_chunks
 from engine.ledger import FLAG_BLACKLISTED, Ledger
 
 
@@ -69,17 +69,13 @@ class Blacklist(Hook):
         return int(np.count_nonzero(self._flags & FLAG_BLACKLISTED))
 
     def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray | None:
-        # Restricted categories are a few percent of payments: test them first, then gather
-        # the flags of those payers only.
-        candidates = np.flatnonzero(self.restricted[transfers.category])
-        if len(candidates) == 0:
-            return None
-        hit = candidates[(self._flags[transfers.payer[candidates]] & FLAG_BLACKLISTED) != 0]
-        if len(hit) == 0:
-            return None
-        self.vetoed += len(hit)
-        codes = np.zeros(len(transfers), dtype=CODE_DTYPE)
-        codes[hit] = ResultCode.BLACKLISTED
+        codes, vetoed = restricted_veto(
+            transfers,
+            self.restricted,
+            lambda payers: (self._flags[payers] & FLAG_BLACKLISTED) != 0,
+            ResultCode.BLACKLISTED,
+        )
+        self.vetoed += vetoed
         return codes
 
     def stats(self) -> dict[str, int]:

@@ -22,8 +22,8 @@ import msgspec
 import numpy as np
 
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
-from engine.codes import CODE_DTYPE, ResultCode
-from engine.hooks.base import Hook, Transfers, as_accounts, seeded_chunks
+from engine.codes import ResultCode
+from engine.hooks.base import Hook, Transfers, as_accounts, restricted_veto, seeded_chunks
 from engine.ledger import Ledger
 
 
@@ -82,15 +82,11 @@ class SocialCredit(Hook):
         self.score[ids] = np.clip(score, self.config.min_score, self.config.max_score)
 
     def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray | None:
-        candidates = np.flatnonzero(self.restricted[transfers.category])
-        if len(candidates) == 0:
-            return None
-        hit = candidates[self.score[transfers.payer[candidates]] < self.config.threshold]
-        if len(hit) == 0:
-            return None
-        self.vetoed += len(hit)
-        codes = np.zeros(len(transfers), dtype=CODE_DTYPE)
-        codes[hit] = ResultCode.CREDIT_RESTRICTED
+        threshold = self.config.threshold
+        codes, vetoed = restricted_veto(
+            transfers, self.restricted, lambda payers: self.score[payers] < threshold, ResultCode.CREDIT_RESTRICTED
+        )
+        self.vetoed += vetoed
         return codes
 
     def observe(self, batch: np.ndarray, codes: np.ndarray) -> None:
