@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import shlex
@@ -57,7 +58,7 @@ from loadgen.search import RunOutcome, Trial, find_max_sustainable, sustained
 from loadgen.workload import DEFAULT_SEED
 
 #: ``--quick``: the default profile set in about 10 minutes on a 2-core machine. Shorter phases
-#: (1 s warm-up + 2 s measured per search trial, 3 s per equal-load run: ~400k-2M latencies per
+#: (1 s warm-up + 2 s measured per search trial and per equal-load run: ~400k-2M latencies per
 #: trial, enough for a p99, thin for a p99.99), 2 repeats, 10% bisection.
 QUICK = Plan(
     mode="quick",
@@ -68,7 +69,7 @@ QUICK = Plan(
     search_warmup_s=1.0,
     search_seconds=2.0,
     equal_warmup_s=1.0,
-    equal_seconds=3.0,
+    equal_seconds=2.0,
     drain_s=2.0,
 )
 #: The default: longer phases and 3 repeats; precision comes from the scenario.
@@ -85,7 +86,7 @@ FULL = Plan(
     drain_s=5.0,
 )
 #: Seconds a phase costs beyond its schedule: pool generation, connections, audit, idle wait.
-PHASE_OVERHEAD_S = 1.0
+PHASE_OVERHEAD_S = 0.5
 #: Equal-load rates are rounded down to this step (the lowest maximum found is noisy anyway).
 RATE_STEP_TPS = 10_000.0
 ECHO = "echo"
@@ -108,7 +109,7 @@ def estimated_trials(settings: CompareSettings, plan: Plan, *, first: bool) -> i
 
 
 def estimate_seconds(settings: CompareSettings, plan: Plan, profiles: int) -> float:
-    search_phase = plan.search_warmup_s + plan.search_seconds + PHASE_OVERHEAD_S + plan.drain_s / 2
+    search_phase = plan.search_warmup_s + plan.search_seconds + PHASE_OVERHEAD_S + plan.drain_s / 4
     equal_phase = plan.equal_warmup_s + plan.equal_seconds + PHASE_OVERHEAD_S
     trials = estimated_trials(settings, plan, first=True) + (plan.repeats - 1) * estimated_trials(
         settings, plan, first=False
@@ -131,6 +132,34 @@ def common_rates(settings: CompareSettings, searches: list[ProfileSearch]) -> li
     return sorted(rates)
 
 
+def search_start(
+    settings: CompareSettings, plan: Plan, searches: list[ProfileSearch], profile: str
+) -> tuple[float, float]:
+    """Start rate and bracketing factor of the next search of ``profile``.
+
+    A repeat starts at the median of the profile's earlier answers and brackets in steps of
+    twice the precision; a first search starts at the median answer of the profiles searched
+    so far (the scenario's ``start_tps`` for the very first) and doubles or halves. A better
+    start only saves trials: the boundary is still bracketed, bisected and confirmed.
+    """
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    own = [s.result.max_sustainable_tps for s in searches if s.profile == profile and s.result.max_sustainable_tps > 0]
+    if own:
+        return median(own), 1 + 2 * plan.precision
+    others = [s.result.max_sustainable_tps for s in searches if s.profile != ECHO and s.result.max_sustainable_tps > 0]
+    if others:
+        return median(others), 2.0
+    return settings.start_tps, 2.0
+
+
+def profile_orders(profiles: list[str], *, repeats: int, rng: random.Random) -> list[list[str]]:
+    """A fresh random order of ``profiles`` for each repeat (drift then favours none of them)."""
+    return [rng.sample(profiles, len(profiles)) for _ in range(repeats)]
+
+
 # ---- one server session ----------------------------------------------------------------------
 
 
@@ -145,7 +174,9 @@ async def _wait_idle(host: str, port: int, timeout_s: float = 60.0) -> None:
             if not stats.get("queue_transfers") and not stats.get("queue_submits"):
                 return
             if time.monotonic() > deadline:
-                raise CompareError(f"server still has {stats.get('queue_transfers')} queued transfers after {timeout_s} s")
+                raise CompareError(
+                    f"server still has {stats.get('queue_transfers')} queued transfers after {timeout_s} s"
+                )
             await asyncio.sleep(0.05)
     finally:
         admin.close()
@@ -324,8 +355,6 @@ def run_compare(
 
     searches: list[ProfileSearch] = []
     refs: list[RunRef] = []
-    order: list[list[str]] = []
-    equal_order: list[list[str]] = []
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -356,14 +385,10 @@ def run_compare(
             rate = elapsed / done
             progress.update(overall, completed=done, eta=f"~{left * rate / 60:.1f} min left (estimate)")
 
-        for repeat in range(1, plan.repeats + 1):
-            sequence = rng.sample(searched, len(searched))
-            order.append(sequence)
+        order = profile_orders(searched, repeats=plan.repeats, rng=rng)
+        for repeat, sequence in enumerate(order, start=1):
             for profile in sequence:
-                previous = [s.result.max_sustainable_tps for s in searches if s.profile == profile]
-                seeded = [v for v in previous if v > 0]
-                start = sorted(seeded)[len(seeded) // 2] if seeded else settings.start_tps
-                growth = 1 + 2 * plan.precision if seeded else 2.0
+                start, growth = search_start(settings, plan, searches, profile)
                 progress.update(overall, description=f"r{repeat}/{plan.repeats} search {profile}")
                 with _server(profile, plan, seed, scenario) as server:
                     s = Session(
@@ -389,16 +414,17 @@ def run_compare(
                 )
             # Re-estimate the remaining searches from what they actually took.
             per_search = sum(1 for x in refs if x.stage == "search") / len(searches)
-            remaining = (plan.repeats - repeat) * len(searched) * min(per_search, estimated_trials(settings, plan, first=False))
+            remaining = (
+                (plan.repeats - repeat) * len(searched) * min(per_search, estimated_trials(settings, plan, first=False))
+            )
             rates_n = len(set(settings.common_rates_tps)) + 1
             progress.update(overall, total=done + remaining + plan.repeats * len(names) * rates_n)
 
         rates = common_rates(settings, searches)
         progress.update(overall, total=done + plan.repeats * len(names) * len(rates))
         console.print("equal-load rates: " + ", ".join(f"{r:,.0f}/s" for r in rates))
-        for repeat in range(1, plan.repeats + 1):
-            sequence = rng.sample(names, len(names))
-            equal_order.append(sequence)
+        equal_order = profile_orders(names, repeats=plan.repeats, rng=rng)
+        for repeat, sequence in enumerate(equal_order, start=1):
             for profile in sequence:
                 progress.update(overall, description=f"r{repeat}/{plan.repeats} equal load {profile}")
                 with _server(profile, plan, seed, scenario) as server:
@@ -436,7 +462,9 @@ def run_compare(
         notes=notes,
     )
     path = save_summary(summary, out_dir / "compare.json")
-    console.print(f"comparison summary: {path} ({len(refs)} result files in {runs_dir}); took {summary.duration_s / 60:.1f} min")
+    console.print(
+        f"comparison summary: {path} ({len(refs)} result files in {runs_dir}); took {summary.duration_s / 60:.1f} min"
+    )
     if make_report:
         from loadgen.report import write_report
 
@@ -445,7 +473,9 @@ def run_compare(
     return summary, path
 
 
-def _server(profile: str, plan: Plan, seed: int, scenario: str | None):  # type: ignore[no-untyped-def]
+def _server(
+    profile: str, plan: Plan, seed: int, scenario: str | None
+) -> contextlib.AbstractContextManager[ServerProcess]:
     echo = profile == ECHO
     args = server_arguments(
         profile="baseline" if echo else profile,

@@ -214,7 +214,7 @@ def differs(a: Band, b: Band) -> bool | None:
 
 
 def verdict(a: Band, b: Band) -> str:
-    """"different", "same within spread" or "not judged (1 repeat)"."""
+    """ "different", "same within spread" or "not judged (1 repeat)"."""
     d = differs(a, b)
     if d is None:
         return "not judged (1 repeat)"

@@ -32,18 +32,19 @@ def _colors(profiles: Sequence[str]) -> dict[str, str]:
     return {p: ("0.45" if p == ECHO else palette[i % 10]) for i, p in enumerate(profiles)}
 
 
-def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **kw: object) -> tuple[Figure, np.ndarray]:
+def _figure(
+    width: float, height: float, rows: int = 1, cols: int = 1, *, sharex: bool = False
+) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False, **kw)  # type: ignore[arg-type]
-    return fig, axes
+    return fig, fig.subplots(rows, cols, squeeze=False, sharex=sharex)
 
 
 def _title(fig: Figure, what: str, data: ReportData) -> None:
     fig.suptitle(f"{what}\n{data.title}, {data.accounts:,} accounts; {data.machine}", fontsize=10)
 
 
-_KTPS = FuncFormatter(lambda x, _pos: f"{x / 1000:,.0f}k")
+_KTPS = FuncFormatter(lambda x, _pos: f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1000:,.0f}k")
 _PLAIN = FuncFormatter(lambda y, _pos: f"{y:g}")
 # Minor ticks of a log axis labelled at 2 and 5 only, so labels do not collide.
 _PLAIN_MINOR = FuncFormatter(lambda y, _pos: f"{y:g}" if f"{y:.0e}"[0] in "25" else "")
@@ -68,8 +69,15 @@ def plot_elbow(data: ReportData, runs: list[Loaded], path: Path) -> Path:
             [r.offered_tps for r in bad], [r.result.summary.p99_ms for r in bad], color=c, marker="x", s=28, zorder=3
         )
     ax.axhline(data.slo_p99_ms, color="k", ls="--", lw=0.9)
-    ax.text(0.99, data.slo_p99_ms, f"SLO: p99 {data.slo_p99_ms:g} ms ", va="bottom", ha="right", fontsize=8,
-            transform=ax.get_yaxis_transform())
+    ax.text(
+        0.99,
+        data.slo_p99_ms,
+        f"SLO: p99 {data.slo_p99_ms:g} ms ",
+        va="bottom",
+        ha="right",
+        fontsize=8,
+        transform=ax.get_yaxis_transform(),
+    )
     ax.axvline(HEADLINE_TPS, color="crimson", ls=":", lw=1.2)
     ax.text(HEADLINE_TPS, 0.02, " 300,000 TPS", color="crimson", transform=ax.get_xaxis_transform(), fontsize=8)
     ax.set_yscale("log")
@@ -126,7 +134,14 @@ def plot_cost(data: ReportData, path: Path) -> Path:
     base = next((r for r in data.profiles if r.profile == "baseline"), None)
     if base is not None and base.apply_ns_per_transfer is not None:
         right.axhline(base.apply_ns_per_transfer.median, color="k", ls="--", lw=0.9)
-        right.text(-0.4, base.apply_ns_per_transfer.median, " baseline ledger apply", va="bottom", fontsize=7)
+        right.text(
+            0.01,
+            base.apply_ns_per_transfer.median,
+            "baseline: whole apply (ledger alone)",
+            va="bottom",
+            fontsize=7,
+            transform=right.get_yaxis_transform(),
+        )
     ref = f"{data.reference_tps:,.0f}/s" if data.reference_tps else "n/a"
     right.set_xticks(xs, [r.profile for r in hook_rows], rotation=30, ha="right")
     right.set_ylabel("ns per transfer inside the engine (median over runs)")
@@ -145,15 +160,25 @@ def plot_spectrum(data: ReportData, runs: list[Loaded], path: Path) -> Path:
     colors = _colors([r.profile for r in data.profiles])
     rate = data.reference_tps
     for row in data.profiles:
-        here = [r for r in runs if r.profile == row.profile and r.offered_tps == rate and (r.ref is None or r.ref.stage == "equal-load")]
+        here = [
+            r
+            for r in runs
+            if r.profile == row.profile and r.offered_tps == rate and (r.ref is None or r.ref.stage == "equal-load")
+        ]
         if not here:
             continue
         h = merged_histogram(here)
         # Only percentiles the sample supports: 1/(1-p) up to the count of values.
-        xs = _SPECTRUM_X[_SPECTRUM_X <= max(h.total, 2)]
+        xs = _SPECTRUM_X[max(h.total, 2) >= _SPECTRUM_X]
         pcts = [float(100 * (1 - 1 / x)) for x in xs]
         values = h.percentiles(pcts)
-        ax.plot(xs, [values[p] / 1e6 for p in pcts], color=colors[row.profile], lw=1.4, label=f"{row.profile} ({h.total:,} payments)")
+        ax.plot(
+            xs,
+            [values[p] / 1e6 for p in pcts],
+            color=colors[row.profile],
+            lw=1.4,
+            label=f"{row.profile} ({h.total:,} payments)",
+        )
     ticks = [2, 10, 100, 1_000, 10_000, 100_000]
     ax.set_xscale("log")
     ax.set_xlim(1, 1.3e5)
@@ -177,7 +202,11 @@ def plot_timeseries(data: ReportData, runs: list[Loaded], path: Path) -> Path:
     rate = data.reference_tps
     warmup = 0.0
     for row in data.profiles:
-        here = [r for r in runs if r.profile == row.profile and r.offered_tps == rate and (r.ref is None or r.ref.stage == "equal-load")]
+        here = [
+            r
+            for r in runs
+            if r.profile == row.profile and r.offered_tps == rate and (r.ref is None or r.ref.stage == "equal-load")
+        ]
         if not here:
             continue
         run = min(here, key=lambda r: (r.ref.repeat if r.ref else 0, r.path))

@@ -133,7 +133,9 @@ def load_inputs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Loaded], 
             results[f.resolve()] = loads(data, source=str(f))
     if len(summaries) > 1:
         raise ValueError(
-            "more than one comparison summary given (" + ", ".join(str(p) for p, _ in summaries) + "); report one at a time"
+            "more than one comparison summary given ("
+            + ", ".join(str(p) for p, _ in summaries)
+            + "); report one at a time"
         )
     summary = summaries[0][1] if summaries else None
     loaded: list[Loaded] = []
@@ -249,7 +251,7 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
     for p in profiles:
         if summary is not None and any(s.profile == p for s in summary.searches):
             searches = [s for s in summary.searches if s.profile == p]
-            band = Band.of(
+            searched_band = Band.of(
                 [s.result.max_sustainable_tps for s in searches],
                 [(s.interval_low_tps, s.interval_high_tps) for s in searches],
             )
@@ -257,7 +259,7 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
             confirmed = f"{sum(s.result.confirmed for s in searches)}/{len(searches)}"
             if ceiling:
                 confirmed += " (ceiling)"
-            maxima[p] = (band, confirmed, ceiling, any(s.generator_limited for s in searches))
+            maxima[p] = (searched_band, confirmed, ceiling, any(s.generator_limited for s in searches))
         else:
             ok = [r.offered_tps for r in runs if r.profile == p and is_sustained(r.result, settings)]
             maxima[p] = (Band.of([max(ok)]) if ok else None, "no search", False, False)
@@ -311,9 +313,9 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
             here = [r for r in runs if r.profile == p and r.offered_tps == rate and _is_equal_load(r)]
             h = merged_histogram(here)
             pct = h.percentiles((50.0, 99.0, 99.9))
-            band = Band.of([r.result.summary.p99_ms for r in here])
+            p99s = Band.of([r.result.summary.p99_ms for r in here])
             if p == "baseline":
-                base_p99[rate] = band
+                base_p99[rate] = p99s
             b = base_p99.get(rate)
             ratios = sorted(r.ref.settled_tps / rate if r.ref else r.result.summary.achieved_ratio for r in here)
             latency.append(
@@ -326,11 +328,11 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
                     p50_ms=pct[50.0] / 1e6,
                     p99_ms=pct[99.0] / 1e6,
                     p999_ms=pct[99.9] / 1e6,
-                    p99_band=band,
-                    p99_vs_baseline_ms=None if b is None or p == "baseline" else band.median - b.median,
+                    p99_band=p99s,
+                    p99_vs_baseline_ms=None if b is None or p == "baseline" else p99s.median - b.median,
                     p99_verdict="reference"
                     if p == "baseline"
-                    else ("n/a" if b is None or p == ECHO else verdict(band, b)),
+                    else ("n/a" if b is None or p == ECHO else verdict(p99s, b)),
                 )
             )
 
@@ -458,7 +460,7 @@ def write_report(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     """Build the report of ``paths`` into ``out``: report.md, report.json and the PNG plots."""
     from loadgen import plots
 
-    data, runs, summary = build(paths)
+    data, runs, _ = build(paths)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     images = plots.plot_all(data, runs, folder)

@@ -53,7 +53,7 @@ class SearchResult(msgspec.Struct, frozen=True):
     @property
     def generator_limited(self) -> bool:
         """A failed trial near the boundary failed with the generator behind its schedule."""
-        low, high = self.interval()
+        _, high = self.interval()
         return any(not t.sustained and not t.generator_kept_schedule and t.offered_tps <= high for t in self.trials)
 
 
