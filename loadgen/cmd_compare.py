@@ -318,7 +318,7 @@ def run_compare(
     make_report: bool = True,
 ) -> tuple[CompareSummary, Path]:
     """Run the comparison; the summary and its path (``OUT/compare.json``)."""
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     scen = load_scenario(scenario)
     settings = scen.compare
     names = list(profiles) if profiles else list(scen.profiles)
