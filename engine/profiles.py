@@ -43,9 +43,42 @@ class HookSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return getattr(self, spec) if spec in BUILTIN else self.custom.get(spec, {})
 
 
+class CompareSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How ``cbdc-bench compare`` judges and searches (the scenario's ``[compare]`` table).
+
+    A rate is sustained when achieved >= ``min_achieved_ratio`` of offered and p99 latency (from
+    each payment's scheduled time) <= ``slo_p99_ms``. Every profile is also run at
+    ``common_rates_tps`` (plus the lowest maximum any profile sustained) to compare at equal load.
+    """
+
+    slo_p99_ms: float = 20.0
+    min_achieved_ratio: float = 0.99
+    common_rates_tps: tuple[float, ...] = (100_000.0, 300_000.0)
+    start_tps: float = 300_000.0  # where the first search of each profile starts
+    min_tps: float = 10_000.0
+    max_tps: float = 16_000_000.0  # above what client + server on one machine reach (engine alone: ~6-8M/s)
+    precision: float = 0.05  # relative width at which bisection stops (full mode)
+
+    def __post_init__(self) -> None:
+        if self.slo_p99_ms <= 0:
+            raise ValueError(f"compare.slo_p99_ms must be > 0, got {self.slo_p99_ms}")
+        if not 0 < self.min_achieved_ratio <= 1:
+            raise ValueError(f"compare.min_achieved_ratio must be in (0, 1], got {self.min_achieved_ratio}")
+        if not 0 < self.min_tps <= self.start_tps <= self.max_tps:
+            raise ValueError(
+                "compare: need 0 < min_tps <= start_tps <= max_tps, got "
+                f"{self.min_tps}, {self.start_tps}, {self.max_tps}"
+            )
+        if not 0 < self.precision < 1:
+            raise ValueError(f"compare.precision must be in (0, 1), got {self.precision}")
+        if any(r <= 0 for r in self.common_rates_tps):
+            raise ValueError(f"compare.common_rates_tps must be > 0, got {list(self.common_rates_tps)}")
+
+
 class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     profiles: dict[str, tuple[str, ...]]
     hooks: HookSettings = HookSettings()
+    compare: CompareSettings = CompareSettings()
 
     def __post_init__(self) -> None:
         if not self.profiles:

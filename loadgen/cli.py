@@ -15,6 +15,8 @@ from collections.abc import Sequence
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (
     "loadgen.cmd_run",
+    "loadgen.cmd_compare",
+    "loadgen.cmd_report",
     "loadgen.cmd_load",
     "loadgen.cmd_serve",
     "loadgen.cmd_engine",

@@ -14,6 +14,7 @@ measured) finish in about 40 s on a 2-core machine, server start-up included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import queue
 import re
 import signal
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -123,6 +125,41 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def server_arguments(
+    *,
+    profile: str,
+    accounts: int,
+    seed: int,
+    operators: int,
+    host: str = "127.0.0.1",
+    scenario: str | None = None,
+    echo: bool = False,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """``cbdc-bench serve`` arguments for a server on a free port of ``host``."""
+    args = ["--host", host, "--port", "0", "--accounts", str(accounts), "--seed", str(seed)]
+    args += ["--profile", profile, "--operators", str(max(operators, 64))]
+    if scenario is not None:
+        if not Path(scenario).is_file():
+            raise FileNotFoundError(f"scenario file {scenario} does not exist")
+        args += ["--scenario", scenario]
+    if echo:
+        args.append("--echo")
+    return args + list(extra)
+
+
+@contextlib.contextmanager
+def running_server(args: list[str], *, accounts: int) -> Iterator[ServerProcess]:
+    """A started ``serve`` process (its ``host``/``port`` set), stopped on leaving, also on errors."""
+    # Start-up builds the ledger (and hook state) for every account before listening.
+    server = ServerProcess(args, startup_timeout_s=60.0 + accounts / 100_000)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 def run_benchmark(
     config: LoadConfig,
     *,
@@ -133,26 +170,22 @@ def run_benchmark(
     server_args: tuple[str, ...] = (),
 ) -> RunResult:
     """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop."""
-    args = ["--host", config.host, "--port", "0", "--accounts", str(accounts), "--seed", str(config.seed)]
-    args += ["--profile", profile, "--operators", str(max(config.operators, 64))]
-    if scenario is not None:
-        if not Path(scenario).is_file():
-            raise FileNotFoundError(f"scenario file {scenario} does not exist")
-        args += ["--scenario", scenario]
-    if echo:
-        args.append("--echo")
-    args += list(server_args)
-    # Start-up builds the ledger (and hook state) for every account before listening.
-    server = ServerProcess(args, startup_timeout_s=60.0 + accounts / 100_000)
-    try:
-        host, port = server.start()
-        run_config = _with_address(config, host, port)
+    args = server_arguments(
+        profile=profile,
+        accounts=accounts,
+        seed=config.seed,
+        operators=config.operators,
+        host=config.host,
+        scenario=scenario,
+        echo=echo,
+        extra=server_args,
+    )
+    with running_server(args, accounts=accounts) as server:
+        run_config = with_address(config, server.host, server.port)
         return run_measure(run_config, kind="run", server_pid=server.pid, audit=True, scenario=scenario, echo=echo)
-    finally:
-        server.stop()
 
 
-def _with_address(config: LoadConfig, host: str, port: int) -> LoadConfig:
+def with_address(config: LoadConfig, host: str, port: int) -> LoadConfig:
     return msgspec.structs.replace(config, host=host, port=port)
 
 

@@ -173,6 +173,7 @@ class Gateway:
         )
         self.pos = 0  # next schedule index to send
         self.seq = 0
+        self.id_base = 0  # first transfer id: the server's next_transfer_id, so a reused server sees fresh ids
         self.pending: dict[int, tuple[int, int]] = {}  # seq -> schedule span [a, b)
         self.start_ns = 0
         self.transport: asyncio.Transport | None = None
@@ -203,6 +204,7 @@ class Gateway:
         self.transport = typing.cast(asyncio.Transport, transport)
         transport.write(self.codec.frame(wire.Hello(operator=self.operator, client="cbdc-bench loadgen")))
         welcome = await asyncio.wait_for(self.welcome, CONNECT_TIMEOUT_S)
+        self.id_base = welcome.next_transfer_id
         record_bytes = wire.TRANSFER_DTYPE.itemsize
         self.batch_max = max(
             1, min(self.config.batch_max, welcome.max_batch, (welcome.max_frame_bytes - 64) // record_bytes)
@@ -221,10 +223,15 @@ class Gateway:
                 for first in range(0, c.pool, chunk)
             ]
         )
+        forward["transfer_id"] += self.id_base
         reverse = forward.copy()
         reverse["payer"], reverse["payee"] = forward["payee"], forward["payer"]
         self._pools = (forward, reverse)
-        self._sim_start_ns = workload.config.start_ns
+        # A server that already took ids from this operator (an earlier load phase) continues
+        # its simulated clock where that phase left it, about operators * ids payments later:
+        # a clock that jumped back would keep yesterday's daily wallet totals for today.
+        resumed_payments = self.id_base * c.operators
+        self._sim_start_ns = workload.config.start_ns + int(resumed_payments * workload.ns_per_payment)
         # Simulated ns per real ns: all gateways together advance the simulated clock by
         # ns_per_payment per payment at the offered rate.
         self._sim_speed = c.rate_tps * workload.ns_per_payment / 1e9

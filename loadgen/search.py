@@ -21,6 +21,8 @@ class RunOutcome(msgspec.Struct, frozen=True):
     offered_tps: float
     achieved_tps: float
     p99_ms: float
+    #: False when the generator fell behind its schedule: the run measured the generator too.
+    generator_kept_schedule: bool = True
 
 
 class Trial(msgspec.Struct, frozen=True):
@@ -29,6 +31,7 @@ class Trial(msgspec.Struct, frozen=True):
     p99_ms: float
     sustained: bool
     phase: str  # "bracket", "bisect", "confirm-low" or "confirm-high"
+    generator_kept_schedule: bool = True
 
 
 class SearchResult(msgspec.Struct, frozen=True):
@@ -37,6 +40,33 @@ class SearchResult(msgspec.Struct, frozen=True):
     confirmed: bool  # every confirm-low run sustained and every confirm-high run did not
     note: str
     trials: list[Trial]
+
+    def interval(self) -> tuple[float, float]:
+        """Rates between which the capacity lies, by every trial of this search.
+
+        With consistent trials (every sustained rate below every failed one) that is [highest
+        sustained, lowest failed]: the search's resolution. Noisy trials (a failure below a
+        success) widen it to the whole region of disagreement, so noise is never hidden.
+        """
+        return capacity_interval(self.trials, self.max_sustainable_tps)
+
+    @property
+    def generator_limited(self) -> bool:
+        """A failed trial near the boundary failed with the generator behind its schedule."""
+        _, high = self.interval()
+        return any(not t.sustained and not t.generator_kept_schedule and t.offered_tps <= high for t in self.trials)
+
+
+def capacity_interval(trials: list[Trial], found_tps: float) -> tuple[float, float]:
+    """[min(max sustained, min failed), max(max sustained, min failed)] over ``trials``."""
+    ok = [t.offered_tps for t in trials if t.sustained]
+    failed = [t.offered_tps for t in trials if not t.sustained]
+    if not ok:
+        return 0.0, min(failed, default=found_tps)
+    if not failed:
+        return max(ok), max(ok)
+    a, b = max(ok), min(failed)
+    return min(a, b), max(a, b)
 
 
 def sustained(outcome: RunOutcome, slo_p99_ms: float, min_achieved_ratio: float = 0.99) -> bool:
@@ -53,17 +83,24 @@ def find_max_sustainable(
     precision: float = 0.05,
     confirm_repeats: int = 1,
     min_achieved_ratio: float = 0.99,
+    growth: float = 2.0,
     progress: Callable[[Trial], None] | None = None,
 ) -> SearchResult:
-    """Bracket, bisect to ``precision`` (relative), then confirm at 95% and 105%."""
+    """Bracket (multiplying or dividing by ``growth``), bisect to ``precision`` (relative), confirm.
+
+    A start near the answer with a small ``growth`` (e.g. a repeat seeded with the previous
+    repeat's answer) saves trials; the answer is found the same way either way.
+    """
     if not 0 < min_tps <= start_tps <= max_tps:
         raise ValueError(f"need 0 < min_tps <= start_tps <= max_tps, got {min_tps}, {start_tps}, {max_tps}")
+    if growth <= 1.0 or precision <= 0:
+        raise ValueError(f"need growth > 1 and precision > 0, got growth {growth}, precision {precision}")
     trials: list[Trial] = []
 
     def run(rate: float, phase: str) -> bool:
         outcome = measure(rate)
         ok = sustained(outcome, slo_p99_ms, min_achieved_ratio)
-        trial = Trial(rate, outcome.achieved_tps, outcome.p99_ms, ok, phase)
+        trial = Trial(rate, outcome.achieved_tps, outcome.p99_ms, ok, phase, outcome.generator_kept_schedule)
         trials.append(trial)
         if progress is not None:
             progress(trial)
@@ -76,7 +113,7 @@ def find_max_sustainable(
     if run(rate, "bracket"):
         lo = rate
         while hi is None and lo < max_tps:
-            rate = min(lo * 2, max_tps)
+            rate = min(lo * growth, max_tps)
             if run(rate, "bracket"):
                 lo = rate
             else:
@@ -84,7 +121,7 @@ def find_max_sustainable(
     else:
         hi = rate
         while lo is None and hi > min_tps:
-            rate = max(hi / 2, min_tps)
+            rate = max(hi / growth, min_tps)
             if run(rate, "bracket"):
                 lo = rate
             else:
