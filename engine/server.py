@@ -105,7 +105,7 @@ import msgspec
 import numpy as np
 import uvloop
 
-from engine.auth import ROLE_ADMIN, ROLE_OPERATOR, Secrets, new_nonce
+from engine.auth import ROLE_ADMIN, ROLE_OPERATOR, Secrets, load_secrets, new_nonce
 from engine.codes import CODE_DTYPE, ResultCode, name_counts
 from engine.hooks.base import Hook
 from engine.journal import AdminEntry, FsyncPolicy, Journal, JournalHeader, Recovery, recover
@@ -218,13 +218,6 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             scenario_sha256=digest,
             ownership=bool(self.secrets),
         )
-
-
-def load_secrets(spec: str) -> Secrets | None:
-    """``ServerConfig.secrets`` -> Secrets: "" none, "env" from the environment, else a file."""
-    if not spec:
-        return None
-    return Secrets.from_env() if spec == "env" else Secrets.load(spec)
 
 
 def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, ownership: bool = False) -> Ledger:
@@ -1145,10 +1138,11 @@ def serve(config: ServerConfig, *, out: TextIO | None = None) -> int:
 
 async def _serve(config: ServerConfig, out: TextIO) -> int:
     server = Server(config)  # builds (and recovers) the ledger before listening: clients never wait on it
-    for line in server.startup_notes():
-        print(line, file=sys.stderr, flush=True)
     host, port = await server.start()
     print(f"listening on {host}:{port}", file=out, flush=True)
+    # After the listening line, which parents read first (some merge stderr into stdout).
+    for line in server.startup_notes():
+        print(line, file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

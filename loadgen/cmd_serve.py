@@ -1,8 +1,8 @@
 """``cbdc-bench serve``: run the payment server until SIGINT or SIGTERM.
 
 Prints ``listening on HOST:PORT`` on stdout once it accepts connections (with ``--port 0`` the port
-is the one the system picked), so a parent process can wait for that line and parse it. Before
-that, stderr says whether a journal is kept (and what recovery replayed) and whether
+is the one the system picked), so a parent process can wait for that line and parse it. Then
+stderr says whether a journal is kept (and what recovery replayed) and whether
 authentication is on.
 """
 
