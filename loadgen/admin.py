@@ -44,7 +44,11 @@ class AdminClient:
             raise GatewayError(f"cannot connect to the server at {self.host}:{self.port} ({exc})") from exc
         self.transport = typing.cast(asyncio.Transport, transport)
         transport.write(self.codec.frame(wire.Hello(operator=self.operator, client="cbdc-bench admin")))
-        self.welcome = await asyncio.wait_for(self._hello, CONNECT_TIMEOUT_S)
+        try:
+            self.welcome = await asyncio.wait_for(self._hello, CONNECT_TIMEOUT_S)
+        except BaseException:
+            transport.abort()
+            raise
         return self.welcome
 
     async def request(self, make: Any, timeout: float = 30.0) -> Any:
