@@ -612,12 +612,15 @@ class Server:
         except msgspec.ValidationError as exc:
             self._reject_shape(conn, body, exc)
             return
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # msgspec raises UnicodeDecodeError (not a DecodeError) for a string that is not
+            # UTF-8; uncaught, it escaped data_received and the connection died without an Error
+            # (found by fuzzing: tests/fuzz_corpus/invalid-utf8-*).
             self._error(
                 conn,
                 ErrorCode.MALFORMED_FRAME,
-                f"frame body is not valid msgpack ({exc}); each body must be one msgpack array "
-                f"[tag, field...] of exactly the length in the 4-byte prefix",
+                f"frame body is not valid msgpack ({type(exc).__name__}: {exc}); each body must be one msgpack "
+                f"array [tag, field...] of exactly the length in the 4-byte prefix, strings in UTF-8",
             )
             return
         if type(msg) is Submit:
@@ -638,7 +641,7 @@ class Server:
         """A msgpack body that is not a valid client message: say which part is wrong."""
         try:
             raw = msgspec.msgpack.decode(body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             raw = None
         ref = -1
         if isinstance(raw, list) and len(raw) > 1 and type(raw[1]) is int and -(2**63) <= raw[1] < 2**63:
