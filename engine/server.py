@@ -1150,10 +1150,12 @@ async def _serve(config: ServerConfig, out: TextIO) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    assert server.failed is not None
+    failed = server.failed
+    assert failed is not None
+    failed.add_done_callback(lambda _: stop.set())  # a failed journal stops the server too
     stopped = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait([stopped, server.failed], return_when=asyncio.FIRST_COMPLETED)
+        await stopped
     finally:
         stopped.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1166,7 +1168,7 @@ async def _serve(config: ServerConfig, out: TextIO) -> int:
         file=sys.stderr,
         flush=True,
     )
-    return 1 if server.failed.done() else 0
+    return 1 if failed.done() else 0
 
 
 class ServerThread:

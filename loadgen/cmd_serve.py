@@ -92,7 +92,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--handshake-timeout-ms",
         type=int,
         default=d.handshake_timeout_ms,
-        help=f"close connections that do not complete Hello/authentication in time (default {d.handshake_timeout_ms:,})",
+        help="close connections that do not complete Hello/authentication in time "
+        f"(default {d.handshake_timeout_ms:,})",
     )
     p.add_argument(
         "--frame-timeout-ms",

@@ -303,7 +303,9 @@ class Gateway:
                     self.welcome.set_result(msg)
             case wire.Challenge():
                 try:
-                    reply = answer_challenge(self.secrets, ROLE_OPERATOR, self.operator, msg, f"operator {self.operator}")
+                    reply = answer_challenge(
+                        self.secrets, ROLE_OPERATOR, self.operator, msg, f"operator {self.operator}"
+                    )
                 except GatewayError as exc:
                     if self.welcome is not None and not self.welcome.done():
                         self.welcome.set_exception(exc)

@@ -19,7 +19,7 @@ def main() -> None:
     import atheris
 
     with atheris.instrument_imports():
-        import engine.server  # noqa: F401
+        import engine.server
         import engine.wire  # noqa: F401
         from tests.fuzz_support import check, fuzz_server
 

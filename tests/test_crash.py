@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,11 @@ def test_kill_9_loses_no_acknowledged_transfer(tmp_path: Path, seed: int, run: i
 
     proc, port = _serve(journal, fsync, log)
     try:
-        assert "recovered from journal" in log.read_text()
+        # The start-up notes follow the listening line on stderr.
+        deadline = time.monotonic() + 10
+        while "recovered from journal" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
         with Client("127.0.0.1", port, operator=OPERATOR) as c:
             balances = np.array([c.balance(a) for a in range(ACCOUNTS)], dtype=np.int64)
             # The reference: the same initial ledger, Submits applied one by one, in order.

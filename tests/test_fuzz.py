@@ -65,7 +65,11 @@ _scalars = st.one_of(
     st.text(max_size=20),
     st.binary(max_size=200),
 )
-_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=12)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12,
+)
 _tags = st.sampled_from(sorted(CLIENT_TAGS)) | st.text(max_size=12)
 
 
@@ -111,7 +115,10 @@ def test_type_confused_messages(server: Server, body: bytes, hello: bool) -> Non
     errors = [m for m in replies if type(m) is Error]
     if not hello and errors and b"Hello" not in body[:8]:
         assert errors[0].code in {
-            ErrorCode.HELLO_REQUIRED, ErrorCode.BAD_FIELD, ErrorCode.MALFORMED_FRAME, ErrorCode.UNKNOWN_MESSAGE
+            ErrorCode.HELLO_REQUIRED,
+            ErrorCode.BAD_FIELD,
+            ErrorCode.MALFORMED_FRAME,
+            ErrorCode.UNKNOWN_MESSAGE,
         }
 
 

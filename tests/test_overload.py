@@ -135,7 +135,8 @@ def test_twice_capacity_sheds_with_bounded_memory_and_recovers(tmp_path: Path) -
         tail = load.scheduled >= 3.0  # the last second, after a second of recovery
         p99_tail = float(np.percentile(latency[tail], 99))
         print(
-            f"[overload] surge: {shed[surge].mean():.0%} of Submits shed, p99 {np.percentile(latency[surge], 99) * 1e3:.0f} ms; "
+            f"[overload] surge: {shed[surge].mean():.0%} of Submits shed, "
+            f"p99 {np.percentile(latency[surge], 99) * 1e3:.0f} ms; "
             f"last second: {shed[tail].mean():.0%} shed, p99 {p99_tail * 1e3:.1f} ms"
         )
         assert shed[surge].sum() > 0  # it sheds instead of queueing without bound

@@ -10,7 +10,7 @@ import pytest
 import uvloop
 
 from engine.auth import ROLE_OPERATOR, Secrets, generate_secrets, respond
-from engine.client import Client, ServerError
+from engine.client import ServerError
 from engine.codes import ResultCode
 from engine.server import ServerThread
 from engine.wire import Authenticate, Challenge, Codec, Error, ErrorCode, FrameReader, Hello, Submit

@@ -28,7 +28,9 @@ def _run(start_server: StartServer, journal: Path, workload: Workload, **kw: obj
     return start_server(hooks=[freeze_hook(), blacklist_hook()], journal=str(journal), max_wait_us=1000, **kw)
 
 
-def test_restart_rebuilds_balances_ids_and_hook_state(start_server: StartServer, workload: Workload, tmp_path: Path) -> None:
+def test_restart_rebuilds_balances_ids_and_hook_state(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
     journal = tmp_path / "j"
     st = _run(start_server, journal, workload)
     sent = []
@@ -60,8 +62,13 @@ def test_restart_rebuilds_balances_ids_and_hook_state(start_server: StartServer,
         # Every transfer that was applied is a duplicate now: nothing applies twice.
         for b in sent:
             codes = c.transfer(b)
-            assert set(codes.tolist()) <= {ResultCode.DUPLICATE, ResultCode.STALE_ID, ResultCode.INVALID_AMOUNT,
-                                           ResultCode.UNKNOWN_ACCOUNT, ResultCode.SAME_ACCOUNT}
+            assert set(codes.tolist()) <= {
+                ResultCode.DUPLICATE,
+                ResultCode.STALE_ID,
+                ResultCode.INVALID_AMOUNT,
+                ResultCode.UNKNOWN_ACCOUNT,
+                ResultCode.SAME_ACCOUNT,
+            }
         assert c.audit().ok
     assert np.array_equal(_state(again)[0], before[0])
 
@@ -97,7 +104,9 @@ def test_journal_of_another_ledger_is_refused(
     assert journal.stat().st_size == size  # untouched
 
 
-def test_failed_journal_write_acknowledges_nothing(start_server: StartServer, workload: Workload, tmp_path: Path) -> None:
+def test_failed_journal_write_acknowledges_nothing(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
     st = _run(start_server, tmp_path / "j", workload)
     c = connect(st)
     c.transfer(workload.batch(10, first_id=0))
