@@ -93,6 +93,13 @@ class Secrets:
         return hmac.compare_digest(expected, answer) and key is not None
 
 
+def load_secrets(spec: str) -> Secrets | None:
+    """A secrets spec as the command line takes it: "" none, "env" the environment, else a file."""
+    if not spec:
+        return None
+    return Secrets.from_env() if spec == "env" else Secrets.load(spec)
+
+
 def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_BYTES)
 

@@ -17,15 +17,18 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from engine.auth import respond
 from engine.records import TRANSFER_DTYPE
 from engine.wire import (
     Ack,
     AuditReply,
     AuditRequest,
+    Authenticate,
     Balance,
     BalanceReply,
     BlacklistAdd,
     BlacklistRemove,
+    Challenge,
     Codec,
     Error,
     FrameReader,
@@ -56,7 +59,12 @@ class ServerError(Exception):
 
 
 class Client:
-    """Connect, say Hello as ``operator`` (unless ``hello=False``), then submit and administer."""
+    """Connect, say Hello as ``operator`` (unless ``hello=False``), then submit and administer.
+
+    Against a server with authentication on, pass ``secret`` (the operator's, or the admin's with
+    ``role="admin"``): the client answers the server's Challenge with it. The secret never
+    leaves this process; only the HMAC answer is sent.
+    """
 
     def __init__(
         self,
@@ -68,8 +76,12 @@ class Client:
         timeout: float | None = 30.0,
         name: str = "cbdc-bench client",
         rcvbuf: int | None = None,
+        secret: str | bytes | None = None,
+        role: str = "operator",
     ) -> None:
         self.codec = Codec()
+        self.secret = secret
+        self.role = role
         self.reader = FrameReader(1 << 30)  # the server is trusted to frame sanely
         self.operator = operator
         self._inbox: collections.deque[ServerMessage] = collections.deque()
@@ -135,12 +147,24 @@ class Client:
 
     def hello(self, operator: int, name: str = "cbdc-bench client") -> Welcome:
         self.send(Hello(operator, name))
-        msg = self.wait_for(lambda m: type(m) in (Welcome, Error))
+        msg = self.wait_for(lambda m: type(m) in (Welcome, Error, Challenge))
+        if type(msg) is Challenge:
+            if self.secret is None:
+                raise ServerError(
+                    Error("auth_failed", "the server requires authentication: pass secret= (see engine.auth)")
+                )
+            self.authenticate(msg.nonce, operator)
+            msg = self.wait_for(lambda m: type(m) in (Welcome, Error))
         if type(msg) is Error:
             raise ServerError(msg)
         assert type(msg) is Welcome
         self.operator = operator
         return msg
+
+    def authenticate(self, nonce: bytes, operator: int) -> None:
+        """Answer a Challenge with ``secret`` in ``role`` (sent without waiting)."""
+        assert self.secret is not None
+        self.send(Authenticate(self.role, respond(self.secret, nonce, self.role.encode(), operator)))
 
     def submit(self, records: np.ndarray) -> int:
         """Send one Submit without waiting; returns its seq (see ``results``)."""

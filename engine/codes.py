@@ -16,7 +16,7 @@ DUPLICATE           (operator, transfer_id) was already processed; no money move
 INVALID_AMOUNT      amount_fen <= 0 or > MAX_TRANSFER_FEN
 SAME_ACCOUNT        payer == payee
 UNKNOWN_ACCOUNT     payer or payee is not an account of this ledger
-FORBIDDEN_PAYER     the operator does not hold the payer's account (reserved for operator auth)
+FORBIDDEN_PAYER     the operator does not hold the payer's account (servers with authentication on)
 FROZEN              payer or payee is frozen (freeze hook)
 BLACKLISTED         payer is on the blacklist and the category is restricted (blacklist hook)
 CREDIT_RESTRICTED   payer's social-credit score is below the threshold for this category

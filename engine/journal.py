@@ -11,6 +11,9 @@ was acknowledged.
 
 Format (little-endian): an 8-byte file magic, then entries of
 ``[length u32][kind u8][seq u64][crc32 u32][payload]``; the CRC covers kind, seq and payload.
+A server's journal starts with a header entry (``JournalHeader``: accounts, seed, operators,
+profile, scenario digest, ownership) so that recovery can refuse to replay into a ledger built
+differently, before touching anything, instead of failing halfway with a code mismatch.
 A torn or corrupt entry ends the journal: recovery truncates the file there and reports how many
 bytes it dropped; nothing after it is applied.
 
@@ -40,6 +43,7 @@ MAGIC = b"CBDCJNL1"
 _ENTRY = struct.Struct("<IBQI")
 KIND_BATCH = 1
 KIND_ADMIN = 2
+KIND_HEADER = 3
 _RECORD = TRANSFER_DTYPE.itemsize + CODE_DTYPE.itemsize
 
 
@@ -49,6 +53,25 @@ class AdminEntry(msgspec.Struct, array_like=True, frozen=True):
     op: str
     accounts: list[int]
     amount_fen: int = 0
+
+
+class JournalHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a ledger must be built from for a journal to replay into it (the first entry)."""
+
+    accounts: int
+    seed: int
+    operators: int
+    profile: str
+    scenario_sha256: str = ""  # digest of the scenario file's bytes; "" = built-in scenario
+    ownership: bool = False  # operators may debit only their own account range
+
+    def differences(self, other: JournalHeader) -> list[str]:
+        """``field: journal X, server Y`` for every field that differs."""
+        return [
+            f"{name}: journal {getattr(self, name)!r}, this server {getattr(other, name)!r}"
+            for name in self.__struct_fields__
+            if getattr(self, name) != getattr(other, name)
+        ]
 
 
 class JournalMismatch(RuntimeError):
@@ -112,6 +135,12 @@ class Journal:
     def append_admin(self, entry: AdminEntry) -> None:
         self._append(KIND_ADMIN, self._encoder.encode(entry))
 
+    def append_header(self, header: JournalHeader) -> None:
+        """Write the header; only as the first entry of a new journal."""
+        if self.seq:
+            raise ValueError(f"{self.path}: the header must be the first entry; the journal has {self.seq}")
+        self._append(KIND_HEADER, self._encoder.encode(header))
+
     def _append(self, kind: int, payload: bytes) -> None:
         self.seq += 1
         head = struct.pack("<BQ", kind, self.seq)
@@ -156,10 +185,13 @@ def recover(
     path: str | os.PathLike[str],
     apply_batch: Callable[[np.ndarray], np.ndarray],
     apply_admin: Callable[[AdminEntry], None],
+    check_header: Callable[[JournalHeader], None] | None = None,
 ) -> Recovery:
     """Replay the journal at ``path`` through the callbacks; truncate a torn or corrupt tail.
 
     ``apply_batch`` must apply a batch to the ledger being rebuilt and return its codes.
+    ``check_header``, if given, is called with the header entry before anything is replayed and
+    should raise to refuse the journal; a journal with entries but no header is then refused too.
     Raises JournalMismatch if replayed codes differ from the recorded ones, and ValueError if
     the file is not a journal.
     """
@@ -170,6 +202,7 @@ def recover(
     if data[: len(MAGIC)] != MAGIC:
         raise ValueError(f"{p} is not a cbdc-bench journal (bad magic {data[:8]!r}); refusing to touch it")
     decoder = msgspec.msgpack.Decoder(AdminEntry)
+    header_decoder = msgspec.msgpack.Decoder(JournalHeader)
     pos = len(MAGIC)
     batches = transfers = admin_ops = 0
     expected_seq = 1
@@ -187,10 +220,20 @@ def recover(
         if zlib.crc32(payload, zlib.crc32(struct.pack("<BQ", kind, seq))) != crc:
             problem = f"corrupt entry at byte {pos} (checksum mismatch)"
             break
-        if seq != expected_seq or kind not in (KIND_BATCH, KIND_ADMIN):
+        if seq != expected_seq or kind not in (KIND_BATCH, KIND_ADMIN, KIND_HEADER):
             problem = f"entry at byte {pos} has sequence {seq} (expected {expected_seq}) or unknown kind {kind}"
             break
-        if kind == KIND_BATCH:
+        if (kind == KIND_HEADER) != (seq == 1) and (kind == KIND_HEADER or check_header is not None):
+            # A good checksum on a misplaced header, or entries without a header, is not a torn
+            # write: this file was not written by a server that checks headers. Refuse, untouched.
+            raise ValueError(
+                f"{p}: entry {seq} is {'a header' if kind == KIND_HEADER else 'not a header'}; a server journal "
+                "starts with exactly one header entry. Refusing to replay it; use a new journal path."
+            )
+        if kind == KIND_HEADER:
+            if check_header is not None:
+                check_header(header_decoder.decode(payload))
+        elif kind == KIND_BATCH:
             if length % _RECORD:
                 problem = f"batch entry {seq} at byte {pos} has a payload of {length} bytes, not whole records"
                 break

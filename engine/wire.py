@@ -10,6 +10,9 @@ the server turns them into a numpy batch with ``np.frombuffer`` and no per-trans
 result codes come back the same way, one uint8 per transfer.
 
 Conversation: the client sends ``Hello`` first and gets ``Welcome`` (or ``Error`` and a close).
+A server started with secrets answers ``Hello`` with a ``Challenge`` (a fresh nonce) instead;
+the client sends ``Authenticate`` (role and HMAC answer, ``engine.auth.respond``) and gets
+``Welcome``, or ``Error(AUTH_FAILED)`` and a close.
 Then any number of ``Submit`` (answered by one ``Results`` each, matched by ``seq``) and admin
 requests (answered by ``Ack``, ``BalanceReply``, ``AuditReply`` or ``StatsReply``, matched by
 ``req``). Anything malformed gets an ``Error`` naming what was wrong; see ``ErrorCode``.
@@ -51,6 +54,10 @@ class ErrorCode(enum.StrEnum):
     SHUTTING_DOWN = "shutting_down"
     ECHO_MODE = "echo_mode"  # request needs a ledger, but the server runs in --echo calibration mode
     TOO_MANY_CONNECTIONS = "too_many_connections"  # the server's connection limit is reached
+    NOT_PERMITTED = "not_permitted"  # authenticated, but this role may not make this request
+    HANDSHAKE_TIMEOUT = "handshake_timeout"  # no completed Hello (and authentication) in time; closed
+    FRAME_TIMEOUT = "frame_timeout"  # a started frame was not completed in time; closed
+    JOURNAL_FAILED = "journal_failed"  # the journal could not be written: nothing more is acknowledged
 
 
 class Message(msgspec.Struct, array_like=True, tag=True, gc=False):
@@ -91,6 +98,13 @@ class BlacklistRemove(Message):
     account: int
 
 
+class Authenticate(Message):
+    """The answer to a ``Challenge``: ``role`` is "operator" or "admin"."""
+
+    role: str
+    answer: bytes  # HMAC-SHA256(secret, nonce || role || operator), see engine.auth.respond
+
+
 class Balance(Message):
     req: int
     account: int
@@ -105,12 +119,32 @@ class StatsRequest(Message):
 
 
 ClientMessage = (
-    Hello | Submit | Freeze | Unfreeze | BlacklistAdd | BlacklistRemove | Balance | AuditRequest | StatsRequest
+    Hello
+    | Submit
+    | Freeze
+    | Unfreeze
+    | BlacklistAdd
+    | BlacklistRemove
+    | Balance
+    | AuditRequest
+    | StatsRequest
+    | Authenticate
 )
 #: Tags of the messages a client may send (a message's tag is its class name).
 CLIENT_TAGS = frozenset(
     t.__name__
-    for t in (Hello, Submit, Freeze, Unfreeze, BlacklistAdd, BlacklistRemove, Balance, AuditRequest, StatsRequest)
+    for t in (
+        Hello,
+        Submit,
+        Freeze,
+        Unfreeze,
+        BlacklistAdd,
+        BlacklistRemove,
+        Balance,
+        AuditRequest,
+        StatsRequest,
+        Authenticate,
+    )
 )
 
 # ---- server -> client ------------------------------------------------------------------------
@@ -129,6 +163,19 @@ class Welcome(Message):
     #: One above the largest transfer id this operator has had applied (0 if none, or echo):
     #: a client that reconnects or restarts numbers from here instead of replaying old ids.
     next_transfer_id: int = 0
+    auth: bool = False  # the server authenticated this connection (started with secrets)
+    role: str = "operator"  # "operator" or "admin" (admin connections administer, never submit)
+    #: With ownership on, this operator may debit only accounts owned_from <= a < owned_to
+    #: (others get FORBIDDEN_PAYER); with it off, any account.
+    ownership: bool = False
+    owned_from: int = 0
+    owned_to: int = 0
+
+
+class Challenge(Message):
+    """Sent instead of Welcome by a server with authentication on: answer with Authenticate."""
+
+    nonce: bytes
 
 
 class Results(Message):
@@ -166,7 +213,7 @@ class StatsReply(Message):
     stats: dict[str, Any]
 
 
-ServerMessage = Welcome | Results | Error | Ack | BalanceReply | AuditReply | StatsReply
+ServerMessage = Welcome | Results | Error | Ack | BalanceReply | AuditReply | StatsReply | Challenge
 
 
 # ---- framing ---------------------------------------------------------------------------------

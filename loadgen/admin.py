@@ -9,13 +9,19 @@ import typing
 from typing import Any
 
 from engine import wire
-from loadgen.gateway import CONNECT_TIMEOUT_S, FrameProtocol, GatewayError
+from engine.auth import ROLE_ADMIN, load_secrets
+from loadgen.gateway import CONNECT_TIMEOUT_S, FrameProtocol, GatewayError, answer_challenge
 
 
 class AdminClient:
-    """Sends admin requests (matched by ``req``) over its own connection."""
+    """Sends admin requests (matched by ``req``) over its own connection.
 
-    def __init__(self, host: str, port: int, *, operator: int = 0) -> None:
+    ``secrets`` (a path or "env", see ``engine.auth.load_secrets``) holds the admin secret for a
+    server with authentication on.
+    """
+
+    def __init__(self, host: str, port: int, *, operator: int = 0, secrets: str = "") -> None:
+        self.secrets = load_secrets(secrets)
         self.host = host
         self.port = port
         self.operator = operator
@@ -38,7 +44,11 @@ class AdminClient:
             raise GatewayError(f"cannot connect to the server at {self.host}:{self.port} ({exc})") from exc
         self.transport = typing.cast(asyncio.Transport, transport)
         transport.write(self.codec.frame(wire.Hello(operator=self.operator, client="cbdc-bench admin")))
-        self.welcome = await asyncio.wait_for(self._hello, CONNECT_TIMEOUT_S)
+        try:
+            self.welcome = await asyncio.wait_for(self._hello, CONNECT_TIMEOUT_S)
+        except BaseException:
+            transport.abort()
+            raise
         return self.welcome
 
     async def request(self, make: Any, timeout: float = 30.0) -> Any:
@@ -76,6 +86,15 @@ class AdminClient:
         if isinstance(msg, wire.Welcome):
             if self._hello is not None and not self._hello.done():
                 self._hello.set_result(msg)
+            return
+        if isinstance(msg, wire.Challenge) and self._hello is not None and not self._hello.done():
+            try:
+                reply = answer_challenge(self.secrets, ROLE_ADMIN, self.operator, msg, "the admin connection")
+            except GatewayError as exc:
+                self._hello.set_exception(exc)
+                return
+            if self.transport is not None:
+                self.transport.write(self.codec.frame(reply))
             return
         if isinstance(msg, wire.Error) and self._hello is not None and not self._hello.done():
             self._hello.set_exception(GatewayError(f"server refused the admin connection: {msg.code}: {msg.message}"))

@@ -91,7 +91,7 @@ async def measure(
     echo: bool = False,
 ) -> RunResult:
     """Run the load, probing server stats and CPU at the measured window's edges; audit after."""
-    admin = AdminClient(config.host, config.port)
+    admin = AdminClient(config.host, config.port, secrets=config.secrets)
     server_welcome = await admin.connect()
     echo = echo or server_welcome.echo
     probes: dict[str, tuple[float | None, dict[str, Any]]] = {}
@@ -184,6 +184,12 @@ def add_load_arguments(
     p.add_argument("--batch-max", type=int, default=8192, help="most transfers per frame (default 8192)")
     p.add_argument("--drain", type=float, default=5.0, help="seconds to wait for replies after the schedule")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="workload and schedule seed")
+    p.add_argument(
+        "--secrets",
+        default="",
+        metavar="FILE",
+        help="secrets for a server with authentication on (TOML file, or 'env'); default: none",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--out", default=out, help=f"directory for the result file (default {out or 'none: not written'})")
 
@@ -203,6 +209,7 @@ def config_from_args(args: argparse.Namespace, *, host: str, port: int) -> LoadC
             batch_max=args.batch_max,
             drain=args.drain,
             seed=args.seed,
+            secrets=args.secrets,
         )
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from exc

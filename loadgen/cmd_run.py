@@ -9,12 +9,20 @@ schedule at a given rate.
 
 The defaults (baseline profile, 1,000,000 accounts, 300,000 payments/s, 5 s warm-up, 30 s
 measured) finish in about 40 s on a 2-core machine, server start-up included.
+
+Durability and access control are off by default, as in every headline run. ``--journal DIR``
+makes the server journal every batch to a fresh file in DIR under ``--fsync`` (removed after the
+run unless ``--keep-journal``): the cost of durability, measured as its own comparison (the
+result's server stats carry the policy, fsync count and time). ``--secrets FILE`` turns on
+authentication and account ownership; the server then has exactly ``--operators`` operators, so
+their account ranges cover the ledger and every gateway pays from its own range.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import queue
 import re
 import signal
@@ -134,11 +142,22 @@ def server_arguments(
     host: str = "127.0.0.1",
     scenario: str | None = None,
     echo: bool = False,
+    secrets: str | None = None,
+    journal: Path | None = None,
+    fsync: str = "batch",
     extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """``cbdc-bench serve`` arguments for a server on a free port of ``host``."""
+    """``cbdc-bench serve`` arguments for a server on a free port of ``host``.
+
+    With ``secrets`` the server gets exactly ``operators`` operators, so their account ranges
+    cover the whole ledger; without, at least 64 (the server's default).
+    """
     args = ["--host", host, "--port", "0", "--accounts", str(accounts), "--seed", str(seed)]
-    args += ["--profile", profile, "--operators", str(max(operators, 64))]
+    args += ["--profile", profile, "--operators", str(operators if secrets else max(operators, 64))]
+    if secrets:
+        args += ["--secrets", secrets]
+    if journal is not None:
+        args += ["--journal", str(journal), "--fsync", fsync]
     if scenario is not None:
         if not Path(scenario).is_file():
             raise FileNotFoundError(f"scenario file {scenario} does not exist")
@@ -168,8 +187,21 @@ def run_benchmark(
     scenario: str | None = None,
     echo: bool = False,
     server_args: tuple[str, ...] = (),
+    journal_dir: str | None = None,
+    fsync: str = "batch",
+    keep_journal: bool = False,
 ) -> RunResult:
-    """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop."""
+    """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop.
+
+    ``journal_dir``: journal to a fresh file there under ``fsync`` (removed afterwards unless
+    ``keep_journal``); ``config.secrets``: the server authenticates with those secrets (and
+    enforces account ownership).
+    """
+    journal: Path | None = None
+    if journal_dir is not None:
+        Path(journal_dir).mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        journal = Path(journal_dir) / f"journal-{stamp}-{os.getpid()}-{profile}.cbj"
     args = server_arguments(
         profile=profile,
         accounts=accounts,
@@ -178,11 +210,18 @@ def run_benchmark(
         host=config.host,
         scenario=scenario,
         echo=echo,
+        secrets=config.secrets,
+        journal=journal,
+        fsync=fsync,
         extra=server_args,
     )
-    with running_server(args, accounts=accounts) as server:
-        run_config = with_address(config, server.host, server.port)
-        return run_measure(run_config, kind="run", server_pid=server.pid, audit=True, scenario=scenario, echo=echo)
+    try:
+        with running_server(args, accounts=accounts) as server:
+            run_config = with_address(config, server.host, server.port)
+            return run_measure(run_config, kind="run", server_pid=server.pid, audit=True, scenario=scenario, echo=echo)
+    finally:
+        if journal is not None and not keep_journal:
+            journal.unlink(missing_ok=True)
 
 
 def with_address(config: LoadConfig, host: str, port: int) -> LoadConfig:
@@ -201,11 +240,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
     p.add_argument("--host", default="127.0.0.1", help="address for the server to listen on (default loopback)")
+    p.add_argument("--journal", default=None, metavar="DIR", help="journal every batch to a fresh file in DIR")
+    p.add_argument("--fsync", default="batch", help="journal fsync policy: batch, interval:MS or off (default batch)")
+    p.add_argument("--keep-journal", action="store_true", help="keep the journal file after the run")
     add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     config = config_from_args(args, host=args.host, port=0)
-    result = run_benchmark(config, profile=args.profile, accounts=args.accounts, scenario=args.scenario, echo=args.echo)
+    result = run_benchmark(
+        config,
+        profile=args.profile,
+        accounts=args.accounts,
+        scenario=args.scenario,
+        echo=args.echo,
+        journal_dir=args.journal,
+        fsync=args.fsync,
+        keep_journal=args.keep_journal,
+    )
     return report(result, as_json=args.json, out=args.out)

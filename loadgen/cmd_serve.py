@@ -1,7 +1,9 @@
 """``cbdc-bench serve``: run the payment server until SIGINT or SIGTERM.
 
 Prints ``listening on HOST:PORT`` on stdout once it accepts connections (with ``--port 0`` the port
-is the one the system picked), so a parent process can wait for that line and parse it.
+is the one the system picked), so a parent process can wait for that line and parse it. Then
+stderr says whether a journal is kept (and what recovery replayed) and whether
+authentication is on.
 """
 
 from __future__ import annotations
@@ -66,6 +68,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-connections", type=int, default=d.max_connections, help=f"default {d.max_connections}")
     p.add_argument("--echo", action="store_true", help="calibration mode: acknowledge every transfer OK, no ledger")
+    p.add_argument(
+        "--journal",
+        default="",
+        metavar="PATH",
+        help="append every engine batch and admin change to this journal before acknowledging it; "
+        "on start, replay it (default: no journal, nothing survives a restart)",
+    )
+    p.add_argument(
+        "--fsync",
+        default=d.fsync,
+        metavar="POLICY",
+        help="journal fsync policy: batch (before every acknowledgement), interval:MS, or off (default batch)",
+    )
+    p.add_argument(
+        "--secrets",
+        default="",
+        metavar="FILE",
+        help="operator and admin secrets (TOML, see engine.auth) or 'env' for CBDC_ADMIN_SECRET and "
+        "CBDC_OPERATOR_SECRET_<n>: turns on authentication and account ownership (default off)",
+    )
+    p.add_argument(
+        "--handshake-timeout-ms",
+        type=int,
+        default=d.handshake_timeout_ms,
+        help="close connections that do not complete Hello/authentication in time "
+        f"(default {d.handshake_timeout_ms:,})",
+    )
+    p.add_argument(
+        "--frame-timeout-ms",
+        type=int,
+        default=d.frame_timeout_ms,
+        help=f"close connections that leave a frame incomplete this long (default {d.frame_timeout_ms:,})",
+    )
     p.set_defaults(func=_main)
 
 
@@ -86,6 +121,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         slow_consumer_ms=args.slow_consumer_ms,
         max_connections=args.max_connections,
         echo=args.echo,
+        journal=args.journal,
+        fsync=args.fsync,
+        secrets=args.secrets,
+        handshake_timeout_ms=args.handshake_timeout_ms,
+        frame_timeout_ms=args.frame_timeout_ms,
     )
 
 

@@ -35,9 +35,10 @@ import msgspec
 import numpy as np
 
 from engine import wire
+from engine.auth import ROLE_OPERATOR, Secrets, load_secrets, respond
 from loadgen.measure import Measurement
 from loadgen.schedule import Arrival, gateway_schedule
-from loadgen.workload import DEFAULT_SEED, Workload, WorkloadConfig
+from loadgen.workload import DEFAULT_SEED, Workload, WorkloadConfig, confine_payers
 
 #: Stop writing to a connection whose unsent bytes exceed this (the server is not reading): the
 #: due transfers stay due, get sent late and show up as generator lag and latency.
@@ -61,6 +62,9 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drain: float = 5.0  # seconds to wait for outstanding replies after the schedule ends
     seed: int = DEFAULT_SEED
     pool: int = 1 << 16  # pre-generated transfers per gateway, replayed with fresh ids
+    #: Where the operators' (and the admin's) secrets are, for a server with authentication on:
+    #: a secrets TOML path or "env" (engine.auth.load_secrets); "" = authentication off.
+    secrets: str = ""
 
     def __post_init__(self) -> None:
         if self.rate_tps <= 0 or self.seconds <= 0:
@@ -155,11 +159,32 @@ class FrameProtocol(asyncio.Protocol):
         self.gateway.on_closed(exc)
 
 
+def answer_challenge(
+    secrets: Secrets | None, role: bytes, operator: int, challenge: wire.Challenge, what: str
+) -> wire.Authenticate:
+    """The Authenticate answering ``challenge``; GatewayError if there is no secret to answer with."""
+    secret = None if secrets is None else secrets.secret(role, operator)
+    if secret is None:
+        raise GatewayError(
+            f"the server requires authentication and {what} has no secret: pass --secrets FILE "
+            "(or 'env' with CBDC_ADMIN_SECRET / CBDC_OPERATOR_SECRET_<n> set)"
+        )
+    return wire.Authenticate(role=role.decode(), answer=respond(secret, challenge.nonce, role, operator))
+
+
 class Gateway:
     """One operator's connection, schedule and transfer pool."""
 
-    def __init__(self, operator: int, config: LoadConfig, measurement: Measurement, codec: wire.Codec) -> None:
+    def __init__(
+        self,
+        operator: int,
+        config: LoadConfig,
+        measurement: Measurement,
+        codec: wire.Codec,
+        secrets: Secrets | None = None,
+    ) -> None:
         self.operator = operator
+        self.secrets = secrets
         self.config = config
         self.m = measurement
         self.codec = codec
@@ -211,21 +236,28 @@ class Gateway:
         )
         return welcome
 
-    def prepare(self, accounts: int) -> None:
-        """Generate the transfer pool for a ledger of ``accounts`` accounts."""
+    def prepare(self, accounts: int, payer_range: tuple[int, int] | None = None) -> None:
+        """Generate the transfer pool for a ledger of ``accounts`` accounts.
+
+        ``payer_range``: the accounts this operator may debit, when the server enforces ownership.
+        """
         c = self.config
         workload = Workload(WorkloadConfig(accounts=accounts, seed=c.seed), stream=1 + self.operator)
         # In chunks: the workload re-sends recent ids (duplicates) only from its second batch on.
         chunk = 1024
         forward = np.concatenate(
             [
-                workload.batch(min(chunk, c.pool - first), first_id=first, operator=self.operator)
+                workload.batch(
+                    min(chunk, c.pool - first), first_id=first, operator=self.operator, payer_range=payer_range
+                )
                 for first in range(0, c.pool, chunk)
             ]
         )
         forward["transfer_id"] += self.id_base
         reverse = forward.copy()
         reverse["payer"], reverse["payee"] = forward["payee"], forward["payer"]
+        if payer_range is not None:  # the former payees may belong to other operators
+            confine_payers(reverse, payer_range, accounts)
         self._pools = (forward, reverse)
         # A server that already took ids from this operator (an earlier load phase) continues
         # its simulated clock where that phase left it, about operators * ids payments later:
@@ -276,6 +308,17 @@ class Gateway:
             case wire.Welcome():
                 if self.welcome is not None and not self.welcome.done():
                     self.welcome.set_result(msg)
+            case wire.Challenge():
+                try:
+                    reply = answer_challenge(
+                        self.secrets, ROLE_OPERATOR, self.operator, msg, f"operator {self.operator}"
+                    )
+                except GatewayError as exc:
+                    if self.welcome is not None and not self.welcome.done():
+                        self.welcome.set_exception(exc)
+                    return
+                if self.transport is not None:
+                    self.transport.write(self.codec.frame(reply))
             case wire.Error(code=code, message=message, ref=ref):
                 self.m.errors[code] = self.m.errors.get(code, 0) + 1
                 span = self.pending.pop(ref, None) if ref >= 0 else None
@@ -340,11 +383,12 @@ async def run_share(config: LoadConfig, operators: list[int], wait_start: Callab
     """
     codec = wire.Codec()
     m = config.new_measurement()
-    gateways = [Gateway(op, config, m, codec) for op in operators]
+    secrets = load_secrets(config.secrets)
+    gateways = [Gateway(op, config, m, codec, secrets) for op in operators]
     try:
         welcomes = [await g.connect() for g in gateways]
-        for g in gateways:
-            g.prepare(welcomes[0].accounts)
+        for g, w in zip(gateways, welcomes, strict=True):
+            g.prepare(w.accounts, (w.owned_from, w.owned_to) if w.ownership else None)
         m.scheduled = sum(len(g.schedule) for g in gateways)
         m.scheduled_measured = sum(
             len(g.schedule) - int(np.searchsorted(g.schedule, m.warmup_ns, side="left")) for g in gateways

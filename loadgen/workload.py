@@ -129,11 +129,19 @@ class Workload:
         return self.config.start_ns + offsets
 
     def batch(
-        self, n: int, *, first_id: int, operator: int = 0, timestamp_ns: np.ndarray | int | None = None
+        self,
+        n: int,
+        *,
+        first_id: int,
+        operator: int = 0,
+        timestamp_ns: np.ndarray | int | None = None,
+        payer_range: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """The next ``n`` transfers, ids ``first_id..first_id+n-1`` except for duplicates.
 
-        Timestamps default to the simulated clock at payment index ``first_id``.
+        Timestamps default to the simulated clock at payment index ``first_id``. ``payer_range``
+        (lo, hi) draws payers only from accounts ``lo..hi-1``: the accounts the operator owns
+        when the server enforces ownership (``Welcome.owned_from``/``owned_to``).
         """
         c = self.config
         rng = self._rng
@@ -144,6 +152,8 @@ class Workload:
         payee[clash] = (payee[clash] + 1) % c.accounts
         b["payer"] = payer
         b["payee"] = payee
+        if payer_range is not None:
+            confine_payers(b, payer_range, c.accounts)
         amount = rng.lognormal(np.log(c.median_amount_fen), c.amount_sigma, n)
         b["amount_fen"] = np.clip(amount, 1, c.max_amount_fen).astype(np.int64)
         b["category"] = self._cat_values[
@@ -193,6 +203,21 @@ def _unit_near(n: int, start: int) -> int:
     return m
 
 
+def confine_payers(batch: np.ndarray, payer_range: tuple[int, int], accounts: int) -> None:
+    """Fold every payer into ``[lo, hi)`` in place (an operator debits only accounts it owns).
+
+    Popularity survives the fold (hot ids stay hot within the range); a payer that lands on its
+    payee is moved to the next account, as ``Workload.batch`` does for self-payments.
+    """
+    lo, hi = payer_range
+    if not 0 <= lo < hi <= accounts:
+        raise ValueError(f"payer range {payer_range} is not a non-empty range of accounts 0..{accounts - 1}")
+    payer = (lo + batch["payer"].astype(np.int64) % (hi - lo)).astype(np.uint32)
+    clash = payer == batch["payee"]
+    batch["payee"][clash] = (batch["payee"][clash].astype(np.int64) + 1) % accounts
+    batch["payer"] = payer
+
+
 class BatchPool:
     """A fixed set of pre-generated batches replayed as an endless stream with fresh ids.
 
@@ -204,13 +229,23 @@ class BatchPool:
     """
 
     def __init__(
-        self, workload: Workload, batches: int, batch_size: int, *, operator: int = 0, first_id: int = 0
+        self,
+        workload: Workload,
+        batches: int,
+        batch_size: int,
+        *,
+        operator: int = 0,
+        first_id: int = 0,
+        payer_range: tuple[int, int] | None = None,
     ) -> None:
         if batches < 1 or batch_size < 1:
             raise ValueError("a batch pool needs at least one batch of at least one transfer")
         self.batches = [
-            workload.batch(batch_size, first_id=first_id + i * batch_size, operator=operator) for i in range(batches)
+            workload.batch(batch_size, first_id=first_id + i * batch_size, operator=operator, payer_range=payer_range)
+            for i in range(batches)
         ]
+        self._payer_range = payer_range
+        self._accounts = workload.config.accounts
         self._id_step = batches * batch_size
         self._time_step = int(self._id_step * workload.ns_per_payment)
         self._next = 0
@@ -224,4 +259,6 @@ class BatchPool:
             b["transfer_id"] += self._id_step
             b["timestamp_ns"] += self._time_step
             b["payer"], b["payee"] = b["payee"].copy(), b["payer"].copy()
+            if self._payer_range is not None:  # the former payee may belong to another operator
+                confine_payers(b, self._payer_range, self._accounts)
         return b

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -46,3 +47,16 @@ def not_a_hook() -> object:
 
 
 NOT_CALLABLE = 42
+
+
+class PacedHook(Hook):
+    """Sleeps ``us_per_transfer`` per transfer in authorize: a server of known, small capacity."""
+
+    name = "paced"
+
+    def __init__(self, us_per_transfer: float = 20.0) -> None:
+        self.seconds_per_transfer = us_per_transfer / 1e6
+
+    def authorize(self, transfers: Transfers, ledger: Any) -> np.ndarray | None:
+        time.sleep(self.seconds_per_transfer * len(transfers))
+        return None
