@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.codes import ResultCode
 from engine.server import Server, ServerConfig, _Connection
-from engine.wire import Codec, Error, ErrorCode, FrameReader, Hello, Results
+from engine.wire import Ack, Codec, Error, ErrorCode, FrameReader, Hello, Results
 from tests.server_support import TEST_SEED, blacklist_hook, freeze_hook
 
 FUZZ_ACCOUNTS = 5_000
@@ -111,12 +111,13 @@ class Harness:
         self.conn.connection_lost(None)
 
 
-def ledger_digest(server: Server, *, ids: bool = True) -> str:
-    """Digest of balances and flags (and, with ``ids``, the idempotency windows' high marks)."""
+def ledger_digest(server: Server, *, ids: bool = True, flags: bool = True) -> str:
+    """Digest of balances, plus flags and the idempotency windows' high marks unless left out."""
     ledger = server.ledger
     assert ledger is not None
     h = hashlib.sha256(ledger.balance.tobytes())
-    h.update(ledger.flags.tobytes())
+    if flags:
+        h.update(ledger.flags.tobytes())
     if ids:
         h.update(ledger.ids.high.tobytes())
     return h.hexdigest()
@@ -124,7 +125,9 @@ def ledger_digest(server: Server, *, ids: bool = True) -> str:
 
 def check(server: Server, data: bytes, *, hello: bool = True) -> list[Any]:
     """Feed ``data`` on a fresh connection and assert the shared invariants; the replies."""
-    before, money_before = ledger_digest(server), ledger_digest(server, ids=False)
+    before = ledger_digest(server)
+    unflagged_before = ledger_digest(server, flags=False)
+    money_before = ledger_digest(server, ids=False, flags=False)
     harness = Harness(server, hello=hello)
     try:
         replies = harness.feed(data)
@@ -135,10 +138,16 @@ def check(server: Server, data: bytes, *, hello: bool = True) -> list[Any]:
             assert msg.code in KNOWN_ERRORS, msg
             assert msg.message, msg
     # A transfer that reaches the ledger consumes its id whatever its result; money moves only
-    # for OK ones. A rejected frame (Error) changes nothing at all.
-    if not any(type(m) is Results for m in replies):
-        assert ledger_digest(server) == before, f"ledger changed without a transfer reaching it: {replies}"
+    # for OK ones. An accepted admin request (Ack: freeze, blacklist) changes flags only. A
+    # rejected frame (Error) changes nothing at all.
+    reached = any(type(m) is Results for m in replies)
+    if not reached:
+        changed = "ledger changed without a transfer reaching it"
+        if any(type(m) is Ack for m in replies):
+            assert ledger_digest(server, flags=False) == unflagged_before, f"{changed}: {replies}"
+        else:
+            assert ledger_digest(server) == before, f"{changed}: {replies}"
     if not any(type(m) is Results and ResultCode.OK in m.codes for m in replies):
-        assert ledger_digest(server, ids=False) == money_before, f"money moved without an OK transfer: {replies}"
+        assert ledger_digest(server, ids=False, flags=False) == money_before, f"money moved without an OK: {replies}"
     assert server.ledger is not None and server.ledger.audit().ok
     return replies
