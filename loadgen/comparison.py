@@ -192,10 +192,12 @@ class Band(msgspec.Struct, frozen=True):
         if not values:
             raise ValueError("a band needs at least one value")
         spans = intervals if intervals is not None else [(v, v) for v in values]
+        # Every repeat's own value lies in the band too: a confirmation run that sustained 105%
+        # puts a repeat's capacity interval above the maximum its search reported.
         return cls(
             median=float(statistics.median(values)),
-            low=float(min(lo for lo, _ in spans)),
-            high=float(max(hi for _, hi in spans)),
+            low=float(min(min(lo for lo, _ in spans), min(values))),
+            high=float(max(max(hi for _, hi in spans), max(values))),
             repeats=len(values),
         )
 

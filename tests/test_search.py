@@ -138,3 +138,10 @@ def test_a_difference_is_called_only_beyond_the_spread(a: Band, b: Band, expecte
     assert differs(a, b) is expected
     assert differs(b, a) is expected
     assert verdict(a, b) == {True: "different", False: "within spread", None: "not judged (1 repeat)"}[expected]
+
+
+def test_band_always_contains_each_repeats_own_value() -> None:
+    # A repeat whose 105% confirmation sustained has its capacity interval above its maximum.
+    band = Band.of([2_835_938.0, 3_000_000.0], [(2_977_734.0, 3_093_750.0), (3_000_000.0, 3_150_000.0)])
+    assert band.low <= band.median <= band.high
+    assert band.low == 2_835_938.0 and band.high == 3_150_000.0
