@@ -492,8 +492,14 @@ class Server:
 
     def _journal_failed(self, exc: OSError) -> None:
         """The journal cannot be written: acknowledge nothing more, tell every client, stop."""
+        self._fail(ErrorCode.JOURNAL_FAILED, f"the journal {self.config.journal} could not be written ({exc})")
+
+    def _fail(self, code: ErrorCode, what: str) -> None:
+        """A fault after which memory may differ from what was acknowledged: stop acknowledging,
+        tell every client, stop listening (``serve`` then exits; a journal restores the last
+        acknowledged state on restart)."""
         message = (
-            f"the journal {self.config.journal} could not be written ({exc}); nothing more is acknowledged. "
+            f"{what}; nothing more is acknowledged. "
             "Transfers without Results have unknown outcome: resubmit them (same ids) after the server restarts."
         )
         print(f"FATAL: {message}", file=sys.stderr, flush=True)
@@ -501,7 +507,7 @@ class Server:
         self._queue.clear()
         self._queued = self._queued_records = 0
         for conn in list(self._connections):
-            self._error(conn, ErrorCode.JOURNAL_FAILED, message)
+            self._error(conn, code, message)
             conn.close()
         if self._server is not None:
             self._server.close()
@@ -985,7 +991,11 @@ class Server:
         # part in dtype promotion. A bytearray keeps the batch writable like any other array.
         batch = np.frombuffer(bytearray().join([e[2] for e in entries]), dtype=TRANSFER_DTYPE)
         t0 = time.perf_counter_ns()
-        codes = self.ledger.apply(batch) if self.ledger is not None else np.zeros(n, dtype=CODE_DTYPE)
+        try:
+            codes = self.ledger.apply(batch) if self.ledger is not None else np.zeros(n, dtype=CODE_DTYPE)
+        except Exception as exc:  # a bug, not a hook error (the ledger turns those into HOOK_ERROR)
+            self._fail(ErrorCode.ENGINE_FAILED, f"the engine failed applying a batch ({type(exc).__name__}: {exc})")
+            return
         if self.journal is not None:
             # Durable (as the fsync policy says) before any of its Results is written.
             try:

@@ -58,6 +58,7 @@ class ErrorCode(enum.StrEnum):
     HANDSHAKE_TIMEOUT = "handshake_timeout"  # no completed Hello (and authentication) in time; closed
     FRAME_TIMEOUT = "frame_timeout"  # a started frame was not completed in time; closed
     JOURNAL_FAILED = "journal_failed"  # the journal could not be written: nothing more is acknowledged
+    ENGINE_FAILED = "engine_failed"  # an unexpected fault inside the engine: nothing more is acknowledged
 
 
 class Message(msgspec.Struct, array_like=True, tag=True, gc=False):

@@ -14,7 +14,7 @@ from engine.client import ServerError
 from engine.codes import ResultCode
 from engine.ledger import Ledger
 from engine.server import ServerConfig, build_ledger
-from engine.wire import ErrorCode, Submit
+from engine.wire import Error, ErrorCode, Submit
 from loadgen.workload import Workload, WorkloadConfig
 from tests.server_support import (
     TEST_ACCOUNTS,
@@ -283,3 +283,31 @@ def test_welcome_tells_a_reconnecting_operator_where_to_resume_numbering(
     with connect(st, operator=3) as c, connect(st, operator=4) as other:
         assert c.welcome is not None and c.welcome.next_transfer_id == 510
         assert other.welcome is not None and other.welcome.next_transfer_id == 0
+
+
+def test_an_engine_fault_acknowledges_nothing_and_tells_every_client(
+    start_server: StartServer, workload: Workload
+) -> None:
+    st = start_server()
+    c, bystander = connect(st, operator=0), connect(st, operator=1)
+    assert c.transfer(workload.batch(10, first_id=0)).tolist().count(ResultCode.OK) > 0
+
+    def break_engine() -> None:
+        ledger = st.server.ledger
+        assert ledger is not None
+
+        def fail(batch: np.ndarray) -> np.ndarray:
+            raise RuntimeError("bug in apply")
+
+        ledger.apply = fail  # type: ignore[method-assign]
+
+    st.call(break_engine)
+    c.submit(workload.batch(10, first_id=10))
+    for client in (c, bystander):
+        msg = client.recv()
+        assert type(msg) is Error and msg.code == ErrorCode.ENGINE_FAILED, msg
+        assert "bug in apply" in msg.message and "unknown outcome" in msg.message
+    with pytest.raises(ConnectionError):
+        c.recv()
+    c.close()
+    bystander.close()
