@@ -33,6 +33,7 @@ import numpy as np
 from locust import User, events, task
 from locust.env import Environment
 
+from engine.auth import ROLE_OPERATOR, load_secrets
 from engine.client import Client, ServerError, parse_host
 from engine.codes import ResultCode, name_counts
 from loadgen.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
@@ -67,6 +68,11 @@ def _add_arguments(parser: Any) -> None:
         "--cbdc-profile",
         default="",
         help="profile the server must be running (default: any); a mismatch stops the run with an error",
+    )
+    group.add_argument(
+        "--cbdc-secrets",
+        default="",
+        help="for a server with authentication on: the secrets TOML file, or 'env' for CBDC_OPERATOR_SECRET_<n>",
     )
     group.add_argument("--cbdc-seed", type=int, default=DEFAULT_SEED, help="workload seed (default: the server's)")
     group.add_argument("--cbdc-pool", type=int, default=8, help="pre-generated batches per user (default 8)")
@@ -147,9 +153,13 @@ class PaymentGateway(User):
         serial = next(state.user_serial)
         self.operator = (self.worker % workers + workers * serial) % opts.cbdc_operators
         host, port = parse_host(self.host)
-        self.client = Client(host, port, operator=self.operator, name=f"locust worker {self.worker}")
+        secrets = load_secrets(opts.cbdc_secrets)
+        secret = None if secrets is None else secrets.secret(ROLE_OPERATOR, self.operator)
+        self.client = Client(host, port, operator=self.operator, name=f"locust worker {self.worker}", secret=secret)
         welcome = self.client.welcome
         assert welcome is not None
+        # With ownership enforced, this operator's gateway debits only the accounts it holds.
+        payer_range = (welcome.owned_from, welcome.owned_to) if welcome.ownership else None
         if opts.cbdc_batch > welcome.max_batch:
             raise ValueError(f"--cbdc-batch {opts.cbdc_batch} exceeds the server's max_batch {welcome.max_batch}")
         if opts.cbdc_profile and opts.cbdc_profile != welcome.profile:
@@ -161,7 +171,9 @@ class PaymentGateway(User):
         workload = Workload(
             WorkloadConfig(accounts=accounts, seed=opts.cbdc_seed), stream=1_000 + self.worker * 10_000 + serial
         )
-        self.pool = BatchPool(workload, opts.cbdc_pool, opts.cbdc_batch, operator=self.operator)
+        self.pool = BatchPool(
+            workload, opts.cbdc_pool, opts.cbdc_batch, operator=self.operator, payer_range=payer_range
+        )
         self.state = state
         self.resume_at = welcome.next_transfer_id
 

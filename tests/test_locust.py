@@ -6,14 +6,17 @@ gevent, which would break every asyncio and thread based test that runs after it
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from engine.auth import ROLE_ADMIN, Secrets, generate_secrets
 from engine.client import Client, parse_host
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +32,11 @@ def test_parse_host() -> None:
             parse_host(bad)
 
 
-@pytest.fixture
-def server() -> tuple[str, int]:  # type: ignore[misc]
+@contextlib.contextmanager
+def serving(*args: str) -> Iterator[tuple[str, int]]:
+    """A ``cbdc-bench serve`` subprocess on a free port, stopped on leaving."""
     with subprocess.Popen(
-        [sys.executable, "-m", "loadgen.cli", "serve", "--port", "0", "--accounts", "20000"],
+        [sys.executable, "-m", "loadgen.cli", "serve", "--port", "0", "--accounts", "20000", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -47,6 +51,12 @@ def server() -> tuple[str, int]:  # type: ignore[misc]
         finally:
             proc.terminate()
             proc.wait(timeout=20)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, int]]:
+    with serving() as address:
+        yield address
 
 
 def run_locust(host: str, port: int, tmp_path: Path, *extra: str) -> tuple[list[dict[str, str]], dict[str, int]]:
@@ -81,3 +91,16 @@ def test_locust_headless_run_reports_requests_and_keeps_the_ledger_sound(
         assert "stale_id" not in codes  # the second run resumes numbering above the first
     with Client(host, port) as c:
         assert c.audit().ok
+
+
+def test_locust_authenticates_and_debits_only_its_own_accounts(tmp_path: Path) -> None:
+    secrets_file = tmp_path / "secrets.toml"
+    generate_secrets(secrets_file, 8)
+    with serving("--secrets", str(secrets_file), "--operators", "8") as (host, port):
+        stats, codes = run_locust(host, port, tmp_path, "--cbdc-secrets", str(secrets_file))
+        row = next(r for r in stats if r["Name"].startswith("submit baseline x500"))
+        assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+        assert "forbidden_payer" not in codes and codes["ok"] > 0.9 * sum(codes.values()), codes
+        secrets = Secrets.load(secrets_file)
+        with Client(host, port, secret=secrets.secret(ROLE_ADMIN, 0), role="admin") as admin:
+            assert admin.audit().ok
