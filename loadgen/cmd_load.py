@@ -272,6 +272,14 @@ def format_summary(r: RunResult) -> str:
         lines.append(
             "hook cost (ns/transfer): " + ", ".join(f"{k} {v:,.0f}" for k, v in hooks.items() if v is not None)
         )
+    d = r.server.durability
+    if not s.echo:
+        lines.append(
+            "durability: no journal (acknowledged in memory only)"
+            if d.fsync == "none"
+            else f"durability: journal, fsync {d.fsync}: {d.fsyncs_per_s:,.0f} fsyncs/s taking "
+            f"{d.fsync_ms_per_s:,.1f} ms/s, {d.journal_mb_per_s:,.1f} MB/s written"
+        )
     if s.audit_ok is not None and r.audit is not None:
         lines.append(
             f"audit: {'ok' if s.audit_ok else 'FAILED'} (total {r.audit.total_fen:,} fen, expected "

@@ -26,7 +26,8 @@ from loadgen.measure import Measurement
 #: upgrades from older versions go here, one step at a time, when there are any):
 #:   1 - first format: summary, load, environment, latency/send-lag histograms (HdrHistogram V2
 #:       base64, ns), per-second series with interval histograms, codes, counts, generator,
-#:       server (CPU, stats, per-hook cost), audit, failures.
+#:       server (CPU, stats, per-hook cost), audit, failures. Later additions with defaults, so
+#:       files without them still read: server.durability (journal policy and its cost).
 SCHEMA_VERSION = 1
 
 
@@ -122,6 +123,26 @@ class Generator(msgspec.Struct, frozen=True):
     kept_schedule: bool  # no unsent transfers and p99 send lag within the late threshold
 
 
+class Durability(msgspec.Struct, frozen=True):
+    """How acknowledged payments were made durable, and what it cost, over the measured window."""
+
+    fsync: str  # the server's --fsync policy, or "none" (no journal: acknowledged in memory only)
+    fsyncs_per_s: float = 0.0
+    fsync_ms_per_s: float = 0.0  # time spent in fsync per second of run (on the server's event loop)
+    journal_mb_per_s: float = 0.0
+
+    @classmethod
+    def of(cls, stats_start: dict[str, Any], stats_end: dict[str, Any], seconds: float) -> Durability:
+        j0, j1 = stats_start.get("journal") or {}, stats_end.get("journal") or {}
+        if not j1:
+            return cls("none")
+
+        def rate(key: str) -> float:
+            return (float(j1.get(key, 0)) - float(j0.get(key, 0))) / seconds
+
+        return cls(str(j1.get("fsync", "unknown")), rate("fsyncs"), rate("fsync_ms_total"), rate("bytes_written") / 1e6)
+
+
 class Server(msgspec.Struct, frozen=True):
     pid: int | None
     welcome: dict[str, Any]
@@ -129,6 +150,7 @@ class Server(msgspec.Struct, frozen=True):
     stats_start: dict[str, Any]  # StatsReply at the start of the measured window
     stats_end: dict[str, Any]  # and at its end
     hooks: dict[str, Any]  # per-hook cost as reported by the server, over the measured window
+    durability: Durability = Durability("none")
 
 
 class AuditOutcome(msgspec.Struct, frozen=True):
@@ -280,6 +302,7 @@ def build_result(
             stats_start=stats_start or {},
             stats_end=stats_end or {},
             hooks=hooks or {},
+            durability=Durability.of(stats_start or {}, stats_end or {}, config.seconds),
         ),
         audit=audit,
         failures=failures,

@@ -15,6 +15,7 @@ from loadgen.histogram import Histogram
 from loadgen.results import (
     SCHEMA_VERSION,
     AuditOutcome,
+    Durability,
     ResultVersionError,
     build_result,
     json_schema,
@@ -117,3 +118,14 @@ def test_hook_cost_is_the_difference_over_the_measured_window() -> None:
     assert cost["blacklist"]["errors"] == 2
     assert cost["blacklist"]["ns_per_transfer"] == 100.0  # 1 ms over 10,000 transfers
     assert hook_cost({}, {}) == {}
+
+
+def test_durability_is_differenced_over_the_window_and_defaults_for_older_files() -> None:
+    start = {"journal": {"fsync": "batch", "fsyncs": 100, "fsync_ms_total": 50.0, "bytes_written": 1_000_000}}
+    end = {"journal": {"fsync": "batch", "fsyncs": 300, "fsync_ms_total": 150.0, "bytes_written": 21_000_000}}
+    d = Durability.of(start, end, seconds=2.0)
+    assert (d.fsync, d.fsyncs_per_s, d.fsync_ms_per_s, d.journal_mb_per_s) == ("batch", 100.0, 50.0, 10.0)
+    assert Durability.of({}, {}, seconds=2.0).fsync == "none"
+    # Files written before the field existed still load, as "none".
+    fixture = sorted((Path(__file__).parent / "fixtures" / "results").glob("*-run-baseline-*.json"))[0]
+    assert load(fixture).server.durability.fsync == "none"

@@ -6,7 +6,8 @@
     done
     python tests/benchmarks/durability_table.py results/durability none off interval-10 batch
 
-Rates are differences of the server's stats over the measured window (StatsReply ``journal``).
+Durability figures come from each result's ``server.durability`` (the server's journal stats
+differenced over the measured window).
 """
 
 from __future__ import annotations
@@ -20,24 +21,19 @@ def _row(name: str, path: str) -> str:
     with open(path) as f:
         r = json.load(f)
     s, server = r["summary"], r["server"]
+    d = server["durability"]
     s0, s1 = server.get("stats_start") or {}, server.get("stats_end") or {}
-    secs = s["seconds"]
-    j0, j1 = s0.get("journal", {}), s1.get("journal", {})
-
-    def rate(key: str) -> float:
-        return (j1.get(key, 0) - j0.get(key, 0)) / secs
-
-    batches = (s1.get("batches", 0) - s0.get("batches", 0)) / secs
+    batches = (s1.get("batches", 0) - s0.get("batches", 0)) / s["seconds"]
     cells = [
-        name,
+        f"{name} ({d['fsync']})",
         f"{s['achieved_tps']:,.0f}",
         f"{s['p50_ms']:.2f}",
         f"{s['p99_ms']:.2f}",
         f"{s['p999_ms']:.1f}",
         f"{batches:,.0f}",
-        f"{rate('fsyncs'):,.0f}",
-        f"{rate('fsync_ms_total'):.1f}",
-        f"{rate('bytes_written') / 1e6:.1f}",
+        f"{d['fsyncs_per_s']:,.0f}",
+        f"{d['fsync_ms_per_s']:.1f}",
+        f"{d['journal_mb_per_s']:.1f}",
     ]
     return "| " + " | ".join(cells) + " |"
 
