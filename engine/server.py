@@ -101,6 +101,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO, cast
 
 import msgspec
@@ -393,9 +394,13 @@ class Server:
         self.config = config
         #: None = authentication off (and no account ownership): the benchmark's default.
         self.secrets = secrets if secrets is not None else load_secrets(config.secrets)
-        self.ledger: Ledger | None = (
-            None if config.echo else build_ledger(config, hooks, ownership=self.secrets is not None)
-        )
+        self.outputs_set_aside: list[tuple[Path, Path]] = []
+        self.ledger: Ledger | None = None
+        if not config.echo:
+            hooks = build_hooks(config.profile, config.scenario) if hooks is None else hooks
+            if config.journal and os.path.exists(config.journal) and os.path.getsize(config.journal) > 0:
+                self._set_aside_outputs(hooks)
+            self.ledger = build_ledger(config, hooks, ownership=self.secrets is not None)
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ClientMessage)
         self._queue: collections.deque[_Entry] = collections.deque()
@@ -430,6 +435,8 @@ class Server:
         """What the operator of the server should know at start: journal, recovery, authentication."""
         cfg = self.config
         notes = []
+        for path, aside in self.outputs_set_aside:
+            notes.append(f"hook output {path} regenerated from the journal; the previous file is now {aside}")
         if self.recovery is not None:
             r = self.recovery
             notes.append(
@@ -450,6 +457,24 @@ class Server:
         return notes
 
     # ---- durability ------------------------------------------------------------------------------
+
+    def _set_aside_outputs(self, hooks: Sequence[Hook]) -> None:
+        """Before a recovery: move the hooks' output files aside; the replay writes them again.
+
+        They hold what the hooks observed before the crash, possibly missing the last batches
+        (observers run after the replies) and about to be written again by the replay; the
+        regenerated files are complete and in step with the recovered hook state.
+        """
+        for hook in hooks:
+            for path in hook.output_files():
+                if path.exists() and path.stat().st_size > 0:
+                    aside = path.with_name(path.name + ".before-recovery")
+                    n = 1
+                    while aside.exists():
+                        n += 1
+                        aside = path.with_name(f"{path.name}.before-recovery.{n}")
+                    path.rename(aside)
+                    self.outputs_set_aside.append((path, aside))
 
     def _open_journal(self) -> None:
         """Replay an existing journal into the new ledger, then open it for appending."""
@@ -592,6 +617,9 @@ class Server:
                 conn.transport.abort()
         if self.journal is not None:
             self.journal.close()
+        if self.ledger is not None:
+            for hook in self.ledger.hooks:
+                hook.close()
 
     # ---- connections -----------------------------------------------------------------------------
 

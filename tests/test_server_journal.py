@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from engine.codes import ResultCode
+from engine.hooks.audit_chain import AuditChain, AuditChainConfig, verify_chain
+from engine.hooks.base import Hook
+from engine.hooks.surveillance_log import LOG_DTYPE, SurveillanceLog, SurveillanceLogConfig
 from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN
 from engine.server import ServerThread
 from engine.wire import Error, ErrorCode, Results
@@ -130,3 +133,35 @@ def test_failed_journal_write_acknowledges_nothing(
             assert type(c.recv()) is not Results
     c.close()
     assert st.server.failed is not None and st.server.failed.done()
+
+
+def _file_hooks(tmp_path: Path) -> list[Hook]:
+    return [
+        SurveillanceLog(SurveillanceLogConfig(path=str(tmp_path / "trove.log"))),
+        AuditChain(AuditChainConfig(path=str(tmp_path / "chain.bin"))),
+    ]
+
+
+def test_restart_regenerates_hook_output_files_from_the_journal(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    journal = tmp_path / "j"
+    st = start_server(hooks=_file_hooks(tmp_path), journal=str(journal))
+    with connect(st, operator=2) as c:
+        for i in range(5):
+            c.transfer(workload.batch(200, first_id=i * 200, operator=2))
+    head = st.server.ledger.hooks[1].head.hex()  # type: ignore[union-attr, attr-defined]
+    st.stop()
+    trove, chain = (tmp_path / "trove.log").read_bytes(), (tmp_path / "chain.bin").read_bytes()
+    assert len(trove) == 1_000 * LOG_DTYPE.itemsize
+
+    for restart in (1, 2):  # an audit chain file used to make a journalled server unable to restart
+        st = start_server(hooks=_file_hooks(tmp_path), journal=str(journal))
+        assert st.server.recovery is not None and st.server.recovery.batches == 5
+        st.stop()
+        assert (tmp_path / "trove.log").read_bytes() == trove  # regenerated, not appended twice
+        assert (tmp_path / "chain.bin").read_bytes() == chain
+        aside = tmp_path / ("chain.bin.before-recovery" + ("" if restart == 1 else ".2"))
+        assert aside.read_bytes() == chain
+    report = verify_chain(tmp_path / "chain.bin", expect_head=head)
+    assert report.ok and report.batches == 5, report

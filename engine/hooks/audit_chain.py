@@ -116,6 +116,9 @@ class AuditChain(Hook):
         self.file_bytes = 0
         self._file: IO[bytes] | None = None
 
+    def output_files(self) -> list[Path]:
+        return [Path(self.config.path)] if self.config.path else []
+
     def attach(self, ledger: Ledger) -> None:
         if self.config.path:
             path = Path(self.config.path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -145,6 +146,14 @@ class Hook:
 
     def close(self) -> None:
         """Flush and release files; called once when the run ends."""
+
+    def output_files(self) -> list[Path]:
+        """Files this hook writes from the batches it observes (logs, chains).
+
+        They are a deterministic function of the batches, so when a server recovers from its
+        journal it sets the existing ones aside and the replay writes them again, complete.
+        """
+        return []
 
 
 def as_accounts(accounts: int | np.ndarray | list[int], ledger_accounts: int) -> np.ndarray:

@@ -51,6 +51,9 @@ class SurveillanceLog(Hook):
         self.file_bytes = 0
         self._file: IO[bytes] | None = None
 
+    def output_files(self) -> list[Path]:
+        return [Path(self.config.path)] if self.config.path else []
+
     def attach(self, ledger: Ledger) -> None:
         if self.config.path:
             self._file = Path(self.config.path).open("ab")  # noqa: SIM115 - held open for the run, closed by close()
