@@ -31,7 +31,7 @@ import random
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -385,24 +385,29 @@ def run_compare(
             rate = elapsed / done
             progress.update(overall, completed=done, eta=f"~{left * rate / 60:.1f} min left (estimate)")
 
+        @contextlib.contextmanager
+        def session(profile: str, repeat: int) -> Iterator[Session]:
+            """A fresh server for one profile and repeat, and the session that loads it."""
+            with _server(profile, plan, seed, scenario) as server:
+                yield Session(
+                    server,
+                    profile=profile,
+                    repeat=repeat,
+                    plan=plan,
+                    settings=settings,
+                    seed=seed,
+                    scenario=scenario,
+                    runs_dir=runs_dir,
+                    echo=profile == ECHO,
+                    on_phase=on_phase,
+                )
+
         order = profile_orders(searched, repeats=plan.repeats, rng=rng)
         for repeat, sequence in enumerate(order, start=1):
             for profile in sequence:
                 start, growth = search_start(settings, plan, searches, profile)
                 progress.update(overall, description=f"r{repeat}/{plan.repeats} search {profile}")
-                with _server(profile, plan, seed, scenario) as server:
-                    s = Session(
-                        server,
-                        profile=profile,
-                        repeat=repeat,
-                        plan=plan,
-                        settings=settings,
-                        seed=seed,
-                        scenario=scenario,
-                        runs_dir=runs_dir,
-                        echo=profile == ECHO,
-                        on_phase=on_phase,
-                    )
+                with session(profile, repeat) as s:
                     found = s.search(start, growth)
                 searches.append(found)
                 refs += s.refs
@@ -427,19 +432,7 @@ def run_compare(
         for repeat, sequence in enumerate(equal_order, start=1):
             for profile in sequence:
                 progress.update(overall, description=f"r{repeat}/{plan.repeats} equal load {profile}")
-                with _server(profile, plan, seed, scenario) as server:
-                    s = Session(
-                        server,
-                        profile=profile,
-                        repeat=repeat,
-                        plan=plan,
-                        settings=settings,
-                        seed=seed,
-                        scenario=scenario,
-                        runs_dir=runs_dir,
-                        echo=False,
-                        on_phase=on_phase,
-                    )
+                with session(profile, repeat) as s:
                     for rate in rng.sample(rates, len(rates)):
                         s.phase(rate, stage="equal-load", phase="equal")
                 refs += s.refs
