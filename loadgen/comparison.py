@@ -24,7 +24,7 @@ import msgspec
 
 from engine.profiles import CompareSettings
 from loadgen.environment import Environment
-from loadgen.results import ResultVersionError, RunResult
+from loadgen.results import ResultVersionError, RunResult, require_version
 from loadgen.search import RunOutcome, SearchResult, sustained
 
 #: Version of the comparison summary format. History (a reader refuses every version but its own):
@@ -130,12 +130,7 @@ def peek_kind(data: bytes, *, source: str) -> str:
 def loads_summary(data: bytes, *, source: str = "comparison summary") -> CompareSummary:
     """Parse a summary, refusing any format version but ``COMPARE_SCHEMA_VERSION``."""
     version = msgspec.json.decode(data, type=_Kind).schema_version
-    if version != COMPARE_SCHEMA_VERSION:
-        newer = "a newer" if version > COMPARE_SCHEMA_VERSION else "an older"
-        raise ResultVersionError(
-            f"{source} is a comparison summary with schema_version {version}, {newer} format than this "
-            f"cbdc-bench reads (version {COMPARE_SCHEMA_VERSION}); use the cbdc-bench version that wrote it"
-        )
+    require_version(version, COMPARE_SCHEMA_VERSION, f"{source} is a comparison summary with")
     return msgspec.json.decode(data, type=CompareSummary)
 
 

@@ -50,6 +50,15 @@ _PLAIN = FuncFormatter(lambda y, _pos: f"{y:g}")
 _PLAIN_MINOR = FuncFormatter(lambda y, _pos: f"{y:g}" if f"{y:.0e}"[0] in "25" else "")
 
 
+def _at_rate(runs: list[Loaded], profile: str, rate: float | None) -> list[Loaded]:
+    """The runs of ``profile`` at offered ``rate`` that were made for comparison at equal load."""
+    return [
+        r
+        for r in runs
+        if r.profile == profile and r.offered_tps == rate and (r.ref is None or r.ref.stage == "equal-load")
+    ]
+
+
 def plot_elbow(data: ReportData, runs: list[Loaded], path: Path) -> Path:
     fig, axes = _figure(9, 5.5)
     ax = axes[0, 0]
@@ -160,11 +169,7 @@ def plot_spectrum(data: ReportData, runs: list[Loaded], path: Path) -> Path:
     colors = _colors([r.profile for r in data.profiles])
     rate = data.reference_tps
     for row in data.profiles:
-        here = [
-            r
-            for r in runs
-            if r.profile == row.profile and r.offered_tps == rate and (r.ref is None or r.ref.stage == "equal-load")
-        ]
+        here = _at_rate(runs, row.profile, rate)
         if not here:
             continue
         h = merged_histogram(here)
@@ -202,11 +207,7 @@ def plot_timeseries(data: ReportData, runs: list[Loaded], path: Path) -> Path:
     rate = data.reference_tps
     warmup = 0.0
     for row in data.profiles:
-        here = [
-            r
-            for r in runs
-            if r.profile == row.profile and r.offered_tps == rate and (r.ref is None or r.ref.stage == "equal-load")
-        ]
+        here = _at_rate(runs, row.profile, rate)
         if not here:
             continue
         run = min(here, key=lambda r: (r.ref.repeat if r.ref else 0, r.path))

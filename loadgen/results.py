@@ -340,13 +340,21 @@ def loads(data: bytes | str, *, source: str = "result") -> RunResult:
         version = msgspec.json.decode(data, type=_Version).schema_version
     except msgspec.ValidationError as exc:
         raise ResultVersionError(f"{source} is not a cbdc-bench result file (no schema_version: {exc})") from exc
-    if version != SCHEMA_VERSION:
-        newer = "a newer" if version > SCHEMA_VERSION else "an older"
-        raise ResultVersionError(
-            f"{source} has schema_version {version}, {newer} format than this cbdc-bench reads "
-            f"(version {SCHEMA_VERSION}); use the cbdc-bench version that wrote it, or re-run the benchmark"
-        )
+    require_version(version, SCHEMA_VERSION, f"{source} has", "or re-run the benchmark")
     return msgspec.json.decode(data, type=RunResult)
+
+
+def require_version(version: int, expected: int, what: str, otherwise: str = "") -> None:
+    """Refuse a file whose format version is not ``expected``, saying which version it is.
+
+    ``what`` starts the message ("results/x.json has"); ``otherwise`` adds a remedy.
+    """
+    if version != expected:
+        newer = "a newer" if version > expected else "an older"
+        raise ResultVersionError(
+            f"{what} schema_version {version}, {newer} format than this cbdc-bench reads (version {expected}); "
+            f"use the cbdc-bench version that wrote it{', ' + otherwise if otherwise else ''}"
+        )
 
 
 def load(path: str | os.PathLike[str]) -> RunResult:
