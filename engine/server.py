@@ -33,7 +33,9 @@ Ordering
 Bounded everything
     * Queue: at most ``queue_limit`` transfers (a Submit counts at least 1). A Submit that does
       not fit is answered at once with OVERLOADED for each of its transfers; it never reaches the
-      ledger, and the queue (hence memory and queueing delay) stays bounded.
+      ledger, and the queue (hence memory and queueing delay) stays bounded. No connection may
+      hold more than its fair share of the queue (``queue_limit`` / connected operators, at least
+      ``max_batch``), so one operator flooding the server cannot get the others' payments shed.
     * Frames: a header above ``max_frame_bytes`` gets FRAME_TOO_LARGE and the connection is
       closed (the stream cannot be trusted after it); the read buffer is bounded by the limit.
     * Write buffers: the transport's high-water mark is ``write_buffer_bytes``. Above it the
@@ -256,6 +258,8 @@ class _Connection(asyncio.Protocol):
         self.connected_at = time.monotonic()
         self.partial_since = 0.0  # monotonic time of the last completed frame while a frame is partial
         self.pending = 0  # Submits of this connection in the queue
+        self.queued = 0  # their transfers, as counted against queue_limit (the fair-share check)
+        self.submitter = False  # a Welcomed operator connection: counted in the fair share
         self.close_when_idle = False  # peer half-closed: close once its queued Submits are answered
         self._slow_timer: asyncio.TimerHandle | None = None
         self._hard_limit = server.config.write_buffer_bytes * HARD_WRITE_LIMIT_FACTOR
@@ -405,6 +409,7 @@ class Server:
         self._decoder = msgspec.msgpack.Decoder(ClientMessage)
         self._queue: collections.deque[_Entry] = collections.deque()
         self._queued = 0  # transfers in the queue, as counted against queue_limit
+        self._submitters = 0  # Welcomed operator connections (the fair share divides among them)
         self._queued_records = 0  # real transfer records in the queue
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._flush_soon = False
@@ -532,6 +537,7 @@ class Server:
         self._queue.clear()
         self._queued = self._queued_records = 0
         for conn in list(self._connections):
+            conn.queued = 0
             self._error(conn, code, message)
             conn.close()
         if self._server is not None:
@@ -638,6 +644,9 @@ class Server:
 
     def _connection_lost(self, conn: _Connection) -> None:
         self._connections.discard(conn)
+        if conn.submitter:
+            conn.submitter = False
+            self._submitters -= 1
 
     # ---- requests --------------------------------------------------------------------------------
 
@@ -784,6 +793,9 @@ class Server:
 
     def _welcome(self, conn: _Connection) -> None:
         cfg = self.config
+        if not conn.admin and not conn.submitter:
+            conn.submitter = True
+            self._submitters += 1
         owners = None if self.ledger is None else self.ledger.owners
         operator = conn.operator
         self._send(
@@ -856,18 +868,25 @@ class Server:
                 return
         self.counters["submits"] += 1
         cost = n or 1
-        if self._queued + cost > self.config.queue_limit:
+        over_share = conn.queued + cost > self._fair_share()
+        if over_share or self._queued + cost > self.config.queue_limit:
             # Shed at the edge: answer at once, never touching the ledger or growing the queue.
             self.counters["shed_submits"] += 1
+            self.counters["shed_over_fair_share"] += over_share
             self.codes[ResultCode.OVERLOADED] += n
             self._send(conn, Results(seq, _OVERLOADED * n, time.time_ns()))
             return
         self._queue.append((conn, seq, blob, n, cost, time.perf_counter_ns()))
         self._queued += cost
+        conn.queued += cost
         self._queued_records += n
         self._queue_peak = max(self._queue_peak, self._queued)
         conn.pending += 1
         self._schedule_flush()
+
+    def _fair_share(self) -> int:
+        """Most transfers one connection may have queued: an equal share, at least a full batch."""
+        return max(self.config.queue_limit // max(self._submitters, 1), self.config.max_batch)
 
     def _admin(self, conn: _Connection, msg: Message) -> None:
         req = getattr(msg, "req", -1)
@@ -1011,6 +1030,7 @@ class Server:
             entries.append(entry)
             n += entry[3]
             cost += entry[4]
+            entry[0].queued -= entry[4]
         if not entries:
             return
         self._queued -= cost
@@ -1110,9 +1130,11 @@ class Server:
             "codes": name_counts(self.codes),
             "overloaded": int(self.codes[ResultCode.OVERLOADED]),
             "shed_submits": c["shed_submits"],
+            "shed_over_fair_share": c["shed_over_fair_share"],
             "queue_transfers": self._queued,
             "queue_submits": len(self._queue),
             "queue_limit": self.config.queue_limit,
+            "fair_share": self._fair_share(),
             "queue_peak_transfers": self._queue_peak,
             "oldest_enqueue_to_commit_us_mean": self._wait_ns_sum / batches / 1e3 if batches else 0.0,
             "oldest_enqueue_to_commit_us_max": self._wait_ns_max / 1e3,

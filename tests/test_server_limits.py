@@ -98,3 +98,34 @@ def test_zero_transfer_submits_count_against_the_queue(start_server: StartServer
     assert all(len(k) == 0 for k in got)
     assert stats["queue_peak_transfers"] <= 16
     assert stats["submits"] == 100 and stats["shed_submits"] > 0
+
+
+@pytest.mark.slow
+def test_one_operator_flooding_cannot_get_anothers_payments_shed(start_server: StartServer, workload: Workload) -> None:
+    # 30 ms per engine batch of 100 (about 3,300/s) against a flood of about 50,000/s that goes on
+    # while the other operator submits: without a fair share, the queue is always full of the
+    # flood when the other operator's payments arrive.
+    st = start_server(hooks=[SlowHook(0.03)], max_batch=100, queue_limit=400)
+    rounds, per_round = 12, 20
+    with connect(st, operator=0) as flooder, connect(st, operator=1) as bank:
+        frames = [
+            flooder.codec.frame(Submit(k + 1, workload.batch(50, first_id=k * 50, operator=0).tobytes()))
+            for k in range(rounds * per_round)
+        ]
+
+        def flood() -> None:
+            for r in range(rounds):
+                flooder.send_raw(b"".join(frames[r * per_round : (r + 1) * per_round]))
+                time.sleep(0.02)
+
+        t = threading.Thread(target=flood)
+        t.start()
+        time.sleep(0.05)
+        served = [bank.transfer(workload.batch(50, first_id=10_000 + i * 50, operator=1)) for i in range(8)]
+        t.join()
+        flooded = [flooder.results(i + 1) for i in range(rounds * per_round)]
+        stats = bank.stats()
+    assert not any((k == ResultCode.OVERLOADED).any() for k in served), "the second operator was shed"
+    assert sum(bool((k == ResultCode.OVERLOADED).all()) for k in flooded) >= rounds * per_round // 2
+    assert stats["shed_over_fair_share"] > 0 and stats["fair_share"] == 200
+    assert stats["queue_peak_transfers"] <= 400
