@@ -188,7 +188,8 @@ def plot_spectrum(data: ReportData, runs: list[Loaded], path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlim(1, 1.3e5)
     ax.set_xticks(ticks, ["50%", "90%", "99%", "99.9%", "99.99%", "99.999%"])
-    ax.set_ylim(bottom=0)
+    # Keep the SLO line in view even when every curve stays below it.
+    ax.set_ylim(0, max(ax.get_ylim()[1], data.slo_p99_ms * 1.15))
     ax.axhline(data.slo_p99_ms, color="k", ls="--", lw=0.9, label=f"SLO p99 {data.slo_p99_ms:g} ms")
     ax.set_xlabel("percentile")
     ax.set_ylabel("latency from scheduled time (ms)")
