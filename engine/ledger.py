@@ -262,12 +262,8 @@ class Ledger:
                 if vetoes is not None:
                     merge(sub, np.asarray(vetoes, dtype=CODE_DTYPE), self._ranks)
             ok = sub == 0
-            settle_codes = self._settle(
-                transfers.payer[ok] if not ok.all() else transfers.payer,
-                transfers.payee[ok] if not ok.all() else transfers.payee,
-                transfers.amount_fen[ok] if not ok.all() else transfers.amount_fen,
-            )
-            sub[ok] = settle_codes
+            columns = (transfers.payer, transfers.payee, transfers.amount_fen)
+            sub[ok] = self._settle(*(columns if ok.all() else (c[ok] for c in columns)))
             codes[pending] = sub
         self.ids.commit(consumed)
         self._count(codes)
