@@ -192,7 +192,8 @@ def test_authenticated_load_run_pays_from_own_ranges(start_server: StartServer, 
     assert codes.get("forbidden_payer", 0) == 0
     assert codes.get("ok", 0) > 0
     assert result.audit is not None and result.audit.ok
-    assert st.server.counters["auth_operator"] == 2 and st.server.counters["auth_admin"] == 1
+    counters = st.call(lambda: dict(st.server.counters))  # on the server's loop, not racing it
+    assert counters["auth_operator"] == 2 and counters["auth_admin"] == 1
     # Without the secrets, the generator is refused with a clear error.
     bad = LoadConfig(port=st.address[1], rate_tps=1_000, seconds=0.1, warmup=0.0, operators=1)
     with pytest.raises(Exception, match="requires authentication"):

@@ -132,7 +132,7 @@ def test_failed_journal_write_acknowledges_nothing(
         while True:
             assert type(c.recv()) is not Results
     c.close()
-    assert st.server.failed is not None and st.server.failed.done()
+    assert st.call(lambda: st.server.failed is not None and st.server.failed.done())
 
 
 def _file_hooks(tmp_path: Path) -> list[Hook]:
@@ -150,7 +150,9 @@ def test_restart_regenerates_hook_output_files_from_the_journal(
     with connect(st, operator=2) as c:
         for i in range(5):
             c.transfer(workload.batch(200, first_id=i * 200, operator=2))
-    head = st.server.ledger.hooks[1].head.hex()  # type: ignore[union-attr, attr-defined]
+    # Read on the server's loop: the last batch's deferred observe (which moves the chain's head) runs
+    # in the same loop callback that wrote its reply, so the client can see the reply first.
+    head = st.call(lambda: st.server.ledger.hooks[1].head.hex())  # type: ignore[union-attr]
     st.stop()
     trove, chain = (tmp_path / "trove.log").read_bytes(), (tmp_path / "chain.bin").read_bytes()
     assert len(trove) == 1_000 * LOG_DTYPE.itemsize
