@@ -79,6 +79,16 @@ PRECEDENCE: tuple[ResultCode, ...] = (
     ResultCode.OK,
 )
 
+#: The ledger's own checks (before any policy hook): a transfer refused by one of them is not a
+#: payment, so it does not advance the sequencer's clock (``engine.clock``).
+LEDGER_CHECKS: frozenset[ResultCode] = frozenset(PRECEDENCE[: PRECEDENCE.index(ResultCode.FORBIDDEN_PAYER) + 1])
+
+#: Identifies this precedence table. Journals record it (``JournalHeader.precedence``): replaying
+#: a journal under another precedence would give other codes, so changing the order (not
+#: appending a code at its documented place without changing any earlier outcome) changes this
+#: id and is a journal format change.
+PRECEDENCE_ID = "codes-1"
+
 CODE_DTYPE = np.dtype(np.uint8)
 
 

@@ -113,9 +113,12 @@ import uvloop
 from engine.auth import ROLE_ADMIN, ROLE_OPERATOR, Secrets, load_secrets, new_nonce
 from engine.codes import CODE_DTYPE, ResultCode, name_counts
 from engine.hooks.base import Hook
-from engine.journal import AdminEntry, FsyncPolicy, Journal, JournalHeader, Recovery, recover
+from engine.clock import CLOCK_START_NS, SequencerClock, payments_per_day
+from engine.codes import PRECEDENCE_ID
+from engine.journal import REPAIR_MODES, AdminEntry, FsyncPolicy, Journal, JournalHeader, JournalLock, Recovery
 from engine.ledger import Ledger, owner_ranges
 from engine.profiles import build_hooks
+from engine.recovery import open_journal
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.wire import (
     CLIENT_TAGS,
@@ -185,6 +188,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     echo: bool = False
     journal: str = ""  # journal path; "" = none (acknowledged payments do not survive a restart)
     fsync: str = "batch"  # "batch", "interval:MS" or "off" (see engine.journal)
+    repair: str = ""  # "truncate": drop a damaged journal's data from the damage on (see engine.journal)
+    #: The sequencer's business clock (engine.clock): one simulated day = accounts * this many payments.
+    payments_per_account_per_day: float = 1.0
     secrets: str = ""  # "" = authentication off; a secrets TOML path, or "env" (CBDC_* variables)
     handshake_timeout_ms: int = 10_000
     frame_timeout_ms: int = 10_000
@@ -207,6 +213,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if not 0 < self.operators <= 65_536:
             raise ValueError(f"operators must be in 1..65536, got {self.operators}")
         FsyncPolicy.parse(self.fsync)
+        payments_per_day(self.accounts, self.payments_per_account_per_day)
+        if self.repair not in REPAIR_MODES or (self.repair and not self.journal):
+            raise ValueError(f"repair must be 'truncate' (with --journal) or empty, got {self.repair!r}")
         if self.journal and self.echo:
             raise ValueError("--journal needs a ledger; --echo runs without one")
         if self.handshake_timeout_ms <= 0 or self.frame_timeout_ms <= 0:
@@ -222,6 +231,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             profile=self.profile,
             scenario_sha256=digest,
             ownership=bool(self.secrets),
+            clock_payments_per_day=payments_per_day(self.accounts, self.payments_per_account_per_day),
+            clock_start_ns=CLOCK_START_NS,
+            precedence=PRECEDENCE_ID,
         )
 
 
@@ -239,6 +251,7 @@ def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, o
         operators=config.operators,
         hooks=build_hooks(config.profile, config.scenario) if hooks is None else hooks,
         owners=owner_ranges(config.accounts, config.operators) if ownership else None,
+        clock=SequencerClock.for_accounts(config.accounts, config.payments_per_account_per_day),
     )
 
 
@@ -431,8 +444,10 @@ class Server:
         #: Set when the server must stop (the journal failed); ``serve`` waits on it too.
         self.failed: asyncio.Future[str] | None = None
         self.journal: Journal | None = None
+        self._journal_lock: JournalLock | None = None
         self.recovery: Recovery | None = None
         self.recovery_s = 0.0
+        self._journal_notes: list[str] = []
         if config.journal:
             self._open_journal()
 
@@ -448,8 +463,12 @@ class Server:
                 f"recovered from journal: {r.message}; {r.batches:,} batches ({r.transfers:,} transfers) and "
                 f"{r.admin_ops} admin operations replayed in {self.recovery_s:.2f} s"
             )
+        notes += self._journal_notes
         if self.journal is not None:
-            notes.append(f"journal {cfg.journal} (fsync {self.journal.policy}), {self.journal.seq} entries")
+            notes.append(
+                f"journal {cfg.journal} (format 2, fsync {self.journal.policy}), {self.journal.seq} entries: "
+                f"{self.journal.policy.promise()}"
+            )
         elif not cfg.echo:
             notes.append("journal off: acknowledged payments do not survive a restart (use --journal PATH)")
         if self.secrets is None:
@@ -482,34 +501,20 @@ class Server:
                     self.outputs_set_aside.append((path, aside))
 
     def _open_journal(self) -> None:
-        """Replay an existing journal into the new ledger, then open it for appending."""
-        ledger = self.ledger
-        assert ledger is not None
-        path = self.config.journal
-        header = self.config.journal_header()
-        t0 = time.perf_counter()
-
-        def check(found: JournalHeader) -> None:
-            diff = found.differences(header)
-            if diff:
-                raise ValueError(
-                    f"journal {path} was written by a server built differently ({'; '.join(diff)}); "
-                    "restart with the options that wrote it, or use a new journal path. Nothing was replayed."
-                )
-
-        def apply_batch(batch: np.ndarray) -> np.ndarray:
-            codes = ledger.apply(batch)
-            ledger.run_deferred()  # as the live server does after each batch's replies
-            return codes
-
-        entries = 0
-        if os.path.exists(path) and os.path.getsize(path) > 0:
-            self.recovery = recover(path, apply_batch, self._apply_admin, check)
-            entries = self.recovery.entries
-            self.recovery_s = time.perf_counter() - t0
-        self.journal = Journal(path, self.config.fsync, entries=entries)
-        if entries == 0:
-            self.journal.append_header(header)
+        """Lock the journal, replay it into the new ledger (or create it), open it for appending."""
+        assert self.ledger is not None
+        opened = open_journal(
+            self.config.journal,
+            self.config.journal_header(),
+            self.ledger,
+            self._apply_admin,
+            fsync=self.config.fsync,
+            repair=self.config.repair,
+            log=lambda line: print(f"journal: {line}", file=sys.stderr, flush=True),
+        )
+        self.journal, self._journal_lock, self.recovery = opened.journal, opened.lock, opened.recovery
+        self.recovery_s = opened.seconds
+        self._journal_notes = opened.notes
 
     def _apply_admin(self, entry: AdminEntry) -> None:
         """Redo a journalled admin operation ("hook.method") during recovery."""
@@ -533,6 +538,8 @@ class Server:
             "Transfers without Results have unknown outcome: resubmit them (same ids) after the server restarts."
         )
         print(f"FATAL: {message}", file=sys.stderr, flush=True)
+        if self.journal is not None:
+            self.journal.close()  # no fsync after a failed write or fsync: it is never retried
         self.journal = None
         self._queue.clear()
         self._queued = self._queued_records = 0
@@ -555,6 +562,8 @@ class Server:
             lambda: _Connection(self), self.config.host, self.config.port, reuse_address=True
         )
         self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
+        if self.journal is not None:  # interval:MS syncs a quiet server's last interval by a timer
+            self.journal.start_timer(self._loop.call_later, self._journal_failed)
         return self.address
 
     @property
@@ -623,6 +632,8 @@ class Server:
                 conn.transport.abort()
         if self.journal is not None:
             self.journal.close()
+        if self._journal_lock is not None:
+            self._journal_lock.release()
         if self.ledger is not None:
             for hook in self.ledger.hooks:
                 hook.close()
@@ -1039,6 +1050,7 @@ class Server:
         # part in dtype promotion. A bytearray keeps the batch writable like any other array.
         batch = np.frombuffer(bytearray().join([e[2] for e in entries]), dtype=TRANSFER_DTYPE)
         t0 = time.perf_counter_ns()
+        clock = self.ledger.clock.payments if self.ledger is not None else 0
         try:
             codes = self.ledger.apply(batch) if self.ledger is not None else np.zeros(n, dtype=CODE_DTYPE)
         except Exception as exc:  # a bug, not a hook error (the ledger turns those into HOOK_ERROR)
@@ -1047,7 +1059,7 @@ class Server:
         if self.journal is not None:
             # Durable (as the fsync policy says) before any of its Results is written.
             try:
-                self.journal.append_batch(batch, codes)
+                self.journal.append_batch(batch, codes, clock)
             except OSError as exc:
                 self._journal_failed(exc)
                 return

@@ -82,6 +82,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="journal fsync policy: batch (before every acknowledgement), interval:MS, or off (default batch)",
     )
     p.add_argument(
+        "--repair",
+        default="",
+        choices=["", "truncate"],
+        help="truncate: if the journal is damaged before its tail (which refuses the start), drop everything "
+        "from the damage on and say exactly what was dropped; keep a copy of the journal first",
+    )
+    p.add_argument(
+        "--payments-per-account-per-day",
+        type=float,
+        default=d.payments_per_account_per_day,
+        help="the sequencer's business clock: one simulated day (daily wallet caps) is accounts times this "
+        f"many payments sequenced (default {d.payments_per_account_per_day:g}, as the workload)",
+    )
+    p.add_argument(
         "--secrets",
         default="",
         metavar="FILE",
@@ -123,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         echo=args.echo,
         journal=args.journal,
         fsync=args.fsync,
+        repair=args.repair,
+        payments_per_account_per_day=args.payments_per_account_per_day,
         secrets=args.secrets,
         handshake_timeout_ms=args.handshake_timeout_ms,
         frame_timeout_ms=args.frame_timeout_ms,

@@ -5,8 +5,9 @@ daily 100k; class 2: 10k / 5k / 10k; class 3: 2k / 2k / 2k; class 4: 1k / 500 / 
 caps are not modelled.) Class 0, institutional (merchant and corporate) wallets, has no caps.
 The single cap is an ordinary authorize veto; the daily and balance caps
 move with the money, so the ledger checks them in sequence (``SequentialLimits``) and they are
-exact within a batch. Days roll over at midnight China Standard Time (UTC+8), judged by the
-first transfer of a batch: a batch is within one day.
+exact within a batch. Days roll over at midnight China Standard Time (UTC+8) of the sequencer's
+business clock (``engine.clock``), judged at a batch's start: a batch is within one day. Client
+timestamps do not move the day.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import numpy as np
 
+from engine.clock import CST_OFFSET_NS, NS_PER_DAY, SequencerClock, day_of  # noqa: F401 (re-exported)
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.hooks.base import Hook, Transfers
 
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
     from engine.ledger import Ledger
 
 FEN_PER_YUAN = 100
-NS_PER_DAY = 86_400 * 10**9
-CST_OFFSET_NS = 8 * 3_600 * 10**9
 
 
 class ClassCaps(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -62,11 +62,6 @@ def _per_class(config: WalletLimitsConfig, name: str) -> np.ndarray:
     return np.array([NO_CAP_FEN, *caps], dtype=np.int64)
 
 
-def day_of(timestamp_ns: int) -> int:
-    """Day number in China Standard Time."""
-    return (timestamp_ns + CST_OFFSET_NS) // NS_PER_DAY
-
-
 class WalletLimits(Hook):
     name = "wallet_limits"
 
@@ -79,16 +74,18 @@ class WalletLimits(Hook):
         self.day: int | None = None
         self.rollovers = 0
         self._wallet_class = np.zeros(0, dtype=np.uint8)
+        self._clock = SequencerClock(0)
 
     def attach(self, ledger: Ledger) -> None:
         if ledger.limits is not None:
             raise ValueError("a ledger takes one sequential-limits hook; wallet_limits is listed twice")
         self.daily_spent_fen = np.zeros(ledger.accounts, dtype=np.uint32)
         self._wallet_class = ledger.wallet_class
+        self._clock = ledger.clock
         ledger.limits = self
 
     def begin_batch(self, batch: np.ndarray) -> None:
-        day = day_of(int(batch["timestamp_ns"][0]))
+        day = self._clock.day(batch)
         if self.day is None:
             self.day = day
         elif day > self.day:
