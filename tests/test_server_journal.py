@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +15,11 @@ from engine.hooks.audit_chain import AuditChain, AuditChainConfig, verify_chain
 from engine.hooks.base import Hook
 from engine.hooks.surveillance_log import LOG_DTYPE, SurveillanceLog, SurveillanceLogConfig
 from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN
-from engine.server import ServerThread
+from engine.journal import ENTRY_MARKER, JournalDamaged, JournalLocked
+from engine.server import Server, ServerConfig, ServerThread
 from engine.wire import Error, ErrorCode, Results
 from loadgen.workload import Workload
-from tests.server_support import StartServer, blacklist_hook, connect, freeze_hook
+from tests.server_support import TEST_ACCOUNTS, TEST_SEED, StartServer, blacklist_hook, connect, freeze_hook
 
 
 def _state(st: ServerThread) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,3 +172,55 @@ def test_restart_regenerates_hook_output_files_from_the_journal(
         assert aside.read_bytes() == chain
     report = verify_chain(tmp_path / "chain.bin", expect_head=head)
     assert report.ok and report.batches == 5, report
+
+
+def test_second_server_on_the_same_journal_refuses_naming_the_holder(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    journal = tmp_path / "j"
+    _run(start_server, journal, workload)
+    with pytest.raises(JournalLocked, match=f"in use by another server \\(pid {os.getpid()}"):
+        Server(ServerConfig(port=0, accounts=TEST_ACCOUNTS, seed=TEST_SEED, journal=str(journal)))
+
+
+def _damaged_journal(start_server: StartServer, workload: Workload, tmp_path: Path) -> tuple[Path, int]:
+    """A journal of 6 acknowledged Submits with a byte flipped inside the third batch entry."""
+    journal = tmp_path / "j"
+    st = _run(start_server, journal, workload)
+    with connect(st) as c:
+        for i in range(6):
+            c.transfer(workload.batch(200, first_id=i * 200))
+    st.stop()
+    data = bytearray(journal.read_bytes())
+    at = data.index(ENTRY_MARKER, len(data) // 2)
+    while data[at + 8] != 1:  # a batch entry (kind 1), not a SYNC entry
+        at = data.index(ENTRY_MARKER, at + 1)
+    data[at + 200] ^= 0x10
+    journal.write_bytes(bytes(data))
+    return journal, at
+
+
+def test_damaged_journal_refuses_to_start_until_the_operator_repairs_it(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    journal, at = _damaged_journal(start_server, workload, tmp_path)
+    before = journal.read_bytes()
+    with pytest.raises(JournalDamaged, match=f"damage at byte {at}"):
+        _run(start_server, journal, workload)
+    assert journal.read_bytes() == before  # refused untouched
+    st = _run(start_server, journal, workload, repair="truncate")
+    assert st.server.recovery is not None and st.server.recovery.truncated_bytes == len(before) - at
+    assert "REPAIR truncate" in st.server.recovery.message and st.server.recovery.dropped_seqs
+    with connect(st) as c:
+        assert c.audit().ok
+
+
+def test_serve_command_refuses_a_damaged_journal_and_does_not_listen(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    journal, at = _damaged_journal(start_server, workload, tmp_path)
+    cmd = [sys.executable, "-m", "loadgen", "serve", "--port", "0", "--accounts", str(TEST_ACCOUNTS)]
+    cmd += ["--seed", str(TEST_SEED), "--journal", str(journal)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "listening" not in done.stdout
+    assert f"damage at byte {at}" in done.stderr and "--repair truncate" in done.stderr
