@@ -565,7 +565,8 @@ def _scan_v2(data: bytes) -> _Scan:
     while pos < len(data):
         entry, problem = _entry_at(data, pos)
         if entry is not None and entry.seq != expected:
-            entry, problem = None, f"entry has sequence {entry.seq}, expected {expected} (entries missing)"
+            problem = f"entry has sequence {entry.seq}, expected {expected} (entries missing)"
+            entry = None
         if entry is None:
             scan.damage_at, scan.problem = pos, problem
             scan.torn_end = "torn" in problem

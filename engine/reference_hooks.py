@@ -250,7 +250,9 @@ def reference_for(ledger: Ledger, **kwargs: Any) -> ReferenceLedger:
     from engine.hooks.wallet_limits import WalletLimits
 
     limits = next((h for h in ledger.hooks if isinstance(h, WalletLimits)), None)
-    return ReferenceLedger(
+    kwargs.setdefault("payments_per_day", ledger.clock.payments_per_day)
+    kwargs.setdefault("clock_start_ns", ledger.clock.start_ns)
+    ref = ReferenceLedger(
         ledger.balance.tolist(),
         ledger.wallet_class.tolist(),
         operators=ledger.operators,
@@ -258,3 +260,5 @@ def reference_for(ledger: Ledger, **kwargs: Any) -> ReferenceLedger:
         hooks=[mirror(h) for h in ledger.hooks if not isinstance(h, WalletLimits)],
         **kwargs,
     )
+    ref.payments = ledger.clock.payments  # the same sequencer clock, at the same point
+    return ref

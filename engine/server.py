@@ -111,15 +111,14 @@ import numpy as np
 import uvloop
 
 from engine.auth import ROLE_ADMIN, ROLE_OPERATOR, Secrets, load_secrets, new_nonce
-from engine.codes import CODE_DTYPE, ResultCode, name_counts
-from engine.hooks.base import Hook
 from engine.clock import CLOCK_START_NS, SequencerClock, payments_per_day
-from engine.codes import PRECEDENCE_ID
+from engine.codes import CODE_DTYPE, PRECEDENCE_ID, ResultCode, name_counts
+from engine.hooks.base import Hook
 from engine.journal import REPAIR_MODES, AdminEntry, FsyncPolicy, Journal, JournalHeader, JournalLock, Recovery
 from engine.ledger import Ledger, owner_ranges
 from engine.profiles import build_hooks
-from engine.recovery import open_journal
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
+from engine.recovery import open_journal
 from engine.wire import (
     CLIENT_TAGS,
     DEFAULT_MAX_FRAME_BYTES,

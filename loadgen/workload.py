@@ -25,6 +25,7 @@ import msgspec
 import numpy as np
 
 from engine.categories import DEFAULT_MIX
+from engine.clock import CLOCK_START_NS
 from engine.records import MAX_TRANSFER_FEN, TRANSFER_DTYPE
 
 # Half of each wallet class's balance cap (yuan -> fen): starting balances stay below it.
@@ -50,8 +51,10 @@ class WorkloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     class_shares: tuple[float, float, float, float, float] = (0.001, 0.049, 0.35, 0.4, 0.2)
     #: Simulated clock: payments per account per simulated day (see module docstring).
     payments_per_account_per_day: float = 1.0
-    #: Simulated time of payment 0 (unix ns): 2026-11-22 08:00 China Standard Time.
-    start_ns: int = 1_795_305_600 * 10**9
+    #: Simulated time of payment 0 (unix ns): 2026-11-22 08:00 China Standard Time, where the
+    #: sequencer's clock starts (engine.clock; the ledger's days come from that clock, not from
+    #: these timestamps, which are data).
+    start_ns: int = CLOCK_START_NS
 
     def __post_init__(self) -> None:
         if self.accounts < 2:

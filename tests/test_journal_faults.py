@@ -105,7 +105,9 @@ def test_server_acknowledges_nothing_that_was_not_durably_written(
     start_server: StartServer, tmp_path: Path, where: str, err: int
 ) -> None:
     # No invalid or repeated ids, so a resubmitted batch is either all DUPLICATE or none of it.
-    workload = Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED, invalid_fraction=0, duplicate_fraction=0))
+    workload = Workload(
+        WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED, invalid_fraction=0, duplicate_fraction=0)
+    )
     journal = tmp_path / "j"
     st = start_server(journal=str(journal))
     c = connect(st)
@@ -141,6 +143,15 @@ def test_server_acknowledges_nothing_that_was_not_durably_written(
         redo = c2.transfer(failed) == ResultCode.DUPLICATE
         assert redo.all() or not redo.any(), f"{int(redo.sum())} of {len(redo)} of the failed Submit were in"
         assert c2.audit().ok
+
+
+def _recording(ledger: Ledger, seen: list[np.ndarray]):  # type: ignore[no-untyped-def]
+    def apply(batch: np.ndarray, clock: int) -> np.ndarray:
+        assert clock == ledger.clock.payments
+        seen.append(batch)
+        return ledger.apply(batch)
+
+    return apply
 
 
 def _power_cut_states(base: bytes, io: RecordingIO, k: int) -> list[tuple[str, bytes, int]]:
@@ -203,7 +214,9 @@ def test_power_cut_loses_no_acknowledged_batch_and_invents_none(tmp_path: Path, 
         seen: list[np.ndarray] = []
         rebuilt = _ledger(workload)
 
-        def apply(batch: np.ndarray, clock: int, rebuilt: Ledger = rebuilt, seen: list[np.ndarray] = seen) -> np.ndarray:
+        def apply(
+            batch: np.ndarray, clock: int, rebuilt: Ledger = rebuilt, seen: list[np.ndarray] = seen
+        ) -> np.ndarray:
             seen.append(batch)
             return rebuilt.apply(batch)
 

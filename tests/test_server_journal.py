@@ -14,8 +14,8 @@ from engine.codes import ResultCode
 from engine.hooks.audit_chain import AuditChain, AuditChainConfig, verify_chain
 from engine.hooks.base import Hook
 from engine.hooks.surveillance_log import LOG_DTYPE, SurveillanceLog, SurveillanceLogConfig
-from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN
 from engine.journal import ENTRY_MARKER, JournalDamaged, JournalLocked
+from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN
 from engine.server import Server, ServerConfig, ServerThread
 from engine.wire import Error, ErrorCode, Results
 from loadgen.workload import Workload
