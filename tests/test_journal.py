@@ -12,7 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from engine.codes import ResultCode
+from engine.codes import PRECEDENCE_ID, ResultCode
 from engine.journal import (
     MAGIC,
     MAGIC_V1,
@@ -307,3 +307,13 @@ def test_fsync_off_says_nothing_is_promised_after_a_power_cut() -> None:
 def test_bad_fsync_policy_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="fsync policy"):
         FsyncPolicy.parse(text)
+
+
+def test_header_differences_cover_clock_and_precedence_but_not_watermarks() -> None:
+    server = msgspec.structs.replace(HEADER, clock_payments_per_day=5_000, clock_start_ns=1, precedence=PRECEDENCE_ID)
+    reordered = msgspec.structs.replace(server, precedence="codes-0")
+    assert reordered.differences(server) == [f"precedence: journal 'codes-0', this server {PRECEDENCE_ID!r}"]
+    assert msgspec.structs.replace(server, clock_payments_per_day=7).differences(server)
+    assert not msgspec.structs.replace(server, snapshot_seq=9, trove_seq=4).differences(server)
+    # A format 1 header (no clock, no precedence id) replays under the rules it was written with.
+    assert not HEADER.differences(server)
