@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import struct
-import zlib
 from pathlib import Path
 
 import msgspec
@@ -30,6 +29,7 @@ from engine.journal import (
 )
 from engine.ledger import FLAG_FROZEN, Ledger
 from loadgen.workload import BatchPool, Workload, WorkloadConfig
+from tests.helpers import v1_entry
 
 HEADER = JournalHeader(accounts=5_000, seed=0, operators=64, profile="baseline")
 
@@ -208,21 +208,16 @@ def test_not_a_journal_is_refused_untouched(tmp_path: Path) -> None:
     assert path.read_bytes() == b"hello world, not a journal"
 
 
-def _v1_entry(kind: int, seq: int, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<BQ", kind, seq)))
-    return struct.pack("<IBQI", len(payload), kind, seq, crc) + payload
-
-
 def test_format_1_journal_replays_and_is_upgraded(tmp_path: Path, seed: int) -> None:
     """A journal written by format 1 (days from timestamps) replays exactly and becomes format 2."""
     workload = Workload(WorkloadConfig(accounts=5_000, seed=seed))
     writer = build(workload)
     writer.clock.payments_per_day = 0  # format 1's rule
-    parts = [MAGIC_V1, _v1_entry(3, 1, msgspec.msgpack.encode(HEADER))]
+    parts = [MAGIC_V1, v1_entry(3, 1, msgspec.msgpack.encode(HEADER))]
     stream = BatchPool(workload, 2, 300)
     for seq in range(2, 6):
         b = stream.next()
-        parts.append(_v1_entry(1, seq, b.tobytes() + writer.apply(b).tobytes()))
+        parts.append(v1_entry(1, seq, b.tobytes() + writer.apply(b).tobytes()))
     path = tmp_path / "j"
     path.write_bytes(b"".join(parts) + b"\x05\x00")  # and a torn last write
     rebuilt = build(workload)

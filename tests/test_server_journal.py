@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -14,11 +15,12 @@ from engine.codes import ResultCode
 from engine.hooks.audit_chain import AuditChain, AuditChainConfig, verify_chain
 from engine.hooks.base import Hook
 from engine.hooks.surveillance_log import LOG_DTYPE, SurveillanceLog, SurveillanceLogConfig
-from engine.journal import ENTRY_MARKER, JournalDamaged, JournalLocked
+from engine.journal import ENTRY_MARKER, MAGIC, MAGIC_V1, JournalDamaged, JournalLocked
 from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN
-from engine.server import Server, ServerConfig, ServerThread
+from engine.server import Server, ServerConfig, ServerThread, build_ledger
 from engine.wire import Error, ErrorCode, Results
 from loadgen.workload import Workload
+from tests.helpers import v1_entry
 from tests.server_support import TEST_ACCOUNTS, TEST_SEED, StartServer, blacklist_hook, connect, freeze_hook
 
 
@@ -224,3 +226,30 @@ def test_serve_command_refuses_a_damaged_journal_and_does_not_listen(
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "listening" not in done.stdout
     assert f"damage at byte {at}" in done.stderr and "--repair truncate" in done.stderr
+
+
+def test_format_1_journal_is_replayed_upgraded_and_continued(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    config = ServerConfig(port=0, accounts=TEST_ACCOUNTS, seed=TEST_SEED, profile="compliance")
+    writer = build_ledger(config)
+    writer.clock.payments_per_day = 0  # format 1: days from client timestamps
+    header = msgspec.structs.replace(config.journal_header(), clock_payments_per_day=0, clock_start_ns=0, precedence="")
+    parts = [MAGIC_V1, v1_entry(3, 1, msgspec.msgpack.encode(header))]
+    for i in range(3):
+        b = workload.batch(200, first_id=i * 200)
+        parts.append(v1_entry(1, i + 2, b.tobytes() + writer.apply(b).tobytes()))
+    journal = tmp_path / "j"
+    journal.write_bytes(b"".join(parts))
+
+    st = start_server(journal=str(journal), profile="compliance")
+    notes = " ".join(st.server.startup_notes())
+    assert "started by format 1" in notes and "upgraded from format 1" in notes
+    assert journal.read_bytes()[:8] == MAGIC and (tmp_path / "j.v1").read_bytes()[:8] == MAGIC_V1
+    last = workload.batch(200, first_id=600)
+    with connect(st) as c:
+        assert np.array_equal(c.transfer(last), writer.apply(last))
+    st.stop()
+    again = start_server(journal=str(journal), profile="compliance")
+    assert again.server.recovery is not None and again.server.recovery.batches == 4
+    assert np.array_equal(_state(again)[0], writer.balance)
