@@ -27,7 +27,9 @@ Kinds: ``HEADER`` (seq 1, a msgpack ``JournalHeader``), ``BATCH`` (``[clock u64]
 the sequencer clock at the batch's start, see ``engine.clock``, then the transfers and their
 codes), ``ADMIN`` (a msgpack ``AdminEntry``), ``SYNC`` (``u64``: every entry up to this sequence
 number had been fsynced when this entry was written). ``SNAPSHOT`` and ``WATERMARK`` are reserved
-for later issues (ledger snapshots; the trove's progress); a reader refuses kinds it does not know.
+for later issues (ledger snapshots; the trove's progress): this reader checks their framing and
+skips them (replaying every batch from the start stays exact without them), so adding them needs
+no format change. A kind outside these is damage.
 
 Durable points and the tail. ``SYNC`` entries are written right after each fsync returns, before
 anything it covers is acknowledged. The header is fsynced when the file is created (in a temporary
@@ -102,7 +104,7 @@ KIND_HEADER = 3
 KIND_SYNC = 4
 KIND_SNAPSHOT = 5  # reserved: a ledger snapshot's location and watermark (not written yet)
 KIND_WATERMARK = 6  # reserved: an observer's (the trove's) durable progress (not written yet)
-_KNOWN_KINDS = (KIND_BATCH, KIND_ADMIN, KIND_HEADER, KIND_SYNC)
+_KNOWN_KINDS = (KIND_BATCH, KIND_ADMIN, KIND_HEADER, KIND_SYNC, KIND_SNAPSHOT, KIND_WATERMARK)
 _RECORD = TRANSFER_DTYPE.itemsize + CODE_DTYPE.itemsize
 #: Larger payloads are not entries this code writes: a length above it marks a garbled header.
 MAX_PAYLOAD = _CLOCK.size + MAX_BATCH * _RECORD + (1 << 20)
@@ -547,8 +549,7 @@ def _entry_at(data: bytes, pos: int) -> tuple[_Entry | None, str]:
     if zlib.crc32(data[pos : pos + _ENTRY.size - 4]) != header_crc:
         return None, "entry header checksum mismatch"
     if length > MAX_PAYLOAD or kind not in _KNOWN_KINDS:
-        hint = " (written by a newer version?)" if kind in (KIND_SNAPSHOT, KIND_WATERMARK) else ""
-        return None, f"entry {seq} has kind {kind} and length {length}, which this version does not write{hint}"
+        return None, f"entry {seq} has kind {kind} and length {length}, which format {FORMAT_VERSION} does not have"
     start = pos + _ENTRY.size
     if len(data) - start < length:
         return None, f"entry {seq} is torn: {len(data) - start} of {length} payload bytes"

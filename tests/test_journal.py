@@ -13,6 +13,8 @@ import pytest
 
 from engine.codes import PRECEDENCE_ID, ResultCode
 from engine.journal import (
+    KIND_SNAPSHOT,
+    KIND_WATERMARK,
     MAGIC,
     MAGIC_V1,
     AdminEntry,
@@ -312,3 +314,17 @@ def test_header_differences_cover_clock_and_precedence_but_not_watermarks() -> N
     assert not msgspec.structs.replace(server, snapshot_seq=9, trove_seq=4).differences(server)
     # A format 1 header (no clock, no precedence id) replays under the rules it was written with.
     assert not HEADER.differences(server)
+
+
+def test_reserved_kinds_are_skipped_so_later_issues_need_no_format_change(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    create(path, HEADER)
+    journal = Journal(path, "batch")
+    journal.append_admin(AdminEntry("freeze", [1]))
+    journal._write(KIND_WATERMARK, struct.pack("<Q", 2))  # as the trove will write its progress
+    journal._write(KIND_SNAPSHOT, b"snapshot location and watermark")
+    journal.append_admin(AdminEntry("freeze", [2]))
+    journal.close()
+    ops: list[AdminEntry] = []
+    rec = recover(path, lambda b, c: b, ops.append)
+    assert [e.accounts for e in ops] == [[1], [2]] and rec.truncated_bytes == 0

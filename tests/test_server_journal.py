@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -253,3 +254,22 @@ def test_format_1_journal_is_replayed_upgraded_and_continued(
     again = start_server(journal=str(journal), profile="compliance")
     assert again.server.recovery is not None and again.server.recovery.batches == 4
     assert np.array_equal(_state(again)[0], writer.balance)
+
+
+def test_interval_fsync_syncs_a_quiet_server_by_timer(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    st = _run(start_server, tmp_path / "j", workload, fsync="interval:300")
+    with connect(st) as c:
+        c.transfer(workload.batch(50, first_id=0))  # may sync on the write path (first interval)
+        c.transfer(workload.batch(50, first_id=50))  # within the interval: not synced by its write
+
+        def unsynced() -> int:
+            journal = st.server.journal
+            assert journal is not None
+            return journal.seq - journal.durable_seq  # 1 = only the SYNC entry after the last fsync
+
+        deadline = time.monotonic() + 10
+        while unsynced() > 1:  # nothing more is written: only the timer can sync it
+            assert time.monotonic() < deadline, "the quiet server never synced its last interval"
+            time.sleep(0.02)
