@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from engine.client import Client
 from engine.codes import ResultCode
 from engine.journal import AdminEntry, Journal, JournalFailed, JournalHeader, OsIO, create, recover
 from engine.ledger import Ledger
-from engine.server import ServerThread
+from engine.server import ServerConfig, ServerThread
 from engine.wire import Error, ErrorCode, Results
 from loadgen.workload import BatchPool, Workload, WorkloadConfig
 from tests.server_support import TEST_ACCOUNTS, TEST_SEED, StartServer, connect
@@ -228,3 +231,45 @@ def test_power_cut_loses_no_acknowledged_batch_and_invents_none(tmp_path: Path, 
             assert np.array_equal(got, want), name
         assert rebuilt.audit().ok
     print(f"[power-cut] {fsync}: {len(states)} states after the last {k} writes checked")
+
+
+def test_file_size_limit_in_a_real_server_process(tmp_path: Path) -> None:
+    """The kernel's own fault (RLIMIT_FSIZE: a short write, then EFBIG) in a ``serve`` process:
+    nothing unwritten is acknowledged, the server exits, a restart recovers every acknowledged
+    transfer."""
+    journal = tmp_path / "j"
+    config = WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED, invalid_fraction=0, duplicate_fraction=0)
+    workload = Workload(config)
+    serve = [sys.executable, "-m", "loadgen", "serve", "--port", "0", "--accounts", str(TEST_ACCOUNTS)]
+    serve += ["--seed", str(TEST_SEED), "--journal", str(journal)]
+    # The limit is set in the child before it execs the server (no preexec_fn in a threaded
+    # parent); Python ignores SIGXFSZ, so a write past it fails with EFBIG instead of a kill.
+    limit = f"import os, resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({64 * 1024}, {64 * 1024})); "
+    limit += f"os.execv({sys.executable!r}, {serve!r})"
+    proc = subprocess.Popen([sys.executable, "-c", limit], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("listening on "), line
+    acked: list[np.ndarray] = []
+    error: Error | None = None
+    with Client("127.0.0.1", int(line.rsplit(":", 1)[1]), operator=0) as c:
+        for i in range(40):  # ~5 KB per entry: the limit is reached within these
+            b = workload.batch(100, first_id=i * 100)
+            c.submit(b)
+            msg = c.recv()
+            if type(msg) is Error:
+                error = msg
+                break
+            assert type(msg) is Results
+            acked.append(b)
+    _, err = proc.communicate(timeout=30)
+    assert error is not None and error.code == ErrorCode.JOURNAL_FAILED, error
+    assert "File too large" in error.message and proc.returncode == 1, err
+    assert 0 < len(acked) < 40
+
+    with ServerThread(ServerConfig(port=0, accounts=TEST_ACCOUNTS, seed=TEST_SEED, journal=str(journal))) as st:
+        assert st.server.recovery is not None  # a short write before the EFBIG is cut as the tail
+        with connect(st) as c:
+            for b in acked:
+                assert (c.transfer(b) == ResultCode.DUPLICATE).all()
+            assert c.audit().ok
