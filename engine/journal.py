@@ -398,6 +398,7 @@ class Journal:
         # interval or off): make it durable before anything is appended after it.
         os.fsync(self._fd)
         self.durable_seq = entries
+        self._dirty = False  # an entry other than SYNC was written since the last fsync
         self.bytes_written = 0
         self.fsyncs = 0
         self.fsync_ns = 0
@@ -432,8 +433,7 @@ class Journal:
                 self._timer = self._call_later(self.policy.interval_s, self._timer_sync)
 
     def _write(self, kind: int, payload: bytes) -> None:
-        if self.failed is not None:
-            raise JournalFailed(errno.EIO, f"{self.path}: an earlier write or fsync failed ({self.failed})")
+        self._refuse_if_failed()
         self.seq += 1
         data = _frame(kind, self.seq, payload)
         try:
@@ -444,13 +444,17 @@ class Journal:
             self.failed = exc
             raise
         self.bytes_written += len(data)
+        self._dirty = kind != KIND_SYNC or self._dirty
+
+    def _refuse_if_failed(self) -> None:
+        if self.failed is not None:
+            raise JournalFailed(errno.EIO, f"{self.path}: an earlier write or fsync failed ({self.failed})")
 
     def sync(self) -> None:
         """fsync, then record the durable point (a SYNC entry, itself synced by the next fsync)."""
-        if self.seq == self.durable_seq:
+        self._refuse_if_failed()
+        if not self._dirty:
             return
-        if self.failed is not None:
-            raise JournalFailed(errno.EIO, f"{self.path}: an earlier write or fsync failed ({self.failed})")
         t0 = time.perf_counter_ns()
         try:
             self.io.fsync(self._fd)
@@ -461,6 +465,7 @@ class Journal:
         self.fsyncs += 1
         self._last_sync = time.monotonic()
         self.durable_seq = self.seq
+        self._dirty = False
         self._write(KIND_SYNC, _CLOCK.pack(self.durable_seq))
 
     # ---- interval timer ----------------------------------------------------------------------
@@ -495,9 +500,10 @@ class Journal:
             self._timer.cancel()
             self._timer = None
         if self._fd >= 0:
-            if self.failed is None:
+            if self.failed is None and self._dirty:
                 with contextlib.suppress(OSError):
                     self.sync()
+                    self.io.fsync(self._fd)  # the last SYNC entry too: a clean shutdown is fully durable
             os.close(self._fd)
             self._fd = -1
 
