@@ -87,7 +87,7 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 import numpy as np
 
-from engine.codes import CODE_DTYPE, LEDGER_CHECKS, PRECEDENCE_ID
+from engine.codes import CODE_DTYPE, LEDGER_CHECKS, PRECEDENCE_ID, ResultCode
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 
 #: Journal format version; history in the module docstring.
@@ -327,9 +327,10 @@ def upgrade_v1(path: str | os.PathLike[str]) -> int:
 
     The original is kept beside it as ``<path>.v1``. Entries keep their sequence numbers; each
     batch gets the clock value replay computes (payments sequenced before it: its predecessors'
-    transfers whose codes are not ``LEDGER_CHECKS``); the header keeps ``clock_payments_per_day
-    = 0``, so this journal keeps format 1's timestamp days for its whole life (the server says
-    so at start). Call only after ``recover`` replayed it cleanly (which also cut a torn end).
+    transfers whose codes are not ``LEDGER_CHECKS``, in batches not refused whole); the header
+    keeps ``clock_payments_per_day = 0``, so this journal keeps format 1's timestamp days for its
+    whole life (the server says so at start). Call only after ``recover`` replayed it cleanly
+    (which also cut a torn end).
     """
     p = Path(path)
     data = p.read_bytes()
@@ -347,7 +348,8 @@ def upgrade_v1(path: str | os.PathLike[str]) -> int:
             n = len(payload) // _RECORD
             codes = np.frombuffer(payload, dtype=CODE_DTYPE, offset=n * TRANSFER_DTYPE.itemsize)
             payload = _CLOCK.pack(payments) + payload
-            payments += int(np.count_nonzero(~np.isin(codes, ledger_checks)))
+            if not (codes == ResultCode.HOOK_ERROR).all():  # a refused batch sequences nothing
+                payments += int(np.count_nonzero(~np.isin(codes, ledger_checks)))
         parts.append(_frame(e.kind, e.seq, payload))
     last = scan.entries[-1].seq
     parts.append(_frame(KIND_SYNC, last + 1, _CLOCK.pack(last + 1)))
@@ -388,8 +390,8 @@ class Journal:
             magic = f.read(len(MAGIC))
         if magic != MAGIC:
             raise ValueError(
-                f"{self.path}: not a format {FORMAT_VERSION} journal (magic {magic!r}); a format 1 journal "
-                "replays but is not appended to: start a new journal path"
+                f"{self.path}: not a format {FORMAT_VERSION} journal (magic {magic!r}); open journals with "
+                "engine.recovery.open_journal, which upgrades a format 1 journal first"
             )
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self.io: FileIO = io or OsIO()
@@ -635,11 +637,13 @@ def _describe_damage(p: Path, scan: _Scan) -> tuple[str, tuple[int, ...]]:
     )
     dropped = tuple(e.seq for e in scan.after)
     seqs = f" (seq {dropped[0]}..{dropped[-1]})" if dropped else ""
-    message = (
-        f"{p}: damage at byte {scan.damage_at}: {scan.problem}; {last_text}; "
+    follow = (
         f"{len(dropped)} intact entries follow the damage{seqs}; the last recorded durable point is seq "
         f"{scan.durable_seq}"
+        if scan.version == 2
+        else "format 1 has no resync markers, so the entries after it cannot be counted"
     )
+    message = f"{p}: damage at byte {scan.damage_at}: {scan.problem}; {last_text}; {follow}"
     return message, dropped
 
 
