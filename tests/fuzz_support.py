@@ -79,7 +79,7 @@ def fuzz_server(**config: Any) -> Server:
         port=0, accounts=FUZZ_ACCOUNTS, seed=TEST_SEED, max_frame_bytes=FUZZ_MAX_FRAME, max_batch=1024, **config
     )
     server = Server(cfg, hooks=[freeze_hook(), blacklist_hook()])
-    server._loop = _Loop()  # type: ignore[assignment]
+    server.batcher.loop = _Loop()  # type: ignore[assignment]
     return server
 
 
@@ -99,7 +99,7 @@ class Harness:
     def feed(self, data: bytes) -> list[Any]:
         """Feed ``data`` as one chunk, run queued batches; the server's replies, decoded."""
         self.conn.data_received(data)
-        self.server._drain()
+        self.server.drain()
         reader = FrameReader(1 << 30)
         bodies = reader.feed(bytes(self.transport.out))
         self.transport.out.clear()
