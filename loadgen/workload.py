@@ -1,12 +1,9 @@
 """Seeded synthetic workloads: accounts, their starting state, and streams of transfer batches.
 
-* Popularity is a bounded power law (Zipf-like, exponent ``skew``) over accounts, mapped through
-  a fixed pseudo-random bijection so hot accounts are scattered over the id space. Payers and
-  payees follow the same popularity, so money circulates instead of draining one way.
+* Accounts, their popularity and their starting state are the engine's ``Population``
+  (``engine.population``). Payers and payees follow the same popularity, so money circulates
+  instead of draining one way.
 * Amounts are log-normal (median ``median_amount_fen``), clipped to ``max_amount_fen``.
-* Starting balances scale with an account's popularity (busy accounts hold more) and stay below
-  half of the account's wallet-class balance cap; the busiest 0.1% are institutional wallets
-  (class 0: merchants and firms), then the next busiest get class 1, and so on.
 * A small share of transfers is deliberately bad (zero/negative/overflowing amounts, unknown
   accounts, self-payments) and a share re-sends an earlier id (duplicates), so error paths run
   in every benchmark.
@@ -25,12 +22,17 @@ import msgspec
 import numpy as np
 
 from engine.categories import DEFAULT_MIX
+from engine.population import (
+    DEFAULT_CLASS_SHARES,
+    DEFAULT_MEDIAN_BALANCE_FEN,
+    DEFAULT_SEED,
+    DEFAULT_SKEW,
+    Population,
+    PopulationConfig,
+)
 from engine.records import MAX_TRANSFER_FEN, TRANSFER_DTYPE
 
-# Half of each wallet class's balance cap (yuan -> fen): starting balances stay below it.
-DEFAULT_SEED = 20_260_101
-
-_CLASS_BALANCE_CEILING_FEN = np.array([0, 250_000, 5_000, 1_000, 500], dtype=np.int64) * 100
+__all__ = ["DEFAULT_SEED", "BatchPool", "Workload", "WorkloadConfig", "confine_payers"]
 
 
 class WorkloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -38,32 +40,38 @@ class WorkloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     accounts: int = 1_000_000
     seed: int = DEFAULT_SEED
-    skew: float = 0.8
+    skew: float = DEFAULT_SKEW
     median_amount_fen: int = 5_000
     amount_sigma: float = 1.1
     max_amount_fen: int = 5_000_000
-    median_balance_fen: int = 200_000
+    median_balance_fen: int = DEFAULT_MEDIAN_BALANCE_FEN
     invalid_fraction: float = 0.002
     duplicate_fraction: float = 0.001
-    #: Share of accounts in wallet classes 0..4, busiest accounts first: class 0 holds the
-    #: merchants and firms that receive (and pay) a large share of all payments.
-    class_shares: tuple[float, float, float, float, float] = (0.001, 0.049, 0.35, 0.4, 0.2)
+    #: Share of accounts in wallet classes 0..4, busiest first (see engine.population).
+    class_shares: tuple[float, float, float, float, float] = DEFAULT_CLASS_SHARES
     #: Simulated clock: payments per account per simulated day (see module docstring).
     payments_per_account_per_day: float = 1.0
     #: Simulated time of payment 0 (unix ns): 2026-11-22 08:00 China Standard Time.
     start_ns: int = 1_795_305_600 * 10**9
 
     def __post_init__(self) -> None:
-        if self.accounts < 2:
-            raise ValueError(f"workload accounts must be >= 2, got {self.accounts}")
+        self.population()  # validates accounts and class_shares
         if not 0 <= self.invalid_fraction < 1 or not 0 <= self.duplicate_fraction < 1:
             raise ValueError("invalid_fraction and duplicate_fraction must be in [0, 1)")
-        if abs(sum(self.class_shares) - 1) > 1e-9:
-            raise ValueError(f"class_shares must sum to 1, got {sum(self.class_shares)}")
         if self.payments_per_account_per_day <= 0:
             raise ValueError("payments_per_account_per_day must be > 0")
         if not 0 < self.max_amount_fen <= MAX_TRANSFER_FEN:
             raise ValueError(f"max_amount_fen must be in 1..{MAX_TRANSFER_FEN}")
+
+    def population(self) -> PopulationConfig:
+        """The account population this workload pays between."""
+        return PopulationConfig(
+            accounts=self.accounts,
+            seed=self.seed,
+            skew=self.skew,
+            median_balance_fen=self.median_balance_fen,
+            class_shares=self.class_shares,
+        )
 
 
 class Workload:
@@ -73,9 +81,7 @@ class Workload:
         self.config = config or WorkloadConfig()
         c = self.config
         self._rng = np.random.default_rng([c.seed, stream])
-        # Bijection rank -> account id: multiplication by a unit modulo N.
-        self._mult = _unit_near(c.accounts, int(c.accounts * 0.618_033_988_75) | 1)
-        self._offset = (c.seed * 7_919) % c.accounts
+        self.population = Population(c.population())
         self._cat_values = np.array([int(k) for k in DEFAULT_MIX], dtype=np.uint16)
         self._cat_cdf = np.cumsum(list(DEFAULT_MIX.values()))
         self._cat_cdf /= self._cat_cdf[-1]
@@ -84,36 +90,14 @@ class Workload:
     # ---- accounts ----------------------------------------------------------------------------
 
     def account_of_rank(self, rank: np.ndarray) -> np.ndarray:
-        return ((rank.astype(np.int64) * self._mult + self._offset) % self.config.accounts).astype(np.uint32)
-
-    def _share_of_rank(self, rank: np.ndarray) -> np.ndarray:
-        """Probability that a payment involves the account of each rank (continuous power law)."""
-        s, n = self.config.skew, self.config.accounts
-        cdf = _powerlaw_cdf
-        return cdf(rank + 1.0, s, n) - cdf(rank.astype(np.float64), s, n)
+        return self.population.account_of_rank(rank)
 
     def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
-        """Starting (balance_fen, wallet_class) per account id."""
-        c = self.config
-        rng = np.random.default_rng([c.seed, 1 << 30])
-        rank = np.arange(c.accounts, dtype=np.int64)
-        share = self._share_of_rank(rank) * c.accounts  # 1.0 = an average account
-        bounds = np.round(np.cumsum(c.class_shares) * c.accounts).astype(np.int64)
-        cls_by_rank = np.searchsorted(bounds, rank, side="right").clip(0, 4).astype(np.uint8)
-        bal = rng.lognormal(np.log(c.median_balance_fen), 1.0, c.accounts) * np.maximum(share, 0.2)
-        bal_by_rank = np.minimum(bal.astype(np.int64), _CLASS_BALANCE_CEILING_FEN[cls_by_rank])
-        ids = self.account_of_rank(rank)
-        balance = np.empty(c.accounts, dtype=np.int64)
-        wallet_class = np.empty(c.accounts, dtype=np.uint8)
-        balance[ids] = bal_by_rank
-        wallet_class[ids] = cls_by_rank
-        return balance, wallet_class
+        """Starting (balance_fen, wallet_class) per account id (the population's)."""
+        return self.population.initial_state()
 
     def _draw_accounts(self, n: int) -> np.ndarray:
-        s, N = self.config.skew, self.config.accounts
-        u = self._rng.random(n)
-        rank = np.floor(_powerlaw_inv(u, s, N)).astype(np.int64).clip(0, N - 1)
-        return self.account_of_rank(rank)
+        return self.population.draw_accounts(self._rng, n)
 
     # ---- batches -----------------------------------------------------------------------------
 
@@ -178,29 +162,6 @@ class Workload:
         b["transfer_id"] = ids
         self._recent_ids = ids[-256:].copy()
         return b
-
-
-def _powerlaw_cdf(x: np.ndarray, s: float, n: int) -> np.ndarray:
-    """CDF of density ~ (x+1)^-s on [0, n]."""
-    if abs(s - 1) < 1e-12:
-        return np.log1p(x) / np.log1p(n)
-    return ((x + 1) ** (1 - s) - 1) / ((n + 1) ** (1 - s) - 1)
-
-
-def _powerlaw_inv(u: np.ndarray, s: float, n: int) -> np.ndarray:
-    if abs(s - 1) < 1e-12:
-        return np.expm1(u * np.log1p(n))
-    return (u * ((n + 1) ** (1 - s) - 1) + 1) ** (1 / (1 - s)) - 1
-
-
-def _unit_near(n: int, start: int) -> int:
-    """The first integer >= start coprime with n (a unit of Z/nZ)."""
-    import math
-
-    m = max(start, 1)
-    while math.gcd(m, n) != 1:
-        m += 1
-    return m
 
 
 def confine_payers(batch: np.ndarray, payer_range: tuple[int, int], accounts: int) -> None:

@@ -7,9 +7,9 @@ import hashlib
 import msgspec
 
 from engine.journal import FsyncPolicy, JournalHeader
+from engine.population import DEFAULT_SEED
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.wire import DEFAULT_MAX_FRAME_BYTES
-from loadgen.workload import DEFAULT_SEED
 
 DEFAULT_PORT = 7480
 SERVER_NAME = "cbdc-bench"

@@ -17,6 +17,7 @@ from engine.auth import Secrets, load_secrets
 from engine.hooks.base import Hook
 from engine.journal import Journal, Recovery
 from engine.ledger import Ledger, owner_ranges
+from engine.population import Population, PopulationConfig
 from engine.profiles import build_hooks
 from engine.server.admin import Admin
 from engine.server.batcher import Batcher
@@ -35,16 +36,15 @@ from engine.wire import (
     StatsRequest,
     Submit,
 )
-from loadgen.workload import Workload, WorkloadConfig
 
 
 def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, ownership: bool = False) -> Ledger:
-    """The ledger the load generator expects: the seeded workload's initial state.
+    """The ledger the load generator expects: the seeded population's initial state.
 
     ``hooks`` replaces the profile's hooks (for tests and embedding); None builds the profile.
     ``ownership`` gives each operator its contiguous range of accounts (``owner_ranges``).
     """
-    balance, wallet_class = Workload(WorkloadConfig(accounts=config.accounts, seed=config.seed)).initial_state()
+    balance, wallet_class = Population(PopulationConfig(accounts=config.accounts, seed=config.seed)).initial_state()
     return Ledger(
         config.accounts,
         balance_fen=balance,

@@ -6,16 +6,13 @@ answering through the connection's own reply methods.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from engine.auth import ROLE_ADMIN, ROLE_OPERATOR, Secrets, new_nonce
 from engine.ledger import Ledger
 from engine.server.config import SERVER_NAME, ServerConfig
-from engine.server.stats import ServerStats
-from engine.wire import PROTOCOL_VERSION, Authenticate, Challenge, ErrorCode, Hello, Welcome
-
-if TYPE_CHECKING:
-    from engine.server.connection import Connection
+from engine.server.stats import ConnectionLoad, ServerStats
+from engine.wire import PROTOCOL_VERSION, Authenticate, Challenge, ErrorCode, Hello, Message, Welcome
 
 
 class Session:
@@ -34,6 +31,17 @@ class Session:
         return self.operator >= 0
 
 
+class Peer(Protocol):
+    """The side of a connection the handshake uses (``engine.server.connection.Connection``)."""
+
+    session: Session
+    load: ConnectionLoad
+
+    def send(self, msg: Message) -> None: ...
+    def error(self, code: ErrorCode, message: str, ref: int = -1) -> None: ...
+    def close(self) -> None: ...
+
+
 class Handshake:
     """The server's side of the handshake; ``secrets`` None = authentication off."""
 
@@ -46,7 +54,7 @@ class Handshake:
         self.stats = stats
         self.wait_s = wait_s
 
-    def require_hello(self, conn: Connection, ref: int) -> bool:
+    def require_hello(self, conn: Peer, ref: int) -> bool:
         """True if ``conn`` completed the handshake; otherwise answers with the Error that says so."""
         if conn.session.operator >= 0:
             return True
@@ -56,12 +64,12 @@ class Handshake:
         conn.error(ErrorCode.HELLO_REQUIRED, "send Hello(operator) first and wait for Welcome; nothing was done", ref)
         return False
 
-    def _auth_failed(self, conn: Connection, why: str) -> None:
+    def _auth_failed(self, conn: Peer, why: str) -> None:
         self.stats.counters["auth_failures"] += 1
         conn.error(ErrorCode.AUTH_FAILED, f"{why}; nothing was done. Connection closed.")
         conn.close()
 
-    def hello(self, conn: Connection, msg: Hello) -> None:
+    def hello(self, conn: Peer, msg: Hello) -> None:
         cfg = self.config
         session = conn.session
         if self.secrets is not None and session.nonce:
@@ -95,7 +103,7 @@ class Handshake:
         session.operator = msg.operator
         self._welcome(conn)
 
-    def authenticate(self, conn: Connection, msg: Authenticate) -> None:
+    def authenticate(self, conn: Peer, msg: Authenticate) -> None:
         session = conn.session
         if self.secrets is None:
             conn.error(
@@ -122,7 +130,7 @@ class Handshake:
         self.stats.counters["auth_" + msg.role] += 1
         self._welcome(conn)
 
-    def _welcome(self, conn: Connection) -> None:
+    def _welcome(self, conn: Peer) -> None:
         cfg = self.config
         session = conn.session
         if not session.admin:
