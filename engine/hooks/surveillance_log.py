@@ -19,8 +19,7 @@ from typing import IO
 import msgspec
 import numpy as np
 
-from engine.hooks.base import Hook
-from engine.ledger import Ledger
+from engine.hooks.base import Hook, LedgerView
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 
 #: One logged row: the transfer record followed by its result code, packed (49 bytes).
@@ -54,7 +53,7 @@ class SurveillanceLog(Hook):
     def output_files(self) -> list[Path]:
         return [Path(self.config.path)] if self.config.path else []
 
-    def attach(self, ledger: Ledger) -> None:
+    def attach(self, ledger: LedgerView) -> None:
         if self.config.path:
             self._file = Path(self.config.path).open("ab")  # noqa: SIM115 - held open for the run, closed by close()
 

@@ -11,16 +11,11 @@ first transfer of a batch: a batch is within one day.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 import numpy as np
 
 from engine.codes import CODE_DTYPE, ResultCode
-from engine.hooks.base import Hook, Transfers
-
-if TYPE_CHECKING:
-    from engine.ledger import Ledger
+from engine.hooks.base import Hook, LedgerView, Transfers
 
 FEN_PER_YUAN = 100
 NS_PER_DAY = 86_400 * 10**9
@@ -80,7 +75,7 @@ class WalletLimits(Hook):
         self.rollovers = 0
         self._wallet_class = np.zeros(0, dtype=np.uint8)
 
-    def attach(self, ledger: Ledger) -> None:
+    def attach(self, ledger: LedgerView) -> None:
         if ledger.limits is not None:
             raise ValueError("a ledger takes one sequential-limits hook; wallet_limits is listed twice")
         self.daily_spent_fen = np.zeros(ledger.accounts, dtype=np.uint32)
@@ -96,7 +91,7 @@ class WalletLimits(Hook):
             self.day = day
             self.rollovers += 1
 
-    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray:
+    def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray:
         cap = self.single_cap_fen[self._wallet_class[transfers.payer]]
         return np.where(transfers.amount_fen > cap, ResultCode.WALLET_SINGLE_LIMIT, 0).astype(CODE_DTYPE)
 
