@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from engine import reference_twins as twins
 from engine.hooks.audit_chain import AuditChain, AuditChainConfig
 from engine.hooks.base import Hook
 from engine.hooks.blacklist import Blacklist, BlacklistConfig
@@ -28,14 +29,6 @@ from engine.hooks.social_credit import SocialCredit, SocialCreditConfig
 from engine.hooks.surveillance_log import SurveillanceLog, SurveillanceLogConfig
 from engine.hooks.wallet_limits import WalletLimits, WalletLimitsConfig
 from engine.reference import ReferenceHook
-from engine.reference_twins import (
-    RefAuditChain,
-    RefBlacklist,
-    RefFreeze,
-    RefPrivacy,
-    RefSocialCredit,
-    RefSurveillanceLog,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +46,12 @@ class BuiltinHook:
 #: Every built-in hook, in the order the scenario file lists their parameters.
 BUILTIN_HOOKS: tuple[BuiltinHook, ...] = (
     BuiltinHook("wallet_limits", WalletLimits, WalletLimitsConfig, None),
-    BuiltinHook("blacklist", Blacklist, BlacklistConfig, RefBlacklist.mirror),
-    BuiltinHook("freeze", Freeze, FreezeConfig, RefFreeze.mirror),
-    BuiltinHook("social_credit", SocialCredit, SocialCreditConfig, RefSocialCredit.mirror),
-    BuiltinHook("surveillance_log", SurveillanceLog, SurveillanceLogConfig, RefSurveillanceLog.mirror),
-    BuiltinHook("audit_chain", AuditChain, AuditChainConfig, RefAuditChain.mirror),
-    BuiltinHook("privacy", Privacy, PrivacyConfig, RefPrivacy.mirror),
+    BuiltinHook("blacklist", Blacklist, BlacklistConfig, twins.RefBlacklist.mirror),
+    BuiltinHook("freeze", Freeze, FreezeConfig, twins.RefFreeze.mirror),
+    BuiltinHook("social_credit", SocialCredit, SocialCreditConfig, twins.RefSocialCredit.mirror),
+    BuiltinHook("surveillance_log", SurveillanceLog, SurveillanceLogConfig, twins.RefSurveillanceLog.mirror),
+    BuiltinHook("audit_chain", AuditChain, AuditChainConfig, twins.RefAuditChain.mirror),
+    BuiltinHook("privacy", Privacy, PrivacyConfig, twins.RefPrivacy.mirror),
 )
 #: Built-in hooks by name.
 BUILTIN: Mapping[str, BuiltinHook] = {row.name: row for row in BUILTIN_HOOKS}
