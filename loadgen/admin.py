@@ -10,7 +10,7 @@ from typing import Any
 
 from engine import wire
 from engine.auth import ROLE_ADMIN, load_secrets
-from loadgen.gateway import CONNECT_TIMEOUT_S, FrameProtocol, GatewayError, answer_challenge
+from loadgen.gateway import CONNECT_TIMEOUT_S, AsyncHandshake, FrameProtocol, GatewayError
 
 
 class AdminClient:
@@ -29,13 +29,15 @@ class AdminClient:
         self.transport: asyncio.Transport | None = None
         self.welcome: wire.Welcome | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._hello: asyncio.Future[wire.Welcome] | None = None
+        self._handshake: AsyncHandshake | None = None
         self._req = itertools.count(1)
         self.failure: str | None = None
 
     async def connect(self) -> wire.Welcome:
         loop = asyncio.get_running_loop()
-        self._hello = loop.create_future()
+        self._handshake = AsyncHandshake(
+            self.operator, "cbdc-bench admin", ROLE_ADMIN, self.secrets, self.codec, "the admin connection"
+        )
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: FrameProtocol(self), self.host, self.port), CONNECT_TIMEOUT_S
@@ -43,9 +45,9 @@ class AdminClient:
         except (OSError, TimeoutError) as exc:
             raise GatewayError(f"cannot connect to the server at {self.host}:{self.port} ({exc})") from exc
         self.transport = typing.cast(asyncio.Transport, transport)
-        transport.write(self.codec.frame(wire.Hello(operator=self.operator, client="cbdc-bench admin")))
+        self._handshake.start(self.transport)
         try:
-            self.welcome = await asyncio.wait_for(self._hello, CONNECT_TIMEOUT_S)
+            self.welcome = await asyncio.wait_for(self._handshake.welcome, CONNECT_TIMEOUT_S)
         except BaseException:
             transport.abort()
             raise
@@ -83,21 +85,12 @@ class AdminClient:
     # ---- FrameProtocol handler ----------------------------------------------------------------
 
     def on_message(self, msg: Any, now_ns: int) -> None:
-        if isinstance(msg, wire.Welcome):
-            if self._hello is not None and not self._hello.done():
-                self._hello.set_result(msg)
-            return
-        if isinstance(msg, wire.Challenge) and self._hello is not None and not self._hello.done():
-            try:
-                reply = answer_challenge(self.secrets, ROLE_ADMIN, self.operator, msg, "the admin connection")
-            except GatewayError as exc:
-                self._hello.set_exception(exc)
-                return
-            if self.transport is not None:
-                self.transport.write(self.codec.frame(reply))
-            return
-        if isinstance(msg, wire.Error) and self._hello is not None and not self._hello.done():
-            self._hello.set_exception(GatewayError(f"server refused the admin connection: {msg.code}: {msg.message}"))
+        handshake = self._handshake
+        if isinstance(msg, wire.Welcome | wire.Challenge) or (
+            isinstance(msg, wire.Error) and handshake is not None and handshake.pending
+        ):
+            if handshake is not None:
+                handshake.on_message(msg)
             return
         req = getattr(msg, "req", None)
         if req is None and isinstance(msg, wire.Error):
@@ -116,8 +109,10 @@ class AdminClient:
 
     def on_closed(self, exc: Exception | None) -> None:
         error = GatewayError(f"admin connection closed: {exc or self.failure or 'by the server'}")
-        for fut in [self._hello, *self._waiting.values()]:
-            if fut is not None and not fut.done():
+        if self._handshake is not None:
+            self._handshake.on_closed(error)
+        for fut in self._waiting.values():
+            if not fut.done():
                 fut.set_exception(error)
                 with contextlib.suppress(BaseException):
                     fut.exception()

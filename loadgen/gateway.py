@@ -35,7 +35,8 @@ import msgspec
 import numpy as np
 
 from engine import wire
-from engine.auth import ROLE_OPERATOR, Secrets, load_secrets, respond
+from engine.auth import ROLE_OPERATOR, Secrets, load_secrets
+from engine.client_session import ClientHandshake, HandshakeRefused, MissingSecret
 from loadgen.measure import Measurement
 from loadgen.schedule import Arrival, gateway_schedule
 from loadgen.workload import DEFAULT_SEED, Workload, WorkloadConfig, confine_payers
@@ -159,17 +160,57 @@ class FrameProtocol(asyncio.Protocol):
         self.gateway.on_closed(exc)
 
 
-def answer_challenge(
-    secrets: Secrets | None, role: bytes, operator: int, challenge: wire.Challenge, what: str
-) -> wire.Authenticate:
-    """The Authenticate answering ``challenge``; GatewayError if there is no secret to answer with."""
-    secret = None if secrets is None else secrets.secret(role, operator)
-    if secret is None:
-        raise GatewayError(
-            f"the server requires authentication and {what} has no secret: pass --secrets FILE "
-            "(or 'env' with CBDC_ADMIN_SECRET / CBDC_OPERATOR_SECRET_<n> set)"
-        )
-    return wire.Authenticate(role=role.decode(), answer=respond(secret, challenge.nonce, role, operator))
+class AsyncHandshake:
+    """Drives a ``ClientHandshake`` over an asyncio transport; ``welcome`` resolves when it is done.
+
+    ``who`` names this side in errors ("operator 3", "the admin connection").
+    """
+
+    def __init__(
+        self, operator: int, client: str, role: bytes, secrets: Secrets | None, codec: wire.Codec, who: str
+    ) -> None:
+        secret = None if secrets is None else secrets.secret(role, operator)
+        self.handshake = ClientHandshake(operator, client, role=role.decode(), secret=secret)
+        self.codec = codec
+        self.who = who
+        self.welcome: asyncio.Future[wire.Welcome] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    @property
+    def pending(self) -> bool:
+        return not self.welcome.done()
+
+    def start(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.write(self.codec.frame(self.handshake.hello()))
+
+    def on_message(self, msg: wire.Welcome | wire.Challenge | wire.Error) -> None:
+        """A handshake message from the server (while ``pending``)."""
+        if not self.pending:
+            return
+        try:
+            reply = self.handshake.step(msg)
+        except MissingSecret:
+            self.welcome.set_exception(
+                GatewayError(
+                    f"the server requires authentication and {self.who} has no secret: pass --secrets FILE "
+                    "(or 'env' with CBDC_ADMIN_SECRET / CBDC_OPERATOR_SECRET_<n> set)"
+                )
+            )
+            return
+        except HandshakeRefused as exc:
+            self.welcome.set_exception(GatewayError(f"server refused {self.who}: {exc}"))
+            return
+        if reply is not None and self.transport is not None:
+            self.transport.write(self.codec.frame(reply))
+        elif self.handshake.welcome is not None:
+            self.welcome.set_result(self.handshake.welcome)
+
+    def on_closed(self, error: GatewayError) -> None:
+        if self.pending:
+            self.welcome.set_exception(error)
+            with contextlib.suppress(BaseException):  # retrieved: nobody may be awaiting it any more
+                self.welcome.exception()
 
 
 class Gateway:
@@ -202,7 +243,7 @@ class Gateway:
         self.pending: dict[int, tuple[int, int]] = {}  # seq -> schedule span [a, b)
         self.start_ns = 0
         self.transport: asyncio.Transport | None = None
-        self.welcome: asyncio.Future[wire.Welcome] | None = None
+        self.handshake: AsyncHandshake | None = None
         self.closed = False
         self.failure: str | None = None
         self.replies: dict[int, asyncio.Future[Any]] = {}
@@ -215,7 +256,9 @@ class Gateway:
 
     async def connect(self) -> wire.Welcome:
         loop = asyncio.get_running_loop()
-        self.welcome = loop.create_future()
+        self.handshake = AsyncHandshake(
+            self.operator, "cbdc-bench loadgen", ROLE_OPERATOR, self.secrets, self.codec, f"operator {self.operator}"
+        )
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: FrameProtocol(self), self.config.host, self.config.port),
@@ -227,8 +270,8 @@ class Gateway:
                 "is `cbdc-bench serve` running there?"
             ) from exc
         self.transport = typing.cast(asyncio.Transport, transport)
-        transport.write(self.codec.frame(wire.Hello(operator=self.operator, client="cbdc-bench loadgen")))
-        welcome = await asyncio.wait_for(self.welcome, CONNECT_TIMEOUT_S)
+        self.handshake.start(self.transport)
+        welcome = await asyncio.wait_for(self.handshake.welcome, CONNECT_TIMEOUT_S)
         self.id_base = welcome.next_transfer_id
         record_bytes = wire.TRANSFER_DTYPE.itemsize
         self.batch_max = max(
@@ -305,29 +348,16 @@ class Gateway:
                     self.m.protocol_errors += 1
                     return
                 self.m.on_results(self.schedule[span[0] : span[1]], codes, now_ns - self.start_ns)
-            case wire.Welcome():
-                if self.welcome is not None and not self.welcome.done():
-                    self.welcome.set_result(msg)
-            case wire.Challenge():
-                try:
-                    reply = answer_challenge(
-                        self.secrets, ROLE_OPERATOR, self.operator, msg, f"operator {self.operator}"
-                    )
-                except GatewayError as exc:
-                    if self.welcome is not None and not self.welcome.done():
-                        self.welcome.set_exception(exc)
-                    return
-                if self.transport is not None:
-                    self.transport.write(self.codec.frame(reply))
+            case wire.Welcome() | wire.Challenge():
+                if self.handshake is not None:
+                    self.handshake.on_message(msg)
             case wire.Error(code=code, message=message, ref=ref):
                 self.m.errors[code] = self.m.errors.get(code, 0) + 1
                 span = self.pending.pop(ref, None) if ref >= 0 else None
                 if span is not None:
                     self.m.error_transfers += span[1] - span[0]
-                elif self.welcome is not None and not self.welcome.done():
-                    self.welcome.set_exception(
-                        GatewayError(f"server refused operator {self.operator}: {code}: {message}")
-                    )
+                elif self.handshake is not None and self.handshake.pending:
+                    self.handshake.on_message(msg)
                 else:
                     self.failure = self.failure or f"server error {code}: {message}"
             case _:
@@ -345,8 +375,8 @@ class Gateway:
 
     def on_closed(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.welcome is not None and not self.welcome.done():
-            self.welcome.set_exception(GatewayError(f"server closed the connection of operator {self.operator}"))
+        if self.handshake is not None:
+            self.handshake.on_closed(GatewayError(f"server closed the connection of operator {self.operator}"))
         if self.pending or self.pos < len(self.schedule):
             self.failure = self.failure or f"connection of operator {self.operator} lost: {exc or 'closed by server'}"
 
