@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Annotated
 
 import msgspec
 
@@ -18,29 +19,66 @@ SUBMIT_OVERHEAD_BYTES = 32
 RECORD_BYTES = TRANSFER_DTYPE.itemsize
 
 
-class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Everything the server is started with (the ``serve`` command's options)."""
+def _help(description: str, *, metavar: str | None = None) -> msgspec.Meta:
+    """A field's ``--help`` text and value name (see ``engine.options``)."""
+    return msgspec.Meta(description=description, extra={"metavar": metavar} if metavar else None)
 
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    profile: str = "baseline"
-    scenario: str | None = None
-    accounts: int = 1_000_000
-    seed: int = DEFAULT_SEED  # population seed: the ledger starts from Population.initial_state()
-    operators: int = 64
-    max_batch: int = 8192
-    max_wait_us: int = 0
-    queue_limit: int = 65_536
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    write_buffer_bytes: int = 1 << 20
-    slow_consumer_ms: int = 2_000
-    max_connections: int = 256
-    echo: bool = False
-    journal: str = ""  # journal path; "" = none (acknowledged payments do not survive a restart)
-    fsync: str = "batch"  # "batch", "interval:MS" or "off" (see engine.journal)
-    secrets: str = ""  # "" = authentication off; a secrets TOML path, or "env" (CBDC_* variables)
-    handshake_timeout_ms: int = 10_000
-    frame_timeout_ms: int = 10_000
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything the server is started with: the ``serve`` command's options, generated from
+    the fields (``engine.options``)."""
+
+    host: Annotated[str, _help("address to listen on (default {default}: loopback only)")] = "127.0.0.1"
+    port: Annotated[int, _help("TCP port; 0 picks a free one (default {default})")] = DEFAULT_PORT
+    profile: Annotated[str, _help("hook profile (default {default}; {profiles})")] = "baseline"
+    scenario: Annotated[str | None, _help("TOML scenario file with profile definitions")] = None
+    accounts: Annotated[int, _help("number of accounts")] = 1_000_000
+    #: The ledger starts from ``Population(accounts, seed).initial_state()``.
+    seed: Annotated[int, _help("population seed of the initial balances (default {default})")] = DEFAULT_SEED
+    operators: Annotated[int, _help("operator numbers accepted")] = 64
+    max_batch: Annotated[int, _help("transfers per engine batch")] = 8192
+    max_wait_us: Annotated[
+        int,
+        _help(
+            "longest a transfer waits for its batch to fill, in µs, rounded up to whole ms "
+            "(default 0: cut each batch at the end of the I/O round that filled it)"
+        ),
+    ] = 0
+    queue_limit: Annotated[int, _help("transfers queued before answering OVERLOADED")] = 65_536
+    max_frame_bytes: Annotated[int, _help("largest accepted frame")] = DEFAULT_MAX_FRAME_BYTES
+    write_buffer_bytes: Annotated[int, _help("per-connection write buffer high-water mark")] = 1 << 20
+    slow_consumer_ms: Annotated[int, _help("cut off a client whose write buffer stays above the mark this long")] = (
+        2_000
+    )
+    max_connections: Annotated[int, _help("most client connections at once")] = 256
+    echo: Annotated[bool, _help("calibration mode: acknowledge every transfer OK, no ledger")] = False
+    journal: Annotated[
+        str,
+        _help(
+            "append every engine batch and admin change to this journal before acknowledging it; "
+            "on start, replay it (default: no journal, nothing survives a restart)",
+            metavar="PATH",
+        ),
+    ] = ""
+    fsync: Annotated[
+        str,
+        _help(
+            "journal fsync policy: batch (before every acknowledgement), interval:MS, or off",
+            metavar="POLICY",
+        ),
+    ] = "batch"
+    secrets: Annotated[
+        str,
+        _help(
+            "operator and admin secrets (TOML, see engine.auth) or 'env' for CBDC_ADMIN_SECRET and "
+            "CBDC_OPERATOR_SECRET_<n>: turns on authentication and account ownership (default off)",
+            metavar="FILE",
+        ),
+    ] = ""
+    handshake_timeout_ms: Annotated[
+        int, _help("close connections that do not complete Hello/authentication in time")
+    ] = 10_000
+    frame_timeout_ms: Annotated[int, _help("close connections that leave a frame incomplete this long")] = 10_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch <= MAX_BATCH:
