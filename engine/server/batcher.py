@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import time
 from collections.abc import Callable
 
@@ -68,7 +67,7 @@ class Batcher:
         self._on_fatal = on_fatal
         self._on_journal_failed = on_journal_failed
         self.queue: collections.deque[QueuedSubmit] = collections.deque()
-        self.wait_s = math.ceil(config.max_wait_us / 1000) / 1000  # uvloop timers: whole ms
+        self.wait_s = config.flush_wait_s
         self.loop: asyncio.AbstractEventLoop | None = None  # set by Server.start
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._flush_soon = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Annotated
 
 import msgspec
@@ -102,6 +103,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("--journal needs a ledger; --echo runs without one")
         if self.handshake_timeout_ms <= 0 or self.frame_timeout_ms <= 0:
             raise ValueError("handshake_timeout_ms and frame_timeout_ms must be > 0")
+
+    @property
+    def flush_wait_s(self) -> float:
+        """``max_wait_us`` as the batcher waits it: uvloop timers have whole-millisecond resolution."""
+        return math.ceil(self.max_wait_us / 1000) / 1000
 
     def journal_header(self) -> JournalHeader:
         """What a journal written by this server records about how its ledger is built."""

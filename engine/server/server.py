@@ -77,22 +77,22 @@ class Server:
         self.encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ClientMessage)
         self.metrics = ServerStats()
+        self.handshake = Handshake(config, self.secrets, self.ledger, self.metrics)
         self.batcher = Batcher(
             config,
             self.ledger,
             self.metrics,
             self.encoder,
-            require_hello=self._require_hello,
+            require_hello=self.handshake.require_hello,
             on_fatal=self._fail,
             on_journal_failed=self._journal_failed,
         )
-        self.handshake = Handshake(config, self.secrets, self.ledger, self.metrics, self.batcher.wait_s)
         self.admin = Admin(
             config,
             self.ledger,
             self.secrets,
             self.metrics,
-            require_hello=self._require_hello,
+            require_hello=self.handshake.require_hello,
             drain=self.drain,
             failed=self._has_failed,
             on_journal_failed=self._journal_failed,
@@ -294,13 +294,10 @@ class Server:
             case Authenticate():
                 self.handshake.authenticate(conn, msg)
             case StatsRequest(req=req):
-                if self._require_hello(conn, req):
+                if self.handshake.require_hello(conn, req):
                     conn.send(StatsReply(req, self.stats()))
             case _:
                 self.admin.handle(conn, msg)
-
-    def _require_hello(self, conn: Connection, ref: int) -> bool:
-        return self.handshake.require_hello(conn, ref)
 
     def _reject_shape(self, conn: Connection, body: bytes, exc: msgspec.ValidationError) -> None:
         """A msgpack body that is not a valid client message: say which part is wrong."""

@@ -46,13 +46,12 @@ class Handshake:
     """The server's side of the handshake; ``secrets`` None = authentication off."""
 
     def __init__(
-        self, config: ServerConfig, secrets: Secrets | None, ledger: Ledger | None, stats: ServerStats, wait_s: float
+        self, config: ServerConfig, secrets: Secrets | None, ledger: Ledger | None, stats: ServerStats
     ) -> None:
         self.config = config
         self.secrets = secrets
         self.ledger = ledger
         self.stats = stats
-        self.wait_s = wait_s
 
     def require_hello(self, conn: Peer, ref: int) -> bool:
         """True if ``conn`` completed the handshake; otherwise answers with the Error that says so."""
@@ -146,7 +145,7 @@ class Handshake:
                 max_batch=cfg.max_batch,
                 max_frame_bytes=cfg.max_frame_bytes,
                 queue_limit=cfg.queue_limit,
-                max_wait_us=round(self.wait_s * 1e6),
+                max_wait_us=round(cfg.flush_wait_s * 1e6),
                 echo=cfg.echo,
                 next_transfer_id=0 if self.ledger is None else int(self.ledger.ids.high[operator]) + 1,
                 auth=self.secrets is not None,
