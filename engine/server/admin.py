@@ -12,6 +12,7 @@ from typing import Protocol, cast
 
 import numpy as np
 
+from engine import wire
 from engine.auth import Secrets
 from engine.hooks.base import Hook
 from engine.journal import AdminEntry, Journal
@@ -19,22 +20,10 @@ from engine.ledger import Ledger
 from engine.server.config import ServerConfig
 from engine.server.connection import Connection
 from engine.server.stats import ServerStats
-from engine.wire import (
-    Ack,
-    AuditReply,
-    AuditRequest,
-    Balance,
-    BalanceReply,
-    BlacklistAdd,
-    BlacklistRemove,
-    ErrorCode,
-    Freeze,
-    Message,
-    Unfreeze,
-)
+from engine.wire import ErrorCode, Message
 
 #: Admin requests that change or reveal ledger-wide state: with authentication on, admin only.
-PRIVILEGED = (Freeze, Unfreeze, BlacklistAdd, BlacklistRemove, AuditRequest)
+PRIVILEGED = (wire.Freeze, wire.Unfreeze, wire.BlacklistAdd, wire.BlacklistRemove, wire.AuditRequest)
 
 
 class _Freezes(Protocol):
@@ -64,13 +53,13 @@ class AdminOp(enum.Enum):
     def of(cls, msg: Message) -> AdminOp | None:
         """The operation a wire request asks for; None for requests that change nothing."""
         match msg:
-            case Freeze():
+            case wire.Freeze():
                 return cls.FREEZE
-            case Unfreeze():
+            case wire.Unfreeze():
                 return cls.UNFREEZE
-            case BlacklistAdd():
+            case wire.BlacklistAdd():
                 return cls.BLACKLIST_ADD
-            case BlacklistRemove():
+            case wire.BlacklistRemove():
                 return cls.BLACKLIST_REMOVE
         return None
 
@@ -160,17 +149,17 @@ class Admin:
         if self._failed():
             return
         match msg:
-            case AuditRequest():
+            case wire.AuditRequest():
                 a = ledger.audit()
-                conn.send(AuditReply(req, a.ok, a.total_fen, a.expected_fen, a.negative_accounts))
-            case Balance(account=account):
+                conn.send(wire.AuditReply(req, a.ok, a.total_fen, a.expected_fen, a.negative_accounts))
+            case wire.Balance(account=account):
                 if self._check_account(conn, msg, account) and self._may_read(conn, req, account):
-                    conn.send(BalanceReply(req, account, int(ledger.balance[account])))
+                    conn.send(wire.BalanceReply(req, account, int(ledger.balance[account])))
             case (
-                Freeze(account=account)
-                | Unfreeze(account=account)
-                | BlacklistAdd(account=account)
-                | BlacklistRemove(account=account)
+                wire.Freeze(account=account)
+                | wire.Unfreeze(account=account)
+                | wire.BlacklistAdd(account=account)
+                | wire.BlacklistRemove(account=account)
             ):
                 op = AdminOp.of(msg)
                 assert op is not None
@@ -234,4 +223,4 @@ class Admin:
                 self._on_journal_failed(exc)
                 return
         self.metrics.counters["admin_" + type(msg).__name__.lower()] += 1
-        conn.send(Ack(req))
+        conn.send(wire.Ack(req))
