@@ -146,7 +146,7 @@ from engine.wire import (
     Unfreeze,
     Welcome,
 )
-from loadgen.workload import DEFAULT_SEED, Workload, WorkloadConfig
+from loadgen.generator.workload import DEFAULT_SEED, Workload, WorkloadConfig
 
 DEFAULT_PORT = 7480
 SERVER_NAME = "cbdc-bench"

@@ -12,7 +12,7 @@ import pytest
 
 from engine.hooks.base import Hook
 from engine.server import ServerConfig, ServerThread
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 from tests.server_support import TEST_ACCOUNTS, TEST_SEED, StartServer
 
 

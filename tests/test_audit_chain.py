@@ -7,8 +7,8 @@ import pytest
 from engine.hooks.audit_chain import BATCH_HEADER, FILE_HEADER, AuditChain, AuditChainConfig, verify_chain
 from engine.ledger import Ledger
 from engine.records import TRANSFER_DTYPE
-from loadgen.cli import main
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.cli.main import main
+from loadgen.generator.workload import Workload, WorkloadConfig
 
 N = 300  # transfers per batch
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from loadgen.cli import main
-from loadgen.cmd_engine import run_engine
+from loadgen.cli.main import main
+from loadgen.harness.engine_run import run_engine
 
 
 def test_run_engine_reports_a_conserving_run() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from loadgen.cmd_compare import run_compare
-from loadgen.comparison import Plan, loads_summary
-from loadgen.report import build
-from loadgen.results import load
+from loadgen.harness.compare import run_compare
+from loadgen.report.data import build
+from loadgen.results.compare import Plan, loads_summary
+from loadgen.results.run import load
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,7 @@ from engine.client import Client
 from engine.codes import ResultCode
 from engine.ledger import Ledger
 from engine.wire import Results
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 
 ACCOUNTS = 2_000
 SEED = 4_242

@@ -25,7 +25,7 @@ from engine.profiles import build_hooks, profile_names
 from engine.records import make_batch
 from engine.reference import ReferenceLedger
 from engine.reference_hooks import reference_for
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 
 ACCOUNTS = 1_500
 RESTRICTED = [int(Category[n]) for n in RESTRICTED_DEFAULT]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from loadgen.histogram import DEFAULT_HIGHEST_NS, Histogram, Layout
+from loadgen.generator.histogram import DEFAULT_HIGHEST_NS, Histogram, Layout
 
 SEED = 4_242
 PERCENTILES = (0.0, 1.0, 25.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0)

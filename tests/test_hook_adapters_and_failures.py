@@ -14,7 +14,7 @@ from engine.hooks.social_credit import SocialCredit
 from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN, Ledger
 from engine.reference import ReferenceLedger
 from engine.reference_hooks import RefAuditChain
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 from tests.custom_hooks import FailingHook
 
 ACCOUNTS = 2_000

@@ -10,7 +10,7 @@ import pytest
 from engine.codes import ResultCode
 from engine.journal import MAGIC, AdminEntry, FsyncPolicy, Journal, JournalMismatch, recover
 from engine.ledger import FLAG_FROZEN, Ledger
-from loadgen.workload import BatchPool, Workload, WorkloadConfig
+from loadgen.generator.workload import BatchPool, Workload, WorkloadConfig
 
 
 def build(workload: Workload) -> Ledger:

@@ -11,8 +11,8 @@ import uvloop
 
 from engine import wire
 from engine.codes import ResultCode
-from loadgen.gateway import Gateway, LoadConfig, run_load
-from loadgen.measure import Measurement
+from loadgen.generator.gateway import Gateway, LoadConfig, run_load
+from loadgen.generator.measure import Measurement
 from tests.wire_double import DoubleServer
 
 MS = 1_000_000

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from loadgen.cli import main
-from loadgen.cmd_run import ServerProcess, ServerStartError
-from loadgen.results import load
+from loadgen.cli.main import main
+from loadgen.harness.server import ServerProcess, ServerStartError
+from loadgen.results.run import load
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadgen.schedule import gateway_schedule
+from loadgen.generator.schedule import gateway_schedule
 
 SEED = 7
 

@@ -36,7 +36,7 @@ def test_parse_host() -> None:
 def serving(*args: str) -> Iterator[tuple[str, int]]:
     """A ``cbdc-bench serve`` subprocess on a free port, stopped on leaving."""
     with subprocess.Popen(
-        [sys.executable, "-m", "loadgen.cli", "serve", "--port", "0", "--accounts", "20000", *args],
+        [sys.executable, "-m", "loadgen", "serve", "--port", "0", "--accounts", "20000", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

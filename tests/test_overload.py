@@ -22,7 +22,7 @@ import pytest
 from engine.client import Client
 from engine.codes import ResultCode
 from engine.wire import Codec, Error, ErrorCode, FrameReader, Hello, Results, Submit
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 from tests.server_support import StartServer, connect
 
 ROOT = Path(__file__).resolve().parent.parent

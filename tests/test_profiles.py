@@ -9,7 +9,7 @@ from engine.hooks.blacklist import Blacklist
 from engine.hooks.registry import BUILTIN, load_hook
 from engine.ledger import Ledger
 from engine.profiles import build_hooks, default_scenario_text, load_scenario, profile_names
-from loadgen.cli import main
+from loadgen.cli.main import main
 
 SHIPPED = ("baseline", "limits", "compliance", "enforcement", "surveillance", "full", "privacy")
 

@@ -10,13 +10,15 @@ import msgspec
 import pytest
 
 from engine.profiles import CompareSettings
-from loadgen.cli import main
-from loadgen.cmd_compare import QUICK
-from loadgen.comparison import COMPARE_SCHEMA_VERSION, CompareSummary, ProfileSearch, RunRef, save_summary
-from loadgen.histogram import Histogram
-from loadgen.report import apply_ns_per_transfer, build, to_markdown, write_report
-from loadgen.results import ResultVersionError, load
-from loadgen.search import SearchResult, Trial
+from loadgen.cli.main import main
+from loadgen.generator.histogram import Histogram
+from loadgen.harness.compare import QUICK
+from loadgen.harness.search import SearchResult, Trial
+from loadgen.report.data import apply_ns_per_transfer, build
+from loadgen.report.markdown import to_markdown
+from loadgen.report.writer import write_report
+from loadgen.results.compare import COMPARE_SCHEMA_VERSION, CompareSummary, ProfileSearch, RunRef, save_summary
+from loadgen.results.run import ResultVersionError, load
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 BASELINE = FIXTURES / "20261122T090419Z-run-baseline-300000tps.json"

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadgen.cmd_load import format_summary, hook_cost
-from loadgen.environment import collect
-from loadgen.gateway import LoadConfig
-from loadgen.histogram import Histogram
-from loadgen.results import (
+from loadgen.cli.output import format_summary
+from loadgen.generator.gateway import LoadConfig
+from loadgen.generator.histogram import Histogram
+from loadgen.harness.measured import hook_cost
+from loadgen.results.environment import collect
+from loadgen.results.run import (
     SCHEMA_VERSION,
     AuditOutcome,
     Durability,

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from loadgen.comparison import Band, differs, verdict
-from loadgen.search import RunOutcome, Trial, capacity_interval, find_max_sustainable
+from loadgen.harness.search import RunOutcome, Trial, capacity_interval, find_max_sustainable
+from loadgen.results.compare import Band, differs, verdict
 
 
 def simulated(capacity: float, base_ms: float = 2.0, noise: float = 0.0, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -109,7 +109,7 @@ def test_a_trial_lost_to_a_lagging_generator_is_flagged() -> None:
 
 
 def test_profiles_are_interleaved_in_a_seeded_order_per_repeat() -> None:
-    from loadgen.cmd_compare import profile_orders
+    from loadgen.harness.compare import profile_orders
 
     names = ["baseline", "limits", "compliance", "enforcement", "surveillance", "full", "privacy"]
     a = profile_orders(names, repeats=4, rng=random.Random(7))

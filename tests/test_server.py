@@ -15,7 +15,7 @@ from engine.codes import ResultCode
 from engine.ledger import Ledger
 from engine.server import ServerConfig, build_ledger
 from engine.wire import Error, ErrorCode, Submit
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 from tests.server_support import (
     TEST_ACCOUNTS,
     TEST_SEED,

@@ -14,9 +14,9 @@ from engine.client import ServerError
 from engine.codes import ResultCode
 from engine.server import ServerThread
 from engine.wire import Authenticate, Challenge, Codec, Error, ErrorCode, FrameReader, Hello, Submit
-from loadgen.cmd_load import measure
-from loadgen.gateway import LoadConfig
-from loadgen.workload import Workload
+from loadgen.generator.gateway import LoadConfig
+from loadgen.generator.workload import Workload
+from loadgen.harness.measured import measure
 from tests.server_support import StartServer, connect, freeze_hook
 
 OPERATORS = 4

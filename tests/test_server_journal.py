@@ -14,7 +14,7 @@ from engine.hooks.surveillance_log import LOG_DTYPE, SurveillanceLog, Surveillan
 from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN
 from engine.server import ServerThread
 from engine.wire import Error, ErrorCode, Results
-from loadgen.workload import Workload
+from loadgen.generator.workload import Workload
 from tests.server_support import StartServer, blacklist_hook, connect, freeze_hook
 
 

@@ -10,7 +10,7 @@ import pytest
 from engine.client import Client
 from engine.codes import ResultCode
 from engine.wire import StatsRequest, Submit
-from loadgen.workload import Workload
+from loadgen.generator.workload import Workload
 from tests.server_support import SlowHook, StartServer, connect
 
 

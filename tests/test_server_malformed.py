@@ -13,7 +13,7 @@ import pytest
 from engine.client import Client, ServerError
 from engine.server import ServerThread
 from engine.wire import HEADER, PROTOCOL_VERSION, Codec, Error, ErrorCode, Hello, Results, Submit
-from loadgen.workload import Workload
+from loadgen.generator.workload import Workload
 from tests.server_support import StartServer, connect
 
 MAX_FRAME = 1 << 16

@@ -11,7 +11,7 @@ import pytest
 
 from engine.client import Client
 from engine.wire import Error, ErrorCode
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 
 ACCOUNTS = 10_000
 

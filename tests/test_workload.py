@@ -7,7 +7,7 @@ import pytest
 
 from engine.codes import ResultCode
 from engine.ledger import Ledger
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes() -> None:

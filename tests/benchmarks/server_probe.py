@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.client import Client
 from engine.wire import Results, Submit
-from loadgen.workload import DEFAULT_SEED, Workload, WorkloadConfig
+from loadgen.generator.workload import DEFAULT_SEED, Workload, WorkloadConfig
 
 
 def probe(args: argparse.Namespace) -> dict[str, object]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from loadgen.histogram import Histogram
+from loadgen.generator.histogram import Histogram
 
 pytestmark = pytest.mark.benchmark
 

@@ -21,7 +21,7 @@ from engine.hooks.social_credit import SocialCredit
 from engine.hooks.surveillance_log import SurveillanceLog
 from engine.hooks.wallet_limits import WalletLimits
 from engine.ledger import FLAG_BLACKLISTED, Ledger
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 
 pytestmark = pytest.mark.benchmark
 

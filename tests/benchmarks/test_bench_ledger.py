@@ -9,7 +9,7 @@ import pytest
 
 from engine.ledger import Ledger
 from engine.profiles import build_hooks
-from loadgen.workload import BatchPool, Workload, WorkloadConfig
+from loadgen.generator.workload import BatchPool, Workload, WorkloadConfig
 
 pytestmark = pytest.mark.benchmark
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.wire import Codec, FrameReader, Results, Submit, records_from_bytes
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 
 pytestmark = pytest.mark.benchmark
 

@@ -1,15 +1,15 @@
 """Open-loop operator gateways: one TCP connection per operator, sending on schedule.
 
 An operator gateway plays an authorised operator (a commercial bank in e-CNY's two tiers)
-submitting its customers' payments. Its schedule is fixed before the run (``loadgen.schedule``).
+submitting its customers' payments. Its schedule is fixed before the run (``loadgen.generator.schedule``).
 Every tick it sends *everything whose scheduled time has passed*, in frames of up to
 ``batch_max`` transfers, whether or not earlier replies have come back; latency is measured from
-each payment's scheduled time (``loadgen.measure``). The tick is part of the system being
+each payment's scheduled time (``loadgen.generator.measure``). The tick is part of the system being
 measured: a payment waits up to one tick in the operator's outbox, and that wait is in its latency.
 
 Transfers come from a pool generated before the run (``Workload.batch`` is too slow to call in the
 measured region) and replayed with fresh ids; every other pass swaps payer and payee so the
-replayed stream keeps balances near their seeded distribution (see ``loadgen.cmd_engine``).
+replayed stream keeps balances near their seeded distribution (see ``loadgen.generator.workload.BatchPool``).
 Record timestamps follow the workload's simulated business clock, derived from the schedule, so
 all gateways share one simulated clock; the wall-clock schedule stays on the generator side.
 
@@ -36,9 +36,9 @@ import numpy as np
 
 from engine import wire
 from engine.auth import ROLE_OPERATOR, Secrets, load_secrets, respond
-from loadgen.measure import Measurement
-from loadgen.schedule import Arrival, gateway_schedule
-from loadgen.workload import DEFAULT_SEED, Workload, WorkloadConfig, confine_payers
+from loadgen.generator.measure import Measurement
+from loadgen.generator.schedule import Arrival, gateway_schedule
+from loadgen.generator.workload import DEFAULT_SEED, Workload, WorkloadConfig, confine_payers
 
 #: Stop writing to a connection whose unsent bytes exceed this (the server is not reading): the
 #: due transfers stay due, get sent late and show up as generator lag and latency.

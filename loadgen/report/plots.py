@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from loadgen.report import ECHO, HEADLINE_TPS, Loaded, ReportData, merged_histogram
+from loadgen.report.data import ECHO, HEADLINE_TPS, Loaded, ReportData, merged_histogram
 
 #: Percentiles of the spectrum: 1/(1-p) from 1 to 10^5 in fine log steps (p50 ... p99.999).
 _SPECTRUM_X = np.logspace(0, 5, 200)

@@ -16,13 +16,13 @@ from engine.journal import JournalMismatch
 
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (
-    "loadgen.cmd_run",
-    "loadgen.cmd_compare",
-    "loadgen.cmd_report",
-    "loadgen.cmd_load",
-    "loadgen.cmd_serve",
-    "loadgen.cmd_engine",
-    "loadgen.cmd_verify_chain",
+    "loadgen.cli.run",
+    "loadgen.cli.compare",
+    "loadgen.cli.report",
+    "loadgen.cli.load",
+    "loadgen.cli.serve",
+    "loadgen.cli.engine",
+    "loadgen.cli.verify_chain",
 )
 
 

@@ -1,35 +1,18 @@
-"""``cbdc-bench compare``: the maximum sustainable rate of every hook profile, and equal-load runs.
+"""The compare session: searches and equal-load runs over fresh server processes, one summary.
 
-For each profile, a search (``loadgen.search``) finds the highest offered rate at which the
-system sustains the scenario's SLO (achieved >= 99% of offered, shed transfers not counted, and
-p99 latency from the schedule <= ``[compare] slo_p99_ms``), confirmed by runs at 95% and 105% of
-it. Then every profile runs at common rates (the scenario's ``common_rates_tps`` and the lowest
-maximum any profile sustained) so that latencies compare at equal load.
-
-Server reuse: each (repeat, profile) gets one fresh ``serve`` process, and all of that session's
-load phases run against it, each with its own warm-up; phases are separated by waiting until the
-server's queue is empty. Generators continue the server's transfer ids and simulated clock
-(``Welcome.next_transfer_id``), so a later phase is not answered ``duplicate``. A fresh process
-per repeat keeps process-level effects (allocation, caches) inside the run-to-run spread.
-
-Drift: the order of profiles is shuffled anew for every repeat, for the searches and again for
-the equal-load runs (and the rates within each session), from ``--seed``, so a machine that
-slows down over time does not systematically favour the profile that runs first.
-
-Every phase's result file goes to ``OUT/runs/``; ``OUT/compare.json`` lists them with their
-roles; the report (``OUT/report.md`` and ``OUT/*.png``) is built from those files at the end, as
-``cbdc-bench report OUT`` would.
+``run_compare`` plans the phases (``QUICK``/``FULL``), starts one ``serve`` process per profile and
+repeat, runs a ``Session`` of load phases against it (each phase a measured run, saved and checked
+before the next), shuffles the profile order per repeat from the seed, writes ``compare.json`` and
+builds the report. ``cbdc-bench compare --help`` states the method the user sees: the SLO, the
+confirmation runs, why servers are reused within a session and fresh across repeats.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import math
 import random
-import shlex
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,10 +22,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.profiles import CompareSettings, load_scenario
-from loadgen.admin import AdminClient
-from loadgen.cmd_load import run_measure
-from loadgen.cmd_run import ServerProcess, running_server, server_arguments
-from loadgen.comparison import (
+from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
+from loadgen.generator.workload import DEFAULT_SEED
+from loadgen.harness.admin import AdminClient
+from loadgen.harness.measured import run_measure
+from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable, sustained
+from loadgen.harness.server import ServerProcess, running_server, server_arguments
+from loadgen.report.writer import write_report
+from loadgen.results.compare import (
     CompareSummary,
     Plan,
     ProfileSearch,
@@ -51,11 +38,8 @@ from loadgen.comparison import (
     outcome_of,
     save_summary,
 )
-from loadgen.environment import collect
-from loadgen.gateway import GatewayError, LoadConfig, new_event_loop
-from loadgen.results import RunResult, save
-from loadgen.search import RunOutcome, Trial, find_max_sustainable, sustained
-from loadgen.workload import DEFAULT_SEED
+from loadgen.results.environment import collect
+from loadgen.results.run import RunResult, save
 
 #: ``--quick``: the default profile set in about 10 minutes on a 2-core machine. Shorter phases
 #: (1 s warm-up + 2 s measured per search trial and per equal-load run: ~400k-2M latencies per
@@ -459,8 +443,6 @@ def run_compare(
         f"comparison summary: {path} ({len(refs)} result files in {runs_dir}); took {summary.duration_s / 60:.1f} min"
     )
     if make_report:
-        from loadgen.report import write_report
-
         written = write_report([out_dir], out_dir)
         console.print("report: " + ", ".join(str(p) for p in written))
     return summary, path
@@ -479,73 +461,3 @@ def _server(
         echo=echo,
     )
     return running_server(args, accounts=plan.accounts)
-
-
-# ---- command line ----------------------------------------------------------------------------
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "compare",
-        help="max sustainable rate of every hook profile, equal-load runs, report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("scenario", nargs="?", default=None, help="TOML scenario file (profiles and [compare] settings)")
-    p.add_argument("--profiles", nargs="+", default=None, help="profiles to compare (default: all of the scenario)")
-    p.add_argument("--quick", action="store_true", help="about 10 minutes on 2 cores: short phases, 2 repeats")
-    p.add_argument("--repeats", type=int, default=None, help="repeats of every search and equal-load run")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the profile order and the workload")
-    p.add_argument("--out", default=None, help="output directory (default results/compare-STAMP-MODE)")
-    p.add_argument("--accounts", type=int, default=None, help="ledger accounts (default 1,000,000)")
-    p.add_argument("--search-seconds", type=float, default=None, help="measured seconds per search trial")
-    p.add_argument("--equal-seconds", type=float, default=None, help="measured seconds per equal-load run")
-    p.add_argument("--warmup", type=float, default=None, help="warm-up seconds of every phase")
-    p.add_argument("--drain", type=float, default=None, help="seconds to wait for late replies after a phase")
-    p.add_argument("--calibrate", action="store_true", help="also search the echo server (the harness's ceiling)")
-    p.add_argument("--no-report", action="store_true", help="write the result files and summary only")
-    p.set_defaults(func=_main)
-
-
-def plan_from_args(args: argparse.Namespace, settings: CompareSettings) -> Plan:
-    base = QUICK if args.quick else msgspec.structs.replace(FULL, precision=settings.precision)
-    changes: dict[str, object] = {}
-    if args.repeats is not None:
-        changes["repeats"] = args.repeats
-    if args.accounts is not None:
-        changes["accounts"] = args.accounts
-    if args.search_seconds is not None:
-        changes["search_seconds"] = args.search_seconds
-    if args.equal_seconds is not None:
-        changes["equal_seconds"] = args.equal_seconds
-    if args.warmup is not None:
-        changes["search_warmup_s"] = changes["equal_warmup_s"] = args.warmup
-    if args.drain is not None:
-        changes["drain_s"] = args.drain
-    if changes:
-        changes["mode"] = f"{base.mode} (custom)"
-    try:
-        return msgspec.structs.replace(base, **changes)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _main(args: argparse.Namespace) -> int:
-    settings = load_scenario(args.scenario).compare
-    plan = plan_from_args(args, settings)
-    command = "cbdc-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "cbdc-bench compare"
-    try:
-        run_compare(
-            args.scenario,
-            profiles=args.profiles,
-            plan=plan,
-            seed=args.seed,
-            out=args.out,
-            calibrate=args.calibrate,
-            command=command,
-            make_report=not args.no_report,
-        )
-    except CompareError as exc:
-        print(f"cbdc-bench compare: {exc}", file=sys.stderr)
-        return 1
-    return 0

@@ -1,28 +1,13 @@
-"""``cbdc-bench run``: start a server, load it open-loop, audit it, stop it, write one result file.
+"""The server as a child process: ``cbdc-bench serve`` started, its port read, always stopped.
 
 The server runs as a separate process (``cbdc-bench serve --port 0``, so generator and server do
 not share an interpreter or a GIL); its printed ``listening on HOST:PORT`` line gives the port.
-After the warm-up and the measured window, the conservation audit runs through the server, and
-everything this command started is stopped, also on errors and Ctrl-C. With ``--echo`` the server
-acknowledges without a ledger: a calibration run that shows whether the generator keeps its
-schedule at a given rate.
-
-The defaults (baseline profile, 1,000,000 accounts, 300,000 payments/s, 5 s warm-up, 30 s
-measured) finish in about 40 s on a 2-core machine, server start-up included.
-
-Durability and access control are off by default, as in every headline run. ``--journal DIR``
-makes the server journal every batch to a fresh file in DIR under ``--fsync`` (removed after the
-run unless ``--keep-journal``): the cost of durability, measured as its own comparison (the
-result's server stats carry the policy, fsync count and time). ``--secrets FILE`` turns on
-authentication and account ownership; the server then has exactly ``--operators`` operators, so
-their account ranges cover the ledger and every gateway pays from its own range.
+``running_server`` stops it on leaving, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import queue
 import re
 import signal
@@ -36,18 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import msgspec
-
-from loadgen.cmd_load import add_load_arguments, config_from_args, report, run_measure
-from loadgen.gateway import LoadConfig
-from loadgen.results import RunResult
-
-#: The defaults are the headline question itself: 1M accounts at 300,000 payments/s for 30 s
-#: (about 40 s with start-up on a 2-core machine).
-DEFAULT_RATE_TPS = 300_000
-DEFAULT_SECONDS = 30.0
-DEFAULT_WARMUP = 5.0
-DEFAULT_ACCOUNTS = 1_000_000
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
@@ -177,86 +150,3 @@ def running_server(args: list[str], *, accounts: int) -> Iterator[ServerProcess]
         yield server
     finally:
         server.stop()
-
-
-def run_benchmark(
-    config: LoadConfig,
-    *,
-    profile: str = "baseline",
-    accounts: int = DEFAULT_ACCOUNTS,
-    scenario: str | None = None,
-    echo: bool = False,
-    server_args: tuple[str, ...] = (),
-    journal_dir: str | None = None,
-    fsync: str = "batch",
-    keep_journal: bool = False,
-) -> RunResult:
-    """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop.
-
-    ``journal_dir``: journal to a fresh file there under ``fsync`` (removed afterwards unless
-    ``keep_journal``); ``config.secrets``: the server authenticates with those secrets (and
-    enforces account ownership).
-    """
-    journal: Path | None = None
-    if journal_dir is not None:
-        Path(journal_dir).mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        journal = Path(journal_dir) / f"journal-{stamp}-{os.getpid()}-{profile}.cbj"
-    args = server_arguments(
-        profile=profile,
-        accounts=accounts,
-        seed=config.seed,
-        operators=config.operators,
-        host=config.host,
-        scenario=scenario,
-        echo=echo,
-        secrets=config.secrets,
-        journal=journal,
-        fsync=fsync,
-        extra=server_args,
-    )
-    try:
-        with running_server(args, accounts=accounts) as server:
-            run_config = with_address(config, server.host, server.port)
-            return run_measure(run_config, kind="run", server_pid=server.pid, audit=True, scenario=scenario, echo=echo)
-    finally:
-        if journal is not None and not keep_journal:
-            journal.unlink(missing_ok=True)
-
-
-def with_address(config: LoadConfig, host: str, port: int) -> LoadConfig:
-    return msgspec.structs.replace(config, host=host, port=port)
-
-
-# ---- command line ----------------------------------------------------------------------------
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="start a server, load it, audit it, write a result file", description=__doc__)
-    p.add_argument("scenario", nargs="?", default=None, help="TOML scenario file with profile definitions")
-    p.add_argument("--profile", default="baseline", help="hook profile (default baseline)")
-    p.add_argument(
-        "--accounts", type=int, default=DEFAULT_ACCOUNTS, help=f"ledger accounts (default {DEFAULT_ACCOUNTS:,})"
-    )
-    p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
-    p.add_argument("--host", default="127.0.0.1", help="address for the server to listen on (default loopback)")
-    p.add_argument("--journal", default=None, metavar="DIR", help="journal every batch to a fresh file in DIR")
-    p.add_argument("--fsync", default="batch", help="journal fsync policy: batch, interval:MS or off (default batch)")
-    p.add_argument("--keep-journal", action="store_true", help="keep the journal file after the run")
-    add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    config = config_from_args(args, host=args.host, port=0)
-    result = run_benchmark(
-        config,
-        profile=args.profile,
-        accounts=args.accounts,
-        scenario=args.scenario,
-        echo=args.echo,
-        journal_dir=args.journal,
-        fsync=args.fsync,
-        keep_journal=args.keep_journal,
-    )
-    return report(result, as_json=args.json, out=args.out)

@@ -210,7 +210,7 @@ class Histogram:
 
         hdr = HdrHistogram(1, self.layout.highest, self.layout.significant_figures)
         if hdr.counts_len != self.layout.counts_len:  # pragma: no cover - layout drift guard
-            raise RuntimeError("hdrhistogram layout differs from loadgen.histogram.Layout")
+            raise RuntimeError("hdrhistogram layout differs from loadgen.generator.histogram.Layout")
         np.ctypeslib.as_array(hdr.counts)[:] = self.counts
         nz = np.flatnonzero(self.counts)
         if len(nz):

@@ -1,14 +1,11 @@
-"""``cbdc-bench engine``: the in-process benchmark of the ledger and its hooks (no network).
+"""The in-process engine run: a ledger with a profile's hooks, driven by pre-generated batches.
 
 Batches are generated up front (outside the timed region) and replayed by a ``BatchPool``; only
-``Ledger.apply`` and the deferred observers are timed. The first ``warmup`` seconds are run and
-discarded, so caches, allocator and branch predictors are warm when measuring starts.
+``Ledger.apply`` and the deferred observers are timed, and the warm-up is run and discarded.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from typing import Any
 
@@ -16,9 +13,9 @@ import msgspec
 
 from engine.codes import name_counts
 from engine.ledger import Ledger
-from engine.profiles import build_hooks, profile_names
-from loadgen.environment import collect
-from loadgen.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
+from engine.profiles import build_hooks
+from loadgen.generator.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
+from loadgen.results.environment import collect
 
 
 class EngineResult(msgspec.Struct, frozen=True):
@@ -100,48 +97,3 @@ def run_engine(
         seed=seed,
         environment=collect(),
     )
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("engine", help="in-process ledger benchmark (no network)", description=__doc__)
-    p.add_argument("--accounts", type=int, default=1_000_000, help="number of accounts (default 1,000,000)")
-    profiles = ", ".join(profile_names())
-    p.add_argument("--profile", default="baseline", help=f"hook profile (default baseline; shipped: {profiles})")
-    p.add_argument("--scenario", default=None, help="TOML scenario file with profile definitions")
-    p.add_argument("--batch", type=int, default=8192, help="transfers per batch (default 8192)")
-    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds of ledger time (default 5)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds run before measuring (default 1)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="workload seed")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    result = run_engine(
-        accounts=args.accounts,
-        profile=args.profile,
-        batch=args.batch,
-        seconds=args.seconds,
-        warmup=args.warmup,
-        seed=args.seed,
-        scenario=args.scenario,
-    )
-    if args.json:
-        print(json.dumps(msgspec.to_builtins(result)))
-    else:
-        print(format_summary(result))
-    return 0 if result.audit_ok else 1
-
-
-def format_summary(r: EngineResult) -> str:
-    lines = [
-        f"profile {r.profile}: {r.transfers_per_s:,.0f} transfers/s "
-        f"({r.transfers:,} transfers in {r.seconds:.2f} s of ledger time, batches of {r.batch:,})",
-        f"accounts {r.accounts:,}; state {r.bytes_per_account:.1f} bytes/account "
-        f"(ledger {r.ledger_bytes_per_account:.1f}, hooks {r.bytes_per_account - r.ledger_bytes_per_account:.1f})",
-        f"exact one-at-a-time path: {r.exact_path_share:.2%} of transfers; audit {'ok' if r.audit_ok else 'FAILED'}",
-        "results: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.codes.items(), key=lambda kv: -kv[1])),
-    ]
-    if r.hooks:
-        lines.append("hook cost (ns/transfer): " + ", ".join(f"{k} {v:,.0f}" for k, v in r.hooks.items()))
-    return "\n".join(lines)

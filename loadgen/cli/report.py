@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from loadgen.report import write_report
+from loadgen.cli.common_args import add_out
+from loadgen.report.writer import write_report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="Markdown tables and PNG plots from result files", description=__doc__)
     p.add_argument("results", nargs="+", help="result files and/or directories (e.g. a compare output directory)")
-    p.add_argument("--out", default=None, help="output directory (default: the one directory given, else ./report)")
+    add_out(p, default=None, when_unset="the one directory given, else ./report")
     p.set_defaults(func=_main)
 
 

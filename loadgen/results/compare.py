@@ -1,6 +1,6 @@
 """The comparison summary file of ``cbdc-bench compare``, and the rules that judge runs.
 
-``compare`` writes one result file per measured load phase (``loadgen.results``) and one summary
+``compare`` writes one result file per measured load phase (``loadgen.results.run``) and one summary
 (``CompareSummary``, ``compare.json``) that lists them with their role: which profile, repeat and
 stage (search trial or equal-load run) each file is, what every search found, and the settings
 used. Reports read the summary and the result files; nothing is re-run.
@@ -23,9 +23,9 @@ from pathlib import Path
 import msgspec
 
 from engine.profiles import CompareSettings
-from loadgen.environment import Environment
-from loadgen.results import ResultVersionError, RunResult, require_version
-from loadgen.search import RunOutcome, SearchResult, sustained
+from loadgen.harness.search import RunOutcome, SearchResult, sustained
+from loadgen.results.environment import Environment
+from loadgen.results.run import ResultVersionError, RunResult, require_version
 
 #: Version of the comparison summary format. History (a reader refuses every version but its own):
 #:   1 - first format: settings, plan, order per repeat, searches, runs with their roles.

@@ -13,7 +13,7 @@ import argparse
 from engine.profiles import profile_names
 from engine.server import DEFAULT_PORT, ServerConfig, serve
 from engine.wire import DEFAULT_MAX_FRAME_BYTES
-from loadgen.workload import DEFAULT_SEED
+from loadgen.generator.workload import DEFAULT_SEED
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from engine import wire
 from engine.auth import ROLE_ADMIN, load_secrets
-from loadgen.gateway import CONNECT_TIMEOUT_S, FrameProtocol, GatewayError, answer_challenge
+from loadgen.generator.gateway import CONNECT_TIMEOUT_S, FrameProtocol, GatewayError, answer_challenge
 
 
 class AdminClient:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.codes import ResultCode
-from loadgen.histogram import Histogram, Layout
+from loadgen.generator.histogram import Histogram, Layout
 
 _CODE_SLOTS = 256
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import msgspec
 
-from loadgen.environment import Environment
-from loadgen.gateway import LoadConfig
-from loadgen.histogram import REPORT_PERCENTILES, Histogram
-from loadgen.measure import Measurement
+from loadgen.generator.gateway import LoadConfig
+from loadgen.generator.histogram import REPORT_PERCENTILES, Histogram
+from loadgen.generator.measure import Measurement
+from loadgen.results.environment import Environment
 
 #: Version of the result-file format. History (a reader refuses every version but its own;
 #: upgrades from older versions go here, one step at a time, when there are any):
