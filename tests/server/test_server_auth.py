@@ -17,7 +17,8 @@ from engine.wire import Authenticate, Challenge, Codec, Error, ErrorCode, FrameR
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.workload import Workload
 from loadgen.harness.measured import measure
-from tests.server_support import StartServer, connect, freeze_hook
+from tests.support.hooks import freeze_hook
+from tests.support.servers import StartServer, connect
 
 OPERATORS = 4
 

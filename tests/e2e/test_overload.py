@@ -23,16 +23,16 @@ from engine.client import Client
 from engine.codes import ResultCode
 from engine.wire import Codec, Error, ErrorCode, FrameReader, Hello, Results, Submit
 from loadgen.generator.workload import Workload, WorkloadConfig
-from tests.server_support import StartServer, connect
+from tests.support.servers import StartServer, connect
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ACCOUNTS = 10_000
 CAPACITY_TPS = 50_000  # the paced hook's 20 µs per transfer
 SUBMIT = 250
 SCENARIO = """
 [profiles]
-paced = ["tests.custom_hooks:PacedHook"]
-[hooks.custom."tests.custom_hooks:PacedHook"]
+paced = ["tests.support.hooks:PacedHook"]
+[hooks.custom."tests.support.hooks:PacedHook"]
 us_per_transfer = 20
 """
 

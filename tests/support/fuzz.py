@@ -6,7 +6,7 @@ collects what the server writes, then applies anything queued, as the event loop
 checks the invariants every fuzzer shares (``check``): no exception escapes, every reply is a
 well-formed server message, every Error carries a known code, and the ledger changes only if
 some transfer was answered OK. Used by the hypothesis tests, the corpus replay and the atheris
-script (tests/fuzz_atheris.py).
+script (tests/server/fuzz_atheris.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 from engine.codes import ResultCode
 from engine.server import Server, ServerConfig, _Connection
 from engine.wire import Ack, Codec, Error, ErrorCode, FrameReader, Hello, Results
-from tests.server_support import TEST_SEED, blacklist_hook, freeze_hook
+from tests.support.hooks import blacklist_hook, freeze_hook
+from tests.support.servers import TEST_SEED
 
 FUZZ_ACCOUNTS = 5_000
 #: Small limits, so "oversized" is cheap to reach.

@@ -1,6 +1,6 @@
 """pytest-benchmark: recording latencies, vectorised, against the hdrhistogram package's per-value loop.
 
-Run: python -m pytest tests/benchmarks -m benchmark --benchmark-enable
+Run: python -m pytest benchmarks -m benchmark --benchmark-enable
 """
 
 from __future__ import annotations

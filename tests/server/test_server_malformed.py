@@ -14,7 +14,7 @@ from engine.client import Client, ServerError
 from engine.server import ServerThread
 from engine.wire import HEADER, PROTOCOL_VERSION, Codec, Error, ErrorCode, Hello, Results, Submit
 from loadgen.generator.workload import Workload
-from tests.server_support import StartServer, connect
+from tests.support.servers import StartServer, connect
 
 MAX_FRAME = 1 << 16
 MAX_BATCH = 256

@@ -1,42 +1,18 @@
-"""Helpers for the server tests: clients, small stand-in hooks, the test ledger size and seed."""
+"""Helpers for tests against a server: the test ledger size and seed, clients, exactly-once checks.
+
+The in-process server itself comes from the ``start_server`` fixture (``tests/conftest.py``).
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from engine.client import Client
-from engine.hooks.base import Hook, Transfers
-from engine.hooks.blacklist import Blacklist, BlacklistConfig
-from engine.hooks.freeze import Freeze, FreezeConfig
-from engine.ledger import Ledger
 from engine.server import ServerThread
 
 TEST_ACCOUNTS = 20_000
 TEST_SEED = 7_301
-
-
-def freeze_hook() -> Freeze:
-    """The real freeze hook, with nobody frozen at start."""
-    return Freeze(FreezeConfig(frozen_fraction=0.0))
-
-
-def blacklist_hook() -> Blacklist:
-    """The real blacklist hook, with nobody listed at start."""
-    return Blacklist(BlacklistConfig(listed_fraction=0.0))
-
-
-class SlowHook(Hook):
-    """Sleeps in authorize: makes the engine slow so the server's queue fills (overload tests)."""
-
-    name = "slow"
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def authorize(self, transfers: Transfers, ledger: Ledger) -> None:
-        time.sleep(self.seconds)
 
 
 #: The ``start_server`` fixture: ``start_server(hooks=None, **config) -> ServerThread``.

@@ -8,7 +8,7 @@ import pytest
 from engine.codes import ResultCode
 from engine.records import make_batch
 from loadgen.generator.workload import Workload, WorkloadConfig
-from tests.helpers import assert_same, random_batch, twins
+from tests.support.oracle import assert_same, random_batch, twins
 
 
 @pytest.mark.parametrize(

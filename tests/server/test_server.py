@@ -16,15 +16,8 @@ from engine.ledger import Ledger
 from engine.server import ServerConfig, build_ledger
 from engine.wire import Error, ErrorCode, Submit
 from loadgen.generator.workload import Workload, WorkloadConfig
-from tests.server_support import (
-    TEST_ACCOUNTS,
-    TEST_SEED,
-    StartServer,
-    assert_nothing_more,
-    blacklist_hook,
-    connect,
-    freeze_hook,
-)
+from tests.support.hooks import blacklist_hook, freeze_hook
+from tests.support.servers import TEST_ACCOUNTS, TEST_SEED, StartServer, assert_nothing_more, connect
 
 
 def _oracle() -> Ledger:

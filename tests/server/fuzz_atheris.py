@@ -1,11 +1,11 @@
 """Coverage-guided fuzzing of the server's request handling with atheris (optional).
 
-    pip install atheris      # builds against libFuzzer; if it does not build, rely on tests/test_fuzz.py
-    python -m tests.fuzz_atheris -atheris_runs=200000 tests/fuzz_corpus_work/
+    pip install atheris      # builds against libFuzzer; if it does not build, rely on tests/server/test_fuzz.py
+    python -m tests.server.fuzz_atheris -atheris_runs=200000 tests/server/fuzz_corpus_work/
 
 Each input is a raw byte stream one client sends (its first byte says whether it says Hello
-first); ``tests.fuzz_support.check`` asserts the shared invariants, so any exception or broken
-invariant is a crash that libFuzzer saves as ``crash-*``. Copy such a file into tests/fuzz_corpus/
+first); ``tests.support.fuzz.check`` asserts the shared invariants, so any exception or broken
+invariant is a crash that libFuzzer saves as ``crash-*``. Copy such a file into tests/server/fuzz_corpus/
 (with a name that says what it was) and fix the server: ``test_corpus_replays_cleanly`` then keeps
 it fixed.
 """
@@ -21,7 +21,7 @@ def main() -> None:
     with atheris.instrument_imports():
         import engine.server
         import engine.wire  # noqa: F401
-        from tests.fuzz_support import check, fuzz_server
+        from tests.support.fuzz import check, fuzz_server
 
     server = fuzz_server()
     runs = 0

@@ -15,7 +15,8 @@ from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN
 from engine.server import ServerThread
 from engine.wire import Error, ErrorCode, Results
 from loadgen.generator.workload import Workload
-from tests.server_support import StartServer, blacklist_hook, connect, freeze_hook
+from tests.support.hooks import blacklist_hook, freeze_hook
+from tests.support.servers import StartServer, connect
 
 
 def _state(st: ServerThread) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@
       j=""; [ $cfg != none ] && j="--journal /tmp/jnl --fsync $cfg"
       cbdc-bench run --accounts 200000 --rate 200000 --seconds 5 --warmup 1 --out results/durability/${cfg/:/-} $j
     done
-    python tests/benchmarks/durability_table.py results/durability none off interval-10 batch
+    python benchmarks/durability_table.py results/durability none off interval-10 batch
 
 Durability figures come from each result's ``server.durability`` (the server's journal stats
 differenced over the measured window).

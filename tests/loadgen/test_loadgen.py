@@ -13,7 +13,7 @@ from engine import wire
 from engine.codes import ResultCode
 from loadgen.generator.gateway import Gateway, LoadConfig, run_load
 from loadgen.generator.measure import Measurement
-from tests.wire_double import DoubleServer
+from tests.support.wire_double import DoubleServer
 
 MS = 1_000_000
 

@@ -1,4 +1,5 @@
-"""User-style hooks for tests: loaded by ``module:attribute`` and used to test failures."""
+"""Hooks for tests: user-style hooks loaded by ``module:attribute``, stand-ins that fail or take a
+known time, and the real freeze and blacklist hooks with nobody on their lists at start."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 import numpy as np
 
 from engine.hooks.base import Hook, Transfers
+from engine.hooks.blacklist import Blacklist, BlacklistConfig
+from engine.hooks.freeze import Freeze, FreezeConfig
+from engine.ledger import Ledger
 
 
 class FailingHook(Hook):
@@ -60,3 +64,25 @@ class PacedHook(Hook):
     def authorize(self, transfers: Transfers, ledger: Any) -> np.ndarray | None:
         time.sleep(self.seconds_per_transfer * len(transfers))
         return None
+
+
+def freeze_hook() -> Freeze:
+    """The real freeze hook, with nobody frozen at start."""
+    return Freeze(FreezeConfig(frozen_fraction=0.0))
+
+
+def blacklist_hook() -> Blacklist:
+    """The real blacklist hook, with nobody listed at start."""
+    return Blacklist(BlacklistConfig(listed_fraction=0.0))
+
+
+class SlowHook(Hook):
+    """Sleeps in authorize: makes the engine slow so the server's queue fills (overload tests)."""
+
+    name = "slow"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def authorize(self, transfers: Transfers, ledger: Ledger) -> None:
+        time.sleep(self.seconds)

@@ -1,6 +1,6 @@
 """pytest-benchmark: Ledger.apply on the default workload (outside the default test run).
 
-Run: python -m pytest tests/benchmarks -m benchmark --benchmark-enable
+Run: python -m pytest benchmarks -m benchmark --benchmark-enable
 """
 
 from __future__ import annotations

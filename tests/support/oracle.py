@@ -1,4 +1,9 @@
-"""Builders shared by the ledger tests."""
+"""The reference oracle in tests: the vectorised ledger and the one-at-a-time model side by side.
+
+``twins`` builds both in one starting state, ``random_batch`` makes adversarial batches (conflicts,
+chains, bad amounts, unknown accounts, re-used ids), and ``assert_same`` applies a batch to both and
+fails on the first code or balance that differs. The model itself is ``engine.reference``.
+"""
 
 from __future__ import annotations
 

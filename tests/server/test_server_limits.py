@@ -11,7 +11,8 @@ from engine.client import Client
 from engine.codes import ResultCode
 from engine.wire import StatsRequest, Submit
 from loadgen.generator.workload import Workload
-from tests.server_support import SlowHook, StartServer, connect
+from tests.support.hooks import SlowHook
+from tests.support.servers import StartServer, connect
 
 
 @pytest.mark.slow

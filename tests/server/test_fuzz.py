@@ -1,10 +1,10 @@
 """Hostile input, fuzzed: random, truncated, oversized and type-confused frames.
 
-Most examples run in process (``tests.fuzz_support``: the real connection, decoder, handlers and
+Most examples run in process (``tests.support.fuzz``: the real connection, decoder, handlers and
 ledger, no sockets), where thousands of cases take seconds; a smaller set goes over TCP to a
 running server. Every case must leave the server answering, with a specific Error for what it
 rejects and the ledger unchanged unless a transfer was answered OK. Inputs that once broke
-something live in tests/fuzz_corpus/ and are replayed by ``test_corpus_replays_cleanly``.
+something live in tests/server/fuzz_corpus/ and are replayed by ``test_corpus_replays_cleanly``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from engine.wire import (
     Hello,
     Results,
 )
-from tests.fuzz_support import FUZZ_MAX_FRAME, check, fuzz_server, ledger_digest
+from tests.support.fuzz import FUZZ_MAX_FRAME, check, fuzz_server, ledger_digest
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 EXAMPLES = 1000
@@ -146,7 +146,8 @@ def test_oversized_headers(server: Server, length: int, prefix: list[bytes]) -> 
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[ServerThread]:
-    from tests.server_support import TEST_SEED, blacklist_hook, freeze_hook
+    from tests.support.hooks import blacklist_hook, freeze_hook
+    from tests.support.servers import TEST_SEED
 
     st_ = ServerThread(
         __import__("engine.server", fromlist=["ServerConfig"]).ServerConfig(

@@ -75,13 +75,13 @@ def test_missing_scenario_file_is_a_clear_error(tmp_path) -> None:
 
 
 def test_user_hooks_load_by_module_attribute_with_parameters(tmp_path) -> None:
-    hook = load_hook("tests.custom_hooks:FailingHook", {"phase": "observe"})
+    hook = load_hook("tests.support.hooks:FailingHook", {"phase": "observe"})
     assert isinstance(hook, Hook) and hook.phase == "observe"
-    assert load_hook("tests.custom_hooks:make_failing", {"fail_on": [1]}).fail_on == [1]
+    assert load_hook("tests.support.hooks:make_failing", {"fail_on": [1]}).fail_on == [1]
     path = tmp_path / "user.toml"
     path.write_text(
-        '[profiles]\nmine = ["freeze", "tests.custom_hooks:FailingHook"]\n'
-        '[hooks.custom."tests.custom_hooks:FailingHook"]\nphase = "never"\n'
+        '[profiles]\nmine = ["freeze", "tests.support.hooks:FailingHook"]\n'
+        '[hooks.custom."tests.support.hooks:FailingHook"]\nphase = "never"\n'
     )
     hooks = build_hooks("mine", path)
     assert [h.name for h in hooks] == ["freeze", "failing"] and hooks[1].phase == "never"
@@ -91,10 +91,10 @@ def test_user_hooks_load_by_module_attribute_with_parameters(tmp_path) -> None:
     ("spec", "params", "expected"),
     [
         ("no_such_module_xyz:Hook", None, "cannot import module 'no_such_module_xyz'"),
-        ("tests.custom_hooks:Missing", None, "has no attribute 'Missing'"),
-        ("tests.custom_hooks:NOT_CALLABLE", None, "is a int, not a Hook class or factory"),
-        ("tests.custom_hooks:not_a_hook", None, "returned a object, not an engine Hook"),
-        ("tests.custom_hooks:FailingHook", {"colour": 1}, r"cannot build it with parameters \['colour'\]"),
+        ("tests.support.hooks:Missing", None, "has no attribute 'Missing'"),
+        ("tests.support.hooks:NOT_CALLABLE", None, "is a int, not a Hook class or factory"),
+        ("tests.support.hooks:not_a_hook", None, "returned a object, not an engine Hook"),
+        ("tests.support.hooks:FailingHook", {"colour": 1}, r"cannot build it with parameters \['colour'\]"),
         ("blacklisted", None, "unknown hook 'blacklisted'"),
         ("blacklist", {"listed_fraction": -1}, "hook blacklist: listed_fraction"),
     ],

@@ -15,7 +15,7 @@ from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN, Ledger
 from engine.reference import ReferenceLedger
 from engine.reference_hooks import RefAuditChain
 from loadgen.generator.workload import Workload, WorkloadConfig
-from tests.custom_hooks import FailingHook
+from tests.support.hooks import FailingHook
 
 ACCOUNTS = 2_000
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from engine.hooks.wallet_limits import WalletLimits
 from engine.ledger import Ledger
 from engine.records import MAX_TRANSFER_FEN, TRANSFER_DTYPE
-from tests.helpers import assert_same, twins
+from tests.support.oracle import assert_same, twins
 
 ACCOUNTS = 5
 

@@ -1,6 +1,6 @@
 """pytest-benchmark: wire encoding and decoding of a 1,000-transfer Submit and its Results.
 
-Run: python -m pytest tests/benchmarks -m benchmark --benchmark-enable
+Run: python -m pytest benchmarks -m benchmark --benchmark-enable
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pytest
 from engine.auth import ROLE_ADMIN, Secrets, generate_secrets
 from engine.client import Client, parse_host
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

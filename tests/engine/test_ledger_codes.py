@@ -12,7 +12,7 @@ from engine.hooks.base import Hook, Transfers
 from engine.hooks.wallet_limits import NS_PER_DAY, WalletLimits
 from engine.ledger import Ledger, owner_ranges
 from engine.records import MAX_BATCH, MAX_TRANSFER_FEN, make_batch
-from tests.helpers import assert_same, twins
+from tests.support.oracle import assert_same, twins
 
 R = ResultCode
 

@@ -1,6 +1,6 @@
 """Micro-benchmarks: each hook's phases on one batch of 8,192 realistic transfers, 1M accounts.
 
-Outside the default run; run with ``python -m pytest tests/benchmarks -m benchmark --benchmark-enable``.
+Outside the default run; run with ``python -m pytest benchmarks -m benchmark --benchmark-enable``.
 Each benchmark times one hook phase alone (no ledger checks, no settlement), so the figures are
 that hook's own cost per batch; divide by 8,192 for ns per transfer. The naive per-transfer
 blacklist is the comparison point for the vectorised one.
