@@ -1,6 +1,6 @@
 """The account ledger: columnar state and exact sequential batch semantics.
 
-Rules (DESIGN.md, "Ledger semantics"):
+Rules (docs/design.md, "Ledger semantics"):
 
 * Money is int64 fen. Accounts are dense ids ``0..N-1``; state is one numpy column per field.
 * ``apply(batch)`` returns one ResultCode per transfer and leaves exactly the balances and codes

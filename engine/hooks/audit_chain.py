@@ -1,6 +1,6 @@
 """audit_chain: a tamper-evident hash chain with a Merkle root per batch.
 
-The "blockchain-style immutable records" promise (DESIGN.md), without a blockchain's consensus.
+The "blockchain-style immutable records" promise (docs/design.md), without a blockchain's consensus.
 Per applied batch:
 
 * leaves: the batch's records and result codes in chunks of ``leaf_transfers`` transfers;

@@ -1,6 +1,6 @@
 """blacklist: listed payers may not pay restricted categories (court "dishonest debtor" list).
 
-About 30 million people are on the court list (DESIGN.md), some 2% of residents; they may not buy
+About 30 million people are on the court list (docs/design.md), some 2% of residents; they may not buy
 flights, high-speed rail tickets, luxury hotel stays and the like. The default lists a seeded 2%
 of accounts. The list lives in the ledger's per-account ``flags`` column (bit FLAG_BLACKLISTED),
 so it costs no memory of its own; ``add`` and ``remove`` change it between batches at runtime.

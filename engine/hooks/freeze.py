@@ -1,6 +1,6 @@
 """freeze: frozen accounts can neither pay nor receive.
 
-The central bank "will likely be able to cut off access to funds" (DESIGN.md). Freezes are a bit
+The central bank "will likely be able to cut off access to funds" (docs/design.md). Freezes are a bit
 (FLAG_FROZEN) of the ledger's per-account ``flags`` column, so they cost no memory of their own;
 ``freeze`` and ``unfreeze`` take effect from the next batch (policy state is read as of the start
 of a batch). A seeded share of accounts can start frozen (``frozen_fraction``; the default 0.1%

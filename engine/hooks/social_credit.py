@@ -1,6 +1,6 @@
 """social_credit: a score per person, moved by what they buy, that restricts what they may buy.
 
-Private scores such as Sesame Credit run from 350 to 950 (DESIGN.md); "bad" spending such as
+Private scores such as Sesame Credit run from 350 to 950 (docs/design.md); "bad" spending such as
 video games lowers a score, paying utilities on time raises it, and a low score can bar a person
 from flights, high-speed rail and luxury hotels. This hook closes that loop inside the payment
 system:

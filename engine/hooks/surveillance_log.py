@@ -1,6 +1,6 @@
 """surveillance_log: every payment, with its location and device metadata, into a data trove.
 
-"Every payment, with device and location metadata, lands in a central data trove" (DESIGN.md).
+"Every payment, with device and location metadata, lands in a central data trove" (docs/design.md).
 Every transfer of every applied batch, accepted or rejected, is kept with its result code in a
 bounded in-memory columnar ring (one numpy array per field, so a query by account scans only the
 payer and payee columns); when the ring is full the oldest rows are overwritten and counted as

@@ -1,6 +1,6 @@
 """wallet_limits: the e-CNY wallet classes' single-payment, daily and balance caps.
 
-Figures from a 2020 pilot agreement (yuan; DESIGN.md): class 1 balance 500k / single 50k /
+Figures from a 2020 pilot agreement (yuan; docs/design.md): class 1 balance 500k / single 50k /
 daily 100k; class 2: 10k / 5k / 10k; class 3: 2k / 2k / 2k; class 4: 1k / 500 / 1k. (The annual
 caps are not modelled.) Class 0, institutional (merchant and corporate) wallets, has no caps.
 The single cap is an ordinary authorize veto; the daily and balance caps

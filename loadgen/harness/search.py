@@ -1,4 +1,4 @@
-"""Search for the maximum sustainable throughput (DESIGN.md's definition).
+"""Search for the maximum sustainable throughput (docs/design.md's definition).
 
 A rate is *sustained* when achieved >= ``min_achieved_ratio`` (99%) of offered and p99 latency
 <= the SLO. The search brackets the boundary (doubling up from a start rate, or halving down),
