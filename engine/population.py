@@ -2,7 +2,7 @@
 
 The ledger's starting state belongs to the domain, not to the load tool (TigerBeetle keeps its
 workload beside the state machine): the server builds its ledger from a ``Population``, and the
-load generator (``loadgen.workload``) draws its payers and payees from the same one.
+load generator (``loadgen.generator.workload``) draws its payers and payees from the same one.
 
 * Popularity is a bounded power law (Zipf-like, exponent ``skew``) over accounts, mapped through
   a fixed pseudo-random bijection so hot accounts are scattered over the id space.

@@ -69,7 +69,7 @@ Durability (``journal``)
 
     The fsync runs on the event-loop thread. Measured on the 2-core benchmark machine: ~0.25 ms
     per fsync idle, ~0.64 ms under 200,000 transfers/s (215 fsyncs/s, 14% of the loop's time;
-    throughput unchanged, p99 6.7 -> 19 ms; tests/benchmarks/durability_table.py). While it
+    throughput unchanged, p99 6.7 -> 19 ms; benchmarks/durability_table.py). While it
     blocks, requests accumulate in the socket buffers and the next batch grows, so group commit
     adapts to load by itself. A writer thread could hide at most that 14% (fsync releases the
     GIL) but would make the order of journal entries and replies depend on thread scheduling;
