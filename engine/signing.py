@@ -286,7 +286,7 @@ def ensure_registry(
 
     A damaged or foreign file is rebuilt with a warning on this module's logger saying why
     (``KeyRegistry.rebuilt_because``). Building uses ``processes`` worker processes (default: every
-    core) above 50,000 accounts; the file is written under a temporary name and renamed into place,
+    core, from 50,000 accounts up); the file is written under a temporary name and renamed into place,
     so a crash mid-build leaves no half-written registry behind.
     """
     if accounts < 1:
@@ -317,7 +317,7 @@ def build_registry(path: Path, seed: int, accounts: int, *, processes: int | Non
             f.write(bytes(HEADER_BYTES))
             hasher = hashlib.blake2b(digest_size=32)
             parts: Iterable[bytes]
-            if procs > 1 and accounts >= _PARALLEL_MIN_ACCOUNTS:
+            if procs > 1 and (processes is not None or accounts >= _PARALLEL_MIN_ACCOUNTS):
                 parts = _map_processes(public_keys, chunks, procs)
             else:
                 parts = (public_keys(*c) for c in chunks)

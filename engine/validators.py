@@ -300,6 +300,8 @@ class LocalValidators(Validators):
         offsets = range(0, n, per)
         batch = _Batch(n, len(offsets))
         if n == 0:
+            with self._cond:
+                self._stats.batches += 1
             batch.future.set_result(batch.codes)
             return batch.future
         chunks = [

@@ -114,7 +114,7 @@ class RayValidators(Validators):
             held = [(a + k) % n for k in range(replicas)]
             for p in held:
                 self._holders[p].append(a)
-            actor = remote_cls.options(  # type: ignore[attr-defined]
+            actor = remote_cls.options(
                 num_cpus=1, max_restarts=0, max_task_retries=0, scheduling_strategy="SPREAD"
             ).remote(held, [firsts[p] for p in held], [counts[p] for p in held], *[refs[p] for p in held])
             self._actors.append(actor)
