@@ -107,7 +107,9 @@ def generate_signed_pool(params: SignedPoolParams, *, processes: int | None = No
     k = params.batch_size
     records = np.concatenate(
         [
-            workload.batch(k, first_id=params.first_id + i * k, operator=params.operator, payer_range=params.payer_range)
+            workload.batch(
+                k, first_id=params.first_id + i * k, operator=params.operator, payer_range=params.payer_range
+            )
             for i in range(params.batches)
         ]
     )
