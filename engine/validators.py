@@ -34,7 +34,6 @@ A worker that dies (crash, OOM kill, SIGKILL)
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import collections
 import concurrent.futures
@@ -51,56 +50,24 @@ import numpy as np
 
 from engine.records import SIGNATURE_BYTES, TRANSFER_DTYPE
 from engine.signing import KeyRegistry, RegistryError, open_registry, pair_count, process_context, verify_records
+from engine.validator_api import Validators, ValidatorStats, ValidatorsUnavailable
+
+__all__ = [
+    "InlineValidators",
+    "LocalValidators",
+    "ValidatorStats",
+    "Validators",
+    "ValidatorsUnavailable",
+    "make_validators",
+    "parse_validators",
+    "verify_all",
+]
 
 log = logging.getLogger(__name__)
 
 _RECORD_BYTES = TRANSFER_DTYPE.itemsize
 _PAIR_BYTES = _RECORD_BYTES + SIGNATURE_BYTES
 _READY, _VERDICTS, _FAILED = b"R", b"V", b"E"
-
-
-class ValidatorsUnavailable(RuntimeError):
-    """The tier could not verify a batch (workers gone, or a chunk killed every worker it met).
-
-    Its transfers were not verified: refuse them, never apply them.
-    """
-
-
-class ValidatorStats(msgspec.Struct, kw_only=True):
-    """Counters of one validator tier since it started."""
-
-    kind: str
-    workers: int
-    batches: int = 0
-    transfers: int = 0
-    chunks: int = 0
-    #: Chunks put back on the queue because the worker holding them died before answering.
-    requeued_chunks: int = 0
-    worker_deaths: int = 0
-    restarts: int = 0
-    failed_batches: int = 0
-
-
-class Validators(abc.ABC):
-    """A validation tier: ``await verify(records, signatures)`` gives one result code per transfer."""
-
-    workers: int
-
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Start the workers; raises ValidatorsUnavailable on failure."""
-
-    @abc.abstractmethod
-    async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
-        """OK or BAD_SIGNATURE per transfer, in order; ValidatorsUnavailable if not verified."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Stop the workers."""
-
-    @abc.abstractmethod
-    def stats(self) -> ValidatorStats:
-        """Counters since start."""
 
 
 class InlineValidators(Validators):

@@ -36,7 +36,7 @@ import numpy as np
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.records import SIGNATURE_BYTES, TRANSFER_DTYPE
 from engine.signing import KeyRegistry, PublicKeys, pair_count, verify_records
-from engine.validators import Validators, ValidatorStats, ValidatorsUnavailable
+from engine.validator_api import Validators, ValidatorStats, ValidatorsUnavailable
 
 
 class PartitionValidator:
