@@ -12,18 +12,20 @@ What is signed
     signature cannot be replayed under another id or redirected. Signatures travel as one blob of
     64 bytes per transfer, aligned with the records (``engine.wire.SignedSubmit``).
 
-Library (measured here, 2-core AMD EPYC shared with other jobs; ``benchmarks/bench_validators.py``)
-    PyNaCl (libsodium) verifies in ~60-80 us, ``cryptography`` (OpenSSL) in ~105-140 us: PyNaCl is
-    used. libsodium has no batch-verification API, and ``crypto_sign_verify_detached`` (exported by
-    PyNaCl's bundled libsodium but not bound by PyNaCl) measures the same as the bound
-    ``crypto_sign_open`` to within noise (the curve arithmetic is ~99% of the cost), so the public
-    binding ``nacl.bindings.crypto_sign_open`` is the verifier. Nothing cryptographic is written
-    here; scaling comes from verifying on more cores (``engine.validators``).
+Library (measured here: ``python benchmarks/bench_validators.py``, 2-core AMD EPYC shared with
+other jobs, so per CPU second)
+    PyNaCl (libsodium) verifies one signature in ~66 us of CPU (15,200/s per core), ``cryptography``
+    (OpenSSL) in ~125 us (8,000/s): PyNaCl is used. libsodium has no batch-verification API, and
+    ``crypto_sign_verify_detached`` (exported by PyNaCl's bundled libsodium but not bound by
+    PyNaCl) measures the same as the bound ``crypto_sign_open`` to within noise (the curve
+    arithmetic is nearly all of the cost), so the public binding ``nacl.bindings.crypto_sign_open``
+    is the verifier. Nothing cryptographic is written here; verification scales by running on more
+    cores (``engine.validators``). Key derivation costs ~25 us per account (39,000/s per core).
 
 Key registry
     32 bytes per account (public keys only), in one file: a 128-byte header (magic, format,
     derivation version, seed, accounts, BLAKE2b of the keys, a checksum of the header), then the
-    keys. Building costs ~25-30 us per account (key derivation), so it is built once, over
+    keys. Building costs ~25 us per account (key derivation), so it is built once, over
     processes, and cached by (seed, accounts, derivation version). Processes open it read-only
     through ``mmap``: local validators share one copy through the page cache. ``ensure_registry``
     checks the whole file (header and key checksum) and rebuilds a damaged or foreign file, saying
@@ -203,7 +205,12 @@ class RegistryError(Exception):
 
 
 class KeyRegistry:
-    """A key registry file opened read-only: ``keys`` is an (accounts, 32) uint8 view on its mmap."""
+    """A key registry file opened read-only: ``keys`` is an (accounts, 32) uint8 view on its mmap.
+
+    The view is what ``np.memmap(path, mode="r")`` would give (a read-only array over the page
+    cache); the ``mmap`` object is kept too, because ``verify_records`` slices 32-byte keys out of
+    it as ``bytes`` (what PyNaCl takes) ten times faster than from a numpy row.
+    """
 
     def __init__(self, path: Path, seed: int, accounts: int, mm: mmap.mmap) -> None:
         self.path = path
