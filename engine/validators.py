@@ -282,8 +282,9 @@ class LocalValidators(Validators):
             for o in offsets
         ]
         with self._cond:
-            if self._unavailable is not None or self._closing:
-                batch.future.set_exception(ValidatorsUnavailable(self._unavailable or "the validator pool is closed"))
+            if self._unavailable is not None or self._closing or not self._threads:
+                why = self._unavailable or ("the validator pool is closed" if self._closing else "call start() first")
+                batch.future.set_exception(ValidatorsUnavailable(why))
                 return batch.future
             self._stats.batches += 1
             self._stats.transfers += n

@@ -130,6 +130,8 @@ class RayValidators(Validators):
 
     async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
         n = pair_count(records, signatures)
+        if not self._holders:
+            raise ValidatorsUnavailable("the Ray validator tier is not started: call start() first")
         codes = np.full(n, ResultCode.BAD_SIGNATURE, dtype=CODE_DTYPE)  # payers without a key stay so
         self._stats.batches += 1
         self._stats.transfers += n

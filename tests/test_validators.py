@@ -142,5 +142,8 @@ def test_make_validators_kinds(registry: signing.KeyRegistry) -> None:
     assert isinstance(make_validators("0", registry), InlineValidators)
     pool = make_validators(2, registry)
     assert isinstance(pool, LocalValidators) and pool.workers == 2
+    batch, sigs = signed_batch(2)
+    with pytest.raises(ValidatorsUnavailable, match="start"):  # not started: refused, never a silent wait
+        pool.verify_now(batch.tobytes(), sigs)
     with pytest.raises(ValueError, match="at least one worker"):
         LocalValidators(registry, 0)
