@@ -25,10 +25,11 @@ Local workers (``LocalValidators``)
 A worker that dies (crash, OOM kill, SIGKILL)
     Its feeder sees end-of-file, puts the chunk it had in flight back at the head of the queue
     (another worker verifies it) and starts a replacement (at most ``max_restarts`` in the pool's
-    life). A chunk is delivered exactly once: only the feeder holding it delivers it, and it is
-    requeued only when no verdict came back. A batch resolves only when every chunk has a verdict:
-    never applied unverified. If a chunk has killed ``max_attempts`` workers, or no worker is left,
-    its batch fails with ``ValidatorsUnavailable``: the caller must refuse those transfers (they
+    life). A worker that does not answer a chunk within ``chunk_timeout_s`` (hung, or stopped) is
+    killed and treated the same way. A chunk is delivered exactly once: only the feeder holding it
+    delivers it, and it is requeued only when no verdict came back. A batch resolves only when
+    every chunk has a verdict: never applied unverified. If a chunk has killed ``max_attempts``
+    workers, or no worker is left, its batch fails with ``ValidatorsUnavailable``: the caller must refuse those transfers (they
     were not verified), never apply them.
 """
 
@@ -193,6 +194,7 @@ class LocalValidators(Validators):
         chunk_transfers: int = 512,
         max_attempts: int = 3,
         max_restarts: int | None = None,
+        chunk_timeout_s: float = 30.0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"a local validator pool needs at least one worker, got {workers} (0 = InlineValidators)")
@@ -204,11 +206,13 @@ class LocalValidators(Validators):
         self.accounts = registry.accounts
         self.chunk_transfers = chunk_transfers
         self.max_attempts = max_attempts
+        self.chunk_timeout_s = chunk_timeout_s
         self.max_restarts = 4 * workers if max_restarts is None else max_restarts
         self._ctx = process_context()
         self._cond = threading.Condition()
         self._queue: collections.deque[_Chunk] = collections.deque()
         self._live: dict[int, _Worker] = {}  # slot -> its current worker
+        self._starting = 0  # replacements being started
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._unavailable: str | None = None
@@ -321,8 +325,10 @@ class LocalValidators(Validators):
                 continue
             try:
                 worker.conn.send_bytes(chunk.payload)
+                if not worker.conn.poll(self.chunk_timeout_s):
+                    raise TimeoutError
                 reply = worker.conn.recv_bytes()
-            except (EOFError, OSError):
+            except (EOFError, OSError):  # TimeoutError is an OSError: a hung worker is treated as dead
                 worker = self._replace(slot, worker, chunk)
                 continue
             if reply[:1] == _VERDICTS and len(reply) == 1 + chunk.n:
@@ -344,10 +350,12 @@ class LocalValidators(Validators):
 
     def _replace(self, slot: int, dead: _Worker, chunk: _Chunk) -> _Worker | None:
         """``dead`` died holding ``chunk``: requeue it (or fail its batch) and start a replacement."""
+        dead.process.kill()  # dead already, or hung past chunk_timeout_s: it must never answer later
         dead.stop(timeout_s=1.0)
         log.warning("validator pid %d died (exit code %s); re-verifying its chunk", dead.pid, dead.process.exitcode)
         chunk.attempts += 1
         with self._cond:
+            del self._live[slot]
             self._stats.worker_deaths += 1
             if chunk.attempts < self.max_attempts:
                 self._queue.appendleft(chunk)
@@ -359,6 +367,7 @@ class LocalValidators(Validators):
             may_restart = self._stats.restarts < self.max_restarts and not self._closing
             if may_restart:
                 self._stats.restarts += 1
+                self._starting += 1
         if poison:
             self._fail_batch(
                 chunk.batch, f"a chunk of this batch was in flight on {chunk.attempts} validator workers that all died"
@@ -370,11 +379,11 @@ class LocalValidators(Validators):
             except ValidatorsUnavailable as exc:
                 log.error("could not replace validator worker: %s", exc)
         with self._cond:
+            self._starting -= may_restart
             if replacement is not None:
                 self._live[slot] = replacement
                 return replacement
-            del self._live[slot]
-            if self._live:
+            if self._live or self._starting:
                 return None
             self._unavailable = (
                 f"every validator worker died and the restart budget ({self.max_restarts}) is spent; "

@@ -88,9 +88,40 @@ def test_killed_worker_chunks_are_reverified_once(registry: signing.KeyRegistry)
             s = pool.stats()
             assert (s.worker_deaths, s.restarts, s.failed_batches) == (1, 1, 0)
             assert s.requeued_chunks >= 1
-            assert victim not in pool.worker_pids() and len(pool.worker_pids()) == 2
+            assert victim not in pool.worker_pids()
+            for _ in range(200):  # the replacement may still be starting (bounded wait, not a timing assert)
+                if len(pool.worker_pids()) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(pool.worker_pids()) == 2
             # The replacement works.
             np.testing.assert_array_equal(await pool.verify(*batches[0]), want[0])
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_hung_worker_is_killed_and_its_chunk_reverified(registry: signing.KeyRegistry) -> None:
+    batches = [signed_batch(200, stream=400 + i) for i in range(6)]
+    want = expected(registry, [(b.tobytes(), s) for b, s in batches])
+
+    async def run() -> None:
+        pool = LocalValidators(registry, 2, chunk_transfers=50, chunk_timeout_s=1.0)
+        await pool.start()
+        try:
+            victim = pool.worker_pids()[0]
+            futures = [asyncio.ensure_future(pool.verify(b.tobytes(), s)) for b, s in batches]
+            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+            os.kill(victim, signal.SIGSTOP)  # alive but silent
+            got = await asyncio.gather(*futures)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+            s = pool.stats()
+            assert (s.worker_deaths, s.failed_batches) == (1, 0) and s.requeued_chunks >= 1
+            assert victim not in pool.worker_pids()
+            with pytest.raises(ProcessLookupError):
+                os.kill(victim, 0)  # killed and reaped: it can never deliver its chunk late
         finally:
             await pool.close()
 
