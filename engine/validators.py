@@ -29,8 +29,8 @@ A worker that dies (crash, OOM kill, SIGKILL)
     killed and treated the same way. A chunk is delivered exactly once: only the feeder holding it
     delivers it, and it is requeued only when no verdict came back. A batch resolves only when
     every chunk has a verdict: never applied unverified. If a chunk has killed ``max_attempts``
-    workers, or no worker is left, its batch fails with ``ValidatorsUnavailable``: the caller must refuse those transfers (they
-    were not verified), never apply them.
+    workers, or no worker is left, its batch fails with ``ValidatorsUnavailable``: the caller must
+    refuse those transfers (they were not verified), never apply them.
 """
 
 from __future__ import annotations
