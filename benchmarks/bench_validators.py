@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-CONTENDERS = ("keygen", "verify-pynacl", "verify-cryptography", "tier-1", "tier-2")
+CONTENDERS = ("keygen", "verify-pynacl", "verify-cryptography", "two-processes", "tier-1", "tier-2")
 
 
 def _signed(accounts: int, n: int, seed: int = 1) -> tuple[bytes, bytes]:
@@ -60,6 +60,15 @@ def _rate(fn: Callable[[], int], seconds: float, cpu_s: Callable[[], float] = ti
     return done / elapsed, done / max(cpu_s() - c0, 1e-9)
 
 
+def _inline_rate(accounts: int, cache_dir: str, seconds: float) -> tuple[float, float]:
+    """PyNaCl verification on this process's thread (one of ``two-processes``' processes)."""
+    from engine import signing
+
+    keys = signing.ensure_registry(1, accounts, cache_dir).public_keys()
+    records, sigs = _signed(accounts, 4_096)
+    return _rate(lambda: len(signing.verify_records(records, sigs, keys)), seconds)
+
+
 def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[str, object]:
     from engine import signing
     from engine.validators import InlineValidators, LocalValidators
@@ -76,6 +85,17 @@ def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[st
         out["rate_per_s"], out["rate_per_cpu_s"] = _rate(
             lambda: len(signing.verify_records(records, sigs, keys)), seconds
         )
+    elif name == "two-processes":
+        # The machine's own scaling: two independent single-thread verifiers at the same time, no
+        # tier. The tier with 2 workers is judged against this as well as against 2 x one core.
+        from concurrent.futures import ProcessPoolExecutor
+
+        from engine.signing import process_context
+
+        with ProcessPoolExecutor(2, mp_context=process_context()) as ex:
+            rates = list(ex.map(_inline_rate, [accounts] * 2, [cache_dir] * 2, [seconds] * 2))
+        out["rate_per_s"] = sum(r[0] for r in rates)
+        out["rate_per_cpu_s"] = sum(r[1] for r in rates) / 2
     elif name == "verify-cryptography":
         import numpy as np
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -108,9 +128,11 @@ def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[st
                 return sum(len(g) for g in got)
 
             # CPU: the workers' plus this process's (the feeder threads and the event loop).
+            w0, p0 = _worker_cpu_s(pids), time.process_time()
             tier, tier_cpu = _rate(
                 lambda: asyncio.run(feed()), seconds, lambda: _worker_cpu_s(pids) + time.process_time()
             )
+            worker_cpu, parent_cpu = _worker_cpu_s(pids) - w0, time.process_time() - p0
         finally:
             pool.close_now()
         out |= {
@@ -121,6 +143,7 @@ def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[st
             "workers": workers,
             "efficiency": tier / (single * workers),
             "cpu_efficiency": tier_cpu / single_cpu,
+            "parent_cpu_share": parent_cpu / max(parent_cpu + worker_cpu, 1e-9),
         }
     out["unit"] = "verifications/s"
     out["loadavg_after"] = os.getloadavg()[0]
@@ -157,7 +180,8 @@ def main() -> None:
                 single, single_cpu = r["single_core_rate_per_s"], r["single_core_rate_per_cpu_s"]
                 extra = (
                     f"  single core {single:,.0f}/wall s {single_cpu:,.0f}/CPU s;"
-                    f" wall {r['efficiency']:.2f}, CPU {r['cpu_efficiency']:.2f} of single x workers"
+                    f" wall {r['efficiency']:.2f}, CPU {r['cpu_efficiency']:.2f} of single x workers;"
+                    f" feeding {r['parent_cpu_share']:.0%} of the tier's CPU"
                 )
             print(
                 f"{name:20s} {r['rate_per_s']:>12,.0f} {r['rate_per_cpu_s']:>12,.0f} {r['unit']}{extra}"
