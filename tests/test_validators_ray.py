@@ -2,12 +2,14 @@
 
 Ray's cluster is bound to 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray resolve
 "localhost" to the loopback address instead of the machine's external one, which a sandbox may not
-route), with usage stats and the dashboard off and an 80 MB object store per node.
+route), with usage stats and the dashboard off and an 80 MB object store per node, and writes only
+under a temporary directory (``RAY_TMPDIR``), removed afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -26,20 +28,26 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
     """A two-node local Ray cluster (one CPU each); yields the address to connect to."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when Ray is imported and by its processes
-        yield from _cluster()
+    base = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+            mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when Ray is imported and by its processes
+            mp.setenv("RAY_TMPDIR", base)  # every file Ray writes (sessions, its address file) goes here
+            yield from _cluster(os.path.join(base, "ray"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
-def _cluster() -> Iterator[str]:
+def _cluster(temp_dir: str) -> Iterator[str]:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    os.makedirs(temp_dir)
     node = {"num_cpus": 1, "object_store_memory": 80 << 20, "node_ip_address": "127.0.0.1", "temp_dir": temp_dir}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster = Cluster()
     try:
+        cluster.add_node(**node, include_dashboard=False)
         cluster.add_node(**node)
         address = "127.0.0.1:" + cluster.address.rsplit(":", 1)[1]
         ray.init(address=address, logging_level="warning", log_to_driver=False)
@@ -47,7 +55,6 @@ def _cluster() -> Iterator[str]:
     finally:
         ray.shutdown()
         cluster.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
