@@ -17,23 +17,20 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from engine.auth import respond
+from engine.client_session import HANDSHAKE_REPLIES, ClientHandshake, HandshakeRefused, MissingSecret
 from engine.records import TRANSFER_DTYPE
 from engine.wire import (
     Ack,
     AuditReply,
     AuditRequest,
-    Authenticate,
     Balance,
     BalanceReply,
     BlacklistAdd,
     BlacklistRemove,
-    Challenge,
     Codec,
     Error,
     FrameReader,
     Freeze,
-    Hello,
     Message,
     Results,
     ServerMessage,
@@ -146,25 +143,23 @@ class Client:
     # ---- conversation --------------------------------------------------------------------------
 
     def hello(self, operator: int, name: str = "cbdc-bench client") -> Welcome:
-        self.send(Hello(operator, name))
-        msg = self.wait_for(lambda m: type(m) in (Welcome, Error, Challenge))
-        if type(msg) is Challenge:
-            if self.secret is None:
+        """Say Hello as ``operator`` (answering a Challenge with ``secret``); the server's Welcome."""
+        handshake = ClientHandshake(operator, name, role=self.role, secret=self.secret)
+        self.send(handshake.hello())
+        while handshake.welcome is None:
+            msg = self.wait_for(lambda m: isinstance(m, HANDSHAKE_REPLIES))
+            try:
+                reply = handshake.step(msg)
+            except MissingSecret:
                 raise ServerError(
                     Error("auth_failed", "the server requires authentication: pass secret= (see engine.auth)")
-                )
-            self.authenticate(msg.nonce, operator)
-            msg = self.wait_for(lambda m: type(m) in (Welcome, Error))
-        if type(msg) is Error:
-            raise ServerError(msg)
-        assert type(msg) is Welcome
+                ) from None
+            except HandshakeRefused as exc:
+                raise ServerError(exc.error) from None
+            if reply is not None:
+                self.send(reply)
         self.operator = operator
-        return msg
-
-    def authenticate(self, nonce: bytes, operator: int) -> None:
-        """Answer a Challenge with ``secret`` in ``role`` (sent without waiting)."""
-        assert self.secret is not None
-        self.send(Authenticate(self.role, respond(self.secret, nonce, self.role.encode(), operator)))
+        return handshake.welcome
 
     def submit(self, records: np.ndarray) -> int:
         """Send one Submit without waiting; returns its seq (see ``results``)."""

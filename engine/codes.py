@@ -19,6 +19,9 @@ Precedence, highest first:
 ==================  =====================================================================
 code                meaning
 ==================  =====================================================================
+BAD_SIGNATURE       (signed operation) the payer wallet's Ed25519 signature over the record is
+                    missing or does not verify, or the payer has no key; checked by the
+                    validators before anything else (see below)
 UNKNOWN_OPERATOR    the operator number is outside the ledger's configured operators
 INVALID_ID          transfer_id is negative
 STALE_ID            transfer_id is older than the operator's idempotency window, so it cannot
@@ -38,6 +41,13 @@ INSUFFICIENT_FUNDS  payer's balance at that point in the sequence is below the a
 HOOK_ERROR          an authorize hook raised; the whole batch is refused, nothing applied
 OVERLOADED          the server shed the transfer before it reached the ledger
 ==================  =====================================================================
+
+BAD_SIGNATURE (appended for issue 19, value 18) is decided before the transfer reaches the ledger:
+such a transfer never moves money, does not consume its transfer id (a correctly signed resend of
+the same id is applied, not answered DUPLICATE), is not journalled (the journal records verified
+transfers only, and replay never re-verifies), and so never takes part in idempotency or the
+sequential batch. Because it is never journalled, placing it first changes nothing in the
+precedence of the codes a journal holds.
 """
 
 from __future__ import annotations
@@ -66,10 +76,12 @@ class ResultCode(enum.IntEnum):
     INSUFFICIENT_FUNDS = 15
     HOOK_ERROR = 16
     OVERLOADED = 17
+    BAD_SIGNATURE = 18
 
 
 #: Codes in precedence order, highest first (OK last: it only stands when nothing failed).
 PRECEDENCE: tuple[ResultCode, ...] = (
+    ResultCode.BAD_SIGNATURE,
     ResultCode.UNKNOWN_OPERATOR,
     ResultCode.INVALID_ID,
     ResultCode.STALE_ID,

@@ -391,7 +391,7 @@ class Journal:
         if magic != MAGIC:
             raise ValueError(
                 f"{self.path}: not a format {FORMAT_VERSION} journal (magic {magic!r}); open journals with "
-                "engine.recovery.open_journal, which upgrades a format 1 journal first"
+                "engine.server.recovery.open_journal, which upgrades a format 1 journal first"
             )
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self.io: FileIO = io or OsIO()

@@ -1,6 +1,6 @@
 """The account ledger: columnar state and exact sequential batch semantics.
 
-Rules (DESIGN.md, "Ledger semantics"):
+Rules (docs/design.md, "Ledger semantics"):
 
 * Money is int64 fen. Accounts are dense ids ``0..N-1``; state is one numpy column per field.
 * ``apply(batch)`` returns one ResultCode per transfer and leaves exactly the balances and codes
@@ -24,43 +24,32 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from engine.accounts import FLAG_BLACKLISTED, FLAG_FROZEN, WALLET_CLASSES
 from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE, ResultCode, merge, rank_table
-from engine.hooks.base import Hook, Transfers
+from engine.hooks.base import Hook, SequentialLimits, Transfers
 from engine.idempotency import DEFAULT_WINDOW, IdWindow
 from engine.records import MAX_BATCH, MAX_SUPPLY_FEN, MAX_TRANSFER_FEN, TRANSFER_DTYPE
 
-#: Bits of the per-account ``flags`` column; hooks own the meaning of the bits they set.
-FLAG_FROZEN = np.uint8(1)
-FLAG_BLACKLISTED = np.uint8(2)
-
-#: Wallet classes: 1-4 are e-CNY's personal wallet classes (1 = fully verified, 4 = anonymous);
-#: 0 is an institutional (merchant or corporate) wallet, outside the personal-wallet caps.
-WALLET_CLASSES = (0, 1, 2, 3, 4)
-
+# Re-exported: the flag bits, wallet classes and the limits interface were defined here first.
+__all__ = [
+    "FLAG_BLACKLISTED",
+    "FLAG_FROZEN",
+    "WALLET_CLASSES",
+    "Audit",
+    "HookTiming",
+    "Ledger",
+    "LedgerStats",
+    "SequentialLimits",
+    "owner_ranges",
+]
 
 _SPENT_MAX = 2**32 - 1
 _T = TypeVar("_T")
-
-
-class SequentialLimits(Protocol):
-    """Caps checked in sequence with the money, exactly within a batch (the wallet_limits hook).
-
-    The ledger runs these checks inside its settle step and charges their time (the vectorised
-    bound checks and counter updates) to the hook named ``name``.
-    """
-
-    name: str
-    #: Per account: fen spent since the day rolled over (uint32; daily caps are below 2**32).
-    daily_spent_fen: np.ndarray
-    #: Per wallet class (index = class, 0..4): the daily spending cap and the balance cap, int64.
-    #: Spending is stored saturated at 2**32 - 1, so caps of 2**32 or more mean "no cap".
-    daily_cap_fen: np.ndarray
-    balance_cap_fen: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)

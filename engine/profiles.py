@@ -11,36 +11,41 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.hooks.audit_chain import AuditChainConfig
 from engine.hooks.base import Hook
-from engine.hooks.blacklist import BlacklistConfig
-from engine.hooks.freeze import FreezeConfig
-from engine.hooks.privacy import PrivacyConfig
-from engine.hooks.registry import BUILTIN, check_spec, load_hook
-from engine.hooks.social_credit import SocialCreditConfig
-from engine.hooks.surveillance_log import SurveillanceLogConfig
-from engine.hooks.wallet_limits import WalletLimitsConfig
+from engine.hooks.registry import BUILTIN, BUILTIN_HOOKS, check_spec, load_hook
 
 
-class HookSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class _HookSettingsBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Parameters of every built-in hook (all optional), and of users' hooks under ``custom``."""
 
-    wallet_limits: WalletLimitsConfig = WalletLimitsConfig()
-    blacklist: BlacklistConfig = BlacklistConfig()
-    freeze: FreezeConfig = FreezeConfig()
-    social_credit: SocialCreditConfig = SocialCreditConfig()
-    surveillance_log: SurveillanceLogConfig = SurveillanceLogConfig()
-    audit_chain: AuditChainConfig = AuditChainConfig()
-    privacy: PrivacyConfig = PrivacyConfig()
     #: Keyword arguments for ``module:attribute`` hooks, keyed by that spec.
     custom: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
     def params(self, spec: str) -> Any:
+        """The parameters for hook ``spec``: its config Struct, or a user's hook's keyword arguments."""
         return getattr(self, spec) if spec in BUILTIN else self.custom.get(spec, {})
+
+
+if TYPE_CHECKING:
+
+    class HookSettings(_HookSettingsBase, frozen=True, forbid_unknown_fields=True):
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    #: One field per built-in hook (``engine.hooks.registry.BUILTIN_HOOKS``), named as the hook and
+    #: typed by its config Struct, defaulting to that Struct's defaults.
+    HookSettings = msgspec.defstruct(
+        "HookSettings",
+        [(row.name, row.config, row.config()) for row in BUILTIN_HOOKS],
+        bases=(_HookSettingsBase,),
+        module=__name__,
+        frozen=True,
+        forbid_unknown_fields=True,
+    )
 
 
 class CompareSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -23,6 +23,9 @@ TRANSFER_DTYPE = np.dtype(
     ]
 )
 assert TRANSFER_DTYPE.itemsize == 48
+#: An Ed25519 signature over one record (signed operation, ``engine.signing``): 64 bytes, carried
+#: beside the records, never inside them, so unsigned records keep their layout.
+SIGNATURE_BYTES = 64
 
 #: Largest single transfer: one trillion yuan. With total supply capped at MAX_SUPPLY_FEN this
 #: keeps every intermediate balance far from int64 overflow.

@@ -13,7 +13,7 @@ Conversation: the client sends ``Hello`` first and gets ``Welcome`` (or ``Error`
 A server started with secrets answers ``Hello`` with a ``Challenge`` (a fresh nonce) instead;
 the client sends ``Authenticate`` (role and HMAC answer, ``engine.auth.respond``) and gets
 ``Welcome``, or ``Error(AUTH_FAILED)`` and a close.
-Then any number of ``Submit`` (answered by one ``Results`` each, matched by ``seq``) and admin
+Then any number of ``Submit`` or ``SignedSubmit`` (answered by one ``Results`` each, matched by ``seq``) and admin
 requests (answered by ``Ack``, ``BalanceReply``, ``AuditReply`` or ``StatsReply``, matched by
 ``req``). Anything malformed gets an ``Error`` naming what was wrong; see ``ErrorCode``.
 """
@@ -28,7 +28,7 @@ import msgspec
 import numpy as np
 
 from engine.codes import CODE_DTYPE
-from engine.records import TRANSFER_DTYPE
+from engine.records import SIGNATURE_BYTES, TRANSFER_DTYPE
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<I")
@@ -59,6 +59,7 @@ class ErrorCode(enum.StrEnum):
     FRAME_TIMEOUT = "frame_timeout"  # a started frame was not completed in time; closed
     JOURNAL_FAILED = "journal_failed"  # the journal could not be written: nothing more is acknowledged
     ENGINE_FAILED = "engine_failed"  # an unexpected fault inside the engine: nothing more is acknowledged
+    BAD_SIGNATURES = "bad_signatures"  # SignedSubmit: signatures blob not 64 bytes per transfer, or unknown scheme
 
 
 class Message(msgspec.Struct, array_like=True, tag=True, gc=False):
@@ -77,6 +78,27 @@ class Hello(Message):
 class Submit(Message):
     seq: int
     transfers: bytes  # n * 48 bytes of TRANSFER_DTYPE records
+
+
+#: Signature schemes of ``SignedSubmit``. History: 1 = Ed25519 by the payer's wallet key over the
+#: 48-byte record, keys derived as ``engine.signing`` derivation version 1.
+SIGNATURE_SCHEME = 1
+
+
+class SignedSubmit(Message):
+    """A Submit whose transfers carry their payers' signatures (issue 19; additive to protocol 1).
+
+    ``signatures`` is one blob of 64 bytes per transfer, in the order of ``transfers``: signature
+    i is the payer wallet's Ed25519 signature over record i's 48 bytes (``engine.signing``).
+    Unsigned operation (``Submit``) is unchanged. A server that does not verify signatures
+    answers UNKNOWN_MESSAGE; one that requires them answers an unsigned Submit with
+    BAD_SIGNATURE for each transfer.
+    """
+
+    seq: int
+    transfers: bytes  # n * 48 bytes of TRANSFER_DTYPE records
+    signatures: bytes  # n * 64 bytes, aligned with transfers
+    scheme: int = SIGNATURE_SCHEME
 
 
 class Freeze(Message):
@@ -214,6 +236,11 @@ class StatsReply(Message):
     stats: dict[str, Any]
 
 
+#: What a client may send to a server that verifies signatures: ``ClientMessage`` plus
+#: ``SignedSubmit``. ``SignedSubmit`` joins ``ClientMessage`` (and ``CLIENT_TAGS``) when the server
+#: handles it; until then a server answers it UNKNOWN_MESSAGE rather than failing on it.
+SignedClientMessage = ClientMessage | SignedSubmit
+
 ServerMessage = Welcome | Results | Error | Ack | BalanceReply | AuditReply | StatsReply | Challenge
 
 
@@ -284,6 +311,19 @@ def records_from_bytes(blob: bytes) -> np.ndarray:
             f"transfers blob of {len(blob)} bytes is not a whole number of {TRANSFER_DTYPE.itemsize}-byte records"
         )
     return np.frombuffer(blob, dtype=TRANSFER_DTYPE)
+
+
+def signed_records(msg: SignedSubmit) -> tuple[np.ndarray, bytes]:
+    """A SignedSubmit's batch and signatures blob; ValueError saying what is wrong with them."""
+    if msg.scheme != SIGNATURE_SCHEME:
+        raise ValueError(f"signature scheme {msg.scheme} is not supported; this server verifies {SIGNATURE_SCHEME}")
+    records = records_from_bytes(msg.transfers)
+    if len(msg.signatures) != len(records) * SIGNATURE_BYTES:
+        raise ValueError(
+            f"signatures blob of {len(msg.signatures)} bytes does not hold one {SIGNATURE_BYTES}-byte signature "
+            f"for each of the {len(records)} transfers ({len(records) * SIGNATURE_BYTES} bytes)"
+        )
+    return records, msg.signatures
 
 
 def codes_from_bytes(blob: bytes) -> np.ndarray:

@@ -36,7 +36,7 @@ from locust.env import Environment
 from engine.auth import ROLE_OPERATOR, load_secrets
 from engine.client import Client, ServerError, parse_host
 from engine.codes import ResultCode, name_counts
-from loadgen.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
+from loadgen.generator.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
 
 log = logging.getLogger("cbdc-bench.locust")
 

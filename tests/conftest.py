@@ -1,4 +1,25 @@
-"""Shared fixtures: printed seeds for random tests, in-process servers on port 0, workloads."""
+"""Shared fixtures: printed seeds for random tests, in-process servers on port 0, workloads.
+
+Where a test goes, and what it uses:
+
+- ``tests/engine/``: the ledger, hooks, journal, profiles, in process. Compare the vectorised
+  ledger with the one-at-a-time reference through ``tests.support.oracle`` (``twins``,
+  ``random_batch``, ``assert_same``); random inputs take the ``seed``/``rng`` fixtures.
+- ``tests/server/``: the server over TCP in this process: the ``start_server`` fixture below,
+  ``tests.support.servers`` (``connect``, ``TEST_ACCOUNTS``/``TEST_SEED``, exactly-once checks).
+  Raw bytes into one connection without a network: ``tests.support.fuzz``; its corpus is
+  ``tests/server/fuzz_corpus/``.
+- ``tests/loadgen/``: the generator, results and reports without a real server: the wire-protocol
+  double ``tests.support.wire_double.DoubleServer``; saved result files in
+  ``tests/loadgen/fixtures/results/``.
+- ``tests/e2e/``: whole processes (``cbdc-bench run``/``compare``/``serve``, Locust, crashes,
+  overload); mark them ``slow``.
+- Any of them: hooks that fail on purpose, take a known time, or are loaded by
+  ``module:attribute`` from a scenario (``"tests.support.hooks:PacedHook"``), and the real freeze
+  and blacklist hooks with empty lists: ``tests.support.hooks``.
+
+Benchmarks are not tests: they live in ``benchmarks/`` and run with ``-m benchmark``.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +33,8 @@ import pytest
 
 from engine.hooks.base import Hook
 from engine.server import ServerConfig, ServerThread
-from loadgen.workload import Workload, WorkloadConfig
-from tests.server_support import TEST_ACCOUNTS, TEST_SEED, StartServer
+from loadgen.generator.workload import Workload, WorkloadConfig
+from tests.support.servers import TEST_ACCOUNTS, TEST_SEED, StartServer
 
 
 @pytest.fixture

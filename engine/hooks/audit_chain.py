@@ -1,6 +1,6 @@
 """audit_chain: a tamper-evident hash chain with a Merkle root per batch.
 
-The "blockchain-style immutable records" promise (DESIGN.md), without a blockchain's consensus.
+The "blockchain-style immutable records" promise (docs/design.md), without a blockchain's consensus.
 Per applied batch:
 
 * leaves: the batch's records and result codes in chunks of ``leaf_transfers`` transfers;
@@ -38,8 +38,7 @@ from typing import IO, Any, Literal
 import msgspec
 import numpy as np
 
-from engine.hooks.base import Hook
-from engine.ledger import Ledger
+from engine.hooks.base import Hook, LedgerView
 from engine.records import TRANSFER_DTYPE
 
 MAGIC = b"CBDCAUD1"
@@ -119,7 +118,7 @@ class AuditChain(Hook):
     def output_files(self) -> list[Path]:
         return [Path(self.config.path)] if self.config.path else []
 
-    def attach(self, ledger: Ledger) -> None:
+    def attach(self, ledger: LedgerView) -> None:
         if self.config.path:
             path = Path(self.config.path)
             if path.exists() and path.stat().st_size:

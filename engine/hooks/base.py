@@ -22,14 +22,48 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE
 
-if TYPE_CHECKING:
-    from engine.ledger import Ledger
+
+class SequentialLimits(Protocol):
+    """Caps checked in sequence with the money, exactly within a batch (the wallet_limits hook).
+
+    The ledger runs these checks inside its settle step and charges their time (the vectorised
+    bound checks and counter updates) to the hook named ``name``.
+    """
+
+    name: str
+    #: Per account: fen spent since the day rolled over (uint32; daily caps are below 2**32).
+    daily_spent_fen: np.ndarray
+    #: Per wallet class (index = class, 0..4): the daily spending cap and the balance cap, int64.
+    #: Spending is stored saturated at 2**32 - 1, so caps of 2**32 or more mean "no cap".
+    daily_cap_fen: np.ndarray
+    balance_cap_fen: np.ndarray
+
+
+class LedgerView(Protocol):
+    """What a hook sees of the ledger (``engine.ledger.Ledger`` is one): sizes and state columns.
+
+    Hooks read these, and may keep references to the columns (``flags`` is shared: each hook owns
+    the bits it sets, ``engine.accounts``); ``attach`` may install the one ``limits`` hook.
+    """
+
+    accounts: int
+    operators: int
+    #: Per account, int64 fen.
+    balance: np.ndarray
+    #: Per account, uint8 (``engine.accounts.WALLET_CLASSES``).
+    wallet_class: np.ndarray
+    #: Per account, uint8 bits (``engine.accounts.FLAG_*``).
+    flags: np.ndarray
+    limits: SequentialLimits | None
+    #: The sequencer's business clock (``engine.clock``): the day of daily caps follows it.
+    clock: SequencerClock
 
 
 class Transfers:
@@ -111,13 +145,13 @@ class Hook:
     #: Run ``observe`` after replies are sent (off the latency path) rather than inline.
     deferred: bool = False
 
-    def attach(self, ledger: Ledger) -> None:
+    def attach(self, ledger: LedgerView) -> None:
         """Allocate per-account state sized to ``ledger``; called once when the ledger is built."""
 
     def begin_batch(self, batch: np.ndarray) -> None:
         """Called with every batch before any check."""
 
-    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray | None:
+    def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         """Reject codes for ``transfers`` (0 = no objection), or None for no objection at all."""
         return None
 
@@ -198,7 +232,7 @@ class PerTransferHook(Hook):
     def observes(self) -> bool:
         return self._observe_one is not None
 
-    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray | None:
+    def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         if self._authorize_one is None:
             return None
         fn = self._authorize_one

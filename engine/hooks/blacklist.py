@@ -1,6 +1,6 @@
 """blacklist: listed payers may not pay restricted categories (court "dishonest debtor" list).
 
-About 30 million people are on the court list (DESIGN.md), some 2% of residents; they may not buy
+About 30 million people are on the court list (docs/design.md), some 2% of residents; they may not buy
 flights, high-speed rail tickets, luxury hotel stays and the like. The default lists a seeded 2%
 of accounts. The list lives in the ledger's per-account ``flags`` column (bit FLAG_BLACKLISTED),
 so it costs no memory of its own; ``add`` and ``remove`` change it between batches at runtime.
@@ -12,10 +12,10 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+from engine.accounts import FLAG_BLACKLISTED
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
 from engine.codes import ResultCode
-from engine.hooks.base import Hook, Transfers, as_accounts, restricted_veto, seeded_chunks
-from engine.ledger import FLAG_BLACKLISTED, Ledger
+from engine.hooks.base import Hook, LedgerView, Transfers, as_accounts, restricted_veto, seeded_chunks
 
 
 class BlacklistConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -48,7 +48,7 @@ class Blacklist(Hook):
         self._flags = np.zeros(0, dtype=np.uint8)
         self.vetoed = 0
 
-    def attach(self, ledger: Ledger) -> None:
+    def attach(self, ledger: LedgerView) -> None:
         self._flags = ledger.flags
         self._flags &= ~FLAG_BLACKLISTED
         seeded_flags(self._flags, FLAG_BLACKLISTED, self.config.listed_fraction, self.config.seed)
@@ -68,7 +68,7 @@ class Blacklist(Hook):
         """Number of accounts on the list."""
         return int(np.count_nonzero(self._flags & FLAG_BLACKLISTED))
 
-    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray | None:
+    def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         codes, vetoed = restricted_veto(
             transfers,
             self.restricted,

@@ -1,6 +1,6 @@
 """freeze: frozen accounts can neither pay nor receive.
 
-The central bank "will likely be able to cut off access to funds" (DESIGN.md). Freezes are a bit
+The central bank "will likely be able to cut off access to funds" (docs/design.md). Freezes are a bit
 (FLAG_FROZEN) of the ledger's per-account ``flags`` column, so they cost no memory of their own;
 ``freeze`` and ``unfreeze`` take effect from the next batch (policy state is read as of the start
 of a batch). A seeded share of accounts can start frozen (``frozen_fraction``; the default 0.1%
@@ -12,10 +12,10 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+from engine.accounts import FLAG_FROZEN
 from engine.codes import CODE_DTYPE, ResultCode
-from engine.hooks.base import Hook, Transfers, as_accounts
+from engine.hooks.base import Hook, LedgerView, Transfers, as_accounts
 from engine.hooks.blacklist import seeded_flags
-from engine.ledger import FLAG_FROZEN, Ledger
 
 
 class FreezeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,7 +37,7 @@ class Freeze(Hook):
         self._frozen = 0
         self.vetoed = 0
 
-    def attach(self, ledger: Ledger) -> None:
+    def attach(self, ledger: LedgerView) -> None:
         self._flags = ledger.flags
         self._flags &= ~FLAG_FROZEN
         seeded_flags(self._flags, FLAG_FROZEN, self.config.frozen_fraction, self.config.seed)
@@ -63,7 +63,7 @@ class Freeze(Hook):
         """Number of frozen accounts."""
         return int(np.count_nonzero(self._flags & FLAG_FROZEN))
 
-    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray | None:
+    def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         if self._frozen == 0:
             return None
         flags = self._flags

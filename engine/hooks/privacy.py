@@ -1,6 +1,6 @@
 """privacy: the privacy-preserving alternative to surveillance_log.
 
-"Privacy-preserving computing" is promised (DESIGN.md); this hook is what it can mean for payment
+"Privacy-preserving computing" is promised (docs/design.md); this hook is what it can mean for payment
 analytics, and the comparison point for surveillance_log. It keeps aggregates by (region,
 category) only: per cell, the number of accepted payments, their total amount, rejected payments,
 and an estimate of the distinct payers. Nothing per person is retained:

@@ -3,16 +3,23 @@
 A built-in hook is built from its config Struct (or a dict of its fields, validated into one).
 ``module:attribute`` names either a Hook subclass or a factory returning a Hook; its parameters
 are passed as keyword arguments.
+
+``BUILTIN_HOOKS`` has one row per built-in hook: its class, its config Struct and its reference
+twin. The scenario file's ``[hooks.*]`` tables (``engine.profiles.HookSettings``) and the
+reference mirror (``engine.reference_hooks``) are derived from it, so adding a built-in hook is
+its module, one row here, and its defaults in ``engine/scenarios/default.toml`` if it has any.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from engine import reference_twins as twins
 from engine.hooks.audit_chain import AuditChain, AuditChainConfig
 from engine.hooks.base import Hook
 from engine.hooks.blacklist import Blacklist, BlacklistConfig
@@ -21,17 +28,33 @@ from engine.hooks.privacy import Privacy, PrivacyConfig
 from engine.hooks.social_credit import SocialCredit, SocialCreditConfig
 from engine.hooks.surveillance_log import SurveillanceLog, SurveillanceLogConfig
 from engine.hooks.wallet_limits import WalletLimits, WalletLimitsConfig
+from engine.reference import ReferenceHook
 
-#: Built-in hooks by name: the hook class and its config Struct (the class takes one config).
-BUILTIN: Mapping[str, tuple[type[Hook], type[msgspec.Struct]]] = {
-    "wallet_limits": (WalletLimits, WalletLimitsConfig),
-    "blacklist": (Blacklist, BlacklistConfig),
-    "freeze": (Freeze, FreezeConfig),
-    "social_credit": (SocialCredit, SocialCreditConfig),
-    "surveillance_log": (SurveillanceLog, SurveillanceLogConfig),
-    "audit_chain": (AuditChain, AuditChainConfig),
-    "privacy": (Privacy, PrivacyConfig),
-}
+
+@dataclass(frozen=True, slots=True)
+class BuiltinHook:
+    """A built-in hook: its class (built from one ``config``) and its reference twin."""
+
+    name: str
+    hook: type[Hook]
+    config: type[msgspec.Struct]
+    #: Builds the one-at-a-time twin of an attached hook (``engine.reference_twins``); None when
+    #: the reference ledger models the hook itself (wallet limits are part of its settle step).
+    twin: Callable[[Any], ReferenceHook] | None
+
+
+#: Every built-in hook, in the order the scenario file lists their parameters.
+BUILTIN_HOOKS: tuple[BuiltinHook, ...] = (
+    BuiltinHook("wallet_limits", WalletLimits, WalletLimitsConfig, None),
+    BuiltinHook("blacklist", Blacklist, BlacklistConfig, twins.RefBlacklist.mirror),
+    BuiltinHook("freeze", Freeze, FreezeConfig, twins.RefFreeze.mirror),
+    BuiltinHook("social_credit", SocialCredit, SocialCreditConfig, twins.RefSocialCredit.mirror),
+    BuiltinHook("surveillance_log", SurveillanceLog, SurveillanceLogConfig, twins.RefSurveillanceLog.mirror),
+    BuiltinHook("audit_chain", AuditChain, AuditChainConfig, twins.RefAuditChain.mirror),
+    BuiltinHook("privacy", Privacy, PrivacyConfig, twins.RefPrivacy.mirror),
+)
+#: Built-in hooks by name.
+BUILTIN: Mapping[str, BuiltinHook] = {row.name: row for row in BUILTIN_HOOKS}
 
 
 def check_spec(spec: str) -> None:
@@ -50,7 +73,8 @@ def load_hook(spec: str, params: msgspec.Struct | Mapping[str, Any] | None = Non
     """A new hook for ``spec`` (built-in name or ``module:attribute``) with ``params``."""
     check_spec(spec)
     if spec in BUILTIN:
-        cls, config_type = BUILTIN[spec]
+        row = BUILTIN[spec]
+        config_type = row.config
         if params is None or isinstance(params, config_type):
             config = params
         else:
@@ -58,7 +82,7 @@ def load_hook(spec: str, params: msgspec.Struct | Mapping[str, Any] | None = Non
                 config = msgspec.convert(params, config_type)
             except msgspec.ValidationError as exc:
                 raise ValueError(f"hook {spec}: {exc}") from exc
-        return cls(config)  # type: ignore[call-arg]
+        return row.hook(config)  # type: ignore[call-arg]
 
     module_name, _, attribute = spec.partition(":")
     try:

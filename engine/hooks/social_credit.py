@@ -1,6 +1,6 @@
 """social_credit: a score per person, moved by what they buy, that restricts what they may buy.
 
-Private scores such as Sesame Credit run from 350 to 950 (DESIGN.md); "bad" spending such as
+Private scores such as Sesame Credit run from 350 to 950 (docs/design.md); "bad" spending such as
 video games lowers a score, paying utilities on time raises it, and a low score can bar a person
 from flights, high-speed rail and luxury hotels. This hook closes that loop inside the payment
 system:
@@ -23,8 +23,7 @@ import numpy as np
 
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
 from engine.codes import ResultCode
-from engine.hooks.base import Hook, Transfers, as_accounts, restricted_veto, seeded_chunks
-from engine.ledger import Ledger
+from engine.hooks.base import Hook, LedgerView, Transfers, as_accounts, restricted_veto, seeded_chunks
 
 
 class SocialCreditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -70,7 +69,7 @@ class SocialCredit(Hook):
         self.vetoed = 0
         self.moves = 0
 
-    def attach(self, ledger: Ledger) -> None:
+    def attach(self, ledger: LedgerView) -> None:
         c = self.config
         self.score = np.empty(ledger.accounts, dtype=np.uint16)
         for part, n, rng in seeded_chunks(ledger.accounts, c.seed):
@@ -81,7 +80,7 @@ class SocialCredit(Hook):
         ids = as_accounts(accounts, len(self.score))
         self.score[ids] = np.clip(score, self.config.min_score, self.config.max_score)
 
-    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray | None:
+    def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         threshold = self.config.threshold
         codes, vetoed = restricted_veto(
             transfers, self.restricted, lambda payers: self.score[payers] < threshold, ResultCode.CREDIT_RESTRICTED

@@ -1,6 +1,6 @@
 """surveillance_log: every payment, with its location and device metadata, into a data trove.
 
-"Every payment, with device and location metadata, lands in a central data trove" (DESIGN.md).
+"Every payment, with device and location metadata, lands in a central data trove" (docs/design.md).
 Every transfer of every applied batch, accepted or rejected, is kept with its result code in a
 bounded in-memory columnar ring (one numpy array per field, so a query by account scans only the
 payer and payee columns); when the ring is full the oldest rows are overwritten and counted as
@@ -19,8 +19,7 @@ from typing import IO
 import msgspec
 import numpy as np
 
-from engine.hooks.base import Hook
-from engine.ledger import Ledger
+from engine.hooks.base import Hook, LedgerView
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 
 #: One logged row: the transfer record followed by its result code, packed (49 bytes).
@@ -54,7 +53,7 @@ class SurveillanceLog(Hook):
     def output_files(self) -> list[Path]:
         return [Path(self.config.path)] if self.config.path else []
 
-    def attach(self, ledger: Ledger) -> None:
+    def attach(self, ledger: LedgerView) -> None:
         if self.config.path:
             self._file = Path(self.config.path).open("ab")  # noqa: SIM115 - held open for the run, closed by close()
 

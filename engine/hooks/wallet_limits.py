@@ -1,6 +1,6 @@
 """wallet_limits: the e-CNY wallet classes' single-payment, daily and balance caps.
 
-Figures from a 2020 pilot agreement (yuan; DESIGN.md): class 1 balance 500k / single 50k /
+Figures from a 2020 pilot agreement (yuan; docs/design.md): class 1 balance 500k / single 50k /
 daily 100k; class 2: 10k / 5k / 10k; class 3: 2k / 2k / 2k; class 4: 1k / 500 / 1k. (The annual
 caps are not modelled.) Class 0, institutional (merchant and corporate) wallets, has no caps.
 The single cap is an ordinary authorize veto; the daily and balance caps
@@ -12,17 +12,12 @@ timestamps do not move the day.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 import numpy as np
 
 from engine.clock import CST_OFFSET_NS, NS_PER_DAY, SequencerClock, day_of  # noqa: F401 (re-exported)
 from engine.codes import CODE_DTYPE, ResultCode
-from engine.hooks.base import Hook, Transfers
-
-if TYPE_CHECKING:
-    from engine.ledger import Ledger
+from engine.hooks.base import Hook, LedgerView, Transfers
 
 FEN_PER_YUAN = 100
 
@@ -76,7 +71,7 @@ class WalletLimits(Hook):
         self._wallet_class = np.zeros(0, dtype=np.uint8)
         self._clock = SequencerClock(0)
 
-    def attach(self, ledger: Ledger) -> None:
+    def attach(self, ledger: LedgerView) -> None:
         if ledger.limits is not None:
             raise ValueError("a ledger takes one sequential-limits hook; wallet_limits is listed twice")
         self.daily_spent_fen = np.zeros(ledger.accounts, dtype=np.uint32)
@@ -93,7 +88,7 @@ class WalletLimits(Hook):
             self.day = day
             self.rollovers += 1
 
-    def authorize(self, transfers: Transfers, ledger: Ledger) -> np.ndarray:
+    def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray:
         cap = self.single_cap_fen[self._wallet_class[transfers.payer]]
         return np.where(transfers.amount_fen > cap, ResultCode.WALLET_SINGLE_LIMIT, 0).astype(CODE_DTYPE)
 

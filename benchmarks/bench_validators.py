@@ -1,0 +1,193 @@
+"""Signature verification: per-core rates of PyNaCl and ``cryptography``, key generation, and the
+validation tier fed in-process with 1 and 2 workers against the single-core rate.
+
+Run from the repository root (not part of the test suite):
+
+    python benchmarks/bench_validators.py [--seconds 2] [--accounts 100000]
+
+Each contender runs in a fresh process and prints one JSON line (pyperf's rule: no state shared
+between contenders); this script collects them into a table. Warm-up rounds are run and dropped.
+The tier's target (issue 19): within 10% of the single-core rate times the workers. The machine's
+load average is printed with every line: on a shared machine, compare ratios, not absolute rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+CONTENDERS = ("keygen", "verify-pynacl", "verify-cryptography", "two-processes", "tier-1", "tier-2")
+
+
+def _signed(accounts: int, n: int, seed: int = 1) -> tuple[bytes, bytes]:
+    from engine.signing import sign_records
+    from loadgen.generator.workload import Workload, WorkloadConfig
+
+    batch = Workload(WorkloadConfig(accounts=accounts, seed=seed)).batch(n, first_id=0)
+    return batch.tobytes(), sign_records(batch, seed)
+
+
+def _worker_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of processes (validator workers are the forkserver's children, not ours)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _rate(fn: Callable[[], int], seconds: float, cpu_s: Callable[[], float] = time.process_time) -> tuple[float, float]:
+    """(items per wall second, items per CPU second) of ``fn`` (returns how many it did), after a warm-up call.
+
+    On a shared machine the wall rate measures the share of a core this process got; items per
+    CPU second is the cost of the work itself (what a capacity plan multiplies).
+    """
+    fn()
+    done = 0
+    c0 = cpu_s()
+    t0 = time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds or not done:
+        done += fn()
+    return done / elapsed, done / max(cpu_s() - c0, 1e-9)
+
+
+def _inline_rate(accounts: int, cache_dir: str, seconds: float) -> tuple[float, float]:
+    """PyNaCl verification on this process's thread (one of ``two-processes``' processes)."""
+    from engine import signing
+
+    keys = signing.ensure_registry(1, accounts, cache_dir).public_keys()
+    records, sigs = _signed(accounts, 4_096)
+    return _rate(lambda: len(signing.verify_records(records, sigs, keys)), seconds)
+
+
+def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[str, object]:
+    from engine import signing
+    from engine.validators import InlineValidators, LocalValidators
+
+    out: dict[str, object] = {"contender": name, "loadavg_before": os.getloadavg()[0]}
+    if name == "keygen":
+        out["rate_per_s"], out["rate_per_cpu_s"] = _rate(lambda: len(signing.public_keys(1, 0, 2_000)) // 32, seconds)
+        out["unit"] = "keys/s"
+        return out
+    registry = signing.ensure_registry(1, accounts, cache_dir)
+    records, sigs = _signed(accounts, 4_096)
+    if name == "verify-pynacl":
+        keys = registry.public_keys()
+        out["rate_per_s"], out["rate_per_cpu_s"] = _rate(
+            lambda: len(signing.verify_records(records, sigs, keys)), seconds
+        )
+    elif name == "two-processes":
+        # The machine's own scaling: two independent single-thread verifiers at the same time, no
+        # tier. The tier with 2 workers is judged against this as well as against 2 x one core.
+        from concurrent.futures import ProcessPoolExecutor
+
+        from engine.signing import process_context
+
+        with ProcessPoolExecutor(2, mp_context=process_context()) as ex:
+            rates = list(ex.map(_inline_rate, [accounts] * 2, [cache_dir] * 2, [seconds] * 2))
+        out["rate_per_s"] = sum(r[0] for r in rates)
+        out["rate_per_cpu_s"] = sum(r[1] for r in rates) / 2
+    elif name == "verify-cryptography":
+        import numpy as np
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        from engine.records import TRANSFER_DTYPE
+
+        payers = np.frombuffer(records, dtype=TRANSFER_DTYPE)["payer"].tolist()
+        table = registry.keys
+
+        def verify_all() -> int:
+            for i, p in enumerate(payers):  # key from the registry's bytes, as a validator would
+                Ed25519PublicKey.from_public_bytes(table[p].tobytes()).verify(
+                    sigs[i * 64 : (i + 1) * 64], records[i * 48 : (i + 1) * 48]
+                )
+            return len(payers)
+
+        out["rate_per_s"], out["rate_per_cpu_s"] = _rate(verify_all, seconds)
+    else:
+        workers = int(name.split("-")[1])
+        inline = InlineValidators(registry)
+        single, single_cpu = _rate(lambda: len(inline.verify_now(records, sigs)), seconds / 2)
+        pool = LocalValidators(registry, workers)
+        pool.start_now()
+        try:
+            batches = 4  # several batches in flight, as a busy sequencer would have
+            pids = pool.worker_pids()
+
+            async def feed() -> int:
+                got = await asyncio.gather(*(pool.verify(records, sigs) for _ in range(batches)))
+                return sum(len(g) for g in got)
+
+            # CPU: the workers' plus this process's (the feeder threads and the event loop).
+            w0, p0 = _worker_cpu_s(pids), time.process_time()
+            tier, tier_cpu = _rate(
+                lambda: asyncio.run(feed()), seconds, lambda: _worker_cpu_s(pids) + time.process_time()
+            )
+            worker_cpu, parent_cpu = _worker_cpu_s(pids) - w0, time.process_time() - p0
+        finally:
+            pool.close_now()
+        out |= {
+            "single_core_rate_per_s": single,
+            "single_core_rate_per_cpu_s": single_cpu,
+            "rate_per_s": tier,
+            "rate_per_cpu_s": tier_cpu,
+            "workers": workers,
+            "efficiency": tier / (single * workers),
+            "cpu_efficiency": tier_cpu / single_cpu,
+            "parent_cpu_share": parent_cpu / max(parent_cpu + worker_cpu, 1e-9),
+        }
+    out["unit"] = "verifications/s"
+    out["loadavg_after"] = os.getloadavg()[0]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=1.5, help="measured time per contender (default 1.5)")
+    parser.add_argument("--accounts", type=int, default=50_000, help="key registry size (default 50,000)")
+    parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.seconds, args.accounts, args.cache_dir)))
+        return
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    print(f"cpu count {os.cpu_count()}, python {sys.version.split()[0]}; load average {os.getloadavg()}")
+    print(f"{'contender':20s} {'per wall s':>12s} {'per CPU s':>12s}")
+    with tempfile.TemporaryDirectory() as cache_dir:
+        from engine.signing import ensure_registry
+
+        t0 = time.perf_counter()
+        ensure_registry(1, args.accounts, cache_dir)  # once, over every core; the contenders reuse it
+        print(f"registry of {args.accounts:,} accounts built in {time.perf_counter() - t0:.2f} s (all cores)")
+        for name in CONTENDERS:
+            cmd = [sys.executable, __file__, "--one", name, "--seconds", str(args.seconds)]
+            cmd += ["--accounts", str(args.accounts), "--cache-dir", cache_dir]
+            proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            extra = ""
+            if "efficiency" in r:
+                single, single_cpu = r["single_core_rate_per_s"], r["single_core_rate_per_cpu_s"]
+                extra = (
+                    f"  single core {single:,.0f}/wall s {single_cpu:,.0f}/CPU s;"
+                    f" wall {r['efficiency']:.2f}, CPU {r['cpu_efficiency']:.2f} of single x workers;"
+                    f" feeding {r['parent_cpu_share']:.0%} of the tier's CPU"
+                )
+            print(
+                f"{name:20s} {r['rate_per_s']:>12,.0f} {r['rate_per_cpu_s']:>12,.0f} {r['unit']}{extra}"
+                f"  (load {r['loadavg_before']:.1f})"
+            )
+
+
+if __name__ == "__main__":
+    main()

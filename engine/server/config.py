@@ -1,0 +1,148 @@
+"""The server's configuration (the ``serve`` command's options) and the limits it checks."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Annotated
+
+import msgspec
+
+from engine.clock import CLOCK_START_NS, payments_per_day
+from engine.codes import PRECEDENCE_ID
+from engine.journal import REPAIR_MODES, FsyncPolicy, JournalHeader
+from engine.population import DEFAULT_SEED
+from engine.records import MAX_BATCH, TRANSFER_DTYPE
+from engine.wire import DEFAULT_MAX_FRAME_BYTES
+
+DEFAULT_PORT = 7480
+SERVER_NAME = "cbdc-bench"
+#: Bytes of msgpack around the transfers blob in a Submit frame (tag, seq, bin header), upper bound.
+SUBMIT_OVERHEAD_BYTES = 32
+RECORD_BYTES = TRANSFER_DTYPE.itemsize
+
+
+def _help(description: str, *, metavar: str | None = None) -> msgspec.Meta:
+    """A field's ``--help`` text and value name (see ``engine.options``)."""
+    return msgspec.Meta(description=description, extra={"metavar": metavar} if metavar else None)
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything the server is started with: the ``serve`` command's options, generated from
+    the fields (``engine.options``)."""
+
+    host: Annotated[str, _help("address to listen on (default {default}: loopback only)")] = "127.0.0.1"
+    port: Annotated[int, _help("TCP port; 0 picks a free one (default {default})")] = DEFAULT_PORT
+    profile: Annotated[str, _help("hook profile (default {default}; {profiles})")] = "baseline"
+    scenario: Annotated[str | None, _help("TOML scenario file with profile definitions")] = None
+    accounts: Annotated[int, _help("number of accounts")] = 1_000_000
+    #: The ledger starts from ``Population(accounts, seed).initial_state()``.
+    seed: Annotated[int, _help("population seed of the initial balances (default {default})")] = DEFAULT_SEED
+    operators: Annotated[int, _help("operator numbers accepted")] = 64
+    max_batch: Annotated[int, _help("transfers per engine batch")] = 8192
+    max_wait_us: Annotated[
+        int,
+        _help(
+            "longest a transfer waits for its batch to fill, in µs, rounded up to whole ms "
+            "(default 0: cut each batch at the end of the I/O round that filled it)"
+        ),
+    ] = 0
+    queue_limit: Annotated[int, _help("transfers queued before answering OVERLOADED")] = 65_536
+    max_frame_bytes: Annotated[int, _help("largest accepted frame")] = DEFAULT_MAX_FRAME_BYTES
+    write_buffer_bytes: Annotated[int, _help("per-connection write buffer high-water mark")] = 1 << 20
+    slow_consumer_ms: Annotated[int, _help("cut off a client whose write buffer stays above the mark this long")] = (
+        2_000
+    )
+    max_connections: Annotated[int, _help("most client connections at once")] = 256
+    echo: Annotated[bool, _help("calibration mode: acknowledge every transfer OK, no ledger")] = False
+    journal: Annotated[
+        str,
+        _help(
+            "append every engine batch and admin change to this journal before acknowledging it; "
+            "on start, replay it (default: no journal, nothing survives a restart)",
+            metavar="PATH",
+        ),
+    ] = ""
+    fsync: Annotated[
+        str,
+        _help(
+            "journal fsync policy: batch (before every acknowledgement), interval:MS, or off",
+            metavar="POLICY",
+        ),
+    ] = "batch"
+    repair: Annotated[
+        str,
+        _help(
+            "truncate: if the journal is damaged before its tail (which refuses the start), drop everything "
+            "from the damage on and say exactly what was dropped; keep a copy of the journal first "
+            "(default: none, damage refuses the start)",
+            metavar="MODE",
+        ),
+    ] = ""
+    #: The sequencer's business clock (engine.clock): one simulated day = accounts * this many payments.
+    payments_per_account_per_day: Annotated[
+        float,
+        _help(
+            "the sequencer's business clock: one simulated day (daily wallet caps) is accounts times this "
+            "many payments sequenced (default {default:g}, as the workload)",
+            metavar="P",
+        ),
+    ] = 1.0
+    secrets: Annotated[
+        str,
+        _help(
+            "operator and admin secrets (TOML, see engine.auth) or 'env' for CBDC_ADMIN_SECRET and "
+            "CBDC_OPERATOR_SECRET_<n>: turns on authentication and account ownership (default off)",
+            metavar="FILE",
+        ),
+    ] = ""
+    handshake_timeout_ms: Annotated[
+        int, _help("close connections that do not complete Hello/authentication in time")
+    ] = 10_000
+    frame_timeout_ms: Annotated[int, _help("close connections that leave a frame incomplete this long")] = 10_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise ValueError(f"max_batch must be in 1..{MAX_BATCH} (the ledger's batch limit), got {self.max_batch}")
+        if self.queue_limit < self.max_batch:
+            raise ValueError(f"queue_limit ({self.queue_limit}) must be >= max_batch ({self.max_batch})")
+        need = self.max_batch * RECORD_BYTES + SUBMIT_OVERHEAD_BYTES
+        if self.max_frame_bytes < need:
+            raise ValueError(
+                f"max_frame_bytes ({self.max_frame_bytes}) cannot hold a full Submit of max_batch "
+                f"({self.max_batch}) transfers; use at least {need}"
+            )
+        if self.max_wait_us < 0 or self.slow_consumer_ms <= 0 or self.write_buffer_bytes < 1024:
+            raise ValueError("max_wait_us must be >= 0, slow_consumer_ms > 0, write_buffer_bytes >= 1024")
+        if not 0 <= self.port < 65_536 or self.max_connections < 1:
+            raise ValueError("port must be in 0..65535 and max_connections >= 1")
+        if not 0 < self.operators <= 65_536:
+            raise ValueError(f"operators must be in 1..65536, got {self.operators}")
+        FsyncPolicy.parse(self.fsync)
+        payments_per_day(self.accounts, self.payments_per_account_per_day)
+        if self.repair not in REPAIR_MODES or (self.repair and not self.journal):
+            raise ValueError(f"repair must be 'truncate' (with --journal) or empty, got {self.repair!r}")
+        if self.journal and self.echo:
+            raise ValueError("--journal needs a ledger; --echo runs without one")
+        if self.handshake_timeout_ms <= 0 or self.frame_timeout_ms <= 0:
+            raise ValueError("handshake_timeout_ms and frame_timeout_ms must be > 0")
+
+    @property
+    def flush_wait_s(self) -> float:
+        """``max_wait_us`` as the batcher waits it: uvloop timers have whole-millisecond resolution."""
+        return math.ceil(self.max_wait_us / 1000) / 1000
+
+    def journal_header(self) -> JournalHeader:
+        """What a journal written by this server records about how its ledger is built."""
+        digest = hashlib.sha256(open(self.scenario, "rb").read()).hexdigest() if self.scenario else ""  # noqa: SIM115
+        return JournalHeader(
+            accounts=self.accounts,
+            seed=self.seed,
+            operators=self.operators,
+            profile=self.profile,
+            scenario_sha256=digest,
+            ownership=bool(self.secrets),
+            clock_payments_per_day=payments_per_day(self.accounts, self.payments_per_account_per_day),
+            clock_start_ns=CLOCK_START_NS,
+            precedence=PRECEDENCE_ID,
+        )

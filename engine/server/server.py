@@ -1,0 +1,371 @@
+"""The wiring: ``Server`` builds the ledger, the handshake, the batcher and the admin handler,
+accepts connections, dispatches their frames, sweeps timeouts and stops on a fatal fault."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.auth import Secrets, load_secrets
+from engine.clock import SequencerClock
+from engine.hooks.base import Hook
+from engine.journal import Journal, JournalLock, Recovery
+from engine.ledger import Ledger, owner_ranges
+from engine.population import Population, PopulationConfig
+from engine.profiles import build_hooks
+from engine.server.admin import Admin
+from engine.server.batcher import Batcher
+from engine.server.config import ServerConfig
+from engine.server.connection import Connection
+from engine.server.recovery import journal_exists, open_journal, set_aside_outputs
+from engine.server.session import Handshake
+from engine.server.stats import ServerStats
+from engine.wire import (
+    CLIENT_TAGS,
+    Authenticate,
+    ClientMessage,
+    ErrorCode,
+    Hello,
+    StatsReply,
+    StatsRequest,
+    Submit,
+)
+
+
+def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, ownership: bool = False) -> Ledger:
+    """The ledger the load generator expects: the seeded population's initial state.
+
+    ``hooks`` replaces the profile's hooks (for tests and embedding); None builds the profile.
+    ``ownership`` gives each operator its contiguous range of accounts (``owner_ranges``).
+    """
+    balance, wallet_class = Population(PopulationConfig(accounts=config.accounts, seed=config.seed)).initial_state()
+    return Ledger(
+        config.accounts,
+        balance_fen=balance,
+        wallet_class=wallet_class,
+        operators=config.operators,
+        hooks=build_hooks(config.profile, config.scenario) if hooks is None else hooks,
+        owners=owner_ranges(config.accounts, config.operators) if ownership else None,
+        clock=SequencerClock.for_accounts(config.accounts, config.payments_per_account_per_day),
+    )
+
+
+class Server:
+    """The payment server; ``start()`` on a running loop, ``close()`` to stop.
+
+    ``hooks`` replaces the profile's hooks (tests, embedding); ignored in echo mode.
+    """
+
+    def __init__(
+        self, config: ServerConfig, *, hooks: Sequence[Hook] | None = None, secrets: Secrets | None = None
+    ) -> None:
+        self.config = config
+        #: None = authentication off (and no account ownership): the benchmark's default.
+        self.secrets = secrets if secrets is not None else load_secrets(config.secrets)
+        self.outputs_set_aside: list[tuple[Path, Path]] = []
+        self.ledger: Ledger | None = None
+        if not config.echo:
+            hooks = build_hooks(config.profile, config.scenario) if hooks is None else hooks
+            if journal_exists(config):
+                self.outputs_set_aside = set_aside_outputs(hooks)
+            self.ledger = build_ledger(config, hooks, ownership=self.secrets is not None)
+        self.encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(ClientMessage)
+        self.metrics = ServerStats()
+        self.handshake = Handshake(config, self.secrets, self.ledger, self.metrics)
+        self.batcher = Batcher(
+            config,
+            self.ledger,
+            self.metrics,
+            self.encoder,
+            require_hello=self.handshake.require_hello,
+            on_fatal=self._fail,
+            on_journal_failed=self._journal_failed,
+        )
+        self.admin = Admin(
+            config,
+            self.ledger,
+            self.secrets,
+            self.metrics,
+            require_hello=self.handshake.require_hello,
+            drain=self.drain,
+            failed=self._has_failed,
+            on_journal_failed=self._journal_failed,
+        )
+        self._connections: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        #: Set when the server must stop (the journal failed); ``serve`` waits on it too.
+        self.failed: asyncio.Future[str] | None = None
+        self.journal: Journal | None = None
+        self._journal_lock: JournalLock | None = None
+        self.recovery: Recovery | None = None
+        self.recovery_s = 0.0
+        self._journal_notes: list[str] = []
+        if config.journal:
+            assert self.ledger is not None
+            opened = open_journal(
+                config, self.ledger, log=lambda line: print(f"journal: {line}", file=sys.stderr, flush=True)
+            )
+            self.journal, self._journal_lock, self.recovery = opened.journal, opened.lock, opened.recovery
+            self.recovery_s, self._journal_notes = opened.seconds, opened.notes
+            self.batcher.journal = self.admin.journal = self.journal
+
+    @property
+    def counters(self) -> collections.Counter[str]:
+        """The server's event counters (``ServerStats.counters``)."""
+        return self.metrics.counters
+
+    def startup_notes(self) -> list[str]:
+        """What the operator of the server should know at start: journal, recovery, authentication."""
+        cfg = self.config
+        notes = []
+        for path, aside in self.outputs_set_aside:
+            notes.append(f"hook output {path} regenerated from the journal; the previous file is now {aside}")
+        if self.recovery is not None:
+            r = self.recovery
+            notes.append(
+                f"recovered from journal: {r.message}; {r.batches:,} batches ({r.transfers:,} transfers) and "
+                f"{r.admin_ops} admin operations replayed in {self.recovery_s:.2f} s"
+            )
+        notes += self._journal_notes
+        if self.journal is not None:
+            notes.append(
+                f"journal {cfg.journal} (format 2, fsync {self.journal.policy}), {self.journal.seq} entries: "
+                f"{self.journal.policy.promise()}"
+            )
+        elif not cfg.echo:
+            notes.append("journal off: acknowledged payments do not survive a restart (use --journal PATH)")
+        if self.secrets is None:
+            notes.append("authentication off: any client may connect as any operator and administer (use --secrets)")
+        else:
+            notes.append(
+                f"authentication on: {len(self.secrets.operators)} operators enrolled; operators may debit only "
+                "their own account range; admin requests need the admin secret"
+            )
+        return notes
+
+    # ---- faults ----------------------------------------------------------------------------------
+
+    def _journal_failed(self, exc: OSError) -> None:
+        """The journal cannot be written: acknowledge nothing more, tell every client, stop."""
+        self._fail(ErrorCode.JOURNAL_FAILED, f"the journal {self.config.journal} could not be written ({exc})")
+
+    def _fail(self, code: ErrorCode, what: str) -> None:
+        """A fault after which memory may differ from what was acknowledged: stop acknowledging,
+        tell every client, stop listening (``serve`` then exits; a journal restores the last
+        acknowledged state on restart)."""
+        message = (
+            f"{what}; nothing more is acknowledged. "
+            "Transfers without Results have unknown outcome: resubmit them (same ids) after the server restarts."
+        )
+        print(f"FATAL: {message}", file=sys.stderr, flush=True)
+        if self.journal is not None:
+            self.journal.close()  # no fsync after a failed write or fsync: it is never retried
+        self.journal = self.batcher.journal = self.admin.journal = None
+        self.batcher.clear()
+        for conn in list(self._connections):
+            conn.error(code, message)
+            conn.close()
+        if self._server is not None:
+            self._server.close()
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(message)
+
+    def _has_failed(self) -> bool:
+        return self.failed is not None and self.failed.done()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> tuple[str, int]:
+        """Listen; returns the bound (host, port) (port 0 picks a free one)."""
+        self._loop = self.batcher.loop = asyncio.get_running_loop()
+        self.failed = self._loop.create_future()
+        self._server = await self._loop.create_server(
+            lambda: Connection(self), self.config.host, self.config.port, reuse_address=True
+        )
+        self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
+        if self.journal is not None:  # interval:MS syncs a quiet server's last interval by a timer
+            self.journal.start_timer(self._loop.call_later, self._journal_failed)
+        return self.address
+
+    @property
+    def _sweep_interval_s(self) -> float:
+        return min(self.config.handshake_timeout_ms, self.config.frame_timeout_ms, 4000) / 4000
+
+    def _sweep(self) -> None:
+        """Cut off connections stuck in the handshake or in the middle of a frame."""
+        now = time.monotonic()
+        handshake_s = self.config.handshake_timeout_ms / 1000
+        frame_s = self.config.frame_timeout_ms / 1000
+        for conn in list(self._connections):
+            if conn.closing:
+                continue
+            if not conn.session.welcomed and now - conn.connected_at > handshake_s:
+                conn.error(
+                    ErrorCode.HANDSHAKE_TIMEOUT,
+                    f"no completed Hello{' and Authenticate' if self.secrets else ''} within "
+                    f"{self.config.handshake_timeout_ms} ms of connecting. Connection closed.",
+                )
+                conn.close()
+            elif conn.partial_since and not conn.paused and now - conn.partial_since > frame_s:
+                conn.drop_partial_frame()
+                conn.error(
+                    ErrorCode.FRAME_TIMEOUT,
+                    f"a frame was started but not completed within {self.config.frame_timeout_ms} ms; "
+                    "send each frame whole (4-byte length, then that many bytes). Nothing of it applied. "
+                    "Connection closed.",
+                )
+                conn.close()
+        assert self._loop is not None
+        self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None, "server not started"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def close(self) -> None:
+        """Stop listening, answer everything queued, tell clients, close their connections."""
+        if self._server is not None:
+            self._server.close()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        self.batcher.cancel()
+        self.drain()
+        for conn in list(self._connections):
+            conn.error(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect to a running server")
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        for _ in range(100):  # let transports flush their final frames and report connection_lost
+            if not self._connections:
+                break
+            await asyncio.sleep(0.01)
+        for conn in list(self._connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.journal is not None:
+            self.journal.close()
+        if self._journal_lock is not None:
+            self._journal_lock.release()
+        if self.ledger is not None:
+            for hook in self.ledger.hooks:
+                hook.close()
+
+    # ---- connections (ConnectionOwner) -------------------------------------------------------------
+
+    def connection_made(self, conn: Connection) -> None:
+        self.metrics.counters["connections_total"] += 1
+        if len(self._connections) >= self.config.max_connections:
+            conn.error(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"the server already has {len(self._connections)} connections (limit "
+                f"{self.config.max_connections}); share connections or raise --max-connections",
+            )
+            conn.close()
+            return
+        self._connections.add(conn)
+
+    def connection_lost(self, conn: Connection) -> None:
+        self._connections.discard(conn)
+        self.metrics.submitter_left(conn.load)
+
+    def drain(self) -> None:
+        """Apply and answer everything queued now (before admin requests and at shutdown)."""
+        self.batcher.drain()
+
+    def handle(self, conn: Connection, body: bytes) -> None:
+        """One complete frame body from ``conn``: decode it and dispatch by message type."""
+        self.metrics.counters["frames"] += 1
+        try:
+            msg = self._decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            self._reject_shape(conn, body, exc)
+            return
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # msgspec raises UnicodeDecodeError (not a DecodeError) for a string that is not
+            # UTF-8; uncaught, it escaped data_received and the connection died without an Error
+            # (found by fuzzing: tests/fuzz_corpus/invalid-utf8-*).
+            conn.error(
+                ErrorCode.MALFORMED_FRAME,
+                f"frame body is not valid msgpack ({type(exc).__name__}: {exc}); each body must be one msgpack "
+                f"array [tag, field...] of exactly the length in the 4-byte prefix, strings in UTF-8",
+            )
+            return
+        if type(msg) is Submit:
+            self.batcher.submit(conn, msg)
+            return
+        match msg:
+            case Hello():
+                self.handshake.hello(conn, msg)
+            case Authenticate():
+                self.handshake.authenticate(conn, msg)
+            case StatsRequest(req=req):
+                if self.handshake.require_hello(conn, req):
+                    conn.send(StatsReply(req, self.stats()))
+            case _:
+                self.admin.handle(conn, msg)
+
+    def _reject_shape(self, conn: Connection, body: bytes, exc: msgspec.ValidationError) -> None:
+        """A msgpack body that is not a valid client message: say which part is wrong."""
+        try:
+            raw = msgspec.msgpack.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raw = None
+        ref = -1
+        if isinstance(raw, list) and len(raw) > 1 and type(raw[1]) is int and -(2**63) <= raw[1] < 2**63:
+            ref = raw[1]
+        if not isinstance(raw, list) or not raw or not isinstance(raw[0], str):
+            conn.error(
+                ErrorCode.MALFORMED_FRAME,
+                f"frame body must be a msgpack array [tag, field...] with a string tag ({exc})",
+            )
+        elif raw[0] not in CLIENT_TAGS:
+            conn.error(
+                ErrorCode.UNKNOWN_MESSAGE,
+                f"unknown message tag {raw[0]!r}; a client may send: {', '.join(sorted(CLIENT_TAGS))}",
+                ref,
+            )
+        else:
+            conn.error(
+                ErrorCode.BAD_FIELD,
+                f"{raw[0]}: {exc} (fields are positional; see engine.wire.{raw[0]} for their types)",
+                ref,
+            )
+
+    # ---- stats -------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for StatsReply, plain JSON-able values; all totals are since the server started.
+
+        ``transfers``/``batches``: through the engine (shed transfers excluded); ``codes``: every
+        result code sent, including ``overloaded`` for shed Submits; ``batch_sizes``: engine
+        batches per power-of-two size bucket; ``engine_s``: time inside ``apply``;
+        ``oldest_enqueue_to_commit_us_*``: per batch, from its oldest Submit's arrival to commit;
+        ``hooks``: per hook, cumulative ns by phase and ``ns_per_transfer`` over ``ledger.transfers``
+        (difference two snapshots to exclude a warm-up).
+        """
+        return self.metrics.report(
+            self.config,
+            connections=len(self._connections),
+            write_buffered=[k.transport.get_write_buffer_size() for k in self._connections if k.transport is not None],
+            queue_submits=len(self.batcher.queue),
+            fair_share=self.batcher.fair_share(),
+            auth_enabled=self.secrets is not None,
+            operators_enrolled=0 if self.secrets is None else len(self.secrets.operators),
+            journal=self.journal,
+            recovery=self.recovery,
+            recovery_s=self.recovery_s,
+            ledger=self.ledger,
+        )

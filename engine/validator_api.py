@@ -1,0 +1,56 @@
+"""What every validation tier offers (local processes, inline, Ray): the interface, its counters, its failure.
+
+Kept apart from the tiers so that ``engine.validators`` (which chooses a tier) and
+``engine.validators_ray`` (an optional tier) both depend on it and not on each other.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import msgspec
+import numpy as np
+
+
+class ValidatorsUnavailable(RuntimeError):
+    """The tier could not verify a batch (workers gone, or a chunk killed every worker it met).
+
+    Its transfers were not verified: refuse them, never apply them.
+    """
+
+
+class ValidatorStats(msgspec.Struct, kw_only=True):
+    """Counters of one validator tier since it started."""
+
+    kind: str
+    workers: int
+    batches: int = 0
+    transfers: int = 0
+    chunks: int = 0
+    #: Chunks put back on the queue because the worker holding them died before answering.
+    requeued_chunks: int = 0
+    worker_deaths: int = 0
+    restarts: int = 0
+    failed_batches: int = 0
+
+
+class Validators(abc.ABC):
+    """A validation tier: ``await verify(records, signatures)`` gives one result code per transfer."""
+
+    workers: int
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start the workers; raises ValidatorsUnavailable on failure."""
+
+    @abc.abstractmethod
+    async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
+        """OK or BAD_SIGNATURE per transfer, in order; ValidatorsUnavailable if not verified."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop the workers."""
+
+    @abc.abstractmethod
+    def stats(self) -> ValidatorStats:
+        """Counters since start."""

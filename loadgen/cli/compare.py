@@ -1,0 +1,102 @@
+"""``cbdc-bench compare``: the maximum sustainable rate of every hook profile, and equal-load runs.
+
+For each profile, a search (``loadgen.harness.search``) finds the highest offered rate at which the
+system sustains the scenario's SLO (achieved >= 99% of offered, shed transfers not counted, and
+p99 latency from the schedule <= ``[compare] slo_p99_ms``), confirmed by runs at 95% and 105% of
+it. Then every profile runs at common rates (the scenario's ``common_rates_tps`` and the lowest
+maximum any profile sustained) so that latencies compare at equal load.
+
+Server reuse: each (repeat, profile) gets one fresh ``serve`` process, and all of that session's
+load phases run against it, each with its own warm-up; phases are separated by waiting until the
+server's queue is empty. Generators continue the server's transfer ids and simulated clock
+(``Welcome.next_transfer_id``), so a later phase is not answered ``duplicate``. A fresh process
+per repeat keeps process-level effects (allocation, caches) inside the run-to-run spread.
+
+Drift: the order of profiles is shuffled anew for every repeat, for the searches and again for
+the equal-load runs (and the rates within each session), from ``--seed``, so a machine that
+slows down over time does not systematically favour the profile that runs first.
+
+Every phase's result file goes to ``OUT/runs/``; ``OUT/compare.json`` lists them with their
+roles; the report (``OUT/report.md`` and ``OUT/*.png``) is built from those files at the end, as
+``cbdc-bench report OUT`` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+import msgspec
+
+from engine.profiles import CompareSettings, load_scenario
+from loadgen.cli.common_args import add_accounts, add_drain, add_out, add_scenario, add_seed, add_warmup
+from loadgen.harness.compare import FULL, QUICK, CompareError, run_compare
+from loadgen.results.compare import Plan
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="max sustainable rate of every hook profile, equal-load runs, report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_scenario(p, positional=True, what="profiles and [compare] settings")
+    p.add_argument("--profiles", nargs="+", default=None, help="profiles to compare (default: all of the scenario)")
+    p.add_argument("--quick", action="store_true", help="about 10 minutes on 2 cores: short phases, 2 repeats")
+    p.add_argument("--repeats", type=int, default=None, help="repeats of every search and equal-load run")
+    add_seed(p, what="profile order and the workload")
+    add_out(p, default=None, when_unset="results/compare-STAMP-MODE")
+    add_accounts(p, default=None)
+    p.add_argument("--search-seconds", type=float, default=None, help="measured seconds per search trial")
+    p.add_argument("--equal-seconds", type=float, default=None, help="measured seconds per equal-load run")
+    add_warmup(p, default=None, what="warm-up seconds of every phase")
+    add_drain(p, default=None)
+    p.add_argument("--calibrate", action="store_true", help="also search the echo server (the harness's ceiling)")
+    p.add_argument("--no-report", action="store_true", help="write the result files and summary only")
+    p.set_defaults(func=_main)
+
+
+def plan_from_args(args: argparse.Namespace, settings: CompareSettings) -> Plan:
+    base = QUICK if args.quick else msgspec.structs.replace(FULL, precision=settings.precision)
+    changes: dict[str, object] = {}
+    if args.repeats is not None:
+        changes["repeats"] = args.repeats
+    if args.accounts is not None:
+        changes["accounts"] = args.accounts
+    if args.search_seconds is not None:
+        changes["search_seconds"] = args.search_seconds
+    if args.equal_seconds is not None:
+        changes["equal_seconds"] = args.equal_seconds
+    if args.warmup is not None:
+        changes["search_warmup_s"] = changes["equal_warmup_s"] = args.warmup
+    if args.drain is not None:
+        changes["drain_s"] = args.drain
+    if changes:
+        changes["mode"] = f"{base.mode} (custom)"
+    try:
+        return msgspec.structs.replace(base, **changes)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _main(args: argparse.Namespace) -> int:
+    settings = load_scenario(args.scenario).compare
+    plan = plan_from_args(args, settings)
+    command = "cbdc-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "cbdc-bench compare"
+    try:
+        run_compare(
+            args.scenario,
+            profiles=args.profiles,
+            plan=plan,
+            seed=args.seed,
+            out=args.out,
+            calibrate=args.calibrate,
+            command=command,
+            make_report=not args.no_report,
+        )
+    except CompareError as exc:
+        print(f"cbdc-bench compare: {exc}", file=sys.stderr)
+        return 1
+    return 0

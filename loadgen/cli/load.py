@@ -1,0 +1,31 @@
+"""``cbdc-bench load``: open-loop load against a running server, measured from the schedule.
+
+Latency is reply time minus *scheduled* time (never the actual send), so a stalled server or a
+stalled generator shows up in the latency instead of silently thinning the load. The generator's
+own lateness (send lag), and any transfers it never sent, are reported next to the latency: if
+``generator kept schedule`` is false, the run measured the generator, not the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from loadgen.cli.common_args import add_host, add_load_arguments, load_config
+from loadgen.cli.output import save_and_print
+from loadgen.harness.measured import run_measure
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("load", help="open-loop load against a running server", description=__doc__)
+    add_host(p, what="server host")
+    p.add_argument("--port", type=int, required=True, help="server port")
+    p.add_argument("--server-pid", type=int, default=None, help="server pid, to report its CPU from /proc")
+    p.add_argument("--no-audit", action="store_true", help="skip the conservation audit after the run")
+    add_load_arguments(p, rate=50_000, seconds=10, warmup=2)
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = load_config(args, host=args.host, port=args.port)
+    result = run_measure(config, kind="load", server_pid=args.server_pid, audit=not args.no_audit)
+    return save_and_print(result, as_json=args.json, out=args.out)

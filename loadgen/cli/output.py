@@ -1,0 +1,67 @@
+"""How ``run`` and ``load`` show a run: the summary text (or one JSON line), the result file's path."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+from loadgen.results.run import RunResult, save
+
+
+def save_and_print(result: RunResult, *, as_json: bool, out: str | None) -> int:
+    """Save (if ``out``), print, and give the exit code: 0 only for a clean run."""
+    path = save(result, out) if out is not None else None
+    if as_json:
+        summary = msgspec.to_builtins(result.summary)
+        if path is not None:
+            summary["result_file"] = str(path)
+        print(json.dumps(summary))
+    else:
+        print(format_summary(result))
+        if path is not None:
+            print(f"result file: {path}")
+    clean = not result.failures and result.summary.audit_ok is not False and result.counts.protocol_errors == 0
+    return 0 if clean else 1
+
+
+def format_summary(r: RunResult) -> str:
+    s, c, g = r.summary, r.counts, r.generator
+    lat = r.latency
+    lines = [
+        f"profile {s.profile}{' (echo: no ledger)' if s.echo else ''}: offered {s.offered_tps:,.0f}/s, "
+        f"achieved {s.achieved_tps:,.0f}/s ({s.achieved_ratio:.1%}), goodput {s.goodput_tps:,.0f}/s "
+        f"over {s.seconds:g} s measured, {s.accounts:,} accounts",
+        f"latency from schedule (ms): p50 {lat.p50_ms:.2f}  p90 {lat.p90_ms:.2f}  p99 {lat.p99_ms:.2f}  "
+        f"p99.9 {lat.p999_ms:.2f}  p99.99 {lat.p9999_ms:.2f}  max {lat.max_ms:.2f}  ({lat.count:,} transfers)",
+        f"generator: {g.processes} process(es), {g.operators} operator gateways, tick {g.tick_us / 1000:g} ms; "
+        f"send lag p99 {g.send_lag.p99_ms:.2f} ms, max {g.send_lag.max_ms:.2f} ms; late {c.late:,}, "
+        f"unsent {c.unsent:,}; {'kept its schedule' if g.kept_schedule else 'DID NOT keep its schedule'}",
+        f"sent {c.sent:,} in {c.frames_sent:,} frames, results {c.results:,}, unanswered {c.unanswered:,}, "
+        f"frame errors {c.error_transfers:,}",
+        "results: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.codes.items(), key=lambda kv: -kv[1])),
+    ]
+    cpu = f"generator CPU {g.cpu_s:.2f} s"
+    if r.server.cpu_s is not None:
+        cpu += f", server CPU {r.server.cpu_s:.2f} s"
+    lines.append(f"{cpu} over the {s.seconds:g} s measured window")
+    hooks = {k: v.get("ns_per_transfer") for k, v in r.server.hooks.items() if isinstance(v, dict)}
+    if any(v is not None for v in hooks.values()):
+        lines.append(
+            "hook cost (ns/transfer): " + ", ".join(f"{k} {v:,.0f}" for k, v in hooks.items() if v is not None)
+        )
+    d = r.server.durability
+    if not s.echo:
+        lines.append(
+            "durability: no journal (acknowledged in memory only)"
+            if d.fsync == "none"
+            else f"durability: journal, fsync {d.fsync}: {d.fsyncs_per_s:,.0f} fsyncs/s taking "
+            f"{d.fsync_ms_per_s:,.1f} ms/s, {d.journal_mb_per_s:,.1f} MB/s written"
+        )
+    if s.audit_ok is not None and r.audit is not None:
+        lines.append(
+            f"audit: {'ok' if s.audit_ok else 'FAILED'} (total {r.audit.total_fen:,} fen, expected "
+            f"{r.audit.expected_fen:,}, negative accounts {r.audit.negative_accounts})"
+        )
+    lines += [f"problem: {f}" for f in r.failures]
+    return "\n".join(lines)

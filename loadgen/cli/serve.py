@@ -1,0 +1,29 @@
+"""``cbdc-bench serve``: run the payment server until SIGINT or SIGTERM.
+
+Prints ``listening on HOST:PORT`` on stdout once it accepts connections (with ``--port 0`` the port
+is the one the system picked), so a parent process can wait for that line and parse it. Then
+stderr says whether a journal is kept (and what recovery replayed) and whether
+authentication is on.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.options import add_struct_arguments, struct_from_args
+from engine.profiles import profile_names
+from engine.server import ServerConfig, serve
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the payment server (uvloop TCP, micro-batched ledger)", description=__doc__)
+    add_struct_arguments(p, ServerConfig, context={"profiles": ", ".join(profile_names())})
+    p.set_defaults(func=_main)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return struct_from_args(ServerConfig, args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    return serve(config_from_args(args))

@@ -1,0 +1,103 @@
+"""The in-process engine run: a ledger with a profile's hooks, driven by pre-generated batches.
+
+Batches are generated up front (outside the timed region) and replayed by a ``BatchPool``; only
+``Ledger.apply`` and the deferred observers are timed, and the warm-up is run and discarded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from engine.clock import SequencerClock
+from engine.codes import name_counts
+from engine.ledger import Ledger
+from engine.profiles import build_hooks
+from loadgen.generator.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
+from loadgen.results.environment import collect
+
+
+class EngineResult(msgspec.Struct, frozen=True):
+    profile: str
+    accounts: int
+    batch: int
+    seconds: float
+    transfers: int
+    transfers_per_s: float
+    bytes_per_account: float
+    ledger_bytes_per_account: float
+    exact_path_share: float
+    codes: dict[str, int]
+    hooks: dict[str, float]
+    hook_errors: dict[str, int]
+    audit_ok: bool
+    seed: int
+    environment: Any = None
+    #: Each hook's own figures (vetoes, rows logged, store bytes...), from ``Hook.stats()``.
+    hook_stats: dict[str, Any] = {}
+
+
+def run_engine(
+    *,
+    accounts: int = 1_000_000,
+    profile: str = "baseline",
+    batch: int = 8192,
+    seconds: float = 5.0,
+    warmup: float = 1.0,
+    seed: int = DEFAULT_SEED,
+    pool: int = 32,
+    scenario: str | None = None,
+) -> EngineResult:
+    """Build a ledger for ``profile``, drive it with a seeded workload, and measure it."""
+    if batch < 1 or seconds <= 0:
+        raise ValueError("batch must be >= 1 and seconds > 0")
+    workload = Workload(WorkloadConfig(accounts=accounts, seed=seed))
+    balance, wallet_class = workload.initial_state()
+    # The sequencer's clock runs on the workload's model of a day, as the server's does.
+    clock = SequencerClock.for_accounts(accounts, workload.config.payments_per_account_per_day)
+    hooks = build_hooks(profile, scenario)
+    ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=hooks, clock=clock)
+    stream = BatchPool(workload, pool, batch)
+
+    def run_for(duration: float) -> tuple[int, int]:
+        spent_ns = 0
+        done = 0
+        while spent_ns < duration * 1e9:
+            b = stream.next()
+            t0 = time.perf_counter_ns()
+            ledger.apply(b)
+            ledger.run_deferred()
+            spent_ns += time.perf_counter_ns() - t0
+            done += len(b)
+        return spent_ns, done
+
+    run_for(warmup)
+    before_transfers = ledger.stats.transfers
+    before_exact = ledger.stats.exact_path_transfers
+    before_codes = ledger.stats.codes.copy()
+    before_hooks = {n: t.total_ns for n, t in ledger.hook_timing.items()}
+    spent_ns, done = run_for(seconds)
+    measured = ledger.stats.transfers - before_transfers
+    audit = ledger.audit()
+    for h in ledger.hooks:
+        h.close()
+    return EngineResult(
+        profile=profile,
+        accounts=accounts,
+        batch=batch,
+        seconds=spent_ns / 1e9,
+        transfers=done,
+        transfers_per_s=done / (spent_ns / 1e9),
+        bytes_per_account=ledger.bytes_per_account(),
+        ledger_bytes_per_account=(ledger.balance.nbytes + ledger.wallet_class.nbytes + ledger.flags.nbytes) / accounts,
+        exact_path_share=(ledger.stats.exact_path_transfers - before_exact) / max(measured, 1),
+        codes=name_counts(ledger.stats.codes - before_codes),
+        hooks={n: (t.total_ns - before_hooks[n]) / max(measured, 1) for n, t in ledger.hook_timing.items()},
+        hook_errors={n: t.errors for n, t in ledger.hook_timing.items() if t.errors},
+        hook_stats={h.name: h.stats() for h in ledger.hooks},
+        audit_ok=audit.ok,
+        seed=seed,
+        environment=collect(),
+    )

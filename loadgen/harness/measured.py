@@ -1,0 +1,226 @@
+"""The measured run: open-loop load against a server, its stats probed at the window's edges, audited.
+
+``measure`` loads a running server (``cbdc-bench load``): it starts the gateways
+(``loadgen.generator``), reads the server's cumulative stats and CPU at the start and end of the
+measured window (so warm-up is excluded from hook costs and server CPU), audits conservation
+after the drain, and builds the ``RunResult``. ``run_benchmark`` wraps it for ``cbdc-bench run``:
+a fresh server process (``loadgen.harness.server``), optionally journalled, measured and stopped.
+With ``echo`` the server acknowledges without a ledger (a calibration of the generator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
+from loadgen.harness.admin import AdminClient
+from loadgen.harness.server import running_server, server_arguments
+from loadgen.results.environment import collect
+from loadgen.results.run import AuditOutcome, RunResult, build_result
+
+#: The defaults are the headline question itself: 1M accounts at 300,000 payments/s for 30 s
+#: (about 40 s with start-up on a 2-core machine).
+DEFAULT_RATE_TPS = 300_000
+DEFAULT_SECONDS = 30.0
+DEFAULT_WARMUP = 5.0
+DEFAULT_ACCOUNTS = 1_000_000
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` from /proc (None where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, proc(5)).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def hook_cost(stats_start: dict[str, Any], stats_end: dict[str, Any]) -> dict[str, Any]:
+    """Per-hook cost over the measured window, from the server's cumulative stats at its edges.
+
+    The server reports ``stats["hooks"] = {name: {"authorize_ns": ..., "observe_ns": ...,
+    "begin_ns": ..., "errors": ..., ...}}`` since it started, and ``stats["ledger"]["transfers"]``.
+    Each cumulative counter's increase over the window is kept, and ``ns_per_transfer`` is
+    recomputed from the summed ``*_ns`` increases (the server's own ``ns_per_transfer`` is an
+    average since start-up, warm-up included, so it is not differenced).
+    """
+    end_hooks = stats_end.get("hooks")
+    if not isinstance(end_hooks, dict):
+        return {}
+    start_hooks = stats_start.get("hooks")
+    start_hooks = start_hooks if isinstance(start_hooks, dict) else {}
+    transfers = _ledger_transfers(stats_end) - _ledger_transfers(stats_start)
+    out: dict[str, Any] = {}
+    for name, end in end_hooks.items():
+        if not isinstance(end, dict):
+            continue
+        start = start_hooks.get(name)
+        start = start if isinstance(start, dict) else {}
+        delta = {
+            k: _num(v) - _num(start.get(k))
+            for k, v in end.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "ns_per_transfer"
+        }
+        spent_ns = sum(v for k, v in delta.items() if k.endswith("_ns"))
+        delta["ns_per_transfer"] = spent_ns / transfers if transfers > 0 else 0.0
+        out[name] = delta
+    return out
+
+
+def _ledger_transfers(stats: dict[str, Any]) -> float:
+    ledger = stats.get("ledger")
+    if isinstance(ledger, dict) and "transfers" in ledger:
+        return _num(ledger["transfers"])
+    return _num(stats.get("transfers"))
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) else 0.0
+
+
+async def measure(
+    config: LoadConfig,
+    *,
+    kind: str = "load",
+    server_pid: int | None = None,
+    audit: bool = True,
+    scenario: str | None = None,
+    echo: bool = False,
+) -> RunResult:
+    """Run the load, probing server stats and CPU at the measured window's edges; audit after."""
+    admin = AdminClient(config.host, config.port, secrets=config.secrets)
+    server_welcome = await admin.connect()
+    echo = echo or server_welcome.echo
+    probes: dict[str, tuple[float | None, dict[str, Any]]] = {}
+    probe_failures: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def probe(name: str, at_ns: int) -> None:
+        delay = (at_ns - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        cpu = process_cpu_s(server_pid) if server_pid is not None else None
+        try:
+            stats = await admin.stats()
+        except (GatewayError, TimeoutError) as exc:
+            probe_failures.append(f"server stats at {name}: {exc}")
+            stats = {}
+        probes[name] = (cpu, stats)
+
+    def on_start(start_ns: int) -> None:
+        window_start = start_ns + int(config.warmup * 1e9)
+        window_end = window_start + int(config.seconds * 1e9)
+        tasks.append(asyncio.ensure_future(probe("start", window_start)))
+        tasks.append(asyncio.ensure_future(probe("end", window_end)))
+
+    try:
+        m, failures, welcome = await run_load(config, on_start=on_start)
+        await asyncio.gather(*tasks)
+        outcome = None
+        if audit and not echo:  # an echo server has no ledger to audit
+            try:
+                reply = await admin.audit()
+                outcome = AuditOutcome(reply.ok, reply.total_fen, reply.expected_fen, reply.negative_accounts)
+            except (GatewayError, TimeoutError) as exc:
+                failures.append(f"audit: {exc}")
+    finally:
+        for t in tasks:
+            t.cancel()
+        admin.close()
+    cpu0, stats_start = probes.get("start", (None, {}))
+    cpu1, stats_end = probes.get("end", (None, {}))
+    return build_result(
+        kind=kind,
+        m=m,
+        config=config,
+        environment=collect(),
+        welcome=welcome,
+        failures=failures + probe_failures,
+        scenario=scenario,
+        server_pid=server_pid,
+        server_cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+        stats_start=stats_start,
+        stats_end=stats_end,
+        hooks=hook_cost(stats_start, stats_end),
+        audit=outcome,
+        echo=echo,
+    )
+
+
+def run_measure(config: LoadConfig, **kwargs: Any) -> RunResult:
+    """``measure`` on a fresh uvloop event loop; SIGTERM cancels it as cleanly as Ctrl-C does."""
+
+    async def main() -> RunResult:
+        task = asyncio.current_task()
+        assert task is not None
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await measure(config, **kwargs)
+
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(main())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt("terminated") from None
+
+
+def run_benchmark(
+    config: LoadConfig,
+    *,
+    profile: str = "baseline",
+    accounts: int = DEFAULT_ACCOUNTS,
+    scenario: str | None = None,
+    echo: bool = False,
+    server_args: tuple[str, ...] = (),
+    journal_dir: str | None = None,
+    fsync: str = "batch",
+    keep_journal: bool = False,
+) -> RunResult:
+    """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop.
+
+    ``journal_dir``: journal to a fresh file there under ``fsync`` (removed afterwards unless
+    ``keep_journal``); ``config.secrets``: the server authenticates with those secrets (and
+    enforces account ownership).
+    """
+    journal: Path | None = None
+    if journal_dir is not None:
+        Path(journal_dir).mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        journal = Path(journal_dir) / f"journal-{stamp}-{os.getpid()}-{profile}.cbj"
+    args = server_arguments(
+        profile=profile,
+        accounts=accounts,
+        seed=config.seed,
+        operators=config.operators,
+        host=config.host,
+        scenario=scenario,
+        echo=echo,
+        secrets=config.secrets,
+        journal=journal,
+        fsync=fsync,
+        extra=server_args,
+    )
+    try:
+        with running_server(args, accounts=accounts) as server:
+            run_config = with_address(config, server.host, server.port)
+            return run_measure(run_config, kind="run", server_pid=server.pid, audit=True, scenario=scenario, echo=echo)
+    finally:
+        if journal is not None:
+            # The lock file outlives the server (deleting it could race a starting server); this
+            # run's journal is its own, so its lock file goes with it unless the journal is kept.
+            journal.with_name(journal.name + ".lock").unlink(missing_ok=True)
+            if not keep_journal:
+                journal.unlink(missing_ok=True)
+
+
+def with_address(config: LoadConfig, host: str, port: int) -> LoadConfig:
+    return msgspec.structs.replace(config, host=host, port=port)

@@ -1,0 +1,99 @@
+"""The report's Markdown: the tables of ``ReportData``, the rules behind them, the plots' links."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from loadgen.report.data import ECHO, ProfileRow, ReportData
+from loadgen.results.compare import Band
+
+
+def _k(tps: float) -> str:
+    return f"{tps:,.0f}"
+
+
+def _band_tps(b: Band | None, ceiling: bool) -> str:
+    if b is None:
+        return "none sustained"
+    text = f"{'>= ' if ceiling else ''}{_k(b.median)}"
+    if b.high > b.low:
+        text += f" [{_k(b.low)}-{_k(b.high)}]"
+    return text
+
+
+def _cost(row: ProfileRow) -> str:
+    if row.cost_pct is None:
+        return row.cost_verdict
+    rng = ""
+    if row.cost_low_pct is not None and row.cost_high_pct is not None:
+        rng = f" [{row.cost_low_pct:+.0f}% to {row.cost_high_pct:+.0f}%]"
+    return f"{row.cost_pct:+.1f}%{rng}: {row.cost_verdict}"
+
+
+def _hooks(row: ProfileRow) -> str:
+    if not row.hook_ns_per_transfer:
+        return "-"
+    return ", ".join(f"{k} {v.median:,.0f}" for k, v in row.hook_ns_per_transfer.items())
+
+
+def to_markdown(data: ReportData, images: Sequence[str] = ()) -> str:
+    ref = f"{_k(data.reference_tps)}/s" if data.reference_tps else "n/a"
+    lines = [
+        f"# {data.title}",
+        "",
+        f"Machine: {data.machine}. Ledger: {data.accounts:,} accounts. "
+        f"Sustained = settled >= {data.min_achieved_ratio:.0%} of offered (shed transfers not counted) "
+        f"and p99 <= {data.slo_p99_ms:g} ms, latency measured from each payment's scheduled time.",
+        "",
+        "## Maximum sustainable throughput and cost per profile",
+        "",
+        "| profile | max sustainable TPS [range over repeats] | confirmed 95%/105% | cost vs baseline "
+        f"[range] | engine apply ns/transfer at {ref} | per-hook ns/transfer at {ref} |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in data.profiles:
+        flags = ""
+        if row.generator_limited:
+            flags += " (generator-limited)"
+        apply = "-" if row.apply_ns_per_transfer is None else f"{row.apply_ns_per_transfer.median:,.0f}"
+        lines.append(
+            f"| {row.profile}{' (no ledger: harness ceiling)' if row.profile == ECHO else ''} | "
+            f"{_band_tps(row.max_sustainable_tps, row.at_ceiling)}{flags} | {row.confirmed} | {_cost(row)} | "
+            f"{apply} | {_hooks(row)} |"
+        )
+    lines += [
+        "",
+        "## Latency at equal offered load",
+        "",
+        "p50/p99/p99.9 from the merged histograms of the runs at that rate; p99 range = lowest to highest "
+        "run; the difference to baseline is the difference of median p99s.",
+        "",
+        "| profile | offered TPS | runs | settled | p50 ms | p99 ms | p99.9 ms | p99 range ms | p99 vs baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in data.latency:
+        vs = "-" if r.p99_vs_baseline_ms is None else f"{r.p99_vs_baseline_ms:+.2f} ms: {r.p99_verdict}"
+        if r.profile == "baseline":
+            vs = "reference"
+        sustained = "" if r.sustained_runs == r.runs else f" ({r.runs - r.sustained_runs} not sustained)"
+        lines.append(
+            f"| {r.profile} | {_k(r.offered_tps)} | {r.runs} | {r.settled_ratio:.1%}{sustained} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {r.p999_ms:.2f} | {r.p99_band.low:.2f}-{r.p99_band.high:.2f} | {vs} |"
+        )
+    lines += [
+        "",
+        "## How differences are judged",
+        "",
+        "A profile's maximum is a band: every repeat's search brackets the capacity between its highest "
+        "sustained and lowest failed rate (the search resolution; noisy trials widen it), and the band spans "
+        "all repeats. A difference to baseline is called *different* only when the medians differ by more "
+        "than the wider of the two bands. A p99 measured once per repeat has the range over repeats as its "
+        "band; with a single repeat it is *not judged*. Cost ranges combine the ends of both bands.",
+    ]
+    if data.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in data.notes]
+    if images:
+        lines += ["", "## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images]
+    lines += ["", f"Built from {len(data.files)} result file(s) by `cbdc-bench report`."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,248 @@
+"""The report's PNG plots, drawn with matplotlib's object API on the Agg canvas (no pyplot state).
+
+1. ``elbow.png``: p99 latency against offered rate per profile, every run a point, the SLO and
+   the 300,000 TPS line marked: where the curve turns up is the profile's limit.
+2. ``cost.png``: maximum sustainable rate per profile with its band over repeats, and each hook's
+   time per transfer inside the engine, stacked per profile, with the range over repeats.
+3. ``spectrum.png``: latency by percentile (p50 ... p99.999, log axis of 1/(1-p), HdrHistogram
+   style) per profile at the reference rate, from the merged histograms.
+4. ``timeseries.png``: settled throughput and p99 second by second over one run per profile at
+   the reference rate, warm-up shaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from loadgen.report.data import ECHO, HEADLINE_TPS, Loaded, ReportData, merged_histogram
+
+#: Percentiles of the spectrum: 1/(1-p) from 1 to 10^5 in fine log steps (p50 ... p99.999).
+_SPECTRUM_X = np.logspace(0, 5, 200)
+_DPI = 110
+
+
+def _colors(profiles: Sequence[str]) -> dict[str, str]:
+    palette = [f"C{i}" for i in range(10)]
+    return {p: ("0.45" if p == ECHO else palette[i % 10]) for i, p in enumerate(profiles)}
+
+
+def _figure(
+    width: float, height: float, rows: int = 1, cols: int = 1, *, sharex: bool = False
+) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False, sharex=sharex)
+
+
+def _title(fig: Figure, what: str, data: ReportData) -> None:
+    fig.suptitle(f"{what}\n{data.title}, {data.accounts:,} accounts; {data.machine}", fontsize=10)
+
+
+_KTPS = FuncFormatter(lambda x, _pos: f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1000:,.0f}k")
+_PLAIN = FuncFormatter(lambda y, _pos: f"{y:g}")
+# Minor ticks of a log axis labelled at 2 and 5 only, so labels do not collide.
+_PLAIN_MINOR = FuncFormatter(lambda y, _pos: f"{y:g}" if f"{y:.0e}"[0] in "25" else "")
+
+
+def _at_rate(runs: list[Loaded], profile: str, rate: float | None) -> list[Loaded]:
+    """The runs of ``profile`` at offered ``rate`` that were made for comparison at equal load."""
+    return [
+        r
+        for r in runs
+        if r.profile == profile and r.offered_tps == rate and (r.ref is None or r.ref.stage == "equal-load")
+    ]
+
+
+def plot_elbow(data: ReportData, runs: list[Loaded], path: Path) -> Path:
+    fig, axes = _figure(9, 5.5)
+    ax = axes[0, 0]
+    colors = _colors([r.profile for r in data.profiles])
+    for row in data.profiles:
+        mine = sorted((r for r in runs if r.profile == row.profile), key=lambda r: r.offered_tps)
+        if not mine:
+            continue
+        c = colors[row.profile]
+        rates = sorted({r.offered_tps for r in mine})
+        medians = [float(np.median([r.result.summary.p99_ms for r in mine if r.offered_tps == x])) for x in rates]
+        ax.plot(rates, medians, "-", color=c, lw=1.3, label=row.profile)
+        ok = [r for r in mine if r.ref is None or r.ref.sustained] if mine[0].ref else mine
+        bad = [r for r in mine if r not in ok]
+        ax.scatter([r.offered_tps for r in ok], [r.result.summary.p99_ms for r in ok], color=c, s=16, zorder=3)
+        ax.scatter(
+            [r.offered_tps for r in bad], [r.result.summary.p99_ms for r in bad], color=c, marker="x", s=28, zorder=3
+        )
+    ax.axhline(data.slo_p99_ms, color="k", ls="--", lw=0.9)
+    ax.text(
+        0.99,
+        data.slo_p99_ms,
+        f"SLO: p99 {data.slo_p99_ms:g} ms ",
+        va="bottom",
+        ha="right",
+        fontsize=8,
+        transform=ax.get_yaxis_transform(),
+    )
+    ax.axvline(HEADLINE_TPS, color="crimson", ls=":", lw=1.2)
+    ax.text(HEADLINE_TPS, 0.02, " 300,000 TPS", color="crimson", transform=ax.get_xaxis_transform(), fontsize=8)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_PLAIN)
+    ax.yaxis.set_minor_formatter(_PLAIN_MINOR)
+    ax.set_xlim(left=0)
+    ax.xaxis.set_major_formatter(_KTPS)
+    ax.set_xlabel("offered load (payments/s)")
+    ax.set_ylabel("p99 latency from scheduled time (ms, log)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, title="profile (x = not sustained)", title_fontsize=8)
+    _title(fig, "Throughput-latency: p99 vs offered load, every run", data)
+    fig.savefig(path)
+    return path
+
+
+def plot_cost(data: ReportData, path: Path) -> Path:
+    fig, axes = _figure(12, 5.2, 1, 2)
+    left, right = axes[0, 0], axes[0, 1]
+    rows = [r for r in data.profiles if r.max_sustainable_tps is not None]
+    colors = _colors([r.profile for r in data.profiles])
+    x = np.arange(len(rows))
+    med = np.array([r.max_sustainable_tps.median for r in rows if r.max_sustainable_tps])
+    lo = np.array([r.max_sustainable_tps.low for r in rows if r.max_sustainable_tps])
+    hi = np.array([r.max_sustainable_tps.high for r in rows if r.max_sustainable_tps])
+    left.bar(x, med, color=[colors[r.profile] for r in rows], yerr=[med - lo, hi - med], capsize=4)
+    for i, r in enumerate(rows):
+        if r.cost_pct is not None:
+            label = f"{-r.cost_pct:+.0f}%" + ("" if r.cost_verdict == "different" else f"\n({r.cost_verdict})")
+            left.text(i, hi[i], label, ha="center", va="bottom", fontsize=7)
+    left.axhline(HEADLINE_TPS, color="crimson", ls=":", lw=1.2, label="300,000 TPS")
+    left.set_xticks(x, [r.profile for r in rows], rotation=30, ha="right")
+    left.yaxis.set_major_formatter(_KTPS)
+    left.set_ylabel("max sustainable payments/s (median; bars: band over repeats)")
+    left.set_title("Throughput per profile (label: change vs baseline)", fontsize=9)
+    left.legend(fontsize=8)
+    left.grid(True, axis="y", alpha=0.3)
+
+    hook_rows = [r for r in data.profiles if r.profile != ECHO]
+    hook_names: list[str] = []
+    for r in hook_rows:
+        hook_names += [h for h in r.hook_ns_per_transfer if h not in hook_names]
+    hook_colors = {h: f"C{i % 10}" for i, h in enumerate(hook_names)}
+    xs = np.arange(len(hook_rows))
+    bottom = np.zeros(len(hook_rows))
+    for h in hook_names:
+        vals = np.array([r.hook_ns_per_transfer[h].median if h in r.hook_ns_per_transfer else 0.0 for r in hook_rows])
+        right.bar(xs, vals, bottom=bottom, color=hook_colors[h], label=h, edgecolor="white", lw=0.5)
+        bottom += vals
+    totals = [r.hooks_total_ns_per_transfer for r in hook_rows]
+    low = np.array([bottom[i] - t.low if t else 0.0 for i, t in enumerate(totals)])
+    high = np.array([t.high - bottom[i] if t else 0.0 for i, t in enumerate(totals)])
+    right.errorbar(xs, bottom, yerr=[np.maximum(low, 0), np.maximum(high, 0)], fmt="none", ecolor="k", capsize=4, lw=1)
+    base = next((r for r in data.profiles if r.profile == "baseline"), None)
+    if base is not None and base.apply_ns_per_transfer is not None:
+        right.axhline(base.apply_ns_per_transfer.median, color="k", ls="--", lw=0.9)
+        right.text(
+            0.01,
+            base.apply_ns_per_transfer.median,
+            "baseline: whole apply (ledger alone)",
+            va="bottom",
+            fontsize=7,
+            transform=right.get_yaxis_transform(),
+        )
+    ref = f"{data.reference_tps:,.0f}/s" if data.reference_tps else "n/a"
+    right.set_xticks(xs, [r.profile for r in hook_rows], rotation=30, ha="right")
+    right.set_ylabel("ns per transfer inside the engine (median over runs)")
+    right.set_title(f"Hook time per transfer at {ref} (error bar: range of the runs' totals)", fontsize=9)
+    if hook_names:
+        right.legend(fontsize=7, ncols=2)
+    right.grid(True, axis="y", alpha=0.3)
+    _title(fig, "Cost of each profile and each hook", data)
+    fig.savefig(path)
+    return path
+
+
+def plot_spectrum(data: ReportData, runs: list[Loaded], path: Path) -> Path:
+    fig, axes = _figure(9, 5.5)
+    ax = axes[0, 0]
+    colors = _colors([r.profile for r in data.profiles])
+    rate = data.reference_tps
+    for row in data.profiles:
+        here = _at_rate(runs, row.profile, rate)
+        if not here:
+            continue
+        h = merged_histogram(here)
+        # Only percentiles the sample supports: 1/(1-p) up to the count of values.
+        xs = _SPECTRUM_X[max(h.total, 2) >= _SPECTRUM_X]
+        pcts = [float(100 * (1 - 1 / x)) for x in xs]
+        values = h.percentiles(pcts)
+        ax.plot(
+            xs,
+            [values[p] / 1e6 for p in pcts],
+            color=colors[row.profile],
+            lw=1.4,
+            label=f"{row.profile} ({h.total:,} payments)",
+        )
+    ticks = [2, 10, 100, 1_000, 10_000, 100_000]
+    ax.set_xscale("log")
+    ax.set_xlim(1, 1.3e5)
+    ax.set_xticks(ticks, ["50%", "90%", "99%", "99.9%", "99.99%", "99.999%"])
+    # Keep the SLO line in view even when every curve stays below it.
+    ax.set_ylim(0, max(ax.get_ylim()[1], data.slo_p99_ms * 1.15))
+    ax.axhline(data.slo_p99_ms, color="k", ls="--", lw=0.9, label=f"SLO p99 {data.slo_p99_ms:g} ms")
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency from scheduled time (ms)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    where = f"at {rate:,.0f} payments/s offered" if rate else ""
+    _title(fig, f"Latency by percentile {where} (all runs there merged)", data)
+    fig.savefig(path)
+    return path
+
+
+def plot_timeseries(data: ReportData, runs: list[Loaded], path: Path) -> Path:
+    fig, axes = _figure(10, 6.5, 2, 1, sharex=True)
+    top, bottom = axes[0, 0], axes[1, 0]
+    colors = _colors([r.profile for r in data.profiles])
+    rate = data.reference_tps
+    warmup = 0.0
+    for row in data.profiles:
+        here = _at_rate(runs, row.profile, rate)
+        if not here:
+            continue
+        run = min(here, key=lambda r: (r.ref.repeat if r.ref else 0, r.path))
+        s = run.result.series
+        load = run.result.load
+        warmup = load.warmup
+        n = int(np.ceil(load.warmup + load.seconds))  # the drain's tail is not part of the run
+        t = np.arange(min(n, len(s.completed))) + 0.5
+        settled = np.array(s.completed[: len(t)], dtype=float)
+        top.plot(t, settled, "-o", ms=3, color=colors[row.profile], label=row.profile)
+        bottom.plot(t, s.p99_ms[: len(t)], "-o", ms=3, color=colors[row.profile])
+    for ax in (top, bottom):
+        ax.axvspan(0, warmup, color="0.85", zorder=0)
+        ax.grid(True, alpha=0.3)
+    if rate:
+        top.axhline(rate, color="k", ls="--", lw=0.9, label="offered")
+    top.yaxis.set_major_formatter(_KTPS)
+    top.set_ylim(bottom=0)
+    bottom.set_ylim(bottom=0)
+    top.set_ylabel("replies per second")
+    top.legend(fontsize=8, ncols=3)
+    bottom.axhline(data.slo_p99_ms, color="k", ls="--", lw=0.9)
+    bottom.set_ylabel("p99 of that second (ms)")
+    bottom.set_xlabel("seconds since the run's start (grey: warm-up, not measured)")
+    where = f"{rate:,.0f} payments/s offered" if rate else "the reference rate"
+    _title(fig, f"Per-second throughput and p99 over one run at {where}", data)
+    fig.savefig(path)
+    return path
+
+
+def plot_all(data: ReportData, runs: list[Loaded], folder: Path) -> list[Path]:
+    return [
+        plot_elbow(data, runs, folder / "elbow.png"),
+        plot_cost(data, folder / "cost.png"),
+        plot_spectrum(data, runs, folder / "spectrum.png"),
+        plot_timeseries(data, runs, folder / "timeseries.png"),
+    ]

@@ -1,0 +1,367 @@
+"""Result files: one versioned JSON document per run under ``results/``, and its loader.
+
+Reports and plots are made from these files alone, so a file carries everything: what was run
+(scenario, profile, load parameters), where (environment), and what was measured: full latency
+histograms in HdrHistogram's standard base64 V2 encoding (``Histogram.decode`` or any
+HdrHistogram library reads them; values in ns), per-second series, result codes, generator lag,
+CPU of generator and server, the server's per-hook cost and the audit outcome. The JSON Schema is
+generated from these Structs (``json_schema``), never written by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from loadgen.generator.gateway import LoadConfig
+from loadgen.generator.histogram import REPORT_PERCENTILES, Histogram
+from loadgen.generator.measure import Measurement
+from loadgen.results.environment import Environment
+
+#: Version of the result-file format. History (a reader refuses every version but its own;
+#: upgrades from older versions go here, one step at a time, when there are any):
+#:   1 - first format: summary, load, environment, latency/send-lag histograms (HdrHistogram V2
+#:       base64, ns), per-second series with interval histograms, codes, counts, generator,
+#:       server (CPU, stats, per-hook cost), audit, failures. Later additions with defaults, so
+#:       files without them still read: server.durability (journal policy and its cost).
+SCHEMA_VERSION = 1
+
+
+class ResultVersionError(ValueError):
+    """A result file in a format this version of cbdc-bench does not read."""
+
+
+class EncodedHistogram(msgspec.Struct, frozen=True):
+    """A latency histogram: HdrHistogram V2 (compressed, base64), values in ``unit``."""
+
+    hdr: str
+    total: int
+    max_ns: int  # exact largest value (the encoding only keeps its bucket)
+    saturated: int  # values above the trackable range, clamped to it
+    unit: str = "ns"
+    significant_figures: int = 3
+
+    @classmethod
+    def of(cls, h: Histogram) -> EncodedHistogram:
+        return cls(
+            hdr=h.encode(),
+            total=h.total,
+            max_ns=h.max_ns,
+            saturated=h.saturated,
+            significant_figures=h.layout.significant_figures,
+        )
+
+    def histogram(self) -> Histogram:
+        return Histogram.decode(self.hdr, max_ns=self.max_ns, saturated=self.saturated)
+
+
+class Percentiles(msgspec.Struct, frozen=True):
+    count: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    p9999_ms: float
+    max_ms: float
+    mean_ms: float
+
+    @classmethod
+    def of(cls, h: Histogram) -> Percentiles:
+        p = {k: v / 1e6 for k, v in h.percentiles(REPORT_PERCENTILES).items()}
+        return cls(
+            count=h.total,
+            p50_ms=p[50.0],
+            p90_ms=p[90.0],
+            p99_ms=p[99.0],
+            p999_ms=p[99.9],
+            p9999_ms=p[99.99],
+            max_ms=p[100.0],
+            mean_ms=h.mean_ns() / 1e6,
+        )
+
+
+class Series(msgspec.Struct, frozen=True):
+    """Per-second columns; second ``i`` covers [i, i+1) s after the start, warm-up included."""
+
+    sent: list[int]  # by second of sending
+    completed: list[int]  # replies received, by second of receipt (achieved throughput)
+    ok: list[int]  # of which OK (goodput)
+    p50_ms: list[float]  # latency of the replies received in that second
+    p99_ms: list[float]
+    max_ms: list[float]
+    max_send_lag_ms: list[float]  # worst lateness of a send in that second
+    histograms: list[str | None]  # HdrHistogram V2 of each second (interval log), ns
+
+
+class Counts(msgspec.Struct, frozen=True):
+    """Transfer accounting over the whole run (warm-up included unless said otherwise)."""
+
+    scheduled: int
+    scheduled_measured: int
+    sent: int
+    results: int  # answered by a Results frame, exactly once each
+    unanswered: int  # sent, no reply by the end of the drain
+    unsent: int  # never sent (generator or connection fell behind)
+    late: int  # measured transfers sent more than a tick + 2 ms after schedule
+    error_transfers: int  # answered by an Error frame
+    protocol_errors: int
+    frames_sent: int
+    frame_errors: dict[str, int]
+
+
+class Generator(msgspec.Struct, frozen=True):
+    processes: int
+    operators: int
+    tick_us: int
+    cpu_s: float  # all generator processes, over the measured window
+    send_lag: Percentiles  # actual send - scheduled, measured transfers
+    send_lag_histogram: EncodedHistogram
+    kept_schedule: bool  # no unsent transfers and p99 send lag within the late threshold
+
+
+class Durability(msgspec.Struct, frozen=True):
+    """How acknowledged payments were made durable, and what it cost, over the measured window."""
+
+    fsync: str  # the server's --fsync policy, or "none" (no journal: acknowledged in memory only)
+    fsyncs_per_s: float = 0.0
+    fsync_ms_per_s: float = 0.0  # time spent in fsync per second of run (on the server's event loop)
+    journal_mb_per_s: float = 0.0
+
+    @classmethod
+    def of(cls, stats_start: dict[str, Any], stats_end: dict[str, Any], seconds: float) -> Durability:
+        j0, j1 = stats_start.get("journal") or {}, stats_end.get("journal") or {}
+        if not j1:
+            return cls("none")
+
+        def rate(key: str) -> float:
+            return (float(j1.get(key, 0)) - float(j0.get(key, 0))) / seconds
+
+        return cls(str(j1.get("fsync", "unknown")), rate("fsyncs"), rate("fsync_ms_total"), rate("bytes_written") / 1e6)
+
+
+class Server(msgspec.Struct, frozen=True):
+    pid: int | None
+    welcome: dict[str, Any]
+    cpu_s: float | None  # server process CPU over the measured window, if its pid is known
+    stats_start: dict[str, Any]  # StatsReply at the start of the measured window
+    stats_end: dict[str, Any]  # and at its end
+    hooks: dict[str, Any]  # per-hook cost as reported by the server, over the measured window
+    durability: Durability = Durability("none")
+
+
+class AuditOutcome(msgspec.Struct, frozen=True):
+    ok: bool
+    total_fen: int
+    expected_fen: int
+    negative_accounts: int
+
+
+class Summary(msgspec.Struct, frozen=True):
+    """The headline numbers (what ``--json`` prints)."""
+
+    profile: str
+    offered_tps: float  # the configured rate
+    scheduled_tps: float  # payments actually scheduled in the measured window / its length (Poisson varies)
+    achieved_tps: float  # replies received in the measured window / its length
+    goodput_tps: float  # of which OK
+    achieved_ratio: float  # achieved / scheduled
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    p9999_ms: float
+    max_ms: float
+    audit_ok: bool | None
+    generator_kept_schedule: bool
+    unanswered: int
+    unsent: int
+    seconds: float
+    accounts: int
+    echo: bool
+
+
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    schema_version: int = SCHEMA_VERSION
+    kind: str  # "run" (server started by cbdc-bench) or "load" (against a running server)
+    created_utc: str
+    scenario: str | None
+    summary: Summary
+    load: LoadConfig
+    environment: Environment
+    latency: Percentiles
+    latency_histogram: EncodedHistogram
+    series: Series
+    codes: dict[str, int]  # measured transfers by result code
+    counts: Counts
+    generator: Generator
+    server: Server
+    audit: AuditOutcome | None
+    failures: list[str]
+
+
+class _Version(msgspec.Struct):
+    schema_version: int
+
+
+def build_result(
+    *,
+    kind: str,
+    m: Measurement,
+    config: LoadConfig,
+    environment: Environment,
+    welcome: dict[str, Any],
+    failures: list[str],
+    scenario: str | None = None,
+    server_pid: int | None = None,
+    server_cpu_s: float | None = None,
+    stats_start: dict[str, Any] | None = None,
+    stats_end: dict[str, Any] | None = None,
+    hooks: dict[str, Any] | None = None,
+    audit: AuditOutcome | None = None,
+    echo: bool = False,
+) -> RunResult:
+    """Assemble a result from a merged measurement and what is known about the server."""
+    latency = Percentiles.of(m.latency)
+    lag = Percentiles.of(m.send_lag)
+    kept = m.unsent == 0 and lag.p99_ms * 1e6 <= m.late_ns
+    achieved = m.window_completed / config.seconds
+    per_second = [h.percentiles((50.0, 99.0, 100.0)) if h is not None else None for h in m.per_second]
+    series = Series(
+        sent=m.sent.tolist(),
+        completed=m.completed.tolist(),
+        ok=m.ok.tolist(),
+        p50_ms=[p[50.0] / 1e6 if p else 0.0 for p in per_second],
+        p99_ms=[p[99.0] / 1e6 if p else 0.0 for p in per_second],
+        max_ms=[p[100.0] / 1e6 if p else 0.0 for p in per_second],
+        max_send_lag_ms=(m.max_lag_ns / 1e6).tolist(),
+        histograms=[h.encode() if h is not None else None for h in m.per_second],
+    )
+    profile = str(welcome.get("profile", "unknown"))
+    summary = Summary(
+        profile=profile,
+        offered_tps=config.rate_tps,
+        scheduled_tps=m.scheduled_measured / config.seconds,
+        achieved_tps=achieved,
+        goodput_tps=m.window_ok / config.seconds,
+        achieved_ratio=m.window_completed / max(m.scheduled_measured, 1),
+        p50_ms=latency.p50_ms,
+        p90_ms=latency.p90_ms,
+        p99_ms=latency.p99_ms,
+        p999_ms=latency.p999_ms,
+        p9999_ms=latency.p9999_ms,
+        max_ms=latency.max_ms,
+        audit_ok=None if audit is None else audit.ok,
+        generator_kept_schedule=kept,
+        unanswered=m.unanswered,
+        unsent=m.unsent,
+        seconds=config.seconds,
+        accounts=int(welcome.get("accounts", 0)),
+        echo=echo,
+    )
+    return RunResult(
+        kind=kind,
+        created_utc=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        scenario=scenario,
+        summary=summary,
+        load=config,
+        environment=environment,
+        latency=latency,
+        latency_histogram=EncodedHistogram.of(m.latency),
+        series=series,
+        codes=m.code_counts(),
+        counts=Counts(
+            scheduled=m.scheduled,
+            scheduled_measured=m.scheduled_measured,
+            sent=m.sent_total,
+            results=m.results_total,
+            unanswered=m.unanswered,
+            unsent=m.unsent,
+            late=m.late,
+            error_transfers=m.error_transfers,
+            protocol_errors=m.protocol_errors,
+            frames_sent=m.frames_sent,
+            frame_errors=dict(m.errors),
+        ),
+        generator=Generator(
+            processes=config.processes,
+            operators=config.operators,
+            tick_us=config.tick_ns // 1000,
+            cpu_s=m.generator_cpu_s,
+            send_lag=lag,
+            send_lag_histogram=EncodedHistogram.of(m.send_lag),
+            kept_schedule=kept,
+        ),
+        server=Server(
+            pid=server_pid,
+            welcome=welcome,
+            cpu_s=server_cpu_s,
+            stats_start=stats_start or {},
+            stats_end=stats_end or {},
+            hooks=hooks or {},
+            durability=Durability.of(stats_start or {}, stats_end or {}, config.seconds),
+        ),
+        audit=audit,
+        failures=failures,
+    )
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+
+def dump(result: RunResult) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(result), indent=1)
+
+
+def save(result: RunResult, directory: str | os.PathLike[str] = "results") -> Path:
+    """Write ``result`` as a new file in ``directory`` (created if needed); its path."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = result.created_utc.replace(":", "").replace("-", "")
+    s = result.summary
+    base = f"{stamp}-{result.kind}-{s.profile}-{int(s.offered_tps)}tps"
+    path = folder / f"{base}.json"
+    n = 1
+    while path.exists():
+        n += 1
+        path = folder / f"{base}-{n}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(dump(result))
+    tmp.replace(path)
+    return path
+
+
+def loads(data: bytes | str, *, source: str = "result") -> RunResult:
+    """Parse a result document, refusing any format version but ``SCHEMA_VERSION``."""
+    try:
+        version = msgspec.json.decode(data, type=_Version).schema_version
+    except msgspec.ValidationError as exc:
+        raise ResultVersionError(f"{source} is not a cbdc-bench result file (no schema_version: {exc})") from exc
+    require_version(version, SCHEMA_VERSION, f"{source} has", "or re-run the benchmark")
+    return msgspec.json.decode(data, type=RunResult)
+
+
+def require_version(version: int, expected: int, what: str, otherwise: str = "") -> None:
+    """Refuse a file whose format version is not ``expected``, saying which version it is.
+
+    ``what`` starts the message ("results/x.json has"); ``otherwise`` adds a remedy.
+    """
+    if version != expected:
+        newer = "a newer" if version > expected else "an older"
+        raise ResultVersionError(
+            f"{what} schema_version {version}, {newer} format than this cbdc-bench reads (version {expected}); "
+            f"use the cbdc-bench version that wrote it{', ' + otherwise if otherwise else ''}"
+        )
+
+
+def load(path: str | os.PathLike[str]) -> RunResult:
+    """Read one result file."""
+    return loads(Path(path).read_bytes(), source=str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the current result format, generated from the Structs."""
+    return msgspec.json.schema(RunResult)

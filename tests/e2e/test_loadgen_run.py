@@ -1,0 +1,60 @@
+"""``cbdc-bench run`` end to end: a real server process, a short low-rate run, the audit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadgen.cli.main import main
+from loadgen.harness.server import ServerProcess, ServerStartError
+from loadgen.results.run import load
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_starts_a_server_measures_audits_and_writes_a_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", "--accounts", "20000", "--rate", "4000", "--seconds", "1.5", "--warmup", "0.5"]
+    argv += ["--drain", "3", "--out", str(tmp_path), "--json"]
+    code = main(argv)
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert code == 0, out
+    for key in ("profile", "offered_tps", "achieved_tps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "audit_ok"):
+        assert key in summary
+    assert summary["profile"] == "baseline"
+    assert summary["audit_ok"] is True
+    result = load(summary["result_file"])
+    c = result.counts
+    assert c.sent == c.results == c.scheduled == 8_000
+    assert c.unanswered == c.unsent == c.protocol_errors == 0
+    assert sum(result.codes.values()) == result.latency.count == c.scheduled_measured
+    assert result.server.pid is not None
+    assert result.server.stats_end["transfers"] > result.server.stats_start["transfers"] > 0
+    assert result.environment.cores > 0
+
+
+def test_calibration_run_against_the_echo_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "--echo", "--accounts", "1000", "--rate", "20000", "--seconds", "1", "--warmup", "0.3"]
+    argv += ["--out", str(tmp_path)]
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "echo" in out and "schedule" in out
+    (path,) = tmp_path.glob("*.json")
+    result = load(path)
+    assert result.summary.echo and result.audit is None
+    assert result.codes == {"ok": result.counts.scheduled_measured}
+
+
+def test_a_server_that_dies_at_start_up_is_reported_with_its_error() -> None:
+    server = ServerProcess(["--port", "0", "--profile", "no-such-profile", "--accounts", "100"], startup_timeout_s=60)
+    try:
+        with pytest.raises(ServerStartError, match="no-such-profile"):
+            server.start()
+    finally:
+        server.stop()
+    assert server.proc is not None and server.proc.poll() is not None

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests, one module per kind of test (see ``tests/conftest.py`` for which)."""

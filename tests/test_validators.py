@@ -1,0 +1,180 @@
+"""The local validation tier: verdicts equal the single-thread verifier's, dead workers, refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import signing
+from engine.codes import ResultCode
+from engine.validators import (
+    InlineValidators,
+    LocalValidators,
+    ValidatorsUnavailable,
+    make_validators,
+    parse_validators,
+    verify_all,
+)
+from tests.test_signing import ACCOUNTS, SEED, forge, signed_batch
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> signing.KeyRegistry:
+    return signing.ensure_registry(SEED, ACCOUNTS, tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def stream(registry: signing.KeyRegistry) -> list[tuple[bytes, bytes]]:
+    """Batches of different sizes (one empty, one of a single transfer), some with forged signatures."""
+    rng = np.random.default_rng(11)
+    out: list[tuple[bytes, bytes]] = []
+    for i, n in enumerate([300, 1, 0, 700, 300, 300, 300, 300]):
+        batch, sigs = signed_batch(n, stream=i)
+        out.append(forge(batch, sigs, rng)[:2] if n >= 300 and i % 2 else (batch.tobytes(), sigs))
+    return out
+
+
+def expected(registry: signing.KeyRegistry, stream: list[tuple[bytes, bytes]]) -> list[np.ndarray]:
+    inline = InlineValidators(registry)
+    return [inline.verify_now(r, s) for r, s in stream]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pool_verdicts_equal_single_thread(
+    registry: signing.KeyRegistry, stream: list[tuple[bytes, bytes]], workers: int
+) -> None:
+    want = expected(registry, stream)
+    assert any((w == ResultCode.BAD_SIGNATURE).any() for w in want)
+
+    async def run() -> list[np.ndarray]:
+        pool = LocalValidators(registry, workers, chunk_transfers=128)
+        await pool.start()
+        try:
+            got = await verify_all(pool, stream)  # all in flight at once
+            assert pool.stats().batches == len(stream)
+            return got
+        finally:
+            await pool.close()
+
+    got = asyncio.run(run())
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_killed_worker_chunks_are_reverified_once(registry: signing.KeyRegistry) -> None:
+    rng = np.random.default_rng(5)
+    batches = []
+    for i in range(12):
+        batch, sigs = signed_batch(400, stream=100 + i)
+        batches.append(forge(batch, sigs, rng)[:2])
+    want = expected(registry, batches)
+
+    async def run() -> None:
+        pool = LocalValidators(registry, 2, chunk_transfers=100)
+        await pool.start()
+        try:
+            victim = pool.worker_pids()[0]
+            futures = [asyncio.ensure_future(pool.verify(r, s)) for r, s in batches]
+            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+            os.kill(victim, signal.SIGKILL)  # every feeder still has a chunk in flight: the queue is long
+            got = await asyncio.gather(*futures)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+            s = pool.stats()
+            assert (s.worker_deaths, s.restarts, s.failed_batches) == (1, 1, 0)
+            assert s.requeued_chunks >= 1
+            assert victim not in pool.worker_pids()
+            for _ in range(200):  # the replacement may still be starting (bounded wait, not a timing assert)
+                if len(pool.worker_pids()) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(pool.worker_pids()) == 2
+            # The replacement works.
+            np.testing.assert_array_equal(await pool.verify(*batches[0]), want[0])
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_hung_worker_is_killed_and_its_chunk_reverified(registry: signing.KeyRegistry) -> None:
+    batches = [signed_batch(200, stream=400 + i) for i in range(6)]
+    want = expected(registry, [(b.tobytes(), s) for b, s in batches])
+
+    async def run() -> None:
+        pool = LocalValidators(registry, 2, chunk_transfers=50, chunk_timeout_s=1.0)
+        await pool.start()
+        try:
+            victim = pool.worker_pids()[0]
+            futures = [asyncio.ensure_future(pool.verify(b.tobytes(), s)) for b, s in batches]
+            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+            os.kill(victim, signal.SIGSTOP)  # alive but silent
+            got = await asyncio.gather(*futures)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+            s = pool.stats()
+            assert (s.worker_deaths, s.failed_batches) == (1, 0) and s.requeued_chunks >= 1
+            assert victim not in pool.worker_pids()
+            with pytest.raises(ProcessLookupError):
+                os.kill(victim, 0)  # killed and reaped: it can never deliver its chunk late
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_no_worker_left_refuses_batches(registry: signing.KeyRegistry) -> None:
+    batches = [signed_batch(300, stream=200 + i) for i in range(6)]
+
+    async def run() -> None:
+        pool = LocalValidators(registry, 1, chunk_transfers=50, max_restarts=0)
+        await pool.start()
+        try:
+            futures = [asyncio.ensure_future(pool.verify(b.tobytes(), s)) for b, s in batches]
+            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+            os.kill(pool.worker_pids()[0], signal.SIGKILL)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            refused = [r for r in results if isinstance(r, ValidatorsUnavailable)]
+            assert refused, "batches queued behind the dead worker must be refused"
+            assert all(isinstance(r, np.ndarray | ValidatorsUnavailable) for r in results)
+            assert "restart budget" in str(refused[-1]) or "died" in str(refused[-1])
+            with pytest.raises(ValidatorsUnavailable, match="restart the server"):
+                await pool.verify(batches[0][0].tobytes(), batches[0][1])
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_damaged_registry_stops_the_start(registry: signing.KeyRegistry, tmp_path: Path) -> None:
+    bad = tmp_path / registry.path.name
+    bad.write_bytes(registry.path.read_bytes()[:-1])
+    reg = signing.KeyRegistry(bad, SEED, ACCOUNTS, registry._mm)  # the parent's view is fine, the file is not
+    with pytest.raises(ValidatorsUnavailable, match="truncated or damaged"):
+        LocalValidators(reg, 1).start_now()
+
+
+def test_parse_and_make() -> None:
+    assert parse_validators(0) == ("local", 0)
+    assert parse_validators("2") == ("local", 2)
+    assert parse_validators("ray:auto") == ("ray", "auto")
+    assert parse_validators("ray:10.0.0.1:6379") == ("ray", "10.0.0.1:6379")
+    for bad in ("-1", "two", "ray:"):
+        with pytest.raises(ValueError, match="validators"):
+            parse_validators(bad)
+
+
+def test_make_validators_kinds(registry: signing.KeyRegistry) -> None:
+    assert isinstance(make_validators("0", registry), InlineValidators)
+    pool = make_validators(2, registry)
+    assert isinstance(pool, LocalValidators) and pool.workers == 2
+    batch, sigs = signed_batch(2)
+    with pytest.raises(ValidatorsUnavailable, match="start"):  # not started: refused, never a silent wait
+        pool.verify_now(batch.tobytes(), sigs)
+    with pytest.raises(ValueError, match="at least one worker"):
+        LocalValidators(registry, 0)
