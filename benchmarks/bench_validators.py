@@ -29,7 +29,7 @@ CONTENDERS = ("keygen", "verify-pynacl", "verify-cryptography", "two-processes",
 
 def _signed(accounts: int, n: int, seed: int = 1) -> tuple[bytes, bytes]:
     from engine.signing import sign_records
-    from loadgen.workload import Workload, WorkloadConfig
+    from loadgen.generator.workload import Workload, WorkloadConfig
 
     batch = Workload(WorkloadConfig(accounts=accounts, seed=seed)).batch(n, first_id=0)
     return batch.tobytes(), sign_records(batch, seed)

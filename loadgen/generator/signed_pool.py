@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.records import SIGNATURE_BYTES, TRANSFER_DTYPE
 from engine.signing import DERIVATION_VERSION, default_cache_dir, sign_records_parallel
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from engine.wire import (
     Submit,
     signed_records,
 )
-from loadgen.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import Workload, WorkloadConfig
 
 ACCOUNTS = 10_000
 SEED = 4_242
