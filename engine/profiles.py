@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from engine.behaviours import BehaviourConfig
 from engine.hooks.audit_chain import AuditChainConfig
 from engine.hooks.base import Hook
 from engine.hooks.blacklist import BlacklistConfig
@@ -24,6 +25,7 @@ from engine.hooks.registry import BUILTIN, check_spec, load_hook
 from engine.hooks.social_credit import SocialCreditConfig
 from engine.hooks.surveillance_log import SurveillanceLogConfig
 from engine.hooks.wallet_limits import WalletLimitsConfig
+from engine.persons import PersonsConfig
 
 
 class HookSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -41,6 +43,13 @@ class HookSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def params(self, spec: str) -> Any:
         return getattr(self, spec) if spec in BUILTIN else self.custom.get(spec, {})
+
+
+class WorkloadSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The people behind the generated payments (the scenario's ``[workload]`` table)."""
+
+    persons: PersonsConfig = PersonsConfig()
+    behaviours: BehaviourConfig = BehaviourConfig()
 
 
 class CompareSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -78,6 +87,7 @@ class CompareSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     profiles: dict[str, tuple[str, ...]]
     hooks: HookSettings = HookSettings()
+    workload: WorkloadSettings = WorkloadSettings()
     compare: CompareSettings = CompareSettings()
 
     def __post_init__(self) -> None:

@@ -16,9 +16,9 @@ import msgspec
 
 from engine.codes import name_counts
 from engine.ledger import Ledger
-from engine.profiles import build_hooks, profile_names
+from engine.profiles import build_hooks, load_scenario, profile_names
 from loadgen.environment import collect
-from loadgen.workload import DEFAULT_SEED, BatchPool, Workload, WorkloadConfig
+from loadgen.workload import DEFAULT_SEED, BatchPool, Workload, scenario_workload
 
 
 class EngineResult(msgspec.Struct, frozen=True):
@@ -55,7 +55,7 @@ def run_engine(
     """Build a ledger for ``profile``, drive it with a seeded workload, and measure it."""
     if batch < 1 or seconds <= 0:
         raise ValueError("batch must be >= 1 and seconds > 0")
-    workload = Workload(WorkloadConfig(accounts=accounts, seed=seed))
+    workload = Workload(scenario_workload(load_scenario(scenario), accounts=accounts, seed=seed))
     balance, wallet_class = workload.initial_state()
     ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=build_hooks(profile, scenario))
     stream = BatchPool(workload, pool, batch)
