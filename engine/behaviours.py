@@ -195,11 +195,11 @@ class Planter:
         self._casinos = below(hash64(np.arange(GAMBLING_ACCOUNTS), salt(seed, _CASINO)), population.accounts)
 
     def plant(self, batch: np.ndarray, payer_range: tuple[int, int] | None = None) -> np.ndarray:
-        """Overwrite the rows of ``batch`` that carry a label; returns their labels (uint8)."""
+        """Overwrite the rows of ``batch`` that carry a label; returns every row's label (uint8)."""
         ep = episodes(self.config, self.seed, batch["transfer_id"])
-        for b in np.unique(ep.label[ep.label != 0]):
-            rows = np.flatnonzero(ep.label == b)
-            self._plant(Behaviour(int(b)), batch, rows, ep.slot[rows], ep.position[rows], payer_range)
+        rows = np.flatnonzero(ep.label)
+        if len(rows):
+            self._plant(batch, rows, ep.label[rows], ep.slot[rows], ep.position[rows], payer_range)
         return ep.label
 
     def _actor(self, key: np.ndarray, purpose: int, payer_range: tuple[int, int] | None) -> np.ndarray:
@@ -217,14 +217,15 @@ class Planter:
 
     def _plant(
         self,
-        b: Behaviour,
         batch: np.ndarray,
         rows: np.ndarray,
+        label: np.ndarray,
         slot: np.ndarray,
         position: np.ndarray,
         payer_range: tuple[int, int] | None,
     ) -> None:
-        p, n = self.persons, self.population.accounts
+        """Fill the planted ``rows``: what all episodes share first, then each behaviour's own."""
+        p, n, B = self.persons, self.population.accounts, Behaviour
         member = batch["transfer_id"][rows]
         payer = self._actor(slot, _EPISODE, payer_range)
         episode_hash = hash64(slot, salt(self.seed, _EPISODE + 1000))
@@ -232,44 +233,45 @@ class Planter:
         payee = self.population.account_of_unit(member_unit).astype(np.int64)
         amount = self._amount(member, _MEMBER, 2.0)
         category = np.full(len(rows), Category.PEER_TO_PEER, dtype=np.uint16)
-        slot_of_device: np.ndarray | int = 0
-        cell: np.ndarray | None = None
-        match b:
-            case Behaviour.STRUCTURING:
-                payee = self.population.account_of_unit(unit(episode_hash)).astype(np.int64)
-                cap = self.population.single_cap_fen(payer)
-                margin = np.floor(cap * self.config.structuring_margin * member_unit)
-                amount = cap - 1 - margin
-            case Behaviour.NEW_DEVICE_BURST:
-                slot_of_device = NEW_DEVICE_SLOT + below(episode_hash, 4)
-                cell = p.place_in_some_city(episode_hash)
-                category[:] = Category.ONLINE_SHOPPING
-            case Behaviour.IMPOSSIBLE_JUMP:
-                home = p.home_cell(payer)
-                half = p.side // 2
-                cell = np.where(position % 2 == 0, home, p.shifted(home, half, half))
-                category[:] = Category.RETAIL
-                amount = self._amount(member, _MEMBER, 1.0)
-            case Behaviour.BLACKLIST_CONTACT:
-                listed = self.listed.member(below(episode_hash, self.listed.count))
-                payer = np.where(payer == listed, self._actor(slot + 1, _EPISODE, payer_range), payer)
-                pays = (episode_hash & np.uint64(1)).astype(bool) & (payer_range is None)
-                payee = np.where(pays, payer, listed)
-                payer = np.where(pays, listed, payer)
-            case Behaviour.GAMBLING:
-                payee = self._casinos[below(episode_hash, GAMBLING_ACCOUNTS)]
-                category[:] = Category.GAMBLING
-            case Behaviour.RING:
-                size = self.config.ring.payments
-                ring = slot * self.config.slot_payments
-                payer = self._actor(ring + position, _EPISODE + 2000, payer_range)
-                payee = self._actor(ring + (position + 1) % size, _EPISODE + 2000, payer_range)
-                amount = self._amount(slot, _EPISODE, 20.0) * (1 - 0.01 * position)
+        device_slot = np.zeros(len(rows), dtype=np.int64)
+        cell = np.full(len(rows), -1, dtype=np.int64)  # -1: the final payer's home
+
+        if (m := label == B.STRUCTURING).any():
+            payee[m] = self.population.account_of_unit(unit(episode_hash[m]))
+            cap = self.population.single_cap_fen(payer[m])
+            amount[m] = cap - 1 - np.floor(cap * self.config.structuring_margin * member_unit[m])
+        if (m := label == B.NEW_DEVICE_BURST).any():
+            device_slot[m] = NEW_DEVICE_SLOT + below(episode_hash[m], 4)
+            cell[m] = p.place_in_some_city(episode_hash[m])
+            category[m] = Category.ONLINE_SHOPPING
+        if (m := label == B.IMPOSSIBLE_JUMP).any():
+            home, half = p.home_cell(payer[m]), p.side // 2
+            cell[m] = np.where(position[m] % 2 == 0, home, p.shifted(home, half, half))
+            category[m] = Category.RETAIL
+            amount[m] /= 2
+        if (m := label == B.BLACKLIST_CONTACT).any():
+            listed = self.listed.member(below(episode_hash[m], self.listed.count))
+            actor = payer[m]
+            actor = np.where(actor == listed, self._actor(slot[m] + 1, _EPISODE, payer_range), actor)
+            pays = (episode_hash[m] & np.uint64(1)).astype(bool) & (payer_range is None)
+            payer[m], payee[m] = np.where(pays, listed, actor), np.where(pays, actor, listed)
+        if (m := label == B.GAMBLING).any():
+            payee[m] = self._casinos[below(episode_hash[m], GAMBLING_ACCOUNTS)]
+            category[m] = Category.GAMBLING
+        if (m := label == B.RING).any():
+            ring = slot[m] * self.config.slot_payments
+            after = (position[m] + 1) % self.config.ring.payments
+            payer[m] = self._actor(ring + position[m], _EPISODE + 2000, payer_range)
+            payee[m] = self._actor(ring + after, _EPISODE + 2000, payer_range)
+            amount[m] = self._amount(slot[m], _EPISODE, 20.0) * (1 - 0.01 * position[m])
+
         clash = payee == payer
         payee[clash] = (payee[clash] + 1) % n
+        at_home = cell < 0
+        cell[at_home] = p.home_cell(payer[at_home])
         batch["payer"][rows] = payer
         batch["payee"][rows] = payee
         batch["amount_fen"][rows] = np.clip(amount, 1, self.max_amount_fen).astype(np.int64)
         batch["category"][rows] = category
-        batch["device_id"][rows] = p.device(payer, slot_of_device)
-        batch["location_cell"][rows] = p.home_cell(payer) if cell is None else cell
+        batch["device_id"][rows] = p.device(payer, device_slot)
+        batch["location_cell"][rows] = cell

@@ -28,6 +28,9 @@ _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 #: 1 / 2**53: turns the top 53 bits of a hash into a float64 in [0, 1).
 _INV_2_53 = 1.0 / (1 << 53)
+# numpy scalars built once (immutable): building one costs about as much as a small array op.
+_ONE, _S11, _S27, _S30, _S31, _S32 = (np.uint64(k) for k in (1, 11, 27, 30, 31, 32))
+_GAMMA, _MUL1, _MUL2 = np.uint64(GAMMA), np.uint64(_M1), np.uint64(_M2)
 
 
 def _mix_int(x: int) -> int:
@@ -45,25 +48,25 @@ def salt(seed: int, purpose: int) -> int:
 
 def hash64(keys: np.ndarray, salt_: int) -> np.ndarray:
     """SplitMix64 output number ``key`` of the stream seeded with ``salt_`` (uint64 array)."""
-    x = keys.astype(np.uint64) + np.uint64(1)
-    x *= np.uint64(GAMMA)
+    x = keys.astype(np.uint64) + _ONE
+    x *= _GAMMA
     x += np.uint64(salt_)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(_M1)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(_M2)
-    x ^= x >> np.uint64(31)
+    x ^= x >> _S30
+    x *= _MUL1
+    x ^= x >> _S27
+    x *= _MUL2
+    x ^= x >> _S31
     return x
 
 
 def unit(h: np.ndarray) -> np.ndarray:
     """Uniform float64 in [0, 1) from the top 53 bits of hashes ``h``."""
-    return (h >> np.uint64(11)).astype(np.float64) * _INV_2_53
+    return (h >> _S11).astype(np.float64) * _INV_2_53
 
 
 def below(h: np.ndarray, n: int | np.ndarray) -> np.ndarray:
     """Integers in ``0..n-1`` from hashes ``h`` (top 32 bits scaled; ``n`` < 2**32): int64."""
-    return ((h >> np.uint64(32)) * np.asarray(n, dtype=np.uint64) >> np.uint64(32)).astype(np.int64)
+    return ((h >> _S32) * np.asarray(n, dtype=np.uint64) >> _S32).astype(np.int64)
 
 
 class SeededPermutation:
