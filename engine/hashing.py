@@ -29,7 +29,7 @@ _M2 = 0x94D049BB133111EB
 #: 1 / 2**53: turns the top 53 bits of a hash into a float64 in [0, 1).
 _INV_2_53 = 1.0 / (1 << 53)
 # numpy scalars built once (immutable): building one costs about as much as a small array op.
-_ONE, _S11, _S27, _S30, _S31, _S32 = (np.uint64(k) for k in (1, 11, 27, 30, 31, 32))
+_S11, _S27, _S30, _S31, _S32 = (np.uint64(k) for k in (11, 27, 30, 31, 32))
 _GAMMA, _MUL1, _MUL2 = np.uint64(GAMMA), np.uint64(_M1), np.uint64(_M2)
 
 
@@ -48,9 +48,9 @@ def salt(seed: int, purpose: int) -> int:
 
 def hash64(keys: np.ndarray, salt_: int) -> np.ndarray:
     """SplitMix64 output number ``key`` of the stream seeded with ``salt_`` (uint64 array)."""
-    x = keys.astype(np.uint64) + _ONE
+    x = keys.astype(np.uint64)
     x *= _GAMMA
-    x += np.uint64(salt_)
+    x += np.uint64((salt_ + GAMMA) & MASK64)  # (key + 1) * GAMMA + salt, one pass fewer
     x ^= x >> _S30
     x *= _MUL1
     x ^= x >> _S27

@@ -11,8 +11,8 @@
   accounts, self-payments) and a share re-sends an earlier id (duplicates), so error paths run
   in every benchmark.
 
-* Payments are people's (``engine.persons``): the payer is the likeliest of
-  ``hour_candidates`` popularity draws to pay at the payment's local time of day; most payments
+* Payments are people's (``engine.persons``): of ``hour_candidates`` popularity draws, the one
+  whose usual time of day is nearest the payment's local time pays; most payments
   come from one of the payer's own devices, in or near their home or work cell, and go to one of
   their favourite payees (themselves drawn by popularity) or to a fresh popularity draw; amounts
   scale with the payer's spending level. Planted, labelled behaviours (``engine.behaviours``)

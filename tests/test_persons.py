@@ -18,7 +18,7 @@ import pytest
 
 from engine.behaviours import Behaviour, BehaviourConfig, Planted, episodes, labels
 from engine.categories import Category
-from engine.hashing import SeededPermutation, SeededSelection
+from engine.hashing import SeededPermutation, SeededSelection, hash64, salt
 from engine.hooks.blacklist import Blacklist, BlacklistConfig
 from engine.ledger import FLAG_BLACKLISTED, Ledger
 from engine.persons import Persons, PersonsConfig, minute_of_day, minutes_apart
@@ -193,6 +193,21 @@ def test_blacklist_contacts_involve_accounts_the_blacklist_hook_lists(payer_rang
         assert listed[rows["payer"]].any() and listed[rows["payee"]].any()  # both directions
     else:
         assert listed[rows["payee"]].all() and ((rows["payer"] >= 10_000) & (rows["payer"] < 20_000)).all()
+
+
+def test_hash64_is_the_splitmix64_stream() -> None:
+    def splitmix64(state: int, count: int) -> list[int]:
+        out = []
+        for _ in range(count):
+            state = (state + 0x9E3779B97F4A7C15) % 2**64
+            z = state
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+            out.append(z ^ (z >> 31))
+        return out
+
+    s = salt(SEED, 3)
+    assert hash64(np.arange(5), s).tolist() == splitmix64(s, 5)
 
 
 def test_seeded_permutation_inverts_and_selection_is_exact() -> None:
