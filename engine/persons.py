@@ -171,17 +171,21 @@ class Persons:
         y = (self._city_y[city] + np.rint(rho * self._sin[angle]).astype(np.int64)) & self._mask
         return ((y << self._bits) | x).astype(np.uint32)
 
+    def city_of_hash(self, h: np.ndarray) -> np.ndarray:
+        """The city named by the top 32 bits of ``h`` (``_point_in`` uses the low 32)."""
+        return self.city_of_unit((h >> np.uint64(32)).astype(np.float64) * (1.0 / (1 << 32)))
+
     def city_of_unit(self, u: np.ndarray) -> np.ndarray:
         """The city of a uniform ``u`` under the Zipf city-size law (city 0 is the largest)."""
         c = self.config
         return np.floor(powerlaw_inv(u, c.city_zipf_exponent, c.cities)).astype(np.intp).clip(0, c.cities - 1)
 
     def home_city(self, accounts: np.ndarray) -> np.ndarray:
-        return self.city_of_unit(unit(hash64(accounts, self._salts[_HOME])))
+        return self.city_of_hash(hash64(accounts, self._salts[_HOME]))
 
     def home_cell(self, accounts: np.ndarray) -> np.ndarray:
         h = hash64(accounts, self._salts[_HOME])
-        return self._point_in(self.city_of_unit(unit(h)), h)
+        return self._point_in(self.city_of_hash(h), h)
 
     def work_cell(self, accounts: np.ndarray) -> np.ndarray:
         """Another point of the home city (hash bits independent of the home point's)."""
@@ -190,12 +194,12 @@ class Persons:
     def home_and_work(self, accounts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(home cell, work cell) of each person, sharing the city lookup."""
         h = hash64(accounts, self._salts[_HOME])
-        city = self.city_of_unit(unit(h))
+        city = self.city_of_hash(h)
         return self._point_in(city, h), self._point_in(city, hash64(accounts, self._salts[_WORK]))
 
     def place_in_some_city(self, h: np.ndarray) -> np.ndarray:
         """A cell where a random person lives (city by Zipf from the top bits of ``h``)."""
-        return self._point_in(self.city_of_unit(unit(h)), h)
+        return self._point_in(self.city_of_hash(h), h)
 
     def cells_apart(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Chebyshev distance between cells on the torus (int64)."""
