@@ -56,7 +56,7 @@ def test_attributes_are_identical_across_processes_and_chunkings() -> None:
     accounts = np.arange(0, 3_000_000, 97, dtype=np.int64)
     whole = attribute_digest(accounts, SEED)
     code = (
-        "import numpy as np, tests.test_persons as t;"
+        "import numpy as np, tests.engine.test_persons as t;"
         f"print(t.attribute_digest(np.arange(0, 3_000_000, 97, dtype=np.int64), {SEED}))"
     )
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
