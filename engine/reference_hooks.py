@@ -114,9 +114,11 @@ class RefSocialCredit(_Base):
 
 
 class RefSurveillanceLog(_Base):
+    """Every observed row in order; ``capacity`` rows for the buffer mode, all of them (None) for a trove."""
+
     name = "surveillance_log"
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int | None) -> None:
         self.rows: deque[tuple[int, ...]] = deque(maxlen=capacity)
         self.seen = 0
 
@@ -236,7 +238,7 @@ def mirror(hook: Hook) -> ReferenceHook:
             hook.score.tolist(), sc.threshold, _categories(sc.restricted), deltas, sc.min_score, sc.max_score
         )
     if isinstance(hook, SurveillanceLog):
-        return RefSurveillanceLog(hook.config.capacity)
+        return RefSurveillanceLog(hook.config.capacity if hook.config.mode == "buffer" else None)
     if isinstance(hook, AuditChain):
         return RefAuditChain(hook.config.algorithm, hook.config.leaf_transfers)
     if isinstance(hook, Privacy):
