@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "loadgen.cmd_serve",
     "loadgen.cmd_engine",
     "loadgen.cmd_verify_chain",
+    "loadgen.cmd_trove",
 )
 
 
