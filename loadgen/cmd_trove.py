@@ -134,7 +134,11 @@ def _bench(args: argparse.Namespace) -> int:
     from engine.trove.bench import run_bench
 
     result = run_bench(
-        rows=int(args.rows), accounts=int(args.accounts), seed=args.seed, queries=args.queries, directory=args.dir,
+        rows=int(args.rows),
+        accounts=int(args.accounts),
+        seed=args.seed,
+        queries=args.queries,
+        directory=args.dir,
         config=TroveConfig(),
     )
     if args.json:

@@ -78,7 +78,7 @@ def run_bench(
     *, rows: int, accounts: int, seed: int, queries: int, directory: str = "", config: TroveConfig | None = None
 ) -> BenchResult:
     """Load ``rows`` rows into a trove at ``directory`` (temporary if ""), compact, time the queries."""
-    if not 0 < rows or accounts < 2 or queries < 1:
+    if not rows > 0 or accounts < 2 or queries < 1:
         raise ValueError("trove bench needs rows >= 1, accounts >= 2, queries >= 1")
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="cbdc-trove-bench-"))
     cfg = msgspec.structs.replace(config or TroveConfig(), dir=str(root))

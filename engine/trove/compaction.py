@@ -62,7 +62,8 @@ def plan(manifest: Manifest, config: TroveConfig, *, everything: bool = False) -
         segs = by_partition[part]
         ingest = [s for s in segs if s.kind == "ingest"]
         if ingest and (len(ingest) >= config.fanin or part != newest or everything):
-            chosen, rows = [], 0
+            chosen: list[Segment] = []
+            rows = 0
             for s in ingest:
                 if chosen and rows + s.rows > config.max_run_rows:
                     break

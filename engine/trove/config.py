@@ -47,7 +47,9 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         day_s = NS_PER_DAY // NS_PER_SECOND
         if self.partition_s <= 0 or (day_s % self.partition_s and self.partition_s % day_s):
-            raise ValueError(f"trove.partition_s must divide a day or be whole days (3600, 86400...), got {self.partition_s}")
+            raise ValueError(
+                f"trove.partition_s must divide a day or be whole days (3600, 86400...), got {self.partition_s}"
+            )
         if self.segment_rows < 1 or self.row_group_rows < 1:
             raise ValueError("trove.segment_rows and trove.row_group_rows must be >= 1")
         if self.flush_interval_s <= 0:

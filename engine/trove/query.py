@@ -69,7 +69,9 @@ class TroveReader:
         path = Path(root)
         manifest = load_manifest(path)
         if manifest is None:
-            raise FileNotFoundError(f"{path} is not a trove (no trove.json); give the directory a run wrote with --trove")
+            raise FileNotFoundError(
+                f"{path} is not a trove (no trove.json); give the directory a run wrote with --trove"
+            )
         good, problems = [], []
         for s in manifest.segments:
             try:
@@ -143,7 +145,7 @@ class TroveReader:
             if not sent:
                 return _empty_counterparties()
             links = """(SELECT payer AS src, payee AS cp, amount_fen FROM read_parquet($sent)
-                          WHERE payer IN ({srcs}) AND timestamp_ns >= $lo AND timestamp_ns < $hi
+                          WHERE payer IN ({srcs}) AND payer <> payee AND timestamp_ns >= $lo AND timestamp_ns < $hi
                         UNION ALL
                         SELECT payee AS src, payer AS cp, amount_fen FROM read_parquet($recv)
                           WHERE payee IN ({srcs}) AND payer <> payee
@@ -155,7 +157,8 @@ class TroveReader:
 
             params: dict[str, Any] = {"sent": sent, "recv": recv, "lo": lo, "hi": hi, "top": top}
             first = self._run(
-                f"""SELECT 1 AS hop, cp AS account, count(*) AS payments, sum(amount_fen)::BIGINT AS amount_fen, 1 AS via
+                f"""SELECT 1 AS hop, cp AS account, count(*) AS payments,
+                           sum(amount_fen)::BIGINT AS amount_fen, 1 AS via
                     FROM {linked([account])} GROUP BY cp ORDER BY payments DESC, amount_fen DESC, account LIMIT $top""",
                 params,
             )

@@ -21,7 +21,6 @@ and every later ``append`` raises ``TroveStopped``; rows not persisted are count
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import shutil
 import tempfile
@@ -368,29 +367,27 @@ class Trove:
     def _compact_locked(self, *, everything: bool, t0: int) -> bool:
         try:
             with self._lock:
-                sources = compaction.plan(self.manifest, self.config, everything=everything) if self.config.compact else []
+                sources = (
+                    compaction.plan(self.manifest, self.config, everything=everything) if self.config.compact else []
+                )
                 if sources:
                     seg_id = self.manifest.next_segment_id
                     self.manifest.next_segment_id += 1
-            expired = self._apply_retention()
-            if not sources:
-                return expired
-            if self._con is None:
-                self._con = compaction.connect(self.config)
-            run = compaction.merge(self._con, self.root, sources, seg_id, self.manifest.trove_id, self.config)
-            with self._lock:
-                ids = {s.id for s in sources}
-                live = {s.id for s in self.manifest.segments}
-                if not ids <= live:  # retention expired a source meanwhile: drop the merge
-                    self._garbage.extend(self.root / f.path for f in run.files)
-                else:
+            if sources:
+                if self._con is None:
+                    self._con = compaction.connect(self.config)
+                run = compaction.merge(self._con, self.root, sources, seg_id, self.manifest.trove_id, self.config)
+                with self._lock:
+                    ids = {s.id for s in sources}
                     self.manifest.segments = [s for s in self.manifest.segments if s.id not in ids] + [run]
                     save_manifest(self.root, self.manifest)
                     self._garbage.extend(self.root / f.path for s in sources for f in s.files)
                     self.counters["merges"] += 1
                     self.counters["rows_merged"] += run.rows
-            self._collect_garbage()
-            return True
+                self._collect_garbage()
+            # After the merge, never during it: retention only runs under the compaction lock.
+            expired = self._apply_retention()
+            return bool(sources) or expired
         finally:
             self.counters["compaction_cpu_ns"] += time.thread_time_ns() - t0
 
@@ -418,6 +415,8 @@ class Trove:
         for path in garbage:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            with contextlib.suppress(OSError):  # an emptied partition directory goes too
+                path.parent.rmdir()
 
     # ---- reading -----------------------------------------------------------------------------
 
@@ -499,4 +498,3 @@ def manifest_stats(manifest: Manifest, segments: list[Segment]) -> dict[str, Any
         "rows_expired": manifest.rows_expired,
         "trove_id": manifest.trove_id,
     }
-
