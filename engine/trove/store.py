@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,8 @@ class Trove:
                 f"{config.partition_s} s; use the trove's partition_s or a new directory"
             )
         trove = cls(root, config, manifest, temporary=temporary)
+        if temporary:  # removed at exit even if nobody calls close()
+            weakref.finalize(trove, shutil.rmtree, root, ignore_errors=True)
         trove._check(deep=deep_check)
         retention.check_disk(root, config, trove.bytes_on_disk(), trove.bytes_per_row())
         if start:
