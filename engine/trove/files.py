@@ -1,20 +1,19 @@
 """Writing and checking the trove's Parquet files (pyarrow, zstd, page checksums).
 
 A file is written to ``NAME.tmp``, fsynced, its BLAKE2b digest taken, then renamed into place
-and its directory fsynced: a crash leaves either no file or a whole one (and a whole file that
+and its directory fsynced (``manifest.replacing``): a crash leaves either no file or a whole one (and a whole file that
 the manifest does not yet list is simply not part of the trove).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.trove.manifest import META_SEGMENT_ID, META_TROVE_ID, FileEntry, fsync_dir
+from engine.trove.manifest import META_SEGMENT_ID, META_TROVE_ID, FileEntry, replacing
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -55,10 +54,9 @@ def write_parquet(
 
     path = root / rel_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     meta = {META_TROVE_ID: trove_id.encode(), META_SEGMENT_ID: str(segment_id).encode()}
     rows = 0
-    try:
+    with replacing(path) as tmp:
         with pq.ParquetWriter(
             tmp,
             schema.with_metadata(meta),
@@ -74,12 +72,6 @@ def write_parquet(
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         entry = FileEntry(rel_path, ordering, tmp.stat().st_size, digest(tmp))
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
     return entry, rows
 
 
