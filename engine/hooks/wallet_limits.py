@@ -16,10 +16,9 @@ import numpy as np
 
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.hooks.base import Hook, LedgerView, Transfers
+from engine.simtime import CST_OFFSET_NS, NS_PER_DAY
 
 FEN_PER_YUAN = 100
-NS_PER_DAY = 86_400 * 10**9
-CST_OFFSET_NS = 8 * 3_600 * 10**9
 
 
 class ClassCaps(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
