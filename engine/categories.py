@@ -30,6 +30,9 @@ class Category(enum.IntEnum):
     ENTERTAINMENT = 13
     LUXURY_GOODS = 14
     PRIVATE_SCHOOL = 15
+    #: Betting and unlicensed lotteries (illegal in mainland China outside the state lotteries):
+    #: absent from the default mix, paid only by the workload's planted gambling behaviour.
+    GAMBLING = 16
 
 
 #: Share of payments per category in the default workload (sums to 1).

@@ -27,17 +27,12 @@ from __future__ import annotations
 
 import numpy as np
 
-NS_PER_DAY = 86_400 * 10**9
-CST_OFFSET_NS = 8 * 3_600 * 10**9
+from engine.simtime import NS_PER_DAY, cst_day
+
 #: Simulated time of payment 0 (unix ns): 2026-11-22 08:00 China Standard Time.
 CLOCK_START_NS = 1_795_305_600 * 10**9
 #: The workload's default (China's digital payments run at roughly one per resident per day).
 DEFAULT_PAYMENTS_PER_ACCOUNT_PER_DAY = 1.0
-
-
-def day_of(timestamp_ns: int) -> int:
-    """Day number in China Standard Time."""
-    return (timestamp_ns + CST_OFFSET_NS) // NS_PER_DAY
 
 
 def payments_per_day(accounts: int, payments_per_account_per_day: float) -> int:
@@ -70,8 +65,8 @@ class SequencerClock:
     def day(self, batch: np.ndarray) -> int:
         """The day a batch starting now falls in (format 1: its first record's timestamp)."""
         if self.payments_per_day == 0:
-            return day_of(int(batch["timestamp_ns"][0]))
-        return day_of(self.now_ns())
+            return cst_day(int(batch["timestamp_ns"][0]))
+        return cst_day(self.now_ns())
 
     def advance(self, payments: int) -> None:
         self.payments += payments

@@ -76,12 +76,14 @@ class HookTiming:
     authorize_ns: int = 0
     observe_ns: int = 0
     begin_ns: int = 0
+    #: CPU of the hook's own threads/processes (``Hook.background_ns``), as of its last observe.
+    background_ns: int = 0
     errors: int = 0
     last_error: str = ""
 
     @property
     def total_ns(self) -> int:
-        return self.authorize_ns + self.observe_ns + self.begin_ns
+        return self.authorize_ns + self.observe_ns + self.begin_ns + self.background_ns
 
 
 @dataclass(slots=True)
@@ -288,6 +290,7 @@ class Ledger:
         # The batch is committed; an observer's failure is counted (in _timed), not fatal.
         with contextlib.suppress(Exception):
             self._timed(h, "observe_ns", h.observe, batch, codes)
+        self.hook_timing[h.name].background_ns = h.background_ns()
 
     def _timed(self, h: Hook, phase: str, fn: Callable[..., _T], *args: Any) -> _T:
         timing = self.hook_timing[h.name]

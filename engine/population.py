@@ -20,6 +20,8 @@ import math
 import msgspec
 import numpy as np
 
+from engine.powerlaw import powerlaw_cdf, powerlaw_inv
+
 DEFAULT_SEED = 20_260_101
 DEFAULT_SKEW = 0.8
 DEFAULT_MEDIAN_BALANCE_FEN = 200_000
@@ -56,10 +58,31 @@ class Population:
         # Bijection rank -> account id: multiplication by a unit modulo N.
         self._mult = _unit_near(c.accounts, int(c.accounts * 0.618_033_988_75) | 1)
         self._offset = (c.seed * 7_919) % c.accounts
+        self._mult_inverse = pow(self._mult, -1, c.accounts)
+        self._class_bounds = np.round(np.cumsum(c.class_shares) * c.accounts).astype(np.int64)
+
+    @property
+    def accounts(self) -> int:
+        return self.config.accounts
 
     def account_of_rank(self, rank: np.ndarray) -> np.ndarray:
         """Account ids of popularity ranks (rank 0 = the busiest account)."""
         return ((rank.astype(np.int64) * self._mult + self._offset) % self.config.accounts).astype(np.uint32)
+
+    def rank_of_account(self, account: np.ndarray) -> np.ndarray:
+        """Popularity rank of each account (inverse of ``account_of_rank``)."""
+        n = self.config.accounts
+        return ((account.astype(np.int64) - self._offset) % n) * self._mult_inverse % n
+
+    def class_of_rank(self, rank: np.ndarray) -> np.ndarray:
+        """Wallet class of each popularity rank (busiest first: class 0, then 1, ...)."""
+        return np.searchsorted(self._class_bounds, rank, side="right").clip(0, 4).astype(np.uint8)
+
+    def account_of_unit(self, u: np.ndarray) -> np.ndarray:
+        """Accounts drawn by the popularity law from uniforms ``u`` in [0, 1) (uint32)."""
+        s, n = self.config.skew, self.config.accounts
+        rank = np.floor(powerlaw_inv(u, s, n)).astype(np.int64).clip(0, n - 1)
+        return self.account_of_rank(rank)
 
     def share_of_rank(self, rank: np.ndarray) -> np.ndarray:
         """Probability that a payment involves the account of each rank (continuous power law)."""
@@ -68,10 +91,7 @@ class Population:
 
     def draw_accounts(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` accounts drawn by popularity."""
-        s, N = self.config.skew, self.config.accounts
-        u = rng.random(n)
-        rank = np.floor(powerlaw_inv(u, s, N)).astype(np.int64).clip(0, N - 1)
-        return self.account_of_rank(rank)
+        return self.account_of_unit(rng.random(n))
 
     def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Starting (balance_fen, wallet_class) per account id."""
@@ -79,8 +99,7 @@ class Population:
         rng = np.random.default_rng([c.seed, 1 << 30])
         rank = np.arange(c.accounts, dtype=np.int64)
         share = self.share_of_rank(rank) * c.accounts  # 1.0 = an average account
-        bounds = np.round(np.cumsum(c.class_shares) * c.accounts).astype(np.int64)
-        cls_by_rank = np.searchsorted(bounds, rank, side="right").clip(0, 4).astype(np.uint8)
+        cls_by_rank = self.class_of_rank(rank)
         bal = rng.lognormal(np.log(c.median_balance_fen), 1.0, c.accounts) * np.maximum(share, 0.2)
         bal_by_rank = np.minimum(bal.astype(np.int64), _CLASS_BALANCE_CEILING_FEN[cls_by_rank])
         ids = self.account_of_rank(rank)
@@ -89,20 +108,6 @@ class Population:
         balance[ids] = bal_by_rank
         wallet_class[ids] = cls_by_rank
         return balance, wallet_class
-
-
-def powerlaw_cdf(x: np.ndarray, s: float, n: int) -> np.ndarray:
-    """CDF of density ~ (x+1)^-s on [0, n]."""
-    if abs(s - 1) < 1e-12:
-        return np.log1p(x) / np.log1p(n)
-    return ((x + 1) ** (1 - s) - 1) / ((n + 1) ** (1 - s) - 1)
-
-
-def powerlaw_inv(u: np.ndarray, s: float, n: int) -> np.ndarray:
-    """Inverse of ``powerlaw_cdf``."""
-    if abs(s - 1) < 1e-12:
-        return np.expm1(u * np.log1p(n))
-    return (u * ((n + 1) ** (1 - s) - 1) + 1) ** (1 / (1 - s)) - 1
 
 
 def _unit_near(n: int, start: int) -> int:

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from engine.behaviours import BehaviourConfig
 from engine.hooks.base import Hook
 from engine.hooks.registry import BUILTIN, BUILTIN_HOOKS, check_spec, load_hook
+from engine.persons import PersonsConfig
 
 
 class _HookSettingsBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -46,6 +48,13 @@ else:
         frozen=True,
         forbid_unknown_fields=True,
     )
+
+
+class WorkloadSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The people behind the generated payments (the scenario's ``[workload]`` table)."""
+
+    persons: PersonsConfig = PersonsConfig()
+    behaviours: BehaviourConfig = BehaviourConfig()
 
 
 class CompareSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -83,6 +92,7 @@ class CompareSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     profiles: dict[str, tuple[str, ...]]
     hooks: HookSettings = HookSettings()
+    workload: WorkloadSettings = WorkloadSettings()
     compare: CompareSettings = CompareSettings()
 
     def __post_init__(self) -> None:

@@ -16,11 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engine.clock import CLOCK_START_NS, NS_PER_DAY, day_of
+from engine.clock import CLOCK_START_NS
 from engine.codes import LEDGER_CHECKS, PRECEDENCE, ResultCode
 from engine.hooks.wallet_limits import FEN_PER_YUAN, NO_CAP_FEN, WalletLimitsConfig
 from engine.idempotency import DEFAULT_WINDOW
 from engine.records import MAX_TRANSFER_FEN
+from engine.simtime import NS_PER_DAY, cst_day
 
 Tx = dict[str, Any]
 _RANK = {code: rank for rank, code in enumerate(PRECEDENCE)}
@@ -92,9 +93,9 @@ class ReferenceLedger:
                 h.begin_batch(txs)
             if self.limits is not None:
                 if self.payments_per_day:
-                    day = day_of(self.clock_start_ns + self.payments * NS_PER_DAY // self.payments_per_day)
+                    day = cst_day(self.clock_start_ns + self.payments * NS_PER_DAY // self.payments_per_day)
                 else:  # format 1 journals: days from client timestamps
-                    day = day_of(txs[0]["timestamp_ns"])
+                    day = cst_day(txs[0]["timestamp_ns"])
                 if self.day is not None and day > self.day:
                     self.daily_spent = [0] * len(self.balance)
                 if self.day is None or day > self.day:

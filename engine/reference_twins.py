@@ -129,15 +129,17 @@ class RefSocialCredit(_Base):
 
 
 class RefSurveillanceLog(_Base):
+    """Every observed row in order; ``capacity`` rows for the buffer mode, all of them (None) for a trove."""
+
     name = "surveillance_log"
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int | None) -> None:
         self.rows: deque[tuple[int, ...]] = deque(maxlen=capacity)
         self.seen = 0
 
     @classmethod
     def mirror(cls, hook: SurveillanceLog) -> RefSurveillanceLog:
-        return cls(hook.config.capacity)
+        return cls(hook.config.capacity if hook.config.mode == "buffer" else None)
 
     def observe_batch(self, txs: list[Tx], codes: list[int]) -> None:
         for tx, code in zip(txs, codes, strict=True):

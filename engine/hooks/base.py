@@ -174,6 +174,14 @@ class Hook:
         """
         return 0
 
+    def background_ns(self) -> int:
+        """CPU time this hook's own threads or processes have spent so far (writers, compaction).
+
+        The ledger adds it to the hook's measured time, so a hook that moves work off the
+        sequencer still pays for it in its cost per transfer.
+        """
+        return 0
+
     def stats(self) -> dict[str, Any]:
         """Hook-specific figures for result files (counts, sizes)."""
         return {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from engine.clock import CST_OFFSET_NS, NS_PER_DAY, SequencerClock, day_of  # noqa: F401 (re-exported)
+from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.hooks.base import Hook, LedgerView, Transfers
 

@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "loadgen.cli.serve",
     "loadgen.cli.engine",
     "loadgen.cli.verify_chain",
+    "loadgen.cli.trove",
 )
 
 

@@ -8,6 +8,14 @@
   accounts, self-payments) and a share re-sends an earlier id (duplicates), so error paths run
   in every benchmark.
 
+* Payments are people's (``engine.persons``): of ``hour_candidates`` popularity draws, the one
+  whose usual time of day is nearest the payment's local time pays; most payments
+  come from one of the payer's own devices, in or near their home or work cell, and go to one of
+  their favourite payees (themselves drawn by popularity) or to a fresh popularity draw; amounts
+  scale with the payer's spending level. Planted, labelled behaviours (``engine.behaviours``)
+  replace the rows whose transfer ids carry a label; bad transfers and duplicates never touch
+  them, so a label always describes the payment sent under its id.
+
 * Timestamps follow a simulated business clock: ``payments_per_account_per_day`` sets how many
   payments make one simulated day (China's digital payments run at roughly one per resident per
   day). Without it a million-account ledger at 300,000 payments/s would see thousands of payments
@@ -18,11 +26,18 @@ Everything derives from one seed: the same config gives the same batches, byte f
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import msgspec
 import numpy as np
 
+from engine.behaviours import BehaviourConfig, Planter
 from engine.categories import DEFAULT_MIX
 from engine.clock import CLOCK_START_NS
+from engine.hashing import SeededSelection
+from engine.hooks.blacklist import BlacklistConfig
+from engine.hooks.wallet_limits import FEN_PER_YUAN, WalletLimitsConfig
+from engine.persons import Persons, PersonsConfig, minute_of_day, minutes_apart
 from engine.population import (
     DEFAULT_CLASS_SHARES,
     DEFAULT_MEDIAN_BALANCE_FEN,
@@ -33,7 +48,10 @@ from engine.population import (
 )
 from engine.records import MAX_TRANSFER_FEN, TRANSFER_DTYPE
 
-__all__ = ["DEFAULT_SEED", "BatchPool", "Workload", "WorkloadConfig", "confine_payers"]
+if TYPE_CHECKING:
+    from engine.profiles import Scenario
+
+__all__ = ["DEFAULT_SEED", "BatchPool", "Workload", "WorkloadConfig", "confine_payers", "scenario_workload"]
 
 
 class WorkloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -56,6 +74,13 @@ class WorkloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: sequencer's clock starts (engine.clock; the ledger's days come from that clock, not from
     #: these timestamps, which are data).
     start_ns: int = CLOCK_START_NS
+    #: Persons and planted behaviours: the scenario's ``[workload]`` table.
+    persons: PersonsConfig = PersonsConfig()
+    behaviours: BehaviourConfig = BehaviourConfig()
+    #: Who is listed (planted blacklist contacts) and the wallet caps (structuring): the same
+    #: settings the server's hooks use, so the planted truth matches what the server enforces.
+    blacklist: BlacklistConfig = BlacklistConfig()
+    wallet_limits: WalletLimitsConfig = WalletLimitsConfig()
 
     def __post_init__(self) -> None:
         self.population()  # validates accounts and class_shares
@@ -65,6 +90,11 @@ class WorkloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("payments_per_account_per_day must be > 0")
         if not 0 < self.max_amount_fen <= MAX_TRANSFER_FEN:
             raise ValueError(f"max_amount_fen must be in 1..{MAX_TRANSFER_FEN}")
+        if self.persons.spending_sigma > self.amount_sigma:
+            raise ValueError(
+                f"persons.spending_sigma ({self.persons.spending_sigma}) must be <= amount_sigma "
+                f"({self.amount_sigma}): the spending level is part of the amounts' spread"
+            )
 
     def population(self) -> PopulationConfig:
         """The account population this workload pays between."""
@@ -89,11 +119,42 @@ class Workload:
         self._cat_cdf = np.cumsum(list(DEFAULT_MIX.values()))
         self._cat_cdf /= self._cat_cdf[-1]
         self._recent_ids: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.persons = Persons(c.persons, seed=c.seed)
+        caps = [k.single_yuan * FEN_PER_YUAN for k in c.wallet_limits.classes()]
+        # Institutional wallets (class 0) have no cap; structuring by them aims at class 1's.
+        self._single_cap_fen = np.array([caps[0], *caps], dtype=np.int64)
+        self._payment_sigma = float(np.sqrt(c.amount_sigma**2 - c.persons.spending_sigma**2))
+        self.planter = Planter(
+            c.behaviours,
+            seed=c.seed,
+            persons=self.persons,
+            population=self,
+            listed=SeededSelection(c.accounts, c.blacklist.listed_fraction, c.blacklist.seed),
+            median_amount_fen=c.median_amount_fen,
+            max_amount_fen=c.max_amount_fen,
+        )
 
     # ---- accounts ----------------------------------------------------------------------------
 
     def account_of_rank(self, rank: np.ndarray) -> np.ndarray:
         return self.population.account_of_rank(rank)
+
+    @property
+    def accounts(self) -> int:
+        return self.config.accounts
+
+    def rank_of_account(self, account: np.ndarray) -> np.ndarray:
+        """Popularity rank of each account (inverse of ``account_of_rank``)."""
+        return self.population.rank_of_account(account)
+
+    def single_cap_fen(self, accounts: np.ndarray) -> np.ndarray:
+        """Single-payment cap of each account's wallet class (class 0: class 1's), int64."""
+        pop = self.population
+        return self._single_cap_fen[pop.class_of_rank(pop.rank_of_account(accounts))]
+
+    def account_of_unit(self, u: np.ndarray) -> np.ndarray:
+        """Accounts drawn by the popularity law from uniforms ``u`` in [0, 1) (uint32)."""
+        return self.population.account_of_unit(u)
 
     def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Starting (balance_fen, wallet_class) per account id (the population's)."""
@@ -101,6 +162,25 @@ class Workload:
 
     def _draw_accounts(self, n: int) -> np.ndarray:
         return self.population.draw_accounts(self._rng, n)
+
+    def _draw_payers(self, minute: np.ndarray, payer_range: tuple[int, int] | None) -> np.ndarray:
+        """Per payment, the candidate whose usual time of day is nearest the payment's minute."""
+        # One candidate column at a time: arrays of one batch stay in cache (4x faster than (n, k)).
+        minute = minute.astype(np.int16)
+        best = self._draw_payer_candidates(len(minute), payer_range)
+        if self.config.persons.hour_candidates == 1:
+            return best
+        best_apart = minutes_apart(self.persons.usual_minute(best), minute)
+        for _ in range(self.config.persons.hour_candidates - 1):
+            candidate = self._draw_payer_candidates(len(minute), payer_range)
+            apart = minutes_apart(self.persons.usual_minute(candidate), minute)
+            best = np.where(apart < best_apart, candidate, best)
+            best_apart = np.minimum(apart, best_apart)
+        return best
+
+    def _draw_payer_candidates(self, n: int, payer_range: tuple[int, int] | None) -> np.ndarray:
+        drawn = self._draw_accounts(n)
+        return drawn if payer_range is None else fold_accounts(drawn, payer_range, self.config.accounts)
 
     # ---- batches -----------------------------------------------------------------------------
 
@@ -130,29 +210,36 @@ class Workload:
         (lo, hi) draws payers only from accounts ``lo..hi-1``: the accounts the operator owns
         when the server enforces ownership (``Welcome.owned_from``/``owned_to``).
         """
-        c = self.config
+        c, persons = self.config, self.persons
+        pc = c.persons
         rng = self._rng
         b = np.zeros(n, dtype=TRANSFER_DTYPE)
-        payer = self._draw_accounts(n)
-        payee = self._draw_accounts(n)
+        ids = np.arange(first_id, first_id + n, dtype=np.int64)
+        b["transfer_id"] = ids
+        b["operator"] = operator
+        b["timestamp_ns"] = self.timestamps(first_id, n) if timestamp_ns is None else timestamp_ns
+        payer = self._draw_payers(minute_of_day(b["timestamp_ns"]), payer_range)
+        payee_unit = rng.random(n)
+        favourite = np.flatnonzero(rng.random(n) < pc.favourite_share)
+        pick = rng.integers(0, max(pc.favourites, 1), len(favourite))
+        payee_unit[favourite] = persons.favourite_unit(payer[favourite], pick)
+        payee = self.account_of_unit(payee_unit)
         clash = payer == payee
         payee[clash] = (payee[clash] + 1) % c.accounts
         b["payer"] = payer
         b["payee"] = payee
-        if payer_range is not None:
-            confine_payers(b, payer_range, c.accounts)
-        amount = rng.lognormal(np.log(c.median_amount_fen), c.amount_sigma, n)
+        log_amount = np.log(c.median_amount_fen) + pc.spending_sigma * persons.spending_z(payer)
+        amount = np.exp(log_amount + self._payment_sigma * rng.standard_normal(n))
         b["amount_fen"] = np.clip(amount, 1, c.max_amount_fen).astype(np.int64)
         b["category"] = self._cat_values[
             np.searchsorted(self._cat_cdf, rng.random(n), side="right").clip(0, len(self._cat_values) - 1)
         ]
-        ids = np.arange(first_id, first_id + n, dtype=np.int64)
-        b["operator"] = operator
-        b["timestamp_ns"] = self.timestamps(first_id, n) if timestamp_ns is None else timestamp_ns
-        b["location_cell"] = rng.integers(0, 1 << 20, n, dtype=np.uint32)
-        b["device_id"] = rng.integers(0, 1 << 40, n, dtype=np.uint64)
+        b["device_id"] = self._devices(payer)
+        b["location_cell"] = self._places(payer)
 
-        bad = np.flatnonzero(rng.random(n) < c.invalid_fraction)
+        labels = self.planter.plant(b, payer_range)
+        ordinary = labels == 0
+        bad = np.flatnonzero((rng.random(n) < c.invalid_fraction) & ordinary)
         kind = rng.integers(0, 4, len(bad))
         b["amount_fen"][bad[kind == 0]] = 0
         b["amount_fen"][bad[kind == 1]] = -rng.integers(1, 10_000, int((kind == 1).sum()))
@@ -160,11 +247,61 @@ class Workload:
         b["payee"][bad[kind == 3]] = np.uint32(c.accounts)  # one past the last account
 
         if len(self._recent_ids) and c.duplicate_fraction > 0:
-            dup = np.flatnonzero(rng.random(n) < c.duplicate_fraction)
+            dup = np.flatnonzero((rng.random(n) < c.duplicate_fraction) & ordinary)
             ids[dup] = rng.choice(self._recent_ids, len(dup))
         b["transfer_id"] = ids
-        self._recent_ids = ids[-256:].copy()
+        # Duplicates re-send ordinary ids only: a planted id always names its planted payment.
+        self._recent_ids = ids[ordinary][-256:].copy()
         return b
+
+    def _devices(self, payer: np.ndarray) -> np.ndarray:
+        """Mostly one of the payer's own devices; else another person's (a relative's, a till)."""
+        n, persons = len(payer), self.persons
+        borrowed = np.flatnonzero(self._rng.random(n) >= self.config.persons.own_device_share)
+        slot = np.floor(self._rng.random(n) * persons.device_count(payer)).astype(np.int64)
+        device = persons.device(payer, slot)
+        other = self._draw_accounts(len(borrowed))
+        other[other == payer[borrowed]] += 1
+        device[borrowed] = persons.device(other % self.config.accounts, 0)
+        return device
+
+    def _places(self, payer: np.ndarray) -> np.ndarray:
+        """Near home, near work, or elsewhere (travel: never within ``near_cells`` of either)."""
+        pc, persons = self.config.persons, self.persons
+        n = len(payer)
+        u = self._rng.random(n)
+        bits = self._rng.bit_generator.random_raw(n)
+        home, work = persons.home_and_work(payer)
+        cell = persons.near(np.where(u < pc.home_share, home, work), bits)
+        away = np.flatnonzero(u >= pc.home_share + pc.work_share)
+        if len(away):
+            trip = persons.place_in_some_city(bits[away])
+            close = (persons.cells_apart(trip, home[away]) <= pc.near_cells) | (
+                persons.cells_apart(trip, work[away]) <= pc.near_cells
+            )
+            half = persons.side // 2
+            trip[close] = persons.shifted(trip[close], half, half)
+            cell[away] = trip
+        return cell
+
+
+def scenario_workload(scenario: Scenario, **fields: Any) -> WorkloadConfig:
+    """A workload config with the scenario's ``[workload]`` people and the hooks' list and caps."""
+    return WorkloadConfig(
+        persons=scenario.workload.persons,
+        behaviours=scenario.workload.behaviours,
+        blacklist=scenario.hooks.blacklist,
+        wallet_limits=scenario.hooks.wallet_limits,
+        **fields,
+    )
+
+
+def fold_accounts(account: np.ndarray, payer_range: tuple[int, int], accounts: int) -> np.ndarray:
+    """``account`` folded into ``[lo, hi)``: hot ids stay hot within the range (uint32)."""
+    lo, hi = payer_range
+    if not 0 <= lo < hi <= accounts:
+        raise ValueError(f"payer range {payer_range} is not a non-empty range of accounts 0..{accounts - 1}")
+    return (lo + account.astype(np.int64) % (hi - lo)).astype(np.uint32)
 
 
 def confine_payers(batch: np.ndarray, payer_range: tuple[int, int], accounts: int) -> None:
@@ -173,10 +310,7 @@ def confine_payers(batch: np.ndarray, payer_range: tuple[int, int], accounts: in
     Popularity survives the fold (hot ids stay hot within the range); a payer that lands on its
     payee is moved to the next account, as ``Workload.batch`` does for self-payments.
     """
-    lo, hi = payer_range
-    if not 0 <= lo < hi <= accounts:
-        raise ValueError(f"payer range {payer_range} is not a non-empty range of accounts 0..{accounts - 1}")
-    payer = (lo + batch["payer"].astype(np.int64) % (hi - lo)).astype(np.uint32)
+    payer = fold_accounts(batch["payer"], payer_range, accounts)
     clash = payer == batch["payee"]
     batch["payee"][clash] = (batch["payee"][clash].astype(np.int64) + 1) % accounts
     batch["payer"] = payer

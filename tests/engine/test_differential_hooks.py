@@ -124,10 +124,12 @@ class Driver:
 
 
 @pytest.mark.parametrize("profile", profile_names())
-def test_profile_matches_reference(profile, seed, rng) -> None:
+def test_profile_matches_reference(profile, seed, rng, request) -> None:
     wl = Workload(WorkloadConfig(accounts=ACCOUNTS, seed=seed))
     balance, classes = wl.initial_state()
     ledger = Ledger(ACCOUNTS, balance_fen=balance, wallet_class=classes, hooks=build_hooks(profile))
+    for hook in ledger.hooks:  # the trove's threads and temporary directory end with the test
+        request.addfinalizer(hook.close)
     ref = reference_for(ledger)
     d = Driver(ledger, ref, rng, wl)
 

@@ -205,7 +205,7 @@ def test_social_credit_config_is_validated() -> None:
 
 def test_log_keeps_every_payment_with_metadata_and_answers_queries(tmp_path) -> None:
     path = tmp_path / "trove.log"
-    log = SurveillanceLog(SurveillanceLogConfig(capacity=MAX_BATCH, path=str(path), deferred=False))
+    log = SurveillanceLog(SurveillanceLogConfig(mode="buffer", capacity=MAX_BATCH, path=str(path), deferred=False))
     ledger = ledger_with(log, balance=100)
     batch = make_batch([1, 2, 1], [2, 3, 3], [60, 10, 60], location_cell=[7, 8, 9], device_id=[11, 12, 13])
     codes = ledger.apply(batch)
@@ -222,13 +222,14 @@ def test_log_keeps_every_payment_with_metadata_and_answers_queries(tmp_path) -> 
 
 
 def test_log_ring_drops_the_oldest_rows_and_queries_stay_in_order() -> None:
-    log = SurveillanceLog(SurveillanceLogConfig(capacity=MAX_BATCH, deferred=False))
+    log = SurveillanceLog(SurveillanceLogConfig(mode="buffer", capacity=MAX_BATCH, deferred=False))
     ledger = ledger_with(log, accounts=4, balance=10**12)
     n = 10_000
     for i in range(4):  # 40,000 rows into 32,768 slots
         ids = np.arange(i * n, (i + 1) * n)
         ledger.apply(make_batch(1 + ids % 2, 3, 1, transfer_id=ids, device_id=ids))
-    assert log.rows_seen == 4 * n and log.rows_kept == MAX_BATCH and log.rows_dropped == 4 * n - MAX_BATCH
+    st = log.stats()
+    assert log.rows_seen == 4 * n and st["rows_kept"] == MAX_BATCH and st["rows_dropped"] == 4 * n - MAX_BATCH
     got = log.query(3)["device_id"]
     assert got.tolist() == list(range(4 * n - MAX_BATCH, 4 * n))
     assert log.stats()["store_bytes"] == MAX_BATCH * 49

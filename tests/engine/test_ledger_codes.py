@@ -7,12 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from engine.clock import CST_OFFSET_NS, NS_PER_DAY, SequencerClock
+from engine.clock import SequencerClock
 from engine.codes import PRECEDENCE, ResultCode
 from engine.hooks.base import Hook, Transfers
 from engine.hooks.wallet_limits import WalletLimits
 from engine.ledger import Ledger, owner_ranges
 from engine.records import MAX_BATCH, MAX_TRANSFER_FEN, make_batch
+from engine.simtime import CST_OFFSET_NS, NS_PER_DAY
 from tests.support.oracle import assert_same, twins
 
 R = ResultCode

@@ -22,7 +22,8 @@ def test_shipped_scenario_defines_the_profiles_and_builds_every_one() -> None:
     assert set(names["full"]) == set(BUILTIN) - {"privacy"}
     assert "privacy" in names["privacy"] and "surveillance_log" not in names["privacy"]
     for p in SHIPPED:  # every profile attaches to a ledger
-        Ledger(100, balance_fen=10, hooks=build_hooks(p))
+        for hook in Ledger(100, balance_fen=10, hooks=build_hooks(p)).hooks:
+            hook.close()
 
 
 def test_shipped_file_spells_out_every_default(tmp_path) -> None:

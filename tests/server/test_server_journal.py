@@ -146,7 +146,7 @@ def test_failed_journal_write_acknowledges_nothing(
 
 def _file_hooks(tmp_path: Path) -> list[Hook]:
     return [
-        SurveillanceLog(SurveillanceLogConfig(path=str(tmp_path / "trove.log"))),
+        SurveillanceLog(SurveillanceLogConfig(mode="buffer", path=str(tmp_path / "trove.log"))),
         AuditChain(AuditChainConfig(path=str(tmp_path / "chain.bin"))),
     ]
 

@@ -10,8 +10,8 @@ import pytest
 
 from engine import signing
 from engine.codes import ResultCode
+from loadgen.generator.signed_pool import PoolExhausted, SignedPoolParams, pool_path, signed_pool
 from loadgen.generator.workload import Workload, WorkloadConfig
-from loadgen.signed_pool import PoolExhausted, SignedPoolParams, pool_path, signed_pool
 
 ACCOUNTS = 2_000
 
@@ -60,7 +60,7 @@ def test_damaged_pool_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCapture
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="loadgen.signed_pool"):
+    with caplog.at_level(logging.WARNING, logger="loadgen.generator.signed_pool"):
         rebuilt = signed_pool(p, tmp_path, processes=1)
     assert not rebuilt.from_cache and rebuilt.rebuilt_because
     assert "rebuilding it" in caplog.text

@@ -20,7 +20,7 @@ from engine.validators import (
     parse_validators,
     verify_all,
 )
-from tests.test_signing import ACCOUNTS, SEED, forge, signed_batch
+from tests.engine.test_signing import ACCOUNTS, SEED, forge, signed_batch
 
 
 @pytest.fixture(scope="module")

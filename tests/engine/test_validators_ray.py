@@ -20,7 +20,7 @@ import pytest
 from engine import signing
 from engine.codes import ResultCode
 from engine.validators import InlineValidators, LocalValidators, verify_all
-from tests.test_signing import ACCOUNTS, SEED, forge, signed_batch
+from tests.engine.test_signing import ACCOUNTS, SEED, forge, signed_batch
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 

@@ -1,0 +1,22 @@
+"""The persistent surveillance trove: every payment that reached the ledger, on disk, by person.
+
+One concern per module:
+
+* ``config``: ``TroveConfig`` (directory, partitioning, segment and row-group sizes,
+  compaction, retention, disk reserve).
+* ``schema``: the row (transfer + result code + batch_seq/batch_index), its Arrow schema, the
+  one place the timestamp column is chosen, and time partitions (``engine.simtime``).
+* ``manifest``: ``trove.json``, the commit point (segments, their files, sizes and digests, the
+  journal sequence number the trove is durable through, what is to be rebuilt).
+* ``files``: atomic Parquet writes (pyarrow, zstd, page checksums) and file checks.
+* ``store``: ``Trove``: the writer thread, the compactor thread, retention, integrity at open,
+  ``rebuild_from`` journal entries, stats.
+* ``compaction``: size-tiered merges into runs sorted by payer and by payee (DuckDB sorts).
+* ``retention``: partitions to expire, the disk-space check.
+* ``query``: ``TroveReader``: the five surveillance queries in DuckDB.
+* ``bench``: bulk-load a seeded trove and time the queries (``cbdc-bench trove bench``).
+
+Layout on disk: ``trove.json``, ``segments/p<partition>/s<id>.parquet`` (arrival order) and
+``runs/p<partition>/r<id>.{payer,payee}.parquet`` (sorted). It is plain Parquet: any engine can
+read the files the manifest lists (``pyarrow.dataset.dataset(paths)``).
+"""

@@ -1,0 +1,72 @@
+"""The trove's configuration (the ``[hooks.surveillance_log.trove]`` table of a scenario)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine.simtime import NS_PER_DAY, NS_PER_SECOND
+
+
+class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the trove lives, how it is cut into files, and how much disk it may use.
+
+    Sizes are chosen for a 2-core, 24 GiB machine: a segment of 2**20 rows is ~60 MB of columns
+    in memory while it is written; a merge holds at most ``compaction_memory_mb`` (DuckDB sorts
+    out of core past that), so compaction never needs memory in proportion to the trove.
+    """
+
+    #: Directory of the trove; "" = a temporary directory deleted when the hook closes (tests,
+    #: quick runs: the cost is measured, the data is not kept).
+    dir: str = ""
+    #: Time partition length on the simulated clock; partitions are what retention expires.
+    partition_s: int = 86_400
+    #: The writer writes a segment when this many rows are buffered, or after ``flush_interval_s``.
+    segment_rows: int = 1 << 20
+    flush_interval_s: float = 1.0
+    #: Batches the sequencer may hand over before it waits for the writer (back-pressure, never drops).
+    queue_batches: int = 256
+    #: Rows per Parquet row group in compacted (account-sorted) files: the unit a lookup reads.
+    row_group_rows: int = 16_384
+    compact: bool = True
+    #: Size-tiered merging: ``fanin`` runs of one tier merge into one of the next; runs reaching
+    #: ``max_run_rows`` are never rewritten again (no wholesale rewrite of a large base).
+    fanin: int = 4
+    max_run_rows: int = 1 << 26
+    compaction_memory_mb: int = 1_024
+    #: Retention (0 = off): expire the oldest partitions beyond this many bytes on disk, or older
+    #: than this many simulated seconds behind the newest payment.
+    max_bytes: int = 0
+    max_age_s: int = 0
+    #: Free space the trove leaves on its filesystem (for the journal and everything else):
+    #: ingest stops, loudly, rather than go below it.
+    reserve_free_bytes: int = 1 << 30
+    #: Location cells per region and regions, for the region aggregates (as the privacy hook).
+    regions: int = 64
+    cells_per_region: int = 1 << 14
+
+    def __post_init__(self) -> None:
+        day_s = NS_PER_DAY // NS_PER_SECOND
+        if self.partition_s <= 0 or (day_s % self.partition_s and self.partition_s % day_s):
+            raise ValueError(
+                f"trove.partition_s must divide a day or be whole days (3600, 86400...), got {self.partition_s}"
+            )
+        if self.segment_rows < 1 or self.row_group_rows < 1:
+            raise ValueError("trove.segment_rows and trove.row_group_rows must be >= 1")
+        if self.flush_interval_s <= 0:
+            raise ValueError(f"trove.flush_interval_s must be > 0, got {self.flush_interval_s}")
+        if self.queue_batches < 1:
+            raise ValueError(f"trove.queue_batches must be >= 1, got {self.queue_batches}")
+        if self.fanin < 2:
+            raise ValueError(f"trove.fanin must be >= 2, got {self.fanin}")
+        if self.max_run_rows < self.row_group_rows:
+            raise ValueError("trove.max_run_rows must be >= trove.row_group_rows")
+        if self.compaction_memory_mb < 64:
+            raise ValueError(f"trove.compaction_memory_mb must be >= 64, got {self.compaction_memory_mb}")
+        if min(self.max_bytes, self.max_age_s, self.reserve_free_bytes) < 0:
+            raise ValueError("trove.max_bytes, trove.max_age_s and trove.reserve_free_bytes must be >= 0")
+        if self.regions < 1 or self.cells_per_region < 1:
+            raise ValueError("trove.regions and trove.cells_per_region must be >= 1")
+
+    @property
+    def partition_ns(self) -> int:
+        return self.partition_s * NS_PER_SECOND

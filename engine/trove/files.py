@@ -1,0 +1,102 @@
+"""Writing and checking the trove's Parquet files (pyarrow, zstd, page checksums).
+
+A file is written to ``NAME.tmp``, fsynced, its BLAKE2b digest taken, then renamed into place
+and its directory fsynced (``manifest.replacing``): a crash leaves either no file or a whole one (and a whole file that
+the manifest does not yet list is simply not part of the trove).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.trove.manifest import META_SEGMENT_ID, META_TROVE_ID, FileEntry, replacing
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+_HASH_CHUNK = 1 << 22
+#: Dictionary encoding only where values are few: on ids, times and amounts it falls back after
+#: wasting a dictionary page per row group (measured: 37 -> 25 bytes/row on a payer-sorted file).
+_DICTIONARY_COLUMNS = ["category", "operator", "code"]
+#: Delta encoding for the columns that are sorted, or nearly, in some ordering (another ~2 bytes/row).
+_DELTA_COLUMNS = dict.fromkeys(["timestamp_ns", "batch_seq", "payer", "payee"], "DELTA_BINARY_PACKED")
+
+
+class CorruptSegment(ValueError):
+    """A trove file is missing, damaged or not this trove's; the message names it."""
+
+
+def digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_parquet(
+    root: Path,
+    rel_path: str,
+    ordering: str,
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    *,
+    trove_id: str,
+    segment_id: int,
+    row_group_rows: int,
+) -> tuple[FileEntry, int]:
+    """Write ``batches`` as one Parquet file at ``root/rel_path``; its FileEntry and row count."""
+    import pyarrow.parquet as pq
+
+    path = root / rel_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {META_TROVE_ID: trove_id.encode(), META_SEGMENT_ID: str(segment_id).encode()}
+    rows = 0
+    with replacing(path) as tmp:
+        with pq.ParquetWriter(
+            tmp,
+            schema.with_metadata(meta),
+            compression="zstd",
+            use_dictionary=_DICTIONARY_COLUMNS,
+            column_encoding=_DELTA_COLUMNS,
+            write_page_checksum=True,
+            write_statistics=True,
+        ) as writer:
+            for batch in batches:
+                writer.write_batch(batch, row_group_size=row_group_rows)
+                rows += batch.num_rows
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        entry = FileEntry(rel_path, ordering, tmp.stat().st_size, digest(tmp))
+    return entry, rows
+
+
+def check_file(root: Path, entry: FileEntry, *, trove_id: str, segment_id: int, rows: int, deep: bool) -> None:
+    """Raise CorruptSegment naming the file unless it is this trove's, whole (and, if ``deep``, unaltered)."""
+    import pyarrow.parquet as pq
+
+    path = root / entry.path
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptSegment(f"trove file {path} is missing") from None
+    if size != entry.bytes:
+        raise CorruptSegment(f"trove file {path} has {size} bytes, the manifest recorded {entry.bytes}")
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as exc:  # pyarrow raises several types for a bad footer
+        raise CorruptSegment(f"trove file {path} has no readable Parquet footer ({exc})") from None
+    kv = meta.metadata or {}
+    if kv.get(META_TROVE_ID) != trove_id.encode() or kv.get(META_SEGMENT_ID) != str(segment_id).encode():
+        raise CorruptSegment(
+            f"trove file {path} belongs to another trove or segment (footer says trove "
+            f"{kv.get(META_TROVE_ID)!r} segment {kv.get(META_SEGMENT_ID)!r}; expected {trove_id!r} {segment_id})"
+        )
+    if meta.num_rows != rows:
+        raise CorruptSegment(f"trove file {path} has {meta.num_rows} rows, the manifest recorded {rows}")
+    if deep and digest(path) != entry.blake2b:
+        raise CorruptSegment(f"trove file {path} does not match its recorded BLAKE2b digest: its bytes changed")

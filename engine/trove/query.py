@@ -1,0 +1,281 @@
+"""The queries a surveillance state runs against the trove, in DuckDB over its Parquet files.
+
+(a) ``payments``: a person's payments, sent and received, in a time window;
+(b) ``counterparties``: who they pay and are paid by, one and two hops, ranked, top-k;
+(c) ``co_location``: who paid in a location cell during a window;
+(d) ``same_device``: accounts that paid from a device the person paid from;
+(e) ``aggregate``: payments by region and category per hour or day.
+
+A query reads only the files of a committed snapshot of the manifest, chosen per ordering: rows
+sent by N from the payer-sorted file of each run, rows received from the payee-sorted one, plus
+the (small, recent) ingest segments not yet compacted; so each row is read once, and a lookup by
+account reads the few row groups whose statistics contain N. Files found damaged at open are
+named in ``problems`` and left out. Times are unix ns on the simulated clock; windows are
+half-open [since, until). Every result is a ``pyarrow.Table``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.simtime import CST_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR
+from engine.trove.config import TroveConfig
+from engine.trove.files import CorruptSegment, check_file
+from engine.trove.manifest import Segment, load_manifest
+from engine.trove.schema import arrow_schema
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+    from engine.trove.store import Trove
+
+#: ``aggregate`` dimensions and the SQL of each (region as the privacy hook defines it).
+DIMENSIONS = ("region", "category", "operator", "code")
+BUCKETS = {"hour": NS_PER_HOUR, "day": NS_PER_DAY}
+_ALL_TIME = (-(2**63), 2**63 - 1)
+_ORDER = "timestamp_ns, batch_seq, batch_index"
+
+
+class TroveReader:
+    """Queries over a trove: a live ``Trove`` (``TroveReader(trove=...)``) or a directory (``open``)."""
+
+    def __init__(
+        self,
+        *,
+        trove: Trove | None = None,
+        root: Path | None = None,
+        segments: Sequence[Segment] = (),
+        config: TroveConfig | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import duckdb
+
+        self._trove = trove
+        self.root = trove.root if trove is not None else root
+        self._segments = list(segments)
+        self.config = trove.config if trove is not None else (config or TroveConfig())
+        self.problems: list[str] = list(trove.problems) if trove is not None else []
+        self._con: duckdb.DuckDBPyConnection = duckdb.connect(config={"threads": threads} if threads else {})
+        # Footers are read once per file, not once per query (files never change once written).
+        self._con.execute("SET parquet_metadata_cache = true")
+
+    @classmethod
+    def open(cls, root: str | Path, *, deep_check: bool = False, threads: int | None = None) -> TroveReader:
+        """A reader of the trove at ``root`` (another process may be writing it)."""
+        path = Path(root)
+        manifest = load_manifest(path)
+        if manifest is None:
+            raise FileNotFoundError(
+                f"{path} is not a trove (no trove.json); give the directory a run wrote with --trove"
+            )
+        good, problems = [], []
+        for s in manifest.segments:
+            try:
+                for f in s.files:
+                    check_file(path, f, trove_id=manifest.trove_id, segment_id=s.id, rows=s.rows, deep=deep_check)
+                good.append(s)
+            except CorruptSegment as exc:
+                problems.append(str(exc))
+        config = TroveConfig(dir=str(path), partition_s=manifest.partition_ns // 10**9)
+        reader = cls(root=path, segments=good, config=config, threads=threads)
+        reader.problems = problems
+        return reader
+
+    def close(self) -> None:
+        self._con.close()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[list[Segment]]:
+        if self._trove is None:
+            yield self._segments
+        else:
+            with self._trove.snapshot() as segments:
+                yield segments
+
+    def _files(self, segments: list[Segment], ordering: str, since: int, until: int) -> list[str]:
+        root = self.root
+        assert root is not None
+        return [
+            str(root / s.file(ordering).path)
+            for s in segments
+            if s.max_timestamp_ns >= since and s.min_timestamp_ns < until
+        ]
+
+    def _run(self, sql: str, params: dict[str, Any]) -> pa.Table:
+        return self._con.sql(sql, params=params).to_arrow_table()
+
+    # ---- (a) ----------------------------------------------------------------------------------
+
+    def payments(self, account: int, since: int | None = None, until: int | None = None) -> pa.Table:
+        """Every payment ``account`` sent or received in [since, until), by time, with a ``direction``."""
+        lo, hi = _window(since, until)
+        with self._snapshot() as segs:
+            sent, recv = self._files(segs, "payer", lo, hi), self._files(segs, "payee", lo, hi)
+            if not sent:
+                return _empty(["direction"])
+            return self._run(
+                f"""SELECT 'sent' AS direction, * FROM read_parquet($sent)
+                      WHERE payer = $a AND timestamp_ns >= $lo AND timestamp_ns < $hi
+                    UNION ALL
+                    SELECT 'received' AS direction, * FROM read_parquet($recv)
+                      WHERE payee = $a AND payer <> $a AND timestamp_ns >= $lo AND timestamp_ns < $hi
+                    ORDER BY {_ORDER}""",
+                {"sent": sent, "recv": recv, "a": account, "lo": lo, "hi": hi},
+            )
+
+    # ---- (b) ----------------------------------------------------------------------------------
+
+    def counterparties(
+        self, account: int, *, hops: int = 1, top: int = 50, since: int | None = None, until: int | None = None
+    ) -> pa.Table:
+        """Counterparties ranked by payments (then amount): hop 1 = paid or paid by ``account``;
+        hop 2 = counterparties of the top hop-1 accounts (``via`` = how many of them link to it),
+        excluding ``account`` and its hop-1 list. ``top`` rows per hop."""
+        if hops not in (1, 2):
+            raise ValueError(f"hops must be 1 or 2, got {hops}")
+        if top < 1:
+            raise ValueError(f"top must be >= 1, got {top}")
+        lo, hi = _window(since, until)
+        with self._snapshot() as segs:
+            sent, recv = self._files(segs, "payer", lo, hi), self._files(segs, "payee", lo, hi)
+            if not sent:
+                return _empty_counterparties()
+            links = """(SELECT payer AS src, payee AS cp, amount_fen FROM read_parquet($sent)
+                          WHERE payer IN ({srcs}) AND payer <> payee AND timestamp_ns >= $lo AND timestamp_ns < $hi
+                        UNION ALL
+                        SELECT payee AS src, payer AS cp, amount_fen FROM read_parquet($recv)
+                          WHERE payee IN ({srcs}) AND payer <> payee
+                            AND timestamp_ns >= $lo AND timestamp_ns < $hi)"""
+
+            def linked(srcs: list[int]) -> str:
+                # Integer literals, not a parameter: DuckDB pushes a constant IN list into the scan.
+                return links.format(srcs=", ".join(str(int(a)) for a in srcs))
+
+            params: dict[str, Any] = {"sent": sent, "recv": recv, "lo": lo, "hi": hi, "top": top}
+            first = self._run(
+                f"""SELECT 1 AS hop, cp AS account, count(*) AS payments,
+                           sum(amount_fen)::BIGINT AS amount_fen, 1 AS via
+                    FROM {linked([account])} GROUP BY cp ORDER BY payments DESC, amount_fen DESC, account LIMIT $top""",
+                params,
+            )
+            if hops == 1 or first.num_rows == 0:
+                return first
+            near = first.column("account").to_pylist()
+            second = self._run(
+                f"""SELECT 2 AS hop, cp AS account, count(*) AS payments, sum(amount_fen)::BIGINT AS amount_fen,
+                           count(DISTINCT src) AS via
+                    FROM {linked(near)} WHERE cp <> $a AND cp NOT IN ({", ".join(map(str, near))})
+                    GROUP BY cp ORDER BY via DESC, payments DESC, amount_fen DESC, account LIMIT $top""",
+                {**params, "a": account},
+            )
+        import pyarrow as pa
+
+        return pa.concat_tables([first, second.cast(first.schema)])
+
+    # ---- (c) ----------------------------------------------------------------------------------
+
+    def co_location(self, cell: int, since: int | None = None, until: int | None = None) -> pa.Table:
+        """Accounts that paid in location cell ``cell`` in [since, until): payments, first and last time."""
+        lo, hi = _window(since, until)
+        with self._snapshot() as segs:
+            files = self._files(segs, "payer", lo, hi)
+            if not files:
+                return _empty_accounts(["first_ns", "last_ns"])
+            return self._run(
+                """SELECT payer AS account, count(*) AS payments, min(timestamp_ns) AS first_ns,
+                          max(timestamp_ns) AS last_ns
+                   FROM read_parquet($f) WHERE location_cell = $c AND timestamp_ns >= $lo AND timestamp_ns < $hi
+                   GROUP BY payer ORDER BY payments DESC, account""",
+                {"f": files, "c": cell, "lo": lo, "hi": hi},
+            )
+
+    # ---- (d) ----------------------------------------------------------------------------------
+
+    def same_device(self, account: int, since: int | None = None, until: int | None = None) -> pa.Table:
+        """Other accounts that paid from a device ``account`` paid from: payments and devices shared."""
+        lo, hi = _window(since, until)
+        with self._snapshot() as segs:
+            files = self._files(segs, "payer", lo, hi)
+            if not files:
+                return _empty_accounts(["shared_devices"])
+            return self._run(
+                """WITH mine AS (SELECT DISTINCT device_id FROM read_parquet($f)
+                                 WHERE payer = $a AND timestamp_ns >= $lo AND timestamp_ns < $hi)
+                   SELECT payer AS account, count(*) AS payments, count(DISTINCT device_id) AS shared_devices
+                   FROM read_parquet($f)
+                   WHERE device_id IN (SELECT device_id FROM mine) AND payer <> $a
+                     AND timestamp_ns >= $lo AND timestamp_ns < $hi
+                   GROUP BY payer ORDER BY shared_devices DESC, payments DESC, account""",
+                {"f": files, "a": account, "lo": lo, "hi": hi},
+            )
+
+    # ---- (e) ----------------------------------------------------------------------------------
+
+    def aggregate(
+        self,
+        by: Sequence[str] = ("region", "category"),
+        bucket: str = "hour",
+        since: int | None = None,
+        until: int | None = None,
+    ) -> pa.Table:
+        """Per time bucket (CST hours or days) and ``by`` dimensions: payments, accepted, accepted amount."""
+        unknown = [d for d in by if d not in DIMENSIONS]
+        if unknown or not by:
+            raise ValueError(f"aggregate by one or more of {', '.join(DIMENSIONS)}; got {list(by)}")
+        if bucket not in BUCKETS:
+            raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
+        size = BUCKETS[bucket]
+        c = self.config
+        exprs = {
+            "region": f"least(location_cell // {c.cells_per_region}, {c.regions - 1})",
+            "category": "category",
+            "operator": "operator",
+            "code": "code",
+        }
+        dims = ", ".join(f"{exprs[d]} AS {d}" for d in by)
+        lo, hi = _window(since, until)
+        with self._snapshot() as segs:
+            files = self._files(segs, "payer", lo, hi)
+            if not files:
+                return _empty_accounts([])
+            return self._run(
+                f"""SELECT (timestamp_ns + {CST_OFFSET_NS}) // {size} * {size} - {CST_OFFSET_NS} AS bucket_ns, {dims},
+                          count(*) AS payments, count(*) FILTER (WHERE code = 0) AS accepted,
+                          coalesce(sum(amount_fen) FILTER (WHERE code = 0), 0)::BIGINT AS accepted_fen
+                   FROM read_parquet($f) WHERE timestamp_ns >= $lo AND timestamp_ns < $hi
+                   GROUP BY ALL ORDER BY ALL""",
+                {"f": files, "lo": lo, "hi": hi},
+            )
+
+
+def _window(since: int | None, until: int | None) -> tuple[int, int]:
+    lo = _ALL_TIME[0] if since is None else since
+    hi = _ALL_TIME[1] if until is None else until
+    if lo >= hi:
+        raise ValueError(f"the window is empty: since ({lo}) must be before until ({hi})")
+    return lo, hi
+
+
+def _empty(extra: list[str]) -> pa.Table:
+    import pyarrow as pa
+
+    schema = arrow_schema()
+    for name in extra:
+        schema = schema.insert(0, pa.field(name, pa.string()))
+    return schema.empty_table()
+
+
+def _empty_accounts(extra: list[str]) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({name: pa.array([], pa.int64()) for name in ["account", "payments", *extra]})
+
+
+def _empty_counterparties() -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({n: pa.array([], pa.int64()) for n in ("hop", "account", "payments", "amount_fen", "via")})

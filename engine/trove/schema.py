@@ -1,0 +1,100 @@
+"""The trove's row: one payment that reached the ledger, as Arrow columns.
+
+A row is a transfer record, its result code, and where it sits in the sequencer's order:
+``batch_seq`` (the journal entry number of its batch; when the server runs without a journal,
+the trove's own count of the batches it observed) and ``batch_index`` (its position in that
+batch). (batch_seq, batch_index) identifies a row and orders rows as the sequencer applied
+them, so a row rebuilt from the journal is the same row, never a second one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from engine.codes import ResultCode
+from engine.simtime import CST_OFFSET_NS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+#: Column name -> numpy dtype, in file order. The Arrow schema is derived from it.
+COLUMNS: dict[str, np.dtype] = {
+    "timestamp_ns": np.dtype("<i8"),
+    "batch_seq": np.dtype("<i8"),
+    "batch_index": np.dtype("<u2"),
+    "transfer_id": np.dtype("<i8"),
+    "payer": np.dtype("<u4"),
+    "payee": np.dtype("<u4"),
+    "amount_fen": np.dtype("<i8"),
+    "category": np.dtype("<u2"),
+    "operator": np.dtype("<u2"),
+    "device_id": np.dtype("<u8"),
+    "location_cell": np.dtype("<u4"),
+    "code": np.dtype("u1"),
+}
+#: Uncompressed bytes of one row's columns (59).
+ROW_BYTES = sum(d.itemsize for d in COLUMNS.values())
+#: Codes that never reach the ledger, so never reach the trove.
+NOT_LEDGER_CODES = (int(ResultCode.OVERLOADED),)
+
+
+def row_timestamps_ns(batch: np.ndarray) -> np.ndarray:
+    """The time a row is filed under: the one place the trove's timestamp column is chosen.
+
+    Today it is the record's own ``timestamp_ns`` (the payment's simulated time). When the
+    sequencer stamps batches with its own clock, take that here instead; partitions, retention
+    and every query follow this column.
+    """
+    return batch["timestamp_ns"]
+
+
+def arrow_schema() -> pa.Schema:
+    """The Arrow schema of a trove row (pyarrow imported on first use, not at import time)."""
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.from_numpy_dtype(dtype)) for name, dtype in COLUMNS.items()])
+
+
+def rows_of(batch: np.ndarray, codes: np.ndarray, batch_seq: int) -> dict[str, np.ndarray]:
+    """The trove rows of one applied batch: every transfer the ledger gave a code."""
+    keep = np.isin(codes, NOT_LEDGER_CODES, invert=True)
+    index = np.arange(len(batch), dtype=np.uint16)
+    if not keep.all():
+        batch, codes, index = batch[keep], codes[keep], index[keep]
+    cols: dict[str, np.ndarray] = {}
+    for name, dtype in COLUMNS.items():
+        if name == "timestamp_ns":
+            cols[name] = np.ascontiguousarray(row_timestamps_ns(batch), dtype=dtype)
+        elif name == "batch_seq":
+            cols[name] = np.full(len(batch), batch_seq, dtype=dtype)
+        elif name == "batch_index":
+            cols[name] = index
+        elif name == "code":
+            cols[name] = np.ascontiguousarray(codes, dtype=dtype)
+        else:
+            cols[name] = np.ascontiguousarray(batch[name], dtype=dtype)
+    return cols
+
+
+def concat_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One column set from several (in order)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in COLUMNS}
+
+
+def take_rows(cols: dict[str, np.ndarray], where: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows at ``where`` (indices or a boolean mask)."""
+    return {name: col[where] for name, col in cols.items()}
+
+
+def partition_of(timestamp_ns: np.ndarray, partition_ns: int) -> np.ndarray:
+    """Partition number of each time: partitions are aligned on China Standard Time midnights."""
+    return (timestamp_ns + CST_OFFSET_NS) // partition_ns
+
+
+def partition_start_ns(partition: int, partition_ns: int) -> int:
+    """Unix ns at which ``partition`` begins."""
+    return partition * partition_ns - CST_OFFSET_NS

@@ -1,0 +1,511 @@
+"""The trove: every payment that reached the ledger, persisted as partitioned Parquet.
+
+``Trove.append(batch, codes, batch_seq)`` is called on the sequencer's thread and only copies
+the batch into a bounded queue (when the queue is full the sequencer waits: back-pressure,
+never a dropped row; the wait is counted). A writer thread turns batches into rows, buffers
+them, and every ``segment_rows`` rows or ``flush_interval_s`` writes one ingest segment per time
+partition touched (``files.write_parquet``), then commits the manifest: the trove is then
+durable through the last batch written. A compactor thread merges segments into account-sorted
+runs (``compaction``) and applies retention (``retention``). Both threads measure their own
+CPU time (``time.thread_time_ns``), which the hook charges to itself.
+
+The journal is the source of truth. A segment whose file is missing or damaged at open is
+taken out of the manifest, named in ``problems``, and remembered as rows to rebuild (its
+partition and batch ranges); ``rebuild_from(entries)`` (or the live hook fed the replayed
+journal) writes them again, and skips the rows the trove already holds, using batch_seq.
+
+Failures are loud: when the disk fills (or any write fails) ingest stops, ``failure`` says why,
+and every later ``append`` raises ``TroveStopped``; rows not persisted are counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.trove import compaction, retention
+from engine.trove.config import TroveConfig
+from engine.trove.files import CorruptSegment, check_file, write_parquet
+from engine.trove.manifest import Manifest, Segment, load_manifest, merge_ranges, save_manifest
+from engine.trove.schema import arrow_schema, concat_rows, partition_of, rows_of, take_rows
+
+#: The compactor looks for work at least this often (it is also woken after every flush).
+_COMPACTOR_POLL_S = 0.5
+
+
+class TroveStopped(RuntimeError):
+    """The trove stopped ingesting (disk full, write error); the message says why and what to do."""
+
+
+class Trove:
+    """A trove directory opened for writing (``Trove.open``), or ``TroveReader`` for queries only."""
+
+    def __init__(self, root: Path, config: TroveConfig, manifest: Manifest, *, temporary: bool) -> None:
+        self.root = root
+        self.config = config
+        self.manifest = manifest
+        self.temporary = temporary
+        #: Files found damaged, missing or foreign at open, by name (never read).
+        self.problems: list[str] = []
+        #: (partition, batch ranges) whose rows must be rebuilt from the journal.
+        self.to_rebuild: list[tuple[int, list[tuple[int, int]]]] = [(p, list(r)) for p, r in manifest.to_rebuild]
+        self.failure = ""
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[int, np.ndarray, np.ndarray] | threading.Event | None] = queue.Queue(
+            config.queue_batches
+        )
+        # Rows handed over by the sequencer / taken by the writer: each written by one thread only,
+        # so the sequencer never takes a lock (the lock is held across manifest fsyncs).
+        self._rows_in = 0
+        self._rows_taken = 0
+        self._buffered_rows = 0
+        self._readers = 0
+        self._garbage: list[Path] = []
+        self._compact_now = threading.Event()
+        self._compacting = threading.Lock()  # one merge at a time (compactor thread or compact_all)
+        self._stop = threading.Event()
+        self.counters = {
+            "rows_appended": 0,
+            "rows_skipped_durable": 0,
+            "rows_not_persisted": 0,
+            "rows_expired_on_arrival": 0,
+            "segments_written": 0,
+            "merges": 0,
+            "rows_merged": 0,
+            "append_wait_ns": 0,
+            "writer_cpu_ns": 0,
+            "compaction_cpu_ns": 0,
+            "backlog_rows_peak": 0,
+        }
+        self._writer = threading.Thread(target=self._writer_loop, name=f"trove-writer {root}", daemon=True)
+        self._compactor = threading.Thread(target=self._compactor_loop, name=f"trove-compactor {root}", daemon=True)
+        self._con: Any = None
+
+    # ---- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: TroveConfig, *, deep_check: bool = False, start: bool = True) -> Trove:
+        """Open (or create) the trove at ``config.dir`` (a temporary directory if "").
+
+        Checks every listed file (``deep_check``: also its digest), sets damaged ones aside as
+        rows to rebuild, removes uncommitted temporary files, checks the disk has room for what
+        is configured (ValueError otherwise), and starts the writer and compactor threads.
+        """
+        temporary = not config.dir
+        root = Path(tempfile.mkdtemp(prefix="cbdc-trove-")) if temporary else Path(config.dir)
+        root.mkdir(parents=True, exist_ok=True)
+        manifest = load_manifest(root)
+        if manifest is None:
+            manifest = Manifest(trove_id=uuid.uuid4().hex, partition_ns=config.partition_ns)
+            save_manifest(root, manifest)
+        elif manifest.partition_ns != config.partition_ns:
+            raise ValueError(
+                f"trove {root} is partitioned by {manifest.partition_ns // 10**9} s, the configuration says "
+                f"{config.partition_s} s; use the trove's partition_s or a new directory"
+            )
+        trove = cls(root, config, manifest, temporary=temporary)
+        if temporary:  # removed at exit even if nobody calls close()
+            weakref.finalize(trove, shutil.rmtree, root, ignore_errors=True)
+        trove._check(deep=deep_check)
+        retention.check_disk(root, config, trove.bytes_on_disk(), trove.bytes_per_row())
+        if start:
+            # Imported here, at attach time: an import in the writer thread would hold the GIL
+            # (and stall the sequencer) for a few hundred ms in the middle of a measured run.
+            import duckdb  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
+
+            trove._writer.start()
+            trove._compactor.start()
+        return trove
+
+    def _check(self, *, deep: bool) -> None:
+        """Take damaged segments out of the manifest (naming them); remove stray temporary files."""
+        for tmp in [*self.root.glob("segments/*/*.tmp"), *self.root.glob("runs/*/*.tmp")]:
+            tmp.unlink()  # a write interrupted before its rename: never part of the trove
+        good: list[Segment] = []
+        for s in self.manifest.segments:
+            try:
+                for f in s.files:
+                    check_file(self.root, f, trove_id=self.manifest.trove_id, segment_id=s.id, rows=s.rows, deep=deep)
+            except CorruptSegment as exc:
+                self.problems.append(str(exc))
+                self.to_rebuild.append((s.partition, list(s.seq_ranges)))
+                for f in s.files:  # keep the evidence, out of the way of the trove's names
+                    path = self.root / f.path
+                    if path.exists():
+                        path.rename(path.with_name(path.name + ".damaged"))
+                continue
+            good.append(s)
+        listed = {f.path for s in self.manifest.segments for f in s.files}
+        for path in sorted([*self.root.glob("segments/*/*.parquet"), *self.root.glob("runs/*/*.parquet")]):
+            if str(path.relative_to(self.root)) not in listed:
+                self.problems.append(f"trove file {path} is not listed in the manifest: ignored, never read")
+        if len(good) != len(self.manifest.segments):
+            self.manifest.segments = good
+            self.manifest.to_rebuild = [(p, list(r)) for p, r in self.to_rebuild]
+            save_manifest(self.root, self.manifest)
+
+    # ---- the sequencer's side ----------------------------------------------------------------
+
+    def append(self, batch: np.ndarray, codes: np.ndarray, batch_seq: int) -> None:
+        """Queue an applied batch (copied); waits while the writer is ``queue_batches`` behind."""
+        if self.failure:
+            self.counters["rows_not_persisted"] += len(batch)
+            raise TroveStopped(self.failure)
+        item = (batch_seq, batch.copy(), np.array(codes, copy=True))
+        self._rows_in += len(batch)
+        backlog = self.backlog_rows
+        if backlog > self.counters["backlog_rows_peak"]:
+            self.counters["backlog_rows_peak"] = backlog
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            t0 = time.perf_counter_ns()
+            self._queue.put(item)
+            self.counters["append_wait_ns"] += time.perf_counter_ns() - t0
+
+    @property
+    def backlog_rows(self) -> int:
+        """Rows handed to the trove and not yet durable in a segment."""
+        return self._rows_in - self._rows_taken + self._buffered_rows
+
+    def flush(self, *, compact: bool = False) -> None:
+        """Return once everything appended so far is durable (and, if ``compact``, fully merged)."""
+        if self._writer.is_alive():
+            done = threading.Event()
+            self._queue.put(done)
+            done.wait()
+        if self.failure:
+            raise TroveStopped(self.failure)
+        if compact:
+            self.compact_all()
+
+    def rebuild_from(self, entries: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Write again, from journal entries ``(batch_seq, batch, codes)`` in order, the rows the trove
+        lacks: those past ``durable_through_seq`` and those of segments lost or damaged. Rows the
+        trove already holds are skipped, so replaying a whole journal is safe."""
+        for seq, batch, codes in entries:
+            self.append(batch, codes, seq)
+        self.flush()
+
+    def needs_journal_from(self) -> int:
+        """The first journal sequence number the trove still needs (keep journal entries from here)."""
+        firsts = [lo for _, ranges in self.to_rebuild for lo, _ in ranges]
+        return min([self.manifest.durable_through_seq + 1, *firsts])
+
+    # ---- the writer thread -------------------------------------------------------------------
+
+    def _writer_loop(self) -> None:
+        pending: list[dict[str, np.ndarray]] = []
+        seen_seq = 0  # the last batch_seq handed over (replays start low, live batches go on from there)
+        deadline = time.monotonic() + self.config.flush_interval_s
+        t_cpu = time.thread_time_ns()
+        while True:
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                item = threading.Event()  # the interval passed: flush what is buffered
+                item.set()
+            flush = item is None or isinstance(item, threading.Event)
+            if isinstance(item, tuple):
+                seq, batch, codes = item
+                self._rows_taken += len(batch)
+                if not self.failure:
+                    rows = self._rows_needed(rows_of(batch, codes, seq), seq)
+                    if rows is not None:
+                        pending.append(rows)
+                        self._buffered_rows += len(rows["payer"])
+                    seen_seq = seq
+                else:
+                    self.counters["rows_not_persisted"] += len(batch)
+                flush = self._buffered_rows >= self.config.segment_rows
+            if flush and not self.failure and (pending or seen_seq > self.manifest.durable_through_seq):
+                try:
+                    self._write_segments(pending, seen_seq)
+                except OSError as exc:
+                    self._stop_ingest(exc)
+                    self.counters["rows_not_persisted"] += self._buffered_rows
+                pending = []
+                self._buffered_rows = 0
+                deadline = time.monotonic() + self.config.flush_interval_s
+                self._compact_now.set()
+            now_cpu = time.thread_time_ns()
+            self.counters["writer_cpu_ns"] += now_cpu - t_cpu
+            t_cpu = now_cpu
+            if isinstance(item, threading.Event):
+                item.set()
+            if item is None:
+                return
+
+    def _rows_needed(self, rows: dict[str, np.ndarray], seq: int) -> dict[str, np.ndarray] | None:
+        """The rows of batch ``seq`` the trove does not hold yet (None: none)."""
+        if seq > self.manifest.durable_through_seq:
+            return rows
+        if not self.to_rebuild:
+            self.counters["rows_skipped_durable"] += len(rows["payer"])
+            return None
+        parts = partition_of(rows["timestamp_ns"], self.manifest.partition_ns)
+        wanted = np.zeros(len(parts), dtype=bool)
+        for part, ranges in self.to_rebuild:
+            if any(lo <= seq <= hi for lo, hi in ranges):
+                wanted |= parts == part
+        self.counters["rows_skipped_durable"] += int((~wanted).sum())
+        return take_rows(rows, wanted) if wanted.any() else None
+
+    def _write_segments(self, pending: list[dict[str, np.ndarray]], seen_seq: int) -> None:
+        """One ingest segment per partition of the buffered rows, then commit the manifest.
+
+        A segment claims the batch ranges it is complete for: this flush's new batches
+        (durable_through + 1 .. seen_seq) and, for rows rebuilt from the journal, the part of
+        the lost segment's ranges that the replay has passed (the rest stays to be rebuilt).
+        """
+        free = shutil.disk_usage(self.root).free
+        if free < self.config.reserve_free_bytes:
+            raise retention.TroveDiskFull(
+                f"only {free / 2**20:.0f} MiB free, below the trove's reserve of "
+                f"{self.config.reserve_free_bytes / 2**20:.0f} MiB"
+            )
+        m = self.manifest
+        first_new = m.durable_through_seq + 1
+        claims: dict[int, list[tuple[int, int]]] = {}
+        still_missing: list[tuple[int, list[tuple[int, int]]]] = []
+        for part, ranges in self.to_rebuild:
+            claims.setdefault(part, []).extend((lo, min(hi, seen_seq)) for lo, hi in ranges if lo <= seen_seq)
+            rest = [(max(lo, seen_seq + 1), hi) for lo, hi in ranges if hi > seen_seq]
+            if rest:
+                still_missing.append((part, rest))
+        new: list[Segment] = []
+        if pending:
+            rows = concat_rows(pending)
+            parts = partition_of(rows["timestamp_ns"], m.partition_ns)
+            late = parts < m.expired_below_partition
+            if late.any():
+                self.counters["rows_expired_on_arrival"] += int(late.sum())
+            schema = arrow_schema()
+            for part in np.unique(parts[~late]).tolist():
+                in_part = parts == part
+                ranges = list(claims.get(part, []))
+                if (rows["batch_seq"][in_part] >= first_new).any():
+                    ranges.append((first_new, seen_seq))
+                new.append(self._write_ingest(take_rows(rows, in_part), part, merge_ranges(ranges), schema))
+        with self._lock:
+            m.segments.extend(new)
+            m.durable_through_seq = max(m.durable_through_seq, seen_seq)
+            self.to_rebuild = still_missing
+            m.to_rebuild = [(p, list(r)) for p, r in still_missing]
+            save_manifest(self.root, m)
+        self.counters["segments_written"] += len(new)
+        self.counters["rows_appended"] += sum(s.rows for s in new)
+
+    def _write_ingest(
+        self, rows: dict[str, np.ndarray], part: int, ranges: list[tuple[int, int]], schema: Any
+    ) -> Segment:
+        import pyarrow as pa
+
+        with self._lock:
+            seg_id = self.manifest.next_segment_id
+            self.manifest.next_segment_id += 1
+        table = pa.Table.from_arrays([pa.array(rows[name]) for name in schema.names], schema=schema)
+        entry, n = write_parquet(
+            self.root,
+            f"segments/p{part}/s{seg_id:08d}.parquet",
+            "arrival",
+            table.to_batches(),
+            schema,
+            trove_id=self.manifest.trove_id,
+            segment_id=seg_id,
+            row_group_rows=self.config.segment_rows,
+        )
+        ts = rows["timestamp_ns"]
+        return Segment(
+            id=seg_id,
+            kind="ingest",
+            partition=part,
+            rows=n,
+            min_timestamp_ns=int(ts.min()),
+            max_timestamp_ns=int(ts.max()),
+            seq_ranges=ranges,
+            files=[entry],
+        )
+
+    def _stop_ingest(self, exc: OSError) -> None:
+        self.failure = (
+            f"trove {self.root} stopped ingesting: {exc}. Rows from here on are not in the trove (the journal, "
+            "if on, still has them: free disk space and restart to rebuild them); lower trove.max_bytes to keep "
+            "the trove within the disk"
+        )
+
+    # ---- the compactor thread ----------------------------------------------------------------
+
+    def _compactor_loop(self) -> None:
+        while not self._stop.is_set():
+            self._compact_now.wait(_COMPACTOR_POLL_S)
+            self._compact_now.clear()
+            if self._stop.is_set():
+                return
+            try:
+                while not self._stop.is_set() and self._compact_step(everything=False):
+                    pass
+            except Exception as exc:  # compaction failing must stop ingest loudly, not corrupt anything
+                if isinstance(exc, OSError):
+                    self._stop_ingest(exc)
+                elif not self._stop.is_set():
+                    self.failure = f"trove {self.root}: compaction failed ({type(exc).__name__}: {exc})"
+                return
+
+    def compact_all(self) -> None:
+        """Merge until no merge is left to do (closing partitions' ingest segments too)."""
+        while self._compact_step(everything=True):
+            pass
+
+    def _compact_step(self, *, everything: bool) -> bool:
+        """One merge, then retention; False when there was nothing to merge."""
+        t0 = time.thread_time_ns()
+        with self._compacting:
+            return self._compact_locked(everything=everything, t0=t0)
+
+    def _compact_locked(self, *, everything: bool, t0: int) -> bool:
+        try:
+            with self._lock:
+                sources = (
+                    compaction.plan(self.manifest, self.config, everything=everything) if self.config.compact else []
+                )
+                if sources:
+                    seg_id = self.manifest.next_segment_id
+                    self.manifest.next_segment_id += 1
+            if sources:
+                if self._con is None:
+                    self._con = compaction.connect(self.config)
+                run = compaction.merge(self._con, self.root, sources, seg_id, self.manifest.trove_id, self.config)
+                with self._lock:
+                    ids = {s.id for s in sources}
+                    self.manifest.segments = [s for s in self.manifest.segments if s.id not in ids] + [run]
+                    save_manifest(self.root, self.manifest)
+                    self._garbage.extend(self.root / f.path for s in sources for f in s.files)
+                    self.counters["merges"] += 1
+                    self.counters["rows_merged"] += run.rows
+                self._collect_garbage()
+            # After the merge, never during it: retention only runs under the compaction lock.
+            expired = self._apply_retention()
+            return bool(sources) or expired
+        finally:
+            self.counters["compaction_cpu_ns"] += time.thread_time_ns() - t0
+
+    def _apply_retention(self) -> bool:
+        with self._lock:
+            expire = retention.expired_partitions(self.manifest, self.config)
+            if not expire:
+                return False
+            m = self.manifest
+            gone = [s for s in m.segments if s.partition in expire]
+            m.segments = [s for s in m.segments if s.partition not in expire]
+            m.expired_below_partition = max(m.expired_below_partition, max(expire) + 1)
+            m.rows_expired += sum(s.rows for s in gone)
+            save_manifest(self.root, m)
+            self._garbage.extend(self.root / f.path for s in gone for f in s.files)
+        self._collect_garbage()
+        return True
+
+    def _collect_garbage(self) -> None:
+        """Delete files no longer listed, once no in-process query holds a snapshot."""
+        with self._lock:
+            if self._readers:
+                return
+            garbage, self._garbage = self._garbage, []
+        for path in garbage:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            with contextlib.suppress(OSError):  # an emptied partition directory goes too
+                path.parent.rmdir()
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[list[Segment]]:
+        """The committed segments; their files are not deleted while the snapshot is held."""
+        with self._lock:
+            self._readers += 1
+            segments = list(self.manifest.segments)
+        try:
+            yield segments
+        finally:
+            with self._lock:
+                self._readers -= 1
+            self._collect_garbage()
+
+    def bytes_on_disk(self) -> int:
+        return sum(s.bytes for s in self.manifest.segments)
+
+    def bytes_per_row(self) -> float:
+        rows = self.manifest.rows
+        return self.bytes_on_disk() / rows if rows else float(retention.ASSUMED_BYTES_PER_ROW)
+
+    def stats(self) -> dict[str, Any]:
+        """Rows, bytes on disk, segments, compacted rows, backlog, CPU of the writer and compactor."""
+        with self._lock:
+            segs = list(self.manifest.segments)
+            out = manifest_stats(self.manifest, segs)
+        out.update(self.counters)
+        out.update(
+            dir=str(self.root),
+            temporary=self.temporary,
+            backlog_rows=self.backlog_rows,
+            failure=self.failure,
+            problems=list(self.problems),
+        )
+        return out
+
+    def background_cpu_ns(self) -> int:
+        """CPU time of the writer and compactor threads so far."""
+        return self.counters["writer_cpu_ns"] + self.counters["compaction_cpu_ns"]
+
+    # ---- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Write everything appended, stop the threads, delete the directory if it is temporary."""
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
+        self._stop.set()
+        self._compact_now.set()
+        if self._compactor.is_alive():
+            if self._con is not None:
+                self._con.interrupt()
+            self._compactor.join()
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        self._collect_garbage()
+        if self.temporary and self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def manifest_stats(manifest: Manifest, segments: list[Segment]) -> dict[str, Any]:
+    """Figures that follow from the committed manifest alone (also for a trove no process has open)."""
+    rows = sum(s.rows for s in segments)
+    size = sum(s.bytes for s in segments)
+    return {
+        "rows": rows,
+        "bytes_on_disk": size,
+        "bytes_per_row": size / rows if rows else 0.0,
+        "segments": len(segments),
+        "ingest_segments": sum(s.kind == "ingest" for s in segments),
+        "runs": sum(s.kind == "run" for s in segments),
+        "compacted_rows": sum(s.rows for s in segments if s.kind == "run"),
+        "compacted_bytes": sum(s.bytes for s in segments if s.kind == "run"),
+        "partitions": len({s.partition for s in segments}),
+        "durable_through_seq": manifest.durable_through_seq,
+        "rows_expired": manifest.rows_expired,
+        "trove_id": manifest.trove_id,
+    }

@@ -1,0 +1,384 @@
+"""The persistent trove: nothing lost, nothing invented, compaction, retention, integrity, CLI.
+
+Small troves (thousands of rows, segments of a few hundred) so that every code path (several
+segments, partitions, merges of two tiers) runs in well under a second per test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from engine.codes import ResultCode
+from engine.hooks.surveillance_log import SurveillanceLog, SurveillanceLogConfig
+from engine.ledger import Ledger
+from engine.records import make_batch
+from engine.simtime import NS_PER_HOUR, iso_cst, parse_time
+from engine.trove import retention
+from engine.trove.config import TroveConfig
+from engine.trove.query import TroveReader
+from engine.trove.schema import COLUMNS
+from engine.trove.store import Trove, TroveStopped
+from loadgen.cli.main import main
+
+START_NS = 1_795_305_600 * 10**9  # 2026-11-22 08:00 CST
+ACCOUNTS = 60
+
+
+def small_config(root: Path, **kw: object) -> TroveConfig:
+    base = {"dir": str(root), "segment_rows": 700, "row_group_rows": 64, "fanin": 2, "reserve_free_bytes": 0}
+    return TroveConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def random_entries(
+    rng: np.random.Generator, batches: int, *, hours: float = 3.0
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(batch_seq, batch, codes) with random accounts, cells, devices and codes over ``hours``."""
+    step = int(hours * NS_PER_HOUR / (batches * 150))  # batches average 150 rows
+    t = START_NS
+    for seq in range(1, batches + 1):
+        n = int(rng.integers(1, 300))
+        payer = rng.integers(0, ACCOUNTS, n)
+        batch = make_batch(
+            payer,
+            rng.integers(0, ACCOUNTS, n),  # payer == payee happens: SAME_ACCOUNT rows reach the trove too
+            rng.integers(1, 10_000, n),
+            transfer_id=np.arange(n) + seq * 1_000,
+            timestamp_ns=t + np.arange(n) * step,
+            location_cell=rng.integers(0, 20, n),
+            # Mostly the payer's own two devices; one payment in five from someone else's.
+            device_id=np.where(rng.random(n) < 0.2, rng.integers(0, ACCOUNTS, n), payer) * 2 + rng.integers(0, 2, n),
+            category=rng.integers(0, 16, n),
+        )
+        t += n * step
+        codes = rng.choice([0, 0, 0, int(ResultCode.INSUFFICIENT_FUNDS), int(ResultCode.OVERLOADED)], n).astype(
+            np.uint8
+        )
+        yield seq, batch, codes
+
+
+def reference_rows(entries: list[tuple[int, np.ndarray, np.ndarray]]) -> list[tuple[int, ...]]:
+    """Every row that reached the ledger, as tuples in trove column order (the oracle)."""
+    out = []
+    for seq, batch, codes in entries:
+        for i, (rec, code) in enumerate(zip(batch, codes.tolist(), strict=True)):
+            if code == ResultCode.OVERLOADED:
+                continue
+            row = {"batch_seq": seq, "batch_index": i, "code": code}
+            out.append(tuple(int(row[c]) if c in row else int(rec[c]) for c in COLUMNS))
+    return out
+
+
+def table_rows(table) -> list[tuple[int, ...]]:
+    return list(zip(*(table.column(c).to_pylist() for c in COLUMNS), strict=True))
+
+
+def load(trove: Trove, entries: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+    for seq, batch, codes in entries:
+        trove.append(batch, codes, seq)
+    trove.flush()
+
+
+def expected_payments(ref: list[tuple[int, ...]], account: int, lo: int = -(2**63), hi: int = 2**63 - 1) -> list:
+    payer, payee, ts = (list(COLUMNS).index(c) for c in ("payer", "payee", "timestamp_ns"))
+    hits = [r for r in ref if account in (r[payer], r[payee]) and lo <= r[ts] < hi]
+    return sorted(hits, key=lambda r: (r[ts], r[1], r[2]))
+
+
+@pytest.fixture
+def entries(rng: np.random.Generator) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    return list(random_entries(rng, 40))
+
+
+def test_nothing_lost_nothing_invented_before_and_after_compaction(tmp_path, rng, entries) -> None:
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=3600), start=True)
+    ref = reference_rows(entries)
+    try:
+        load(trove, entries)
+        assert trove.stats()["rows"] == len(ref) and trove.stats()["ingest_segments"] > 1
+        reader = TroveReader(trove=trove)
+        accounts = rng.choice(ACCOUNTS, 8, replace=False).tolist()
+        lo, hi = START_NS + NS_PER_HOUR // 2, START_NS + 2 * NS_PER_HOUR
+        for phase in ("ingest", "compacted"):
+            for a in accounts:
+                assert table_rows(reader.payments(a)) == expected_payments(ref, a), (phase, a)
+                assert table_rows(reader.payments(a, lo, hi)) == expected_payments(ref, a, lo, hi), (phase, a)
+            trove.compact_all()
+        st = trove.stats()
+        assert st["rows"] == st["compacted_rows"] == len(ref) and st["ingest_segments"] == 0 and st["merges"] > 0
+        reader.close()
+    finally:
+        trove.close()
+
+
+def test_compaction_keeps_the_multiset_of_rows_and_both_orderings(tmp_path, entries) -> None:
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=86_400), start=False)
+    load_sync(trove, entries)
+    trove.compact_all()
+    runs = [s for s in trove.manifest.segments if s.kind == "run"]
+    assert runs and all(s.kind == "run" for s in trove.manifest.segments)
+    assert max(s.tier for s in runs) >= 1  # merged past the first tier
+    for ordering in ("payer", "payee"):
+        got = []
+        for s in runs:
+            t = pq.read_table(tmp_path / "t" / s.file(ordering).path)
+            keys = list(zip(t.column(ordering).to_pylist(), t.column("timestamp_ns").to_pylist(), strict=True))
+            assert keys == sorted(keys), f"{s.file(ordering).path} is not sorted by {ordering}"
+            got += table_rows(t)
+        assert sorted(got) == sorted(reference_rows(entries))
+    trove.close()
+
+
+def load_sync(trove: Trove, entries: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+    """Load without the writer thread: start it for the load, as ``open`` would."""
+    trove._writer.start()
+    load(trove, entries)
+
+
+def test_retention_expires_the_oldest_partitions(tmp_path, entries) -> None:
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=3600, max_age_s=3600), start=False)
+    load_sync(trove, entries)
+    trove.compact_all()
+    parts = sorted({s.partition for s in trove.manifest.segments})
+    ref = reference_rows(entries)
+    ts = list(COLUMNS).index("timestamp_ns")
+    newest = max(r[ts] for r in ref)
+    horizon = newest - 3600 * 10**9
+    assert len(parts) <= 2 and trove.manifest.rows_expired > 0
+    kept = trove.manifest.rows
+    assert kept + trove.manifest.rows_expired == len(ref)
+    # Whole partitions go: every kept row is in a partition that ends after the horizon.
+    assert all(r[ts] >= horizon - 3600 * 10**9 for r in ref[-kept:])
+    assert not [f for f in (tmp_path / "t").glob("*/p*/*.parquet") if int(f.parent.name[1:]) < parts[0]]
+    trove.close()
+
+    by_bytes = Trove.open(small_config(tmp_path / "b", partition_s=3600), start=False)
+    load_sync(by_bytes, entries)
+    by_bytes.compact_all()
+    total = by_bytes.bytes_on_disk()
+    by_bytes.close()
+    capped = Trove.open(small_config(tmp_path / "c", partition_s=3600, max_bytes=total // 2), start=False)
+    load_sync(capped, entries)
+    capped.compact_all()
+    assert capped.bytes_on_disk() <= total // 2 or len({s.partition for s in capped.manifest.segments}) == 1
+    assert capped.manifest.rows_expired > 0 and capped.manifest.rows + capped.manifest.rows_expired == len(ref)
+    capped.close()
+
+
+def test_a_corrupt_or_foreign_file_is_named_and_the_lost_rows_rebuilt_from_the_journal(tmp_path, entries) -> None:
+    root = tmp_path / "t"
+    trove = Trove.open(small_config(root, partition_s=3600), start=False)
+    load_sync(trove, entries)
+    trove.compact_all()
+    full = trove.stats()["rows"]
+    victim = trove.manifest.segments[0].files[1]  # a run's payee file
+    trove.close()
+    data = bytearray((root / victim.path).read_bytes())
+    data[len(data) // 3] ^= 0xFF  # same size, footer intact: only the digest can tell
+    (root / victim.path).write_bytes(bytes(data))
+    foreign = root / "segments" / "p1" / "stray.parquet"
+    foreign.parent.mkdir(parents=True)
+    pq.write_table(pq.read_table(root / trove.manifest.segments[-1].files[0].path), foreign)
+
+    reader = TroveReader.open(root, deep_check=True)
+    assert any(victim.path in p and "digest" in p for p in reader.problems)
+    reader.close()
+    reopened = Trove.open(small_config(root, partition_s=3600), deep_check=True)
+    try:
+        assert any(victim.path in p for p in reopened.problems)
+        assert any("stray.parquet" in p and "not listed" in p for p in reopened.problems)
+        assert reopened.stats()["rows"] < full and reopened.to_rebuild
+        assert reopened.needs_journal_from() <= min(lo for _, rs in reopened.to_rebuild for lo, _ in rs)
+        reopened.rebuild_from(entries)  # the whole journal: only the lost rows are written again
+        assert reopened.stats()["rows"] == full and not reopened.to_rebuild
+        reopened.compact_all()
+        ref = reference_rows(entries)
+        reader = TroveReader(trove=reopened)
+        for a in range(0, ACCOUNTS, 7):
+            assert table_rows(reader.payments(a)) == expected_payments(ref, a)
+        reader.close()
+    finally:
+        reopened.close()
+
+
+def test_rebuild_after_a_segment_file_is_deleted(tmp_path, entries) -> None:
+    root = tmp_path / "t"
+    trove = Trove.open(small_config(root, partition_s=3600, compact=False))
+    load(trove, entries)
+    full = trove.stats()["rows"]
+    gone = trove.manifest.segments[1]
+    trove.close()
+    (root / gone.files[0].path).unlink()
+    reopened = Trove.open(small_config(root, partition_s=3600, compact=False))
+    try:
+        assert any(gone.files[0].path in p and "missing" in p for p in reopened.problems)
+        assert reopened.stats()["rows"] == full - gone.rows
+        reopened.rebuild_from(entries)
+        assert reopened.stats()["rows"] == full
+        got = []
+        for s in reopened.manifest.segments:
+            got += table_rows(pq.read_table(root / s.files[0].path))
+        assert sorted(got) == sorted(reference_rows(entries))
+    finally:
+        reopened.close()
+
+
+def test_disk_checks_refuse_at_start_and_stop_ingest_loudly(tmp_path, monkeypatch, entries) -> None:
+    with pytest.raises(ValueError, match="free but the trove needs"):
+        Trove.open(small_config(tmp_path / "huge", max_bytes=1 << 62))
+    trove = Trove.open(small_config(tmp_path / "t", reserve_free_bytes=1))
+
+    class Full:
+        free = 0
+
+    monkeypatch.setattr("engine.trove.store.shutil.disk_usage", lambda _: Full)
+    seq, batch, codes = entries[0]
+    trove.append(batch, codes, seq)
+    with pytest.raises(TroveStopped, match="stopped ingesting"):
+        trove.flush()
+    with pytest.raises(TroveStopped):
+        trove.append(batch, codes, seq + 1)
+    st = trove.stats()
+    assert "below the trove's reserve" in st["failure"] and st["rows_not_persisted"] >= len(batch)
+    trove.close()
+    assert retention.scratch_bytes(TroveConfig(compact=False), 40) == 0
+
+
+def test_the_hook_writes_every_ledger_payment_to_the_trove(tmp_path, rng) -> None:
+    log = SurveillanceLog(SurveillanceLogConfig(trove=small_config(tmp_path / "t"), deferred=False))
+    ledger = Ledger(ACCOUNTS, balance_fen=5_000, hooks=[log])
+    seen = 0
+    for _, batch, _ in random_entries(rng, 20):
+        ledger.apply(batch)
+        seen += len(batch)
+    got = log.query(3)
+    log.trove.flush()  # type: ignore[union-attr]
+    assert log.stats()["rows"] == seen == ledger.stats.transfers
+    assert len(got) and all(3 in (p, q) for p, q in zip(got["payer"], got["payee"], strict=True))
+    log.close()
+    assert ledger.hook_timing["surveillance_log"].background_ns > 0
+
+
+def test_cli_query_and_stats_through_the_entry_point(tmp_path, entries, capsys) -> None:
+    root = tmp_path / "t"
+    trove = Trove.open(small_config(root, partition_s=3600))
+    load(trove, entries)
+    trove.compact_all()
+    trove.close()
+    ref = reference_rows(entries)
+
+    assert main(["trove", "stats", str(root), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["rows"] == len(ref) == st["compacted_rows"] and st["bytes_on_disk"] > 0 and st["segments"] >= 1
+
+    since, until = iso_cst(START_NS + NS_PER_HOUR), iso_cst(START_NS + 2 * NS_PER_HOUR)
+    assert main(["trove", "query", str(root), "--account", "5", "--since", since, "--until", until, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    want = expected_payments(ref, 5, parse_time(since), parse_time(until))
+    assert [r["transfer_id"] for r in out["rows"]] == [r[3] for r in want]
+    assert all(r["time"].endswith("+08:00") for r in out["rows"])
+
+    for args in (
+        ["--counterparties", "5", "--hops", "2", "--top", "5"],
+        ["--cell", "3"],
+        ["--same-device", "5"],
+        ["--aggregate", "region,category", "--by", "hour"],
+    ):
+        assert main(["trove", "query", str(root), *args, "--json"]) == 0, args
+        assert json.loads(capsys.readouterr().out)["count"] > 0, args
+    assert main(["trove", "query", str(tmp_path / "nothing"), "--account", "1"]) == 2
+    assert "not a trove" in capsys.readouterr().err
+
+
+def test_queries_answer_what_the_rows_say(tmp_path, entries) -> None:
+    root = tmp_path / "t"
+    trove = Trove.open(small_config(root, partition_s=3600))
+    load(trove, entries)
+    trove.compact_all()
+    reader = TroveReader(trove=trove)
+    ref = [dict(zip(COLUMNS, r, strict=True)) for r in reference_rows(entries)]
+    try:
+        cps = reader.counterparties(5, hops=1, top=1000).to_pylist()
+        counts: dict[int, int] = {}
+        for r in ref:
+            if r["payer"] == 5 and r["payee"] != 5:
+                counts[r["payee"]] = counts.get(r["payee"], 0) + 1
+            elif r["payee"] == 5 and r["payer"] != 5:
+                counts[r["payer"]] = counts.get(r["payer"], 0) + 1
+        assert {c["account"]: c["payments"] for c in cps} == counts
+        cell = {r["payer"] for r in ref if r["location_cell"] == 3}
+        assert set(reader.co_location(3).column("account").to_pylist()) == cell
+        devices = {r["device_id"] for r in ref if r["payer"] == 5}
+        linked = {r["payer"] for r in ref if r["device_id"] in devices and r["payer"] != 5}
+        assert set(reader.same_device(5).column("account").to_pylist()) == linked
+        agg = reader.aggregate(["category"], "day").to_pylist()
+        assert sum(a["payments"] for a in agg) == len(ref)
+        assert sum(a["accepted"] for a in agg) == sum(r["code"] == 0 for r in ref)
+    finally:
+        reader.close()
+        trove.close()
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(msgspec.ValidationError, match="partition_s"):
+        msgspec.convert({"partition_s": 7000}, TroveConfig)
+    with pytest.raises(ValueError, match="mode"):
+        SurveillanceLogConfig(mode="ring")
+
+
+def test_the_trove_is_plain_parquet_that_pyarrow_dataset_reads_too(tmp_path, entries) -> None:
+    """Beyond DuckDB: the files the manifest lists are ordinary Parquet (issue 17, item 6)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    root = tmp_path / "t"
+    trove = Trove.open(small_config(root))
+    load(trove, entries)
+    trove.compact_all()
+    paths = [str(root / s.file("payer").path) for s in trove.manifest.segments]
+    sent = ds.dataset(paths, format="parquet").to_table(filter=pc.field("payer") == 5)
+    reader = TroveReader(trove=trove)
+    try:
+        duck = reader.payments(5).filter(pc.field("direction") == "sent")
+        assert sorted(table_rows(sent)) == sorted(table_rows(duck)) and sent.num_rows > 0
+    finally:
+        reader.close()
+        trove.close()
+
+
+def test_a_replayed_journal_fed_to_the_hook_adds_only_what_the_trove_lacks(tmp_path, entries) -> None:
+    """Recovery's path: the server gives each batch's journal number; replaying entries the trove
+    already holds writes nothing twice, and the ones past its durable point are written."""
+    cfg = SurveillanceLogConfig(trove=small_config(tmp_path / "t"), deferred=False)
+    half = len(entries) // 2
+
+    def feed(log: SurveillanceLog, part: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        for seq, batch, codes in part:
+            log.note_journal_seq(seq)
+            log.observe(batch, codes)
+
+    first = SurveillanceLog(cfg)
+    first.attach(Ledger(ACCOUNTS))
+    feed(first, entries[:half])
+    first.close()
+    assert first.stats()["durable_through_seq"] == entries[half - 1][0]
+
+    second = SurveillanceLog(cfg)
+    second.attach(Ledger(ACCOUNTS))
+    feed(second, entries)  # the whole journal, as a restart replays it
+    second.trove.flush()  # type: ignore[union-attr]
+    st = second.stats()
+    assert st["rows"] == len(reference_rows(entries)) and st["rows_skipped_durable"] == len(
+        reference_rows(entries[:half])
+    )
+    got = []
+    for s in second.trove.manifest.segments:  # type: ignore[union-attr]
+        got += table_rows(pq.read_table(tmp_path / "t" / s.files[0].path))
+    assert sorted(got) == sorted(reference_rows(entries))
+    second.close()
