@@ -379,9 +379,10 @@ class Server:
         batches per power-of-two size bucket; ``engine_s``: time inside ``apply``;
         ``oldest_enqueue_to_commit_us_*``: per batch, from its oldest Submit's arrival to commit;
         ``hooks``: per hook, cumulative ns by phase and ``ns_per_transfer`` over ``ledger.transfers``
-        (difference two snapshots to exclude a warm-up).
+        (difference two snapshots to exclude a warm-up); ``validators``: the signature tier's
+        counters (``ValidatorStats``), with signatures on.
         """
-        return self.metrics.report(
+        report = self.metrics.report(
             self.config,
             connections=len(self._connections),
             write_buffered=[k.transport.get_write_buffer_size() for k in self._connections if k.transport is not None],
@@ -394,3 +395,6 @@ class Server:
             recovery_s=self.recovery_s,
             ledger=self.ledger,
         )
+        if self.validators is not None:
+            report["validators"] = msgspec.to_builtins(self.validators.stats())
+        return report

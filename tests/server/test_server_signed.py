@@ -88,9 +88,11 @@ def test_good_signatures_apply_forged_ones_are_refused_and_leave_their_ids(
         assert not (codes == ResultCode.DUPLICATE).any()
         assert server_balances(st) == ref.balance
         assert_nothing_more(client)
-    stats = st.call(lambda: dict(st.server.counters))
-    assert stats["bad_signatures"] == int(bad.sum())
-    assert stats["unsigned_refused"] == len(unsigned)
+    counters = st.call(lambda: dict(st.server.counters))
+    assert counters["bad_signatures"] == int(bad.sum())
+    assert counters["unsigned_refused"] == len(unsigned)
+    tier = st.call(st.server.stats)["validators"]
+    assert tier["transfers"] == len(batch) + len(again)
 
 
 def test_signed_submit_to_a_server_without_signatures_is_an_unknown_message(start_server: StartServer) -> None:
@@ -149,3 +151,28 @@ def test_run_signed_profile_with_one_validator(tmp_path: Path, capsys: pytest.Ca
     # Every payment was signed and verified: none refused for its signature.
     assert result.codes.get("bad_signature", 0) == 0
     assert result.codes.get("ok", 0) > 0
+
+
+def test_journal_holds_only_verified_transfers(start_server: StartServer, tmp_path: Path) -> None:
+    """After a restart from the journal the forged transfers are absent and their ids still free."""
+    journal = tmp_path / "signed.cbj"
+    st = start_server(signatures="required", validators="0", journal=str(journal))
+    ref = reference_of(st)
+    batch = Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED)).batch(100, first_id=0, operator=0)
+    sigs = bytearray(signing.sign_records(batch, TEST_SEED))
+    bad = np.zeros(len(batch), dtype=bool)
+    bad[::7] = True
+    for i in np.flatnonzero(bad).tolist():
+        sigs[i * 64] ^= 1
+    with connect(st) as client:
+        codes = signed_submit(client, batch, bytes(sigs))
+    np.testing.assert_array_equal(codes[~bad], ref.apply(batch[~bad]))
+    st.stop()
+
+    st = start_server(signatures="required", validators="0", journal=str(journal))
+    assert server_balances(st) == ref.balance
+    again = batch[bad]
+    with connect(st) as client:
+        codes = signed_submit(client, again, signing.sign_records(again, TEST_SEED))
+    np.testing.assert_array_equal(codes, ref.apply(again))
+    assert server_balances(st) == ref.balance
