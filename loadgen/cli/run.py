@@ -21,7 +21,12 @@ their account ranges cover the ledger and every gateway pays from its own range.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
+from pathlib import Path
 
+from engine.profiles import trove_needed
 from loadgen.cli.common_args import (
     add_accounts,
     add_host,
@@ -29,6 +34,7 @@ from loadgen.cli.common_args import (
     add_load_arguments,
     add_profile,
     add_scenario,
+    add_trove,
     load_config,
 )
 from loadgen.cli.output import save_and_print
@@ -49,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
     add_host(p, what="address for the server to listen on")
     add_journal(p)
+    add_trove(p, keep=False)
     add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
     p.set_defaults(func=_main)
 
@@ -64,5 +71,15 @@ def _main(args: argparse.Namespace) -> int:
         journal_dir=args.journal,
         fsync=args.fsync,
         keep_journal=args.keep_journal,
+        trove_dir=_trove_dir(args),
     )
     return save_and_print(result, as_json=args.json, out=args.out)
+
+
+def _trove_dir(args: argparse.Namespace) -> str | None:
+    """``--trove``, or (for a profile that keeps a trove) a fresh directory under ``--out``, said."""
+    if args.trove is not None or args.echo or not trove_needed(args.profile, args.scenario):
+        return args.trove
+    where = Path(args.out or "results") / f"trove-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{args.profile}"
+    print(f"trove: {where} (choose with --trove DIR)", file=sys.stderr, flush=True)
+    return str(where)

@@ -184,12 +184,13 @@ def run_benchmark(
     journal_dir: str | None = None,
     fsync: str = "batch",
     keep_journal: bool = False,
+    trove_dir: str | None = None,
 ) -> RunResult:
     """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop.
 
     ``journal_dir``: journal to a fresh file there under ``fsync`` (removed afterwards unless
     ``keep_journal``); ``config.secrets``: the server authenticates with those secrets (and
-    enforces account ownership).
+    enforces account ownership). ``trove_dir``: the server's ``--trove``.
     """
     journal: Path | None = None
     if journal_dir is not None:
@@ -207,7 +208,7 @@ def run_benchmark(
         secrets=config.secrets,
         journal=journal,
         fsync=fsync,
-        extra=server_args,
+        extra=server_args if trove_dir is None else (*server_args, "--trove", trove_dir),
     )
     try:
         with running_server(args, accounts=accounts) as server:

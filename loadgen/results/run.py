@@ -151,6 +151,37 @@ class Server(msgspec.Struct, frozen=True):
     stats_end: dict[str, Any]  # and at its end
     hooks: dict[str, Any]  # per-hook cost as reported by the server, over the measured window
     durability: Durability = Durability("none")
+    trove: TroveOutcome | None = None
+
+
+class TroveOutcome(msgspec.Struct, frozen=True):
+    """The surveillance trove at the end of the run (profiles whose surveillance_log keeps one).
+
+    ``rows`` are durable in segments when the server's stats were taken (the writer may still
+    hold ``backlog_rows``); ``failure`` says why ingest stopped (disk full), with the rows it
+    could not persist: a stopped trove is a result, not a footnote.
+    """
+
+    dir: str
+    rows: int
+    rows_seen: int
+    backlog_rows: int
+    failure: str | None = None
+    rows_not_persisted: int = 0
+
+    @classmethod
+    def of(cls, stats_end: dict[str, Any]) -> TroveOutcome | None:
+        t = stats_end.get("trove")
+        if not t:
+            return None
+        return cls(
+            dir=str(t.get("dir", "")),
+            rows=int(t.get("rows", 0)),
+            rows_seen=int(t.get("rows_seen", 0)),
+            backlog_rows=int(t.get("backlog_rows", 0)),
+            failure=t.get("failure"),
+            rows_not_persisted=int(t.get("rows_not_persisted", 0)),
+        )
 
 
 class AuditOutcome(msgspec.Struct, frozen=True):
@@ -240,6 +271,12 @@ def build_result(
         max_send_lag_ms=(m.max_lag_ns / 1e6).tolist(),
         histograms=[h.encode() if h is not None else None for h in m.per_second],
     )
+    trove = TroveOutcome.of(stats_end or {})
+    if trove is not None and trove.failure:
+        failures = [
+            *failures,
+            f"the trove stopped ingesting ({trove.failure}); {trove.rows_not_persisted} rows not persisted",
+        ]
     profile = str(welcome.get("profile", "unknown"))
     summary = Summary(
         profile=profile,
@@ -303,6 +340,7 @@ def build_result(
             stats_end=stats_end or {},
             hooks=hooks or {},
             durability=Durability.of(stats_start or {}, stats_end or {}, config.seconds),
+            trove=trove,
         ),
         audit=audit,
         failures=failures,
