@@ -132,12 +132,16 @@ async def measure(
                 outcome = AuditOutcome(reply.ok, reply.total_fen, reply.expected_fen, reply.negative_accounts)
             except (GatewayError, TimeoutError) as exc:
                 failures.append(f"audit: {exc}")
+        if not echo:
+            # After the drain: the trove's figures against every transfer that reached the ledger.
+            await probe("final", 0)
     finally:
         for t in tasks:
             t.cancel()
         admin.close()
     cpu0, stats_start = probes.get("start", (None, {}))
     cpu1, stats_end = probes.get("end", (None, {}))
+    stats_final = probes.get("final", (None, {}))[1]
     return build_result(
         kind=kind,
         m=m,
@@ -145,6 +149,7 @@ async def measure(
         environment=collect(),
         welcome=welcome,
         failures=failures + probe_failures,
+        stats_final=stats_final,
         scenario=scenario,
         server_pid=server_pid,
         server_cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,

@@ -155,14 +155,17 @@ class Server(msgspec.Struct, frozen=True):
 
 
 class TroveOutcome(msgspec.Struct, frozen=True):
-    """The surveillance trove at the end of the run (profiles whose surveillance_log keeps one).
+    """The surveillance trove after the run's drain (profiles whose surveillance_log keeps one).
 
-    ``rows`` are durable in segments when the server's stats were taken (the writer may still
-    hold ``backlog_rows``); ``failure`` says why ingest stopped (disk full), with the rows it
-    could not persist: a stopped trove is a result, not a footnote.
+    ``transfers`` reached the ledger (every one is owed a trove row); ``rows_seen`` were handed
+    to the trove, ``rows`` were durable in segments then (the writer may still hold
+    ``backlog_rows``; ``trove stats DIR`` after the server stops counts them all). ``failure``
+    says why ingest stopped (disk full), with the rows it could not persist: a stopped trove is
+    a result, not a footnote.
     """
 
     dir: str
+    transfers: int
     rows: int
     rows_seen: int
     backlog_rows: int
@@ -170,16 +173,17 @@ class TroveOutcome(msgspec.Struct, frozen=True):
     rows_not_persisted: int = 0
 
     @classmethod
-    def of(cls, stats_end: dict[str, Any]) -> TroveOutcome | None:
-        t = stats_end.get("trove")
+    def of(cls, stats: dict[str, Any]) -> TroveOutcome | None:
+        t = stats.get("trove")
         if not t:
             return None
         return cls(
             dir=str(t.get("dir", "")),
+            transfers=int(stats.get("ledger", {}).get("transfers", 0)),
             rows=int(t.get("rows", 0)),
             rows_seen=int(t.get("rows_seen", 0)),
             backlog_rows=int(t.get("backlog_rows", 0)),
-            failure=t.get("failure"),
+            failure=t.get("failure") or None,
             rows_not_persisted=int(t.get("rows_not_persisted", 0)),
         )
 
@@ -251,6 +255,7 @@ def build_result(
     server_cpu_s: float | None = None,
     stats_start: dict[str, Any] | None = None,
     stats_end: dict[str, Any] | None = None,
+    stats_final: dict[str, Any] | None = None,
     hooks: dict[str, Any] | None = None,
     audit: AuditOutcome | None = None,
     echo: bool = False,
@@ -271,7 +276,7 @@ def build_result(
         max_send_lag_ms=(m.max_lag_ns / 1e6).tolist(),
         histograms=[h.encode() if h is not None else None for h in m.per_second],
     )
-    trove = TroveOutcome.of(stats_end or {})
+    trove = TroveOutcome.of(stats_final or stats_end or {})
     if trove is not None and trove.failure:
         failures = [
             *failures,
