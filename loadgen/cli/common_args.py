@@ -85,7 +85,7 @@ def add_trove(p: argparse.ArgumentParser, *, keep: bool) -> None:
         default=None,
         metavar="DIR",
         help="where a trove-mode surveillance_log (surveillance, full) keeps its trove "
-        "(default: a fresh directory under the output directory)",
+        + ("(default OUT/troves), one directory per server" if keep else "(default: a fresh directory under --out)"),
     )
     if keep:
         p.add_argument("--keep-trove", action="store_true", help="keep each trial's trove after it")

@@ -30,7 +30,7 @@ import sys
 import msgspec
 
 from engine.profiles import CompareSettings, load_scenario
-from loadgen.cli.common_args import add_accounts, add_drain, add_out, add_scenario, add_seed, add_warmup
+from loadgen.cli.common_args import add_accounts, add_drain, add_out, add_scenario, add_seed, add_trove, add_warmup
 from loadgen.harness.compare import FULL, QUICK, CompareError, run_compare
 from loadgen.results.compare import Plan
 
@@ -48,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=None, help="repeats of every search and equal-load run")
     add_seed(p, what="profile order and the workload")
     add_out(p, default=None, when_unset="results/compare-STAMP-MODE")
+    add_trove(p, keep=True)
     add_accounts(p, default=None)
     p.add_argument("--search-seconds", type=float, default=None, help="measured seconds per search trial")
     p.add_argument("--equal-seconds", type=float, default=None, help="measured seconds per equal-load run")
@@ -95,6 +96,8 @@ def _main(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
             command=command,
             make_report=not args.no_report,
+            trove=args.trove,
+            keep_trove=args.keep_trove,
         )
     except CompareError as exc:
         print(f"cbdc-bench compare: {exc}", file=sys.stderr)

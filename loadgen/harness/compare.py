@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from engine.profiles import CompareSettings, load_scenario
+from engine.profiles import CompareSettings, load_scenario, trove_needed
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
 from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.admin import AdminClient
@@ -300,8 +301,14 @@ def run_compare(
     command: str = "cbdc-bench compare",
     console: Console | None = None,
     make_report: bool = True,
+    trove: str | Path | None = None,
+    keep_trove: bool = False,
 ) -> tuple[CompareSummary, Path]:
-    """Run the comparison; the summary and its path (``OUT/compare.json``)."""
+    """Run the comparison; the summary and its path (``OUT/compare.json``).
+
+    Each server of a profile that keeps a trove gets its own, ``PROFILE-rREPEAT`` under ``trove``
+    (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``.
+    """
     console = console or Console(soft_wrap=True)
     scen = load_scenario(scenario)
     settings = scen.compare
@@ -372,19 +379,26 @@ def run_compare(
         @contextlib.contextmanager
         def session(profile: str, repeat: int) -> Iterator[Session]:
             """A fresh server for one profile and repeat, and the session that loads it."""
-            with _server(profile, plan, seed, scenario) as server:
-                yield Session(
-                    server,
-                    profile=profile,
-                    repeat=repeat,
-                    plan=plan,
-                    settings=settings,
-                    seed=seed,
-                    scenario=scenario,
-                    runs_dir=runs_dir,
-                    echo=profile == ECHO,
-                    on_phase=on_phase,
-                )
+            trial_trove = None
+            if profile != ECHO and trove_needed(profile, scenario):
+                trial_trove = (Path(trove) if trove is not None else out_dir / "troves") / f"{profile}-r{repeat}"
+            try:
+                with _server(profile, plan, seed, scenario, trial_trove) as server:
+                    yield Session(
+                        server,
+                        profile=profile,
+                        repeat=repeat,
+                        plan=plan,
+                        settings=settings,
+                        seed=seed,
+                        scenario=scenario,
+                        runs_dir=runs_dir,
+                        echo=profile == ECHO,
+                        on_phase=on_phase,
+                    )
+            finally:
+                if trial_trove is not None and not keep_trove:
+                    shutil.rmtree(trial_trove, ignore_errors=True)
 
         order = profile_orders(searched, repeats=plan.repeats, rng=rng)
         for repeat, sequence in enumerate(order, start=1):
@@ -449,7 +463,7 @@ def run_compare(
 
 
 def _server(
-    profile: str, plan: Plan, seed: int, scenario: str | None
+    profile: str, plan: Plan, seed: int, scenario: str | None, trove: Path | None = None
 ) -> contextlib.AbstractContextManager[ServerProcess]:
     echo = profile == ECHO
     args = server_arguments(
@@ -459,5 +473,6 @@ def _server(
         operators=plan.operators,
         scenario=scenario,
         echo=echo,
+        extra=() if trove is None else ("--trove", str(trove)),
     )
     return running_server(args, accounts=plan.accounts)
