@@ -16,6 +16,10 @@ run unless ``--keep-journal``): the cost of durability, measured as its own comp
 result's server stats carry the policy, fsync count and time). ``--secrets FILE`` turns on
 authentication and account ownership; the server then has exactly ``--operators`` operators, so
 their account ranges cover the ledger and every gateway pays from its own range.
+
+A profile whose ``surveillance_log`` keeps a trove (``surveillance``, ``full``) writes it to
+``--trove DIR``, or to a fresh directory under ``--out`` (said on stderr); the result file
+records its rows against the transfers that reached the ledger.
 """
 
 from __future__ import annotations
