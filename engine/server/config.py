@@ -66,8 +66,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     trove: Annotated[
         str,
         _help(
-            "directory of the surveillance trove (profiles whose surveillance_log runs in trove mode: "
-            "surveillance, full); required by serve for those profiles",
+            "directory of the surveillance trove of profiles whose surveillance_log runs in trove mode "
+            "(surveillance, full), kept across restarts (default: none, which serve refuses for those profiles)",
             metavar="DIR",
         ),
     ] = ""
