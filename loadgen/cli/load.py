@@ -4,6 +4,9 @@ Latency is reply time minus *scheduled* time (never the actual send), so a stall
 stalled generator shows up in the latency instead of silently thinning the load. The generator's
 own lateness (send lag), and any transfers it never sent, are reported next to the latency: if
 ``generator kept schedule`` is false, the run measured the generator, not the server.
+
+The last line is the verdict against the default targets (p99 <= 20 ms, 99% settled); the exit
+status is the verdict's: 0 sustained, 3 not sustained, 4 generator fell behind, 5 incomplete.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.profiles import default_scenario_text
 from loadgen.cli.main import main
 from loadgen.harness.server import ServerProcess, ServerStartError
 from loadgen.results.run import load
@@ -23,6 +24,8 @@ def test_run_starts_a_server_measures_audits_and_writes_a_result(
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
     assert code == 0, out
+    assert (summary["verdict"], summary["exit_status"]) == ("verdict: sustained", 0)
+    assert summary["settled"] == 6_000 and summary["achieved_ratio"] == 1.0
     for key in ("profile", "offered_tps", "achieved_tps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "audit_ok"):
         assert key in summary
     assert summary["profile"] == "baseline"
@@ -35,6 +38,22 @@ def test_run_starts_a_server_measures_audits_and_writes_a_result(
     assert result.server.pid is not None
     assert result.server.stats_end["transfers"] > result.server.stats_start["transfers"] > 0
     assert result.environment.cores > 0
+    assert result.summary.verdict == "verdict: sustained"
+
+
+def test_a_run_that_misses_the_scenarios_slo_says_so_and_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The verdict judges against the scenario's [compare] targets: an SLO no run can meet."""
+    scenario = tmp_path / "strict.toml"
+    text = default_scenario_text().decode()
+    assert "slo_p99_ms = 20.0" in text
+    scenario.write_text(text.replace("slo_p99_ms = 20.0", "slo_p99_ms = 0.000001"))
+    argv = ["run", str(scenario), "--accounts", "5000", "--rate", "2000", "--seconds", "1", "--warmup", "0.3"]
+    code = main(argv)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 3, out
+    assert out[-1].startswith("verdict: not sustained (p99 ") and out[-1].endswith("> SLO 1e-06 ms)")
 
 
 def test_calibration_run_against_the_echo_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,6 +62,7 @@ def test_calibration_run_against_the_echo_server(tmp_path: Path, capsys: pytest.
     code = main(argv)
     out = capsys.readouterr().out
     assert code == 0, out
+    assert out.strip().splitlines()[-1] == "verdict: sustained"
     assert "echo" in out and "schedule" in out
     (path,) = tmp_path.glob("*.json")
     result = load(path)
