@@ -78,7 +78,15 @@ ECHO = "echo"
 
 
 class CompareError(RuntimeError):
-    """A phase failed in a way that makes the comparison untrustworthy (audit, protocol, lost link)."""
+    """A phase failed in a way that makes the comparison untrustworthy (audit, protocol, lost link).
+
+    ``exit_status`` is what ``compare`` exits with: 5 (the ``incomplete`` verdict's status) when a
+    phase could not be judged, 1 for every other failure.
+    """
+
+    def __init__(self, message: str, *, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 # ---- planning --------------------------------------------------------------------------------
@@ -242,7 +250,10 @@ class Session:
             raise CompareError(f"{self.profile}: server unreachable after a phase: {exc}") from exc
         verdict = verdict_of(result, self.settings)
         if verdict.kind is Kind.INCOMPLETE:
-            raise CompareError(f"{self.profile} at {rate_tps:,.0f}/s ({path}) could not be judged: {verdict.line}")
+            raise CompareError(
+                f"{self.profile} at {rate_tps:,.0f}/s ({path}) could not be judged: {verdict.line}",
+                exit_status=verdict.exit_status,
+            )
         outcome = outcome_of(result, self.settings)
         ok = verdict.sustained
         ref = RunRef(

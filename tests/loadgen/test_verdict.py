@@ -6,6 +6,8 @@ must get right (late replies, sheds, unanswered transfers); no server and no clo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import numpy as np
 import pytest
@@ -15,7 +17,9 @@ from engine.profiles import CompareSettings
 from loadgen.cli.output import format_summary
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.measure import Measurement
+from loadgen.harness import compare
 from loadgen.harness.search import find_max_sustainable
+from loadgen.harness.server import ServerProcess
 from loadgen.results.compare import is_sustained, outcome_of
 from loadgen.results.environment import collect
 from loadgen.results.run import RunResult, build_result, loads, verdict_of
@@ -217,3 +221,33 @@ def test_compare_and_run_agree_on_every_figure(codes: dict[str, int]) -> None:
     assert r.summary.verdict == v.line
     assert is_sustained(r, TARGETS) == v.sustained == ("overloaded" not in codes)
     assert outcome_of(r, TARGETS).achieved_tps == r.summary.achieved_tps
+
+
+def test_compare_stops_with_status_5_on_a_trial_it_cannot_judge(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A phase whose transfers went unanswered at low latency is not a failed trial: compare stops."""
+    m = _measurement()
+    _frame(m, S, 995, S + S // 100)
+    m.on_unanswered(S + S // 2 + np.arange(5, dtype=np.int64), 2 * S, sent=True)  # under 1%: p99 unaffected
+    unjudged = _result(m)
+    assert verdict_of(unjudged, TARGETS).kind is Kind.INCOMPLETE
+    monkeypatch.setattr(compare, "run_measure", lambda *a, **k: unjudged)
+    monkeypatch.setattr(compare, "wait_idle", lambda server: None)
+    server = ServerProcess([], startup_timeout_s=1)
+    server.host, server.port = "127.0.0.1", 1
+    session = compare.Session(
+        server,
+        profile="baseline",
+        repeat=0,
+        plan=compare.QUICK,
+        settings=TARGETS,
+        seed=1,
+        scenario=None,
+        runs_dir=tmp_path / "runs",
+        echo=False,
+        on_phase=lambda ref, result: None,
+    )
+    with pytest.raises(compare.CompareError, match="could not be judged: verdict: incomplete") as info:
+        session.phase(1000.0, stage="search")
+    assert info.value.exit_status == Kind.INCOMPLETE.exit_status
