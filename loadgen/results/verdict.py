@@ -16,26 +16,27 @@ Figures (all over the transfers *scheduled* inside the measured window):
 * **shed** (``overloaded`` + ``hook_error``) and **unanswered** (sent, no reply when the drain
   ended; unsent transfers are the generator's) are shown beside it.
 
-Verdicts, in the order they are tested (the first that applies wins), each with its own exit
-status so CI can gate on it:
+Verdicts, each with its own exit status so CI can gate on it:
 
 =====================  ======  =================================================================
 verdict                status  when
 =====================  ======  =================================================================
-sustained              0       achieved >= the minimum ratio and p99 <= the SLO
-not sustained          3       achieved below the minimum, or p99 above the SLO
-generator fell behind  4       the generator did not keep its schedule (unsent transfers, or
-                               send lag p99 over the late threshold): the run measured the
-                               generator, so it says nothing about the server
 incomplete             5       the run cannot be judged: a failure (server died, connection
                                lost), a failed audit, protocol errors, no transfer answered, or
                                unanswered transfers while the latency seen so far is within the
                                SLO (their true latency is unknown)
+sustained              0       achieved >= the minimum ratio and p99 <= the SLO
+generator fell behind  4       the targets were missed while the generator did not keep its
+                               schedule (unsent transfers, or send lag p99 over the late
+                               threshold): the miss may be the generator's, not the server's
+not sustained          3       the targets were missed with the generator on schedule
 =====================  ======  =================================================================
 
-Incomplete is tested first, then generator fell behind, then the targets. Unanswered transfers
-do not make a run incomplete when the latency already recorded (their censored latency, a lower
-bound, included) is over the SLO: the run failed the SLO whatever their true latency was.
+They are tested in that order. Latency is taken from the *scheduled* time, so a generator's lag
+only adds to it: a run that meets the targets although the generator lagged is sustained (the
+system, generator included, kept up), and only a miss needs the generator ruled out. Unanswered
+transfers do not make a run incomplete when the latency already recorded (their censored
+latency, a lower bound, included) is over the SLO: it failed the SLO whatever their true latency.
 """
 
 from __future__ import annotations
@@ -156,12 +157,15 @@ def judge(f: Figures, settings: CompareSettings | None = None) -> Verdict:
         return Verdict(Kind.INCOMPLETE, f"none of {f.scheduled:,} scheduled transfers answered")
     if f.unanswered and f.p99_ms <= settings.slo_p99_ms:
         return Verdict(Kind.INCOMPLETE, f"{f.unanswered:,} transfers unanswered, their latency unknown")
-    if not f.generator_kept_schedule:
-        return Verdict(
-            Kind.GENERATOR_BEHIND, f"unsent {f.unsent:,}, send lag p99 {f.send_lag_p99_ms:,.2f} ms: add --processes"
-        )
     if meets_targets(
         f.achieved_ratio, f.p99_ms, slo_p99_ms=settings.slo_p99_ms, min_achieved_ratio=settings.min_achieved_ratio
     ):
         return Verdict(Kind.SUSTAINED)
-    return Verdict(Kind.NOT_SUSTAINED, _missed(f, settings))
+    missed = _missed(f, settings)
+    if not f.generator_kept_schedule:
+        return Verdict(
+            Kind.GENERATOR_BEHIND,
+            f"{missed}; generator send lag p99 {f.send_lag_p99_ms:,.2f} ms, unsent {f.unsent:,}: "
+            "add --processes or lower --rate",
+        )
+    return Verdict(Kind.NOT_SUSTAINED, missed)
