@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from engine.journal import JournalMismatch
+from engine.journal import JournalDamaged, JournalLocked, JournalMismatch
 
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError, JournalMismatch) as exc:
+    except (ValueError, FileNotFoundError, OSError, JournalMismatch, JournalDamaged, JournalLocked) as exc:
         print(f"cbdc-bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

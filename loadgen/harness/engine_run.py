@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from engine.clock import SequencerClock
 from engine.codes import name_counts
 from engine.ledger import Ledger
 from engine.profiles import build_hooks, load_scenario
@@ -54,7 +55,10 @@ def run_engine(
         raise ValueError("batch must be >= 1 and seconds > 0")
     workload = Workload(scenario_workload(load_scenario(scenario), accounts=accounts, seed=seed))
     balance, wallet_class = workload.initial_state()
-    ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=build_hooks(profile, scenario))
+    # The sequencer's clock runs on the workload's model of a day, as the server's does.
+    clock = SequencerClock.for_accounts(accounts, workload.config.payments_per_account_per_day)
+    hooks = build_hooks(profile, scenario)
+    ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=hooks, clock=clock)
     stream = BatchPool(workload, pool, batch)
 
     def run_for(duration: float) -> tuple[int, int]:
