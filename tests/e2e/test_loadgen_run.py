@@ -15,10 +15,21 @@ from loadgen.results.run import load
 pytestmark = pytest.mark.slow
 
 
+def _scenario(tmp_path: Path, slo_p99_ms: str) -> str:
+    """The shipped scenario with another p99 SLO: the verdict's plumbing is under test here, not
+    whether this (shared, loaded) machine meets 20 ms."""
+    text = default_scenario_text().decode()
+    assert "slo_p99_ms = 20.0" in text
+    path = tmp_path / f"slo-{slo_p99_ms}.toml"
+    path.write_text(text.replace("slo_p99_ms = 20.0", f"slo_p99_ms = {slo_p99_ms}"))
+    return str(path)
+
+
 def test_run_starts_a_server_measures_audits_and_writes_a_result(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["run", "--accounts", "20000", "--rate", "4000", "--seconds", "1.5", "--warmup", "0.5"]
+    argv = ["run", _scenario(tmp_path, "2000.0"), "--accounts", "20000", "--rate", "4000"]
+    argv += ["--seconds", "1.5", "--warmup", "0.5"]
     argv += ["--drain", "3", "--out", str(tmp_path), "--json"]
     code = main(argv)
     out = capsys.readouterr().out.strip().splitlines()
@@ -45,12 +56,9 @@ def test_a_run_that_misses_the_scenarios_slo_says_so_and_exits_non_zero(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The verdict judges against the scenario's [compare] targets: an SLO no run can meet."""
-    scenario = tmp_path / "strict.toml"
-    text = default_scenario_text().decode()
-    assert "slo_p99_ms = 20.0" in text
-    scenario.write_text(text.replace("slo_p99_ms = 20.0", "slo_p99_ms = 0.000001"))
-    argv = ["run", str(scenario), "--accounts", "5000", "--rate", "2000", "--seconds", "1", "--warmup", "0.3"]
-    code = main(argv)
+    argv = ["run", _scenario(tmp_path, "0.000001"), "--accounts", "5000", "--rate", "2000"]
+    argv += ["--seconds", "1", "--warmup", "0.3"]
+    code = main([*argv, "--out", str(tmp_path / "runs")])
     out = capsys.readouterr().out.strip().splitlines()
     # 3 (not sustained); 4 (generator fell behind) when this shared machine delayed the generator.
     label = {3: "not sustained", 4: "generator fell behind"}[code]
@@ -58,14 +66,15 @@ def test_a_run_that_misses_the_scenarios_slo_says_so_and_exits_non_zero(
 
 
 def test_calibration_run_against_the_echo_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["run", "--echo", "--accounts", "1000", "--rate", "20000", "--seconds", "1", "--warmup", "0.3"]
+    argv = ["run", _scenario(tmp_path, "2000.0"), "--echo", "--accounts", "1000", "--rate", "20000"]
+    argv += ["--seconds", "1", "--warmup", "0.3"]
     argv += ["--out", str(tmp_path)]
     code = main(argv)
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.strip().splitlines()[-1] == "verdict: sustained"
     assert "echo" in out and "schedule" in out
-    (path,) = tmp_path.glob("*.json")
+    (path,) = tmp_path.glob("*tps.json")
     result = load(path)
     assert result.summary.echo and result.audit is None
     assert result.codes == {"ok": result.counts.scheduled_measured}
