@@ -9,7 +9,7 @@ import pytest
 
 from engine.profiles import default_scenario_text
 from loadgen.cli.main import main
-from loadgen.harness.server import ServerProcess, ServerStartError
+from loadgen.harness.server import ServerProcess, ServerStartError, running_server, server_arguments
 from loadgen.results.run import load
 
 pytestmark = pytest.mark.slow
@@ -88,3 +88,15 @@ def test_a_server_that_dies_at_start_up_is_reported_with_its_error() -> None:
     finally:
         server.stop()
     assert server.proc is not None and server.proc.poll() is not None
+
+
+def test_load_judges_against_its_scenarios_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``load --scenario``: the same verdict and exit status as ``run``, against a running server."""
+    args = server_arguments(profile="baseline", accounts=5000, seed=1, operators=2)
+    with running_server(args, accounts=5000) as server:
+        argv = ["load", "--port", str(server.port), "--scenario", _scenario(tmp_path, "0.000001")]
+        argv += ["--rate", "2000", "--seconds", "1", "--warmup", "0.3", "--drain", "2", "--json"]
+        code = main(argv)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == summary["exit_status"] in (3, 4), summary
+    assert "> SLO 1e-06 ms" in summary["verdict"]
