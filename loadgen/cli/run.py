@@ -7,6 +7,10 @@ everything this command started is stopped, also on errors and Ctrl-C. With ``--
 acknowledges without a ledger: a calibration run that shows whether the generator keeps its
 schedule at a given rate.
 
+The last line is the verdict, judged against the scenario's ``[compare]`` targets (p99 SLO and
+minimum achieved ratio; defaults 20 ms and 99%), and the exit status is the verdict's: 0
+sustained, 3 not sustained, 4 generator fell behind, 5 incomplete (README, "Verdicts").
+
 The defaults (baseline profile, 1,000,000 accounts, 300,000 payments/s, 5 s warm-up, 30 s
 measured) finish in about 40 s on a 2-core machine, server start-up included.
 
@@ -30,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.profiles import trove_needed
+from engine.profiles import load_scenario, trove_needed
 from loadgen.cli.common_args import (
     add_accounts,
     add_host,
@@ -76,6 +80,7 @@ def _main(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         keep_journal=args.keep_journal,
         trove_dir=_trove_dir(args),
+        targets=load_scenario(args.scenario).compare,
     )
     return save_and_print(result, as_json=args.json, out=args.out)
 

@@ -27,7 +27,7 @@ from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
 from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.measured import run_measure
-from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable, sustained
+from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable
 from loadgen.harness.server import ServerProcess, running_server, server_arguments
 from loadgen.report.writer import write_report
 from loadgen.results.compare import (
@@ -40,7 +40,8 @@ from loadgen.results.compare import (
     save_summary,
 )
 from loadgen.results.environment import collect
-from loadgen.results.run import RunResult, save
+from loadgen.results.run import RunResult, save, verdict_of
+from loadgen.results.verdict import Kind
 
 #: ``--quick``: the default profile set in about 10 minutes on a 2-core machine. Shorter phases
 #: (1 s warm-up + 2 s measured per search trial and per equal-load run: ~400k-2M latencies per
@@ -78,7 +79,15 @@ ECHO = "echo"
 
 
 class CompareError(RuntimeError):
-    """A phase failed in a way that makes the comparison untrustworthy (audit, protocol, lost link)."""
+    """A phase failed in a way that makes the comparison untrustworthy (audit, protocol, lost link).
+
+    ``exit_status`` is what ``compare`` exits with: 5 (the ``incomplete`` verdict's status) when a
+    phase could not be judged, 1 for every other failure.
+    """
+
+    def __init__(self, message: str, *, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 # ---- planning --------------------------------------------------------------------------------
@@ -218,7 +227,13 @@ class Session:
             seed=self.seed,
         )
         result = run_measure(
-            config, kind="compare", server_pid=self.server.pid, audit=True, scenario=self.scenario, echo=self.echo
+            config,
+            kind="compare",
+            server_pid=self.server.pid,
+            audit=True,
+            scenario=self.scenario,
+            echo=self.echo,
+            targets=self.settings,
         )
         path = save(result, self.runs_dir)
         problems = list(result.failures)
@@ -234,8 +249,14 @@ class Session:
             wait_idle(self.server)
         except (GatewayError, TimeoutError) as exc:
             raise CompareError(f"{self.profile}: server unreachable after a phase: {exc}") from exc
-        outcome = outcome_of(result)
-        ok = sustained(outcome, self.settings.slo_p99_ms, self.settings.min_achieved_ratio)
+        verdict = verdict_of(result, self.settings)
+        if verdict.kind is Kind.INCOMPLETE:
+            raise CompareError(
+                f"{self.profile} at {rate_tps:,.0f}/s ({path}) could not be judged: {verdict.line}",
+                exit_status=verdict.exit_status,
+            )
+        outcome = outcome_of(result, self.settings)
+        ok = verdict.sustained
         ref = RunRef(
             file=str(path.relative_to(self.runs_dir.parent)),
             profile=self.profile,

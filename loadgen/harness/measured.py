@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from engine.profiles import CompareSettings
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.server import running_server, server_arguments
@@ -95,8 +96,12 @@ async def measure(
     audit: bool = True,
     scenario: str | None = None,
     echo: bool = False,
+    targets: CompareSettings | None = None,
 ) -> RunResult:
-    """Run the load, probing server stats and CPU at the measured window's edges; audit after."""
+    """Run the load, probing server stats and CPU at the measured window's edges; audit after.
+
+    ``targets``: what the result's verdict judges against (the default targets if None).
+    """
     admin = AdminClient(config.host, config.port, secrets=config.secrets)
     server_welcome = await admin.connect()
     echo = echo or server_welcome.echo
@@ -158,6 +163,7 @@ async def measure(
         hooks=hook_cost(stats_start, stats_end),
         audit=outcome,
         echo=echo,
+        targets=targets,
     )
 
 
@@ -190,6 +196,7 @@ def run_benchmark(
     fsync: str = "batch",
     keep_journal: bool = False,
     trove_dir: str | None = None,
+    targets: CompareSettings | None = None,
 ) -> RunResult:
     """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop.
 
@@ -218,7 +225,15 @@ def run_benchmark(
     try:
         with running_server(args, accounts=accounts) as server:
             run_config = with_address(config, server.host, server.port)
-            return run_measure(run_config, kind="run", server_pid=server.pid, audit=True, scenario=scenario, echo=echo)
+            return run_measure(
+                run_config,
+                kind="run",
+                server_pid=server.pid,
+                audit=True,
+                scenario=scenario,
+                echo=echo,
+                targets=targets,
+            )
     finally:
         if journal is not None:
             # The lock file outlives the server (deleting it could race a starting server); this
