@@ -24,11 +24,13 @@ import argparse
 
 from loadgen.cli.common_args import (
     add_accounts,
+    add_hooks_path,
     add_host,
     add_journal,
     add_load_arguments,
     add_profile,
     add_scenario,
+    hooks_path_arguments,
     load_config,
 )
 from loadgen.cli.output import save_and_print
@@ -49,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
     add_host(p, what="address for the server to listen on")
     add_journal(p)
+    add_hooks_path(p)
     add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
     p.set_defaults(func=_main)
 
@@ -64,5 +67,6 @@ def _main(args: argparse.Namespace) -> int:
         journal_dir=args.journal,
         fsync=args.fsync,
         keep_journal=args.keep_journal,
+        server_args=hooks_path_arguments(args.hooks_path),
     )
     return save_and_print(result, as_json=args.json, out=args.out)

@@ -300,6 +300,7 @@ def run_compare(
     command: str = "cbdc-bench compare",
     console: Console | None = None,
     make_report: bool = True,
+    server_args: tuple[str, ...] = (),
 ) -> tuple[CompareSummary, Path]:
     """Run the comparison; the summary and its path (``OUT/compare.json``)."""
     console = console or Console(soft_wrap=True)
@@ -372,7 +373,7 @@ def run_compare(
         @contextlib.contextmanager
         def session(profile: str, repeat: int) -> Iterator[Session]:
             """A fresh server for one profile and repeat, and the session that loads it."""
-            with _server(profile, plan, seed, scenario) as server:
+            with _server(profile, plan, seed, scenario, server_args) as server:
                 yield Session(
                     server,
                     profile=profile,
@@ -449,7 +450,7 @@ def run_compare(
 
 
 def _server(
-    profile: str, plan: Plan, seed: int, scenario: str | None
+    profile: str, plan: Plan, seed: int, scenario: str | None, extra: tuple[str, ...] = ()
 ) -> contextlib.AbstractContextManager[ServerProcess]:
     echo = profile == ECHO
     args = server_arguments(
@@ -459,5 +460,6 @@ def _server(
         operators=plan.operators,
         scenario=scenario,
         echo=echo,
+        extra=extra,
     )
     return running_server(args, accounts=plan.accounts)

@@ -13,6 +13,7 @@ import msgspec
 
 from engine.codes import name_counts
 from engine.ledger import Ledger
+from engine.memory import check_accounts_fit
 from engine.profiles import build_hooks, load_scenario
 from loadgen.generator.workload import DEFAULT_SEED, BatchPool, Workload, scenario_workload
 from loadgen.results.environment import collect
@@ -52,6 +53,7 @@ def run_engine(
     """Build a ledger for ``profile``, drive it with a seeded workload, and measure it."""
     if batch < 1 or seconds <= 0:
         raise ValueError("batch must be >= 1 and seconds > 0")
+    check_accounts_fit(accounts, profile, scenario)
     workload = Workload(scenario_workload(load_scenario(scenario), accounts=accounts, seed=seed))
     balance, wallet_class = workload.initial_state()
     ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=build_hooks(profile, scenario))

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from engine.memory import check_accounts_fit
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.server import running_server, server_arguments
@@ -191,6 +192,7 @@ def run_benchmark(
     ``keep_journal``); ``config.secrets``: the server authenticates with those secrets (and
     enforces account ownership).
     """
+    check_accounts_fit(accounts, profile, scenario)  # in one line here, not in the server's stderr
     journal: Path | None = None
     if journal_dir is not None:
         Path(journal_dir).mkdir(parents=True, exist_ok=True)
