@@ -3,6 +3,17 @@
 A transfer is checked stage by stage; the first failing check wins. The numeric value of a code is
 *not* its precedence (codes are append-only for wire compatibility); ``PRECEDENCE`` is.
 
+Rules for changing this table (issue 13 owns it):
+
+* A new code gets the next numeric value and is inserted into ``PRECEDENCE`` at the place its
+  check runs; its row below says where and why. Appending a code that no existing transfer can
+  get leaves every earlier outcome unchanged.
+* Changing the order of existing codes changes the outcome of journalled transfers, so it is a
+  journal format change: bump ``PRECEDENCE_ID``. Journals record the id in their header
+  (``JournalHeader.precedence``) and a server with another id refuses to replay them.
+* The codes up to FORBIDDEN_PAYER are the ledger's own checks (``LEDGER_CHECKS``); a transfer
+  refused by one of them is not a payment and does not advance the sequencer's clock.
+
 Precedence, highest first:
 
 ==================  =====================================================================
@@ -90,6 +101,16 @@ PRECEDENCE: tuple[ResultCode, ...] = (
     ResultCode.OVERLOADED,
     ResultCode.OK,
 )
+
+#: The ledger's own checks (before any policy hook): a transfer refused by one of them is not a
+#: payment, so it does not advance the sequencer's clock (``engine.clock``).
+LEDGER_CHECKS: frozenset[ResultCode] = frozenset(PRECEDENCE[: PRECEDENCE.index(ResultCode.FORBIDDEN_PAYER) + 1])
+
+#: Identifies this precedence table. Journals record it (``JournalHeader.precedence``): replaying
+#: a journal under another precedence would give other codes, so changing the order (not
+#: appending a code at its documented place without changing any earlier outcome) changes this
+#: id and is a journal format change.
+PRECEDENCE_ID = "codes-1"
 
 CODE_DTYPE = np.dtype(np.uint8)
 

@@ -9,42 +9,106 @@ hook state come back exactly. The journalled codes are compared with the replaye
 replay that diverges stops with an error instead of serving a ledger that differs from what
 was acknowledged.
 
-Format (little-endian): an 8-byte file magic, then entries of
-``[length u32][kind u8][seq u64][crc32 u32][payload]``; the CRC covers kind, seq and payload.
-A server's journal starts with a header entry (``JournalHeader``: accounts, seed, operators,
-profile, scenario digest, ownership) so that recovery can refuse to replay into a ledger built
-differently, before touching anything, instead of failing halfway with a code mismatch.
-A torn or corrupt entry ends the journal: recovery truncates the file there and reports how many
-bytes it dropped; nothing after it is applied.
+Format v2 (little-endian; ``FORMAT_VERSION``): the 8-byte file magic ``CBDCJNL2``, then entries,
+each framed so that a reader can resynchronise past a damaged one::
 
-Fsync policies: ``batch`` (fsync before every acknowledgement), ``interval:MS`` (fsync when the
-last one is older than MS; an acknowledged batch can be lost on power failure, never on a
-process crash, since each entry reaches the kernel with ``os.write`` before the ack), ``off``.
+    marker 4s  b"\\xabJE2" (resync marker: a reader scans for it after damage)
+    length u32 payload bytes
+    kind   u8  KIND_*
+    flags  u8  0 (reserved)
+    spare  u16 0 (reserved)
+    seq    u64 1, 2, 3... (every entry, sync entries included)
+    payload_crc u32  CRC-32 of the payload
+    header_crc  u32  CRC-32 of the 24 bytes above (so a good header's length can be trusted
+                     even when its payload is damaged)
+    payload
+
+Kinds: ``HEADER`` (seq 1, a msgpack ``JournalHeader``), ``BATCH`` (``[clock u64][records][codes]``:
+the sequencer clock at the batch's start, see ``engine.clock``, then the transfers and their
+codes), ``ADMIN`` (a msgpack ``AdminEntry``), ``SYNC`` (``u64``: every entry up to this sequence
+number had been fsynced when this entry was written). ``SNAPSHOT`` and ``WATERMARK`` are reserved
+for later issues (ledger snapshots; the trove's progress): this reader checks their framing and
+skips them (replaying every batch from the start stays exact without them), so adding them needs
+no format change. A kind outside these is damage.
+
+Durable points and the tail. ``SYNC`` entries are written right after each fsync returns, before
+anything it covers is acknowledged. The header is fsynced when the file is created (in a temporary
+file renamed into place, with the directory fsynced), so it is always durable. Everything after
+the last recorded sync is the *tail*: what a power cut may have torn. On start:
+
+* damage inside the tail (a torn or garbled last write) is cut automatically, and reported;
+* damage at or before a recorded durable point (a bad CRC, a bad header, garbage, a missing
+  entry) is not a torn write: recovery refuses with ``JournalDamaged``, naming the file, the byte
+  offset, the last good entry and its sequence number, and how many intact entries follow the
+  damage. Nothing is replayed or changed. Dropping that data is the operator's explicit decision:
+  ``serve --journal J --repair truncate`` cuts at the damage and logs exactly what it dropped.
+
+The CRCs are checksums against accidents (torn writes, bit rot), not a MAC: anyone who can write
+the file can forge entries with valid CRCs. Tamper evidence for the payments is the audit chain
+hook's job (``engine.hooks.audit_chain``), not the journal's.
+
+Fsync policies: ``batch`` (fsync, then the SYNC entry, before every acknowledgement),
+``interval:MS`` (fsync at most MS after a write, by a timer when the server is quiet; an
+acknowledged batch can be lost on a power cut, never on a process crash, since each entry reaches
+the kernel with ``os.write`` before the ack), ``off`` (never fsync while running: *nothing is
+promised after a power cut*; the tail is everything after the header, or after the fsync of the
+last clean shutdown). A failed write or fsync is never retried: after a failed fsync the kernel
+may have dropped the unwritten pages (PostgreSQL's 2018 lesson), so the journal refuses every
+later call and the server stops; a restart replays what the file really holds.
+
+Exclusive use: ``JournalLock`` takes ``flock(LOCK_EX | LOCK_NB)`` on ``J.lock`` (holding the
+holder's pid) before anything reads or writes J: two servers on one journal would double-spend.
+
+Version history (``FORMAT_VERSION``):
+
+1. ``CBDCJNL1``: ``[length u32][kind u8][seq u64][crc32 u32][payload]``; a damaged entry anywhere
+   ended the journal and everything after it was cut; days came from client timestamps.
+   Still replayed (``_scan_v1``), with timestamp days, then rewritten as format 2 by
+   ``upgrade_v1`` (the original kept as ``J.v1``); it keeps timestamp days (header clock 0).
+2. ``CBDCJNL2`` (issue 13): resync markers, header CRC, SYNC entries (durable points), damage
+   before the tail refuses, the sequencer clock in every batch entry, header fields for the
+   clock, the result-code precedence id and reserved watermarks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import struct
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import msgspec
 import numpy as np
 
-from engine.codes import CODE_DTYPE
-from engine.records import TRANSFER_DTYPE
+from engine.codes import CODE_DTYPE, LEDGER_CHECKS, PRECEDENCE_ID, ResultCode
+from engine.records import MAX_BATCH, TRANSFER_DTYPE
 
-MAGIC = b"CBDCJNL1"
-_ENTRY = struct.Struct("<IBQI")
+#: Journal format version; history in the module docstring.
+FORMAT_VERSION = 2
+MAGIC_V1 = b"CBDCJNL1"
+MAGIC = b"CBDCJNL2"
+ENTRY_MARKER = b"\xabJE2"
+_ENTRY = struct.Struct("<4sIBBHQII")  # marker, length, kind, flags, spare, seq, payload crc, header crc
+_ENTRY_V1 = struct.Struct("<IBQI")
+_CLOCK = struct.Struct("<Q")
 KIND_BATCH = 1
 KIND_ADMIN = 2
 KIND_HEADER = 3
+KIND_SYNC = 4
+KIND_SNAPSHOT = 5  # reserved: a ledger snapshot's location and watermark (not written yet)
+KIND_WATERMARK = 6  # reserved: an observer's (the trove's) durable progress (not written yet)
+_KNOWN_KINDS = (KIND_BATCH, KIND_ADMIN, KIND_HEADER, KIND_SYNC, KIND_SNAPSHOT, KIND_WATERMARK)
 _RECORD = TRANSFER_DTYPE.itemsize + CODE_DTYPE.itemsize
+#: Larger payloads are not entries this code writes: a length above it marks a garbled header.
+MAX_PAYLOAD = _CLOCK.size + MAX_BATCH * _RECORD + (1 << 20)
+REPAIR_MODES = ("", "truncate")
 
 
 class AdminEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -56,7 +120,10 @@ class AdminEntry(msgspec.Struct, array_like=True, frozen=True):
 
 
 class JournalHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What a ledger must be built from for a journal to replay into it (the first entry)."""
+    """What a ledger must be built from for a journal to replay into it (the first entry).
+
+    New fields get defaults (msgspec schema evolution), so older headers still decode.
+    """
 
     accounts: int
     seed: int
@@ -64,18 +131,81 @@ class JournalHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     profile: str
     scenario_sha256: str = ""  # digest of the scenario file's bytes; "" = built-in scenario
     ownership: bool = False  # operators may debit only their own account range
+    # Format 2: the sequencer's clock (engine.clock) and the result codes' precedence.
+    clock_payments_per_day: int = 0  # 0 = days from client timestamps (format 1 journals)
+    clock_start_ns: int = 0
+    precedence: str = ""  # engine.codes.PRECEDENCE_ID; "" = before format 2
+    # Reserved for later issues, so that they need no format change. Recorded, not compared.
+    snapshot_seq: int = 0  # journal seq a ledger snapshot covers (replay starts after it)
+    trove_seq: int = 0  # journal seq the trove has durably written
+    risk_model_sha256: str = ""
+    signed: bool = False  # transfers carry Ed25519 signatures checked before the sequencer
+
+    #: Fields that describe how the ledger is built: they must match to replay.
+    BUILD_FIELDS: ClassVar[tuple[str, ...]] = (
+        "accounts",
+        "seed",
+        "operators",
+        "profile",
+        "scenario_sha256",
+        "ownership",
+        "clock_payments_per_day",
+        "clock_start_ns",
+        "precedence",
+        "risk_model_sha256",
+        "signed",
+    )
 
     def differences(self, other: JournalHeader) -> list[str]:
-        """``field: journal X, server Y`` for every field that differs."""
+        """``field: journal X, server Y`` for every build field that differs.
+
+        A format 1 journal (clock 0: timestamp days; no precedence id) is not compared on those:
+        it replays with the rules it was written under.
+        """
+        skip = set()
+        if self.clock_payments_per_day == 0:
+            skip |= {"clock_payments_per_day", "clock_start_ns"}
+        if not self.precedence:
+            skip.add("precedence")
         return [
             f"{name}: journal {getattr(self, name)!r}, this server {getattr(other, name)!r}"
-            for name in self.__struct_fields__
-            if getattr(self, name) != getattr(other, name)
+            for name in self.BUILD_FIELDS
+            if name not in skip and getattr(self, name) != getattr(other, name)
         ]
 
 
 class JournalMismatch(RuntimeError):
-    """Replay gave different result codes than the journal recorded."""
+    """Replay gave different result codes (or clock) than the journal recorded."""
+
+
+class JournalDamaged(RuntimeError):
+    """The journal is damaged before its tail: refusing to start (``--repair truncate`` drops it)."""
+
+
+class JournalLocked(RuntimeError):
+    """Another process holds the journal's lock."""
+
+
+class JournalFailed(OSError):
+    """An earlier write or fsync failed: the journal takes nothing more (never retried)."""
+
+
+class FileIO(Protocol):
+    """The file operations the journal writes through (tests inject faults and record them here)."""
+
+    def write(self, fd: int, data: bytes) -> int: ...
+
+    def fsync(self, fd: int) -> None: ...
+
+
+class OsIO:
+    """The real thing: ``os.write`` and ``os.fsync``."""
+
+    def write(self, fd: int, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,169 +229,536 @@ class FsyncPolicy:
     def __str__(self) -> str:
         return f"interval:{self.interval_s * 1000:g}" if self.mode == "interval" else self.mode
 
+    def promise(self) -> str:
+        """What survives what, in one line, for the startup note and the docs."""
+        if self.mode == "batch":
+            return "every acknowledged transfer is fsynced: survives a process crash and a power cut"
+        if self.mode == "interval":
+            return (
+                f"acknowledged transfers survive a process crash; a power cut may lose the last "
+                f"{self.interval_s * 1000:g} ms of them"
+            )
+        return (
+            "fsync off: acknowledged transfers survive a process crash, but NOTHING is promised after a "
+            "power cut (everything after the last clean shutdown may be lost)"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    entries: int
+    entries: int  # the last sequence number replayed (the next entry is entries + 1)
     batches: int
     transfers: int
     admin_ops: int
     truncated_bytes: int
     message: str
+    version: int = FORMAT_VERSION
+    durable_seq: int = 0
+    dropped_seqs: tuple[int, ...] = ()  # intact entries that a cut dropped (tail or repair)
+    header: JournalHeader | None = None
+
+
+class JournalLock:
+    """``flock(LOCK_EX | LOCK_NB)`` on ``<journal>.lock``, which holds the holder's pid.
+
+    A second server on the same journal would apply payments that the first never sees (a double
+    spend) and interleave entries: it must not start. The lock goes with the process (a killed
+    server's lock is released by the kernel), so a stale lock file never blocks a restart.
+    """
+
+    def __init__(self, journal: str | os.PathLike[str]) -> None:
+        self.path = Path(str(journal) + ".lock")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise JournalLocked(
+                f"journal {journal} is in use by another server (pid {holder}, lock {self.path}); "
+                "two servers on one journal would double-spend. Stop that server or use another journal path."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = -1
+
+
+def _frame(kind: int, seq: int, payload: bytes) -> bytes:
+    head = _ENTRY.pack(ENTRY_MARKER, len(payload), kind, 0, 0, seq, zlib.crc32(payload), 0)[:-4]
+    return head + struct.pack("<I", zlib.crc32(head)) + payload
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path.parent or Path("."), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create(path: str | os.PathLike[str], header: JournalHeader) -> None:
+    """A new journal holding only ``header``, durably: temporary file, fsync, rename, dir fsync.
+
+    So a journal either does not exist or starts with a durable header: a crash while creating it
+    never leaves a header-less file that the next start would have to guess about.
+    """
+    p = Path(path)
+    tmp = p.with_name(p.name + ".creating")
+    data = MAGIC + _frame(KIND_HEADER, 1, msgspec.msgpack.encode(header))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, p)
+    _fsync_dir(p)
+
+
+def upgrade_v1(path: str | os.PathLike[str]) -> int:
+    """Rewrite a replayed format 1 journal as format 2 in place; returns its last sequence number.
+
+    The original is kept beside it as ``<path>.v1``. Entries keep their sequence numbers; each
+    batch gets the clock value replay computes (payments sequenced before it: its predecessors'
+    transfers whose codes are not ``LEDGER_CHECKS``, in batches not refused whole); the header
+    keeps ``clock_payments_per_day = 0``, so this journal keeps format 1's timestamp days for its
+    whole life (the server says so at start). Call only after ``recover`` replayed it cleanly
+    (which also cut a torn end).
+    """
+    p = Path(path)
+    data = p.read_bytes()
+    scan = _scan_v1(data)
+    if scan.damage_at >= 0 or not scan.entries or scan.entries[0].kind != KIND_HEADER:
+        raise ValueError(f"{p}: only a clean format 1 server journal can be upgraded ({scan.problem or 'no header'})")
+    old = msgspec.msgpack.decode(scan.entries[0].payload, type=JournalHeader)
+    header = msgspec.structs.replace(old, clock_payments_per_day=0, precedence=PRECEDENCE_ID)
+    parts = [MAGIC, _frame(KIND_HEADER, 1, msgspec.msgpack.encode(header))]
+    payments = 0
+    ledger_checks = np.array(sorted(LEDGER_CHECKS), dtype=CODE_DTYPE)
+    for e in scan.entries[1:]:
+        payload = e.payload
+        if e.kind == KIND_BATCH:
+            n = len(payload) // _RECORD
+            codes = np.frombuffer(payload, dtype=CODE_DTYPE, offset=n * TRANSFER_DTYPE.itemsize)
+            payload = _CLOCK.pack(payments) + payload
+            if not (codes == ResultCode.HOOK_ERROR).all():  # a refused batch sequences nothing
+                payments += int(np.count_nonzero(~np.isin(codes, ledger_checks)))
+        parts.append(_frame(e.kind, e.seq, payload))
+    last = scan.entries[-1].seq
+    parts.append(_frame(KIND_SYNC, last + 1, _CLOCK.pack(last + 1)))
+    tmp = p.with_name(p.name + ".upgrading")
+    tmp.write_bytes(b"".join(parts))
+    with tmp.open("rb+") as f:
+        os.fsync(f.fileno())
+    backup = p.with_name(p.name + ".v1")
+    n = 1
+    while backup.exists():
+        n += 1
+        backup = p.with_name(f"{p.name}.v1.{n}")
+    os.link(p, backup)
+    os.replace(tmp, p)
+    _fsync_dir(p)
+    return last + 1
 
 
 class Journal:
-    """An open journal file for appending. Use ``recover`` first when the file exists."""
+    """An open v2 journal for appending, after ``create`` or ``recover``.
 
-    def __init__(self, path: str | os.PathLike[str], fsync: FsyncPolicy | str = "batch", *, entries: int = 0) -> None:
-        """Open ``path`` for appending after ``entries`` existing entries (``Recovery.entries``)."""
+    ``entries`` is the last sequence number in the file (``Recovery.entries``; 1 for a new file).
+    ``io`` is what writes go through (``OsIO``; tests inject faults). ``durable_seq`` is the last
+    entry covered by a completed fsync; the header, fsynced by ``create``, always is.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fsync: FsyncPolicy | str = "batch",
+        *,
+        entries: int = 1,
+        io: FileIO | None = None,
+    ) -> None:
         self.path = Path(path)
         self.policy = FsyncPolicy.parse(fsync) if isinstance(fsync, str) else fsync
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if os.fstat(self._fd).st_size == 0:
-            os.write(self._fd, MAGIC)
-            os.fsync(self._fd)
+        with self.path.open("rb") as f:
+            magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            raise ValueError(
+                f"{self.path}: not a format {FORMAT_VERSION} journal (magic {magic!r}); open journals with "
+                "engine.server.recovery.open_journal, which upgrades a format 1 journal first"
+            )
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self.io: FileIO = io or OsIO()
         self.seq = entries
+        # What recovery replayed may still be only in the page cache (a killed server under
+        # interval or off): make it durable before anything is appended after it.
+        os.fsync(self._fd)
+        self.durable_seq = entries
+        self._dirty = False  # an entry other than SYNC was written since the last fsync
         self.bytes_written = 0
         self.fsyncs = 0
         self.fsync_ns = 0
+        self.failed: BaseException | None = None
         self._last_sync = time.monotonic()
         self._encoder = msgspec.msgpack.Encoder()
+        self._timer: Any = None
+        self._call_later: Callable[[float, Callable[[], None]], Any] | None = None
+        self._on_failure: Callable[[OSError], None] | None = None
 
-    def append_batch(self, batch: np.ndarray, codes: np.ndarray) -> None:
-        """Record an applied engine batch; returns once it is as durable as the policy says."""
-        self._append(KIND_BATCH, batch.tobytes() + codes.astype(CODE_DTYPE, copy=False).tobytes())
+    # ---- appending ---------------------------------------------------------------------------
+
+    def append_batch(self, batch: np.ndarray, codes: np.ndarray, clock: int = 0) -> None:
+        """Record an applied engine batch; returns once it is as durable as the policy says.
+
+        ``clock`` is the sequencer clock (payments sequenced) at the batch's start.
+        """
+        payload = _CLOCK.pack(clock) + batch.tobytes() + codes.astype(CODE_DTYPE, copy=False).tobytes()
+        self._append(KIND_BATCH, payload)
 
     def append_admin(self, entry: AdminEntry) -> None:
         self._append(KIND_ADMIN, self._encoder.encode(entry))
 
-    def append_header(self, header: JournalHeader) -> None:
-        """Write the header; only as the first entry of a new journal."""
-        if self.seq:
-            raise ValueError(f"{self.path}: the header must be the first entry; the journal has {self.seq}")
-        self._append(KIND_HEADER, self._encoder.encode(header))
-
     def _append(self, kind: int, payload: bytes) -> None:
-        self.seq += 1
-        head = struct.pack("<BQ", kind, self.seq)
-        crc = zlib.crc32(payload, zlib.crc32(head))
-        data = _ENTRY.pack(len(payload), kind, self.seq, crc) + payload
-        written = os.write(self._fd, data)
-        while written < len(data):  # os.write may write less than asked on some filesystems
-            written += os.write(self._fd, data[written:])
-        self.bytes_written += len(data)
-        now = time.monotonic()
-        if self.policy.mode == "batch" or (
-            self.policy.mode == "interval" and now - self._last_sync >= self.policy.interval_s
-        ):
+        self._write(kind, payload)
+        if self.policy.mode == "batch":
             self.sync()
+        elif self.policy.mode == "interval":
+            if time.monotonic() - self._last_sync >= self.policy.interval_s:
+                self.sync()
+            elif self._timer is None and self._call_later is not None:
+                self._timer = self._call_later(self.policy.interval_s, self._timer_sync)
+
+    def _write(self, kind: int, payload: bytes) -> None:
+        self._refuse_if_failed()
+        self.seq += 1
+        data = _frame(kind, self.seq, payload)
+        try:
+            written = self.io.write(self._fd, data)
+            while written < len(data):  # os.write may write less than asked on some filesystems
+                written += self.io.write(self._fd, data[written:])
+        except OSError as exc:
+            self.failed = exc
+            raise
+        self.bytes_written += len(data)
+        self._dirty = kind != KIND_SYNC or self._dirty
+
+    def _refuse_if_failed(self) -> None:
+        if self.failed is not None:
+            raise JournalFailed(errno.EIO, f"{self.path}: an earlier write or fsync failed ({self.failed})")
 
     def sync(self) -> None:
+        """fsync, then record the durable point (a SYNC entry, itself synced by the next fsync)."""
+        self._refuse_if_failed()
+        if not self._dirty:
+            return
         t0 = time.perf_counter_ns()
-        os.fsync(self._fd)
+        try:
+            self.io.fsync(self._fd)
+        except OSError as exc:
+            self.failed = exc  # never retried: the kernel may have dropped the pages it could not write
+            raise
         self.fsync_ns += time.perf_counter_ns() - t0
         self.fsyncs += 1
         self._last_sync = time.monotonic()
+        self.durable_seq = self.seq
+        self._dirty = False
+        self._write(KIND_SYNC, _CLOCK.pack(self.durable_seq))
+
+    # ---- interval timer ----------------------------------------------------------------------
+
+    def start_timer(
+        self, call_later: Callable[[float, Callable[[], None]], Any], on_failure: Callable[[OSError], None]
+    ) -> None:
+        """Under ``interval:MS``, sync MS after an unsynced write even if nothing else is written.
+
+        ``call_later`` is the event loop's; ``on_failure`` is told if the timer's fsync fails.
+        """
+        self._call_later = call_later
+        self._on_failure = on_failure
+
+    def _timer_sync(self) -> None:
+        self._timer = None
+        if self._fd < 0 or self.failed is not None:
+            return
+        try:
+            self.sync()
+        except OSError as exc:
+            if self._on_failure is not None:
+                self._on_failure(exc)
 
     def close(self) -> None:
+        """Sync (a clean shutdown is a durable point under every policy) and close.
+
+        After a failure the file is closed without an fsync: a retried fsync could report success
+        for pages the kernel already dropped.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._fd >= 0:
-            if self.policy.mode != "off":
-                self.sync()
+            if self.failed is None and self._dirty:
+                with contextlib.suppress(OSError):
+                    self.sync()
+                    self.io.fsync(self._fd)  # the last SYNC entry too: a clean shutdown is fully durable
             os.close(self._fd)
             self._fd = -1
 
     def stats(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
+            "format": FORMAT_VERSION,
             "fsync": str(self.policy),
             "entries": self.seq,
+            "durable_seq": self.durable_seq,
             "bytes_written": self.bytes_written,
             "fsyncs": self.fsyncs,
             "fsync_ms_total": self.fsync_ns / 1e6,
         }
 
 
+# ---- reading -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entry:
+    offset: int
+    end: int
+    kind: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What a pass over the file found: the good prefix, and the first damage if any."""
+
+    version: int
+    entries: list[_Entry] = field(default_factory=list)
+    damage_at: int = -1  # byte offset of the first damaged entry; -1 = none
+    problem: str = ""
+    after: list[_Entry] = field(default_factory=list)  # intact entries found past the damage
+    durable_seq: int = 0
+    torn_end: bool = False  # the damage is an incomplete last write (v1's only cuttable case)
+
+
+def _entry_at(data: bytes, pos: int) -> tuple[_Entry | None, str]:
+    """The v2 entry at ``pos`` if it is whole and intact, else (None, what is wrong)."""
+    if len(data) - pos < _ENTRY.size:
+        return None, f"torn entry header: {len(data) - pos} bytes at the end, less than an entry header"
+    marker, length, kind, _, _, seq, payload_crc, header_crc = _ENTRY.unpack_from(data, pos)
+    if marker != ENTRY_MARKER:
+        return None, "no entry marker (garbage or a damaged header)"
+    if zlib.crc32(data[pos : pos + _ENTRY.size - 4]) != header_crc:
+        return None, "entry header checksum mismatch"
+    if length > MAX_PAYLOAD or kind not in _KNOWN_KINDS:
+        return None, f"entry {seq} has kind {kind} and length {length}, which format {FORMAT_VERSION} does not have"
+    start = pos + _ENTRY.size
+    if len(data) - start < length:
+        return None, f"entry {seq} is torn: {len(data) - start} of {length} payload bytes"
+    payload = data[start : start + length]
+    if zlib.crc32(payload) != payload_crc:
+        return None, f"entry {seq} payload checksum mismatch"
+    return _Entry(pos, start + length, kind, seq, payload), ""
+
+
+def _scan_v2(data: bytes) -> _Scan:
+    scan = _Scan(2)
+    pos = len(MAGIC)
+    expected = 1
+    while pos < len(data):
+        entry, problem = _entry_at(data, pos)
+        if entry is not None and entry.seq != expected:
+            problem = f"entry has sequence {entry.seq}, expected {expected} (entries missing)"
+            entry = None
+        if entry is None:
+            scan.damage_at, scan.problem = pos, problem
+            scan.torn_end = "torn" in problem
+            break
+        scan.entries.append(entry)
+        pos = entry.end
+        expected += 1
+    if scan.damage_at >= 0:  # resynchronise: every intact entry past the damage, by its marker
+        pos = data.find(ENTRY_MARKER, scan.damage_at + 1)
+        while pos >= 0:
+            entry, _ = _entry_at(data, pos)
+            if entry is not None:
+                scan.after.append(entry)
+                pos = data.find(ENTRY_MARKER, entry.end)
+            else:
+                pos = data.find(ENTRY_MARKER, pos + 1)
+    syncs = [_CLOCK.unpack(e.payload)[0] for e in scan.entries + scan.after if e.kind == KIND_SYNC]
+    # The header is fsynced by create() before anything else is written: always durable.
+    scan.durable_seq = max([1, *syncs])
+    return scan
+
+
+def _scan_v1(data: bytes) -> _Scan:
+    """Format 1: no markers, no durable points; only an incomplete last write may be cut."""
+    scan = _Scan(1)
+    pos = len(MAGIC_V1)
+    expected = 1
+    while pos < len(data):
+        if len(data) - pos < _ENTRY_V1.size:
+            scan.damage_at, scan.problem, scan.torn_end = pos, "torn entry header", True
+            break
+        length, kind, seq, crc = _ENTRY_V1.unpack_from(data, pos)
+        start = pos + _ENTRY_V1.size
+        if len(data) - start < length:
+            scan.damage_at, scan.problem, scan.torn_end = pos, f"torn entry {seq}", True
+            break
+        payload = data[start : start + length]
+        if (
+            zlib.crc32(payload, zlib.crc32(struct.pack("<BQ", kind, seq))) != crc
+            or seq != expected
+            or kind not in (KIND_BATCH, KIND_ADMIN, KIND_HEADER)
+        ):
+            scan.damage_at, scan.problem = pos, f"entry at byte {pos}: checksum, sequence or kind is wrong"
+            break
+        scan.entries.append(_Entry(pos, start + length, kind, seq, payload))
+        pos = start + length
+        expected += 1
+    scan.durable_seq = scan.entries[-1].seq if scan.entries else 0
+    return scan
+
+
+def _describe_damage(p: Path, scan: _Scan) -> tuple[str, tuple[int, ...]]:
+    """The message naming the damage, and the sequence numbers of intact entries a cut drops."""
+    last = scan.entries[-1] if scan.entries else None
+    last_text = (
+        f"the last good entry is seq {last.seq} (kind {last.kind}) at bytes {last.offset}..{last.end}"
+        if last
+        else "there is no good entry before it"
+    )
+    dropped = tuple(e.seq for e in scan.after)
+    seqs = f" (seq {dropped[0]}..{dropped[-1]})" if dropped else ""
+    follow = (
+        f"{len(dropped)} intact entries follow the damage{seqs}; the last recorded durable point is seq "
+        f"{scan.durable_seq}"
+        if scan.version == 2
+        else "format 1 has no resync markers, so the entries after it cannot be counted"
+    )
+    message = f"{p}: damage at byte {scan.damage_at}: {scan.problem}; {last_text}; {follow}"
+    return message, dropped
+
+
 def recover(
     path: str | os.PathLike[str],
-    apply_batch: Callable[[np.ndarray], np.ndarray],
+    apply_batch: Callable[[np.ndarray, int], np.ndarray],
     apply_admin: Callable[[AdminEntry], None],
     check_header: Callable[[JournalHeader], None] | None = None,
+    *,
+    repair: str = "",
+    log: Callable[[str], None] | None = None,
 ) -> Recovery:
-    """Replay the journal at ``path`` through the callbacks; truncate a torn or corrupt tail.
+    """Replay the journal at ``path`` through the callbacks; cut a torn tail.
 
-    ``apply_batch`` must apply a batch to the ledger being rebuilt and return its codes.
-    ``check_header``, if given, is called with the header entry before anything is replayed and
-    should raise to refuse the journal; a journal with entries but no header is then refused too.
-    Raises JournalMismatch if replayed codes differ from the recorded ones, and ValueError if
-    the file is not a journal.
+    ``apply_batch(batch, clock)`` must apply a batch to the ledger being rebuilt and return its
+    codes; ``clock`` is the journalled sequencer clock at the batch's start (-1 for format 1), to
+    be checked against the ledger's own. ``check_header``, if given, is called with the header
+    before anything is replayed and should raise to refuse the journal; a journal with entries
+    but no header is then refused too.
+
+    Damage in the tail (after the last recorded durable point) is cut; damage before it raises
+    ``JournalDamaged`` before anything is replayed or changed, unless ``repair="truncate"``, which
+    cuts there and says (through ``log`` and ``Recovery.message``) exactly what it dropped.
+    Raises JournalMismatch if replayed codes or clock differ from the recorded ones, and ValueError
+    if the file is not a journal.
     """
+    if repair not in REPAIR_MODES:
+        raise ValueError(f"repair must be one of {REPAIR_MODES}, got {repair!r}")
     p = Path(path)
     data = p.read_bytes()
     if not data:
-        return Recovery(0, 0, 0, 0, 0, f"{p}: empty journal")
-    if data[: len(MAGIC)] != MAGIC:
+        raise ValueError(f"{p} is empty, not a journal (a journal is created with its header); remove it")
+    if data[: len(MAGIC)] == MAGIC:
+        scan = _scan_v2(data)
+    elif data[: len(MAGIC_V1)] == MAGIC_V1:
+        scan = _scan_v1(data)
+    else:
         raise ValueError(f"{p} is not a cbdc-bench journal (bad magic {data[:8]!r}); refusing to touch it")
-    decoder = msgspec.msgpack.Decoder(AdminEntry)
-    header_decoder = msgspec.msgpack.Decoder(JournalHeader)
-    pos = len(MAGIC)
+    cut_at = -1
+    note = ""
+    dropped: tuple[int, ...] = ()
+    if scan.damage_at >= 0:
+        message, dropped = _describe_damage(p, scan)
+        damaged_seq = scan.entries[-1].seq + 1 if scan.entries else 1
+        in_tail = scan.torn_end if scan.version == 1 else damaged_seq > scan.durable_seq
+        if not in_tail and repair != "truncate":
+            raise JournalDamaged(
+                f"{message}. The damage is before the tail, so it is not a torn write: refusing to start, "
+                f"nothing was replayed or changed. To drop everything from byte {scan.damage_at} "
+                f"({len(data) - scan.damage_at} bytes, {len(dropped)} intact entries), keep a copy of the file and "
+                f"start with --repair truncate."
+            )
+        cut_at = scan.damage_at
+        why = "in the tail (after the last recorded fsync): a torn write" if in_tail else "REPAIR truncate"
+        note = f"{message}; {why}: dropped {len(data) - cut_at} bytes from byte {cut_at}"
+        if dropped:
+            note += f", including intact entries seq {', '.join(map(str, dropped))}"
+        if log is not None:
+            log(note)
     batches = transfers = admin_ops = 0
-    expected_seq = 1
-    problem = ""
-    while pos < len(data):
-        if len(data) - pos < _ENTRY.size:
-            problem = f"torn entry header at byte {pos}"
-            break
-        length, kind, seq, crc = _ENTRY.unpack_from(data, pos)
-        start = pos + _ENTRY.size
-        if len(data) - start < length:
-            problem = f"torn entry {seq} at byte {pos}: {len(data) - start} of {length} payload bytes"
-            break
-        payload = data[start : start + length]
-        if zlib.crc32(payload, zlib.crc32(struct.pack("<BQ", kind, seq))) != crc:
-            problem = f"corrupt entry at byte {pos} (checksum mismatch)"
-            break
-        if seq != expected_seq or kind not in (KIND_BATCH, KIND_ADMIN, KIND_HEADER):
-            problem = f"entry at byte {pos} has sequence {seq} (expected {expected_seq}) or unknown kind {kind}"
-            break
-        if (kind == KIND_HEADER) != (seq == 1) and (kind == KIND_HEADER or check_header is not None):
+    header: JournalHeader | None = None
+    admin_decoder = msgspec.msgpack.Decoder(AdminEntry)
+    clock_bytes = _CLOCK.size if scan.version == 2 else 0
+    for e in scan.entries:
+        if (e.kind == KIND_HEADER) != (e.seq == 1) and (e.kind == KIND_HEADER or check_header is not None):
             # A good checksum on a misplaced header, or entries without a header, is not a torn
             # write: this file was not written by a server that checks headers. Refuse, untouched.
             raise ValueError(
-                f"{p}: entry {seq} is {'a header' if kind == KIND_HEADER else 'not a header'}; a server journal "
-                "starts with exactly one header entry. Refusing to replay it; use a new journal path."
+                f"{p}: entry {e.seq} is {'a header' if e.kind == KIND_HEADER else 'not a header'}; a server "
+                "journal starts with exactly one header entry. Refusing to replay it; use a new journal path."
             )
-        if kind == KIND_HEADER:
+        if e.kind == KIND_HEADER:
+            header = msgspec.msgpack.decode(e.payload, type=JournalHeader)
             if check_header is not None:
-                check_header(header_decoder.decode(payload))
-        elif kind == KIND_BATCH:
-            if length % _RECORD:
-                problem = f"batch entry {seq} at byte {pos} has a payload of {length} bytes, not whole records"
-                break
-            n = length // _RECORD
-            batch = np.frombuffer(payload, dtype=TRANSFER_DTYPE, count=n).copy()
-            recorded = np.frombuffer(payload, dtype=CODE_DTYPE, offset=n * TRANSFER_DTYPE.itemsize)
-            replayed = apply_batch(batch)
+                check_header(header)
+        elif e.kind == KIND_BATCH:
+            body = len(e.payload) - clock_bytes
+            if body < 0 or body % _RECORD:
+                raise JournalMismatch(f"{p}: batch entry {e.seq} has a payload of {len(e.payload)} bytes")
+            n = body // _RECORD
+            clock = _CLOCK.unpack_from(e.payload)[0] if clock_bytes else -1
+            batch = np.frombuffer(e.payload, dtype=TRANSFER_DTYPE, count=n, offset=clock_bytes).copy()
+            recorded = np.frombuffer(e.payload, dtype=CODE_DTYPE, offset=clock_bytes + n * TRANSFER_DTYPE.itemsize)
+            replayed = apply_batch(batch, clock)
             if not np.array_equal(replayed, recorded):
                 where = int(np.flatnonzero(replayed != recorded)[0])
                 raise JournalMismatch(
-                    f"{p}: replaying batch entry {seq} gave code {int(replayed[where])} for transfer {where}, "
+                    f"{p}: replaying batch entry {e.seq} gave code {int(replayed[where])} for transfer {where}, "
                     f"the journal recorded {int(recorded[where])}; the server's profile, scenario, accounts or "
                     "seed differ from the run that wrote this journal"
                 )
             batches += 1
             transfers += n
-        else:
-            apply_admin(decoder.decode(payload))
+        elif e.kind == KIND_ADMIN:
+            apply_admin(admin_decoder.decode(e.payload))
             admin_ops += 1
-        pos = start + length
-        expected_seq += 1
-    truncated = len(data) - pos
-    if truncated:
+    truncated = 0
+    if cut_at >= 0:
+        truncated = len(data) - cut_at
         with p.open("r+b") as f:
-            f.truncate(pos)
+            f.truncate(cut_at)
             f.flush()
             os.fsync(f.fileno())
-        message = f"{p}: {problem}; truncated {truncated} bytes after {expected_seq - 1} good entries"
-    else:
-        message = f"{p}: {expected_seq - 1} entries replayed cleanly"
-    return Recovery(expected_seq - 1, batches, transfers, admin_ops, truncated, message)
+    last_seq = scan.entries[-1].seq if scan.entries else 0
+    if not note:
+        note = f"{p}: format {scan.version}, {last_seq} entries replayed cleanly"
+    return Recovery(
+        last_seq,
+        batches,
+        transfers,
+        admin_ops,
+        truncated,
+        note,
+        scan.version,
+        min(scan.durable_seq, last_seq),
+        dropped,
+        header,
+    )

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from engine.accounts import FLAG_BLACKLISTED, FLAG_FROZEN, WALLET_CLASSES
+from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE, ResultCode, merge, rank_table
 from engine.hooks.base import Hook, SequentialLimits, Transfers
 from engine.idempotency import DEFAULT_WINDOW, IdWindow
@@ -107,7 +108,9 @@ class Ledger:
     idempotency window per operator (see ``engine.idempotency``). ``owners``, if given, makes
     each operator hold a contiguous range of accounts (``owner_ranges``): operator k may debit
     only accounts ``owners[k] <= a < owners[k+1]`` (FORBIDDEN_PAYER otherwise); it costs no
-    per-account memory.
+    per-account memory. ``clock`` is the sequencer's business clock (``engine.clock``; default:
+    one payment per account per day): it drives the day of daily caps and advances by the
+    transfers of each applied batch that pass the ledger's own checks.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class Ledger:
         id_window: int = DEFAULT_WINDOW,
         hooks: Sequence[Hook] = (),
         owners: np.ndarray | None = None,
+        clock: SequencerClock | None = None,
     ) -> None:
         if not 0 < accounts < 2**32:
             raise ValueError(f"accounts must be in 1..{2**32 - 1}, got {accounts}")
@@ -148,6 +152,7 @@ class Ledger:
                 raise ValueError(f"owners must be {operators + 1} non-decreasing bounds from 0 to {accounts}")
             self.owners = bounds
         self.limits: SequentialLimits | None = None
+        self.clock = clock if clock is not None else SequencerClock.for_accounts(accounts)
         self.stats = LedgerStats()
         self._ranks = rank_table()
         self._deferred: list[tuple[Hook, np.ndarray, np.ndarray]] = []
@@ -257,6 +262,7 @@ class Ledger:
             sub[ok] = self._settle(*(columns if ok.all() else (c[ok] for c in columns)))
             codes[pending] = sub
         self.ids.commit(consumed)
+        self.clock.advance(len(pending))
         self._count(codes)
 
         for h in self.hooks:

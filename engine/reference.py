@@ -16,10 +16,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engine.codes import PRECEDENCE, ResultCode
-from engine.hooks.wallet_limits import FEN_PER_YUAN, NO_CAP_FEN, WalletLimitsConfig, day_of
+from engine.clock import CLOCK_START_NS
+from engine.codes import LEDGER_CHECKS, PRECEDENCE, ResultCode
+from engine.hooks.wallet_limits import FEN_PER_YUAN, NO_CAP_FEN, WalletLimitsConfig
 from engine.idempotency import DEFAULT_WINDOW
 from engine.records import MAX_TRANSFER_FEN
+from engine.simtime import NS_PER_DAY, cst_day
 
 Tx = dict[str, Any]
 _RANK = {code: rank for rank, code in enumerate(PRECEDENCE)}
@@ -54,6 +56,8 @@ class ReferenceLedger:
         wallet_limits: WalletLimitsConfig | None = None,
         hooks: Sequence[ReferenceHook] = (),
         owners: Sequence[int] | None = None,
+        payments_per_day: int | None = None,
+        clock_start_ns: int = CLOCK_START_NS,
     ) -> None:
         self.balance = [int(b) for b in balances]
         self.wallet_class = [int(c) for c in wallet_classes]
@@ -67,6 +71,10 @@ class ReferenceLedger:
         self.hooks = list(hooks)
         self.supply = sum(self.balance)
         self.owners = None if owners is None else [int(b) for b in owners]
+        # The sequencer's clock (engine.clock), kept as plain ints: payments sequenced so far.
+        self.payments_per_day = len(self.balance) if payments_per_day is None else payments_per_day
+        self.clock_start_ns = clock_start_ns
+        self.payments = 0
 
     def _caps(self, account: int) -> tuple[int, int, int]:
         assert self.limits is not None
@@ -84,7 +92,10 @@ class ReferenceLedger:
             for h in self.hooks:
                 h.begin_batch(txs)
             if self.limits is not None:
-                day = day_of(txs[0]["timestamp_ns"])
+                if self.payments_per_day:
+                    day = cst_day(self.clock_start_ns + self.payments * NS_PER_DAY // self.payments_per_day)
+                else:  # format 1 journals: days from client timestamps
+                    day = cst_day(txs[0]["timestamp_ns"])
                 if self.day is not None and day > self.day:
                     self.daily_spent = [0] * len(self.balance)
                 if self.day is None or day > self.day:
@@ -93,6 +104,7 @@ class ReferenceLedger:
         except Exception:
             self.balance, self.high, self.seen, self.daily_spent, self.day = saved
             return [ResultCode.HOOK_ERROR] * len(txs)
+        self.payments += sum(1 for c in codes if c not in LEDGER_CHECKS)
         for h in self.hooks:
             h.observe_batch(txs, codes)
         return codes

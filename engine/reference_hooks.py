@@ -48,7 +48,9 @@ def mirror(hook: Hook) -> ReferenceHook:
 def reference_for(ledger: Ledger, **kwargs: Any) -> ReferenceLedger:
     """A reference ledger in the same starting state as ``ledger``, with mirrored hooks."""
     limits = next((h for h in ledger.hooks if isinstance(h, WalletLimits)), None)
-    return ReferenceLedger(
+    kwargs.setdefault("payments_per_day", ledger.clock.payments_per_day)
+    kwargs.setdefault("clock_start_ns", ledger.clock.start_ns)
+    ref = ReferenceLedger(
         ledger.balance.tolist(),
         ledger.wallet_class.tolist(),
         operators=ledger.operators,
@@ -56,3 +58,5 @@ def reference_for(ledger: Ledger, **kwargs: Any) -> ReferenceLedger:
         hooks=[mirror(h) for h in ledger.hooks if not isinstance(h, WalletLimits)],
         **kwargs,
     )
+    ref.payments = ledger.clock.payments  # the same sequencer clock, at the same point
+    return ref

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE
 
 
@@ -61,6 +62,8 @@ class LedgerView(Protocol):
     #: Per account, uint8 bits (``engine.accounts.FLAG_*``).
     flags: np.ndarray
     limits: SequentialLimits | None
+    #: The sequencer's business clock (``engine.clock``): the day of daily caps follows it.
+    clock: SequencerClock
 
 
 class Transfers:

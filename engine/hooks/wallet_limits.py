@@ -5,8 +5,9 @@ daily 100k; class 2: 10k / 5k / 10k; class 3: 2k / 2k / 2k; class 4: 1k / 500 / 
 caps are not modelled.) Class 0, institutional (merchant and corporate) wallets, has no caps.
 The single cap is an ordinary authorize veto; the daily and balance caps
 move with the money, so the ledger checks them in sequence (``SequentialLimits``) and they are
-exact within a batch. Days roll over at midnight China Standard Time (UTC+8), judged by the
-first transfer of a batch: a batch is within one day.
+exact within a batch. Days roll over at midnight China Standard Time (UTC+8) of the sequencer's
+business clock (``engine.clock``), judged at a batch's start: a batch is within one day. Client
+timestamps do not move the day.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.hooks.base import Hook, LedgerView, Transfers
-from engine.simtime import CST_OFFSET_NS, NS_PER_DAY
 
 FEN_PER_YUAN = 100
 
@@ -56,11 +57,6 @@ def _per_class(config: WalletLimitsConfig, name: str) -> np.ndarray:
     return np.array([NO_CAP_FEN, *caps], dtype=np.int64)
 
 
-def day_of(timestamp_ns: int) -> int:
-    """Day number in China Standard Time."""
-    return (timestamp_ns + CST_OFFSET_NS) // NS_PER_DAY
-
-
 class WalletLimits(Hook):
     name = "wallet_limits"
 
@@ -73,16 +69,18 @@ class WalletLimits(Hook):
         self.day: int | None = None
         self.rollovers = 0
         self._wallet_class = np.zeros(0, dtype=np.uint8)
+        self._clock = SequencerClock(0)
 
     def attach(self, ledger: LedgerView) -> None:
         if ledger.limits is not None:
             raise ValueError("a ledger takes one sequential-limits hook; wallet_limits is listed twice")
         self.daily_spent_fen = np.zeros(ledger.accounts, dtype=np.uint32)
         self._wallet_class = ledger.wallet_class
+        self._clock = ledger.clock
         ledger.limits = self
 
     def begin_batch(self, batch: np.ndarray) -> None:
-        day = day_of(int(batch["timestamp_ns"][0]))
+        day = self._clock.day(batch)
         if self.day is None:
             self.day = day
         elif day > self.day:

@@ -57,15 +57,19 @@ Transfers that reached the queue are applied even if their client disconnects be
 Results go out (the server accepted them; a retry is caught by the idempotency window).
 
 Durability (``journal``)
-    Each engine batch is appended to the journal (records and result codes, one entry, one
-    fsync under ``fsync="batch"``) after ``apply`` and *before* its Results are written: a
-    transfer is acknowledged only once it is in the journal. State-changing admin requests are
-    journalled before their Ack. On start, an existing journal is replayed into the freshly built
-    ledger (see ``engine.journal``); its header must match this server's accounts, seed,
-    operators, profile, scenario and ownership. If the journal cannot be written, the server stops
-    acknowledging anything (JOURNAL_FAILED to every client) and exits: memory is then ahead of the
-    journal, and only a restart (replaying the journal) gives a state that matches what was
-    acknowledged.
+    Each engine batch is appended to the journal (records, result codes and the sequencer clock at
+    its start: one entry, one fsync under ``fsync="batch"``) after ``apply`` and *before* its
+    Results are written: a transfer is acknowledged only once it is in the journal. State-changing
+    admin requests are journalled before their Ack. On start (``engine.server.recovery.open_journal``)
+    the journal is locked (a second server on it refuses, naming the holder's pid), then an
+    existing journal is replayed into the freshly built ledger (see ``engine.journal``); its
+    header must match this server's accounts, seed, operators, profile, scenario, ownership,
+    clock and code precedence. Damage before the journal's tail refuses the start (``repair=
+    "truncate"`` drops it, saying what). If the journal cannot be written or fsynced, the server
+    stops acknowledging anything (JOURNAL_FAILED to every client) and exits without retrying the
+    fsync: memory is then ahead of the journal, and only a restart (replaying the journal) gives
+    a state that matches what was acknowledged. Under ``interval:MS`` a loop timer syncs a quiet
+    server's last interval.
 
     The fsync runs on the event-loop thread. Measured on the 2-core benchmark machine: ~0.25 ms
     per fsync idle, ~0.64 ms under 200,000 transfers/s (215 fsyncs/s, 14% of the loop's time;

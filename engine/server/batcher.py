@@ -195,6 +195,7 @@ class Batcher:
         # part in dtype promotion. A bytearray keeps the batch writable like any other array.
         batch = np.frombuffer(bytearray().join([e.records for e in entries]), dtype=TRANSFER_DTYPE)
         t0 = time.perf_counter_ns()
+        clock = self.ledger.clock.payments if self.ledger is not None else 0
         try:
             codes = self.ledger.apply(batch) if self.ledger is not None else np.zeros(n, dtype=CODE_DTYPE)
         except Exception as exc:  # a bug, not a hook error (the ledger turns those into HOOK_ERROR)
@@ -203,7 +204,7 @@ class Batcher:
         if self.journal is not None:
             # Durable (as the fsync policy says) before any of its Results is written.
             try:
-                self.journal.append_batch(batch, codes)
+                self.journal.append_batch(batch, codes, clock)
             except OSError as exc:
                 self._on_journal_failed(exc)
                 return

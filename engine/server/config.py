@@ -8,7 +8,9 @@ from typing import Annotated
 
 import msgspec
 
-from engine.journal import FsyncPolicy, JournalHeader
+from engine.clock import CLOCK_START_NS, payments_per_day
+from engine.codes import PRECEDENCE_ID
+from engine.journal import REPAIR_MODES, FsyncPolicy, JournalHeader
 from engine.population import DEFAULT_SEED
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.wire import DEFAULT_MAX_FRAME_BYTES
@@ -68,6 +70,24 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="POLICY",
         ),
     ] = "batch"
+    repair: Annotated[
+        str,
+        _help(
+            "truncate: if the journal is damaged before its tail (which refuses the start), drop everything "
+            "from the damage on and say exactly what was dropped; keep a copy of the journal first "
+            "(default: none, damage refuses the start)",
+            metavar="MODE",
+        ),
+    ] = ""
+    #: The sequencer's business clock (engine.clock): one simulated day = accounts * this many payments.
+    payments_per_account_per_day: Annotated[
+        float,
+        _help(
+            "the sequencer's business clock: one simulated day (daily wallet caps) is accounts times this "
+            "many payments sequenced (default {default:g}, as the workload)",
+            metavar="P",
+        ),
+    ] = 1.0
     secrets: Annotated[
         str,
         _help(
@@ -99,6 +119,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if not 0 < self.operators <= 65_536:
             raise ValueError(f"operators must be in 1..65536, got {self.operators}")
         FsyncPolicy.parse(self.fsync)
+        payments_per_day(self.accounts, self.payments_per_account_per_day)
+        if self.repair not in REPAIR_MODES or (self.repair and not self.journal):
+            raise ValueError(f"repair must be 'truncate' (with --journal) or empty, got {self.repair!r}")
         if self.journal and self.echo:
             raise ValueError("--journal needs a ledger; --echo runs without one")
         if self.handshake_timeout_ms <= 0 or self.frame_timeout_ms <= 0:
@@ -119,4 +142,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             profile=self.profile,
             scenario_sha256=digest,
             ownership=bool(self.secrets),
+            clock_payments_per_day=payments_per_day(self.accounts, self.payments_per_account_per_day),
+            clock_start_ns=CLOCK_START_NS,
+            precedence=PRECEDENCE_ID,
         )

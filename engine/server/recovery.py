@@ -1,4 +1,16 @@
-"""Start from the journal: replay an existing one into the fresh ledger, then open it for appending.
+"""Start from the journal: lock it, create it or replay it into the new ledger, upgrade it.
+
+The server calls ``open_journal`` once, before it listens; everything it needs to know comes back
+in ``OpenedJournal`` (the journal to append to, what recovery did, the lock to release, notes for
+the operator). Kept apart from the server so that the order of these steps, which is what makes
+a restart safe, is in one short function:
+
+1. ``JournalLock``: a second server on the same journal refuses before reading a byte of it.
+2. A new (or empty) journal is created with its header, durably (``engine.journal.create``).
+3. An existing one is replayed (``engine.journal.recover``): its header must match this server,
+   its batches must give the recorded codes at the recorded sequencer clock, damage before its
+   tail refuses the start (unless ``repair="truncate"``).
+4. A format 1 journal is rewritten as format 2 (``upgrade_v1``, the original kept as ``J.v1``).
 
 See ``engine.server`` ("Durability") and ``engine.journal``.
 """
@@ -7,13 +19,24 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from engine.hooks.base import Hook
-from engine.journal import AdminEntry, Journal, JournalHeader, Recovery, recover
+from engine.journal import (
+    AdminEntry,
+    Journal,
+    JournalHeader,
+    JournalLock,
+    JournalMismatch,
+    Recovery,
+    create,
+    recover,
+    upgrade_v1,
+)
 from engine.ledger import Ledger
 from engine.server.admin import replay_admin
 from engine.server.config import ServerConfig
@@ -46,39 +69,67 @@ def set_aside_outputs(hooks: Sequence[Hook]) -> list[tuple[Path, Path]]:
     return moved
 
 
-def open_journal(config: ServerConfig, ledger: Ledger) -> tuple[Journal, Recovery | None, float]:
-    """Replay an existing journal into the new ledger, then open it for appending.
+@dataclass(slots=True)
+class OpenedJournal:
+    journal: Journal
+    lock: JournalLock
+    recovery: Recovery | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
 
-    Returns the journal, what recovery replayed (None for a new journal) and its seconds.
+
+def open_journal(config: ServerConfig, ledger: Ledger, *, log: Callable[[str], None] | None = None) -> OpenedJournal:
+    """Lock, then create or replay ``config.journal`` into ``ledger``; open it for appending.
+
+    Raises ``JournalLocked``, ``JournalDamaged``, ``JournalMismatch`` or ``ValueError`` (header of
+    another ledger, not a journal) with the lock released and nothing served.
     """
     path = config.journal
     header = config.journal_header()
-    t0 = time.perf_counter()
+    lock = JournalLock(path)
+    try:
+        notes: list[str] = []
+        recovery = None
+        t0 = time.perf_counter()
+        if not journal_exists(config):
+            create(path, header)
+            entries = 1
+        else:
 
-    def check(found: JournalHeader) -> None:
-        diff = found.differences(header)
-        if diff:
-            raise ValueError(
-                f"journal {path} was written by a server built differently ({'; '.join(diff)}); "
-                "restart with the options that wrote it, or use a new journal path. Nothing was replayed."
-            )
+            def check(found: JournalHeader) -> None:
+                diff = found.differences(header)
+                if diff:
+                    raise ValueError(
+                        f"journal {path} was written by a server built differently ({'; '.join(diff)}); "
+                        "restart with the options that wrote it, or use a new journal path. Nothing was replayed."
+                    )
+                if found.clock_payments_per_day == 0:  # format 1: days from client timestamps
+                    ledger.clock.payments_per_day = 0
+                    notes.append(
+                        f"journal {path} was started by format 1: its daily-cap days follow client timestamps "
+                        "(one operator can set them for everyone); start a new journal for the sequencer's clock"
+                    )
 
-    def apply_batch(batch: np.ndarray) -> np.ndarray:
-        codes = ledger.apply(batch)
-        ledger.run_deferred()  # as the live server does after each batch's replies
-        return codes
+            def apply_batch(batch: np.ndarray, clock: int) -> np.ndarray:
+                if clock >= 0 and clock != ledger.clock.payments:
+                    raise JournalMismatch(
+                        f"{path}: a batch was journalled at sequencer clock {clock}, replay reached it at "
+                        f"{ledger.clock.payments}; the journal does not match this server's ledger"
+                    )
+                codes = ledger.apply(batch)
+                ledger.run_deferred()  # as the live server does after each batch's replies
+                return codes
 
-    def apply_admin(entry: AdminEntry) -> None:
-        replay_admin(ledger, entry)
+            def apply_admin(entry: AdminEntry) -> None:
+                replay_admin(ledger, entry)
 
-    entries = 0
-    recovery: Recovery | None = None
-    recovery_s = 0.0
-    if journal_exists(config):
-        recovery = recover(path, apply_batch, apply_admin, check)
-        entries = recovery.entries
-        recovery_s = time.perf_counter() - t0
-    journal = Journal(path, config.fsync, entries=entries)
-    if entries == 0:
-        journal.append_header(header)
-    return journal, recovery, recovery_s
+            recovery = recover(path, apply_batch, apply_admin, check, repair=config.repair, log=log)
+            entries = recovery.entries
+            if recovery.version == 1:
+                entries = upgrade_v1(path)
+                notes.append(f"journal {path} upgraded from format 1 to format 2; the original is kept as {path}.v1")
+        journal = Journal(path, config.fsync, entries=entries)
+        return OpenedJournal(journal, lock, recovery, time.perf_counter() - t0, notes)
+    except BaseException:
+        lock.release()
+        raise

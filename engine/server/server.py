@@ -14,8 +14,9 @@ from typing import Any
 import msgspec
 
 from engine.auth import Secrets, load_secrets
+from engine.clock import SequencerClock
 from engine.hooks.base import Hook
-from engine.journal import Journal, Recovery
+from engine.journal import Journal, JournalLock, Recovery
 from engine.ledger import Ledger, owner_ranges
 from engine.population import Population, PopulationConfig
 from engine.profiles import build_hooks
@@ -52,6 +53,7 @@ def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, o
         operators=config.operators,
         hooks=build_hooks(config.profile, config.scenario) if hooks is None else hooks,
         owners=owner_ranges(config.accounts, config.operators) if ownership else None,
+        clock=SequencerClock.for_accounts(config.accounts, config.payments_per_account_per_day),
     )
 
 
@@ -104,11 +106,17 @@ class Server:
         #: Set when the server must stop (the journal failed); ``serve`` waits on it too.
         self.failed: asyncio.Future[str] | None = None
         self.journal: Journal | None = None
+        self._journal_lock: JournalLock | None = None
         self.recovery: Recovery | None = None
         self.recovery_s = 0.0
+        self._journal_notes: list[str] = []
         if config.journal:
             assert self.ledger is not None
-            self.journal, self.recovery, self.recovery_s = open_journal(config, self.ledger)
+            opened = open_journal(
+                config, self.ledger, log=lambda line: print(f"journal: {line}", file=sys.stderr, flush=True)
+            )
+            self.journal, self._journal_lock, self.recovery = opened.journal, opened.lock, opened.recovery
+            self.recovery_s, self._journal_notes = opened.seconds, opened.notes
             self.batcher.journal = self.admin.journal = self.journal
 
     @property
@@ -128,8 +136,12 @@ class Server:
                 f"recovered from journal: {r.message}; {r.batches:,} batches ({r.transfers:,} transfers) and "
                 f"{r.admin_ops} admin operations replayed in {self.recovery_s:.2f} s"
             )
+        notes += self._journal_notes
         if self.journal is not None:
-            notes.append(f"journal {cfg.journal} (fsync {self.journal.policy}), {self.journal.seq} entries")
+            notes.append(
+                f"journal {cfg.journal} (format 2, fsync {self.journal.policy}), {self.journal.seq} entries: "
+                f"{self.journal.policy.promise()}"
+            )
         elif not cfg.echo:
             notes.append("journal off: acknowledged payments do not survive a restart (use --journal PATH)")
         if self.secrets is None:
@@ -156,6 +168,8 @@ class Server:
             "Transfers without Results have unknown outcome: resubmit them (same ids) after the server restarts."
         )
         print(f"FATAL: {message}", file=sys.stderr, flush=True)
+        if self.journal is not None:
+            self.journal.close()  # no fsync after a failed write or fsync: it is never retried
         self.journal = self.batcher.journal = self.admin.journal = None
         self.batcher.clear()
         for conn in list(self._connections):
@@ -179,6 +193,8 @@ class Server:
             lambda: Connection(self), self.config.host, self.config.port, reuse_address=True
         )
         self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
+        if self.journal is not None:  # interval:MS syncs a quiet server's last interval by a timer
+            self.journal.start_timer(self._loop.call_later, self._journal_failed)
         return self.address
 
     @property
@@ -241,6 +257,8 @@ class Server:
                 conn.transport.abort()
         if self.journal is not None:
             self.journal.close()
+        if self._journal_lock is not None:
+            self._journal_lock.release()
         if self.ledger is not None:
             for hook in self.ledger.hooks:
                 hook.close()

@@ -170,6 +170,9 @@ class ServerStats:
                 "transfers": r.transfers,
                 "admin_ops": r.admin_ops,
                 "truncated_bytes": r.truncated_bytes,
+                "format": r.version,
+                "durable_seq": r.durable_seq,
+                "dropped_seqs": list(r.dropped_seqs),
                 "seconds": recovery_s,
                 "message": r.message,
             }

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from engine.journal import JournalMismatch
+from engine.journal import JournalDamaged, JournalLocked, JournalMismatch
 from loadgen.cli.common_args import use_hooks_path
 
 #: Subcommand modules, in the order ``--help`` lists them.
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError, JournalMismatch, MemoryError) as exc:
+    except (ValueError, FileNotFoundError, OSError, JournalMismatch, JournalDamaged, JournalLocked, MemoryError) as exc:
         print(f"cbdc-bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

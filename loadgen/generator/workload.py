@@ -33,6 +33,7 @@ import numpy as np
 
 from engine.behaviours import BehaviourConfig, Planter
 from engine.categories import DEFAULT_MIX
+from engine.clock import CLOCK_START_NS
 from engine.hashing import SeededSelection
 from engine.hooks.blacklist import BlacklistConfig
 from engine.hooks.wallet_limits import FEN_PER_YUAN, WalletLimitsConfig
@@ -69,8 +70,10 @@ class WorkloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     class_shares: tuple[float, float, float, float, float] = DEFAULT_CLASS_SHARES
     #: Simulated clock: payments per account per simulated day (see module docstring).
     payments_per_account_per_day: float = 1.0
-    #: Simulated time of payment 0 (unix ns): 2026-11-22 08:00 China Standard Time.
-    start_ns: int = 1_795_305_600 * 10**9
+    #: Simulated time of payment 0 (unix ns): 2026-11-22 08:00 China Standard Time, where the
+    #: sequencer's clock starts (engine.clock; the ledger's days come from that clock, not from
+    #: these timestamps, which are data).
+    start_ns: int = CLOCK_START_NS
     #: Persons and planted behaviours: the scenario's ``[workload]`` table.
     persons: PersonsConfig = PersonsConfig()
     behaviours: BehaviourConfig = BehaviourConfig()

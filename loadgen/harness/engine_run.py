@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from engine.clock import SequencerClock
 from engine.codes import name_counts
 from engine.ledger import Ledger
 from engine.memory import check_accounts_fit
@@ -56,7 +57,10 @@ def run_engine(
     check_accounts_fit(accounts, profile, scenario)
     workload = Workload(scenario_workload(load_scenario(scenario), accounts=accounts, seed=seed))
     balance, wallet_class = workload.initial_state()
-    ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=build_hooks(profile, scenario))
+    # The sequencer's clock runs on the workload's model of a day, as the server's does.
+    clock = SequencerClock.for_accounts(accounts, workload.config.payments_per_account_per_day)
+    hooks = build_hooks(profile, scenario)
+    ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=hooks, clock=clock)
     stream = BatchPool(workload, pool, batch)
 
     def run_for(duration: float) -> tuple[int, int]:

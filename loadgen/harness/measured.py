@@ -216,8 +216,12 @@ def run_benchmark(
             run_config = with_address(config, server.host, server.port)
             return run_measure(run_config, kind="run", server_pid=server.pid, audit=True, scenario=scenario, echo=echo)
     finally:
-        if journal is not None and not keep_journal:
-            journal.unlink(missing_ok=True)
+        if journal is not None:
+            # The lock file outlives the server (deleting it could race a starting server); this
+            # run's journal is its own, so its lock file goes with it unless the journal is kept.
+            journal.with_name(journal.name + ".lock").unlink(missing_ok=True)
+            if not keep_journal:
+                journal.unlink(missing_ok=True)
 
 
 def with_address(config: LoadConfig, host: str, port: int) -> LoadConfig:

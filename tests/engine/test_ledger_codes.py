@@ -7,11 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
+from engine.clock import SequencerClock
 from engine.codes import PRECEDENCE, ResultCode
 from engine.hooks.base import Hook, Transfers
-from engine.hooks.wallet_limits import NS_PER_DAY, WalletLimits
+from engine.hooks.wallet_limits import WalletLimits
 from engine.ledger import Ledger, owner_ranges
 from engine.records import MAX_BATCH, MAX_TRANSFER_FEN, make_batch
+from engine.simtime import CST_OFFSET_NS, NS_PER_DAY
 from tests.support.oracle import assert_same, twins
 
 R = ResultCode
@@ -101,7 +103,8 @@ def test_insufficient_funds() -> None:
 def test_wallet_caps() -> None:
     hook = WalletLimits()
     # Class 3: single 2,000 yuan, daily 2,000, balance 2,000. Class 0 is uncapped.
-    ledger = Ledger(3, balance_fen=[10**9, 0, 0], wallet_class=[3, 3, 0], hooks=[hook])
+    # A long simulated day (10**6 payments), so that the day cannot roll over in this test.
+    ledger = Ledger(3, balance_fen=[10**9, 0, 0], wallet_class=[3, 3, 0], hooks=[hook], clock=SequencerClock(10**6))
     assert one(ledger, 0, 2, 200_001) == R.WALLET_SINGLE_LIMIT
     assert one(ledger, 0, 1, 150_000) == R.OK
     assert one(ledger, 0, 1, 60_000) == R.WALLET_DAILY_LIMIT  # 1,500 + 600 yuan > 2,000 daily
@@ -115,14 +118,35 @@ def test_wallet_caps() -> None:
     assert one(ledger, 2, 1, 60_000) == R.WALLET_BALANCE_LIMIT  # 1,500 + 600 > 2,000 balance cap
 
 
-def test_daily_counter_rolls_over_at_cst_midnight() -> None:
-    ledger = Ledger(2, balance_fen=[10**9, 0], wallet_class=[4, 0], hooks=[WalletLimits()])
-    day0 = 20_000 * NS_PER_DAY - 8 * 3_600 * 10**9  # a midnight, China Standard Time
-    # Class 4: single cap 500 yuan, daily cap 1,000 yuan.
-    assert one(ledger, 0, 1, 50_000, timestamp_ns=day0 + 1) == R.OK
-    assert one(ledger, 0, 1, 50_000, timestamp_ns=day0 + 2) == R.OK
-    assert one(ledger, 0, 1, 1, timestamp_ns=day0 + NS_PER_DAY - 1) == R.WALLET_DAILY_LIMIT
-    assert one(ledger, 0, 1, 50_000, timestamp_ns=day0 + NS_PER_DAY) == R.OK
+def test_daily_counter_rolls_over_at_cst_midnight_of_the_sequencer_clock() -> None:
+    # Four payments a day, the clock starting at a CST midnight: the fifth payment is tomorrow.
+    midnight = 20_000 * NS_PER_DAY - CST_OFFSET_NS
+    clock = SequencerClock(4, start_ns=midnight)
+    ledger = Ledger(2, balance_fen=[10**9, 0], wallet_class=[4, 0], hooks=[WalletLimits()], clock=clock)
+    # Class 4: single cap 500 yuan, daily cap 1,000 yuan. Client timestamps say nothing.
+    assert one(ledger, 0, 1, 50_000, timestamp_ns=midnight + 5 * NS_PER_DAY) == R.OK
+    assert one(ledger, 0, 1, 50_000, timestamp_ns=0) == R.OK
+    assert one(ledger, 0, 1, 1, timestamp_ns=midnight + 9 * NS_PER_DAY) == R.WALLET_DAILY_LIMIT
+    assert one(ledger, 0, 1, 1, transfer_id=-1) == R.INVALID_ID  # not a payment: the clock stays
+    assert clock.payments == 3
+    assert one(ledger, 0, 1, 1) == R.WALLET_DAILY_LIMIT  # payment 4, still day 0
+    assert one(ledger, 0, 1, 50_000) == R.OK  # payment 5: the day rolled over
+    assert clock.payments == 5
+
+
+def test_a_far_future_timestamp_does_not_stop_another_operators_rollover() -> None:
+    # Operator 0 stamps a transfer 2262-04-11 (the largest int64 ns) as the first of a batch.
+    # When days came from client timestamps this froze every rollover for every operator.
+    clock = SequencerClock(10)
+    ledger = Ledger(4, balance_fen=[10**9, 10**9, 0, 0], wallet_class=[4, 4, 0, 0], hooks=[WalletLimits()], clock=clock)
+    assert one(ledger, 0, 2, 100, operator=0, timestamp_ns=2**63 - 1) == R.OK
+    # Operator 1's customer spends its daily cap (1,000 yuan) and is refused more today.
+    assert one(ledger, 1, 3, 50_000, operator=1) == R.OK
+    assert one(ledger, 1, 3, 50_000, operator=1) == R.OK
+    assert one(ledger, 1, 3, 1, operator=1) == R.WALLET_DAILY_LIMIT
+    for _ in range(10):  # a day's worth of payments sequenced: midnight passes
+        assert one(ledger, 0, 2, 1, operator=0) == R.OK
+    assert one(ledger, 1, 3, 50_000, operator=1) == R.OK  # a new day for operator 1's customer
 
 
 class Raises(Hook):

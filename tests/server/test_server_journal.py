@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -11,12 +16,14 @@ from engine.codes import ResultCode
 from engine.hooks.audit_chain import AuditChain, AuditChainConfig, verify_chain
 from engine.hooks.base import Hook
 from engine.hooks.surveillance_log import LOG_DTYPE, SurveillanceLog, SurveillanceLogConfig
+from engine.journal import ENTRY_MARKER, MAGIC, MAGIC_V1, JournalDamaged, JournalLocked
 from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN
-from engine.server import ServerThread
+from engine.server import Server, ServerConfig, ServerThread, build_ledger
 from engine.wire import Error, ErrorCode, Results
 from loadgen.generator.workload import Workload
 from tests.support.hooks import blacklist_hook, freeze_hook
-from tests.support.servers import StartServer, connect
+from tests.support.oracle import v1_entry
+from tests.support.servers import TEST_ACCOUNTS, TEST_SEED, StartServer, connect
 
 
 def _state(st: ServerThread) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,7 +56,8 @@ def test_restart_rebuilds_balances_ids_and_hook_state(
         c.unfreeze(int(sent[0]["payer"][0]))
         c.freeze(int(sent[1]["payer"][1]))
         stats = c.stats()
-    assert stats["journal"]["entries"] == 1 + 6 + 4  # header, batches (one per Submit here), admin ops
+    # Header, batches (one per Submit here), admin ops, and a SYNC entry after each of those fsyncs.
+    assert stats["journal"]["entries"] == 1 + (6 + 4) * 2
     before = _state(st)
     st.stop()
 
@@ -168,3 +176,101 @@ def test_restart_regenerates_hook_output_files_from_the_journal(
         assert aside.read_bytes() == chain
     report = verify_chain(tmp_path / "chain.bin", expect_head=head)
     assert report.ok and report.batches == 5, report
+
+
+def test_second_server_on_the_same_journal_refuses_naming_the_holder(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    journal = tmp_path / "j"
+    _run(start_server, journal, workload)
+    with pytest.raises(JournalLocked, match=f"in use by another server \\(pid {os.getpid()}"):
+        Server(ServerConfig(port=0, accounts=TEST_ACCOUNTS, seed=TEST_SEED, journal=str(journal)))
+
+
+def _damaged_journal(start_server: StartServer, workload: Workload, tmp_path: Path) -> tuple[Path, int]:
+    """A journal of 6 acknowledged Submits with a byte flipped inside the third batch entry."""
+    journal = tmp_path / "j"
+    st = _run(start_server, journal, workload)
+    with connect(st) as c:
+        for i in range(6):
+            c.transfer(workload.batch(200, first_id=i * 200))
+    st.stop()
+    data = bytearray(journal.read_bytes())
+    at = data.index(ENTRY_MARKER, len(data) // 2)
+    while data[at + 8] != 1:  # a batch entry (kind 1), not a SYNC entry
+        at = data.index(ENTRY_MARKER, at + 1)
+    data[at + 200] ^= 0x10
+    journal.write_bytes(bytes(data))
+    return journal, at
+
+
+def test_damaged_journal_refuses_to_start_until_the_operator_repairs_it(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    journal, at = _damaged_journal(start_server, workload, tmp_path)
+    before = journal.read_bytes()
+    with pytest.raises(JournalDamaged, match=f"damage at byte {at}"):
+        _run(start_server, journal, workload)
+    assert journal.read_bytes() == before  # refused untouched
+    st = _run(start_server, journal, workload, repair="truncate")
+    assert st.server.recovery is not None and st.server.recovery.truncated_bytes == len(before) - at
+    assert "REPAIR truncate" in st.server.recovery.message and st.server.recovery.dropped_seqs
+    with connect(st) as c:
+        assert c.audit().ok
+
+
+def test_serve_command_refuses_a_damaged_journal_and_does_not_listen(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    journal, at = _damaged_journal(start_server, workload, tmp_path)
+    cmd = [sys.executable, "-m", "loadgen", "serve", "--port", "0", "--accounts", str(TEST_ACCOUNTS)]
+    cmd += ["--seed", str(TEST_SEED), "--journal", str(journal)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "listening" not in done.stdout
+    assert f"damage at byte {at}" in done.stderr and "--repair truncate" in done.stderr
+
+
+def test_format_1_journal_is_replayed_upgraded_and_continued(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    config = ServerConfig(port=0, accounts=TEST_ACCOUNTS, seed=TEST_SEED, profile="compliance")
+    writer = build_ledger(config)
+    writer.clock.payments_per_day = 0  # format 1: days from client timestamps
+    header = msgspec.structs.replace(config.journal_header(), clock_payments_per_day=0, clock_start_ns=0, precedence="")
+    parts = [MAGIC_V1, v1_entry(3, 1, msgspec.msgpack.encode(header))]
+    for i in range(3):
+        b = workload.batch(200, first_id=i * 200)
+        parts.append(v1_entry(1, i + 2, b.tobytes() + writer.apply(b).tobytes()))
+    journal = tmp_path / "j"
+    journal.write_bytes(b"".join(parts))
+
+    st = start_server(journal=str(journal), profile="compliance")
+    notes = " ".join(st.server.startup_notes())
+    assert "started by format 1" in notes and "upgraded from format 1" in notes
+    assert journal.read_bytes()[:8] == MAGIC and (tmp_path / "j.v1").read_bytes()[:8] == MAGIC_V1
+    last = workload.batch(200, first_id=600)
+    with connect(st) as c:
+        assert np.array_equal(c.transfer(last), writer.apply(last))
+    st.stop()
+    again = start_server(journal=str(journal), profile="compliance")
+    assert again.server.recovery is not None and again.server.recovery.batches == 4
+    assert np.array_equal(_state(again)[0], writer.balance)
+
+
+def test_interval_fsync_syncs_a_quiet_server_by_timer(
+    start_server: StartServer, workload: Workload, tmp_path: Path
+) -> None:
+    st = _run(start_server, tmp_path / "j", workload, fsync="interval:300")
+    with connect(st) as c:
+        c.transfer(workload.batch(50, first_id=0))  # may sync on the write path (first interval)
+        c.transfer(workload.batch(50, first_id=50))  # within the interval: not synced by its write
+
+        def unsynced() -> int:
+            journal = st.server.journal
+            assert journal is not None
+            return journal.seq - journal.durable_seq  # 1 = only the SYNC entry after the last fsync
+
+        deadline = time.monotonic() + 10
+        while unsynced() > 1:  # nothing more is written: only the timer can sync it
+            assert time.monotonic() < deadline, "the quiet server never synced its last interval"
+            time.sleep(0.02)

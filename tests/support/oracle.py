@@ -7,6 +7,8 @@ fails on the first code or balance that differs. The model itself is ``engine.re
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,3 +96,9 @@ def assert_same(ledger: Ledger, ref: ReferenceLedger, batch: np.ndarray) -> np.n
     audit = ledger.audit()
     assert audit.ok, str(audit)
     return codes
+
+
+def v1_entry(kind: int, seq: int, payload: bytes) -> bytes:
+    """A journal entry in format 1's framing (to test that old journals still replay)."""
+    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<BQ", kind, seq)))
+    return struct.pack("<IBQI", len(payload), kind, seq, crc) + payload
