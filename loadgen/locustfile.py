@@ -9,7 +9,8 @@ Each Locust user is a gateway of one authorised operator: it connects with the s
 wire protocol (a blocking socket client, which gevent makes cooperative; uvloop cannot run inside
 Locust's workers), and submits batches drawn from the same seeded workload as the native
 generator (with ids of its own: the workload's deliberate duplicates are not re-sent here). Each
-batch is one Locust request named ``submit <profile> x<batch>``; it fails when
+batch is one Locust request named ``submit <profile> x<batch> (...)`` (so Locust's RPS counts
+batches, not payments); it fails when
 the server answers with an error or sheds transfers (``overloaded``, ``hook_error``); business
 rejections (insufficient funds, blacklisted...) are counted per result code, summed across
 workers, printed at the end and written to ``<csv prefix>_result_codes.csv`` with ``--csv``.
@@ -27,11 +28,12 @@ import itertools
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from locust import User, events, task
 from locust.env import Environment
+from locust.exception import StopUser
 
 from engine.auth import ROLE_OPERATOR, load_secrets
 from engine.client import Client, ServerError, parse_host
@@ -88,6 +90,8 @@ class LocustState:
         self.codes: collections.Counter[str] = collections.Counter()
         self.next_id: dict[int, int] = {}
         self.user_serial = itertools.count()
+        #: A setting the server cannot serve was reported (once per process).
+        self.refused = False
 
     def take_ids(self, operator: int, n: int, resume_at: int) -> int:
         """First of ``n`` consecutive fresh ids for ``operator`` in this process.
@@ -161,13 +165,14 @@ class PaymentGateway(User):
         # With ownership enforced, this operator's gateway debits only the accounts it holds.
         payer_range = (welcome.owned_from, welcome.owned_to) if welcome.ownership else None
         if opts.cbdc_batch > welcome.max_batch:
-            raise ValueError(f"--cbdc-batch {opts.cbdc_batch} exceeds the server's max_batch {welcome.max_batch}")
+            self._refuse(f"--cbdc-batch {opts.cbdc_batch} exceeds the server's max_batch {welcome.max_batch}")
         if opts.cbdc_profile and opts.cbdc_profile != welcome.profile:
-            raise ValueError(f"--cbdc-profile {opts.cbdc_profile!r}, but the server runs {welcome.profile!r}")
+            self._refuse(f"--cbdc-profile {opts.cbdc_profile!r}, but the server runs {welcome.profile!r}")
         accounts = opts.cbdc_accounts or welcome.accounts
         if not 2 <= accounts <= welcome.accounts:
-            raise ValueError(f"--cbdc-accounts must be in 2..{welcome.accounts} (the server's accounts)")
-        self.name = f"submit {welcome.profile} x{opts.cbdc_batch}"
+            self._refuse(f"--cbdc-accounts must be in 2..{welcome.accounts} (the server's accounts)")
+        # Locust counts requests: one request here is one batch, so its "RPS" is batches per second.
+        self.name = f"submit {welcome.profile} x{opts.cbdc_batch} (1 request = {opts.cbdc_batch} payments)"
         workload = Workload(
             WorkloadConfig(accounts=accounts, seed=opts.cbdc_seed), stream=1_000 + self.worker * 10_000 + serial
         )
@@ -176,6 +181,20 @@ class PaymentGateway(User):
         )
         self.state = state
         self.resume_at = welcome.next_transfer_id
+
+    def _refuse(self, why: str) -> NoReturn:
+        """Stop the whole run on a setting the server cannot serve: one error line, not one traceback per user."""
+        state: LocustState = self.environment.cbdc
+        if not state.refused:
+            state.refused = True
+            log.error("cbdc-bench: %s; stopping", why)
+        self.environment.process_exit_code = 2
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+        if self.environment.runner is not None:
+            self.environment.runner.quit()
+        raise StopUser()
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)

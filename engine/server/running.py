@@ -14,12 +14,17 @@ import uvloop
 
 from engine.auth import Secrets
 from engine.hooks.base import Hook
+from engine.memory import check_accounts_fit
 from engine.server.config import ServerConfig
 from engine.server.server import Server
 
 
 def serve(config: ServerConfig, *, out: TextIO | None = None) -> int:
-    """Run the server until SIGINT or SIGTERM (the ``serve`` command); prints ``listening on H:P``."""
+    """Run the server until SIGINT or SIGTERM (the ``serve`` command); prints ``listening on H:P``.
+
+    Refuses, in one line, a ledger that cannot fit in memory (``check_accounts_fit``).
+    """
+    check_accounts_fit(config.accounts, config.profile, config.scenario)
     return uvloop.run(_serve(config, out or sys.stdout))
 
 

@@ -8,6 +8,9 @@ unset so its plan decides); the option's name, type and meaning are the same eve
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Sequence
 
 import msgspec
 
@@ -135,3 +138,39 @@ def load_config(args: argparse.Namespace, *, host: str, port: int) -> LoadConfig
         )
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from exc
+
+
+def add_hooks_path(p: argparse.ArgumentParser) -> None:
+    """``--hooks-path DIR``: where a user's own hooks (``module:attribute`` in a profile) are imported from."""
+    p.add_argument(
+        "--hooks-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="directory to import own hooks ('module:attribute') from, searched before the working directory "
+        "(which is always searched); repeatable; passed on to the server a command starts",
+    )
+
+
+def use_hooks_path(dirs: Sequence[str]) -> list[str]:
+    """Put ``dirs`` and then the working directory first on ``sys.path``; their absolute paths.
+
+    One import rule for every command: ``cbdc-bench`` (an entry-point script) does not put the
+    working directory on the path as ``python -m`` does, so without this a hook module next to
+    the scenario loaded under one command and not under another. Called once per process, by
+    ``main`` (the server child of ``run``/``compare`` gets the directories as ``--hooks-path``).
+    """
+    absolute = [os.path.abspath(d) for d in dirs]
+    for d in absolute:
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"--hooks-path {d}: no such directory")
+    for d in reversed([*absolute, os.getcwd()]):
+        if d in sys.path:
+            sys.path.remove(d)
+        sys.path.insert(0, d)
+    return absolute
+
+
+def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
+    """The ``serve`` arguments that give a server child the same ``--hooks-path`` directories."""
+    return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))

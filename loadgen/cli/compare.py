@@ -32,7 +32,17 @@ import sys
 import msgspec
 
 from engine.profiles import CompareSettings, load_scenario
-from loadgen.cli.common_args import add_accounts, add_drain, add_out, add_scenario, add_seed, add_trove, add_warmup
+from loadgen.cli.common_args import (
+    add_accounts,
+    add_drain,
+    add_hooks_path,
+    add_out,
+    add_scenario,
+    add_seed,
+    add_trove,
+    add_warmup,
+    hooks_path_arguments,
+)
 from loadgen.harness.compare import FULL, QUICK, CompareError, run_compare
 from loadgen.results.compare import Plan
 
@@ -45,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_scenario(p, positional=True, what="profiles and [compare] settings")
+    add_hooks_path(p)
     p.add_argument("--profiles", nargs="+", default=None, help="profiles to compare (default: all of the scenario)")
     p.add_argument("--quick", action="store_true", help="about 10 minutes on 2 cores: short phases, 2 repeats")
     p.add_argument("--repeats", type=int, default=None, help="repeats of every search and equal-load run")
@@ -98,6 +109,7 @@ def _main(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
             command=command,
             make_report=not args.no_report,
+            server_args=hooks_path_arguments(args.hooks_path),
             trove=args.trove,
             keep_trove=args.keep_trove,
         )

@@ -12,7 +12,16 @@ import json
 
 import msgspec
 
-from loadgen.cli.common_args import add_accounts, add_json, add_profile, add_scenario, add_seconds, add_seed, add_warmup
+from loadgen.cli.common_args import (
+    add_accounts,
+    add_hooks_path,
+    add_json,
+    add_profile,
+    add_scenario,
+    add_seconds,
+    add_seed,
+    add_warmup,
+)
 from loadgen.harness.engine_run import EngineResult, run_engine
 
 
@@ -21,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_accounts(p, default=1_000_000)
     add_profile(p)
     add_scenario(p, positional=False)
+    add_hooks_path(p)
     p.add_argument("--batch", type=int, default=8192, help="transfers per batch (default 8192)")
     add_seconds(p, default=5.0, what="measured seconds of ledger time")
     add_warmup(p, default=1.0)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from engine.journal import JournalDamaged, JournalLocked, JournalMismatch
+from loadgen.cli.common_args import use_hooks_path
 
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (
@@ -41,11 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        use_hooks_path(getattr(args, "hooks_path", ()))  # the working directory, for every command
         return int(args.func(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError, JournalMismatch, JournalDamaged, JournalLocked) as exc:
+    except (ValueError, FileNotFoundError, OSError, JournalMismatch, JournalDamaged, JournalLocked, MemoryError) as exc:
         print(f"cbdc-bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

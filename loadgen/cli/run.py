@@ -37,12 +37,14 @@ from pathlib import Path
 from engine.profiles import load_scenario, trove_needed
 from loadgen.cli.common_args import (
     add_accounts,
+    add_hooks_path,
     add_host,
     add_journal,
     add_load_arguments,
     add_profile,
     add_scenario,
     add_trove,
+    hooks_path_arguments,
     load_config,
 )
 from loadgen.cli.output import save_and_print
@@ -69,6 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
         "ray:auto or ray:ADDRESS (signed profiles; default the server's: 0)",
     )
+    add_hooks_path(p)
     add_trove(p, keep=False)
     add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
     p.set_defaults(func=_main)
@@ -86,6 +89,7 @@ def _main(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         keep_journal=args.keep_journal,
         validators=args.validators,
+        server_args=hooks_path_arguments(args.hooks_path),
         trove_dir=_trove_dir(args),
         targets=load_scenario(args.scenario).compare,
     )

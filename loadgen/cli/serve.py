@@ -14,11 +14,13 @@ import sys
 from engine.options import add_struct_arguments, struct_from_args
 from engine.profiles import profile_names, trove_needed
 from engine.server import ServerConfig, serve
+from loadgen.cli.common_args import add_hooks_path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the payment server (uvloop TCP, micro-batched ledger)", description=__doc__)
     add_struct_arguments(p, ServerConfig, context={"profiles": ", ".join(profile_names())})
+    add_hooks_path(p)
     p.set_defaults(func=_main)
 
 

@@ -46,6 +46,9 @@ from loadgen.generator.workload import DEFAULT_SEED, Workload, WorkloadConfig, c
 #: due transfers stay due, get sent late and show up as generator lag and latency.
 WRITE_BUFFER_LIMIT = 64 << 20
 CONNECT_TIMEOUT_S = 10.0
+#: A cbdc-bench server answers a hello at once (it builds its ledger before listening), so a
+#: service that says nothing for this long is not one.
+HANDSHAKE_TIMEOUT_S = 5.0
 
 
 #: Transfers per batch of a gateway's signed pool (its cache granularity, not the Submit size).
@@ -220,6 +223,20 @@ class AsyncHandshake:
             with contextlib.suppress(BaseException):  # retrieved: nobody may be awaiting it any more
                 self.welcome.exception()
 
+    def fail(self, why: str, address: str) -> None:
+        """The peer sent something that is not the protocol (``why``) while the handshake was pending."""
+        self.on_closed(GatewayError(f"{address} is not a cbdc-bench server ({self.who}: {why})"))
+
+    async def wait(self, address: str) -> wire.Welcome:
+        """The server's Welcome; a specific GatewayError when the peer says nothing or something else."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.welcome), HANDSHAKE_TIMEOUT_S)
+        except TimeoutError:
+            raise GatewayError(
+                f"{address} accepted a connection but sent no handshake reply to {self.who} within "
+                f"{HANDSHAKE_TIMEOUT_S:g} s: is it a cbdc-bench server (`cbdc-bench serve`)?"
+            ) from None
+
 
 class Gateway:
     """One operator's connection, schedule and transfer pool."""
@@ -280,7 +297,7 @@ class Gateway:
             ) from exc
         self.transport = typing.cast(asyncio.Transport, transport)
         self.handshake.start(self.transport)
-        welcome = await asyncio.wait_for(self.handshake.welcome, CONNECT_TIMEOUT_S)
+        welcome = await self.handshake.wait(f"{self.config.host}:{self.config.port}")
         self.id_base = welcome.next_transfer_id
         record_bytes = wire.TRANSFER_DTYPE.itemsize
         self.batch_max = max(
@@ -411,6 +428,8 @@ class Gateway:
 
     def fail(self, why: str) -> None:
         self.failure = self.failure or why
+        if self.handshake is not None and self.handshake.pending:
+            self.handshake.fail(why, f"{self.config.host}:{self.config.port}")
         if self.transport is not None:
             self.transport.abort()
 

@@ -47,7 +47,7 @@ class AdminClient:
         self.transport = typing.cast(asyncio.Transport, transport)
         self._handshake.start(self.transport)
         try:
-            self.welcome = await asyncio.wait_for(self._handshake.welcome, CONNECT_TIMEOUT_S)
+            self.welcome = await self._handshake.wait(f"{self.host}:{self.port}")
         except BaseException:
             transport.abort()
             raise
@@ -104,6 +104,8 @@ class AdminClient:
 
     def fail(self, why: str) -> None:
         self.failure = why
+        if self._handshake is not None and self._handshake.pending:
+            self._handshake.fail(why, f"{self.host}:{self.port}")
         if self.transport is not None:
             self.transport.abort()
 

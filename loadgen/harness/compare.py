@@ -325,6 +325,7 @@ def run_compare(
     make_report: bool = True,
     trove: str | Path | None = None,
     keep_trove: bool = False,
+    server_args: tuple[str, ...] = (),
 ) -> tuple[CompareSummary, Path]:
     """Run the comparison; the summary and its path (``OUT/compare.json``).
 
@@ -406,7 +407,7 @@ def run_compare(
             if profile != ECHO and trove_needed(profile, scenario):
                 trial_trove = (Path(trove) if trove is not None else out_dir / "troves") / f"{profile}-r{repeat}"
             try:
-                with _server(profile, plan, seed, scenario, trial_trove) as server:
+                with _server(profile, plan, seed, scenario, trial_trove, server_args) as server:
                     yield Session(
                         server,
                         profile=profile,
@@ -486,7 +487,7 @@ def run_compare(
 
 
 def _server(
-    profile: str, plan: Plan, seed: int, scenario: str | None, trove: Path | None = None
+    profile: str, plan: Plan, seed: int, scenario: str | None, trove: Path | None = None, extra: tuple[str, ...] = ()
 ) -> contextlib.AbstractContextManager[ServerProcess]:
     echo = profile == ECHO
     args = server_arguments(
@@ -496,6 +497,6 @@ def _server(
         operators=plan.operators,
         scenario=scenario,
         echo=echo,
-        extra=() if trove is None else ("--trove", str(trove)),
+        extra=(*extra, *(() if trove is None else ("--trove", str(trove)))),
     )
     return running_server(args, accounts=plan.accounts)

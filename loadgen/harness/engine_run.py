@@ -14,6 +14,7 @@ import msgspec
 from engine.clock import SequencerClock
 from engine.codes import name_counts
 from engine.ledger import Ledger
+from engine.memory import check_accounts_fit
 from engine.profiles import build_hooks, load_scenario
 from loadgen.generator.workload import DEFAULT_SEED, BatchPool, Workload, scenario_workload
 from loadgen.results.environment import collect
@@ -53,6 +54,7 @@ def run_engine(
     """Build a ledger for ``profile``, drive it with a seeded workload, and measure it."""
     if batch < 1 or seconds <= 0:
         raise ValueError("batch must be >= 1 and seconds > 0")
+    check_accounts_fit(accounts, profile, scenario)
     workload = Workload(scenario_workload(load_scenario(scenario), accounts=accounts, seed=seed))
     balance, wallet_class = workload.initial_state()
     # The sequencer's clock runs on the workload's model of a day, as the server's does.

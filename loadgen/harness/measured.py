@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from engine.memory import check_accounts_fit
 from engine.profiles import CompareSettings
 from engine.server.config import SIGNED_PROFILES
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
@@ -209,6 +210,7 @@ def run_benchmark(
     ``keep_journal``); ``config.secrets``: the server authenticates with those secrets (and
     enforces account ownership). ``trove_dir``: the server's ``--trove``.
     """
+    check_accounts_fit(accounts, profile, scenario)  # in one line here, not in the server's stderr
     journal: Path | None = None
     if journal_dir is not None:
         Path(journal_dir).mkdir(parents=True, exist_ok=True)

@@ -104,3 +104,19 @@ def test_locust_authenticates_and_debits_only_its_own_accounts(tmp_path: Path) -
         secrets = Secrets.load(secrets_file)
         with Client(host, port, secret=secrets.secret(ROLE_ADMIN, 0), role="admin") as admin:
             assert admin.audit().ok
+
+
+def test_locust_profile_mismatch_is_one_error_line_not_a_traceback_per_user(
+    server: tuple[str, int], tmp_path: Path
+) -> None:
+    host, port = server
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadgen" / "locustfile.py"), "--host", f"tcp://{host}:{port}",
+         "--headless", "-u", "4", "-r", "4", "-t", "5s", "--only-summary", "--cbdc-profile", "full"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert output.count("--cbdc-profile 'full', but the server runs 'baseline'") == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
