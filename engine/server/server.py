@@ -303,6 +303,12 @@ class Server:
                 f"array [tag, field...] of exactly the length in the 4-byte prefix, strings in UTF-8",
             )
             return
+        except RecursionError:
+            # Nesting deeper than the decoder's recursion limit (issue 13): uncaught, it escaped
+            # data_received and the connection died with its queued Submits' results. Answer
+            # what it queued first, then refuse this frame; framing is intact, so it goes on.
+            self._reject_nested(conn)
+            return
         if type(msg) is Submit:
             self.batcher.submit(conn, msg)
             return
@@ -317,12 +323,25 @@ class Server:
             case _:
                 self.admin.handle(conn, msg)
 
+    def _reject_nested(self, conn: Connection) -> None:
+        """A body nested too deeply to decode: deliver the results queued before it, then refuse it."""
+        if conn.load.pending:
+            self.drain()
+        conn.error(
+            ErrorCode.MALFORMED_FRAME,
+            "frame body is nested too deeply to decode; client messages are a flat msgpack array "
+            "[tag, field...] whose fields are scalars or bytes",
+        )
+
     def _reject_shape(self, conn: Connection, body: bytes, exc: msgspec.ValidationError) -> None:
         """A msgpack body that is not a valid client message: say which part is wrong."""
         try:
             raw = msgspec.msgpack.decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError):
             raw = None
+        except RecursionError:
+            self._reject_nested(conn)
+            return
         ref = -1
         if isinstance(raw, list) and len(raw) > 1 and type(raw[1]) is int and -(2**63) <= raw[1] < 2**63:
             ref = raw[1]
