@@ -20,7 +20,7 @@ from engine.clock import CLOCK_START_NS
 from engine.codes import LEDGER_CHECKS, PRECEDENCE, ResultCode
 from engine.hooks.wallet_limits import FEN_PER_YUAN, NO_CAP_FEN, WalletLimitsConfig
 from engine.idempotency import DEFAULT_WINDOW
-from engine.records import MAX_TRANSFER_FEN
+from engine.records import MAX_TRANSFER_FEN, MAX_TRANSFER_ID
 from engine.simtime import NS_PER_DAY, cst_day
 
 Tx = dict[str, Any]
@@ -116,6 +116,8 @@ class ReferenceLedger:
             return ResultCode.UNKNOWN_OPERATOR
         if tid < 0:
             return ResultCode.INVALID_ID
+        if tid > MAX_TRANSFER_ID:
+            return ResultCode.ID_OUT_OF_RANGE
         high = self.high.get(op, -1)
         if tid <= high - self.window:
             return ResultCode.STALE_ID
