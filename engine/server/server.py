@@ -275,7 +275,26 @@ class Server:
             )
             conn.close()
             return
+        self._limit_unauthenticated()
         self._connections.add(conn)
+
+    def _limit_unauthenticated(self) -> None:
+        """Make room for one more connection that has not completed the handshake.
+
+        At ``max_unauthenticated`` the oldest such connection is closed: refusing the new one
+        instead would let idle or half-handshaken clients keep every operator out.
+        """
+        waiting = [c for c in self._connections if not c.session.welcomed and not c.closing]
+        if len(waiting) < min(self.config.max_unauthenticated, self.config.max_connections):
+            return
+        oldest = min(waiting, key=lambda c: c.connected_at)
+        self.metrics.counters["unauthenticated_evicted"] += 1
+        oldest.error(
+            ErrorCode.TOO_MANY_CONNECTIONS,
+            f"{self.config.max_unauthenticated} connections were waiting for their handshake "
+            f"(--max-unauthenticated); this one was the oldest and is closed: send Hello right after connecting",
+        )
+        oldest.close()
 
     def connection_lost(self, conn: Connection) -> None:
         self._connections.discard(conn)

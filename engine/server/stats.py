@@ -47,6 +47,7 @@ class ServerStats:
         # with 16 connections got another's payments shed): operators with a Welcomed connection,
         # how many connections each has, and each one's transfers queued across all of them.
         self.submitters = 0  # distinct operators with a Welcomed connection
+        self.partial_frame_bytes = 0  # held by incomplete frames, all connections (max_partial_frame_bytes)
         self.operator_connections: collections.Counter[int] = collections.Counter()
         self.operator_queued: collections.Counter[int] = collections.Counter()
         self.engine_ns = 0
