@@ -338,7 +338,7 @@ class Server:
                 self.handshake.authenticate(conn, msg)
             case StatsRequest(req=req):
                 if self.handshake.require_hello(conn, req):
-                    conn.send(StatsReply(req, self.stats()))
+                    conn.send(StatsReply(req, self._stats_for(conn)))
             case _:
                 self.admin.handle(conn, msg)
 
@@ -383,6 +383,26 @@ class Server:
             )
 
     # ---- stats -------------------------------------------------------------------------------------
+
+    def _stats_for(self, conn: Connection) -> dict[str, Any]:
+        """What ``conn`` may see of the counters.
+
+        With authentication on, the global figures (every operator's traffic, result codes, shed
+        counts, connections) are the admin's: an operator sees only its own (issue 13: they were
+        shown to every operator). Without ``--secrets`` every client is trusted, as in the
+        benchmarks, and sees everything.
+        """
+        session = conn.session
+        if self.secrets is None or session.admin:
+            return self.stats()
+        op = session.operator
+        return {
+            "scope": "operator",
+            "operator": op,
+            "connections": self.metrics.operator_connections[op],
+            "queued_transfers": self.metrics.operator_queued[op],
+            "next_transfer_id": 0 if self.ledger is None else int(self.ledger.ids.high[op]) + 1,
+        }
 
     def stats(self) -> dict[str, Any]:
         """Counters for StatsReply, plain JSON-able values; all totals are since the server started.
