@@ -19,7 +19,7 @@ import numpy as np
 from engine.clock import CLOCK_START_NS
 from engine.codes import LEDGER_CHECKS, PRECEDENCE, ResultCode
 from engine.hooks.wallet_limits import FEN_PER_YUAN, NO_CAP_FEN, WalletLimitsConfig
-from engine.idempotency import DEFAULT_WINDOW
+from engine.idempotency import DEFAULT_TOTAL_WINDOW_BYTES, DEFAULT_WINDOW
 from engine.records import MAX_TRANSFER_FEN, MAX_TRANSFER_ID
 from engine.simtime import NS_PER_DAY, cst_day
 
@@ -62,7 +62,7 @@ class ReferenceLedger:
         self.balance = [int(b) for b in balances]
         self.wallet_class = [int(c) for c in wallet_classes]
         self.operators = operators
-        self.window = id_window
+        self.window = min(id_window, DEFAULT_TOTAL_WINDOW_BYTES // max(operators, 1))  # as engine.idempotency
         self.high: dict[int, int] = {}
         self.seen: dict[int, set[int]] = {}
         self.limits = wallet_limits
