@@ -655,6 +655,7 @@ def recover(
     *,
     repair: str = "",
     log: Callable[[str], None] | None = None,
+    note_seq: Callable[[int], None] | None = None,
 ) -> Recovery:
     """Replay the journal at ``path`` through the callbacks; cut a torn tail.
 
@@ -667,6 +668,7 @@ def recover(
     Damage in the tail (after the last recorded durable point) is cut; damage before it raises
     ``JournalDamaged`` before anything is replayed or changed, unless ``repair="truncate"``, which
     cuts there and says (through ``log`` and ``Recovery.message``) exactly what it dropped.
+    ``note_seq(seq)``, if given, is called with each batch entry's journal number before it is applied.
     Raises JournalMismatch if replayed codes or clock differ from the recorded ones, and ValueError
     if the file is not a journal.
     """
@@ -727,6 +729,8 @@ def recover(
             clock = _CLOCK.unpack_from(e.payload)[0] if clock_bytes else -1
             batch = np.frombuffer(e.payload, dtype=TRANSFER_DTYPE, count=n, offset=clock_bytes).copy()
             recorded = np.frombuffer(e.payload, dtype=CODE_DTYPE, offset=clock_bytes + n * TRANSFER_DTYPE.itemsize)
+            if note_seq is not None:
+                note_seq(e.seq)  # before the batch is applied (hooks with durable output key on it)
             replayed = apply_batch(batch, clock)
             if not np.array_equal(replayed, recorded):
                 where = int(np.flatnonzero(replayed != recorded)[0])

@@ -18,6 +18,7 @@ import msgspec
 from engine.behaviours import BehaviourConfig
 from engine.hooks.base import Hook
 from engine.hooks.registry import BUILTIN, BUILTIN_HOOKS, check_spec, load_hook
+from engine.hooks.surveillance_log import SurveillanceLogConfig
 from engine.persons import PersonsConfig
 
 
@@ -144,7 +145,31 @@ def profile_hooks(profile: str, scenario: Scenario) -> tuple[str, ...]:
         raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(scenario.profiles)}") from None
 
 
-def build_hooks(profile: str, scenario_path: str | Path | None = None) -> list[Hook]:
-    """Fresh hook instances for ``profile`` of the scenario at ``scenario_path`` (default: shipped)."""
+def build_hooks(profile: str, scenario_path: str | Path | None = None, *, trove_dir: str = "") -> list[Hook]:
+    """Fresh hook instances for ``profile`` of the scenario at ``scenario_path`` (default: shipped).
+
+    ``trove_dir`` (the ``--trove`` option) is where a trove-mode ``surveillance_log`` keeps its
+    trove, overriding the scenario's ``trove.dir``: the one path by which the option reaches it.
+    """
     scenario = load_scenario(scenario_path)
-    return [load_hook(spec, scenario.hooks.params(spec)) for spec in profile_hooks(profile, scenario)]
+    return [
+        load_hook(spec, _with_trove(scenario.hooks.params(spec), trove_dir))
+        for spec in profile_hooks(profile, scenario)
+    ]
+
+
+def _with_trove(params: Any, trove_dir: str) -> Any:
+    if not trove_dir or not isinstance(params, SurveillanceLogConfig) or params.mode != "trove":
+        return params
+    return msgspec.structs.replace(params, trove=msgspec.structs.replace(params.trove, dir=trove_dir))
+
+
+def trove_needed(profile: str, scenario_path: str | Path | None = None) -> bool:
+    """Whether ``profile`` runs a trove-mode ``surveillance_log`` whose scenario names no trove dir
+    (the ``serve`` command then refuses to start without ``--trove``: the trove is the point)."""
+    scenario = load_scenario(scenario_path)
+    for spec in profile_hooks(profile, scenario):
+        params = scenario.hooks.params(spec)
+        if isinstance(params, SurveillanceLogConfig) and params.mode == "trove" and not params.trove.dir:
+            return True
+    return False

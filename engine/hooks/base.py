@@ -19,7 +19,7 @@ counted, and the committed batch stands.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -144,6 +144,8 @@ class Hook:
     name: str = "hook"
     #: Run ``observe`` after replies are sent (off the latency path) rather than inline.
     deferred: bool = False
+    #: Set by a journalled server before recovery: the hook will get ``note_journal_seq``.
+    journalled: bool = False
 
     def attach(self, ledger: LedgerView) -> None:
         """Allocate per-account state sized to ``ledger``; called once when the ledger is built."""
@@ -189,6 +191,13 @@ class Hook:
     def close(self) -> None:
         """Flush and release files; called once when the run ends."""
 
+    def note_journal_seq(self, seq: int) -> None:
+        """The journal entry number of the next batch this hook will observe (live and in replay).
+
+        Called by a journalled server before each batch is applied, so a hook with durable
+        output (the trove) can tell which batches it already holds. Default: ignored.
+        """
+
     def output_files(self) -> list[Path]:
         """Files this hook writes from the batches it observes (logs, chains).
 
@@ -196,6 +205,12 @@ class Hook:
         journal it sets the existing ones aside and the replay writes them again, complete.
         """
         return []
+
+
+def note_journal_seqs(hooks: Sequence[Hook], seq: int) -> None:
+    """Tell every hook the journal entry number of the batch about to be applied."""
+    for hook in hooks:
+        hook.note_journal_seq(seq)
 
 
 def as_accounts(accounts: int | np.ndarray | list[int], ledger_accounts: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 
 from engine.codes import CODE_DTYPE, ResultCode
+from engine.hooks.base import note_journal_seqs
 from engine.journal import Journal
 from engine.ledger import Ledger
 from engine.records import TRANSFER_DTYPE
@@ -198,6 +199,8 @@ class Batcher:
         batch = np.frombuffer(bytearray().join([e.records for e in entries]), dtype=TRANSFER_DTYPE)
         t0 = time.perf_counter_ns()
         clock = self.ledger.clock.payments if self.ledger is not None else 0
+        if self.journal is not None and self.ledger is not None:
+            note_journal_seqs(self.ledger.hooks, self.journal.seq + 1)  # the entry append_batch writes
         try:
             codes = self.ledger.apply(batch) if self.ledger is not None else np.zeros(n, dtype=CODE_DTYPE)
         except Exception as exc:  # a bug, not a hook error (the ledger turns those into HOOK_ERROR)

@@ -81,6 +81,14 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="PATH",
         ),
     ] = ""
+    trove: Annotated[
+        str,
+        _help(
+            "directory of the surveillance trove of profiles whose surveillance_log runs in trove mode "
+            "(surveillance, full), kept across restarts (default: none, which serve refuses for those profiles)",
+            metavar="DIR",
+        ),
+    ] = ""
     fsync: Annotated[
         str,
         _help(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.hooks.base import Hook
+from engine.hooks.base import Hook, note_journal_seqs
 from engine.journal import (
     AdminEntry,
     Journal,
@@ -123,7 +123,15 @@ def open_journal(config: ServerConfig, ledger: Ledger, *, log: Callable[[str], N
             def apply_admin(entry: AdminEntry) -> None:
                 replay_admin(ledger, entry)
 
-            recovery = recover(path, apply_batch, apply_admin, check, repair=config.repair, log=log)
+            recovery = recover(
+                path,
+                apply_batch,
+                apply_admin,
+                check,
+                repair=config.repair,
+                log=log,
+                note_seq=lambda seq: note_journal_seqs(ledger.hooks, seq),
+            )
             entries = recovery.entries
             if recovery.version == 1:
                 entries = upgrade_v1(path)

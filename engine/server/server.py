@@ -51,7 +51,7 @@ def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, o
         balance_fen=balance,
         wallet_class=wallet_class,
         operators=config.operators,
-        hooks=build_hooks(config.profile, config.scenario) if hooks is None else hooks,
+        hooks=build_hooks(config.profile, config.scenario, trove_dir=config.trove) if hooks is None else hooks,
         owners=owner_ranges(config.accounts, config.operators) if ownership else None,
         clock=SequencerClock.for_accounts(config.accounts, config.payments_per_account_per_day),
     )
@@ -72,7 +72,9 @@ class Server:
         self.outputs_set_aside: list[tuple[Path, Path]] = []
         self.ledger: Ledger | None = None
         if not config.echo:
-            hooks = build_hooks(config.profile, config.scenario) if hooks is None else hooks
+            hooks = build_hooks(config.profile, config.scenario, trove_dir=config.trove) if hooks is None else hooks
+            for hook in hooks:
+                hook.journalled = bool(config.journal)
             if journal_exists(config):
                 self.outputs_set_aside = set_aside_outputs(hooks)
             self.ledger = build_ledger(config, hooks, ownership=self.secrets is not None)

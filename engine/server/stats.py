@@ -213,4 +213,9 @@ class ServerStats:
                 }
                 for name, t in ledger.hook_timing.items()
             }
+            for hook in ledger.hooks:
+                if getattr(hook, "trove", None) is not None:
+                    # Rows durable, backlog, and ``failure`` (a stopped trove: disk full), not
+                    # hidden among observe errors.
+                    stats["trove"] = hook.stats()
         return stats

@@ -78,6 +78,19 @@ def add_journal(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-journal", action="store_true", help="keep the journal file after the run")
 
 
+def add_trove(p: argparse.ArgumentParser, *, keep: bool) -> None:
+    """``--trove DIR`` (and ``--keep-trove``) of a command that starts its own server."""
+    p.add_argument(
+        "--trove",
+        default=None,
+        metavar="DIR",
+        help="where a trove-mode surveillance_log (surveillance, full) keeps its trove "
+        + ("(default OUT/troves), one directory per server" if keep else "(default: a fresh directory under --out)"),
+    )
+    if keep:
+        p.add_argument("--keep-trove", action="store_true", help="keep each trial's trove after it")
+
+
 def add_load_arguments(
     p: argparse.ArgumentParser, *, rate: float, seconds: float, warmup: float, out: str | None = None
 ) -> None:

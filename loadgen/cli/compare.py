@@ -1,10 +1,12 @@
 """``cbdc-bench compare``: the maximum sustainable rate of every hook profile, and equal-load runs.
 
 For each profile, a search (``loadgen.harness.search``) finds the highest offered rate at which the
-system sustains the scenario's SLO (achieved >= 99% of offered, shed transfers not counted, and
-p99 latency from the schedule <= ``[compare] slo_p99_ms``), confirmed by runs at 95% and 105% of
-it. Then every profile runs at common rates (the scenario's ``common_rates_tps`` and the lowest
-maximum any profile sustained) so that latencies compare at equal load.
+system sustains the scenario's SLO (the ``sustained`` verdict of ``run``: achieved >= 99% of
+scheduled, shed transfers not counted, p99 latency from the schedule <= ``[compare] slo_p99_ms``),
+confirmed by runs at 95% and 105% of it. A phase that cannot be judged (verdict ``incomplete``)
+stops the comparison with exit status 5; other failures exit 1. Then every profile runs at
+common rates (the scenario's ``common_rates_tps`` and the lowest maximum any profile sustained)
+so that latencies compare at equal load.
 
 Server reuse: each (repeat, profile) gets one fresh ``serve`` process, and all of that session's
 load phases run against it, each with its own warm-up; phases are separated by waiting until the
@@ -30,7 +32,7 @@ import sys
 import msgspec
 
 from engine.profiles import CompareSettings, load_scenario
-from loadgen.cli.common_args import add_accounts, add_drain, add_out, add_scenario, add_seed, add_warmup
+from loadgen.cli.common_args import add_accounts, add_drain, add_out, add_scenario, add_seed, add_trove, add_warmup
 from loadgen.harness.compare import FULL, QUICK, CompareError, run_compare
 from loadgen.results.compare import Plan
 
@@ -48,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=None, help="repeats of every search and equal-load run")
     add_seed(p, what="profile order and the workload")
     add_out(p, default=None, when_unset="results/compare-STAMP-MODE")
+    add_trove(p, keep=True)
     add_accounts(p, default=None)
     p.add_argument("--search-seconds", type=float, default=None, help="measured seconds per search trial")
     p.add_argument("--equal-seconds", type=float, default=None, help="measured seconds per equal-load run")
@@ -95,8 +98,10 @@ def _main(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
             command=command,
             make_report=not args.no_report,
+            trove=args.trove,
+            keep_trove=args.keep_trove,
         )
     except CompareError as exc:
         print(f"cbdc-bench compare: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_status
     return 0

@@ -4,13 +4,18 @@ Latency is reply time minus *scheduled* time (never the actual send), so a stall
 stalled generator shows up in the latency instead of silently thinning the load. The generator's
 own lateness (send lag), and any transfers it never sent, are reported next to the latency: if
 ``generator kept schedule`` is false, the run measured the generator, not the server.
+
+The last line is the verdict against the ``[compare]`` targets of ``--scenario`` (default: p99 <=
+20 ms, 99% settled); the exit status is the verdict's: 0 sustained, 3 not sustained, 4 generator
+fell behind, 5 incomplete.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from loadgen.cli.common_args import add_host, add_load_arguments, load_config
+from engine.profiles import load_scenario
+from loadgen.cli.common_args import add_host, add_load_arguments, add_scenario, load_config
 from loadgen.cli.output import save_and_print
 from loadgen.harness.measured import run_measure
 
@@ -21,11 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, required=True, help="server port")
     p.add_argument("--server-pid", type=int, default=None, help="server pid, to report its CPU from /proc")
     p.add_argument("--no-audit", action="store_true", help="skip the conservation audit after the run")
+    add_scenario(p, positional=False, what="the [compare] targets the verdict judges against")
     add_load_arguments(p, rate=50_000, seconds=10, warmup=2)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args, host=args.host, port=args.port)
-    result = run_measure(config, kind="load", server_pid=args.server_pid, audit=not args.no_audit)
+    targets = load_scenario(args.scenario).compare
+    result = run_measure(config, kind="load", server_pid=args.server_pid, audit=not args.no_audit, targets=targets)
     return save_and_print(result, as_json=args.json, out=args.out)

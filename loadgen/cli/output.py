@@ -1,4 +1,8 @@
-"""How ``run`` and ``load`` show a run: the summary text (or one JSON line), the result file's path."""
+"""How ``run`` and ``load`` show a run: the summary text (or one JSON line), the result file's path.
+
+Both end with the run's verdict (``loadgen.results.verdict``) and exit with its status: 0 only
+when sustained.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,23 @@ import json
 
 import msgspec
 
-from loadgen.results.run import RunResult, save
+from loadgen.results.run import RunResult, figures_of, save, verdict_of
 
 
 def save_and_print(result: RunResult, *, as_json: bool, out: str | None) -> int:
-    """Save (if ``out``), print, and give the exit code: 0 only for a clean run."""
+    """Save (if ``out``), print, and give the verdict's exit status: 0 only when sustained.
+
+    The verdict is the one the result file stores (judged when the result was built, against the
+    scenario's targets); a result built without one is judged against the default targets.
+    """
     path = save(result, out) if out is not None else None
+    line, status = result.summary.verdict, result.summary.exit_status
+    if line is None or status is None:
+        v = verdict_of(result)
+        line, status = v.line, v.exit_status
     if as_json:
         summary = msgspec.to_builtins(result.summary)
+        summary["verdict"], summary["exit_status"] = line, status
         if path is not None:
             summary["result_file"] = str(path)
         print(json.dumps(summary))
@@ -21,19 +34,27 @@ def save_and_print(result: RunResult, *, as_json: bool, out: str | None) -> int:
         print(format_summary(result))
         if path is not None:
             print(f"result file: {path}")
-    clean = not result.failures and result.summary.audit_ok is not False and result.counts.protocol_errors == 0
-    return 0 if clean else 1
+        print(line)
+    return status
 
 
 def format_summary(r: RunResult) -> str:
     s, c, g = r.summary, r.counts, r.generator
+    f = figures_of(r)
     lat = r.latency
+    latency = (
+        f"latency from schedule (ms): p50 {lat.p50_ms:.2f}  p90 {lat.p90_ms:.2f}  p99 {lat.p99_ms:.2f}  "
+        f"p99.9 {lat.p999_ms:.2f}  p99.99 {lat.p9999_ms:.2f}  max {lat.max_ms:.2f}  ({lat.count:,} transfers"
+        + (f", of which {f.unanswered + f.unsent:,} unanswered: a lower bound)" if f.unanswered + f.unsent else ")")
+        if f.answered
+        else f"latency: none of the {f.scheduled:,} measured transfers was answered"
+    )
     lines = [
         f"profile {s.profile}{' (echo: no ledger)' if s.echo else ''}: offered {s.offered_tps:,.0f}/s, "
-        f"achieved {s.achieved_tps:,.0f}/s ({s.achieved_ratio:.1%}), goodput {s.goodput_tps:,.0f}/s "
+        f"achieved {s.achieved_tps:,.0f}/s ({f.achieved_ratio:.1%} of {f.scheduled:,} scheduled settled; "
+        f"shed {f.shed:,}, unanswered {f.unanswered:,}), goodput {s.goodput_tps:,.0f}/s "
         f"over {s.seconds:g} s measured, {s.accounts:,} accounts",
-        f"latency from schedule (ms): p50 {lat.p50_ms:.2f}  p90 {lat.p90_ms:.2f}  p99 {lat.p99_ms:.2f}  "
-        f"p99.9 {lat.p999_ms:.2f}  p99.99 {lat.p9999_ms:.2f}  max {lat.max_ms:.2f}  ({lat.count:,} transfers)",
+        latency,
         f"generator: {g.processes} process(es), {g.operators} operator gateways, tick {g.tick_us / 1000:g} ms; "
         f"send lag p99 {g.send_lag.p99_ms:.2f} ms, max {g.send_lag.max_ms:.2f} ms; late {c.late:,}, "
         f"unsent {c.unsent:,}; {'kept its schedule' if g.kept_schedule else 'DID NOT keep its schedule'}",

@@ -7,6 +7,10 @@ everything this command started is stopped, also on errors and Ctrl-C. With ``--
 acknowledges without a ledger: a calibration run that shows whether the generator keeps its
 schedule at a given rate.
 
+The last line is the verdict, judged against the scenario's ``[compare]`` targets (p99 SLO and
+minimum achieved ratio; defaults 20 ms and 99%), and the exit status is the verdict's: 0
+sustained, 3 not sustained, 4 generator fell behind, 5 incomplete (README, "Verdicts").
+
 The defaults (baseline profile, 1,000,000 accounts, 300,000 payments/s, 5 s warm-up, 30 s
 measured) finish in about 40 s on a 2-core machine, server start-up included.
 
@@ -16,12 +20,21 @@ run unless ``--keep-journal``): the cost of durability, measured as its own comp
 result's server stats carry the policy, fsync count and time). ``--secrets FILE`` turns on
 authentication and account ownership; the server then has exactly ``--operators`` operators, so
 their account ranges cover the ledger and every gateway pays from its own range.
+
+A profile whose ``surveillance_log`` keeps a trove (``surveillance``, ``full``) writes it to
+``--trove DIR``, or to a fresh directory under ``--out`` (said on stderr); the result file
+records its rows against the transfers that reached the ledger.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
+from pathlib import Path
 
+from engine.profiles import load_scenario, trove_needed
 from loadgen.cli.common_args import (
     add_accounts,
     add_host,
@@ -29,6 +42,7 @@ from loadgen.cli.common_args import (
     add_load_arguments,
     add_profile,
     add_scenario,
+    add_trove,
     load_config,
 )
 from loadgen.cli.output import save_and_print
@@ -49,6 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
     add_host(p, what="address for the server to listen on")
     add_journal(p)
+    add_trove(p, keep=False)
     add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
     p.set_defaults(func=_main)
 
@@ -64,5 +79,16 @@ def _main(args: argparse.Namespace) -> int:
         journal_dir=args.journal,
         fsync=args.fsync,
         keep_journal=args.keep_journal,
+        trove_dir=_trove_dir(args),
+        targets=load_scenario(args.scenario).compare,
     )
     return save_and_print(result, as_json=args.json, out=args.out)
+
+
+def _trove_dir(args: argparse.Namespace) -> str | None:
+    """``--trove``, or (for a profile that keeps a trove) a fresh directory under ``--out``, said."""
+    if args.trove is not None or args.echo or not trove_needed(args.profile, args.scenario):
+        return args.trove
+    where = Path(args.out or "results") / f"trove-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{args.profile}"
+    print(f"trove: {where} (choose with --trove DIR)", file=sys.stderr, flush=True)
+    return str(where)

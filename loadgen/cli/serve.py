@@ -9,9 +9,10 @@ authentication is on.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from engine.options import add_struct_arguments, struct_from_args
-from engine.profiles import profile_names
+from engine.profiles import profile_names, trove_needed
 from engine.server import ServerConfig, serve
 
 
@@ -26,4 +27,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def _main(args: argparse.Namespace) -> int:
-    return serve(config_from_args(args))
+    config = config_from_args(args)
+    if not config.trove and not config.echo and trove_needed(config.profile, config.scenario):
+        print(
+            f"serve: profile {config.profile!r} keeps a surveillance trove (surveillance_log in trove mode); "
+            "give it a directory with --trove DIR (it is kept across restarts). Nothing was started.",
+            file=sys.stderr,
+        )
+        return 2
+    return serve(config)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,12 +22,12 @@ import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from engine.profiles import CompareSettings, load_scenario
+from engine.profiles import CompareSettings, load_scenario, trove_needed
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
 from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.measured import run_measure
-from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable, sustained
+from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable
 from loadgen.harness.server import ServerProcess, running_server, server_arguments
 from loadgen.report.writer import write_report
 from loadgen.results.compare import (
@@ -39,7 +40,8 @@ from loadgen.results.compare import (
     save_summary,
 )
 from loadgen.results.environment import collect
-from loadgen.results.run import RunResult, save
+from loadgen.results.run import RunResult, save, verdict_of
+from loadgen.results.verdict import Kind
 
 #: ``--quick``: the default profile set in about 10 minutes on a 2-core machine. Shorter phases
 #: (1 s warm-up + 2 s measured per search trial and per equal-load run: ~400k-2M latencies per
@@ -77,7 +79,15 @@ ECHO = "echo"
 
 
 class CompareError(RuntimeError):
-    """A phase failed in a way that makes the comparison untrustworthy (audit, protocol, lost link)."""
+    """A phase failed in a way that makes the comparison untrustworthy (audit, protocol, lost link).
+
+    ``exit_status`` is what ``compare`` exits with: 5 (the ``incomplete`` verdict's status) when a
+    phase could not be judged, 1 for every other failure.
+    """
+
+    def __init__(self, message: str, *, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 # ---- planning --------------------------------------------------------------------------------
@@ -217,7 +227,13 @@ class Session:
             seed=self.seed,
         )
         result = run_measure(
-            config, kind="compare", server_pid=self.server.pid, audit=True, scenario=self.scenario, echo=self.echo
+            config,
+            kind="compare",
+            server_pid=self.server.pid,
+            audit=True,
+            scenario=self.scenario,
+            echo=self.echo,
+            targets=self.settings,
         )
         path = save(result, self.runs_dir)
         problems = list(result.failures)
@@ -233,8 +249,14 @@ class Session:
             wait_idle(self.server)
         except (GatewayError, TimeoutError) as exc:
             raise CompareError(f"{self.profile}: server unreachable after a phase: {exc}") from exc
-        outcome = outcome_of(result)
-        ok = sustained(outcome, self.settings.slo_p99_ms, self.settings.min_achieved_ratio)
+        verdict = verdict_of(result, self.settings)
+        if verdict.kind is Kind.INCOMPLETE:
+            raise CompareError(
+                f"{self.profile} at {rate_tps:,.0f}/s ({path}) could not be judged: {verdict.line}",
+                exit_status=verdict.exit_status,
+            )
+        outcome = outcome_of(result, self.settings)
+        ok = verdict.sustained
         ref = RunRef(
             file=str(path.relative_to(self.runs_dir.parent)),
             profile=self.profile,
@@ -300,8 +322,14 @@ def run_compare(
     command: str = "cbdc-bench compare",
     console: Console | None = None,
     make_report: bool = True,
+    trove: str | Path | None = None,
+    keep_trove: bool = False,
 ) -> tuple[CompareSummary, Path]:
-    """Run the comparison; the summary and its path (``OUT/compare.json``)."""
+    """Run the comparison; the summary and its path (``OUT/compare.json``).
+
+    Each server of a profile that keeps a trove gets its own, ``PROFILE-rREPEAT`` under ``trove``
+    (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``.
+    """
     console = console or Console(soft_wrap=True)
     scen = load_scenario(scenario)
     settings = scen.compare
@@ -372,19 +400,26 @@ def run_compare(
         @contextlib.contextmanager
         def session(profile: str, repeat: int) -> Iterator[Session]:
             """A fresh server for one profile and repeat, and the session that loads it."""
-            with _server(profile, plan, seed, scenario) as server:
-                yield Session(
-                    server,
-                    profile=profile,
-                    repeat=repeat,
-                    plan=plan,
-                    settings=settings,
-                    seed=seed,
-                    scenario=scenario,
-                    runs_dir=runs_dir,
-                    echo=profile == ECHO,
-                    on_phase=on_phase,
-                )
+            trial_trove = None
+            if profile != ECHO and trove_needed(profile, scenario):
+                trial_trove = (Path(trove) if trove is not None else out_dir / "troves") / f"{profile}-r{repeat}"
+            try:
+                with _server(profile, plan, seed, scenario, trial_trove) as server:
+                    yield Session(
+                        server,
+                        profile=profile,
+                        repeat=repeat,
+                        plan=plan,
+                        settings=settings,
+                        seed=seed,
+                        scenario=scenario,
+                        runs_dir=runs_dir,
+                        echo=profile == ECHO,
+                        on_phase=on_phase,
+                    )
+            finally:
+                if trial_trove is not None and not keep_trove:
+                    shutil.rmtree(trial_trove, ignore_errors=True)
 
         order = profile_orders(searched, repeats=plan.repeats, rng=rng)
         for repeat, sequence in enumerate(order, start=1):
@@ -449,7 +484,7 @@ def run_compare(
 
 
 def _server(
-    profile: str, plan: Plan, seed: int, scenario: str | None
+    profile: str, plan: Plan, seed: int, scenario: str | None, trove: Path | None = None
 ) -> contextlib.AbstractContextManager[ServerProcess]:
     echo = profile == ECHO
     args = server_arguments(
@@ -459,5 +494,6 @@ def _server(
         operators=plan.operators,
         scenario=scenario,
         echo=echo,
+        extra=() if trove is None else ("--trove", str(trove)),
     )
     return running_server(args, accounts=plan.accounts)

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from engine.profiles import CompareSettings
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.server import running_server, server_arguments
@@ -95,8 +96,12 @@ async def measure(
     audit: bool = True,
     scenario: str | None = None,
     echo: bool = False,
+    targets: CompareSettings | None = None,
 ) -> RunResult:
-    """Run the load, probing server stats and CPU at the measured window's edges; audit after."""
+    """Run the load, probing server stats and CPU at the measured window's edges; audit after.
+
+    ``targets``: what the result's verdict judges against (the default targets if None).
+    """
     admin = AdminClient(config.host, config.port, secrets=config.secrets)
     server_welcome = await admin.connect()
     echo = echo or server_welcome.echo
@@ -132,12 +137,16 @@ async def measure(
                 outcome = AuditOutcome(reply.ok, reply.total_fen, reply.expected_fen, reply.negative_accounts)
             except (GatewayError, TimeoutError) as exc:
                 failures.append(f"audit: {exc}")
+        if not echo:
+            # After the drain: the trove's figures against every transfer that reached the ledger.
+            await probe("final", 0)
     finally:
         for t in tasks:
             t.cancel()
         admin.close()
     cpu0, stats_start = probes.get("start", (None, {}))
     cpu1, stats_end = probes.get("end", (None, {}))
+    stats_final = probes.get("final", (None, {}))[1]
     return build_result(
         kind=kind,
         m=m,
@@ -145,6 +154,7 @@ async def measure(
         environment=collect(),
         welcome=welcome,
         failures=failures + probe_failures,
+        stats_final=stats_final,
         scenario=scenario,
         server_pid=server_pid,
         server_cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
@@ -153,6 +163,7 @@ async def measure(
         hooks=hook_cost(stats_start, stats_end),
         audit=outcome,
         echo=echo,
+        targets=targets,
     )
 
 
@@ -184,12 +195,14 @@ def run_benchmark(
     journal_dir: str | None = None,
     fsync: str = "batch",
     keep_journal: bool = False,
+    trove_dir: str | None = None,
+    targets: CompareSettings | None = None,
 ) -> RunResult:
     """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop.
 
     ``journal_dir``: journal to a fresh file there under ``fsync`` (removed afterwards unless
     ``keep_journal``); ``config.secrets``: the server authenticates with those secrets (and
-    enforces account ownership).
+    enforces account ownership). ``trove_dir``: the server's ``--trove``.
     """
     journal: Path | None = None
     if journal_dir is not None:
@@ -207,12 +220,20 @@ def run_benchmark(
         secrets=config.secrets,
         journal=journal,
         fsync=fsync,
-        extra=server_args,
+        extra=server_args if trove_dir is None else (*server_args, "--trove", trove_dir),
     )
     try:
         with running_server(args, accounts=accounts) as server:
             run_config = with_address(config, server.host, server.port)
-            return run_measure(run_config, kind="run", server_pid=server.pid, audit=True, scenario=scenario, echo=echo)
+            return run_measure(
+                run_config,
+                kind="run",
+                server_pid=server.pid,
+                audit=True,
+                scenario=scenario,
+                echo=echo,
+                targets=targets,
+            )
     finally:
         if journal is not None:
             # The lock file outlives the server (deleting it could race a starting server); this

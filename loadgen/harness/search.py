@@ -1,7 +1,9 @@
 """Search for the maximum sustainable throughput (docs/design.md's definition).
 
-A rate is *sustained* when achieved >= ``min_achieved_ratio`` (99%) of offered and p99 latency
-<= the SLO. The search brackets the boundary (doubling up from a start rate, or halving down),
+A rate is *sustained* when achieved >= ``min_achieved_ratio`` (99%) of scheduled and p99 latency
+<= the SLO (``loadgen.results.verdict``: a measured run comes with its verdict already judged by
+``judge``; a simulated one is judged by the same ``meets_targets``).
+The search brackets the boundary (doubling up from a start rate, or halving down),
 bisects it to a relative precision, then confirms: a run at 95% of the found rate must be
 sustained and a run at 105% must not be, both repeated; a confirmation that disagrees is reported,
 not hidden. ``measure`` is any callable rate -> RunOutcome, so the logic is tested on a simulated
@@ -14,6 +16,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from loadgen.results.verdict import meets_targets
+
 
 class RunOutcome(msgspec.Struct, frozen=True):
     """What one measured run at one offered rate gave."""
@@ -23,6 +27,10 @@ class RunOutcome(msgspec.Struct, frozen=True):
     p99_ms: float
     #: False when the generator fell behind its schedule: the run measured the generator too.
     generator_kept_schedule: bool = True
+    #: Transfers scheduled in the window / its length (None: taken as ``offered_tps``).
+    scheduled_tps: float | None = None
+    #: The run's verdict from ``loadgen.results.verdict.judge`` (None: judged from the figures above).
+    sustained: bool | None = None
 
 
 class Trial(msgspec.Struct, frozen=True):
@@ -70,7 +78,12 @@ def capacity_interval(trials: list[Trial], found_tps: float) -> tuple[float, flo
 
 
 def sustained(outcome: RunOutcome, slo_p99_ms: float, min_achieved_ratio: float = 0.99) -> bool:
-    return outcome.achieved_tps >= min_achieved_ratio * outcome.offered_tps and outcome.p99_ms <= slo_p99_ms
+    """The outcome's own verdict if it has one, else ``meets_targets`` on achieved / scheduled."""
+    if outcome.sustained is not None:
+        return outcome.sustained
+    scheduled = outcome.scheduled_tps if outcome.scheduled_tps is not None else outcome.offered_tps
+    ratio = min(outcome.achieved_tps / scheduled, 1.0) if scheduled > 0 else 0.0
+    return meets_targets(ratio, outcome.p99_ms, slo_p99_ms=slo_p99_ms, min_achieved_ratio=min_achieved_ratio)
 
 
 def find_max_sustainable(

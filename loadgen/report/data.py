@@ -33,7 +33,7 @@ from loadgen.results.compare import (
     peek_kind,
     verdict,
 )
-from loadgen.results.run import RunResult, loads
+from loadgen.results.run import RunResult, figures_of, loads
 
 #: The rate the question is about; the reference rate for spectra, time series and hook costs
 #: when every profile ran there.
@@ -318,7 +318,9 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
             if p == "baseline":
                 base_p99[rate] = p99s
             b = base_p99.get(rate)
-            ratios = sorted(r.ref.settled_tps / rate if r.ref else r.result.summary.achieved_ratio for r in here)
+            # From the result itself (``loadgen.results.verdict``), never above 100%: a comparison
+            # summary written before settled was defined stored replies received in the window.
+            ratios = sorted(figures_of(r.result).achieved_ratio for r in here)
             latency.append(
                 LatencyRow(
                     profile=p,

@@ -43,7 +43,7 @@ def to_markdown(data: ReportData, images: Sequence[str] = ()) -> str:
         f"# {data.title}",
         "",
         f"Machine: {data.machine}. Ledger: {data.accounts:,} accounts. "
-        f"Sustained = settled >= {data.min_achieved_ratio:.0%} of offered (shed transfers not counted) "
+        f"Sustained = settled >= {data.min_achieved_ratio:.0%} of scheduled (shed transfers not counted) "
         f"and p99 <= {data.slo_p99_ms:g} ms, latency measured from each payment's scheduled time.",
         "",
         "## Maximum sustainable throughput and cost per profile",

@@ -7,8 +7,9 @@ used. Reports read the summary and the result files; nothing is re-run.
 
 Two rules live here because compare and report must apply them identically:
 
-* ``outcome_of``: what a run says about sustainability. Transfers the server shed
-  (``overloaded``, ``hook_error``) are answered fast but not settled, so they do not count as
+* ``outcome_of``/``is_sustained``: what a run says about sustainability, by the one rule of
+  ``loadgen.results.verdict`` (``run`` and ``load`` print the same verdict). Transfers the server
+  shed (``overloaded``, ``hook_error``) are answered fast but not settled, so they do not count as
   achieved: a server that sheds half its load at low latency did not sustain the rate.
 * ``Band``/``differs``: when a difference between two profiles is called a difference.
 """
@@ -23,9 +24,9 @@ from pathlib import Path
 import msgspec
 
 from engine.profiles import CompareSettings
-from loadgen.harness.search import RunOutcome, SearchResult, sustained
+from loadgen.harness.search import RunOutcome, SearchResult
 from loadgen.results.environment import Environment
-from loadgen.results.run import ResultVersionError, RunResult, require_version
+from loadgen.results.run import ResultVersionError, RunResult, figures_of, require_version, verdict_of
 
 #: Version of the comparison summary format. History (a reader refuses every version but its own):
 #:   1 - first format: settings, plan, order per repeat, searches, runs with their roles.
@@ -33,9 +34,6 @@ COMPARE_SCHEMA_VERSION = 1
 
 #: ``kind`` of a summary file (a run's result file says ``compare`` there: one phase of a comparison).
 SUMMARY_KIND = "compare-summary"
-
-#: Result codes that mean "not settled by the engine" (shed or refused as a whole batch).
-UNSETTLED_CODES = ("overloaded", "hook_error")
 
 
 class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -146,20 +144,26 @@ def save_summary(summary: CompareSummary, path: str | os.PathLike[str]) -> Path:
 
 
 def settled_tps(result: RunResult) -> float:
-    """Achieved rate without the transfers the server shed (see the module docstring)."""
-    total = sum(result.codes.values())
-    unsettled = sum(result.codes.get(code, 0) for code in UNSETTLED_CODES)
-    share = 1.0 - unsettled / total if total else 0.0
-    return result.summary.achieved_tps * share
+    """Settled transfers (``loadgen.results.verdict``) per second of the measured window."""
+    return figures_of(result).settled / result.summary.seconds
 
 
-def outcome_of(result: RunResult) -> RunOutcome:
+def outcome_of(result: RunResult, settings: CompareSettings) -> RunOutcome:
+    """A run as the search sees it, its verdict judged by ``verdict_of`` against ``settings``."""
     s = result.summary
-    return RunOutcome(s.offered_tps, settled_tps(result), s.p99_ms, s.generator_kept_schedule)
+    f = figures_of(result)
+    return RunOutcome(
+        s.offered_tps,
+        f.settled / s.seconds,
+        s.p99_ms,
+        s.generator_kept_schedule,
+        scheduled_tps=f.scheduled / s.seconds,
+        sustained=verdict_of(result, settings).sustained,
+    )
 
 
 def is_sustained(result: RunResult, settings: CompareSettings) -> bool:
-    return sustained(outcome_of(result), settings.slo_p99_ms, settings.min_achieved_ratio)
+    return verdict_of(result, settings).sustained
 
 
 # ---- significance ----------------------------------------------------------------------------

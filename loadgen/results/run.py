@@ -17,17 +17,21 @@ from typing import Any
 
 import msgspec
 
+from engine.profiles import CompareSettings
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.histogram import REPORT_PERCENTILES, Histogram
 from loadgen.generator.measure import Measurement
 from loadgen.results.environment import Environment
+from loadgen.results.verdict import Figures, Verdict, judge
 
 #: Version of the result-file format. History (a reader refuses every version but its own;
 #: upgrades from older versions go here, one step at a time, when there are any):
 #:   1 - first format: summary, load, environment, latency/send-lag histograms (HdrHistogram V2
 #:       base64, ns), per-second series with interval histograms, codes, counts, generator,
 #:       server (CPU, stats, per-hook cost), audit, failures. Later additions with defaults, so
-#:       files without them still read: server.durability (journal policy and its cost).
+#:       files without them still read: server.durability (journal policy and its cost);
+#:       summary.settled/shed/verdict/exit_status (``loadgen.results.verdict``; achieved_tps and
+#:       achieved_ratio are settled-based from then on, and replies received in the window before).
 SCHEMA_VERSION = 1
 
 
@@ -151,6 +155,41 @@ class Server(msgspec.Struct, frozen=True):
     stats_end: dict[str, Any]  # and at its end
     hooks: dict[str, Any]  # per-hook cost as reported by the server, over the measured window
     durability: Durability = Durability("none")
+    trove: TroveOutcome | None = None
+
+
+class TroveOutcome(msgspec.Struct, frozen=True):
+    """The surveillance trove after the run's drain (profiles whose surveillance_log keeps one).
+
+    ``transfers`` reached the ledger (every one is owed a trove row); ``rows_seen`` were handed
+    to the trove, ``rows`` were durable in segments then (the writer may still hold
+    ``backlog_rows``; ``trove stats DIR`` after the server stops counts them all). ``failure``
+    says why ingest stopped (disk full), with the rows it could not persist: a stopped trove is
+    a result, not a footnote.
+    """
+
+    dir: str
+    transfers: int
+    rows: int
+    rows_seen: int
+    backlog_rows: int
+    failure: str | None = None
+    rows_not_persisted: int = 0
+
+    @classmethod
+    def of(cls, stats: dict[str, Any]) -> TroveOutcome | None:
+        t = stats.get("trove")
+        if not t:
+            return None
+        return cls(
+            dir=str(t.get("dir", "")),
+            transfers=int(stats.get("ledger", {}).get("transfers", 0)),
+            rows=int(t.get("rows", 0)),
+            rows_seen=int(t.get("rows_seen", 0)),
+            backlog_rows=int(t.get("backlog_rows", 0)),
+            failure=t.get("failure") or None,
+            rows_not_persisted=int(t.get("rows_not_persisted", 0)),
+        )
 
 
 class AuditOutcome(msgspec.Struct, frozen=True):
@@ -166,9 +205,9 @@ class Summary(msgspec.Struct, frozen=True):
     profile: str
     offered_tps: float  # the configured rate
     scheduled_tps: float  # payments actually scheduled in the measured window / its length (Poisson varies)
-    achieved_tps: float  # replies received in the measured window / its length
+    achieved_tps: float  # settled / window length (``loadgen.results.verdict``)
     goodput_tps: float  # of which OK
-    achieved_ratio: float  # achieved / scheduled
+    achieved_ratio: float  # settled / scheduled, never above 1
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -182,6 +221,11 @@ class Summary(msgspec.Struct, frozen=True):
     seconds: float
     accounts: int
     echo: bool
+    # Added after version 1's first files (absent there: ``figures_of`` recomputes them from codes).
+    settled: int | None = None  # measured transfers answered with a ledger result
+    shed: int | None = None  # measured transfers answered overloaded or hook_error
+    verdict: str | None = None  # the verdict line, "verdict: sustained" etc.
+    exit_status: int | None = None  # the exit status of run/load for that verdict
 
 
 class RunResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -220,15 +264,34 @@ def build_result(
     server_cpu_s: float | None = None,
     stats_start: dict[str, Any] | None = None,
     stats_end: dict[str, Any] | None = None,
+    stats_final: dict[str, Any] | None = None,
     hooks: dict[str, Any] | None = None,
     audit: AuditOutcome | None = None,
     echo: bool = False,
+    targets: CompareSettings | None = None,
 ) -> RunResult:
-    """Assemble a result from a merged measurement and what is known about the server."""
+    """Assemble a result from a merged measurement and what is known about the server.
+
+    ``targets`` (the scenario's ``[compare]`` settings, defaults if None) are what the verdict
+    judges against.
+    """
     latency = Percentiles.of(m.latency)
     lag = Percentiles.of(m.send_lag)
     kept = m.unsent == 0 and lag.p99_ms * 1e6 <= m.late_ns
-    achieved = m.window_completed / config.seconds
+    codes = m.code_counts()
+    figures = Figures.of_codes(
+        codes,
+        scheduled=m.scheduled_measured,
+        unanswered=m.unanswered,
+        unsent=m.unsent,
+        p99_ms=latency.p99_ms,
+        generator_kept_schedule=kept,
+        send_lag_p99_ms=lag.p99_ms,
+        failures=tuple(failures),
+        audit_ok=None if audit is None else audit.ok,
+        protocol_errors=m.protocol_errors,
+    )
+    verdict = judge(figures, targets)
     per_second = [h.percentiles((50.0, 99.0, 100.0)) if h is not None else None for h in m.per_second]
     series = Series(
         sent=m.sent.tolist(),
@@ -240,14 +303,20 @@ def build_result(
         max_send_lag_ms=(m.max_lag_ns / 1e6).tolist(),
         histograms=[h.encode() if h is not None else None for h in m.per_second],
     )
+    trove = TroveOutcome.of(stats_final or stats_end or {})
+    if trove is not None and trove.failure:
+        failures = [
+            *failures,
+            f"the trove stopped ingesting ({trove.failure}); {trove.rows_not_persisted} rows not persisted",
+        ]
     profile = str(welcome.get("profile", "unknown"))
     summary = Summary(
         profile=profile,
         offered_tps=config.rate_tps,
         scheduled_tps=m.scheduled_measured / config.seconds,
-        achieved_tps=achieved,
+        achieved_tps=figures.settled / config.seconds,
         goodput_tps=m.window_ok / config.seconds,
-        achieved_ratio=m.window_completed / max(m.scheduled_measured, 1),
+        achieved_ratio=figures.achieved_ratio,
         p50_ms=latency.p50_ms,
         p90_ms=latency.p90_ms,
         p99_ms=latency.p99_ms,
@@ -261,6 +330,10 @@ def build_result(
         seconds=config.seconds,
         accounts=int(welcome.get("accounts", 0)),
         echo=echo,
+        settled=figures.settled,
+        shed=figures.shed,
+        verdict=verdict.line,
+        exit_status=verdict.exit_status,
     )
     return RunResult(
         kind=kind,
@@ -272,7 +345,7 @@ def build_result(
         latency=latency,
         latency_histogram=EncodedHistogram.of(m.latency),
         series=series,
-        codes=m.code_counts(),
+        codes=codes,
         counts=Counts(
             scheduled=m.scheduled,
             scheduled_measured=m.scheduled_measured,
@@ -303,10 +376,33 @@ def build_result(
             stats_end=stats_end or {},
             hooks=hooks or {},
             durability=Durability.of(stats_start or {}, stats_end or {}, config.seconds),
+            trove=trove,
         ),
         audit=audit,
         failures=failures,
     )
+
+
+def figures_of(result: RunResult) -> Figures:
+    """The judged figures of a result (also of a file written before they were stored)."""
+    s, c = result.summary, result.counts
+    return Figures.of_codes(
+        result.codes,
+        scheduled=c.scheduled_measured,
+        unanswered=c.unanswered,
+        unsent=c.unsent,
+        p99_ms=result.latency.p99_ms,
+        generator_kept_schedule=result.generator.kept_schedule,
+        send_lag_p99_ms=result.generator.send_lag.p99_ms,
+        failures=tuple(result.failures),
+        audit_ok=s.audit_ok,
+        protocol_errors=c.protocol_errors,
+    )
+
+
+def verdict_of(result: RunResult, targets: CompareSettings | None = None) -> Verdict:
+    """``judge`` on a result's figures: what ``run``/``load`` printed, and what compare and report use."""
+    return judge(figures_of(result), targets)
 
 
 # ---- files -----------------------------------------------------------------------------------

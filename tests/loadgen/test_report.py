@@ -163,6 +163,10 @@ def test_a_comparison_summary_gives_searched_maxima_bands_and_verdicts(tmp_path:
     assert rows["full"].confirmed == "2/2"
     md = to_markdown(data)
     assert "1,950,000 [1,900,000-2,100,000]" in md
+    # The settled share comes from each result's own figures, never above 100%, even where the
+    # summary's ref stored the old "replies received in the window" rate (300,009/s at 300,000/s).
+    assert max(r.ref.settled_tps / r.offered_tps for r in runs if r.ref) > 1.0
+    assert data.latency and all(r.settled_ratio <= 1.0 for r in data.latency)
 
 
 def test_report_writes_markdown_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,9 +6,11 @@ The in-process server itself comes from the ``start_server`` fixture (``tests/co
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from engine.client import Client
+from engine.profiles import default_scenario_text
 from engine.server import ServerThread
 
 TEST_ACCOUNTS = 20_000
@@ -35,3 +37,13 @@ def assert_nothing_more(client: Client, wait_s: float = 0.2) -> None:
     finally:
         client.sock.settimeout(30)
     raise AssertionError(f"unexpected {len(data)} more bytes from the server")
+
+
+def scenario_with_slo(tmp_path: Path, slo_p99_ms: str) -> str:
+    """The shipped scenario with another p99 SLO: the verdict's plumbing is under test here, not
+    whether this (shared, loaded) machine meets 20 ms."""
+    text = default_scenario_text().decode()
+    assert "slo_p99_ms = 20.0" in text
+    path = tmp_path / f"slo-{slo_p99_ms}.toml"
+    path.write_text(text.replace("slo_p99_ms = 20.0", f"slo_p99_ms = {slo_p99_ms}"))
+    return str(path)

@@ -1,0 +1,58 @@
+"""``cbdc-bench compare`` gives each server of a trove profile its own trove, deleted afterwards."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from loadgen.harness.compare import run_compare
+from loadgen.results.compare import Plan
+from loadgen.results.run import load
+
+pytestmark = pytest.mark.slow
+
+SCENARIO = """
+[profiles]
+surveillance = ["surveillance_log"]
+
+[compare]
+common_rates_tps = [3_000]
+start_tps = 3_000
+min_tps = 3_000
+max_tps = 3_000
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["deleted", "kept"])
+def test_each_compare_server_gets_a_trove_deleted_unless_kept(tmp_path: Path, keep: bool) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(SCENARIO)
+    plan = Plan(
+        mode="test",
+        accounts=2_000,
+        repeats=1,
+        precision=0.5,
+        confirm_repeats=1,
+        search_warmup_s=0.2,
+        search_seconds=0.4,
+        equal_warmup_s=0.2,
+        equal_seconds=0.4,
+        drain_s=1.0,
+    )
+    out = tmp_path / "out"
+    summary, path = run_compare(
+        str(scenario),
+        plan=plan,
+        seed=5,
+        out=out,
+        console=Console(file=io.StringIO()),
+        make_report=False,
+        keep_trove=keep,
+    )
+    troves = {load(path.parent / ref.file).server.trove for ref in summary.runs}
+    dirs = {Path(t.dir) for t in troves if t is not None}
+    assert dirs and all(d.parent == out / "troves" for d in dirs) and None not in troves
+    assert all(d.is_dir() == keep for d in dirs)
