@@ -145,6 +145,7 @@ class StatsRequest(Message):
 ClientMessage = (
     Hello
     | Submit
+    | SignedSubmit
     | Freeze
     | Unfreeze
     | BlacklistAdd
@@ -160,6 +161,7 @@ CLIENT_TAGS = frozenset(
     for t in (
         Hello,
         Submit,
+        SignedSubmit,
         Freeze,
         Unfreeze,
         BlacklistAdd,
@@ -237,10 +239,9 @@ class StatsReply(Message):
     stats: dict[str, Any]
 
 
-#: What a client may send to a server that verifies signatures: ``ClientMessage`` plus
-#: ``SignedSubmit``. ``SignedSubmit`` joins ``ClientMessage`` (and ``CLIENT_TAGS``) when the server
-#: handles it; until then a server answers it UNKNOWN_MESSAGE rather than failing on it.
-SignedClientMessage = ClientMessage | SignedSubmit
+#: Kept as an alias: ``SignedSubmit`` is in ``ClientMessage`` (a server that does not verify
+#: signatures answers it UNKNOWN_MESSAGE).
+SignedClientMessage = ClientMessage
 
 ServerMessage = Welcome | Results | Error | Ack | BalanceReply | AuditReply | StatsReply | Challenge
 

@@ -35,7 +35,8 @@ Ordering
     Per connection, Results come in Submit order except for shed Submits (below), whose Results
     are sent immediately and can overtake queued ones; clients match Results by ``seq``.
     Admin requests first apply everything queued (from every connection), so they observe, and
-    take effect after, every Submit received before them.
+    take effect after, every Submit received before them, except Submits still awaiting their
+    signature verdicts (below), which apply after the admin request.
 
 Bounded everything
     * Queue: at most ``queue_limit`` transfers (a Submit counts at least 1). A Submit that does
@@ -89,6 +90,20 @@ Authentication (``secrets``)
     and read any balance but not submit; operators get NOT_PERMITTED for those, and may read
     only balances of their own accounts. Stats are open to every authenticated connection.
     Without secrets everything is as before: no authentication, no ownership.
+
+Signatures (``signatures``, ``validators``; issue 19)
+    With signatures on (``required``, ``optional``, or ``auto`` with the profiles ``signed`` and
+    ``signed-full``), a ``SignedSubmit`` passes the usual checks and admission (fair share first,
+    so one operator's flood of bad signatures cannot starve another), then its transfers go to the
+    validation tier (``--validators``: N local processes, 0 = the sequencer's own thread, or Ray);
+    the loop goes on while they are verified, and Submits enter the queue in arrival order once
+    their verdicts (and every earlier Submit's) are in. A transfer whose signature does not verify
+    is answered BAD_SIGNATURE in its place: it never reaches the ledger, does not consume its
+    transfer id (a correctly signed retry with the same id applies) and is not journalled, so the
+    journal holds verified transfers only and replay never re-verifies. If the tier cannot verify
+    (``ValidatorsUnavailable``: its workers died), the Submit is answered OVERLOADED: nothing
+    applied, safe to retry. With ``required``, an unsigned ``Submit`` gets BAD_SIGNATURE for each
+    transfer; a server with signatures off answers ``SignedSubmit`` UNKNOWN_MESSAGE.
 
 Timeouts
     A connection must complete Hello (and authentication) within ``handshake_timeout_ms``, and

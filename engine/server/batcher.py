@@ -4,6 +4,18 @@ See ``engine.server`` ("Micro-batching", "Bounded everything", "Durability"): a 
 does not fit the queue, or would take its operator past its fair share, is answered OVERLOADED
 at once; queued Submits are applied as one ``Ledger.apply`` per batch, journalled, and answered
 with one ``Results`` each, joined into one write per connection.
+
+Signatures (issue 19): with a validation tier (``ServerConfig.validators``), a SignedSubmit passes
+admission (fair share included, so one operator's flood of bad signatures cannot starve another),
+then its transfers go to the tier while the loop goes on; Submits wait in ``verifying``, in arrival
+order, until their own and every earlier Submit's verdicts are in, so the queue (and the ledger)
+sees them in the order they arrived. A transfer with a bad signature is answered BAD_SIGNATURE in
+its place in the Submit's Results: it never reaches the ledger, so it does not consume its
+transfer id and is not journalled (the journal holds verified transfers only; replay never
+re-verifies). If the tier cannot verify (``ValidatorsUnavailable``) the whole Submit is answered
+OVERLOADED: nothing applied, safe to retry. An unsigned Submit on a server that requires
+signatures is answered BAD_SIGNATURE per transfer. ``drain`` (admin requests) applies what is
+queued, not what is still being verified; ``settle`` waits for that (at shutdown).
 """
 
 from __future__ import annotations
@@ -11,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -24,9 +37,11 @@ from engine.records import TRANSFER_DTYPE
 from engine.server.config import RECORD_BYTES, ServerConfig
 from engine.server.connection import Connection
 from engine.server.stats import ServerStats
-from engine.wire import HEADER, ErrorCode, Results, Submit
+from engine.validator_api import Validators, ValidatorsUnavailable
+from engine.wire import HEADER, ErrorCode, Results, SignedSubmit, Submit, signed_records
 
 _OVERLOADED = bytes([ResultCode.OVERLOADED])
+_BAD_SIGNATURE = bytes([ResultCode.BAD_SIGNATURE])
 
 
 class QueuedSubmit(msgspec.Struct, gc=False):
@@ -38,6 +53,9 @@ class QueuedSubmit(msgspec.Struct, gc=False):
     transfers: int
     cost: int  # counted against queue_limit: its transfers, at least 1
     enqueued_ns: int  # perf_counter_ns at admission
+    #: Signature verdicts of every transfer of the Submit when some were bad (``records`` then holds
+    #: only the good ones): the reply puts the ledger's codes in the OK places.
+    verdicts: np.ndarray | None = None
 
 
 class Batcher:
@@ -72,11 +90,16 @@ class Batcher:
         self.loop: asyncio.AbstractEventLoop | None = None  # set by Server.start
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._flush_soon = False
+        #: The validation tier (None: signatures off) and whether unsigned Submits are refused.
+        self.validators: Validators | None = None
+        self.signatures_required = False
+        #: Admitted Submits awaiting verdicts, in arrival order (their own or an earlier one's).
+        self.verifying: collections.deque[tuple[QueuedSubmit, asyncio.Future[np.ndarray | None]]] = collections.deque()
 
     # ---- admission -------------------------------------------------------------------------------
 
-    def submit(self, conn: Connection, msg: Submit) -> None:
-        """Check a Submit and queue it, or answer it at once (an Error, or OVERLOADED)."""
+    def submit(self, conn: Connection, msg: Submit | SignedSubmit) -> None:
+        """Check a Submit and queue it (or send it to the validators), or answer it at once."""
         seq = msg.seq
         if not self._require_hello(conn, seq):
             return
@@ -107,6 +130,13 @@ class Batcher:
                 seq,
             )
             return
+        signatures = b""
+        if type(msg) is SignedSubmit:
+            try:
+                signatures = signed_records(msg)[1]
+            except ValueError as exc:
+                conn.error(ErrorCode.BAD_SIGNATURES, f"SignedSubmit {seq}: {exc}. Nothing applied.", seq)
+                return
         records = np.frombuffer(blob, dtype=TRANSFER_DTYPE)
         if n:
             wrong = records["operator"] != session.operator
@@ -122,6 +152,11 @@ class Batcher:
                 return
         metrics = self.metrics
         metrics.counters["submits"] += 1
+        if self.signatures_required and type(msg) is not SignedSubmit:
+            metrics.counters["unsigned_refused"] += n
+            metrics.codes[ResultCode.BAD_SIGNATURE] += n
+            conn.send(Results(seq, _BAD_SIGNATURE * n, time.time_ns()))
+            return
         cost = n or 1
         # The share is the operator's, summed over all its connections (ServerStats.operator_queued).
         over_share = metrics.operator_queued[session.operator] + cost > self.fair_share()
@@ -130,9 +165,84 @@ class Batcher:
             metrics.shed(n, over_share)
             conn.send(Results(seq, _OVERLOADED * n, time.time_ns()))
             return
-        self.queue.append(QueuedSubmit(conn, seq, blob, n, cost, time.perf_counter_ns()))
+        entry = QueuedSubmit(conn, seq, blob, n, cost, time.perf_counter_ns())
         metrics.enqueued(conn.load, n, cost)
-        self._schedule_flush()
+        if type(msg) is SignedSubmit and self.validators is not None and n:
+            self._verify(entry, self.validators.verify(blob, signatures))
+        elif self.verifying:  # behind a Submit being verified: keep the arrival order
+            self._verify(entry, None)
+        else:
+            self.queue.append(entry)
+            self._schedule_flush()
+
+    # ---- signatures ------------------------------------------------------------------------------
+
+    def _verify(self, entry: QueuedSubmit, verdicts: Coroutine[Any, Any, np.ndarray] | None) -> None:
+        """Wait for ``entry``'s verdicts (None: an unsigned Submit, nothing to verify) off the loop."""
+        loop = self.loop
+        assert loop is not None
+        future: asyncio.Future[np.ndarray | None]
+        if verdicts is None:
+            future = loop.create_future()
+            future.set_result(None)
+        else:
+            future = loop.create_task(verdicts)
+        self.verifying.append((entry, future))
+        future.add_done_callback(self._verified)
+
+    def _verified(self, _: object = None) -> None:
+        """Move the Submits whose verdicts are in, from the head of ``verifying``, to the queue."""
+        verifying = self.verifying
+        moved = False
+        while verifying and verifying[0][1].done():
+            entry, future = verifying.popleft()
+            if future.cancelled():
+                continue
+            exc = future.exception()
+            if isinstance(exc, ValidatorsUnavailable):
+                self.metrics.counters["validators_unavailable_submits"] += 1
+                self._answer_now(entry, _OVERLOADED * entry.transfers, ResultCode.OVERLOADED)
+                continue
+            if exc is not None:
+                self._on_fatal(ErrorCode.ENGINE_FAILED, f"the validators failed ({type(exc).__name__}: {exc})")
+                return
+            verdicts = future.result()
+            if verdicts is not None:
+                bad = verdicts != ResultCode.OK
+                n_bad = int(np.count_nonzero(bad))
+                if n_bad:
+                    self.metrics.counters["bad_signatures"] += n_bad
+                    if n_bad == entry.transfers:
+                        self._answer_now(entry, verdicts.tobytes(), ResultCode.BAD_SIGNATURE)
+                        continue
+                    good = np.frombuffer(entry.records, dtype=TRANSFER_DTYPE)[~bad]
+                    self.metrics.dequeued(entry.conn.load, entry.transfers, entry.cost)
+                    self.metrics.codes[ResultCode.BAD_SIGNATURE] += n_bad
+                    entry.records = good.tobytes()
+                    entry.transfers = entry.cost = len(good)
+                    entry.verdicts = verdicts
+                    self.metrics.enqueued(entry.conn.load, entry.transfers, entry.cost)
+            self.queue.append(entry)
+            moved = True
+        if moved:
+            self._schedule_flush()
+
+    def _answer_now(self, entry: QueuedSubmit, codes: bytes, code: ResultCode) -> None:
+        """Answer a verified (or unverifiable) Submit that has nothing for the ledger."""
+        conn = entry.conn
+        self.metrics.dequeued(conn.load, entry.transfers, entry.cost)
+        self.metrics.codes[code] += entry.transfers
+        if conn.closing:
+            return
+        conn.send(Results(entry.seq, codes, time.time_ns()))
+        if conn.close_when_idle and conn.load.pending == 0:
+            conn.close()
+
+    async def settle(self) -> None:
+        """Wait until every Submit being verified is in the queue (or answered)."""
+        while self.verifying:
+            await asyncio.wait([f for _, f in self.verifying])
+            self._verified()
 
     def fair_share(self) -> int:
         """Most transfers one operator (all its connections) may have queued: an equal share of the
@@ -176,7 +286,10 @@ class Batcher:
 
     def clear(self) -> None:
         """Drop everything queued, unanswered (a fatal fault)."""
-        loads = [e.conn.load for e in self.queue]
+        loads = [e.conn.load for e in self.queue] + [e.conn.load for e, _ in self.verifying]
+        for _, future in self.verifying:
+            future.cancel()
+        self.verifying.clear()
         self.queue.clear()
         self.metrics.queue_cleared(loads)
 
@@ -228,7 +341,13 @@ class Batcher:
             if conn.closing:
                 off += k
                 continue
-            body = encode(Results(entry.seq, blob[off : off + k], commit_ns))
+            if entry.verdicts is None:
+                part = blob[off : off + k]
+            else:
+                full = entry.verdicts.copy()
+                full[full == ResultCode.OK] = codes[off : off + k]
+                part = full.tobytes()
+            body = encode(Results(entry.seq, part, commit_ns))
             off += k
             frames = out.get(conn)
             if frames is None:

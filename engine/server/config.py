@@ -13,6 +13,7 @@ from engine.codes import PRECEDENCE_ID
 from engine.journal import REPAIR_MODES, FsyncPolicy, JournalHeader
 from engine.population import DEFAULT_SEED
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
+from engine.validators import parse_validators
 from engine.wire import DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_PORT = 7480
@@ -20,6 +21,10 @@ SERVER_NAME = "cbdc-bench"
 #: Bytes of msgpack around the transfers blob in a Submit frame (tag, seq, bin header), upper bound.
 SUBMIT_OVERHEAD_BYTES = 32
 RECORD_BYTES = TRANSFER_DTYPE.itemsize
+#: Profiles that imply ``signatures = "required"`` under ``signatures = "auto"``: a profile is a list
+#: of hooks and cannot say it itself (engine/scenarios/default.toml).
+SIGNED_PROFILES = frozenset({"signed", "signed-full"})
+SIGNATURE_MODES = ("auto", "off", "optional", "required")
 
 
 def _help(description: str, *, metavar: str | None = None) -> msgspec.Meta:
@@ -126,6 +131,23 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         int, _help("close connections that do not complete Hello/authentication in time")
     ] = 10_000
     frame_timeout_ms: Annotated[int, _help("close connections that leave a frame incomplete this long")] = 10_000
+    signatures: Annotated[
+        str,
+        _help(
+            "signed payments (SignedSubmit): required (an unsigned Submit gets BAD_SIGNATURE per transfer), "
+            "optional (both accepted), off, or auto (default: required for the profiles signed and signed-full, "
+            "off otherwise)",
+            metavar="MODE",
+        ),
+    ] = "auto"
+    validators: Annotated[
+        str,
+        _help(
+            "signature verification: N local validator processes (0 = on the sequencer's own thread), "
+            "ray:auto or ray:ADDRESS (default {default})",
+            metavar="SPEC",
+        ),
+    ] = "0"
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch <= MAX_BATCH:
@@ -159,6 +181,16 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             )
         if self.handshake_timeout_ms <= 0 or self.frame_timeout_ms <= 0:
             raise ValueError("handshake_timeout_ms and frame_timeout_ms must be > 0")
+        if self.signatures not in SIGNATURE_MODES:
+            raise ValueError(f"signatures must be one of {', '.join(SIGNATURE_MODES)}, got {self.signatures!r}")
+        parse_validators(self.validators)
+
+    @property
+    def signature_mode(self) -> str:
+        """``signatures`` with ``auto`` resolved by the profile: required, optional or off."""
+        if self.signatures == "auto":
+            return "required" if self.profile in SIGNED_PROFILES else "off"
+        return self.signatures
 
     @property
     def flush_wait_s(self) -> float:

@@ -27,12 +27,16 @@ from engine.server.connection import Connection
 from engine.server.recovery import journal_exists, open_journal, set_aside_outputs
 from engine.server.session import Handshake
 from engine.server.stats import ServerStats
+from engine.signing import ensure_registry
+from engine.validator_api import Validators
+from engine.validators import make_validators
 from engine.wire import (
     CLIENT_TAGS,
     Authenticate,
     ClientMessage,
     ErrorCode,
     Hello,
+    SignedSubmit,
     StatsReply,
     StatsRequest,
     Submit,
@@ -120,6 +124,11 @@ class Server:
             self.journal, self._journal_lock, self.recovery = opened.journal, opened.lock, opened.recovery
             self.recovery_s, self._journal_notes = opened.seconds, opened.notes
             self.batcher.journal = self.admin.journal = self.journal
+        self.validators: Validators | None = None
+        if config.signature_mode != "off":
+            registry = ensure_registry(config.seed, config.accounts)
+            self.validators = self.batcher.validators = make_validators(config.validators, registry)
+            self.batcher.signatures_required = config.signature_mode == "required"
 
     @property
     def counters(self) -> collections.Counter[str]:
@@ -190,6 +199,8 @@ class Server:
     async def start(self) -> tuple[str, int]:
         """Listen; returns the bound (host, port) (port 0 picks a free one)."""
         self._loop = self.batcher.loop = asyncio.get_running_loop()
+        if self.validators is not None:
+            await self.validators.start()
         self.failed = self._loop.create_future()
         self._server = await self._loop.create_server(
             lambda: Connection(self), self.config.host, self.config.port, reuse_address=True
@@ -243,8 +254,11 @@ class Server:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
+        await self.batcher.settle()
         self.batcher.cancel()
         self.drain()
+        if self.validators is not None:
+            await self.validators.close()
         for conn in list(self._connections):
             conn.error(ErrorCode.SHUTTING_DOWN, "the server is shutting down; reconnect to a running server")
             conn.close()
@@ -333,6 +347,17 @@ class Server:
         if type(msg) is Submit:
             self.batcher.submit(conn, msg)
             return
+        if type(msg) is SignedSubmit:
+            if self.validators is None:
+                conn.error(
+                    ErrorCode.UNKNOWN_MESSAGE,
+                    f"SignedSubmit {msg.seq}: this server does not verify signatures (serve --signatures "
+                    "required|optional); send Submit. Nothing applied.",
+                    msg.seq,
+                )
+            else:
+                self.batcher.submit(conn, msg)
+            return
         match msg:
             case Hello():
                 self.handshake.hello(conn, msg)
@@ -414,9 +439,10 @@ class Server:
         batches per power-of-two size bucket; ``engine_s``: time inside ``apply``;
         ``oldest_enqueue_to_commit_us_*``: per batch, from its oldest Submit's arrival to commit;
         ``hooks``: per hook, cumulative ns by phase and ``ns_per_transfer`` over ``ledger.transfers``
-        (difference two snapshots to exclude a warm-up).
+        (difference two snapshots to exclude a warm-up); ``validators``: the signature tier's
+        counters (``ValidatorStats``), with signatures on.
         """
-        return self.metrics.report(
+        report = self.metrics.report(
             self.config,
             connections=len(self._connections),
             write_buffered=[k.transport.get_write_buffer_size() for k in self._connections if k.transport is not None],
@@ -429,3 +455,6 @@ class Server:
             recovery_s=self.recovery_s,
             ledger=self.ledger,
         )
+        if self.validators is not None:
+            report["validators"] = msgspec.to_builtins(self.validators.stats())
+        return report

@@ -63,6 +63,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
     add_host(p, what="address for the server to listen on")
     add_journal(p)
+    p.add_argument(
+        "--validators",
+        metavar="SPEC",
+        help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
+        "ray:auto or ray:ADDRESS (signed profiles; default the server's: 0)",
+    )
     add_trove(p, keep=False)
     add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
     p.set_defaults(func=_main)
@@ -79,6 +85,7 @@ def _main(args: argparse.Namespace) -> int:
         journal_dir=args.journal,
         fsync=args.fsync,
         keep_journal=args.keep_journal,
+        validators=args.validators,
         trove_dir=_trove_dir(args),
         targets=load_scenario(args.scenario).compare,
     )

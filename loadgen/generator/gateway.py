@@ -39,12 +39,17 @@ from engine.auth import ROLE_OPERATOR, Secrets, load_secrets
 from engine.client_session import ClientHandshake, HandshakeRefused, MissingSecret
 from loadgen.generator.measure import Measurement
 from loadgen.generator.schedule import Arrival, gateway_schedule
+from loadgen.generator.signed_pool import SignedPool, SignedPoolParams, signed_pool
 from loadgen.generator.workload import DEFAULT_SEED, Workload, WorkloadConfig, confine_payers
 
 #: Stop writing to a connection whose unsent bytes exceed this (the server is not reading): the
 #: due transfers stay due, get sent late and show up as generator lag and latency.
 WRITE_BUFFER_LIMIT = 64 << 20
 CONNECT_TIMEOUT_S = 10.0
+
+
+#: Transfers per batch of a gateway's signed pool (its cache granularity, not the Submit size).
+SIGNED_POOL_BATCH = 1024
 
 
 class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -66,6 +71,9 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Where the operators' (and the admin's) secrets are, for a server with authentication on:
     #: a secrets TOML path or "env" (engine.auth.load_secrets); "" = authentication off.
     secrets: str = ""
+    #: Send SignedSubmit, from a signed pool covering the whole schedule (signed ahead of it, cached
+    #: on disk): for a server that requires signatures (profiles signed, signed-full).
+    signed: bool = False
 
     def __post_init__(self) -> None:
         if self.rate_tps <= 0 or self.seconds <= 0:
@@ -249,6 +257,7 @@ class Gateway:
         self.replies: dict[int, asyncio.Future[Any]] = {}
         self.batch_max = config.batch_max
         self._pools: tuple[np.ndarray, np.ndarray] | None = None
+        self._signed: SignedPool | None = None
         self._sim_start_ns = 0
         self._sim_speed = 0.0
 
@@ -285,6 +294,9 @@ class Gateway:
         ``payer_range``: the accounts this operator may debit, when the server enforces ownership.
         """
         c = self.config
+        if c.signed:
+            self._prepare_signed(accounts, payer_range)
+            return
         workload = Workload(WorkloadConfig(accounts=accounts, seed=c.seed), stream=1 + self.operator)
         # In chunks: the workload re-sends recent ids (duplicates) only from its second batch on.
         chunk = 1024
@@ -311,6 +323,22 @@ class Gateway:
         # ns_per_payment per payment at the offered rate.
         self._sim_speed = c.rate_tps * workload.ns_per_payment / 1e9
 
+    def _prepare_signed(self, accounts: int, payer_range: tuple[int, int] | None) -> None:
+        """Sign every transfer of the schedule ahead of it (signatures cover ids and timestamps, so a
+        signed pool is never replayed); the workload's own timestamps stand."""
+        n = max(len(self.schedule), 1)
+        params = SignedPoolParams(
+            workload=WorkloadConfig(accounts=accounts, seed=self.config.seed),
+            batches=-(-n // SIGNED_POOL_BATCH),
+            batch_size=SIGNED_POOL_BATCH,
+            operator=self.operator,
+            first_id=self.id_base,
+            payer_range=payer_range,
+            stream=1 + self.operator,
+        )
+        self._signed = signed_pool(params)
+        self._pools = (self._signed.records, self._signed.records)
+
     # ---- hot path ----------------------------------------------------------------------------
 
     def send_due(self, now_ns: int) -> None:
@@ -325,19 +353,32 @@ class Gateway:
             if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 return
             a = self.pos
+            if self._signed is not None:
+                b = min(end, a + self.batch_max)
+                frame = self.codec.frame(
+                    wire.SignedSubmit(
+                        seq=self.seq,
+                        transfers=self._signed.records[a:b].tobytes(),
+                        signatures=self._signed.signatures[a:b].tobytes(),
+                    )
+                )
+                self._sent(transport, frame, a, b)
+                continue
             passes, offset = divmod(a, pool_n)
             b = min(end, a + self.batch_max, a + pool_n - offset)
             records = self._pools[passes & 1][offset : offset + (b - a)].copy()
             if passes:
                 records["transfer_id"] += passes * pool_n
-            scheduled = self.schedule[a:b]
-            records["timestamp_ns"] = self._sim_start_ns + (scheduled * self._sim_speed).astype(np.int64)
-            seq = self.seq
-            self.seq += 1
-            self.pending[seq] = (a, b)
-            transport.write(self.codec.frame(wire.Submit(seq=seq, transfers=records.tobytes())))
-            self.pos = b
-            self.m.on_sent(scheduled, time.monotonic_ns() - self.start_ns)
+            records["timestamp_ns"] = self._sim_start_ns + (self.schedule[a:b] * self._sim_speed).astype(np.int64)
+            self._sent(transport, self.codec.frame(wire.Submit(seq=self.seq, transfers=records.tobytes())), a, b)
+
+    def _sent(self, transport: asyncio.Transport, frame: bytes, a: int, b: int) -> None:
+        """Write one Submit frame (numbered ``self.seq``) carrying schedule positions [a, b)."""
+        self.pending[self.seq] = (a, b)
+        self.seq += 1
+        transport.write(frame)
+        self.pos = b
+        self.m.on_sent(self.schedule[a:b], time.monotonic_ns() - self.start_ns)
 
     def on_message(self, msg: Any, now_ns: int) -> None:
         match msg:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.profiles import CompareSettings, load_scenario, trove_needed
+from engine.server.config import SIGNED_PROFILES
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
 from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.admin import AdminClient
@@ -333,7 +334,8 @@ def run_compare(
     console = console or Console(soft_wrap=True)
     scen = load_scenario(scenario)
     settings = scen.compare
-    names = list(profiles) if profiles else list(scen.profiles)
+    # Signed profiles only when named: their gateways sign every payment of the run ahead of it.
+    names = list(profiles) if profiles else [p for p in scen.profiles if p not in SIGNED_PROFILES]
     unknown = [p for p in names if p not in scen.profiles]
     if unknown:
         raise ValueError(f"unknown profile(s) {', '.join(unknown)}; choose from: {', '.join(scen.profiles)}")

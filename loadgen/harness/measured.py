@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from engine.profiles import CompareSettings
+from engine.server.config import SIGNED_PROFILES
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.server import running_server, server_arguments
@@ -195,10 +196,14 @@ def run_benchmark(
     journal_dir: str | None = None,
     fsync: str = "batch",
     keep_journal: bool = False,
+    validators: str | None = None,
     trove_dir: str | None = None,
     targets: CompareSettings | None = None,
 ) -> RunResult:
     """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop.
+
+    A signed profile (``SIGNED_PROFILES``) makes the gateways send signed Submits; ``validators``
+    is the server's ``--validators`` (default: the server's).
 
     ``journal_dir``: journal to a fresh file there under ``fsync`` (removed afterwards unless
     ``keep_journal``); ``config.secrets``: the server authenticates with those secrets (and
@@ -209,6 +214,10 @@ def run_benchmark(
         Path(journal_dir).mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S")
         journal = Path(journal_dir) / f"journal-{stamp}-{os.getpid()}-{profile}.cbj"
+    if profile in SIGNED_PROFILES:
+        config = msgspec.structs.replace(config, signed=True)
+    if validators is not None:
+        server_args = (*server_args, "--validators", validators)
     args = server_arguments(
         profile=profile,
         accounts=accounts,

@@ -199,4 +199,5 @@ def test_profile_matches_reference(profile, seed, rng, request) -> None:
         "limits",
         "surveillance",
         "privacy",
+        "signed",  # baseline's hooks (none), with signatures required by the server
     )

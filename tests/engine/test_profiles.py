@@ -11,7 +11,17 @@ from engine.ledger import Ledger
 from engine.profiles import build_hooks, default_scenario_text, load_scenario, profile_names
 from loadgen.cli.main import main
 
-SHIPPED = ("baseline", "limits", "compliance", "enforcement", "surveillance", "full", "privacy")
+SHIPPED = (
+    "baseline",
+    "limits",
+    "compliance",
+    "enforcement",
+    "surveillance",
+    "full",
+    "privacy",
+    "signed",
+    "signed-full",
+)
 
 
 def test_shipped_scenario_defines_the_profiles_and_builds_every_one() -> None:
