@@ -24,6 +24,7 @@ BAD_SIGNATURE       (signed operation) the payer wallet's Ed25519 signature over
                     validators before anything else (see below)
 UNKNOWN_OPERATOR    the operator number is outside the ledger's configured operators
 INVALID_ID          transfer_id is negative
+ID_OUT_OF_RANGE     transfer_id is above MAX_TRANSFER_ID (2**62 - 1, engine.records); see below
 STALE_ID            transfer_id is older than the operator's idempotency window, so it cannot
                     be proven new; rejected rather than risk a double payment
 DUPLICATE           (operator, transfer_id) was already processed; no money moves
@@ -48,6 +49,13 @@ the same id is applied, not answered DUPLICATE), is not journalled (the journal 
 transfers only, and replay never re-verifies), and so never takes part in idempotency or the
 sequential batch. Because it is never journalled, placing it first changes nothing in the
 precedence of the codes a journal holds.
+
+ID_OUT_OF_RANGE (appended for issue 13, value 19) sits right after INVALID_ID: both are checks of
+the id alone. Before it, an id of 2**63 - 1 was accepted and raised the operator's window to the
+top of int64, so every later id was STALE_ID (the operator was blocked for good) and
+``Welcome.next_transfer_id`` overflowed. Valid ids are 0..MAX_TRANSFER_ID; an id out of range is not
+consumed and moves no window. Existing codes kept their order, but a journal holding an id above
+the range would replay with another code, so the precedence id moved to ``codes-2``.
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ class ResultCode(enum.IntEnum):
     HOOK_ERROR = 16
     OVERLOADED = 17
     BAD_SIGNATURE = 18
+    ID_OUT_OF_RANGE = 19
 
 
 #: Codes in precedence order, highest first (OK last: it only stands when nothing failed).
@@ -84,6 +93,7 @@ PRECEDENCE: tuple[ResultCode, ...] = (
     ResultCode.BAD_SIGNATURE,
     ResultCode.UNKNOWN_OPERATOR,
     ResultCode.INVALID_ID,
+    ResultCode.ID_OUT_OF_RANGE,
     ResultCode.STALE_ID,
     ResultCode.DUPLICATE,
     ResultCode.INVALID_AMOUNT,
@@ -110,7 +120,7 @@ LEDGER_CHECKS: frozenset[ResultCode] = frozenset(PRECEDENCE[: PRECEDENCE.index(R
 #: a journal under another precedence would give other codes, so changing the order (not
 #: appending a code at its documented place without changing any earlier outcome) changes this
 #: id and is a journal format change.
-PRECEDENCE_ID = "codes-1"
+PRECEDENCE_ID = "codes-2"
 
 CODE_DTYPE = np.dtype(np.uint8)
 

@@ -6,6 +6,12 @@ whether ``id`` was consumed, valid for ids in ``(high - window, high]``. An id a
 ``high - window`` cannot be proven new and gets STALE_ID. Memory: ``window`` bytes per operator
 that has submitted at least once (1 MiB at the default window of 2**20 ids), never growing.
 
+The total is bounded too (issue 13: 1 MiB for each of up to 65,536 operators was 64 GiB): the
+window is ``min(requested, total_window_bytes // operators)`` ids, so all operators' rings
+together never exceed ``total_window_bytes`` (256 MiB by default). Up to 256 operators keep the
+full 2**20 ids; 65,536 operators get 4,096 each. The window depends only on the number of
+operators, which the journal header records, so replay judges ids by the same window.
+
 An id is consumed by the first transfer that carries it past the id checks, whatever that
 transfer's final result: a retry of a transfer that failed for insufficient funds is a
 DUPLICATE, so a client can never apply one intent twice by retrying it.
@@ -20,6 +26,8 @@ import numpy as np
 from engine.codes import CODE_DTYPE, ResultCode
 
 DEFAULT_WINDOW = 1 << 20
+#: Most bytes all operators' rings may hold together (one byte per id of the window).
+DEFAULT_TOTAL_WINDOW_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +40,15 @@ class _Consumed:
 class IdWindow:
     """Sliding-window duplicate detection for up to ``operators`` operators."""
 
-    def __init__(self, operators: int, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self, operators: int, window: int = DEFAULT_WINDOW, total_window_bytes: int = DEFAULT_TOTAL_WINDOW_BYTES
+    ) -> None:
         if window < 1:
             raise ValueError(f"id window must be >= 1, got {window}")
-        self.window = window
+        if total_window_bytes < operators:
+            raise ValueError(f"total_window_bytes ({total_window_bytes}) must allow one id per operator ({operators})")
+        self.window = min(window, total_window_bytes // max(operators, 1))
+        self.total_window_bytes = total_window_bytes
         self.high = np.full(operators, -1, dtype=np.int64)
         self._seen: dict[int, np.ndarray] = {}
 

@@ -33,7 +33,7 @@ from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE, ResultCode, merge, rank_table
 from engine.hooks.base import Hook, SequentialLimits, Transfers
 from engine.idempotency import DEFAULT_WINDOW, IdWindow
-from engine.records import MAX_BATCH, MAX_SUPPLY_FEN, MAX_TRANSFER_FEN, TRANSFER_DTYPE
+from engine.records import MAX_BATCH, MAX_SUPPLY_FEN, MAX_TRANSFER_FEN, MAX_TRANSFER_ID, TRANSFER_DTYPE
 
 # Re-exported: the flag bits, wallet classes and the limits interface were defined here first.
 __all__ = [
@@ -236,8 +236,10 @@ class Ledger:
         codes[(amount <= 0) | (amount > MAX_TRANSFER_FEN)] = ResultCode.INVALID_AMOUNT
         bad_operator = operator >= self.operators
         bad_id = transfer_id < 0
-        id_codes, consumed = self.ids.check(operator, transfer_id, ~(bad_operator | bad_id))
+        out_of_range = transfer_id > MAX_TRANSFER_ID
+        id_codes, consumed = self.ids.check(operator, transfer_id, ~(bad_operator | bad_id | out_of_range))
         np.copyto(codes, id_codes, where=id_codes != 0)
+        codes[out_of_range] = ResultCode.ID_OUT_OF_RANGE
         codes[bad_id] = ResultCode.INVALID_ID
         codes[bad_operator] = ResultCode.UNKNOWN_OPERATOR
 

@@ -30,6 +30,10 @@ SIGNATURE_BYTES = 64
 #: Largest single transfer: one trillion yuan. With total supply capped at MAX_SUPPLY_FEN this
 #: keeps every intermediate balance far from int64 overflow.
 MAX_TRANSFER_FEN = 10**14
+#: Largest valid transfer id: ids are 0..2**62-1 (issue 13). The headroom below int64's maximum
+#: keeps ``id + 1`` (Welcome.next_transfer_id) and ``id + window`` (the idempotency window) from
+#: overflowing; an id above it gets ID_OUT_OF_RANGE and is not consumed.
+MAX_TRANSFER_ID = (1 << 62) - 1
 #: Cap on the money in a ledger (about 4.6e16 yuan); balance + amount can then never overflow int64.
 MAX_SUPPLY_FEN = 2**62
 #: Largest batch the ledger applies: with MAX_SUPPLY_FEN, a balance plus every credit of a batch

@@ -19,8 +19,8 @@ import numpy as np
 from engine.clock import CLOCK_START_NS
 from engine.codes import LEDGER_CHECKS, PRECEDENCE, ResultCode
 from engine.hooks.wallet_limits import FEN_PER_YUAN, NO_CAP_FEN, WalletLimitsConfig
-from engine.idempotency import DEFAULT_WINDOW
-from engine.records import MAX_TRANSFER_FEN
+from engine.idempotency import DEFAULT_TOTAL_WINDOW_BYTES, DEFAULT_WINDOW
+from engine.records import MAX_TRANSFER_FEN, MAX_TRANSFER_ID
 from engine.simtime import NS_PER_DAY, cst_day
 
 Tx = dict[str, Any]
@@ -62,7 +62,7 @@ class ReferenceLedger:
         self.balance = [int(b) for b in balances]
         self.wallet_class = [int(c) for c in wallet_classes]
         self.operators = operators
-        self.window = id_window
+        self.window = min(id_window, DEFAULT_TOTAL_WINDOW_BYTES // max(operators, 1))  # as engine.idempotency
         self.high: dict[int, int] = {}
         self.seen: dict[int, set[int]] = {}
         self.limits = wallet_limits
@@ -116,6 +116,8 @@ class ReferenceLedger:
             return ResultCode.UNKNOWN_OPERATOR
         if tid < 0:
             return ResultCode.INVALID_ID
+        if tid > MAX_TRANSFER_ID:
+            return ResultCode.ID_OUT_OF_RANGE
         high = self.high.get(op, -1)
         if tid <= high - self.window:
             return ResultCode.STALE_ID

@@ -60,6 +60,7 @@ class ErrorCode(enum.StrEnum):
     JOURNAL_FAILED = "journal_failed"  # the journal could not be written: nothing more is acknowledged
     ENGINE_FAILED = "engine_failed"  # an unexpected fault inside the engine: nothing more is acknowledged
     BAD_SIGNATURES = "bad_signatures"  # SignedSubmit: signatures blob not 64 bytes per transfer, or unknown scheme
+    PARTIAL_FRAMES_FULL = "partial_frames_full"  # incomplete frames of all connections at the server's bound; closed
 
 
 class Message(msgspec.Struct, array_like=True, tag=True, gc=False):

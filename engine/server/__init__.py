@@ -41,9 +41,10 @@ Ordering
 Bounded everything
     * Queue: at most ``queue_limit`` transfers (a Submit counts at least 1). A Submit that does
       not fit is answered at once with OVERLOADED for each of its transfers; it never reaches the
-      ledger, and the queue (hence memory and queueing delay) stays bounded. No connection may
-      hold more than its fair share of the queue (``queue_limit`` / connected operators, at least
-      ``max_batch``), so one operator flooding the server cannot get the others' payments shed.
+      ledger, and the queue (hence memory and queueing delay) stays bounded. No operator (all its
+      connections together) may hold more than its fair share of the queue (``queue_limit`` /
+      connected operators, at least ``max_batch``), so one operator flooding the server, from
+      however many connections, cannot get the others' payments shed.
     * Frames: a header above ``max_frame_bytes`` gets FRAME_TOO_LARGE and the connection is
       closed (the stream cannot be trusted after it); the read buffer is bounded by the limit.
     * Write buffers: the transport's high-water mark is ``write_buffer_bytes``. Above it the

@@ -1,7 +1,7 @@
 """Admission and group commit: Submits are checked, queued and applied as engine batches.
 
 See ``engine.server`` ("Micro-batching", "Bounded everything", "Durability"): a Submit that
-does not fit the queue, or would take a connection past its fair share, is answered OVERLOADED
+does not fit the queue, or would take its operator past its fair share, is answered OVERLOADED
 at once; queued Submits are applied as one ``Ledger.apply`` per batch, journalled, and answered
 with one ``Results`` each, joined into one write per connection.
 
@@ -158,7 +158,8 @@ class Batcher:
             conn.send(Results(seq, _BAD_SIGNATURE * n, time.time_ns()))
             return
         cost = n or 1
-        over_share = conn.load.queued + cost > self.fair_share()
+        # The share is the operator's, summed over all its connections (ServerStats.operator_queued).
+        over_share = metrics.operator_queued[session.operator] + cost > self.fair_share()
         if over_share or metrics.queued + cost > self.config.queue_limit:
             # Shed at the edge: answer at once, never touching the ledger or growing the queue.
             metrics.shed(n, over_share)
@@ -244,7 +245,8 @@ class Batcher:
             self._verified()
 
     def fair_share(self) -> int:
-        """Most transfers one connection may have queued: an equal share, at least a full batch."""
+        """Most transfers one operator (all its connections) may have queued: an equal share of the
+        queue among the operators connected, at least a full batch."""
         return max(self.config.queue_limit // max(self.metrics.submitters, 1), self.config.max_batch)
 
     # ---- batching --------------------------------------------------------------------------------

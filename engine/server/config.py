@@ -59,6 +59,24 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         2_000
     )
     max_connections: Annotated[int, _help("most client connections at once")] = 256
+    #: Issue 13: 256 idle or half-handshaken connections refused 34 of 40 legitimate operators.
+    max_unauthenticated: Annotated[
+        int,
+        _help(
+            "most connections at once that have not completed Hello (and authentication), within "
+            "max_connections; at the limit "
+            "a new connection closes the oldest unauthenticated one, so idle clients cannot keep operators "
+            "out. Counted per server, not per address (load generators all connect from 127.0.0.1)"
+        ),
+    ] = 64
+    #: Issue 13: 250 connections each sending a half frame held 1.1 GiB.
+    max_partial_frame_bytes: Annotated[
+        int,
+        _help(
+            "most bytes that incomplete frames may hold across all connections; a connection whose "
+            "partial frame would take the total above it gets PARTIAL_FRAMES_FULL and is closed"
+        ),
+    ] = 128 << 20
     echo: Annotated[bool, _help("calibration mode: acknowledge every transfer OK, no ledger")] = False
     journal: Annotated[
         str,
@@ -154,6 +172,13 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"repair must be 'truncate' (with --journal) or empty, got {self.repair!r}")
         if self.journal and self.echo:
             raise ValueError("--journal needs a ledger; --echo runs without one")
+        if self.max_unauthenticated < 1:
+            raise ValueError(f"max_unauthenticated must be >= 1, got {self.max_unauthenticated}")
+        if self.max_partial_frame_bytes < self.max_frame_bytes:
+            raise ValueError(
+                f"max_partial_frame_bytes ({self.max_partial_frame_bytes}) must hold at least one frame "
+                f"of max_frame_bytes ({self.max_frame_bytes})"
+            )
         if self.handshake_timeout_ms <= 0 or self.frame_timeout_ms <= 0:
             raise ValueError("handshake_timeout_ms and frame_timeout_ms must be > 0")
         if self.signatures not in SIGNATURE_MODES:

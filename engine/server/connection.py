@@ -82,9 +82,11 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         handle = self.owner.handle
+        before = self.reader.buffered
         try:
             frames = self.reader.feed(data)
         except FrameTooLarge as exc:
+            self.metrics.partial_frame_bytes -= before
             self.reader = FrameReader(self.config.max_frame_bytes)  # drop the rest: closing
             for body in exc.frames:
                 handle(self, body)
@@ -97,6 +99,10 @@ class Connection(asyncio.Protocol):
             )
             self.close()
             return
+        self.metrics.partial_frame_bytes += self.reader.buffered - before
+        if self.metrics.partial_frame_bytes > self.config.max_partial_frame_bytes:
+            self._partial_frames_full(frames)
+            return
         if not self.reader.buffered:
             self.partial_since = 0.0
         elif frames or not self.partial_since:
@@ -105,6 +111,23 @@ class Connection(asyncio.Protocol):
             handle(self, body)
             if self.closing:
                 return
+
+    def _partial_frames_full(self, frames: list[bytes]) -> None:
+        """The incomplete frames of all connections hold more than the server's bound: the
+        complete frames before this one's partial frame are handled and answered, then it is
+        closed (the total, not only each connection, is bounded; issue 13)."""
+        for body in frames:
+            self.owner.handle(self, body)
+        if self.load.pending:
+            self.owner.drain()
+        self.drop_partial_frame()
+        self.error(
+            ErrorCode.PARTIAL_FRAMES_FULL,
+            f"incomplete frames of all connections would hold more than {self.config.max_partial_frame_bytes} "
+            "bytes (--max-partial-frame-bytes); send each frame whole and promptly. Nothing of it applied. "
+            "Connection closed.",
+        )
+        self.close()
 
     def eof_received(self) -> bool:
         # Keep the write side open until this client's queued Submits are answered.
@@ -116,6 +139,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.reader.buffered:  # the client went away in the middle of a frame: nothing of it applied
             self.metrics.counters["partial_frames_dropped"] += 1
+            self.metrics.partial_frame_bytes -= self.reader.buffered
+            self.reader = FrameReader(self.config.max_frame_bytes)
         self.closing = True
         self._cancel_slow_timer()
         self.owner.connection_lost(self)
@@ -185,6 +210,7 @@ class Connection(asyncio.Protocol):
     def drop_partial_frame(self) -> None:
         """Forget what arrived of an incomplete frame (nothing of it is applied)."""
         self.metrics.counters["partial_frames_dropped"] += 1
+        self.metrics.partial_frame_bytes -= self.reader.buffered
         self.reader = FrameReader(self.config.max_frame_bytes)
         self.partial_since = 0.0
 

@@ -291,7 +291,26 @@ class Server:
             )
             conn.close()
             return
+        self._limit_unauthenticated()
         self._connections.add(conn)
+
+    def _limit_unauthenticated(self) -> None:
+        """Make room for one more connection that has not completed the handshake.
+
+        At ``max_unauthenticated`` the oldest such connection is closed: refusing the new one
+        instead would let idle or half-handshaken clients keep every operator out.
+        """
+        waiting = [c for c in self._connections if not c.session.welcomed and not c.closing]
+        if len(waiting) < min(self.config.max_unauthenticated, self.config.max_connections):
+            return
+        oldest = min(waiting, key=lambda c: c.connected_at)
+        self.metrics.counters["unauthenticated_evicted"] += 1
+        oldest.error(
+            ErrorCode.TOO_MANY_CONNECTIONS,
+            f"{self.config.max_unauthenticated} connections were waiting for their handshake "
+            f"(--max-unauthenticated); this one was the oldest and is closed: send Hello right after connecting",
+        )
+        oldest.close()
 
     def connection_lost(self, conn: Connection) -> None:
         self._connections.discard(conn)
@@ -319,6 +338,12 @@ class Server:
                 f"array [tag, field...] of exactly the length in the 4-byte prefix, strings in UTF-8",
             )
             return
+        except RecursionError:
+            # Nesting deeper than the decoder's recursion limit (issue 13): uncaught, it escaped
+            # data_received and the connection died with its queued Submits' results. Answer
+            # what it queued first, then refuse this frame; framing is intact, so it goes on.
+            self._reject_nested(conn)
+            return
         if type(msg) is Submit:
             self.batcher.submit(conn, msg)
             return
@@ -340,9 +365,19 @@ class Server:
                 self.handshake.authenticate(conn, msg)
             case StatsRequest(req=req):
                 if self.handshake.require_hello(conn, req):
-                    conn.send(StatsReply(req, self.stats()))
+                    conn.send(StatsReply(req, self._stats_for(conn)))
             case _:
                 self.admin.handle(conn, msg)
+
+    def _reject_nested(self, conn: Connection) -> None:
+        """A body nested too deeply to decode: deliver the results queued before it, then refuse it."""
+        if conn.load.pending:
+            self.drain()
+        conn.error(
+            ErrorCode.MALFORMED_FRAME,
+            "frame body is nested too deeply to decode; client messages are a flat msgpack array "
+            "[tag, field...] whose fields are scalars or bytes",
+        )
 
     def _reject_shape(self, conn: Connection, body: bytes, exc: msgspec.ValidationError) -> None:
         """A msgpack body that is not a valid client message: say which part is wrong."""
@@ -350,6 +385,9 @@ class Server:
             raw = msgspec.msgpack.decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError):
             raw = None
+        except RecursionError:
+            self._reject_nested(conn)
+            return
         ref = -1
         if isinstance(raw, list) and len(raw) > 1 and type(raw[1]) is int and -(2**63) <= raw[1] < 2**63:
             ref = raw[1]
@@ -372,6 +410,26 @@ class Server:
             )
 
     # ---- stats -------------------------------------------------------------------------------------
+
+    def _stats_for(self, conn: Connection) -> dict[str, Any]:
+        """What ``conn`` may see of the counters.
+
+        With authentication on, the global figures (every operator's traffic, result codes, shed
+        counts, connections) are the admin's: an operator sees only its own (issue 13: they were
+        shown to every operator). Without ``--secrets`` every client is trusted, as in the
+        benchmarks, and sees everything.
+        """
+        session = conn.session
+        if self.secrets is None or session.admin:
+            return self.stats()
+        op = session.operator
+        return {
+            "scope": "operator",
+            "operator": op,
+            "connections": self.metrics.operator_connections[op],
+            "queued_transfers": self.metrics.operator_queued[op],
+            "next_transfer_id": 0 if self.ledger is None else int(self.ledger.ids.high[op]) + 1,
+        }
 
     def stats(self) -> dict[str, Any]:
         """Counters for StatsReply, plain JSON-able values; all totals are since the server started.

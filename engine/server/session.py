@@ -133,7 +133,7 @@ class Handshake:
         cfg = self.config
         session = conn.session
         if not session.admin:
-            self.stats.submitter_joined(conn.load)
+            self.stats.submitter_joined(conn.load, session.operator)
         owners = None if self.ledger is None else self.ledger.owners
         operator = session.operator
         conn.send(

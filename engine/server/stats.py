@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 class ConnectionLoad:
     """One connection's share of the queue; changed only through ``ServerStats``."""
 
-    __slots__ = ("pending", "queued", "submitter")
+    __slots__ = ("operator", "pending", "queued", "submitter")
 
     def __init__(self) -> None:
         self.pending = 0  # Submits of this connection in the queue
-        self.queued = 0  # their transfers, as counted against queue_limit (the fair-share check)
-        self.submitter = False  # a Welcomed operator connection: counted in the fair share
+        self.queued = 0  # their transfers, as counted against queue_limit
+        self.submitter = False  # a Welcomed operator connection: its operator has a fair share
+        self.operator = -1  # the authenticated operator it submits for (set when Welcomed)
 
 
 class ServerStats:
@@ -42,7 +43,13 @@ class ServerStats:
         self.queued = 0  # transfers in the queue, as counted against queue_limit
         self.queued_records = 0  # real transfer records in the queue
         self.queue_peak = 0
-        self.submitters = 0  # Welcomed operator connections (the fair share divides among them)
+        # The fair share is per authenticated operator, not per connection (issue 13: one operator
+        # with 16 connections got another's payments shed): operators with a Welcomed connection,
+        # how many connections each has, and each one's transfers queued across all of them.
+        self.submitters = 0  # distinct operators with a Welcomed connection
+        self.partial_frame_bytes = 0  # held by incomplete frames, all connections (max_partial_frame_bytes)
+        self.operator_connections: collections.Counter[int] = collections.Counter()
+        self.operator_queued: collections.Counter[int] = collections.Counter()
         self.engine_ns = 0
         self.wait_ns_sum = 0
         self.wait_ns_max = 0
@@ -55,6 +62,7 @@ class ServerStats:
         self.queued_records += n
         load.queued += cost
         load.pending += 1
+        self.operator_queued[load.operator] += cost
         if self.queued > self.queue_peak:
             self.queue_peak = self.queued
 
@@ -64,22 +72,31 @@ class ServerStats:
         self.queued_records -= n
         load.queued -= cost
         load.pending -= 1
+        self.operator_queued[load.operator] -= cost
 
     def queue_cleared(self, loads: list[ConnectionLoad]) -> None:
         """Everything queued was dropped (a fatal fault)."""
         self.queued = self.queued_records = 0
         for load in loads:
             load.queued = 0
+        self.operator_queued.clear()
 
-    def submitter_joined(self, load: ConnectionLoad) -> None:
+    def submitter_joined(self, load: ConnectionLoad, operator: int) -> None:
         if not load.submitter:
             load.submitter = True
-            self.submitters += 1
+            load.operator = operator
+            self.operator_connections[operator] += 1
+            self.submitters = len(self.operator_connections)
 
     def submitter_left(self, load: ConnectionLoad) -> None:
         if load.submitter:
             load.submitter = False
-            self.submitters -= 1
+            left = self.operator_connections[load.operator] - 1
+            if left:
+                self.operator_connections[load.operator] = left
+            else:
+                del self.operator_connections[load.operator]
+            self.submitters = len(self.operator_connections)
 
     # ---- events ------------------------------------------------------------------------------
 

@@ -66,3 +66,18 @@ def test_memory_is_bounded_by_window_per_active_operator() -> None:
     for k in range(200):
         run(window, list(range(k * 5_000, k * 5_000 + 5_000)), k % 3)
     assert window.nbytes == 3 * (1 << 10) + 64 * 8
+
+
+def test_total_window_memory_is_bounded_across_operators() -> None:
+    """1 MiB per operator up to 65,536 operators was 64 GiB (issue 13): the rings of all operators
+    together stay within the total, by shrinking each operator's window."""
+    total = 1 << 16
+    operators = 64
+    w = IdWindow(operators, window=1 << 20, total_window_bytes=total)
+    assert w.window == total // operators
+    for op in range(operators):
+        assert run(w, [op * 10, op * 10 + 1], operator=op) == [R.OK, R.OK]
+    assert w.nbytes - w.high.nbytes <= total
+    assert run(w, [w.window + 5, 0], operator=0) == [R.OK, R.STALE_ID]  # judged by the smaller window
+    assert IdWindow(4, window=1 << 20).window == 1 << 20  # few operators keep the full window
+    assert IdWindow(65_536).window * 65_536 <= 256 << 20  # the default total: 4,096 ids each

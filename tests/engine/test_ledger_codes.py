@@ -12,7 +12,7 @@ from engine.codes import PRECEDENCE, ResultCode
 from engine.hooks.base import Hook, Transfers
 from engine.hooks.wallet_limits import WalletLimits
 from engine.ledger import Ledger, owner_ranges
-from engine.records import MAX_BATCH, MAX_TRANSFER_FEN, make_batch
+from engine.records import MAX_BATCH, MAX_TRANSFER_FEN, MAX_TRANSFER_ID, make_batch
 from engine.simtime import CST_OFFSET_NS, NS_PER_DAY
 from tests.support.oracle import assert_same, twins
 
@@ -45,6 +45,22 @@ def test_operator_and_id_checks(kwargs: dict[str, int], code: ResultCode) -> Non
     ledger = Ledger(2, balance_fen=100, operators=4)
     assert one(ledger, 0, 1, 10, **kwargs) == code
     assert ledger.balance.tolist() == [100, 100]
+
+
+def test_ids_above_the_range_are_refused_and_do_not_block_the_operator() -> None:
+    """An id of 2**63 - 1 used to raise the window to the top of int64: every later id was STALE_ID
+    and next_transfer_id overflowed (issue 13). Out-of-range ids are refused and not consumed."""
+    ledger, ref = twins([100, 100, 100])
+    top = np.iinfo(np.int64).max
+    batch = make_batch([0, 0, 1], [1, 2, 2], [1, 1, 1], operator=1, transfer_id=[top, MAX_TRANSFER_ID + 1, 5])
+    assert assert_same(ledger, ref, batch).tolist() == [R.ID_OUT_OF_RANGE, R.ID_OUT_OF_RANGE, R.OK]
+    assert int(ledger.ids.high[1]) == 5  # the window did not move
+    edge = make_batch([0, 1], [1, 2], [1, 1], operator=1, transfer_id=[6, MAX_TRANSFER_ID])
+    assert assert_same(ledger, ref, edge).tolist() == [R.OK, R.OK]
+    assert int(ledger.ids.high[1]) + 1 <= top  # next_transfer_id still fits the wire's int64
+    assert PRECEDENCE.index(R.INVALID_ID) + 1 == PRECEDENCE.index(R.ID_OUT_OF_RANGE)
+    negative = make_batch([0], [1], [1], operator=1, transfer_id=[-1])
+    assert assert_same(ledger, ref, negative).tolist() == [R.INVALID_ID]
 
 
 def test_duplicate_across_and_within_batches() -> None:

@@ -84,7 +84,14 @@ def test_operator_authenticates_and_debits_only_its_own_accounts(
                 request()
             assert exc.value.code == ErrorCode.NOT_PERMITTED
         assert _ledger_digest(st) == before
-        assert c.stats()["auth"]["operator_logins"] == 1  # the connection stays usable
+        own = c.stats()  # the connection stays usable, and shows this operator its own figures only
+        assert own == {
+            "scope": "operator",
+            "operator": 2,
+            "connections": 1,
+            "queued_transfers": 0,
+            "next_transfer_id": int(st.call(lambda: st.server.ledger.ids.high[2])) + 1,  # type: ignore[union-attr]
+        }
 
 
 def test_admin_administers_and_never_submits(start_server: StartServer, secrets_file: Path, workload: Workload) -> None:
@@ -94,6 +101,7 @@ def test_admin_administers_and_never_submits(start_server: StartServer, secrets_
         assert c.welcome is not None and c.welcome.role == "admin"
         c.freeze(17)
         assert c.audit().ok
+        assert c.stats()["auth"]["operator_logins"] == 0  # the global figures are the admin's
         with pytest.raises(ServerError) as exc:
             c.transfer(workload.batch(10, first_id=0, operator=0))
         assert exc.value.code == ErrorCode.NOT_PERMITTED

@@ -184,3 +184,24 @@ def test_client_disconnecting_mid_frame(server: ServerThread, bystander: Client,
     _bystander_works(bystander, workload, first_id=300)
     assert server.call(lambda: len(server.server._connections)) == 1
     assert bystander.audit().ok
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "in-a-tagged-array"])
+def test_deeply_nested_msgpack_is_a_protocol_error_after_queued_results(
+    server: ServerThread, bystander: Client, workload: Workload, wrapped: bool
+) -> None:
+    """Nesting deep enough to exhaust the decoder's recursion limit (issue 13, item 6): the
+    Submit sent before it is answered, then MALFORMED_FRAME, and the connection keeps working."""
+    depth = MAX_FRAME - 64
+    nested = b"\x91" * depth + b"\x00"  # [[[...[0]...]]]: a one-element array, `depth` times
+    body = (b"\x93" + _enc("Submit") + _enc(7) + nested) if wrapped else nested
+    with connect(server, operator=1) as c:
+        good = c.codec.frame(Submit(3, _records(workload, 8, 1).tobytes()))
+        c.send_raw(good + _frame(body))
+        first = c.recv()
+        assert type(first) is Results and first.seq == 3 and len(first.codes) == 8
+        err = _expect_error(c, ErrorCode.MALFORMED_FRAME)
+        assert "nest" in err.message
+        _bystander_works(bystander, workload, first_id=0)
+        b = workload.batch(5, first_id=100, operator=1)
+        assert len(c.transfer(b)) == 5
