@@ -234,8 +234,14 @@ def _profile_order(runs: list[Loaded], summary: CompareSummary | None) -> list[s
     return sorted(seen, key=lambda p: (p != "baseline", p == ECHO, seen.index(p)))
 
 
-def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loaded], CompareSummary | None]:
-    """Everything the report shows, from the files at ``paths``."""
+def build(
+    paths: Sequence[str | os.PathLike[str]], *, relative_to: str | os.PathLike[str] | None = None
+) -> tuple[ReportData, list[Loaded], CompareSummary | None]:
+    """Everything the report shows, from the files at ``paths``.
+
+    ``relative_to``: the report's directory; the files it lists are given relative to it, so a
+    committed report holds no machine's absolute paths.
+    """
     runs, summary = load_inputs(paths)
     settings = _settings(summary, runs)
     machine, notes = machine_of(runs)
@@ -358,7 +364,7 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
             common_rates_tps=rates,
             profiles=rows,
             latency=latency,
-            files=[r.path for r in runs],
+            files=[r.path if relative_to is None else os.path.relpath(r.path, relative_to) for r in runs],
             notes=notes,
         ),
         runs,

@@ -17,8 +17,8 @@ def write_report(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     # Imported here so that matplotlib loads only when a report is drawn, not with every command.
     from loadgen.report import plots
 
-    data, runs, _ = build(paths)
     folder = Path(out)
+    data, runs, _ = build(paths, relative_to=folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = plots.plot_all(data, runs, folder)
     md = folder / "report.md"

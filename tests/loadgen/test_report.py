@@ -105,7 +105,8 @@ def _summary_dir(tmp_path: Path) -> Path:
                 stage="equal-load",
                 phase="equal",
                 offered_tps=result.summary.offered_tps,
-                settled_tps=result.summary.achieved_tps,
+                # What version 1 stored: replies received in the window (above the offered rate here).
+                settled_tps=json.loads(src.read_bytes())["summary"]["achieved_tps"],
                 p99_ms=result.summary.p99_ms,
                 sustained=True,
                 generator_kept_schedule=True,
@@ -171,7 +172,7 @@ def test_a_comparison_summary_gives_searched_maxima_bands_and_verdicts(tmp_path:
 
 def test_report_writes_markdown_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = _summary_dir(tmp_path)
-    assert main(["report", str(folder)]) == 0
+    assert main(["report", str(folder), "--overwrite"]) == 0
     for name in ("elbow", "cost", "spectrum", "timeseries"):
         png = folder / f"{name}.png"
         assert png.stat().st_size > 20_000, png
@@ -180,9 +181,32 @@ def test_report_writes_markdown_json_and_plots(tmp_path: Path, capsys: pytest.Ca
     assert "![elbow](elbow.png)" in md and "Intel" in md
     data = json.loads((folder / "report.json").read_bytes())
     assert {r["profile"] for r in data["profiles"]} == {"baseline", "full"}
+    # Paths in a report are relative to it: a committed report names no machine's directories.
+    assert data["files"] and all(not Path(f).is_absolute() for f in data["files"])
+    assert all((folder / f).is_file() for f in data["files"])
     out = tmp_path / "elsewhere"
     written = write_report([BASELINE, FULL], out)
     assert {p.name for p in written} >= {"report.md", "elbow.png"}
+
+
+def test_report_of_a_directory_writes_a_new_directory_unless_told_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _summary_dir(tmp_path)
+    (folder / "report.md").write_text("compare's own report")
+    assert main(["report", str(folder)]) == 0
+    assert main(["report", str(folder)]) == 0
+    made = sorted(p for p in folder.iterdir() if p.name.startswith("report-"))
+    assert len(made) == 2 and all((p / "report.md").is_file() for p in made)
+    assert (folder / "report.md").read_text() == "compare's own report"
+    # --out onto an existing report is refused, in one line, unless --overwrite.
+    capsys.readouterr()
+    assert main(["report", str(folder), "--out", str(made[0])]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a report" in err and "--overwrite" in err and err.count("\n") == 1
+    assert main(["report", str(folder), "--out", str(made[0]), "--overwrite"]) == 0
+    assert main(["report", str(folder), "--overwrite"]) == 0
+    assert (folder / "report.md").read_text() != "compare's own report"
 
 
 @pytest.mark.parametrize("version", [0, 99])
