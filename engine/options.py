@@ -30,7 +30,7 @@ _S = TypeVar("_S", bound=msgspec.Struct)
 #: Multipliers of counts and rates. Lower-case ``m`` is not among them (milli or mega?).
 _COUNT_SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}
 #: Multipliers of durations, in seconds; a bare number is seconds.
-_TIME_SUFFIXES = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0}
+_TIME_SUFFIXES = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _NUMBER = re.compile(r"^\s*([-+]?(?:\d[\d_,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -59,7 +59,7 @@ def parse_rate(text: str) -> float:
 
 
 def parse_seconds(text: str) -> float:
-    """A duration in seconds: ``30``, ``30s``, ``2m``, ``1h``, ``500ms``."""
+    """A duration in seconds: ``30``, ``30s``, ``2m``, ``1h``, ``500ms``, ``365d``."""
     return _scaled(text, _TIME_SUFFIXES, "a duration", "30, 30s, 2m, 500ms")
 
 

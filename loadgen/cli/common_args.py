@@ -349,3 +349,58 @@ def use_hooks_path(dirs: Sequence[str]) -> list[str]:
 def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
     """The ``serve`` arguments that give a server child the same ``--hooks-path`` directories."""
     return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))
+
+
+_BYTE_SUFFIXES = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20,
+                  "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_bytes(text: str) -> float:
+    """A size: ``512GiB``, ``2TB``, ``1.5e12`` (bytes)."""
+    match = re.fullmatch(r"\s*([0-9.eE+_]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _BYTE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512GiB, 2TB, 1e12)")
+    try:
+        return float(match.group(1).replace("_", "")) * _BYTE_SUFFIXES[unit]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512GiB, 2TB, 1e12)") from exc
+
+
+def parse_machine(text: str) -> dict[str, float]:
+    """``cores=64,memory=512GiB[,disk=30TB]``: the machine a capacity plan counts in."""
+    out: dict[str, float] = {}
+    for part in str(text).split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in ("cores", "memory", "disk"):
+            raise argparse.ArgumentTypeError(f"{part!r}: say cores=N, memory=SIZE and optionally disk=SIZE")
+        out[key] = parse_count(value) if key == "cores" else parse_bytes(value)
+    if "cores" not in out or "memory" not in out:
+        raise argparse.ArgumentTypeError(f"{text!r}: say at least cores=N,memory=SIZE (e.g. cores=64,memory=512GiB)")
+    return out
+
+
+def add_plan_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``cbdc-bench plan`` that no other command has."""
+    p.add_argument(
+        "--results", default=DEFAULT_RESULTS_DIR, metavar="DIR",
+        help="directory of result files to plan from (read recursively: run, compare, engine results)",
+    )  # fmt: skip
+    p.add_argument(
+        "--machine", type=parse_machine, default=parse_machine("cores=64,memory=512GiB"), metavar="SPEC",
+        help="the machine to count in: cores=N,memory=SIZE[,disk=SIZE] (default cores=64,memory=512GiB)",
+    )  # fmt: skip
+    p.add_argument(
+        "--retention", type=parse_seconds, default=365 * 86_400.0, metavar="T",
+        help="how long the journal and trove are kept, e.g. 365d, 90d (default 365d)",
+    )  # fmt: skip
+    p.add_argument(
+        "--replicas", type=parse_count, default=3,
+        help="copies of the sequencer, its state, journal and snapshots (default 3)",
+    )  # fmt: skip
+    p.add_argument("--snapshots-kept", type=parse_count, default=2, help="snapshots kept per replica (default 2)")
+    p.add_argument(
+        "--scale-by-calibration", action="store_true",
+        help="accept result files from different CPUs, scaling each one's costs by its CPU calibration score",
+    )  # fmt: skip

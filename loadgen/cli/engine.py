@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import msgspec
 
@@ -17,13 +18,14 @@ from loadgen.cli.common_args import (
     add_hooks_path,
     add_json,
     add_max_batch,
+    add_out,
     add_profile,
     add_scenario,
     add_seconds,
     add_seed,
     add_warmup,
 )
-from loadgen.harness.engine_run import EngineResult, run_engine
+from loadgen.harness.engine_run import EngineResult, run_engine, save_engine_result
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_warmup(p, default=1.0)
     add_seed(p, what="workload")
     add_json(p)
+    add_out(
+        p,
+        default=None,
+        when_unset="none: not saved",
+        what="also save the run as a result file of kind engine in DIR (read by 'cbdc-bench plan')",
+    )
     p.set_defaults(func=_main)
 
 
@@ -54,6 +62,8 @@ def _main(args: argparse.Namespace) -> int:
         print(json.dumps(msgspec.to_builtins(result)))
     else:
         print(format_summary(result))
+    if args.out is not None:
+        print(f"result: {save_engine_result(result, args.out)}", file=sys.stderr if args.json else sys.stdout)
     return 0 if result.audit_ok else 1
 
 

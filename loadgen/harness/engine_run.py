@@ -6,7 +6,10 @@ Batches are generated up front (outside the timed region) and replayed by a ``Ba
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,9 +21,20 @@ from engine.memory import check_accounts_fit
 from engine.profiles import build_hooks, load_scenario
 from loadgen.generator.workload import DEFAULT_SEED, BatchPool, Workload, scenario_workload
 from loadgen.results.environment import collect
+from loadgen.results.run import SCHEMA_VERSION
+from loadgen.results.state import StateFootprint
+
+#: ``kind`` of an engine result file; its ``schema_version`` is the run result format's.
+ENGINE_KIND = "engine"
 
 
 class EngineResult(msgspec.Struct, frozen=True):
+    """One in-process engine run; ``engine --out DIR`` saves it as a result file of kind ``engine``.
+
+    It carries the state each piece keeps per account (``state``), which the capacity plan reads
+    (``cbdc-bench plan``), next to the ledger-time cost of each hook.
+    """
+
     profile: str
     accounts: int
     batch: int
@@ -38,6 +52,11 @@ class EngineResult(msgspec.Struct, frozen=True):
     environment: Any = None
     #: Each hook's own figures (vetoes, rows logged, store bytes...), from ``Hook.stats()``.
     hook_stats: dict[str, Any] = {}
+    #: Bytes per account of the ledger's columns and of each hook's state (``loadgen.results.state``).
+    state: StateFootprint | None = None
+    schema_version: int = SCHEMA_VERSION
+    kind: str = ENGINE_KIND
+    created_utc: str = ""
 
 
 def run_engine(
@@ -81,8 +100,10 @@ def run_engine(
     before_codes = ledger.stats.codes.copy()
     before_hooks = {n: t.total_ns for n, t in ledger.hook_timing.items()}
     spent_ns, done = run_for(seconds)
+    ledger_bytes = ledger.balance.nbytes + ledger.wallet_class.nbytes + ledger.flags.nbytes
     measured = ledger.stats.transfers - before_transfers
     audit = ledger.audit()
+    pieces = {"ledger": ledger_bytes / accounts} | {h.name: h.state_bytes() / accounts for h in ledger.hooks}
     for h in ledger.hooks:
         h.close()
     return EngineResult(
@@ -93,7 +114,7 @@ def run_engine(
         transfers=done,
         transfers_per_s=done / (spent_ns / 1e9),
         bytes_per_account=ledger.bytes_per_account(),
-        ledger_bytes_per_account=(ledger.balance.nbytes + ledger.wallet_class.nbytes + ledger.flags.nbytes) / accounts,
+        ledger_bytes_per_account=ledger_bytes / accounts,
         exact_path_share=(ledger.stats.exact_path_transfers - before_exact) / max(measured, 1),
         codes=name_counts(ledger.stats.codes - before_codes),
         hooks={n: (t.total_ns - before_hooks[n]) / max(measured, 1) for n, t in ledger.hook_timing.items()},
@@ -102,4 +123,22 @@ def run_engine(
         audit_ok=audit.ok,
         seed=seed,
         environment=collect(),
+        state=StateFootprint(bytes_per_account=pieces),
+        created_utc=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+def save_engine_result(result: EngineResult, directory: str | os.PathLike[str]) -> Path:
+    """Write ``result`` as a new file ``<stamp>-engine-<profile>.json`` in ``directory``; its path."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = result.created_utc.replace(":", "").replace("-", "")
+    path = folder / f"{stamp}-engine-{result.profile}-{result.accounts}acct.json"
+    n = 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stamp}-engine-{result.profile}-{result.accounts}acct-{n}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=1))
+    tmp.replace(path)
+    return path

@@ -27,6 +27,7 @@ from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.histogram import REPORT_PERCENTILES, Histogram
 from loadgen.generator.measure import Measurement
 from loadgen.results.environment import Environment
+from loadgen.results.state import StateFootprint
 from loadgen.results.upgrade import upgrade
 from loadgen.results.verdict import Figures, Verdict, judge
 
@@ -41,7 +42,9 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:   2 - issue 12: summary.settled/shed/verdict/exit_status always present, achieved settled-based
 #:       (the upgrade recomputes them from a v1 file's codes); settings (the resolved profile, hook
 #:       parameters, workload and targets); traffic (wire bytes per payment both ways, journal
-#:       bytes per payment); environment.calibration (CPU calibration score).
+#:       bytes per payment); environment.calibration (CPU calibration score). Optional additions
+#:       (absent: not measured), the inputs of ``cbdc-bench plan`` (issue 21): server.tier_cpu_s and
+#:       tier_workers, traffic.trove_per_payment, state (``loadgen.results.state``).
 SCHEMA_VERSION = 2
 
 
@@ -166,6 +169,11 @@ class Server(msgspec.Struct, frozen=True):
     hooks: dict[str, Any]  # per-hook cost as reported by the server, over the measured window
     durability: Durability = Durability("none")
     trove: TroveOutcome | None = None
+    #: CPU seconds over the window of processes apart from the sequencer's, by tier (``validators``:
+    #: the signature workers, issue 19; ``trove``: the trove writer/compactor child, issue 17), and
+    #: how many workers each tier had. Empty: not measured (the capacity plan says which command does).
+    tier_cpu_s: dict[str, float] = {}
+    tier_workers: dict[str, int] = {}
 
 
 class TroveOutcome(msgspec.Struct, frozen=True):
@@ -270,6 +278,8 @@ class Traffic(msgspec.Struct, frozen=True, kw_only=True):
     wire_sent_per_payment: float
     wire_received_per_payment: float
     journal_per_payment: float | None = None
+    #: Trove bytes on disk per payment after compaction (issue 17); None: no trove or not measured.
+    trove_per_payment: float | None = None
 
 
 class RunResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -292,6 +302,8 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     # Version 2 (None only in files upgraded from version 1, which did not record them).
     settings: RunSettings | None = None
     traffic: Traffic | None = None
+    #: Per-account state figures (``loadgen.results.state``); None: not measured in this run.
+    state: StateFootprint | None = None
 
 
 class _Version(msgspec.Struct):

@@ -1,0 +1,272 @@
+"""The capacity plan's inputs, read from result files only (never built-in constants).
+
+``cbdc-bench plan`` reads every JSON file under ``--results DIR``: run/load/compare results
+(``loadgen.results.run``, format version 2; older ones upgrade on reading), comparison summaries
+(``compare.json``: the measured maxima) and engine results (``engine --out DIR``: the state each
+piece keeps per account). Each run is reduced to a ``RunCost``: CPU per second of its measured
+window by *tier*, with the batches and payments per second that produced it, so ``model`` can fit
+a per-batch plus per-payment cost. The tiers, from the figures a result file holds:
+
+* ``framing_io``: the server process's CPU (``server.cpu_s``) outside the engine (``engine_s``)
+  and outside deferred observers: decoding frames, the event loop, writing replies;
+* ``ledger``: time inside the engine (``engine_s``, the journal append included) minus the
+  hooks' inline time;
+* one tier per hook, by name: its ``authorize`` + ``observe`` + ``begin`` time on the
+  sequencer's thread (``server.hooks``);
+* ``features`` and ``inference``: the ``risk_model`` hook's own split (``stats.risk_model``,
+  issue 18), taken out of that hook's time;
+* ``trove``: the surveillance_log hook's ``background_ns`` (the trove writer and compactor, in
+  a child process since issue 17), or ``server.tier_cpu_s["trove"]`` when a run records it;
+  other hooks' background CPU is ``<hook>_background``;
+* ``validators``: ``server.tier_cpu_s["validators"]`` (issue 19: the signature workers).
+
+``framing_io``, ``ledger``, the hooks and ``features`` run on the sequencer's one core; the rest
+scale out. A hook's background CPU is taken to be outside the server process (the trove child);
+were it a thread in the server process it would also be counted in ``framing_io``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.profiles import CompareSettings
+from loadgen.harness.engine_run import ENGINE_KIND, EngineResult
+from loadgen.results.compare import SUMMARY_KIND, CompareSummary, loads_summary, peek_kind
+from loadgen.results.run import ResultVersionError, RunResult, loads, resolved_settings, verdict_of
+
+#: Tiers that run on the sequencer's one core (besides one tier per hook, which also does).
+SEQUENCER_TIERS = ("framing_io", "ledger", "features")
+#: Tiers that scale out across cores and machines.
+SCALE_OUT_TIERS = ("validators", "trove", "inference")
+#: Tiers that are the ledger's own work (everything else is policy or surveillance).
+CORE_TIERS = ("validators", "framing_io", "ledger")
+#: The generator's CPU: measured, used to predict this machine's maximum, never planned.
+GENERATOR = "generator"
+#: A hook whose background CPU is a tier of its own, by name.
+BACKGROUND_TIER = {"surveillance_log": "trove"}
+#: A hook that reports parts of its time as tiers (``stats[hook][part + "_ns"]``, cumulative): the
+#: last part also holds the hook's background CPU (the risk model's inference thread, issue 18).
+HOOK_PARTS = {"risk_model": ("features", "inference")}
+
+
+class RunCost(msgspec.Struct, frozen=True, kw_only=True):
+    """One measured run reduced to what the plan needs: CPU by tier over its measured window."""
+
+    file: str
+    profile: str
+    offered_tps: float
+    transfers_per_s: float  # payments the ledger applied in the window / its length
+    batches_per_s: float
+    tier_ns_per_s: dict[str, float]  # CPU ns per second of window, by tier
+    hooks: list[str]  # the profile's hooks (each one a tier on the sequencer's core)
+    workers: dict[str, int]  # scale-out tiers' worker counts (``server.tier_workers``); absent: 1
+    wire_bytes_per_payment: float | None
+    journal_bytes_per_payment: float | None
+    trove_bytes_per_payment: float | None
+    keeps_trove: bool
+    signed: bool  # the server checked signatures (a validators tier is owed)
+    cpu_model: str
+    cores: int
+    calibration_tps: float | None
+    sustained: bool
+
+
+class MeasuredMax(msgspec.Struct, frozen=True):
+    """A profile's maximum sustainable rate from a comparison's searches (median over repeats)."""
+
+    profile: str
+    median_tps: float
+    low_tps: float
+    high_tps: float
+    repeats: int
+    generator_limited: bool
+    file: str
+    cpu_model: str
+    calibration_tps: float | None
+
+
+class StateInput(msgspec.Struct, frozen=True):
+    """Bytes per account of each piece of a profile's state, from one engine (or run) result."""
+
+    profile: str
+    bytes_per_account: dict[str, float]
+    snapshot_bytes_per_account: float | None
+    file: str
+
+
+class Inputs(msgspec.Struct, frozen=True):
+    """Everything the plan read, and the files it could not use (with why)."""
+
+    runs: list[RunCost]
+    maxima: list[MeasuredMax]
+    states: list[StateInput]
+    skipped: list[str]
+
+
+def read_inputs(results: str | Path) -> Inputs:
+    """Read every result file under ``results`` (recursively) into the plan's inputs."""
+    root = Path(results)
+    if not root.exists():
+        raise FileNotFoundError(f"--results {root}: no such directory (measure first: see 'cbdc-bench plan --help')")
+    runs: list[RunCost] = []
+    maxima: list[MeasuredMax] = []
+    states: list[StateInput] = []
+    skipped: list[str] = []
+    for path in _json_files(root):
+        data = path.read_bytes()
+        name = str(path)
+        try:
+            kind = peek_kind(data, source=name)
+            if kind == SUMMARY_KIND:
+                maxima.extend(measured_maxima(loads_summary(data, source=name), name))
+            elif kind == ENGINE_KIND:
+                states.append(engine_state(msgspec.json.decode(data, type=EngineResult), name))
+            else:
+                result = loads(data, source=name)
+                cost = run_cost(result, name)
+                if cost is None:
+                    skipped.append(f"{name}: no ledger figures (echo, or no server stats)")
+                else:
+                    runs.append(cost)
+                if result.state is not None and result.state.bytes_per_account:
+                    states.append(StateInput(
+                        result.summary.profile, dict(result.state.bytes_per_account),
+                        result.state.snapshot_bytes_per_account, name,
+                    ))  # fmt: skip
+        except (ResultVersionError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            skipped.append(f"{name}: {exc}")
+    return Inputs(runs=runs, maxima=maxima, states=states, skipped=skipped)
+
+
+def _json_files(root: Path) -> Iterator[Path]:
+    if root.is_file():
+        yield root
+        return
+    yield from sorted(p for p in root.rglob("*.json") if p.name not in ("report.json", "plan.json"))
+
+
+def run_cost(result: RunResult, file: str = "") -> RunCost | None:
+    """``result`` reduced to CPU by tier per second of its window; None without ledger figures."""
+    server = result.server
+    a, b = server.stats_start, server.stats_end
+    transfers = _delta(a, b, "ledger", "transfers")
+    batches = _delta(a, b, "ledger", "batches")
+    if result.summary.echo or server.cpu_s is None or transfers <= 0 or batches <= 0:
+        return None
+    window_s = result.load.seconds
+    settings = result.settings or resolved_settings(result.summary.profile, result.scenario, CompareSettings())
+    tiers = _tier_ns(result, settings.hooks, settings.hook_params)
+    traffic = result.traffic
+    calibration = result.environment.calibration
+    return RunCost(
+        file=file,
+        profile=result.summary.profile,
+        offered_tps=result.summary.offered_tps,
+        transfers_per_s=transfers / window_s,
+        batches_per_s=batches / window_s,
+        tier_ns_per_s={k: v / window_s for k, v in tiers.items()},
+        hooks=[_hook_name(h) for h in settings.hooks],
+        workers=dict(server.tier_workers),
+        wire_bytes_per_payment=(
+            None if traffic is None else traffic.wire_sent_per_payment + traffic.wire_received_per_payment
+        ),
+        journal_bytes_per_payment=None if traffic is None else traffic.journal_per_payment,
+        trove_bytes_per_payment=None if traffic is None else traffic.trove_per_payment,
+        keeps_trove=server.trove is not None,
+        signed="validators" in server.tier_cpu_s or "--validators" in settings.server_args,
+        cpu_model=result.environment.cpu_model,
+        cores=result.environment.cores,
+        calibration_tps=None if calibration is None else calibration.engine_tps,
+        sustained=verdict_of(result, settings.targets).sustained,
+    )
+
+
+def _hook_name(spec: str) -> str:
+    """A hook's name as the server reports it (a user's ``module:attribute`` keeps its attribute)."""
+    return spec.rsplit(":", 1)[-1]
+
+
+def _tier_ns(result: RunResult, hooks: Iterable[str], hook_params: dict[str, Any]) -> dict[str, float]:
+    """CPU ns over the measured window by tier (see the module docstring for each tier's source)."""
+    server = result.server
+    a, b = server.stats_start, server.stats_end
+    engine_ns = (_num(b.get("engine_s")) - _num(a.get("engine_s"))) * 1e9
+    tiers: dict[str, float] = {}
+    inline = deferred = 0.0
+    for spec in hooks:
+        name = _hook_name(spec)
+        cost = server.hooks.get(name) or {}
+        own = sum(_num(cost.get(k)) for k in ("authorize_ns", "observe_ns", "begin_ns"))
+        observe = _num(cost.get("observe_ns"))
+        is_deferred = bool((hook_params.get(spec) or {}).get("deferred", False))
+        deferred += observe if is_deferred else 0.0
+        inline += own - (observe if is_deferred else 0.0)
+        background = _num(cost.get("background_ns"))
+        parts = HOOK_PARTS.get(name, ())
+        if parts and isinstance(b.get(name), dict):
+            split = {p: _num(b[name].get(f"{p}_ns")) - _num((a.get(name) or {}).get(f"{p}_ns")) for p in parts}
+            tiers.update(split)
+            # The last part includes the background CPU, which is not sequencer-thread time.
+            own -= sum(split.values()) - background
+        elif background > 0:
+            tiers[BACKGROUND_TIER.get(name, f"{name}_background")] = background
+        tiers[name] = max(own, 0.0)
+    tiers["ledger"] = max(engine_ns - inline, 0.0)
+    tiers["framing_io"] = max((server.cpu_s or 0.0) * 1e9 - engine_ns - deferred, 0.0)
+    for tier, cpu_s in server.tier_cpu_s.items():
+        tiers[tier] = cpu_s * 1e9  # measured outside the server process: replaces any estimate
+    tiers[GENERATOR] = result.generator.cpu_s * 1e9
+    return tiers
+
+
+def _delta(a: dict[str, Any], b: dict[str, Any], section: str, key: str) -> float:
+    sa, sb = a.get(section), b.get(section)
+    if not isinstance(sb, dict):
+        return 0.0
+    return _num(sb.get(key)) - _num(sa.get(key) if isinstance(sa, dict) else 0)
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0
+
+
+def measured_maxima(summary: CompareSummary, file: str = "") -> list[MeasuredMax]:
+    """Each profile's searched maximum: the median over repeats, with the range of their intervals."""
+    calibration = summary.environment.calibration
+    out = []
+    for profile in summary.profiles:
+        searches = [s for s in summary.searches if s.profile == profile]
+        if not searches:
+            continue
+        values = [s.result.max_sustainable_tps for s in searches]
+        out.append(
+            MeasuredMax(
+                profile=profile,
+                median_tps=float(statistics.median(values)),
+                low_tps=min(min(values), min(s.interval_low_tps for s in searches)),
+                high_tps=max(max(values), max(s.interval_high_tps for s in searches)),
+                repeats=len(searches),
+                generator_limited=any(s.generator_limited for s in searches),
+                file=file,
+                cpu_model=summary.environment.cpu_model,
+                calibration_tps=None if calibration is None else calibration.engine_tps,
+            )
+        )
+    return out
+
+
+def engine_state(result: EngineResult, file: str = "") -> StateInput:
+    """The state pieces of an engine result (an older one without them: ledger + hooks as a whole)."""
+    if result.state is not None and result.state.bytes_per_account:
+        pieces = dict(result.state.bytes_per_account)
+        snapshot = result.state.snapshot_bytes_per_account
+    else:
+        hooks = result.bytes_per_account - result.ledger_bytes_per_account
+        pieces = {"ledger": result.ledger_bytes_per_account} | ({"hooks": hooks} if hooks > 0 else {})
+        snapshot = None
+    return StateInput(result.profile, pieces, snapshot, file)

@@ -1,0 +1,516 @@
+"""The capacity plan's arithmetic: pure functions from measured inputs to cores, memory, disk, machines.
+
+Nothing here reads a file or knows a constant about any machine: every figure comes from
+``loadgen.plan.inputs`` (result files), and every missing figure becomes a ``Missing`` naming the
+command that measures it.
+
+**CPU.** A tier's CPU per second is ``per_batch_ns * batches/s + per_payment_ns * payments/s``
+(``fit_tier``, least squares over runs at two or more rates): batching amortises per-batch work, so
+CPU per payment falls as the rate rises. The batches per second at a rate are interpolated from
+the measured runs' mean batch size at their rates (``batches_per_s_at``), held at the nearest
+measured size beyond them. A tier's band is the fitted value times the lowest and highest ratio
+of measured to fitted CPU over its runs (the run-to-run spread). Tiers on the sequencer's core
+cannot use a second core; the others scale linearly in cores up to the workers they were
+measured with (``RunCost.workers``), and beyond that the plan says it extrapolates.
+
+**Memory.** accounts x bytes per account of every piece of state the profile keeps (the ledger
+and each hook); it all lives with the sequencer, whose state cannot be partitioned, so it must fit
+one machine. **Disk.** payments/day x (journal + trove bytes per payment), for the retention, plus
+the snapshots kept x accounts x snapshot bytes per account. **Replicas** each hold the sequencer's
+state, journal and snapshots.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+
+import msgspec
+import numpy as np
+
+from loadgen.plan.inputs import (
+    CORE_TIERS,
+    GENERATOR,
+    SEQUENCER_TIERS,
+    Inputs,
+    MeasuredMax,
+    RunCost,
+    StateInput,
+)
+
+GIB = float(1 << 30)
+SECONDS_PER_DAY = 86_400.0
+
+
+class Machine(msgspec.Struct, frozen=True):
+    """The machine the plan counts in: cores, memory and (optionally) disk."""
+
+    cores: int
+    memory_bytes: float
+    disk_bytes: float | None = None
+
+
+class PlanRequest(msgspec.Struct, frozen=True, kw_only=True):
+    rate_tps: float
+    accounts: int
+    profile: str
+    machine: Machine
+    retention_days: float = 365.0
+    replicas: int = 3
+    snapshots_kept: int = 2
+    scale_by_calibration: bool = False
+
+
+class Missing(msgspec.Struct, frozen=True):
+    """An input the plan needs and no result file holds, and the command that measures it."""
+
+    what: str
+    command: str
+
+
+class TierFit(msgspec.Struct, frozen=True):
+    """A tier's CPU as per-batch + per-payment cost, and the spread of its runs around the fit."""
+
+    tier: str
+    per_batch_ns: float
+    per_payment_ns: float
+    rates_tps: list[float]  # the distinct measured rates it was fitted from
+    spread_low: float  # lowest measured / fitted ratio over its runs
+    spread_high: float
+    workers: int  # most workers it was measured with
+
+    def ns_per_s(self, batches_per_s: float, payments_per_s: float) -> float:
+        return self.per_batch_ns * batches_per_s + self.per_payment_ns * payments_per_s
+
+
+class TierPlan(msgspec.Struct, frozen=True):
+    tier: str
+    cores: float
+    cores_low: float
+    cores_high: float
+    ns_per_payment: float  # at the planned rate
+    on_sequencer: bool
+    surveillance: bool  # a policy/surveillance tier (not validators, framing/I-O or the ledger)
+    extrapolated: bool  # needs more cores than the workers it was measured with
+
+
+class ProfilePlan(msgspec.Struct, frozen=True, kw_only=True):
+    """One profile's plan at the requested rate and population."""
+
+    profile: str
+    tiers: list[TierPlan]
+    cores: float
+    cores_low: float
+    cores_high: float
+    surveillance_cores: float
+    sequencer_core_busy: float  # share of the sequencer's one core at the planned rate
+    sequencer_saturation_tps: float | None
+    batches_per_s: float
+    memory_bytes: float | None  # the sequencer's state (one replica)
+    memory_pieces: dict[str, float]  # bytes per account by piece
+    fits_one_machine: bool | None
+    disk_per_day_bytes: dict[str, float]  # journal, trove (one replica)
+    snapshot_bytes: float | None  # one replica, all kept snapshots
+    disk_retention_bytes: float | None  # all replicas, retention + snapshots
+    network_bytes_per_s: float | None  # payments in and replies out
+    replication_bytes_per_s: float | None  # the journal to the other replicas
+    machines: int | None
+    machines_note: str
+    runs: int
+    rates_tps: list[float]
+    missing: list[Missing]
+
+
+class Prediction(msgspec.Struct, frozen=True):
+    """The predicted maximum sustainable rate of a profile on the machine it was measured on."""
+
+    profile: str
+    predicted_tps: float | None
+    limited_by: str  # "the sequencer's core" or "all N cores"
+    measured: MeasuredMax | None
+    error: float | None  # (predicted - measured) / measured
+
+
+class CapacityPlan(msgspec.Struct, frozen=True, kw_only=True):
+    request: PlanRequest
+    plan: ProfilePlan
+    others: list[ProfilePlan]  # every other profile with measured runs (for the figure and the deltas)
+    deltas: list[str]  # what the profile's policy and surveillance add over baseline and signed
+    predictions: list[Prediction]
+    cpu_model: str
+    calibration_tps: list[float]
+    assumptions: list[str]
+    skipped: list[str]
+
+    @property
+    def missing(self) -> list[Missing]:
+        return self.plan.missing
+
+
+class MixedCpuError(ValueError):
+    """Result files from more than one CPU model, without ``--scale-by-calibration``."""
+
+
+# ---- fitting ---------------------------------------------------------------------------------
+
+
+def fit_tier(tier: str, runs: Sequence[RunCost]) -> TierFit:
+    """Least-squares per-batch and per-payment cost of ``tier`` over ``runs`` (both kept >= 0).
+
+    With one measured rate there is nothing to separate them: the whole cost is per payment.
+    """
+    rows = [(r.batches_per_s, r.transfers_per_s, r.tier_ns_per_s.get(tier, 0.0)) for r in runs]
+    batches = np.array([r[0] for r in rows])
+    payments = np.array([r[1] for r in rows])
+    ns = np.array([r[2] for r in rows])
+    rates = sorted({round(r.offered_tps) for r in runs})
+    per_batch, per_payment = 0.0, float(ns.sum() / payments.sum())
+    if len(rates) >= 2:
+        (a, b), *_ = np.linalg.lstsq(np.column_stack([batches, payments]), ns, rcond=None)
+        if a >= 0 and b >= 0:
+            per_batch, per_payment = float(a), float(b)
+        elif a < 0:  # no measurable per-batch part
+            per_batch, per_payment = 0.0, float(ns @ payments / (payments @ payments))
+        else:
+            per_batch, per_payment = float(ns @ batches / (batches @ batches)), 0.0
+    fitted = per_batch * batches + per_payment * payments
+    ratios = [m / f for m, f in zip(ns, fitted, strict=True) if f > 0]
+    return TierFit(
+        tier=tier,
+        per_batch_ns=per_batch,
+        per_payment_ns=per_payment,
+        rates_tps=[float(r) for r in rates],
+        spread_low=min(ratios, default=1.0),
+        spread_high=max(ratios, default=1.0),
+        workers=max((r.workers.get(tier, 1) for r in runs), default=1),
+    )
+
+
+def batches_per_s_at(rate_tps: float, runs: Sequence[RunCost]) -> float:
+    """Batches per second at ``rate_tps``: the measured mean batch size interpolated in rate."""
+    points = sorted((r.transfers_per_s, r.transfers_per_s / r.batches_per_s) for r in runs)
+    size = float(np.interp(rate_tps, [p[0] for p in points], [p[1] for p in points]))
+    return rate_tps / size
+
+
+def fits(runs: Sequence[RunCost]) -> dict[str, TierFit]:
+    tiers = sorted({t for r in runs for t in r.tier_ns_per_s})
+    return {t: fit_tier(t, runs) for t in tiers}
+
+
+def is_sequencer_tier(tier: str, hooks: Sequence[str]) -> bool:
+    return tier in SEQUENCER_TIERS or tier in hooks
+
+
+def cpu_ns_per_s(
+    tier_fits: dict[str, TierFit], tiers: Sequence[str], rate_tps: float, runs: Sequence[RunCost]
+) -> float:
+    b = batches_per_s_at(rate_tps, runs)
+    return sum(tier_fits[t].ns_per_s(b, rate_tps) for t in tiers if t in tier_fits)
+
+
+def saturation_tps(budget_cores: float, cost: Callable[[float], float]) -> float | None:
+    """The lowest rate at which ``cost(rate)`` (CPU ns per second) reaches ``budget_cores``; None: never."""
+    budget = budget_cores * 1e9
+    low, high = 1.0, 1.0
+    while cost(high) < budget:
+        low, high = high, high * 2
+        if high > 1e12:
+            return None
+    for _ in range(60):
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if cost(mid) < budget else (low, mid)
+    return high
+
+
+# ---- the plan --------------------------------------------------------------------------------
+
+
+def check_one_cpu(runs: Sequence[RunCost], maxima: Sequence[MeasuredMax], scale: bool) -> tuple[str, list[float]]:
+    """The CPU every figure was measured on; refuse a mix unless scaling by calibration (and possible)."""
+    by_cpu: dict[str, list[str]] = {}
+    for cpu_model, file in [(r.cpu_model, r.file) for r in runs] + [(m.cpu_model, m.file) for m in maxima]:
+        by_cpu.setdefault(cpu_model, []).append(file)
+    calibrations = [r.calibration_tps for r in runs if r.calibration_tps is not None]
+    if len(by_cpu) > 1 and not scale:
+        listed = "; ".join(f"{cpu!r} ({len(files)} files, e.g. {files[0]})" for cpu, files in by_cpu.items())
+        raise MixedCpuError(
+            f"the result files were measured on {len(by_cpu)} CPUs: {listed}. Plan from one CPU's results "
+            "(point --results at them), or pass --scale-by-calibration to scale every cost by its file's "
+            "CPU calibration score"
+        )
+    if scale:
+        uncalibrated = [r.file for r in runs if r.calibration_tps is None]
+        if uncalibrated:
+            raise MixedCpuError(
+                f"--scale-by-calibration: {len(uncalibrated)} result files have no CPU calibration score "
+                f"(format version 1, e.g. {uncalibrated[0]}); re-measure them or leave them out of --results"
+            )
+    return " + ".join(by_cpu) or "unknown", calibrations
+
+
+def scaled(runs: Sequence[RunCost], reference_tps: float) -> list[RunCost]:
+    """Costs converted to a CPU with calibration ``reference_tps``: ns x (own score / reference)."""
+    out = []
+    for r in runs:
+        factor = (r.calibration_tps or reference_tps) / reference_tps
+        out.append(msgspec.structs.replace(r, tier_ns_per_s={k: v * factor for k, v in r.tier_ns_per_s.items()}))
+    return out
+
+
+def plan_profile(
+    profile: str, runs: Sequence[RunCost], states: Sequence[StateInput], request: PlanRequest
+) -> ProfilePlan:
+    """The plan of one profile from its measured runs and state figures (``runs`` not empty)."""
+    usable = [r for r in runs if r.sustained] or list(runs)
+    tier_fits = {t: f for t, f in fits(usable).items() if t != GENERATOR}
+    hooks = usable[-1].hooks
+    rate = request.rate_tps
+    batches = batches_per_s_at(rate, usable)
+    missing: list[Missing] = []
+    if any(r.signed for r in usable) and "validators" not in tier_fits:
+        missing.append(Missing(
+            "validators: CPU per signed payment (server.tier_cpu_s.validators)",
+            f"cbdc-bench compare --quick --profiles {profile} --validators 2 --out DIR (issue 19)",
+        ))  # fmt: skip
+    tiers = []
+    for name, fit in tier_fits.items():
+        ns = fit.ns_per_s(batches, rate)
+        cores = ns / 1e9
+        on_seq = is_sequencer_tier(name, hooks)
+        tiers.append(
+            TierPlan(
+                tier=name,
+                cores=cores,
+                cores_low=cores * fit.spread_low,
+                cores_high=cores * fit.spread_high,
+                ns_per_payment=ns / rate,
+                on_sequencer=on_seq,
+                surveillance=name not in CORE_TIERS,
+                extrapolated=not on_seq and cores * fit.spread_high > fit.workers,
+            )
+        )
+    tiers.sort(key=lambda t: (_tier_order(t.tier, hooks), t.tier))
+    seq_tiers = [t.tier for t in tiers if t.on_sequencer]
+    seq_busy = sum(t.cores for t in tiers if t.on_sequencer)
+
+    # Memory: all of it is the sequencer's (state cannot be partitioned).
+    state = _state_of(profile, states)
+    pieces = dict(state.bytes_per_account) if state else {}
+    memory = request.accounts * sum(pieces.values()) if state else None
+    if state is None:
+        missing.append(Missing(
+            "state bytes per account of every piece (engine result state.bytes_per_account)",
+            f"cbdc-bench engine --profile {profile} --accounts 1M --seconds 1 --out DIR",
+        ))  # fmt: skip
+
+    # Disk and network: medians over the runs that measured them.
+    journal = _median(r.journal_bytes_per_payment for r in usable)
+    trove = _median(r.trove_bytes_per_payment for r in usable)
+    wire = _median(r.wire_bytes_per_payment for r in usable)
+    if journal is None:
+        missing.append(Missing(
+            "journal bytes per payment (traffic.journal_per_payment)",
+            f"cbdc-bench run --profile {profile} --journal DIR --out DIR",
+        ))  # fmt: skip
+    if any(r.keeps_trove for r in usable) and trove is None:
+        missing.append(Missing(
+            "trove bytes per payment after compaction (traffic.trove_per_payment)",
+            f"cbdc-bench run --profile {profile} --trove DIR --out DIR (issue 17)",
+        ))  # fmt: skip
+    if wire is None:
+        missing.append(Missing(
+            "wire bytes per payment (traffic, result format 2)", f"cbdc-bench run --profile {profile} --out DIR"
+        ))  # fmt: skip
+    per_day = rate * SECONDS_PER_DAY
+    disk_day = {"journal": per_day * journal} if journal is not None else {}
+    if trove is not None:
+        disk_day["trove"] = per_day * trove
+    snapshot_per_account = state.snapshot_bytes_per_account if state else None
+    snapshots = None
+    if snapshot_per_account is None:
+        missing.append(Missing(
+            "snapshot bytes per account (state.snapshot_bytes_per_account)",
+            f"cbdc-bench run --profile {profile} --journal DIR --snapshot-every 1M --out DIR (issue 15)",
+        ))  # fmt: skip
+    else:
+        snapshots = request.snapshots_kept * request.accounts * snapshot_per_account
+    complete_disk = (
+        journal is not None and snapshots is not None and not (any(r.keeps_trove for r in usable) and trove is None)
+    )
+    retention = (
+        request.replicas * (sum(disk_day.values()) * request.retention_days + (snapshots or 0.0))
+        if complete_disk
+        else None
+    )
+
+    machines, note = _machines(tiers, memory, retention, request)
+    cost = _cost_fn(tier_fits, seq_tiers, usable)
+    return ProfilePlan(
+        profile=profile,
+        tiers=tiers,
+        cores=sum(t.cores for t in tiers),
+        cores_low=sum(t.cores_low for t in tiers),
+        cores_high=sum(t.cores_high for t in tiers),
+        surveillance_cores=sum(t.cores for t in tiers if t.surveillance),
+        sequencer_core_busy=seq_busy,
+        sequencer_saturation_tps=saturation_tps(1.0, cost),
+        batches_per_s=batches,
+        memory_bytes=memory,
+        memory_pieces=pieces,
+        fits_one_machine=None if memory is None else memory <= request.machine.memory_bytes,
+        disk_per_day_bytes=disk_day,
+        snapshot_bytes=snapshots,
+        disk_retention_bytes=retention,
+        network_bytes_per_s=None if wire is None else rate * wire,
+        replication_bytes_per_s=None if journal is None else rate * journal * (request.replicas - 1),
+        machines=machines,
+        machines_note=note,
+        runs=len(usable),
+        rates_tps=sorted({round(r.offered_tps, 0) for r in usable}),
+        missing=missing,
+    )
+
+
+def _cost_fn(tier_fits: dict[str, TierFit], tiers: Sequence[str], runs: Sequence[RunCost]) -> Callable[[float], float]:
+    return lambda rate: cpu_ns_per_s(tier_fits, tiers, rate, runs)
+
+
+def _tier_order(tier: str, hooks: Sequence[str]) -> int:
+    order = ["validators", "framing_io", "ledger", *hooks, "features", "inference", "trove"]
+    return order.index(tier) if tier in order else len(order)
+
+
+def _state_of(profile: str, states: Sequence[StateInput]) -> StateInput | None:
+    mine = [s for s in states if s.profile == profile]
+    return mine[-1] if mine else None
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return float(statistics.median(present)) if present else None
+
+
+def _machines(
+    tiers: Sequence[TierPlan], memory: float | None, disk: float | None, request: PlanRequest
+) -> tuple[int | None, str]:
+    """Machines of the given size: one per replica for the sequencer, plus the scale-out tiers' cores."""
+    m = request.machine
+    if memory is not None and memory > m.memory_bytes:
+        return None, (
+            f"the sequencer's state ({memory / GIB:,.0f} GiB) does not fit one machine of {m.memory_bytes / GIB:,.0f} "
+            "GiB, and it cannot be partitioned: a machine with more memory, or less state per account"
+        )
+    sequencer_cores = sum(t.cores_high for t in tiers if t.on_sequencer)
+    if sequencer_cores > 1.0:
+        return None, f"the sequencer's core is over-committed ({sequencer_cores:.2f} cores of work on one core)"
+    scale_out = sum(t.cores_high for t in tiers if not t.on_sequencer)
+    spare = max(m.cores - 1, 0)  # a sequencer machine's other cores take scale-out work
+    extra = max(math.ceil((scale_out - spare) / m.cores), 0) if m.cores else 0
+    total = request.replicas + extra
+    note = (
+        f"{request.replicas} sequencer replica machines (each: the sequencer's core + {spare} cores for the "
+        f"scale-out tiers on the primary) + {extra} for the scale-out tiers ({scale_out:.1f} cores, upper band)"
+    )
+    if disk is not None and m.disk_bytes:
+        by_disk = math.ceil(disk / m.disk_bytes)
+        if by_disk > total:
+            note += f"; disk for the retention needs {by_disk} machines of this size"
+            total = by_disk
+    return total, note
+
+
+def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[MeasuredMax]) -> Prediction:
+    """The maximum rate this machine sustains by the fit: the sequencer's core or all cores, whichever first."""
+    usable = [r for r in runs if r.sustained] or list(runs)
+    tier_fits = fits(usable)
+    hooks = usable[-1].hooks
+    cores = max(r.cores for r in usable)
+    seq = [t for t in tier_fits if is_sequencer_tier(t, hooks)]
+    everything = list(tier_fits)  # the generator shares this machine's cores
+    by_seq = saturation_tps(1.0, _cost_fn(tier_fits, seq, usable))
+    by_all = saturation_tps(float(cores), _cost_fn(tier_fits, everything, usable))
+    options = [(v, w) for v, w in ((by_seq, "the sequencer's core"), (by_all, f"all {cores} cores")) if v is not None]
+    predicted, limit = min(options) if options else (None, "nothing saturates")
+    measured = next((m for m in maxima if m.profile == profile), None)
+    error = (predicted - measured.median_tps) / measured.median_tps if predicted and measured else None
+    return Prediction(profile, predicted, limit, measured, error)
+
+
+def build_plan(inputs: Inputs, request: PlanRequest) -> CapacityPlan:
+    """The capacity plan for ``request`` from ``inputs``; ValueError if the profile has no measured run."""
+    cpu, calibrations = check_one_cpu(inputs.runs, inputs.maxima, request.scale_by_calibration)
+    runs = list(inputs.runs)
+    assumptions = []
+    if request.scale_by_calibration and calibrations:
+        reference = float(statistics.median(calibrations))
+        runs = scaled(runs, reference)
+        assumptions.append(
+            f"costs scaled to a CPU calibration score of {reference:,.0f} transfers/s (the median of the files): "
+            "each file's ns x its own score / that score"
+        )
+    by_profile: dict[str, list[RunCost]] = {}
+    for r in runs:
+        by_profile.setdefault(r.profile, []).append(r)
+    if request.profile not in by_profile:
+        measured = ", ".join(sorted(by_profile)) or "none"
+        raise ValueError(
+            f"no measured run of profile {request.profile!r} in the result files (profiles measured: {measured}); "
+            f"measure it at two or more rates: cbdc-bench compare --quick --profiles {request.profile} --out DIR"
+        )
+    plans = {p: plan_profile(p, rs, inputs.states, request) for p, rs in sorted(by_profile.items())}
+    plan = plans[request.profile]
+    deltas = [_delta_line(plan, plans.get(other), other) for other in ("baseline", "signed") if other != plan.profile]
+    predictions = [predict_max(p, rs, inputs.maxima) for p, rs in sorted(by_profile.items())]
+    assumptions += _assumptions(plan, cpu, calibrations, request)
+    return CapacityPlan(
+        request=request,
+        plan=plan,
+        others=[p for name, p in plans.items() if name != request.profile],
+        deltas=deltas,
+        predictions=predictions,
+        cpu_model=cpu,
+        calibration_tps=calibrations,
+        assumptions=assumptions,
+        skipped=list(inputs.skipped),
+    )
+
+
+def _delta_line(plan: ProfilePlan, other: ProfilePlan | None, name: str) -> str:
+    if other is None:
+        return f"over {name}: not measured (cbdc-bench compare --quick --profiles {name},{plan.profile} --out DIR)"
+    parts = [f"{plan.cores - other.cores:+,.1f} cores"]
+    if plan.memory_bytes is not None and other.memory_bytes is not None:
+        parts.append(f"{(plan.memory_bytes - other.memory_bytes) / GIB:+,.0f} GiB memory per replica")
+    mine, theirs = sum(plan.disk_per_day_bytes.values()), sum(other.disk_per_day_bytes.values())
+    if plan.disk_per_day_bytes and other.disk_per_day_bytes:
+        parts.append(f"{(mine - theirs) * 365 / 1e12:+,.1f} TB disk per year per replica")
+    return f"what {plan.profile}'s policy and surveillance add over {name}: " + ", ".join(parts)
+
+
+def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], request: PlanRequest) -> list[str]:
+    cal = (
+        f"CPU calibration score {min(calibrations):,.0f}-{max(calibrations):,.0f} transfers/s"
+        if calibrations
+        else "no calibration score in these files (format version 1)"
+    )
+    seq = (
+        f"the sequencer's state cannot be partitioned: it must fit one machine "
+        f"({'fits' if plan.fits_one_machine else 'does NOT fit' if plan.fits_one_machine is False else 'not known'}); "
+        f"its one core is {plan.sequencer_core_busy:.0%} busy at {request.rate_tps:,.0f}/s"
+        + (f" (saturates near {plan.sequencer_saturation_tps:,.0f}/s)" if plan.sequencer_saturation_tps else "")
+    )
+    extrapolated = [t.tier for t in plan.tiers if t.extrapolated]
+    return [
+        f"CPU measured on {cpu}, {cal}",
+        f"per-batch + per-payment cost fitted over {plan.runs} runs at {len(plan.rates_tps)} rates "
+        f"({', '.join(f'{r:,.0f}' for r in plan.rates_tps)}/s); batches at the planned rate interpolated from the "
+        f"measured batch sizes ({plan.batches_per_s:,.0f}/s)",
+        "a tier scales linearly in cores up to the workers it was measured with; beyond that it is extrapolation"
+        + (f" ({', '.join(extrapolated)})" if extrapolated else ""),
+        seq,
+        f"{request.replicas} replicas each hold the sequencer's state, journal and snapshots; "
+        f"{request.snapshots_kept} snapshots kept; retention {request.retention_days:g} days",
+        "the load generator is excluded (its CPU is used only to predict this machine's maximum)",
+    ]
