@@ -175,7 +175,7 @@ def fit_tier(tier: str, runs: Sequence[RunCost]) -> TierFit:
         else:
             per_batch, per_payment = float(ns @ batches / (batches @ batches)), 0.0
     fitted = per_batch * batches + per_payment * payments
-    ratios = [m / f for m, f in zip(ns, fitted, strict=True) if f > 0]
+    ratios = [float(m / f) for m, f in zip(ns, fitted, strict=True) if f > 0]
     return TierFit(
         tier=tier,
         per_batch_ns=per_batch,

@@ -1,0 +1,221 @@
+"""``cbdc-bench plan``: the arithmetic on result files generated from a known cost model, refusals,
+missing inputs named with their commands, and the fit against the committed measured comparison."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+from loadgen.cli.common_args import parse_bytes, parse_machine, parse_seconds
+from loadgen.cli.main import main
+from loadgen.cli.plan import EXIT_INCOMPLETE, format_plan, plan_command
+from loadgen.harness.engine_run import ENGINE_KIND, EngineResult, run_engine, save_engine_result
+from loadgen.plan.inputs import read_inputs, run_cost
+from loadgen.plan.model import (
+    GIB,
+    SECONDS_PER_DAY,
+    Machine,
+    MixedCpuError,
+    PlanRequest,
+    batches_per_s_at,
+    build_plan,
+    fit_tier,
+    predict_max,
+    scaled,
+)
+from loadgen.results.state import StateFootprint
+from tests.support.plan_fixtures import TEMPLATE, CostModel, default_model, full_hooks, synthetic_run, write_runs
+
+RATES_AND_BATCHES = ((100_000.0, 400.0), (400_000.0, 1_000.0), (1_600_000.0, 3_000.0))
+TRAFFIC = {"wire_sent_per_payment": 60.0, "wire_received_per_payment": 20.0, "journal_per_payment": 50.0,
+           "trove_per_payment": 30.0}  # fmt: skip
+STATE = StateFootprint(bytes_per_account={"ledger": 10.0, "wallet_limits": 4.0}, snapshot_bytes_per_account=12.0)
+
+
+def _request(**changes: object) -> PlanRequest:
+    base = PlanRequest(
+        rate_tps=300_000.0, accounts=1_000_000_000, profile="full",
+        machine=Machine(cores=64, memory_bytes=512 * GIB), retention_days=365.0, replicas=3, snapshots_kept=2,
+    )  # fmt: skip
+    return msgspec.structs.replace(base, **changes)
+
+
+def _runs(model: CostModel, **kw: object) -> list:
+    return [synthetic_run(model, rate_tps=r, batch_size=b, **kw) for r, b in RATES_AND_BATCHES]  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def model() -> CostModel:
+    return default_model()
+
+
+def test_fit_recovers_per_batch_and_per_payment_cost_of_every_tier(model: CostModel) -> None:
+    runs = [run_cost(r, "x") for r in _runs(model)]
+    assert all(c is not None for c in runs)
+    costs = [c for c in runs if c is not None]
+    for tier in model.tiers:
+        fit = fit_tier(tier, costs)
+        assert fit.per_batch_ns == pytest.approx(model.per_batch_ns[tier], rel=1e-6), tier
+        assert fit.per_payment_ns == pytest.approx(model.per_payment_ns[tier], rel=1e-6), tier
+        assert fit.spread_low == pytest.approx(1.0) and fit.spread_high == pytest.approx(1.0)
+
+
+def test_cpu_per_payment_falls_as_the_rate_rises(model: CostModel) -> None:
+    costs = [run_cost(r) for r in _runs(model)]
+    per_payment = [c.tier_ns_per_s["ledger"] / c.transfers_per_s for c in costs if c is not None]
+    assert per_payment == sorted(per_payment, reverse=True) and per_payment[0] > per_payment[-1]
+
+
+def test_one_rate_charges_everything_per_payment(model: CostModel) -> None:
+    cost = run_cost(synthetic_run(model, rate_tps=300_000.0, batch_size=800.0))
+    assert cost is not None
+    fit = fit_tier("ledger", [cost])
+    assert fit.per_batch_ns == 0.0
+    assert fit.per_payment_ns == pytest.approx(cost.tier_ns_per_s["ledger"] / cost.transfers_per_s)
+
+
+def test_plan_arithmetic_from_result_files(tmp_path: Path, model: CostModel) -> None:
+    write_runs(tmp_path, _runs(model, traffic=TRAFFIC, state=STATE))
+    request = _request()
+    plan = build_plan(read_inputs(tmp_path), request).plan
+    rate = request.rate_tps
+    # Batches at 300k: the mean batch size interpolated between the measured 100k and 400k runs.
+    size = float(np.interp(rate, [r for r, _ in RATES_AND_BATCHES], [b for _, b in RATES_AND_BATCHES]))
+    assert plan.batches_per_s == pytest.approx(rate / size)
+    for tier in plan.tiers:
+        assert tier.cores == pytest.approx(model.ns(tier.tier, rate / size, rate) / 1e9, rel=1e-6), tier.tier
+    assert {t.tier for t in plan.tiers} == model.tiers - {"generator"}
+    hooks = set(full_hooks())
+    assert {t.tier for t in plan.tiers if t.on_sequencer} == {"ledger", "framing_io"} | hooks
+    assert plan.surveillance_cores == pytest.approx(sum(t.cores for t in plan.tiers if t.tier in hooks | {"trove"}))
+    assert plan.sequencer_core_busy == pytest.approx(sum(t.cores for t in plan.tiers if t.on_sequencer))
+    assert plan.memory_bytes == pytest.approx(request.accounts * 14.0)
+    assert plan.disk_per_day_bytes == pytest.approx(
+        {"journal": rate * SECONDS_PER_DAY * 50, "trove": rate * SECONDS_PER_DAY * 30}
+    )
+    snapshots = 2 * request.accounts * 12.0
+    assert plan.snapshot_bytes == pytest.approx(snapshots)
+    assert plan.disk_retention_bytes == pytest.approx(3 * (rate * SECONDS_PER_DAY * 80 * 365 + snapshots))
+    assert plan.network_bytes_per_s == pytest.approx(rate * 80)
+    assert plan.replication_bytes_per_s == pytest.approx(rate * 50 * 2)
+    scale_out = sum(t.cores_high for t in plan.tiers if not t.on_sequencer)
+    assert plan.machines == 3 + max(math.ceil((scale_out - 63) / 64), 0)
+    assert plan.missing == []
+
+
+def test_sequencer_state_that_does_not_fit_one_machine_is_said(tmp_path: Path, model: CostModel) -> None:
+    write_runs(tmp_path, _runs(model, traffic=TRAFFIC, state=STATE))
+    plan = build_plan(read_inputs(tmp_path), _request(machine=Machine(cores=64, memory_bytes=8 * GIB))).plan
+    assert plan.fits_one_machine is False and plan.machines is None
+    assert "cannot be partitioned" in plan.machines_note
+
+
+def test_scale_out_tier_beyond_its_measured_workers_is_extrapolated(tmp_path: Path, model: CostModel) -> None:
+    runs = _runs(model, tier_cpu_s={"validators": 0.5})
+    plan = build_plan(read_inputs(write_runs(tmp_path, runs)), _request(rate_tps=50e6)).plan
+    validators = next(t for t in plan.tiers if t.tier == "validators")
+    assert not validators.on_sequencer and validators.extrapolated
+
+
+def test_results_from_two_cpus_are_refused_unless_scaled(tmp_path: Path, model: CostModel) -> None:
+    runs = _runs(model)
+    runs[0] = synthetic_run(model, rate_tps=100_000.0, batch_size=400.0, cpu_model="Other CPU", calibration_tps=2e7)
+    write_runs(tmp_path, runs)
+    with pytest.raises(MixedCpuError, match=r"2 CPUs.*Other CPU.*--scale-by-calibration"):
+        build_plan(read_inputs(tmp_path), _request())
+    plan = build_plan(read_inputs(tmp_path), _request(scale_by_calibration=True))
+    assert any("scaled to a CPU calibration score of 10,000,000" in a for a in plan.assumptions)
+    # The other CPU's run (score 2e7 against the median 1e7) counts twice its measured ns.
+    costs = read_inputs(tmp_path).runs
+    other = next(c for c in costs if c.cpu_model == "Other CPU")
+    doubled = next(c for c in scaled(costs, 1e7) if c.cpu_model == "Other CPU")
+    assert doubled.tier_ns_per_s["ledger"] == pytest.approx(2 * other.tier_ns_per_s["ledger"])
+
+
+def test_scaling_refuses_files_without_a_calibration(tmp_path: Path, model: CostModel) -> None:
+    runs = _runs(model)
+    runs[0] = synthetic_run(model, rate_tps=100_000.0, batch_size=400.0, cpu_model="Other CPU", calibration_tps=None)
+    write_runs(tmp_path, runs)
+    with pytest.raises(MixedCpuError, match="no CPU calibration score"):
+        build_plan(read_inputs(tmp_path), _request(scale_by_calibration=True))
+
+
+def test_missing_inputs_name_the_command_that_measures_them(tmp_path: Path, model: CostModel, capsys) -> None:
+    write_runs(tmp_path, _runs(model))  # no traffic, no state, no snapshots
+    code = main(["plan", "--results", str(tmp_path), "--profile", "full"])
+    out = capsys.readouterr().out
+    assert code == EXIT_INCOMPLETE
+    assert "missing inputs" in out
+    assert "`cbdc-bench engine --profile full --accounts 1M --seconds 1 --out DIR`" in out
+    assert "cbdc-bench run --profile full --journal DIR" in out
+    assert "snapshot bytes per account" in out
+    assert "memory (the sequencer's state, per replica): not measured" in out
+
+
+def test_a_profile_without_runs_is_an_error_naming_compare(tmp_path: Path, model: CostModel, capsys) -> None:
+    write_runs(tmp_path, _runs(model))
+    assert main(["plan", "--results", str(tmp_path), "--profile", "realistic"]) == 2
+    err = capsys.readouterr().err
+    assert "no measured run of profile 'realistic'" in err and "cbdc-bench compare --quick --profiles realistic" in err
+
+
+def test_engine_out_writes_a_kind_engine_result_with_each_piece_of_state(tmp_path: Path) -> None:
+    result = run_engine(accounts=20_000, profile="full", batch=2048, seconds=0.05, warmup=0.02, pool=2)
+    path = save_engine_result(result, tmp_path)
+    back = msgspec.json.decode(path.read_bytes(), type=EngineResult)
+    assert back.kind == ENGINE_KIND and back.schema_version == 2
+    assert back.state is not None
+    assert set(back.state.bytes_per_account) == {"ledger", *full_hooks()}
+    assert sum(back.state.bytes_per_account.values()) == pytest.approx(result.bytes_per_account)
+    state = read_inputs(tmp_path).states[0]
+    assert state.profile == "full" and state.bytes_per_account == back.state.bytes_per_account
+
+
+def test_plan_writes_json_and_png(tmp_path: Path, model: CostModel) -> None:
+    results = write_runs(tmp_path / "results", _runs(model, traffic=TRAFFIC, state=STATE))
+    plan = plan_command(results, _request(), out=tmp_path / "out")
+    assert (tmp_path / "out/plan.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "out/plan.json").read_text())
+    assert saved["plan"]["cores"] == pytest.approx(plan.plan.cores)
+    text = format_plan(plan)
+    assert "over baseline: not measured" in text and "policy/surveillance" in text
+
+
+def test_prediction_is_where_the_fitted_sequencer_core_saturates(model: CostModel) -> None:
+    costs = [c for c in (run_cost(r) for r in _runs(model)) if c is not None]
+    prediction = predict_max("full", costs, [])
+    assert prediction.predicted_tps is not None and prediction.measured is None
+    rate = prediction.predicted_tps
+    b = batches_per_s_at(rate, costs)
+    seq = ["ledger", "framing_io", *full_hooks()]
+    every = [*seq, "trove", "generator"]
+    cores = 1.0 if "sequencer" in prediction.limited_by else float(costs[0].cores)
+    used = sum(model.ns(t, b, rate) for t in (seq if cores == 1.0 else every)) / 1e9
+    assert used == pytest.approx(cores, rel=1e-6)
+
+
+def test_the_fit_predicts_the_committed_measured_maxima_within_a_quarter() -> None:
+    """The committed quick comparison (2 cores): every profile's predicted maximum from its own runs'
+    fit against its searched maximum, the issue's 25% target."""
+    inputs = read_inputs(TEMPLATE.parents[1])
+    by_profile: dict[str, list] = {}
+    for r in inputs.runs:
+        by_profile.setdefault(r.profile, []).append(r)
+    assert len(by_profile) >= 6
+    for profile, runs in by_profile.items():
+        prediction = predict_max(profile, runs, inputs.maxima)
+        assert prediction.error is not None and abs(prediction.error) < 0.25, (profile, prediction)
+
+
+def test_option_parsers() -> None:
+    assert parse_bytes("512GiB") == 512 * 2**30 and parse_bytes("2TB") == 2e12
+    assert parse_machine("cores=64,memory=512GiB,disk=30TB") == {"cores": 64, "memory": 512 * 2**30, "disk": 30e12}
+    with pytest.raises(argparse.ArgumentTypeError, match="cores=N"):
+        parse_machine("cpus=4")
+    assert parse_seconds("365d") == 365 * 86_400

@@ -1,0 +1,126 @@
+"""Result files with known costs, for the capacity plan's arithmetic tests.
+
+A committed, real result file (``results/compare-quick``, a sustained ``full`` run) is the
+template; its server figures are replaced by ones generated from a known cost model: each tier
+costs ``per_batch_ns`` per batch plus ``per_payment_ns`` per payment. The plan must recover those
+costs and compute its figures from them, so the tests assert against the model, never against
+numbers typed into them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.profiles import CompareSettings
+from loadgen.results.environment import Calibration
+from loadgen.results.run import RunResult, Traffic, load, resolved_settings, save
+from loadgen.results.state import StateFootprint
+
+TEMPLATE = (
+    Path(__file__).resolve().parents[2] / "results/compare-quick/runs/20261122T092451Z-compare-full-2062500tps.json"
+)
+PROFILE = "full"
+
+
+class CostModel(msgspec.Struct, frozen=True):
+    """Per-batch and per-payment ns of each tier (a hook's name is its tier)."""
+
+    per_batch_ns: dict[str, float]
+    per_payment_ns: dict[str, float]
+
+    def ns(self, tier: str, batches: float, payments: float) -> float:
+        return self.per_batch_ns.get(tier, 0.0) * batches + self.per_payment_ns.get(tier, 0.0) * payments
+
+    @property
+    def tiers(self) -> set[str]:
+        return set(self.per_batch_ns) | set(self.per_payment_ns)
+
+
+def full_hooks() -> list[str]:
+    return list(resolved_settings(PROFILE, None, CompareSettings()).hooks)
+
+
+def default_model() -> CostModel:
+    """Costs of every tier of ``full`` (ledger, framing, each hook, the trove, the generator)."""
+    tiers = ["ledger", "framing_io", "trove", "generator", *full_hooks()]
+    return CostModel(
+        per_batch_ns={t: 20_000.0 * (i + 1) for i, t in enumerate(tiers)},
+        per_payment_ns={t: 15.0 * (i + 1) for i, t in enumerate(tiers)},
+    )
+
+
+def synthetic_run(
+    model: CostModel,
+    *,
+    rate_tps: float,
+    batch_size: float,
+    seconds: float = 2.0,
+    cpu_model: str = "Test CPU",
+    calibration_tps: float | None = 1e7,
+    traffic: dict[str, Any] | None = None,
+    tier_cpu_s: dict[str, float] | None = None,
+    state: StateFootprint | None = None,
+) -> RunResult:
+    """The template run with its CPU, hooks, stats and environment generated from ``model``.
+
+    Deferred hooks' observe time is outside ``engine_s`` and inside the process CPU, as on the
+    server; the trove's CPU is the surveillance_log hook's ``background_ns``.
+    """
+    template = load(TEMPLATE)
+    settings = resolved_settings(PROFILE, None, CompareSettings())
+    payments = rate_tps * seconds
+    batches = payments / batch_size
+    engine = model.ns("ledger", batches, payments)
+    process = engine + model.ns("framing_io", batches, payments)
+    hooks: dict[str, Any] = {}
+    for spec in settings.hooks:
+        cost = model.ns(spec, batches, payments)
+        deferred = bool(settings.hook_params[spec].get("deferred", False))
+        hooks[spec] = {
+            "authorize_ns": 0.0 if deferred else cost,
+            "observe_ns": cost if deferred else 0.0,
+            "begin_ns": 0.0,
+            "background_ns": model.ns("trove", batches, payments) if spec == "surveillance_log" else 0.0,
+        }
+        process += cost
+        engine += 0.0 if deferred else cost
+    start = {"engine_s": 10.0, "ledger": {"transfers": 1_000, "batches": 10}}
+    end = {
+        "engine_s": 10.0 + engine / 1e9,
+        "ledger": {"transfers": 1_000 + round(payments), "batches": 10 + batches},
+    }
+    server = msgspec.structs.replace(
+        template.server,
+        cpu_s=process / 1e9,
+        stats_start=start,
+        stats_end=end,
+        hooks=hooks,
+        tier_cpu_s=tier_cpu_s or {},
+    )
+    calibration = (
+        None
+        if calibration_tps is None
+        else Calibration(engine_tps=calibration_tps, accounts=100_000, batch=8192, seconds=0.3)
+    )
+    environment = msgspec.structs.replace(template.environment, cpu_model=cpu_model, calibration=calibration)
+    return msgspec.structs.replace(
+        template,
+        summary=msgspec.structs.replace(template.summary, offered_tps=rate_tps, profile=PROFILE),
+        load=msgspec.structs.replace(template.load, rate_tps=rate_tps, seconds=seconds),
+        generator=msgspec.structs.replace(template.generator, cpu_s=model.ns("generator", batches, payments) / 1e9),
+        server=server,
+        environment=environment,
+        settings=settings,
+        traffic=None if traffic is None else Traffic(wire_sent_bytes=0, wire_received_bytes=0, **traffic),
+        state=state,
+    )
+
+
+def write_runs(folder: Path, runs: list[RunResult]) -> Path:
+    """Save ``runs`` as result files in ``folder``; the folder."""
+    for r in runs:
+        save(r, folder)
+    return folder
