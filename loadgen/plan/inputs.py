@@ -7,10 +7,10 @@ piece keeps per account). Each run is reduced to a ``RunCost``: CPU per second o
 window by *tier*, with the batches and payments per second that produced it, so ``model`` can fit
 a per-batch plus per-payment cost. The tiers, from the figures a result file holds:
 
-* ``framing_io``: the server process's CPU (``server.cpu_s``) outside the engine (``engine_s``)
-  and outside deferred observers: decoding frames, the event loop, writing replies;
-* ``ledger``: time inside the engine (``engine_s``, the journal append included) minus the
-  hooks' inline time;
+* ``framing_io``: the server process's CPU (``server.cpu_s``) not accounted to the ledger or a
+  hook: decoding frames, the event loop, writing replies;
+* ``ledger``: time inside the engine (``engine_s``, the journal append included, fsync waits
+  not) minus the hooks' inline time;
 * one tier per hook, by name: its ``authorize`` + ``observe`` + ``begin`` time on the
   sequencer's thread (``server.hooks``);
 * ``features`` and ``inference``: the ``risk_model`` hook's own split (``stats.risk_model``,
@@ -192,32 +192,48 @@ def _hook_name(spec: str) -> str:
 
 
 def _tier_ns(result: RunResult, hooks: Iterable[str], hook_params: dict[str, Any]) -> dict[str, float]:
-    """CPU ns over the measured window by tier (see the module docstring for each tier's source)."""
+    """CPU ns over the measured window by tier (see the module docstring for each tier's source).
+
+    The engine's and the hooks' times are wall-clock (``perf_counter``); the process's CPU is CPU.
+    fsync waits (``server.durability.fsync_ms_per_s``) are taken out of the engine's time, and
+    when the sequencer's wall-clock parts still add up to more than the process's CPU (a busy
+    machine preempted the server inside them), they are scaled down to it and ``framing_io`` is
+    what is left (zero then): the sequencer's total is always its measured CPU.
+    """
     server = result.server
     a, b = server.stats_start, server.stats_end
-    engine_ns = (_num(b.get("engine_s")) - _num(a.get("engine_s"))) * 1e9
-    tiers: dict[str, float] = {}
-    inline = deferred = 0.0
+    window_s = result.load.seconds
+    fsync_ns = server.durability.fsync_ms_per_s * window_s * 1e6
+    engine_ns = max((_num(b.get("engine_s")) - _num(a.get("engine_s"))) * 1e9 - fsync_ns, 0.0)
+    sequencer: dict[str, float] = {}  # wall-clock parts on the sequencer's thread
+    scale_out: dict[str, float] = {}
+    inline = 0.0
     for spec in hooks:
         name = _hook_name(spec)
         cost = server.hooks.get(name) or {}
         own = sum(_num(cost.get(k)) for k in ("authorize_ns", "observe_ns", "begin_ns"))
-        observe = _num(cost.get("observe_ns"))
-        is_deferred = bool((hook_params.get(spec) or {}).get("deferred", False))
-        deferred += observe if is_deferred else 0.0
-        inline += own - (observe if is_deferred else 0.0)
+        if not (hook_params.get(spec) or {}).get("deferred", False):
+            inline += own
+        else:
+            inline += own - _num(cost.get("observe_ns"))
         background = _num(cost.get("background_ns"))
         parts = HOOK_PARTS.get(name, ())
         if parts and isinstance(b.get(name), dict):
             split = {p: _num(b[name].get(f"{p}_ns")) - _num((a.get(name) or {}).get(f"{p}_ns")) for p in parts}
-            tiers.update(split)
             # The last part includes the background CPU, which is not sequencer-thread time.
             own -= sum(split.values()) - background
+            for part, ns in split.items():
+                (sequencer if part in SEQUENCER_TIERS else scale_out)[part] = ns
         elif background > 0:
-            tiers[BACKGROUND_TIER.get(name, f"{name}_background")] = background
-        tiers[name] = max(own, 0.0)
-    tiers["ledger"] = max(engine_ns - inline, 0.0)
-    tiers["framing_io"] = max((server.cpu_s or 0.0) * 1e9 - engine_ns - deferred, 0.0)
+            scale_out[BACKGROUND_TIER.get(name, f"{name}_background")] = background
+        sequencer[name] = max(own, 0.0)
+    sequencer["ledger"] = max(engine_ns - inline, 0.0)
+    cpu_ns = (server.cpu_s or 0.0) * 1e9
+    walls = sum(sequencer.values())
+    if walls > cpu_ns > 0:
+        sequencer = {k: v * cpu_ns / walls for k, v in sequencer.items()}
+    sequencer["framing_io"] = max(cpu_ns - sum(sequencer.values()), 0.0)
+    tiers = sequencer | scale_out
     for tier, cpu_s in server.tier_cpu_s.items():
         tiers[tier] = cpu_s * 1e9  # measured outside the server process: replaces any estimate
     tiers[GENERATOR] = result.generator.cpu_s * 1e9

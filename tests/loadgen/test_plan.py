@@ -219,3 +219,31 @@ def test_option_parsers() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="cores=N"):
         parse_machine("cpus=4")
     assert parse_seconds("365d") == 365 * 86_400
+
+
+def test_sequencer_total_is_the_process_cpu_on_a_busy_machine(model: CostModel) -> None:
+    """Wall-clock parts (engine, hooks) above the process's CPU are scaled down to it; fsync waits
+    are not CPU: taken out of the engine's time."""
+    run = synthetic_run(model, rate_tps=300_000.0, batch_size=800.0)
+    honest = run_cost(run)
+    assert honest is not None
+    cpu_s = run.server.cpu_s
+    assert cpu_s is not None
+    busy = msgspec.structs.replace(run, server=msgspec.structs.replace(run.server, cpu_s=cpu_s / 2))
+    cost = run_cost(busy)
+    assert cost is not None
+    sequencer = ["ledger", "framing_io", *full_hooks()]
+    assert sum(cost.tier_ns_per_s[t] for t in sequencer) == pytest.approx(cpu_s / 2 * 1e9 / run.load.seconds)
+    assert cost.tier_ns_per_s["framing_io"] == 0.0
+    assert cost.tier_ns_per_s["trove"] == honest.tier_ns_per_s["trove"]  # outside the process: as measured
+    fsync_ms_per_s = 100.0
+    waits = msgspec.structs.replace(run.server.durability, fsync="batch", fsync_ms_per_s=fsync_ms_per_s)
+    stats_end = dict(run.server.stats_end)
+    stats_end["engine_s"] += fsync_ms_per_s * run.load.seconds / 1e3
+    fsynced = msgspec.structs.replace(
+        run,
+        server=msgspec.structs.replace(run.server, durability=waits, stats_end=stats_end),
+    )
+    with_waits = run_cost(fsynced)
+    assert with_waits is not None
+    assert with_waits.tier_ns_per_s["ledger"] == pytest.approx(honest.tier_ns_per_s["ledger"])
