@@ -111,6 +111,7 @@ class ProfilePlan(msgspec.Struct, frozen=True, kw_only=True):
     memory_pieces: dict[str, float]  # bytes per account by piece
     fits_one_machine: bool | None
     disk_per_day_bytes: dict[str, float]  # journal, trove (one replica)
+    disk_per_day_complete: bool  # every growing store the profile keeps was measured
     snapshot_bytes: float | None  # one replica, all kept snapshots
     disk_retention_bytes: float | None  # all replicas, retention + snapshots
     network_bytes_per_s: float | None  # payments in and replies out
@@ -361,6 +362,7 @@ def plan_profile(
         memory_pieces=pieces,
         fits_one_machine=None if memory is None else memory <= request.machine.memory_bytes,
         disk_per_day_bytes=disk_day,
+        disk_per_day_complete=journal is not None and not (any(r.keeps_trove for r in usable) and trove is None),
         snapshot_bytes=snapshots,
         disk_retention_bytes=retention,
         network_bytes_per_s=None if wire is None else rate * wire,
@@ -484,8 +486,10 @@ def _delta_line(plan: ProfilePlan, other: ProfilePlan | None, name: str) -> str:
     if plan.memory_bytes is not None and other.memory_bytes is not None:
         parts.append(f"{(plan.memory_bytes - other.memory_bytes) / GIB:+,.0f} GiB memory per replica")
     mine, theirs = sum(plan.disk_per_day_bytes.values()), sum(other.disk_per_day_bytes.values())
-    if plan.disk_per_day_bytes and other.disk_per_day_bytes:
+    if plan.disk_per_day_complete and other.disk_per_day_complete:
         parts.append(f"{(mine - theirs) * 365 / 1e12:+,.1f} TB disk per year per replica")
+    else:
+        parts.append("disk not comparable (a store is not measured: see missing inputs)")
     return f"what {plan.profile}'s policy and surveillance add over {name}: " + ", ".join(parts)
 
 

@@ -19,9 +19,9 @@ def plot_plan(plan: CapacityPlan, path: str | Path) -> Path:
     """Write the two-panel figure of ``plan`` (every profile measured) to ``path``."""
     profiles: list[ProfilePlan] = sorted([plan.plan, *plan.others], key=lambda p: p.cores)
     names = [p.profile for p in profiles]
-    fig = Figure(figsize=(11, 4.8), dpi=110, layout="constrained")
+    fig = Figure(figsize=(12, 5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    cores_ax, disk_ax = fig.subplots(1, 2, width_ratios=(3, 2))
+    cores_ax, disk_ax = fig.subplots(1, 2, width_ratios=(3, 1.6))
     tiers: list[str] = []
     for p in profiles:
         tiers += [t.tier for t in p.tiers if t.tier not in tiers]
@@ -43,11 +43,11 @@ def plot_plan(plan: CapacityPlan, path: str | Path) -> Path:
     cores_ax.set_title(f"cores by tier at {r.rate_tps:,.0f} payments/s (band: run-to-run spread)", fontsize=9)
     cores_ax.set_ylabel("cores")
     cores_ax.tick_params(axis="x", rotation=30)
-    cores_ax.legend(fontsize=7, loc="upper left")
+    cores_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for j, p in enumerate(profiles):
         share = p.surveillance_cores / p.cores if p.cores else 0.0
-        cores_ax.annotate(f"{share:.0%}", (j, bottoms[j]), ha="center", va="bottom", fontsize=7,
-                          xytext=(0, 8), textcoords="offset points")  # fmt: skip
+        cores_ax.annotate(f"{share:.0%}", (j, p.cores_high), ha="center", va="bottom", fontsize=7,
+                          xytext=(0, 3), textcoords="offset points")  # fmt: skip
     parts = sorted({k for p in profiles for k in p.disk_per_day_bytes})
     bottoms = [0.0] * len(profiles)
     for i, part in enumerate(parts):
@@ -61,6 +61,8 @@ def plot_plan(plan: CapacityPlan, path: str | Path) -> Path:
         disk_ax.legend(fontsize=7)
     else:
         disk_ax.text(0.5, 0.5, "no disk figures measured", ha="center", transform=disk_ax.transAxes)
+        disk_ax.set_xticks([])
+        disk_ax.set_yticks([])
     fig.suptitle(
         f"Capacity plan: {r.accounts:,} accounts at {r.rate_tps:,.0f} payments/s "
         f"(% = policy/surveillance share of cores); CPU measured on {plan.cpu_model}",
