@@ -20,8 +20,11 @@ from loadgen.plan.model import batches_per_s_at, fits
 
 pytestmark = pytest.mark.benchmark
 
-FIT_RATES = ("100k", "400k")
-CHECK_RATE = "250k"
+FIT_RATES = ("50k", "200k")
+CHECK_RATE = "100k"
+#: Exit statuses of a run whose CPU figures are measured: sustained (0), not sustained (3), generator
+#: fell behind (4). The CPU per payment is measured in all three; 5 (incomplete) and 2 (error) are not.
+MEASURED = (0, 3, 4)
 
 
 def _run(rate: str, out: Path, tmp_path: Path) -> None:
@@ -29,7 +32,7 @@ def _run(rate: str, out: Path, tmp_path: Path) -> None:
         "run", "--profile", "full", "--rate", rate, "--seconds", "5", "--warmup", "2", "--accounts", "1M",
         "--trove", str(tmp_path / f"trove-{rate}"), "--out", str(out),
     ])  # fmt: skip
-    assert code == 0, f"the run at {rate}/s was not sustained on this machine (exit {code})"
+    assert code in MEASURED, f"the run at {rate}/s measured nothing (exit {code})"
 
 
 def test_fitted_cpu_predicts_a_fresh_run(tmp_path: Path) -> None:
