@@ -21,7 +21,7 @@ from engine.memory import check_accounts_fit
 from engine.profiles import build_hooks, load_scenario
 from loadgen.generator.workload import DEFAULT_SEED, BatchPool, Workload, scenario_workload
 from loadgen.results.environment import collect
-from loadgen.results.run import SCHEMA_VERSION
+from loadgen.results.run import SCHEMA_VERSION, write_new
 from loadgen.results.state import StateFootprint
 
 #: ``kind`` of an engine result file; its ``schema_version`` is the run result format's.
@@ -129,16 +129,6 @@ def run_engine(
 
 
 def save_engine_result(result: EngineResult, directory: str | os.PathLike[str]) -> Path:
-    """Write ``result`` as a new file ``<stamp>-engine-<profile>.json`` in ``directory``; its path."""
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = result.created_utc.replace(":", "").replace("-", "")
-    path = folder / f"{stamp}-engine-{result.profile}-{result.accounts}acct.json"
-    n = 1
-    while path.exists():
-        n += 1
-        path = folder / f"{stamp}-engine-{result.profile}-{result.accounts}acct-{n}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=1))
-    tmp.replace(path)
-    return path
+    """Write ``result`` as a new file ``<stamp>-engine-<profile>-<N>acct.json`` in ``directory``; its path."""
+    data = msgspec.json.format(msgspec.json.encode(result), indent=1)
+    return write_new(directory, f"engine-{result.profile}-{result.accounts}acct", result.created_utc, data)

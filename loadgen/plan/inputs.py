@@ -27,6 +27,7 @@ were it a thread in the server process it would also be counted in ``framing_io`
 
 from __future__ import annotations
 
+import shlex
 import statistics
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -59,6 +60,9 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
 
     file: str
     profile: str
+    #: What the plan groups runs by: the profile, with ``@N validators`` when the server verified
+    #: signatures with ``--validators N`` (``signed`` at 1 and at 2 validators are two machines).
+    label: str
     offered_tps: float
     transfers_per_s: float  # payments the ledger applied in the window / its length
     batches_per_s: float
@@ -79,7 +83,7 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
 class MeasuredMax(msgspec.Struct, frozen=True):
     """A profile's maximum sustainable rate from a comparison's searches (median over repeats)."""
 
-    profile: str
+    profile: str  # as ``RunCost.label``: with ``@N validators`` when the comparison ran them
     median_tps: float
     low_tps: float
     high_tps: float
@@ -163,9 +167,11 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
     tiers = _tier_ns(result, settings.hooks, settings.hook_params)
     traffic = result.traffic
     calibration = result.environment.calibration
+    validators = validators_spec(settings.server_args, server.tier_workers)
     return RunCost(
         file=file,
         profile=result.summary.profile,
+        label=result.summary.profile + (f"@{validators} validators" if validators else ""),
         offered_tps=result.summary.offered_tps,
         transfers_per_s=transfers / window_s,
         batches_per_s=batches / window_s,
@@ -178,12 +184,22 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
         journal_bytes_per_payment=None if traffic is None else traffic.journal_per_payment,
         trove_bytes_per_payment=None if traffic is None else traffic.trove_per_payment,
         keeps_trove=server.trove is not None,
-        signed="validators" in server.tier_cpu_s or "--validators" in settings.server_args,
+        signed="validators" in server.tier_cpu_s or bool(validators),
         cpu_model=result.environment.cpu_model,
         cores=result.environment.cores,
         calibration_tps=None if calibration is None else calibration.engine_tps,
         sustained=verdict_of(result, settings.targets).sustained,
     )
+
+
+def validators_spec(server_args: list[str], workers: dict[str, int]) -> str:
+    """The validators a server ran with: ``tier_workers.validators``, else its ``--validators`` argument ("": none)."""
+    if workers.get("validators"):
+        return str(workers["validators"])
+    for i, arg in enumerate(server_args[:-1]):
+        if arg == "--validators":
+            return server_args[i + 1]
+    return next((a.split("=", 1)[1] for a in server_args if a.startswith("--validators=")), "")
 
 
 def _hook_name(spec: str) -> str:
@@ -254,6 +270,7 @@ def _num(v: Any) -> float:
 def measured_maxima(summary: CompareSummary, file: str = "") -> list[MeasuredMax]:
     """Each profile's searched maximum: the median over repeats, with the range of their intervals."""
     calibration = summary.environment.calibration
+    validators = validators_spec(shlex.split(summary.command), {})
     out = []
     for profile in summary.profiles:
         searches = [s for s in summary.searches if s.profile == profile]
@@ -262,7 +279,7 @@ def measured_maxima(summary: CompareSummary, file: str = "") -> list[MeasuredMax
         values = [s.result.max_sustainable_tps for s in searches]
         out.append(
             MeasuredMax(
-                profile=profile,
+                profile=profile + (f"@{validators} validators" if validators else ""),
                 median_tps=float(statistics.median(values)),
                 low_tps=min(min(values), min(s.interval_low_tps for s in searches)),
                 high_tps=max(max(values), max(s.interval_high_tps for s in searches)),

@@ -267,6 +267,7 @@ def plan_profile(
     usable = [r for r in runs if r.sustained] or list(runs)
     tier_fits = {t: f for t, f in fits(usable).items() if t != GENERATOR}
     hooks = usable[-1].hooks
+    label, profile = profile, usable[-1].profile
     rate = request.rate_tps
     batches = batches_per_s_at(rate, usable)
     missing: list[Missing] = []
@@ -349,7 +350,7 @@ def plan_profile(
     machines, note = _machines(tiers, memory, retention, request)
     cost = _cost_fn(tier_fits, seq_tiers, usable)
     return ProfilePlan(
-        profile=profile,
+        profile=label,
         tiers=tiers,
         cores=sum(t.cores for t in tiers),
         cores_low=sum(t.cores_low for t in tiers),
@@ -454,22 +455,29 @@ def build_plan(inputs: Inputs, request: PlanRequest) -> CapacityPlan:
         )
     by_profile: dict[str, list[RunCost]] = {}
     for r in runs:
-        by_profile.setdefault(r.profile, []).append(r)
-    if request.profile not in by_profile:
+        by_profile.setdefault(r.label, []).append(r)
+    chosen = _label_of(request.profile, by_profile)
+    if chosen is None:
         measured = ", ".join(sorted(by_profile)) or "none"
         raise ValueError(
             f"no measured run of profile {request.profile!r} in the result files (profiles measured: {measured}); "
             f"measure it at two or more rates: cbdc-bench compare --quick --profiles {request.profile} --out DIR"
         )
+    if chosen != request.profile:
+        assumptions.append(f"profile {request.profile} planned as measured with {chosen} (the most validators)")
     plans = {p: plan_profile(p, rs, inputs.states, request) for p, rs in sorted(by_profile.items())}
-    plan = plans[request.profile]
-    deltas = [_delta_line(plan, plans.get(other), other) for other in ("baseline", "signed") if other != plan.profile]
+    plan = plans[chosen]
+    deltas = [
+        _delta_line(plan, plans.get(_label_of(other, by_profile) or other), other)
+        for other in ("baseline", "signed")
+        if other != request.profile
+    ]
     predictions = [predict_max(p, rs, inputs.maxima) for p, rs in sorted(by_profile.items())]
     assumptions += _assumptions(plan, cpu, calibrations, request)
     return CapacityPlan(
         request=request,
         plan=plan,
-        others=[p for name, p in plans.items() if name != request.profile],
+        others=[p for name, p in plans.items() if name != chosen],
         deltas=deltas,
         predictions=predictions,
         cpu_model=cpu,
@@ -477,6 +485,14 @@ def build_plan(inputs: Inputs, request: PlanRequest) -> CapacityPlan:
         assumptions=assumptions,
         skipped=list(inputs.skipped),
     )
+
+
+def _label_of(profile: str, by_label: dict[str, list[RunCost]]) -> str | None:
+    """The runs' label to plan ``profile`` with: itself, or its variant with the most validators."""
+    if profile in by_label:
+        return profile
+    variants = [label for label, runs in by_label.items() if runs[0].profile == profile]
+    return max(variants, key=lambda v: max(r.workers.get("validators", 0) for r in by_label[v]), default=None)
 
 
 def _delta_line(plan: ProfilePlan, other: ProfilePlan | None, name: str) -> str:

@@ -550,18 +550,22 @@ def dump(result: RunResult) -> bytes:
 
 def save(result: RunResult, directory: str | os.PathLike[str] = "results") -> Path:
     """Write ``result`` as a new file in ``directory`` (created if needed); its path."""
+    s = result.summary
+    return write_new(directory, f"{result.kind}-{s.profile}-{int(s.offered_tps)}tps", result.created_utc, dump(result))
+
+
+def write_new(directory: str | os.PathLike[str], name: str, created_utc: str, data: bytes) -> Path:
+    """Write ``data`` atomically as ``<stamp>-<name>.json`` (``-2``, ``-3``... if taken) in ``directory``."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = result.created_utc.replace(":", "").replace("-", "")
-    s = result.summary
-    base = f"{stamp}-{result.kind}-{s.profile}-{int(s.offered_tps)}tps"
+    base = f"{created_utc.replace(':', '').replace('-', '')}-{name}"
     path = folder / f"{base}.json"
     n = 1
     while path.exists():
         n += 1
         path = folder / f"{base}-{n}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(dump(result))
+    tmp.write_bytes(data)
     tmp.replace(path)
     return path
 

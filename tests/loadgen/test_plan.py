@@ -247,3 +247,20 @@ def test_sequencer_total_is_the_process_cpu_on_a_busy_machine(model: CostModel) 
     with_waits = run_cost(fsynced)
     assert with_waits is not None
     assert with_waits.tier_ns_per_s["ledger"] == pytest.approx(honest.tier_ns_per_s["ledger"])
+
+
+def test_runs_with_one_and_two_validators_are_planned_and_predicted_apart(tmp_path: Path, model: CostModel) -> None:
+    """``signed`` with 1 and with 2 validators are two systems: grouped apart, each predicted; a bare
+    profile name plans the variant with the most validators, and says so."""
+    for workers in (1, 2):
+        write_runs(
+            tmp_path,
+            _runs(model, tier_cpu_s={"validators": 0.4 / workers}, server_args=["--validators", str(workers)]),
+        )
+    plan = build_plan(read_inputs(tmp_path), _request())
+    assert plan.plan.profile == "full@2 validators"
+    assert [p.profile for p in plan.others] == ["full@1 validators"]
+    assert {p.profile for p in plan.predictions} == {"full@1 validators", "full@2 validators"}
+    assert any("planned as measured with full@2 validators" in a for a in plan.assumptions)
+    one, two = (next(t for t in p.tiers if t.tier == "validators") for p in (plan.others[0], plan.plan))
+    assert two.cores == pytest.approx(one.cores / 2)

@@ -62,6 +62,8 @@ def synthetic_run(
     calibration_tps: float | None = 1e7,
     traffic: dict[str, Any] | None = None,
     tier_cpu_s: dict[str, float] | None = None,
+    tier_workers: dict[str, int] | None = None,
+    server_args: list[str] | None = None,
     state: StateFootprint | None = None,
 ) -> RunResult:
     """The template run with its CPU, hooks, stats and environment generated from ``model``.
@@ -70,7 +72,7 @@ def synthetic_run(
     server; the trove's CPU is the surveillance_log hook's ``background_ns``.
     """
     template = load(TEMPLATE)
-    settings = resolved_settings(PROFILE, None, CompareSettings())
+    settings = resolved_settings(PROFILE, None, CompareSettings(), server_args=tuple(server_args or ()))
     payments = rate_tps * seconds
     batches = payments / batch_size
     engine = model.ns("ledger", batches, payments)
@@ -99,6 +101,7 @@ def synthetic_run(
         stats_end=end,
         hooks=hooks,
         tier_cpu_s=tier_cpu_s or {},
+        tier_workers=tier_workers or {},
     )
     calibration = (
         None
