@@ -396,10 +396,12 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
         help="how long the journal and trove are kept, e.g. 365d, 90d (default 365d)",
     )  # fmt: skip
     p.add_argument(
-        "--replicas", type=parse_count, default=3,
+        "--replicas", type=parse_count, default=3, metavar="N",
         help="copies of the sequencer, its state, journal and snapshots (default 3)",
     )  # fmt: skip
-    p.add_argument("--snapshots-kept", type=parse_count, default=2, help="snapshots kept per replica (default 2)")
+    p.add_argument(
+        "--snapshots-kept", type=parse_count, default=2, metavar="N", help="snapshots kept per replica (default 2)"
+    )
     p.add_argument(
         "--scale-by-calibration", action="store_true",
         help="accept result files from different CPUs, scaling each one's costs by its CPU calibration score",

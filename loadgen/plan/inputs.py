@@ -40,10 +40,9 @@ from loadgen.harness.engine_run import ENGINE_KIND, EngineResult
 from loadgen.results.compare import SUMMARY_KIND, CompareSummary, loads_summary, peek_kind
 from loadgen.results.run import ResultVersionError, RunResult, loads, resolved_settings, verdict_of
 
-#: Tiers that run on the sequencer's one core (besides one tier per hook, which also does).
+#: Tiers that run on the sequencer's one core (besides one tier per hook, which also does); every
+#: other tier (validators, trove, inference, a hook's background) scales out.
 SEQUENCER_TIERS = ("framing_io", "ledger", "features")
-#: Tiers that scale out across cores and machines.
-SCALE_OUT_TIERS = ("validators", "trove", "inference")
 #: Tiers that are the ledger's own work (everything else is policy or surveillance).
 CORE_TIERS = ("validators", "framing_io", "ledger")
 #: The generator's CPU: measured, used to predict this machine's maximum, never planned.
