@@ -273,8 +273,8 @@ def plan_profile(
     missing: list[Missing] = []
     if any(r.signed for r in usable) and "validators" not in tier_fits:
         missing.append(Missing(
-            "validators: CPU per signed payment (server.tier_cpu_s.validators)",
-            f"cbdc-bench compare --quick --profiles {profile} --validators 2 --out DIR (issue 19)",
+            "validators: CPU per signed payment (server.tier_cpu_s.validators, issue 19)",
+            f"cbdc-bench compare --quick --profiles {profile} --validators 2 --out DIR",
         ))  # fmt: skip
     tiers = []
     for name, fit in tier_fits.items():
@@ -318,8 +318,8 @@ def plan_profile(
         ))  # fmt: skip
     if any(r.keeps_trove for r in usable) and trove is None:
         missing.append(Missing(
-            "trove bytes per payment after compaction (traffic.trove_per_payment)",
-            f"cbdc-bench run --profile {profile} --trove DIR --out DIR (issue 17)",
+            "trove bytes per payment after compaction (traffic.trove_per_payment, issue 17)",
+            f"cbdc-bench run --profile {profile} --trove DIR --out DIR",
         ))  # fmt: skip
     if wire is None:
         missing.append(Missing(
@@ -333,8 +333,8 @@ def plan_profile(
     snapshots = None
     if snapshot_per_account is None:
         missing.append(Missing(
-            "snapshot bytes per account (state.snapshot_bytes_per_account)",
-            f"cbdc-bench run --profile {profile} --journal DIR --snapshot-every 1M --out DIR (issue 15)",
+            "snapshot bytes per account (state.snapshot_bytes_per_account, issue 15)",
+            f"cbdc-bench run --profile {profile} --journal DIR --snapshot-every 1M --out DIR",
         ))  # fmt: skip
     else:
         snapshots = request.snapshots_kept * request.accounts * snapshot_per_account
