@@ -20,6 +20,7 @@ per group.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from engine.profiles import CompareSettings, load_scenario
+from engine.profiles import CompareSettings, default_scenario_text, load_scenario
 from loadgen.generator.histogram import Histogram
 from loadgen.results.compare import (
     SUMMARY_KIND,
@@ -139,10 +140,13 @@ def _accounts(r: RunResult) -> str:
 
 
 def _scenario(r: RunResult) -> str:
-    if r.scenario is None:
-        return "shipped scenario"
-    digest = r.settings.scenario_sha256[:12] if r.settings is not None and r.settings.scenario_sha256 else ""
-    return f"scenario {r.scenario}" + (f" (sha256 {digest})" if digest else "")
+    """The scenario by its content where the file says it (version 2), else by its path."""
+    digest = r.settings.scenario_sha256 if r.settings is not None else ""
+    if digest:
+        if digest == hashlib.sha256(default_scenario_text()).hexdigest():
+            return "shipped scenario"
+        return f"scenario sha256 {digest[:12]}"
+    return "shipped scenario" if r.scenario is None else f"scenario {r.scenario}"
 
 
 DIMENSIONS: dict[str, Callable[[RunResult], str]] = {"cpu": _cpu, "accounts": _accounts, "scenario": _scenario}

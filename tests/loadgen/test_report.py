@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.profiles import CompareSettings
+from engine.profiles import CompareSettings, default_scenario_text
 from loadgen.cli.main import main
 from loadgen.generator.histogram import Histogram
 from loadgen.harness.compare import QUICK
@@ -18,7 +18,7 @@ from loadgen.report.data import MixedInputs, apply_ns_per_transfer, build
 from loadgen.report.markdown import cost_text, to_markdown
 from loadgen.report.writer import write_report
 from loadgen.results.compare import COMPARE_SCHEMA_VERSION, CompareSummary, ProfileSearch, RunRef, save_summary
-from loadgen.results.run import ResultVersionError, load
+from loadgen.results.run import ResultVersionError, load, resolved_settings, save
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 BASELINE = FIXTURES / "20261122T090419Z-run-baseline-300000tps.json"
@@ -319,3 +319,16 @@ def test_a_cost_is_throughput_lost_with_one_sign_everywhere(tmp_path: Path) -> N
     cost = row["cost: throughput lost vs baseline [range]"]
     assert cost.startswith(f"{full.cost_pct:.1f}% [") and "+" not in cost and "-" not in cost.split(":")[0]
     assert cost_text(full.cost_pct, 0) == f"{full.cost_pct:.0f}%"
+
+
+def test_one_scenario_under_two_paths_is_one_scenario(tmp_path: Path) -> None:
+    """Version 2 files name their scenario by content: a copy of the shipped file is the shipped scenario."""
+    copy = tmp_path / "copy-of-default.toml"
+    copy.write_bytes(default_scenario_text())
+    folder = tmp_path / "in"
+    for src, scenario in ((BASELINE, None), (FULL, str(copy))):
+        r = load(src)
+        settings = resolved_settings(r.summary.profile, scenario, CompareSettings())
+        save(msgspec.structs.replace(r, scenario=scenario, settings=settings), folder)
+    data, runs, _ = build([folder])
+    assert len(runs) == 2 and {r.profile for r in data.profiles} == {"baseline", "full"}
