@@ -269,6 +269,16 @@ def add_trove(p: argparse.ArgumentParser, *, keep: bool) -> None:
         p.add_argument("--keep-trove", action="store_true", help="keep each trial's trove after it")
 
 
+def add_validators(p: argparse.ArgumentParser) -> None:
+    """``--validators SPEC`` of a command that starts a server: passed on as the server's ``--validators``."""
+    p.add_argument(
+        "--validators",
+        metavar="SPEC",
+        help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
+        "ray:auto or ray:ADDRESS (signed profiles) (default: the server's, 0)",
+    )
+
+
 def add_load_arguments(p: argparse.ArgumentParser) -> None:
     """The options of one open-loop load (``LoadConfig``), shared by ``load`` and ``run``, with the same defaults."""
     p.add_argument(
