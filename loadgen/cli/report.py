@@ -38,6 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write over an existing report: into --out, or into the one directory given",
     )
+    p.add_argument(
+        "--split-by",
+        action="append",
+        default=[],
+        choices=("cpu", "accounts", "scenario"),
+        help="one report per CPU, account count or scenario (in subdirectories) instead of refusing a mix; "
+        "repeatable (default: a mix is refused)",
+    )
     p.set_defaults(func=_main)
 
 
@@ -62,6 +70,6 @@ def output_directory(results: list[str], out: str | None, *, overwrite: bool, st
 
 def _main(args: argparse.Namespace) -> int:
     out = output_directory(args.results, args.out, overwrite=args.overwrite)
-    for path in write_report(args.results, out):
+    for path in write_report(args.results, out, split_by=args.split_by):
         print(path)
     return 0
