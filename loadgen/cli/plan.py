@@ -134,6 +134,7 @@ def format_plan(c: CapacityPlan) -> str:
                 ", generator-limited" if m.generator_limited else ""
             )
             error = f"error {pr.error:+.0%}" if pr.error is not None else ""
+            error += f" (the sequencer used at most {pr.peak_sequencer_cores:.2f} of its core in the fitted runs)"
         else:
             measured, error = "no measured maximum (cbdc-bench compare)", ""
         lines.append(f"  {pr.profile:<14} predicted {predicted}; {measured} {error}".rstrip())

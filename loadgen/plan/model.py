@@ -131,6 +131,9 @@ class Prediction(msgspec.Struct, frozen=True):
     limited_by: str  # "the sequencer's core" or "all N cores"
     measured: MeasuredMax | None
     error: float | None  # (predicted - measured) / measured
+    #: The most of one core the sequencer's tiers used in any run of the profile: well below 1 at a
+    #: measured maximum means that maximum was not the sequencer's CPU (latency on a busy machine).
+    peak_sequencer_cores: float = 0.0
 
 
 class CapacityPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -438,7 +441,8 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
     predicted, limit = min(options) if options else (None, "nothing saturates")
     measured = next((m for m in maxima if m.profile == profile), None)
     error = (predicted - measured.median_tps) / measured.median_tps if predicted and measured else None
-    return Prediction(profile, predicted, limit, measured, error)
+    peak = max(sum(v for t, v in r.tier_ns_per_s.items() if is_sequencer_tier(t, hooks)) for r in runs) / 1e9
+    return Prediction(profile, predicted, limit, measured, error, peak)
 
 
 def build_plan(inputs: Inputs, request: PlanRequest) -> CapacityPlan:

@@ -198,6 +198,9 @@ def test_prediction_is_where_the_fitted_sequencer_core_saturates(model: CostMode
     cores = 1.0 if "sequencer" in prediction.limited_by else float(costs[0].cores)
     used = sum(model.ns(t, b, rate) for t in (seq if cores == 1.0 else every)) / 1e9
     assert used == pytest.approx(cores, rel=1e-6)
+    # How close the fitted runs came to the sequencer's saturation: its busiest run.
+    peak = max(sum(model.ns(t, c.batches_per_s, c.transfers_per_s) for t in seq) / 1e9 for c in costs)
+    assert prediction.peak_sequencer_cores == pytest.approx(peak, rel=1e-6)
 
 
 def test_the_fit_predicts_the_committed_measured_maxima_within_a_quarter() -> None:
