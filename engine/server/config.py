@@ -182,7 +182,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.journal and self.echo:
             raise ValueError("--journal needs a ledger; --echo runs without one")
         if self.connect_rate_per_source < 0:
-            raise ValueError(f"connect_rate_per_source must be >= 0 (0 = unlimited), got {self.connect_rate_per_source}")
+            raise ValueError(f"connect_rate_per_source must be >= 0 (0 = off), got {self.connect_rate_per_source}")
         if self.max_unauthenticated < 1:
             raise ValueError(f"max_unauthenticated must be >= 1, got {self.max_unauthenticated}")
         if self.max_partial_frame_bytes < self.max_frame_bytes:

@@ -118,8 +118,8 @@ def test_connect_rate_per_source_refuses_a_burst_from_one_address(
     start_server: StartServer, workload: Workload, raw_sockets: list[socket.socket]
 ) -> None:
     st: ServerThread = start_server(max_unauthenticated=4, connect_rate_per_source=1.0)
-    for _ in range(12):  # a burst of 12 against a bucket of 4 refilling at 1/s
-        raw_sockets.append(socket.create_connection(st.address, source_address=("127.0.0.3", 0)))
+    # A burst of 12 against a bucket of 4 refilling at 1/s.
+    raw_sockets.extend(socket.create_connection(st.address, source_address=("127.0.0.3", 0)) for _ in range(12))
     _wait_for(lambda: st.call(lambda: st.server.counters["connections_total"]) >= 12, "connections not accepted")
     limited = st.call(lambda: st.server.counters["connections_rate_limited"])
     assert 12 - 4 - 2 <= limited <= 12 - 4  # at most ~2 tokens refilled while the burst was accepted
