@@ -381,8 +381,8 @@ class Server:
             case StatsRequest(req=req):
                 if self.handshake.require_hello(conn, req):
                     conn.send(StatsReply(req, self._stats_for(conn)))
-            case _:
-                self.admin.handle(conn, msg)
+            case _:  # after the Submits received before it, also those still being verified
+                self.batcher.after_verified(lambda: self.admin.handle(conn, msg))
 
     def _reject_nested(self, conn: Connection) -> None:
         """A body nested too deeply to decode: deliver the results queued before it, then refuse it."""

@@ -7,19 +7,21 @@ a server that requires signatures is refused per transfer; an unavailable tier a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine import signing
+from engine import signing, wire
 from engine.client import Client, ServerError
 from engine.codes import ResultCode
+from engine.hooks.freeze import Freeze, FreezeConfig
 from engine.reference import ReferenceLedger
 from engine.server import ServerThread
 from engine.validator_api import Validators, ValidatorStats, ValidatorsUnavailable
-from engine.wire import ErrorCode, SignedSubmit
+from engine.wire import Ack, Balance, BalanceReply, ErrorCode, Results, SignedSubmit, codes_from_bytes
 from loadgen.cli.main import main
 from loadgen.generator.workload import Workload, WorkloadConfig
 from loadgen.results.run import load
@@ -180,3 +182,56 @@ def test_journal_holds_only_verified_transfers(start_server: StartServer, tmp_pa
         codes = signed_submit(client, again, signing.sign_records(again, TEST_SEED))
     np.testing.assert_array_equal(codes, ref.apply(again))
     assert server_balances(st) == ref.balance
+
+
+class _Slow(Validators):
+    """The inline tier, answering each batch after a pause: Submits stay in ``verifying`` a while."""
+
+    def __init__(self, inner: Validators, pause_s: float) -> None:
+        self.inner, self.pause_s, self.workers = inner, pause_s, inner.workers
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
+        await asyncio.sleep(self.pause_s)
+        return await self.inner.verify(records, signatures)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def stats(self) -> ValidatorStats:
+        return self.inner.stats()
+
+
+def test_admin_requests_wait_for_the_submits_being_verified_before_them(start_server: StartServer) -> None:
+    """Issue 19, item 4: a Balance or Freeze sent right after a SignedSubmit used to run before
+    its verdicts were in (it read the balance before the payment, and a Freeze refused it)."""
+    st = start_server(hooks=[Freeze(FreezeConfig(frozen_fraction=0))], signatures="required", validators="0")
+    tier = st.server.batcher.validators
+    assert tier is not None
+    st.call(setattr, st.server.batcher, "validators", _Slow(tier, 0.3))
+    ref = reference_of(st)
+    batch = Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED)).batch(50, first_id=0, operator=0)
+    expected = ref.apply(batch)
+    i = expected.index(ResultCode.OK)
+    first, second = batch[i : i + 1].copy(), batch[i : i + 1].copy()
+    second["transfer_id"] = 100
+    payer, payee = int(first["payer"][0]), int(first["payee"][0])
+    with connect(st) as client:
+        before = client.balance(payer)
+        s1 = client.next_ref()
+        client.send(SignedSubmit(s1, first.tobytes(), signing.sign_records(first, TEST_SEED)))
+        balance_req, freeze_req = client.next_ref(), client.next_ref()
+        client.send(Balance(balance_req, payer))  # pipelined: no wait for Results
+        client.send(wire.Freeze(freeze_req, payee))
+        s2 = client.next_ref()
+        client.send(SignedSubmit(s2, second.tobytes(), signing.sign_records(second, TEST_SEED)))
+        replies = [client.recv() for _ in range(4)]
+        assert [type(m) for m in replies] == [Results, BalanceReply, Ack, Results]  # in arrival order
+        assert codes_from_bytes(replies[0].codes).tolist() == [ResultCode.OK]  # type: ignore[union-attr]
+        assert replies[1].balance_fen == before - int(first["amount_fen"][0])  # type: ignore[union-attr]
+        assert codes_from_bytes(replies[3].codes).tolist() == [ResultCode.FROZEN]  # type: ignore[union-attr]
+        assert client.audit().ok
+        assert_nothing_more(client)
+    assert st.call(lambda: st.server.counters["admin_waited_for_verdicts"]) == 2
