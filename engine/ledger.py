@@ -264,10 +264,10 @@ class Ledger:
             # learn") stands only for a transfer that passes them: it is settled "dry".
             late = (sub != 0) & (self._ranks[sub] > self._late_rank)
             go = (sub == 0) | late
-            columns = (transfers.payer, transfers.payee, transfers.amount_fen)
-            whole = bool(go.all())
-            dry = late if whole else late[go]
-            settled = self._settle(*(columns if whole else (c[go] for c in columns)), dry=dry if dry.any() else None)
+            pays, gets, amounts, dry = transfers.payer, transfers.payee, transfers.amount_fen, late
+            if not go.all():
+                pays, gets, amounts, dry = pays[go], gets[go], amounts[go], late[go]
+            settled = self._settle(pays, gets, amounts, dry if dry.any() else None)
             sub[go] = np.where(dry & (settled == 0), sub[go], settled)
             codes[pending] = sub
         self.ids.commit(consumed)

@@ -61,6 +61,7 @@ __all__ = [
     "ValidatorsUnavailable",
     "make_validators",
     "parse_validators",
+    "tier_mismatch",
     "verify_all",
 ]
 
@@ -429,6 +430,23 @@ def parse_validators(spec: str | int) -> tuple[str, int | str]:
     if n < 0:
         raise ValueError(f"--validators {n}: must be >= 0")
     return "local", n
+
+
+def tier_mismatch(spec: str, reported: object) -> str | None:
+    """Why a server's tier (its stats' ``validators``: ``ValidatorStats`` as a dict, or None when it
+    verifies no signatures) is not the one ``--validators spec`` names; None when it is."""
+    kind, arg = parse_validators(spec)
+    want = "ray" if kind == "ray" else "inline" if arg == 0 else "local"
+    if not isinstance(reported, dict):
+        return f"--validators {spec}: the server verifies no signatures (start it with a signed profile)"
+    have_kind, have_workers = reported.get("kind"), reported.get("workers")
+    if have_kind != want or (kind == "local" and have_workers != arg):
+        shown = "0 (inline)" if have_kind == "inline" else f"{have_kind} with {have_workers} workers"
+        return (
+            f"--validators {spec}: the server's validation tier is {shown}; restart it with "
+            f"`serve --validators {spec}` or drop --validators"
+        )
+    return None
 
 
 def make_validators(spec: str | int, registry: KeyRegistry, **options: Any) -> Validators:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import msgspec
 
 from engine.profiles import profile_names
+from engine.validators import parse_validators
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.schedule import Arrival
 from loadgen.generator.workload import DEFAULT_SEED
@@ -174,3 +175,31 @@ def use_hooks_path(dirs: Sequence[str]) -> list[str]:
 def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
     """The ``serve`` arguments that give a server child the same ``--hooks-path`` directories."""
     return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))
+
+
+def add_validators(p: argparse.ArgumentParser, *, starts_server: bool) -> None:
+    """``--validators SPEC``: the signature tier of signed profiles (``serve --validators``).
+
+    A command that starts its servers (``run``, ``compare``) passes it on to them; ``load`` checks
+    that the running server uses that tier and refuses to measure another one.
+    """
+    role = (
+        "the servers' signature verification"
+        if starts_server
+        else "the signature verification the running server must use (checked before the load; default: any)"
+    )
+    p.add_argument(
+        "--validators",
+        metavar="SPEC",
+        default=None,
+        help=f"{role}: N local validator processes (0 = on the sequencer's thread), ray:auto or ray:ADDRESS"
+        + (" (signed profiles; default the server's: 0)" if starts_server else ""),
+    )
+
+
+def validators_arguments(spec: str | None) -> tuple[str, ...]:
+    """The ``serve`` arguments for ``--validators SPEC`` (none when unset); a bad SPEC is a ValueError now."""
+    if spec is None:
+        return ()
+    parse_validators(spec)
+    return ("--validators", spec)

@@ -8,6 +8,10 @@ own lateness (send lag), and any transfers it never sent, are reported next to t
 The last line is the verdict against the ``[compare]`` targets of ``--scenario`` (default: p99 <=
 20 ms, 99% settled); the exit status is the verdict's: 0 sustained, 3 not sustained, 4 generator
 fell behind, 5 incomplete.
+
+A server running a signed profile (``signed``, ``signed-full``; its Welcome says which) gets
+signed Submits, signed ahead of the schedule. ``--validators SPEC`` checks that the server
+verifies them with that tier (``serve --validators``) and measures nothing otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from engine.profiles import load_scenario
-from loadgen.cli.common_args import add_host, add_load_arguments, add_scenario, load_config
+from loadgen.cli.common_args import add_host, add_load_arguments, add_scenario, add_validators, load_config
 from loadgen.cli.output import save_and_print
 from loadgen.harness.measured import run_measure
 
@@ -27,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-pid", type=int, default=None, help="server pid, to report its CPU from /proc")
     p.add_argument("--no-audit", action="store_true", help="skip the conservation audit after the run")
     add_scenario(p, positional=False, what="the [compare] targets the verdict judges against")
+    add_validators(p, starts_server=False)
     add_load_arguments(p, rate=50_000, seconds=10, warmup=2)
     p.set_defaults(func=_main)
 
@@ -34,5 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args, host=args.host, port=args.port)
     targets = load_scenario(args.scenario).compare
-    result = run_measure(config, kind="load", server_pid=args.server_pid, audit=not args.no_audit, targets=targets)
+    result = run_measure(
+        config,
+        kind="load",
+        server_pid=args.server_pid,
+        audit=not args.no_audit,
+        targets=targets,
+        validators=args.validators,
+    )
     return save_and_print(result, as_json=args.json, out=args.out)

@@ -23,6 +23,7 @@ import msgspec
 from engine.memory import check_accounts_fit
 from engine.profiles import CompareSettings
 from engine.server.config import SIGNED_PROFILES
+from engine.validators import tier_mismatch
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.server import running_server, server_arguments
@@ -99,14 +100,24 @@ async def measure(
     scenario: str | None = None,
     echo: bool = False,
     targets: CompareSettings | None = None,
+    validators: str | None = None,
 ) -> RunResult:
     """Run the load, probing server stats and CPU at the measured window's edges; audit after.
 
-    ``targets``: what the result's verdict judges against (the default targets if None).
+    ``targets``: what the result's verdict judges against (the default targets if None). A server
+    running a signed profile (its Welcome says) gets signed Submits. ``validators``: the tier
+    (``--validators`` spec) the server must verify them with; another one is a ``GatewayError``.
     """
     admin = AdminClient(config.host, config.port, secrets=config.secrets)
     server_welcome = await admin.connect()
     echo = echo or server_welcome.echo
+    if server_welcome.profile in SIGNED_PROFILES and not config.signed:
+        config = msgspec.structs.replace(config, signed=True)
+    if validators is not None:
+        why = tier_mismatch(validators, (await admin.stats()).get("validators"))
+        if why is not None:
+            admin.close()
+            raise GatewayError(why)
     probes: dict[str, tuple[float | None, dict[str, Any]]] = {}
     probe_failures: list[str] = []
     tasks: list[asyncio.Task[None]] = []
