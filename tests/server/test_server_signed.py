@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ from engine.hooks.freeze import Freeze, FreezeConfig
 from engine.reference import ReferenceLedger
 from engine.server import ServerThread
 from engine.validator_api import Validators, ValidatorStats, ValidatorsUnavailable
+from engine.validators import LocalValidators
 from engine.wire import Ack, Balance, BalanceReply, ErrorCode, Results, SignedSubmit, codes_from_bytes
 from loadgen.cli.main import main
 from loadgen.generator.workload import Workload, WorkloadConfig
@@ -235,3 +240,92 @@ def test_admin_requests_wait_for_the_submits_being_verified_before_them(start_se
         assert client.audit().ok
         assert_nothing_more(client)
     assert st.call(lambda: st.server.counters["admin_waited_for_verdicts"]) == 2
+
+
+class _Serial(_Slow):
+    """A tier of fixed capacity: one batch at a time, ``pause_s`` each (a saturated validator pool)."""
+
+    def __init__(self, inner: Validators, pause_s: float) -> None:
+        super().__init__(inner, pause_s)
+        self._one = asyncio.Lock()
+
+    async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
+        async with self._one:
+            return await super().verify(records, signatures)
+
+
+@pytest.mark.slow
+def test_a_flood_of_bad_signatures_from_one_operator_does_not_starve_another(start_server: StartServer) -> None:
+    """Fair share applies before the validators (issue 19): operator 0 floods forged SignedSubmits
+    into a saturated tier (20 ms per Submit); operator 1's correctly signed payments are neither
+    shed nor refused, and apply exactly as the reference model applies them alone."""
+    st = start_server(signatures="required", validators="0", max_batch=100, queue_limit=400)
+    tier = st.server.batcher.validators
+    assert tier is not None
+    st.call(setattr, st.server.batcher, "validators", _Serial(tier, 0.02))
+    ref = reference_of(st)
+    wl = Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED))
+    rounds, per_round = 6, 20
+    flood = [wl.batch(50, first_id=k * 50, operator=0) for k in range(rounds * per_round)]
+    forged = bytes(64 * 50)
+    good = [wl.batch(50, first_id=100_000 + i * 50, operator=1) for i in range(6)]
+    with connect(st, operator=0) as flooder, connect(st, operator=1) as bank:
+        frames = [flooder.codec.frame(SignedSubmit(k + 1, b.tobytes(), forged)) for k, b in enumerate(flood)]
+
+        def send_flood() -> None:
+            for r in range(rounds):
+                flooder.send_raw(b"".join(frames[r * per_round : (r + 1) * per_round]))
+                time.sleep(0.02)
+
+        t = threading.Thread(target=send_flood)
+        t.start()
+        time.sleep(0.05)
+        served = [signed_submit(bank, b, signing.sign_records(b, TEST_SEED)) for b in good]
+        t.join()
+        flooded = np.concatenate([flooder.results(k + 1) for k in range(len(flood))])
+        stats = bank.stats()
+        assert_nothing_more(bank)
+    for batch, codes in zip(good, served, strict=True):
+        np.testing.assert_array_equal(codes, ref.apply(batch))  # not OVERLOADED, not BAD_SIGNATURE
+    assert set(np.unique(flooded).tolist()) == {ResultCode.BAD_SIGNATURE, ResultCode.OVERLOADED}
+    assert stats["shed_over_fair_share"] > 0 and stats["fair_share"] == 200
+    assert server_balances(st) == ref.balance  # nothing of the flood applied
+
+
+def test_a_validator_killed_mid_run_loses_nothing_and_the_pool_recovers(start_server: StartServer) -> None:
+    """SIGKILL one of two validator processes while Submits are in flight: every Submit gets one
+    Results; its chunk is re-verified by the other worker (or, past the attempts, the whole Submit is
+    OVERLOADED: nothing of it applied); the pool starts a replacement; balances equal the reference
+    model applying exactly the Submits that were not refused; money is conserved."""
+    st = start_server(signatures="required", validators="2")
+    pool = st.server.validators
+    assert isinstance(pool, LocalValidators)
+    ref = reference_of(st)
+    wl = Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED))
+    batches = [wl.batch(250, first_id=k * 250, operator=0) for k in range(40)]
+    with connect(st) as client:
+        frames = [
+            client.codec.frame(SignedSubmit(k + 1, b.tobytes(), signing.sign_records(b, TEST_SEED)))
+            for k, b in enumerate(batches)
+        ]
+        pids = st.call(pool.worker_pids)
+        client.send_raw(b"".join(frames))
+        first = client.results(1)
+        os.kill(pids[0], signal.SIGKILL)  # 39 Submits, about 10,000 verifications, still to go
+        got = [first] + [client.results(k + 1) for k in range(1, len(batches))]
+        for batch, codes in zip(batches, got, strict=True):
+            if (codes == ResultCode.OVERLOADED).all():
+                continue  # refused whole: never applied, safe to resend
+            np.testing.assert_array_equal(codes, ref.apply(batch))
+        assert server_balances(st) == ref.balance
+        assert client.audit().ok
+        again = wl.batch(100, first_id=20_000, operator=0)
+        np.testing.assert_array_equal(
+            signed_submit(client, again, signing.sign_records(again, TEST_SEED)), ref.apply(again)
+        )
+        assert_nothing_more(client)
+    s = st.call(pool.stats)
+    assert s.worker_deaths == 1 and s.restarts == 1
+    assert s.requeued_chunks + s.failed_batches >= 1
+    live = st.call(pool.worker_pids)
+    assert len(live) == 2 and pids[0] not in live
