@@ -24,8 +24,8 @@ def test_load_signs_for_a_signed_server_and_checks_its_validation_tier(
     start_server: StartServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     st = start_server(profile="signed", validators="0")
-    port = str(st.address[1])
-    argv = ["load", "--port", port, "--seed", str(TEST_SEED), "--rate", "1000", "--seconds", "1", "--warmup", "0.2"]
+    target = f"127.0.0.1:{st.address[1]}"
+    argv = ["load", "--target", target, "--seed", str(TEST_SEED), "--rate", "1000", "--seconds", "1", "--warmup", "0.2"]
     argv += ["--drain", "3", "--json"]
     assert main([*argv, "--validators", "2"]) == 2
     err = capsys.readouterr().err
