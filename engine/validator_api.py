@@ -27,6 +27,8 @@ class ValidatorStats(msgspec.Struct, kw_only=True):
     batches: int = 0
     transfers: int = 0
     chunks: int = 0
+    #: Round trips to a worker; a parcel carries the chunks queued together (local tier only).
+    parcels: int = 0
     #: Chunks put back on the queue because the worker holding them died before answering.
     requeued_chunks: int = 0
     worker_deaths: int = 0

@@ -26,7 +26,7 @@ def test_load_signs_for_a_signed_server_and_checks_its_validation_tier(
     st = start_server(profile="signed", validators="0")
     target = f"127.0.0.1:{st.address[1]}"
     argv = ["load", "--target", target, "--seed", str(TEST_SEED), "--rate", "1000", "--seconds", "1", "--warmup", "0.2"]
-    argv += ["--drain", "3", "--json"]
+    argv += ["--drain", "3", "--json", "--out", str(tmp_path)]
     assert main([*argv, "--validators", "2"]) == 2
     err = capsys.readouterr().err
     assert "the server's validation tier is 0 (inline)" in err and "serve --validators 2" in err
