@@ -34,6 +34,9 @@ class ValidatorStats(msgspec.Struct, kw_only=True):
     worker_deaths: int = 0
     restarts: int = 0
     failed_batches: int = 0
+    #: User + system CPU seconds of the live worker processes (local tier, Linux /proc; a worker that
+    #: died takes its share with it). The inline tier's verification is in the server's own CPU.
+    cpu_s: float = 0.0
 
 
 class Validators(abc.ABC):

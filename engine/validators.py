@@ -57,7 +57,15 @@ import msgspec
 import numpy as np
 
 from engine.records import SIGNATURE_BYTES, TRANSFER_DTYPE
-from engine.signing import KeyRegistry, RegistryError, open_registry, pair_count, process_context, verify_records
+from engine.signing import (
+    KeyRegistry,
+    RegistryError,
+    open_registry,
+    pair_count,
+    process_context,
+    process_cpu_s,
+    verify_records,
+)
 from engine.validator_api import Validators, ValidatorStats, ValidatorsUnavailable
 
 __all__ = [
@@ -271,7 +279,10 @@ class LocalValidators(Validators):
 
     def stats(self) -> ValidatorStats:
         with self._cond:
-            return msgspec.structs.replace(self._stats)
+            pids = [w.pid for w in self._live.values()]
+            stats = msgspec.structs.replace(self._stats)
+        stats.cpu_s = sum(process_cpu_s(pid) for pid in pids)
+        return stats
 
     # ---- verifying -----------------------------------------------------------------------------------
 

@@ -164,7 +164,7 @@ async def measure(
         kind=kind,
         m=m,
         config=config,
-        environment=collect(),
+        environment=collect(signed=config.signed),
         welcome=welcome,
         failures=failures + probe_failures,
         stats_final=stats_final,
