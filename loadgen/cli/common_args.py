@@ -210,17 +210,29 @@ def parse_target(text: str) -> tuple[str, int]:
     return host, number
 
 
-def add_target(p: argparse.ArgumentParser, *, what: str = "the running server to load") -> None:
-    """``--target HOST:PORT``: a server this command connects to (``target_of``); ``--host``/``--port`` deprecated."""
+def add_target(
+    p: argparse.ArgumentParser,
+    *,
+    what: str = "the running server to load",
+    unset: str = "none, required",
+    old_aliases: bool = True,
+) -> None:
+    """``--target HOST:PORT``: a server this command connects to (``target_of``).
+
+    ``old_aliases``: keep ``load``'s former ``--host``/``--port`` as deprecated aliases. A command
+    that also starts its own server (``run``, where ``--host`` is the old ``--listen``) passes False
+    and says what leaving ``--target`` out means in ``unset``.
+    """
     p.add_argument(
         "--target",
         type=parse_target,
         default=None,
         metavar="HOST:PORT",
-        help=f"{what}, as printed by 'cbdc-bench serve' (default: none, required)",
+        help=f"{what}, as printed by 'cbdc-bench serve' (default: {unset})",
     )
-    add_deprecated_alias(p, "--host", new="--target HOST:PORT", dest="old_host")
-    add_deprecated_alias(p, "--port", new="--target HOST:PORT", dest="old_port", type=int)
+    if old_aliases:
+        add_deprecated_alias(p, "--host", new="--target HOST:PORT", dest="old_host")
+        add_deprecated_alias(p, "--port", new="--target HOST:PORT", dest="old_port", type=int)
 
 
 def target_of(args: argparse.Namespace) -> tuple[str, int]:
@@ -352,7 +364,7 @@ def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
     return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))
 
 
-def add_validators(p: argparse.ArgumentParser, *, starts_server: bool) -> None:
+def add_validators(p: argparse.ArgumentParser, *, starts_server: bool = True) -> None:
     """``--validators SPEC``: the signature tier of signed profiles (``serve --validators``).
 
     A command that starts its servers (``run``, ``compare``) passes it on to them; ``load`` checks

@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
     add_listen(p)
     add_journal(p)
-    add_validators(p, starts_server=True)
+    add_validators(p)
     add_hooks_path(p)
     add_trove(p, keep=False)
     add_load_arguments(p)

@@ -1,4 +1,4 @@
-"""What a result was measured on: machine, interpreter, libraries, code version."""
+"""What a result was measured on: machine, interpreter, libraries, code version, CPU calibration."""
 
 from __future__ import annotations
 
@@ -10,9 +10,24 @@ from pathlib import Path
 
 import msgspec
 
-from engine.signing import ed25519_verify_rate
-
 _LIBRARIES = ("numpy", "msgspec", "uvloop", "hdrhistogram", "cbdc-bench")
+
+
+class Calibration(msgspec.Struct, frozen=True, kw_only=True):
+    """A CPU calibration score taken at a run's start, so figures from two machines compare as ratios.
+
+    ``engine_tps`` is a fixed single-core workload (``loadgen.harness.calibration``: the ledger
+    alone, baseline profile, a fixed account count and batch size, a few hundred ms after a
+    warm-up): divide a run's throughput by it to compare machines. ``rates`` is where later
+    calibrations add theirs by name (e.g. ``ed25519_verify_per_s``); readers ignore names they
+    do not know.
+    """
+
+    engine_tps: float
+    accounts: int
+    batch: int
+    seconds: float
+    rates: dict[str, float] = {}
 
 
 class Environment(msgspec.Struct, frozen=True):
@@ -24,9 +39,7 @@ class Environment(msgspec.Struct, frozen=True):
     libraries: dict[str, str]
     git_commit: str
     git_dirty: bool
-    #: Ed25519 verifications per CPU second on one core (``engine.signing.ed25519_verify_rate``),
-    #: measured for signed runs only (None otherwise): what a signed run's rate is set against.
-    ed25519_verify_per_cpu_s: float | None = None
+    calibration: Calibration | None = None  # None: not taken (files before version 2, compare summaries)
 
 
 def _cpu_model() -> str:
@@ -62,8 +75,8 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def collect(*, signed: bool = False) -> Environment:
-    """Describe this machine and this checkout (``signed``: with the Ed25519 calibration, ~0.25 s)."""
+def collect() -> Environment:
+    """Describe this machine and this checkout."""
     return Environment(
         cpu_model=_cpu_model(),
         cores=os.cpu_count() or 0,
@@ -73,5 +86,4 @@ def collect(*, signed: bool = False) -> Environment:
         libraries={name: _version(name) for name in _LIBRARIES},
         git_commit=_git("rev-parse", "HEAD") or "unknown",
         git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
-        ed25519_verify_per_cpu_s=ed25519_verify_rate() if signed else None,
     )

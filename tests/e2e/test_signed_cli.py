@@ -11,6 +11,7 @@ import pytest
 
 from loadgen.cli import compare as compare_cli
 from loadgen.cli.main import build_parser, main
+from loadgen.harness.calibration import ED25519_RATE
 from loadgen.results.run import load
 from tests.support.servers import TEST_SEED, StartServer
 
@@ -40,8 +41,8 @@ def test_load_signs_for_a_signed_server_and_checks_its_validation_tier(
     assert counters["submits"] > 0
     assert counters.get("bad_signatures", 0) == counters.get("unsigned_refused", 0) == 0  # signed, and verified
     assert st.call(st.server.stats)["validators"]["transfers"] > 0
-    calibration = load(summary["result_file"]).environment.ed25519_verify_per_cpu_s
-    assert calibration is not None and calibration > 0  # signed runs carry the Ed25519 calibration
+    calibration = load(summary["result_file"]).environment.calibration
+    assert calibration is not None and calibration.rates[ED25519_RATE] > 0  # signed runs carry the Ed25519 rate
 
 
 def test_compare_passes_validators_to_every_server(monkeypatch: pytest.MonkeyPatch) -> None:
