@@ -117,12 +117,12 @@ def test_a_churning_address_evicts_its_own_connections_not_a_slow_handshake(
 def test_connect_rate_per_source_refuses_a_burst_from_one_address(
     start_server: StartServer, workload: Workload, raw_sockets: list[socket.socket]
 ) -> None:
-    st: ServerThread = start_server(max_unauthenticated=4, connect_rate_per_source=1.0)
-    # A burst of 12 against a bucket of 4 refilling at 1/s.
+    st: ServerThread = start_server(max_unauthenticated=4, connect_rate_per_source=0.2)
+    # A burst of 12 against a bucket of 4 refilling at 0.2/s (slow accepts on a busy machine refill little).
     raw_sockets.extend(socket.create_connection(st.address, source_address=("127.0.0.3", 0)) for _ in range(12))
     _wait_for(lambda: st.call(lambda: st.server.counters["connections_total"]) >= 12, "connections not accepted")
     limited = st.call(lambda: st.server.counters["connections_rate_limited"])
-    assert 12 - 4 - 2 <= limited <= 12 - 4  # at most ~2 tokens refilled while the burst was accepted
+    assert 12 - 4 - 2 <= limited <= 12 - 4  # at most 2 tokens refilled unless accepting took 10 s
     assert b"connect-rate-per-source" in _read_frame(raw_sockets[-1])  # the last of the burst was refused
     with connect(st, operator=1) as c:  # another address is not limited
         assert len(c.transfer(workload.batch(20, first_id=0, operator=1))) == 20
