@@ -18,7 +18,9 @@ a per-batch plus per-payment cost. The tiers, from the figures a result file hol
 * ``trove``: the surveillance_log hook's ``background_ns`` (the trove writer and compactor, in
   a child process since issue 17), or ``server.tier_cpu_s["trove"]`` when a run records it;
   other hooks' background CPU is ``<hook>_background``;
-* ``validators``: ``server.tier_cpu_s["validators"]`` (issue 19: the signature workers).
+* ``validators``: the local validator processes' CPU (``stats.validators.cpu_s``, issue 19), or
+  ``server.tier_cpu_s["validators"]`` when a run records it; an inline tier (0 workers) verifies
+  on the server's thread, inside ``framing_io``.
 
 ``framing_io``, ``ledger``, the hooks and ``features`` run on the sequencer's one core; the rest
 scale out. A hook's background CPU is taken to be outside the server process (the trove child);
@@ -166,7 +168,7 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
     tiers = _tier_ns(result, settings.hooks, settings.hook_params)
     traffic = result.traffic
     calibration = result.environment.calibration
-    validators = validators_spec(settings.server_args, server.tier_workers)
+    validators = validators_spec(settings.server_args, _workers(server.stats_end) | dict(server.tier_workers))
     return RunCost(
         file=file,
         profile=result.summary.profile,
@@ -176,7 +178,7 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
         batches_per_s=batches / window_s,
         tier_ns_per_s={k: v / window_s for k, v in tiers.items()},
         hooks=[_hook_name(h) for h in settings.hooks],
-        workers=dict(server.tier_workers),
+        workers=_workers(server.stats_end) | dict(server.tier_workers),
         wire_bytes_per_payment=(
             None if traffic is None else traffic.wire_sent_per_payment + traffic.wire_received_per_payment
         ),
@@ -199,6 +201,13 @@ def validators_spec(server_args: list[str], workers: dict[str, int]) -> str:
         if arg == "--validators":
             return server_args[i + 1]
     return next((a.split("=", 1)[1] for a in server_args if a.startswith("--validators=")), "")
+
+
+def _workers(stats: dict[str, Any]) -> dict[str, int]:
+    """Scale-out tiers' workers as the server's stats report them (the validators', issue 19)."""
+    validators = stats.get("validators")
+    n = int(_num(validators.get("workers"))) if isinstance(validators, dict) else 0
+    return {"validators": n} if n > 0 else {}
 
 
 def _hook_name(spec: str) -> str:
@@ -249,6 +258,11 @@ def _tier_ns(result: RunResult, hooks: Iterable[str], hook_params: dict[str, Any
         sequencer = {k: v * cpu_ns / walls for k, v in sequencer.items()}
     sequencer["framing_io"] = max(cpu_ns - sum(sequencer.values()), 0.0)
     tiers = sequencer | scale_out
+    validators = b.get("validators")
+    if isinstance(validators, dict) and _num(validators.get("workers")) > 0:
+        # Local validator processes' CPU (issue 19); an inline tier (0 workers) verifies on the
+        # server's own thread, so its cost is in the process's CPU (``framing_io``).
+        tiers["validators"] = (_num(validators.get("cpu_s")) - _num((a.get("validators") or {}).get("cpu_s"))) * 1e9
     for tier, cpu_s in server.tier_cpu_s.items():
         tiers[tier] = cpu_s * 1e9  # measured outside the server process: replaces any estimate
     tiers[GENERATOR] = result.generator.cpu_s * 1e9

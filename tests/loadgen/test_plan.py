@@ -267,3 +267,19 @@ def test_runs_with_one_and_two_validators_are_planned_and_predicted_apart(tmp_pa
     assert any("planned as measured with full@2 validators" in a for a in plan.assumptions)
     one, two = (next(t for t in p.tiers if t.tier == "validators") for p in (plan.others[0], plan.plan))
     assert two.cores == pytest.approx(one.cores / 2)
+
+
+def test_local_validators_cpu_comes_from_the_servers_validator_stats(model: CostModel) -> None:
+    """issue 19's server stats: ``validators.cpu_s`` (cumulative) and ``workers``; the window's
+    increase is the validators tier, the workers its measured scale and the run's label."""
+    run = synthetic_run(model, rate_tps=300_000.0, batch_size=800.0)
+    start = run.server.stats_start | {"validators": {"kind": "local", "workers": 2, "cpu_s": 3.0}}
+    end = run.server.stats_end | {"validators": {"kind": "local", "workers": 2, "cpu_s": 4.5}}
+    signed = msgspec.structs.replace(run, server=msgspec.structs.replace(run.server, stats_start=start, stats_end=end))
+    cost = run_cost(signed)
+    assert cost is not None
+    assert cost.tier_ns_per_s["validators"] == pytest.approx(1.5e9 / run.load.seconds)
+    assert cost.workers == {"validators": 2} and cost.label == "full@2 validators" and cost.signed
+    inline = end | {"validators": {"kind": "local", "workers": 0, "cpu_s": 0.0}}
+    unsplit = run_cost(msgspec.structs.replace(run, server=msgspec.structs.replace(run.server, stats_end=inline)))
+    assert unsplit is not None and "validators" not in unsplit.tier_ns_per_s
