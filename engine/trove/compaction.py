@@ -131,6 +131,8 @@ def connect(config: TroveConfig) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection for merging: one thread (its CPU is the calling thread's), bounded memory."""
     import duckdb
 
-    return duckdb.connect(
+    con = duckdb.connect(
         config={"threads": 1, "memory_limit": f"{config.compaction_memory_mb}MB", "preserve_insertion_order": False}
     )
+    con.execute("SET enable_progress_bar = false")  # it would print to the server's stdout
+    return con

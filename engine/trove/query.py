@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+    from engine.trove.process import TroveProcess
     from engine.trove.store import Trove
 
 #: ``aggregate`` dimensions and the SQL of each (region as the privacy hook defines it).
@@ -46,7 +47,7 @@ class TroveReader:
     def __init__(
         self,
         *,
-        trove: Trove | None = None,
+        trove: Trove | TroveProcess | None = None,
         root: Path | None = None,
         segments: Sequence[Segment] = (),
         config: TroveConfig | None = None,

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,25 @@ class TroveStopped(RuntimeError):
     """The trove stopped ingesting (disk full, write error); the message says why and what to do."""
 
 
-class Trove:
+class TroveFeed:
+    """What the hook feeds: ``Trove`` (threads in this process) or ``TroveProcess`` (a child process)."""
+
+    def append(self, batch: np.ndarray, codes: np.ndarray, batch_seq: int) -> None:
+        raise NotImplementedError
+
+    def flush(self, *, compact: bool = False) -> None:
+        raise NotImplementedError
+
+    def rebuild_from(self, entries: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Write again, from journal entries ``(batch_seq, batch, codes)`` in order, the rows the trove
+        lacks: those past ``durable_through_seq`` and those of segments lost or damaged. Rows the
+        trove already holds are skipped, so replaying a whole journal is safe."""
+        for seq, batch, codes in entries:
+            self.append(batch, codes, seq)
+        self.flush()
+
+
+class Trove(TroveFeed):
     """A trove directory opened for writing (``Trove.open``), or ``TroveReader`` for queries only."""
 
     def __init__(self, root: Path, config: TroveConfig, manifest: Manifest, *, temporary: bool) -> None:
@@ -91,6 +109,9 @@ class Trove:
         self._writer = threading.Thread(target=self._writer_loop, name=f"trove-writer {root}", daemon=True)
         self._compactor = threading.Thread(target=self._compactor_loop, name=f"trove-compactor {root}", daemon=True)
         self._con: Any = None
+        #: Called by the writer after each flush with (durable_seq(), rows handed over and done
+        #: with): how ``TroveProcess`` shows the parent its progress without a round trip.
+        self.on_durable: Callable[[int, int], None] | None = None
 
     # ---- opening -----------------------------------------------------------------------------
 
@@ -191,18 +212,23 @@ class Trove:
         if compact:
             self.compact_all()
 
-    def rebuild_from(self, entries: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> None:
-        """Write again, from journal entries ``(batch_seq, batch, codes)`` in order, the rows the trove
-        lacks: those past ``durable_through_seq`` and those of segments lost or damaged. Rows the
-        trove already holds are skipped, so replaying a whole journal is safe."""
-        for seq, batch, codes in entries:
-            self.append(batch, codes, seq)
-        self.flush()
-
     def needs_journal_from(self) -> int:
         """The first journal sequence number the trove still needs (keep journal entries from here)."""
         firsts = [lo for _, ranges in self.to_rebuild for lo, _ in ranges]
         return min([self.manifest.durable_through_seq + 1, *firsts])
+
+    def durable_seq(self) -> int:
+        """Every journal entry up to this one is in the trove (or expired): the trove's watermark.
+
+        Journal segments wholly at or below it may be deleted as far as the trove is concerned.
+        It is ``durable_through_seq`` held back to below any segment still to be rebuilt.
+        """
+        return self.needs_journal_from() - 1
+
+    @property
+    def durable_through_seq(self) -> int:
+        """The last batch whose rows are all written (segments lost since may still be rebuilding)."""
+        return self.manifest.durable_through_seq
 
     # ---- the writer thread -------------------------------------------------------------------
 
@@ -240,6 +266,12 @@ class Trove:
                 self._buffered_rows = 0
                 deadline = time.monotonic() + self.config.flush_interval_s
                 self._compact_now.set()
+            if self.failure and pending:  # stopped (by the compactor too): buffered rows are counted, not kept
+                self.counters["rows_not_persisted"] += self._buffered_rows
+                pending = []
+                self._buffered_rows = 0
+            if flush and self.on_durable is not None:
+                self.on_durable(self.durable_seq(), self._rows_taken - self._buffered_rows)
             now_cpu = time.thread_time_ns()
             self.counters["writer_cpu_ns"] += now_cpu - t_cpu
             t_cpu = now_cpu
@@ -358,9 +390,11 @@ class Trove:
                 while not self._stop.is_set() and self._compact_step(everything=False):
                     pass
             except Exception as exc:  # compaction failing must stop ingest loudly, not corrupt anything
+                if self._stop.is_set():
+                    return  # close() interrupted the merge on purpose: its sources are still listed
                 if isinstance(exc, OSError):
                     self._stop_ingest(exc)
-                elif not self._stop.is_set():
+                else:
                     self.failure = f"trove {self.root}: compaction failed ({type(exc).__name__}: {exc})"
                 return
 
