@@ -18,8 +18,12 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Directory of the trove; "" = a temporary directory deleted when the hook closes (tests,
     #: quick runs: the cost is measured, the data is not kept).
     dir: str = ""
-    #: Time partition length on the simulated clock; partitions are what retention expires.
+    #: Time period on the simulated clock; a partition (what retention expires) is one period or,
+    #: below the row floor, several.
     partition_s: int = 86_400
+    #: Row floor: a new partition starts only once the newest holds this many rows (a small
+    #: ledger's days last seconds; without a floor each would be a partition of tiny files).
+    partition_min_rows: int = 1 << 18
     #: The writer writes a segment when this many rows are buffered, or after ``flush_interval_s``.
     segment_rows: int = 1 << 20
     flush_interval_s: float = 1.0
@@ -57,6 +61,8 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(
                 f"trove.partition_s must divide a day or be whole days (3600, 86400...), got {self.partition_s}"
             )
+        if self.partition_min_rows < 0:
+            raise ValueError(f"trove.partition_min_rows must be >= 0, got {self.partition_min_rows}")
         if self.segment_rows < 1 or self.row_group_rows < 1:
             raise ValueError("trove.segment_rows and trove.row_group_rows must be >= 1")
         if self.flush_interval_s <= 0:

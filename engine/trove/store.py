@@ -38,7 +38,15 @@ from engine.trove import compaction, retention
 from engine.trove.config import TroveConfig
 from engine.trove.files import CorruptSegment, check_file, write_parquet
 from engine.trove.manifest import Manifest, Segment, load_manifest, merge_ranges, save_manifest
-from engine.trove.schema import arrow_schema, concat_rows, partition_of, rows_of, take_rows
+from engine.trove.schema import (
+    arrow_schema,
+    concat_rows,
+    extend_partitions,
+    partition_of,
+    partitions_of,
+    rows_of,
+    take_rows,
+)
 
 #: The compactor looks for work at least this often (it is also woken after every flush).
 _COMPACTOR_POLL_S = 0.5
@@ -214,16 +222,14 @@ class Trove(TroveFeed):
 
     def needs_journal_from(self) -> int:
         """The first journal sequence number the trove still needs (keep journal entries from here)."""
-        firsts = [lo for _, ranges in self.to_rebuild for lo, _ in ranges]
-        return min([self.manifest.durable_through_seq + 1, *firsts])
+        return self.durable_seq() + 1
 
     def durable_seq(self) -> int:
-        """Every journal entry up to this one is in the trove (or expired): the trove's watermark.
-
-        Journal segments wholly at or below it may be deleted as far as the trove is concerned.
-        It is ``durable_through_seq`` held back to below any segment still to be rebuilt.
-        """
-        return self.needs_journal_from() - 1
+        """Every journal entry up to this one is in the trove (or expired): the trove's watermark,
+        committed in ``trove.json`` (``Manifest.durable_seq``). Journal segments wholly at or below
+        it may be deleted as far as the trove is concerned."""
+        with self._lock:
+            return self.manifest.durable_seq()
 
     @property
     def durable_through_seq(self) -> int:
@@ -287,7 +293,11 @@ class Trove(TroveFeed):
         if not self.to_rebuild:
             self.counters["rows_skipped_durable"] += len(rows["payer"])
             return None
-        parts = partition_of(rows["timestamp_ns"], self.manifest.partition_ns)
+        if not self.manifest.partition_starts:
+            self.counters["rows_skipped_durable"] += len(rows["payer"])
+            return None
+        periods = partition_of(rows["timestamp_ns"], self.manifest.partition_ns)
+        parts = partitions_of(periods, self.manifest.partition_starts)
         wanted = np.zeros(len(parts), dtype=bool)
         for part, ranges in self.to_rebuild:
             if any(lo <= seq <= hi for lo, hi in ranges):
@@ -318,21 +328,26 @@ class Trove(TroveFeed):
             if rest:
                 still_missing.append((part, rest))
         new: list[Segment] = []
+        starts = m.partition_starts
         if pending:
             rows = concat_rows(pending)
-            parts = partition_of(rows["timestamp_ns"], m.partition_ns)
-            late = parts < m.expired_below_partition
+            periods = partition_of(rows["timestamp_ns"], m.partition_ns)
+            late = periods < m.expired_below_partition
             if late.any():
                 self.counters["rows_expired_on_arrival"] += int(late.sum())
+            newest_rows = sum(s.rows for s in m.segments if starts and s.partition == starts[-1])
+            starts = extend_partitions(starts, periods[~late], newest_rows, self.config.partition_min_rows)
+            parts = partitions_of(periods, starts) if starts else periods
             schema = arrow_schema()
             for part in np.unique(parts[~late]).tolist():
-                in_part = parts == part
+                in_part = (parts == part) & ~late
                 ranges = list(claims.get(part, []))
                 if (rows["batch_seq"][in_part] >= first_new).any():
                     ranges.append((first_new, seen_seq))
                 new.append(self._write_ingest(take_rows(rows, in_part), part, merge_ranges(ranges), schema))
         with self._lock:
             m.segments.extend(new)
+            m.partition_starts = starts
             m.durable_through_seq = max(m.durable_through_seq, seen_seq)
             self.to_rebuild = still_missing
             m.to_rebuild = [(p, list(r)) for p, r in still_missing]
@@ -444,7 +459,7 @@ class Trove(TroveFeed):
             m = self.manifest
             gone = [s for s in m.segments if s.partition in expire]
             m.segments = [s for s in m.segments if s.partition not in expire]
-            m.expired_below_partition = max(m.expired_below_partition, max(expire) + 1)
+            m.expired_below_partition = max(m.expired_below_partition, m.partition_end(max(expire)))
             m.rows_expired += sum(s.rows for s in gone)
             save_manifest(self.root, m)
             self._garbage.extend(self.root / f.path for s in gone for f in s.files)
