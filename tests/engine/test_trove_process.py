@@ -6,6 +6,7 @@ Each test starts one child (about half a second); the stores' own logic is teste
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -144,3 +145,17 @@ def test_the_hook_reports_the_troves_watermark_for_the_journal(tmp_path: Path, r
     assert log.durable_seq() == 105
     log.close()
     assert SurveillanceLog(SurveillanceLogConfig(mode="buffer")).durable_seq() is None
+
+
+def test_bench_loads_through_the_child_and_probe_times_each_kind(tmp_path: Path, capsys) -> None:
+    from engine.trove.bench import QUERY_KINDS, run_bench
+    from loadgen.cli.main import main
+
+    config = small_config(Path(""), segment_rows=5_000, row_group_rows=1_024, fanin=4)
+    result = run_bench(rows=20_000, accounts=2_000, seed=3, queries=3, directory=str(tmp_path / "b"), config=config)
+    assert result.rows == 20_000 and result.process_cpu_s > 0 and result.runs >= 1
+    assert set(result.queries) == set(QUERY_KINDS) and result.queries["payments_day"]["mean_rows"] > 0
+    assert main(["trove", "probe", str(tmp_path / "b"), "--seconds", "0.5", "--accounts", "2000", "--json"]) == 0
+    probed = json.loads(capsys.readouterr().out)
+    assert set(probed) == set(QUERY_KINDS)
+    assert all(t["queries"] >= 1 and t["p99_ms"] >= t["p50_ms"] > 0 for t in probed.values())
