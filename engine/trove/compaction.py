@@ -1,7 +1,8 @@
-"""Compaction: ingest segments merged into runs sorted by account, size-tiered.
+"""Compaction: runs sorted by account, merged size-tiered.
 
-Ingest segments are in arrival order, so finding one person's payments in them is a scan.
-Compaction rewrites a partition's rows into *runs*: each run is two files holding the same rows,
+The writer writes every segment as a tier-0 *run* (``Trove._write_ingest``); arrival-ordered
+"ingest" segments, where finding one person's payments is a scan, are only found in troves
+written before that, and are merged into runs here. Each run is two files holding the same rows,
 one sorted by (payer, time) and one by (payee, time), so "payments sent by N" and "payments
 received by N" each read the one or two row groups (``row_group_rows`` rows) of each run whose
 min/max statistics contain N. The second ordering doubles the bytes of compacted data: that is

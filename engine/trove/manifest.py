@@ -41,9 +41,10 @@ class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Segment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A set of rows of one partition, held in one file per ordering.
 
-    ``kind`` "ingest": written by the writer, arrival order; "run": compacted, one file sorted by
-    payer and one by payee. ``seq_ranges``: the segment holds every row of its partition from the
-    batches in these inclusive (first, last) batch_seq ranges, and no other rows.
+    ``kind`` "run": one file sorted by payer and one by payee (what the writer and the compactor
+    write); "ingest": one arrival-ordered file (written by earlier versions of the writer).
+    ``seq_ranges``: the segment holds every row of its partition from the batches in these
+    inclusive (first, last) batch_seq ranges, and no other rows.
     """
 
     id: int

@@ -3,10 +3,10 @@
 ``Trove.append(batch, codes, batch_seq)`` is called on the sequencer's thread and only copies
 the batch into a bounded queue (when the queue is full the sequencer waits: back-pressure,
 never a dropped row; the wait is counted). A writer thread turns batches into rows, buffers
-them, and every ``segment_rows`` rows or ``flush_interval_s`` writes one ingest segment per time
-partition touched (``files.write_parquet``), then commits the manifest: the trove is then
-durable through the last batch written. A compactor thread merges segments into account-sorted
-runs (``compaction``) and applies retention (``retention``). Both threads measure their own
+them, and every ``segment_rows`` rows or ``flush_interval_s`` writes, per partition touched, one
+tier-0 run: the rows sorted by payer in one file and by payee in another (``files.write_parquet``),
+then commits the manifest: the trove is then durable through the last batch written. A compactor
+thread merges runs, size-tiered (``compaction``), and applies retention (``retention``). Both threads measure their own
 CPU time (``time.thread_time_ns``), which the hook charges to itself.
 
 The journal is the source of truth. A segment whose file is missing or damaged at open is
@@ -358,32 +358,50 @@ class Trove(TroveFeed):
     def _write_ingest(
         self, rows: dict[str, np.ndarray], part: int, ranges: list[tuple[int, int]], schema: Any
     ) -> Segment:
+        """The buffered rows of one partition as a tier-0 run: one file sorted by payer, one by payee.
+
+        As an LSM tree flushes its memtable as a sorted table: sorting here, in memory, costs one
+        numpy argsort per ordering, where writing arrival order and sorting later cost DuckDB a
+        read and a sort of every row (measured: ~1.2 us/row for both sorted files, against ~0.25
+        us/row for an arrival file plus ~2.2 us/row for its first merge). A partition whose rows
+        fit in fewer than ``fanin`` runs is then never rewritten at all.
+        """
         import pyarrow as pa
 
         with self._lock:
             seg_id = self.manifest.next_segment_id
             self.manifest.next_segment_id += 1
-        table = pa.Table.from_arrays([pa.array(rows[name]) for name in schema.names], schema=schema)
-        entry, n = write_parquet(
-            self.root,
-            f"segments/p{part}/s{seg_id:08d}.parquet",
-            "arrival",
-            table.to_batches(),
-            schema,
-            trove_id=self.manifest.trove_id,
-            segment_id=seg_id,
-            row_group_rows=self.config.segment_rows,
-        )
         ts = rows["timestamp_ns"]
+        # Rank in (time, batch_seq, batch_index) order; rows arrive in (batch_seq, batch_index) order.
+        rank = np.arange(len(ts), dtype=np.uint64)
+        if len(ts) > 1 and (np.diff(ts) < 0).any():
+            rank[np.argsort(ts, kind="stable")] = np.arange(len(ts), dtype=np.uint64)
+        files = []
+        n = 0
+        for ordering in compaction.ORDERINGS:
+            order = np.argsort((rows[ordering].astype(np.uint64) << np.uint64(32)) | rank)
+            table = pa.Table.from_arrays([pa.array(rows[name][order]) for name in schema.names], schema=schema)
+            entry, n = write_parquet(
+                self.root,
+                f"runs/p{part}/r{seg_id:08d}.{ordering}.parquet",
+                ordering,
+                table.to_batches(),
+                schema,
+                trove_id=self.manifest.trove_id,
+                segment_id=seg_id,
+                row_group_rows=self.config.row_group_rows,
+            )
+            files.append(entry)
         return Segment(
             id=seg_id,
-            kind="ingest",
+            kind="run",
             partition=part,
             rows=n,
             min_timestamp_ns=int(ts.min()),
             max_timestamp_ns=int(ts.max()),
             seq_ranges=ranges,
-            files=[entry],
+            files=files,
+            tier=compaction.tier_of(n, self.config),
         )
 
     def _stop_ingest(self, exc: OSError) -> None:
