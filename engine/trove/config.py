@@ -31,6 +31,8 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: and sorting do not compete with the sequencer for the GIL; False runs them as threads of
     #: this process (tests of the store, the bulk loader).
     process: bool = True
+    #: process mode: the child's niceness (0-19): it yields the CPU to the sequencer on a busy machine.
+    process_nice: int = 10
     #: process mode: shared-memory slots of 8192 records (~400 KB each) between the sequencer and
     #: the child. With ``queue_batches`` this bounds the backlog; past it the sequencer waits.
     ring_slots: int = 64
@@ -67,6 +69,8 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("trove.segment_rows and trove.row_group_rows must be >= 1")
         if self.flush_interval_s <= 0:
             raise ValueError(f"trove.flush_interval_s must be > 0, got {self.flush_interval_s}")
+        if not 0 <= self.process_nice <= 19:
+            raise ValueError(f"trove.process_nice must be in 0..19, got {self.process_nice}")
         if self.queue_batches < 1 or self.ring_slots < 1:
             raise ValueError(
                 f"trove.queue_batches and trove.ring_slots must be >= 1, got {self.queue_batches}, {self.ring_slots}"

@@ -340,6 +340,9 @@ def test_config_rejects_bad_values() -> None:
         msgspec.convert({"partition_s": 7000}, TroveConfig)
     with pytest.raises(ValueError, match="mode"):
         SurveillanceLogConfig(mode="ring")
+    for field, bad in (("process_nice", 20), ("ring_slots", 0), ("partition_min_rows", -1)):
+        with pytest.raises(msgspec.ValidationError, match=field):
+            msgspec.convert({field: bad}, TroveConfig)
 
 
 def test_the_trove_is_plain_parquet_that_pyarrow_dataset_reads_too(tmp_path, entries) -> None:
