@@ -22,6 +22,7 @@ from engine.simtime import iso_cst, parse_time
 from engine.trove.config import TroveConfig
 from engine.trove.query import DIMENSIONS, TroveReader
 from engine.trove.store import manifest_stats
+from loadgen.cli.common_args import add_json, add_seconds, add_seed
 
 #: Columns holding unix ns that the output also shows as ISO 8601 CST.
 _TIME_COLUMNS = {"timestamp_ns": "time", "bucket_ns": "bucket", "first_ns": "first", "last_ns": "last"}
@@ -73,10 +74,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     pr = tsub.add_parser("probe", help="time each query kind against a trove a server is writing")
     pr.add_argument("dir", help="trove directory (a run's --trove)")
-    pr.add_argument("--seconds", type=float, default=20.0, help="how long to keep querying (default 20)")
-    pr.add_argument("--accounts", type=float, default=1e6, help="subjects are drawn from 0..accounts-1")
-    pr.add_argument("--seed", type=int, default=20_261_203)
-    pr.add_argument("--json", action="store_true")
+    add_seconds(pr, default=20.0, what="seconds of querying")
+    pr.add_argument("--accounts", type=parse_count, default=1_000_000, help="subjects are drawn from 0..accounts-1")
+    add_seed(pr, what="subjects")
+    add_json(pr)
     pr.set_defaults(func=_probe)
 
 
