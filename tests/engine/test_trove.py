@@ -40,6 +40,7 @@ def small_config(root: Path, **kw: object) -> TroveConfig:
         "fanin": 2,
         "reserve_free_bytes": 0,
         "partition_min_rows": 0,  # one partition per period, unless a test sets a floor
+        "process_nice": 0,  # tests on a busy machine: the child is not starved
     }
     return TroveConfig(**{**base, **kw})  # type: ignore[arg-type]
 
