@@ -279,6 +279,8 @@ class TroveProcess(TroveFeed):
         """CPU time of the child process so far (all its threads): the hook's background cost."""
         if self._final_cpu_ns is not None:
             return self._final_cpu_ns
+        if self._gone:  # its pid may be reused: the last figure read stands
+            return self._cpu_ns
         now = time.monotonic()
         if now - self._cpu_read_at >= _CPU_POLL_S:
             self._cpu_read_at = now
