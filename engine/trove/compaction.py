@@ -1,9 +1,9 @@
 """Compaction: runs sorted by account, merged size-tiered.
 
-The writer writes every segment as a tier-0 *run* (``Trove._write_ingest``); arrival-ordered
-"ingest" segments, where finding one person's payments is a scan, are only found in troves
-written before that, and are merged into runs here. Each run is two files holding the same rows,
-one sorted by (payer, time) and one by (payee, time), so "payments sent by N" and "payments
+The writer writes a partition's first ``fanin - 1`` segments as tier-0 *runs*, sorted in memory
+(``Trove._write_ingest``), and later ones in arrival order ("ingest" segments, where finding one
+person's payments is a scan); ingest segments are merged into runs here. Each run is two files
+holding the same rows, one sorted by (payer, time) and one by (payee, time), so "payments sent by N" and "payments
 received by N" each read the one or two row groups (``row_group_rows`` rows) of each run whose
 min/max statistics contain N. The second ordering doubles the bytes of compacted data: that is
 the disk cost of answering "received" without a scan (a payer-sorted trove alone makes it a

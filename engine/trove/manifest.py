@@ -42,7 +42,7 @@ class Segment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A set of rows of one partition, held in one file per ordering.
 
     ``kind`` "run": one file sorted by payer and one by payee (what the writer and the compactor
-    write); "ingest": one arrival-ordered file (written by earlier versions of the writer).
+    write); "ingest": one arrival-ordered file (the writer's, for a partition that will be merged).
     ``seq_ranges``: the segment holds every row of its partition from the batches in these
     inclusive (first, last) batch_seq ranges, and no other rows.
     """

@@ -7,8 +7,8 @@
 (e) ``aggregate``: payments by region and category per hour or day.
 
 A query reads only the files of a committed snapshot of the manifest, chosen per ordering: rows
-sent by N from the payer-sorted file of each run, rows received from the payee-sorted one (and
-the arrival-ordered file of any ingest segment an earlier version left); so each row is read once, and a lookup by
+sent by N from the payer-sorted file of each run, rows received from the payee-sorted one, plus
+the (recent) arrival-ordered ingest segments not merged yet; so each row is read once, and a lookup by
 account reads the few row groups whose statistics contain N. Files found damaged at open are
 named in ``problems`` and left out. Times are unix ns on the simulated clock; windows are
 half-open [since, until). Every result is a ``pyarrow.Table``.

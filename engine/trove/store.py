@@ -4,9 +4,10 @@
 the batch into a bounded queue (when the queue is full the sequencer waits: back-pressure,
 never a dropped row; the wait is counted). A writer thread turns batches into rows, buffers
 them, and every ``segment_rows`` rows or ``flush_interval_s`` writes, per partition touched, one
-tier-0 run: the rows sorted by payer in one file and by payee in another (``files.write_parquet``),
-then commits the manifest: the trove is then durable through the last batch written. A compactor
-thread merges runs, size-tiered (``compaction``), and applies retention (``retention``). Both threads measure their own
+tier-0 run (the rows sorted by payer in one file and by payee in another) or, once the partition
+will be merged anyway, one arrival-ordered ingest segment (``files.write_parquet``), then commits
+the manifest: the trove is then durable through the last batch written. A compactor thread merges
+them, size-tiered (``compaction``), and applies retention (``retention``). Both threads measure their own
 CPU time (``time.thread_time_ns``), which the hook charges to itself.
 
 The journal is the source of truth. A segment whose file is missing or damaged at open is
@@ -28,6 +29,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -339,12 +341,15 @@ class Trove(TroveFeed):
             starts = extend_partitions(starts, periods[~late], newest_rows, self.config.partition_min_rows)
             parts = partitions_of(periods, starts) if starts else periods
             schema = arrow_schema()
+            held = Counter(s.partition for s in m.segments)
             for part in np.unique(parts[~late]).tolist():
                 in_part = (parts == part) & ~late
                 ranges = list(claims.get(part, []))
                 if (rows["batch_seq"][in_part] >= first_new).any():
                     ranges.append((first_new, seen_seq))
-                new.append(self._write_ingest(take_rows(rows, in_part), part, merge_ranges(ranges), schema))
+                # Sorted while the partition stays below a merge; past that, arrival order (see _write_ingest).
+                sort = held[part] < self.config.fanin - 1
+                new.append(self._write_ingest(take_rows(rows, in_part), part, merge_ranges(ranges), schema, sort=sort))
         with self._lock:
             m.segments.extend(new)
             m.partition_starts = starts
@@ -356,15 +361,17 @@ class Trove(TroveFeed):
         self.counters["rows_appended"] += sum(s.rows for s in new)
 
     def _write_ingest(
-        self, rows: dict[str, np.ndarray], part: int, ranges: list[tuple[int, int]], schema: Any
+        self, rows: dict[str, np.ndarray], part: int, ranges: list[tuple[int, int]], schema: Any, *, sort: bool
     ) -> Segment:
-        """The buffered rows of one partition as a tier-0 run: one file sorted by payer, one by payee.
+        """The buffered rows of one partition: a tier-0 run (``sort``: one file sorted by payer, one
+        by payee) or an ingest segment (one arrival-ordered file, merged into a run later).
 
-        As an LSM tree flushes its memtable as a sorted table: sorting here, in memory, costs one
-        numpy argsort per ordering, where writing arrival order and sorting later cost DuckDB a
-        read and a sort of every row (measured: ~1.2 us/row for both sorted files, against ~0.25
-        us/row for an arrival file plus ~2.2 us/row for its first merge). A partition whose rows
-        fit in fewer than ``fanin`` runs is then never rewritten at all.
+        A run is what an LSM tree's memtable flush writes: sorted here in memory (one numpy argsort
+        per ordering), a partition that never holds ``fanin`` segments (a small ledger's day, a
+        short run) is never rewritten. Measured on 10^6 rows: ~1.2 us/row for the two sorted files,
+        against ~0.25 us/row for an arrival file plus ~2.2 us/row (DuckDB's read and sort, two
+        files) for the merge that sorts it. Once a partition will be merged anyway, sorting at
+        write time would only add a level, so its later segments are written in arrival order.
         """
         import pyarrow as pa
 
@@ -372,36 +379,49 @@ class Trove(TroveFeed):
             seg_id = self.manifest.next_segment_id
             self.manifest.next_segment_id += 1
         ts = rows["timestamp_ns"]
-        # Rank in (time, batch_seq, batch_index) order; rows arrive in (batch_seq, batch_index) order.
-        rank = np.arange(len(ts), dtype=np.uint64)
-        if len(ts) > 1 and (np.diff(ts) < 0).any():
-            rank[np.argsort(ts, kind="stable")] = np.arange(len(ts), dtype=np.uint64)
+        layouts: list[tuple[str, str, np.ndarray | None, int]]
+        if sort:
+            # Rank in (time, batch_seq, batch_index) order; rows arrive in (batch_seq, batch_index) order.
+            rank = np.arange(len(ts), dtype=np.uint64)
+            if len(ts) > 1 and (np.diff(ts) < 0).any():
+                rank[np.argsort(ts, kind="stable")] = np.arange(len(ts), dtype=np.uint64)
+            layouts = [
+                (
+                    f"runs/p{part}/r{seg_id:08d}.{ordering}.parquet",
+                    ordering,
+                    np.argsort((rows[ordering].astype(np.uint64) << np.uint64(32)) | rank),
+                    self.config.row_group_rows,
+                )
+                for ordering in compaction.ORDERINGS
+            ]
+        else:
+            layouts = [(f"segments/p{part}/s{seg_id:08d}.parquet", "arrival", None, self.config.segment_rows)]
         files = []
         n = 0
-        for ordering in compaction.ORDERINGS:
-            order = np.argsort((rows[ordering].astype(np.uint64) << np.uint64(32)) | rank)
-            table = pa.Table.from_arrays([pa.array(rows[name][order]) for name in schema.names], schema=schema)
+        for path, ordering, order, group_rows in layouts:
+            columns = [rows[name] if order is None else rows[name][order] for name in schema.names]
+            table = pa.Table.from_arrays([pa.array(c) for c in columns], schema=schema)
             entry, n = write_parquet(
                 self.root,
-                f"runs/p{part}/r{seg_id:08d}.{ordering}.parquet",
+                path,
                 ordering,
                 table.to_batches(),
                 schema,
                 trove_id=self.manifest.trove_id,
                 segment_id=seg_id,
-                row_group_rows=self.config.row_group_rows,
+                row_group_rows=group_rows,
             )
             files.append(entry)
         return Segment(
             id=seg_id,
-            kind="run",
+            kind="run" if sort else "ingest",
             partition=part,
             rows=n,
             min_timestamp_ns=int(ts.min()),
             max_timestamp_ns=int(ts.max()),
             seq_ranges=ranges,
             files=files,
-            tier=compaction.tier_of(n, self.config),
+            tier=compaction.tier_of(n, self.config) if sort else 0,
         )
 
     def _stop_ingest(self, exc: OSError) -> None:

@@ -97,7 +97,7 @@ def test_sigkill_while_a_segment_is_written_leaves_a_consistent_trove_that_rebui
     def kill_mid_write() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            tmps = list(root.glob("runs/*/*.tmp"))
+            tmps = [*root.glob("runs/*/*.tmp"), *root.glob("segments/*/*.tmp")]
             if tmps:
                 os.kill(trove.pid, signal.SIGKILL)
                 caught.extend(tmps)
@@ -123,7 +123,10 @@ def test_sigkill_while_a_segment_is_written_leaves_a_consistent_trove_that_rebui
 
     reopened = Trove.open(config)
     try:
-        assert not list(root.glob("runs/*/*.tmp"))  # the interrupted write is not part of the trove
+        assert not [
+            *root.glob("runs/*/*.tmp"),
+            *root.glob("segments/*/*.tmp"),
+        ]  # the interrupted write is not part of the trove
         durable = reopened.durable_through_seq
         assert durable < sent
         assert _rows_on_disk(root) == sorted(reference_rows([e for e in entries if e[0] <= durable]))
