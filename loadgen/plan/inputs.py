@@ -23,8 +23,9 @@ a per-batch plus per-payment cost. The tiers, from the figures a result file hol
   on the server's thread, inside ``framing_io``.
 
 ``framing_io``, ``ledger``, the hooks and ``features`` run on the sequencer's one core; the rest
-scale out. A hook's background CPU is taken to be outside the server process (the trove child);
-were it a thread in the server process it would also be counted in ``framing_io``.
+scale out. The trove's CPU is outside the server process when it runs in its child (the trove's
+stats name the child's ``process_pid``); otherwise its threads' CPU is taken out of the process's
+CPU before ``framing_io`` is what is left.
 """
 
 from __future__ import annotations
@@ -253,6 +254,11 @@ def _tier_ns(result: RunResult, hooks: Iterable[str], hook_params: dict[str, Any
         sequencer[name] = max(own, 0.0)
     sequencer["ledger"] = max(engine_ns - inline, 0.0)
     cpu_ns = (server.cpu_s or 0.0) * 1e9
+    trove = b.get("trove")
+    if isinstance(trove, dict) and "process_pid" not in trove:
+        # The trove's writer and compactor are threads of the server process (``trove.process =
+        # false``, or a file from before issue 17): their CPU is in the process's CPU, not framing.
+        cpu_ns = max(cpu_ns - scale_out.get(BACKGROUND_TIER["surveillance_log"], 0.0), 0.0)
     walls = sum(sequencer.values())
     if walls > cpu_ns > 0:
         sequencer = {k: v * cpu_ns / walls for k, v in sequencer.items()}

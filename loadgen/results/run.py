@@ -278,7 +278,8 @@ class Traffic(msgspec.Struct, frozen=True, kw_only=True):
     wire_sent_per_payment: float
     wire_received_per_payment: float
     journal_per_payment: float | None = None
-    #: Trove bytes on disk per payment after compaction (issue 17); None: no trove or not measured.
+    #: Trove bytes on disk per payment (one row each) after the drain, compacted or not yet (issue 17);
+    #: None: no trove, or nothing durable in it yet.
     trove_per_payment: float | None = None
 
 
@@ -451,6 +452,7 @@ def build_result(
             wire_sent_per_payment=m.bytes_sent / m.sent_total if m.sent_total else 0.0,
             wire_received_per_payment=m.bytes_received / m.results_total if m.results_total else 0.0,
             journal_per_payment=journal_bytes_per_payment(stats_start or {}, stats_end or {}),
+            trove_per_payment=trove_bytes_per_row(stats_final or stats_end or {}),
         ),
     )
 
@@ -463,6 +465,16 @@ def journal_bytes_per_payment(stats_start: dict[str, Any], stats_end: dict[str, 
     written = float(j1.get("bytes_written", 0)) - float(j0.get("bytes_written", 0))
     transfers = _ledger_transfers(stats_end) - _ledger_transfers(stats_start)
     return written / transfers if transfers > 0 else None
+
+
+def trove_bytes_per_row(stats: dict[str, Any]) -> float | None:
+    """The trove's bytes on disk per durable row after the drain (compacted runs and ingest segments
+    together, as they are then); None without a trove or before its first durable row."""
+    trove = stats.get("trove") or {}
+    rows, size = trove.get("rows"), trove.get("bytes_on_disk")
+    if not isinstance(rows, int | float) or not isinstance(size, int | float) or rows <= 0:
+        return None
+    return float(size) / float(rows)
 
 
 def _ledger_transfers(stats: dict[str, Any]) -> float:

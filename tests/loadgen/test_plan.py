@@ -283,3 +283,24 @@ def test_local_validators_cpu_comes_from_the_servers_validator_stats(model: Cost
     inline = end | {"validators": {"kind": "local", "workers": 0, "cpu_s": 0.0}}
     unsplit = run_cost(msgspec.structs.replace(run, server=msgspec.structs.replace(run.server, stats_end=inline)))
     assert unsplit is not None and "validators" not in unsplit.tier_ns_per_s
+
+
+def test_trove_threads_in_the_server_process_are_not_counted_twice(model: CostModel) -> None:
+    """A trove without a child (no ``process_pid`` in its stats) writes on threads of the server
+    process: their CPU is in ``server.cpu_s`` and in the trove tier, and is taken out of the former."""
+    run = synthetic_run(model, rate_tps=300_000.0, batch_size=800.0)
+    child = run_cost(run)
+    assert child is not None and child.tier_ns_per_s["trove"] > 0
+    trove_cpu_s = child.tier_ns_per_s["trove"] * run.load.seconds / 1e9
+    cpu_s = run.server.cpu_s
+    assert cpu_s is not None
+    threads = msgspec.structs.replace(
+        run,
+        server=msgspec.structs.replace(
+            run.server, cpu_s=cpu_s + trove_cpu_s, stats_end=run.server.stats_end | {"trove": {"rows": 10}}
+        ),
+    )
+    cost = run_cost(threads)
+    assert cost is not None
+    assert cost.tier_ns_per_s["framing_io"] == pytest.approx(child.tier_ns_per_s["framing_io"])
+    assert cost.tier_ns_per_s["trove"] == pytest.approx(child.tier_ns_per_s["trove"])

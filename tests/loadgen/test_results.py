@@ -29,6 +29,7 @@ from loadgen.results.run import (
     loads,
     resolved_settings,
     save,
+    trove_bytes_per_row,
 )
 
 MS = 1_000_000
@@ -166,6 +167,9 @@ def test_traffic_is_bytes_per_payment_both_ways_and_journal_bytes_per_applied_tr
     stats_end = {"ledger": {"transfers": 3_000}, "journal": {"bytes_written": 250_000}}
     assert journal_bytes_per_payment(stats_start, stats_end) == 100.0
     assert journal_bytes_per_payment({}, {"ledger": {"transfers": 5}}) is None
+    assert trove_bytes_per_row({"trove": {"rows": 400, "bytes_on_disk": 12_000}}) == 30.0
+    assert trove_bytes_per_row({"trove": {"rows": 0, "bytes_on_disk": 0}}) is None
+    assert trove_bytes_per_row({}) is None
 
 
 def test_version_1_files_load_through_the_upgrade_the_committed_reference_run_included() -> None:
