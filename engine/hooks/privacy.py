@@ -129,6 +129,11 @@ def hll_estimate(registers: np.ndarray) -> float:
 
 class Privacy(Hook):
     name = "privacy"
+    snapshot_arrays = ("accepted", "amount_fen", "rejected", "registers")
+    #: The pseudonym key is in the snapshot: registers filled under two keys would count a payer
+    #: seen before and after a restart twice. A snapshot sits beside the journal, which holds
+    #: every payer in the clear, so the key tells its reader nothing the journal does not.
+    snapshot_scalars = ("_key",)
 
     def __init__(self, config: PrivacyConfig | None = None, *, key: bytes | None = None) -> None:
         """``key``: the pseudonym key; tests pass one to compare with the reference model."""

@@ -59,6 +59,8 @@ def _per_class(config: WalletLimitsConfig, name: str) -> np.ndarray:
 
 class WalletLimits(Hook):
     name = "wallet_limits"
+    snapshot_arrays = ("daily_spent_fen",)
+    snapshot_scalars = ("day", "rollovers")
 
     def __init__(self, config: WalletLimitsConfig | None = None) -> None:
         self.config = config or WalletLimitsConfig()

@@ -36,6 +36,7 @@ from engine.ledger import Ledger
 from engine.records import TRANSFER_DTYPE
 from engine.server.config import RECORD_BYTES, ServerConfig
 from engine.server.connection import Connection
+from engine.server.snapshots import Snapshotter
 from engine.server.stats import ServerStats
 from engine.validator_api import Validators, ValidatorsUnavailable
 from engine.wire import HEADER, ErrorCode, Results, SignedSubmit, Submit, signed_records
@@ -80,6 +81,8 @@ class Batcher:
         self.config = config
         self.ledger = ledger
         self.journal: Journal | None = None
+        #: Takes the periodic snapshots between batches (``engine.server.snapshots``), if on.
+        self.snapshotter: Snapshotter | None = None
         self.metrics = metrics
         self._encoder = encoder
         self._require_hello = require_hello
@@ -362,3 +365,5 @@ class Batcher:
             # The replies are written: observers run off the latency path, after every batch (so
             # that replaying the journal batch by batch rebuilds the same hook state).
             self.ledger.run_deferred()
+            if self.snapshotter is not None:
+                self.snapshotter.maybe_start()  # between batches: the state is that after journal.seq

@@ -24,10 +24,12 @@ from engine.server.admin import Admin
 from engine.server.batcher import Batcher
 from engine.server.config import ServerConfig
 from engine.server.connection import Connection
-from engine.server.recovery import journal_exists, open_journal, set_aside_outputs
+from engine.server.recovery import SnapshotChoice, choose_snapshot, journal_exists, open_journal, set_aside_outputs
 from engine.server.session import Handshake
+from engine.server.snapshots import Snapshotter, snapshot_refusal
 from engine.server.stats import ServerStats
 from engine.signing import ensure_registry
+from engine.snapshot import SnapshotSchedule
 from engine.validator_api import Validators
 from engine.validators import make_validators
 from engine.wire import (
@@ -75,11 +77,16 @@ class Server:
         self.secrets = secrets if secrets is not None else load_secrets(config.secrets)
         self.outputs_set_aside: list[tuple[Path, Path]] = []
         self.ledger: Ledger | None = None
+        snapshot = SnapshotChoice()
         if not config.echo:
             hooks = build_hooks(config.profile, config.scenario, trove_dir=config.trove) if hooks is None else hooks
             for hook in hooks:
                 hook.journalled = bool(config.journal)
-            if journal_exists(config):
+            if journal_exists(config) and all(h.snapshots for h in hooks):
+                snapshot = choose_snapshot(config)
+            for hook in hooks:
+                hook.resuming = snapshot.path is not None
+            if journal_exists(config) and snapshot.path is None:
                 self.outputs_set_aside = set_aside_outputs(hooks)
             self.ledger = build_ledger(config, hooks, ownership=self.secrets is not None)
         self.encoder = msgspec.msgpack.Encoder()
@@ -116,14 +123,32 @@ class Server:
         self.recovery: Recovery | None = None
         self.recovery_s = 0.0
         self._journal_notes: list[str] = []
+        self.snapshotter: Snapshotter | None = None
         if config.journal:
             assert self.ledger is not None
             opened = open_journal(
-                config, self.ledger, log=lambda line: print(f"journal: {line}", file=sys.stderr, flush=True)
+                config,
+                self.ledger,
+                log=lambda line: print(f"journal: {line}", file=sys.stderr, flush=True),
+                snapshot=snapshot,
             )
             self.journal, self._journal_lock, self.recovery = opened.journal, opened.lock, opened.recovery
             self.recovery_s, self._journal_notes = opened.seconds, opened.notes
             self.batcher.journal = self.admin.journal = self.journal
+            schedule = SnapshotSchedule.parse(config.snapshot_every)
+            refusal = snapshot_refusal(self.ledger)
+            if refusal and schedule.enabled:
+                self._journal_notes.append(refusal)
+            elif schedule.enabled:
+                self.snapshotter = self.batcher.snapshotter = Snapshotter(
+                    Path(config.snapshot_directory),
+                    schedule,
+                    config.snapshot_keep,
+                    self.ledger,
+                    self.journal,
+                    config.journal_header(),
+                    log=lambda line: print(f"snapshot: {line}", file=sys.stderr, flush=True),
+                )
         self.validators: Validators | None = None
         if config.signature_mode != "off":
             registry = ensure_registry(config.seed, config.accounts)
@@ -182,6 +207,7 @@ class Server:
         if self.journal is not None:
             self.journal.close()  # no fsync after a failed write or fsync: it is never retried
         self.journal = self.batcher.journal = self.admin.journal = None
+        self.batcher.snapshotter = None
         self.batcher.clear()
         for conn in list(self._connections):
             conn.error(code, message)
@@ -238,6 +264,8 @@ class Server:
                     "Connection closed.",
                 )
                 conn.close()
+        if self.snapshotter is not None and not self._has_failed():
+            self.snapshotter.maybe_start()  # time-based snapshots of a quiet server; reaps a finished child
         assert self._loop is not None
         self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
 
@@ -271,6 +299,8 @@ class Server:
         for conn in list(self._connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        if self.snapshotter is not None:
+            self.snapshotter.close()
         if self.journal is not None:
             self.journal.close()
         if self._journal_lock is not None:
@@ -451,6 +481,7 @@ class Server:
             auth_enabled=self.secrets is not None,
             operators_enrolled=0 if self.secrets is None else len(self.secrets.operators),
             journal=self.journal,
+            snapshots=self.snapshotter,
             recovery=self.recovery,
             recovery_s=self.recovery_s,
             ledger=self.ledger,
