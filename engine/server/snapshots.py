@@ -110,6 +110,11 @@ class Snapshotter:
     def _child_main(self, seq: int, parts: list[Part], outputs: list[Path]) -> None:
         status = 1
         try:
+            # Every inherited descriptor but the journal's goes: a child outliving a killed server
+            # must not hold its listening port or its journal lock (the restart would be refused).
+            keep = self.journal.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
             os.nice(10)  # the sequencer shares the cores: the snapshot yields to it
             write_snapshot(
                 self.directory, seq, self.header, parts, sync_fds=[self.journal.fileno()], sync_paths=outputs

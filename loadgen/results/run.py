@@ -30,6 +30,7 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:       base64, ns), per-second series with interval histograms, codes, counts, generator,
 #:       server (CPU, stats, per-hook cost), audit, failures. Later additions with defaults, so
 #:       files without them still read: server.durability (journal policy and its cost);
+#:       server.durability.snapshots/snapshot_stall_ms_max (issue 15);
 #:       summary.settled/shed/verdict/exit_status (``loadgen.results.verdict``; achieved_tps and
 #:       achieved_ratio are settled-based from then on, and replies received in the window before).
 SCHEMA_VERSION = 1
@@ -134,6 +135,9 @@ class Durability(msgspec.Struct, frozen=True):
     fsyncs_per_s: float = 0.0
     fsync_ms_per_s: float = 0.0  # time spent in fsync per second of run (on the server's event loop)
     journal_mb_per_s: float = 0.0
+    #: Snapshots finished in the window and the longest sequencer stall one caused (issue 15).
+    snapshots: int = 0
+    snapshot_stall_ms_max: float = 0.0
 
     @classmethod
     def of(cls, stats_start: dict[str, Any], stats_end: dict[str, Any], seconds: float) -> Durability:
@@ -144,7 +148,15 @@ class Durability(msgspec.Struct, frozen=True):
         def rate(key: str) -> float:
             return (float(j1.get(key, 0)) - float(j0.get(key, 0))) / seconds
 
-        return cls(str(j1.get("fsync", "unknown")), rate("fsyncs"), rate("fsync_ms_total"), rate("bytes_written") / 1e6)
+        s0, s1 = stats_start.get("snapshots") or {}, stats_end.get("snapshots") or {}
+        return cls(
+            str(j1.get("fsync", "unknown")),
+            rate("fsyncs"),
+            rate("fsync_ms_total"),
+            rate("bytes_written") / 1e6,
+            int(s1.get("taken", 0)) - int(s0.get("taken", 0)),
+            float(s1.get("stall_ms_max", 0.0)),
+        )
 
 
 class Server(msgspec.Struct, frozen=True):
