@@ -23,13 +23,20 @@ each framed so that a reader can resynchronise past a damaged one::
                      even when its payload is damaged)
     payload
 
+Segments (issue 15): with ``segment_bytes`` the journal rolls on into ``J.seg-<first seq>`` files
+(each starts with the magic; entries and sequence numbers continue). A roll fsyncs the segment
+it closes, so only the newest segment has a tail. Segments behind the watermark (every durable
+consumer past them: the oldest kept snapshot, the trove) are deleted by ``retire_through``; the
+first file keeps only its header. ``recover(after_seq=S)`` reads only the segments from entry
+S + 1 on, one at a time.
+
 Kinds: ``HEADER`` (seq 1, a msgpack ``JournalHeader``), ``BATCH`` (``[clock u64][records][codes]``:
 the sequencer clock at the batch's start, see ``engine.clock``, then the transfers and their
 codes), ``ADMIN`` (a msgpack ``AdminEntry``), ``SYNC`` (``u64``: every entry up to this sequence
 number had been fsynced when this entry was written). ``SNAPSHOT`` and ``WATERMARK`` are reserved
-for later issues (ledger snapshots; the trove's progress): this reader checks their framing and
-skips them (replaying every batch from the start stays exact without them), so adding them needs
-no format change. A kind outside these is damage.
+(snapshots are found by listing their directory, ``engine.snapshot``; the trove's progress is in
+its manifest): this reader checks their framing and skips them, so writing them needs no format
+change. A kind outside these is damage.
 
 Durable points and the tail. ``SYNC`` entries are written right after each fsync returns, before
 anything it covers is acknowledged. The header is fsynced when the file is created (in a temporary

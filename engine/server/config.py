@@ -122,7 +122,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ] = "5M,600s"
     snapshot_keep: Annotated[
         int,
-        _help("snapshots kept (newest first; older ones are the fallback if the newest is damaged; default {default})"),
+        _help("snapshots kept, newest first; the older ones are the fallback if the newest is damaged"),
     ] = 2
     snapshot_dir: Annotated[
         str,
@@ -132,7 +132,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         int,
         _help(
             "roll the journal into a new segment file after this many bytes; segments every snapshot and the "
-            "trove are past are deleted (default {default}: 32 MiB)",
+            "trove are past are deleted (default {default}, 32 MiB)",
             metavar="BYTES",
         ),
     ] = 32 << 20

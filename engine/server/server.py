@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from engine.auth import Secrets, load_secrets
 from engine.clock import SequencerClock
@@ -45,13 +46,21 @@ from engine.wire import (
 )
 
 
-def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, ownership: bool = False) -> Ledger:
+def build_ledger(
+    config: ServerConfig, hooks: Sequence[Hook] | None = None, *, ownership: bool = False, from_snapshot: bool = False
+) -> Ledger:
     """The ledger the load generator expects: the seeded population's initial state.
 
     ``hooks`` replaces the profile's hooks (for tests and embedding); None builds the profile.
     ``ownership`` gives each operator its contiguous range of accounts (``owner_ranges``).
+    ``from_snapshot``: the state is about to be read from a snapshot, so the population (a minute
+    at 10^8 accounts) is not drawn: balances start at 0 and classes at 1 until the snapshot's arrive.
     """
-    balance, wallet_class = Population(PopulationConfig(accounts=config.accounts, seed=config.seed)).initial_state()
+    balance: int | np.ndarray = 0
+    wallet_class: int | np.ndarray = 1
+    if not from_snapshot:
+        population = Population(PopulationConfig(accounts=config.accounts, seed=config.seed))
+        balance, wallet_class = population.initial_state()
     return Ledger(
         config.accounts,
         balance_fen=balance,
@@ -88,7 +97,9 @@ class Server:
                 hook.resuming = snapshot.path is not None
             if journal_exists(config) and snapshot.path is None:
                 self.outputs_set_aside = set_aside_outputs(hooks)
-            self.ledger = build_ledger(config, hooks, ownership=self.secrets is not None)
+            self.ledger = build_ledger(
+                config, hooks, ownership=self.secrets is not None, from_snapshot=snapshot.path is not None
+            )
         self.encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ClientMessage)
         self.metrics = ServerStats()

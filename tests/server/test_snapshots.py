@@ -172,7 +172,7 @@ def test_byte_flips_anywhere_in_a_snapshot_refuse_it_and_fall_back(
         hooks = _hooks(tmp_path, chain=False)
         for h in hooks:
             h.journalled = h.resuming = True
-        ledger = build_ledger(config, hooks)
+        ledger = build_ledger(config, hooks, from_snapshot=True)  # every byte of state from the snapshot
         opened = open_journal(config, ledger, snapshot=choice)
         try:
             assert opened.recovery is not None and opened.recovery.batches > 0
