@@ -28,7 +28,9 @@ def test_restart_is_flat_with_snapshots_and_grows_without() -> None:
     bound = 4 * INTERVAL // BATCH + 2
     assert all(r["batches_replayed"] <= bound for r in snap), snap
     assert full[-1]["batches_replayed"] >= 10 * INTERVAL // BATCH  # the comparison replays everything
-    assert snap[-1]["peak_rss_mib"] <= 1.5 * snap[0]["peak_rss_mib"]
+    # Memory is bounded by what a restart reads at once (a segment, twice), not by the journal.
+    segment_mib = 32
+    assert max(r["peak_rss_mib"] for r in snap) <= snap[0]["peak_rss_mib"] + 2 * segment_mib + 16, snap
     assert snap[-1]["disk_mib"] < full[-1]["disk_mib"]
 
 

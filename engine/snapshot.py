@@ -33,6 +33,7 @@ Version history (``FORMAT_VERSION``): 1 (issue 15) this layout.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import struct
@@ -47,6 +48,7 @@ import msgspec
 import numpy as np
 
 from engine.journal import JournalHeader, OsIO
+from engine.options import parse_count, parse_seconds
 
 #: Snapshot format version; history in the module docstring.
 FORMAT_VERSION = 1
@@ -60,9 +62,6 @@ SUFFIX = ".cbdcsnap"
 PARTIAL = ".partial"
 
 
-_SUFFIXES = {"k": 10**3, "M": 10**6, "G": 10**9}
-
-
 @dataclass(frozen=True, slots=True)
 class SnapshotSchedule:
     """When to snapshot: after ``every_payments`` payments sequenced or ``every_s`` seconds (0 = never)."""
@@ -72,26 +71,28 @@ class SnapshotSchedule:
 
     @classmethod
     def parse(cls, text: str) -> SnapshotSchedule:
-        """``"5M,600s"``: 5 million payments or 600 seconds, whichever first; ``"off"``: never."""
+        """``"5M,600s"``: 5 million payments or 600 seconds, whichever first; ``"off"``: never.
+
+        A count (``5000000``, ``5M``, ``300k``) is payments; a duration with its unit (``600s``,
+        ``10m``, ``1h``) is time: the vocabulary of every other option (``engine.options``).
+        """
         if text.strip() == "off":
             return cls()
         payments, seconds = 0, 0.0
         for item in text.split(","):
-            item = item.strip()
             try:
-                if item.endswith("s"):
-                    seconds = float(item[:-1])
-                    ok = seconds > 0
-                else:
-                    scale = _SUFFIXES.get(item[-1:], 1)
-                    payments = int(float(item[:-1] if scale > 1 else item) * scale)
-                    ok = payments > 0
-            except ValueError:
-                ok = False
+                payments = parse_count(item)
+                ok = payments > 0
+            except argparse.ArgumentTypeError:
+                try:
+                    seconds = parse_seconds(item)
+                    ok = seconds > 0 and not item.strip()[-1:].isdigit()
+                except argparse.ArgumentTypeError:
+                    ok = False
             if not ok:
                 raise ValueError(
-                    f"snapshot_every: {item!r} is neither payments (e.g. 5000000 or 5M) nor seconds (e.g. 600s); "
-                    "give one or both, comma-separated, or 'off'"
+                    f"snapshot_every: {item.strip()!r} is neither payments (5000000, 5M) nor a duration with its "
+                    "unit (600s, 10m); give one or both, comma-separated, or 'off'"
                 )
         return cls(payments, seconds)
 

@@ -111,8 +111,9 @@ def test_schedule_parses_payments_seconds_both_and_off() -> None:
     assert SnapshotSchedule.parse("5M,600s") == SnapshotSchedule(5_000_000, 600.0)
     assert SnapshotSchedule.parse("2k") == SnapshotSchedule(2_000, 0.0)
     assert SnapshotSchedule.parse("30s").every_s == 30.0
+    assert SnapshotSchedule.parse("2m, 300k") == SnapshotSchedule(300_000, 120.0)
     assert not SnapshotSchedule.parse("off").enabled
-    for bad in ("", "-3", "5x", "0s"):
+    for bad in ("", "-3", "5x", "0s", "1.5"):
         with pytest.raises(ValueError, match="snapshot_every"):
             SnapshotSchedule.parse(bad)
 
