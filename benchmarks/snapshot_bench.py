@@ -5,6 +5,7 @@ that prints one JSON line.
     python -m benchmarks.snapshot_bench restart --accounts 1000000 --interval 200000 --max-multiple 12
     python -m benchmarks.snapshot_bench snapshot --accounts 1000000
     python -m benchmarks.snapshot_bench snapshot --accounts 100000000 --uniform   # 1.5 GiB of state
+    python -m benchmarks.snapshot_bench snapshot --accounts 100000000 --uniform --method thread
 
 ``restart``: a journal is written as the server writes it (the same ledger, hooks, journal, and
 forked snapshots every ``--interval`` payments, segments retired behind the watermark), and at
@@ -79,7 +80,9 @@ def _probe(journal: Path, accounts: int, snapshot_every: str) -> dict[str, Any]:
 class _Writer:
     """The server's write path without the network: apply, journal, observe, snapshot between batches."""
 
-    def __init__(self, journal: Path, accounts: int, snapshot_every: str, *, uniform: bool = False) -> None:
+    def __init__(
+        self, journal: Path, accounts: int, snapshot_every: str, *, uniform: bool = False, method: str = "fork"
+    ) -> None:
         from engine.journal import Journal, create
         from engine.server import build_ledger
         from engine.server.snapshots import Snapshotter
@@ -102,6 +105,7 @@ class _Writer:
                 self.ledger,
                 self.journal,
                 config.journal_header(),
+                method=method,
             )
             if schedule.enabled
             else None
@@ -160,14 +164,14 @@ def restart_table(accounts: int, interval: int, max_multiple: int) -> list[dict[
     return rows
 
 
-def snapshot_figures(accounts: int, *, uniform: bool = False) -> dict[str, Any]:
+def snapshot_figures(accounts: int, *, uniform: bool = False, method: str = "fork") -> dict[str, Any]:
     """One forked snapshot of a ledger of ``accounts``: stall, write time, size, verify and load time."""
     from engine.server.snapshots import state_owners
     from engine.snapshot import list_snapshots, load_into, verify
 
     with tempfile.TemporaryDirectory(prefix="cbdc-snapbench-") as tmp:
         t0 = time.perf_counter()
-        writer = _Writer(Path(tmp) / "j", accounts, "1", uniform=uniform)  # snapshots started by hand below
+        writer = _Writer(Path(tmp) / "j", accounts, "1", uniform=uniform, method=method)  # started by hand below
         build_s = time.perf_counter() - t0
         writer.write(BATCH)
         snap = writer.snapshotter
@@ -189,13 +193,16 @@ def snapshot_figures(accounts: int, *, uniform: bool = False) -> dict[str, Any]:
         peak_rss_mib = _rss_mib()
         state_mib = writer.ledger.state_bytes() / 2**20
         stall_ms = snap.stalls_ns[-1] / 1e6
+        step_ms_max = snap.step_ns_max / 1e6
         del writer, snap, meta
         restart = _probe(Path(tmp) / "j", accounts, "off")
         result = {
+            "method": method,
             "accounts": accounts,
             "state_mib": state_mib,
             "snapshot_mib": path.stat().st_size / 2**20,
             "stall_ms": stall_ms,
+            "step_ms_max": step_ms_max,
             "write_s": write_s,
             "verify_s": verify_s,
             "load_s": load_s,
@@ -222,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         help="every account starts with 1,000 yuan instead of the drawn population (same state size; "
         "the population's build peaks at ~3x the state at 10^8 accounts)",
     )
+    s.add_argument("--method", choices=("fork", "thread"), default="fork")
     q = sub.add_parser("probe")
     q.add_argument("--journal", type=Path, required=True)
     q.add_argument("--accounts", type=int, required=True)
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "restart":
         restart_table(args.accounts, args.interval, args.max_multiple)
     elif args.cmd == "snapshot":
-        print(json.dumps(snapshot_figures(args.accounts, uniform=args.uniform)))
+        print(json.dumps(snapshot_figures(args.accounts, uniform=args.uniform, method=args.method)))
     else:
         print(json.dumps(restart_probe(args.journal, args.accounts, args.snapshot_every)))
     return 0

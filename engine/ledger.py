@@ -187,6 +187,11 @@ class Ledger:
         }
         return arrays | {f"ids.seen.{op}": seen for op, seen in sorted(self.ids.seen_rings().items())}
 
+    def per_account_arrays(self) -> tuple[str, ...]:
+        """The state arrays indexed by account: modified only at a batch's payers and payees, or at
+        an admin operation's accounts (copy-on-update snapshots rely on it, ``engine.copy_on_update``)."""
+        return ("balance", "wallet_class", "flags")
+
     def state_scalars(self) -> dict[str, Any]:
         """The ledger's non-array state: issued money, the sequencer clock, counters, id rings present."""
         s = self.stats

@@ -39,7 +39,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -135,6 +135,8 @@ class StateOwner(Protocol):
 
     def state_scalars(self) -> dict[str, Any]: ...
 
+    def per_account_arrays(self) -> tuple[str, ...]: ...
+
     def restore_scalars(self, scalars: dict[str, Any]) -> None: ...
 
 
@@ -173,6 +175,10 @@ def list_snapshots(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+#: ``(owner, array name, first byte, end byte) -> those bytes`` (uint8), in write order.
+ChunkReader = Callable[[str, str, int, int], np.ndarray]
+
+
 class SnapshotIO(OsIO):
     """The file operations a snapshot is written through (tests record them for power cuts)."""
 
@@ -208,11 +214,15 @@ def write_snapshot(
     sync_paths: Sequence[Path] = (),
     io: SnapshotIO | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    read_chunk: ChunkReader | None = None,
 ) -> tuple[Path, int]:
     """Write ``parts`` as the snapshot at journal entry ``seq``; returns (its path, its bytes).
 
     Touches only the arrays, the files and C code (zlib, msgspec, os): it is what a forked child
     runs. ``sync_fds``/``sync_paths`` are fsynced before the rename: what the snapshot depends on.
+    ``read_chunk(owner, name, lo, hi)``, if given, supplies bytes ``lo..hi`` of an array instead of
+    the array itself, in write order (``engine.copy_on_update`` hands over copies made on the
+    sequencer).
     """
     io = io or SnapshotIO()
     d = Path(directory)
@@ -235,7 +245,7 @@ def write_snapshot(
                 raw = _bytes_of(array)
                 crcs = []
                 for lo, hi in _chunks(raw.size, chunk_bytes):
-                    piece = raw[lo:hi]
+                    piece = raw[lo:hi] if read_chunk is None else read_chunk(part.owner, name, lo, hi)
                     crcs.append(zlib.crc32(piece))  # type: ignore[arg-type]
                     put(piece)
                 data_bytes += raw.size

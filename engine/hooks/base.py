@@ -155,6 +155,10 @@ class Hook:
     #: and recovers by replaying its whole journal, since its state could not be restored exactly.
     snapshot_arrays: ClassVar[tuple[str, ...] | None] = None
     snapshot_scalars: ClassVar[tuple[str, ...]] = ()
+    #: Those of ``snapshot_arrays`` indexed by account, which the hook modifies only at the
+    #: accounts of the batch at hand (or after ``snapshot_touches_all``): a copy-on-update
+    #: snapshot copies them chunk by chunk while the sequencer runs; other arrays whole at capture.
+    snapshot_per_account: ClassVar[tuple[str, ...]] = ()
 
     def attach(self, ledger: LedgerView) -> None:
         """Allocate per-account state sized to ``ledger``; called once when the ledger is built."""
@@ -195,6 +199,10 @@ class Hook:
         needs only its ``snapshot_arrays`` kept up to date, no snapshot code)."""
         return {name: getattr(self, name) for name in self.snapshot_arrays or ()}
 
+    def per_account_arrays(self) -> tuple[str, ...]:
+        """Names of the state arrays indexed by account (``snapshot_per_account``)."""
+        return self.snapshot_per_account
+
     def state_scalars(self) -> dict[str, Any]:
         """The hook's small non-array state (counters, a chain head), msgpack-able."""
         return {name: getattr(self, name) for name in self.snapshot_scalars}
@@ -210,6 +218,12 @@ class Hook:
         """Called on the sequencer just before its state is captured: push buffered output to the
         kernel, so that the snapshot writer's fsync of ``output_files`` covers everything the
         captured state has written."""
+
+    def snapshot_touches_all(self, batch: np.ndarray) -> bool:
+        """Whether applying ``batch`` will modify this hook's per-account arrays beyond the batch's
+        payers and payees (a daily reset): a copy-on-update snapshot in progress then saves them
+        whole first (``engine.copy_on_update``). Default: no."""
+        return False
 
     def durable_journal_seq(self) -> int | None:
         """The journal entry number this hook's durable output has everything through, if the hook

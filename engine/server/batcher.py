@@ -317,6 +317,8 @@ class Batcher:
         clock = self.ledger.clock.payments if self.ledger is not None else 0
         if self.journal is not None and self.ledger is not None:
             note_journal_seqs(self.ledger.hooks, self.journal.seq + 1)  # the entry append_batch writes
+        if self.snapshotter is not None:
+            self.snapshotter.before_batch(batch)  # a copy-on-update snapshot saves what the batch may change
         try:
             codes = self.ledger.apply(batch) if self.ledger is not None else np.zeros(n, dtype=CODE_DTYPE)
         except Exception as exc:  # a bug, not a hook error (the ledger turns those into HOOK_ERROR)

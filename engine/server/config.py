@@ -139,6 +139,16 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="WHEN",
         ),
     ] = "5M,600s"
+    snapshot_method: Annotated[
+        str,
+        _help(
+            "fork (a copy-on-write child writes the snapshot; the sequencer stalls for fork(), which grows "
+            "with memory), thread (copy-on-update: a writer thread, the sequencer copies 4 MiB chunks between "
+            "batches and saves accounts' old values before updating them; memory grows with the updates, not the "
+            "state) or auto (fork up to 256 MiB of state, thread above)",
+            metavar="METHOD",
+        ),
+    ] = "auto"
     snapshot_keep: Annotated[
         int,
         _help("snapshots kept, newest first; the older ones are the fallback if the newest is damaged"),
@@ -230,6 +240,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"signatures must be one of {', '.join(SIGNATURE_MODES)}, got {self.signatures!r}")
         parse_validators(self.validators)
         SnapshotSchedule.parse(self.snapshot_every)
+        if self.snapshot_method not in ("auto", "fork", "thread"):
+            raise ValueError(f"snapshot_method must be auto, fork or thread, got {self.snapshot_method!r}")
         if self.snapshot_keep < 1:
             raise ValueError(f"snapshot_keep must be >= 1, got {self.snapshot_keep}")
         if self.journal_segment_bytes < 1 << 16:

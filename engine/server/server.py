@@ -27,7 +27,7 @@ from engine.server.config import ServerConfig
 from engine.server.connection import Connection
 from engine.server.recovery import SnapshotChoice, choose_snapshot, journal_exists, open_journal, set_aside_outputs
 from engine.server.session import Handshake
-from engine.server.snapshots import Snapshotter, snapshot_refusal
+from engine.server.snapshots import AUTO_THREAD_BYTES, Snapshotter, snapshot_refusal
 from engine.server.stats import ServerStats
 from engine.signing import ensure_registry
 from engine.snapshot import SnapshotSchedule
@@ -151,13 +151,17 @@ class Server:
             if refusal and schedule.enabled:
                 self._journal_notes.append(refusal)
             elif schedule.enabled:
-                self.snapshotter = self.batcher.snapshotter = Snapshotter(
+                method = config.snapshot_method
+                if method == "auto":
+                    method = "thread" if self.ledger.state_bytes() > AUTO_THREAD_BYTES else "fork"
+                self.snapshotter = self.batcher.snapshotter = self.admin.snapshotter = Snapshotter(
                     Path(config.snapshot_directory),
                     schedule,
                     config.snapshot_keep,
                     self.ledger,
                     self.journal,
                     config.journal_header(),
+                    method=method,
                     log=lambda line: print(f"snapshot: {line}", file=sys.stderr, flush=True),
                 )
         self.validators: Validators | None = None
@@ -218,7 +222,7 @@ class Server:
         if self.journal is not None:
             self.journal.close()  # no fsync after a failed write or fsync: it is never retried
         self.journal = self.batcher.journal = self.admin.journal = None
-        self.batcher.snapshotter = None
+        self.batcher.snapshotter = self.admin.snapshotter = None
         self.batcher.clear()
         for conn in list(self._connections):
             conn.error(code, message)
@@ -245,6 +249,8 @@ class Server:
         self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
         if self.journal is not None:  # interval:MS syncs a quiet server's last interval by a timer
             self.journal.start_timer(self._loop.call_later, self._journal_failed)
+        if self.snapshotter is not None:
+            self.snapshotter.call_later = self._loop.call_later
         return self.address
 
     @property

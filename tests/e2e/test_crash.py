@@ -134,14 +134,16 @@ def test_kill_9_loses_no_acknowledged_transfer(tmp_path: Path, seed: int, run: i
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("when", ["random", "mid-snapshot", "mid-snapshot"])
+@pytest.mark.parametrize("when", ["random", "random-thread", "mid-snapshot", "mid-snapshot"])
 def test_kill_9_with_snapshots_loses_no_acknowledged_transfer(tmp_path: Path, seed: int, when: str) -> None:
     rng = np.random.default_rng([seed, 15])
     kill_after_s = float(rng.uniform(0.3, 0.8))
-    fsync = "batch" if when == "random" else str(rng.choice(["batch", "interval:5", "off"]))
+    fsync = "batch" if when.startswith("random") else str(rng.choice(["batch", "interval:5", "off"]))
     journal, log = tmp_path / "journal", tmp_path / "server.log"
     snapshots = tmp_path / "journal.snapshots"
-    proc, port = _serve(journal, fsync, log, SNAPSHOTS)
+    # random-thread: copy-on-update snapshots (a writer thread in the server) instead of a child
+    extra = (*SNAPSHOTS, "--snapshot-method", "thread" if when == "random-thread" else "fork")
+    proc, port = _serve(journal, fsync, log, extra)
     stopped: list[int] = []
     killer = (
         threading.Thread(target=_kill_mid_snapshot, args=(proc, snapshots, stopped)) if when == "mid-snapshot" else None
@@ -152,7 +154,7 @@ def test_kill_9_with_snapshots_loses_no_acknowledged_transfer(tmp_path: Path, se
         _stop(proc, kill=True)
     print(f"[crash] snapshots on, fsync {fsync}, kill {when}: snapshot child stopped mid-write: {stopped}")
     try:
-        _check_restart(journal, fsync, log, proc, sent, acked, SNAPSHOTS, stopped)
+        _check_restart(journal, fsync, log, proc, sent, acked, extra, stopped)
     finally:
         for pid in stopped:
             os.kill(pid, signal.SIGKILL)

@@ -8,10 +8,13 @@ ledger must give back every array and scalar.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from engine.copy_on_update import CopyOnUpdate
 from engine.hooks.audit_chain import AuditChain
 from engine.hooks.base import Hook, PerTransferHook
 from engine.hooks.blacklist import Blacklist
@@ -78,3 +81,58 @@ def test_a_hook_that_does_not_declare_its_state_turns_snapshots_off() -> None:
     ledger = build_ledger(_config(), [WalletLimits(), PerTransferHook("counter", observe=lambda t, c: seen.append(c))])
     assert "do not declare their state" in snapshot_refusal(ledger)
     assert snapshot_refusal(build_ledger(_config(), _hooks())) == ""
+
+
+def _copies(ledger: Any) -> dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]]:
+    return {n: ({k: a.copy() for k, a in o.state_arrays().items()}, o.state_scalars()) for n, o in state_owners(ledger)}
+
+
+def test_copy_on_update_writes_the_state_as_of_capture_while_the_sequencer_changes_it(
+    tmp_path: Path, seed: int
+) -> None:
+    """A writer thread writes from live arrays while batches and admin changes go on, and a
+    wallet_limits day rollover resets every account mid-snapshot: the file holds the capture."""
+    rng = np.random.default_rng(seed)
+    ledger = build_ledger(_config(), _hooks())
+    workload = Workload(WorkloadConfig(accounts=ACCOUNTS, seed=seed))
+    for i in range(4):
+        ledger.apply(workload.batch(400, first_id=i * 400, operator=1))
+        ledger.run_deferred()
+    want = _copies(ledger)
+    per_account = {(n, a) for n, o in state_owners(ledger) for a in o.per_account_arrays()}
+    assert ("ledger", "balance") in per_account and ("social_credit", "score") in per_account
+    cou = CopyOnUpdate(capture(state_owners(ledger)), per_account, 2048, queue_chunks=2)
+    header = _config().journal_header()
+    result: list[Path] = []
+    writer = threading.Thread(
+        target=lambda: result.append(
+            write_snapshot(tmp_path, 7, header, cou.parts, read_chunk=cou.read_chunk, chunk_bytes=2048)[0]
+        )
+    )
+    writer.start()
+    (limits,) = [h for h in ledger.hooks if isinstance(h, WalletLimits)]
+    (freeze,) = [h for h in ledger.hooks if isinstance(h, Freeze)]
+    step = 0
+    while not cou.copied_all:
+        batch = workload.batch(400, first_id=10_000 + step * 400, operator=2)
+        cou.before_update(np.unique(np.concatenate([batch["payer"], batch["payee"]])))
+        ledger.apply(batch)
+        ledger.run_deferred()
+        if step == 3:  # a day rollover: every account's spending reset at once
+            cou.before_update(None, frozenset({"wallet_limits"}))
+            limits.daily_spent_fen[:] = 0
+        account = int(rng.integers(ACCOUNTS))
+        cou.before_update(np.array([account]))
+        freeze.freeze(account)
+        cou.feed(1)
+        step += 1
+    writer.join()
+    assert step > 10, "the snapshot finished before the state changed under it"
+    assert cou.undo_bytes_max > 0
+    fresh = build_ledger(_config(), _hooks(), from_snapshot=True)
+    load_into(result[0], verify(result[0]), dict(state_owners(fresh)))
+    got = _copies(fresh)
+    for name, (arrays, scalars) in want.items():
+        assert got[name][1] == scalars, name
+        for key, array in arrays.items():
+            assert np.array_equal(got[name][0][key], array), f"{name}.{key} differs from the capture"

@@ -118,11 +118,17 @@ def test_schedule_parses_payments_seconds_both_and_off() -> None:
             SnapshotSchedule.parse(bad)
 
 
+@pytest.mark.parametrize("method", ["fork", "thread"])
 def test_restart_from_a_snapshot_restores_ledger_and_every_hook_exactly(
-    start_server: StartServer, workload: Workload, tmp_path: Path
+    start_server: StartServer, workload: Workload, tmp_path: Path, method: str
 ) -> None:
     journal = tmp_path / "j"
-    kw: dict[str, Any] = {"journal": str(journal), "snapshot_every": "1k", "max_wait_us": 1000}
+    kw: dict[str, Any] = {
+        "journal": str(journal),
+        "snapshot_every": "1k",
+        "snapshot_method": method,
+        "max_wait_us": 1000,
+    }
     st = start_server(hooks=_hooks(tmp_path), **kw)
     sent = _send(st, workload, range(8))
     with connect(st, operator=OPERATOR) as c:
@@ -187,13 +193,15 @@ def test_byte_flips_anywhere_in_a_snapshot_refuse_it_and_fall_back(
     _all_in(again, sent)
 
 
+@pytest.mark.parametrize("method", ["fork", "thread"])
 def test_segments_are_retired_behind_the_watermark_and_disk_stays_bounded(
-    start_server: StartServer, workload: Workload, tmp_path: Path
+    start_server: StartServer, workload: Workload, tmp_path: Path, method: str
 ) -> None:
     journal = tmp_path / "j"
     kw: dict[str, Any] = {
         "journal": str(journal),
         "snapshot_every": "1k",
+        "snapshot_method": method,
         "journal_segment_bytes": 1 << 16,
         "max_wait_us": 1000,
     }
@@ -224,6 +232,7 @@ def test_a_snapshot_child_killed_while_writing_leaves_no_snapshot(
 ) -> None:
     journal = tmp_path / "j"
     kw: dict[str, Any] = {"journal": str(journal), "snapshot_every": "off", "max_wait_us": 1000}
+    kw["snapshot_method"] = "fork"
     st = start_server(hooks=_hooks(tmp_path), **kw)
     sent = _send(st, workload, range(4), wait=False)
     kw["snapshot_every"] = "1k"
