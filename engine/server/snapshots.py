@@ -10,7 +10,9 @@ hooks' output files, renames and exits with ``os._exit``; the parent only pays f
 (copying page tables: the *stall*, measured per snapshot and reported in ``stats()``). While the
 child writes, pages the sequencer modifies are copied by the kernel, so memory grows by the pages
 touched in that time (not by the state), up to the state's size in the worst case: fine up to
-~10^8 accounts on this machine; at 1.4e9 accounts it would not fit, see the README.
+~10^8 accounts on this machine; at 1.4e9 accounts it would not fit. Method ``thread``
+(``engine.copy_on_update``) writes from the live arrays instead: no fork, memory bounded by the
+updates made while it writes; ``auto`` picks it above ``AUTO_THREAD_BYTES`` of state.
 
 When a child finishes, snapshots beyond ``snapshot_keep`` (newest first) are deleted and the
 journal's segments are retired up to the watermark: the lowest of the oldest retained snapshot's
