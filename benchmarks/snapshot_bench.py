@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 PROFILE = "enforcement"
 BATCH = 8_192
 
@@ -96,20 +98,9 @@ class _Writer:
             self.ledger.supply_fen = 100_000 * accounts
         create(journal, config.journal_header())
         self.journal = Journal(journal, "off", segment_bytes=config.journal_segment_bytes)
-        schedule = SnapshotSchedule.parse(snapshot_every)
-        self.snapshotter = (
-            Snapshotter(
-                Path(config.snapshot_directory),
-                schedule,
-                config.snapshot_keep,
-                self.ledger,
-                self.journal,
-                config.journal_header(),
-                method=method,
-            )
-            if schedule.enabled
-            else None
-        )
+        config = msgspec.structs.replace(config, snapshot_method=method)
+        enabled = SnapshotSchedule.parse(snapshot_every).enabled
+        self.snapshotter = Snapshotter.for_config(config, self.ledger, self.journal) if enabled else None
         self.pool = BatchPool(Workload(WorkloadConfig(accounts=accounts, seed=config.seed)), 32, BATCH)
         self.next_id = 0
 

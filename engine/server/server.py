@@ -27,7 +27,7 @@ from engine.server.config import ServerConfig
 from engine.server.connection import Connection
 from engine.server.recovery import SnapshotChoice, choose_snapshot, journal_exists, open_journal, set_aside_outputs
 from engine.server.session import Handshake
-from engine.server.snapshots import AUTO_THREAD_BYTES, Snapshotter, snapshot_refusal
+from engine.server.snapshots import Snapshotter, snapshot_refusal
 from engine.server.stats import ServerStats
 from engine.signing import ensure_registry
 from engine.snapshot import SnapshotSchedule
@@ -151,17 +151,10 @@ class Server:
             if refusal and schedule.enabled:
                 self._journal_notes.append(refusal)
             elif schedule.enabled:
-                method = config.snapshot_method
-                if method == "auto":
-                    method = "thread" if self.ledger.state_bytes() > AUTO_THREAD_BYTES else "fork"
-                self.snapshotter = self.batcher.snapshotter = self.admin.snapshotter = Snapshotter(
-                    Path(config.snapshot_directory),
-                    schedule,
-                    config.snapshot_keep,
+                self.snapshotter = self.batcher.snapshotter = self.admin.snapshotter = Snapshotter.for_config(
+                    config,
                     self.ledger,
                     self.journal,
-                    config.journal_header(),
-                    method=method,
                     log=lambda line: print(f"snapshot: {line}", file=sys.stderr, flush=True),
                 )
         self.validators: Validators | None = None

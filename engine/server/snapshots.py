@@ -36,6 +36,7 @@ import numpy as np
 from engine.copy_on_update import CopyOnUpdate
 from engine.journal import Journal, JournalHeader
 from engine.ledger import Ledger
+from engine.server.config import ServerConfig
 from engine.snapshot import (
     CHUNK_BYTES,
     PARTIAL,
@@ -118,6 +119,25 @@ class Snapshotter:
         self.step_ns_max = 0
         self.watermark_seq = 0
 
+    @classmethod
+    def for_config(
+        cls, config: ServerConfig, ledger: Ledger, journal: Journal, *, log: Callable[[str], None] | None = None
+    ) -> Snapshotter:
+        """The snapshotter a server with ``config`` runs (``snapshot_method`` auto resolved by state size)."""
+        method = config.snapshot_method
+        if method == "auto":
+            method = "thread" if ledger.state_bytes() > AUTO_THREAD_BYTES else "fork"
+        return cls(
+            Path(config.snapshot_directory),
+            SnapshotSchedule.parse(config.snapshot_every),
+            config.snapshot_keep,
+            ledger,
+            journal,
+            config.journal_header(),
+            method=method,
+            log=log,
+        )
+
     @property
     def in_progress(self) -> bool:
         return self._child is not None or self._thread is not None
@@ -133,7 +153,14 @@ class Snapshotter:
         self._feed()
         self.poll()
         if not self.in_progress and self.schedule.enabled and self.due():
-            self.start()
+            try:
+                self.start()
+            except OSError as exc:  # fork or thread refused (memory, process limits): retried when next due
+                self.failed += 1
+                self._cou = self._thread = None
+                self._last_payments, self._last_s = self.ledger.clock.payments, time.monotonic()
+                if self.log is not None:
+                    self.log(f"snapshot could not start ({exc}); the next one is tried when due")
 
     def before_batch(self, batch: np.ndarray) -> None:
         """Under copy-on-update, before a batch is applied: save what it may modify (its payers and

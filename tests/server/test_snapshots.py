@@ -48,6 +48,11 @@ OPERATOR = 2
 State = dict[str, tuple[dict[str, np.ndarray], dict[str, Any]]]
 
 
+def _options(journal: Path, method: str = "fork", **extra: Any) -> dict[str, Any]:
+    """Server options: a journal, a snapshot every 1,000 payments by ``method``."""
+    return {"journal": str(journal), "snapshot_every": "1k", "snapshot_method": method, "max_wait_us": 1000} | extra
+
+
 def _hooks(tmp_path: Path, *, chain: bool = True) -> list[Hook]:
     hooks: list[Hook] = [WalletLimits(), Blacklist(), Freeze(), SocialCredit(), Privacy(key=bytes(range(16)))]
     if chain:
@@ -123,12 +128,7 @@ def test_restart_from_a_snapshot_restores_ledger_and_every_hook_exactly(
     start_server: StartServer, workload: Workload, tmp_path: Path, method: str
 ) -> None:
     journal = tmp_path / "j"
-    kw: dict[str, Any] = {
-        "journal": str(journal),
-        "snapshot_every": "1k",
-        "snapshot_method": method,
-        "max_wait_us": 1000,
-    }
+    kw = _options(journal, method)
     st = start_server(hooks=_hooks(tmp_path), **kw)
     sent = _send(st, workload, range(8))
     with connect(st, operator=OPERATOR) as c:
@@ -156,7 +156,7 @@ def test_byte_flips_anywhere_in_a_snapshot_refuse_it_and_fall_back(
     start_server: StartServer, workload: Workload, tmp_path: Path
 ) -> None:
     journal = tmp_path / "j"
-    kw: dict[str, Any] = {"journal": str(journal), "snapshot_every": "1k", "max_wait_us": 1000}
+    kw = _options(journal)
     st = start_server(hooks=_hooks(tmp_path, chain=False), **kw)
     sent = _send(st, workload, range(9))
     want = _state(st)
@@ -198,13 +198,7 @@ def test_segments_are_retired_behind_the_watermark_and_disk_stays_bounded(
     start_server: StartServer, workload: Workload, tmp_path: Path, method: str
 ) -> None:
     journal = tmp_path / "j"
-    kw: dict[str, Any] = {
-        "journal": str(journal),
-        "snapshot_every": "1k",
-        "snapshot_method": method,
-        "journal_segment_bytes": 1 << 16,
-        "max_wait_us": 1000,
-    }
+    kw = _options(journal, method, journal_segment_bytes=1 << 16)
     st = start_server(hooks=_hooks(tmp_path), **kw)
     sent = _send(st, workload, range(30))
     stats = st.call(lambda: st.server.stats())
@@ -231,8 +225,7 @@ def test_a_snapshot_child_killed_while_writing_leaves_no_snapshot(
     start_server: StartServer, workload: Workload, tmp_path: Path
 ) -> None:
     journal = tmp_path / "j"
-    kw: dict[str, Any] = {"journal": str(journal), "snapshot_every": "off", "max_wait_us": 1000}
-    kw["snapshot_method"] = "fork"
+    kw = _options(journal, snapshot_every="off")
     st = start_server(hooks=_hooks(tmp_path), **kw)
     sent = _send(st, workload, range(4), wait=False)
     kw["snapshot_every"] = "1k"
