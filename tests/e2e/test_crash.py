@@ -17,6 +17,7 @@ killed, and the child let go again after the restart).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -157,7 +158,8 @@ def test_kill_9_with_snapshots_loses_no_acknowledged_transfer(tmp_path: Path, se
         _check_restart(journal, fsync, log, proc, sent, acked, extra, stopped)
     finally:
         for pid in stopped:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it went on, finished and was reaped
+                os.kill(pid, signal.SIGKILL)
     assert "restored snapshot" in log.read_text(), "the restart did not start from a snapshot"
 
 
