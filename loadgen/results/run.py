@@ -36,13 +36,13 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:       base64, ns), per-second series with interval histograms, codes, counts, generator,
 #:       server (CPU, stats, per-hook cost), audit, failures. Later additions with defaults, so
 #:       files without them still read: server.durability (journal policy and its cost);
-#:       server.durability.snapshots/snapshot_stall_ms_max (issue 15);
 #:       summary.settled/shed/verdict/exit_status (``loadgen.results.verdict``; achieved_tps and
 #:       achieved_ratio are settled-based from then on, and replies received in the window before).
 #:   2 - issue 12: summary.settled/shed/verdict/exit_status always present, achieved settled-based
 #:       (the upgrade recomputes them from a v1 file's codes); settings (the resolved profile, hook
 #:       parameters, workload and targets); traffic (wire bytes per payment both ways, journal
-#:       bytes per payment); environment.calibration (CPU calibration score).
+#:       bytes per payment); environment.calibration (CPU calibration score). Later optional
+#:       fields: server.durability.snapshots/snapshot_stall_ms_max (issue 15).
 SCHEMA_VERSION = 2
 
 
