@@ -31,7 +31,11 @@ def test_restart_is_flat_with_snapshots_and_grows_without() -> None:
     # Memory is bounded by what a restart reads at once (a segment, twice), not by the journal.
     segment_mib = 32
     assert max(r["peak_rss_mib"] for r in snap) <= snap[0]["peak_rss_mib"] + 2 * segment_mib + 16, snap
-    assert snap[-1]["disk_mib"] < full[-1]["disk_mib"]
+    # Disk: two snapshots (~17 MiB each here), the journal since the older one (a few intervals)
+    # and the open segments, whatever the journal's length; without snapshots it grows with it.
+    per_interval_mib = full[0]["disk_mib"]
+    assert max(r["disk_mib"] for r in snap) <= 2 * 17 + 4 * per_interval_mib + 2 * segment_mib, snap
+    assert full[-1]["disk_mib"] >= 10 * per_interval_mib
 
 
 def test_snapshot_stall_time_and_size_at_a_million_accounts() -> None:
