@@ -108,6 +108,7 @@ class Snapshotter:
         #: The event loop's ``call_later``: under copy-on-update, idle ticks keep the copy going.
         self.call_later: Callable[[float, Callable[[], None]], Any] | None = None
         self._tick_handle: Any = None
+        self._fed_at = 0.0
         self.taken = self.failed = 0
         self.stalls_ns: list[int] = []
         self.last_write_s = 0.0
@@ -182,6 +183,7 @@ class Snapshotter:
             t0 = time.perf_counter_ns()
             self._cou.feed(_FEED_CHUNKS)
             self.step_ns_max = max(self.step_ns_max, time.perf_counter_ns() - t0)
+            self._fed_at = time.monotonic()
 
     def before_admin(self, accounts: np.ndarray) -> None:
         """Under copy-on-update, before an admin operation modifies ``accounts``."""
@@ -244,7 +246,8 @@ class Snapshotter:
         """A quiet server's copy-on-update goes on between batches by this timer."""
         self._tick_handle = None
         if self._cou is not None:
-            self._feed()
+            if time.monotonic() - self._fed_at >= _TICK_S:  # under load the batches feed it (one chunk each)
+                self._feed()
             self.poll()
         if self._thread is not None:
             self._schedule_tick()
