@@ -165,7 +165,8 @@ class Durability(msgspec.Struct, frozen=True):
             rate("fsync_ms_total"),
             rate("bytes_written") / 1e6,
             int(s1.get("taken", 0)) - int(s0.get("taken", 0)),
-            float(s1.get("stall_ms_max", 0.0)),
+            # the longest the sequencer waited: fork()/capture, or a copy-on-update step between batches
+            max(float(s1.get("stall_ms_max", 0.0)), float(s1.get("step_ms_max", 0.0))),
         )
 
 

@@ -42,6 +42,7 @@ from engine.snapshot import (
     write_snapshot,
 )
 from loadgen.generator.workload import Workload
+from loadgen.results.run import Durability
 from tests.support.servers import TEST_ACCOUNTS, TEST_SEED, StartServer, connect
 
 OPERATOR = 2
@@ -344,3 +345,11 @@ def test_power_cut_during_snapshot_writes_and_renames_never_chooses_a_bad_snapsh
                 states += 1
     assert states > 2 * len(steps)
     print(f"[power-cut] {states} snapshot file states after {len(steps)} recorded steps checked")
+
+
+def test_result_files_carry_the_snapshots_and_the_longest_stall() -> None:
+    start = {"journal": {"fsync": "batch"}, "snapshots": {"taken": 2, "stall_ms_max": 1.0}}
+    end = {"journal": {"fsync": "batch"}, "snapshots": {"taken": 5, "stall_ms_max": 3.5, "step_ms_max": 4.25}}
+    d = Durability.of(start, end, 10.0)
+    assert (d.snapshots, d.snapshot_stall_ms_max) == (3, 4.25)
+    assert Durability.of({}, {"journal": {"fsync": "off"}}, 1.0).snapshots == 0
