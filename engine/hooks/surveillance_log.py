@@ -59,6 +59,7 @@ class SurveillanceLogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=T
 
 class SurveillanceLog(Hook):
     name = "surveillance_log"
+    snapshot_scalars = ("rows_seen", "batches_seen")
 
     def __init__(self, config: SurveillanceLogConfig | None = None) -> None:
         self.config = config or SurveillanceLogConfig()
@@ -89,6 +90,33 @@ class SurveillanceLog(Hook):
             self.trove = TroveProcess.open(cfg) if cfg.process else Trove.open(cfg)
             # Without journal numbers, batches are numbered on from what the trove already holds.
             self._seq_base = self.trove.durable_through_seq
+
+    @property
+    def snapshot_arrays(self) -> tuple[str, ...] | None:  # type: ignore[override]
+        # The trove is its own durable store (a journal consumer, ``durable_journal_seq``); the
+        # buffer's ring is state, but its optional file is not continued from a snapshot.
+        return None if self._ring is not None and self.config.path else ()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {} if self._ring is None else {f"ring.{n}": c for n, c in self._ring.columns.items()}
+
+    def state_scalars(self) -> dict[str, Any]:
+        ring = {} if self._ring is None else {"ring.rows_seen": self._ring.rows_seen}
+        return super().state_scalars() | ring
+
+    def restore_scalars(self, scalars: dict[str, Any]) -> None:
+        super().restore_scalars(scalars)
+        if self._ring is not None:
+            self._ring.rows_seen = scalars["ring.rows_seen"]
+
+    def durable_journal_seq(self) -> int | None:
+        if self.trove is None or not self.journalled:
+            return None
+        return self.trove.needs_journal_from() - 1
+
+    def replay_output(self, seq: int, batch: np.ndarray, codes: np.ndarray) -> None:
+        if self.trove is not None:
+            self.trove.append(batch, codes, seq)  # rows the trove already holds are skipped
 
     def note_journal_seq(self, seq: int) -> None:
         """The journal entry number of the next batch this hook observes (from the server)."""
