@@ -110,9 +110,12 @@ class SurveillanceLog(Hook):
             self._ring.rows_seen = scalars["ring.rows_seen"]
 
     def durable_journal_seq(self) -> int | None:
+        """The trove's watermark: every journal entry up to this one is in the trove (None in buffer
+        mode or without a journal). Journal segments wholly at or below it may be deleted as far as
+        this hook is concerned; the trove rebuilds what it lacks from the journal."""
         if self.trove is None or not self.journalled:
             return None
-        return self.trove.needs_journal_from() - 1
+        return self.trove.durable_seq()
 
     def replay_output(self, seq: int, batch: np.ndarray, codes: np.ndarray) -> None:
         if self.trove is not None:
@@ -140,12 +143,6 @@ class SurveillanceLog(Hook):
 
     def background_ns(self) -> int:
         return self.trove.background_cpu_ns() if self.trove is not None else 0
-
-    def durable_seq(self) -> int | None:
-        """The trove's watermark: every journal entry up to this one is in the trove (None in buffer
-        mode, which keeps nothing the journal must wait for). Journal segments wholly at or below it
-        can be deleted as far as this hook is concerned."""
-        return self.trove.durable_seq() if self.trove is not None else None
 
     def query(self, account: int) -> np.ndarray:
         """Every kept row in which ``account`` paid or was paid, in the order observed, as LOG_DTYPE."""
