@@ -35,6 +35,8 @@ FORBIDDEN_PAYER     the operator does not hold the payer's account (servers with
 FROZEN              payer or payee is frozen (freeze hook)
 BLACKLISTED         payer is on the blacklist and the category is restricted (blacklist hook)
 CREDIT_RESTRICTED   payer's social-credit score is below the threshold for this category
+RISK_VETO           the risk model (risk_model hook, authorize mode) scored the payment above
+                    its threshold
 WALLET_SINGLE_LIMIT amount exceeds the payer's wallet-class single-payment cap
 WALLET_DAILY_LIMIT  payer's spending today would exceed the wallet-class daily cap
 WALLET_BALANCE_LIMIT payee's balance would exceed its wallet-class balance cap
@@ -56,6 +58,11 @@ top of int64, so every later id was STALE_ID (the operator was blocked for good)
 ``Welcome.next_transfer_id`` overflowed. Valid ids are 0..MAX_TRANSFER_ID; an id out of range is not
 consumed and moves no window. Existing codes kept their order, but a journal holding an id above
 the range would replay with another code, so the precedence id moved to ``codes-2``.
+
+RISK_VETO (appended for issue 18, value 20) sits after CREDIT_RESTRICTED, with the other policy
+vetoes and before the caps and funds, like every authorize hook. No earlier transfer can get it,
+but a journal written with the risk model in authorize mode replays only under a table that has
+it, so the precedence id moved to ``codes-3``.
 """
 
 from __future__ import annotations
@@ -86,6 +93,7 @@ class ResultCode(enum.IntEnum):
     OVERLOADED = 17
     BAD_SIGNATURE = 18
     ID_OUT_OF_RANGE = 19
+    RISK_VETO = 20
 
 
 #: Codes in precedence order, highest first (OK last: it only stands when nothing failed).
@@ -103,6 +111,7 @@ PRECEDENCE: tuple[ResultCode, ...] = (
     ResultCode.FROZEN,
     ResultCode.BLACKLISTED,
     ResultCode.CREDIT_RESTRICTED,
+    ResultCode.RISK_VETO,
     ResultCode.WALLET_SINGLE_LIMIT,
     ResultCode.WALLET_DAILY_LIMIT,
     ResultCode.WALLET_BALANCE_LIMIT,
@@ -120,7 +129,7 @@ LEDGER_CHECKS: frozenset[ResultCode] = frozenset(PRECEDENCE[: PRECEDENCE.index(R
 #: a journal under another precedence would give other codes, so changing the order (not
 #: appending a code at its documented place without changing any earlier outcome) changes this
 #: id and is a journal format change.
-PRECEDENCE_ID = "codes-2"
+PRECEDENCE_ID = "codes-3"
 
 CODE_DTYPE = np.dtype(np.uint8)
 

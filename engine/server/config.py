@@ -12,6 +12,7 @@ from engine.clock import CLOCK_START_NS, payments_per_day
 from engine.codes import PRECEDENCE_ID
 from engine.journal import REPAIR_MODES, FsyncPolicy, JournalHeader
 from engine.population import DEFAULT_SEED
+from engine.profiles import risk_model_sha256
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.validators import parse_validators
 from engine.wire import DEFAULT_MAX_FRAME_BYTES
@@ -210,4 +211,5 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             clock_payments_per_day=payments_per_day(self.accounts, self.payments_per_account_per_day),
             clock_start_ns=CLOCK_START_NS,
             precedence=PRECEDENCE_ID,
+            risk_model_sha256="" if self.echo else risk_model_sha256(self.profile, self.scenario),
         )

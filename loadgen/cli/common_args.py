@@ -174,3 +174,12 @@ def use_hooks_path(dirs: Sequence[str]) -> list[str]:
 def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
     """The ``serve`` arguments that give a server child the same ``--hooks-path`` directories."""
     return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))
+
+
+def add_model_training(p: argparse.ArgumentParser, *, trees: int, payments: int, accounts: int) -> None:
+    """Size of a risk model's training run (``cbdc-bench model``)."""
+    p.add_argument("--trees", type=int, default=trees, help=f"boosting rounds, 31 leaves each (default {trees})")
+    p.add_argument(
+        "--payments", type=int, default=payments, help=f"payments simulated for training (default {payments:,})"
+    )
+    add_accounts(p, default=accounts)

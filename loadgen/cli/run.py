@@ -55,6 +55,7 @@ from loadgen.harness.measured import (
     DEFAULT_WARMUP,
     run_benchmark,
 )
+from loadgen.model.train import ensure_profile_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -79,6 +80,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args, host=args.host, port=0)
+    if not args.echo:
+        ensure_profile_model(args.profile, args.scenario)
     result = run_benchmark(
         config,
         profile=args.profile,
