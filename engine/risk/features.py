@@ -114,11 +114,6 @@ def log2_q4(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 1, (e.astype(np.int64) - 1) * 16 + np.floor((2 * m - 1) * 16).astype(np.int64), 0)
 
 
-def popcount8(x: np.ndarray) -> np.ndarray:
-    """Set bits of each value below 256."""
-    return np.unpackbits(x.astype(np.uint8)[:, None], axis=1).sum(axis=1, dtype=np.int64)
-
-
 class Payments(msgspec.Struct, frozen=True):
     """The columns of the payments whose features are read or recorded (one row per payment)."""
 
@@ -229,52 +224,77 @@ class RollingFeatures:
         dx, dy = np.abs((a & mask) - (b & mask)), np.abs((a >> self._bits) - (b >> self._bits))
         return np.maximum(np.minimum(dx, s - dx), np.minimum(dy, s - dy))
 
-    # ---- reading -------------------------------------------------------------------------------
+    # ---- reading and recording -----------------------------------------------------------------
 
     def rows(
         self, p: Payments, minute: int, batch_ns: int, wallet_class: np.ndarray, flags: np.ndarray, listed_bit: int
     ) -> np.ndarray:
         """Feature rows (int64, ``FEATURE_NAMES``) of payments ``p`` as of ``minute`` (batch start)."""
-        count_h, count_d, rest_d, amount_h, amount_d, dev_bits, blk_bits, last = self._aged(p.payer, minute)
+        g = _Grouped(p.payer)
+        return self._rows(p, g, self._aged(g.accounts, minute), minute, batch_ns, wallet_class, flags, listed_bit)
+
+    def record(self, p: Payments, minute: int) -> None:
+        """Add payments ``p`` (in sequence order) to their payers' history at ``minute``."""
+        if len(p.payer):
+            g = _Grouped(p.payer)
+            self._record(p, g, self._aged(g.accounts, minute), minute)
+
+    def rows_then_record(
+        self, p: Payments, minute: int, batch_ns: int, wallet_class: np.ndarray, flags: np.ndarray, listed_bit: int
+    ) -> np.ndarray:
+        """``rows`` then ``record`` of the same payments, grouping and ageing the payers once."""
+        if len(p.payer) == 0:
+            return np.zeros((0, N_FEATURES), dtype=np.int64)
+        g = _Grouped(p.payer)
+        aged = self._aged(g.accounts, minute)
+        out = self._rows(p, g, aged, minute, batch_ns, wallet_class, flags, listed_bit)
+        self._record(p, g, aged, minute)
+        return out
+
+    def _rows(
+        self,
+        p: Payments,
+        g: _Grouped,
+        aged: tuple[np.ndarray, ...],
+        minute: int,
+        batch_ns: int,
+        wallet_class: np.ndarray,
+        flags: np.ndarray,
+        listed_bit: int,
+    ) -> np.ndarray:
+        count_h, count_d, rest_d, amount_h, amount_d, dev_bits, blk_bits, last = (a[g.inverse] for a in aged)
         seen_devices = (dev_bits | (dev_bits >> 8)) & 0xFF
         seen_blocks = (blk_bits | (blk_bits >> 8)) & 0xFF
         has_history = last > 0
         log_amount = log2_q4(p.amount_fen)
         usual_fen = np.where(count_d > 0, amount_d * (800 * COUNT_ONE) // np.maximum(count_d, 1), 0)
-        out = np.empty((len(p.payer), N_FEATURES), dtype=np.int64)
-        out[:, 0] = count_h
-        out[:, 1] = count_d
-        out[:, 2] = amount_h
-        out[:, 3] = amount_d
-        out[:, 4] = rest_d * 1000 // np.maximum(count_d, 1)
-        out[:, 5] = popcount8(seen_devices)
-        out[:, 6] = (seen_devices >> self.device_bit(p.device_id)) & 1
-        out[:, 7] = has_history & (self.last_device[p.payer] == self.device_tag(p.device_id))
-        out[:, 8] = popcount8(seen_blocks)
-        out[:, 9] = (seen_blocks >> self.block_bit(p.location_cell)) & 1
-        out[:, 10] = np.where(
-            has_history, self.cells_apart(self.last_cell[p.payer].astype(np.int64), p.location_cell), 0
-        )
-        out[:, 11] = np.where(has_history, np.minimum(minute - last, MINUTES_CAP), MINUTES_CAP)
-        out[:, 12] = log_amount
-        out[:, 13] = np.where(usual_fen > 0, log_amount - log2_q4(usual_fen), 0)
-        out[:, 14] = wallet_class[p.payer]
-        out[:, 15] = wallet_class[p.payee]
-        out[:, 16] = (flags[p.payer] & listed_bit) != 0
-        out[:, 17] = (flags[p.payee] & listed_bit) != 0
-        out[:, 18] = p.category
-        out[:, 19] = ((batch_ns + CST_OFFSET_NS) // NS_PER_HOUR) % 24
-        return out
+        # Filled feature by feature, each a contiguous row of ``out``; returned transposed (a view).
+        out = np.empty((N_FEATURES, len(p.payer)), dtype=np.int64)
+        out[0] = count_h
+        out[1] = count_d
+        out[2] = amount_h
+        out[3] = amount_d
+        out[4] = rest_d * 1000 // np.maximum(count_d, 1)
+        out[5] = _POPCOUNT[seen_devices]
+        out[6] = (seen_devices >> self.device_bit(p.device_id)) & 1
+        out[7] = has_history & (self.last_device[p.payer] == self.device_tag(p.device_id))
+        out[8] = _POPCOUNT[seen_blocks]
+        out[9] = (seen_blocks >> self.block_bit(p.location_cell)) & 1
+        out[10] = np.where(has_history, self.cells_apart(self.last_cell[p.payer].astype(np.int64), p.location_cell), 0)
+        out[11] = np.where(has_history, np.minimum(minute - last, MINUTES_CAP), MINUTES_CAP)
+        out[12] = log_amount
+        out[13] = np.where(usual_fen > 0, log_amount - log2_q4(usual_fen), 0)
+        out[14] = wallet_class[p.payer]
+        out[15] = wallet_class[p.payee]
+        out[16] = (flags[p.payer] & listed_bit) != 0
+        out[17] = (flags[p.payee] & listed_bit) != 0
+        out[18] = p.category
+        out[19] = ((batch_ns + CST_OFFSET_NS) // NS_PER_HOUR) % 24
+        return out.T
 
-    # ---- recording -----------------------------------------------------------------------------
-
-    def record(self, p: Payments, minute: int) -> None:
-        """Add payments ``p`` (in sequence order) to their payers' history at ``minute``."""
-        if len(p.payer) == 0:
-            return
-        accounts, inverse = np.unique(p.payer, return_inverse=True)
-        count_h, count_d, rest_d, amount_h, amount_d, dev_bits, blk_bits, _ = self._aged(accounts, minute)
-        k = len(accounts)
+    def _record(self, p: Payments, g: _Grouped, aged: tuple[np.ndarray, ...], minute: int) -> None:
+        count_h, count_d, rest_d, amount_h, amount_d, dev_bits, blk_bits, _ = aged
+        accounts, inverse, k = g.accounts, g.inverse, len(g.accounts)
 
         def add(base: np.ndarray, values: np.ndarray) -> np.ndarray:
             # Each value is clipped to the saturation bound first, so the float64 sum stays exact.
@@ -288,14 +308,35 @@ class RollingFeatures:
         self.restricted_day[accounts] = add(rest_d, restricted)
         self.amount_hour[accounts] = add(amount_h, p.amount_fen // 100)
         self.amount_day[accounts] = add(amount_d, p.amount_fen // 800)
+        dev_bits, blk_bits = dev_bits.copy(), blk_bits.copy()
         np.bitwise_or.at(dev_bits, inverse, 1 << self.device_bit(p.device_id))
         np.bitwise_or.at(blk_bits, inverse, 1 << self.block_bit(p.location_cell))
         self.device_bits[accounts] = dev_bits
         self.block_bits[accounts] = blk_bits
-        # The last payment of each payer in sequence order: the first one of the reversed batch.
-        n = len(p.payer)
-        _, last_rev = np.unique(p.payer[::-1], return_index=True)
-        last_row = n - 1 - last_rev
-        self.last_device[accounts] = self.device_tag(p.device_id[last_row])
-        self.last_cell[accounts] = p.location_cell[last_row]
+        self.last_device[accounts] = self.device_tag(p.device_id[g.last_row])
+        self.last_cell[accounts] = p.location_cell[g.last_row]
         self.last_minute[accounts] = minute
+
+
+#: Set bits of every byte value.
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+class _Grouped:
+    """The distinct payers of a batch (sorted), each payment's payer index, each payer's last payment.
+
+    One stable sort gives all three: in it, a payer's payments keep their sequence order, so the
+    last of each run is that payer's last payment of the batch.
+    """
+
+    def __init__(self, payer: np.ndarray) -> None:
+        order = np.argsort(payer, kind="stable")
+        ordered = payer[order]
+        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        self.accounts = ordered[starts]
+        run = np.zeros(len(payer), dtype=np.int64)
+        run[starts[1:]] = 1
+        self.inverse = np.empty(len(payer), dtype=np.int64)
+        self.inverse[order] = np.cumsum(run)
+        ends = np.concatenate((starts[1:], [len(payer)]))
+        self.last_row = order[ends - 1]

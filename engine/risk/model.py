@@ -123,7 +123,7 @@ class Predictor:
         """Probabilities for int64 feature rows (converted to float64, exact below 2**53)."""
         if len(rows) == 0:
             return np.zeros(0, dtype=np.float64)
-        out: Any = self.booster.predict(rows.astype(np.float64), num_threads=threads)
+        out: Any = self.booster.predict(np.ascontiguousarray(rows, dtype=np.float64), num_threads=threads)
         return np.asarray(out, dtype=np.float64)
 
 

@@ -93,12 +93,11 @@ class _Recorder(Hook):
         p = Payments.of(applied)
         ledger = self.ledger
         self.rows.append(
-            self.features.rows(
+            self.features.rows_then_record(
                 p, self._minute, self._batch_ns, ledger.wallet_class, ledger.flags, int(FLAG_BLACKLISTED)
             )
         )
         self.labels.append(labels(self.behaviours, self.seed, applied["transfer_id"]))
-        self.features.record(p, self._minute)
 
 
 def scaled_behaviours(config: BehaviourConfig, scale: int) -> BehaviourConfig:

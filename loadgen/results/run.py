@@ -245,6 +245,8 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     server: Server
     audit: AuditOutcome | None
     failures: list[str]
+    #: sha256 of the risk model the server ran (profiles with risk_model; "" otherwise). Optional.
+    risk_model_sha256: str = ""
 
 
 class _Version(msgspec.Struct):
@@ -380,6 +382,7 @@ def build_result(
         ),
         audit=audit,
         failures=failures,
+        risk_model_sha256=str(((stats_end or {}).get("risk_model") or {}).get("model_sha256", "")),
     )
 
 
