@@ -97,6 +97,10 @@ class RiskModel(Hook):
         self.vetoed = 0
         self.features_ns = 0
         self.inference_ns = 0  # on the sequencer's thread (authorize mode)
+        #: Observe mode: the sequencer's wall time blocked waiting for the model (lag_batches
+        #: behind). Counted in begin_ns (the sequencer could not go on) while the model's own CPU
+        #: is in background_ns: the two overlap, so subtract this for CPU per payment.
+        self.wait_ns = 0
         self._background_ns = 0  # written by the worker thread only
 
     def _feature_config(self) -> FeatureConfig:
@@ -188,7 +192,12 @@ class RiskModel(Hook):
     def _settle(self, keep: int) -> None:
         """Apply the flags of all but the ``keep`` most recent observed batches, oldest first."""
         while len(self._pending) > max(keep - 1, 0):
-            flagged = self._pending.popleft().result()
+            future = self._pending.popleft()
+            if not future.done():
+                t0 = time.perf_counter_ns()
+                future.result()
+                self.wait_ns += time.perf_counter_ns() - t0
+            flagged = future.result()
             self.flagged += len(flagged)
             if self._social is not None and len(flagged) and self.config.penalty:
                 self._social.lower_scores(flagged, self.config.penalty)
@@ -218,6 +227,7 @@ class RiskModel(Hook):
             "inference_ns": self.inference_ns + self._background_ns,
             # Feature reads and updates on the sequencer's thread; the model's CPU wherever it ran.
             "features_ns_per_payment": self.features_ns / scored,
+            "wait_ns": self.wait_ns,
             "inference_ns_per_payment": (self.inference_ns + self._background_ns) / scored,
             "threshold": self.threshold,
             "trees": 0 if p is None else p.trees,
