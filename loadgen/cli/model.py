@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="train the risk model or measure its inference speed", description=__doc__)
     msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     t = msub.add_parser("train", help="train, evaluate and write the risk model")
-    add_out(t, default=None, when_unset="the cached default model", what="model file to write")
+    add_out(t, default=None, when_unset="the cached default model", what="model file to write", metavar="FILE")
     add_model_training(
         t, trees=DEFAULT_SETTINGS.trees, payments=DEFAULT_SETTINGS.payments, accounts=DEFAULT_SETTINGS.accounts
     )
