@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -219,7 +220,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def journal_header(self) -> JournalHeader:
         """What a journal written by this server records about how its ledger is built."""
-        digest = hashlib.sha256(open(self.scenario, "rb").read()).hexdigest() if self.scenario else ""  # noqa: SIM115
+        digest = hashlib.sha256(Path(self.scenario).read_bytes()).hexdigest() if self.scenario else ""
         return JournalHeader(
             accounts=self.accounts,
             seed=self.seed,
