@@ -95,8 +95,11 @@ class RiskModel(Hook):
         self.scored = 0
         self.flagged = 0
         self.vetoed = 0
+        #: CPU time (this thread's, not wall time: on a shared machine a descheduled thread or a
+        #: GIL wait would count) of feature reads and updates, and of the model on the
+        #: sequencer's thread (authorize mode; observe mode's is ``background_ns``).
         self.features_ns = 0
-        self.inference_ns = 0  # on the sequencer's thread (authorize mode)
+        self.inference_ns = 0
         #: Observe mode: the sequencer's wall time blocked waiting for the model (lag_batches
         #: behind). Counted in begin_ns (the sequencer could not go on) while the model's own CPU
         #: is in background_ns: the two overlap, so subtract this for CPU per payment.
@@ -143,7 +146,7 @@ class RiskModel(Hook):
         return self.predictor.predict(rows)
 
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
-        t0 = time.perf_counter_ns()
+        t0 = time.thread_time_ns()
         p = Payments(
             transfers.payer.astype(np.int64),
             transfers.payee.astype(np.int64),
@@ -153,10 +156,10 @@ class RiskModel(Hook):
             transfers.column("location_cell").astype(np.int64),
         )
         rows = self._rows(p)
-        t1 = time.perf_counter_ns()
+        t1 = time.thread_time_ns()
         veto = self._predict(rows) > self.threshold
         self.features_ns += t1 - t0
-        self.inference_ns += time.perf_counter_ns() - t1
+        self.inference_ns += time.thread_time_ns() - t1
         self.scored += len(rows)
         vetoed = int(np.count_nonzero(veto))
         if vetoed == 0:
@@ -167,7 +170,7 @@ class RiskModel(Hook):
         return codes
 
     def observe(self, batch: np.ndarray, codes: np.ndarray) -> None:
-        t0 = time.perf_counter_ns()
+        t0 = time.thread_time_ns()
         p = Payments.of(batch[codes == ResultCode.OK])
         if self._executor is not None:
             # Rows as of the batch's start, then this batch recorded: the payers grouped once.
@@ -180,7 +183,7 @@ class RiskModel(Hook):
             self._pending.append(self._executor.submit(self._score, rows, p.payer))
         else:
             self.features.record(p, self._minute)
-        self.features_ns += time.perf_counter_ns() - t0
+        self.features_ns += time.thread_time_ns() - t0
 
     def _score(self, rows: np.ndarray, payers: np.ndarray) -> np.ndarray:
         """Runs on the worker thread: the flagged payments' payers (with repeats)."""
