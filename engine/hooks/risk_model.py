@@ -104,6 +104,9 @@ class RiskModel(Hook):
         #: behind). Counted in begin_ns (the sequencer could not go on) while the model's own CPU
         #: is in background_ns: the two overlap, so subtract this for CPU per payment.
         self.wait_ns = 0
+        #: Batches whose scoring failed on the model thread (their flags are lost, and counted).
+        self.errors = 0
+        self.last_error = ""
         self._background_ns = 0  # written by the worker thread only
 
     def _feature_config(self) -> FeatureConfig:
@@ -196,11 +199,15 @@ class RiskModel(Hook):
         """Apply the flags of all but the ``keep`` most recent observed batches, oldest first."""
         while len(self._pending) > max(keep - 1, 0):
             future = self._pending.popleft()
-            if not future.done():
-                t0 = time.perf_counter_ns()
-                future.result()
+            t0 = time.perf_counter_ns()
+            try:
+                flagged = future.result()
+            except Exception as exc:  # the batch committed long ago: count it, never stop the sequencer
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            finally:
                 self.wait_ns += time.perf_counter_ns() - t0
-            flagged = future.result()
             self.flagged += len(flagged)
             if self._social is not None and len(flagged) and self.config.penalty:
                 self._social.lower_scores(flagged, self.config.penalty)
@@ -231,6 +238,8 @@ class RiskModel(Hook):
             # Feature reads and updates on the sequencer's thread; the model's CPU wherever it ran.
             "features_ns_per_payment": self.features_ns / scored,
             "wait_ns": self.wait_ns,
+            "scoring_errors": self.errors,
+            "last_scoring_error": self.last_error,
             "inference_ns_per_payment": (self.inference_ns + self._background_ns) / scored,
             "threshold": self.threshold,
             "trees": 0 if p is None else p.trees,

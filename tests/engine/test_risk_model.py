@@ -171,3 +171,37 @@ def test_inference_bench_measures_every_runtime_it_names() -> None:
     assert all(f.batched_ns_per_payment > 0 and f.per_payment_ns_per_payment > 0 for f in r.lightgbm)
     assert r.sklearn_hgb_ns_per_payment and r.onnxruntime_ns_per_payment and r.two_threads_speedup > 0
     assert "ONNX Runtime" in format_bench(r) and "lleaves" in r.unavailable
+
+
+def test_engine_trains_the_default_model_on_first_use_with_a_progress_line(tmp_path, monkeypatch, capsys) -> None:
+    import loadgen.model.train as training
+    from engine.risk.model import default_model_path
+
+    monkeypatch.setenv("CBDC_BENCH_CACHE", str(tmp_path / "cache"))
+    tiny = msgspec.structs.replace(training.DEFAULT_SETTINGS, accounts=1_000, payments=20_000, trees=5)
+    monkeypatch.setattr(training, "DEFAULT_SETTINGS", tiny)
+    args = ["engine", "--profile", "realistic", "--accounts", "5000", "--seconds", "0.3", "--warmup", "0", "--json"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "no cached default model" in err and "AUC" in err and default_model_path().exists()
+    stats = json.loads(out)["hook_stats"]["risk_model"]
+    assert stats["scored"] > 0 and stats["trees"] == 5 and stats["features_ns_per_payment"] > 0
+    assert json.loads(out)["bytes_per_account"] == 16 + BYTES_PER_ACCOUNT
+    assert main(args) == 0 and "no cached default model" not in capsys.readouterr().err  # cached now
+
+
+def test_a_failing_model_thread_is_counted_and_the_ledger_goes_on(request) -> None:
+    wl, ledger, _, risk = _ledgers("observe", 0.02)
+    request.addfinalizer(risk.close)
+    assert isinstance(risk, RiskModel) and risk.predictor is not None
+
+    def broken(rows, *, threads=1):
+        raise RuntimeError("model crashed")
+
+    risk.predictor.predict = broken  # type: ignore[method-assign]
+    for i in range(6):
+        codes = ledger.apply(wl.batch(300, first_id=i * 300))
+        assert ResultCode.HOOK_ERROR not in codes
+    risk.flush()
+    assert risk.stats()["scoring_errors"] == 6 and "model crashed" in risk.stats()["last_scoring_error"]
+    assert ledger.audit().ok
