@@ -214,17 +214,29 @@ def parse_target(text: str) -> tuple[str, int]:
     return host, number
 
 
-def add_target(p: argparse.ArgumentParser, *, what: str = "the running server to load") -> None:
-    """``--target HOST:PORT``: a server this command connects to (``target_of``); ``--host``/``--port`` deprecated."""
+def add_target(
+    p: argparse.ArgumentParser,
+    *,
+    what: str = "the running server to load",
+    unset: str = "none, required",
+    old_aliases: bool = True,
+) -> None:
+    """``--target HOST:PORT``: a server this command connects to (``target_of``).
+
+    ``old_aliases``: keep ``load``'s former ``--host``/``--port`` as deprecated aliases. A command
+    that also starts its own server (``run``, where ``--host`` is the old ``--listen``) passes False
+    and says what leaving ``--target`` out means in ``unset``.
+    """
     p.add_argument(
         "--target",
         type=parse_target,
         default=None,
         metavar="HOST:PORT",
-        help=f"{what}, as printed by 'cbdc-bench serve' (default: none, required)",
+        help=f"{what}, as printed by 'cbdc-bench serve' (default: {unset})",
     )
-    add_deprecated_alias(p, "--host", new="--target HOST:PORT", dest="old_host")
-    add_deprecated_alias(p, "--port", new="--target HOST:PORT", dest="old_port", type=int)
+    if old_aliases:
+        add_deprecated_alias(p, "--host", new="--target HOST:PORT", dest="old_host")
+        add_deprecated_alias(p, "--port", new="--target HOST:PORT", dest="old_port", type=int)
 
 
 def target_of(args: argparse.Namespace) -> tuple[str, int]:
@@ -260,6 +272,16 @@ def add_trove(p: argparse.ArgumentParser, *, keep: bool) -> None:
     )
     if keep:
         p.add_argument("--keep-trove", action="store_true", help="keep each trial's trove after it")
+
+
+def add_validators(p: argparse.ArgumentParser) -> None:
+    """``--validators SPEC`` of a command that starts a server: passed on as the server's ``--validators``."""
+    p.add_argument(
+        "--validators",
+        metavar="SPEC",
+        help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
+        "ray:auto or ray:ADDRESS (signed profiles) (default: the server's, 0)",
+    )
 
 
 def add_load_arguments(p: argparse.ArgumentParser) -> None:

@@ -46,6 +46,7 @@ from loadgen.cli.common_args import (
     add_profile,
     add_scenario,
     add_trove,
+    add_validators,
     hooks_path_arguments,
     load_config,
 )
@@ -62,12 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
     add_listen(p)
     add_journal(p)
-    p.add_argument(
-        "--validators",
-        metavar="SPEC",
-        help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
-        "ray:auto or ray:ADDRESS (signed profiles) (default: the server's, 0)",
-    )
+    add_validators(p)
     add_hooks_path(p)
     add_trove(p, keep=False)
     add_load_arguments(p)
