@@ -35,6 +35,7 @@ import msgspec
 
 from engine.options import add_deprecated_alias, parse_count, parse_rate, parse_seconds
 from engine.profiles import profile_names
+from engine.validators import parse_validators
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.schedule import Arrival
 from loadgen.generator.workload import DEFAULT_SEED
@@ -274,16 +275,6 @@ def add_trove(p: argparse.ArgumentParser, *, keep: bool) -> None:
         p.add_argument("--keep-trove", action="store_true", help="keep each trial's trove after it")
 
 
-def add_validators(p: argparse.ArgumentParser) -> None:
-    """``--validators SPEC`` of a command that starts a server: passed on as the server's ``--validators``."""
-    p.add_argument(
-        "--validators",
-        metavar="SPEC",
-        help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
-        "ray:auto or ray:ADDRESS (signed profiles) (default: the server's, 0)",
-    )
-
-
 def add_load_arguments(p: argparse.ArgumentParser) -> None:
     """The options of one open-loop load (``LoadConfig``), shared by ``load`` and ``run``, with the same defaults."""
     p.add_argument(
@@ -376,6 +367,32 @@ def use_hooks_path(dirs: Sequence[str]) -> list[str]:
 def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
     """The ``serve`` arguments that give a server child the same ``--hooks-path`` directories."""
     return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))
+
+
+def add_validators(p: argparse.ArgumentParser, *, starts_server: bool = True) -> None:
+    """``--validators SPEC``: the signature tier of signed profiles (``serve --validators``).
+
+    A command that starts its servers (``run``, ``compare``) passes it on to them; ``load`` checks
+    that the running server uses that tier and refuses to measure another one.
+    """
+    spec = "N local validator processes (0 = on the sequencer's thread), ray:auto or ray:ADDRESS"
+    p.add_argument(
+        "--validators",
+        metavar="SPEC",
+        default=None,
+        help=f"the server's signature verification: {spec} (signed profiles) (default: the server's, 0)"
+        if starts_server
+        else f"the signature verification the running server must use, checked before the load: {spec} "
+        "(default: not checked)",
+    )
+
+
+def validators_arguments(spec: str | None) -> tuple[str, ...]:
+    """The ``serve`` arguments for ``--validators SPEC`` (none when unset); a bad SPEC is a ValueError now."""
+    if spec is None:
+        return ()
+    parse_validators(spec)
+    return ("--validators", spec)
 
 
 def add_model_training(p: argparse.ArgumentParser, *, trees: int, payments: int, accounts: int) -> None:

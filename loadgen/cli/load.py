@@ -9,6 +9,10 @@ The last line is the verdict against the ``[compare]`` targets of ``--scenario``
 20 ms, 99% settled); the exit status is the verdict's: 0 sustained, 3 not sustained, 4 generator
 fell behind, 5 incomplete. The load's options and defaults are ``run``'s; the result file goes
 under ``./results/`` unless ``--out`` says otherwise.
+
+A server running a signed profile (``signed``, ``signed-full``; its Welcome says which) gets
+signed Submits, signed ahead of the schedule. ``--validators SPEC`` checks that the server
+verifies them with that tier (``serve --validators``) and measures nothing otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 from engine.profiles import load_scenario
-from loadgen.cli.common_args import add_load_arguments, add_scenario, add_target, load_config, target_of
+from loadgen.cli.common_args import add_load_arguments, add_scenario, add_target, add_validators, load_config, target_of
 from loadgen.cli.output import save_and_print
 from loadgen.harness.measured import run_measure
 
@@ -29,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-audit", action="store_true", help="skip the conservation audit after the run")
     add_scenario(p, what="the [compare] targets the verdict judges against")
+    add_validators(p, starts_server=False)
     add_load_arguments(p)
     p.set_defaults(func=_main)
 
@@ -37,5 +42,12 @@ def _main(args: argparse.Namespace) -> int:
     host, port = target_of(args)
     config = load_config(args, host=host, port=port)
     targets = load_scenario(args.scenario).compare
-    result = run_measure(config, kind="load", server_pid=args.server_pid, audit=not args.no_audit, targets=targets)
+    result = run_measure(
+        config,
+        kind="load",
+        server_pid=args.server_pid,
+        audit=not args.no_audit,
+        targets=targets,
+        validators=args.validators,
+    )
     return save_and_print(result, as_json=args.json, out=args.out)
