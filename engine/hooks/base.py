@@ -200,6 +200,12 @@ class Hook:
         output (the trove) can tell which batches it already holds. Default: ignored.
         """
 
+    def durable_seq(self) -> int | None:
+        """The journal entry up to which this hook's durable output is complete (its watermark), or
+        None if it keeps nothing the journal must be kept for. Journal segments wholly at or below
+        every hook's watermark may be deleted (the trove rebuilds what it lacks from the journal)."""
+        return None
+
     def output_files(self) -> list[Path]:
         """Files this hook writes from the batches it observes (logs, chains).
 

@@ -29,8 +29,10 @@ import numpy as np
 from engine.hooks.base import Hook, LedgerView
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.trove.config import TroveConfig
+from engine.trove.store import TroveStopped
 
 if TYPE_CHECKING:
+    from engine.trove.process import TroveProcess
     from engine.trove.store import Trove
 
 #: One logged row: the transfer record followed by its result code, packed (49 bytes).
@@ -63,7 +65,7 @@ class SurveillanceLog(Hook):
         self.deferred = self.config.deferred
         self.rows_seen = 0
         self.batches_seen = 0
-        self.trove: Trove | None = None
+        self.trove: Trove | TroveProcess | None = None
         self._journal_seq = 0
         self._seq_base = 0
         self._ring: RingBuffer | None = RingBuffer(self.config) if self.config.mode == "buffer" else None
@@ -80,11 +82,13 @@ class SurveillanceLog(Hook):
         if self._ring is not None:
             self._ring.open()
         else:
+            from engine.trove.process import TroveProcess
             from engine.trove.store import Trove
 
-            self.trove = Trove.open(self.config.trove)
+            cfg = self.config.trove
+            self.trove = TroveProcess.open(cfg) if cfg.process else Trove.open(cfg)
             # Without journal numbers, batches are numbered on from what the trove already holds.
-            self._seq_base = self.trove.manifest.durable_through_seq
+            self._seq_base = self.trove.durable_through_seq
 
     def note_journal_seq(self, seq: int) -> None:
         """The journal entry number of the next batch this hook observes (from the server)."""
@@ -99,14 +103,21 @@ class SurveillanceLog(Hook):
         assert self.trove is not None, "attach() opens the trove"
         seq = self._journal_seq or self._seq_base + self.batches_seen
         self._journal_seq = 0
-        if self.trove.failure:
-            # Stopped (disk full): not an observe error; stats() says so and counts the rows.
-            self.trove.counters["rows_not_persisted"] += len(batch)
+        try:
+            self.trove.append(batch, codes, seq)
+        except TroveStopped:
+            # Stopped (disk full, the trove process gone): not an observe error. The rows are
+            # counted in rows_not_persisted and stats()["failure"] says why.
             return
-        self.trove.append(batch, codes, seq)
 
     def background_ns(self) -> int:
         return self.trove.background_cpu_ns() if self.trove is not None else 0
+
+    def durable_seq(self) -> int | None:
+        """The trove's watermark: every journal entry up to this one is in the trove (None in buffer
+        mode, which keeps nothing the journal must wait for). Journal segments wholly at or below it
+        can be deleted as far as this hook is concerned."""
+        return self.trove.durable_seq() if self.trove is not None else None
 
     def query(self, account: int) -> np.ndarray:
         """Every kept row in which ``account`` paid or was paid, in the order observed, as LOG_DTYPE."""
