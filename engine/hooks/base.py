@@ -62,6 +62,8 @@ class LedgerView(Protocol):
     #: Per account, uint8 bits (``engine.accounts.FLAG_*``).
     flags: np.ndarray
     limits: SequentialLimits | None
+    #: Every hook of the ledger, in order (a hook may feed another: risk_model lowers scores).
+    hooks: tuple[Hook, ...]
     #: The sequencer's business clock (``engine.clock``): the day of daily caps follows it.
     clock: SequencerClock
 

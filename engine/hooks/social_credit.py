@@ -83,6 +83,12 @@ class SocialCredit(Hook):
         ids = as_accounts(accounts, len(self.score))
         self.score[ids] = np.clip(score, self.config.min_score, self.config.max_score)
 
+    def lower_scores(self, accounts: np.ndarray, points: int) -> None:
+        """Lower each listed account's score by ``points`` per time it is listed, down to min_score."""
+        ids, times = np.unique(np.asarray(accounts, dtype=np.int64), return_counts=True)
+        lowered = self.score[ids].astype(np.int64) - times * points
+        self.score[ids] = np.maximum(lowered, self.config.min_score)
+
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         threshold = self.config.threshold
         codes, vetoed = restricted_veto(

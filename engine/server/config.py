@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -12,6 +13,7 @@ from engine.clock import CLOCK_START_NS, payments_per_day
 from engine.codes import PRECEDENCE_ID
 from engine.journal import REPAIR_MODES, FsyncPolicy, JournalHeader
 from engine.population import DEFAULT_SEED
+from engine.profiles import risk_model_sha256
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.snapshot import SnapshotSchedule
 from engine.validators import parse_validators
@@ -277,7 +279,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def journal_header(self) -> JournalHeader:
         """What a journal written by this server records about how its ledger is built."""
-        digest = hashlib.sha256(open(self.scenario, "rb").read()).hexdigest() if self.scenario else ""  # noqa: SIM115
+        digest = hashlib.sha256(Path(self.scenario).read_bytes()).hexdigest() if self.scenario else ""
         return JournalHeader(
             accounts=self.accounts,
             seed=self.seed,
@@ -288,4 +290,5 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             clock_payments_per_day=payments_per_day(self.accounts, self.payments_per_account_per_day),
             clock_start_ns=CLOCK_START_NS,
             precedence=PRECEDENCE_ID,
+            risk_model_sha256="" if self.echo else risk_model_sha256(self.profile, self.scenario),
         )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.codes import ResultCode, name_counts
+from engine.hooks.risk_model import RiskModel
 from engine.records import MAX_BATCH
 
 if TYPE_CHECKING:
@@ -222,4 +223,6 @@ class ServerStats:
                     # Rows durable, backlog, and ``failure`` (a stopped trove: disk full), not
                     # hidden among observe errors.
                     stats["trove"] = hook.stats()
+                if isinstance(hook, RiskModel):  # the model's sha256 and its cost split (result files)
+                    stats["risk_model"] = hook.stats()
         return stats

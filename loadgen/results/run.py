@@ -305,6 +305,8 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     # Version 2 (None only in files upgraded from version 1, which did not record them).
     settings: RunSettings | None = None
     traffic: Traffic | None = None
+    #: sha256 of the risk model the server ran (profiles with risk_model; "" otherwise). Optional.
+    risk_model_sha256: str = ""
 
 
 class _Version(msgspec.Struct):
@@ -453,6 +455,7 @@ def build_result(
             wire_received_per_payment=m.bytes_received / m.results_total if m.results_total else 0.0,
             journal_per_payment=journal_bytes_per_payment(stats_start or {}, stats_end or {}),
         ),
+        risk_model_sha256=str(((stats_end or {}).get("risk_model") or {}).get("model_sha256", "")),
     )
 
 
