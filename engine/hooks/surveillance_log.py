@@ -59,6 +59,7 @@ class SurveillanceLogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=T
 
 class SurveillanceLog(Hook):
     name = "surveillance_log"
+    snapshot_scalars = ("rows_seen", "batches_seen")
 
     def __init__(self, config: SurveillanceLogConfig | None = None) -> None:
         self.config = config or SurveillanceLogConfig()
@@ -90,6 +91,36 @@ class SurveillanceLog(Hook):
             # Without journal numbers, batches are numbered on from what the trove already holds.
             self._seq_base = self.trove.durable_through_seq
 
+    @property
+    def snapshot_arrays(self) -> tuple[str, ...] | None:  # type: ignore[override]
+        # The trove is its own durable store (a journal consumer, ``durable_journal_seq``); the
+        # buffer's ring is state, but its optional file is not continued from a snapshot.
+        return None if self._ring is not None and self.config.path else ()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {} if self._ring is None else {f"ring.{n}": c for n, c in self._ring.columns.items()}
+
+    def state_scalars(self) -> dict[str, Any]:
+        ring = {} if self._ring is None else {"ring.rows_seen": self._ring.rows_seen}
+        return super().state_scalars() | ring
+
+    def restore_scalars(self, scalars: dict[str, Any]) -> None:
+        super().restore_scalars(scalars)
+        if self._ring is not None:
+            self._ring.rows_seen = scalars["ring.rows_seen"]
+
+    def durable_journal_seq(self) -> int | None:
+        """The trove's watermark: every journal entry up to this one is in the trove (None in buffer
+        mode or without a journal). Journal segments wholly at or below it may be deleted as far as
+        this hook is concerned; the trove rebuilds what it lacks from the journal."""
+        if self.trove is None or not self.journalled:
+            return None
+        return self.trove.durable_seq()
+
+    def replay_output(self, seq: int, batch: np.ndarray, codes: np.ndarray) -> None:
+        if self.trove is not None:
+            self.trove.append(batch, codes, seq)  # rows the trove already holds are skipped
+
     def note_journal_seq(self, seq: int) -> None:
         """The journal entry number of the next batch this hook observes (from the server)."""
         self._journal_seq = seq
@@ -112,12 +143,6 @@ class SurveillanceLog(Hook):
 
     def background_ns(self) -> int:
         return self.trove.background_cpu_ns() if self.trove is not None else 0
-
-    def durable_seq(self) -> int | None:
-        """The trove's watermark: every journal entry up to this one is in the trove (None in buffer
-        mode, which keeps nothing the journal must wait for). Journal segments wholly at or below it
-        can be deleted as far as this hook is concerned."""
-        return self.trove.durable_seq() if self.trove is not None else None
 
     def query(self, account: int) -> np.ndarray:
         """Every kept row in which ``account`` paid or was paid, in the order observed, as LOG_DTYPE."""

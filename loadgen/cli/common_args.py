@@ -174,9 +174,14 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 
 def add_out(
-    p: argparse.ArgumentParser, *, default: str | None, when_unset: str = "", what: str = "output directory"
+    p: argparse.ArgumentParser,
+    *,
+    default: str | None,
+    when_unset: str = "",
+    what: str = "output directory",
+    metavar: str = "DIR",
 ) -> None:
-    p.add_argument("--out", default=default, metavar="DIR", help=f"{what} (default {default or when_unset})")
+    p.add_argument("--out", default=default, metavar=metavar, help=f"{what} (default {default or when_unset})")
 
 
 def add_max_batch(p: argparse.ArgumentParser, *, what: str, old: str) -> None:
@@ -388,6 +393,13 @@ def validators_arguments(spec: str | None) -> tuple[str, ...]:
         return ()
     parse_validators(spec)
     return ("--validators", spec)
+
+
+def add_model_training(p: argparse.ArgumentParser, *, trees: int, payments: int, accounts: int) -> None:
+    """Size of a risk model's training run (``cbdc-bench model``)."""
+    p.add_argument("--trees", type=parse_count, default=trees, metavar="N", help="boosting rounds, 31 leaves each")
+    p.add_argument("--payments", type=parse_count, default=payments, metavar="N", help="payments simulated, e.g. 600k")
+    add_accounts(p, default=accounts)
 
 
 _BYTE_SUFFIXES = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20,

@@ -26,6 +26,7 @@ from loadgen.cli.common_args import (
     add_warmup,
 )
 from loadgen.harness.engine_run import EngineResult, run_engine, save_engine_result
+from loadgen.model.train import ensure_profile_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    ensure_profile_model(args.profile, args.scenario)
     result = run_engine(
         accounts=args.accounts,
         profile=args.profile,

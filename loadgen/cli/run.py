@@ -52,6 +52,7 @@ from loadgen.cli.common_args import (
 )
 from loadgen.cli.output import save_and_print
 from loadgen.harness.measured import run_benchmark
+from loadgen.model.train import ensure_profile_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -71,6 +72,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args, host=args.listen, port=0)
+    if not args.echo:
+        ensure_profile_model(args.profile, args.scenario)
     result = run_benchmark(
         config,
         profile=args.profile,

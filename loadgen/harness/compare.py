@@ -31,6 +31,7 @@ from loadgen.harness.calibration import cpu_calibration
 from loadgen.harness.measured import run_measure
 from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable
 from loadgen.harness.server import ServerProcess, running_server, server_arguments
+from loadgen.model.train import ensure_profile_model
 from loadgen.report.writer import write_report
 from loadgen.results.compare import (
     CompareSummary,
@@ -347,6 +348,8 @@ def run_compare(
     if len(set(names)) != len(names):
         raise ValueError(f"a profile is listed twice: {names}")
     searched = [*names, ECHO] if calibrate else names
+    for profile in names:  # a profile with the risk model needs it trained before its server starts
+        ensure_profile_model(profile, scenario)
     created = now_utc()
     out_dir = Path(out) if out is not None else Path("results") / f"compare-{created.replace(':', '')}-{plan.mode}"
     runs_dir = out_dir / "runs"

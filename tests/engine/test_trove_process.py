@@ -138,16 +138,17 @@ def test_sigkill_while_a_segment_is_written_leaves_a_consistent_trove_that_rebui
 
 def test_the_hook_reports_the_troves_watermark_for_the_journal(tmp_path: Path, rng) -> None:
     log = SurveillanceLog(SurveillanceLogConfig(trove=small_config(tmp_path / "t"), deferred=False))
+    log.journalled = True  # as a journalled server sets it before recovery
     ledger = Ledger(60, balance_fen=5_000, hooks=[log])
-    assert log.durable_seq() == 0
+    assert log.durable_journal_seq() == 0
     for seq, batch, _ in random_entries(rng, 5):
         log.note_journal_seq(100 + seq)  # as a journalled server numbers the batches
         ledger.apply(batch)
     assert log.trove is not None
     log.trove.flush()
-    assert log.durable_seq() == 105
+    assert log.durable_journal_seq() == 105
     log.close()
-    assert SurveillanceLog(SurveillanceLogConfig(mode="buffer")).durable_seq() is None
+    assert SurveillanceLog(SurveillanceLogConfig(mode="buffer")).durable_journal_seq() is None
 
 
 def test_bench_loads_through_the_child_and_probe_times_each_kind(tmp_path: Path, capsys) -> None:
