@@ -23,16 +23,16 @@ a per-batch plus per-payment cost. The tiers, from the figures a result file hol
   on the server's thread, inside ``framing_io``.
 
 ``framing_io``, ``ledger``, the hooks and ``features`` run on the sequencer's one core; the rest
-scale out. The trove's CPU is outside the server process when it runs in its child (the trove's
-stats name the child's ``process_pid``); otherwise its threads' CPU is taken out of the process's
-CPU before ``framing_io`` is what is left.
+scale out. A hook's background CPU on threads of the server process (the risk model's inference,
+a trove without its child) is taken out of the process's CPU before ``framing_io`` is what is
+left; the trove's child (its stats name its ``process_pid``, issue 17) is outside the process.
 """
 
 from __future__ import annotations
 
 import shlex
 import statistics
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ def _hook_name(spec: str) -> str:
     return spec.rsplit(":", 1)[-1]
 
 
-def _tier_ns(result: RunResult, hooks: Iterable[str], hook_params: dict[str, Any]) -> dict[str, float]:
+def _tier_ns(result: RunResult, hooks: Sequence[str], hook_params: dict[str, Any]) -> dict[str, float]:
     """CPU ns over the measured window by tier (see the module docstring for each tier's source).
 
     The engine's and the hooks' times are wall-clock (``perf_counter``); the process's CPU is CPU.
@@ -254,11 +254,18 @@ def _tier_ns(result: RunResult, hooks: Iterable[str], hook_params: dict[str, Any
         sequencer[name] = max(own, 0.0)
     sequencer["ledger"] = max(engine_ns - inline, 0.0)
     cpu_ns = (server.cpu_s or 0.0) * 1e9
+    # Background CPU of threads in the server process is in the process's CPU: taken out before
+    # ``framing_io`` is what is left. Only the trove's child (its stats name its ``process_pid``,
+    # issue 17) runs outside; the risk model's inference thread (issue 18) and a trove on threads
+    # (``trove.process = false``, or a file from before issue 17) run inside.
     trove = b.get("trove")
-    if isinstance(trove, dict) and "process_pid" not in trove:
-        # The trove's writer and compactor are threads of the server process (``trove.process =
-        # false``, or a file from before issue 17): their CPU is in the process's CPU, not framing.
-        cpu_ns = max(cpu_ns - scale_out.get(BACKGROUND_TIER["surveillance_log"], 0.0), 0.0)
+    in_child = isinstance(trove, dict) and "process_pid" in trove
+    in_process = sum(
+        _num((server.hooks.get(_hook_name(spec)) or {}).get("background_ns"))
+        for spec in hooks
+        if not (in_child and _hook_name(spec) == "surveillance_log")
+    )
+    cpu_ns = max(cpu_ns - in_process, 0.0)
     walls = sum(sequencer.values())
     if walls > cpu_ns > 0:
         sequencer = {k: v * cpu_ns / walls for k, v in sequencer.items()}

@@ -69,7 +69,7 @@ def synthetic_run(
     """The template run with its CPU, hooks, stats and environment generated from ``model``.
 
     Deferred hooks' observe time is outside ``engine_s`` and inside the process CPU, as on the
-    server; the trove's CPU is the surveillance_log hook's ``background_ns``.
+    server; the trove's CPU is the surveillance_log hook's ``background_ns``, in its child process.
     """
     template = load(TEMPLATE)
     settings = resolved_settings(PROFILE, None, CompareSettings(), server_args=tuple(server_args or ()))
@@ -93,6 +93,7 @@ def synthetic_run(
     end = {
         "engine_s": 10.0 + engine / 1e9,
         "ledger": {"transfers": 1_000 + round(payments), "batches": 10 + batches},
+        "trove": {"process_pid": 4242},  # the trove writes in its child: its CPU is not the server's
     }
     server = msgspec.structs.replace(
         template.server,
