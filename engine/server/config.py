@@ -148,6 +148,23 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="SPEC",
         ),
     ] = "0"
+    metrics_port: Annotated[
+        int | None,
+        _help(
+            "serve Prometheus metrics (payments by result code, queue depth, batch sizes, hook time, journal, "
+            "trove, validators) over HTTP at /metrics on this port; 0 picks a free one (default: no endpoint)",
+            metavar="PORT",
+        ),
+    ] = None
+    #: Loopback by default: the figures are global to the server (every operator's traffic) and the
+    #: endpoint has no authentication, while with --secrets an operator sees only its own figures.
+    metrics_host: Annotated[
+        str,
+        _help(
+            "address of the metrics endpoint (default {default}: loopback only, because the figures cover every "
+            "operator's payments and the endpoint has no authentication; open it beyond the machine deliberately)"
+        ),
+    ] = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch <= MAX_BATCH:
@@ -184,6 +201,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.signatures not in SIGNATURE_MODES:
             raise ValueError(f"signatures must be one of {', '.join(SIGNATURE_MODES)}, got {self.signatures!r}")
         parse_validators(self.validators)
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65_536:
+            raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
 
     @property
     def signature_mode(self) -> str:

@@ -24,6 +24,7 @@ from engine.server.admin import Admin
 from engine.server.batcher import Batcher
 from engine.server.config import ServerConfig
 from engine.server.connection import Connection
+from engine.server.metrics import MetricsEndpoint
 from engine.server.recovery import journal_exists, open_journal, set_aside_outputs
 from engine.server.session import Handshake
 from engine.server.stats import ServerStats
@@ -124,6 +125,8 @@ class Server:
             self.journal, self._journal_lock, self.recovery = opened.journal, opened.lock, opened.recovery
             self.recovery_s, self._journal_notes = opened.seconds, opened.notes
             self.batcher.journal = self.admin.journal = self.journal
+        #: ``--metrics-port``: the Prometheus endpoint, from ``start()`` to ``close()``.
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.validators: Validators | None = None
         if config.signature_mode != "off":
             registry = ensure_registry(config.seed, config.accounts)
@@ -148,6 +151,10 @@ class Server:
                 f"{r.admin_ops} admin operations replayed in {self.recovery_s:.2f} s"
             )
         notes += self._journal_notes
+        if self.metrics_endpoint is not None:
+            notes.append(
+                f"metrics: {self.metrics_endpoint.url} (Prometheus; every operator's figures, no authentication)"
+            )
         if self.journal is not None:
             notes.append(
                 f"journal {cfg.journal} (format 2, fsync {self.journal.policy}), {self.journal.seq} entries: "
@@ -208,6 +215,10 @@ class Server:
         self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
         if self.journal is not None:  # interval:MS syncs a quiet server's last interval by a timer
             self.journal.start_timer(self._loop.call_later, self._journal_failed)
+        if self.config.metrics_port is not None:
+            self.metrics_endpoint = MetricsEndpoint.start(
+                self.stats, self._loop, self.config.metrics_host, self.config.metrics_port
+            )
         return self.address
 
     @property
@@ -251,6 +262,9 @@ class Server:
         """Stop listening, answer everything queued, tell clients, close their connections."""
         if self._server is not None:
             self._server.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
@@ -456,5 +470,9 @@ class Server:
             ledger=self.ledger,
         )
         if self.validators is not None:
-            report["validators"] = msgspec.to_builtins(self.validators.stats())
+            verifying = self.batcher.verifying
+            report["validators"] = msgspec.to_builtins(self.validators.stats()) | {
+                "queue_submits": len(verifying),  # waiting for their verdicts
+                "queue_transfers": sum(entry.transfers for entry, _ in verifying),
+            }
         return report

@@ -174,3 +174,20 @@ def use_hooks_path(dirs: Sequence[str]) -> list[str]:
 def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
     """The ``serve`` arguments that give a server child the same ``--hooks-path`` directories."""
     return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))
+
+
+def add_metrics_port(p: argparse.ArgumentParser) -> None:
+    """``--metrics-port PORT`` of a command that starts its own server: the server's ``serve --metrics-port``."""
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="the server serves Prometheus metrics at http://127.0.0.1:PORT/metrics while it runs (loopback only: "
+        "the figures cover every operator; default: no endpoint)",
+    )
+
+
+def metrics_arguments(port: int | None) -> tuple[str, ...]:
+    """The ``serve`` arguments for ``--metrics-port`` (none without it)."""
+    return () if port is None else ("--metrics-port", str(port))

@@ -24,6 +24,9 @@ their account ranges cover the ledger and every gateway pays from its own range.
 A profile whose ``surveillance_log`` keeps a trove (``surveillance``, ``full``) writes it to
 ``--trove DIR``, or to a fresh directory under ``--out`` (said on stderr); the result file
 records its rows against the transfers that reached the ledger.
+
+``--metrics-port PORT`` has the server serve Prometheus metrics on loopback while it runs
+(``serve --metrics-port``).
 """
 
 from __future__ import annotations
@@ -41,11 +44,13 @@ from loadgen.cli.common_args import (
     add_host,
     add_journal,
     add_load_arguments,
+    add_metrics_port,
     add_profile,
     add_scenario,
     add_trove,
     hooks_path_arguments,
     load_config,
+    metrics_arguments,
 )
 from loadgen.cli.output import save_and_print
 from loadgen.harness.measured import (
@@ -72,6 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "ray:auto or ray:ADDRESS (signed profiles; default the server's: 0)",
     )
     add_hooks_path(p)
+    add_metrics_port(p)
     add_trove(p, keep=False)
     add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
     p.set_defaults(func=_main)
@@ -79,6 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args, host=args.host, port=0)
+    if args.metrics_port is not None:
+        if not 0 < args.metrics_port < 65_536:
+            raise ValueError(f"--metrics-port must be in 1..65535 (a port to scrape), got {args.metrics_port}")
+        print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics while the server runs", file=sys.stderr)
     result = run_benchmark(
         config,
         profile=args.profile,
@@ -89,7 +99,7 @@ def _main(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         keep_journal=args.keep_journal,
         validators=args.validators,
-        server_args=hooks_path_arguments(args.hooks_path),
+        server_args=hooks_path_arguments(args.hooks_path) + metrics_arguments(args.metrics_port),
         trove_dir=_trove_dir(args),
         targets=load_scenario(args.scenario).compare,
     )
