@@ -17,6 +17,7 @@ import argparse
 from engine.profiles import load_scenario
 from loadgen.cli.common_args import add_host, add_load_arguments, add_scenario, load_config
 from loadgen.cli.output import save_and_print
+from loadgen.generator.progress import progress_console
 from loadgen.harness.measured import run_measure
 
 
@@ -34,5 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args, host=args.host, port=args.port)
     targets = load_scenario(args.scenario).compare
-    result = run_measure(config, kind="load", server_pid=args.server_pid, audit=not args.no_audit, targets=targets)
+    result = run_measure(
+        config,
+        kind="load",
+        server_pid=args.server_pid,
+        audit=not args.no_audit,
+        targets=targets,
+        progress=progress_console(as_json=args.json),
+    )
     return save_and_print(result, as_json=args.json, out=args.out)

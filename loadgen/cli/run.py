@@ -53,6 +53,7 @@ from loadgen.cli.common_args import (
     metrics_arguments,
 )
 from loadgen.cli.output import save_and_print
+from loadgen.generator.progress import progress_console
 from loadgen.harness.measured import (
     DEFAULT_ACCOUNTS,
     DEFAULT_RATE_TPS,
@@ -102,6 +103,7 @@ def _main(args: argparse.Namespace) -> int:
         server_args=hooks_path_arguments(args.hooks_path) + metrics_arguments(args.metrics_port),
         trove_dir=_trove_dir(args),
         targets=load_scenario(args.scenario).compare,
+        progress=progress_console(as_json=args.json),
     )
     return save_and_print(result, as_json=args.json, out=args.out)
 

@@ -466,13 +466,21 @@ class ShareReport(msgspec.Struct):
     welcome: Any
 
 
-async def run_share(config: LoadConfig, operators: list[int], wait_start: Callable[[wire.Welcome], int]) -> ShareReport:
+async def run_share(
+    config: LoadConfig,
+    operators: list[int],
+    wait_start: Callable[[wire.Welcome], int],
+    watch: Callable[[Measurement], None] | None = None,
+) -> ShareReport:
     """Connect, prepare, wait for the common start, run the schedule, drain and report.
 
-    ``wait_start`` is called when everything is ready and returns the start time (monotonic ns).
+    ``wait_start`` is called when everything is ready and returns the start time (monotonic ns);
+    ``watch`` gets the measurement as soon as it exists (live progress reads it).
     """
     codec = wire.Codec()
     m = config.new_measurement()
+    if watch is not None:
+        watch(m)
     secrets = load_secrets(config.secrets)
     gateways = [Gateway(op, config, m, codec, secrets) for op in operators]
     try:
@@ -561,12 +569,17 @@ START_MARGIN_NS = 50_000_000
 
 
 async def run_load(
-    config: LoadConfig, *, on_start: Callable[[int], None] | None = None
+    config: LoadConfig,
+    *,
+    on_start: Callable[[int], None] | None = None,
+    watch: Callable[[Measurement], None] | None = None,
 ) -> tuple[Measurement, list[str], dict[str, Any]]:
     """Run the load described by ``config``; merged measurement, failures and server welcome.
 
     ``on_start`` (if given) is called with the common start time (monotonic ns) once every
     generator is ready; callers use it to schedule their own probes (e.g. server stats).
+    ``watch`` gets this process's measurement while it fills (with one generator process only:
+    the others' live in their processes).
     """
     shares = config.shares()
     if config.processes == 1:
@@ -577,7 +590,7 @@ async def run_load(
                 on_start(start)
             return start
 
-        report = await run_share(config, shares[0], wait_start)
+        report = await run_share(config, shares[0], wait_start, watch)
         return report.measurement, report.failures, report.welcome
     return await _run_processes(config, shares, on_start)
 

@@ -46,6 +46,7 @@ class Measurement:
         self.sent = np.zeros(n, dtype=np.int64)
         self.completed = np.zeros(n, dtype=np.int64)
         self.ok = np.zeros(n, dtype=np.int64)
+        self.unsettled = np.zeros(n, dtype=np.int64)  # answered OVERLOADED or HOOK_ERROR, by reply second
         self.max_lag_ns = np.zeros(n, dtype=np.int64)
         self.codes = np.zeros(_CODE_SLOTS, dtype=np.int64)  # measured transfers, by ResultCode
         self.scheduled = 0  # every transfer of the schedule, warm-up included
@@ -103,6 +104,10 @@ class Measurement:
         if over is not None:
             hist.saturated += int(np.count_nonzero(over))
         ok = int(np.count_nonzero(codes == ResultCode.OK))
+        if ok < n:
+            self.unsettled[sec] += int(
+                np.count_nonzero((codes == ResultCode.OVERLOADED) | (codes == ResultCode.HOOK_ERROR))
+            )
         self.completed[sec] += n
         self.ok[sec] += ok
         self.results_total += n
@@ -151,6 +156,7 @@ class Measurement:
         self.sent += other.sent
         self.completed += other.completed
         self.ok += other.ok
+        self.unsettled += other.unsettled
         np.maximum(self.max_lag_ns, other.max_lag_ns, out=self.max_lag_ns)
         self.codes += other.codes
         for name in (

@@ -392,11 +392,12 @@ def run_compare(
             elapsed = time.monotonic() - started
             verdict = "sustained" if ref.sustained else "NOT sustained"
             lag = "" if ref.generator_kept_schedule else " (generator behind schedule)"
+            left = max(progress.tasks[overall].total or 0, done) - done
             console.print(
-                f"  r{ref.repeat} {ref.profile:<12} {ref.stage:<10} {ref.phase:<12} {ref.offered_tps:>11,.0f}/s: "
+                f"  trial {done}/~{done + left} r{ref.repeat} {ref.profile:<12} {ref.stage:<10} {ref.phase:<12} "
+                f"{ref.offered_tps:>11,.0f}/s: "
                 f"settled {ref.settled_tps / ref.offered_tps:6.1%}, p99 {ref.p99_ms:8.2f} ms -> {verdict}{lag}"
             )
-            left = max(progress.tasks[overall].total or 0, done) - done
             rate = elapsed / done
             progress.update(overall, completed=done, eta=f"~{left * rate / 60:.1f} min left (estimate)")
 

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from rich.console import Console
 
 from engine.memory import check_accounts_fit
 from engine.profiles import CompareSettings
 from engine.server.config import SIGNED_PROFILES
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
+from loadgen.generator.progress import LoadProgress, status
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.server import running_server, server_arguments
 from loadgen.results.environment import collect
@@ -99,11 +101,18 @@ async def measure(
     scenario: str | None = None,
     echo: bool = False,
     targets: CompareSettings | None = None,
+    progress: Console | None = None,
 ) -> RunResult:
     """Run the load, probing server stats and CPU at the measured window's edges; audit after.
 
-    ``targets``: what the result's verdict judges against (the default targets if None).
+    ``targets``: what the result's verdict judges against (the default targets if None);
+    ``progress``: the terminal to draw the live progress line on (``progress_console``), or None.
     """
+    live = (
+        None
+        if progress is None
+        else LoadProgress(progress, rate_tps=config.rate_tps, warmup_s=config.warmup, seconds=config.seconds)
+    )
     admin = AdminClient(config.host, config.port, secrets=config.secrets)
     server_welcome = await admin.connect()
     echo = echo or server_welcome.echo
@@ -124,13 +133,19 @@ async def measure(
         probes[name] = (cpu, stats)
 
     def on_start(start_ns: int) -> None:
+        if live is not None:
+            live.started(start_ns)
         window_start = start_ns + int(config.warmup * 1e9)
         window_end = window_start + int(config.seconds * 1e9)
         tasks.append(asyncio.ensure_future(probe("start", window_start)))
         tasks.append(asyncio.ensure_future(probe("end", window_end)))
 
+    shown = None if live is None else asyncio.ensure_future(live.show())
     try:
-        m, failures, welcome = await run_load(config, on_start=on_start)
+        m, failures, welcome = await run_load(config, on_start=on_start, watch=None if live is None else live.watch)
+        if shown is not None:  # the drain is over: leave the last line, then the summary
+            shown.cancel()
+            await shown
         await asyncio.gather(*tasks)
         outcome = None
         if audit and not echo:  # an echo server has no ledger to audit
@@ -145,6 +160,8 @@ async def measure(
     finally:
         for t in tasks:
             t.cancel()
+        if shown is not None:
+            shown.cancel()
         admin.close()
     cpu0, stats_start = probes.get("start", (None, {}))
     cpu1, stats_end = probes.get("end", (None, {}))
@@ -200,6 +217,7 @@ def run_benchmark(
     validators: str | None = None,
     trove_dir: str | None = None,
     targets: CompareSettings | None = None,
+    progress: Console | None = None,
 ) -> RunResult:
     """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop.
 
@@ -234,7 +252,9 @@ def run_benchmark(
         extra=server_args if trove_dir is None else (*server_args, "--trove", trove_dir),
     )
     try:
-        with running_server(args, accounts=accounts) as server:
+        with contextlib.ExitStack() as stack:
+            with status(progress, f"starting the server: building the ledger of {accounts:,} accounts"):
+                server = stack.enter_context(running_server(args, accounts=accounts))
             run_config = with_address(config, server.host, server.port)
             return run_measure(
                 run_config,
@@ -244,6 +264,7 @@ def run_benchmark(
                 scenario=scenario,
                 echo=echo,
                 targets=targets,
+                progress=progress,
             )
     finally:
         if journal is not None:
