@@ -191,3 +191,22 @@ def add_metrics_port(p: argparse.ArgumentParser) -> None:
 def metrics_arguments(port: int | None) -> tuple[str, ...]:
     """The ``serve`` arguments for ``--metrics-port`` (none without it)."""
     return () if port is None else ("--metrics-port", str(port))
+
+
+def add_alpha(p: argparse.ArgumentParser, *, default: float) -> None:
+    """``--alpha``: the significance level of a statistical test."""
+    p.add_argument(
+        "--alpha", type=float, default=default, help=f"significance level of the two-sided test (default {default:g})"
+    )
+
+
+def add_repeats(p: argparse.ArgumentParser) -> None:
+    """``--repeats N`` of ``run``: N runs, each with a fresh server, into one directory for ``diff``."""
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N times, each against a fresh server, writing the results to one directory under --out "
+        "(compare two such directories with 'cbdc-bench diff'; default 1)",
+    )

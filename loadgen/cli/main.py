@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "loadgen.cli.run",
     "loadgen.cli.compare",
     "loadgen.cli.report",
+    "loadgen.cli.diff",
     "loadgen.cli.load",
     "loadgen.cli.serve",
     "loadgen.cli.engine",

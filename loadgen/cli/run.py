@@ -25,6 +25,10 @@ A profile whose ``surveillance_log`` keeps a trove (``surveillance``, ``full``) 
 ``--trove DIR``, or to a fresh directory under ``--out`` (said on stderr); the result file
 records its rows against the transfers that reached the ledger.
 
+``--repeats N`` runs N times, each against a fresh server, into one directory under ``--out``
+(``repeats-...``): the per-run summaries ``cbdc-bench diff`` tests for significance. The exit
+status is the first failing run's.
+
 ``--metrics-port PORT`` has the server serve Prometheus metrics on loopback while it runs
 (``serve --metrics-port``).
 """
@@ -46,6 +50,7 @@ from loadgen.cli.common_args import (
     add_load_arguments,
     add_metrics_port,
     add_profile,
+    add_repeats,
     add_scenario,
     add_trove,
     hooks_path_arguments,
@@ -79,6 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_hooks_path(p)
     add_metrics_port(p)
+    add_repeats(p)
     add_trove(p, keep=False)
     add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
     p.set_defaults(func=_main)
@@ -90,28 +96,45 @@ def _main(args: argparse.Namespace) -> int:
         if not 0 < args.metrics_port < 65_536:
             raise ValueError(f"--metrics-port must be in 1..65535 (a port to scrape), got {args.metrics_port}")
         print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics while the server runs", file=sys.stderr)
-    result = run_benchmark(
-        config,
-        profile=args.profile,
-        accounts=args.accounts,
-        scenario=args.scenario,
-        echo=args.echo,
-        journal_dir=args.journal,
-        fsync=args.fsync,
-        keep_journal=args.keep_journal,
-        validators=args.validators,
-        server_args=hooks_path_arguments(args.hooks_path) + metrics_arguments(args.metrics_port),
-        trove_dir=_trove_dir(args),
-        targets=load_scenario(args.scenario).compare,
-        progress=progress_console(as_json=args.json),
-    )
-    return save_and_print(result, as_json=args.json, out=args.out)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    out = args.out
+    if args.repeats > 1:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        out = str(Path(out or "results") / f"repeats-{stamp}-{args.profile}-{int(config.rate_tps)}tps")
+    status = 0
+    for repeat in range(1, args.repeats + 1):
+        if args.repeats > 1:
+            print(f"repeat {repeat}/{args.repeats}", file=sys.stderr, flush=True)
+        result = run_benchmark(
+            config,
+            profile=args.profile,
+            accounts=args.accounts,
+            scenario=args.scenario,
+            echo=args.echo,
+            journal_dir=args.journal,
+            fsync=args.fsync,
+            keep_journal=args.keep_journal,
+            validators=args.validators,
+            server_args=hooks_path_arguments(args.hooks_path) + metrics_arguments(args.metrics_port),
+            trove_dir=_trove_dir(args, repeat),
+            targets=load_scenario(args.scenario).compare,
+            progress=progress_console(as_json=args.json),
+        )
+        status = status or save_and_print(result, as_json=args.json, out=out)
+    if args.repeats > 1:
+        print(
+            f"{args.repeats} runs in {out}; compare with another set: cbdc-bench diff {out} OTHER_DIR",
+            file=sys.stderr,
+        )
+    return status
 
 
-def _trove_dir(args: argparse.Namespace) -> str | None:
+def _trove_dir(args: argparse.Namespace, repeat: int) -> str | None:
     """``--trove``, or (for a profile that keeps a trove) a fresh directory under ``--out``, said."""
     if args.trove is not None or args.echo or not trove_needed(args.profile, args.scenario):
         return args.trove
-    where = Path(args.out or "results") / f"trove-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{args.profile}"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    where = Path(args.out or "results") / f"trove-{stamp}-{os.getpid()}-{args.profile}-r{repeat}"
     print(f"trove: {where} (choose with --trove DIR)", file=sys.stderr, flush=True)
     return str(where)
