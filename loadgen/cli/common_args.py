@@ -210,3 +210,23 @@ def add_repeats(p: argparse.ArgumentParser) -> None:
         help="run N times, each against a fresh server, writing the results to one directory under --out "
         "(compare two such directories with 'cbdc-bench diff'; default 1)",
     )
+
+
+def add_target(p: argparse.ArgumentParser) -> None:
+    """``--target HOST:PORT``: load a server that is already running instead of starting one."""
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="HOST:PORT",
+        help="load a server that is already running ('cbdc-bench serve', possibly on another machine) instead "
+        "of starting one; its own profile and accounts apply, and the result marks it external (its CPU only "
+        "from its stats)",
+    )
+
+
+def target_address(target: str) -> tuple[str, int]:
+    """``--target``'s (host, port); a ``ValueError`` saying the expected form otherwise."""
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+        raise ValueError(f"--target must be HOST:PORT (the address 'cbdc-bench serve' printed), got {target!r}")
+    return host.strip("[]"), int(port)

@@ -39,6 +39,7 @@ from loadgen.cli.common_args import (
     add_out,
     add_scenario,
     add_seed,
+    add_target,
     add_trove,
     add_warmup,
     hooks_path_arguments,
@@ -69,6 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_drain(p, default=None)
     p.add_argument("--calibrate", action="store_true", help="also search the echo server (the harness's ceiling)")
     p.add_argument("--no-report", action="store_true", help="write the result files and summary only")
+    add_target(p)
     p.set_defaults(func=_main)
 
 
@@ -96,6 +98,12 @@ def plan_from_args(args: argparse.Namespace, settings: CompareSettings) -> Plan:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.target is not None:
+        raise ValueError(
+            "compare starts a fresh server for every profile and repeat (no state carried from one trial to the "
+            "next), so it cannot load a server that is already running; use 'run --target HOST:PORT --repeats N' "
+            "for that server, and 'cbdc-bench diff' to compare two such sets"
+        )
     settings = load_scenario(args.scenario).compare
     plan = plan_from_args(args, settings)
     command = "cbdc-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "cbdc-bench compare"

@@ -15,7 +15,14 @@ from __future__ import annotations
 import argparse
 
 from engine.profiles import load_scenario
-from loadgen.cli.common_args import add_host, add_load_arguments, add_scenario, load_config
+from loadgen.cli.common_args import (
+    add_host,
+    add_load_arguments,
+    add_scenario,
+    add_target,
+    load_config,
+    target_address,
+)
 from loadgen.cli.output import save_and_print
 from loadgen.generator.progress import progress_console
 from loadgen.harness.measured import run_measure
@@ -24,7 +31,8 @@ from loadgen.harness.measured import run_measure
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("load", help="open-loop load against a running server", description=__doc__)
     add_host(p, what="server host")
-    p.add_argument("--port", type=int, required=True, help="server port")
+    p.add_argument("--port", type=int, default=None, help="server port (or --target HOST:PORT)")
+    add_target(p)
     p.add_argument("--server-pid", type=int, default=None, help="server pid, to report its CPU from /proc")
     p.add_argument("--no-audit", action="store_true", help="skip the conservation audit after the run")
     add_scenario(p, positional=False, what="the [compare] targets the verdict judges against")
@@ -33,7 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    config = load_config(args, host=args.host, port=args.port)
+    if args.target is not None:
+        host, port = target_address(args.target)
+    elif args.port is not None:
+        host, port = args.host, args.port
+    else:
+        raise ValueError("say which server to load: --target HOST:PORT (or --host and --port)")
+    config = load_config(args, host=host, port=port)
     targets = load_scenario(args.scenario).compare
     result = run_measure(
         config,
@@ -42,5 +56,6 @@ def _main(args: argparse.Namespace) -> int:
         audit=not args.no_audit,
         targets=targets,
         progress=progress_console(as_json=args.json),
+        external=True,
     )
     return save_and_print(result, as_json=args.json, out=args.out)

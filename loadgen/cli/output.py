@@ -65,7 +65,16 @@ def format_summary(r: RunResult) -> str:
     cpu = f"generator CPU {g.cpu_s:.2f} s"
     if r.server.cpu_s is not None:
         cpu += f", server CPU {r.server.cpu_s:.2f} s"
+        if r.server.external and r.server.pid is None:
+            cpu += " (from its stats)"
+    elif r.server.external:
+        cpu += ", server CPU not measured (external server without a pid or a CPU figure in its stats)"
     lines.append(f"{cpu} over the {s.seconds:g} s measured window")
+    if r.server.external:
+        lines.append(
+            f"server: external ({r.load.host}:{r.load.port}), started elsewhere: its configuration, journal and "
+            "audit were not under this run's control"
+        )
     hooks = {k: v.get("ns_per_transfer") for k, v in r.server.hooks.items() if isinstance(v, dict)}
     if any(v is not None for v in hooks.values()):
         lines.append(

@@ -29,6 +29,12 @@ records its rows against the transfers that reached the ledger.
 (``repeats-...``): the per-run summaries ``cbdc-bench diff`` tests for significance. The exit
 status is the first failing run's.
 
+``--target HOST:PORT`` loads a server that is already running (``cbdc-bench serve``, possibly on
+another machine) instead of starting one: its own profile, accounts and options apply, and the
+result file marks it external (its configuration, journal and audit were not under this run's
+control; its CPU comes from its stats, the server process's CPU time, validator processes
+excluded).
+
 ``--metrics-port PORT`` has the server serve Prometheus metrics on loopback while it runs
 (``serve --metrics-port``).
 """
@@ -41,6 +47,8 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
 from engine.profiles import load_scenario, trove_needed
 from loadgen.cli.common_args import (
     add_accounts,
@@ -52,12 +60,15 @@ from loadgen.cli.common_args import (
     add_profile,
     add_repeats,
     add_scenario,
+    add_target,
     add_trove,
     hooks_path_arguments,
     load_config,
     metrics_arguments,
+    target_address,
 )
 from loadgen.cli.output import save_and_print
+from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.progress import progress_console
 from loadgen.harness.measured import (
     DEFAULT_ACCOUNTS,
@@ -65,7 +76,12 @@ from loadgen.harness.measured import (
     DEFAULT_SECONDS,
     DEFAULT_WARMUP,
     run_benchmark,
+    run_measure,
 )
+from loadgen.results.run import RunResult
+
+#: Options that configure the server ``run`` starts, so meaningless with ``--target``.
+_SERVER_OPTIONS = ("echo", "journal", "validators", "trove", "metrics_port", "hooks_path")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -85,6 +101,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_hooks_path(p)
     add_metrics_port(p)
     add_repeats(p)
+    add_target(p)
     add_trove(p, keep=False)
     add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
     p.set_defaults(func=_main)
@@ -92,35 +109,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args, host=args.host, port=0)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.target is not None:
+        given = [f"--{name.replace('_', '-')}" for name in _SERVER_OPTIONS if getattr(args, name)]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} configure the server that run starts; with --target the server is already "
+                "running: give those options to its 'cbdc-bench serve'"
+            )
+        print(
+            f"--target {args.target}: loading a server started elsewhere, with its own profile and accounts "
+            "(--profile/--accounts do not apply); its CPU only from its stats",
+            file=sys.stderr,
+        )
     if args.metrics_port is not None:
         if not 0 < args.metrics_port < 65_536:
             raise ValueError(f"--metrics-port must be in 1..65535 (a port to scrape), got {args.metrics_port}")
         print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics while the server runs", file=sys.stderr)
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
     out = args.out
     if args.repeats > 1:
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        out = str(Path(out or "results") / f"repeats-{stamp}-{args.profile}-{int(config.rate_tps)}tps")
+        what = "target" if args.target else args.profile
+        out = str(Path(out or "results") / f"repeats-{stamp}-{what}-{int(config.rate_tps)}tps")
     status = 0
     for repeat in range(1, args.repeats + 1):
         if args.repeats > 1:
             print(f"repeat {repeat}/{args.repeats}", file=sys.stderr, flush=True)
-        result = run_benchmark(
-            config,
-            profile=args.profile,
-            accounts=args.accounts,
-            scenario=args.scenario,
-            echo=args.echo,
-            journal_dir=args.journal,
-            fsync=args.fsync,
-            keep_journal=args.keep_journal,
-            validators=args.validators,
-            server_args=hooks_path_arguments(args.hooks_path) + metrics_arguments(args.metrics_port),
-            trove_dir=_trove_dir(args, repeat),
-            targets=load_scenario(args.scenario).compare,
-            progress=progress_console(as_json=args.json),
-        )
+        result = _run_once(args, config, repeat)
         status = status or save_and_print(result, as_json=args.json, out=out)
     if args.repeats > 1:
         print(
@@ -128,6 +144,38 @@ def _main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return status
+
+
+def _run_once(args: argparse.Namespace, config: LoadConfig, repeat: int) -> RunResult:
+    """One run: against ``--target`` as it runs, or against a fresh server of its own."""
+    targets = load_scenario(args.scenario).compare
+    progress = progress_console(as_json=args.json)
+    if args.target is not None:
+        host, port = target_address(args.target)
+        return run_measure(
+            msgspec.structs.replace(config, host=host, port=port),
+            kind="run",
+            audit=True,
+            scenario=args.scenario,
+            targets=targets,
+            progress=progress,
+            external=True,
+        )
+    return run_benchmark(
+        config,
+        profile=args.profile,
+        accounts=args.accounts,
+        scenario=args.scenario,
+        echo=args.echo,
+        journal_dir=args.journal,
+        fsync=args.fsync,
+        keep_journal=args.keep_journal,
+        validators=args.validators,
+        server_args=hooks_path_arguments(args.hooks_path) + metrics_arguments(args.metrics_port),
+        trove_dir=_trove_dir(args, repeat),
+        targets=targets,
+        progress=progress,
+    )
 
 
 def _trove_dir(args: argparse.Namespace, repeat: int) -> str | None:

@@ -102,8 +102,12 @@ async def measure(
     echo: bool = False,
     targets: CompareSettings | None = None,
     progress: Console | None = None,
+    external: bool = False,
 ) -> RunResult:
     """Run the load, probing server stats and CPU at the measured window's edges; audit after.
+
+    ``external``: the server was not started by this run (``load``, ``run --target``); its CPU
+    is then read from its stats if ``server_pid`` is not given.
 
     ``targets``: what the result's verdict judges against (the default targets if None);
     ``progress``: the terminal to draw the live progress line on (``progress_console``), or None.
@@ -166,6 +170,8 @@ async def measure(
     cpu0, stats_start = probes.get("start", (None, {}))
     cpu1, stats_end = probes.get("end", (None, {}))
     stats_final = probes.get("final", (None, {}))[1]
+    if cpu0 is None or cpu1 is None:  # no pid: the server's own figure, where it reports one
+        cpu0, cpu1 = stats_start.get("process_cpu_s"), stats_end.get("process_cpu_s")
     return build_result(
         kind=kind,
         m=m,
@@ -183,6 +189,7 @@ async def measure(
         audit=outcome,
         echo=echo,
         targets=targets,
+        external=external,
     )
 
 

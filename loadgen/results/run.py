@@ -156,6 +156,9 @@ class Server(msgspec.Struct, frozen=True):
     hooks: dict[str, Any]  # per-hook cost as reported by the server, over the measured window
     durability: Durability = Durability("none")
     trove: TroveOutcome | None = None
+    #: Started elsewhere (``load``, ``run --target``): its configuration, CPU and audit were not under
+    #: this run's control; ``cpu_s`` then comes from its own stats (``process_cpu_s``), if it reports them.
+    external: bool = False
 
 
 class TroveOutcome(msgspec.Struct, frozen=True):
@@ -269,6 +272,7 @@ def build_result(
     audit: AuditOutcome | None = None,
     echo: bool = False,
     targets: CompareSettings | None = None,
+    external: bool = False,
 ) -> RunResult:
     """Assemble a result from a merged measurement and what is known about the server.
 
@@ -377,6 +381,7 @@ def build_result(
             hooks=hooks or {},
             durability=Durability.of(stats_start or {}, stats_end or {}, config.seconds),
             trove=trove,
+            external=external,
         ),
         audit=audit,
         failures=failures,
