@@ -82,14 +82,13 @@ class LoadProgress:
         )
 
     async def show(self) -> None:
-        """Redraw the line until cancelled (then leave its last state on the terminal)."""
-        first = Text(self.line(time.monotonic_ns()))
-        with (
-            Live(first, console=self.console, auto_refresh=False) as live,
-            contextlib.suppress(asyncio.CancelledError),
-        ):
-            while True:
-                await asyncio.sleep(REFRESH_S)
+        """Redraw the line until cancelled, then once more: the state at the end stays on the terminal."""
+        with Live(Text(self.line(time.monotonic_ns())), console=self.console, auto_refresh=False) as live:
+            try:
+                while True:
+                    await asyncio.sleep(REFRESH_S)
+                    live.update(Text(self.line(time.monotonic_ns())), refresh=True)
+            except asyncio.CancelledError:
                 live.update(Text(self.line(time.monotonic_ns())), refresh=True)
 
 
