@@ -27,20 +27,39 @@ SIGNED_PROFILES = frozenset({"signed", "signed-full"})
 SIGNATURE_MODES = ("auto", "off", "optional", "required")
 
 
-def _help(description: str, *, metavar: str | None = None) -> msgspec.Meta:
-    """A field's ``--help`` text and value name (see ``engine.options``)."""
-    return msgspec.Meta(description=description, extra={"metavar": metavar} if metavar else None)
+def _help(
+    description: str, *, metavar: str | None = None, flag: str | None = None, aliases: tuple[str, ...] = ()
+) -> msgspec.Meta:
+    """A field's ``--help`` text, value name, flag (if not the field's name) and deprecated old
+    spellings (see ``engine.options``)."""
+    extra: dict[str, object] = {"metavar": metavar} if metavar else {}
+    if flag:
+        extra["flag"] = flag
+    if aliases:
+        extra["aliases"] = aliases
+    return msgspec.Meta(description=description, extra=extra or None)
 
 
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the server is started with: the ``serve`` command's options, generated from
     the fields (``engine.options``)."""
 
-    host: Annotated[str, _help("address to listen on (default {default}: loopback only)")] = "127.0.0.1"
+    #: ``--listen`` on every command that runs a server (``serve``, ``run``); ``--target`` connects.
+    host: Annotated[
+        str,
+        _help(
+            "address to listen on (default {default}: loopback only)",
+            metavar="ADDR",
+            flag="listen",
+            aliases=("--host",),
+        ),
+    ] = "127.0.0.1"
     port: Annotated[int, _help("TCP port; 0 picks a free one (default {default})")] = DEFAULT_PORT
     profile: Annotated[str, _help("hook profile (default {default}; {profiles})")] = "baseline"
-    scenario: Annotated[str | None, _help("TOML scenario file with profile definitions")] = None
-    accounts: Annotated[int, _help("number of accounts")] = 1_000_000
+    scenario: Annotated[
+        str | None, _help("TOML scenario file with profile definitions (default: the shipped one)", metavar="FILE")
+    ] = None
+    accounts: Annotated[int, _help("number of accounts, e.g. 20000, 1.4e9 or 1400M", metavar="N")] = 1_000_000
     #: The ledger starts from ``Population(accounts, seed).initial_state()``.
     seed: Annotated[int, _help("population seed of the initial balances (default {default})")] = DEFAULT_SEED
     operators: Annotated[int, _help("operator numbers accepted")] = 64

@@ -51,10 +51,12 @@ import msgspec
 
 from engine.profiles import load_scenario, trove_needed
 from loadgen.cli.common_args import (
+    DEFAULT_ACCOUNTS,
+    DEFAULT_RESULTS_DIR,
     add_accounts,
     add_hooks_path,
-    add_host,
     add_journal,
+    add_listen,
     add_load_arguments,
     add_metrics_port,
     add_profile,
@@ -65,19 +67,12 @@ from loadgen.cli.common_args import (
     hooks_path_arguments,
     load_config,
     metrics_arguments,
-    target_address,
+    target_of,
 )
 from loadgen.cli.output import save_and_print
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.progress import progress_console
-from loadgen.harness.measured import (
-    DEFAULT_ACCOUNTS,
-    DEFAULT_RATE_TPS,
-    DEFAULT_SECONDS,
-    DEFAULT_WARMUP,
-    run_benchmark,
-    run_measure,
-)
+from loadgen.harness.measured import run_benchmark, run_measure
 from loadgen.results.run import RunResult
 
 #: Options that configure the server ``run`` starts, so meaningless with ``--target``.
@@ -86,29 +81,35 @@ _SERVER_OPTIONS = ("echo", "journal", "validators", "trove", "metrics_port", "ho
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="start a server, load it, audit it, write a result file", description=__doc__)
-    add_scenario(p, positional=True)
+    add_scenario(p, old_positional=True)
     add_profile(p)
     add_accounts(p, default=DEFAULT_ACCOUNTS)
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
-    add_host(p, what="address for the server to listen on")
+    add_listen(p)
     add_journal(p)
     p.add_argument(
         "--validators",
         metavar="SPEC",
         help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
-        "ray:auto or ray:ADDRESS (signed profiles; default the server's: 0)",
+        "ray:auto or ray:ADDRESS (signed profiles) (default: the server's, 0)",
     )
     add_hooks_path(p)
     add_metrics_port(p)
     add_repeats(p)
-    add_target(p)
+    add_target(
+        p,
+        what="a server that is already running (possibly on another machine), to load instead of starting one "
+        "(its own profile and accounts apply; the result marks it external, its CPU only from its stats)",
+        unset="none: start a server",
+        old_spellings=False,
+    )
     add_trove(p, keep=False)
-    add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
+    add_load_arguments(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    config = load_config(args, host=args.host, port=0)
+    config = load_config(args, host=args.listen, port=0)
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
     if args.target is not None:
@@ -119,7 +120,7 @@ def _main(args: argparse.Namespace) -> int:
                 "running: give those options to its 'cbdc-bench serve'"
             )
         print(
-            f"--target {args.target}: loading a server started elsewhere, with its own profile and accounts "
+            "--target: loading a server started elsewhere, with its own profile and accounts "
             "(--profile/--accounts do not apply); its CPU only from its stats",
             file=sys.stderr,
         )
@@ -131,7 +132,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.repeats > 1:
         stamp = time.strftime("%Y%m%dT%H%M%S")
         what = "target" if args.target else args.profile
-        out = str(Path(out or "results") / f"repeats-{stamp}-{what}-{int(config.rate_tps)}tps")
+        out = str(Path(out or DEFAULT_RESULTS_DIR) / f"repeats-{stamp}-{what}-{int(config.rate_tps)}tps")
     status = 0
     for repeat in range(1, args.repeats + 1):
         if args.repeats > 1:
@@ -151,7 +152,7 @@ def _run_once(args: argparse.Namespace, config: LoadConfig, repeat: int) -> RunR
     targets = load_scenario(args.scenario).compare
     progress = progress_console(as_json=args.json)
     if args.target is not None:
-        host, port = target_address(args.target)
+        host, port = target_of(args)
         return run_measure(
             msgspec.structs.replace(config, host=host, port=port),
             kind="run",
@@ -183,6 +184,6 @@ def _trove_dir(args: argparse.Namespace, repeat: int) -> str | None:
     if args.trove is not None or args.echo or not trove_needed(args.profile, args.scenario):
         return args.trove
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    where = Path(args.out or "results") / f"trove-{stamp}-{os.getpid()}-{args.profile}-r{repeat}"
+    where = Path(args.out or DEFAULT_RESULTS_DIR) / f"trove-{stamp}-{os.getpid()}-{args.profile}-r{repeat}"
     print(f"trove: {where} (choose with --trove DIR)", file=sys.stderr, flush=True)
     return str(where)

@@ -88,7 +88,7 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if not 1 <= self.processes <= self.operators:
             raise ValueError(f"--processes must be in 1..operators ({self.operators}), got {self.processes}")
         if self.batch_max < 1 or self.pool < 1:
-            raise ValueError("--batch-max and pool must be >= 1")
+            raise ValueError("--max-batch and pool must be >= 1")
         if self.tick_us < 0:
             raise ValueError("--tick-us must be >= 0 (0 = auto)")
         Arrival(self.arrival)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_run_starts_a_server_measures_audits_and_writes_a_result(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["run", scenario_with_slo(tmp_path, "2000.0"), "--accounts", "20000", "--rate", "4000"]
+    argv = ["run", "--scenario", scenario_with_slo(tmp_path, "2000.0"), "--accounts", "20000", "--rate", "4000"]
     argv += ["--seconds", "1.5", "--warmup", "0.5"]
     argv += ["--drain", "3", "--out", str(tmp_path), "--json"]
     code = main(argv)
@@ -46,7 +46,7 @@ def test_a_run_that_misses_the_scenarios_slo_says_so_and_exits_non_zero(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The verdict judges against the scenario's [compare] targets: an SLO no run can meet."""
-    argv = ["run", scenario_with_slo(tmp_path, "0.000001"), "--accounts", "5000", "--rate", "2000"]
+    argv = ["run", "--scenario", scenario_with_slo(tmp_path, "0.000001"), "--accounts", "5000", "--rate", "2000"]
     argv += ["--seconds", "1", "--warmup", "0.3"]
     code = main([*argv, "--out", str(tmp_path / "runs")])
     out = capsys.readouterr().out.strip().splitlines()
@@ -56,7 +56,16 @@ def test_a_run_that_misses_the_scenarios_slo_says_so_and_exits_non_zero(
 
 
 def test_calibration_run_against_the_echo_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["run", scenario_with_slo(tmp_path, "2000.0"), "--echo", "--accounts", "1000", "--rate", "20000"]
+    argv = [
+        "run",
+        "--scenario",
+        scenario_with_slo(tmp_path, "2000.0"),
+        "--echo",
+        "--accounts",
+        "1000",
+        "--rate",
+        "20000",
+    ]
     argv += ["--seconds", "1", "--warmup", "0.3"]
     argv += ["--out", str(tmp_path)]
     code = main(argv)
@@ -84,8 +93,20 @@ def test_load_judges_against_its_scenarios_targets(tmp_path: Path, capsys: pytes
     """``load --scenario``: the same verdict and exit status as ``run``, against a running server."""
     args = server_arguments(profile="baseline", accounts=5000, seed=1, operators=2)
     with running_server(args, accounts=5000) as server:
-        argv = ["load", "--port", str(server.port), "--scenario", scenario_with_slo(tmp_path, "0.000001")]
-        argv += ["--rate", "2000", "--seconds", "1", "--warmup", "0.3", "--drain", "2", "--json"]
+        argv = ["load", "--target", f"127.0.0.1:{server.port}", "--scenario", scenario_with_slo(tmp_path, "0.000001")]
+        argv += [
+            "--rate",
+            "2000",
+            "--seconds",
+            "1",
+            "--warmup",
+            "0.3",
+            "--drain",
+            "2",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ]
         code = main(argv)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == summary["exit_status"] in (3, 4), summary

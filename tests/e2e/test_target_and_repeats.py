@@ -39,7 +39,7 @@ def test_run_against_a_running_server_marks_it_external(tmp_path: Path, capsys: 
     )
     with running_server(args, accounts=5000) as server:
         target = f"{server.host}:{server.port}"
-        argv = ["run", scenario_with_slo(tmp_path, "2000.0"), "--target", target, "--rate", "3000"]
+        argv = ["run", "--scenario", scenario_with_slo(tmp_path, "2000.0"), "--target", target, "--rate", "3000"]
         argv += ["--seconds", "1", "--warmup", "0.3", "--drain", "2", "--out", str(tmp_path), "--json"]
         code = main(argv)
         answered = _metric(f"http://127.0.0.1:{metrics_port}/metrics", "cbdc_payments_total")
@@ -59,12 +59,13 @@ def test_target_refuses_server_options_and_compare(tmp_path: Path, capsys: pytes
     assert "--echo, --journal configure the server that run starts" in err
     assert main(["compare", "--target", "127.0.0.1:7480"]) == 2
     assert "cannot load a server that is already running" in capsys.readouterr().err
-    assert main(["load", "--target", "nonsense"]) == 2
-    assert "--target must be HOST:PORT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["load", "--target", "nonsense"])
+    assert "is not HOST:PORT" in capsys.readouterr().err
 
 
 def test_repeats_write_one_directory_that_diff_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["run", scenario_with_slo(tmp_path, "2000.0"), "--accounts", "5000", "--rate", "2000"]
+    argv = ["run", "--scenario", scenario_with_slo(tmp_path, "2000.0"), "--accounts", "5000", "--rate", "2000"]
     argv += ["--seconds", "0.8", "--warmup", "0.2", "--drain", "2", "--repeats", "2", "--out", str(tmp_path / "r")]
     assert main([*argv, "--json"]) == 0
     captured = capsys.readouterr()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,13 +55,13 @@ def test_only_a_terminal_without_json_gets_progress() -> None:
 
 
 def test_load_draws_progress_on_a_terminal_and_nothing_under_json(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     terminal, drawn = _terminal()
     monkeypatch.setattr(progress_module, "Console", lambda **_: terminal)  # stderr "is" a terminal
     with ServerThread(ServerConfig(port=0, accounts=2000, echo=True)) as st:
-        argv = ["load", "--port", str(st.address[1]), "--rate", "2000", "--seconds", "1.2", "--warmup", "0.2"]
-        argv += ["--drain", "1"]
+        argv = ["load", "--target", f"127.0.0.1:{st.address[1]}", "--rate", "2000", "--seconds", "1.2", "--warmup", "0.2"]
+        argv += ["--drain", "1", "--out", str(tmp_path)]
         main([*argv, "--json"])
         assert drawn.getvalue() == ""
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["offered_tps"] == 2000

@@ -139,7 +139,19 @@ def test_run_signed_profile_with_one_validator(tmp_path: Path, capsys: pytest.Ca
     # The shipped scenario with a p99 SLO any run meets: the signed path is under test here, not
     # whether this (shared, loaded) machine meets 20 ms.
     scenario = scenario_with_slo(tmp_path, "60000.0")
-    argv = ["run", scenario, "--profile", "signed", "--validators", "1", "--rate", "2000", "--seconds", "2"]
+    argv = [
+        "run",
+        "--scenario",
+        scenario,
+        "--profile",
+        "signed",
+        "--validators",
+        "1",
+        "--rate",
+        "2000",
+        "--seconds",
+        "2",
+    ]
     argv += ["--accounts", "20000", "--warmup", "0.5", "--drain", "5", "--out", str(tmp_path), "--json"]
     code = main(argv)
     out = capsys.readouterr().out.strip().splitlines()
