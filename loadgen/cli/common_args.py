@@ -36,6 +36,7 @@ import msgspec
 from engine.options import add_deprecated_alias, parse_count, parse_rate, parse_seconds
 from engine.profiles import profile_names
 from loadgen.generator.gateway import LoadConfig
+from loadgen.generator.ramp import parse_ramp, ramp_peak_tps
 from loadgen.generator.schedule import Arrival
 from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.measured import DEFAULT_ACCOUNTS, DEFAULT_RATE_TPS, DEFAULT_SECONDS, DEFAULT_WARMUP
@@ -393,3 +394,23 @@ def add_repeats(p: argparse.ArgumentParser) -> None:
         help="run N times, each against a fresh server, writing the results to one directory under --out "
         "(compare two such directories with 'cbdc-bench diff'; default 1)",
     )
+
+
+def add_ramp(p: argparse.ArgumentParser) -> None:
+    """``--ramp FROM:TO:DURATION[,...]`` of ``run`` and ``load``: a staged offered rate (``with_ramp``)."""
+    p.add_argument(
+        "--ramp",
+        default="",
+        metavar="STAGES",
+        help="offered rate along stages from the start, warm-up included: FROM:TO:DURATION, comma-separated "
+        "(e.g. 0:300k:60s is a linear ramp to 300k/s over a minute); after the last stage the rate holds at its "
+        "end; the result records the peak as the offered rate, --rate is not used (default: none, --rate "
+        "throughout)",
+    )
+
+
+def with_ramp(config: LoadConfig, ramp: str) -> LoadConfig:
+    """``config`` with ``--ramp`` (its offered rate the ramp's peak); unchanged without one."""
+    if not ramp:
+        return config
+    return msgspec.structs.replace(config, ramp=ramp, rate_tps=ramp_peak_tps(parse_ramp(ramp)))

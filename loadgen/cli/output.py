@@ -70,6 +70,8 @@ def format_summary(r: RunResult) -> str:
     elif r.server.external:
         cpu += ", server CPU not measured (external server without a pid or a CPU figure in its stats)"
     lines.append(f"{cpu} over the {s.seconds:g} s measured window")
+    if r.load.ramp:
+        lines.append(f"ramp: {r.load.ramp} from the start (the offered rate above is its peak; per second: the series)")
     if r.server.external:
         lines.append(
             f"server: external ({r.load.host}:{r.load.port}), started elsewhere: its configuration, journal and "

@@ -60,6 +60,7 @@ from loadgen.cli.common_args import (
     add_load_arguments,
     add_metrics_port,
     add_profile,
+    add_ramp,
     add_repeats,
     add_scenario,
     add_target,
@@ -68,6 +69,7 @@ from loadgen.cli.common_args import (
     load_config,
     metrics_arguments,
     target_of,
+    with_ramp,
 )
 from loadgen.cli.output import save_and_print
 from loadgen.generator.gateway import LoadConfig
@@ -96,6 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_hooks_path(p)
     add_metrics_port(p)
     add_repeats(p)
+    add_ramp(p)
     add_target(
         p,
         what="a server that is already running (possibly on another machine), to load instead of starting one "
@@ -109,7 +112,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    config = load_config(args, host=args.listen, port=0)
+    config = with_ramp(load_config(args, host=args.listen, port=0), args.ramp)
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
     if args.target is not None:

@@ -38,6 +38,7 @@ from engine import wire
 from engine.auth import ROLE_OPERATOR, Secrets, load_secrets
 from engine.client_session import ClientHandshake, HandshakeRefused, MissingSecret
 from loadgen.generator.measure import Measurement
+from loadgen.generator.ramp import parse_ramp, ramp_schedule
 from loadgen.generator.schedule import Arrival, gateway_schedule
 from loadgen.generator.signed_pool import SignedPool, SignedPoolParams, signed_pool
 from loadgen.generator.workload import DEFAULT_SEED, Workload, WorkloadConfig, confine_payers
@@ -77,6 +78,9 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Send SignedSubmit, from a signed pool covering the whole schedule (signed ahead of it, cached
     #: on disk): for a server that requires signatures (profiles signed, signed-full).
     signed: bool = False
+    #: ``--ramp FROM:TO:DURATION[,...]`` (``loadgen.generator.ramp``): the rate along stages from the
+    #: start, then holding the last stage's end rate; "" = ``rate_tps`` throughout.
+    ramp: str = ""
 
     def __post_init__(self) -> None:
         if self.rate_tps <= 0 or self.seconds <= 0:
@@ -92,6 +96,8 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.tick_us < 0:
             raise ValueError("--tick-us must be >= 0 (0 = auto)")
         Arrival(self.arrival)
+        if self.ramp:
+            parse_ramp(self.ramp)
 
     @property
     def tick_ns(self) -> int:
@@ -254,14 +260,24 @@ class Gateway:
         self.config = config
         self.m = measurement
         self.codec = codec
-        self.schedule = gateway_schedule(
-            rate_tps=config.rate_tps,
-            seconds=config.schedule_seconds,
-            gateways=config.operators,
-            gateway=operator,
-            arrival=config.arrival,
-            seed=config.seed,
-        )
+        if config.ramp:
+            self.schedule = ramp_schedule(
+                parse_ramp(config.ramp),
+                seconds=config.schedule_seconds,
+                gateways=config.operators,
+                gateway=operator,
+                arrival=config.arrival,
+                seed=config.seed,
+            )
+        else:
+            self.schedule = gateway_schedule(
+                rate_tps=config.rate_tps,
+                seconds=config.schedule_seconds,
+                gateways=config.operators,
+                gateway=operator,
+                arrival=config.arrival,
+                seed=config.seed,
+            )
         self.pos = 0  # next schedule index to send
         self.seq = 0
         self.id_base = 0  # first transfer id: the server's next_transfer_id, so a reused server sees fresh ids

@@ -60,7 +60,17 @@ def test_load_draws_progress_on_a_terminal_and_nothing_under_json(
     terminal, drawn = _terminal()
     monkeypatch.setattr(progress_module, "Console", lambda **_: terminal)  # stderr "is" a terminal
     with ServerThread(ServerConfig(port=0, accounts=2000, echo=True)) as st:
-        argv = ["load", "--target", f"127.0.0.1:{st.address[1]}", "--rate", "2000", "--seconds", "1.2", "--warmup", "0.2"]
+        argv = [
+            "load",
+            "--target",
+            f"127.0.0.1:{st.address[1]}",
+            "--rate",
+            "2000",
+            "--seconds",
+            "1.2",
+            "--warmup",
+            "0.2",
+        ]
         argv += ["--drain", "1", "--out", str(tmp_path)]
         main([*argv, "--json"])
         assert drawn.getvalue() == ""
