@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "loadgen.cli.compare",
     "loadgen.cli.report",
     "loadgen.cli.diff",
+    "loadgen.cli.csv_export",
     "loadgen.cli.load",
     "loadgen.cli.serve",
     "loadgen.cli.engine",

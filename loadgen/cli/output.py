@@ -10,7 +10,11 @@ import json
 
 import msgspec
 
+from loadgen.results.export import drift_line
 from loadgen.results.run import RunResult, figures_of, save, verdict_of
+
+#: Runs at least this long (measured) show their p99 per minute: the drift of a soak run.
+DRIFT_FROM_S = 120
 
 
 def save_and_print(result: RunResult, *, as_json: bool, out: str | None) -> int:
@@ -70,6 +74,10 @@ def format_summary(r: RunResult) -> str:
     elif r.server.external:
         cpu += ", server CPU not measured (external server without a pid or a CPU figure in its stats)"
     lines.append(f"{cpu} over the {s.seconds:g} s measured window")
+    if r.load.seconds >= DRIFT_FROM_S:
+        drift = drift_line(r)
+        if drift is not None:
+            lines.append(drift)
     if r.load.ramp:
         lines.append(f"ramp: {r.load.ramp} from the start (the offered rate above is its peak; per second: the series)")
     if r.server.external:
