@@ -414,3 +414,14 @@ def with_ramp(config: LoadConfig, ramp: str) -> LoadConfig:
     if not ramp:
         return config
     return msgspec.structs.replace(config, ramp=ramp, rate_tps=ramp_peak_tps(parse_ramp(ramp)))
+
+
+def add_resume(p: argparse.ArgumentParser) -> None:
+    """``compare --resume DIR``: go on with an interrupted comparison from its completed phases."""
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="go on with the interrupted comparison in DIR: its own arguments apply (DIR/compare.plan), "
+        "completed phases are read back from their result files, the rest is measured (default: a new comparison)",
+    )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 import msgspec
 
@@ -37,6 +38,7 @@ from loadgen.cli.common_args import (
     add_drain,
     add_hooks_path,
     add_out,
+    add_resume,
     add_scenario,
     add_seed,
     add_target,
@@ -46,6 +48,7 @@ from loadgen.cli.common_args import (
     parse_seconds,
 )
 from loadgen.harness.compare import FULL, QUICK, CompareError, run_compare
+from loadgen.harness.resume import load_plan
 from loadgen.results.compare import Plan
 
 
@@ -84,6 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_drain(p, default=None, unset="the plan's")
     p.add_argument("--calibrate", action="store_true", help="also search the echo server (the harness's ceiling)")
     p.add_argument("--no-report", action="store_true", help="write the result files and summary only")
+    add_resume(p)
     add_target(p, what="refused: compare starts a fresh server per trial", unset="none", old_spellings=False)
     p.set_defaults(func=_main)
 
@@ -118,17 +122,30 @@ def _main(args: argparse.Namespace) -> int:
             "next), so it cannot load a server that is already running; use 'run --target HOST:PORT --repeats N' "
             "for that server, and 'cbdc-bench diff' to compare two such sets"
         )
-    settings = load_scenario(args.scenario).compare
-    plan = plan_from_args(args, settings)
+    if args.resume is not None:
+        # The interrupted comparison's own arguments: the same program, so its phases replay.
+        asked = load_plan(Path(args.resume))
+        scenario, profiles, plan, seed, calibrate = (
+            asked.scenario,
+            asked.profiles,
+            asked.plan,
+            asked.seed,
+            asked.calibrate,
+        )
+        out: str | None = args.resume
+    else:
+        scenario, profiles, seed, calibrate, out = args.scenario, args.profiles, args.seed, args.calibrate, args.out
+        plan = plan_from_args(args, load_scenario(args.scenario).compare)
     command = "cbdc-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "cbdc-bench compare"
     try:
         run_compare(
-            args.scenario,
-            profiles=args.profiles,
+            scenario,
+            profiles=profiles,
             plan=plan,
-            seed=args.seed,
-            out=args.out,
-            calibrate=args.calibrate,
+            seed=seed,
+            out=out,
+            calibrate=calibrate,
+            resume=args.resume is not None,
             command=command,
             make_report=not args.no_report,
             server_args=hooks_path_arguments(args.hooks_path),

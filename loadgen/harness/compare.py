@@ -28,6 +28,7 @@ from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
 from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.measured import run_measure
+from loadgen.harness.resume import ComparePlan, PhaseKey, PhaseLog, save_plan
 from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable
 from loadgen.harness.server import ServerProcess, running_server, server_arguments
 from loadgen.report.writer import write_report
@@ -187,7 +188,7 @@ class Session:
 
     def __init__(
         self,
-        server: ServerProcess,
+        start_server: Callable[[], ServerProcess],
         *,
         profile: str,
         repeat: int,
@@ -198,8 +199,11 @@ class Session:
         runs_dir: Path,
         echo: bool,
         on_phase: Callable[[RunRef, RunResult], None],
+        log: PhaseLog,
     ) -> None:
-        self.server = server
+        self._start_server = start_server
+        self._server: ServerProcess | None = None
+        self.log = log
         self.profile = profile
         self.repeat = repeat
         self.plan = plan
@@ -212,31 +216,26 @@ class Session:
         self.refs: list[RunRef] = []
         self._last: RunResult | None = None
 
+    @property
+    def server(self) -> ServerProcess:
+        """The session's server, started on first use (a resumed session may need none)."""
+        if self._server is None:
+            self._server = self._start_server()
+        return self._server
+
     def phase(self, rate_tps: float, *, stage: str, phase: str = "") -> RunOutcome:
-        """Run, save and check one phase; reported to ``on_phase`` once its ``phase`` label is known."""
-        p = self.plan
-        search = stage == "search"
-        config = LoadConfig(
-            host=self.server.host,
-            port=self.server.port,
-            rate_tps=rate_tps,
-            warmup=p.search_warmup_s if search else p.equal_warmup_s,
-            seconds=p.search_seconds if search else p.equal_seconds,
-            operators=p.operators,
-            processes=p.processes,
-            drain=p.drain_s,
-            seed=self.seed,
-        )
-        result = run_measure(
-            config,
-            kind="compare",
-            server_pid=self.server.pid,
-            audit=True,
-            scenario=self.scenario,
-            echo=self.echo,
-            targets=self.settings,
-        )
-        path = save(result, self.runs_dir)
+        """Run, save and check one phase; reported to ``on_phase`` once its ``phase`` label is known.
+
+        A phase the log says completed before (``compare --resume``) is read from its result file.
+        """
+        key = PhaseKey(self.repeat, self.profile, stage, len(self.refs), rate_tps)
+        result = self.log.saved(key)
+        measured = result is None
+        if result is None:
+            result = self._measure(rate_tps, search=stage == "search")
+            path = save(result, self.runs_dir)
+        else:
+            path = self.runs_dir.parent / self.log.done[key]
         problems = list(result.failures)
         if result.summary.audit_ok is False:
             problems.append("conservation audit failed")
@@ -246,10 +245,11 @@ class Session:
             problems.append("transfer ids refused (stale_id/invalid_id): the phases' ids collided")
         if problems:
             raise CompareError(f"{self.profile} at {rate_tps:,.0f}/s ({path}): " + "; ".join(problems))
-        try:
-            wait_idle(self.server)
-        except (GatewayError, TimeoutError) as exc:
-            raise CompareError(f"{self.profile}: server unreachable after a phase: {exc}") from exc
+        if measured:
+            try:
+                wait_idle(self.server)
+            except (GatewayError, TimeoutError) as exc:
+                raise CompareError(f"{self.profile}: server unreachable after a phase: {exc}") from exc
         verdict = verdict_of(result, self.settings)
         if verdict.kind is Kind.INCOMPLETE:
             raise CompareError(
@@ -271,10 +271,35 @@ class Session:
             generator_kept_schedule=outcome.generator_kept_schedule,
         )
         self.refs.append(ref)
+        self.log.record(key, ref.file)
         self._last = result
         if phase:
             self.on_phase(ref, result)
         return outcome
+
+    def _measure(self, rate_tps: float, *, search: bool) -> RunResult:
+        p = self.plan
+        server = self.server
+        config = LoadConfig(
+            host=server.host,
+            port=server.port,
+            rate_tps=rate_tps,
+            warmup=p.search_warmup_s if search else p.equal_warmup_s,
+            seconds=p.search_seconds if search else p.equal_seconds,
+            operators=p.operators,
+            processes=p.processes,
+            drain=p.drain_s,
+            seed=self.seed,
+        )
+        return run_measure(
+            config,
+            kind="compare",
+            server_pid=server.pid,
+            audit=True,
+            scenario=self.scenario,
+            echo=self.echo,
+            targets=self.settings,
+        )
 
     def search(self, start_tps: float, growth: float) -> ProfileSearch:
         s = self.settings
@@ -326,11 +351,14 @@ def run_compare(
     trove: str | Path | None = None,
     keep_trove: bool = False,
     server_args: tuple[str, ...] = (),
+    resume: bool = False,
 ) -> tuple[CompareSummary, Path]:
     """Run the comparison; the summary and its path (``OUT/compare.json``).
 
     Each server of a profile that keeps a trove gets its own, ``PROFILE-rREPEAT`` under ``trove``
-    (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``.
+    (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``. ``resume``:
+    ``out`` holds an interrupted comparison of the same arguments; its completed phases are read
+    back instead of measured (``loadgen.harness.resume``).
     """
     console = console or Console(soft_wrap=True)
     scen = load_scenario(scenario)
@@ -347,6 +375,14 @@ def run_compare(
     out_dir = Path(out) if out is not None else Path("results") / f"compare-{created.replace(':', '')}-{plan.mode}"
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_plan(out_dir, ComparePlan(scenario, profiles, plan, seed, calibrate))
+    log = PhaseLog(out_dir, resume=resume)
+    if resume:
+        console.print(
+            f"resuming {out_dir}: {len(log.done)} completed phases are read back, not measured; a session "
+            "interrupted half-way goes on against a fresh server"
+        )
     rng = random.Random(seed)
     started = time.monotonic()
 
@@ -408,9 +444,9 @@ def run_compare(
             if profile != ECHO and trove_needed(profile, scenario):
                 trial_trove = (Path(trove) if trove is not None else out_dir / "troves") / f"{profile}-r{repeat}"
             try:
-                with _server(profile, plan, seed, scenario, trial_trove, server_args) as server:
+                with contextlib.ExitStack() as servers:
                     yield Session(
-                        server,
+                        lambda: servers.enter_context(_server(profile, plan, seed, scenario, trial_trove, server_args)),
                         profile=profile,
                         repeat=repeat,
                         plan=plan,
@@ -420,6 +456,7 @@ def run_compare(
                         runs_dir=runs_dir,
                         echo=profile == ECHO,
                         on_phase=on_phase,
+                        log=log,
                     )
             finally:
                 if trial_trove is not None and not keep_trove:
