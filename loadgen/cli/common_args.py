@@ -425,3 +425,13 @@ def add_resume(p: argparse.ArgumentParser) -> None:
         help="go on with the interrupted comparison in DIR: its own arguments apply (DIR/compare.plan), "
         "completed phases are read back from their result files, the rest is measured (default: a new comparison)",
     )
+
+
+def add_reuse_server(p: argparse.ArgumentParser) -> None:
+    """``compare --reuse-server``: allow ``--target`` (trials on one running server; the report says so)."""
+    p.add_argument(
+        "--reuse-server",
+        action="store_true",
+        help="with --target: run every trial against that one server (not a fresh one each), its profile only; "
+        "the summary and report note that trials were not independent",
+    )

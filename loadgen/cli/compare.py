@@ -39,6 +39,7 @@ from loadgen.cli.common_args import (
     add_hooks_path,
     add_out,
     add_resume,
+    add_reuse_server,
     add_scenario,
     add_seed,
     add_target,
@@ -88,7 +89,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", action="store_true", help="also search the echo server (the harness's ceiling)")
     p.add_argument("--no-report", action="store_true", help="write the result files and summary only")
     add_resume(p)
-    add_target(p, what="refused: compare starts a fresh server per trial", unset="none", old_spellings=False)
+    add_target(
+        p,
+        what="with --reuse-server: search the profile of this running server, every trial against it",
+        unset="none: a fresh server per profile and repeat",
+        old_spellings=False,
+    )
+    add_reuse_server(p)
     p.set_defaults(func=_main)
 
 
@@ -116,12 +123,15 @@ def plan_from_args(args: argparse.Namespace, settings: CompareSettings) -> Plan:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if args.target is not None:
+    if args.target is not None and not args.reuse_server:
         raise ValueError(
             "compare starts a fresh server for every profile and repeat (no state carried from one trial to the "
-            "next), so it cannot load a server that is already running; use 'run --target HOST:PORT --repeats N' "
-            "for that server, and 'cbdc-bench diff' to compare two such sets"
+            "next), so it does not load a server that is already running unless you pass --reuse-server too (the "
+            "report then says its trials were not independent); or use 'run --target HOST:PORT --repeats N' and "
+            "'cbdc-bench diff'"
         )
+    if args.reuse_server and args.target is None:
+        raise ValueError("--reuse-server goes with --target HOST:PORT (the server to reuse)")
     if args.resume is not None:
         # The interrupted comparison's own arguments: the same program, so its phases replay.
         asked = load_plan(Path(args.resume))
@@ -146,6 +156,7 @@ def _main(args: argparse.Namespace) -> int:
             out=out,
             calibrate=calibrate,
             resume=args.resume is not None,
+            target=args.target,
             command=command,
             make_report=not args.no_report,
             server_args=hooks_path_arguments(args.hooks_path),

@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -188,7 +189,7 @@ class Session:
 
     def __init__(
         self,
-        start_server: Callable[[], ServerProcess],
+        server: ServerProcess | Callable[[], ServerProcess],
         *,
         profile: str,
         repeat: int,
@@ -199,11 +200,14 @@ class Session:
         runs_dir: Path,
         echo: bool,
         on_phase: Callable[[RunRef, RunResult], None],
-        log: PhaseLog,
+        log: PhaseLog | None = None,
+        external: bool = False,
     ) -> None:
-        self._start_server = start_server
-        self._server: ServerProcess | None = None
+        # A server, or how to start one when a phase first needs it (a resumed session may need none).
+        self._server = server if isinstance(server, ServerProcess) else None
+        self._start_server = None if isinstance(server, ServerProcess) else server
         self.log = log
+        self.external = external
         self.profile = profile
         self.repeat = repeat
         self.plan = plan
@@ -220,6 +224,7 @@ class Session:
     def server(self) -> ServerProcess:
         """The session's server, started on first use (a resumed session may need none)."""
         if self._server is None:
+            assert self._start_server is not None
             self._server = self._start_server()
         return self._server
 
@@ -229,12 +234,13 @@ class Session:
         A phase the log says completed before (``compare --resume``) is read from its result file.
         """
         key = PhaseKey(self.repeat, self.profile, stage, len(self.refs), rate_tps)
-        result = self.log.saved(key)
+        result = None if self.log is None else self.log.saved(key)
         measured = result is None
         if result is None:
             result = self._measure(rate_tps, search=stage == "search")
             path = save(result, self.runs_dir)
         else:
+            assert self.log is not None
             path = self.runs_dir.parent / self.log.done[key]
         problems = list(result.failures)
         if result.summary.audit_ok is False:
@@ -271,7 +277,8 @@ class Session:
             generator_kept_schedule=outcome.generator_kept_schedule,
         )
         self.refs.append(ref)
-        self.log.record(key, ref.file)
+        if self.log is not None:
+            self.log.record(key, ref.file)
         self._last = result
         if phase:
             self.on_phase(ref, result)
@@ -299,6 +306,7 @@ class Session:
             scenario=self.scenario,
             echo=self.echo,
             targets=self.settings,
+            external=self.external,
         )
 
     def search(self, start_tps: float, growth: float) -> ProfileSearch:
@@ -352,13 +360,16 @@ def run_compare(
     keep_trove: bool = False,
     server_args: tuple[str, ...] = (),
     resume: bool = False,
+    target: tuple[str, int] | None = None,
 ) -> tuple[CompareSummary, Path]:
     """Run the comparison; the summary and its path (``OUT/compare.json``).
 
     Each server of a profile that keeps a trove gets its own, ``PROFILE-rREPEAT`` under ``trove``
     (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``. ``resume``:
     ``out`` holds an interrupted comparison of the same arguments; its completed phases are read
-    back instead of measured (``loadgen.harness.resume``).
+    back instead of measured (``loadgen.harness.resume``). ``target``: every session loads that
+    running server instead of a fresh one (``--reuse-server``): only its profile is searched, and
+    the summary's notes say the trials were not independent.
     """
     console = console or Console(soft_wrap=True)
     scen = load_scenario(scenario)
@@ -370,6 +381,9 @@ def run_compare(
         raise ValueError(f"unknown profile(s) {', '.join(unknown)}; choose from: {', '.join(scen.profiles)}")
     if len(set(names)) != len(names):
         raise ValueError(f"a profile is listed twice: {names}")
+    external_note = ""
+    if target is not None:
+        names, plan, external_note = _reused_server(target, names if profiles else None, plan, calibrate)
     searched = [*names, ECHO] if calibrate else names
     created = now_utc()
     out_dir = Path(out) if out is not None else Path("results") / f"compare-{created.replace(':', '')}-{plan.mode}"
@@ -393,6 +407,8 @@ def run_compare(
         f"{plan.equal_warmup_s:g} s + {plan.equal_seconds:g} s, bisection to {plan.precision:.0%}",
         f"sustained = settled >= {settings.min_achieved_ratio:.0%} of offered and p99 <= {settings.slo_p99_ms:g} ms",
     ]
+    if external_note:
+        notes.append(external_note)
     if plan.mode == "quick":
         notes.append(
             "quick mode: shorter phases and fewer repeats than the default; tails beyond p99.9 rest on few samples"
@@ -443,10 +459,16 @@ def run_compare(
             trial_trove = None
             if profile != ECHO and trove_needed(profile, scenario):
                 trial_trove = (Path(trove) if trove is not None else out_dir / "troves") / f"{profile}-r{repeat}"
+
+            def start() -> ServerProcess:
+                if target is not None:  # a stand-in that was never started: no pid, nothing to stop
+                    return ServerProcess([], 0.0, host=target[0], port=target[1])
+                return servers.enter_context(_server(profile, plan, seed, scenario, trial_trove, server_args))
+
             try:
                 with contextlib.ExitStack() as servers:
                     yield Session(
-                        lambda: servers.enter_context(_server(profile, plan, seed, scenario, trial_trove, server_args)),
+                        start,
                         profile=profile,
                         repeat=repeat,
                         plan=plan,
@@ -457,6 +479,7 @@ def run_compare(
                         echo=profile == ECHO,
                         on_phase=on_phase,
                         log=log,
+                        external=target is not None,
                     )
             finally:
                 if trial_trove is not None and not keep_trove:
@@ -522,6 +545,33 @@ def run_compare(
         written = write_report([out_dir], out_dir)
         console.print("report: " + ", ".join(str(p) for p in written))
     return summary, path
+
+
+def _reused_server(
+    target: tuple[str, int], profiles: list[str] | None, plan: Plan, calibrate: bool
+) -> tuple[list[str], Plan, str]:
+    """The profile list, plan and note of a comparison against the running server at ``target``."""
+    host, port = target
+
+    async def welcome() -> Any:
+        admin = AdminClient(host, port)
+        try:
+            return await admin.connect()
+        finally:
+            admin.close()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        w = runner.run(welcome())
+    if calibrate or w.echo:
+        raise ValueError("--calibrate needs echo servers that compare starts itself; leave it out with --target")
+    if profiles is not None and profiles != [w.profile]:
+        raise ValueError(f"the server at {host}:{port} runs profile {w.profile!r}; --profiles can only name that one")
+    note = (
+        f"--target {host}:{port} --reuse-server: every trial loaded one server started elsewhere (profile "
+        f"{w.profile}, {w.accounts:,} accounts), so trials are not independent (its state carries over from one to "
+        "the next) and its configuration, CPU and audit were not under compare's control"
+    )
+    return [w.profile], msgspec.structs.replace(plan, accounts=w.accounts), note
 
 
 def _server(

@@ -1,5 +1,6 @@
 """``compare --resume``: an interrupted comparison goes on from its completed phases, which are read
-back, not measured again, and ends as an uninterrupted one would."""
+back, not measured again, and ends as an uninterrupted one would. ``compare --target --reuse-server``:
+every trial on one running server, and the summary says so."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from rich.console import Console
 
 from loadgen.cli.main import main
 from loadgen.harness.compare import Session, run_compare
+from loadgen.harness.server import running_server, server_arguments
 from loadgen.results.compare import Plan, loads_summary
-from loadgen.results.run import RunResult
+from loadgen.results.run import RunResult, load
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +81,24 @@ def test_an_interrupted_compare_resumes_from_its_completed_phases(
     assert summary.seed == 9 and summary.plan == PLAN
     assert summary.searches[0].result.max_sustainable_tps == 8_000  # the ceiling, under this SLO
     assert {r.stage for r in summary.runs} == {"search", "equal-load"}
+
+
+def test_compare_reuses_a_running_server_only_when_asked_and_says_so(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(SCENARIO)
+    with running_server(server_arguments(profile="baseline", accounts=3000, seed=2, operators=2), accounts=3000) as s:
+        summary, path = run_compare(
+            str(scenario),
+            plan=PLAN,
+            seed=4,
+            out=tmp_path / "out",
+            console=Console(file=io.StringIO()),
+            make_report=False,
+            target=(s.host, s.port),
+        )
+        pid = s.pid
+    assert summary.profiles == ["baseline"] and summary.plan.accounts == 3000  # the server's own
+    assert any("--reuse-server" in n and "not independent" in n for n in summary.notes)
+    results = [load(path.parent / r.file) for r in summary.runs]
+    assert results and all(r.server.external and r.server.pid is None for r in results)
+    assert all(r.summary.audit_ok for r in results) and pid is not None

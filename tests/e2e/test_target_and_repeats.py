@@ -58,7 +58,7 @@ def test_target_refuses_server_options_and_compare(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert "--echo, --journal configure the server that run starts" in err
     assert main(["compare", "--target", "127.0.0.1:7480"]) == 2
-    assert "cannot load a server that is already running" in capsys.readouterr().err
+    assert "unless you pass --reuse-server" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["load", "--target", "nonsense"])
     assert "is not HOST:PORT" in capsys.readouterr().err
