@@ -215,10 +215,14 @@ def add_target(
     *,
     what: str = "the running server to load",
     unset: str = "none, required",
-    old_spellings: bool = True,
+    old_aliases: bool = True,
 ) -> None:
-    """``--target HOST:PORT``: a server this command connects to (``target_of``); ``--host``/``--port``
-    deprecated (``old_spellings``: not on ``run``, whose ``--host`` was the address it listens on)."""
+    """``--target HOST:PORT``: a server this command connects to (``target_of``).
+
+    ``old_aliases``: keep ``load``'s former ``--host``/``--port`` as deprecated aliases. A command
+    that also starts its own server (``run``, where ``--host`` is the old ``--listen``) passes False
+    and says what leaving ``--target`` out means in ``unset``.
+    """
     p.add_argument(
         "--target",
         type=parse_target,
@@ -226,7 +230,7 @@ def add_target(
         metavar="HOST:PORT",
         help=f"{what}, as printed by 'cbdc-bench serve' (default: {unset})",
     )
-    if old_spellings:
+    if old_aliases:
         add_deprecated_alias(p, "--host", new="--target HOST:PORT", dest="old_host")
         add_deprecated_alias(p, "--port", new="--target HOST:PORT", dest="old_port", type=int)
 
@@ -264,6 +268,16 @@ def add_trove(p: argparse.ArgumentParser, *, keep: bool) -> None:
     )
     if keep:
         p.add_argument("--keep-trove", action="store_true", help="keep each trial's trove after it")
+
+
+def add_validators(p: argparse.ArgumentParser) -> None:
+    """``--validators SPEC`` of a command that starts a server: passed on as the server's ``--validators``."""
+    p.add_argument(
+        "--validators",
+        metavar="SPEC",
+        help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
+        "ray:auto or ray:ADDRESS (signed profiles) (default: the server's, 0)",
+    )
 
 
 def add_load_arguments(p: argparse.ArgumentParser) -> None:

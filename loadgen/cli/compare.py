@@ -93,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p,
         what="with --reuse-server: search the profile of this running server, every trial against it",
         unset="none: a fresh server per profile and repeat",
-        old_spellings=False,
+        old_aliases=False,
     )
     add_reuse_server(p)
     p.set_defaults(func=_main)

@@ -65,6 +65,7 @@ from loadgen.cli.common_args import (
     add_scenario,
     add_target,
     add_trove,
+    add_validators,
     hooks_path_arguments,
     load_config,
     metrics_arguments,
@@ -89,12 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
     add_listen(p)
     add_journal(p)
-    p.add_argument(
-        "--validators",
-        metavar="SPEC",
-        help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
-        "ray:auto or ray:ADDRESS (signed profiles) (default: the server's, 0)",
-    )
+    add_validators(p)
     add_hooks_path(p)
     add_metrics_port(p)
     add_repeats(p)
@@ -104,7 +100,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         what="a server that is already running (possibly on another machine), to load instead of starting one "
         "(its own profile and accounts apply; the result marks it external, its CPU only from its stats)",
         unset="none: start a server",
-        old_spellings=False,
+        old_aliases=False,
     )
     add_trove(p, keep=False)
     add_load_arguments(p)

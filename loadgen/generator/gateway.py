@@ -141,6 +141,7 @@ class Handler(typing.Protocol):
     codec: wire.Codec
 
     def on_message(self, msg: Any, now_ns: int) -> None: ...
+    def on_bytes(self, n: int) -> None: ...
     def fail(self, why: str) -> None: ...
     def on_closed(self, exc: Exception | None) -> None: ...
 
@@ -159,6 +160,7 @@ class FrameProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()
         g = self.gateway
+        g.on_bytes(len(data))
         try:
             bodies = self.reader.feed(data)
         except wire.FrameTooLarge as exc:
@@ -410,8 +412,13 @@ class Gateway:
         self.pending[self.seq] = (a, b)
         self.seq += 1
         transport.write(frame)
+        self.m.bytes_sent += len(frame)
         self.pos = b
         self.m.on_sent(self.schedule[a:b], time.monotonic_ns() - self.start_ns)
+
+    def on_bytes(self, n: int) -> None:
+        """Bytes received from the server (result files give wire bytes per payment, issue 12)."""
+        self.m.bytes_received += n
 
     def on_message(self, msg: Any, now_ns: int) -> None:
         match msg:

@@ -28,6 +28,7 @@ from engine.server.config import SIGNED_PROFILES
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
 from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.admin import AdminClient
+from loadgen.harness.calibration import cpu_calibration
 from loadgen.harness.measured import run_measure
 from loadgen.harness.resume import ComparePlan, PhaseKey, PhaseLog, save_plan
 from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable
@@ -42,7 +43,7 @@ from loadgen.results.compare import (
     outcome_of,
     save_summary,
 )
-from loadgen.results.environment import collect
+from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import RunResult, save, verdict_of
 from loadgen.results.verdict import Kind
 
@@ -202,6 +203,7 @@ class Session:
         on_phase: Callable[[RunRef, RunResult], None],
         log: PhaseLog | None = None,
         external: bool = False,
+        calibration: Calibration | None = None,
     ) -> None:
         # A server, or how to start one when a phase first needs it (a resumed session may need none).
         self._server = server if isinstance(server, ServerProcess) else None
@@ -217,6 +219,7 @@ class Session:
         self.runs_dir = runs_dir
         self.echo = echo
         self.on_phase = on_phase
+        self.calibration = calibration  # taken once per comparison, recorded in every phase's file
         self.refs: list[RunRef] = []
         self._last: RunResult | None = None
 
@@ -307,6 +310,7 @@ class Session:
             echo=self.echo,
             targets=self.settings,
             external=self.external,
+            calibration=self.calibration,
         )
 
     def search(self, start_tps: float, growth: float) -> ProfileSearch:
@@ -399,6 +403,7 @@ def run_compare(
         )
     rng = random.Random(seed)
     started = time.monotonic()
+    calibration = cpu_calibration()
 
     estimate = estimate_seconds(settings, plan, len(searched))
     notes = [
@@ -480,6 +485,7 @@ def run_compare(
                         on_phase=on_phase,
                         log=log,
                         external=target is not None,
+                        calibration=calibration,
                     )
             finally:
                 if trial_trove is not None and not keep_trove:
@@ -533,7 +539,7 @@ def run_compare(
         common_rates_tps=rates,
         searches=searches,
         runs=refs,
-        environment=collect(),
+        environment=msgspec.structs.replace(collect(), calibration=calibration),
         duration_s=time.monotonic() - started,
         notes=notes,
     )

@@ -27,8 +27,9 @@ from engine.server.config import SIGNED_PROFILES
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
 from loadgen.generator.progress import LoadProgress, status
 from loadgen.harness.admin import AdminClient
+from loadgen.harness.calibration import cpu_calibration
 from loadgen.harness.server import running_server, server_arguments
-from loadgen.results.environment import collect
+from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import AuditOutcome, RunResult, build_result
 
 #: The defaults are the headline question itself: 1M accounts at 300,000 payments/s for 30 s
@@ -103,15 +104,19 @@ async def measure(
     targets: CompareSettings | None = None,
     progress: Console | None = None,
     external: bool = False,
+    calibration: Calibration | None = None,
+    server_args: tuple[str, ...] = (),
 ) -> RunResult:
     """Run the load, probing server stats and CPU at the measured window's edges; audit after.
 
+    ``targets``: what the result's verdict judges against (the default targets if None).
+    ``calibration``: the CPU calibration score to record (taken now, before the load, if None).
+    ``server_args``: the ``serve`` arguments, when cbdc-bench started the server.
+    ``progress``: the terminal to draw the live progress line on (``progress_console``), or None.
     ``external``: the server was not started by this run (``load``, ``run --target``); its CPU
     is then read from its stats if ``server_pid`` is not given.
-
-    ``targets``: what the result's verdict judges against (the default targets if None);
-    ``progress``: the terminal to draw the live progress line on (``progress_console``), or None.
     """
+    environment = msgspec.structs.replace(collect(), calibration=calibration or cpu_calibration())
     live = (
         None
         if progress is None
@@ -176,7 +181,7 @@ async def measure(
         kind=kind,
         m=m,
         config=config,
-        environment=collect(),
+        environment=environment,
         welcome=welcome,
         failures=failures + probe_failures,
         stats_final=stats_final,
@@ -190,6 +195,7 @@ async def measure(
         echo=echo,
         targets=targets,
         external=external,
+        server_args=server_args,
     )
 
 
@@ -272,6 +278,7 @@ def run_benchmark(
                 echo=echo,
                 targets=targets,
                 progress=progress,
+                server_args=tuple(args),
             )
     finally:
         if journal is not None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from engine.records import TRANSFER_DTYPE
 from loadgen.cli.main import main
+from loadgen.harness.calibration import CALIBRATION_ACCOUNTS
 from loadgen.harness.server import ServerProcess, ServerStartError, running_server, server_arguments
 from loadgen.results.run import load
 from tests.support.servers import scenario_with_slo
@@ -18,8 +21,9 @@ pytestmark = pytest.mark.slow
 def test_run_starts_a_server_measures_audits_and_writes_a_result(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["run", "--scenario", scenario_with_slo(tmp_path, "2000.0"), "--accounts", "20000", "--rate", "4000"]
-    argv += ["--seconds", "1.5", "--warmup", "0.5"]
+    scenario = scenario_with_slo(tmp_path, "2000.0")
+    argv = ["run", "--scenario", scenario, "--accounts", "20000", "--rate", "4k"]
+    argv += ["--seconds", "1.5s", "--warmup", "500ms", "--journal", str(tmp_path / "journal"), "--fsync", "off"]
     argv += ["--drain", "3", "--out", str(tmp_path), "--json"]
     code = main(argv)
     out = capsys.readouterr().out.strip().splitlines()
@@ -40,6 +44,18 @@ def test_run_starts_a_server_measures_audits_and_writes_a_result(
     assert result.server.stats_end["transfers"] > result.server.stats_start["transfers"] > 0
     assert result.environment.cores > 0
     assert result.summary.verdict == "verdict: sustained"
+    # Version 2: bytes per payment both ways and into the journal, the calibration score, the settings.
+    t = result.traffic
+    assert t is not None and t.journal_per_payment is not None
+    assert t.wire_sent_per_payment >= TRANSFER_DTYPE.itemsize and t.wire_received_per_payment >= 1
+    assert t.wire_sent_bytes >= c.sent * TRANSFER_DTYPE.itemsize
+    assert t.journal_per_payment >= TRANSFER_DTYPE.itemsize
+    cal = result.environment.calibration
+    assert cal is not None and cal.engine_tps > 0 and cal.accounts == CALIBRATION_ACCOUNTS
+    settings = result.settings
+    assert settings is not None and settings.profile == "baseline" and settings.targets.slo_p99_ms == 2000.0
+    assert settings.scenario_sha256 == hashlib.sha256(Path(scenario).read_bytes()).hexdigest()
+    assert "--accounts" in settings.server_args and "20000" in settings.server_args
 
 
 def test_a_run_that_misses_the_scenarios_slo_says_so_and_exits_non_zero(
