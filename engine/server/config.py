@@ -181,7 +181,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         str,
         _help(
             "address of the metrics endpoint (default {default}: loopback only, because the figures cover every "
-            "operator's payments and the endpoint has no authentication; open it beyond the machine deliberately)"
+            "operator's payments and the endpoint has no authentication; open it beyond the machine deliberately)",
+            metavar="ADDR",
         ),
     ] = "127.0.0.1"
 
