@@ -85,9 +85,18 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "most connections at once that have not completed Hello (and authentication), within "
             "max_connections; at the limit "
             "a new connection closes the oldest unauthenticated one, so idle clients cannot keep operators "
-            "out. Counted per server, not per address (load generators all connect from 127.0.0.1)"
+            "out. Counted per server; the connection evicted is the oldest of the address holding the most "
+            "waiting connections, so one churning address evicts its own (engine.server.sources)"
         ),
     ] = 64
+    connect_rate_per_source: Annotated[
+        float,
+        _help(
+            "new connections per second one source address may open (token bucket, burst "
+            "max_unauthenticated); more are closed at once with TOO_MANY_CONNECTIONS. 0 = unlimited "
+            "(default: load generators all connect from 127.0.0.1)"
+        ),
+    ] = 0.0
     #: Issue 13: 250 connections each sending a half frame held 1.1 GiB.
     max_partial_frame_bytes: Annotated[
         int,
@@ -209,6 +218,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"repair must be 'truncate' (with --journal) or empty, got {self.repair!r}")
         if self.journal and self.echo:
             raise ValueError("--journal needs a ledger; --echo runs without one")
+        if self.connect_rate_per_source < 0:
+            raise ValueError(f"connect_rate_per_source must be >= 0 (0 = off), got {self.connect_rate_per_source}")
         if self.max_unauthenticated < 1:
             raise ValueError(f"max_unauthenticated must be >= 1, got {self.max_unauthenticated}")
         if self.max_partial_frame_bytes < self.max_frame_bytes:

@@ -35,6 +35,7 @@ import msgspec
 
 from engine.options import add_deprecated_alias, parse_count, parse_rate, parse_seconds
 from engine.profiles import profile_names
+from engine.validators import parse_validators
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.ramp import parse_ramp, ramp_peak_tps
 from loadgen.generator.schedule import Arrival
@@ -270,16 +271,6 @@ def add_trove(p: argparse.ArgumentParser, *, keep: bool) -> None:
         p.add_argument("--keep-trove", action="store_true", help="keep each trial's trove after it")
 
 
-def add_validators(p: argparse.ArgumentParser) -> None:
-    """``--validators SPEC`` of a command that starts a server: passed on as the server's ``--validators``."""
-    p.add_argument(
-        "--validators",
-        metavar="SPEC",
-        help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
-        "ray:auto or ray:ADDRESS (signed profiles) (default: the server's, 0)",
-    )
-
-
 def add_load_arguments(p: argparse.ArgumentParser) -> None:
     """The options of one open-loop load (``LoadConfig``), shared by ``load`` and ``run``, with the same defaults."""
     p.add_argument(
@@ -449,3 +440,29 @@ def add_reuse_server(p: argparse.ArgumentParser) -> None:
         help="with --target: run every trial against that one server (not a fresh one each), its profile only; "
         "the summary and report note that trials were not independent",
     )
+
+
+def add_validators(p: argparse.ArgumentParser, *, starts_server: bool = True) -> None:
+    """``--validators SPEC``: the signature tier of signed profiles (``serve --validators``).
+
+    A command that starts its servers (``run``, ``compare``) passes it on to them; ``load`` checks
+    that the running server uses that tier and refuses to measure another one.
+    """
+    spec = "N local validator processes (0 = on the sequencer's thread), ray:auto or ray:ADDRESS"
+    p.add_argument(
+        "--validators",
+        metavar="SPEC",
+        default=None,
+        help=f"the server's signature verification: {spec} (signed profiles) (default: the server's, 0)"
+        if starts_server
+        else f"the signature verification the running server must use, checked before the load: {spec} "
+        "(default: not checked)",
+    )
+
+
+def validators_arguments(spec: str | None) -> tuple[str, ...]:
+    """The ``serve`` arguments for ``--validators SPEC`` (none when unset); a bad SPEC is a ValueError now."""
+    if spec is None:
+        return ()
+    parse_validators(spec)
+    return ("--validators", spec)

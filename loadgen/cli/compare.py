@@ -44,9 +44,11 @@ from loadgen.cli.common_args import (
     add_seed,
     add_target,
     add_trove,
+    add_validators,
     add_warmup,
     hooks_path_arguments,
     parse_seconds,
+    validators_arguments,
 )
 from loadgen.harness.compare import FULL, QUICK, CompareError, run_compare
 from loadgen.harness.resume import load_plan
@@ -86,6 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_warmup(p, default=None, what="warm-up seconds of every phase", unset="the plan's")
     add_drain(p, default=None, unset="the plan's")
+    add_validators(p, starts_server=True)
     p.add_argument("--calibrate", action="store_true", help="also search the echo server (the harness's ceiling)")
     p.add_argument("--no-report", action="store_true", help="write the result files and summary only")
     add_resume(p)
@@ -159,7 +162,7 @@ def _main(args: argparse.Namespace) -> int:
             target=args.target,
             command=command,
             make_report=not args.no_report,
-            server_args=hooks_path_arguments(args.hooks_path),
+            server_args=hooks_path_arguments(args.hooks_path) + validators_arguments(args.validators),
             trove=args.trove,
             keep_trove=args.keep_trove,
         )

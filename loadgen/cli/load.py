@@ -9,6 +9,10 @@ The last line is the verdict against the ``[compare]`` targets of ``--scenario``
 20 ms, 99% settled); the exit status is the verdict's: 0 sustained, 3 not sustained, 4 generator
 fell behind, 5 incomplete. The load's options and defaults are ``run``'s; the result file goes
 under ``./results/`` unless ``--out`` says otherwise.
+
+A server running a signed profile (``signed``, ``signed-full``; its Welcome says which) gets
+signed Submits, signed ahead of the schedule. ``--validators SPEC`` checks that the server
+verifies them with that tier (``serve --validators``) and measures nothing otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from loadgen.cli.common_args import (
     add_ramp,
     add_scenario,
     add_target,
+    add_validators,
     load_config,
     target_of,
     with_ramp,
@@ -38,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-audit", action="store_true", help="skip the conservation audit after the run")
     add_scenario(p, what="the [compare] targets the verdict judges against")
+    add_validators(p, starts_server=False)
     add_load_arguments(p)
     add_ramp(p)
     p.set_defaults(func=_main)
@@ -55,5 +61,6 @@ def _main(args: argparse.Namespace) -> int:
         targets=targets,
         progress=progress_console(as_json=args.json),
         external=True,
+        validators=args.validators,
     )
     return save_and_print(result, as_json=args.json, out=args.out)

@@ -11,6 +11,9 @@ machine the score drops with everything else: that is the point of recording it.
 
 from __future__ import annotations
 
+import msgspec
+
+from engine.signing import ed25519_verify_rate
 from loadgen.harness.engine_run import run_engine
 from loadgen.results.environment import Calibration
 
@@ -18,6 +21,8 @@ CALIBRATION_ACCOUNTS = 100_000
 CALIBRATION_BATCH = 8192
 CALIBRATION_SECONDS = 0.3
 CALIBRATION_WARMUP_S = 0.1
+#: ``Calibration.rates`` name of the Ed25519 rate (verifications per CPU second, one core).
+ED25519_RATE = "ed25519_verify_per_cpu_s"
 
 
 def cpu_calibration() -> Calibration:
@@ -31,3 +36,12 @@ def cpu_calibration() -> Calibration:
         pool=4,
     )
     return Calibration(engine_tps=r.transfers_per_s, accounts=r.accounts, batch=r.batch, seconds=r.seconds)
+
+
+def with_ed25519(calibration: Calibration) -> Calibration:
+    """``calibration`` with the Ed25519 verification rate (``engine.signing.ed25519_verify_rate``,
+    ~0.25 s) in its ``rates``, for signed runs: their throughput is bound by verification, so it
+    compares across machines against this, as unsigned runs do against ``engine_tps``."""
+    if ED25519_RATE in calibration.rates:
+        return calibration
+    return msgspec.structs.replace(calibration, rates={**calibration.rates, ED25519_RATE: ed25519_verify_rate()})

@@ -24,10 +24,11 @@ from rich.console import Console
 from engine.memory import check_accounts_fit
 from engine.profiles import CompareSettings
 from engine.server.config import SIGNED_PROFILES
+from engine.validators import tier_mismatch
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
 from loadgen.generator.progress import LoadProgress, status
 from loadgen.harness.admin import AdminClient
-from loadgen.harness.calibration import cpu_calibration
+from loadgen.harness.calibration import cpu_calibration, with_ed25519
 from loadgen.harness.server import running_server, server_arguments
 from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import AuditOutcome, RunResult, build_result
@@ -106,12 +107,16 @@ async def measure(
     external: bool = False,
     calibration: Calibration | None = None,
     server_args: tuple[str, ...] = (),
+    validators: str | None = None,
 ) -> RunResult:
     """Run the load, probing server stats and CPU at the measured window's edges; audit after.
 
     ``targets``: what the result's verdict judges against (the default targets if None).
     ``calibration``: the CPU calibration score to record (taken now, before the load, if None).
-    ``server_args``: the ``serve`` arguments, when cbdc-bench started the server.
+    ``server_args``: the ``serve`` arguments, when cbdc-bench started the server. A server
+    running a signed profile (its Welcome says) gets signed Submits, and the calibration gains
+    the Ed25519 rate. ``validators``: the tier (``--validators`` spec) the server must verify
+    them with; another one is a ``GatewayError``.
     ``progress``: the terminal to draw the live progress line on (``progress_console``), or None.
     ``external``: the server was not started by this run (``load``, ``run --target``); its CPU
     is then read from its stats if ``server_pid`` is not given.
@@ -125,6 +130,15 @@ async def measure(
     admin = AdminClient(config.host, config.port, secrets=config.secrets)
     server_welcome = await admin.connect()
     echo = echo or server_welcome.echo
+    if server_welcome.profile in SIGNED_PROFILES and not config.signed:
+        config = msgspec.structs.replace(config, signed=True)
+    if config.signed and environment.calibration is not None:
+        environment = msgspec.structs.replace(environment, calibration=with_ed25519(environment.calibration))
+    if validators is not None:
+        why = tier_mismatch(validators, (await admin.stats()).get("validators"))
+        if why is not None:
+            admin.close()
+            raise GatewayError(why)
     probes: dict[str, tuple[float | None, dict[str, Any]]] = {}
     probe_failures: list[str] = []
     tasks: list[asyncio.Task[None]] = []
