@@ -35,6 +35,8 @@ UNKNOWN_ACCOUNT     payer or payee is not an account of this ledger
 FORBIDDEN_PAYER     the operator does not hold the payer's account (servers with authentication on)
 BLACKLISTED         payer is on the blacklist and the category is restricted (blacklist hook)
 CREDIT_RESTRICTED   payer's social-credit score is below the threshold for this category
+RISK_VETO           the risk model (risk_model hook, authorize mode) scored the payment above
+                    its threshold
 WALLET_SINGLE_LIMIT amount exceeds the payer's wallet-class single-payment cap
 WALLET_DAILY_LIMIT  payer's spending today would exceed the wallet-class daily cap
 INSUFFICIENT_FUNDS  payer's balance at that point in the sequence is below the amount
@@ -76,6 +78,12 @@ What an operator may learn about accounts it does not hold (``codes-3``, issue 1
     place in the sequence (it then moves no money); one ranked before them refuses the transfer
     before they run. UNKNOWN_ACCOUNT stays early: the number of accounts is public (Welcome).
     Reordering changes the codes a journal holds, so the precedence id is ``codes-3``.
+
+RISK_VETO (appended for issue 18, value 20) sits after CREDIT_RESTRICTED, with the other policy
+vetoes of the payer's payment and before the settlement checks: a risk veto refuses the transfer
+before the caps and funds run, as the blacklist does. No earlier transfer can get it, but a
+journal written with the risk model in authorize mode replays only under a table that has it, so
+the precedence id moved on from ``codes-3`` to ``codes-4``.
 """
 
 from __future__ import annotations
@@ -106,6 +114,7 @@ class ResultCode(enum.IntEnum):
     OVERLOADED = 17
     BAD_SIGNATURE = 18
     ID_OUT_OF_RANGE = 19
+    RISK_VETO = 20
 
 
 #: Codes in precedence order, highest first (OK last: it only stands when nothing failed).
@@ -122,6 +131,7 @@ PRECEDENCE: tuple[ResultCode, ...] = (
     ResultCode.FORBIDDEN_PAYER,
     ResultCode.BLACKLISTED,
     ResultCode.CREDIT_RESTRICTED,
+    ResultCode.RISK_VETO,
     ResultCode.WALLET_SINGLE_LIMIT,
     ResultCode.WALLET_DAILY_LIMIT,
     ResultCode.INSUFFICIENT_FUNDS,
@@ -146,7 +156,7 @@ SETTLEMENT_CHECKS: frozenset[ResultCode] = frozenset(
 #: a journal under another precedence would give other codes, so changing the order (not
 #: appending a code at its documented place without changing any earlier outcome) changes this
 #: id and is a journal format change.
-PRECEDENCE_ID = "codes-3"
+PRECEDENCE_ID = "codes-4"
 
 CODE_DTYPE = np.dtype(np.uint8)
 

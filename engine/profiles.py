@@ -9,6 +9,7 @@ the field (``$.hooks.blacklist.listed_fraction``) and the problem.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,10 @@ import msgspec
 from engine.behaviours import BehaviourConfig
 from engine.hooks.base import Hook
 from engine.hooks.registry import BUILTIN, BUILTIN_HOOKS, check_spec, load_hook
+from engine.hooks.risk_model import RiskModelConfig
 from engine.hooks.surveillance_log import SurveillanceLogConfig
 from engine.persons import PersonsConfig
+from engine.risk.model import resolve_model_path
 
 
 class _HookSettingsBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -173,3 +176,21 @@ def trove_needed(profile: str, scenario_path: str | Path | None = None) -> bool:
         if isinstance(params, SurveillanceLogConfig) and params.mode == "trove" and not params.trove.dir:
             return True
     return False
+
+
+def risk_model_paths(profile: str, scenario_path: str | Path | None = None) -> list[Path]:
+    """The model files ``profile``'s risk_model hooks load (the cached default one for an empty path)."""
+    scenario = load_scenario(scenario_path)
+    params = [scenario.hooks.params(spec) for spec in profile_hooks(profile, scenario)]
+    return [resolve_model_path(p.model_path) for p in params if isinstance(p, RiskModelConfig)]
+
+
+def risk_model_sha256(profile: str, scenario_path: str | Path | None = None) -> str:
+    """sha256 of the risk model ``profile`` loads ("" when it has none): journals record it."""
+    paths = risk_model_paths(profile, scenario_path)
+    if not paths:
+        return ""
+    try:
+        return hashlib.sha256(paths[0].read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ValueError(f"profile {profile!r}: cannot read its risk model {paths[0]}: {exc.strerror or exc}") from exc

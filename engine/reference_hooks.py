@@ -19,6 +19,7 @@ from engine.reference_twins import (
     RefBlacklist,
     RefFreeze,
     RefPrivacy,
+    RefRiskModel,
     RefSocialCredit,
     RefSurveillanceLog,
     siphash24_int,
@@ -29,6 +30,7 @@ __all__ = [
     "RefBlacklist",
     "RefFreeze",
     "RefPrivacy",
+    "RefRiskModel",
     "RefSocialCredit",
     "RefSurveillanceLog",
     "mirror",
@@ -59,4 +61,8 @@ def reference_for(ledger: Ledger, **kwargs: Any) -> ReferenceLedger:
         **kwargs,
     )
     ref.payments = ledger.clock.payments  # the same sequencer clock, at the same point
+    for twin in ref.hooks:
+        bind = getattr(twin, "bind", None)  # twins that read the clock or feed another twin
+        if bind is not None:
+            bind(ref)
     return ref

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,31 @@ from engine.hooks.base import Hook
 from engine.server import ServerConfig, ServerThread
 from loadgen.generator.workload import Workload, WorkloadConfig
 from tests.support.servers import TEST_ACCOUNTS, TEST_SEED, StartServer
+
+#: A small model for tests (the default model's 100 trees are trained by `cbdc-bench model train`).
+TEST_MODEL_SIZE = {"accounts": 3_000, "payments": 60_000, "trees": 20}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def risk_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tiny risk model as this session's default model, in a cache dir of its own.
+
+    Profiles with ``risk_model`` load the cached default model; tests must neither train the
+    100-tree model (a minute) nor write to the user's cache, so CBDC_BENCH_CACHE points here for
+    the session (servers started as processes inherit it) and a 20-tree model is trained once.
+    """
+    from engine.risk.model import default_model_path
+    from loadgen.cli.model import train_model
+
+    cache = tmp_path_factory.mktemp("cbdc-bench-cache")
+    before = os.environ.get("CBDC_BENCH_CACHE")
+    os.environ["CBDC_BENCH_CACHE"] = str(cache)
+    train_model(default_model_path(), quiet=True, **TEST_MODEL_SIZE)
+    yield default_model_path()
+    if before is None:
+        os.environ.pop("CBDC_BENCH_CACHE", None)
+    else:
+        os.environ["CBDC_BENCH_CACHE"] = before
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from engine.hooks.base import Hook
 from engine.hooks.blacklist import Blacklist, BlacklistConfig
 from engine.hooks.freeze import Freeze, FreezeConfig
 from engine.hooks.privacy import Privacy, PrivacyConfig
+from engine.hooks.risk_model import RiskModel, RiskModelConfig
 from engine.hooks.social_credit import SocialCredit, SocialCreditConfig
 from engine.hooks.surveillance_log import SurveillanceLog, SurveillanceLogConfig
 from engine.hooks.wallet_limits import WalletLimits, WalletLimitsConfig
@@ -52,6 +53,7 @@ BUILTIN_HOOKS: tuple[BuiltinHook, ...] = (
     BuiltinHook("surveillance_log", SurveillanceLog, SurveillanceLogConfig, twins.RefSurveillanceLog.mirror),
     BuiltinHook("audit_chain", AuditChain, AuditChainConfig, twins.RefAuditChain.mirror),
     BuiltinHook("privacy", Privacy, PrivacyConfig, twins.RefPrivacy.mirror),
+    BuiltinHook("risk_model", RiskModel, RiskModelConfig, twins.RefRiskModel.mirror),
 )
 #: Built-in hooks by name.
 BUILTIN: Mapping[str, BuiltinHook] = {row.name: row for row in BUILTIN_HOOKS}

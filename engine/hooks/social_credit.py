@@ -59,6 +59,9 @@ class SocialCreditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
 class SocialCredit(Hook):
     name = "social_credit"
+    snapshot_arrays = ("score",)
+    snapshot_per_account = ("score",)
+    snapshot_scalars = ("vetoed", "moves")
 
     def __init__(self, config: SocialCreditConfig | None = None) -> None:
         self.config = config or SocialCreditConfig()
@@ -79,6 +82,12 @@ class SocialCredit(Hook):
         """Set scores directly (an administrative correction), clipped to the range."""
         ids = as_accounts(accounts, len(self.score))
         self.score[ids] = np.clip(score, self.config.min_score, self.config.max_score)
+
+    def lower_scores(self, accounts: np.ndarray, points: int) -> None:
+        """Lower each listed account's score by ``points`` per time it is listed, down to min_score."""
+        ids, times = np.unique(np.asarray(accounts, dtype=np.int64), return_counts=True)
+        lowered = self.score[ids].astype(np.int64) - times * points
+        self.score[ids] = np.maximum(lowered, self.config.min_score)
 
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         threshold = self.config.threshold

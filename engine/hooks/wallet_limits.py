@@ -59,6 +59,9 @@ def _per_class(config: WalletLimitsConfig, name: str) -> np.ndarray:
 
 class WalletLimits(Hook):
     name = "wallet_limits"
+    snapshot_arrays = ("daily_spent_fen",)
+    snapshot_per_account = ("daily_spent_fen",)
+    snapshot_scalars = ("day", "rollovers")
 
     def __init__(self, config: WalletLimitsConfig | None = None) -> None:
         self.config = config or WalletLimitsConfig()
@@ -87,6 +90,9 @@ class WalletLimits(Hook):
             self.daily_spent_fen[:] = 0
             self.day = day
             self.rollovers += 1
+
+    def snapshot_touches_all(self, batch: np.ndarray) -> bool:
+        return self.day is not None and self._clock.day(batch) > self.day  # begin_batch will reset every account
 
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray:
         cap = self.single_cap_fen[self._wallet_class[transfers.payer]]

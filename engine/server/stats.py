@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.codes import ResultCode, name_counts
+from engine.hooks.risk_model import RiskModel
 from engine.records import MAX_BATCH
 
 if TYPE_CHECKING:
     from engine.journal import Journal, Recovery
     from engine.ledger import Ledger
     from engine.server.config import ServerConfig
+    from engine.server.snapshots import Snapshotter
 
 
 class ConnectionLoad:
@@ -129,6 +131,7 @@ class ServerStats:
         auth_enabled: bool,
         operators_enrolled: int,
         journal: Journal | None,
+        snapshots: Snapshotter | None,
         recovery: Recovery | None,
         recovery_s: float,
         ledger: Ledger | None,
@@ -182,6 +185,8 @@ class ServerStats:
         }
         if journal is not None:
             stats["journal"] = journal.stats()
+        if snapshots is not None:
+            stats["snapshots"] = snapshots.stats()
         if recovery is not None:
             r = recovery
             stats["recovery"] = {
@@ -221,4 +226,6 @@ class ServerStats:
                     # Rows durable, backlog, and ``failure`` (a stopped trove: disk full), not
                     # hidden among observe errors.
                     stats["trove"] = hook.stats()
+                if isinstance(hook, RiskModel):  # the model's sha256 and its cost split (result files)
+                    stats["risk_model"] = hook.stats()
         return stats

@@ -175,9 +175,14 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 
 def add_out(
-    p: argparse.ArgumentParser, *, default: str | None, when_unset: str = "", what: str = "output directory"
+    p: argparse.ArgumentParser,
+    *,
+    default: str | None,
+    when_unset: str = "",
+    what: str = "output directory",
+    metavar: str = "DIR",
 ) -> None:
-    p.add_argument("--out", default=default, metavar="DIR", help=f"{what} (default {default or when_unset})")
+    p.add_argument("--out", default=default, metavar=metavar, help=f"{what} (default {default or when_unset})")
 
 
 def add_max_batch(p: argparse.ArgumentParser, *, what: str, old: str) -> None:
@@ -466,3 +471,10 @@ def validators_arguments(spec: str | None) -> tuple[str, ...]:
         return ()
     parse_validators(spec)
     return ("--validators", spec)
+
+
+def add_model_training(p: argparse.ArgumentParser, *, trees: int, payments: int, accounts: int) -> None:
+    """Size of a risk model's training run (``cbdc-bench model``)."""
+    p.add_argument("--trees", type=parse_count, default=trees, metavar="N", help="boosting rounds, 31 leaves each")
+    p.add_argument("--payments", type=parse_count, default=payments, metavar="N", help="payments simulated, e.g. 600k")
+    add_accounts(p, default=accounts)

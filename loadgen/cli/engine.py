@@ -24,6 +24,7 @@ from loadgen.cli.common_args import (
     add_warmup,
 )
 from loadgen.harness.engine_run import EngineResult, run_engine
+from loadgen.model.train import ensure_profile_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    ensure_profile_model(args.profile, args.scenario)
     result = run_engine(
         accounts=args.accounts,
         profile=args.profile,

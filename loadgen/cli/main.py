@@ -27,6 +27,7 @@ SUBCOMMANDS = (
     "loadgen.cli.engine",
     "loadgen.cli.verify_chain",
     "loadgen.cli.trove",
+    "loadgen.cli.model",
 )
 
 

@@ -76,6 +76,7 @@ from loadgen.cli.output import save_and_print
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.progress import progress_console
 from loadgen.harness.measured import run_benchmark, run_measure
+from loadgen.model.train import ensure_profile_model
 from loadgen.results.run import RunResult
 
 #: Options that configure the server ``run`` starts, so meaningless with ``--target``.
@@ -123,6 +124,8 @@ def _main(args: argparse.Namespace) -> int:
             "(--profile/--accounts do not apply); its CPU only from its stats",
             file=sys.stderr,
         )
+    if args.target is None and not args.echo:
+        ensure_profile_model(args.profile, args.scenario)
     if args.metrics_port is not None:
         if not 0 < args.metrics_port < 65_536:
             raise ValueError(f"--metrics-port must be in 1..65535 (a port to scrape), got {args.metrics_port}")

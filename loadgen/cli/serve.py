@@ -15,6 +15,7 @@ from engine.options import add_struct_arguments, struct_from_args
 from engine.profiles import profile_names, trove_needed
 from engine.server import ServerConfig, serve
 from loadgen.cli.common_args import add_hooks_path
+from loadgen.model.train import ensure_profile_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,4 +38,6 @@ def _main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not config.echo:
+        ensure_profile_model(config.profile, config.scenario)
     return serve(config)

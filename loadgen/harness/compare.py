@@ -33,6 +33,7 @@ from loadgen.harness.measured import run_measure
 from loadgen.harness.resume import ComparePlan, PhaseKey, PhaseLog, save_plan
 from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable
 from loadgen.harness.server import ServerProcess, running_server, server_arguments
+from loadgen.model.train import ensure_profile_model
 from loadgen.report.writer import write_report
 from loadgen.results.compare import (
     CompareSummary,
@@ -389,6 +390,8 @@ def run_compare(
     if target is not None:
         names, plan, external_note = _reused_server(target, names if profiles else None, plan, calibrate)
     searched = [*names, ECHO] if calibrate else names
+    for profile in names:  # a profile with the risk model needs it trained before its server starts
+        ensure_profile_model(profile, scenario)
     created = now_utc()
     out_dir = Path(out) if out is not None else Path("results") / f"compare-{created.replace(':', '')}-{plan.mode}"
     runs_dir = out_dir / "runs"

@@ -101,6 +101,6 @@ def test_random_batches_with_late_vetoes_agree_with_the_reference() -> None:
 
 def test_precedence_puts_the_payees_checks_after_the_payers() -> None:
     rank = PRECEDENCE.index
-    assert PRECEDENCE_ID == "codes-3"
+    assert PRECEDENCE_ID == "codes-4"  # codes-3 (this reordering) + RISK_VETO appended (issue 18)
     assert rank(R.INSUFFICIENT_FUNDS) < rank(R.WALLET_BALANCE_LIMIT) < rank(R.FROZEN)
     assert all(rank(c) < rank(R.FROZEN) for c in SETTLEMENT_CHECKS)

@@ -18,6 +18,7 @@ SHIPPED = (
     "enforcement",
     "surveillance",
     "full",
+    "realistic",
     "privacy",
     "signed",
     "signed-full",
@@ -29,7 +30,8 @@ def test_shipped_scenario_defines_the_profiles_and_builds_every_one() -> None:
     names = {p: [h.name for h in build_hooks(p)] for p in SHIPPED}
     assert names["baseline"] == []
     assert names["compliance"] == ["wallet_limits", "blacklist"]
-    assert set(names["full"]) == set(BUILTIN) - {"privacy"}
+    assert set(names["full"]) == set(BUILTIN) - {"privacy", "risk_model"}
+    assert names["realistic"] == [*names["full"], "risk_model"]
     assert "privacy" in names["privacy"] and "surveillance_log" not in names["privacy"]
     for p in SHIPPED:  # every profile attaches to a ledger
         for hook in Ledger(100, balance_fen=10, hooks=build_hooks(p)).hooks:
@@ -121,7 +123,7 @@ def test_engine_cli_reports_per_hook_cost_and_stats(capsys) -> None:
     code = main(["engine", "--accounts", "20000", "--profile", "full", "--seconds", "0.2", "--warmup", "0", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["audit_ok"]
-    assert set(out["hooks"]) == set(BUILTIN) - {"privacy"}
+    assert set(out["hooks"]) == set(BUILTIN) - {"privacy", "risk_model"}
     assert all(v > 0 for v in out["hooks"].values())
     assert out["hook_stats"]["surveillance_log"]["rows_seen"] >= out["transfers"]
     assert out["bytes_per_account"] == 16.0

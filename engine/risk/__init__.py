@@ -1,0 +1,1 @@
+"""The risk model: rolling per-person features and a trained gradient-boosted predictor."""

@@ -1,0 +1,207 @@
+"""The risk model: rolling features, the trained model's quality, and the hook against its twin."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import msgspec
+import numpy as np
+import pytest
+
+from engine.categories import Category
+from engine.codes import PRECEDENCE, ResultCode
+from engine.hooks.registry import load_hook
+from engine.hooks.risk_model import RiskModel
+from engine.hooks.social_credit import SocialCredit
+from engine.ledger import Ledger
+from engine.records import make_batch
+from engine.reference_hooks import reference_for
+from engine.risk.features import (
+    BYTES_PER_ACCOUNT,
+    COUNT_ONE,
+    FEATURE_NAMES,
+    HOUR_HALF_LIFE_MIN,
+    Payments,
+    RollingFeatures,
+    log2_q4,
+)
+from engine.risk.model import ModelFile, load_model
+from engine.server.config import ServerConfig
+from loadgen.cli.main import main
+from loadgen.generator.workload import Workload, WorkloadConfig
+
+ACCOUNTS = 1_200
+COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+def test_counters_halve_per_half_life_and_sketches_count_devices() -> None:
+    f = RollingFeatures(10)
+    pay = Payments.of(make_batch([3, 3, 3], [4, 4, 4], [10_000, 20_000, 30_000], device_id=[8, 9, 8], location_cell=5))
+    f.record(pay, minute=100)
+    one = Payments.of(make_batch([3], [4], [10_000], device_id=[10], location_cell=5))
+    args = (np.zeros(10, np.uint8), np.zeros(10, np.uint8), 2)
+    now = f.rows(one, 100, 0, *args)[0]
+    later = f.rows(one, 100 + HOUR_HALF_LIFE_MIN, 0, *args)[0]
+    assert now[COL["count_hour_q4"]] == 3 * COUNT_ONE and later[COL["count_hour_q4"]] == 3 * COUNT_ONE // 2
+    assert now[COL["amount_hour_yuan"]] == 600 and later[COL["amount_hour_yuan"]] == 300
+    assert now[COL["devices_week"]] == 2 and now[COL["device_seen"]] == 0  # device 10 is new
+    assert now[COL["minutes_since_last"]] == 0 and later[COL["minutes_since_last"]] == HOUR_HALF_LIFE_MIN
+    two_weeks = f.rows(one, 100 + 14 * 1_440, 0, *args)[0]
+    assert two_weeks[COL["count_day_q4"]] == 0 and two_weeks[COL["devices_week"]] == 0
+    assert f.state_bytes() == BYTES_PER_ACCOUNT * 10
+
+
+def test_log2_q4_is_exact_at_powers_of_two_and_linear_between() -> None:
+    x = np.array([0, 1, 2, 3, 1024, 1025, 1536, 2**40])
+    assert log2_q4(x).tolist() == [0, 0, 16, 24, 160, 160, 168, 640]
+
+
+def test_small_model_finds_the_planted_behaviours(risk_model_cache) -> None:
+    model = load_model(risk_model_cache)
+    q = model.model.quality
+    assert q.auc >= 0.9, msgspec.json.encode(q)
+    assert q.positives > 50 and 0 < q.false_positive_rate < 0.01
+    assert {b.behaviour for b in q.by_behaviour} >= {"gambling", "ring", "blacklist_contact"}
+    assert model.trees == 20 and 0 < model.threshold < 1
+    assert model.sha256 == hashlib.sha256(risk_model_cache.read_bytes()).hexdigest()
+
+
+def test_model_train_cli_is_reproducible(tmp_path, capsys) -> None:
+    args = ["model", "train", "--accounts", "1000", "--payments", "20000", "--trees", "5", "--json"]
+    assert main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*args, "--out", str(tmp_path / "b.json")]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert first["sha256"] == second["sha256"] == hashlib.sha256((tmp_path / "a.json").read_bytes()).hexdigest()
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert 0.5 < first["auc"] <= 1
+
+
+def test_model_file_errors_say_what_to_do(tmp_path, risk_model_cache) -> None:
+    with pytest.raises(FileNotFoundError, match="cbdc-bench model train"):
+        load_model(tmp_path / "missing.json")
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a cbdc-bench risk model"):
+        load_model(tmp_path / "junk.json")
+    model = msgspec.json.decode(risk_model_cache.read_bytes(), type=ModelFile)
+    (tmp_path / "old.json").write_bytes(msgspec.json.encode(msgspec.structs.replace(model, feature_version=0)))
+    with pytest.raises(ValueError, match="retrain"):
+        load_model(tmp_path / "old.json")
+    with pytest.raises(ValueError, match="threshold"):
+        load_hook("risk_model", {"threshold": 1.5})
+
+
+def test_risk_veto_is_appended_after_the_policy_vetoes() -> None:
+    assert ResultCode.RISK_VETO == 20
+    assert PRECEDENCE.index(ResultCode.RISK_VETO) == PRECEDENCE.index(ResultCode.CREDIT_RESTRICTED) + 1
+    assert PRECEDENCE.index(ResultCode.RISK_VETO) < PRECEDENCE.index(ResultCode.WALLET_SINGLE_LIMIT)
+
+
+def _ledgers(mode: str, threshold: float, inference: str = "batched", seed: int = 7):
+    wl = Workload(WorkloadConfig(accounts=ACCOUNTS, seed=seed))
+    balance, classes = wl.initial_state()
+    hooks = [load_hook(n) for n in ("wallet_limits", "blacklist", "social_credit")]
+    risk = load_hook(
+        "risk_model", {"mode": mode, "threshold": threshold, "inference": inference, "lag_batches": 2, "penalty": 200}
+    )
+    ledger = Ledger(ACCOUNTS, balance_fen=balance, wallet_class=classes, hooks=[*hooks, risk])
+    return wl, ledger, reference_for(ledger), risk
+
+
+def _hostile(rng: np.random.Generator, first_id: int) -> np.ndarray:
+    """Few payers paying many times in one batch, from new devices, far away, in restricted categories."""
+    n = 300
+    payer = rng.integers(0, 40, n)
+    payee = (payer + 1 + rng.integers(0, ACCOUNTS - 2, n)) % ACCOUNTS
+    category = rng.choice([int(Category.AIR_TRAVEL), int(Category.GAMBLING), int(Category.GROCERIES)], n)
+    return make_batch(
+        payer,
+        payee,
+        rng.integers(1, 900_000, n),
+        transfer_id=np.arange(first_id, first_id + n),
+        category=category,
+        device_id=rng.integers(0, 2**63, n).astype(np.uint64),
+        location_cell=rng.integers(0, 2**20, n),
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "inference"), [("observe", "batched"), ("authorize", "batched"), ("authorize", "per_payment")]
+)
+def test_batch_equals_one_at_a_time(mode, inference, rng, request) -> None:
+    # A low threshold makes the model flag (or veto) often, so the feed into scores is exercised.
+    wl, ledger, ref, risk = _ledgers(mode, 0.02, inference)
+    request.addfinalizer(risk.close)
+    social = next(h for h in ledger.hooks if isinstance(h, SocialCredit))
+    ref_social = next(h for h in ref.hooks if h.name == "social_credit")
+    first = 0
+    for i in range(12):
+        batch = wl.batch(400, first_id=first) if i % 3 else _hostile(rng, first)
+        first += len(batch)
+        codes = ledger.apply(batch)
+        assert codes.tolist() == ref.apply(batch)
+        assert ledger.balance.tolist() == ref.balance
+        assert social.score.tolist() == ref_social.scores
+    assert isinstance(risk, RiskModel)
+    twin = next(h for h in ref.hooks if h.name == "risk_model")
+    risk.flush()
+    twin.flush()
+    assert social.score.tolist() == ref_social.scores
+    if mode == "authorize":
+        # A payment the model vetoes may also be vetoed by a check of higher precedence.
+        assert risk.vetoed == twin.vetoed >= ledger.stats.codes[ResultCode.RISK_VETO] > 0
+    else:
+        assert risk.flagged == twin.flagged > 0 and risk.background_ns() > 0
+    stats = risk.stats()
+    assert stats["scored"] > 0 and stats["features_ns"] > 0 and stats["model_sha256"] == risk.predictor.sha256
+
+
+def test_realistic_profile_journals_its_model(risk_model_cache) -> None:
+    header = ServerConfig(profile="realistic").journal_header()
+    assert header.risk_model_sha256 == hashlib.sha256(risk_model_cache.read_bytes()).hexdigest()
+    assert ServerConfig(profile="full").journal_header().risk_model_sha256 == ""
+
+
+def test_inference_bench_measures_every_runtime_it_names() -> None:
+    from loadgen.model.bench import format_bench, run_bench
+
+    r = run_bench(trees=4, payments=12_000, accounts=1_000, tree_counts=(2, 4))
+    assert [f.trees for f in r.lightgbm] == [2, 4]
+    assert all(f.batched_ns_per_payment > 0 and f.per_payment_ns_per_payment > 0 for f in r.lightgbm)
+    assert r.sklearn_hgb_ns_per_payment and r.onnxruntime_ns_per_payment and r.two_threads_speedup > 0
+    assert "ONNX Runtime" in format_bench(r) and "lleaves" in r.unavailable
+
+
+def test_engine_trains_the_default_model_on_first_use_with_a_progress_line(tmp_path, monkeypatch, capsys) -> None:
+    import loadgen.model.train as training
+    from engine.risk.model import default_model_path
+
+    monkeypatch.setenv("CBDC_BENCH_CACHE", str(tmp_path / "cache"))
+    tiny = msgspec.structs.replace(training.DEFAULT_SETTINGS, accounts=1_000, payments=20_000, trees=5)
+    monkeypatch.setattr(training, "DEFAULT_SETTINGS", tiny)
+    args = ["engine", "--profile", "realistic", "--accounts", "5000", "--seconds", "0.3", "--warmup", "0", "--json"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "no cached default model" in err and "AUC" in err and default_model_path().exists()
+    stats = json.loads(out)["hook_stats"]["risk_model"]
+    assert stats["scored"] > 0 and stats["trees"] == 5 and stats["features_ns_per_payment"] > 0
+    assert json.loads(out)["bytes_per_account"] == 16 + BYTES_PER_ACCOUNT
+    assert main(args) == 0 and "no cached default model" not in capsys.readouterr().err  # cached now
+
+
+def test_a_failing_model_thread_is_counted_and_the_ledger_goes_on(request) -> None:
+    wl, ledger, _, risk = _ledgers("observe", 0.02)
+    request.addfinalizer(risk.close)
+    assert isinstance(risk, RiskModel) and risk.predictor is not None
+
+    def broken(rows, *, threads=1):
+        raise RuntimeError("model crashed")
+
+    risk.predictor.predict = broken  # type: ignore[method-assign]
+    for i in range(6):
+        codes = ledger.apply(wl.batch(300, first_id=i * 300))
+        assert ResultCode.HOOK_ERROR not in codes
+    risk.flush()
+    assert risk.stats()["scoring_errors"] == 6 and "model crashed" in risk.stats()["last_scoring_error"]
+    assert ledger.audit().ok
