@@ -214,6 +214,24 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="SPEC",
         ),
     ] = "0"
+    metrics_port: Annotated[
+        int | None,
+        _help(
+            "serve Prometheus metrics (payments by result code, queue depth, batch sizes, hook time, journal, "
+            "trove, validators) over HTTP at /metrics on this port; 0 picks a free one (default: no endpoint)",
+            metavar="PORT",
+        ),
+    ] = None
+    #: Loopback by default: the figures are global to the server (every operator's traffic) and the
+    #: endpoint has no authentication, while with --secrets an operator sees only its own figures.
+    metrics_host: Annotated[
+        str,
+        _help(
+            "address of the metrics endpoint (default {default}: loopback only, because the figures cover every "
+            "operator's payments and the endpoint has no authentication; open it beyond the machine deliberately)",
+            metavar="ADDR",
+        ),
+    ] = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch <= MAX_BATCH:
@@ -252,6 +270,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.signatures not in SIGNATURE_MODES:
             raise ValueError(f"signatures must be one of {', '.join(SIGNATURE_MODES)}, got {self.signatures!r}")
         parse_validators(self.validators)
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65_536:
+            raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         SnapshotSchedule.parse(self.snapshot_every)
         if self.snapshot_method not in ("auto", "fork", "thread"):
             raise ValueError(f"snapshot_method must be auto, fork or thread, got {self.snapshot_method!r}")

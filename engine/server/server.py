@@ -22,9 +22,10 @@ from engine.ledger import Ledger, owner_ranges
 from engine.population import Population, PopulationConfig
 from engine.profiles import build_hooks
 from engine.server.admin import Admin
-from engine.server.batcher import Batcher
+from engine.server.batcher import Batcher, QueuedSubmit
 from engine.server.config import ServerConfig
 from engine.server.connection import Connection
+from engine.server.metrics import MetricsEndpoint
 from engine.server.recovery import SnapshotChoice, choose_snapshot, journal_exists, open_journal, set_aside_outputs
 from engine.server.session import Handshake
 from engine.server.snapshots import Snapshotter, snapshot_refusal
@@ -159,6 +160,8 @@ class Server:
                     self.journal,
                     log=lambda line: print(f"snapshot: {line}", file=sys.stderr, flush=True),
                 )
+        #: ``--metrics-port``: the Prometheus endpoint, from ``start()`` to ``close()``.
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.validators: Validators | None = None
         if config.signature_mode != "off":
             registry = ensure_registry(config.seed, config.accounts)
@@ -183,6 +186,10 @@ class Server:
                 f"{r.admin_ops} admin operations replayed in {self.recovery_s:.2f} s"
             )
         notes += self._journal_notes
+        if self.metrics_endpoint is not None:
+            notes.append(
+                f"metrics: {self.metrics_endpoint.url} (Prometheus; every operator's figures, no authentication)"
+            )
         if self.journal is not None:
             notes.append(
                 f"journal {cfg.journal} (format 2, fsync {self.journal.policy}), {self.journal.seq} entries: "
@@ -244,6 +251,10 @@ class Server:
         self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
         if self.journal is not None:  # interval:MS syncs a quiet server's last interval by a timer
             self.journal.start_timer(self._loop.call_later, self._journal_failed)
+        if self.config.metrics_port is not None:
+            self.metrics_endpoint = MetricsEndpoint.start(
+                self.stats, self._loop, self.config.metrics_host, self.config.metrics_port
+            )
         if self.snapshotter is not None:
             self.snapshotter.call_later = self._loop.call_later
         return self.address
@@ -291,6 +302,9 @@ class Server:
         """Stop listening, answer everything queued, tell clients, close their connections."""
         if self._server is not None:
             self._server.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
@@ -512,5 +526,10 @@ class Server:
             ledger=self.ledger,
         )
         if self.validators is not None:
-            report["validators"] = msgspec.to_builtins(self.validators.stats())
+            # Submits waiting for their verdicts (admin requests waiting behind them are not counted).
+            waiting = [entry for entry, _ in self.batcher.verifying if isinstance(entry, QueuedSubmit)]
+            report["validators"] = msgspec.to_builtins(self.validators.stats()) | {
+                "queue_submits": len(waiting),
+                "queue_transfers": sum(entry.transfers for entry in waiting),
+            }
         return report

@@ -144,6 +144,9 @@ class ServerStats:
             "profile": "echo" if config.echo else config.profile,
             "accounts": config.accounts,
             "uptime_s": (time.monotonic_ns() - self.started_ns) / 1e9,
+            # CPU of the server process, all its threads (not its validator processes): lets a
+            # load generator that did not start the server (``--target``) measure its CPU.
+            "process_cpu_s": time.process_time(),
             "connections": connections,
             "connections_total": c["connections_total"],
             "frames": c["frames"],

@@ -37,6 +37,7 @@ from engine.options import add_deprecated_alias, parse_count, parse_rate, parse_
 from engine.profiles import profile_names
 from engine.validators import parse_validators
 from loadgen.generator.gateway import LoadConfig
+from loadgen.generator.ramp import parse_ramp, ramp_peak_tps
 from loadgen.generator.schedule import Arrival
 from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.measured import DEFAULT_ACCOUNTS, DEFAULT_RATE_TPS, DEFAULT_SECONDS, DEFAULT_WARMUP
@@ -367,6 +368,83 @@ def use_hooks_path(dirs: Sequence[str]) -> list[str]:
 def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
     """The ``serve`` arguments that give a server child the same ``--hooks-path`` directories."""
     return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))
+
+
+def add_metrics_port(p: argparse.ArgumentParser) -> None:
+    """``--metrics-port PORT`` of a command that starts its own server: the server's ``serve --metrics-port``."""
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="the server serves Prometheus metrics at http://127.0.0.1:PORT/metrics while it runs (loopback only: "
+        "the figures cover every operator; default: no endpoint)",
+    )
+
+
+def metrics_arguments(port: int | None) -> tuple[str, ...]:
+    """The ``serve`` arguments for ``--metrics-port`` (none without it)."""
+    return () if port is None else ("--metrics-port", str(port))
+
+
+def add_alpha(p: argparse.ArgumentParser, *, default: float) -> None:
+    """``--alpha``: the significance level of a statistical test."""
+    p.add_argument(
+        "--alpha", type=float, default=default, help=f"significance level of the two-sided test (default {default:g})"
+    )
+
+
+def add_repeats(p: argparse.ArgumentParser) -> None:
+    """``--repeats N`` of ``run``: N runs, each with a fresh server, into one directory for ``diff``."""
+    p.add_argument(
+        "--repeats",
+        type=parse_count,
+        default=1,
+        metavar="N",
+        help="run N times, each against a fresh server, writing the results to one directory under --out "
+        "(compare two such directories with 'cbdc-bench diff'; default 1)",
+    )
+
+
+def add_ramp(p: argparse.ArgumentParser) -> None:
+    """``--ramp FROM:TO:DURATION[,...]`` of ``run`` and ``load``: a staged offered rate (``with_ramp``)."""
+    p.add_argument(
+        "--ramp",
+        default="",
+        metavar="STAGES",
+        help="offered rate along stages from the start, warm-up included: FROM:TO:DURATION, comma-separated "
+        "(e.g. 0:300k:60s is a linear ramp to 300k/s over a minute); after the last stage the rate holds at its "
+        "end; the result records the peak as the offered rate, --rate is not used (default: none, --rate "
+        "throughout)",
+    )
+
+
+def with_ramp(config: LoadConfig, ramp: str) -> LoadConfig:
+    """``config`` with ``--ramp`` (its offered rate the ramp's peak); unchanged without one."""
+    if not ramp:
+        return config
+    return msgspec.structs.replace(config, ramp=ramp, rate_tps=ramp_peak_tps(parse_ramp(ramp)))
+
+
+def add_resume(p: argparse.ArgumentParser) -> None:
+    """``compare --resume DIR``: go on with an interrupted comparison from its completed phases."""
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="go on with the interrupted comparison in DIR: its own arguments apply (DIR/compare.plan), "
+        "completed phases are read back from their result files, the rest is measured (default: a new comparison)",
+    )
+
+
+def add_reuse_server(p: argparse.ArgumentParser) -> None:
+    """``compare --reuse-server``: allow ``--target`` (trials on one running server; the report says so)."""
+    p.add_argument(
+        "--reuse-server",
+        action="store_true",
+        help="with --target: run every trial against that one server (not a fresh one each), its profile only; "
+        "the summary and report note that trials were not independent",
+    )
 
 
 def add_validators(p: argparse.ArgumentParser, *, starts_server: bool = True) -> None:

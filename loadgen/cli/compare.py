@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 import msgspec
 
@@ -37,8 +38,11 @@ from loadgen.cli.common_args import (
     add_drain,
     add_hooks_path,
     add_out,
+    add_resume,
+    add_reuse_server,
     add_scenario,
     add_seed,
+    add_target,
     add_trove,
     add_validators,
     add_warmup,
@@ -47,6 +51,7 @@ from loadgen.cli.common_args import (
     validators_arguments,
 )
 from loadgen.harness.compare import FULL, QUICK, CompareError, run_compare
+from loadgen.harness.resume import load_plan
 from loadgen.results.compare import Plan
 
 
@@ -86,6 +91,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_validators(p, starts_server=True)
     p.add_argument("--calibrate", action="store_true", help="also search the echo server (the harness's ceiling)")
     p.add_argument("--no-report", action="store_true", help="write the result files and summary only")
+    add_resume(p)
+    add_target(
+        p,
+        what="with --reuse-server: search the profile of this running server, every trial against it",
+        unset="none: a fresh server per profile and repeat",
+        old_aliases=False,
+    )
+    add_reuse_server(p)
     p.set_defaults(func=_main)
 
 
@@ -113,17 +126,40 @@ def plan_from_args(args: argparse.Namespace, settings: CompareSettings) -> Plan:
 
 
 def _main(args: argparse.Namespace) -> int:
-    settings = load_scenario(args.scenario).compare
-    plan = plan_from_args(args, settings)
+    if args.target is not None and not args.reuse_server:
+        raise ValueError(
+            "compare starts a fresh server for every profile and repeat (no state carried from one trial to the "
+            "next), so it does not load a server that is already running unless you pass --reuse-server too (the "
+            "report then says its trials were not independent); or use 'run --target HOST:PORT --repeats N' and "
+            "'cbdc-bench diff'"
+        )
+    if args.reuse_server and args.target is None:
+        raise ValueError("--reuse-server goes with --target HOST:PORT (the server to reuse)")
+    if args.resume is not None:
+        # The interrupted comparison's own arguments: the same program, so its phases replay.
+        asked = load_plan(Path(args.resume))
+        scenario, profiles, plan, seed, calibrate = (
+            asked.scenario,
+            asked.profiles,
+            asked.plan,
+            asked.seed,
+            asked.calibrate,
+        )
+        out: str | None = args.resume
+    else:
+        scenario, profiles, seed, calibrate, out = args.scenario, args.profiles, args.seed, args.calibrate, args.out
+        plan = plan_from_args(args, load_scenario(args.scenario).compare)
     command = "cbdc-bench " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "cbdc-bench compare"
     try:
         run_compare(
-            args.scenario,
-            profiles=args.profiles,
+            scenario,
+            profiles=profiles,
             plan=plan,
-            seed=args.seed,
-            out=args.out,
-            calibrate=args.calibrate,
+            seed=seed,
+            out=out,
+            calibrate=calibrate,
+            resume=args.resume is not None,
+            target=args.target,
             command=command,
             make_report=not args.no_report,
             server_args=hooks_path_arguments(args.hooks_path) + validators_arguments(args.validators),

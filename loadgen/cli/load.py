@@ -20,8 +20,18 @@ from __future__ import annotations
 import argparse
 
 from engine.profiles import load_scenario
-from loadgen.cli.common_args import add_load_arguments, add_scenario, add_target, add_validators, load_config, target_of
+from loadgen.cli.common_args import (
+    add_load_arguments,
+    add_ramp,
+    add_scenario,
+    add_target,
+    add_validators,
+    load_config,
+    target_of,
+    with_ramp,
+)
 from loadgen.cli.output import save_and_print
+from loadgen.generator.progress import progress_console
 from loadgen.harness.measured import run_measure
 
 
@@ -35,12 +45,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_scenario(p, what="the [compare] targets the verdict judges against")
     add_validators(p, starts_server=False)
     add_load_arguments(p)
+    add_ramp(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     host, port = target_of(args)
-    config = load_config(args, host=host, port=port)
+    config = with_ramp(load_config(args, host=host, port=port), args.ramp)
     targets = load_scenario(args.scenario).compare
     result = run_measure(
         config,
@@ -48,6 +59,8 @@ def _main(args: argparse.Namespace) -> int:
         server_pid=args.server_pid,
         audit=not args.no_audit,
         targets=targets,
+        progress=progress_console(as_json=args.json),
+        external=True,
         validators=args.validators,
     )
     return save_and_print(result, as_json=args.json, out=args.out)

@@ -20,6 +20,8 @@ SUBCOMMANDS = (
     "loadgen.cli.run",
     "loadgen.cli.compare",
     "loadgen.cli.report",
+    "loadgen.cli.diff",
+    "loadgen.cli.csv_export",
     "loadgen.cli.load",
     "loadgen.cli.serve",
     "loadgen.cli.engine",

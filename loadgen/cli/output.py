@@ -10,7 +10,11 @@ import json
 
 import msgspec
 
+from loadgen.results.export import drift_line
 from loadgen.results.run import RunResult, figures_of, save
+
+#: Runs at least this long (measured) show their p99 per minute: the drift of a soak run.
+DRIFT_FROM_S = 120
 
 
 def save_and_print(result: RunResult, *, as_json: bool, out: str | None) -> int:
@@ -61,7 +65,22 @@ def format_summary(r: RunResult) -> str:
     cpu = f"generator CPU {g.cpu_s:.2f} s"
     if r.server.cpu_s is not None:
         cpu += f", server CPU {r.server.cpu_s:.2f} s"
+        if r.server.external and r.server.pid is None:
+            cpu += " (from its stats)"
+    elif r.server.external:
+        cpu += ", server CPU not measured (external server without a pid or a CPU figure in its stats)"
     lines.append(f"{cpu} over the {s.seconds:g} s measured window")
+    if r.load.seconds >= DRIFT_FROM_S:
+        drift = drift_line(r)
+        if drift is not None:
+            lines.append(drift)
+    if r.load.ramp:
+        lines.append(f"ramp: {r.load.ramp} from the start (the offered rate above is its peak; per second: the series)")
+    if r.server.external:
+        lines.append(
+            f"server: external ({r.load.host}:{r.load.port}), started elsewhere: its configuration, journal and "
+            "audit were not under this run's control"
+        )
     hooks = {k: v.get("ns_per_transfer") for k, v in r.server.hooks.items() if isinstance(v, dict)}
     if any(v is not None for v in hooks.values()):
         lines.append(

@@ -24,6 +24,19 @@ their account ranges cover the ledger and every gateway pays from its own range.
 A profile whose ``surveillance_log`` keeps a trove (``surveillance``, ``full``) writes it to
 ``--trove DIR``, or to a fresh directory under ``--out`` (said on stderr); the result file
 records its rows against the transfers that reached the ledger.
+
+``--repeats N`` runs N times, each against a fresh server, into one directory under ``--out``
+(``repeats-...``): the per-run summaries ``cbdc-bench diff`` tests for significance. The exit
+status is the first failing run's.
+
+``--target HOST:PORT`` loads a server that is already running (``cbdc-bench serve``, possibly on
+another machine) instead of starting one: its own profile, accounts and options apply, and the
+result file marks it external (its configuration, journal and audit were not under this run's
+control; its CPU comes from its stats, the server process's CPU time, validator processes
+excluded).
+
+``--metrics-port PORT`` has the server serve Prometheus metrics on loopback while it runs
+(``serve --metrics-port``).
 """
 
 from __future__ import annotations
@@ -34,6 +47,8 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
 from engine.profiles import load_scenario, trove_needed
 from loadgen.cli.common_args import (
     DEFAULT_ACCOUNTS,
@@ -43,16 +58,29 @@ from loadgen.cli.common_args import (
     add_journal,
     add_listen,
     add_load_arguments,
+    add_metrics_port,
     add_profile,
+    add_ramp,
+    add_repeats,
     add_scenario,
+    add_target,
     add_trove,
     add_validators,
     hooks_path_arguments,
     load_config,
+    metrics_arguments,
+    target_of,
+    with_ramp,
 )
 from loadgen.cli.output import save_and_print
-from loadgen.harness.measured import run_benchmark
+from loadgen.generator.gateway import LoadConfig
+from loadgen.generator.progress import progress_console
+from loadgen.harness.measured import run_benchmark, run_measure
 from loadgen.model.train import ensure_profile_model
+from loadgen.results.run import RunResult
+
+#: Options that configure the server ``run`` starts, so meaningless with ``--target``.
+_SERVER_OPTIONS = ("echo", "journal", "validators", "trove", "metrics_port", "hooks_path")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,16 +93,78 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_journal(p)
     add_validators(p)
     add_hooks_path(p)
+    add_metrics_port(p)
+    add_repeats(p)
+    add_ramp(p)
+    add_target(
+        p,
+        what="a server that is already running (possibly on another machine), to load instead of starting one "
+        "(its own profile and accounts apply; the result marks it external, its CPU only from its stats)",
+        unset="none: start a server",
+        old_aliases=False,
+    )
     add_trove(p, keep=False)
     add_load_arguments(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    config = load_config(args, host=args.listen, port=0)
-    if not args.echo:
+    config = with_ramp(load_config(args, host=args.listen, port=0), args.ramp)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.target is not None:
+        given = [f"--{name.replace('_', '-')}" for name in _SERVER_OPTIONS if getattr(args, name)]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} configure the server that run starts; with --target the server is already "
+                "running: give those options to its 'cbdc-bench serve'"
+            )
+        print(
+            "--target: loading a server started elsewhere, with its own profile and accounts "
+            "(--profile/--accounts do not apply); its CPU only from its stats",
+            file=sys.stderr,
+        )
+    if args.target is None and not args.echo:
         ensure_profile_model(args.profile, args.scenario)
-    result = run_benchmark(
+    if args.metrics_port is not None:
+        if not 0 < args.metrics_port < 65_536:
+            raise ValueError(f"--metrics-port must be in 1..65535 (a port to scrape), got {args.metrics_port}")
+        print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics while the server runs", file=sys.stderr)
+    out = args.out
+    if args.repeats > 1:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        what = "target" if args.target else args.profile
+        out = str(Path(out or DEFAULT_RESULTS_DIR) / f"repeats-{stamp}-{what}-{int(config.rate_tps)}tps")
+    status = 0
+    for repeat in range(1, args.repeats + 1):
+        if args.repeats > 1:
+            print(f"repeat {repeat}/{args.repeats}", file=sys.stderr, flush=True)
+        result = _run_once(args, config, repeat)
+        status = status or save_and_print(result, as_json=args.json, out=out)
+    if args.repeats > 1:
+        print(
+            f"{args.repeats} runs in {out}; compare with another set: cbdc-bench diff {out} OTHER_DIR",
+            file=sys.stderr,
+        )
+    return status
+
+
+def _run_once(args: argparse.Namespace, config: LoadConfig, repeat: int) -> RunResult:
+    """One run: against ``--target`` as it runs, or against a fresh server of its own."""
+    targets = load_scenario(args.scenario).compare
+    progress = progress_console(as_json=args.json)
+    if args.target is not None:
+        host, port = target_of(args)
+        return run_measure(
+            msgspec.structs.replace(config, host=host, port=port),
+            kind="run",
+            audit=True,
+            scenario=args.scenario,
+            targets=targets,
+            progress=progress,
+            external=True,
+        )
+    return run_benchmark(
         config,
         profile=args.profile,
         accounts=args.accounts,
@@ -84,19 +174,18 @@ def _main(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         keep_journal=args.keep_journal,
         validators=args.validators,
-        server_args=hooks_path_arguments(args.hooks_path),
-        trove_dir=_trove_dir(args),
-        targets=load_scenario(args.scenario).compare,
+        server_args=hooks_path_arguments(args.hooks_path) + metrics_arguments(args.metrics_port),
+        trove_dir=_trove_dir(args, repeat),
+        targets=targets,
+        progress=progress,
     )
-    return save_and_print(result, as_json=args.json, out=args.out)
 
 
-def _trove_dir(args: argparse.Namespace) -> str | None:
+def _trove_dir(args: argparse.Namespace, repeat: int) -> str | None:
     """``--trove``, or (for a profile that keeps a trove) a fresh directory under ``--out``, said."""
     if args.trove is not None or args.echo or not trove_needed(args.profile, args.scenario):
         return args.trove
-    where = (
-        Path(args.out or DEFAULT_RESULTS_DIR) / f"trove-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{args.profile}"
-    )
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    where = Path(args.out or DEFAULT_RESULTS_DIR) / f"trove-{stamp}-{os.getpid()}-{args.profile}-r{repeat}"
     print(f"trove: {where} (choose with --trove DIR)", file=sys.stderr, flush=True)
     return str(where)

@@ -38,6 +38,7 @@ from engine import wire
 from engine.auth import ROLE_OPERATOR, Secrets, load_secrets
 from engine.client_session import ClientHandshake, HandshakeRefused, MissingSecret
 from loadgen.generator.measure import Measurement
+from loadgen.generator.ramp import parse_ramp, ramp_schedule
 from loadgen.generator.schedule import Arrival, gateway_schedule
 from loadgen.generator.signed_pool import SignedPool, SignedPoolParams, signed_pool
 from loadgen.generator.workload import DEFAULT_SEED, Workload, WorkloadConfig, confine_payers
@@ -77,6 +78,9 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Send SignedSubmit, from a signed pool covering the whole schedule (signed ahead of it, cached
     #: on disk): for a server that requires signatures (profiles signed, signed-full).
     signed: bool = False
+    #: ``--ramp FROM:TO:DURATION[,...]`` (``loadgen.generator.ramp``): the rate along stages from the
+    #: start, then holding the last stage's end rate; "" = ``rate_tps`` throughout.
+    ramp: str = ""
 
     def __post_init__(self) -> None:
         if self.rate_tps <= 0 or self.seconds <= 0:
@@ -92,6 +96,8 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.tick_us < 0:
             raise ValueError("--tick-us must be >= 0 (0 = auto)")
         Arrival(self.arrival)
+        if self.ramp:
+            parse_ramp(self.ramp)
 
     @property
     def tick_ns(self) -> int:
@@ -256,14 +262,24 @@ class Gateway:
         self.config = config
         self.m = measurement
         self.codec = codec
-        self.schedule = gateway_schedule(
-            rate_tps=config.rate_tps,
-            seconds=config.schedule_seconds,
-            gateways=config.operators,
-            gateway=operator,
-            arrival=config.arrival,
-            seed=config.seed,
-        )
+        if config.ramp:
+            self.schedule = ramp_schedule(
+                parse_ramp(config.ramp),
+                seconds=config.schedule_seconds,
+                gateways=config.operators,
+                gateway=operator,
+                arrival=config.arrival,
+                seed=config.seed,
+            )
+        else:
+            self.schedule = gateway_schedule(
+                rate_tps=config.rate_tps,
+                seconds=config.schedule_seconds,
+                gateways=config.operators,
+                gateway=operator,
+                arrival=config.arrival,
+                seed=config.seed,
+            )
         self.pos = 0  # next schedule index to send
         self.seq = 0
         self.id_base = 0  # first transfer id: the server's next_transfer_id, so a reused server sees fresh ids
@@ -473,13 +489,21 @@ class ShareReport(msgspec.Struct):
     welcome: Any
 
 
-async def run_share(config: LoadConfig, operators: list[int], wait_start: Callable[[wire.Welcome], int]) -> ShareReport:
+async def run_share(
+    config: LoadConfig,
+    operators: list[int],
+    wait_start: Callable[[wire.Welcome], int],
+    watch: Callable[[Measurement], None] | None = None,
+) -> ShareReport:
     """Connect, prepare, wait for the common start, run the schedule, drain and report.
 
-    ``wait_start`` is called when everything is ready and returns the start time (monotonic ns).
+    ``wait_start`` is called when everything is ready and returns the start time (monotonic ns);
+    ``watch`` gets the measurement as soon as it exists (live progress reads it).
     """
     codec = wire.Codec()
     m = config.new_measurement()
+    if watch is not None:
+        watch(m)
     secrets = load_secrets(config.secrets)
     gateways = [Gateway(op, config, m, codec, secrets) for op in operators]
     try:
@@ -568,12 +592,17 @@ START_MARGIN_NS = 50_000_000
 
 
 async def run_load(
-    config: LoadConfig, *, on_start: Callable[[int], None] | None = None
+    config: LoadConfig,
+    *,
+    on_start: Callable[[int], None] | None = None,
+    watch: Callable[[Measurement], None] | None = None,
 ) -> tuple[Measurement, list[str], dict[str, Any]]:
     """Run the load described by ``config``; merged measurement, failures and server welcome.
 
     ``on_start`` (if given) is called with the common start time (monotonic ns) once every
     generator is ready; callers use it to schedule their own probes (e.g. server stats).
+    ``watch`` gets this process's measurement while it fills (with one generator process only:
+    the others' live in their processes).
     """
     shares = config.shares()
     if config.processes == 1:
@@ -584,7 +613,7 @@ async def run_load(
                 on_start(start)
             return start
 
-        report = await run_share(config, shares[0], wait_start)
+        report = await run_share(config, shares[0], wait_start, watch)
         return report.measurement, report.failures, report.welcome
     return await _run_processes(config, shares, on_start)
 

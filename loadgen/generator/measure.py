@@ -23,12 +23,73 @@ hide exactly the slow tail that matters.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from engine.codes import ResultCode
 from loadgen.generator.histogram import Histogram, Layout
 
 _CODE_SLOTS = 256
+
+
+class PerSecondHistograms:
+    """The latency histogram of each second's replies, in memory bounded for hour-long (soak) runs.
+
+    A dense histogram is 270 KB (HdrHistogram's layout up to an hour at 3 significant digits),
+    so one per second of a one-hour run would take ~1 GB. Replies are filed by the second they
+    arrive in, on one monotonic clock, so a second is complete once the clock has left it:
+    ``seal`` packs those into their non-zero buckets (a few KB each). Reading a sealed second
+    unpacks a fresh dense copy; ``open`` gives the live one to record into.
+    """
+
+    def __init__(self, seconds: int, layout: Layout) -> None:
+        self.layout = layout
+        self._n = seconds
+        self._dense: dict[int, Histogram] = {}
+        # second -> (bucket indices, their counts, total, min_ns, max_ns, saturated)
+        self._sealed: dict[int, tuple[np.ndarray, np.ndarray, int, int, int, int]] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, second: int) -> Histogram | None:
+        second = range(self._n)[second]  # negative indices, and IndexError past the end
+        dense = self._dense.get(second)
+        if dense is not None:
+            return dense
+        packed = self._sealed.get(second)
+        if packed is None:
+            return None
+        index, counts, total, min_ns, max_ns, saturated = packed
+        h = Histogram(self.layout)
+        h.counts[index] = counts
+        h.total, h.min_ns, h.max_ns, h.saturated = total, min_ns, max_ns, saturated
+        return h
+
+    def __iter__(self) -> Iterator[Histogram | None]:
+        return (self[i] for i in range(self._n))
+
+    def open(self, second: int) -> Histogram:
+        """The live histogram of ``second`` (unsealed again if it was sealed)."""
+        h = self._dense.get(second)
+        if h is None:
+            h = self[second] or Histogram(self.layout)
+            self._sealed.pop(second, None)
+            self._dense[second] = h
+        return h
+
+    def seal(self, through: int) -> None:
+        """Pack every live second up to ``through`` (inclusive)."""
+        for second in [s for s in self._dense if s <= through]:
+            h = self._dense.pop(second)
+            index = np.flatnonzero(h.counts).astype(np.int32)
+            self._sealed[second] = (index, h.counts[index], h.total, h.min_ns, h.max_ns, h.saturated)
+
+    def nbytes(self) -> int:
+        """Memory held by the histograms' counts (for the bounded-memory test)."""
+        dense = sum(h.counts.nbytes for h in self._dense.values())
+        return dense + sum(p[0].nbytes + p[1].nbytes for p in self._sealed.values())
 
 
 class Measurement:
@@ -42,10 +103,12 @@ class Measurement:
         n = max(seconds_total, 1)
         self.latency = Histogram(self.layout)  # measured transfers only (scheduled after warm-up)
         self.send_lag = Histogram(self.layout)  # measured transfers: actual send - scheduled
-        self.per_second: list[Histogram | None] = [None] * n  # by reply second, warm-up included
+        self.per_second = PerSecondHistograms(n, self.layout)  # by reply second, warm-up included
+        self._sealed_through = -1  # seconds up to this one are complete and packed
         self.sent = np.zeros(n, dtype=np.int64)
         self.completed = np.zeros(n, dtype=np.int64)
         self.ok = np.zeros(n, dtype=np.int64)
+        self.unsettled = np.zeros(n, dtype=np.int64)  # answered OVERLOADED or HOOK_ERROR, by reply second
         self.max_lag_ns = np.zeros(n, dtype=np.int64)
         self.codes = np.zeros(_CODE_SLOTS, dtype=np.int64)  # measured transfers, by ResultCode
         self.scheduled = 0  # every transfer of the schedule, warm-up included
@@ -98,13 +161,18 @@ class Measurement:
             latency = np.minimum(latency, self.layout.highest)
         idx = self.layout.indices(latency)
         sec = self._second(recv_rel_ns)
-        hist = self.per_second[sec]
-        if hist is None:
-            hist = self.per_second[sec] = Histogram(self.layout)
+        if sec > self._sealed_through + 2:  # keep the last complete second live (progress reads it)
+            self._sealed_through = sec - 2
+            self.per_second.seal(self._sealed_through)
+        hist = self.per_second.open(sec)
         hist.record_indices(idx, lo, hi)
         if over is not None:
             hist.saturated += int(np.count_nonzero(over))
         ok = int(np.count_nonzero(codes == ResultCode.OK))
+        if ok < n:
+            self.unsettled[sec] += int(
+                np.count_nonzero((codes == ResultCode.OVERLOADED) | (codes == ResultCode.HOOK_ERROR))
+            )
         self.completed[sec] += n
         self.ok[sec] += ok
         self.results_total += n
@@ -144,15 +212,13 @@ class Measurement:
         self.latency.add(other.latency)
         self.send_lag.add(other.send_lag)
         for i, h in enumerate(other.per_second):
-            if h is None:
-                continue
-            mine = self.per_second[i]
-            if mine is None:
-                self.per_second[i] = mine = Histogram(self.layout)
-            mine.add(h)
+            if h is not None:
+                self.per_second.open(i).add(h)
+                self.per_second.seal(i)
         self.sent += other.sent
         self.completed += other.completed
         self.ok += other.ok
+        self.unsettled += other.unsettled
         np.maximum(self.max_lag_ns, other.max_lag_ns, out=self.max_lag_ns)
         self.codes += other.codes
         for name in (

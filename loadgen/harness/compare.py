@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from rich.console import Console
@@ -29,6 +30,7 @@ from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.calibration import cpu_calibration
 from loadgen.harness.measured import run_measure
+from loadgen.harness.resume import ComparePlan, PhaseKey, PhaseLog, save_plan
 from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable
 from loadgen.harness.server import ServerProcess, running_server, server_arguments
 from loadgen.model.train import ensure_profile_model
@@ -189,7 +191,7 @@ class Session:
 
     def __init__(
         self,
-        server: ServerProcess,
+        server: ServerProcess | Callable[[], ServerProcess],
         *,
         profile: str,
         repeat: int,
@@ -200,9 +202,15 @@ class Session:
         runs_dir: Path,
         echo: bool,
         on_phase: Callable[[RunRef, RunResult], None],
+        log: PhaseLog | None = None,
+        external: bool = False,
         calibration: Calibration | None = None,
     ) -> None:
-        self.server = server
+        # A server, or how to start one when a phase first needs it (a resumed session may need none).
+        self._server = server if isinstance(server, ServerProcess) else None
+        self._start_server = None if isinstance(server, ServerProcess) else server
+        self.log = log
+        self.external = external
         self.profile = profile
         self.repeat = repeat
         self.plan = plan
@@ -216,32 +224,28 @@ class Session:
         self.refs: list[RunRef] = []
         self._last: RunResult | None = None
 
+    @property
+    def server(self) -> ServerProcess:
+        """The session's server, started on first use (a resumed session may need none)."""
+        if self._server is None:
+            assert self._start_server is not None
+            self._server = self._start_server()
+        return self._server
+
     def phase(self, rate_tps: float, *, stage: str, phase: str = "") -> RunOutcome:
-        """Run, save and check one phase; reported to ``on_phase`` once its ``phase`` label is known."""
-        p = self.plan
-        search = stage == "search"
-        config = LoadConfig(
-            host=self.server.host,
-            port=self.server.port,
-            rate_tps=rate_tps,
-            warmup=p.search_warmup_s if search else p.equal_warmup_s,
-            seconds=p.search_seconds if search else p.equal_seconds,
-            operators=p.operators,
-            processes=p.processes,
-            drain=p.drain_s,
-            seed=self.seed,
-        )
-        result = run_measure(
-            config,
-            kind="compare",
-            server_pid=self.server.pid,
-            audit=True,
-            scenario=self.scenario,
-            echo=self.echo,
-            targets=self.settings,
-            calibration=self.calibration,
-        )
-        path = save(result, self.runs_dir)
+        """Run, save and check one phase; reported to ``on_phase`` once its ``phase`` label is known.
+
+        A phase the log says completed before (``compare --resume``) is read from its result file.
+        """
+        key = PhaseKey(self.repeat, self.profile, stage, len(self.refs), rate_tps)
+        result = None if self.log is None else self.log.saved(key)
+        measured = result is None
+        if result is None:
+            result = self._measure(rate_tps, search=stage == "search")
+            path = save(result, self.runs_dir)
+        else:
+            assert self.log is not None
+            path = self.runs_dir.parent / self.log.done[key]
         problems = list(result.failures)
         if result.summary.audit_ok is False:
             problems.append("conservation audit failed")
@@ -251,10 +255,11 @@ class Session:
             problems.append("transfer ids refused (stale_id/invalid_id): the phases' ids collided")
         if problems:
             raise CompareError(f"{self.profile} at {rate_tps:,.0f}/s ({path}): " + "; ".join(problems))
-        try:
-            wait_idle(self.server)
-        except (GatewayError, TimeoutError) as exc:
-            raise CompareError(f"{self.profile}: server unreachable after a phase: {exc}") from exc
+        if measured:
+            try:
+                wait_idle(self.server)
+            except (GatewayError, TimeoutError) as exc:
+                raise CompareError(f"{self.profile}: server unreachable after a phase: {exc}") from exc
         verdict = verdict_of(result, self.settings)
         if verdict.kind is Kind.INCOMPLETE:
             raise CompareError(
@@ -276,10 +281,38 @@ class Session:
             generator_kept_schedule=outcome.generator_kept_schedule,
         )
         self.refs.append(ref)
+        if self.log is not None:
+            self.log.record(key, ref.file)
         self._last = result
         if phase:
             self.on_phase(ref, result)
         return outcome
+
+    def _measure(self, rate_tps: float, *, search: bool) -> RunResult:
+        p = self.plan
+        server = self.server
+        config = LoadConfig(
+            host=server.host,
+            port=server.port,
+            rate_tps=rate_tps,
+            warmup=p.search_warmup_s if search else p.equal_warmup_s,
+            seconds=p.search_seconds if search else p.equal_seconds,
+            operators=p.operators,
+            processes=p.processes,
+            drain=p.drain_s,
+            seed=self.seed,
+        )
+        return run_measure(
+            config,
+            kind="compare",
+            server_pid=server.pid,
+            audit=True,
+            scenario=self.scenario,
+            echo=self.echo,
+            targets=self.settings,
+            external=self.external,
+            calibration=self.calibration,
+        )
 
     def search(self, start_tps: float, growth: float) -> ProfileSearch:
         s = self.settings
@@ -331,11 +364,17 @@ def run_compare(
     trove: str | Path | None = None,
     keep_trove: bool = False,
     server_args: tuple[str, ...] = (),
+    resume: bool = False,
+    target: tuple[str, int] | None = None,
 ) -> tuple[CompareSummary, Path]:
     """Run the comparison; the summary and its path (``OUT/compare.json``).
 
     Each server of a profile that keeps a trove gets its own, ``PROFILE-rREPEAT`` under ``trove``
-    (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``.
+    (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``. ``resume``:
+    ``out`` holds an interrupted comparison of the same arguments; its completed phases are read
+    back instead of measured (``loadgen.harness.resume``). ``target``: every session loads that
+    running server instead of a fresh one (``--reuse-server``): only its profile is searched, and
+    the summary's notes say the trials were not independent.
     """
     console = console or Console(soft_wrap=True)
     scen = load_scenario(scenario)
@@ -347,6 +386,9 @@ def run_compare(
         raise ValueError(f"unknown profile(s) {', '.join(unknown)}; choose from: {', '.join(scen.profiles)}")
     if len(set(names)) != len(names):
         raise ValueError(f"a profile is listed twice: {names}")
+    external_note = ""
+    if target is not None:
+        names, plan, external_note = _reused_server(target, names if profiles else None, plan, calibrate)
     searched = [*names, ECHO] if calibrate else names
     for profile in names:  # a profile with the risk model needs it trained before its server starts
         ensure_profile_model(profile, scenario)
@@ -354,6 +396,14 @@ def run_compare(
     out_dir = Path(out) if out is not None else Path("results") / f"compare-{created.replace(':', '')}-{plan.mode}"
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_plan(out_dir, ComparePlan(scenario, profiles, plan, seed, calibrate))
+    log = PhaseLog(out_dir, resume=resume)
+    if resume:
+        console.print(
+            f"resuming {out_dir}: {len(log.done)} completed phases are read back, not measured; a session "
+            "interrupted half-way goes on against a fresh server"
+        )
     rng = random.Random(seed)
     started = time.monotonic()
     calibration = cpu_calibration()
@@ -365,6 +415,8 @@ def run_compare(
         f"{plan.equal_warmup_s:g} s + {plan.equal_seconds:g} s, bisection to {plan.precision:.0%}",
         f"sustained = settled >= {settings.min_achieved_ratio:.0%} of offered and p99 <= {settings.slo_p99_ms:g} ms",
     ]
+    if external_note:
+        notes.append(external_note)
     if plan.mode == "quick":
         notes.append(
             "quick mode: shorter phases and fewer repeats than the default; tails beyond p99.9 rest on few samples"
@@ -400,11 +452,12 @@ def run_compare(
             elapsed = time.monotonic() - started
             verdict = "sustained" if ref.sustained else "NOT sustained"
             lag = "" if ref.generator_kept_schedule else " (generator behind schedule)"
+            left = max(progress.tasks[overall].total or 0, done) - done
             console.print(
-                f"  r{ref.repeat} {ref.profile:<12} {ref.stage:<10} {ref.phase:<12} {ref.offered_tps:>11,.0f}/s: "
+                f"  trial {done}/~{done + left} r{ref.repeat} {ref.profile:<12} {ref.stage:<10} {ref.phase:<12} "
+                f"{ref.offered_tps:>11,.0f}/s: "
                 f"settled {ref.settled_tps / ref.offered_tps:6.1%}, p99 {ref.p99_ms:8.2f} ms -> {verdict}{lag}"
             )
-            left = max(progress.tasks[overall].total or 0, done) - done
             rate = elapsed / done
             progress.update(overall, completed=done, eta=f"~{left * rate / 60:.1f} min left (estimate)")
 
@@ -414,10 +467,16 @@ def run_compare(
             trial_trove = None
             if profile != ECHO and trove_needed(profile, scenario):
                 trial_trove = (Path(trove) if trove is not None else out_dir / "troves") / f"{profile}-r{repeat}"
+
+            def start() -> ServerProcess:
+                if target is not None:  # a stand-in that was never started: no pid, nothing to stop
+                    return ServerProcess([], 0.0, host=target[0], port=target[1])
+                return servers.enter_context(_server(profile, plan, seed, scenario, trial_trove, server_args))
+
             try:
-                with _server(profile, plan, seed, scenario, trial_trove, server_args) as server:
+                with contextlib.ExitStack() as servers:
                     yield Session(
-                        server,
+                        start,
                         profile=profile,
                         repeat=repeat,
                         plan=plan,
@@ -427,6 +486,8 @@ def run_compare(
                         runs_dir=runs_dir,
                         echo=profile == ECHO,
                         on_phase=on_phase,
+                        log=log,
+                        external=target is not None,
                         calibration=calibration,
                     )
             finally:
@@ -493,6 +554,33 @@ def run_compare(
         written = write_report([out_dir], out_dir)
         console.print("report: " + ", ".join(str(p) for p in written))
     return summary, path
+
+
+def _reused_server(
+    target: tuple[str, int], profiles: list[str] | None, plan: Plan, calibrate: bool
+) -> tuple[list[str], Plan, str]:
+    """The profile list, plan and note of a comparison against the running server at ``target``."""
+    host, port = target
+
+    async def welcome() -> Any:
+        admin = AdminClient(host, port)
+        try:
+            return await admin.connect()
+        finally:
+            admin.close()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        w = runner.run(welcome())
+    if calibrate or w.echo:
+        raise ValueError("--calibrate needs echo servers that compare starts itself; leave it out with --target")
+    if profiles is not None and profiles != [w.profile]:
+        raise ValueError(f"the server at {host}:{port} runs profile {w.profile!r}; --profiles can only name that one")
+    note = (
+        f"--target {host}:{port} --reuse-server: every trial loaded one server started elsewhere (profile "
+        f"{w.profile}, {w.accounts:,} accounts), so trials are not independent (its state carries over from one to "
+        "the next) and its configuration, CPU and audit were not under compare's control"
+    )
+    return [w.profile], msgspec.structs.replace(plan, accounts=w.accounts), note
 
 
 def _server(

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from rich.console import Console
 
 from engine.memory import check_accounts_fit
 from engine.profiles import CompareSettings
 from engine.server.config import SIGNED_PROFILES
 from engine.validators import tier_mismatch
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
+from loadgen.generator.progress import LoadProgress, status
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.calibration import cpu_calibration, with_ed25519
 from loadgen.harness.server import running_server, server_arguments
@@ -101,6 +103,8 @@ async def measure(
     scenario: str | None = None,
     echo: bool = False,
     targets: CompareSettings | None = None,
+    progress: Console | None = None,
+    external: bool = False,
     calibration: Calibration | None = None,
     server_args: tuple[str, ...] = (),
     validators: str | None = None,
@@ -113,8 +117,16 @@ async def measure(
     running a signed profile (its Welcome says) gets signed Submits, and the calibration gains
     the Ed25519 rate. ``validators``: the tier (``--validators`` spec) the server must verify
     them with; another one is a ``GatewayError``.
+    ``progress``: the terminal to draw the live progress line on (``progress_console``), or None.
+    ``external``: the server was not started by this run (``load``, ``run --target``); its CPU
+    is then read from its stats if ``server_pid`` is not given.
     """
     environment = msgspec.structs.replace(collect(), calibration=calibration or cpu_calibration())
+    live = (
+        None
+        if progress is None
+        else LoadProgress(progress, rate_tps=config.rate_tps, warmup_s=config.warmup, seconds=config.seconds)
+    )
     admin = AdminClient(config.host, config.port, secrets=config.secrets)
     server_welcome = await admin.connect()
     echo = echo or server_welcome.echo
@@ -144,13 +156,19 @@ async def measure(
         probes[name] = (cpu, stats)
 
     def on_start(start_ns: int) -> None:
+        if live is not None:
+            live.started(start_ns)
         window_start = start_ns + int(config.warmup * 1e9)
         window_end = window_start + int(config.seconds * 1e9)
         tasks.append(asyncio.ensure_future(probe("start", window_start)))
         tasks.append(asyncio.ensure_future(probe("end", window_end)))
 
+    shown = None if live is None else asyncio.ensure_future(live.show())
     try:
-        m, failures, welcome = await run_load(config, on_start=on_start)
+        m, failures, welcome = await run_load(config, on_start=on_start, watch=None if live is None else live.watch)
+        if shown is not None:  # the drain is over: leave the last line, then the summary
+            shown.cancel()
+            await shown
         await asyncio.gather(*tasks)
         outcome = None
         if audit and not echo:  # an echo server has no ledger to audit
@@ -165,10 +183,14 @@ async def measure(
     finally:
         for t in tasks:
             t.cancel()
+        if shown is not None:
+            shown.cancel()
         admin.close()
     cpu0, stats_start = probes.get("start", (None, {}))
     cpu1, stats_end = probes.get("end", (None, {}))
     stats_final = probes.get("final", (None, {}))[1]
+    if cpu0 is None or cpu1 is None:  # no pid: the server's own figure, where it reports one
+        cpu0, cpu1 = stats_start.get("process_cpu_s"), stats_end.get("process_cpu_s")
     return build_result(
         kind=kind,
         m=m,
@@ -186,6 +208,7 @@ async def measure(
         audit=outcome,
         echo=echo,
         targets=targets,
+        external=external,
         server_args=server_args,
     )
 
@@ -221,6 +244,7 @@ def run_benchmark(
     validators: str | None = None,
     trove_dir: str | None = None,
     targets: CompareSettings | None = None,
+    progress: Console | None = None,
 ) -> RunResult:
     """Start a server for ``profile``/``accounts``, run ``config`` against it (port ignored), audit, stop.
 
@@ -255,7 +279,9 @@ def run_benchmark(
         extra=server_args if trove_dir is None else (*server_args, "--trove", trove_dir),
     )
     try:
-        with running_server(args, accounts=accounts) as server:
+        with contextlib.ExitStack() as stack:
+            with status(progress, f"starting the server: building the ledger of {accounts:,} accounts"):
+                server = stack.enter_context(running_server(args, accounts=accounts))
             run_config = with_address(config, server.host, server.port)
             return run_measure(
                 run_config,
@@ -265,6 +291,7 @@ def run_benchmark(
                 scenario=scenario,
                 echo=echo,
                 targets=targets,
+                progress=progress,
                 server_args=tuple(args),
             )
     finally:

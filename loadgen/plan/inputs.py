@@ -139,7 +139,7 @@ def read_inputs(results: str | Path) -> Inputs:
                     skipped.append(f"{name}: no ledger figures (echo, or no server stats)")
                 else:
                     runs.append(cost)
-                if result.state is not None and result.state.bytes_per_account:
+                if result.state is not None:
                     states.append(StateInput(
                         result.summary.profile, dict(result.state.bytes_per_account),
                         result.state.snapshot_bytes_per_account, name,

@@ -301,9 +301,10 @@ def plan_profile(
     seq_busy = sum(t.cores for t in tiers if t.on_sequencer)
 
     # Memory: all of it is the sequencer's (state cannot be partitioned).
-    state = _state_of(profile, states)
+    state = _state_of(profile, [s for s in states if s.bytes_per_account])
     pieces = dict(state.bytes_per_account) if state else {}
     memory = request.accounts * sum(pieces.values()) if state else None
+    snapshot_from = _state_of(profile, [s for s in states if s.snapshot_bytes_per_account is not None])
     if state is None:
         missing.append(Missing(
             "state bytes per account of every piece (engine result state.bytes_per_account)",
@@ -332,7 +333,7 @@ def plan_profile(
     disk_day = {"journal": per_day * journal} if journal is not None else {}
     if trove is not None:
         disk_day["trove"] = per_day * trove
-    snapshot_per_account = state.snapshot_bytes_per_account if state else None
+    snapshot_per_account = snapshot_from.snapshot_bytes_per_account if snapshot_from else None
     snapshots = None
     if snapshot_per_account is None:
         missing.append(Missing(

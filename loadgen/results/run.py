@@ -187,6 +187,9 @@ class Server(msgspec.Struct, frozen=True):
     #: how many workers each tier had. Empty: not measured (the capacity plan says which command does).
     tier_cpu_s: dict[str, float] = {}
     tier_workers: dict[str, int] = {}
+    #: Started elsewhere (``load``, ``run --target``): its configuration, CPU and audit were not under
+    #: this run's control; ``cpu_s`` then comes from its own stats (``process_cpu_s``), if it reports them.
+    external: bool = False
 
 
 class TroveOutcome(msgspec.Struct, frozen=True):
@@ -344,6 +347,7 @@ def build_result(
     audit: AuditOutcome | None = None,
     echo: bool = False,
     targets: CompareSettings | None = None,
+    external: bool = False,
     server_args: tuple[str, ...] = (),
 ) -> RunResult:
     """Assemble a result from a merged measurement and what is known about the server.
@@ -455,6 +459,7 @@ def build_result(
             hooks=hooks or {},
             durability=durability,
             trove=trove,
+            external=external,
         ),
         audit=audit,
         failures=failures,
@@ -469,6 +474,7 @@ def build_result(
             journal_per_payment=journal_bytes_per_payment(stats_start or {}, stats_end or {}),
             trove_per_payment=trove_bytes_per_row(stats_final or stats_end or {}),
         ),
+        state=snapshot_state(stats_final or stats_end or {}, int(welcome.get("accounts", 0))),
         risk_model_sha256=str(((stats_end or {}).get("risk_model") or {}).get("model_sha256", "")),
     )
 
@@ -481,6 +487,20 @@ def journal_bytes_per_payment(stats_start: dict[str, Any], stats_end: dict[str, 
     written = float(j1.get("bytes_written", 0)) - float(j0.get("bytes_written", 0))
     transfers = _ledger_transfers(stats_end) - _ledger_transfers(stats_start)
     return written / transfers if transfers > 0 else None
+
+
+def snapshot_state(stats: dict[str, Any], accounts: int) -> StateFootprint | None:
+    """The newest snapshot's size per account and write time (issue 15's stats); None: no snapshot taken."""
+    snaps = stats.get("snapshots") or {}
+    size = snaps.get("last_bytes")
+    if not isinstance(size, int | float) or size <= 0 or accounts <= 0:
+        return None
+    seconds = snaps.get("last_write_s")
+    return StateFootprint(
+        snapshot_bytes_per_account=float(size) / accounts,
+        snapshot_seconds=float(seconds) if isinstance(seconds, int | float) else None,
+        snapshot_accounts=accounts,
+    )
 
 
 def trove_bytes_per_row(stats: dict[str, Any]) -> float | None:

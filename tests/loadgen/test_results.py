@@ -29,6 +29,7 @@ from loadgen.results.run import (
     loads,
     resolved_settings,
     save,
+    snapshot_state,
     trove_bytes_per_row,
 )
 
@@ -170,6 +171,9 @@ def test_traffic_is_bytes_per_payment_both_ways_and_journal_bytes_per_applied_tr
     assert trove_bytes_per_row({"trove": {"rows": 400, "bytes_on_disk": 12_000}}) == 30.0
     assert trove_bytes_per_row({"trove": {"rows": 0, "bytes_on_disk": 0}}) is None
     assert trove_bytes_per_row({}) is None
+    state = snapshot_state({"snapshots": {"last_bytes": 12_000, "last_write_s": 0.5}}, 1_000)
+    assert state is not None and state.snapshot_bytes_per_account == 12.0 and state.snapshot_seconds == 0.5
+    assert snapshot_state({"snapshots": {"last_bytes": 0}}, 1_000) is None
 
 
 def test_version_1_files_load_through_the_upgrade_the_committed_reference_run_included() -> None:
