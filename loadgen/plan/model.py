@@ -338,7 +338,8 @@ def plan_profile(
     if snapshot_per_account is None:
         missing.append(Missing(
             "snapshot bytes per account (state.snapshot_bytes_per_account, issue 15)",
-            f"cbdc-bench run --profile {profile} --journal DIR --snapshot-every 1M --out DIR",
+            f"cbdc-bench serve --profile {profile} --journal DIR --snapshot-every 1M, then "
+            "cbdc-bench load --target HOST:PORT --seconds 30 --out DIR",
         ))  # fmt: skip
     else:
         snapshots = request.snapshots_kept * request.accounts * snapshot_per_account
