@@ -73,12 +73,14 @@ def test_per_transfer_adapter_gives_the_same_codes_as_the_vectorised_hooks(seed)
 
     def authorize(t: np.void) -> int:
         payer, payee, category = int(t["payer"]), int(t["payee"]), int(t["category"])
-        if (flags[payer] | flags[payee]) & FLAG_FROZEN:
-            return ResultCode.FROZEN
+        # One code per transfer, so the naive hook answers in the precedence order (codes-3:
+        # the policy vetoes of the payer first; FROZEN is late, after the settlement checks).
         if category in restricted and flags[payer] & FLAG_BLACKLISTED:
             return ResultCode.BLACKLISTED
         if category in restricted and scores[payer] < sc_config.threshold:
             return ResultCode.CREDIT_RESTRICTED
+        if (flags[payer] | flags[payee]) & FLAG_FROZEN:
+            return ResultCode.FROZEN
         return 0
 
     pending: dict[int, int] = {}
