@@ -49,11 +49,11 @@ def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, o
     ``hooks`` replaces the profile's hooks (for tests and embedding); None builds the profile.
     ``ownership`` gives each operator its contiguous range of accounts (``owner_ranges``).
     """
-    balance, wallet_class = Population(PopulationConfig(accounts=config.accounts, seed=config.seed)).initial_state()
+    balance, account_bits = Population(PopulationConfig(accounts=config.accounts, seed=config.seed)).build_state()
     return Ledger(
         config.accounts,
         balance_fen=balance,
-        wallet_class=wallet_class,
+        account_bits=account_bits,
         operators=config.operators,
         hooks=build_hooks(config.profile, config.scenario, trove_dir=config.trove) if hooks is None else hooks,
         owners=owner_ranges(config.accounts, config.operators) if ownership else None,

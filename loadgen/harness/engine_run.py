@@ -56,11 +56,11 @@ def run_engine(
         raise ValueError("batch must be >= 1 and seconds > 0")
     check_accounts_fit(accounts, profile, scenario)
     workload = Workload(scenario_workload(load_scenario(scenario), accounts=accounts, seed=seed))
-    balance, wallet_class = workload.initial_state()
+    balance, account_bits = workload.population.build_state()
     # The sequencer's clock runs on the workload's model of a day, as the server's does.
     clock = SequencerClock.for_accounts(accounts, workload.config.payments_per_account_per_day)
     hooks = build_hooks(profile, scenario)
-    ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=hooks, clock=clock)
+    ledger = Ledger(accounts, balance_fen=balance, account_bits=account_bits, hooks=hooks, clock=clock)
     stream = BatchPool(workload, pool, batch)
 
     def run_for(duration: float) -> tuple[int, int]:
@@ -93,7 +93,7 @@ def run_engine(
         transfers=done,
         transfers_per_s=done / (spent_ns / 1e9),
         bytes_per_account=ledger.bytes_per_account(),
-        ledger_bytes_per_account=(ledger.balance.nbytes + ledger.wallet_class.nbytes + ledger.flags.nbytes) / accounts,
+        ledger_bytes_per_account=ledger.ledger_state_bytes() / accounts,
         exact_path_share=(ledger.stats.exact_path_transfers - before_exact) / max(measured, 1),
         codes=name_counts(ledger.stats.codes - before_codes),
         hooks={n: (t.total_ns - before_hooks[n]) / max(measured, 1) for n, t in ledger.hook_timing.items()},

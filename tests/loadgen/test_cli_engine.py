@@ -16,7 +16,7 @@ def test_run_engine_reports_a_conserving_run() -> None:
     assert r.transfers > 0 and r.transfers_per_s > 0
     assert sum(r.codes.values()) == r.transfers
     assert r.codes["ok"] > 0.5 * r.transfers
-    assert r.ledger_bytes_per_account == 10
+    assert r.ledger_bytes_per_account == pytest.approx(5, abs=0.01)  # uint32 balance + class/flags byte
 
 
 def test_cli_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
