@@ -13,8 +13,11 @@ workers give the same bytes (tests check it).
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TextIO
 
 #: Accounts per chunk: a few arrays of 1M elements (8 MB each) per worker stay in L2/L3-friendly sizes.
 DEFAULT_CHUNK = 1 << 20
@@ -57,3 +60,28 @@ def fill_in_chunks(
 def _fill_one(fill: Callable[[int, int], None], bounds: tuple[int, int]) -> int:
     fill(*bounds)
     return bounds[1] - bounds[0]
+
+
+class TtyProgress:
+    """A one-line progress report on stderr, redrawn at most twice a second (only on a TTY)."""
+
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self._started = time.monotonic()
+        self._drawn = 0.0
+
+    @classmethod
+    def if_tty(cls, label: str) -> TtyProgress | None:
+        """A progress line for ``label`` when stderr is a terminal, else None (logs stay clean)."""
+        return cls(label) if sys.stderr.isatty() else None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._drawn < 0.5:
+            return
+        self._drawn = now
+        end = "\n" if done >= total else ""
+        share = done / max(total, 1)
+        self.stream.write(f"\r{self.label}: {done:,} of {total:,} ({share:.0%}, {now - self._started:.0f} s){end}")
+        self.stream.flush()

@@ -28,17 +28,27 @@ class MemoryBudgetError(ValueError):
     """The requested accounts need more memory than the machine has available."""
 
 
-def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """``MemAvailable`` in bytes, or None where the file or the field is missing (not Linux)."""
+def _proc_field_bytes(path: Path, field: str) -> int | None:
+    """A ``Name:  value kB`` field of a /proc file in bytes, or None where the file or field is missing."""
     try:
-        text = meminfo.read_text()
+        text = path.read_text()
     except OSError:
         return None
     for line in text.splitlines():
         name, _, value = line.partition(":")
-        if name == "MemAvailable":
+        if name == field:
             return int(value.split()[0]) * 1024  # the kernel writes kB
     return None
+
+
+def peak_rss_bytes(status: Path = Path("/proc/self/status")) -> int | None:
+    """This process's peak resident set size (``VmHWM``) in bytes, or None where unknown (not Linux)."""
+    return _proc_field_bytes(status, "VmHWM")
+
+
+def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """``MemAvailable`` in bytes, or None where the file or the field is missing (not Linux)."""
+    return _proc_field_bytes(meminfo, "MemAvailable")
 
 
 def build_bytes_per_account(profile: str = "baseline", scenario: str | None = None) -> float:

@@ -14,11 +14,13 @@ from typing import Any
 import msgspec
 
 from engine.auth import Secrets, load_secrets
+from engine.chunks import TtyProgress
 from engine.clock import SequencerClock
 from engine.hooks.base import Hook
 from engine.journal import Journal, JournalLock, Recovery
 from engine.ledger import Ledger, owner_ranges
-from engine.population import Population, PopulationConfig
+from engine.memory import peak_rss_bytes
+from engine.population import POPULATION_VERSION, Population, PopulationConfig
 from engine.profiles import build_hooks
 from engine.server.admin import Admin
 from engine.server.batcher import Batcher
@@ -49,7 +51,9 @@ def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, o
     ``hooks`` replaces the profile's hooks (for tests and embedding); None builds the profile.
     ``ownership`` gives each operator its contiguous range of accounts (``owner_ranges``).
     """
-    balance, account_bits = Population(PopulationConfig(accounts=config.accounts, seed=config.seed)).build_state()
+    population = Population(PopulationConfig(accounts=config.accounts, seed=config.seed))
+    progress = TtyProgress.if_tty(f"building {config.accounts:,} accounts")
+    balance, account_bits = population.build_state(progress=progress)
     return Ledger(
         config.accounts,
         balance_fen=balance,
@@ -75,13 +79,17 @@ class Server:
         self.secrets = secrets if secrets is not None else load_secrets(config.secrets)
         self.outputs_set_aside: list[tuple[Path, Path]] = []
         self.ledger: Ledger | None = None
+        #: Seconds spent building the ledger and its hooks' state (0 in echo mode).
+        self.build_s = 0.0
         if not config.echo:
             hooks = build_hooks(config.profile, config.scenario, trove_dir=config.trove) if hooks is None else hooks
             for hook in hooks:
                 hook.journalled = bool(config.journal)
             if journal_exists(config):
                 self.outputs_set_aside = set_aside_outputs(hooks)
+            started = time.perf_counter()
             self.ledger = build_ledger(config, hooks, ownership=self.secrets is not None)
+            self.build_s = time.perf_counter() - started
         self.encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ClientMessage)
         self.metrics = ServerStats()
@@ -457,4 +465,11 @@ class Server:
         )
         if self.validators is not None:
             report["validators"] = msgspec.to_builtins(self.validators.stats())
+        if self.ledger is not None:
+            report["build"] = {
+                "build_seconds": self.build_s,
+                "peak_rss_bytes": peak_rss_bytes(),
+                "state_bytes": self.ledger.state_bytes(),
+                "population_version": POPULATION_VERSION,
+            }
         return report

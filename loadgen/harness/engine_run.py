@@ -11,10 +11,12 @@ from typing import Any
 
 import msgspec
 
+from engine.chunks import TtyProgress
 from engine.clock import SequencerClock
 from engine.codes import name_counts
 from engine.ledger import Ledger
-from engine.memory import check_accounts_fit
+from engine.memory import check_accounts_fit, peak_rss_bytes
+from engine.population import POPULATION_VERSION
 from engine.profiles import build_hooks, load_scenario
 from loadgen.generator.workload import DEFAULT_SEED, BatchPool, Workload, scenario_workload
 from loadgen.results.environment import collect
@@ -38,6 +40,13 @@ class EngineResult(msgspec.Struct, frozen=True):
     environment: Any = None
     #: Each hook's own figures (vetoes, rows logged, store bytes...), from ``Hook.stats()``.
     hook_stats: dict[str, Any] = {}
+    #: Seconds to build the population, the ledger and the hooks' state (chunked, 2 threads).
+    build_seconds: float | None = None
+    #: Peak RSS of this process (VmHWM) right after the build, and at the end of the run.
+    build_peak_rss_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    #: The rule that built the starting state (``engine.population.POPULATION_VERSION``).
+    population_version: int | None = None
 
 
 def run_engine(
@@ -56,11 +65,15 @@ def run_engine(
         raise ValueError("batch must be >= 1 and seconds > 0")
     check_accounts_fit(accounts, profile, scenario)
     workload = Workload(scenario_workload(load_scenario(scenario), accounts=accounts, seed=seed))
-    balance, account_bits = workload.population.build_state()
+    started = time.perf_counter()
+    progress = TtyProgress.if_tty(f"building {accounts:,} accounts")
+    balance, account_bits = workload.population.build_state(progress=progress)
     # The sequencer's clock runs on the workload's model of a day, as the server's does.
     clock = SequencerClock.for_accounts(accounts, workload.config.payments_per_account_per_day)
     hooks = build_hooks(profile, scenario)
     ledger = Ledger(accounts, balance_fen=balance, account_bits=account_bits, hooks=hooks, clock=clock)
+    build_seconds = time.perf_counter() - started
+    build_peak = peak_rss_bytes()
     stream = BatchPool(workload, pool, batch)
 
     def run_for(duration: float) -> tuple[int, int]:
@@ -102,4 +115,8 @@ def run_engine(
         audit_ok=audit.ok,
         seed=seed,
         environment=collect(),
+        build_seconds=build_seconds,
+        build_peak_rss_bytes=build_peak,
+        peak_rss_bytes=peak_rss_bytes(),
+        population_version=POPULATION_VERSION,
     )

@@ -156,6 +156,11 @@ class Server(msgspec.Struct, frozen=True):
     hooks: dict[str, Any]  # per-hook cost as reported by the server, over the measured window
     durability: Durability = Durability("none")
     trove: TroveOutcome | None = None
+    #: From the server's stats ``build`` (absent from older servers' files): seconds to build the
+    #: ledger, the server's peak RSS after the run, and the population rule that built it.
+    build_seconds: float | None = None
+    peak_rss_bytes: int | None = None
+    population_version: int | None = None
 
 
 class TroveOutcome(msgspec.Struct, frozen=True):
@@ -249,6 +254,12 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
 
 class _Version(msgspec.Struct):
     schema_version: int
+
+
+def _build_figures(stats: dict[str, Any]) -> dict[str, Any]:
+    """``Server``'s build fields from a StatsReply's ``build`` entry (empty for older servers)."""
+    build = stats.get("build") or {}
+    return {k: build.get(k) for k in ("build_seconds", "peak_rss_bytes", "population_version")}
 
 
 def build_result(
@@ -377,6 +388,7 @@ def build_result(
             hooks=hooks or {},
             durability=Durability.of(stats_start or {}, stats_end or {}, config.seconds),
             trove=trove,
+            **_build_figures(stats_final or stats_end or {}),
         ),
         audit=audit,
         failures=failures,

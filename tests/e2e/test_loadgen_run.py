@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.population import POPULATION_VERSION
 from loadgen.cli.main import main
 from loadgen.harness.server import ServerProcess, ServerStartError, running_server, server_arguments
 from loadgen.results.run import load
@@ -38,6 +39,10 @@ def test_run_starts_a_server_measures_audits_and_writes_a_result(
     assert sum(result.codes.values()) == result.latency.count == c.scheduled_measured
     assert result.server.pid is not None
     assert result.server.stats_end["transfers"] > result.server.stats_start["transfers"] > 0
+    # The server's build (issue 14): how long, its peak RSS (at least the state), which population.
+    s = result.server
+    assert s.build_seconds is not None and s.build_seconds > 0 and s.population_version == POPULATION_VERSION
+    assert s.peak_rss_bytes is not None and s.peak_rss_bytes >= s.stats_end["build"]["state_bytes"] > 0
     assert result.environment.cores > 0
     assert result.summary.verdict == "verdict: sustained"
 

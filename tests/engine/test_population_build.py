@@ -6,6 +6,7 @@ build's alone; the bound is the final state plus 1 GiB (issue 14), not a timing.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.chunks import fill_in_chunks
+from engine.chunks import TtyProgress, fill_in_chunks
 from engine.ledger import Ledger
 from engine.memory import build_bytes_per_account
 from engine.population import Population, PopulationConfig
@@ -105,3 +106,22 @@ def test_peak_rss_of_a_100_million_account_build_is_the_state_plus_less_than_1_g
     figures = _peak_of_build(100_000_000, "full")
     print(figures)
     assert figures["hwm"] <= figures["state"] + GIB
+
+
+def test_the_ledger_adopts_the_arrays_it_is_given_without_copying() -> None:
+    balance, bits = Population(PopulationConfig(accounts=5_000)).build_state()
+    ledger = Ledger(5_000, balance_fen=balance, account_bits=bits, hooks=build_hooks("full"))
+    assert ledger.balances.narrow is balance and ledger.flags is bits
+    assert ledger.balance.tolist() == balance.tolist()  # no starting balance needed the side table
+    for h in ledger.hooks:
+        h.close()
+
+
+def test_progress_line_redraws_in_place_and_ends_with_a_newline() -> None:
+    stream = io.StringIO()
+    progress = TtyProgress("building", stream)
+    progress(10, 100)
+    progress(20, 100)  # within half a second of the last line: not redrawn
+    progress(100, 100)
+    assert stream.getvalue().count("\r") == 2 and stream.getvalue().endswith("(100%, 0 s)\n")
+    assert "building: 10 of 100 (10%" in stream.getvalue()

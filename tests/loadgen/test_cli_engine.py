@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from engine.population import POPULATION_VERSION
 from loadgen.cli.main import main
 from loadgen.harness.engine_run import run_engine
 
@@ -26,6 +27,9 @@ def test_cli_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) ->
     for key in ("profile", "transfers_per_s", "accounts", "bytes_per_account", "hooks", "environment"):
         assert key in out
     assert out["accounts"] == 20_000
+    # The build's figures (issue 14): time, peak RSS at least the state it holds, population rule.
+    assert out["build_seconds"] > 0 and out["population_version"] == POPULATION_VERSION
+    assert out["peak_rss_bytes"] >= out["build_peak_rss_bytes"] >= out["bytes_per_account"] * 20_000
 
 
 def test_cli_unknown_profile_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
