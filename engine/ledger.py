@@ -76,6 +76,8 @@ class HookTiming:
     authorize_ns: int = 0
     observe_ns: int = 0
     begin_ns: int = 0
+    #: The longest single ``begin_batch`` call: how long the hook held up one batch (day rollover).
+    begin_max_ns: int = 0
     #: CPU of the hook's own threads/processes (``Hook.background_ns``), as of its last observe.
     background_ns: int = 0
     errors: int = 0
@@ -267,7 +269,10 @@ class Ledger:
             return codes
         try:
             for h in self.hooks:
+                timing = self.hook_timing[h.name]
+                before = timing.begin_ns
                 self._timed(h, "begin_ns", h.begin_batch, batch)
+                timing.begin_max_ns = max(timing.begin_max_ns, timing.begin_ns - before)
         except Exception:  # a failing hook refuses the batch, never corrupts the ledger
             return self._refuse(codes)
 

@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
-from engine.chunks import fill_in_chunks
+from engine.chunks import count_where, fill_in_chunks
 from engine.codes import ResultCode
 from engine.draws import NormalDraws
 from engine.hashing import salt
@@ -118,5 +118,5 @@ class SocialCredit(Hook):
         return {
             "vetoed": self.vetoed,
             "score_moves": self.moves,
-            "below_threshold": int(np.count_nonzero(self.score < c.threshold)),
+            "below_threshold": count_where(self.score, lambda s: s < c.threshold),
         }
