@@ -134,14 +134,26 @@ class Population:
         return balance, bits
 
     def _fill(self, lo: int, hi: int, balance: np.ndarray, bits: np.ndarray, draws: NormalDraws) -> None:
+        balance[lo:hi], bits[lo:hi] = self._initial_of(np.arange(lo, hi, dtype=np.int64), draws)
+
+    def _initial_of(self, accounts: np.ndarray, draws: NormalDraws) -> tuple[np.ndarray, np.ndarray]:
+        """Starting balance (float64 fen, truncated when stored) and account byte of ``accounts``."""
         c = self.config
-        rank = self.rank_of_account(np.arange(lo, hi, dtype=np.int64))
+        rank = self.rank_of_account(accounts)
         share = self.share_of_rank(rank) * c.accounts  # 1.0 = an average account
         cls = self.class_of_rank(rank)
         z = draws(rank, salt(c.seed, _BALANCE_DRAW))
         fen = np.exp(z + np.log(c.median_balance_fen)) * np.maximum(share, 0.2)
-        balance[lo:hi] = np.minimum(fen, _CLASS_BALANCE_CEILING_FEN[cls])
-        bits[lo:hi] = cls << CLASS_SHIFT
+        return np.minimum(fen, _CLASS_BALANCE_CEILING_FEN[cls]), cls << CLASS_SHIFT
+
+    def reset_accounts(self, balance: np.ndarray, bits: np.ndarray, accounts: np.ndarray) -> None:
+        """Put ``accounts`` of arrays from ``build_state`` back to their starting state.
+
+        Each account's starting state is a function of its id, so a benchmark that built the
+        arrays once restores the accounts a trial touched instead of rebuilding all of them.
+        """
+        ids = np.asarray(accounts, dtype=np.int64)
+        balance[ids], bits[ids] = self._initial_of(ids, NormalDraws())
 
     def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Starting (balance_fen as int64, wallet_class as uint8) per account id (for small ledgers)."""

@@ -174,3 +174,31 @@ def use_hooks_path(dirs: Sequence[str]) -> list[str]:
 def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
     """The ``serve`` arguments that give a server child the same ``--hooks-path`` directories."""
     return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))
+
+
+def account_counts(text: str) -> tuple[int, ...]:
+    """``1e4,1e6,1.4e9`` -> account counts (a float form is accepted only where it is a whole number)."""
+    counts = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        value = float(part)
+        if value != int(value) or value < 2:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a whole number of accounts >= 2")
+        counts.append(int(value))
+    return tuple(counts)
+
+
+def add_scale_options(p: argparse.ArgumentParser, *, sizes: Sequence[int]) -> None:
+    """The ``scale`` benchmark's sizes, profiles, trials, end-to-end sizes and huge-page switch."""
+    shown = ",".join(f"{n:.0e}".replace("e+0", "e") for n in sizes)
+    p.add_argument("--sizes", type=account_counts, default=tuple(sizes), help=f"account counts (default {shown})")
+    p.add_argument(
+        "--profiles",
+        type=lambda s: tuple(s.split(",")),
+        default=("baseline", "full"),
+        help="profiles (default baseline,full)",
+    )
+    p.add_argument("--trials", type=int, default=3, help="engine trials per size and profile (default 3)")
+    p.add_argument(
+        "--e2e-sizes", type=account_counts, default=(), help="sizes that also get the end-to-end search (default none)"
+    )
+    p.add_argument("--no-hugepages", action="store_true", help="turn off numpy's madvise(MADV_HUGEPAGE) to compare")

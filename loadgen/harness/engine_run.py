@@ -75,6 +75,33 @@ def run_engine(
     build_seconds = time.perf_counter() - started
     build_peak = peak_rss_bytes()
     stream = BatchPool(workload, pool, batch)
+    return measure_engine(
+        ledger,
+        stream,
+        profile=profile,
+        batch=batch,
+        seconds=seconds,
+        warmup=warmup,
+        seed=seed,
+        build_seconds=build_seconds,
+        build_peak_rss_bytes=build_peak,
+    )
+
+
+def measure_engine(
+    ledger: Ledger,
+    stream: BatchPool,
+    *,
+    profile: str,
+    batch: int,
+    seconds: float,
+    warmup: float,
+    seed: int,
+    build_seconds: float | None = None,
+    build_peak_rss_bytes: int | None = None,
+) -> EngineResult:
+    """Drive a built ``ledger`` with ``stream`` for ``warmup`` (discarded) then ``seconds``; closes its hooks."""
+    accounts = ledger.accounts
 
     def run_for(duration: float) -> tuple[int, int]:
         spent_ns = 0
@@ -116,7 +143,7 @@ def run_engine(
         seed=seed,
         environment=collect(),
         build_seconds=build_seconds,
-        build_peak_rss_bytes=build_peak,
+        build_peak_rss_bytes=build_peak_rss_bytes,
         peak_rss_bytes=peak_rss_bytes(),
         population_version=POPULATION_VERSION,
     )

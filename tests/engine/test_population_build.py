@@ -125,3 +125,14 @@ def test_progress_line_redraws_in_place_and_ends_with_a_newline() -> None:
     progress(100, 100)
     assert stream.getvalue().count("\r") == 2 and stream.getvalue().endswith("(100%, 0 s)\n")
     assert "building: 10 of 100 (10%" in stream.getvalue()
+
+
+def test_reset_accounts_restores_the_built_state_of_the_accounts_given() -> None:
+    population = Population(PopulationConfig(accounts=3_000, seed=4))
+    balance, bits = population.build_state()
+    pristine = balance.copy(), bits.copy()
+    touched = np.array([0, 17, 2_999])
+    balance[touched] = 7
+    bits[touched] |= 1
+    population.reset_accounts(balance, bits, touched)
+    assert np.array_equal(balance, pristine[0]) and np.array_equal(bits, pristine[1])
