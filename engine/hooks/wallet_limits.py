@@ -37,6 +37,7 @@ import msgspec
 import numpy as np
 
 from engine.accounts import class_of_bits
+from engine.chunks import fill_in_chunks
 from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.hooks.base import Hook, LedgerView, Transfers
@@ -121,8 +122,12 @@ class WalletLimits(Hook):
     def attach(self, ledger: LedgerView) -> None:
         if ledger.limits is not None:
             raise ValueError("a ledger takes one sequential-limits hook; wallet_limits is listed twice")
-        # Zero words are "0 spent" whatever the day, so a fresh array needs no stamps.
-        self.spent_word = np.zeros(ledger.accounts, dtype=np.uint32)
+        # Zero words are "0 spent" whatever the day, so a fresh array needs no stamps. Written
+        # here, not left to np.zeros' lazily mapped pages: at 1.4e9 accounts the first payment
+        # into each untouched 2 MiB huge page faulted it in on the sequencer (31 ms stalls, 12 us
+        # per transfer in the first 1.4e9-account run).
+        self.spent_word = np.empty(ledger.accounts, dtype=np.uint32)
+        fill_in_chunks(ledger.accounts, lambda lo, hi: self.spent_word[lo:hi].fill(0))
         self._flags = ledger.flags
         self._clock = ledger.clock
         ledger.limits = self
