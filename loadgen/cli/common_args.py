@@ -202,3 +202,4 @@ def add_scale_options(p: argparse.ArgumentParser, *, sizes: Sequence[int]) -> No
         "--e2e-sizes", type=account_counts, default=(), help="sizes that also get the end-to-end search (default none)"
     )
     p.add_argument("--no-hugepages", action="store_true", help="turn off numpy's madvise(MADV_HUGEPAGE) to compare")
+    p.add_argument("--append", action="store_true", help="add to OUT/scale.json instead of replacing it")

@@ -36,7 +36,7 @@ def _main(args: argparse.Namespace) -> int:
         e2e_sizes=args.e2e_sizes,
         hugepages=not args.no_hugepages,
     )
-    result = run_scale(settings, Path(args.out), log=lambda line: print(line, file=sys.stderr))
+    result = run_scale(settings, Path(args.out), log=lambda line: print(line, file=sys.stderr), append=args.append)
     print(format_summary(result))
     print(f"wrote {Path(args.out) / 'scale.json'} and scale.png")
     return 0 if all(t.audit_ok for t in result.engine) else 1

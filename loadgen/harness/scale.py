@@ -128,13 +128,27 @@ def _set_hugepages(enabled: bool) -> None:
     _set_madvise_hugepage(enabled)
 
 
-def run_scale(settings: ScaleSettings, out: Path, *, log: Callable[[str], None] = print) -> ScaleResult:
-    """Measure every size and profile of ``settings``; write ``scale.json`` and ``scale.png`` to ``out``."""
+def run_scale(
+    settings: ScaleSettings, out: Path, *, log: Callable[[str], None] = print, append: bool = False
+) -> ScaleResult:
+    """Measure every size and profile of ``settings``; write ``scale.json`` and ``scale.png`` to ``out``.
+
+    ``append`` adds to the figures of an existing ``out/scale.json`` (e.g. 1.4e9 accounts measured
+    in a second invocation with fewer trials); its settings then list every size measured.
+    """
     out.mkdir(parents=True, exist_ok=True)
     _set_hugepages(settings.hugepages)
-    builds: list[SizeBuild] = []
-    engine: list[EngineTrial] = []
-    e2e: list[EndToEnd] = []
+    before = load_scale(out / "scale.json") if append and (out / "scale.json").exists() else None
+    builds: list[SizeBuild] = [] if before is None else list(before.builds)
+    engine: list[EngineTrial] = [] if before is None else list(before.engine)
+    e2e: list[EndToEnd] = [] if before is None else list(before.e2e)
+    if before is not None:
+        sizes = tuple(sorted({*before.settings.sizes, *settings.sizes}))
+        settings_all = msgspec.structs.replace(
+            settings, sizes=sizes, e2e_sizes=(*before.settings.e2e_sizes, *settings.e2e_sizes)
+        )
+    else:
+        settings_all = settings
     for accounts in settings.sizes:
         for profile in settings.profiles:
             check_accounts_fit(accounts, profile)
@@ -148,7 +162,7 @@ def run_scale(settings: ScaleSettings, out: Path, *, log: Callable[[str], None] 
         format_version=SCALE_FORMAT_VERSION,
         kind="scale",
         created_utc=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        settings=settings,
+        settings=settings_all,
         population_version=POPULATION_VERSION,
         environment=collect(),
         builds=builds,

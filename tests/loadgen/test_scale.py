@@ -50,3 +50,7 @@ def test_scale_cli_runs_and_prints_the_medians(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert "3,000 accounts: population built" in out and "baseline: engine" in out
     assert np.isfinite(load_scale(tmp_path / "scale.json").engine[0].transfers_per_s)
+    argv[2] = "4e3"
+    assert main([*argv, "--warmup", "0", "--out", str(tmp_path), "--append"]) == 0
+    merged = load_scale(tmp_path / "scale.json")
+    assert merged.settings.sizes == (3_000, 4_000) and [t.accounts for t in merged.engine] == [3_000, 4_000]
