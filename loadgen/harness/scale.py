@@ -88,6 +88,8 @@ class EngineTrial(msgspec.Struct, frozen=True):
     hooks_build_seconds: float
     #: wallet_limits' longest wait in one batch (the day-stamp scrub), if the profile has it.
     rollover_stall_max_ns: int | None = None
+    #: Each hook's time per measured transfer (ns), as ``engine --json`` reports it.
+    hooks_ns_per_transfer: dict[str, float] = {}
 
 
 class SizeBuild(msgspec.Struct, frozen=True):
@@ -223,6 +225,7 @@ def _engine_size(
                     audit_ok=r.audit_ok,
                     hooks_build_seconds=hooks_s,
                     rollover_stall_max_ns=stall,
+                    hooks_ns_per_transfer=r.hooks,
                 )
             )
             log(f"  engine {profile} trial {trial}: {r.transfers_per_s:,.0f}/s (hooks built in {hooks_s:.1f} s)")
