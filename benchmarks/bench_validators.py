@@ -1,5 +1,7 @@
 """Signature verification: per-core rates of PyNaCl and ``cryptography``, key generation, and the
-validation tier fed in-process with 1 and 2 workers against the single-core rate.
+validation tier fed in-process with 1 and 2 workers against the single-core rate, and with 2
+workers fed 200 Submits of 20 transfers at once (``tier-2-small``: the signed profile's regime,
+where the cost of feeding the workers, ``parent_us_per_transfer``, is what parcels cut).
 
 Run from the repository root (not part of the test suite):
 
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-CONTENDERS = ("keygen", "verify-pynacl", "verify-cryptography", "two-processes", "tier-1", "tier-2")
+CONTENDERS = ("keygen", "verify-pynacl", "verify-cryptography", "two-processes", "tier-1", "tier-2", "tier-2-small")
 
 
 def _signed(accounts: int, n: int, seed: int = 1) -> tuple[bytes, bytes]:
@@ -115,16 +117,20 @@ def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[st
         out["rate_per_s"], out["rate_per_cpu_s"] = _rate(verify_all, seconds)
     else:
         workers = int(name.split("-")[1])
+        # Several batches in flight, as a busy sequencer would have.
+        if name.endswith("-small"):  # 200 Submits of 20 transfers: the signed profile's regime
+            parts = [(records[i * 48 : (i + 20) * 48], sigs[i * 64 : (i + 20) * 64]) for i in range(0, 4_000, 20)]
+        else:  # 4 batches of 4,096
+            parts = [(records, sigs)] * 4
         inline = InlineValidators(registry)
         single, single_cpu = _rate(lambda: len(inline.verify_now(records, sigs)), seconds / 2)
         pool = LocalValidators(registry, workers)
         pool.start_now()
         try:
-            batches = 4  # several batches in flight, as a busy sequencer would have
             pids = pool.worker_pids()
 
             async def feed() -> int:
-                got = await asyncio.gather(*(pool.verify(records, sigs) for _ in range(batches)))
+                got = await asyncio.gather(*(pool.verify(r, s) for r, s in parts))
                 return sum(len(g) for g in got)
 
             # CPU: the workers' plus this process's (the feeder threads and the event loop).
@@ -144,6 +150,7 @@ def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[st
             "efficiency": tier / (single * workers),
             "cpu_efficiency": tier_cpu / single_cpu,
             "parent_cpu_share": parent_cpu / max(parent_cpu + worker_cpu, 1e-9),
+            "parent_us_per_transfer": parent_cpu / max(pool.stats().transfers, 1) * 1e6,
         }
     out["unit"] = "verifications/s"
     out["loadavg_after"] = os.getloadavg()[0]
@@ -181,7 +188,8 @@ def main() -> None:
                 extra = (
                     f"  single core {single:,.0f}/wall s {single_cpu:,.0f}/CPU s;"
                     f" wall {r['efficiency']:.2f}, CPU {r['cpu_efficiency']:.2f} of single x workers;"
-                    f" feeding {r['parent_cpu_share']:.0%} of the tier's CPU"
+                    f" feeding {r['parent_cpu_share']:.0%} of the tier's CPU,"
+                    f" {r['parent_us_per_transfer']:.1f} us per transfer"
                 )
             print(
                 f"{name:20s} {r['rate_per_s']:>12,.0f} {r['rate_per_cpu_s']:>12,.0f} {r['unit']}{extra}"

@@ -24,7 +24,8 @@ BAD_SIGNATURE       (signed operation) the payer wallet's Ed25519 signature over
                     validators before anything else (see below)
 UNKNOWN_OPERATOR    the operator number is outside the ledger's configured operators
 INVALID_ID          transfer_id is negative
-ID_OUT_OF_RANGE     transfer_id is above MAX_TRANSFER_ID (2**62 - 1, engine.records); see below
+ID_OUT_OF_RANGE     transfer_id is above MAX_TRANSFER_ID (2**62 - 1, engine.records) or more than
+                    MAX_ID_AHEAD (2**32) above the operator's highest id; see below
 STALE_ID            transfer_id is older than the operator's idempotency window, so it cannot
                     be proven new; rejected rather than risk a double payment
 DUPLICATE           (operator, transfer_id) was already processed; no money moves
@@ -32,13 +33,13 @@ INVALID_AMOUNT      amount_fen <= 0 or > MAX_TRANSFER_FEN
 SAME_ACCOUNT        payer == payee
 UNKNOWN_ACCOUNT     payer or payee is not an account of this ledger
 FORBIDDEN_PAYER     the operator does not hold the payer's account (servers with authentication on)
-FROZEN              payer or payee is frozen (freeze hook)
 BLACKLISTED         payer is on the blacklist and the category is restricted (blacklist hook)
 CREDIT_RESTRICTED   payer's social-credit score is below the threshold for this category
 WALLET_SINGLE_LIMIT amount exceeds the payer's wallet-class single-payment cap
 WALLET_DAILY_LIMIT  payer's spending today would exceed the wallet-class daily cap
-WALLET_BALANCE_LIMIT payee's balance would exceed its wallet-class balance cap
 INSUFFICIENT_FUNDS  payer's balance at that point in the sequence is below the amount
+WALLET_BALANCE_LIMIT payee's balance would exceed its wallet-class balance cap
+FROZEN              payer or payee is frozen (freeze hook); after the settlement checks, see below
 HOOK_ERROR          an authorize hook raised; the whole batch is refused, nothing applied
 OVERLOADED          the server shed the transfer before it reached the ledger
 ==================  =====================================================================
@@ -56,6 +57,25 @@ top of int64, so every later id was STALE_ID (the operator was blocked for good)
 ``Welcome.next_transfer_id`` overflowed. Valid ids are 0..MAX_TRANSFER_ID; an id out of range is not
 consumed and moves no window. Existing codes kept their order, but a journal holding an id above
 the range would replay with another code, so the precedence id moved to ``codes-2``.
+The MAX_ID_AHEAD bound (``codes-3``) closes the same hole from inside the range: an id of
+2**62 - 1 was valid and left its operator no new id above it (a self-block). An id may now run at
+most 2**32 ahead of the operator's highest consumed id (before its first, of -1).
+
+What an operator may learn about accounts it does not hold (``codes-3``, issue 13)
+    Only what paying them reveals: a payment that would move money from the operator's own
+    customer is refused if the payee cannot receive it (WALLET_BALANCE_LIMIT, FROZEN), and the
+    refusal says why. Nothing about a payee is answered for a payment that could not have moved
+    money anyway. Under ``codes-2`` the payee's checks came before the payer's funds, so a payer
+    with no money probed for free: the amount at which WALLET_BALANCE_LIMIT turned into
+    INSUFFICIENT_FUNDS gave the payee's exact balance, and FROZEN gave the payee's frozen state.
+    Now every check of the payer's side (its wallet caps, its funds) comes first: a probe that
+    learns anything about the payee moves the amount to the payee when the answer is OK, so a
+    balance costs money to learn. FROZEN stays one code for payer and payee (the operator knows
+    its own customer's state). The order of the engine follows: a hook veto ranked after the
+    settlement checks (``SETTLEMENT_CHECKS``) stands only for a transfer that passes them at its
+    place in the sequence (it then moves no money); one ranked before them refuses the transfer
+    before they run. UNKNOWN_ACCOUNT stays early: the number of accounts is public (Welcome).
+    Reordering changes the codes a journal holds, so the precedence id is ``codes-3``.
 """
 
 from __future__ import annotations
@@ -100,13 +120,13 @@ PRECEDENCE: tuple[ResultCode, ...] = (
     ResultCode.SAME_ACCOUNT,
     ResultCode.UNKNOWN_ACCOUNT,
     ResultCode.FORBIDDEN_PAYER,
-    ResultCode.FROZEN,
     ResultCode.BLACKLISTED,
     ResultCode.CREDIT_RESTRICTED,
     ResultCode.WALLET_SINGLE_LIMIT,
     ResultCode.WALLET_DAILY_LIMIT,
-    ResultCode.WALLET_BALANCE_LIMIT,
     ResultCode.INSUFFICIENT_FUNDS,
+    ResultCode.WALLET_BALANCE_LIMIT,
+    ResultCode.FROZEN,
     ResultCode.HOOK_ERROR,
     ResultCode.OVERLOADED,
     ResultCode.OK,
@@ -116,11 +136,17 @@ PRECEDENCE: tuple[ResultCode, ...] = (
 #: payment, so it does not advance the sequencer's clock (``engine.clock``).
 LEDGER_CHECKS: frozenset[ResultCode] = frozenset(PRECEDENCE[: PRECEDENCE.index(ResultCode.FORBIDDEN_PAYER) + 1])
 
+#: The checks of settlement, decided one transfer at a time in sequence order (``Ledger._settle``).
+#: A hook veto ranked after all of them is "late": it stands only if the transfer passes them.
+SETTLEMENT_CHECKS: frozenset[ResultCode] = frozenset(
+    {ResultCode.WALLET_DAILY_LIMIT, ResultCode.INSUFFICIENT_FUNDS, ResultCode.WALLET_BALANCE_LIMIT}
+)
+
 #: Identifies this precedence table. Journals record it (``JournalHeader.precedence``): replaying
 #: a journal under another precedence would give other codes, so changing the order (not
 #: appending a code at its documented place without changing any earlier outcome) changes this
 #: id and is a journal format change.
-PRECEDENCE_ID = "codes-2"
+PRECEDENCE_ID = "codes-3"
 
 CODE_DTYPE = np.dtype(np.uint8)
 
@@ -131,6 +157,11 @@ def rank_table() -> np.ndarray:
     for rank, code in enumerate(PRECEDENCE):
         table[code] = rank
     return table
+
+
+def late_rank() -> int:
+    """Rank above which a hook veto is late (ranked after every settlement check)."""
+    return max(PRECEDENCE.index(c) for c in SETTLEMENT_CHECKS)
 
 
 def merge(codes: np.ndarray, new: np.ndarray, ranks: np.ndarray) -> None:

@@ -15,6 +15,9 @@ operators, which the journal header records, so replay judges ids by the same wi
 An id is consumed by the first transfer that carries it past the id checks, whatever that
 transfer's final result: a retry of a transfer that failed for insufficient funds is a
 DUPLICATE, so a client can never apply one intent twice by retrying it.
+
+An id more than ``MAX_ID_AHEAD`` above the operator's highest consumed id gets ID_OUT_OF_RANGE
+and is not consumed (``engine.records``): one stray id can no longer block its own operator.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.codes import CODE_DTYPE, ResultCode
+from engine.records import MAX_ID_AHEAD
 
 DEFAULT_WINDOW = 1 << 20
 #: Most bytes all operators' rings may hold together (one byte per id of the window).
@@ -79,20 +83,25 @@ class IdWindow:
                 codes = op_codes
             else:
                 codes[where] = op_codes
-            plan.append(_Consumed(op, max(int(self.high[op]), int(ids.max())), ids[consumed]))
+            taken = ids[consumed]
+            plan.append(_Consumed(op, max(int(self.high[op]), int(taken.max()) if len(taken) else -1), taken))
         return codes, plan
 
     def _check_one(self, op: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h0 = int(self.high[op])
         codes = np.zeros(len(ids), dtype=CODE_DTYPE)
-        # Fast path: the usual stream of fresh, strictly increasing ids.
-        if ids[0] > h0 and (len(ids) == 1 or bool((ids[1:] > ids[:-1]).all())):
+        # Fast path: the usual stream of fresh, strictly increasing ids, none too far ahead.
+        if 0 < ids[0] - h0 <= MAX_ID_AHEAD and (
+            len(ids) == 1 or bool(((ids[1:] > ids[:-1]) & (ids[1:] - ids[:-1] <= MAX_ID_AHEAD)).all())
+        ):
             return codes, np.ones(len(ids), dtype=bool)
-        running = np.maximum.accumulate(ids)
+        ahead = self._too_far_ahead(h0, ids)
+        kept = np.where(ahead, h0, ids)  # an id too far ahead is not consumed: it moves no window
+        running = np.maximum.accumulate(kept)
         high_before = np.empty_like(ids)
         high_before[0] = h0
         np.maximum(running[:-1], h0, out=high_before[1:])
-        stale = ids <= high_before - self.window
+        stale = (ids <= high_before - self.window) & ~ahead
         dup = np.zeros(len(ids), dtype=bool)
         seen = self._seen.get(op)
         if seen is not None:
@@ -101,10 +110,26 @@ class IdWindow:
         repeated = np.ones(len(ids), dtype=bool)
         repeated[first_index] = False
         dup |= repeated
-        dup &= ~stale
+        dup &= ~(stale | ahead)
         codes[stale] = ResultCode.STALE_ID
         codes[dup] = ResultCode.DUPLICATE
-        return codes, ~(stale | dup)
+        codes[ahead] = ResultCode.ID_OUT_OF_RANGE
+        return codes, ~(stale | dup | ahead)
+
+    @staticmethod
+    def _too_far_ahead(h0: int, ids: np.ndarray) -> np.ndarray:
+        """Ids more than MAX_ID_AHEAD above the highest id consumed before them (sequentially)."""
+        naive = np.maximum(np.maximum.accumulate(ids), h0)
+        if not bool((ids[1:] > naive[:-1] + MAX_ID_AHEAD).any()) and ids[0] <= h0 + MAX_ID_AHEAD:
+            return np.zeros(len(ids), dtype=bool)
+        out = np.zeros(len(ids), dtype=bool)
+        high = h0
+        for i, tid in enumerate(ids.tolist()):  # rare: only a batch holding such a jump gets here
+            if tid > high + MAX_ID_AHEAD:
+                out[i] = True
+            elif tid > high:
+                high = tid
+        return out
 
     def commit(self, plan: list[_Consumed]) -> None:
         """Record the consumed ids of a batch that was applied."""

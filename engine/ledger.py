@@ -31,7 +31,7 @@ import numpy as np
 from engine.accounts import FLAG_BLACKLISTED, FLAG_FROZEN, WALLET_CLASSES, bits_of_class, class_of_bits
 from engine.balances import NarrowBalances
 from engine.clock import SequencerClock
-from engine.codes import CODE_DTYPE, ResultCode, merge, rank_table
+from engine.codes import CODE_DTYPE, ResultCode, late_rank, merge, rank_table
 from engine.hooks.base import Hook, SequentialLimits, Transfers
 from engine.idempotency import DEFAULT_WINDOW, IdWindow
 from engine.records import MAX_BATCH, MAX_SUPPLY_FEN, MAX_TRANSFER_FEN, MAX_TRANSFER_ID, TRANSFER_DTYPE
@@ -174,6 +174,7 @@ class Ledger:
         self.clock = clock if clock is not None else SequencerClock.for_accounts(accounts)
         self.stats = LedgerStats()
         self._ranks = rank_table()
+        self._late_rank = late_rank()
         self._deferred: list[tuple[Hook, np.ndarray, np.ndarray]] = []
         self.hooks: tuple[Hook, ...] = tuple(hooks)
         names = [h.name for h in self.hooks]
@@ -313,9 +314,15 @@ class Ledger:
                     return self._refuse(codes)
                 if vetoes is not None:
                     merge(sub, np.asarray(vetoes, dtype=CODE_DTYPE), self._ranks)
-            ok = sub == 0
-            columns = (transfers.payer, transfers.payee, transfers.amount_fen)
-            sub[ok] = self._settle(*(columns if ok.all() else (c[ok] for c in columns)))
+            # A late veto (ranked after the settlement checks, engine.codes "What an operator may
+            # learn") stands only for a transfer that passes them: it is settled "dry".
+            late = (sub != 0) & (self._ranks[sub] > self._late_rank)
+            go = (sub == 0) | late
+            pays, gets, amounts, dry = transfers.payer, transfers.payee, transfers.amount_fen, late
+            if not go.all():
+                pays, gets, amounts, dry = pays[go], gets[go], amounts[go], late[go]
+            settled = self._settle(pays, gets, amounts, dry if dry.any() else None)
+            sub[go] = np.where(dry & (settled == 0), sub[go], settled)
             codes[pending] = sub
         self.ids.commit(consumed)
         self.clock.advance(len(pending))
@@ -365,8 +372,15 @@ class Ledger:
         self.stats.transfers += len(codes)
         self.stats.codes += np.bincount(codes, minlength=len(ResultCode))
 
-    def _settle(self, payer: np.ndarray, payee: np.ndarray, amount: np.ndarray) -> np.ndarray:
-        """Move money for transfers that passed every other check; codes for the sequential checks."""
+    def _settle(
+        self, payer: np.ndarray, payee: np.ndarray, amount: np.ndarray, dry: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Move money for transfers that passed every other check; codes for the sequential checks.
+
+        ``dry`` marks transfers with a late veto: they are checked at their place in the sequence
+        but never move money (OK here means "passed": the caller puts the veto there). They count
+        in the worst-case bounds below, which only makes those bounds more cautious.
+        """
         k = len(payer)
         codes = np.zeros(k, dtype=CODE_DTYPE)
         if k == 0:
@@ -391,6 +405,9 @@ class Ledger:
             safe &= balance + credit <= balance_cap
             limits_ns = time.perf_counter_ns() - t0
         if safe.all():
+            if dry is not None:
+                np.subtract.at(debit, lp[dry], amount[dry])
+                np.subtract.at(credit, lq[dry], amount[dry])
             self.balances.scatter(accounts, balance + credit - debit)
             if limits is not None:
                 t0 = time.perf_counter_ns()
@@ -402,23 +419,26 @@ class Ledger:
         # depends on order: those touching an account that fails a worst-case bound. Their state
         # starts at the batch start, because certain transfers never touch such accounts and
         # every other account passes its checks whatever subset of transfers succeeds.
-        uncertain = np.flatnonzero(~(safe[lp] & safe[lq]))
+        unsure = ~(safe[lp] & safe[lq])
+        uncertain = np.flatnonzero(unsure)
         self.stats.exact_path_transfers += len(uncertain)
         up, uq, ua = lp[uncertain], lq[uncertain], amount[uncertain]
-        # Certain transfers' totals: everything minus what the uncertain transfers asked for.
-        np.subtract.at(debit, up, ua)
-        np.subtract.at(credit, uq, ua)
+        # Certain transfers' totals: everything minus what the uncertain (and the dry) ones asked for.
+        taken = unsure if dry is None else unsure | dry
+        np.subtract.at(debit, lp[taken], amount[taken])
+        np.subtract.at(credit, lq[taken], amount[taken])
+        u_dry = [False] * len(uncertain) if dry is None else dry[uncertain].tolist()
         involved, loop_local = np.unique(np.concatenate([up, uq]), return_inverse=True)
         u = len(uncertain)
         start_bal = balance[involved]
         bal = start_bal.tolist()
         out = [0] * u
-        pairs = zip(loop_local[:u].tolist(), loop_local[u:].tolist(), ua.tolist(), strict=True)
+        pairs = zip(loop_local[:u].tolist(), loop_local[u:].tolist(), ua.tolist(), u_dry, strict=True)
         if limits is None:
-            for j, (p, q, a) in enumerate(pairs):
+            for j, (p, q, a, d) in enumerate(pairs):
                 if bal[p] < a:
                     out[j] = ResultCode.INSUFFICIENT_FUNDS
-                else:
+                elif not d:
                     bal[p] -= a
                     bal[q] += a
         else:
@@ -426,14 +446,14 @@ class Ledger:
             sp = start_spent.tolist()
             dcap = daily_cap[involved].tolist()
             bcap = balance_cap[involved].tolist()
-            for j, (p, q, a) in enumerate(pairs):
+            for j, (p, q, a, d) in enumerate(pairs):
                 if sp[p] + a > dcap[p]:
                     out[j] = ResultCode.WALLET_DAILY_LIMIT
-                elif bal[q] + a > bcap[q]:
-                    out[j] = ResultCode.WALLET_BALANCE_LIMIT
                 elif bal[p] < a:
                     out[j] = ResultCode.INSUFFICIENT_FUNDS
-                else:
+                elif bal[q] + a > bcap[q]:
+                    out[j] = ResultCode.WALLET_BALANCE_LIMIT
+                elif not d:
                     bal[p] -= a
                     bal[q] += a
                     sp[p] += a

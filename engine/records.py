@@ -34,6 +34,14 @@ MAX_TRANSFER_FEN = 10**14
 #: keeps ``id + 1`` (Welcome.next_transfer_id) and ``id + window`` (the idempotency window) from
 #: overflowing; an id above it gets ID_OUT_OF_RANGE and is not consumed.
 MAX_TRANSFER_ID = (1 << 62) - 1
+#: Furthest an id may run ahead of its operator's highest consumed id (or of -1, before the first).
+#: Without it one id near MAX_TRANSFER_ID (a typo, a bug) moved the window to the top of the range
+#: and blocked its own operator: every later id was stale or out of range (issue 13). An id
+#: further ahead gets ID_OUT_OF_RANGE and is not consumed; reaching the top now takes at least
+#: 2**30 accepted transfers that each jump the whole 2**32 (about an hour of a 300,000/s server
+#: spent on nothing else), never one bad id. Clients number their transfers from
+#: ``Welcome.next_transfer_id`` upwards, so gaps far below this are what they produce.
+MAX_ID_AHEAD = 1 << 32
 #: Cap on the money in a ledger (about 4.6e16 yuan); balance + amount can then never overflow int64.
 MAX_SUPPLY_FEN = 2**62
 #: Largest batch the ledger applies: with MAX_SUPPLY_FEN, a balance plus every credit of a batch

@@ -17,14 +17,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.clock import CLOCK_START_NS
-from engine.codes import LEDGER_CHECKS, PRECEDENCE, ResultCode
+from engine.codes import LEDGER_CHECKS, PRECEDENCE, ResultCode, late_rank
 from engine.hooks.wallet_limits import FEN_PER_YUAN, NO_CAP_FEN, WalletLimitsConfig
 from engine.idempotency import DEFAULT_TOTAL_WINDOW_BYTES, DEFAULT_WINDOW
-from engine.records import MAX_TRANSFER_FEN, MAX_TRANSFER_ID
+from engine.records import MAX_ID_AHEAD, MAX_TRANSFER_FEN, MAX_TRANSFER_ID
 from engine.simtime import NS_PER_DAY, cst_day
 
 Tx = dict[str, Any]
 _RANK = {code: rank for rank, code in enumerate(PRECEDENCE)}
+_LATE_RANK = late_rank()
 
 
 class ReferenceHook(Protocol):
@@ -116,9 +117,9 @@ class ReferenceLedger:
             return ResultCode.UNKNOWN_OPERATOR
         if tid < 0:
             return ResultCode.INVALID_ID
-        if tid > MAX_TRANSFER_ID:
-            return ResultCode.ID_OUT_OF_RANGE
         high = self.high.get(op, -1)
+        if tid > MAX_TRANSFER_ID or tid > high + MAX_ID_AHEAD:
+            return ResultCode.ID_OUT_OF_RANGE
         if tid <= high - self.window:
             return ResultCode.STALE_ID
         seen = self.seen.setdefault(op, set())
@@ -139,15 +140,18 @@ class ReferenceLedger:
         if self.limits is not None and amount > self._caps(payer)[0]:
             vetoes.append(ResultCode.WALLET_SINGLE_LIMIT)
         vetoes = [v for v in vetoes if v]
-        if vetoes:
-            return min(vetoes, key=lambda v: _RANK[ResultCode(v)])
-        if self.limits is not None:
-            if self.daily_spent[payer] + amount > self._caps(payer)[1]:
-                return ResultCode.WALLET_DAILY_LIMIT
-            if self.balance[payee] + amount > self._caps(payee)[2]:
-                return ResultCode.WALLET_BALANCE_LIMIT
+        veto = min(vetoes, key=lambda v: _RANK[ResultCode(v)]) if vetoes else 0
+        if veto and _RANK[ResultCode(veto)] <= _LATE_RANK:
+            return veto
+        # The settlement checks, in precedence order (engine.codes): the payer's before the payee's.
+        if self.limits is not None and self.daily_spent[payer] + amount > self._caps(payer)[1]:
+            return ResultCode.WALLET_DAILY_LIMIT
         if self.balance[payer] < amount:
             return ResultCode.INSUFFICIENT_FUNDS
+        if self.limits is not None and self.balance[payee] + amount > self._caps(payee)[2]:
+            return ResultCode.WALLET_BALANCE_LIMIT
+        if veto:  # a late veto: ranked after the settlement checks, which this transfer passed
+            return veto
         self.balance[payer] -= amount
         self.balance[payee] += amount
         self.daily_spent[payer] += amount

@@ -27,11 +27,16 @@ class ValidatorStats(msgspec.Struct, kw_only=True):
     batches: int = 0
     transfers: int = 0
     chunks: int = 0
+    #: Round trips to a worker; a parcel carries the chunks queued together (local tier only).
+    parcels: int = 0
     #: Chunks put back on the queue because the worker holding them died before answering.
     requeued_chunks: int = 0
     worker_deaths: int = 0
     restarts: int = 0
     failed_batches: int = 0
+    #: User + system CPU seconds of the live worker processes (local tier, Linux /proc; a worker that
+    #: died takes its share with it). The inline tier's verification is in the server's own CPU.
+    cpu_s: float = 0.0
 
 
 class Validators(abc.ABC):

@@ -4,7 +4,7 @@ Run them from this directory (the working directory is always on the import path
 anywhere with ``--hooks-path examples``::
 
     cbdc-bench engine --scenario examples/my_hooks.toml --profile mine --hooks-path examples
-    cbdc-bench run examples/my_hooks.toml --profile mine --hooks-path examples
+    cbdc-bench run --scenario examples/my_hooks.toml --profile mine --hooks-path examples
 
 ``LargePaymentCap`` is vectorised: one numpy comparison per batch, the way hooks stay cheap at
 300,000 payments/s. ``CategoryCounter`` is written one payment at a time, the way a first draft

@@ -35,8 +35,9 @@ Ordering
     Per connection, Results come in Submit order except for shed Submits (below), whose Results
     are sent immediately and can overtake queued ones; clients match Results by ``seq``.
     Admin requests first apply everything queued (from every connection), so they observe, and
-    take effect after, every Submit received before them, except Submits still awaiting their
-    signature verdicts (below), which apply after the admin request.
+    take effect after, every Submit received before them; with signatures on, an admin request
+    that arrives while Submits await their verdicts waits behind them in arrival order (and the
+    Submits after it wait behind it), so the order is the same as without signatures.
 
 Bounded everything
     * Queue: at most ``queue_limit`` transfers (a Submit counts at least 1). A Submit that does
@@ -102,8 +103,10 @@ Signatures (``signatures``, ``validators``; issue 19)
     transfer id (a correctly signed retry with the same id applies) and is not journalled, so the
     journal holds verified transfers only and replay never re-verifies. If the tier cannot verify
     (``ValidatorsUnavailable``: its workers died), the Submit is answered OVERLOADED: nothing
-    applied, safe to retry. With ``required``, an unsigned ``Submit`` gets BAD_SIGNATURE for each
-    transfer; a server with signatures off answers ``SignedSubmit`` UNKNOWN_MESSAGE.
+    applied, safe to retry (a validator process that dies mid-run has its chunks re-verified by
+    another and is replaced; ``engine.validators``). With ``required``, an unsigned ``Submit``
+    gets BAD_SIGNATURE for each transfer; a server with signatures off answers ``SignedSubmit``
+    UNKNOWN_MESSAGE.
 
 Timeouts
     A connection must complete Hello (and authentication) within ``handshake_timeout_ms``, and

@@ -14,8 +14,11 @@ its place in the Submit's Results: it never reaches the ledger, so it does not c
 transfer id and is not journalled (the journal holds verified transfers only; replay never
 re-verifies). If the tier cannot verify (``ValidatorsUnavailable``) the whole Submit is answered
 OVERLOADED: nothing applied, safe to retry. An unsigned Submit on a server that requires
-signatures is answered BAD_SIGNATURE per transfer. ``drain`` (admin requests) applies what is
-queued, not what is still being verified; ``settle`` waits for that (at shutdown).
+signatures is answered BAD_SIGNATURE per transfer. An admin request that arrives while Submits
+are being verified waits in ``verifying`` behind them (``after_verified``): it observes, and takes
+effect after, every Submit received before it, and before every Submit received after it, as
+without signatures (a Balance read right after a Submit shows its payment; a Freeze sent after a
+Submit does not refuse it). ``settle`` waits for everything being verified (at shutdown).
 """
 
 from __future__ import annotations
@@ -93,8 +96,10 @@ class Batcher:
         #: The validation tier (None: signatures off) and whether unsigned Submits are refused.
         self.validators: Validators | None = None
         self.signatures_required = False
-        #: Admitted Submits awaiting verdicts, in arrival order (their own or an earlier one's).
-        self.verifying: collections.deque[tuple[QueuedSubmit, asyncio.Future[np.ndarray | None]]] = collections.deque()
+        #: Admitted Submits awaiting verdicts (their own or an earlier one's), and admin requests
+        #: waiting for those (``after_verified``), in arrival order.
+        self.verifying: collections.deque[tuple[QueuedSubmit | Callable[[], None], asyncio.Future[np.ndarray | None]]]
+        self.verifying = collections.deque()
 
     # ---- admission -------------------------------------------------------------------------------
 
@@ -190,14 +195,30 @@ class Batcher:
         self.verifying.append((entry, future))
         future.add_done_callback(self._verified)
 
+    def after_verified(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (an admin request) once every Submit received before it has its verdicts
+        and is queued: at once if none is being verified, else in arrival order behind them."""
+        if not self.verifying:
+            action()
+            return
+        assert self.loop is not None
+        done: asyncio.Future[np.ndarray | None] = self.loop.create_future()
+        done.set_result(None)
+        self.verifying.append((action, done))
+        self.metrics.counters["admin_waited_for_verdicts"] += 1
+
     def _verified(self, _: object = None) -> None:
-        """Move the Submits whose verdicts are in, from the head of ``verifying``, to the queue."""
+        """Move the Submits whose verdicts are in, from the head of ``verifying``, to the queue
+        (and run the admin requests that waited for them, in order)."""
         verifying = self.verifying
         moved = False
         while verifying and verifying[0][1].done():
             entry, future = verifying.popleft()
             if future.cancelled():
                 continue
+            if not isinstance(entry, QueuedSubmit):
+                entry()  # an admin request: it drains the queue (everything before it) first
+                continue  # (a fatal fault in it cleared ``verifying``: the loop ends)
             exc = future.exception()
             if isinstance(exc, ValidatorsUnavailable):
                 self.metrics.counters["validators_unavailable_submits"] += 1
@@ -286,7 +307,7 @@ class Batcher:
 
     def clear(self) -> None:
         """Drop everything queued, unanswered (a fatal fault)."""
-        loads = [e.conn.load for e in self.queue] + [e.conn.load for e, _ in self.verifying]
+        loads = [e.conn.load for e in self.queue] + [e.conn.load for e, _ in self.verifying if type(e) is QueuedSubmit]
         for _, future in self.verifying:
             future.cancel()
         self.verifying.clear()

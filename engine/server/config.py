@@ -27,20 +27,39 @@ SIGNED_PROFILES = frozenset({"signed", "signed-full"})
 SIGNATURE_MODES = ("auto", "off", "optional", "required")
 
 
-def _help(description: str, *, metavar: str | None = None) -> msgspec.Meta:
-    """A field's ``--help`` text and value name (see ``engine.options``)."""
-    return msgspec.Meta(description=description, extra={"metavar": metavar} if metavar else None)
+def _help(
+    description: str, *, metavar: str | None = None, flag: str | None = None, aliases: tuple[str, ...] = ()
+) -> msgspec.Meta:
+    """A field's ``--help`` text, value name, flag (if not the field's name) and deprecated old
+    spellings (see ``engine.options``)."""
+    extra: dict[str, object] = {"metavar": metavar} if metavar else {}
+    if flag:
+        extra["flag"] = flag
+    if aliases:
+        extra["aliases"] = aliases
+    return msgspec.Meta(description=description, extra=extra or None)
 
 
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the server is started with: the ``serve`` command's options, generated from
     the fields (``engine.options``)."""
 
-    host: Annotated[str, _help("address to listen on (default {default}: loopback only)")] = "127.0.0.1"
+    #: ``--listen`` on every command that runs a server (``serve``, ``run``); ``--target`` connects.
+    host: Annotated[
+        str,
+        _help(
+            "address to listen on (default {default}: loopback only)",
+            metavar="ADDR",
+            flag="listen",
+            aliases=("--host",),
+        ),
+    ] = "127.0.0.1"
     port: Annotated[int, _help("TCP port; 0 picks a free one (default {default})")] = DEFAULT_PORT
     profile: Annotated[str, _help("hook profile (default {default}; {profiles})")] = "baseline"
-    scenario: Annotated[str | None, _help("TOML scenario file with profile definitions")] = None
-    accounts: Annotated[int, _help("number of accounts")] = 1_000_000
+    scenario: Annotated[
+        str | None, _help("TOML scenario file with profile definitions (default: the shipped one)", metavar="FILE")
+    ] = None
+    accounts: Annotated[int, _help("number of accounts, e.g. 20000, 1.4e9 or 1400M", metavar="N")] = 1_000_000
     #: The ledger starts from ``Population(accounts, seed).initial_state()``.
     seed: Annotated[int, _help("population seed of the initial balances (default {default})")] = DEFAULT_SEED
     operators: Annotated[int, _help("operator numbers accepted")] = 64
@@ -66,9 +85,18 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "most connections at once that have not completed Hello (and authentication), within "
             "max_connections; at the limit "
             "a new connection closes the oldest unauthenticated one, so idle clients cannot keep operators "
-            "out. Counted per server, not per address (load generators all connect from 127.0.0.1)"
+            "out. Counted per server; the connection evicted is the oldest of the address holding the most "
+            "waiting connections, so one churning address evicts its own (engine.server.sources)"
         ),
     ] = 64
+    connect_rate_per_source: Annotated[
+        float,
+        _help(
+            "new connections per second one source address may open (token bucket, burst "
+            "max_unauthenticated); more are closed at once with TOO_MANY_CONNECTIONS. 0 = unlimited "
+            "(default: load generators all connect from 127.0.0.1)"
+        ),
+    ] = 0.0
     #: Issue 13: 250 connections each sending a half frame held 1.1 GiB.
     max_partial_frame_bytes: Annotated[
         int,
@@ -172,6 +200,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"repair must be 'truncate' (with --journal) or empty, got {self.repair!r}")
         if self.journal and self.echo:
             raise ValueError("--journal needs a ledger; --echo runs without one")
+        if self.connect_rate_per_source < 0:
+            raise ValueError(f"connect_rate_per_source must be >= 0 (0 = off), got {self.connect_rate_per_source}")
         if self.max_unauthenticated < 1:
             raise ValueError(f"max_unauthenticated must be >= 1, got {self.max_unauthenticated}")
         if self.max_partial_frame_bytes < self.max_frame_bytes:

@@ -58,6 +58,7 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.paused = False  # not read because its write buffer is full (slow-consumer handling)
         self.connected_at = time.monotonic()
+        self.source = ""  # the peer's address (engine.server.sources), set in connection_made
         self.partial_since = 0.0  # monotonic time of the last completed frame while a frame is partial
         self.close_when_idle = False  # peer half-closed: close once its queued Submits are answered
         self._slow_timer: asyncio.TimerHandle | None = None
@@ -67,6 +68,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.source = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -28,6 +28,7 @@ from engine.server.config import ServerConfig
 from engine.server.connection import Connection
 from engine.server.recovery import journal_exists, open_journal, set_aside_outputs
 from engine.server.session import Handshake
+from engine.server.sources import ConnectRate, eviction_victim
 from engine.server.stats import ServerStats
 from engine.signing import ensure_registry
 from engine.validator_api import Validators
@@ -114,6 +115,7 @@ class Server:
             on_journal_failed=self._journal_failed,
         )
         self._connections: set[Connection] = set()
+        self._connect_rate = ConnectRate(config.connect_rate_per_source, config.max_unauthenticated)
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
@@ -299,26 +301,39 @@ class Server:
             )
             conn.close()
             return
-        self._limit_unauthenticated()
+        if not self._connect_rate.allow(conn.source, conn.connected_at):
+            self.metrics.counters["connections_rate_limited"] += 1
+            conn.error(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"address {conn.source} opened connections faster than {self.config.connect_rate_per_source:g}/s "
+                "(--connect-rate-per-source); keep connections open and reuse them. Connection closed.",
+            )
+            conn.close()
+            return
         self._connections.add(conn)
+        self._limit_unauthenticated()
 
     def _limit_unauthenticated(self) -> None:
-        """Make room for one more connection that has not completed the handshake.
+        """Keep at most ``max_unauthenticated`` connections waiting for their handshake.
 
-        At ``max_unauthenticated`` the oldest such connection is closed: refusing the new one
-        instead would let idle or half-handshaken clients keep every operator out.
+        Above it, the oldest waiting connection of the address with the most waiting ones is
+        closed (``engine.server.sources``): refusing the new one instead would let idle clients
+        keep every operator out, and closing the oldest overall let one churning client evict
+        everyone else's connection before its handshake could finish.
         """
         waiting = [c for c in self._connections if not c.session.welcomed and not c.closing]
-        if len(waiting) < min(self.config.max_unauthenticated, self.config.max_connections):
+        if len(waiting) <= min(self.config.max_unauthenticated, self.config.max_connections):
             return
-        oldest = min(waiting, key=lambda c: c.connected_at)
+        victim = eviction_victim(waiting)
+        assert isinstance(victim, Connection)
         self.metrics.counters["unauthenticated_evicted"] += 1
-        oldest.error(
+        victim.error(
             ErrorCode.TOO_MANY_CONNECTIONS,
             f"{self.config.max_unauthenticated} connections were waiting for their handshake "
-            f"(--max-unauthenticated); this one was the oldest and is closed: send Hello right after connecting",
+            f"(--max-unauthenticated); this was the oldest from the address with the most of them ({victim.source}) "
+            "and is closed: send Hello right after connecting",
         )
-        oldest.close()
+        victim.close()
 
     def connection_lost(self, conn: Connection) -> None:
         self._connections.discard(conn)
@@ -374,8 +389,8 @@ class Server:
             case StatsRequest(req=req):
                 if self.handshake.require_hello(conn, req):
                     conn.send(StatsReply(req, self._stats_for(conn)))
-            case _:
-                self.admin.handle(conn, msg)
+            case _:  # after the Submits received before it, also those still being verified
+                self.batcher.after_verified(lambda: self.admin.handle(conn, msg))
 
     def _reject_nested(self, conn: Connection) -> None:
         """A body nested too deeply to decode: deliver the results queued before it, then refuse it."""

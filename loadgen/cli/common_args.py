@@ -1,32 +1,123 @@
 """Options that more than one subcommand takes, each defined once (as asv's ``commands/common_args``).
 
-A command passes its own default where the commands differ (``compare`` leaves most of them
-unset so its plan decides); the option's name, type and meaning are the same everywhere.
-``serve`` is not among the users: its options follow ``engine.server.ServerConfig``.
+One vocabulary for every command (issue 12):
+
+* ``--scenario FILE`` everywhere (the old positional of ``run``/``compare`` still works, deprecated);
+* ``--max-batch N``: most transfers per batch, the server's (``serve``), per frame (``load``,
+  ``run``) or per engine batch (``engine``); old ``--batch`` and ``--batch-max`` are deprecated;
+* ``--listen ADDR``: the address a server this command runs listens on (``serve``, ``run``);
+  ``--target HOST:PORT``: a server this command connects to (``load``; old ``--host``/``--port``
+  are deprecated there). They never mean each other;
+* ``--accounts 1.4e9``/``1400M``, ``--rate 300k``/``1.2M``, ``--seconds 30s``/``2m``: every
+  count, rate and duration takes human suffixes (``engine.options``);
+* ``load`` and ``run`` share their defaults (the headline load: 300,000/s, 30 s, 5 s warm-up), and
+  both write their result file under ``./results/`` unless ``--out`` says otherwise;
+* every default is shown in ``--help`` (``HelpFormatter``), without reST markup.
+
+A command passes its own default only where the commands really differ (``compare`` leaves the
+phase lengths unset so its plan decides); the option's name, type and meaning are the same
+everywhere. ``serve``'s options are generated from ``engine.server.ServerConfig`` with the same
+parsers and aliases (``engine.options``). Old spellings stay one version as hidden aliases that
+print one deprecation line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
+from engine.options import add_deprecated_alias, parse_count, parse_rate, parse_seconds
 from engine.profiles import profile_names
+from engine.validators import parse_validators
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.schedule import Arrival
 from loadgen.generator.workload import DEFAULT_SEED
+from loadgen.harness.measured import DEFAULT_ACCOUNTS, DEFAULT_RATE_TPS, DEFAULT_SECONDS, DEFAULT_WARMUP
+
+DEFAULT_MAX_BATCH = 8192
+#: Where ``run`` and ``load`` write result files (ignored by git).
+DEFAULT_RESULTS_DIR = "results"
+LOOPBACK = "127.0.0.1"
+
+__all__ = ["DEFAULT_ACCOUNTS", "parse_count", "parse_rate", "parse_seconds"]
 
 
-def add_scenario(p: argparse.ArgumentParser, *, positional: bool, what: str = "profile definitions") -> None:
-    """The TOML scenario file: a positional argument of ``run``/``compare``, ``--scenario`` of ``engine``."""
-    help_text = f"TOML scenario file with {what}"
-    if positional:
-        p.add_argument("scenario", nargs="?", default=None, help=help_text)
-    else:
-        p.add_argument("--scenario", default=None, help=help_text)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions kept as written (paragraphs), without reST markup, and every default shown.
+
+    An option whose help does not already say its default gets ``(default X)``; switches and
+    options without a default say nothing (their help says what leaving them out means).
+    """
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain(text))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = plain(action.help or "")
+        shown = not any(action.default is v for v in (None, False, True, argparse.SUPPRESS)) and action.nargs != 0
+        if shown and "default" not in text and action.option_strings:
+            default = action.default
+            value = (
+                f"{default:,}"
+                if isinstance(default, int)
+                else f"{default:g}"
+                if isinstance(default, float)
+                else default
+            )
+            text += f" (default {value})".replace("%", "%%")
+        return text
+
+
+def plain(text: str) -> str:
+    """``text`` without reST inline markup: ``code`` and `role` become plain words."""
+    return re.sub(r"`+([^`]*)`+", r"\1", text)
+
+
+def version_string() -> str:
+    try:
+        return "cbdc-bench " + importlib.metadata.version("cbdc-bench")
+    except importlib.metadata.PackageNotFoundError:
+        return "cbdc-bench (not installed: version unknown)"
+
+
+def add_version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=version_string())
+
+
+def add_scenario(
+    p: argparse.ArgumentParser, *, what: str = "profile definitions", old_positional: bool = False
+) -> None:
+    """``--scenario FILE``; ``old_positional`` keeps the former positional argument as a deprecated alias."""
+    p.add_argument(
+        "--scenario", default=None, metavar="FILE", help=f"TOML scenario file with {what} (default: the shipped one)"
+    )
+    if old_positional:
+        p.add_argument("scenario", nargs="?", new="--scenario FILE", action=_DeprecatedPositional)
+
+
+class _DeprecatedPositional(argparse.Action):
+    """The scenario given as a positional argument (before ``--scenario``): still read, deprecated."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        if values in (None, argparse.SUPPRESS):
+            return
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"the scenario is given twice ({getattr(namespace, self.dest)} and {values}); use {self.new}")
+        print(f"{parser.prog}: a positional scenario file is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def add_profile(p: argparse.ArgumentParser) -> None:
@@ -35,29 +126,47 @@ def add_profile(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_accounts(p: argparse.ArgumentParser, *, default: int | None) -> None:
-    shown = f"{default:,}" if default is not None else "1,000,000"
-    p.add_argument("--accounts", type=int, default=default, help=f"ledger accounts (default {shown})")
+def add_accounts(p: argparse.ArgumentParser, *, default: int | None, unset: str = "") -> None:
+    shown = f"{default:,}" if default is not None else unset
+    p.add_argument(
+        "--accounts",
+        type=parse_count,
+        default=default,
+        metavar="N",
+        help=f"ledger accounts, e.g. 20000, 1.4e9 or 1400M (default {shown})",
+    )
 
 
 def add_seed(p: argparse.ArgumentParser, *, what: str = "workload and schedule") -> None:
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the {what}")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the {what} (default {DEFAULT_SEED})")
 
 
 def add_seconds(p: argparse.ArgumentParser, *, default: float, what: str = "measured seconds") -> None:
-    p.add_argument("--seconds", type=float, default=default, help=f"{what} (default {default:g})")
+    p.add_argument(
+        "--seconds",
+        type=parse_seconds,
+        default=default,
+        metavar="T",
+        help=f"{what}, e.g. 30, 30s, 2m (default {default:g})",
+    )
 
 
 def add_warmup(
-    p: argparse.ArgumentParser, *, default: float | None, what: str = "seconds run before measuring"
+    p: argparse.ArgumentParser, *, default: float | None, what: str = "seconds run before measuring", unset: str = ""
 ) -> None:
-    shown = f" (default {default:g})" if default is not None else ""
-    p.add_argument("--warmup", type=float, default=default, help=what + shown)
+    shown = f"{default:g}" if default is not None else unset
+    p.add_argument("--warmup", type=parse_seconds, default=default, metavar="T", help=f"{what} (default {shown})")
 
 
-def add_drain(p: argparse.ArgumentParser, *, default: float | None) -> None:
-    shown = f" (default {default:g})" if default is not None else ""
-    p.add_argument("--drain", type=float, default=default, help="seconds to wait for late replies" + shown)
+def add_drain(p: argparse.ArgumentParser, *, default: float | None, unset: str = "") -> None:
+    shown = f"{default:g}" if default is not None else unset
+    p.add_argument(
+        "--drain",
+        type=parse_seconds,
+        default=default,
+        metavar="T",
+        help=f"seconds to wait for late replies (default {shown})",
+    )
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -65,18 +174,85 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 
 def add_out(
-    p: argparse.ArgumentParser, *, default: str | None, when_unset: str, what: str = "output directory"
+    p: argparse.ArgumentParser, *, default: str | None, when_unset: str = "", what: str = "output directory"
 ) -> None:
-    p.add_argument("--out", default=default, help=f"{what} (default {default or when_unset})")
+    p.add_argument("--out", default=default, metavar="DIR", help=f"{what} (default {default or when_unset})")
 
 
-def add_host(p: argparse.ArgumentParser, *, what: str) -> None:
-    p.add_argument("--host", default="127.0.0.1", help=f"{what} (default 127.0.0.1: loopback)")
+def add_max_batch(p: argparse.ArgumentParser, *, what: str, old: str) -> None:
+    """``--max-batch N`` (dest ``max_batch``), and the command's old spelling ``old`` as a deprecated alias."""
+    p.add_argument(
+        "--max-batch", type=parse_count, default=DEFAULT_MAX_BATCH, metavar="N", help=f"most transfers per {what}"
+    )
+    add_deprecated_alias(p, old, new="--max-batch", dest="max_batch", type=parse_count)
+
+
+def add_listen(
+    p: argparse.ArgumentParser, *, what: str = "address for the server this command starts to listen on"
+) -> None:
+    """``--listen ADDR`` of a command that runs a server (``serve``: from ``ServerConfig``); ``--host`` deprecated."""
+    p.add_argument("--listen", default=LOOPBACK, metavar="ADDR", help=f"{what} (default {LOOPBACK}: loopback only)")
+    add_deprecated_alias(p, "--host", new="--listen", dest="listen")
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6), or a bare ``PORT`` on loopback."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep:
+        host, port = LOOPBACK, text
+    host = host.strip("[]") or LOOPBACK
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 < number < 65_536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:7480, or 7480 on loopback)")
+    return host, number
+
+
+def add_target(
+    p: argparse.ArgumentParser,
+    *,
+    what: str = "the running server to load",
+    unset: str = "none, required",
+    old_aliases: bool = True,
+) -> None:
+    """``--target HOST:PORT``: a server this command connects to (``target_of``).
+
+    ``old_aliases``: keep ``load``'s former ``--host``/``--port`` as deprecated aliases. A command
+    that also starts its own server (``run``, where ``--host`` is the old ``--listen``) passes False
+    and says what leaving ``--target`` out means in ``unset``.
+    """
+    p.add_argument(
+        "--target",
+        type=parse_target,
+        default=None,
+        metavar="HOST:PORT",
+        help=f"{what}, as printed by 'cbdc-bench serve' (default: {unset})",
+    )
+    if old_aliases:
+        add_deprecated_alias(p, "--host", new="--target HOST:PORT", dest="old_host")
+        add_deprecated_alias(p, "--port", new="--target HOST:PORT", dest="old_port", type=int)
+
+
+def target_of(args: argparse.Namespace) -> tuple[str, int]:
+    """The (host, port) of ``--target``, or of the deprecated ``--host``/``--port``."""
+    if args.target is not None:
+        return tuple(args.target)
+    port = getattr(args, "old_port", None)
+    if port is None:
+        raise ValueError("say which server to load: --target HOST:PORT (the address 'cbdc-bench serve' printed)")
+    return getattr(args, "old_host", None) or LOOPBACK, int(port)
 
 
 def add_journal(p: argparse.ArgumentParser) -> None:
     """``--journal DIR``, ``--fsync``, ``--keep-journal`` of a command that starts its own server."""
-    p.add_argument("--journal", default=None, metavar="DIR", help="journal every batch to a fresh file in DIR")
+    p.add_argument(
+        "--journal",
+        default=None,
+        metavar="DIR",
+        help="journal every batch to a fresh file in DIR (default: no journal)",
+    )
     p.add_argument("--fsync", default="batch", help="journal fsync policy: batch, interval:MS or off (default batch)")
     p.add_argument("--keep-journal", action="store_true", help="keep the journal file after the run")
 
@@ -94,28 +270,40 @@ def add_trove(p: argparse.ArgumentParser, *, keep: bool) -> None:
         p.add_argument("--keep-trove", action="store_true", help="keep each trial's trove after it")
 
 
-def add_load_arguments(
-    p: argparse.ArgumentParser, *, rate: float, seconds: float, warmup: float, out: str | None = None
-) -> None:
-    """The options of one open-loop load (``LoadConfig``), shared by ``load`` and ``run``."""
-    p.add_argument("--rate", type=float, default=rate, help=f"offered payments/s, all gateways (default {rate:,.0f})")
-    add_seconds(p, default=seconds)
-    add_warmup(p, default=warmup)
-    p.add_argument("--operators", type=int, default=2, help="operator gateways, one connection each (default 2)")
-    p.add_argument("--processes", type=int, default=1, help="generator processes sharing the gateways (default 1)")
-    p.add_argument("--arrival", choices=[a.value for a in Arrival], default="constant", help="arrival process")
-    p.add_argument("--tick-us", type=int, default=0, help="send tick in us (default 0 = auto: ~1,000/frame, 1-5 ms)")
-    p.add_argument("--batch-max", type=int, default=8192, help="most transfers per frame (default 8192)")
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of one open-loop load (``LoadConfig``), shared by ``load`` and ``run``, with the same defaults."""
+    p.add_argument(
+        "--rate",
+        type=parse_rate,
+        default=DEFAULT_RATE_TPS,
+        metavar="R",
+        help=f"offered payments/s, all gateways, e.g. 300000, 300k, 1.2M (default {DEFAULT_RATE_TPS:,.0f})",
+    )
+    add_seconds(p, default=DEFAULT_SECONDS)
+    add_warmup(p, default=DEFAULT_WARMUP)
+    p.add_argument(
+        "--operators", type=parse_count, default=2, help="operator gateways, one connection each (default 2)"
+    )
+    p.add_argument(
+        "--processes", type=parse_count, default=1, help="generator processes sharing the gateways (default 1)"
+    )
+    p.add_argument(
+        "--arrival", choices=[a.value for a in Arrival], default="constant", help="arrival process (default constant)"
+    )
+    p.add_argument(
+        "--tick-us", type=parse_count, default=0, help="send tick in us (default 0 = auto: ~1,000/frame, 1-5 ms)"
+    )
+    add_max_batch(p, what="Submit frame", old="--batch-max")
     add_drain(p, default=5.0)
     add_seed(p)
     p.add_argument(
         "--secrets",
         default="",
         metavar="FILE",
-        help="secrets for a server with authentication on (TOML file, or 'env'); default: none",
+        help="secrets for a server with authentication on (TOML file, or 'env') (default: none)",
     )
     add_json(p)
-    add_out(p, default=out, when_unset="none: not written", what="directory for the result file")
+    add_out(p, default=DEFAULT_RESULTS_DIR, what="directory for the result file (ignored by git)")
 
 
 def load_config(args: argparse.Namespace, *, host: str, port: int) -> LoadConfig:
@@ -131,7 +319,7 @@ def load_config(args: argparse.Namespace, *, host: str, port: int) -> LoadConfig
             processes=args.processes,
             arrival=args.arrival,
             tick_us=args.tick_us,
-            batch_max=args.batch_max,
+            batch_max=args.max_batch,
             drain=args.drain,
             seed=args.seed,
             secrets=args.secrets,
@@ -148,7 +336,7 @@ def add_hooks_path(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="DIR",
         help="directory to import own hooks ('module:attribute') from, searched before the working directory "
-        "(which is always searched); repeatable; passed on to the server a command starts",
+        "(which is always searched); repeatable; passed on to the server a command starts (default: none)",
     )
 
 
@@ -176,15 +364,41 @@ def hooks_path_arguments(dirs: Sequence[str]) -> tuple[str, ...]:
     return tuple(arg for d in dirs for arg in ("--hooks-path", os.path.abspath(d)))
 
 
+def add_validators(p: argparse.ArgumentParser, *, starts_server: bool = True) -> None:
+    """``--validators SPEC``: the signature tier of signed profiles (``serve --validators``).
+
+    A command that starts its servers (``run``, ``compare``) passes it on to them; ``load`` checks
+    that the running server uses that tier and refuses to measure another one.
+    """
+    spec = "N local validator processes (0 = on the sequencer's thread), ray:auto or ray:ADDRESS"
+    p.add_argument(
+        "--validators",
+        metavar="SPEC",
+        default=None,
+        help=f"the server's signature verification: {spec} (signed profiles) (default: the server's, 0)"
+        if starts_server
+        else f"the signature verification the running server must use, checked before the load: {spec} "
+        "(default: not checked)",
+    )
+
+
+def validators_arguments(spec: str | None) -> tuple[str, ...]:
+    """The ``serve`` arguments for ``--validators SPEC`` (none when unset); a bad SPEC is a ValueError now."""
+    if spec is None:
+        return ()
+    parse_validators(spec)
+    return ("--validators", spec)
+
+
 def account_counts(text: str) -> tuple[int, ...]:
-    """``1e4,1e6,1.4e9`` -> account counts (a float form is accepted only where it is a whole number)."""
-    counts = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        value = float(part)
-        if value != int(value) or value < 2:
-            raise argparse.ArgumentTypeError(f"{part!r} is not a whole number of accounts >= 2")
-        counts.append(int(value))
-    return tuple(counts)
+    """``1e4,1e6,1.4e9`` (or ``10k,1M,1400M``) -> account counts, each a whole number >= 2.
+
+    Commas separate sizes here, so a size cannot use thousands separators.
+    """
+    counts = tuple(parse_count(part) for part in text.split(",") if part.strip())
+    if not counts or min(counts) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: need account counts >= 2, e.g. 1e4,1e6,1.4e9")
+    return counts
 
 
 def add_scale_options(p: argparse.ArgumentParser, *, sizes: Sequence[int]) -> None:

@@ -40,8 +40,11 @@ from loadgen.cli.common_args import (
     add_scenario,
     add_seed,
     add_trove,
+    add_validators,
     add_warmup,
     hooks_path_arguments,
+    parse_seconds,
+    validators_arguments,
 )
 from loadgen.harness.compare import FULL, QUICK, CompareError, run_compare
 from loadgen.results.compare import Plan
@@ -52,21 +55,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="max sustainable rate of every hook profile, equal-load runs, report",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_scenario(p, positional=True, what="profiles and [compare] settings")
+    add_scenario(p, what="profiles and [compare] settings", old_positional=True)
     add_hooks_path(p)
-    p.add_argument("--profiles", nargs="+", default=None, help="profiles to compare (default: all of the scenario)")
+    p.add_argument("--profiles", nargs="+", default=None, help="profiles to compare (default: all of the scenario's)")
     p.add_argument("--quick", action="store_true", help="about 10 minutes on 2 cores: short phases, 2 repeats")
-    p.add_argument("--repeats", type=int, default=None, help="repeats of every search and equal-load run")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="repeats of every search and equal-load run (default: the plan's)"
+    )
     add_seed(p, what="profile order and the workload")
     add_out(p, default=None, when_unset="results/compare-STAMP-MODE")
     add_trove(p, keep=True)
-    add_accounts(p, default=None)
-    p.add_argument("--search-seconds", type=float, default=None, help="measured seconds per search trial")
-    p.add_argument("--equal-seconds", type=float, default=None, help="measured seconds per equal-load run")
-    add_warmup(p, default=None, what="warm-up seconds of every phase")
-    add_drain(p, default=None)
+    add_accounts(p, default=None, unset="the plan's")
+    p.add_argument(
+        "--search-seconds",
+        type=parse_seconds,
+        default=None,
+        metavar="T",
+        help="measured seconds per search trial (default: the plan's)",
+    )
+    p.add_argument(
+        "--equal-seconds",
+        type=parse_seconds,
+        default=None,
+        metavar="T",
+        help="measured seconds per equal-load run (default: the plan's)",
+    )
+    add_warmup(p, default=None, what="warm-up seconds of every phase", unset="the plan's")
+    add_drain(p, default=None, unset="the plan's")
+    add_validators(p, starts_server=True)
     p.add_argument("--calibrate", action="store_true", help="also search the echo server (the harness's ceiling)")
     p.add_argument("--no-report", action="store_true", help="write the result files and summary only")
     p.set_defaults(func=_main)
@@ -109,7 +126,7 @@ def _main(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
             command=command,
             make_report=not args.no_report,
-            server_args=hooks_path_arguments(args.hooks_path),
+            server_args=hooks_path_arguments(args.hooks_path) + validators_arguments(args.validators),
             trove=args.trove,
             keep_trove=args.keep_trove,
         )

@@ -16,6 +16,7 @@ from loadgen.cli.common_args import (
     add_accounts,
     add_hooks_path,
     add_json,
+    add_max_batch,
     add_profile,
     add_scenario,
     add_seconds,
@@ -29,9 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engine", help="in-process ledger benchmark (no network)", description=__doc__)
     add_accounts(p, default=1_000_000)
     add_profile(p)
-    add_scenario(p, positional=False)
+    add_scenario(p)
     add_hooks_path(p)
-    p.add_argument("--batch", type=int, default=8192, help="transfers per batch (default 8192)")
+    add_max_batch(p, what="engine batch (every batch is this full)", old="--batch")
     add_seconds(p, default=5.0, what="measured seconds of ledger time")
     add_warmup(p, default=1.0)
     add_seed(p, what="workload")
@@ -43,7 +44,7 @@ def _main(args: argparse.Namespace) -> int:
     result = run_engine(
         accounts=args.accounts,
         profile=args.profile,
-        batch=args.batch,
+        batch=args.max_batch,
         seconds=args.seconds,
         warmup=args.warmup,
         seed=args.seed,

@@ -7,7 +7,12 @@ own lateness (send lag), and any transfers it never sent, are reported next to t
 
 The last line is the verdict against the ``[compare]`` targets of ``--scenario`` (default: p99 <=
 20 ms, 99% settled); the exit status is the verdict's: 0 sustained, 3 not sustained, 4 generator
-fell behind, 5 incomplete.
+fell behind, 5 incomplete. The load's options and defaults are ``run``'s; the result file goes
+under ``./results/`` unless ``--out`` says otherwise.
+
+A server running a signed profile (``signed``, ``signed-full``; its Welcome says which) gets
+signed Submits, signed ahead of the schedule. ``--validators SPEC`` checks that the server
+verifies them with that tier (``serve --validators``) and measures nothing otherwise.
 """
 
 from __future__ import annotations
@@ -15,24 +20,34 @@ from __future__ import annotations
 import argparse
 
 from engine.profiles import load_scenario
-from loadgen.cli.common_args import add_host, add_load_arguments, add_scenario, load_config
+from loadgen.cli.common_args import add_load_arguments, add_scenario, add_target, add_validators, load_config, target_of
 from loadgen.cli.output import save_and_print
 from loadgen.harness.measured import run_measure
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("load", help="open-loop load against a running server", description=__doc__)
-    add_host(p, what="server host")
-    p.add_argument("--port", type=int, required=True, help="server port")
-    p.add_argument("--server-pid", type=int, default=None, help="server pid, to report its CPU from /proc")
+    add_target(p)
+    p.add_argument(
+        "--server-pid", type=int, default=None, help="server pid, to report its CPU from /proc (default: not reported)"
+    )
     p.add_argument("--no-audit", action="store_true", help="skip the conservation audit after the run")
-    add_scenario(p, positional=False, what="the [compare] targets the verdict judges against")
-    add_load_arguments(p, rate=50_000, seconds=10, warmup=2)
+    add_scenario(p, what="the [compare] targets the verdict judges against")
+    add_validators(p, starts_server=False)
+    add_load_arguments(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    config = load_config(args, host=args.host, port=args.port)
+    host, port = target_of(args)
+    config = load_config(args, host=host, port=port)
     targets = load_scenario(args.scenario).compare
-    result = run_measure(config, kind="load", server_pid=args.server_pid, audit=not args.no_audit, targets=targets)
+    result = run_measure(
+        config,
+        kind="load",
+        server_pid=args.server_pid,
+        audit=not args.no_audit,
+        targets=targets,
+        validators=args.validators,
+    )
     return save_and_print(result, as_json=args.json, out=args.out)

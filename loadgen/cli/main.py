@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from engine.journal import JournalDamaged, JournalLocked, JournalMismatch
-from loadgen.cli.common_args import use_hooks_path
+from loadgen.cli.common_args import HelpFormatter, add_version, use_hooks_path
 
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (
@@ -34,10 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cbdc-bench",
         description="Can an account-based CBDC settle 300,000 payments/s, and what do policy hooks cost?",
     )
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(name).add_parser(sub)
+    _format_all(parser)
     return parser
+
+
+def _format_all(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's help through ``HelpFormatter``: defaults shown, no reST markup."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _format_all(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,23 +10,19 @@ import json
 
 import msgspec
 
-from loadgen.results.run import RunResult, figures_of, save, verdict_of
+from loadgen.results.run import RunResult, figures_of, save
 
 
 def save_and_print(result: RunResult, *, as_json: bool, out: str | None) -> int:
     """Save (if ``out``), print, and give the verdict's exit status: 0 only when sustained.
 
     The verdict is the one the result file stores (judged when the result was built, against the
-    scenario's targets); a result built without one is judged against the default targets.
+    scenario's targets).
     """
     path = save(result, out) if out is not None else None
     line, status = result.summary.verdict, result.summary.exit_status
-    if line is None or status is None:
-        v = verdict_of(result)
-        line, status = v.line, v.exit_status
     if as_json:
         summary = msgspec.to_builtins(result.summary)
-        summary["verdict"], summary["exit_status"] = line, status
         if path is not None:
             summary["result_file"] = str(path)
         print(json.dumps(summary))
@@ -78,6 +74,19 @@ def format_summary(r: RunResult) -> str:
             if d.fsync == "none"
             else f"durability: journal, fsync {d.fsync}: {d.fsyncs_per_s:,.0f} fsyncs/s taking "
             f"{d.fsync_ms_per_s:,.1f} ms/s, {d.journal_mb_per_s:,.1f} MB/s written"
+        )
+    if r.traffic is not None:
+        t = r.traffic
+        journal = "" if t.journal_per_payment is None else f"; journal {t.journal_per_payment:,.1f} bytes/payment"
+        lines.append(
+            f"bytes per payment: wire {t.wire_sent_per_payment:,.1f} sent, {t.wire_received_per_payment:,.1f} "
+            f"received{journal}"
+        )
+    cal = r.environment.calibration
+    if cal is not None:
+        lines.append(
+            f"CPU calibration: engine {cal.engine_tps:,.0f} transfers/s on one core ({r.environment.cpu_model}); "
+            f"this run achieved {s.achieved_tps / cal.engine_tps:.3f} of it"
         )
     if s.audit_ok is not None and r.audit is not None:
         lines.append(

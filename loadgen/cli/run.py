@@ -36,49 +36,41 @@ from pathlib import Path
 
 from engine.profiles import load_scenario, trove_needed
 from loadgen.cli.common_args import (
+    DEFAULT_ACCOUNTS,
+    DEFAULT_RESULTS_DIR,
     add_accounts,
     add_hooks_path,
-    add_host,
     add_journal,
+    add_listen,
     add_load_arguments,
     add_profile,
     add_scenario,
     add_trove,
+    add_validators,
     hooks_path_arguments,
     load_config,
 )
 from loadgen.cli.output import save_and_print
-from loadgen.harness.measured import (
-    DEFAULT_ACCOUNTS,
-    DEFAULT_RATE_TPS,
-    DEFAULT_SECONDS,
-    DEFAULT_WARMUP,
-    run_benchmark,
-)
+from loadgen.harness.measured import run_benchmark
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="start a server, load it, audit it, write a result file", description=__doc__)
-    add_scenario(p, positional=True)
+    add_scenario(p, old_positional=True)
     add_profile(p)
     add_accounts(p, default=DEFAULT_ACCOUNTS)
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
-    add_host(p, what="address for the server to listen on")
+    add_listen(p)
     add_journal(p)
-    p.add_argument(
-        "--validators",
-        metavar="SPEC",
-        help="the server's signature verification: N local validator processes (0 = on the sequencer's thread), "
-        "ray:auto or ray:ADDRESS (signed profiles; default the server's: 0)",
-    )
+    add_validators(p)
     add_hooks_path(p)
     add_trove(p, keep=False)
-    add_load_arguments(p, rate=DEFAULT_RATE_TPS, seconds=DEFAULT_SECONDS, warmup=DEFAULT_WARMUP, out="results")
+    add_load_arguments(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    config = load_config(args, host=args.host, port=0)
+    config = load_config(args, host=args.listen, port=0)
     result = run_benchmark(
         config,
         profile=args.profile,
@@ -100,6 +92,8 @@ def _trove_dir(args: argparse.Namespace) -> str | None:
     """``--trove``, or (for a profile that keeps a trove) a fresh directory under ``--out``, said."""
     if args.trove is not None or args.echo or not trove_needed(args.profile, args.scenario):
         return args.trove
-    where = Path(args.out or "results") / f"trove-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{args.profile}"
+    where = (
+        Path(args.out or DEFAULT_RESULTS_DIR) / f"trove-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{args.profile}"
+    )
     print(f"trove: {where} (choose with --trove DIR)", file=sys.stderr, flush=True)
     return str(where)

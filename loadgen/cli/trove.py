@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from engine.options import parse_count
 from engine.simtime import iso_cst, parse_time
 from engine.trove.config import TroveConfig
 from engine.trove.query import DIMENSIONS, TroveReader
@@ -38,10 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     kind.add_argument("--cell", type=int, help="accounts that paid in this location cell")
     kind.add_argument("--same-device", type=int, metavar="N", help="accounts that paid from a device N used")
     kind.add_argument("--aggregate", metavar="DIMS", help=f"comma-separated dimensions: {','.join(DIMENSIONS)}")
-    q.add_argument("--since", type=parse_time, help="ISO 8601 (China Standard Time unless an offset is given)")
-    q.add_argument("--until", type=parse_time, help="end of the window, exclusive")
-    q.add_argument("--hops", type=int, default=1, choices=(1, 2))
-    q.add_argument("--top", type=int, default=50)
+    q.add_argument(
+        "--since",
+        type=parse_time,
+        help="ISO 8601 (China Standard Time unless an offset is given) (default: from the first payment)",
+    )
+    q.add_argument("--until", type=parse_time, help="end of the window, exclusive (default: after the last payment)")
+    q.add_argument("--hops", type=int, default=1, choices=(1, 2), help="counterparty hops")
+    q.add_argument("--top", type=int, default=50, help="most counterparties listed")
     q.add_argument("--by", default="hour", choices=("hour", "day"), help="time bucket of --aggregate")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=_query)
@@ -49,16 +54,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = tsub.add_parser("stats", help="rows, bytes on disk, segments and compacted rows of a trove")
     s.add_argument("dir", help="trove directory")
     s.add_argument("--verify", action="store_true", help="also check every file's BLAKE2b digest")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_stats)
 
     b = tsub.add_parser("bench", help="bulk-load a seeded trove (no server) and time each query kind")
-    b.add_argument("--rows", type=float, default=1e6, help="rows to load (default 1e6; 1e9 for the headline)")
-    b.add_argument("--accounts", type=float, default=1e6)
-    b.add_argument("--seed", type=int, default=20_261_203)
+    b.add_argument(
+        "--rows",
+        type=parse_count,
+        default=1_000_000,
+        help="rows to load, e.g. 1e6 or 1000M (default 1e6; 1e9 for the headline)",
+    )
+    b.add_argument("--accounts", type=parse_count, default=1_000_000, help="accounts the rows are spread over")
+    b.add_argument("--seed", type=int, default=20_261_203, help="seed of the rows")
     b.add_argument("--queries", type=int, default=50, help="subjects timed per query kind")
     b.add_argument("--dir", default="", help="keep the trove here (default: a temporary directory, deleted)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=_bench)
 
 
@@ -134,8 +144,8 @@ def _bench(args: argparse.Namespace) -> int:
     from engine.trove.bench import run_bench
 
     result = run_bench(
-        rows=int(args.rows),
-        accounts=int(args.accounts),
+        rows=args.rows,
+        accounts=args.accounts,
         seed=args.seed,
         queries=args.queries,
         directory=args.dir,

@@ -14,9 +14,11 @@ from engine.hooks.audit_chain import verify_chain
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify-chain", help="verify an audit chain file", description=__doc__)
-    p.add_argument("file", help="chain file written by the audit_chain hook (its `path` parameter)")
+    p.add_argument("file", help="chain file written by the audit_chain hook (its path parameter)")
     p.add_argument(
-        "--expect-head", default=None, help="the head root (hex) the engine reported; detects a rewritten chain"
+        "--expect-head",
+        default=None,
+        help="the head root (hex) the engine reported; detects a rewritten chain (default: not checked)",
     )
     p.set_defaults(func=_main)
 

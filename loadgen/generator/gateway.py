@@ -88,7 +88,7 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if not 1 <= self.processes <= self.operators:
             raise ValueError(f"--processes must be in 1..operators ({self.operators}), got {self.processes}")
         if self.batch_max < 1 or self.pool < 1:
-            raise ValueError("--batch-max and pool must be >= 1")
+            raise ValueError("--max-batch and pool must be >= 1")
         if self.tick_us < 0:
             raise ValueError("--tick-us must be >= 0 (0 = auto)")
         Arrival(self.arrival)
@@ -135,6 +135,7 @@ class Handler(typing.Protocol):
     codec: wire.Codec
 
     def on_message(self, msg: Any, now_ns: int) -> None: ...
+    def on_bytes(self, n: int) -> None: ...
     def fail(self, why: str) -> None: ...
     def on_closed(self, exc: Exception | None) -> None: ...
 
@@ -153,6 +154,7 @@ class FrameProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()
         g = self.gateway
+        g.on_bytes(len(data))
         try:
             bodies = self.reader.feed(data)
         except wire.FrameTooLarge as exc:
@@ -394,8 +396,13 @@ class Gateway:
         self.pending[self.seq] = (a, b)
         self.seq += 1
         transport.write(frame)
+        self.m.bytes_sent += len(frame)
         self.pos = b
         self.m.on_sent(self.schedule[a:b], time.monotonic_ns() - self.start_ns)
+
+    def on_bytes(self, n: int) -> None:
+        """Bytes received from the server (result files give wire bytes per payment, issue 12)."""
+        self.m.bytes_received += n
 
     def on_message(self, msg: Any, now_ns: int) -> None:
         match msg:

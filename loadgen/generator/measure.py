@@ -62,6 +62,8 @@ class Measurement:
         self.errors: dict[str, int] = {}  # Error frame code -> frames
         self.generator_cpu_s = 0.0
         self.frames_sent = 0
+        self.bytes_sent = 0  # Submit frames, framing included, warm-up included
+        self.bytes_received = 0  # everything the server sent back, framing included
 
     def _second(self, rel_ns: int) -> int:
         return min(max(rel_ns // 1_000_000_000, 0), len(self.sent) - 1)
@@ -167,6 +169,8 @@ class Measurement:
             "protocol_errors",
             "generator_cpu_s",
             "frames_sent",
+            "bytes_sent",
+            "bytes_received",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for code, count in other.errors.items():

@@ -84,6 +84,9 @@ class AdminClient:
 
     # ---- FrameProtocol handler ----------------------------------------------------------------
 
+    def on_bytes(self, n: int) -> None:
+        """Admin traffic is not counted (only the gateways' bytes per payment are)."""
+
     def on_message(self, msg: Any, now_ns: int) -> None:
         handshake = self._handshake
         if isinstance(msg, wire.Welcome | wire.Challenge) or (

@@ -27,6 +27,7 @@ from engine.server.config import SIGNED_PROFILES
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
 from loadgen.generator.workload import DEFAULT_SEED
 from loadgen.harness.admin import AdminClient
+from loadgen.harness.calibration import cpu_calibration
 from loadgen.harness.measured import run_measure
 from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable
 from loadgen.harness.server import ServerProcess, running_server, server_arguments
@@ -40,7 +41,7 @@ from loadgen.results.compare import (
     outcome_of,
     save_summary,
 )
-from loadgen.results.environment import collect
+from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import RunResult, save, verdict_of
 from loadgen.results.verdict import Kind
 
@@ -198,6 +199,7 @@ class Session:
         runs_dir: Path,
         echo: bool,
         on_phase: Callable[[RunRef, RunResult], None],
+        calibration: Calibration | None = None,
     ) -> None:
         self.server = server
         self.profile = profile
@@ -209,6 +211,7 @@ class Session:
         self.runs_dir = runs_dir
         self.echo = echo
         self.on_phase = on_phase
+        self.calibration = calibration  # taken once per comparison, recorded in every phase's file
         self.refs: list[RunRef] = []
         self._last: RunResult | None = None
 
@@ -235,6 +238,7 @@ class Session:
             scenario=self.scenario,
             echo=self.echo,
             targets=self.settings,
+            calibration=self.calibration,
         )
         path = save(result, self.runs_dir)
         problems = list(result.failures)
@@ -349,6 +353,7 @@ def run_compare(
     runs_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     started = time.monotonic()
+    calibration = cpu_calibration()
 
     estimate = estimate_seconds(settings, plan, len(searched))
     notes = [
@@ -419,6 +424,7 @@ def run_compare(
                         runs_dir=runs_dir,
                         echo=profile == ECHO,
                         on_phase=on_phase,
+                        calibration=calibration,
                     )
             finally:
                 if trial_trove is not None and not keep_trove:
@@ -472,7 +478,7 @@ def run_compare(
         common_rates_tps=rates,
         searches=searches,
         runs=refs,
-        environment=collect(),
+        environment=msgspec.structs.replace(collect(), calibration=calibration),
         duration_s=time.monotonic() - started,
         notes=notes,
     )

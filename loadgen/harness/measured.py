@@ -23,10 +23,12 @@ import msgspec
 from engine.memory import check_accounts_fit
 from engine.profiles import CompareSettings
 from engine.server.config import SIGNED_PROFILES
+from engine.validators import tier_mismatch
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
 from loadgen.harness.admin import AdminClient
+from loadgen.harness.calibration import cpu_calibration, with_ed25519
 from loadgen.harness.server import running_server, server_arguments
-from loadgen.results.environment import collect
+from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import AuditOutcome, RunResult, build_result
 
 #: The defaults are the headline question itself: 1M accounts at 300,000 payments/s for 30 s
@@ -99,14 +101,32 @@ async def measure(
     scenario: str | None = None,
     echo: bool = False,
     targets: CompareSettings | None = None,
+    calibration: Calibration | None = None,
+    server_args: tuple[str, ...] = (),
+    validators: str | None = None,
 ) -> RunResult:
     """Run the load, probing server stats and CPU at the measured window's edges; audit after.
 
     ``targets``: what the result's verdict judges against (the default targets if None).
+    ``calibration``: the CPU calibration score to record (taken now, before the load, if None).
+    ``server_args``: the ``serve`` arguments, when cbdc-bench started the server. A server
+    running a signed profile (its Welcome says) gets signed Submits, and the calibration gains
+    the Ed25519 rate. ``validators``: the tier (``--validators`` spec) the server must verify
+    them with; another one is a ``GatewayError``.
     """
+    environment = msgspec.structs.replace(collect(), calibration=calibration or cpu_calibration())
     admin = AdminClient(config.host, config.port, secrets=config.secrets)
     server_welcome = await admin.connect()
     echo = echo or server_welcome.echo
+    if server_welcome.profile in SIGNED_PROFILES and not config.signed:
+        config = msgspec.structs.replace(config, signed=True)
+    if config.signed and environment.calibration is not None:
+        environment = msgspec.structs.replace(environment, calibration=with_ed25519(environment.calibration))
+    if validators is not None:
+        why = tier_mismatch(validators, (await admin.stats()).get("validators"))
+        if why is not None:
+            admin.close()
+            raise GatewayError(why)
     probes: dict[str, tuple[float | None, dict[str, Any]]] = {}
     probe_failures: list[str] = []
     tasks: list[asyncio.Task[None]] = []
@@ -153,7 +173,7 @@ async def measure(
         kind=kind,
         m=m,
         config=config,
-        environment=collect(),
+        environment=environment,
         welcome=welcome,
         failures=failures + probe_failures,
         stats_final=stats_final,
@@ -166,6 +186,7 @@ async def measure(
         audit=outcome,
         echo=echo,
         targets=targets,
+        server_args=server_args,
     )
 
 
@@ -244,6 +265,7 @@ def run_benchmark(
                 scenario=scenario,
                 echo=echo,
                 targets=targets,
+                server_args=tuple(args),
             )
     finally:
         if journal is not None:

@@ -125,7 +125,7 @@ def server_arguments(
     With ``secrets`` the server gets exactly ``operators`` operators, so their account ranges
     cover the whole ledger; without, at least 64 (the server's default).
     """
-    args = ["--host", host, "--port", "0", "--accounts", str(accounts), "--seed", str(seed)]
+    args = ["--listen", host, "--port", "0", "--accounts", str(accounts), "--seed", str(seed)]
     args += ["--profile", profile, "--operators", str(operators if secrets else max(operators, 64))]
     if secrets:
         args += ["--secrets", secrets]

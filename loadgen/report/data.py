@@ -6,22 +6,29 @@ check the table against the files through this structure. ``loadgen.report.markd
 ``loadgen.report.plots`` draws it, and ``loadgen.report.writer`` writes both next to
 ``report.json`` (that structure).
 
-Without a comparison summary (plain ``run`` files), each run counts at its offered rate, and the
-"max sustainable" column is the highest offered rate among the runs that sustained the SLO (not a
-search: the table says so). Percentiles over several runs come from their merged histograms,
-never from averaging percentiles; the spread over repeats is the range of the per-run values.
+Without a comparison summary (plain ``run`` files), each run counts at its offered rate. A
+"max sustainable" rate and a cost exist only where a search found them (a comparison summary);
+plain runs show the highest offered rate among the runs that sustained the SLO, named as such,
+and no cost. Percentiles over several runs come from their merged histograms, never from
+averaging percentiles; the spread over repeats is the range of the per-run values. Every run's
+own verdict (``loadgen.results.verdict``) decides whether it is drawn and counted as sustained.
+
+Inputs that cannot be compared are refused (``MixedInputs``): runs from different CPUs, account
+counts or scenarios, unless the caller splits them by that dimension (``split_runs``), one report
+per group.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from engine.profiles import CompareSettings, load_scenario
+from engine.profiles import CompareSettings, default_scenario_text, load_scenario
 from loadgen.generator.histogram import Histogram
 from loadgen.results.compare import (
     SUMMARY_KIND,
@@ -33,7 +40,7 @@ from loadgen.results.compare import (
     peek_kind,
     verdict,
 )
-from loadgen.results.run import RunResult, figures_of, loads
+from loadgen.results.run import RunResult, figures_of, loads, verdict_of
 
 #: The rate the question is about; the reference rate for spectra, time series and hook costs
 #: when every profile ran there.
@@ -61,18 +68,29 @@ class ProfileRow(msgspec.Struct, frozen=True):
     """One row of the main table."""
 
     profile: str
-    max_sustainable_tps: Band | None  # over repeats, each repeat's capacity interval included
-    searched: bool  # False: highest sustained run among the files, no search
+    max_sustainable_tps: Band | None  # from searches only, over repeats, each repeat's capacity interval included
+    searched: bool  # False: no search for this profile (max_sustainable_tps and the cost are None)
     confirmed: str  # "2/2": searches whose 95%/105% confirmation agreed
     at_ceiling: bool  # sustained up to the search ceiling: the true maximum is higher
     generator_limited: bool  # the generator fell behind near this profile's limit
-    cost_pct: float | None  # 1 - max / baseline max, in %
-    cost_low_pct: float | None
-    cost_high_pct: float | None
+    cost_pct: float | None  # throughput lost vs baseline: 100 * (1 - max / baseline max), positive = slower
+    cost_low_pct: float | None  # the smallest cost both bands allow
+    cost_high_pct: float | None  # the largest
     cost_verdict: str
     apply_ns_per_transfer: Band | None  # time inside the engine's apply per transfer, at the reference rate
     hook_ns_per_transfer: dict[str, Band]  # each hook's own time per transfer, at the reference rate
     hooks_total_ns_per_transfer: Band | None  # all hooks together, per run
+    highest_sustained_tps: float | None = None  # highest offered rate of a sustained run (not a search)
+
+
+class RunPoint(msgspec.Struct, frozen=True):
+    """One run as the elbow plot draws it: sustained or not by its own verdict."""
+
+    profile: str
+    offered_tps: float
+    p99_ms: float
+    sustained: bool
+    verdict: str
 
 
 class LatencyRow(msgspec.Struct, frozen=True):
@@ -104,6 +122,64 @@ class ReportData(msgspec.Struct, frozen=True):
     latency: list[LatencyRow]
     files: list[str]
     notes: list[str]
+    points: list[RunPoint] = []
+    group: str = ""  # what this report's runs share when the inputs were split (--split-by)
+
+
+class MixedInputs(ValueError):
+    """Result files that cannot be reported together (different CPUs, account counts or scenarios)."""
+
+
+#: What runs must share to be compared, and how each is described: ``--split-by`` names.
+def _cpu(r: RunResult) -> str:
+    return f"{r.environment.cpu_model}, {r.environment.cores} cores"
+
+
+def _accounts(r: RunResult) -> str:
+    return f"{r.summary.accounts:,} accounts"
+
+
+def _scenario(r: RunResult) -> str:
+    """The scenario by its content where the file says it (version 2), else by its path."""
+    digest = r.settings.scenario_sha256 if r.settings is not None else ""
+    if digest:
+        if digest == hashlib.sha256(default_scenario_text()).hexdigest():
+            return "shipped scenario"
+        return f"scenario sha256 {digest[:12]}"
+    return "shipped scenario" if r.scenario is None else f"scenario {r.scenario}"
+
+
+DIMENSIONS: dict[str, Callable[[RunResult], str]] = {"cpu": _cpu, "accounts": _accounts, "scenario": _scenario}
+
+
+def split_runs(runs: list[Loaded], split_by: Sequence[str] = ()) -> dict[str, list[Loaded]]:
+    """The runs grouped by the ``split_by`` dimensions; ``MixedInputs`` if they differ in another.
+
+    A dimension not split by must have one value across all runs: a report over two machines,
+    two ledger sizes or two scenarios would compare what cannot be compared.
+    """
+    unknown = [d for d in split_by if d not in DIMENSIONS]
+    if unknown:
+        raise ValueError(f"--split-by {', '.join(unknown)}: choose from {', '.join(DIMENSIONS)}")
+    for name, key in DIMENSIONS.items():
+        if name in split_by:
+            continue
+        values: dict[str, list[str]] = {}
+        for r in runs:
+            values.setdefault(key(r.result), []).append(r.path)
+        if len(values) > 1:
+            listing = "; ".join(
+                f"{value} ({len(paths)} file(s), e.g. {os.path.basename(paths[0])})" for value, paths in values.items()
+            )
+            raise MixedInputs(
+                f"the result files come from different {name if name != 'cpu' else 'CPUs'}: {listing}. "
+                f"Report them separately, or pass --split-by {name} for one report per group"
+            )
+    groups: dict[str, list[Loaded]] = {}
+    for r in runs:
+        label = ", ".join(DIMENSIONS[d](r.result) for d in split_by)
+        groups.setdefault(label, []).append(r)
+    return groups
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -218,11 +294,13 @@ def _settings(summary: CompareSummary | None, runs: list[Loaded]) -> CompareSett
 
 
 def machine_of(runs: list[Loaded]) -> tuple[str, list[str]]:
-    envs = {(r.result.environment.cpu_model, r.result.environment.cores) for r in runs}
+    """The machine the runs share (``split_runs`` refused any other mix), with its calibration score."""
     e = runs[0].result.environment
     text = f"{e.cpu_model}, {e.cores} cores, Python {e.python}"
-    notes = [] if len(envs) == 1 else [f"the result files come from {len(envs)} different machines"]
-    return text, notes
+    scores = sorted(r.result.environment.calibration.engine_tps for r in runs if r.result.environment.calibration)
+    if scores:
+        text += f"; CPU calibration {scores[len(scores) // 2]:,.0f} engine transfers/s (median of {len(scores)})"
+    return text, []
 
 
 def _profile_order(runs: list[Loaded], summary: CompareSummary | None) -> list[str]:
@@ -234,9 +312,27 @@ def _profile_order(runs: list[Loaded], summary: CompareSummary | None) -> list[s
     return sorted(seen, key=lambda p: (p != "baseline", p == ECHO, seen.index(p)))
 
 
-def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loaded], CompareSummary | None]:
-    """Everything the report shows, from the files at ``paths``."""
+def build(
+    paths: Sequence[str | os.PathLike[str]], *, relative_to: str | os.PathLike[str] | None = None
+) -> tuple[ReportData, list[Loaded], CompareSummary | None]:
+    """Everything the report shows, from the files at ``paths`` (refused if they cannot be compared).
+
+    ``relative_to``: the report's directory; the files it lists are given relative to it, so a
+    committed report holds no machine's absolute paths.
+    """
     runs, summary = load_inputs(paths)
+    split_runs(runs)
+    return build_from(runs, summary, relative_to=relative_to), runs, summary
+
+
+def build_from(
+    runs: list[Loaded],
+    summary: CompareSummary | None,
+    *,
+    relative_to: str | os.PathLike[str] | None = None,
+    group: str = "",
+) -> ReportData:
+    """The report of ``runs`` (already checked to be comparable) and their comparison summary, if any."""
     settings = _settings(summary, runs)
     machine, notes = machine_of(runs)
     profiles = _profile_order(runs, summary)
@@ -247,8 +343,10 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
     )
     reference = _reference_rate(runs, rates)
 
-    # Max sustainable: searches when there is a summary, else the highest sustained run.
+    # Max sustainable: only where a search found it. Without one, the highest sustained run is
+    # shown under its own name, and no cost is computed from it.
     maxima: dict[str, tuple[Band | None, str, bool, bool]] = {}
+    highest: dict[str, float] = {}
     for p in profiles:
         if summary is not None and any(s.profile == p for s in summary.searches):
             searches = [s for s in summary.searches if s.profile == p]
@@ -263,14 +361,16 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
             maxima[p] = (searched_band, confirmed, ceiling, any(s.generator_limited for s in searches))
         else:
             ok = [r.offered_tps for r in runs if r.profile == p and is_sustained(r.result, settings)]
-            maxima[p] = (Band.of([max(ok)]) if ok else None, "no search", False, False)
+            maxima[p] = (None, "no search", False, False)
+            if ok:
+                highest[p] = max(ok)
 
     base = maxima.get("baseline", (None, "", False, False))[0]
     rows: list[ProfileRow] = []
     for p in profiles:
         band, confirmed, ceiling, limited = maxima[p]
         cost = cost_low = cost_high = None
-        cost_verdict = "reference" if p == "baseline" else "n/a"
+        cost_verdict = "reference" if p == "baseline" else ("n/a" if p == ECHO else "n/a (no search)")
         if p not in ("baseline", ECHO) and band is not None and base is not None and base.median > 0:
             cost = 100 * (1 - band.median / base.median)
             cost_low = 100 * (1 - band.high / base.low) if base.low > 0 else None
@@ -302,6 +402,7 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
                 apply_ns_per_transfer=Band.of(apply) if apply else None,
                 hook_ns_per_transfer={k: Band.of(v) for k, v in hooks.items()},
                 hooks_total_ns_per_transfer=Band.of(totals) if totals else None,
+                highest_sustained_tps=highest.get(p),
             )
         )
 
@@ -345,22 +446,28 @@ def build(paths: Sequence[str | os.PathLike[str]]) -> tuple[ReportData, list[Loa
     if summary is not None:
         notes = [*summary.notes, *notes]
     else:
-        notes.append("no comparison summary: 'max' is the highest sustained offered rate among the runs, not a search")
-    return (
-        ReportData(
-            title=what,
-            machine=machine,
-            mode=mode,
-            accounts=accounts,
-            slo_p99_ms=settings.slo_p99_ms,
-            min_achieved_ratio=settings.min_achieved_ratio,
-            reference_tps=reference,
-            common_rates_tps=rates,
-            profiles=rows,
-            latency=latency,
-            files=[r.path for r in runs],
-            notes=notes,
-        ),
-        runs,
-        summary,
+        notes.append(
+            "no comparison summary: no maximum was searched, so no maximum and no cost are given; "
+            "'highest sustained run' is the highest offered rate among these runs that sustained"
+        )
+    points = [
+        RunPoint(r.profile, r.offered_tps, r.result.summary.p99_ms, verdict.sustained, verdict.line)
+        for r in runs
+        for verdict in (verdict_of(r.result, settings),)
+    ]
+    return ReportData(
+        title=what,
+        machine=machine,
+        mode=mode,
+        accounts=accounts,
+        slo_p99_ms=settings.slo_p99_ms,
+        min_achieved_ratio=settings.min_achieved_ratio,
+        reference_tps=reference,
+        common_rates_tps=rates,
+        profiles=rows,
+        latency=latency,
+        files=[r.path if relative_to is None else os.path.relpath(r.path, relative_to) for r in runs],
+        notes=notes,
+        points=points,
+        group=group,
     )

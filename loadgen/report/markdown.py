@@ -6,14 +6,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadgen.report.data import ECHO, ProfileRow, ReportData
-from loadgen.results.compare import Band
 
 
 def _k(tps: float) -> str:
     return f"{tps:,.0f}"
 
 
-def _band_tps(b: Band | None, ceiling: bool) -> str:
+def _band_tps(row: ProfileRow) -> str:
+    b, ceiling = row.max_sustainable_tps, row.at_ceiling
+    if not row.searched:
+        if row.highest_sustained_tps is None:
+            return "no search; no run sustained"
+        return f"no search; highest sustained run {_k(row.highest_sustained_tps)}"
     if b is None:
         return "none sustained"
     text = f"{'>= ' if ceiling else ''}{_k(b.median)}"
@@ -22,13 +26,21 @@ def _band_tps(b: Band | None, ceiling: bool) -> str:
     return text
 
 
+def cost_text(pct: float, decimals: int = 1) -> str:
+    """A cost as everywhere (report, plots, README): throughput lost vs baseline, in %, no plus sign.
+
+    Positive = slower than baseline; only a profile faster than baseline shows a minus sign.
+    """
+    return f"{pct:.{decimals}f}%"
+
+
 def _cost(row: ProfileRow) -> str:
     if row.cost_pct is None:
         return row.cost_verdict
     rng = ""
     if row.cost_low_pct is not None and row.cost_high_pct is not None:
-        rng = f" [{row.cost_low_pct:+.0f}% to {row.cost_high_pct:+.0f}%]"
-    return f"{row.cost_pct:+.1f}%{rng}: {row.cost_verdict}"
+        rng = f" [{cost_text(row.cost_low_pct, 0)} to {cost_text(row.cost_high_pct, 0)}]"
+    return f"{cost_text(row.cost_pct)}{rng}: {row.cost_verdict}"
 
 
 def _hooks(row: ProfileRow) -> str:
@@ -40,7 +52,7 @@ def _hooks(row: ProfileRow) -> str:
 def to_markdown(data: ReportData, images: Sequence[str] = ()) -> str:
     ref = f"{_k(data.reference_tps)}/s" if data.reference_tps else "n/a"
     lines = [
-        f"# {data.title}",
+        f"# {data.title}" + (f": {data.group}" if data.group else ""),
         "",
         f"Machine: {data.machine}. Ledger: {data.accounts:,} accounts. "
         f"Sustained = settled >= {data.min_achieved_ratio:.0%} of scheduled (shed transfers not counted) "
@@ -48,8 +60,8 @@ def to_markdown(data: ReportData, images: Sequence[str] = ()) -> str:
         "",
         "## Maximum sustainable throughput and cost per profile",
         "",
-        "| profile | max sustainable TPS [range over repeats] | confirmed 95%/105% | cost vs baseline "
-        f"[range] | engine apply ns/transfer at {ref} | per-hook ns/transfer at {ref} |",
+        "| profile | max sustainable TPS [range over repeats] | confirmed 95%/105% | cost: throughput lost vs "
+        f"baseline [range] | engine apply ns/transfer at {ref} | per-hook ns/transfer at {ref} |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for row in data.profiles:
@@ -59,7 +71,7 @@ def to_markdown(data: ReportData, images: Sequence[str] = ()) -> str:
         apply = "-" if row.apply_ns_per_transfer is None else f"{row.apply_ns_per_transfer.median:,.0f}"
         lines.append(
             f"| {row.profile}{' (no ledger: harness ceiling)' if row.profile == ECHO else ''} | "
-            f"{_band_tps(row.max_sustainable_tps, row.at_ceiling)}{flags} | {row.confirmed} | {_cost(row)} | "
+            f"{_band_tps(row)}{flags} | {row.confirmed} | {_cost(row)} | "
             f"{apply} | {_hooks(row)} |"
         )
     lines += [
@@ -87,9 +99,13 @@ def to_markdown(data: ReportData, images: Sequence[str] = ()) -> str:
         "",
         "A profile's maximum is a band: every repeat's search brackets the capacity between its highest "
         "sustained and lowest failed rate (the search resolution; noisy trials widen it), and the band spans "
-        "all repeats. A difference to baseline is called *different* only when the medians differ by more "
-        "than the wider of the two bands. A p99 measured once per repeat has the range over repeats as its "
-        "band; with a single repeat it is *not judged*. Cost ranges combine the ends of both bands.",
+        "all repeats; the maximum always lies inside its band. A maximum (and so a cost) is given only where a "
+        "search found it: plain run files show their highest sustained run instead, and no cost. A cost is "
+        "throughput lost against baseline, 100 * (1 - max / baseline max): positive means slower, with the "
+        "same sign in this table, the plots and the README. A difference to baseline is called *different* "
+        "only when the medians differ by more than the wider of the two bands. A p99 measured once per repeat "
+        "has the range over repeats as its band; a single run is never judged (*not judged (single run)*). "
+        "Cost ranges combine the ends of both bands.",
     ]
     if data.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in data.notes]

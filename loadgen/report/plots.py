@@ -1,9 +1,12 @@
 """The report's PNG plots, drawn with matplotlib's object API on the Agg canvas (no pyplot state).
 
-1. ``elbow.png``: p99 latency against offered rate per profile, every run a point, the SLO and
-   the 300,000 TPS line marked: where the curve turns up is the profile's limit.
-2. ``cost.png``: maximum sustainable rate per profile with its band over repeats, and each hook's
-   time per transfer inside the engine, stacked per profile, with the range over repeats.
+1. ``elbow.png``: p99 latency against offered rate per profile, every run a point (a dot when its
+   own verdict is sustained, an x when not), the SLO and the 300,000 TPS line marked: where the
+   curve turns up is the profile's limit.
+2. ``cost.png``: maximum sustainable rate of every searched profile with its band over repeats,
+   labelled with its cost (throughput lost vs baseline, positive = slower, as in report.md), and
+   each hook's time per transfer inside the engine, stacked per profile, with the range over
+   repeats. Profiles without a search get no bar (a plain run is not a maximum).
 3. ``spectrum.png``: latency by percentile (p50 ... p99.999, log axis of 1/(1-p), HdrHistogram
    style) per profile at the reference rate, from the merged histograms.
 4. ``timeseries.png``: settled throughput and p99 second by second over one run per profile at
@@ -21,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from loadgen.report.data import ECHO, HEADLINE_TPS, Loaded, ReportData, merged_histogram
+from loadgen.report.markdown import cost_text
 
 #: Percentiles of the spectrum: 1/(1-p) from 1 to 10^5 in fine log steps (p50 ... p99.999).
 _SPECTRUM_X = np.logspace(0, 5, 200)
@@ -64,19 +68,19 @@ def plot_elbow(data: ReportData, runs: list[Loaded], path: Path) -> Path:
     ax = axes[0, 0]
     colors = _colors([r.profile for r in data.profiles])
     for row in data.profiles:
-        mine = sorted((r for r in runs if r.profile == row.profile), key=lambda r: r.offered_tps)
+        mine = sorted((pt for pt in data.points if pt.profile == row.profile), key=lambda pt: pt.offered_tps)
         if not mine:
             continue
         c = colors[row.profile]
-        rates = sorted({r.offered_tps for r in mine})
-        medians = [float(np.median([r.result.summary.p99_ms for r in mine if r.offered_tps == x])) for x in rates]
+        rates = sorted({pt.offered_tps for pt in mine})
+        medians = [float(np.median([pt.p99_ms for pt in mine if pt.offered_tps == x])) for x in rates]
         ax.plot(rates, medians, "-", color=c, lw=1.3, label=row.profile)
-        ok = [r for r in mine if r.ref is None or r.ref.sustained] if mine[0].ref else mine
-        bad = [r for r in mine if r not in ok]
-        ax.scatter([r.offered_tps for r in ok], [r.result.summary.p99_ms for r in ok], color=c, s=16, zorder=3)
-        ax.scatter(
-            [r.offered_tps for r in bad], [r.result.summary.p99_ms for r in bad], color=c, marker="x", s=28, zorder=3
-        )
+        # Each run by its own verdict (``ReportData.points``): a dot only when it was sustained.
+        for sustained, marker, size in ((True, "o", 16), (False, "x", 28)):
+            here = [pt for pt in mine if pt.sustained is sustained]
+            ax.scatter(
+                [pt.offered_tps for pt in here], [pt.p99_ms for pt in here], color=c, marker=marker, s=size, zorder=3
+            )
     ax.axhline(data.slo_p99_ms, color="k", ls="--", lw=0.9)
     ax.text(
         0.99,
@@ -106,7 +110,7 @@ def plot_elbow(data: ReportData, runs: list[Loaded], path: Path) -> Path:
 def plot_cost(data: ReportData, path: Path) -> Path:
     fig, axes = _figure(12, 5.2, 1, 2)
     left, right = axes[0, 0], axes[0, 1]
-    rows = [r for r in data.profiles if r.max_sustainable_tps is not None]
+    rows = [r for r in data.profiles if r.searched and r.max_sustainable_tps is not None]
     colors = _colors([r.profile for r in data.profiles])
     x = np.arange(len(rows))
     med = np.array([r.max_sustainable_tps.median for r in rows if r.max_sustainable_tps])
@@ -115,13 +119,24 @@ def plot_cost(data: ReportData, path: Path) -> Path:
     left.bar(x, med, color=[colors[r.profile] for r in rows], yerr=[med - lo, hi - med], capsize=4)
     for i, r in enumerate(rows):
         if r.cost_pct is not None:
-            label = f"{-r.cost_pct:+.0f}%" + ("" if r.cost_verdict == "different" else f"\n({r.cost_verdict})")
+            label = f"cost {cost_text(r.cost_pct, 0)}" + (
+                "" if r.cost_verdict == "different" else f"\n({r.cost_verdict})"
+            )
             left.text(i, hi[i], label, ha="center", va="bottom", fontsize=7)
     left.axhline(HEADLINE_TPS, color="crimson", ls=":", lw=1.2, label="300,000 TPS")
     left.set_xticks(x, [r.profile for r in rows], rotation=30, ha="right")
     left.yaxis.set_major_formatter(_KTPS)
     left.set_ylabel("max sustainable payments/s (median; bars: band over repeats)")
-    left.set_title("Throughput per profile (label: change vs baseline)", fontsize=9)
+    if not rows:
+        left.text(
+            0.5,
+            0.5,
+            "no search in these files:\nno maximum to draw",
+            ha="center",
+            va="center",
+            transform=left.transAxes,
+        )
+    left.set_title("Max sustainable per profile (label: cost = throughput lost vs baseline)", fontsize=9)
     left.legend(fontsize=8)
     left.grid(True, axis="y", alpha=0.3)
 

@@ -205,18 +205,18 @@ def differs(a: Band, b: Band) -> bool | None:
     """True when the medians differ by more than the larger spread; None when it cannot be judged.
 
     "Larger than the run-to-run spread": the gap between the medians must exceed the full range
-    (max - min over repeats, search resolution included) of both profiles. With a single repeat
-    and no resolution interval (a p99 measured once) there is no spread to compare with: None.
+    (max - min over repeats, search resolution included) of both profiles. A side measured once
+    with no resolution interval (a single run's p99, or a single run's rate) has no spread of its
+    own, so nothing can be said about it: None, whatever the other side's spread.
     """
-    width = max(a.spread, b.spread)
-    if width == 0 and min(a.repeats, b.repeats) < 2:
+    if any(x.repeats < 2 and x.spread == 0 for x in (a, b)):
         return None
-    return abs(a.median - b.median) > width
+    return abs(a.median - b.median) > max(a.spread, b.spread)
 
 
 def verdict(a: Band, b: Band) -> str:
-    """ "different", "same within spread" or "not judged (1 repeat)"."""
+    """ "different", "within spread" or "not judged (single run)"."""
     d = differs(a, b)
     if d is None:
-        return "not judged (1 repeat)"
+        return "not judged (single run)"
     return "different" if d else "within spread"

@@ -1,4 +1,4 @@
-"""What a result was measured on: machine, interpreter, libraries, code version."""
+"""What a result was measured on: machine, interpreter, libraries, code version, CPU calibration."""
 
 from __future__ import annotations
 
@@ -13,6 +13,23 @@ import msgspec
 _LIBRARIES = ("numpy", "msgspec", "uvloop", "hdrhistogram", "cbdc-bench")
 
 
+class Calibration(msgspec.Struct, frozen=True, kw_only=True):
+    """A CPU calibration score taken at a run's start, so figures from two machines compare as ratios.
+
+    ``engine_tps`` is a fixed single-core workload (``loadgen.harness.calibration``: the ledger
+    alone, baseline profile, a fixed account count and batch size, a few hundred ms after a
+    warm-up): divide a run's throughput by it to compare machines. ``rates`` is where later
+    calibrations add theirs by name (e.g. ``ed25519_verify_per_s``); readers ignore names they
+    do not know.
+    """
+
+    engine_tps: float
+    accounts: int
+    batch: int
+    seconds: float
+    rates: dict[str, float] = {}
+
+
 class Environment(msgspec.Struct, frozen=True):
     cpu_model: str
     cores: int
@@ -22,6 +39,7 @@ class Environment(msgspec.Struct, frozen=True):
     libraries: dict[str, str]
     git_commit: str
     git_dirty: bool
+    calibration: Calibration | None = None  # None: not taken (files before version 2, compare summaries)
 
 
 def _cpu_model() -> str:

@@ -1,38 +1,48 @@
 """Result files: one versioned JSON document per run under ``results/``, and its loader.
 
 Reports and plots are made from these files alone, so a file carries everything: what was run
-(scenario, profile, load parameters), where (environment), and what was measured: full latency
+(scenario, and the profile's hooks with every resolved parameter, so the run can be reproduced
+from the file alone; load parameters), where (environment: CPU model and a CPU calibration
+score, so figures from two machines compare as ratios), and what was measured: full latency
 histograms in HdrHistogram's standard base64 V2 encoding (``Histogram.decode`` or any
 HdrHistogram library reads them; values in ns), per-second series, result codes, generator lag,
-CPU of generator and server, the server's per-hook cost and the audit outcome. The JSON Schema is
-generated from these Structs (``json_schema``), never written by hand.
+CPU of generator and server, the server's per-hook cost, bytes on the wire and in the journal per
+payment, and the audit outcome. The JSON Schema is generated from these Structs (``json_schema``,
+committed as ``docs/result-schema.json``; fields described in ``docs/results.md``), never written by
+hand. Older files load through ``loadgen.results.upgrade``, one version step at a time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from engine.profiles import CompareSettings
+from engine.profiles import CompareSettings, default_scenario_text, load_scenario, profile_hooks
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.histogram import REPORT_PERCENTILES, Histogram
 from loadgen.generator.measure import Measurement
 from loadgen.results.environment import Environment
+from loadgen.results.upgrade import upgrade
 from loadgen.results.verdict import Figures, Verdict, judge
 
-#: Version of the result-file format. History (a reader refuses every version but its own;
-#: upgrades from older versions go here, one step at a time, when there are any):
+#: Version of the result-file format. History (a reader upgrades older versions one step at a time,
+#: ``loadgen.results.upgrade``, and refuses newer ones; later issues add optional fields only):
 #:   1 - first format: summary, load, environment, latency/send-lag histograms (HdrHistogram V2
 #:       base64, ns), per-second series with interval histograms, codes, counts, generator,
 #:       server (CPU, stats, per-hook cost), audit, failures. Later additions with defaults, so
 #:       files without them still read: server.durability (journal policy and its cost);
 #:       summary.settled/shed/verdict/exit_status (``loadgen.results.verdict``; achieved_tps and
 #:       achieved_ratio are settled-based from then on, and replies received in the window before).
-SCHEMA_VERSION = 1
+#:   2 - issue 12: summary.settled/shed/verdict/exit_status always present, achieved settled-based
+#:       (the upgrade recomputes them from a v1 file's codes); settings (the resolved profile, hook
+#:       parameters, workload and targets); traffic (wire bytes per payment both ways, journal
+#:       bytes per payment); environment.calibration (CPU calibration score).
+SCHEMA_VERSION = 2
 
 
 class ResultVersionError(ValueError):
@@ -226,18 +236,52 @@ class Summary(msgspec.Struct, frozen=True):
     seconds: float
     accounts: int
     echo: bool
-    # Added after version 1's first files (absent there: ``figures_of`` recomputes them from codes).
-    settled: int | None = None  # measured transfers answered with a ledger result
-    shed: int | None = None  # measured transfers answered overloaded or hook_error
-    verdict: str | None = None  # the verdict line, "verdict: sustained" etc.
-    exit_status: int | None = None  # the exit status of run/load for that verdict
+    settled: int  # measured transfers answered with a ledger result (``loadgen.results.verdict``)
+    shed: int  # measured transfers answered overloaded or hook_error
+    verdict: str  # the verdict line, "verdict: sustained" etc., against ``RunResult.settings.targets``
+    exit_status: int  # the exit status of run/load for that verdict
+
+
+class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the run was configured with, resolved: enough to run it again from the file alone.
+
+    ``hooks`` are the profile's hooks in order and ``hook_params`` each one's parameters as the
+    scenario resolved them (defaults filled in); ``workload`` the scenario's ``[workload]``;
+    ``targets`` what the verdict judged against; ``server_args`` the ``serve`` arguments when
+    cbdc-bench started the server (empty for ``load``: the server was started by someone else,
+    and ``source`` says where the settings come from).
+    """
+
+    profile: str
+    hooks: list[str]
+    hook_params: dict[str, Any]
+    workload: dict[str, Any]
+    targets: CompareSettings
+    scenario_sha256: str  # of the scenario file's bytes (the shipped one when no file was given)
+    server_args: list[str] = []
+    source: str = ""
+
+
+class Traffic(msgspec.Struct, frozen=True, kw_only=True):
+    """Bytes per payment: on the wire both ways (framing included, whole run) and into the journal.
+
+    ``wire_sent_per_payment`` = bytes the generator sent / transfers sent; ``wire_received_per_payment``
+    = bytes the server sent back / transfers answered; ``journal_per_payment`` = journal bytes
+    written over the measured window / transfers the ledger applied in it (None: no journal).
+    """
+
+    wire_sent_bytes: int
+    wire_received_bytes: int
+    wire_sent_per_payment: float
+    wire_received_per_payment: float
+    journal_per_payment: float | None = None
 
 
 class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     schema_version: int = SCHEMA_VERSION
     kind: str  # "run" (server started by cbdc-bench) or "load" (against a running server)
     created_utc: str
-    scenario: str | None
+    scenario: str | None  # as given (a relative path stays relative); settings hold what it resolved to
     summary: Summary
     load: LoadConfig
     environment: Environment
@@ -250,6 +294,9 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     server: Server
     audit: AuditOutcome | None
     failures: list[str]
+    # Version 2 (None only in files upgraded from version 1, which did not record them).
+    settings: RunSettings | None = None
+    traffic: Traffic | None = None
 
 
 class _Version(msgspec.Struct):
@@ -280,12 +327,14 @@ def build_result(
     audit: AuditOutcome | None = None,
     echo: bool = False,
     targets: CompareSettings | None = None,
+    server_args: tuple[str, ...] = (),
 ) -> RunResult:
     """Assemble a result from a merged measurement and what is known about the server.
 
     ``targets`` (the scenario's ``[compare]`` settings, defaults if None) are what the verdict
-    judges against.
+    judges against; ``server_args`` the ``serve`` arguments, when cbdc-bench started the server.
     """
+    targets = targets or CompareSettings()
     latency = Percentiles.of(m.latency)
     lag = Percentiles.of(m.send_lag)
     kept = m.unsent == 0 and lag.p99_ms * 1e6 <= m.late_ns
@@ -321,6 +370,7 @@ def build_result(
             f"the trove stopped ingesting ({trove.failure}); {trove.rows_not_persisted} rows not persisted",
         ]
     profile = str(welcome.get("profile", "unknown"))
+    durability = Durability.of(stats_start or {}, stats_end or {}, config.seconds)
     summary = Summary(
         profile=profile,
         offered_tps=config.rate_tps,
@@ -386,12 +436,86 @@ def build_result(
             stats_start=stats_start or {},
             stats_end=stats_end or {},
             hooks=hooks or {},
-            durability=Durability.of(stats_start or {}, stats_end or {}, config.seconds),
+            durability=durability,
             trove=trove,
             **_build_figures(stats_final or stats_end or {}),
         ),
         audit=audit,
         failures=failures,
+        settings=resolved_settings(
+            profile, scenario, targets, server_args=server_args, started=kind != "load" and not echo
+        ),
+        traffic=Traffic(
+            wire_sent_bytes=m.bytes_sent,
+            wire_received_bytes=m.bytes_received,
+            wire_sent_per_payment=m.bytes_sent / m.sent_total if m.sent_total else 0.0,
+            wire_received_per_payment=m.bytes_received / m.results_total if m.results_total else 0.0,
+            journal_per_payment=journal_bytes_per_payment(stats_start or {}, stats_end or {}),
+        ),
+    )
+
+
+def journal_bytes_per_payment(stats_start: dict[str, Any], stats_end: dict[str, Any]) -> float | None:
+    """Journal bytes written over the window / transfers the ledger applied in it (None: no journal)."""
+    j0, j1 = stats_start.get("journal") or {}, stats_end.get("journal") or {}
+    if not j1:
+        return None
+    written = float(j1.get("bytes_written", 0)) - float(j0.get("bytes_written", 0))
+    transfers = _ledger_transfers(stats_end) - _ledger_transfers(stats_start)
+    return written / transfers if transfers > 0 else None
+
+
+def _ledger_transfers(stats: dict[str, Any]) -> float:
+    ledger = stats.get("ledger")
+    value = ledger.get("transfers") if isinstance(ledger, dict) else stats.get("transfers")
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON reads it back (lists, not tuples), so a result equals its file."""
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
+def resolved_settings(
+    profile: str,
+    scenario: str | None,
+    targets: CompareSettings,
+    *,
+    server_args: tuple[str, ...] = (),
+    started: bool = True,
+) -> RunSettings:
+    """The profile's hooks with their resolved parameters, the workload and targets, from ``scenario``.
+
+    For ``load`` (``started`` False) the scenario is the one ``load`` was given; the server may
+    have been started with another, which ``source`` says. A profile the scenario does not
+    define (a server started with a user's scenario) is recorded with no hooks, and said so.
+    """
+    path = Path(scenario) if scenario else None
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    source = (
+        "the scenario cbdc-bench started the server with"
+        if started
+        else ("the scenario given to load; the server was started separately and may use another")
+    )
+    try:
+        parsed = load_scenario(scenario)
+        hooks = list(profile_hooks(profile, parsed))
+    except ValueError as exc:
+        return RunSettings(
+            profile=profile, hooks=[], hook_params={}, workload={}, targets=targets,
+            scenario_sha256=hashlib.sha256(data).hexdigest() if data else "",
+            server_args=list(server_args), source=f"{source}; not resolved: {exc}",
+        )  # fmt: skip
+    data = data or default_scenario_text()
+    return RunSettings(
+        profile=profile,
+        hooks=hooks,
+        hook_params={spec: _plain(parsed.hooks.params(spec)) for spec in hooks},
+        workload=_plain(parsed.workload),
+        targets=targets,
+        scenario_sha256=hashlib.sha256(data).hexdigest(),
+        server_args=list(server_args),
+        source=source,
     )
 
 
@@ -443,13 +567,19 @@ def save(result: RunResult, directory: str | os.PathLike[str] = "results") -> Pa
 
 
 def loads(data: bytes | str, *, source: str = "result") -> RunResult:
-    """Parse a result document, refusing any format version but ``SCHEMA_VERSION``."""
+    """Parse a result document; an older format is upgraded (``loadgen.results.upgrade``), a newer refused."""
     try:
         version = msgspec.json.decode(data, type=_Version).schema_version
     except msgspec.ValidationError as exc:
         raise ResultVersionError(f"{source} is not a cbdc-bench result file (no schema_version: {exc})") from exc
-    require_version(version, SCHEMA_VERSION, f"{source} has", "or re-run the benchmark")
-    return msgspec.json.decode(data, type=RunResult)
+    if version == SCHEMA_VERSION:
+        return msgspec.json.decode(data, type=RunResult)
+    if not 1 <= version < SCHEMA_VERSION:
+        require_version(version, SCHEMA_VERSION, f"{source} has", "or re-run the benchmark")
+    try:
+        return msgspec.convert(upgrade(msgspec.json.decode(data), SCHEMA_VERSION), RunResult)
+    except (msgspec.ValidationError, KeyError, TypeError) as exc:
+        raise ResultVersionError(f"{source}: a version {version} result file that cannot be upgraded: {exc}") from exc
 
 
 def require_version(version: int, expected: int, what: str, otherwise: str = "") -> None:

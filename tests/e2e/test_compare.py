@@ -10,8 +10,9 @@ from rich.console import Console
 
 from loadgen.harness.compare import run_compare
 from loadgen.report.data import build
-from loadgen.results.compare import Plan, loads_summary
+from loadgen.results.compare import loads_summary
 from loadgen.results.run import load
+from tests.support.compare import generator_fell_behind, tiny_plan
 
 pytestmark = pytest.mark.slow
 
@@ -37,27 +38,20 @@ max_tps = 20_000
 def test_compare_searches_reuses_servers_interleaves_and_reports(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(SCENARIO)
-    plan = Plan(
-        mode="test",
-        accounts=5_000,
-        repeats=2,
-        precision=0.1,
-        confirm_repeats=1,
-        search_warmup_s=0.3,
-        search_seconds=0.7,
-        equal_warmup_s=0.3,
-        equal_seconds=0.7,
-        drain_s=1.0,
-    )
     log = io.StringIO()
     summary, path = run_compare(
-        str(scenario), plan=plan, seed=5, out=tmp_path / "out", console=Console(file=log, width=200)
+        str(scenario), plan=tiny_plan(), seed=5, out=tmp_path / "out", console=Console(file=log, width=200)
     )
     assert path == tmp_path / "out" / "compare.json"
     assert loads_summary(path.read_bytes()) == summary
     # Each repeat ran both profiles once, in an order drawn from the seed.
     assert [sorted(o) for o in summary.order] == [["baseline", "full"]] * 2
     assert len(summary.searches) == 4
+    # A trial the generator could not keep up with (a busy shared machine) says nothing about the
+    # server: skipped with its verdict's reason, and only then; any other failed trial fails here.
+    behind = generator_fell_behind(summary, path.parent)
+    if behind is not None:
+        pytest.skip(f"this machine could not judge the search: {behind}")
     for s in summary.searches:
         # 20,000/s is easy for a 5,000-account ledger: every search ends at the ceiling, and says so.
         assert s.result.max_sustainable_tps == 20_000 and "ceiling" in s.result.note

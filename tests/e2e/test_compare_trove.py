@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 
 from loadgen.harness.compare import run_compare
-from loadgen.results.compare import Plan
 from loadgen.results.run import load
+from tests.support.compare import tiny_plan
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +30,14 @@ max_tps = 3_000
 def test_each_compare_server_gets_a_trove_deleted_unless_kept(tmp_path: Path, keep: bool) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(SCENARIO)
-    plan = Plan(
-        mode="test",
+    plan = tiny_plan(
         accounts=2_000,
         repeats=1,
         precision=0.5,
-        confirm_repeats=1,
         search_warmup_s=0.2,
         search_seconds=0.4,
         equal_warmup_s=0.2,
         equal_seconds=0.4,
-        drain_s=1.0,
     )
     out = tmp_path / "out"
     summary, path = run_compare(

@@ -48,7 +48,7 @@ def test_serve_loads_own_hooks_from_hooks_path(tmp_path: Path) -> None:
 
 
 def test_run_passes_hooks_path_to_its_server(tmp_path: Path) -> None:
-    args = ["run", SCENARIO, "--profile", "mine", "--hooks-path", str(EXAMPLES), "--accounts", "20000"]
+    args = ["run", "--scenario", SCENARIO, "--profile", "mine", "--hooks-path", str(EXAMPLES), "--accounts", "20000"]
     args += ["--rate", "2000", "--seconds", "1", "--warmup", "0", "--drain", "2", "--out", str(tmp_path), "--json"]
     done = _cbdc_bench(args, cwd=tmp_path)
     assert "cannot import" not in done.stderr, done.stderr

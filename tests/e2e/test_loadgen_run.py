@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
 from engine.population import POPULATION_VERSION
+from engine.records import TRANSFER_DTYPE
 from loadgen.cli.main import main
+from loadgen.harness.calibration import CALIBRATION_ACCOUNTS
 from loadgen.harness.server import ServerProcess, ServerStartError, running_server, server_arguments
 from loadgen.results.run import load
 from tests.support.servers import scenario_with_slo
@@ -19,8 +22,9 @@ pytestmark = pytest.mark.slow
 def test_run_starts_a_server_measures_audits_and_writes_a_result(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["run", scenario_with_slo(tmp_path, "2000.0"), "--accounts", "20000", "--rate", "4000"]
-    argv += ["--seconds", "1.5", "--warmup", "0.5"]
+    scenario = scenario_with_slo(tmp_path, "2000.0")
+    argv = ["run", "--scenario", scenario, "--accounts", "20000", "--rate", "4k"]
+    argv += ["--seconds", "1.5s", "--warmup", "500ms", "--journal", str(tmp_path / "journal"), "--fsync", "off"]
     argv += ["--drain", "3", "--out", str(tmp_path), "--json"]
     code = main(argv)
     out = capsys.readouterr().out.strip().splitlines()
@@ -45,13 +49,25 @@ def test_run_starts_a_server_measures_audits_and_writes_a_result(
     assert s.peak_rss_bytes is not None and s.peak_rss_bytes >= s.stats_end["build"]["state_bytes"] > 0
     assert result.environment.cores > 0
     assert result.summary.verdict == "verdict: sustained"
+    # Version 2: bytes per payment both ways and into the journal, the calibration score, the settings.
+    t = result.traffic
+    assert t is not None and t.journal_per_payment is not None
+    assert t.wire_sent_per_payment >= TRANSFER_DTYPE.itemsize and t.wire_received_per_payment >= 1
+    assert t.wire_sent_bytes >= c.sent * TRANSFER_DTYPE.itemsize
+    assert t.journal_per_payment >= TRANSFER_DTYPE.itemsize
+    cal = result.environment.calibration
+    assert cal is not None and cal.engine_tps > 0 and cal.accounts == CALIBRATION_ACCOUNTS
+    settings = result.settings
+    assert settings is not None and settings.profile == "baseline" and settings.targets.slo_p99_ms == 2000.0
+    assert settings.scenario_sha256 == hashlib.sha256(Path(scenario).read_bytes()).hexdigest()
+    assert "--accounts" in settings.server_args and "20000" in settings.server_args
 
 
 def test_a_run_that_misses_the_scenarios_slo_says_so_and_exits_non_zero(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The verdict judges against the scenario's [compare] targets: an SLO no run can meet."""
-    argv = ["run", scenario_with_slo(tmp_path, "0.000001"), "--accounts", "5000", "--rate", "2000"]
+    argv = ["run", "--scenario", scenario_with_slo(tmp_path, "0.000001"), "--accounts", "5000", "--rate", "2000"]
     argv += ["--seconds", "1", "--warmup", "0.3"]
     code = main([*argv, "--out", str(tmp_path / "runs")])
     out = capsys.readouterr().out.strip().splitlines()
@@ -61,7 +77,16 @@ def test_a_run_that_misses_the_scenarios_slo_says_so_and_exits_non_zero(
 
 
 def test_calibration_run_against_the_echo_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["run", scenario_with_slo(tmp_path, "2000.0"), "--echo", "--accounts", "1000", "--rate", "20000"]
+    argv = [
+        "run",
+        "--scenario",
+        scenario_with_slo(tmp_path, "2000.0"),
+        "--echo",
+        "--accounts",
+        "1000",
+        "--rate",
+        "20000",
+    ]
     argv += ["--seconds", "1", "--warmup", "0.3"]
     argv += ["--out", str(tmp_path)]
     code = main(argv)
@@ -89,8 +114,20 @@ def test_load_judges_against_its_scenarios_targets(tmp_path: Path, capsys: pytes
     """``load --scenario``: the same verdict and exit status as ``run``, against a running server."""
     args = server_arguments(profile="baseline", accounts=5000, seed=1, operators=2)
     with running_server(args, accounts=5000) as server:
-        argv = ["load", "--port", str(server.port), "--scenario", scenario_with_slo(tmp_path, "0.000001")]
-        argv += ["--rate", "2000", "--seconds", "1", "--warmup", "0.3", "--drain", "2", "--json"]
+        argv = ["load", "--target", f"127.0.0.1:{server.port}", "--scenario", scenario_with_slo(tmp_path, "0.000001")]
+        argv += [
+            "--rate",
+            "2000",
+            "--seconds",
+            "1",
+            "--warmup",
+            "0.3",
+            "--drain",
+            "2",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ]
         code = main(argv)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == summary["exit_status"] in (3, 4), summary

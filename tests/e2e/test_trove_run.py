@@ -21,6 +21,7 @@ def test_run_writes_the_trove_under_its_output_and_records_its_rows(
     # A lenient SLO: the trove is under test here, not whether this machine meets 20 ms.
     argv = [
         "run",
+        "--scenario",
         scenario_with_slo(tmp_path, "2000.0"),
         "--profile",
         "surveillance",

@@ -109,14 +109,15 @@ def test_frozen_accounts_neither_pay_nor_receive_and_unfreeze_restores() -> None
     assert ledger.audit().ok
 
 
-def test_freeze_outranks_other_vetoes_whatever_the_hook_order() -> None:
+def test_vetoes_follow_the_precedence_table_whatever_the_hook_order() -> None:
+    # codes-3: FROZEN (which may be the payee's) ranks after the payer's own checks (engine.codes).
     for order in ((0, 1), (1, 0)):
         fr, bl = Freeze(FreezeConfig(frozen_fraction=0)), Blacklist(BlacklistConfig(listed_fraction=0))
         hooks = [fr, bl]
         ledger = ledger_with(*(hooks[i] for i in order))
         fr.freeze(1)
         bl.add(1)
-        assert ledger.apply(make_batch([1], [2], 10, category=AIR)).tolist() == [ResultCode.FROZEN]
+        assert ledger.apply(make_batch([1], [2], 10, category=AIR)).tolist() == [ResultCode.BLACKLISTED]
 
 
 def test_freeze_and_blacklist_share_the_flags_column_without_clobbering() -> None:

@@ -12,7 +12,7 @@ from engine.codes import PRECEDENCE, ResultCode
 from engine.hooks.base import Hook, Transfers
 from engine.hooks.wallet_limits import WalletLimits
 from engine.ledger import Ledger, owner_ranges
-from engine.records import MAX_BATCH, MAX_TRANSFER_FEN, MAX_TRANSFER_ID, make_batch
+from engine.records import MAX_BATCH, MAX_ID_AHEAD, MAX_TRANSFER_FEN, MAX_TRANSFER_ID, make_batch
 from engine.simtime import CST_OFFSET_NS, NS_PER_DAY
 from tests.support.oracle import assert_same, twins
 
@@ -55,12 +55,30 @@ def test_ids_above_the_range_are_refused_and_do_not_block_the_operator() -> None
     batch = make_batch([0, 0, 1], [1, 2, 2], [1, 1, 1], operator=1, transfer_id=[top, MAX_TRANSFER_ID + 1, 5])
     assert assert_same(ledger, ref, batch).tolist() == [R.ID_OUT_OF_RANGE, R.ID_OUT_OF_RANGE, R.OK]
     assert int(ledger.ids.high[1]) == 5  # the window did not move
-    edge = make_batch([0, 1], [1, 2], [1, 1], operator=1, transfer_id=[6, MAX_TRANSFER_ID])
+    edge = make_batch([0, 1], [1, 2], [1, 1], operator=1, transfer_id=[6, 6 + MAX_ID_AHEAD])
     assert assert_same(ledger, ref, edge).tolist() == [R.OK, R.OK]
     assert int(ledger.ids.high[1]) + 1 <= top  # next_transfer_id still fits the wire's int64
     assert PRECEDENCE.index(R.INVALID_ID) + 1 == PRECEDENCE.index(R.ID_OUT_OF_RANGE)
     negative = make_batch([0], [1], [1], operator=1, transfer_id=[-1])
     assert assert_same(ledger, ref, negative).tolist() == [R.INVALID_ID]
+
+
+def test_an_id_at_the_top_of_the_range_does_not_block_its_operator() -> None:
+    """2**62 - 1 was a valid id and left its operator no new id above it (issue 13, self-block).
+    An id more than MAX_ID_AHEAD beyond the operator's highest is refused and not consumed, also
+    inside one batch and after an earlier refused jump; the operator carries on from where it was."""
+    ledger, ref = twins([100, 100, 100])
+    a = MAX_ID_AHEAD
+    ids = [MAX_TRANSFER_ID, a, a - 1, 3 * a, 2 * a - 1, 2 * a - 9]
+    batch = make_batch([0] * 6, [1] * 6, [1] * 6, operator=2, transfer_id=ids)
+    codes = assert_same(ledger, ref, batch).tolist()
+    assert codes == [R.ID_OUT_OF_RANGE, R.ID_OUT_OF_RANGE, R.OK, R.ID_OUT_OF_RANGE, R.OK, R.OK]
+    assert int(ledger.ids.high[2]) == 2 * MAX_ID_AHEAD - 1  # the last id is older, but in the window
+    nxt = int(ledger.ids.high[2]) + 1  # Welcome.next_transfer_id: usable
+    assert assert_same(ledger, ref, make_batch([0], [1], [1], operator=2, transfer_id=[nxt])).tolist() == [R.OK]
+    # A refused id was not consumed: within reach later, it applies.
+    late = make_batch([0], [1], [1], operator=2, transfer_id=[3 * MAX_ID_AHEAD])
+    assert assert_same(ledger, ref, late).tolist() == [R.OK]
 
 
 def test_duplicate_across_and_within_batches() -> None:
@@ -127,7 +145,7 @@ def test_wallet_caps() -> None:
     assert one(ledger, 0, 2, 50_000) == R.OK  # 2,000 yuan exactly is allowed
     ledger.set_balance(2, 0)
     ledger.supply_fen = int(ledger.balance.sum())
-    assert one(ledger, 2, 1, 60_000) == R.WALLET_BALANCE_LIMIT  # outranks insufficient funds
+    assert one(ledger, 2, 1, 60_000) == R.INSUFFICIENT_FUNDS  # a payer without the money learns nothing of the payee
     assert one(ledger, 2, 1, 40_000) == R.INSUFFICIENT_FUNDS  # caps pass, funds do not
     ledger.set_balance(2, 60_000)
     ledger.supply_fen = int(ledger.balance.sum())
@@ -212,7 +230,7 @@ def test_hook_vetoes_merge_by_precedence_not_by_hook_order() -> None:
         [Veto("a", R.CREDIT_RESTRICTED), Veto("b", R.FROZEN)],
         [Veto("b", R.FROZEN), Veto("a", R.CREDIT_RESTRICTED)],
     ):
-        assert one(Ledger(2, balance_fen=100, hooks=hooks), 0, 1, 10) == R.FROZEN
+        assert one(Ledger(2, balance_fen=100, hooks=hooks), 0, 1, 10) == R.CREDIT_RESTRICTED
 
 
 def test_precedence_lists_every_code_once() -> None:

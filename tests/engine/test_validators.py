@@ -66,6 +66,36 @@ def test_pool_verdicts_equal_single_thread(
         np.testing.assert_array_equal(g, w)
 
 
+def test_small_batches_travel_together_and_are_not_split(registry: signing.KeyRegistry) -> None:
+    """Submits of tens of transfers (the signed profile's regime): each is one chunk (below
+    ``min_split`` a batch is not split across workers), and chunks queued together go to a worker
+    as one parcel, one round trip; verdicts are still each batch's own, in order."""
+    rng = np.random.default_rng(5)
+    small = []
+    for i in range(40):
+        batch, sigs = signed_batch(int(rng.integers(1, 30)), stream=500 + i)
+        if i % 3 == 0:  # one forged signature, last in its batch
+            sigs = sigs[:-1] + bytes([sigs[-1] ^ 1])
+        small.append((batch.tobytes(), sigs))
+    want = expected(registry, small)
+    assert sum(int((w == ResultCode.BAD_SIGNATURE).sum()) for w in want) == len(range(0, 40, 3))
+
+    async def run() -> tuple[list[np.ndarray], int, int]:
+        pool = LocalValidators(registry, 2, chunk_transfers=256)
+        await pool.start()
+        try:
+            got = await verify_all(pool, small)
+            return got, pool.stats().chunks, pool.stats().parcels
+        finally:
+            await pool.close()
+
+    got, chunks, parcels = asyncio.run(run())
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert chunks == len(small)  # none split
+    assert parcels < chunks  # queued together, sent together
+
+
 def test_killed_worker_chunks_are_reverified_once(registry: signing.KeyRegistry) -> None:
     rng = np.random.default_rng(5)
     batches = []

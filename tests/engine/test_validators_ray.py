@@ -13,14 +13,19 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine import signing
 from engine.codes import ResultCode
+from engine.reference import ReferenceLedger
 from engine.validators import InlineValidators, LocalValidators, verify_all
+from engine.wire import SignedSubmit
+from loadgen.generator.workload import Workload, WorkloadConfig
 from tests.engine.test_signing import ACCOUNTS, SEED, forge, signed_batch
+from tests.support.servers import TEST_ACCOUNTS, TEST_SEED, StartServer, connect
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -128,3 +133,32 @@ def test_killed_ray_actor_is_taken_over(ray_cluster: str, registry: signing.KeyR
             await tier.close()
 
     asyncio.run(run())
+
+
+def test_signed_payments_through_a_server_with_ray_validators(
+    ray_cluster: str, start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve --validators ray:ADDRESS``: a SignedSubmit with forged signatures gives the codes and
+    balances of the reference model (which the local pool and the inline tier match above)."""
+    monkeypatch.setenv("CBDC_CACHE_DIR", str(tmp_path / "cache"))
+    st = start_server(profile="signed", validators=f"ray:{ray_cluster}")
+    ledger = st.server.ledger
+    assert ledger is not None
+    ref = ReferenceLedger(
+        *st.call(lambda: (ledger.balance.tolist(), ledger.wallet_class.tolist())), operators=st.config.operators
+    )
+    batch = Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED)).batch(400, first_id=0, operator=0)
+    sigs, bad = bytearray(signing.sign_records(batch, TEST_SEED)), np.zeros(len(batch), dtype=bool)
+    bad[::9] = True
+    for i in np.flatnonzero(bad).tolist():
+        sigs[i * 64 + 5] ^= 0x10
+    with connect(st) as client:
+        seq = client.next_ref()
+        client.send(SignedSubmit(seq, batch.tobytes(), bytes(sigs)))
+        codes = client.results(seq)
+        assert client.audit().ok
+    assert (codes[bad] == ResultCode.BAD_SIGNATURE).all()
+    np.testing.assert_array_equal(codes[~bad], ref.apply(batch[~bad]))
+    assert st.call(lambda: ledger.balance.tolist()) == ref.balance
+    tier = st.call(st.server.stats)["validators"]
+    assert tier["kind"] == "ray" and tier["workers"] == 2 and tier["transfers"] == len(batch)

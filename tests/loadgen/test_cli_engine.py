@@ -21,7 +21,7 @@ def test_run_engine_reports_a_conserving_run() -> None:
 
 
 def test_cli_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["engine", "--accounts", "20000", "--batch", "512", "--seconds", "0.1", "--warmup", "0", "--json"])
+    rc = main(["engine", "--accounts", "20000", "--max-batch", "512", "--seconds", "0.1", "--warmup", "0", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     for key in ("profile", "transfers_per_s", "accounts", "bytes_per_account", "hooks", "environment"):

@@ -9,16 +9,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.profiles import CompareSettings
+from engine.profiles import CompareSettings, default_scenario_text
 from loadgen.cli.main import main
 from loadgen.generator.histogram import Histogram
 from loadgen.harness.compare import QUICK
 from loadgen.harness.search import SearchResult, Trial
-from loadgen.report.data import apply_ns_per_transfer, build
-from loadgen.report.markdown import to_markdown
+from loadgen.report.data import MixedInputs, apply_ns_per_transfer, build
+from loadgen.report.markdown import cost_text, to_markdown
 from loadgen.report.writer import write_report
 from loadgen.results.compare import COMPARE_SCHEMA_VERSION, CompareSummary, ProfileSearch, RunRef, save_summary
-from loadgen.results.run import ResultVersionError, load
+from loadgen.results.run import ResultVersionError, load, resolved_settings, save
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 BASELINE = FIXTURES / "20261122T090419Z-run-baseline-300000tps.json"
@@ -61,10 +61,10 @@ def test_the_tables_numbers_are_the_result_files_numbers() -> None:
     assert by_profile["full"].apply_ns_per_transfer is not None
     assert by_profile["full"].apply_ns_per_transfer.median == pytest.approx(expected_apply)
     assert apply_ns_per_transfer(full) == pytest.approx(expected_apply)
-    # Without a search, "max" is the highest sustained run (both sustain 300k/s at p99 < 20 ms).
-    assert by_profile["baseline"].max_sustainable_tps is not None
-    assert by_profile["baseline"].max_sustainable_tps.median == 300_000
-    assert not by_profile["baseline"].searched
+    # Without a search there is no maximum and no cost: only the highest sustained run, named so.
+    assert by_profile["baseline"].max_sustainable_tps is None and not by_profile["baseline"].searched
+    assert by_profile["baseline"].highest_sustained_tps == 300_000
+    assert by_profile["full"].cost_pct is None
 
     md = to_markdown(data)
     table = {r["profile"]: r for r in _table(md, "| profile | offered TPS")}
@@ -73,7 +73,10 @@ def test_the_tables_numbers_are_the_result_files_numbers() -> None:
     assert table["echo"]["offered TPS"] == "600,000"
     main_table = {r["profile"].split(" ")[0]: r for r in _table(md, "| profile | max sustainable")}
     assert "wallet_limits 101" in main_table["full"]["per-hook ns/transfer at 300,000/s"]
-    assert "not judged" in main_table["full"]["cost vs baseline [range]"]
+    assert main_table["full"]["cost: throughput lost vs baseline [range]"] == "n/a (no search)"
+    assert main_table["baseline"]["max sustainable TPS [range over repeats]"] == (
+        "no search; highest sustained run 300,000"
+    )
 
 
 def test_merged_percentiles_come_from_merged_histograms(tmp_path: Path) -> None:
@@ -105,7 +108,8 @@ def _summary_dir(tmp_path: Path) -> Path:
                 stage="equal-load",
                 phase="equal",
                 offered_tps=result.summary.offered_tps,
-                settled_tps=result.summary.achieved_tps,
+                # What version 1 stored: replies received in the window (above the offered rate here).
+                settled_tps=json.loads(src.read_bytes())["summary"]["achieved_tps"],
                 p99_ms=result.summary.p99_ms,
                 sustained=True,
                 generator_kept_schedule=True,
@@ -171,7 +175,7 @@ def test_a_comparison_summary_gives_searched_maxima_bands_and_verdicts(tmp_path:
 
 def test_report_writes_markdown_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = _summary_dir(tmp_path)
-    assert main(["report", str(folder)]) == 0
+    assert main(["report", str(folder), "--overwrite"]) == 0
     for name in ("elbow", "cost", "spectrum", "timeseries"):
         png = folder / f"{name}.png"
         assert png.stat().st_size > 20_000, png
@@ -180,9 +184,32 @@ def test_report_writes_markdown_json_and_plots(tmp_path: Path, capsys: pytest.Ca
     assert "![elbow](elbow.png)" in md and "Intel" in md
     data = json.loads((folder / "report.json").read_bytes())
     assert {r["profile"] for r in data["profiles"]} == {"baseline", "full"}
+    # Paths in a report are relative to it: a committed report names no machine's directories.
+    assert data["files"] and all(not Path(f).is_absolute() for f in data["files"])
+    assert all((folder / f).is_file() for f in data["files"])
     out = tmp_path / "elsewhere"
     written = write_report([BASELINE, FULL], out)
     assert {p.name for p in written} >= {"report.md", "elbow.png"}
+
+
+def test_report_of_a_directory_writes_a_new_directory_unless_told_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _summary_dir(tmp_path)
+    (folder / "report.md").write_text("compare's own report")
+    assert main(["report", str(folder)]) == 0
+    assert main(["report", str(folder)]) == 0
+    made = sorted(p for p in folder.iterdir() if p.name.startswith("report-"))
+    assert len(made) == 2 and all((p / "report.md").is_file() for p in made)
+    assert (folder / "report.md").read_text() == "compare's own report"
+    # --out onto an existing report is refused, in one line, unless --overwrite.
+    capsys.readouterr()
+    assert main(["report", str(folder), "--out", str(made[0])]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a report" in err and "--overwrite" in err and err.count("\n") == 1
+    assert main(["report", str(folder), "--out", str(made[0]), "--overwrite"]) == 0
+    assert main(["report", str(folder), "--overwrite"]) == 0
+    assert (folder / "report.md").read_text() != "compare's own report"
 
 
 @pytest.mark.parametrize("version", [0, 99])
@@ -216,3 +243,92 @@ def test_a_summary_missing_a_listed_run_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="listed in"):
         build([folder])
     assert msgspec.json.decode((folder / "compare.json").read_bytes())["kind"] == "compare-summary"
+
+
+def _variant(src: Path, folder: Path, name: str, changes: dict[str, object]) -> Path:
+    """A copy of the result file ``src`` with dotted fields changed ("environment.cpu_model")."""
+    doc = json.loads(src.read_bytes())
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = doc
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / name
+    out.write_text(json.dumps(doc))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "dimension", "said"),
+    [
+        ("environment.cpu_model", "AMD EPYC 7B13", "cpu", "different CPUs"),
+        ("summary.accounts", 2, "accounts", "different accounts"),
+        ("scenario", "mine.toml", "scenario", "different scenario"),
+    ],
+)
+def test_mixed_inputs_are_refused_or_split(
+    tmp_path: Path, field: str, value: object, dimension: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Files from two machines (one a 2-account run) were once mixed into one table silently."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(BASELINE, folder / BASELINE.name)
+    _variant(FULL, folder, "other.json", {field: value})
+    with pytest.raises(MixedInputs, match=f"{said}.*--split-by {dimension}"):
+        build([folder])
+    assert main(["report", str(folder), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert said in err and f"--split-by {dimension}" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+    assert main(["report", str(folder), "--out", str(tmp_path / "split"), "--split-by", dimension]) == 0
+    groups = sorted(p for p in (tmp_path / "split").iterdir() if p.is_dir())
+    assert len(groups) == 2 and all((g / "report.md").is_file() for g in groups)
+    titles = {(g / "report.md").read_text().splitlines()[0] for g in groups}
+    assert len(titles) == 2  # each report names what its group shares
+
+
+def test_each_run_is_drawn_by_its_own_verdict_and_a_single_run_is_never_judged(tmp_path: Path) -> None:
+    """A run with p99 178 ms was drawn as a sustained dot; a single run was called "+98.3%: different"."""
+    folder = tmp_path / "in"
+    _variant(BASELINE, folder, "b1.json", {"summary.p99_ms": 6.0, "latency.p99_ms": 6.0})
+    _variant(BASELINE, folder, "b2.json", {"summary.p99_ms": 7.0, "latency.p99_ms": 7.0})
+    _variant(FULL, folder, "slow.json", {"summary.p99_ms": 178.0, "latency.p99_ms": 178.0})
+    data, _, _ = build([folder])
+    slow = [pt for pt in data.points if pt.profile == "full"]
+    assert len(slow) == 1 and not slow[0].sustained and slow[0].verdict.startswith("verdict: not sustained")
+    assert all(pt.sustained for pt in data.points if pt.profile == "baseline")
+    full = next(r for r in data.latency if r.profile == "full")
+    assert full.runs == 1 and full.p99_verdict == "not judged (single run)"
+    assert full.sustained_runs == 0
+    # Nothing was searched: no maximum and no cost for anyone, and no bar in cost.png.
+    assert all(r.max_sustainable_tps is None and r.cost_pct is None for r in data.profiles)
+    assert next(r for r in data.profiles if r.profile == "full").highest_sustained_tps is None
+
+
+def test_a_cost_is_throughput_lost_with_one_sign_everywhere(tmp_path: Path) -> None:
+    """report.md once said +32.1% where the README and the plot said -32%."""
+    data, _, _ = build([_summary_dir(tmp_path)])
+    full = next(r for r in data.profiles if r.profile == "full")
+    assert full.cost_pct is not None and full.cost_pct > 0  # slower than baseline: a positive cost
+    assert full.cost_low_pct is not None and full.cost_high_pct is not None
+    assert 0 < full.cost_low_pct <= full.cost_pct <= full.cost_high_pct
+    md = to_markdown(data)
+    row = {r["profile"]: r for r in _table(md, "| profile | max sustainable")}["full"]
+    cost = row["cost: throughput lost vs baseline [range]"]
+    assert cost.startswith(f"{full.cost_pct:.1f}% [") and "+" not in cost and "-" not in cost.split(":")[0]
+    assert cost_text(full.cost_pct, 0) == f"{full.cost_pct:.0f}%"
+
+
+def test_one_scenario_under_two_paths_is_one_scenario(tmp_path: Path) -> None:
+    """Version 2 files name their scenario by content: a copy of the shipped file is the shipped scenario."""
+    copy = tmp_path / "copy-of-default.toml"
+    copy.write_bytes(default_scenario_text())
+    folder = tmp_path / "in"
+    for src, scenario in ((BASELINE, None), (FULL, str(copy))):
+        r = load(src)
+        settings = resolved_settings(r.summary.profile, scenario, CompareSettings())
+        save(msgspec.structs.replace(r, scenario=scenario, settings=settings), folder)
+    data, runs, _ = build([folder])
+    assert len(runs) == 2 and {r.profile for r in data.profiles} == {"baseline", "full"}

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
+from engine.profiles import CompareSettings, default_scenario_text, load_scenario, profile_hooks
 from loadgen.cli.output import format_summary
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.histogram import Histogram
 from loadgen.harness.measured import hook_cost
+from loadgen.results.compare import loads_summary
 from loadgen.results.environment import collect
 from loadgen.results.run import (
     SCHEMA_VERSION,
@@ -19,9 +23,11 @@ from loadgen.results.run import (
     Durability,
     ResultVersionError,
     build_result,
+    journal_bytes_per_payment,
     json_schema,
     load,
     loads,
+    resolved_settings,
     save,
 )
 
@@ -45,6 +51,7 @@ def _result(tmp_path: Path | None = None):  # type: ignore[no-untyped-def]
         codes = (rng.random(100) < 0.05).astype(np.uint8) * 15  # 5% insufficient funds
         m.on_results(frame, codes, sent_at + int(rng.integers(1, 20)) * MS)
     m.generator_cpu_s = 0.5
+    m.bytes_sent, m.bytes_received = 3_000 * 72 + 30 * 32, 3_000 + 30 * 24
     return build_result(
         kind="run",
         m=m,
@@ -130,3 +137,61 @@ def test_durability_is_differenced_over_the_window_and_defaults_for_older_files(
     # Files written before the field existed still load, as "none".
     fixture = sorted((Path(__file__).parent / "fixtures" / "results").glob("*-run-baseline-*.json"))[0]
     assert load(fixture).server.durability.fsync == "none"
+
+
+REFERENCE = Path(__file__).resolve().parents[2] / "results" / "compare-quick"
+
+
+def test_the_resolved_settings_rebuild_every_hook_of_the_profile() -> None:
+    """A run's file alone says which hooks ran with which parameters (defaults filled in)."""
+    scenario = load_scenario(None)
+    settings = resolved_settings("full", None, CompareSettings(slo_p99_ms=7.0), server_args=("--profile", "full"))
+    assert settings.hooks == list(profile_hooks("full", scenario)) and settings.hooks
+    for spec in settings.hooks:
+        params = scenario.hooks.params(spec)
+        assert msgspec.convert(settings.hook_params[spec], type(params)) == params, spec
+    assert settings.targets.slo_p99_ms == 7.0 and settings.server_args == ["--profile", "full"]
+    assert settings.scenario_sha256 == hashlib.sha256(default_scenario_text()).hexdigest()
+    unknown = resolved_settings("no-such-profile", None, CompareSettings(), started=False)
+    assert (
+        unknown.hooks == [] and "not resolved" in unknown.source and "server was started separately" in unknown.source
+    )
+
+
+def test_traffic_is_bytes_per_payment_both_ways_and_journal_bytes_per_applied_transfer() -> None:
+    result, m = _result()
+    assert result.traffic is not None
+    assert result.traffic.wire_sent_per_payment == m.bytes_sent / m.sent_total
+    stats_start = {"ledger": {"transfers": 1_000}, "journal": {"bytes_written": 50_000}}
+    stats_end = {"ledger": {"transfers": 3_000}, "journal": {"bytes_written": 250_000}}
+    assert journal_bytes_per_payment(stats_start, stats_end) == 100.0
+    assert journal_bytes_per_payment({}, {"ledger": {"transfers": 5}}) is None
+
+
+def test_version_1_files_load_through_the_upgrade_the_committed_reference_run_included() -> None:
+    summary = loads_summary((REFERENCE / "compare.json").read_bytes())
+    refs = summary.runs[:: max(1, len(summary.runs) // 6)]
+    for ref in refs:
+        path = REFERENCE / ref.file
+        assert json.loads(path.read_bytes())["schema_version"] == 1
+        r = load(path)
+        assert r.schema_version == SCHEMA_VERSION and r.settings is None and r.traffic is None
+        assert r.summary.settled is not None and r.summary.verdict.startswith("verdict: ")
+        assert 0.0 <= r.summary.achieved_ratio <= 1.0
+
+
+def test_a_newer_version_is_refused_and_an_older_one_upgraded(tmp_path: Path) -> None:
+    result, _ = _result()
+    doc = json.loads(save(result, tmp_path).read_bytes())
+    doc["schema_version"] = 1
+    for key in ("settings", "traffic"):
+        del doc[key]
+    doc["summary"]["achieved_ratio"] = 1.0002  # what a version 1 file could say
+    back = loads(json.dumps(doc))
+    assert back.summary.achieved_ratio == 1.0 and back.settings is None
+
+
+def test_the_committed_json_schema_is_the_generated_one() -> None:
+    """docs/result-schema.json is generated: python -m loadgen.results.schema > docs/result-schema.json."""
+    committed = json.loads((Path(__file__).resolve().parents[2] / "docs" / "result-schema.json").read_text())
+    assert committed == json.loads(json.dumps(json_schema())), "regenerate docs/result-schema.json"

@@ -38,7 +38,7 @@ def test_scale_measures_every_size_and_profile_and_writes_its_file_and_plot(tmp_
 
 
 def test_scale_cli_rejects_fractional_account_counts(capsys: pytest.CaptureFixture[str]) -> None:
-    assert account_counts("1e4, 1.4e9") == (10_000, 1_400_000_000)
+    assert account_counts("1e4, 1.4e9,1400M") == (10_000, 1_400_000_000, 1_400_000_000)
     with pytest.raises(SystemExit):
         main(["scale", "--sizes", "1.5"])
     assert "not a whole number" in capsys.readouterr().err

@@ -98,6 +98,22 @@ def test_the_capacity_interval_brackets_the_truth_and_widens_with_noise() -> Non
     assert capacity_interval(trials, 150.0) == (142.0, 158.0)
 
 
+def test_the_maximum_is_never_outside_its_own_band() -> None:
+    """A 105% confirmation that sustained once gave "2,137,500/s (capacity in [2,244,375, 2,315,625])"."""
+    found = 2_137_500.0
+    trials = [
+        Trial(2_137_500.0, 2_137_500.0, 5.0, True, "bisect"),
+        Trial(2_315_625.0, 2_200_000.0, 50.0, False, "bisect"),
+        Trial(found * 0.95, found * 0.95, 5.0, True, "confirm-low"),
+        Trial(found * 1.05, found * 1.05, 5.0, True, "confirm-high"),
+    ]
+    low, high = capacity_interval(trials, found)
+    assert low <= found <= high
+    assert (low, high) == (found, 2_315_625.0)
+    band = Band.of([found], [(low, high)])
+    assert band.low <= band.median == found <= band.high
+
+
 def test_a_trial_lost_to_a_lagging_generator_is_flagged() -> None:
     def measure(rate: float) -> RunOutcome:
         # Capacity unknown: the generator cannot offer more than 500,000/s.
@@ -129,6 +145,8 @@ def test_profiles_are_interleaved_in_a_seeded_order_per_repeat() -> None:
         (Band.of([85.0, 100.0, 115.0]), Band.of([108.0, 110.0, 112.0]), False),
         # One repeat each, no resolution interval: there is no spread to compare against.
         (Band.of([100.0]), Band.of([150.0]), None),
+        # A single run against a band of repeats: still never judged (it was called "+98.3%: different").
+        (Band.of([100.0]), Band.of([190.0, 200.0, 210.0]), None),
         # One repeat of a search: its capacity interval is the spread.
         (Band.of([100.0], [(100.0, 110.0)]), Band.of([130.0], [(130.0, 143.0)]), True),
         (Band.of([100.0], [(100.0, 110.0)]), Band.of([108.0], [(108.0, 118.0)]), False),
@@ -137,7 +155,7 @@ def test_profiles_are_interleaved_in_a_seeded_order_per_repeat() -> None:
 def test_a_difference_is_called_only_beyond_the_spread(a: Band, b: Band, expected: bool | None) -> None:
     assert differs(a, b) is expected
     assert differs(b, a) is expected
-    assert verdict(a, b) == {True: "different", False: "within spread", None: "not judged (1 repeat)"}[expected]
+    assert verdict(a, b) == {True: "different", False: "within spread", None: "not judged (single run)"}[expected]
 
 
 def test_band_always_contains_each_repeats_own_value() -> None:

@@ -80,7 +80,7 @@ def test_load_against_a_non_cbdc_service_says_so(
 ) -> None:
     kind, port = not_cbdc
     monkeypatch.setattr(gateway, "HANDSHAKE_TIMEOUT_S", 0.5)
-    assert main(["load", "--port", str(port), "--seconds", "1", "--warmup", "0", "--rate", "100"]) == 2
+    assert main(["load", "--target", f"127.0.0.1:{port}", "--seconds", "1", "--warmup", "0", "--rate", "100"]) == 2
     err = capsys.readouterr().err
     expected = "is not a cbdc-bench server" if kind == "garbage" else "sent no handshake reply"
     assert f"127.0.0.1:{port}" in err and expected in err, err
