@@ -47,6 +47,8 @@ class NarrowBalances:
             raise ValueError(f"need one balance per account ({accounts}), got {len(fen)}")
         if fen.size and int(fen.min()) < 0:
             raise ValueError("initial balances must be >= 0")
+        if fen.ndim == 0 and int(fen) < SPILLED:  # one value for all: no per-account temporaries
+            return cls(np.full(accounts, int(fen), dtype=np.uint32))
         store = cls(np.zeros(accounts, dtype=np.uint32))
         ids = np.arange(accounts, dtype=np.int64)
         store.scatter(ids, np.broadcast_to(fen.astype(np.int64), (accounts,)))

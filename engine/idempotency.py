@@ -56,6 +56,14 @@ class IdWindow:
         self.high = np.full(operators, -1, dtype=np.int64)
         self._seen: dict[int, np.ndarray] = {}
 
+    def seen_rings(self) -> dict[int, np.ndarray]:
+        """Each operator's ring (operators that have submitted), for snapshots."""
+        return dict(self._seen)
+
+    def allocate(self, operators: list[int]) -> None:
+        """Rings for exactly ``operators`` (cleared), before a snapshot's rings are read into them."""
+        self._seen = {op: np.zeros(self.window, dtype=bool) for op in operators}
+
     @property
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self._seen.values()) + self.high.nbytes

@@ -23,13 +23,20 @@ each framed so that a reader can resynchronise past a damaged one::
                      even when its payload is damaged)
     payload
 
+Segments (issue 15): with ``segment_bytes`` the journal rolls on into ``J.seg-<first seq>`` files
+(each starts with the magic; entries and sequence numbers continue). A roll fsyncs the segment
+it closes, so only the newest segment has a tail. Segments behind the watermark (every durable
+consumer past them: the oldest kept snapshot, the trove) are deleted by ``retire_through``; the
+first file keeps only its header. ``recover(after_seq=S)`` reads only the segments from entry
+S + 1 on, one at a time.
+
 Kinds: ``HEADER`` (seq 1, a msgpack ``JournalHeader``), ``BATCH`` (``[clock u64][records][codes]``:
 the sequencer clock at the batch's start, see ``engine.clock``, then the transfers and their
 codes), ``ADMIN`` (a msgpack ``AdminEntry``), ``SYNC`` (``u64``: every entry up to this sequence
 number had been fsynced when this entry was written). ``SNAPSHOT`` and ``WATERMARK`` are reserved
-for later issues (ledger snapshots; the trove's progress): this reader checks their framing and
-skips them (replaying every batch from the start stays exact without them), so adding them needs
-no format change. A kind outside these is damage.
+(snapshots are found by listing their directory, ``engine.snapshot``; the trove's progress is in
+its manifest): this reader checks their framing and skips them, so writing them needs no format
+change. A kind outside these is damage.
 
 Durable points and the tail. ``SYNC`` entries are written right after each fsync returns, before
 anything it covers is acknowledged. The header is fsynced when the file is created (in a temporary
@@ -75,6 +82,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import struct
 import time
@@ -193,7 +201,7 @@ class JournalFailed(OSError):
 class FileIO(Protocol):
     """The file operations the journal writes through (tests inject faults and record them here)."""
 
-    def write(self, fd: int, data: bytes) -> int: ...
+    def write(self, fd: int, data: bytes | memoryview) -> int: ...
 
     def fsync(self, fd: int) -> None: ...
 
@@ -201,7 +209,7 @@ class FileIO(Protocol):
 class OsIO:
     """The real thing: ``os.write`` and ``os.fsync``."""
 
-    def write(self, fd: int, data: bytes) -> int:
+    def write(self, fd: int, data: bytes | memoryview) -> int:
         return os.write(fd, data)
 
     def fsync(self, fd: int) -> None:
@@ -309,17 +317,59 @@ def create(path: str | os.PathLike[str], header: JournalHeader) -> None:
     So a journal either does not exist or starts with a durable header: a crash while creating it
     never leaves a header-less file that the next start would have to guess about.
     """
-    p = Path(path)
+    _create_file(Path(path), MAGIC + _frame(KIND_HEADER, 1, msgspec.msgpack.encode(header)))
+
+
+def _create_file(p: Path, data: bytes) -> None:
+    """``p`` holding ``data``, durably: temporary file, fsync, rename, directory fsync."""
     tmp = p.with_name(p.name + ".creating")
-    data = MAGIC + _frame(KIND_HEADER, 1, msgspec.msgpack.encode(header))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, p)
     _fsync_dir(p)
+
+
+#: A later segment of journal J is ``J.seg-<its first entry's sequence number, 20 digits>``.
+SEGMENT_INFIX = ".seg-"
+
+
+def segment_path(journal: str | os.PathLike[str], first_seq: int) -> Path:
+    p = Path(journal)
+    return p.with_name(f"{p.name}{SEGMENT_INFIX}{first_seq:020d}")
+
+
+def segment_files(journal: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(first sequence number, path) of every segment, oldest first; the journal's own path is the
+    first (it holds the header, seq 1). Rolling is described in ``Journal._roll``."""
+    p = Path(journal)
+    prefix = p.name + SEGMENT_INFIX
+    later = []
+    if p.parent.is_dir():
+        for child in p.parent.iterdir():
+            rest = child.name.removeprefix(prefix)
+            if child.name.startswith(prefix) and len(rest) == 20 and rest.isdigit():
+                later.append((int(rest), child))
+    return [(1, p), *sorted(later)]
+
+
+def _read_prefix(p: Path) -> bytes:
+    """The bytes of ``p`` that can hold its magic and its first entry."""
+    with p.open("rb") as f:
+        return f.read(len(MAGIC) + _ENTRY.size + MAX_PAYLOAD)
+
+
+def _first_entry(data: bytes) -> bytes:
+    """The framed first entry (the header) of journal bytes starting with the magic."""
+    entry, problem = _entry_at(data, len(MAGIC))
+    if entry is None:
+        raise ValueError(f"journal header entry is damaged: {problem}")
+    return data[entry.offset : entry.end]
 
 
 def upgrade_v1(path: str | os.PathLike[str]) -> int:
@@ -383,17 +433,27 @@ class Journal:
         *,
         entries: int = 1,
         io: FileIO | None = None,
+        segment_bytes: int = 0,
     ) -> None:
         self.path = Path(path)
         self.policy = FsyncPolicy.parse(fsync) if isinstance(fsync, str) else fsync
-        with self.path.open("rb") as f:
-            magic = f.read(len(MAGIC))
-        if magic != MAGIC:
-            raise ValueError(
-                f"{self.path}: not a format {FORMAT_VERSION} journal (magic {magic!r}); open journals with "
-                "engine.server.recovery.open_journal, which upgrades a format 1 journal first"
-            )
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        #: Roll into a new segment once the current one holds this many bytes (0: never).
+        self.segment_bytes = segment_bytes
+        #: The segment appended to: the newest one (``Recovery.entries`` is its last entry).
+        self.segment = segment_files(self.path)[-1][1]
+        for where in (self.path, self.segment):
+            with where.open("rb") as f:
+                magic = f.read(len(MAGIC))
+            if magic != MAGIC:
+                raise ValueError(
+                    f"{where}: not a format {FORMAT_VERSION} journal (magic {magic!r}); open journals with "
+                    "engine.server.recovery.open_journal, which upgrades a format 1 journal first"
+                )
+        self._fd = os.open(self.segment, os.O_WRONLY | os.O_APPEND)
+        self._segment_size = os.fstat(self._fd).st_size
+        self.rolls = 0
+        self.retired_segments = 0
+        self.retired_bytes = 0
         self.io: FileIO = io or OsIO()
         self.seq = entries
         # What recovery replayed may still be only in the page cache (a killed server under
@@ -433,6 +493,66 @@ class Journal:
                 self.sync()
             elif self._timer is None and self._call_later is not None:
                 self._timer = self._call_later(self.policy.interval_s, self._timer_sync)
+        if self.segment_bytes and self._segment_size >= self.segment_bytes:
+            self._roll()
+
+    def _roll(self) -> None:
+        """Close the current segment durably (fsync, SYNC entry, fsync) and continue in a new one.
+
+        So every segment but the newest ends at a durable point: damage in an older segment is
+        never a torn write. The new segment (magic only) is created like the journal itself:
+        temporary file, fsync, rename, directory fsync.
+        """
+        self.sync()
+        try:
+            self.io.fsync(self._fd)  # the SYNC entry that closes the segment
+        except OSError as exc:
+            self.failed = exc
+            raise
+        nxt = segment_path(self.path, self.seq + 1)
+        _create_file(nxt, MAGIC)
+        os.close(self._fd)
+        self._fd = os.open(nxt, os.O_WRONLY | os.O_APPEND)
+        self.segment = nxt
+        self._segment_size = len(MAGIC)
+        self.rolls += 1
+
+    def fileno(self) -> int:
+        """The current segment's descriptor (the snapshot writer fsyncs it before a snapshot counts)."""
+        return self._fd
+
+    def disk_bytes(self) -> int:
+        """Bytes of every segment on disk."""
+        return sum(p.stat().st_size for _, p in segment_files(self.path) if p.exists())
+
+    def retire_through(self, seq: int) -> int:
+        """Delete the segments whose entries are all at or below ``seq``; returns the bytes freed.
+
+        ``seq`` is the watermark: the lowest journal number every durable consumer (the oldest
+        retained snapshot, the trove) has durably past. The current segment is never retired.
+        The first file (the journal's own path) holds the header: it is cut back to the header
+        (rewritten durably), not deleted, so the journal keeps its identity and build fields.
+        """
+        files = segment_files(self.path)
+        freed = 0
+        for (_, p), (next_first, _) in itertools.pairwise(files):
+            if next_first - 1 > seq or p == self.segment:
+                break
+            before = p.stat().st_size
+            if p == self.path:
+                header = _first_entry(_read_prefix(p))
+                if before <= len(MAGIC) + len(header):
+                    continue
+                _create_file(p, MAGIC + header)
+                freed += before - len(MAGIC) - len(header)
+            else:
+                p.unlink()
+                freed += before
+            self.retired_segments += 1
+        if freed:
+            _fsync_dir(self.path)
+            self.retired_bytes += freed
+        return freed
 
     def _write(self, kind: int, payload: bytes) -> None:
         self._refuse_if_failed()
@@ -446,6 +566,7 @@ class Journal:
             self.failed = exc
             raise
         self.bytes_written += len(data)
+        self._segment_size += len(data)
         self._dirty = kind != KIND_SYNC or self._dirty
 
     def _refuse_if_failed(self) -> None:
@@ -517,6 +638,12 @@ class Journal:
             "entries": self.seq,
             "durable_seq": self.durable_seq,
             "bytes_written": self.bytes_written,
+            "segments": len(segment_files(self.path)),
+            "segment_bytes": self.segment_bytes,
+            "disk_bytes": self.disk_bytes(),
+            "rolls": self.rolls,
+            "retired_segments": self.retired_segments,
+            "retired_bytes": self.retired_bytes,
             "fsyncs": self.fsyncs,
             "fsync_ms_total": self.fsync_ns / 1e6,
         }
@@ -567,10 +694,10 @@ def _entry_at(data: bytes, pos: int) -> tuple[_Entry | None, str]:
     return _Entry(pos, start + length, kind, seq, payload), ""
 
 
-def _scan_v2(data: bytes) -> _Scan:
+def _scan_v2(data: bytes, first_seq: int = 1) -> _Scan:
     scan = _Scan(2)
     pos = len(MAGIC)
-    expected = 1
+    expected = first_seq
     while pos < len(data):
         entry, problem = _entry_at(data, pos)
         if entry is not None and entry.seq != expected:
@@ -593,8 +720,9 @@ def _scan_v2(data: bytes) -> _Scan:
             else:
                 pos = data.find(ENTRY_MARKER, pos + 1)
     syncs = [_CLOCK.unpack(e.payload)[0] for e in scan.entries + scan.after if e.kind == KIND_SYNC]
-    # The header is fsynced by create() before anything else is written: always durable.
-    scan.durable_seq = max([1, *syncs])
+    # The header is fsynced by create() before anything else is written: always durable; so is
+    # everything before a later segment (a roll fsyncs the segment it closes).
+    scan.durable_seq = max([max(1, first_seq - 1), *syncs])
     return scan
 
 
@@ -656,8 +784,11 @@ def recover(
     repair: str = "",
     log: Callable[[str], None] | None = None,
     note_seq: Callable[[int], None] | None = None,
+    after_seq: int = 0,
+    replay_output: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    output_from: int = 0,
 ) -> Recovery:
-    """Replay the journal at ``path`` through the callbacks; cut a torn tail.
+    """Replay the journal at ``path`` (all its segments) through the callbacks; cut a torn tail.
 
     ``apply_batch(batch, clock)`` must apply a batch to the ledger being rebuilt and return its
     codes; ``clock`` is the journalled sequencer clock at the batch's start (-1 for format 1), to
@@ -665,9 +796,17 @@ def recover(
     before anything is replayed and should raise to refuse the journal; a journal with entries
     but no header is then refused too.
 
+    ``after_seq``: a snapshot already holds the state through this entry, so replay starts after
+    it and the segments wholly before it are not read at all: restart time and memory depend on
+    what follows the snapshot, not on the journal's age. Segments are read one at a time (memory:
+    about twice a segment). ``replay_output(seq, batch, codes)`` gets the batch entries from
+    ``output_from`` through ``after_seq``: a durable consumer (the trove) behind the snapshot.
+
     Damage in the tail (after the last recorded durable point) is cut; damage before it raises
     ``JournalDamaged`` before anything is replayed or changed, unless ``repair="truncate"``, which
     cuts there and says (through ``log`` and ``Recovery.message``) exactly what it dropped.
+    Every segment but the newest ends at a durable point (a roll fsyncs it), so damage in an
+    older segment is never a tail; a repair there also sets the later segments aside.
     ``note_seq(seq)``, if given, is called with each batch entry's journal number before it is applied.
     Raises JournalMismatch if replayed codes or clock differ from the recorded ones, and ValueError
     if the file is not a journal.
@@ -675,94 +814,177 @@ def recover(
     if repair not in REPAIR_MODES:
         raise ValueError(f"repair must be one of {REPAIR_MODES}, got {repair!r}")
     p = Path(path)
-    data = p.read_bytes()
-    if not data:
-        raise ValueError(f"{p} is empty, not a journal (a journal is created with its header); remove it")
-    if data[: len(MAGIC)] == MAGIC:
-        scan = _scan_v2(data)
-    elif data[: len(MAGIC_V1)] == MAGIC_V1:
-        scan = _scan_v1(data)
-    else:
-        raise ValueError(f"{p} is not a cbdc-bench journal (bad magic {data[:8]!r}); refusing to touch it")
-    cut_at = -1
+    files = segment_files(p)
+    first_needed = max(
+        1, min(after_seq + 1, output_from) if replay_output is not None and output_from else after_seq + 1
+    )
+    start = max(i for i, (first, _) in enumerate(files) if first <= first_needed)
+    state = _Replay(p, apply_batch, apply_admin, check_header, note_seq, after_seq, replay_output, first_needed)
+    if start > 0:  # the header is all that is needed of the segments before
+        prefix = _read_prefix(p)
+        if prefix[: len(MAGIC)] != MAGIC:
+            raise ValueError(
+                f"{p} is not a cbdc-bench format 2 journal (bad magic {prefix[:8]!r}); refusing to touch it"
+            )
+        head, problem = _entry_at(prefix, len(MAGIC))
+        if head is None:
+            raise JournalDamaged(f"{p}: the header entry is damaged ({problem}); refusing to start, nothing replayed")
+        state.entries([head], 2)
+    version = 2
+    truncated = 0
     note = ""
     dropped: tuple[int, ...] = ()
-    if scan.damage_at >= 0:
-        message, dropped = _describe_damage(p, scan)
-        damaged_seq = scan.entries[-1].seq + 1 if scan.entries else 1
-        in_tail = scan.torn_end if scan.version == 1 else damaged_seq > scan.durable_seq
-        if not in_tail and repair != "truncate":
+    expected = files[start][0]
+    durable = 1
+    for i in range(start, len(files)):
+        first, sp = files[i]
+        if i > 0 and first != expected:
             raise JournalDamaged(
-                f"{message}. The damage is before the tail, so it is not a torn write: refusing to start, "
-                f"nothing was replayed or changed. To drop everything from byte {scan.damage_at} "
-                f"({len(data) - scan.damage_at} bytes, {len(dropped)} intact entries), keep a copy of the file and "
-                f"start with --repair truncate."
+                f"{sp}: segment starts at entry {first}, the previous segment ends at entry {expected - 1}: entries "
+                f"are missing. Segments are deleted only once the oldest retained snapshot covers them; "
+                f"recovery needs entries from {first_needed} (its snapshot is damaged or missing). "
+                "Nothing was replayed."
             )
-        cut_at = scan.damage_at
-        why = "in the tail (after the last recorded fsync): a torn write" if in_tail else "REPAIR truncate"
-        note = f"{message}; {why}: dropped {len(data) - cut_at} bytes from byte {cut_at}"
-        if dropped:
-            note += f", including intact entries seq {', '.join(map(str, dropped))}"
-        if log is not None:
-            log(note)
-    batches = transfers = admin_ops = 0
-    header: JournalHeader | None = None
-    admin_decoder = msgspec.msgpack.Decoder(AdminEntry)
-    clock_bytes = _CLOCK.size if scan.version == 2 else 0
-    for e in scan.entries:
-        if (e.kind == KIND_HEADER) != (e.seq == 1) and (e.kind == KIND_HEADER or check_header is not None):
-            # A good checksum on a misplaced header, or entries without a header, is not a torn
-            # write: this file was not written by a server that checks headers. Refuse, untouched.
-            raise ValueError(
-                f"{p}: entry {e.seq} is {'a header' if e.kind == KIND_HEADER else 'not a header'}; a server "
-                "journal starts with exactly one header entry. Refusing to replay it; use a new journal path."
-            )
-        if e.kind == KIND_HEADER:
-            header = msgspec.msgpack.decode(e.payload, type=JournalHeader)
-            if check_header is not None:
-                check_header(header)
-        elif e.kind == KIND_BATCH:
-            body = len(e.payload) - clock_bytes
-            if body < 0 or body % _RECORD:
-                raise JournalMismatch(f"{p}: batch entry {e.seq} has a payload of {len(e.payload)} bytes")
-            n = body // _RECORD
-            clock = _CLOCK.unpack_from(e.payload)[0] if clock_bytes else -1
-            batch = np.frombuffer(e.payload, dtype=TRANSFER_DTYPE, count=n, offset=clock_bytes).copy()
-            recorded = np.frombuffer(e.payload, dtype=CODE_DTYPE, offset=clock_bytes + n * TRANSFER_DTYPE.itemsize)
-            if note_seq is not None:
-                note_seq(e.seq)  # before the batch is applied (hooks with durable output key on it)
-            replayed = apply_batch(batch, clock)
-            if not np.array_equal(replayed, recorded):
-                where = int(np.flatnonzero(replayed != recorded)[0])
-                raise JournalMismatch(
-                    f"{p}: replaying batch entry {e.seq} gave code {int(replayed[where])} for transfer {where}, "
-                    f"the journal recorded {int(recorded[where])}; the server's profile, scenario, accounts or "
-                    "seed differ from the run that wrote this journal"
+        data = sp.read_bytes()
+        if not data:
+            raise ValueError(f"{sp} is empty, not a journal (a journal is created with its header); remove it")
+        if data[: len(MAGIC)] == MAGIC:
+            scan = _scan_v2(data, first)
+        elif data[: len(MAGIC_V1)] == MAGIC_V1 and i == 0 and len(files) == 1:
+            scan = _scan_v1(data)
+            version = 1
+        else:
+            raise ValueError(f"{sp} is not a cbdc-bench journal (bad magic {data[:8]!r}); refusing to touch it")
+        durable = max(durable, scan.durable_seq)
+        last_file = i == len(files) - 1
+        cut_at = -1
+        if scan.damage_at >= 0:
+            message, dropped = _describe_damage(sp, scan)
+            damaged_seq = scan.entries[-1].seq + 1 if scan.entries else first
+            in_tail = last_file and (scan.torn_end if scan.version == 1 else damaged_seq > scan.durable_seq)
+            later = [f for _, f in files[i + 1 :]]
+            if not in_tail and repair != "truncate":
+                also = f" and the {len(later)} later segments" if later else ""
+                raise JournalDamaged(
+                    f"{message}. The damage is before the tail, so it is not a torn write: refusing to start, "
+                    f"nothing was replayed or changed. To drop everything from byte {scan.damage_at} "
+                    f"({len(data) - scan.damage_at} bytes, {len(dropped)} intact entries){also}, keep a copy of the "
+                    f"journal and start with --repair truncate."
                 )
-            batches += 1
-            transfers += n
-        elif e.kind == KIND_ADMIN:
-            apply_admin(admin_decoder.decode(e.payload))
-            admin_ops += 1
-    truncated = 0
-    if cut_at >= 0:
-        truncated = len(data) - cut_at
-        with p.open("r+b") as f:
-            f.truncate(cut_at)
-            f.flush()
-            os.fsync(f.fileno())
-    last_seq = scan.entries[-1].seq if scan.entries else 0
+            cut_at = scan.damage_at
+            why = "in the tail (after the last recorded fsync): a torn write" if in_tail else "REPAIR truncate"
+            note = f"{message}; {why}: dropped {len(data) - cut_at} bytes from byte {cut_at}"
+            if dropped:
+                note += f", including intact entries seq {', '.join(map(str, dropped))}"
+            if later:
+                note += f"; later segments set aside as *.dropped: {', '.join(f.name for f in later)}"
+            if log is not None:
+                log(note)
+        state.entries(scan.entries, scan.version)
+        del data
+        if cut_at >= 0:
+            truncated = sp.stat().st_size - cut_at
+            with sp.open("r+b") as f:
+                f.truncate(cut_at)
+                f.flush()
+                os.fsync(f.fileno())
+            for _, later_file in files[i + 1 :]:
+                later_file.rename(later_file.with_name(later_file.name + ".dropped"))
+            break
+        expected = scan.entries[-1].seq + 1 if scan.entries else first
+    last_seq = max(state.last_seq, expected - 1)  # an empty newest segment: the one before ended there
+    if after_seq > last_seq:
+        raise JournalDamaged(
+            f"{p}: the snapshot holds entries through {after_seq}, the journal ends at entry {last_seq}: entries "
+            "a snapshot covered are missing from the journal (a snapshot is written only after the journal "
+            "entries it covers were fsynced). Nothing more was replayed."
+        )
     if not note:
-        note = f"{p}: format {scan.version}, {last_seq} entries replayed cleanly"
+        note = f"{p}: format {version}, entries {first_needed}..{last_seq} replayed cleanly"
+        if after_seq:
+            note += f" after the snapshot at entry {after_seq}"
     return Recovery(
         last_seq,
-        batches,
-        transfers,
-        admin_ops,
+        state.batches,
+        state.transfers,
+        state.admin_ops,
         truncated,
         note,
-        scan.version,
-        min(scan.durable_seq, last_seq),
+        version,
+        min(durable, last_seq),
         dropped,
-        header,
+        state.header,
     )
+
+
+class _Replay:
+    """What ``recover`` does with the intact entries of each segment, in order."""
+
+    def __init__(
+        self,
+        p: Path,
+        apply_batch: Callable[[np.ndarray, int], np.ndarray],
+        apply_admin: Callable[[AdminEntry], None],
+        check_header: Callable[[JournalHeader], None] | None,
+        note_seq: Callable[[int], None] | None,
+        after_seq: int,
+        replay_output: Callable[[int, np.ndarray, np.ndarray], None] | None,
+        first_needed: int,
+    ) -> None:
+        self.p, self.apply_batch, self.apply_admin, self.check_header = p, apply_batch, apply_admin, check_header
+        self.note_seq, self.after_seq, self.replay_output, self.first_needed = (
+            note_seq,
+            after_seq,
+            replay_output,
+            first_needed,
+        )
+        self.batches = self.transfers = self.admin_ops = self.last_seq = 0
+        self.header: JournalHeader | None = None
+        self._admin = msgspec.msgpack.Decoder(AdminEntry)
+
+    def entries(self, entries: list[_Entry], version: int) -> None:
+        p = self.p
+        clock_bytes = _CLOCK.size if version == 2 else 0
+        for e in entries:
+            self.last_seq = e.seq
+            if (e.kind == KIND_HEADER) != (e.seq == 1) and (e.kind == KIND_HEADER or self.check_header is not None):
+                # A good checksum on a misplaced header, or entries without a header, is not a torn
+                # write: this file was not written by a server that checks headers. Refuse, untouched.
+                raise ValueError(
+                    f"{p}: entry {e.seq} is {'a header' if e.kind == KIND_HEADER else 'not a header'}; a server "
+                    "journal starts with exactly one header entry. Refusing to replay it; use a new journal path."
+                )
+            if e.kind == KIND_HEADER:
+                self.header = msgspec.msgpack.decode(e.payload, type=JournalHeader)
+                if self.check_header is not None:
+                    self.check_header(self.header)
+                continue
+            if e.seq < self.first_needed:
+                continue
+            if e.kind == KIND_BATCH:
+                body = len(e.payload) - clock_bytes
+                if body < 0 or body % _RECORD:
+                    raise JournalMismatch(f"{p}: batch entry {e.seq} has a payload of {len(e.payload)} bytes")
+                n = body // _RECORD
+                clock = _CLOCK.unpack_from(e.payload)[0] if clock_bytes else -1
+                batch = np.frombuffer(e.payload, dtype=TRANSFER_DTYPE, count=n, offset=clock_bytes).copy()
+                recorded = np.frombuffer(e.payload, dtype=CODE_DTYPE, offset=clock_bytes + n * TRANSFER_DTYPE.itemsize)
+                if e.seq <= self.after_seq:  # the snapshot holds its effect; only a consumer behind it needs it
+                    if self.replay_output is not None:
+                        self.replay_output(e.seq, batch, recorded.copy())
+                    continue
+                if self.note_seq is not None:
+                    self.note_seq(e.seq)  # before the batch is applied (hooks with durable output key on it)
+                replayed = self.apply_batch(batch, clock)
+                if not np.array_equal(replayed, recorded):
+                    where = int(np.flatnonzero(replayed != recorded)[0])
+                    raise JournalMismatch(
+                        f"{p}: replaying batch entry {e.seq} gave code {int(replayed[where])} for transfer {where}, "
+                        f"the journal recorded {int(recorded[where])}; the server's profile, scenario, accounts or "
+                        "seed differ from the run that wrote this journal"
+                    )
+                self.batches += 1
+                self.transfers += n
+            elif e.kind == KIND_ADMIN and e.seq > self.after_seq:
+                self.apply_admin(self._admin.decode(e.payload))
+                self.admin_ops += 1

@@ -194,6 +194,53 @@ class Ledger:
         """Bytes of the ledger's own per-account state: balances (with the side table) and flags."""
         return self.balances.nbytes + self.flags.nbytes
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The ledger's own state arrays by name (live references) for snapshots (``engine.snapshot``).
+
+        Every per-account column belongs here: a snapshot is written from and read into exactly
+        these, so a new or repacked column needs only its entry here. Hooks list theirs
+        (``Hook.state_arrays``).
+        """
+        arrays: dict[str, np.ndarray] = {
+            # The narrow balances (their side table is a scalar) and the class-and-flags byte.
+            "balance": self.balances.narrow,
+            "flags": self.flags,
+            "ids.high": self.ids.high,
+            "stats.codes": self.stats.codes,
+        }
+        return arrays | {f"ids.seen.{op}": seen for op, seen in sorted(self.ids.seen_rings().items())}
+
+    def per_account_arrays(self) -> tuple[str, ...]:
+        """The state arrays indexed by account: modified only at a batch's payers and payees, or at
+        an admin operation's accounts (copy-on-update snapshots rely on it, ``engine.copy_on_update``)."""
+        return ("balance", "flags")
+
+    def state_scalars(self) -> dict[str, Any]:
+        """The ledger's non-array state: issued money, the sequencer clock, counters, id rings present."""
+        s = self.stats
+        return {
+            "supply_fen": self.supply_fen,
+            "clock_payments": self.clock.payments,
+            "stats": [s.batches, s.transfers, s.exact_path_transfers, s.refused_batches],
+            "ids.window": self.ids.window,
+            "ids.operators": sorted(self.ids.seen_rings()),
+            # Balances past 2**32 - 1 fen (rare, engine.balances): sorted accounts and their fen.
+            "balances.spill": [self.balances.spill_accounts.tobytes(), self.balances.spill_fen.tobytes()],
+        }
+
+    def restore_scalars(self, scalars: dict[str, Any]) -> None:
+        """Set the non-array state from a snapshot and allocate the id rings it has (arrays follow)."""
+        if scalars["ids.window"] != self.ids.window:
+            raise ValueError(f"snapshot id window {scalars['ids.window']} is not this ledger's {self.ids.window}")
+        self.supply_fen = scalars["supply_fen"]
+        self.clock.payments = scalars["clock_payments"]
+        s = self.stats
+        s.batches, s.transfers, s.exact_path_transfers, s.refused_batches = scalars["stats"]
+        self.ids.allocate(scalars["ids.operators"])
+        spill_accounts, spill_fen = scalars["balances.spill"]
+        self.balances.spill_accounts = np.frombuffer(spill_accounts, dtype=np.int64).copy()
+        self.balances.spill_fen = np.frombuffer(spill_fen, dtype=np.int64).copy()
+
     def bytes_per_account(self) -> float:
         return self.state_bytes() / self.accounts
 

@@ -104,6 +104,8 @@ def batch_root(
 
 class AuditChain(Hook):
     name = "audit_chain"
+    snapshot_arrays = ()
+    snapshot_scalars = ("head", "batches", "file_bytes")
 
     def __init__(self, config: AuditChainConfig | None = None) -> None:
         self.config = config or AuditChainConfig()
@@ -119,13 +121,43 @@ class AuditChain(Hook):
         return [Path(self.config.path)] if self.config.path else []
 
     def attach(self, ledger: LedgerView) -> None:
-        if self.config.path:
+        if self.config.path and not self.resuming:  # resuming: restore_scalars reopens the file
             path = Path(self.config.path)
             if path.exists() and path.stat().st_size:
                 raise ValueError(f"audit chain file {path} exists and is not empty; a chain starts a new file")
             self._file = path.open("wb")
             algo = self.config.algorithm.encode()
             self._write(FILE_HEADER.pack(MAGIC, algo, self.config.leaf_transfers))
+
+    def state_scalars(self) -> dict[str, Any]:
+        return super().state_scalars() | {"roots": list(self.roots)}
+
+    def restore_scalars(self, scalars: dict[str, Any]) -> None:
+        """The chain as of the snapshot; its file is cut back to the snapshot's length and continued.
+
+        The snapshot writer fsynced the file after ``prepare_snapshot`` flushed it, so a file
+        shorter than the snapshot says was changed by something else: refuse rather than fork the chain.
+        """
+        super().restore_scalars(scalars)
+        self.roots.clear()
+        self.roots.extend(scalars["roots"])
+        if not self.config.path:
+            return
+        path = Path(self.config.path)
+        size = path.stat().st_size if path.exists() else 0
+        if size < self.file_bytes:
+            raise ValueError(
+                f"audit chain file {path} holds {size} bytes, the snapshot's chain {self.file_bytes}: it was "
+                "truncated or replaced after the snapshot. Move it aside and start again: recovery then "
+                "replays the whole journal into a new chain file"
+            )
+        self._file = path.open("r+b")
+        self._file.truncate(self.file_bytes)
+        self._file.seek(self.file_bytes)
+
+    def prepare_snapshot(self) -> None:
+        if self._file is not None:
+            self._file.flush()
 
     def observe(self, batch: np.ndarray, codes: np.ndarray) -> None:
         records = np.ascontiguousarray(batch).view(np.uint8).data

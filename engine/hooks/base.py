@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -158,6 +158,19 @@ class Hook:
     #: Bytes of per-account state ``attach`` allocates (what ``state_bytes()`` will report per
     #: account): the memory check (``engine.memory``) adds these up before anything is built.
     state_bytes_per_account: int = 0
+    #: Set by a server about to restore this hook from a snapshot (``restore_scalars``) before
+    #: ``attach``: output files are continued from the snapshot's position, not started anew.
+    resuming: bool = False
+    #: Attribute names of the hook's state for snapshots (``engine.snapshot``): arrays are
+    #: written chunk by chunk and restored in place; scalars are msgpack values (ints, bytes, str).
+    #: ``None`` (the default) means "not declared": a ledger with such a hook takes no snapshots
+    #: and recovers by replaying its whole journal, since its state could not be restored exactly.
+    snapshot_arrays: ClassVar[tuple[str, ...] | None] = None
+    snapshot_scalars: ClassVar[tuple[str, ...]] = ()
+    #: Those of ``snapshot_arrays`` indexed by account, which the hook modifies only at the
+    #: accounts of the batch at hand (or after ``snapshot_touches_all``): a copy-on-update
+    #: snapshot copies them chunk by chunk while the sequencer runs; other arrays whole at capture.
+    snapshot_per_account: ClassVar[tuple[str, ...]] = ()
 
     def attach(self, ledger: LedgerView) -> None:
         """Allocate per-account state sized to ``ledger``; called once when the ledger is built."""
@@ -188,6 +201,52 @@ class Hook:
         """
         return 0
 
+    @property
+    def snapshots(self) -> bool:
+        """Whether this hook declared its state (``snapshot_arrays``), so it can be snapshotted."""
+        return self.snapshot_arrays is not None
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The hook's state arrays by name: live references, not copies (a layout change of a hook
+        needs only its ``snapshot_arrays`` kept up to date, no snapshot code)."""
+        return {name: getattr(self, name) for name in self.snapshot_arrays or ()}
+
+    def per_account_arrays(self) -> tuple[str, ...]:
+        """Names of the state arrays indexed by account (``snapshot_per_account``)."""
+        return self.snapshot_per_account
+
+    def state_scalars(self) -> dict[str, Any]:
+        """The hook's small non-array state (counters, a chain head), msgpack-able."""
+        return {name: getattr(self, name) for name in self.snapshot_scalars}
+
+    def restore_scalars(self, scalars: dict[str, Any]) -> None:
+        """Set the scalar state from a snapshot, after ``attach`` and before the snapshot's arrays
+        are read into ``state_arrays()`` in place (a hook whose arrays' shapes depend on its
+        scalars allocates them here)."""
+        for name in self.snapshot_scalars:
+            setattr(self, name, scalars[name])
+
+    def prepare_snapshot(self) -> None:
+        """Called on the sequencer just before its state is captured: push buffered output to the
+        kernel, so that the snapshot writer's fsync of ``output_files`` covers everything the
+        captured state has written."""
+
+    def snapshot_touches_all(self, batch: np.ndarray) -> bool:
+        """Whether applying ``batch`` will modify this hook's per-account arrays beyond the batch's
+        payers and payees (a daily reset): a copy-on-update snapshot in progress then saves them
+        whole first (``engine.copy_on_update``). Default: no."""
+        return False
+
+    def durable_journal_seq(self) -> int | None:
+        """The journal entry number this hook's durable output has everything through, if the hook
+        rebuilds from the journal (the trove); None if it keeps no such output. Journal segments
+        are kept until every such consumer is past them (``engine.journal``)."""
+        return None
+
+    def replay_output(self, seq: int, batch: np.ndarray, codes: np.ndarray) -> None:
+        """A journalled batch (entry ``seq``) that a snapshot covers but this hook's durable output
+        (``durable_journal_seq``) does not: write its output again, without touching state."""
+
     def background_ns(self) -> int:
         """CPU time this hook's own threads or processes have spent so far (writers, compaction).
 
@@ -209,6 +268,12 @@ class Hook:
         Called by a journalled server before each batch is applied, so a hook with durable
         output (the trove) can tell which batches it already holds. Default: ignored.
         """
+
+    def durable_seq(self) -> int | None:
+        """The journal entry up to which this hook's durable output is complete (its watermark), or
+        None if it keeps nothing the journal must be kept for. Journal segments wholly at or below
+        every hook's watermark may be deleted (the trove rebuilds what it lacks from the journal)."""
+        return None
 
     def output_files(self) -> list[Path]:
         """Files this hook writes from the batches it observes (logs, chains).

@@ -52,6 +52,8 @@ def seeded_flags(flags: np.ndarray, bit: np.uint8, fraction: float, seed: int) -
 
 class Blacklist(Hook):
     name = "blacklist"
+    snapshot_arrays = ()  # the listed bits are the ledger's flags column
+    snapshot_scalars = ("vetoed",)
 
     def __init__(self, config: BlacklistConfig | None = None) -> None:
         self.config = config or BlacklistConfig()

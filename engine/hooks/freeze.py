@@ -31,6 +31,8 @@ class FreezeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Freeze(Hook):
     name = "freeze"
+    snapshot_arrays = ()  # the frozen bits are the ledger's flags column
+    snapshot_scalars = ("_frozen", "vetoed")
 
     def __init__(self, config: FreezeConfig | None = None) -> None:
         self.config = config or FreezeConfig()

@@ -6,8 +6,10 @@ category) only: per cell, the number of accepted payments, their total amount, r
 and an estimate of the distinct payers. Nothing per person is retained:
 
 * A payer is seen only as a keyed pseudonym, SipHash-2-4 of the account id under a 128-bit key
-  drawn from the OS at start and never stored or reported. Without the key pseudonyms cannot be
-  linked back to accounts by trying all ids; a new key each run makes runs unlinkable.
+  drawn from the OS at start and never reported. A journalled server's snapshots hold it (so a
+  restart continues the same sketches); they sit beside the journal, which holds every payer.
+  Without the key pseudonyms cannot be linked back to accounts by trying all ids; a new key each
+  run makes runs unlinkable.
 * Distinct payers are counted with a HyperLogLog sketch per cell (2**hll_precision one-byte
   registers, standard error about 1.04 / sqrt(2**hll_precision)); a register keeps only the
   longest run of leading zero bits seen among pseudonym hashes, not the pseudonyms.
@@ -129,6 +131,11 @@ def hll_estimate(registers: np.ndarray) -> float:
 
 class Privacy(Hook):
     name = "privacy"
+    snapshot_arrays = ("accepted", "amount_fen", "rejected", "registers")
+    #: The pseudonym key is in the snapshot: registers filled under two keys would count a payer
+    #: seen before and after a restart twice. A snapshot sits beside the journal, which holds
+    #: every payer in the clear, so the key tells its reader nothing the journal does not.
+    snapshot_scalars = ("_key",)
 
     def __init__(self, config: PrivacyConfig | None = None, *, key: bytes | None = None) -> None:
         """``key``: the pseudonym key; tests pass one to compare with the reference model."""

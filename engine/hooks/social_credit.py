@@ -64,6 +64,9 @@ class SocialCreditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 class SocialCredit(Hook):
     name = "social_credit"
     state_bytes_per_account = 2
+    snapshot_arrays = ("score",)
+    snapshot_per_account = ("score",)
+    snapshot_scalars = ("vetoed", "moves")
 
     def __init__(self, config: SocialCreditConfig | None = None) -> None:
         self.config = config or SocialCreditConfig()

@@ -29,8 +29,10 @@ import numpy as np
 from engine.hooks.base import Hook, LedgerView
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.trove.config import TroveConfig
+from engine.trove.store import TroveStopped
 
 if TYPE_CHECKING:
+    from engine.trove.process import TroveProcess
     from engine.trove.store import Trove
 
 #: One logged row: the transfer record followed by its result code, packed (49 bytes).
@@ -57,13 +59,14 @@ class SurveillanceLogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=T
 
 class SurveillanceLog(Hook):
     name = "surveillance_log"
+    snapshot_scalars = ("rows_seen", "batches_seen")
 
     def __init__(self, config: SurveillanceLogConfig | None = None) -> None:
         self.config = config or SurveillanceLogConfig()
         self.deferred = self.config.deferred
         self.rows_seen = 0
         self.batches_seen = 0
-        self.trove: Trove | None = None
+        self.trove: Trove | TroveProcess | None = None
         self._journal_seq = 0
         self._seq_base = 0
         self._ring: RingBuffer | None = RingBuffer(self.config) if self.config.mode == "buffer" else None
@@ -80,11 +83,40 @@ class SurveillanceLog(Hook):
         if self._ring is not None:
             self._ring.open()
         else:
+            from engine.trove.process import TroveProcess
             from engine.trove.store import Trove
 
-            self.trove = Trove.open(self.config.trove)
+            cfg = self.config.trove
+            self.trove = TroveProcess.open(cfg) if cfg.process else Trove.open(cfg)
             # Without journal numbers, batches are numbered on from what the trove already holds.
-            self._seq_base = self.trove.manifest.durable_through_seq
+            self._seq_base = self.trove.durable_through_seq
+
+    @property
+    def snapshot_arrays(self) -> tuple[str, ...] | None:  # type: ignore[override]
+        # The trove is its own durable store (a journal consumer, ``durable_journal_seq``); the
+        # buffer's ring is state, but its optional file is not continued from a snapshot.
+        return None if self._ring is not None and self.config.path else ()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {} if self._ring is None else {f"ring.{n}": c for n, c in self._ring.columns.items()}
+
+    def state_scalars(self) -> dict[str, Any]:
+        ring = {} if self._ring is None else {"ring.rows_seen": self._ring.rows_seen}
+        return super().state_scalars() | ring
+
+    def restore_scalars(self, scalars: dict[str, Any]) -> None:
+        super().restore_scalars(scalars)
+        if self._ring is not None:
+            self._ring.rows_seen = scalars["ring.rows_seen"]
+
+    def durable_journal_seq(self) -> int | None:
+        if self.trove is None or not self.journalled:
+            return None
+        return self.trove.needs_journal_from() - 1
+
+    def replay_output(self, seq: int, batch: np.ndarray, codes: np.ndarray) -> None:
+        if self.trove is not None:
+            self.trove.append(batch, codes, seq)  # rows the trove already holds are skipped
 
     def note_journal_seq(self, seq: int) -> None:
         """The journal entry number of the next batch this hook observes (from the server)."""
@@ -99,14 +131,21 @@ class SurveillanceLog(Hook):
         assert self.trove is not None, "attach() opens the trove"
         seq = self._journal_seq or self._seq_base + self.batches_seen
         self._journal_seq = 0
-        if self.trove.failure:
-            # Stopped (disk full): not an observe error; stats() says so and counts the rows.
-            self.trove.counters["rows_not_persisted"] += len(batch)
+        try:
+            self.trove.append(batch, codes, seq)
+        except TroveStopped:
+            # Stopped (disk full, the trove process gone): not an observe error. The rows are
+            # counted in rows_not_persisted and stats()["failure"] says why.
             return
-        self.trove.append(batch, codes, seq)
 
     def background_ns(self) -> int:
         return self.trove.background_cpu_ns() if self.trove is not None else 0
+
+    def durable_seq(self) -> int | None:
+        """The trove's watermark: every journal entry up to this one is in the trove (None in buffer
+        mode, which keeps nothing the journal must wait for). Journal segments wholly at or below it
+        can be deleted as far as this hook is concerned."""
+        return self.trove.durable_seq() if self.trove is not None else None
 
     def query(self, account: int) -> np.ndarray:
         """Every kept row in which ``account`` paid or was paid, in the order observed, as LOG_DTYPE."""

@@ -97,6 +97,9 @@ def _per_class(config: WalletLimitsConfig, name: str) -> np.ndarray:
 class WalletLimits(Hook):
     name = "wallet_limits"
     state_bytes_per_account = 4
+    snapshot_arrays = ("spent_word",)
+    snapshot_per_account = ("spent_word",)
+    snapshot_scalars = ("day", "rollovers", "forced_passes", "_cursor", "_pass_day", "_oldest_day")
 
     def __init__(self, config: WalletLimitsConfig | None = None, *, scrub_slice: int | None = None) -> None:
         """``scrub_slice``: words scrubbed per batch (default: ``SCRUB_WORDS_PER_TRANSFER`` per transfer)."""
@@ -166,6 +169,13 @@ class WalletLimits(Hook):
 
     def set_spent(self, accounts: np.ndarray, spent_fen: np.ndarray) -> None:
         self.spent_word[accounts] = np.minimum(spent_fen, SPENT_MAX_FEN).astype(np.uint32) | self._stamp_word
+
+    def snapshot_touches_all(self, batch: np.ndarray) -> bool:
+        # A rollover changes only the day stamp. The scrub (and a forced reset) writes words
+        # outside the batch, but only stale ones, turning "another day's spending" into 0: a word
+        # copied before or after that write reads the same (0 spent today) and keeps the stamp
+        # invariant of the restored scalars, so a copy-on-update snapshot need not save the array whole.
+        return False
 
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray:
         cap = self.single_cap_fen[class_of_bits(self._flags[transfers.payer])]

@@ -19,6 +19,7 @@ from engine.journal import AdminEntry, Journal
 from engine.ledger import Ledger
 from engine.server.config import ServerConfig
 from engine.server.connection import Connection
+from engine.server.snapshots import Snapshotter
 from engine.server.stats import ServerStats
 from engine.wire import ErrorCode, Message
 
@@ -118,6 +119,8 @@ class Admin:
         self.secrets = secrets
         self.metrics = metrics
         self.journal: Journal | None = None
+        #: Told before an operation modifies accounts (copy-on-update snapshots), if snapshots are on.
+        self.snapshotter: Snapshotter | None = None
         self._require_hello = require_hello
         self._drain = drain
         self._failed = failed
@@ -205,6 +208,8 @@ class Admin:
             return
         if not self._check_account(conn, msg, account):
             return
+        if self.snapshotter is not None:
+            self.snapshotter.before_admin(np.array([account], dtype=np.int64))
         try:
             op.apply(self.ledger.hooks, np.array([account], dtype=np.uint32))
         except Exception as exc:  # the hook refused (e.g. a limit of its own): report, keep serving

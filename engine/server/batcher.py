@@ -39,6 +39,7 @@ from engine.ledger import Ledger
 from engine.records import TRANSFER_DTYPE
 from engine.server.config import RECORD_BYTES, ServerConfig
 from engine.server.connection import Connection
+from engine.server.snapshots import Snapshotter
 from engine.server.stats import ServerStats
 from engine.validator_api import Validators, ValidatorsUnavailable
 from engine.wire import HEADER, ErrorCode, Results, SignedSubmit, Submit, signed_records
@@ -83,6 +84,8 @@ class Batcher:
         self.config = config
         self.ledger = ledger
         self.journal: Journal | None = None
+        #: Takes the periodic snapshots between batches (``engine.server.snapshots``), if on.
+        self.snapshotter: Snapshotter | None = None
         self.metrics = metrics
         self._encoder = encoder
         self._require_hello = require_hello
@@ -335,6 +338,8 @@ class Batcher:
         clock = self.ledger.clock.payments if self.ledger is not None else 0
         if self.journal is not None and self.ledger is not None:
             note_journal_seqs(self.ledger.hooks, self.journal.seq + 1)  # the entry append_batch writes
+        if self.snapshotter is not None:
+            self.snapshotter.before_batch(batch)  # a copy-on-update snapshot saves what the batch may change
         try:
             codes = self.ledger.apply(batch) if self.ledger is not None else np.zeros(n, dtype=CODE_DTYPE)
         except Exception as exc:  # a bug, not a hook error (the ledger turns those into HOOK_ERROR)
@@ -383,3 +388,5 @@ class Batcher:
             # The replies are written: observers run off the latency path, after every batch (so
             # that replaying the journal batch by batch rebuilds the same hook state).
             self.ledger.run_deferred()
+            if self.snapshotter is not None:
+                self.snapshotter.maybe_start()  # between batches: the state is that after journal.seq

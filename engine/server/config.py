@@ -13,6 +13,7 @@ from engine.codes import PRECEDENCE_ID
 from engine.journal import REPAIR_MODES, FsyncPolicy, JournalHeader
 from engine.population import DEFAULT_SEED
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
+from engine.snapshot import SnapshotSchedule
 from engine.validators import parse_validators
 from engine.wire import DEFAULT_MAX_FRAME_BYTES
 
@@ -138,6 +139,41 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="MODE",
         ),
     ] = ""
+    snapshot_every: Annotated[
+        str,
+        _help(
+            "with --journal: snapshot the ledger and hook state after this many payments sequenced (5000000 or "
+            "5M) or seconds (600s), whichever comes first (both: '5M,600s'; 'off': never); recovery then "
+            "replays only the journal after the newest valid snapshot (default {default})",
+            metavar="WHEN",
+        ),
+    ] = "5M,600s"
+    snapshot_method: Annotated[
+        str,
+        _help(
+            "fork (a copy-on-write child writes the snapshot; the sequencer stalls for fork(), which grows "
+            "with memory), thread (copy-on-update: a writer thread, the sequencer copies 4 MiB chunks between "
+            "batches and saves accounts' old values before updating them; memory grows with the updates, not the "
+            "state) or auto (fork up to 256 MiB of state, thread above)",
+            metavar="METHOD",
+        ),
+    ] = "auto"
+    snapshot_keep: Annotated[
+        int,
+        _help("snapshots kept, newest first; the older ones are the fallback if the newest is damaged"),
+    ] = 2
+    snapshot_dir: Annotated[
+        str,
+        _help("directory of the snapshots (default: the journal path + '.snapshots')", metavar="DIR"),
+    ] = ""
+    journal_segment_bytes: Annotated[
+        int,
+        _help(
+            "roll the journal into a new segment file after this many bytes; segments every snapshot and the "
+            "trove are past are deleted (default {default}, 32 MiB)",
+            metavar="BYTES",
+        ),
+    ] = 32 << 20
     #: The sequencer's business clock (engine.clock): one simulated day = accounts * this many payments.
     payments_per_account_per_day: Annotated[
         float,
@@ -214,6 +250,18 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.signatures not in SIGNATURE_MODES:
             raise ValueError(f"signatures must be one of {', '.join(SIGNATURE_MODES)}, got {self.signatures!r}")
         parse_validators(self.validators)
+        SnapshotSchedule.parse(self.snapshot_every)
+        if self.snapshot_method not in ("auto", "fork", "thread"):
+            raise ValueError(f"snapshot_method must be auto, fork or thread, got {self.snapshot_method!r}")
+        if self.snapshot_keep < 1:
+            raise ValueError(f"snapshot_keep must be >= 1, got {self.snapshot_keep}")
+        if self.journal_segment_bytes < 1 << 16:
+            raise ValueError(f"journal_segment_bytes must be at least 65536, got {self.journal_segment_bytes}")
+
+    @property
+    def snapshot_directory(self) -> str:
+        """Where snapshots go: ``snapshot_dir``, or beside the journal."""
+        return self.snapshot_dir or (self.journal + ".snapshots" if self.journal else "")
 
     @property
     def signature_mode(self) -> str:

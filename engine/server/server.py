@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from engine.auth import Secrets, load_secrets
 from engine.chunks import TtyProgress
@@ -26,11 +27,13 @@ from engine.server.admin import Admin
 from engine.server.batcher import Batcher
 from engine.server.config import ServerConfig
 from engine.server.connection import Connection
-from engine.server.recovery import journal_exists, open_journal, set_aside_outputs
+from engine.server.recovery import SnapshotChoice, choose_snapshot, journal_exists, open_journal, set_aside_outputs
 from engine.server.session import Handshake
+from engine.server.snapshots import Snapshotter, snapshot_refusal
 from engine.server.sources import ConnectRate, eviction_victim
 from engine.server.stats import ServerStats
 from engine.signing import ensure_registry
+from engine.snapshot import SnapshotSchedule
 from engine.validator_api import Validators
 from engine.validators import make_validators
 from engine.wire import (
@@ -46,15 +49,22 @@ from engine.wire import (
 )
 
 
-def build_ledger(config: ServerConfig, hooks: Sequence[Hook] | None = None, *, ownership: bool = False) -> Ledger:
+def build_ledger(
+    config: ServerConfig, hooks: Sequence[Hook] | None = None, *, ownership: bool = False, from_snapshot: bool = False
+) -> Ledger:
     """The ledger the load generator expects: the seeded population's initial state.
 
     ``hooks`` replaces the profile's hooks (for tests and embedding); None builds the profile.
     ``ownership`` gives each operator its contiguous range of accounts (``owner_ranges``).
+    ``from_snapshot``: the state is about to be read from a snapshot, so the population (a minute
+    at 10^8 accounts) is not drawn: balances start at 0 and classes at 1 until the snapshot's arrive.
     """
-    population = Population(PopulationConfig(accounts=config.accounts, seed=config.seed))
-    progress = TtyProgress.if_tty(f"building {config.accounts:,} accounts")
-    balance, account_bits = population.build_state(progress=progress)
+    balance: int | np.ndarray = 0
+    account_bits: np.ndarray | None = None
+    if not from_snapshot:
+        population = Population(PopulationConfig(accounts=config.accounts, seed=config.seed))
+        progress = TtyProgress.if_tty(f"building {config.accounts:,} accounts")
+        balance, account_bits = population.build_state(progress=progress)
     return Ledger(
         config.accounts,
         balance_fen=balance,
@@ -82,14 +92,21 @@ class Server:
         self.ledger: Ledger | None = None
         #: Seconds spent building the ledger and its hooks' state (0 in echo mode).
         self.build_s = 0.0
+        snapshot = SnapshotChoice()
         if not config.echo:
             hooks = build_hooks(config.profile, config.scenario, trove_dir=config.trove) if hooks is None else hooks
             for hook in hooks:
                 hook.journalled = bool(config.journal)
-            if journal_exists(config):
+            if journal_exists(config) and all(h.snapshots for h in hooks):
+                snapshot = choose_snapshot(config)
+            for hook in hooks:
+                hook.resuming = snapshot.path is not None
+            if journal_exists(config) and snapshot.path is None:
                 self.outputs_set_aside = set_aside_outputs(hooks)
             started = time.perf_counter()
-            self.ledger = build_ledger(config, hooks, ownership=self.secrets is not None)
+            self.ledger = build_ledger(
+                config, hooks, ownership=self.secrets is not None, from_snapshot=snapshot.path is not None
+            )
             self.build_s = time.perf_counter() - started
         self.encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ClientMessage)
@@ -126,14 +143,29 @@ class Server:
         self.recovery: Recovery | None = None
         self.recovery_s = 0.0
         self._journal_notes: list[str] = []
+        self.snapshotter: Snapshotter | None = None
         if config.journal:
             assert self.ledger is not None
             opened = open_journal(
-                config, self.ledger, log=lambda line: print(f"journal: {line}", file=sys.stderr, flush=True)
+                config,
+                self.ledger,
+                log=lambda line: print(f"journal: {line}", file=sys.stderr, flush=True),
+                snapshot=snapshot,
             )
             self.journal, self._journal_lock, self.recovery = opened.journal, opened.lock, opened.recovery
             self.recovery_s, self._journal_notes = opened.seconds, opened.notes
             self.batcher.journal = self.admin.journal = self.journal
+            schedule = SnapshotSchedule.parse(config.snapshot_every)
+            refusal = snapshot_refusal(self.ledger)
+            if refusal and schedule.enabled:
+                self._journal_notes.append(refusal)
+            elif schedule.enabled:
+                self.snapshotter = self.batcher.snapshotter = self.admin.snapshotter = Snapshotter.for_config(
+                    config,
+                    self.ledger,
+                    self.journal,
+                    log=lambda line: print(f"snapshot: {line}", file=sys.stderr, flush=True),
+                )
         self.validators: Validators | None = None
         if config.signature_mode != "off":
             registry = ensure_registry(config.seed, config.accounts)
@@ -192,6 +224,7 @@ class Server:
         if self.journal is not None:
             self.journal.close()  # no fsync after a failed write or fsync: it is never retried
         self.journal = self.batcher.journal = self.admin.journal = None
+        self.batcher.snapshotter = self.admin.snapshotter = None
         self.batcher.clear()
         for conn in list(self._connections):
             conn.error(code, message)
@@ -218,6 +251,8 @@ class Server:
         self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
         if self.journal is not None:  # interval:MS syncs a quiet server's last interval by a timer
             self.journal.start_timer(self._loop.call_later, self._journal_failed)
+        if self.snapshotter is not None:
+            self.snapshotter.call_later = self._loop.call_later
         return self.address
 
     @property
@@ -248,6 +283,8 @@ class Server:
                     "Connection closed.",
                 )
                 conn.close()
+        if self.snapshotter is not None and not self._has_failed():
+            self.snapshotter.maybe_start()  # time-based snapshots of a quiet server; reaps a finished child
         assert self._loop is not None
         self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
 
@@ -281,6 +318,8 @@ class Server:
         for conn in list(self._connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        if self.snapshotter is not None:
+            self.snapshotter.close()
         if self.journal is not None:
             self.journal.close()
         if self._journal_lock is not None:
@@ -474,6 +513,7 @@ class Server:
             auth_enabled=self.secrets is not None,
             operators_enrolled=0 if self.secrets is None else len(self.secrets.operators),
             journal=self.journal,
+            snapshots=self.snapshotter,
             recovery=self.recovery,
             recovery_s=self.recovery_s,
             ledger=self.ledger,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from engine.journal import Journal, Recovery
     from engine.ledger import Ledger
     from engine.server.config import ServerConfig
+    from engine.server.snapshots import Snapshotter
 
 
 class ConnectionLoad:
@@ -129,6 +130,7 @@ class ServerStats:
         auth_enabled: bool,
         operators_enrolled: int,
         journal: Journal | None,
+        snapshots: Snapshotter | None,
         recovery: Recovery | None,
         recovery_s: float,
         ledger: Ledger | None,
@@ -179,6 +181,8 @@ class ServerStats:
         }
         if journal is not None:
             stats["journal"] = journal.stats()
+        if snapshots is not None:
+            stats["snapshots"] = snapshots.stats()
         if recovery is not None:
             r = recovery
             stats["recovery"] = {

@@ -16,7 +16,8 @@ One concern per module:
 * ``query``: ``TroveReader``: the five surveillance queries in DuckDB.
 * ``bench``: bulk-load a seeded trove and time the queries (``cbdc-bench trove bench``).
 
-Layout on disk: ``trove.json``, ``segments/p<partition>/s<id>.parquet`` (arrival order) and
-``runs/p<partition>/r<id>.{payer,payee}.parquet`` (sorted). It is plain Parquet: any engine can
-read the files the manifest lists (``pyarrow.dataset.dataset(paths)``).
+Layout on disk: ``trove.json``, ``runs/p<partition>/r<id>.{payer,payee}.parquet`` (sorted) and
+``segments/p<partition>/s<id>.parquet`` (arrival order, until merged).
+It is plain Parquet: any engine can read the files the manifest lists
+(``pyarrow.dataset.dataset(paths)``).
 """

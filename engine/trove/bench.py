@@ -1,9 +1,13 @@
 """``trove bench``: bulk-load a seeded trove straight through the writer, then time each query kind.
 
 No server and no ledger: seeded batches (every row code OK unless drawn otherwise) go through
-``Trove.append`` exactly as the hook hands them over, so ingest rows/s is the writer's (the
-caller's thread only copies batches into the queue), compaction is timed apart, and each query
-kind runs against the compacted trove for ``queries`` random subjects. The rows model what the
+``append`` exactly as the hook hands them over (to the child process, as the server's hook does,
+unless the configuration says ``process = false``), so ingest rows/s is the writer's (the
+caller only copies batches into the ring), compaction is timed apart, and each query kind runs
+against the compacted trove for ``queries`` random subjects.
+
+``probe_live`` times the same query kinds against a trove a server is writing (``cbdc-bench
+trove probe DIR``): each round opens the committed manifest afresh, so it sees new segments. The rows model what the
 queries need: each account pays mostly from its own device and home cell, and a few payments use
 another account's device, so device linkage and co-location have answers.
 """
@@ -22,6 +26,8 @@ import numpy as np
 from engine.records import MAX_BATCH, empty_batch
 from engine.simtime import NS_PER_DAY
 from engine.trove.config import TroveConfig
+from engine.trove.manifest import load_manifest
+from engine.trove.process import TroveProcess
 from engine.trove.query import TroveReader
 from engine.trove.store import Trove
 
@@ -46,6 +52,8 @@ class BenchResult(msgspec.Struct, frozen=True):
     runs: int
     #: Query kind -> {"p50_ms", "p99_ms", "mean_rows"}.
     queries: dict[str, dict[str, float]]
+    #: CPU of the trove's child process (writer, compactor, feeder): the whole cost of the load.
+    process_cpu_s: float = 0.0
 
 
 def seeded_batches(rows: int, accounts: int, seed: int, batch_rows: int = 8_192) -> Any:
@@ -82,7 +90,7 @@ def run_bench(
         raise ValueError("trove bench needs rows >= 1, accounts >= 2, queries >= 1")
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="cbdc-trove-bench-"))
     cfg = msgspec.structs.replace(config or TroveConfig(), dir=str(root))
-    trove = Trove.open(cfg)
+    trove = TroveProcess.open(cfg) if cfg.process else Trove.open(cfg)
     try:
         codes = np.zeros(MAX_BATCH, dtype=np.uint8)
         t0 = time.perf_counter()
@@ -93,12 +101,12 @@ def run_bench(
         t1 = time.perf_counter()
         trove.compact_all()
         compaction_s = time.perf_counter() - t1
-        stats = trove.stats()
         timings = _time_queries(TroveReader(trove=trove), accounts, seed, queries)
     finally:
         trove.close()
         if not directory:
             shutil.rmtree(root, ignore_errors=True)
+    stats = trove.stats()  # after close: the final figures (the child's exact CPU)
     per_row = stats["bytes_per_row"]
     return BenchResult(
         rows=stats["rows"],
@@ -114,23 +122,37 @@ def run_bench(
         gb_per_day_at_300k_tps=per_row * 300_000 * 86_400 / 1e9,
         runs=stats["runs"],
         queries=timings,
+        process_cpu_s=trove.background_cpu_ns() / 1e9 if isinstance(trove, TroveProcess) else 0.0,
     )
 
 
-def _time_queries(reader: TroveReader, accounts: int, seed: int, queries: int) -> dict[str, dict[str, float]]:
-    rng = np.random.default_rng([seed, 1])
-    day = (BENCH_START_NS, BENCH_START_NS + NS_PER_DAY)
-    hour = (BENCH_START_NS, BENCH_START_NS + NS_PER_DAY // 24)
-    kinds = {
+def _query_kinds(reader: TroveReader, day_start_ns: int) -> dict[str, Any]:
+    """Each query kind as a function of a subject account, over a day / its first hour from ``day_start_ns``."""
+    day = (day_start_ns, day_start_ns + NS_PER_DAY)
+    hour = (day_start_ns, day_start_ns + NS_PER_DAY // 24)
+    return {
         "payments_day": lambda a: reader.payments(a, *day),
         "counterparties_2hop": lambda a: reader.counterparties(a, hops=2, top=50),
         "co_location_hour": lambda a: reader.co_location(a % (1 << 20), *hour),
         "same_device": lambda a: reader.same_device(a),
         "aggregate_hour": lambda a: reader.aggregate(("region", "category"), "hour", *hour),
     }
+
+
+def _percentiles(ms: list[float], n_rows: list[int]) -> dict[str, float]:
+    return {
+        "p50_ms": float(np.percentile(ms, 50)) if ms else 0.0,
+        "p99_ms": float(np.percentile(ms, 99)) if ms else 0.0,
+        "mean_rows": float(np.mean(n_rows)) if n_rows else 0.0,
+        "queries": float(len(ms)),
+    }
+
+
+def _time_queries(reader: TroveReader, accounts: int, seed: int, queries: int) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng([seed, 1])
     out: dict[str, dict[str, float]] = {}
     try:
-        for kind, fn in kinds.items():
+        for kind, fn in _query_kinds(reader, BENCH_START_NS).items():
             fn(0)  # warm-up: footers cached, kept apart from the measured values
             subjects = rng.integers(0, accounts, queries).tolist()
             ms, n_rows = [], []
@@ -138,11 +160,41 @@ def _time_queries(reader: TroveReader, accounts: int, seed: int, queries: int) -
                 t0 = time.perf_counter()
                 n_rows.append(fn(a).num_rows)
                 ms.append((time.perf_counter() - t0) * 1e3)
-            out[kind] = {
-                "p50_ms": float(np.percentile(ms, 50)),
-                "p99_ms": float(np.percentile(ms, 99)),
-                "mean_rows": float(np.mean(n_rows)),
-            }
+            out[kind] = _percentiles(ms, n_rows)
     finally:
         reader.close()
     return out
+
+
+def probe_live(directory: str, *, seconds: float, accounts: int, seed: int) -> dict[str, dict[str, float]]:
+    """Query latency p50/p99 per kind against a trove being written, for ``seconds``.
+
+    Rounds of one query per kind, each round on a fresh snapshot of the committed manifest, over the
+    newest simulated day (and its last hour). A query whose files the writer's compactor deleted
+    under it is counted in ``failed``, not timed (readers in other processes hold no snapshot).
+    """
+    rng = np.random.default_rng([seed, 2])
+    ms: dict[str, list[float]] = {}
+    n_rows: dict[str, list[int]] = {}
+    failed: dict[str, int] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        manifest = load_manifest(Path(directory))
+        if manifest is None or not manifest.segments:
+            time.sleep(0.1)
+            continue
+        newest_ns = max(s.max_timestamp_ns for s in manifest.segments)
+        reader = TroveReader.open(directory)
+        try:
+            for kind, fn in _query_kinds(reader, newest_ns - NS_PER_DAY).items():
+                t0 = time.perf_counter()
+                try:
+                    rows = fn(int(rng.integers(0, accounts))).num_rows
+                except Exception:  # a file compacted away under the query (DuckDB raises IOException)
+                    failed[kind] = failed.get(kind, 0) + 1
+                    continue
+                ms.setdefault(kind, []).append((time.perf_counter() - t0) * 1e3)
+                n_rows.setdefault(kind, []).append(rows)
+        finally:
+            reader.close()
+    return {k: _percentiles(v, n_rows[k]) | {"failed": float(failed.get(k, 0))} for k, v in ms.items()}

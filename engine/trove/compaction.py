@@ -1,8 +1,9 @@
-"""Compaction: ingest segments merged into runs sorted by account, size-tiered.
+"""Compaction: runs sorted by account, merged size-tiered.
 
-Ingest segments are in arrival order, so finding one person's payments in them is a scan.
-Compaction rewrites a partition's rows into *runs*: each run is two files holding the same rows,
-one sorted by (payer, time) and one by (payee, time), so "payments sent by N" and "payments
+The writer writes a partition's first ``fanin - 1`` segments as tier-0 *runs*, sorted in memory
+(``Trove._write_ingest``), and later ones in arrival order ("ingest" segments, where finding one
+person's payments is a scan); ingest segments are merged into runs here. Each run is two files
+holding the same rows, one sorted by (payer, time) and one by (payee, time), so "payments sent by N" and "payments
 received by N" each read the one or two row groups (``row_group_rows`` rows) of each run whose
 min/max statistics contain N. The second ordering doubles the bytes of compacted data: that is
 the disk cost of answering "received" without a scan (a payer-sorted trove alone makes it a
@@ -131,6 +132,8 @@ def connect(config: TroveConfig) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection for merging: one thread (its CPU is the calling thread's), bounded memory."""
     import duckdb
 
-    return duckdb.connect(
+    con = duckdb.connect(
         config={"threads": 1, "memory_limit": f"{config.compaction_memory_mb}MB", "preserve_insertion_order": False}
     )
+    con.execute("SET enable_progress_bar = false")  # it would print to the server's stdout
+    return con

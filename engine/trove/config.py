@@ -18,12 +18,25 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Directory of the trove; "" = a temporary directory deleted when the hook closes (tests,
     #: quick runs: the cost is measured, the data is not kept).
     dir: str = ""
-    #: Time partition length on the simulated clock; partitions are what retention expires.
+    #: Time period on the simulated clock; a partition (what retention expires) is one period or,
+    #: below the row floor, several.
     partition_s: int = 86_400
+    #: Row floor: a new partition starts only once the newest holds this many rows (a small
+    #: ledger's days last seconds; without a floor each would be a partition of tiny files).
+    partition_min_rows: int = 1 << 18
     #: The writer writes a segment when this many rows are buffered, or after ``flush_interval_s``.
     segment_rows: int = 1 << 20
     flush_interval_s: float = 1.0
-    #: Batches the sequencer may hand over before it waits for the writer (back-pressure, never drops).
+    #: Write and compact in a child process (``engine.trove.process``), so that Parquet encoding
+    #: and sorting do not compete with the sequencer for the GIL; False runs them as threads of
+    #: this process (tests of the store, the bulk loader).
+    process: bool = True
+    #: process mode: the child's niceness (0-19): it yields the CPU to the sequencer on a busy machine.
+    process_nice: int = 10
+    #: process mode: shared-memory slots of 8192 records (~400 KB each) between the sequencer and
+    #: the child. With ``queue_batches`` this bounds the backlog; past it the sequencer waits.
+    ring_slots: int = 64
+    #: Batches the writer's queue holds before the hand-over waits for it (back-pressure, never drops).
     queue_batches: int = 256
     #: Rows per Parquet row group in compacted (account-sorted) files: the unit a lookup reads.
     row_group_rows: int = 16_384
@@ -50,12 +63,18 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(
                 f"trove.partition_s must divide a day or be whole days (3600, 86400...), got {self.partition_s}"
             )
+        if self.partition_min_rows < 0:
+            raise ValueError(f"trove.partition_min_rows must be >= 0, got {self.partition_min_rows}")
         if self.segment_rows < 1 or self.row_group_rows < 1:
             raise ValueError("trove.segment_rows and trove.row_group_rows must be >= 1")
         if self.flush_interval_s <= 0:
             raise ValueError(f"trove.flush_interval_s must be > 0, got {self.flush_interval_s}")
-        if self.queue_batches < 1:
-            raise ValueError(f"trove.queue_batches must be >= 1, got {self.queue_batches}")
+        if not 0 <= self.process_nice <= 19:
+            raise ValueError(f"trove.process_nice must be in 0..19, got {self.process_nice}")
+        if self.queue_batches < 1 or self.ring_slots < 1:
+            raise ValueError(
+                f"trove.queue_batches and trove.ring_slots must be >= 1, got {self.queue_batches}, {self.ring_slots}"
+            )
         if self.fanin < 2:
             raise ValueError(f"trove.fanin must be >= 2, got {self.fanin}")
         if self.max_run_rows < self.row_group_rows:

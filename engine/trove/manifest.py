@@ -6,11 +6,14 @@ same way); a file on disk that the manifest does not list is not part of the tro
 read. Each file's size and BLAKE2b digest are recorded, and each file's Parquet footer carries
 the trove's id and the segment's id, so a damaged, truncated or foreign file is named, not read.
 
-Format history (``FORMAT``): 1 = first version.
+Format history (``FORMAT``): 1 = first version (one partition per time period); 2 = partitions
+of one or more periods (a row floor), listed in ``partition_starts``. Format 1 is read and
+upgraded (each of its partitions is one period).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 
-FORMAT = 1
+FORMAT = 2
 MANIFEST_NAME = "trove.json"
 #: Parquet footer key-value metadata written into every trove file.
 META_TROVE_ID = b"cbdc_trove_id"
@@ -38,13 +41,15 @@ class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Segment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A set of rows of one partition, held in one file per ordering.
 
-    ``kind`` "ingest": written by the writer, arrival order; "run": compacted, one file sorted by
-    payer and one by payee. ``seq_ranges``: the segment holds every row of its partition from the
-    batches in these inclusive (first, last) batch_seq ranges, and no other rows.
+    ``kind`` "run": one file sorted by payer and one by payee (what the writer and the compactor
+    write); "ingest": one arrival-ordered file (the writer's, for a partition that will be merged).
+    ``seq_ranges``: the segment holds every row of its partition from the batches in these
+    inclusive (first, last) batch_seq ranges, and no other rows.
     """
 
     id: int
     kind: str
+    #: The first time period of the segment's partition (``Manifest.partition_starts``).
     partition: int
     rows: int
     min_timestamp_ns: int
@@ -80,10 +85,24 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True):
     rows_expired: int = 0
     #: (partition, batch ranges) of segments lost or damaged: to be rebuilt from the journal.
     to_rebuild: list[tuple[int, list[tuple[int, int]]]] = msgspec.field(default_factory=list)
+    #: Format 2: the first period of every partition, ascending; a partition runs up to the next
+    #: start (``expired_below_partition`` is a period too).
+    partition_starts: list[int] = msgspec.field(default_factory=list)
 
     @property
     def rows(self) -> int:
         return sum(s.rows for s in self.segments)
+
+    def partition_end(self, partition: int) -> int:
+        """The first period after ``partition`` (the next partition's start; the newest: one period)."""
+        i = bisect.bisect_right(self.partition_starts, partition)
+        return self.partition_starts[i] if i < len(self.partition_starts) else partition + 1
+
+    def durable_seq(self) -> int:
+        """Every journal entry up to this one is in the trove (or expired): the trove's watermark,
+        ``durable_through_seq`` held back below any lost segment still to be rebuilt."""
+        firsts = [lo for _, ranges in self.to_rebuild for lo, _ in ranges]
+        return min([self.durable_through_seq + 1, *firsts]) - 1
 
 
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -140,8 +159,13 @@ def load_manifest(root: Path) -> Manifest | None:
         manifest = msgspec.json.decode(data, type=Manifest)
     except msgspec.DecodeError as exc:
         raise ValueError(f"{path} is not a trove manifest ({exc}); point at a trove directory or a new one") from exc
+    if manifest.format == 1:  # every partition was one period
+        manifest.partition_starts = sorted(
+            {s.partition for s in manifest.segments} | {p for p, _ in manifest.to_rebuild}
+        )
+        manifest.format = FORMAT
     if manifest.format != FORMAT:
-        raise ValueError(f"{path}: trove format {manifest.format}, this version reads format {FORMAT}")
+        raise ValueError(f"{path}: trove format {manifest.format}, this version reads formats 1 and {FORMAT}")
     return manifest
 
 

@@ -8,7 +8,7 @@
 
 A query reads only the files of a committed snapshot of the manifest, chosen per ordering: rows
 sent by N from the payer-sorted file of each run, rows received from the payee-sorted one, plus
-the (small, recent) ingest segments not yet compacted; so each row is read once, and a lookup by
+the (recent) arrival-ordered ingest segments not merged yet; so each row is read once, and a lookup by
 account reads the few row groups whose statistics contain N. Files found damaged at open are
 named in ``problems`` and left out. Times are unix ns on the simulated clock; windows are
 half-open [since, until). Every result is a ``pyarrow.Table``.
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+    from engine.trove.process import TroveProcess
     from engine.trove.store import Trove
 
 #: ``aggregate`` dimensions and the SQL of each (region as the privacy hook defines it).
@@ -46,7 +47,7 @@ class TroveReader:
     def __init__(
         self,
         *,
-        trove: Trove | None = None,
+        trove: Trove | TroveProcess | None = None,
         root: Path | None = None,
         segments: Sequence[Segment] = (),
         config: TroveConfig | None = None,

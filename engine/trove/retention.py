@@ -28,7 +28,9 @@ def expired_partitions(manifest: Manifest, config: TroveConfig) -> list[int]:
         newest_ns = max(s.max_timestamp_ns for s in manifest.segments)
         horizon = newest_ns - config.max_age_s * 10**9
         # A partition expires once all of it is older than the horizon.
-        expire = [p for p in parts[:-1] if partition_start_ns(p + 1, manifest.partition_ns) <= horizon]
+        expire = [
+            p for p in parts[:-1] if partition_start_ns(manifest.partition_end(p), manifest.partition_ns) <= horizon
+        ]
     if config.max_bytes:
         size = {p: 0 for p in parts}
         for s in manifest.segments:

@@ -91,8 +91,43 @@ def take_rows(cols: dict[str, np.ndarray], where: np.ndarray) -> dict[str, np.nd
 
 
 def partition_of(timestamp_ns: np.ndarray, partition_ns: int) -> np.ndarray:
-    """Partition number of each time: partitions are aligned on China Standard Time midnights."""
+    """Time period of each time (``partition_s`` long, aligned on China Standard Time midnights);
+    a partition is one or more consecutive periods (``extend_partitions``)."""
     return (timestamp_ns + CST_OFFSET_NS) // partition_ns
+
+
+def extend_partitions(starts: list[int], periods: np.ndarray, newest_rows: int, min_rows: int) -> list[int]:
+    """Partition starts after filing rows of time ``periods`` (``partition_of``), given the rows the
+    newest partition holds already: the row floor.
+
+    A partition is a run of whole periods from its start to the next partition's start. A new one
+    begins at a period past the newest partition's start only once the newest holds ``min_rows``
+    rows, so a small ledger, whose simulated days pass in seconds, does not cut the trove into
+    thousands of tiny partitions and files (retention then expires several days at once). With
+    ``min_rows`` 0 every period is its own partition. Rows from before the first partition open
+    one of their own.
+    """
+    out = list(starts)
+    if not len(periods):
+        return out
+    first = int(periods.min())
+    if not out or first < out[0]:
+        out.insert(0, first)
+        if len(out) == 1:
+            newest_rows = 0
+    uniq, counts = np.unique(periods[periods >= out[-1]], return_counts=True)
+    for period, rows in zip(uniq.tolist(), counts.tolist(), strict=True):
+        if period > out[-1] and newest_rows >= min_rows:
+            out.append(period)
+            newest_rows = 0
+        newest_rows += rows
+    return out
+
+
+def partitions_of(periods: np.ndarray, starts: list[int]) -> np.ndarray:
+    """The partition (its first period) holding each period; periods before the first go to the first."""
+    s = np.asarray(starts, dtype=np.int64)
+    return s[np.maximum(np.searchsorted(s, periods, side="right") - 1, 0)]
 
 
 def partition_start_ns(partition: int, partition_ns: int) -> int:

@@ -3,10 +3,11 @@
 ``Trove.append(batch, codes, batch_seq)`` is called on the sequencer's thread and only copies
 the batch into a bounded queue (when the queue is full the sequencer waits: back-pressure,
 never a dropped row; the wait is counted). A writer thread turns batches into rows, buffers
-them, and every ``segment_rows`` rows or ``flush_interval_s`` writes one ingest segment per time
-partition touched (``files.write_parquet``), then commits the manifest: the trove is then
-durable through the last batch written. A compactor thread merges segments into account-sorted
-runs (``compaction``) and applies retention (``retention``). Both threads measure their own
+them, and every ``segment_rows`` rows or ``flush_interval_s`` writes, per partition touched, one
+tier-0 run (the rows sorted by payer in one file and by payee in another) or, once the partition
+will be merged anyway, one arrival-ordered ingest segment (``files.write_parquet``), then commits
+the manifest: the trove is then durable through the last batch written. A compactor thread merges
+them, size-tiered (``compaction``), and applies retention (``retention``). Both threads measure their own
 CPU time (``time.thread_time_ns``), which the hook charges to itself.
 
 The journal is the source of truth. A segment whose file is missing or damaged at open is
@@ -28,7 +29,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,15 @@ from engine.trove import compaction, retention
 from engine.trove.config import TroveConfig
 from engine.trove.files import CorruptSegment, check_file, write_parquet
 from engine.trove.manifest import Manifest, Segment, load_manifest, merge_ranges, save_manifest
-from engine.trove.schema import arrow_schema, concat_rows, partition_of, rows_of, take_rows
+from engine.trove.schema import (
+    arrow_schema,
+    concat_rows,
+    extend_partitions,
+    partition_of,
+    partitions_of,
+    rows_of,
+    take_rows,
+)
 
 #: The compactor looks for work at least this often (it is also woken after every flush).
 _COMPACTOR_POLL_S = 0.5
@@ -48,7 +58,25 @@ class TroveStopped(RuntimeError):
     """The trove stopped ingesting (disk full, write error); the message says why and what to do."""
 
 
-class Trove:
+class TroveFeed:
+    """What the hook feeds: ``Trove`` (threads in this process) or ``TroveProcess`` (a child process)."""
+
+    def append(self, batch: np.ndarray, codes: np.ndarray, batch_seq: int) -> None:
+        raise NotImplementedError
+
+    def flush(self, *, compact: bool = False) -> None:
+        raise NotImplementedError
+
+    def rebuild_from(self, entries: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Write again, from journal entries ``(batch_seq, batch, codes)`` in order, the rows the trove
+        lacks: those past ``durable_through_seq`` and those of segments lost or damaged. Rows the
+        trove already holds are skipped, so replaying a whole journal is safe."""
+        for seq, batch, codes in entries:
+            self.append(batch, codes, seq)
+        self.flush()
+
+
+class Trove(TroveFeed):
     """A trove directory opened for writing (``Trove.open``), or ``TroveReader`` for queries only."""
 
     def __init__(self, root: Path, config: TroveConfig, manifest: Manifest, *, temporary: bool) -> None:
@@ -91,6 +119,9 @@ class Trove:
         self._writer = threading.Thread(target=self._writer_loop, name=f"trove-writer {root}", daemon=True)
         self._compactor = threading.Thread(target=self._compactor_loop, name=f"trove-compactor {root}", daemon=True)
         self._con: Any = None
+        #: Called by the writer after each flush with (durable_seq(), rows handed over and done
+        #: with): how ``TroveProcess`` shows the parent its progress without a round trip.
+        self.on_durable: Callable[[int, int], None] | None = None
 
     # ---- opening -----------------------------------------------------------------------------
 
@@ -191,18 +222,21 @@ class Trove:
         if compact:
             self.compact_all()
 
-    def rebuild_from(self, entries: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> None:
-        """Write again, from journal entries ``(batch_seq, batch, codes)`` in order, the rows the trove
-        lacks: those past ``durable_through_seq`` and those of segments lost or damaged. Rows the
-        trove already holds are skipped, so replaying a whole journal is safe."""
-        for seq, batch, codes in entries:
-            self.append(batch, codes, seq)
-        self.flush()
-
     def needs_journal_from(self) -> int:
         """The first journal sequence number the trove still needs (keep journal entries from here)."""
-        firsts = [lo for _, ranges in self.to_rebuild for lo, _ in ranges]
-        return min([self.manifest.durable_through_seq + 1, *firsts])
+        return self.durable_seq() + 1
+
+    def durable_seq(self) -> int:
+        """Every journal entry up to this one is in the trove (or expired): the trove's watermark,
+        committed in ``trove.json`` (``Manifest.durable_seq``). Journal segments wholly at or below
+        it may be deleted as far as the trove is concerned."""
+        with self._lock:
+            return self.manifest.durable_seq()
+
+    @property
+    def durable_through_seq(self) -> int:
+        """The last batch whose rows are all written (segments lost since may still be rebuilding)."""
+        return self.manifest.durable_through_seq
 
     # ---- the writer thread -------------------------------------------------------------------
 
@@ -240,6 +274,12 @@ class Trove:
                 self._buffered_rows = 0
                 deadline = time.monotonic() + self.config.flush_interval_s
                 self._compact_now.set()
+            if self.failure and pending:  # stopped (by the compactor too): buffered rows are counted, not kept
+                self.counters["rows_not_persisted"] += self._buffered_rows
+                pending = []
+                self._buffered_rows = 0
+            if flush and self.on_durable is not None:
+                self.on_durable(self.durable_seq(), self._rows_taken - self._buffered_rows)
             now_cpu = time.thread_time_ns()
             self.counters["writer_cpu_ns"] += now_cpu - t_cpu
             t_cpu = now_cpu
@@ -255,7 +295,11 @@ class Trove:
         if not self.to_rebuild:
             self.counters["rows_skipped_durable"] += len(rows["payer"])
             return None
-        parts = partition_of(rows["timestamp_ns"], self.manifest.partition_ns)
+        if not self.manifest.partition_starts:
+            self.counters["rows_skipped_durable"] += len(rows["payer"])
+            return None
+        periods = partition_of(rows["timestamp_ns"], self.manifest.partition_ns)
+        parts = partitions_of(periods, self.manifest.partition_starts)
         wanted = np.zeros(len(parts), dtype=bool)
         for part, ranges in self.to_rebuild:
             if any(lo <= seq <= hi for lo, hi in ranges):
@@ -286,21 +330,29 @@ class Trove:
             if rest:
                 still_missing.append((part, rest))
         new: list[Segment] = []
+        starts = m.partition_starts
         if pending:
             rows = concat_rows(pending)
-            parts = partition_of(rows["timestamp_ns"], m.partition_ns)
-            late = parts < m.expired_below_partition
+            periods = partition_of(rows["timestamp_ns"], m.partition_ns)
+            late = periods < m.expired_below_partition
             if late.any():
                 self.counters["rows_expired_on_arrival"] += int(late.sum())
+            newest_rows = sum(s.rows for s in m.segments if starts and s.partition == starts[-1])
+            starts = extend_partitions(starts, periods[~late], newest_rows, self.config.partition_min_rows)
+            parts = partitions_of(periods, starts) if starts else periods
             schema = arrow_schema()
+            held = Counter(s.partition for s in m.segments)
             for part in np.unique(parts[~late]).tolist():
-                in_part = parts == part
+                in_part = (parts == part) & ~late
                 ranges = list(claims.get(part, []))
                 if (rows["batch_seq"][in_part] >= first_new).any():
                     ranges.append((first_new, seen_seq))
-                new.append(self._write_ingest(take_rows(rows, in_part), part, merge_ranges(ranges), schema))
+                # Sorted while the partition stays below a merge; past that, arrival order (see _write_ingest).
+                sort = held[part] < self.config.fanin - 1
+                new.append(self._write_ingest(take_rows(rows, in_part), part, merge_ranges(ranges), schema, sort=sort))
         with self._lock:
             m.segments.extend(new)
+            m.partition_starts = starts
             m.durable_through_seq = max(m.durable_through_seq, seen_seq)
             self.to_rebuild = still_missing
             m.to_rebuild = [(p, list(r)) for p, r in still_missing]
@@ -309,34 +361,67 @@ class Trove:
         self.counters["rows_appended"] += sum(s.rows for s in new)
 
     def _write_ingest(
-        self, rows: dict[str, np.ndarray], part: int, ranges: list[tuple[int, int]], schema: Any
+        self, rows: dict[str, np.ndarray], part: int, ranges: list[tuple[int, int]], schema: Any, *, sort: bool
     ) -> Segment:
+        """The buffered rows of one partition: a tier-0 run (``sort``: one file sorted by payer, one
+        by payee) or an ingest segment (one arrival-ordered file, merged into a run later).
+
+        A run is what an LSM tree's memtable flush writes: sorted here in memory (one numpy argsort
+        per ordering), a partition that never holds ``fanin`` segments (a small ledger's day, a
+        short run) is never rewritten. Measured on 10^6 rows: ~1.2 us/row for the two sorted files,
+        against ~0.25 us/row for an arrival file plus ~2.2 us/row (DuckDB's read and sort, two
+        files) for the merge that sorts it. Once a partition will be merged anyway, sorting at
+        write time would only add a level, so its later segments are written in arrival order.
+        """
         import pyarrow as pa
 
         with self._lock:
             seg_id = self.manifest.next_segment_id
             self.manifest.next_segment_id += 1
-        table = pa.Table.from_arrays([pa.array(rows[name]) for name in schema.names], schema=schema)
-        entry, n = write_parquet(
-            self.root,
-            f"segments/p{part}/s{seg_id:08d}.parquet",
-            "arrival",
-            table.to_batches(),
-            schema,
-            trove_id=self.manifest.trove_id,
-            segment_id=seg_id,
-            row_group_rows=self.config.segment_rows,
-        )
         ts = rows["timestamp_ns"]
+        layouts: list[tuple[str, str, np.ndarray | None, int]]
+        if sort:
+            # Rank in (time, batch_seq, batch_index) order; rows arrive in (batch_seq, batch_index) order.
+            rank = np.arange(len(ts), dtype=np.uint64)
+            if len(ts) > 1 and (np.diff(ts) < 0).any():
+                rank[np.argsort(ts, kind="stable")] = np.arange(len(ts), dtype=np.uint64)
+            layouts = [
+                (
+                    f"runs/p{part}/r{seg_id:08d}.{ordering}.parquet",
+                    ordering,
+                    np.argsort((rows[ordering].astype(np.uint64) << np.uint64(32)) | rank),
+                    self.config.row_group_rows,
+                )
+                for ordering in compaction.ORDERINGS
+            ]
+        else:
+            layouts = [(f"segments/p{part}/s{seg_id:08d}.parquet", "arrival", None, self.config.segment_rows)]
+        files = []
+        n = 0
+        for path, ordering, order, group_rows in layouts:
+            columns = [rows[name] if order is None else rows[name][order] for name in schema.names]
+            table = pa.Table.from_arrays([pa.array(c) for c in columns], schema=schema)
+            entry, n = write_parquet(
+                self.root,
+                path,
+                ordering,
+                table.to_batches(),
+                schema,
+                trove_id=self.manifest.trove_id,
+                segment_id=seg_id,
+                row_group_rows=group_rows,
+            )
+            files.append(entry)
         return Segment(
             id=seg_id,
-            kind="ingest",
+            kind="run" if sort else "ingest",
             partition=part,
             rows=n,
             min_timestamp_ns=int(ts.min()),
             max_timestamp_ns=int(ts.max()),
             seq_ranges=ranges,
-            files=[entry],
+            files=files,
+            tier=compaction.tier_of(n, self.config) if sort else 0,
         )
 
     def _stop_ingest(self, exc: OSError) -> None:
@@ -358,9 +443,11 @@ class Trove:
                 while not self._stop.is_set() and self._compact_step(everything=False):
                     pass
             except Exception as exc:  # compaction failing must stop ingest loudly, not corrupt anything
+                if self._stop.is_set():
+                    return  # close() interrupted the merge on purpose: its sources are still listed
                 if isinstance(exc, OSError):
                     self._stop_ingest(exc)
-                elif not self._stop.is_set():
+                else:
                     self.failure = f"trove {self.root}: compaction failed ({type(exc).__name__}: {exc})"
                 return
 
@@ -410,7 +497,7 @@ class Trove:
             m = self.manifest
             gone = [s for s in m.segments if s.partition in expire]
             m.segments = [s for s in m.segments if s.partition not in expire]
-            m.expired_below_partition = max(m.expired_below_partition, max(expire) + 1)
+            m.expired_below_partition = max(m.expired_below_partition, m.partition_end(max(expire)))
             m.rows_expired += sum(s.rows for s in gone)
             save_manifest(self.root, m)
             self._garbage.extend(self.root / f.path for s in gone for f in s.files)

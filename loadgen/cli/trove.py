@@ -22,6 +22,7 @@ from engine.simtime import iso_cst, parse_time
 from engine.trove.config import TroveConfig
 from engine.trove.query import DIMENSIONS, TroveReader
 from engine.trove.store import manifest_stats
+from loadgen.cli.common_args import add_json, add_seconds, add_seed
 
 #: Columns holding unix ns that the output also shows as ISO 8601 CST.
 _TIME_COLUMNS = {"timestamp_ns": "time", "bucket_ns": "bucket", "first_ns": "first", "last_ns": "last"}
@@ -70,6 +71,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--dir", default="", help="keep the trove here (default: a temporary directory, deleted)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=_bench)
+
+    pr = tsub.add_parser("probe", help="time each query kind against a trove a server is writing")
+    pr.add_argument("dir", help="trove directory (a run's --trove)")
+    add_seconds(pr, default=20.0, what="seconds of querying")
+    pr.add_argument("--accounts", type=parse_count, default=1_000_000, help="subjects are drawn from 0..accounts-1")
+    add_seed(pr, what="subjects")
+    add_json(pr)
+    pr.set_defaults(func=_probe)
 
 
 def query(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,6 +169,25 @@ def _bench(args: argparse.Namespace) -> int:
         f"(CPU {result.compaction_cpu_s:.1f} s), {result.bytes_per_row:.1f} bytes/row on disk "
         f"(both orderings), {result.gb_per_day_at_300k_tps:,.0f} GB/day at 300,000 payments/s"
     )
-    for kind, t in result.queries.items():
-        print(f"  {kind:>22}  p50 {t['p50_ms']:8.2f} ms  p99 {t['p99_ms']:8.2f} ms  ({t['mean_rows']:.1f} rows)")
+    _print_latencies(result.queries)
     return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from engine.trove.bench import probe_live
+
+    out = probe_live(args.dir, seconds=args.seconds, accounts=int(args.accounts), seed=args.seed)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        _print_latencies(out)
+    return 0 if out else 1
+
+
+def _print_latencies(queries: dict[str, dict[str, float]]) -> None:
+    for kind, t in queries.items():
+        failed = f", {t['failed']:.0f} failed" if t.get("failed") else ""
+        print(
+            f"  {kind:>22}  p50 {t['p50_ms']:8.2f} ms  p99 {t['p99_ms']:8.2f} ms  "
+            f"({t['mean_rows']:.1f} rows, {t['queries']:.0f} queries{failed})"
+        )

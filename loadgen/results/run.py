@@ -41,7 +41,8 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:   2 - issue 12: summary.settled/shed/verdict/exit_status always present, achieved settled-based
 #:       (the upgrade recomputes them from a v1 file's codes); settings (the resolved profile, hook
 #:       parameters, workload and targets); traffic (wire bytes per payment both ways, journal
-#:       bytes per payment); environment.calibration (CPU calibration score).
+#:       bytes per payment); environment.calibration (CPU calibration score). Later optional
+#:       fields: server.durability.snapshots/snapshot_stall_ms_max (issue 15).
 SCHEMA_VERSION = 2
 
 
@@ -144,6 +145,9 @@ class Durability(msgspec.Struct, frozen=True):
     fsyncs_per_s: float = 0.0
     fsync_ms_per_s: float = 0.0  # time spent in fsync per second of run (on the server's event loop)
     journal_mb_per_s: float = 0.0
+    #: Snapshots finished in the window and the longest sequencer stall one caused (issue 15).
+    snapshots: int = 0
+    snapshot_stall_ms_max: float = 0.0
 
     @classmethod
     def of(cls, stats_start: dict[str, Any], stats_end: dict[str, Any], seconds: float) -> Durability:
@@ -154,7 +158,16 @@ class Durability(msgspec.Struct, frozen=True):
         def rate(key: str) -> float:
             return (float(j1.get(key, 0)) - float(j0.get(key, 0))) / seconds
 
-        return cls(str(j1.get("fsync", "unknown")), rate("fsyncs"), rate("fsync_ms_total"), rate("bytes_written") / 1e6)
+        s0, s1 = stats_start.get("snapshots") or {}, stats_end.get("snapshots") or {}
+        return cls(
+            str(j1.get("fsync", "unknown")),
+            rate("fsyncs"),
+            rate("fsync_ms_total"),
+            rate("bytes_written") / 1e6,
+            int(s1.get("taken", 0)) - int(s0.get("taken", 0)),
+            # the longest the sequencer waited: fork()/capture, or a copy-on-update step between batches
+            max(float(s1.get("stall_ms_max", 0.0)), float(s1.get("step_ms_max", 0.0))),
+        )
 
 
 class Server(msgspec.Struct, frozen=True):

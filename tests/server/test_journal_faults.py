@@ -38,7 +38,7 @@ class FaultyIO(OsIO):
         self.fail_write, self.fail_fsync, self.err = fail_write, fail_fsync, err
         self.writes = self.fsyncs = 0
 
-    def write(self, fd: int, data: bytes) -> int:
+    def write(self, fd: int, data: bytes | memoryview) -> int:
         self.writes += 1
         if self.writes == self.fail_write:
             os.write(fd, data[: len(data) // 2])  # a short write, then the error (a full disk)
@@ -60,7 +60,7 @@ class RecordingIO(OsIO):
         self.writes: list[tuple[int, bytes]] = []
         self.fsync_after: list[int] = []  # number of writes issued before each fsync
 
-    def write(self, fd: int, data: bytes) -> int:
+    def write(self, fd: int, data: bytes | memoryview) -> int:
         self.writes.append((self.offset, bytes(data)))
         self.offset += len(data)
         return super().write(fd, data)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +20,18 @@ from engine.hooks.surveillance_log import SurveillanceLog, SurveillanceLogConfig
 from engine.profiles import build_hooks, trove_needed
 from engine.server import ServerThread
 from engine.trove.config import TroveConfig
+from engine.trove.manifest import load_manifest
+from engine.trove.process import TroveProcess
+from engine.trove.store import Trove
 from loadgen.cli.trove import stats as trove_stats
 from loadgen.generator.workload import Workload
 from loadgen.results.run import TroveOutcome
 from tests.support.servers import StartServer, connect
 
 
-def _trove_hook(directory: Path) -> SurveillanceLog:
-    return SurveillanceLog(SurveillanceLogConfig(trove=TroveConfig(dir=str(directory), flush_interval_s=0.05)))
+def _trove_hook(directory: Path, *, process: bool = True) -> SurveillanceLog:
+    config = TroveConfig(dir=str(directory), flush_interval_s=0.05, process=process)
+    return SurveillanceLog(SurveillanceLogConfig(trove=config))
 
 
 def _send(st: ServerThread, workload: Workload, batches: int, *, first: int) -> int:
@@ -38,8 +46,11 @@ def _transfers(st: ServerThread) -> int:
 
 
 def _distinct_rows(directory: Path) -> tuple[int, int]:
-    """(rows, distinct (batch_seq, batch_index)) over every Parquet file the manifest lists."""
-    tables = [pq.read_table(p, columns=["batch_seq", "batch_index"]) for p in directory.rglob("*.parquet")]
+    """(rows, distinct (batch_seq, batch_index)) over the files the manifest lists (one ordering of each)."""
+    manifest = load_manifest(directory)
+    assert manifest is not None
+    paths = [directory / s.file("payer").path for s in manifest.segments]
+    tables = [pq.read_table(p, columns=["batch_seq", "batch_index"]) for p in paths]
     keys = np.concatenate([t["batch_seq"].to_numpy() * (1 << 20) + t["batch_index"].to_numpy() for t in tables])
     return len(keys), len(np.unique(keys))
 
@@ -80,20 +91,56 @@ def test_trove_dir_reaches_the_hook_and_serve_refuses_without_one(tmp_path: Path
     assert "--trove DIR" in done.stderr
 
 
+def _wait_for_exit(pid: int) -> None:
+    """Until ``pid`` is a zombie (dead, not yet reaped by its parent) or gone."""
+    for _ in range(1000):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not exit")
+
+
+def _stop_disk_full(hook: SurveillanceLog) -> None:
+    assert isinstance(hook.trove, Trove)
+    hook.trove.flush()  # as below: the rows sent before the stop are durable
+    hook.trove._stop_ingest(OSError(errno.ENOSPC, "No space left on device"))
+
+
+def _kill_trove_process(hook: SurveillanceLog) -> None:
+    assert isinstance(hook.trove, TroveProcess)
+    hook.trove.flush()  # what was sent is durable: every row counted below is one sent after the kill
+    os.kill(hook.trove.pid, signal.SIGKILL)
+    _wait_for_exit(hook.trove.pid)
+
+
+@pytest.mark.parametrize(
+    ("process", "stop", "why"),
+    [(False, _stop_disk_full, "No space left"), (True, _kill_trove_process, "killed by signal 9")],
+    ids=["disk-full", "trove-process-killed"],
+)
 def test_a_stopped_trove_is_reported_not_counted_as_observe_errors(
-    start_server: StartServer, workload: Workload, tmp_path: Path
+    start_server: StartServer,
+    workload: Workload,
+    tmp_path: Path,
+    process: bool,
+    stop: Callable[[SurveillanceLog], None],
+    why: str,
 ) -> None:
-    hook = _trove_hook(tmp_path / "trove")
+    hook = _trove_hook(tmp_path / "trove", process=process)
     st = start_server(hooks=[hook])
     _send(st, workload, 1, first=0)
     assert hook.trove is not None
-    st.call(lambda: hook.trove._stop_ingest(OSError(errno.ENOSPC, "No space left on device")))  # type: ignore[union-attr]
+    st.call(lambda: stop(hook))
     _send(st, workload, 2, first=1)
     with connect(st, operator=2) as c:
         stats = c.stats()
     st.stop()
     assert stats["hooks"]["surveillance_log"]["errors"] == 0
-    assert "No space left" in stats["trove"]["failure"]
+    assert why in stats["trove"]["failure"]
     outcome = TroveOutcome.of(stats)
     assert outcome is not None and outcome.rows_not_persisted == 300 and outcome.failure
+    assert outcome.rows == 150  # the batch before the stop is in the trove
     assert TroveOutcome.of({}) is None
