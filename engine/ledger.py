@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from engine.accounts import FLAG_BLACKLISTED, FLAG_FROZEN, WALLET_CLASSES
+from engine.accounts import FLAG_BLACKLISTED, FLAG_FROZEN, WALLET_CLASSES, bits_of_class, class_of_bits
+from engine.balances import NarrowBalances
 from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE, ResultCode, late_rank, merge, rank_table
 from engine.hooks.base import Hook, SequentialLimits, Transfers
@@ -48,7 +49,6 @@ __all__ = [
     "owner_ranges",
 ]
 
-_SPENT_MAX = 2**32 - 1
 _T = TypeVar("_T")
 
 
@@ -76,6 +76,8 @@ class HookTiming:
     authorize_ns: int = 0
     observe_ns: int = 0
     begin_ns: int = 0
+    #: The longest single ``begin_batch`` call: how long the hook held up one batch (day rollover).
+    begin_max_ns: int = 0
     #: CPU of the hook's own threads/processes (``Hook.background_ns``), as of its last observe.
     background_ns: int = 0
     errors: int = 0
@@ -111,7 +113,15 @@ class Ledger:
     per-account memory. ``clock`` is the sequencer's business clock (``engine.clock``; default:
     one payment per account per day): it drives the day of daily caps and advances by the
     transfers of each applied batch that pass the ledger's own checks.
+
+    Storage (docs/design.md, "Per-account state"): balances are ``NarrowBalances`` (uint32 plus a
+    side table; ``balance_fen`` given as a uint32 array is adopted, not copied) and the wallet
+    class shares the ``flags`` byte (``engine.accounts``; ``account_bits`` given as a uint8 array
+    of such bytes is adopted, not copied, and ``wallet_class`` is then not used).
     """
+
+    #: uint32 balance + one byte of wallet class and flags (the side table is extra, and rare).
+    STATE_BYTES_PER_ACCOUNT = 5
 
     def __init__(
         self,
@@ -119,6 +129,7 @@ class Ledger:
         *,
         balance_fen: int | np.ndarray = 0,
         wallet_class: int | np.ndarray = 1,
+        account_bits: np.ndarray | None = None,
         operators: int = 64,
         id_window: int = DEFAULT_WINDOW,
         hooks: Sequence[Hook] = (),
@@ -131,19 +142,27 @@ class Ledger:
             raise ValueError(f"operators must be in 1..65536, got {operators}")
         self.accounts = accounts
         self.operators = operators
-        self.balance = np.empty(accounts, dtype=np.int64)
-        self.balance[:] = balance_fen
-        if (self.balance < 0).any():
-            raise ValueError("initial balances must be >= 0")
-        self.wallet_class = np.empty(accounts, dtype=np.uint8)
-        self.wallet_class[:] = wallet_class
-        if not np.isin(self.wallet_class, WALLET_CLASSES).all():
+        if isinstance(balance_fen, np.ndarray) and balance_fen.dtype == np.uint32:
+            if len(balance_fen) != accounts:
+                raise ValueError(f"need one balance per account ({accounts}), got {len(balance_fen)}")
+            self.balances = NarrowBalances(balance_fen)
+        else:
+            self.balances = NarrowBalances.from_fen(accounts, balance_fen)
+        if account_bits is None:
+            account_bits = np.empty(accounts, dtype=np.uint8)
+            account_bits[:] = bits_of_class(np.clip(wallet_class, 0, 7))
+            if not np.isin(wallet_class, WALLET_CLASSES).all():
+                raise ValueError(f"wallet classes must be one of {WALLET_CLASSES}")
+        elif account_bits.dtype != np.uint8 or account_bits.shape != (accounts,):
+            got = f"{account_bits.dtype} of shape {account_bits.shape}"
+            raise ValueError(f"account_bits must be {accounts} uint8 values, got {got}")
+        elif len(account_bits) and int(class_of_bits(account_bits.max())) > max(WALLET_CLASSES):
             raise ValueError(f"wallet classes must be one of {WALLET_CLASSES}")
-        self.flags = np.zeros(accounts, dtype=np.uint8)
-        # The float sum guards the exact int64 sum against wrapping around.
-        if float(self.balance.sum(dtype=np.float64)) > MAX_SUPPLY_FEN:
+        #: Per account: flag bits 0-4 and the wallet class in bits 5-7 (``engine.accounts``).
+        self.flags = account_bits
+        self.supply_fen = self.balances.total_fen()
+        if self.supply_fen > MAX_SUPPLY_FEN:
             raise ValueError(f"total initial money exceeds MAX_SUPPLY_FEN ({MAX_SUPPLY_FEN} fen)")
-        self.supply_fen = int(self.balance.sum(dtype=np.int64))
         self.ids = IdWindow(operators, id_window)
         self.owners: np.ndarray | None = None
         if owners is not None:
@@ -169,8 +188,11 @@ class Ledger:
 
     def state_bytes(self) -> int:
         """Bytes of per-account state: ledger columns plus every hook's state."""
-        core = self.balance.nbytes + self.wallet_class.nbytes + self.flags.nbytes
-        return core + sum(h.state_bytes() for h in self.hooks)
+        return self.ledger_state_bytes() + sum(h.state_bytes() for h in self.hooks)
+
+    def ledger_state_bytes(self) -> int:
+        """Bytes of the ledger's own per-account state: balances (with the side table) and flags."""
+        return self.balances.nbytes + self.flags.nbytes
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The ledger's own state arrays by name (live references) for snapshots (``engine.snapshot``).
@@ -180,8 +202,8 @@ class Ledger:
         (``Hook.state_arrays``).
         """
         arrays: dict[str, np.ndarray] = {
-            "balance": self.balance,
-            "wallet_class": self.wallet_class,
+            # The narrow balances (their side table is a scalar) and the class-and-flags byte.
+            "balance": self.balances.narrow,
             "flags": self.flags,
             "ids.high": self.ids.high,
             "stats.codes": self.stats.codes,
@@ -191,7 +213,7 @@ class Ledger:
     def per_account_arrays(self) -> tuple[str, ...]:
         """The state arrays indexed by account: modified only at a batch's payers and payees, or at
         an admin operation's accounts (copy-on-update snapshots rely on it, ``engine.copy_on_update``)."""
-        return ("balance", "wallet_class", "flags")
+        return ("balance", "flags")
 
     def state_scalars(self) -> dict[str, Any]:
         """The ledger's non-array state: issued money, the sequencer clock, counters, id rings present."""
@@ -202,6 +224,8 @@ class Ledger:
             "stats": [s.batches, s.transfers, s.exact_path_transfers, s.refused_batches],
             "ids.window": self.ids.window,
             "ids.operators": sorted(self.ids.seen_rings()),
+            # Balances past 2**32 - 1 fen (rare, engine.balances): sorted accounts and their fen.
+            "balances.spill": [self.balances.spill_accounts.tobytes(), self.balances.spill_fen.tobytes()],
         }
 
     def restore_scalars(self, scalars: dict[str, Any]) -> None:
@@ -213,14 +237,41 @@ class Ledger:
         s = self.stats
         s.batches, s.transfers, s.exact_path_transfers, s.refused_batches = scalars["stats"]
         self.ids.allocate(scalars["ids.operators"])
+        spill_accounts, spill_fen = scalars["balances.spill"]
+        self.balances.spill_accounts = np.frombuffer(spill_accounts, dtype=np.int64).copy()
+        self.balances.spill_fen = np.frombuffer(spill_fen, dtype=np.int64).copy()
 
     def bytes_per_account(self) -> float:
         return self.state_bytes() / self.accounts
 
+    @property
+    def balance(self) -> np.ndarray:
+        """Every balance as int64 fen: a new array (8 bytes per account), for tests and small ledgers."""
+        return self.balances.to_int64()
+
+    @property
+    def wallet_class(self) -> np.ndarray:
+        """Every account's wallet class (uint8): a new array, for tests and small ledgers."""
+        return class_of_bits(self.flags)
+
+    def balance_of(self, accounts: np.ndarray) -> np.ndarray:
+        """Balances of ``accounts`` (int64 fen)."""
+        return self.balances.gather(np.asarray(accounts, dtype=np.int64))
+
+    def class_of(self, accounts: np.ndarray) -> np.ndarray:
+        """Wallet classes of ``accounts`` (uint8)."""
+        return class_of_bits(self.flags[accounts])
+
+    def set_balance(self, account: int, balance_fen: int) -> None:
+        """Overwrite one balance without touching the supply (tests use it to break an audit)."""
+        self._check_account(account)
+        self.balances.scatter(np.array([account], dtype=np.int64), np.array([balance_fen], dtype=np.int64))
+
     def audit(self) -> Audit:
         """Conservation check: total money equals what was issued, and nothing is negative."""
-        total = int(self.balance.sum(dtype=np.int64))
-        negative = int(np.count_nonzero(self.balance < 0))
+        total = self.balances.total_fen()
+        # uint32 storage cannot hold a negative balance and the side table refuses one; counted anyway.
+        negative = int(np.count_nonzero(self.balances.spill_fen < 0))
         return Audit(total == self.supply_fen and negative == 0, total, self.supply_fen, negative)
 
     def issue(self, account: int, amount_fen: int) -> None:
@@ -228,16 +279,21 @@ class Ledger:
         self._check_account(account)
         if amount_fen <= 0 or self.supply_fen + amount_fen > MAX_SUPPLY_FEN:
             raise ValueError(f"cannot issue {amount_fen} fen (supply {self.supply_fen})")
-        self.balance[account] += amount_fen
+        self._add_to(account, amount_fen)
         self.supply_fen += amount_fen
 
     def redeem(self, account: int, amount_fen: int) -> None:
         """Destroy money held in ``account`` (redemption to reserves)."""
         self._check_account(account)
-        if amount_fen <= 0 or amount_fen > int(self.balance[account]):
-            raise ValueError(f"cannot redeem {amount_fen} fen from balance {int(self.balance[account])}")
-        self.balance[account] -= amount_fen
+        held = int(self.balance_of(np.array([account]))[0])
+        if amount_fen <= 0 or amount_fen > held:
+            raise ValueError(f"cannot redeem {amount_fen} fen from balance {held}")
+        self._add_to(account, -amount_fen)
         self.supply_fen -= amount_fen
+
+    def _add_to(self, account: int, amount_fen: int) -> None:
+        ids = np.array([account], dtype=np.int64)
+        self.balances.scatter(ids, self.balances.gather(ids) + amount_fen)
 
     def _check_account(self, account: int) -> None:
         if not 0 <= account < self.accounts:
@@ -261,7 +317,10 @@ class Ledger:
             return codes
         try:
             for h in self.hooks:
+                timing = self.hook_timing[h.name]
+                before = timing.begin_ns
                 self._timed(h, "begin_ns", h.begin_batch, batch)
+                timing.begin_max_ns = max(timing.begin_max_ns, timing.begin_ns - before)
         except Exception:  # a failing hook refuses the batch, never corrupts the ledger
             return self._refuse(codes)
 
@@ -380,13 +439,13 @@ class Ledger:
         credit = np.zeros(m, dtype=np.int64)
         np.add.at(debit, lp, amount)
         np.add.at(credit, lq, amount)
-        balance = self.balance[accounts]
+        balance = self.balances.gather(accounts)
         limits = self.limits
         safe = balance >= debit
         if limits is not None:
             t0 = time.perf_counter_ns()
-            cls = self.wallet_class[accounts]
-            spent = limits.daily_spent_fen[accounts].astype(np.int64)
+            cls = class_of_bits(self.flags[accounts])
+            spent = limits.spent_of(accounts)
             daily_cap = limits.daily_cap_fen[cls]
             balance_cap = limits.balance_cap_fen[cls]
             safe &= spent + debit <= daily_cap
@@ -396,10 +455,10 @@ class Ledger:
             if dry is not None:
                 np.subtract.at(debit, lp[dry], amount[dry])
                 np.subtract.at(credit, lq[dry], amount[dry])
-            self.balance[accounts] = balance + credit - debit
+            self.balances.scatter(accounts, balance + credit - debit)
             if limits is not None:
                 t0 = time.perf_counter_ns()
-                limits.daily_spent_fen[accounts] = np.minimum(spent + debit, _SPENT_MAX)
+                limits.set_spent(accounts, spent + debit)
                 self.hook_timing[limits.name].authorize_ns += limits_ns + time.perf_counter_ns() - t0
             return codes
 
@@ -448,10 +507,10 @@ class Ledger:
             t0 = time.perf_counter_ns()
             spent += debit
             spent[involved] += np.array(sp, dtype=np.int64) - start_spent
-            limits.daily_spent_fen[accounts] = np.minimum(spent, _SPENT_MAX)
+            limits.set_spent(accounts, spent)
             self.hook_timing[limits.name].authorize_ns += limits_ns + time.perf_counter_ns() - t0
         new_balance = balance + credit - debit
         new_balance[involved] += np.array(bal, dtype=np.int64) - start_bal
-        self.balance[accounts] = new_balance
+        self.balances.scatter(accounts, new_balance)
         codes[uncertain] = out
         return codes

@@ -2,26 +2,24 @@
 
 A ledger far larger than the machine (``--accounts 100000000000``) used to die inside numpy with a
 36-line ``_ArrayMemoryError``, after the user had waited for part of the population to be built.
-The check here measures what building one costs per account, for the profile asked for, on a small
-sample (after one build that fills caches): the peak of Python-tracked allocations (numpy
-reports its buffers to ``tracemalloc``) while
-the seeded population, the ledger and the profile's hooks are built, at two sample sizes, so fixed
-costs (tables, hook buffers) cancel out and what is left scales with the accounts. That figure times
-the accounts is compared with ``MemAvailable`` from ``/proc/meminfo`` (the kernel's estimate of
-memory that can be allocated without swapping).
+The need is computed, not sampled: the ledger's own per-account bytes (``Ledger.STATE_BYTES_PER_ACCOUNT``)
+plus what each of the profile's hooks declares (``Hook.state_bytes_per_account``), times the
+accounts, plus the chunked build's temporaries (``engine.chunks``: a few arrays of one chunk per
+worker), which do not grow with the accounts. That figure is compared with ``MemAvailable`` from
+``/proc/meminfo`` (the kernel's estimate of memory that can be allocated without swapping).
+Tests check the declarations against ``state_bytes()`` of built hooks and the build's peak RSS.
 """
 
 from __future__ import annotations
 
-import tracemalloc
 from pathlib import Path
 
+from engine.chunks import DEFAULT_CHUNK, DEFAULT_WORKERS
 from engine.ledger import Ledger
-from engine.population import Population, PopulationConfig
 from engine.profiles import build_hooks
 
-#: The two sample sizes whose difference gives the per-account cost.
-_SAMPLE_ACCOUNTS = (1 << 15, 1 << 17)
+#: Temporaries of the chunked build: about eight float64/int64 arrays of one chunk per worker.
+BUILD_TEMPORARY_BYTES = DEFAULT_WORKERS * DEFAULT_CHUNK * 8 * 8
 
 GIB = float(1 << 30)
 
@@ -30,43 +28,37 @@ class MemoryBudgetError(ValueError):
     """The requested accounts need more memory than the machine has available."""
 
 
-def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """``MemAvailable`` in bytes, or None where the file or the field is missing (not Linux)."""
+def _proc_field_bytes(path: Path, field: str) -> int | None:
+    """A ``Name:  value kB`` field of a /proc file in bytes, or None where the file or field is missing."""
     try:
-        text = meminfo.read_text()
+        text = path.read_text()
     except OSError:
         return None
     for line in text.splitlines():
         name, _, value = line.partition(":")
-        if name == "MemAvailable":
+        if name == field:
             return int(value.split()[0]) * 1024  # the kernel writes kB
     return None
 
 
-def _build_peak_bytes(accounts: int, profile: str, scenario: str | None) -> int:
-    hooks = build_hooks(profile, scenario)
-    tracemalloc.reset_peak()
-    before, _ = tracemalloc.get_traced_memory()
-    balance, wallet_class = Population(PopulationConfig(accounts=accounts)).initial_state()
-    ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=hooks)
-    _, peak = tracemalloc.get_traced_memory()
-    for h in ledger.hooks:
-        h.close()
-    return peak - before
+def peak_rss_bytes(status: Path = Path("/proc/self/status")) -> int | None:
+    """This process's peak resident set size (``VmHWM``) in bytes, or None where unknown (not Linux)."""
+    return _proc_field_bytes(status, "VmHWM")
+
+
+def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """``MemAvailable`` in bytes, or None where the file or the field is missing (not Linux)."""
+    return _proc_field_bytes(meminfo, "MemAvailable")
 
 
 def build_bytes_per_account(profile: str = "baseline", scenario: str | None = None) -> float:
-    """Peak bytes per account of building the population, the ledger and ``profile``'s hooks."""
-    started = not tracemalloc.is_tracing()
-    if started:
-        tracemalloc.start()
+    """Per-account bytes of the ledger and ``profile``'s hooks, as declared (no sample is built)."""
+    hooks = build_hooks(profile, scenario)
     try:
-        _build_peak_bytes(_SAMPLE_ACCOUNTS[0], profile, scenario)  # first builds fill caches: not per account
-        small, large = (_build_peak_bytes(n, profile, scenario) for n in _SAMPLE_ACCOUNTS)
+        return Ledger.STATE_BYTES_PER_ACCOUNT + sum(h.state_bytes_per_account for h in hooks)
     finally:
-        if started:
-            tracemalloc.stop()
-    return max(large - small, 0) / (_SAMPLE_ACCOUNTS[1] - _SAMPLE_ACCOUNTS[0])
+        for h in hooks:
+            h.close()
 
 
 def check_accounts_fit(
@@ -80,7 +72,7 @@ def check_accounts_fit(
     if available is None:
         return
     per_account = build_bytes_per_account(profile, scenario)
-    need = accounts * per_account
+    need = accounts * per_account + BUILD_TEMPORARY_BYTES
     if need > available:
         raise MemoryBudgetError(
             f"{accounts:,} accounts need about {need / GIB:,.1f} GiB ({per_account:.0f} bytes/account to build "

@@ -11,6 +11,16 @@ load generator (``loadgen.generator.workload``) draws its payers and payees from
   (class 0: merchants and firms), then the next busiest get class 1, and so on.
 
 Everything derives from ``seed``: the same config gives the same state, byte for byte.
+
+The state is built in chunks of account ids straight into the ledger's final arrays (uint32
+balances, one byte of wallet class and flags: docs/design.md "Per-account state"), on two threads
+(``engine.chunks``); each account's balance is a counter-based draw keyed by its rank
+(``engine.draws``), so the bytes do not depend on the chunk size or the number of workers.
+
+``POPULATION_VERSION`` names the rule that maps (config) to state; result files record it:
+
+* 1: one sequential generator over all ranks (int64 temporaries of ~48 bytes per account).
+* 2: balances from hashed normal draws keyed by rank, built in chunks (this module).
 """
 
 from __future__ import annotations
@@ -20,9 +30,17 @@ import math
 import msgspec
 import numpy as np
 
+from engine.accounts import CLASS_SHIFT
+from engine.chunks import DEFAULT_CHUNK, DEFAULT_WORKERS, Progress, fill_in_chunks
+from engine.draws import NormalDraws
+from engine.hashing import salt
 from engine.powerlaw import powerlaw_cdf, powerlaw_inv
 
+#: The rule that maps a config to state (history in the module docstring).
+POPULATION_VERSION = 2
 DEFAULT_SEED = 20_260_101
+#: Salt purpose of the starting-balance draws.
+_BALANCE_DRAW = 1 << 30
 DEFAULT_SKEW = 0.8
 DEFAULT_MEDIAN_BALANCE_FEN = 200_000
 #: Share of accounts in wallet classes 0..4, busiest accounts first: class 0 holds the
@@ -93,21 +111,54 @@ class Population:
         """``n`` accounts drawn by popularity."""
         return self.account_of_unit(rng.random(n))
 
-    def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
-        """Starting (balance_fen, wallet_class) per account id."""
+    def build_state(
+        self,
+        *,
+        chunk: int = DEFAULT_CHUNK,
+        workers: int = DEFAULT_WORKERS,
+        progress: Progress | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Starting (balance_fen as uint32, account byte as uint8: wallet class << 5) per account id.
+
+        The two arrays are the only per-account allocations (5 bytes per account); the ledger
+        adopts them without copying. Every starting balance is below half of its class's cap,
+        so below 2**31: uint32 holds it exactly.
+        """
+        n = self.config.accounts
+        balance = np.empty(n, dtype=np.uint32)
+        bits = np.empty(n, dtype=np.uint8)
+        draws = NormalDraws()
+        fill_in_chunks(
+            n, lambda lo, hi: self._fill(lo, hi, balance, bits, draws), chunk=chunk, workers=workers, progress=progress
+        )
+        return balance, bits
+
+    def _fill(self, lo: int, hi: int, balance: np.ndarray, bits: np.ndarray, draws: NormalDraws) -> None:
+        balance[lo:hi], bits[lo:hi] = self._initial_of(np.arange(lo, hi, dtype=np.int64), draws)
+
+    def _initial_of(self, accounts: np.ndarray, draws: NormalDraws) -> tuple[np.ndarray, np.ndarray]:
+        """Starting balance (float64 fen, truncated when stored) and account byte of ``accounts``."""
         c = self.config
-        rng = np.random.default_rng([c.seed, 1 << 30])
-        rank = np.arange(c.accounts, dtype=np.int64)
+        rank = self.rank_of_account(accounts)
         share = self.share_of_rank(rank) * c.accounts  # 1.0 = an average account
-        cls_by_rank = self.class_of_rank(rank)
-        bal = rng.lognormal(np.log(c.median_balance_fen), 1.0, c.accounts) * np.maximum(share, 0.2)
-        bal_by_rank = np.minimum(bal.astype(np.int64), _CLASS_BALANCE_CEILING_FEN[cls_by_rank])
-        ids = self.account_of_rank(rank)
-        balance = np.empty(c.accounts, dtype=np.int64)
-        wallet_class = np.empty(c.accounts, dtype=np.uint8)
-        balance[ids] = bal_by_rank
-        wallet_class[ids] = cls_by_rank
-        return balance, wallet_class
+        cls = self.class_of_rank(rank)
+        z = draws(rank, salt(c.seed, _BALANCE_DRAW))
+        fen = np.exp(z + np.log(c.median_balance_fen)) * np.maximum(share, 0.2)
+        return np.minimum(fen, _CLASS_BALANCE_CEILING_FEN[cls]), cls << CLASS_SHIFT
+
+    def reset_accounts(self, balance: np.ndarray, bits: np.ndarray, accounts: np.ndarray) -> None:
+        """Put ``accounts`` of arrays from ``build_state`` back to their starting state.
+
+        Each account's starting state is a function of its id, so a benchmark that built the
+        arrays once restores the accounts a trial touched instead of rebuilding all of them.
+        """
+        ids = np.asarray(accounts, dtype=np.int64)
+        balance[ids], bits[ids] = self._initial_of(ids, NormalDraws())
+
+    def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Starting (balance_fen as int64, wallet_class as uint8) per account id (for small ledgers)."""
+        balance, bits = self.build_state()
+        return balance.astype(np.int64), bits >> CLASS_SHIFT
 
 
 def _unit_near(n: int, start: int) -> int:

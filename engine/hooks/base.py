@@ -19,7 +19,7 @@ counted, and the committed batch stands.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -38,12 +38,17 @@ class SequentialLimits(Protocol):
     """
 
     name: str
-    #: Per account: fen spent since the day rolled over (uint32; daily caps are below 2**32).
-    daily_spent_fen: np.ndarray
     #: Per wallet class (index = class, 0..4): the daily spending cap and the balance cap, int64.
-    #: Spending is stored saturated at 2**32 - 1, so caps of 2**32 or more mean "no cap".
     daily_cap_fen: np.ndarray
     balance_cap_fen: np.ndarray
+
+    def spent_of(self, accounts: np.ndarray) -> np.ndarray:
+        """Fen each of ``accounts`` spent today (int64)."""
+        ...
+
+    def set_spent(self, accounts: np.ndarray, spent_fen: np.ndarray) -> None:
+        """Store today's spending of distinct ``accounts`` (int64; may saturate above every cap)."""
+        ...
 
 
 class LedgerView(Protocol):
@@ -55,17 +60,21 @@ class LedgerView(Protocol):
 
     accounts: int
     operators: int
-    #: Per account, int64 fen.
-    balance: np.ndarray
-    #: Per account, uint8 (``engine.accounts.WALLET_CLASSES``).
-    wallet_class: np.ndarray
-    #: Per account, uint8 bits (``engine.accounts.FLAG_*``).
+    #: Per account, uint8: flag bits (``engine.accounts.FLAG_*``) and the wallet class (bits 5-7).
     flags: np.ndarray
     limits: SequentialLimits | None
     #: Every hook of the ledger, in order (a hook may feed another: risk_model lowers scores).
     hooks: tuple[Hook, ...]
     #: The sequencer's business clock (``engine.clock``): the day of daily caps follows it.
     clock: SequencerClock
+
+    def balance_of(self, accounts: np.ndarray) -> np.ndarray:
+        """Balances of ``accounts`` (int64 fen)."""
+        ...
+
+    def class_of(self, accounts: np.ndarray) -> np.ndarray:
+        """Wallet classes of ``accounts`` (uint8, ``engine.accounts.WALLET_CLASSES``)."""
+        ...
 
 
 class Transfers:
@@ -148,6 +157,9 @@ class Hook:
     deferred: bool = False
     #: Set by a journalled server before recovery: the hook will get ``note_journal_seq``.
     journalled: bool = False
+    #: Bytes of per-account state ``attach`` allocates (what ``state_bytes()`` will report per
+    #: account): the memory check (``engine.memory``) adds these up before anything is built.
+    state_bytes_per_account: int = 0
     #: Set by a server about to restore this hook from a snapshot (``restore_scalars``) before
     #: ``attach``: output files are continued from the snapshot's position, not started anew.
     resuming: bool = False
@@ -328,16 +340,3 @@ class PerTransferHook(Hook):
         fn = self._observe_one
         for t, c in zip(batch, codes.tolist(), strict=True):
             fn(t, c)
-
-
-#: Seeded per-account state is drawn in chunks: reproducible, and no temporary array of random
-#: floats the size of all accounts (11 GB at 1.4 billion).
-_DRAW_CHUNK = 1 << 22
-
-
-def seeded_chunks(length: int, seed: int) -> Iterator[tuple[slice, int, np.random.Generator]]:
-    """(slice, its length, generator) over ``0..length``, one generator seeded with ``seed``."""
-    rng = np.random.default_rng(seed)
-    for start in range(0, length, _DRAW_CHUNK):
-        stop = min(start + _DRAW_CHUNK, length)
-        yield slice(start, stop), stop - start, rng

@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.accounts import FLAG_BLACKLISTED
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
+from engine.chunks import count_where
 from engine.codes import ResultCode
 from engine.hashing import SeededSelection
 from engine.hooks.base import Hook, LedgerView, Transfers, as_accounts, restricted_veto
@@ -78,7 +79,7 @@ class Blacklist(Hook):
 
     def listed(self) -> int:
         """Number of accounts on the list."""
-        return int(np.count_nonzero(self._flags & FLAG_BLACKLISTED))
+        return count_where(self._flags, lambda f: f & FLAG_BLACKLISTED)
 
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         codes, vetoed = restricted_veto(

@@ -13,6 +13,7 @@ import msgspec
 import numpy as np
 
 from engine.accounts import FLAG_FROZEN
+from engine.chunks import count_where
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.hooks.base import Hook, LedgerView, Transfers, as_accounts
 from engine.hooks.blacklist import seeded_flags
@@ -63,7 +64,7 @@ class Freeze(Hook):
 
     def frozen(self) -> int:
         """Number of frozen accounts."""
-        return int(np.count_nonzero(self._flags & FLAG_FROZEN))
+        return count_where(self._flags, lambda f: f & FLAG_FROZEN)
 
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         if self._frozen == 0:

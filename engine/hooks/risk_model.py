@@ -43,7 +43,7 @@ from engine.categories import RESTRICTED_DEFAULT
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.hooks.base import Hook, LedgerView, Transfers
 from engine.hooks.social_credit import SocialCredit
-from engine.risk.features import NS_PER_MINUTE, FeatureConfig, Payments, RollingFeatures
+from engine.risk.features import BYTES_PER_ACCOUNT, NS_PER_MINUTE, FeatureConfig, Payments, RollingFeatures
 from engine.risk.model import Predictor, load_model, resolve_model_path
 
 
@@ -79,6 +79,7 @@ def batch_minute(now_ns: int, start_ns: int) -> int:
 
 class RiskModel(Hook):
     name = "risk_model"
+    state_bytes_per_account = BYTES_PER_ACCOUNT  # the rolling features (``engine.risk.features``)
 
     def __init__(self, config: RiskModelConfig | None = None) -> None:
         self.config = config or RiskModelConfig()
@@ -137,9 +138,7 @@ class RiskModel(Hook):
     def _rows(self, p: Payments) -> np.ndarray:
         assert self._ledger is not None
         ledger = self._ledger
-        return self.features.rows(
-            p, self._minute, self._batch_ns, ledger.wallet_class, ledger.flags, int(FLAG_BLACKLISTED)
-        )
+        return self.features.rows(p, self._minute, self._batch_ns, ledger.flags, int(FLAG_BLACKLISTED))
 
     def _predict(self, rows: np.ndarray) -> np.ndarray:
         assert self.predictor is not None
@@ -179,9 +178,7 @@ class RiskModel(Hook):
             # Rows as of the batch's start, then this batch recorded: the payers grouped once.
             assert self._ledger is not None
             ledger = self._ledger
-            rows = self.features.rows_then_record(
-                p, self._minute, self._batch_ns, ledger.wallet_class, ledger.flags, int(FLAG_BLACKLISTED)
-            )
+            rows = self.features.rows_then_record(p, self._minute, self._batch_ns, ledger.flags, int(FLAG_BLACKLISTED))
             self.scored += len(rows)
             self._pending.append(self._executor.submit(self._score, rows, p.payer))
         else:

@@ -12,7 +12,8 @@ system:
   clipped to ``[min_score, max_score]``. (Clipping per payment would differ only for an account
   at the edge of the range that both gains and loses within one batch.)
 
-Scores are uint16, 2 bytes per account. Starting scores are a seeded normal distribution, clipped.
+Scores are uint16, 2 bytes per account. Starting scores are a seeded normal distribution, clipped,
+drawn per account from (seed, account) (``engine.draws``), so any chunking gives the same scores.
 Observe is inline by default, so the next batch sees the new scores: punishment in real time.
 """
 
@@ -22,8 +23,11 @@ import msgspec
 import numpy as np
 
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
+from engine.chunks import count_where, fill_in_chunks
 from engine.codes import ResultCode
-from engine.hooks.base import Hook, LedgerView, Transfers, as_accounts, restricted_veto, seeded_chunks
+from engine.draws import NormalDraws
+from engine.hashing import salt
+from engine.hooks.base import Hook, LedgerView, Transfers, as_accounts, restricted_veto
 
 
 class SocialCreditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -59,6 +63,7 @@ class SocialCreditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
 class SocialCredit(Hook):
     name = "social_credit"
+    state_bytes_per_account = 2
     snapshot_arrays = ("score",)
     snapshot_per_account = ("score",)
     snapshot_scalars = ("vetoed", "moves")
@@ -75,8 +80,13 @@ class SocialCredit(Hook):
     def attach(self, ledger: LedgerView) -> None:
         c = self.config
         self.score = np.empty(ledger.accounts, dtype=np.uint16)
-        for part, n, rng in seeded_chunks(ledger.accounts, c.seed):
-            self.score[part] = np.clip(np.rint(rng.normal(c.initial_mean, c.initial_sd, n)), c.min_score, c.max_score)
+        draws, salt_ = NormalDraws(), salt(c.seed, 1)
+
+        def fill(lo: int, hi: int) -> None:
+            z = draws(np.arange(lo, hi, dtype=np.int64), salt_)
+            self.score[lo:hi] = np.clip(np.rint(z * c.initial_sd + c.initial_mean), c.min_score, c.max_score)
+
+        fill_in_chunks(ledger.accounts, fill)
 
     def set_scores(self, accounts: int | np.ndarray | list[int], score: int | np.ndarray) -> None:
         """Set scores directly (an administrative correction), clipped to the range."""
@@ -117,5 +127,5 @@ class SocialCredit(Hook):
         return {
             "vetoed": self.vetoed,
             "score_moves": self.moves,
-            "below_threshold": int(np.count_nonzero(self.score < c.threshold)),
+            "below_threshold": count_where(self.score, lambda s: s < c.threshold),
         }

@@ -34,6 +34,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+from engine.accounts import class_of_bits
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
 from engine.simtime import CST_OFFSET_NS, NS_PER_HOUR
 
@@ -226,12 +227,10 @@ class RollingFeatures:
 
     # ---- reading and recording -----------------------------------------------------------------
 
-    def rows(
-        self, p: Payments, minute: int, batch_ns: int, wallet_class: np.ndarray, flags: np.ndarray, listed_bit: int
-    ) -> np.ndarray:
+    def rows(self, p: Payments, minute: int, batch_ns: int, flags: np.ndarray, listed_bit: int) -> np.ndarray:
         """Feature rows (int64, ``FEATURE_NAMES``) of payments ``p`` as of ``minute`` (batch start)."""
         g = _Grouped(p.payer)
-        return self._rows(p, g, self._aged(g.accounts, minute), minute, batch_ns, wallet_class, flags, listed_bit)
+        return self._rows(p, g, self._aged(g.accounts, minute), minute, batch_ns, flags, listed_bit)
 
     def record(self, p: Payments, minute: int) -> None:
         """Add payments ``p`` (in sequence order) to their payers' history at ``minute``."""
@@ -240,14 +239,14 @@ class RollingFeatures:
             self._record(p, g, self._aged(g.accounts, minute), minute)
 
     def rows_then_record(
-        self, p: Payments, minute: int, batch_ns: int, wallet_class: np.ndarray, flags: np.ndarray, listed_bit: int
+        self, p: Payments, minute: int, batch_ns: int, flags: np.ndarray, listed_bit: int
     ) -> np.ndarray:
         """``rows`` then ``record`` of the same payments, grouping and ageing the payers once."""
         if len(p.payer) == 0:
             return np.zeros((0, N_FEATURES), dtype=np.int64)
         g = _Grouped(p.payer)
         aged = self._aged(g.accounts, minute)
-        out = self._rows(p, g, aged, minute, batch_ns, wallet_class, flags, listed_bit)
+        out = self._rows(p, g, aged, minute, batch_ns, flags, listed_bit)
         self._record(p, g, aged, minute)
         return out
 
@@ -258,7 +257,6 @@ class RollingFeatures:
         aged: tuple[np.ndarray, ...],
         minute: int,
         batch_ns: int,
-        wallet_class: np.ndarray,
         flags: np.ndarray,
         listed_bit: int,
     ) -> np.ndarray:
@@ -284,10 +282,13 @@ class RollingFeatures:
         out[11] = np.where(has_history, np.minimum(minute - last, MINUTES_CAP), MINUTES_CAP)
         out[12] = log_amount
         out[13] = np.where(usual_fen > 0, log_amount - log2_q4(usual_fen), 0)
-        out[14] = wallet_class[p.payer]
-        out[15] = wallet_class[p.payee]
-        out[16] = (flags[p.payer] & listed_bit) != 0
-        out[17] = (flags[p.payee] & listed_bit) != 0
+        # The ledger's account byte holds the wallet class (``engine.accounts``) and the flags:
+        # one gather per side, no account-sized array.
+        payer_bits, payee_bits = flags[p.payer], flags[p.payee]
+        out[14] = class_of_bits(payer_bits)
+        out[15] = class_of_bits(payee_bits)
+        out[16] = (payer_bits & listed_bit) != 0
+        out[17] = (payee_bits & listed_bit) != 0
         out[18] = p.category
         out[19] = ((batch_ns + CST_OFFSET_NS) // NS_PER_HOUR) % 24
         return out.T

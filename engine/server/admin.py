@@ -157,7 +157,7 @@ class Admin:
                 conn.send(wire.AuditReply(req, a.ok, a.total_fen, a.expected_fen, a.negative_accounts))
             case wire.Balance(account=account):
                 if self._check_account(conn, msg, account) and self._may_read(conn, req, account):
-                    conn.send(wire.BalanceReply(req, account, int(ledger.balance[account])))
+                    conn.send(wire.BalanceReply(req, account, int(ledger.balance_of(np.array([account]))[0])))
             case (
                 wire.Freeze(account=account)
                 | wire.Unfreeze(account=account)

@@ -15,11 +15,13 @@ import msgspec
 import numpy as np
 
 from engine.auth import Secrets, load_secrets
+from engine.chunks import TtyProgress
 from engine.clock import SequencerClock
 from engine.hooks.base import Hook
 from engine.journal import Journal, JournalLock, Recovery
 from engine.ledger import Ledger, owner_ranges
-from engine.population import Population, PopulationConfig
+from engine.memory import peak_rss_bytes
+from engine.population import POPULATION_VERSION, Population, PopulationConfig
 from engine.profiles import build_hooks
 from engine.server.admin import Admin
 from engine.server.batcher import Batcher, QueuedSubmit
@@ -59,14 +61,15 @@ def build_ledger(
     at 10^8 accounts) is not drawn: balances start at 0 and classes at 1 until the snapshot's arrive.
     """
     balance: int | np.ndarray = 0
-    wallet_class: int | np.ndarray = 1
+    account_bits: np.ndarray | None = None
     if not from_snapshot:
         population = Population(PopulationConfig(accounts=config.accounts, seed=config.seed))
-        balance, wallet_class = population.initial_state()
+        progress = TtyProgress.if_tty(f"building {config.accounts:,} accounts")
+        balance, account_bits = population.build_state(progress=progress)
     return Ledger(
         config.accounts,
         balance_fen=balance,
-        wallet_class=wallet_class,
+        account_bits=account_bits,
         operators=config.operators,
         hooks=build_hooks(config.profile, config.scenario, trove_dir=config.trove) if hooks is None else hooks,
         owners=owner_ranges(config.accounts, config.operators) if ownership else None,
@@ -88,6 +91,8 @@ class Server:
         self.secrets = secrets if secrets is not None else load_secrets(config.secrets)
         self.outputs_set_aside: list[tuple[Path, Path]] = []
         self.ledger: Ledger | None = None
+        #: Seconds spent building the ledger and its hooks' state (0 in echo mode).
+        self.build_s = 0.0
         snapshot = SnapshotChoice()
         if not config.echo:
             hooks = build_hooks(config.profile, config.scenario, trove_dir=config.trove) if hooks is None else hooks
@@ -99,9 +104,11 @@ class Server:
                 hook.resuming = snapshot.path is not None
             if journal_exists(config) and snapshot.path is None:
                 self.outputs_set_aside = set_aside_outputs(hooks)
+            started = time.perf_counter()
             self.ledger = build_ledger(
                 config, hooks, ownership=self.secrets is not None, from_snapshot=snapshot.path is not None
             )
+            self.build_s = time.perf_counter() - started
         self.encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ClientMessage)
         self.metrics = ServerStats()
@@ -531,5 +538,12 @@ class Server:
             report["validators"] = msgspec.to_builtins(self.validators.stats()) | {
                 "queue_submits": len(waiting),
                 "queue_transfers": sum(entry.transfers for entry in waiting),
+            }
+        if self.ledger is not None:
+            report["build"] = {
+                "build_seconds": self.build_s,
+                "peak_rss_bytes": peak_rss_bytes(),
+                "state_bytes": self.ledger.state_bytes(),
+                "population_version": POPULATION_VERSION,
             }
         return report

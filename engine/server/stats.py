@@ -215,6 +215,7 @@ class ServerStats:
                     "authorize_ns": t.authorize_ns,
                     "observe_ns": t.observe_ns,
                     "begin_ns": t.begin_ns,
+                    "begin_max_ns": t.begin_max_ns,
                     "background_ns": t.background_ns,
                     "errors": t.errors,
                     "last_error": t.last_error,

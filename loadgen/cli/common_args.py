@@ -535,3 +535,32 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
         "--scale-by-calibration", action="store_true",
         help="accept result files from different CPUs, scaling each one's costs by its CPU calibration score",
     )  # fmt: skip
+
+
+def account_counts(text: str) -> tuple[int, ...]:
+    """``1e4,1e6,1.4e9`` (or ``10k,1M,1400M``) -> account counts, each a whole number >= 2.
+
+    Commas separate sizes here, so a size cannot use thousands separators.
+    """
+    counts = tuple(parse_count(part) for part in text.split(",") if part.strip())
+    if not counts or min(counts) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: need account counts >= 2, e.g. 1e4,1e6,1.4e9")
+    return counts
+
+
+def add_scale_options(p: argparse.ArgumentParser, *, sizes: Sequence[int]) -> None:
+    """The ``scale`` benchmark's sizes, profiles, trials, end-to-end sizes and huge-page switch."""
+    shown = ",".join(f"{n:.0e}".replace("e+0", "e") for n in sizes)
+    p.add_argument("--sizes", type=account_counts, default=tuple(sizes), help=f"account counts (default {shown})")
+    p.add_argument(
+        "--profiles",
+        type=lambda s: tuple(s.split(",")),
+        default=("baseline", "full"),
+        help="profiles (default baseline,full)",
+    )
+    p.add_argument("--trials", type=int, default=3, help="engine trials per size and profile (default 3)")
+    p.add_argument(
+        "--e2e-sizes", type=account_counts, default=(), help="sizes that also get the end-to-end search (default none)"
+    )
+    p.add_argument("--no-hugepages", action="store_true", help="turn off numpy's madvise(MADV_HUGEPAGE) to compare")
+    p.add_argument("--append", action="store_true", help="add to OUT/scale.json instead of replacing it")

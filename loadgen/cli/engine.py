@@ -76,6 +76,9 @@ def format_summary(r: EngineResult) -> str:
         f"accounts {r.accounts:,}; state {r.bytes_per_account:.1f} bytes/account "
         f"(ledger {r.ledger_bytes_per_account:.1f}, hooks {r.bytes_per_account - r.ledger_bytes_per_account:.1f})",
         f"exact one-at-a-time path: {r.exact_path_share:.2%} of transfers; audit {'ok' if r.audit_ok else 'FAILED'}",
+        f"built in {r.build_seconds or 0:.1f} s (population v{r.population_version}); peak RSS "
+        f"{(r.build_peak_rss_bytes or 0) / 2**30:.2f} GiB after the build, "
+        f"{(r.peak_rss_bytes or 0) / 2**30:.2f} GiB at the end",
         "results: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.codes.items(), key=lambda kv: -kv[1])),
     ]
     if r.hooks:

@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     "loadgen.cli.load",
     "loadgen.cli.serve",
     "loadgen.cli.engine",
+    "loadgen.cli.scale",
     "loadgen.cli.verify_chain",
     "loadgen.cli.trove",
     "loadgen.cli.model",

@@ -14,10 +14,12 @@ from typing import Any
 
 import msgspec
 
+from engine.chunks import TtyProgress
 from engine.clock import SequencerClock
 from engine.codes import name_counts
 from engine.ledger import Ledger
-from engine.memory import check_accounts_fit
+from engine.memory import check_accounts_fit, peak_rss_bytes
+from engine.population import POPULATION_VERSION
 from engine.profiles import build_hooks, load_scenario
 from loadgen.generator.workload import DEFAULT_SEED, BatchPool, Workload, scenario_workload
 from loadgen.results.environment import collect
@@ -57,6 +59,13 @@ class EngineResult(msgspec.Struct, frozen=True):
     schema_version: int = SCHEMA_VERSION
     kind: str = ENGINE_KIND
     created_utc: str = ""
+    #: Seconds to build the population, the ledger and the hooks' state (chunked, 2 threads).
+    build_seconds: float | None = None
+    #: Peak RSS of this process (VmHWM) right after the build, and at the end of the run.
+    build_peak_rss_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    #: The rule that built the starting state (``engine.population.POPULATION_VERSION``).
+    population_version: int | None = None
 
 
 def run_engine(
@@ -75,12 +84,43 @@ def run_engine(
         raise ValueError("batch must be >= 1 and seconds > 0")
     check_accounts_fit(accounts, profile, scenario)
     workload = Workload(scenario_workload(load_scenario(scenario), accounts=accounts, seed=seed))
-    balance, wallet_class = workload.initial_state()
+    started = time.perf_counter()
+    progress = TtyProgress.if_tty(f"building {accounts:,} accounts")
+    balance, account_bits = workload.population.build_state(progress=progress)
     # The sequencer's clock runs on the workload's model of a day, as the server's does.
     clock = SequencerClock.for_accounts(accounts, workload.config.payments_per_account_per_day)
     hooks = build_hooks(profile, scenario)
-    ledger = Ledger(accounts, balance_fen=balance, wallet_class=wallet_class, hooks=hooks, clock=clock)
+    ledger = Ledger(accounts, balance_fen=balance, account_bits=account_bits, hooks=hooks, clock=clock)
+    build_seconds = time.perf_counter() - started
+    build_peak = peak_rss_bytes()
     stream = BatchPool(workload, pool, batch)
+    return measure_engine(
+        ledger,
+        stream,
+        profile=profile,
+        batch=batch,
+        seconds=seconds,
+        warmup=warmup,
+        seed=seed,
+        build_seconds=build_seconds,
+        build_peak_rss_bytes=build_peak,
+    )
+
+
+def measure_engine(
+    ledger: Ledger,
+    stream: BatchPool,
+    *,
+    profile: str,
+    batch: int,
+    seconds: float,
+    warmup: float,
+    seed: int,
+    build_seconds: float | None = None,
+    build_peak_rss_bytes: int | None = None,
+) -> EngineResult:
+    """Drive a built ``ledger`` with ``stream`` for ``warmup`` (discarded) then ``seconds``; closes its hooks."""
+    accounts = ledger.accounts
 
     def run_for(duration: float) -> tuple[int, int]:
         spent_ns = 0
@@ -100,7 +140,7 @@ def run_engine(
     before_codes = ledger.stats.codes.copy()
     before_hooks = {n: t.total_ns for n, t in ledger.hook_timing.items()}
     spent_ns, done = run_for(seconds)
-    ledger_bytes = ledger.balance.nbytes + ledger.wallet_class.nbytes + ledger.flags.nbytes
+    ledger_bytes = ledger.ledger_state_bytes()
     measured = ledger.stats.transfers - before_transfers
     audit = ledger.audit()
     pieces = {"ledger": ledger_bytes / accounts} | {h.name: h.state_bytes() / accounts for h in ledger.hooks}
@@ -114,7 +154,7 @@ def run_engine(
         transfers=done,
         transfers_per_s=done / (spent_ns / 1e9),
         bytes_per_account=ledger.bytes_per_account(),
-        ledger_bytes_per_account=ledger_bytes / accounts,
+        ledger_bytes_per_account=ledger.ledger_state_bytes() / accounts,
         exact_path_share=(ledger.stats.exact_path_transfers - before_exact) / max(measured, 1),
         codes=name_counts(ledger.stats.codes - before_codes),
         hooks={n: (t.total_ns - before_hooks[n]) / max(measured, 1) for n, t in ledger.hook_timing.items()},
@@ -125,6 +165,10 @@ def run_engine(
         environment=collect(),
         state=StateFootprint(bytes_per_account=pieces),
         created_utc=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        build_seconds=build_seconds,
+        build_peak_rss_bytes=build_peak_rss_bytes,
+        peak_rss_bytes=peak_rss_bytes(),
+        population_version=POPULATION_VERSION,
     )
 
 

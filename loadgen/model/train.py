@@ -93,9 +93,7 @@ class _Recorder(Hook):
         p = Payments.of(applied)
         ledger = self.ledger
         self.rows.append(
-            self.features.rows_then_record(
-                p, self._minute, self._batch_ns, ledger.wallet_class, ledger.flags, int(FLAG_BLACKLISTED)
-            )
+            self.features.rows_then_record(p, self._minute, self._batch_ns, ledger.flags, int(FLAG_BLACKLISTED))
         )
         self.labels.append(labels(self.behaviours, self.seed, applied["transfer_id"]))
 

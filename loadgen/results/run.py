@@ -190,6 +190,11 @@ class Server(msgspec.Struct, frozen=True):
     #: Started elsewhere (``load``, ``run --target``): its configuration, CPU and audit were not under
     #: this run's control; ``cpu_s`` then comes from its own stats (``process_cpu_s``), if it reports them.
     external: bool = False
+    #: From the server's stats ``build`` (absent from older servers' files): seconds to build the
+    #: ledger, the server's peak RSS after the run, and the population rule that built it.
+    build_seconds: float | None = None
+    peak_rss_bytes: int | None = None
+    population_version: int | None = None
 
 
 class TroveOutcome(msgspec.Struct, frozen=True):
@@ -329,6 +334,12 @@ class _Version(msgspec.Struct):
     schema_version: int
 
 
+def _build_figures(stats: dict[str, Any]) -> dict[str, Any]:
+    """``Server``'s build fields from a StatsReply's ``build`` entry (empty for older servers)."""
+    build = stats.get("build") or {}
+    return {k: build.get(k) for k in ("build_seconds", "peak_rss_bytes", "population_version")}
+
+
 def build_result(
     *,
     kind: str,
@@ -460,6 +471,7 @@ def build_result(
             durability=durability,
             trove=trove,
             external=external,
+            **_build_figures(stats_final or stats_end or {}),
         ),
         audit=audit,
         failures=failures,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.population import POPULATION_VERSION
 from engine.records import TRANSFER_DTYPE
 from loadgen.cli.main import main
 from loadgen.harness.calibration import CALIBRATION_ACCOUNTS
@@ -42,6 +43,10 @@ def test_run_starts_a_server_measures_audits_and_writes_a_result(
     assert sum(result.codes.values()) == result.latency.count == c.scheduled_measured
     assert result.server.pid is not None
     assert result.server.stats_end["transfers"] > result.server.stats_start["transfers"] > 0
+    # The server's build (issue 14): how long, its peak RSS (at least the state), which population.
+    s = result.server
+    assert s.build_seconds is not None and s.build_seconds > 0 and s.population_version == POPULATION_VERSION
+    assert s.peak_rss_bytes is not None and s.peak_rss_bytes >= s.stats_end["build"]["state_bytes"] > 0
     assert result.environment.cores > 0
     assert result.summary.verdict == "verdict: sustained"
     # Version 2: bytes per payment both ways and into the journal, the calibration score, the settings.

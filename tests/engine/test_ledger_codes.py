@@ -143,11 +143,11 @@ def test_wallet_caps() -> None:
     assert one(ledger, 0, 1, 150_000) == R.OK
     assert one(ledger, 0, 1, 60_000) == R.WALLET_DAILY_LIMIT  # 1,500 + 600 yuan > 2,000 daily
     assert one(ledger, 0, 2, 50_000) == R.OK  # 2,000 yuan exactly is allowed
-    ledger.balance[2] = 0
+    ledger.set_balance(2, 0)
     ledger.supply_fen = int(ledger.balance.sum())
     assert one(ledger, 2, 1, 60_000) == R.INSUFFICIENT_FUNDS  # a payer without the money learns nothing of the payee
     assert one(ledger, 2, 1, 40_000) == R.INSUFFICIENT_FUNDS  # caps pass, funds do not
-    ledger.balance[2] = 60_000
+    ledger.set_balance(2, 60_000)
     ledger.supply_fen = int(ledger.balance.sum())
     assert one(ledger, 2, 1, 60_000) == R.WALLET_BALANCE_LIMIT  # 1,500 + 600 > 2,000 balance cap
 
@@ -270,14 +270,14 @@ def test_issue_and_redeem_change_the_expected_total() -> None:
         ledger.issue(5, 1)
 
 
-def test_audit_detects_lost_money_and_negative_balances() -> None:
+def test_audit_detects_lost_money_and_storage_refuses_negative_balances() -> None:
     ledger = Ledger(3, balance_fen=100)
-    ledger.balance[0] -= 1
-    assert not ledger.audit().ok
-    ledger.balance[0] = -1
-    ledger.balance[1] += 101
+    ledger.set_balance(0, 99)
     audit = ledger.audit()
-    assert not audit.ok and audit.negative_accounts == 1 and audit.total_fen == audit.expected_fen
+    assert not audit.ok and audit.total_fen == audit.expected_fen - 1
+    with pytest.raises(ValueError, match="negative balance"):
+        ledger.set_balance(0, -1)
+    assert ledger.balance.tolist() == [99, 100, 100]
 
 
 @pytest.mark.parametrize(

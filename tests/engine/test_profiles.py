@@ -126,7 +126,7 @@ def test_engine_cli_reports_per_hook_cost_and_stats(capsys) -> None:
     assert set(out["hooks"]) == set(BUILTIN) - {"privacy", "risk_model"}
     assert all(v > 0 for v in out["hooks"].values())
     assert out["hook_stats"]["surveillance_log"]["rows_seen"] >= out["transfers"]
-    assert out["bytes_per_account"] == 16.0
+    assert 11 <= out["bytes_per_account"] <= 12  # 11 + the side table of balances past 2**32 (docs/design.md)
 
 
 def test_engine_cli_unknown_profile_is_an_error(capsys) -> None:

@@ -118,9 +118,9 @@ def test_copy_on_update_writes_the_state_as_of_capture_while_the_sequencer_chang
         cou.before_update(np.unique(np.concatenate([batch["payer"], batch["payee"]])))
         ledger.apply(batch)
         ledger.run_deferred()
-        if step == 3:  # a day rollover: every account's spending reset at once
+        if step == 3:  # a forced reset of every spend word at once (engine.hooks.wallet_limits)
             cou.before_update(None, frozenset({"wallet_limits"}))
-            limits.daily_spent_fen[:] = 0
+            limits.spent_word[:] = 0
         account = int(rng.integers(ACCOUNTS))
         cou.before_update(np.array([account]))
         freeze.freeze(account)
