@@ -40,7 +40,7 @@ def test_counters_halve_per_half_life_and_sketches_count_devices() -> None:
     pay = Payments.of(make_batch([3, 3, 3], [4, 4, 4], [10_000, 20_000, 30_000], device_id=[8, 9, 8], location_cell=5))
     f.record(pay, minute=100)
     one = Payments.of(make_batch([3], [4], [10_000], device_id=[10], location_cell=5))
-    args = (np.zeros(10, np.uint8), np.zeros(10, np.uint8), 2)
+    args = (np.zeros(10, np.uint8), 2)  # the account bytes (class and flags), the listed bit
     now = f.rows(one, 100, 0, *args)[0]
     later = f.rows(one, 100 + HOUR_HALF_LIFE_MIN, 0, *args)[0]
     assert now[COL["count_hour_q4"]] == 3 * COUNT_ONE and later[COL["count_hour_q4"]] == 3 * COUNT_ONE // 2
@@ -186,7 +186,7 @@ def test_engine_trains_the_default_model_on_first_use_with_a_progress_line(tmp_p
     assert "no cached default model" in err and "AUC" in err and default_model_path().exists()
     stats = json.loads(out)["hook_stats"]["risk_model"]
     assert stats["scored"] > 0 and stats["trees"] == 5 and stats["features_ns_per_payment"] > 0
-    assert json.loads(out)["bytes_per_account"] == 16 + BYTES_PER_ACCOUNT
+    assert json.loads(out)["bytes_per_account"] == 11 + BYTES_PER_ACCOUNT  # full (issue 14: 11 bytes) + the features
     assert main(args) == 0 and "no cached default model" not in capsys.readouterr().err  # cached now
 
 

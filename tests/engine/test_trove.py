@@ -191,7 +191,10 @@ def test_a_corrupt_or_foreign_file_is_named_and_the_lost_rows_rebuilt_from_the_j
     victim = trove.manifest.segments[0].files[1]  # a run's payee file
     trove.close()
     data = bytearray((root / victim.path).read_bytes())
-    data[len(data) // 3] ^= 0xFF  # same size, footer intact: only the digest can tell
+    # Same size, footer intact (a flip in the data pages, between the leading magic and the footer
+    # whose length the last 8 bytes give): only the digest can tell.
+    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    data[(4 + footer_start) // 2] ^= 0xFF
     (root / victim.path).write_bytes(bytes(data))
     foreign = root / "segments" / "p1" / "stray.parquet"
     foreign.parent.mkdir(parents=True)
