@@ -528,7 +528,20 @@ def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], req
         + (f" (saturates near {plan.sequencer_saturation_tps:,.0f}/s)" if plan.sequencer_saturation_tps else "")
     )
     extrapolated = [t.tier for t in plan.tiers if t.extrapolated]
+    lo, hi = min(plan.rates_tps, default=0.0), max(plan.rates_tps, default=0.0)
+    outside = (
+        [
+            f"EXTRAPOLATED IN RATE: {request.rate_tps:,.0f}/s lies outside the measured rates "
+            f"({lo:,.0f}-{hi:,.0f}/s), where the batch size is held at the nearest measured one; above the "
+            "range that overstates the per-batch cost (a server batches more as the rate rises). Measure at "
+            "and above the planned rate (in one session, a 300k/s run of full moved this machine's predicted "
+            "maximum from 101,620/s to 486,592/s)"
+        ]
+        if plan.rates_tps and not lo <= request.rate_tps <= hi
+        else []
+    )
     return [
+        *outside,
         f"CPU measured on {cpu}, {cal}",
         f"per-batch + per-payment cost fitted over {plan.runs} runs at {len(plan.rates_tps)} rates "
         f"({', '.join(f'{r:,.0f}' for r in plan.rates_tps)}/s); batches at the planned rate interpolated from the "

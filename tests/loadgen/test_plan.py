@@ -123,6 +123,14 @@ def test_scale_out_tier_beyond_its_measured_workers_is_extrapolated(tmp_path: Pa
     assert not validators.on_sequencer and validators.extrapolated
 
 
+def test_a_planned_rate_outside_the_measured_rates_is_said_to_be_extrapolated(tmp_path: Path, model: CostModel) -> None:
+    inputs = read_inputs(write_runs(tmp_path, _runs(model)))
+    inside = build_plan(inputs, _request(rate_tps=300_000.0))
+    above = build_plan(inputs, _request(rate_tps=3_000_000.0))
+    assert not any("EXTRAPOLATED IN RATE" in a for a in inside.assumptions)
+    assert any("EXTRAPOLATED IN RATE" in a and "100,000-1,600,000/s" in a for a in above.assumptions)
+
+
 def test_results_from_two_cpus_are_refused_unless_scaled(tmp_path: Path, model: CostModel) -> None:
     runs = _runs(model)
     runs[0] = synthetic_run(model, rate_tps=100_000.0, batch_size=400.0, cpu_model="Other CPU", calibration_tps=2e7)
