@@ -14,7 +14,8 @@ import msgspec
 
 
 class StateFootprint(msgspec.Struct, frozen=True, kw_only=True):
-    """Bytes per account of every piece of per-account state, and what building and snapshotting it cost."""
+    """Bytes per account of every piece of per-account state, and what snapshotting it cost (the build's
+    cost is the server's ``build_seconds``/``peak_rss_bytes`` and the engine result's ``build_*``)."""
 
     #: ``ledger`` and each hook by name: resident bytes per account of that piece's state.
     bytes_per_account: dict[str, float] = {}
@@ -23,6 +24,3 @@ class StateFootprint(msgspec.Struct, frozen=True, kw_only=True):
     #: Seconds to write one snapshot, and the accounts it held (issue 15), None: not measured.
     snapshot_seconds: float | None = None
     snapshot_accounts: int | None = None
-    #: Building the population and ledger (issue 14): seconds and peak resident bytes, None: not measured.
-    build_seconds: float | None = None
-    build_peak_rss_bytes: int | None = None
