@@ -239,6 +239,12 @@ class Hook:
         whole first (``engine.copy_on_update``). Default: no."""
         return False
 
+    def snapshot_touches_others(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Accounts of *other* hooks' per-account arrays (by hook name) that this hook will modify
+        while ``batch`` is applied, beyond the batch's payers and payees (risk_model lowers the
+        scores of earlier batches' payers): a copy-on-update snapshot saves them first. Default: none."""
+        return {}
+
     def durable_journal_seq(self) -> int | None:
         """The journal entry number this hook's durable output has everything through, if the hook
         rebuilds from the journal (the trove); None if it keeps no such output. Journal segments

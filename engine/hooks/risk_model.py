@@ -31,9 +31,11 @@ is its time on the sequencer's thread plus the CPU of its background thread (``b
 from __future__ import annotations
 
 import collections
+import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 import numpy as np
@@ -43,7 +45,14 @@ from engine.categories import RESTRICTED_DEFAULT
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.hooks.base import Hook, LedgerView, Transfers
 from engine.hooks.social_credit import SocialCredit
-from engine.risk.features import BYTES_PER_ACCOUNT, NS_PER_MINUTE, FeatureConfig, Payments, RollingFeatures
+from engine.risk.features import (
+    BYTES_PER_ACCOUNT,
+    N_FEATURES,
+    NS_PER_MINUTE,
+    FeatureConfig,
+    Payments,
+    RollingFeatures,
+)
 from engine.risk.model import Predictor, load_model, resolve_model_path
 
 
@@ -77,9 +86,56 @@ def batch_minute(now_ns: int, start_ns: int) -> int:
     return (now_ns - start_ns) // NS_PER_MINUTE + 1
 
 
+#: The rolling features' per-account columns (``RollingFeatures``), as snapshot state.
+FEATURE_COLUMNS = (
+    "last_minute",
+    "count_hour",
+    "count_day",
+    "restricted_day",
+    "amount_hour",
+    "amount_day",
+    "device_bits",
+    "block_bits",
+    "last_device",
+    "last_cell",
+)
+
+
+class _ScoredWhenDue(Future[np.ndarray]):
+    """A batch that was waiting for the model when the snapshot was taken, restored from it: scored
+    on the sequencer's thread when its flags are due (``_settle``), from the rows the snapshot kept."""
+
+    def __init__(self, score: Callable[[], np.ndarray]) -> None:
+        super().__init__()
+        self._score_now = score
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        if not self.done():
+            try:
+                self.set_result(self._score_now())
+            except Exception as exc:  # counted by _settle as a scoring error, as on the model thread
+                self.set_exception(exc)
+        return super().result(timeout)
+
+
 class RiskModel(Hook):
+    """See the module docstring. Snapshot state (``engine.snapshot``): the feature columns (per
+    account: copy-on-update saves them at the batch's payers), the counters, and the batches whose
+    flags are not applied yet (observe mode, up to ``lag_batches``), kept as their feature rows and
+    payers: a restored server scores them again and applies their flags at the same batch as the
+    server that took the snapshot, so the state equals a whole-journal replay's and the capture
+    does not wait for the model (see ``state_arrays``).
+    """
+
     name = "risk_model"
     state_bytes_per_account = BYTES_PER_ACCOUNT  # the rolling features (``engine.risk.features``)
+    snapshot_arrays: ClassVar[tuple[str, ...] | None] = (
+        *(f"features.{c}" for c in FEATURE_COLUMNS),
+        "pending.rows",
+        "pending.payers",
+    )
+    snapshot_per_account: ClassVar[tuple[str, ...]] = tuple(f"features.{c}" for c in FEATURE_COLUMNS)
+    snapshot_scalars: ClassVar[tuple[str, ...]] = ("scored", "flagged", "vetoed", "errors")
 
     def __init__(self, config: RiskModelConfig | None = None) -> None:
         self.config = config or RiskModelConfig()
@@ -91,6 +147,10 @@ class RiskModel(Hook):
         self._social: SocialCredit | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: collections.deque[Future[np.ndarray]] = collections.deque()
+        #: The feature rows and payers of each batch in ``_pending``, for snapshots.
+        self._pending_inputs: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
+        #: After a restore: the snapshot's pending batches (buffers read in place, their entries).
+        self._restored: tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]] | None = None
         self._batch_ns = 0
         self._minute = 0
         self.scored = 0
@@ -181,6 +241,7 @@ class RiskModel(Hook):
             rows = self.features.rows_then_record(p, self._minute, self._batch_ns, ledger.flags, int(FLAG_BLACKLISTED))
             self.scored += len(rows)
             self._pending.append(self._executor.submit(self._score, rows, p.payer))
+            self._pending_inputs.append((rows, p.payer))
         else:
             self.features.record(p, self._minute)
         self.features_ns += time.thread_time_ns() - t0
@@ -196,6 +257,7 @@ class RiskModel(Hook):
         """Apply the flags of all but the ``keep`` most recent observed batches, oldest first."""
         while len(self._pending) > max(keep - 1, 0):
             future = self._pending.popleft()
+            self._pending_inputs.popleft()
             t0 = time.perf_counter_ns()
             try:
                 flagged = future.result()
@@ -212,6 +274,65 @@ class RiskModel(Hook):
     def flush(self) -> None:
         """Wait for every pending score and apply its flags now (end of a run)."""
         self._settle(0)
+
+    # ---- snapshot state (``engine.snapshot``) ----------------------------------------------
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The feature columns (live) and the pending batches' rows and payers, concatenated.
+
+        The pending batches are captured as the model's *input*, not its output: waiting at the
+        snapshot for up to ``lag_batches`` batches of inference (~25 ms each at 8,192 payments and
+        3 us per payment) would stall the sequencer, while copying their rows costs ~1 ms. Draining
+        them (applying their flags early) is not an option: the scores would then depend on when
+        snapshots were taken, and a replay of the journal would not reproduce the result codes.
+        """
+        features = {f"features.{c}": getattr(self.features, c) for c in FEATURE_COLUMNS}
+        inputs = list(self._pending_inputs)
+        restored = self._restored
+        if restored is not None and [id(e) for e in restored[2]] == [id(e) for e in inputs]:
+            # Just restored (no batch since): the buffers ``load_into`` reads the snapshot into.
+            return features | {"pending.rows": restored[0], "pending.payers": restored[1]}
+        # The rows are transposed views (``RollingFeatures.rows``): copied row-major, once.
+        rows = np.empty((sum(len(p) for _, p in inputs), N_FEATURES), dtype=np.int64)
+        payers = np.empty(len(rows), dtype=np.int64)
+        if inputs:
+            np.concatenate([r for r, _ in inputs], out=rows)
+            np.concatenate([p for _, p in inputs], out=payers)
+        return features | {"pending.rows": rows, "pending.payers": payers}
+
+    def state_scalars(self) -> dict[str, Any]:
+        return super().state_scalars() | {"pending.batches": [len(p) for _, p in self._pending_inputs]}
+
+    def restore_scalars(self, scalars: dict[str, Any]) -> None:
+        """The counters; and room for the pending batches, queued to be scored when due (their rows
+        are read into that room next, in place, before any batch)."""
+        super().restore_scalars(scalars)
+        sizes: list[int] = scalars["pending.batches"]
+        if sizes and self._executor is None:
+            raise ValueError(
+                f"snapshot holds {len(sizes)} batches awaiting risk_model scores (observe mode), "
+                f"this server's risk_model runs in {self.config.mode} mode: restart with the mode that took it"
+            )
+        rows = np.zeros((sum(sizes), N_FEATURES), dtype=np.int64)
+        payers = np.zeros(sum(sizes), dtype=np.int64)
+        entries = []
+        start = 0
+        for n in sizes:
+            entry = (rows[start : start + n], payers[start : start + n])
+            entries.append(entry)
+            start += n
+        self._pending.clear()
+        self._pending_inputs.clear()
+        for entry in entries:
+            self._pending.append(_ScoredWhenDue(functools.partial(self._score, *entry)))
+            self._pending_inputs.append(entry)
+        self._restored = (rows, payers, entries)
+
+    def snapshot_touches_others(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Flags applied at this batch's start lower the scores of earlier batches' payers."""
+        if self._social is None or not self.config.penalty or not self._pending_inputs:
+            return {}
+        return {self._social.name: np.concatenate([p for _, p in self._pending_inputs])}
 
     # ---- reporting -------------------------------------------------------------------------
 

@@ -175,6 +175,9 @@ class Snapshotter:
         everything = frozenset(h.name for h in self.ledger.hooks if h.snapshot_touches_all(batch))
         if everything:
             cou.before_update(None, everything)
+        for hook in self.ledger.hooks:
+            for owner, others in hook.snapshot_touches_others(batch).items():
+                cou.before_update(np.unique(others), frozenset((owner,)))
         self.step_ns_max = max(self.step_ns_max, time.perf_counter_ns() - t0)
 
     def _feed(self) -> None:

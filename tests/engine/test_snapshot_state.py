@@ -20,12 +20,14 @@ from engine.hooks.base import Hook, PerTransferHook
 from engine.hooks.blacklist import Blacklist
 from engine.hooks.freeze import Freeze
 from engine.hooks.privacy import Privacy
+from engine.hooks.risk_model import RiskModel, RiskModelConfig
 from engine.hooks.social_credit import SocialCredit
 from engine.hooks.surveillance_log import SurveillanceLog, SurveillanceLogConfig
 from engine.hooks.wallet_limits import WalletLimits
+from engine.journal import Journal, create
 from engine.server import ServerConfig, build_ledger
-from engine.server.snapshots import snapshot_refusal, state_owners
-from engine.snapshot import capture, load_into, verify, write_snapshot
+from engine.server.snapshots import Snapshotter, snapshot_refusal, state_owners
+from engine.snapshot import SnapshotSchedule, capture, list_snapshots, load_into, verify, write_snapshot
 from loadgen.generator.workload import Workload, WorkloadConfig
 
 ACCOUNTS = 5_000
@@ -136,3 +138,44 @@ def test_copy_on_update_writes_the_state_as_of_capture_while_the_sequencer_chang
         assert got[name][1] == scalars, name
         for key, array in arrays.items():
             assert np.array_equal(got[name][0][key], array), f"{name}.{key} differs from the capture"
+
+
+def test_copy_on_update_holds_the_capture_while_risk_flags_lower_earlier_payers_scores(tmp_path: Path) -> None:
+    """risk_model applies the flags of batch k at the start of batch k + lag: it lowers scores of
+    accounts that are not in the batch at hand. The snapshotter saves them first
+    (``Hook.snapshot_touches_others``), so a copy-on-update snapshot still holds the capture:
+    features, scores and the batches awaiting the model."""
+    hooks = lambda: [SocialCredit(), RiskModel(RiskModelConfig(threshold=0.05))]  # noqa: E731 - flags many
+    ledger = build_ledger(_config(), hooks())
+    workload = Workload(WorkloadConfig(accounts=ACCOUNTS, seed=11))
+    batches = (workload.batch(400, first_id=i * 400, operator=1) for i in range(10_000))
+    for _ in range(6):
+        ledger.apply(next(batches))
+    (social, risk) = ledger.hooks
+    assert isinstance(social, SocialCredit) and isinstance(risk, RiskModel)
+    want = _copies(ledger)
+    assert len(want["risk_model"][0]["pending.payers"]) > 0
+    header = _config().journal_header()
+    create(tmp_path / "j", header)
+    journal = Journal(tmp_path / "j", "off")
+    snap = Snapshotter(tmp_path / "snaps", SnapshotSchedule(), 2, ledger, journal, header, method="thread")
+    snap.start()
+    flagged, steps = risk.flagged, 0
+    while snap.in_progress:
+        batch = next(batches)
+        snap.before_batch(batch)
+        ledger.apply(batch)
+        snap.maybe_start()  # copies the next chunk for the writer; reaps it when done
+        steps += 1
+    journal.close()
+    assert steps > risk.config.lag_batches and risk.flagged > flagged, "no flags applied while it wrote"
+    fresh = build_ledger(_config(), hooks(), from_snapshot=True)
+    ((_, path),) = list_snapshots(tmp_path / "snaps")
+    load_into(path, verify(path), dict(state_owners(fresh)))
+    got = _copies(fresh)
+    for name, (arrays, scalars) in want.items():
+        assert got[name][1] == scalars, name
+        for key, array in arrays.items():
+            assert np.array_equal(got[name][0][key], array), f"{name}.{key} differs from the capture"
+    for h in (*ledger.hooks, *fresh.hooks):
+        h.close()
