@@ -161,7 +161,9 @@ class Hook:
     #: account): the memory check (``engine.memory``) adds these up before anything is built.
     state_bytes_per_account: int = 0
     #: Set by a server about to restore this hook from a snapshot (``restore_scalars``) before
-    #: ``attach``: output files are continued from the snapshot's position, not started anew.
+    #: ``attach``: output files are continued from the snapshot's position, not started anew, and
+    #: seeded state is allocated but not drawn (the snapshot's arrays overwrite every byte: at 10^8
+    #: accounts drawing it was most of a restart).
     resuming: bool = False
     #: Attribute names of the hook's state for snapshots (``engine.snapshot``): arrays are
     #: written chunk by chunk and restored in place; scalars are msgpack values (ints, bytes, str).

@@ -63,6 +63,8 @@ class Blacklist(Hook):
 
     def attach(self, ledger: LedgerView) -> None:
         self._flags = ledger.flags
+        if self.resuming:  # the listed bits come with the ledger's flags from the snapshot
+            return
         self._flags &= ~FLAG_BLACKLISTED
         seeded_flags(self._flags, FLAG_BLACKLISTED, self.config.listed_fraction, self.config.seed)
 

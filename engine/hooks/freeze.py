@@ -42,6 +42,8 @@ class Freeze(Hook):
 
     def attach(self, ledger: LedgerView) -> None:
         self._flags = ledger.flags
+        if self.resuming:  # the frozen bits come with the ledger's flags, the count with the scalars
+            return
         self._flags &= ~FLAG_FROZEN
         seeded_flags(self._flags, FLAG_FROZEN, self.config.frozen_fraction, self.config.seed)
         self._frozen = self.frozen()

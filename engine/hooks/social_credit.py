@@ -80,6 +80,8 @@ class SocialCredit(Hook):
     def attach(self, ledger: LedgerView) -> None:
         c = self.config
         self.score = np.empty(ledger.accounts, dtype=np.uint16)
+        if self.resuming:  # every score comes from the snapshot
+            return
         draws, salt_ = NormalDraws(), salt(c.seed, 1)
 
         def fill(lo: int, hi: int) -> None:

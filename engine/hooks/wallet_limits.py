@@ -130,7 +130,8 @@ class WalletLimits(Hook):
         # into each untouched 2 MiB huge page faulted it in on the sequencer (31 ms stalls, 12 us
         # per transfer in the first 1.4e9-account run).
         self.spent_word = np.empty(ledger.accounts, dtype=np.uint32)
-        fill_in_chunks(ledger.accounts, lambda lo, hi: self.spent_word[lo:hi].fill(0))
+        if not self.resuming:  # resuming: the snapshot's words are read into every page
+            fill_in_chunks(ledger.accounts, lambda lo, hi: self.spent_word[lo:hi].fill(0))
         self._flags = ledger.flags
         self._clock = ledger.clock
         ledger.limits = self
