@@ -6,6 +6,7 @@ that prints one JSON line.
     python -m benchmarks.snapshot_bench snapshot --accounts 1000000
     python -m benchmarks.snapshot_bench snapshot --accounts 100000000 --uniform   # 1.5 GiB of state
     python -m benchmarks.snapshot_bench snapshot --accounts 100000000 --uniform --method thread
+    python -m benchmarks.snapshot_bench table   # the README's rows at 10^6 and 10^8 (~2 min quiet)
 
 ``restart``: a journal is written as the server writes it (the same ledger, hooks, journal, and
 forked snapshots every ``--interval`` payments, segments retired behind the watermark), and at
@@ -15,7 +16,9 @@ on a copy of the journal that never had snapshots (whole-journal replay), for co
 ``snapshot``: one forked snapshot of a ledger of ``--accounts`` (profile ``enforcement``): the
 sequencer's stall (capture + fork), the child's time to write and fsync, the file's size, the
 time to verify it and read it back in place, and a restart from it in a fresh process (its time
-and peak RSS: the population is not drawn when a snapshot is restored).
+and peak RSS: neither the population nor the hooks' seeded state is drawn when a snapshot is
+restored). ``table``: ``snapshot --uniform --method auto`` at each of ``--accounts`` (default 10^6
+and 10^8), each in a fresh process, printed as the README's table rows.
 """
 
 from __future__ import annotations
@@ -38,11 +41,20 @@ PROFILE = "enforcement"
 BATCH = 8_192
 
 
-def _config(journal: Path, accounts: int, snapshot_every: str) -> Any:
+def _config(journal: Path, accounts: int, snapshot_every: str, profile: str = PROFILE) -> Any:
+    """A server's configuration on ``journal``; a profile with the trove keeps it beside the journal."""
+    from engine.profiles import trove_needed
     from engine.server import ServerConfig
 
+    trove = str(journal.parent / "trove") if trove_needed(profile) else ""
     return ServerConfig(
-        port=0, accounts=accounts, profile=PROFILE, journal=str(journal), fsync="off", snapshot_every=snapshot_every
+        port=0,
+        accounts=accounts,
+        profile=profile,
+        journal=str(journal),
+        fsync="off",
+        snapshot_every=snapshot_every,
+        trove=trove,
     )
 
 
@@ -54,12 +66,12 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def restart_probe(journal: Path, accounts: int, snapshot_every: str) -> dict[str, Any]:
+def restart_probe(journal: Path, accounts: int, snapshot_every: str, profile: str = PROFILE) -> dict[str, Any]:
     """Start a server's state on ``journal`` (what ``serve`` does before listening) in this process."""
     from engine.server import Server
 
     t0 = time.perf_counter()
-    server = Server(_config(journal, accounts, snapshot_every))
+    server = Server(_config(journal, accounts, snapshot_every, profile))
     seconds = time.perf_counter() - t0
     rec = server.recovery
     assert rec is not None
@@ -72,9 +84,9 @@ def restart_probe(journal: Path, accounts: int, snapshot_every: str) -> dict[str
     }
 
 
-def _probe(journal: Path, accounts: int, snapshot_every: str) -> dict[str, Any]:
+def _probe(journal: Path, accounts: int, snapshot_every: str, profile: str = PROFILE) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.snapshot_bench", "probe", "--journal", str(journal)]
-    cmd += ["--accounts", str(accounts), "--snapshot-every", snapshot_every]
+    cmd += ["--accounts", str(accounts), "--snapshot-every", snapshot_every, "--profile", profile]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -83,7 +95,14 @@ class _Writer:
     """The server's write path without the network: apply, journal, observe, snapshot between batches."""
 
     def __init__(
-        self, journal: Path, accounts: int, snapshot_every: str, *, uniform: bool = False, method: str = "fork"
+        self,
+        journal: Path,
+        accounts: int,
+        snapshot_every: str,
+        *,
+        uniform: bool = False,
+        method: str = "fork",
+        profile: str = PROFILE,
     ) -> None:
         from engine.journal import Journal, create
         from engine.server import build_ledger
@@ -91,7 +110,7 @@ class _Writer:
         from engine.snapshot import SnapshotSchedule
         from loadgen.generator.workload import BatchPool, Workload, WorkloadConfig
 
-        config = _config(journal, accounts, snapshot_every)
+        config = _config(journal, accounts, snapshot_every, profile)
         self.ledger = build_ledger(config, from_snapshot=uniform)
         if uniform:  # every account holds 1,000 yuan: the state's size without drawing the population
             self.ledger.balance[:] = 100_000
@@ -155,14 +174,17 @@ def restart_table(accounts: int, interval: int, max_multiple: int) -> list[dict[
     return rows
 
 
-def snapshot_figures(accounts: int, *, uniform: bool = False, method: str = "fork") -> dict[str, Any]:
+def snapshot_figures(
+    accounts: int, *, uniform: bool = False, method: str = "fork", profile: str = PROFILE
+) -> dict[str, Any]:
     """One forked snapshot of a ledger of ``accounts``: stall, write time, size, verify and load time."""
     from engine.server.snapshots import state_owners
     from engine.snapshot import list_snapshots, load_into, verify
 
     with tempfile.TemporaryDirectory(prefix="cbdc-snapbench-") as tmp:
         t0 = time.perf_counter()
-        writer = _Writer(Path(tmp) / "j", accounts, "1", uniform=uniform, method=method)  # started by hand below
+        # Snapshots started by hand below.
+        writer = _Writer(Path(tmp) / "j", accounts, "1", uniform=uniform, method=method, profile=profile)
         build_s = time.perf_counter() - t0
         writer.write(BATCH)
         snap = writer.snapshotter
@@ -185,10 +207,14 @@ def snapshot_figures(accounts: int, *, uniform: bool = False, method: str = "for
         state_mib = writer.ledger.state_bytes() / 2**20
         stall_ms = snap.stalls_ns[-1] / 1e6
         step_ms_max = snap.step_ns_max / 1e6
+        resolved = snap.method  # "auto" resolved by the state's size, as a server does
+        for hook in writer.ledger.hooks:  # the trove's writer, the model's thread
+            hook.close()
         del writer, snap, meta
-        restart = _probe(Path(tmp) / "j", accounts, "off")
+        restart = _probe(Path(tmp) / "j", accounts, "off", profile)
         result = {
-            "method": method,
+            "method": resolved,
+            "profile": profile,
             "accounts": accounts,
             "state_mib": state_mib,
             "snapshot_mib": path.stat().st_size / 2**20,
@@ -203,6 +229,32 @@ def snapshot_figures(accounts: int, *, uniform: bool = False, method: str = "for
             "restart_peak_rss_mib": restart["peak_rss_mib"],
         }
     return result
+
+
+def _snapshot_in_process(accounts: int, method: str, profile: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.snapshot_bench", "snapshot", "--accounts", str(accounts), "--uniform"]
+    cmd += ["--method", method, "--profile", profile]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def table_rows(accounts: list[int], method: str = "auto", profile: str = PROFILE) -> list[str]:
+    """The README's snapshot rows: one fresh process per ledger size (its RSS is its own)."""
+    rows = [
+        "| accounts | method | state | snapshot file | stall at capture | longest step between batches "
+        "| written + fsynced | restart from it (recovery) | restart peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in accounts:
+        f = _snapshot_in_process(n, method, profile)
+        print(json.dumps(f), file=sys.stderr, flush=True)
+        step = f"{f['step_ms_max']:.1f} ms" if f["method"] == "thread" else "-"
+        rows.append(
+            f"| {n:,} | {f['method']} | {f['state_mib']:,.1f} MiB | {f['snapshot_mib']:,.1f} MiB | "
+            f"{f['stall_ms']:.1f} ms | {step} | {f['write_s']:.2f} s | {f['restart_s']:.2f} s | "
+            f"{f['restart_peak_rss_mib']:,.0f} MiB |"
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,19 +272,27 @@ def main(argv: list[str] | None = None) -> int:
         help="every account starts with 1,000 yuan instead of the drawn population (same state size; "
         "the population's build peaks at ~3x the state at 10^8 accounts)",
     )
-    s.add_argument("--method", choices=("fork", "thread"), default="fork")
+    s.add_argument("--method", choices=("fork", "thread", "auto"), default="fork")
+    t = sub.add_parser("table")
+    t.add_argument("--accounts", type=int, nargs="+", default=[1_000_000, 100_000_000])
+    t.add_argument("--method", choices=("fork", "thread", "auto"), default="auto")
     q = sub.add_parser("probe")
     q.add_argument("--journal", type=Path, required=True)
     q.add_argument("--accounts", type=int, required=True)
     q.add_argument("--snapshot-every", required=True)
+    for cmd in (s, t, q):
+        cmd.add_argument("--profile", default=PROFILE, help=f"hook profile (default {PROFILE})")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.cmd == "restart":
         restart_table(args.accounts, args.interval, args.max_multiple)
+    elif args.cmd == "table":
+        print("\n".join(table_rows(args.accounts, args.method, args.profile)))
     elif args.cmd == "snapshot":
-        print(json.dumps(snapshot_figures(args.accounts, uniform=args.uniform, method=args.method)))
+        figures = snapshot_figures(args.accounts, uniform=args.uniform, method=args.method, profile=args.profile)
+        print(json.dumps(figures))
     else:
-        print(json.dumps(restart_probe(args.journal, args.accounts, args.snapshot_every)))
+        print(json.dumps(restart_probe(args.journal, args.accounts, args.snapshot_every, args.profile)))
     return 0
 
 
