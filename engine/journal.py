@@ -839,11 +839,16 @@ def recover(
     for i in range(start, len(files)):
         first, sp = files[i]
         if i > 0 and first != expected:
+            why = (
+                "its snapshot is damaged or missing"
+                if first_needed == after_seq + 1
+                else f"a durable consumer such as the trove is behind the snapshot at entry {after_seq}: it lost "
+                "output the journal no longer holds (segments go once every consumer had them durably)"
+            )
             raise JournalDamaged(
                 f"{sp}: segment starts at entry {first}, the previous segment ends at entry {expected - 1}: entries "
                 f"are missing. Segments are deleted only once the oldest retained snapshot covers them; "
-                f"recovery needs entries from {first_needed} (its snapshot is damaged or missing). "
-                "Nothing was replayed."
+                f"recovery needs entries from {first_needed} ({why}). Nothing was replayed."
             )
         data = sp.read_bytes()
         if not data:

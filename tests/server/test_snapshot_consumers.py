@@ -23,9 +23,9 @@ from engine.hooks.risk_model import RiskModel
 from engine.hooks.social_credit import SocialCredit
 from engine.hooks.surveillance_log import SurveillanceLog, SurveillanceLogConfig
 from engine.hooks.wallet_limits import WalletLimits
-from engine.journal import segment_files
+from engine.journal import JournalDamaged, segment_files
 from engine.profiles import default_scenario_text
-from engine.server import ServerThread
+from engine.server import Server, ServerConfig, ServerThread
 from engine.snapshot import list_snapshots, read_meta
 from engine.trove.config import TroveConfig
 from engine.trove.manifest import load_manifest
@@ -33,7 +33,7 @@ from loadgen.cli.trove import stats as trove_stats
 from loadgen.generator.workload import Workload
 from tests.server.test_snapshots import OPERATOR, _assert_same, _state, _wait_snapshot
 from tests.server.test_trove_wire import _distinct_rows
-from tests.support.servers import StartServer, connect
+from tests.support.servers import TEST_ACCOUNTS, TEST_SEED, StartServer, connect
 
 BATCH = 300
 
@@ -181,3 +181,14 @@ def test_a_trove_behind_the_snapshot_is_re_fed_from_the_kept_journal_only(
     assert after["rows"] == through_engine == sent + 3 * BATCH, after
     rows, distinct = _distinct_rows(trove)
     assert rows == distinct == after["rows"]  # the re-feed wrote only what the trove lacked
+
+    # A trove that lost rows the journal no longer holds (behind the watermark) cannot be rebuilt:
+    # the restart refuses and says so, rather than start with a trove missing payments.
+    shutil.rmtree(trove)
+    hooks = _trove_hooks(trove)
+    try:
+        with pytest.raises(JournalDamaged, match="durable consumer such as the trove"):
+            Server(ServerConfig(port=0, accounts=TEST_ACCOUNTS, seed=TEST_SEED, **kw), hooks=hooks)
+    finally:
+        for hook in hooks:
+            hook.close()  # the trove's process, started when the hooks attached
