@@ -58,11 +58,16 @@ def build_ledger(
     ``hooks`` replaces the profile's hooks (for tests and embedding); None builds the profile.
     ``ownership`` gives each operator its contiguous range of accounts (``owner_ranges``).
     ``from_snapshot``: the state is about to be read from a snapshot, so the population (a minute
-    at 10^8 accounts) is not drawn: balances start at 0 and classes at 1 until the snapshot's arrive.
+    at 10^8 accounts) is not drawn: the columns are zeros, lazily mapped by the kernel, so that the
+    snapshot's bytes are the first written to each page (filling them first cost a second pass
+    over the state's memory: 1.2 s of a 5 s restart at 3x10^7 accounts).
     """
     balance: int | np.ndarray = 0
     account_bits: np.ndarray | None = None
-    if not from_snapshot:
+    if from_snapshot:
+        balance = np.zeros(config.accounts, dtype=np.uint32)
+        account_bits = np.zeros(config.accounts, dtype=np.uint8)
+    else:
         population = Population(PopulationConfig(accounts=config.accounts, seed=config.seed))
         progress = TtyProgress.if_tty(f"building {config.accounts:,} accounts")
         balance, account_bits = population.build_state(progress=progress)
