@@ -113,7 +113,12 @@ class _Writer:
         config = _config(journal, accounts, snapshot_every, profile)
         self.ledger = build_ledger(config, from_snapshot=uniform)
         if uniform:  # every account holds 1,000 yuan: the state's size without drawing the population
-            self.ledger.balance[:] = 100_000
+            from engine.accounts import bits_of_class
+
+            # The columns themselves (``Ledger.balance`` is a new int64 array: writing it changed
+            # nothing, so every payment failed for funds and the snapshot saw no updates).
+            self.ledger.balances.narrow[:] = 100_000
+            self.ledger.flags |= bits_of_class(1)  # wallet class 1, beside the hooks' seeded flag bits
             self.ledger.supply_fen = 100_000 * accounts
         create(journal, config.journal_header())
         self.journal = Journal(journal, "off", segment_bytes=config.journal_segment_bytes)
