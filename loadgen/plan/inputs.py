@@ -112,6 +112,8 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     cores: int
     calibration_tps: float | None
     sustained: bool
+    verdict: str  # the run's verdict label ("sustained", "not sustained", ...)
+    p99_ms: float
 
 
 class MeasuredMax(msgspec.Struct, frozen=True):
@@ -202,6 +204,7 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
     traffic = result.traffic
     calibration = result.environment.calibration
     validators = validators_spec(settings.server_args, _workers(server.stats_end) | dict(server.tier_workers))
+    verdict = verdict_of(result, settings.targets)
     return RunCost(
         file=file,
         profile=result.summary.profile,
@@ -223,7 +226,9 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
         cpu_model=result.environment.cpu_model,
         cores=result.environment.cores,
         calibration_tps=None if calibration is None else calibration.engine_tps,
-        sustained=verdict_of(result, settings.targets).sustained,
+        sustained=verdict.sustained,
+        verdict=verdict.kind.label,
+        p99_ms=result.summary.p99_ms,
     )
 
 

@@ -598,6 +598,16 @@ def _delta_line(plan: ProfilePlan, other: ProfilePlan | None, name: str) -> str:
     return f"what {plan.profile}'s policy and surveillance add over {name}: " + ", ".join(parts)
 
 
+def size_text(n: float | None, unit: str = "") -> str:
+    """Bytes in decimal units (``1.3 TB``), or "not measured"."""
+    if n is None:
+        return "not measured"
+    for div, name in ((1e15, "PB"), (1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(n) >= div:
+            return f"{n / div:,.1f} {name}{unit}"
+    return f"{n:,.0f} B{unit}"
+
+
 def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], request: PlanRequest) -> list[str]:
     cal = (
         f"CPU calibration score {min(calibrations):,.0f}-{max(calibrations):,.0f} transfers/s"

@@ -32,6 +32,7 @@ from loadgen.plan.model import (
     predict_max,
     scaled,
 )
+from loadgen.plan.table import BEGIN, END, headline_markdown, rate_text, replace_section
 from loadgen.results.state import StateFootprint
 from tests.support.plan_fixtures import TEMPLATE, CostModel, default_model, full_hooks, synthetic_run, write_runs
 
@@ -384,3 +385,26 @@ def test_trove_threads_in_the_server_process_are_not_counted_twice(model: CostMo
     assert cost is not None
     assert cost.tier_ns_per_s["framing_io"] == pytest.approx(child.tier_ns_per_s["framing_io"])
     assert cost.tier_ns_per_s["trove"] == pytest.approx(child.tier_ns_per_s["trove"])
+
+
+def test_headline_section_has_a_row_per_profile_from_the_plan_and_its_runs(tmp_path: Path, model: CostModel) -> None:
+    """The README section (``loadgen.plan.table``): one plan row and one measured row per profile,
+    each figure the plan's or its runs', every run's file listed; it replaces only what lies
+    between the markers, and a README without them is refused by name."""
+    write_runs(tmp_path, _runs(model, traffic=TRAFFIC, state=STATE))
+    inputs = read_inputs(tmp_path)
+    plan = build_plan(inputs, _request())
+    section = headline_markdown(plan, inputs.runs, plan_command="cbdc-bench plan ...", commands_file="C.md")
+    p = plan.plan
+    (row,) = [line for line in section.splitlines() if line.startswith(f"| {p.profile} | {p.cores:.2f} ")]
+    assert f"({p.cores_low:.2f}-{p.cores_high:.2f})" in row and f"{p.memory_bytes / GIB:,.1f} GiB" in row
+    assert f"| {p.machines} |" in row
+    (measured,) = [line for line in section.splitlines() if line.startswith(f"| {p.profile} | 100k/s: ")]
+    for run in inputs.runs:
+        cores = sum(v for t, v in run.tier_ns_per_s.items() if t != "generator") / 1e9
+        assert f"{rate_text(run.offered_tps)}: {cores:.2f} cores" in measured
+        assert Path(run.file).name in section
+    readme = f"intro\n{BEGIN}\nold table\n{END}\nafter\n"
+    assert replace_section(readme, section) == f"intro\n{section}\nafter\n"
+    with pytest.raises(ValueError, match="no section between"):
+        replace_section("no markers here", section)
