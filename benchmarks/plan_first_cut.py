@@ -16,8 +16,9 @@ Run from the repository root on a quiet machine (about 10 minutes on 2 cores):
    section (``loadgen.plan.table``): printed, and written into ``--readme`` between its markers.
 
 Every command and the result files it wrote go to ``OUT/COMMANDS.md``. ``--tiny`` runs the same
-steps at a tenth of the rates, 20,000 accounts and 1-second phases into a temporary directory
-(a check that the pipeline works, not a measurement). Not part of the test suite.
+steps at a tenth of the rates, 20,000 accounts and 1-second phases (a check that the pipeline
+works, not a measurement), into a temporary directory removed at the end unless ``--out`` is
+given. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -139,13 +140,13 @@ def search_scenario(path: Path, settings: dict[str, tuple[float, ...]], scale: f
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/plan-first-cut", help="result files (default %(default)s)")
+    ap.add_argument("--out", help="result files (default results/plan-first-cut; with --tiny a temporary directory)")
     ap.add_argument("--readme", help="write the headline section into this README (between its markers)")
     ap.add_argument("--tiny", action="store_true", help="a pipeline check at a tenth of the rates, in a temp dir")
     ap.add_argument("--plan-only", action="store_true", help="skip the measurements: plan from --out as it is")
     args = ap.parse_args(argv)
-    tiny_dir = Path(tempfile.mkdtemp(prefix="plan-first-cut-tiny-")) if args.tiny else None
-    out = tiny_dir / "plan-first-cut" if tiny_dir else Path(args.out)
+    tiny_dir = Path(tempfile.mkdtemp(prefix="plan-first-cut-tiny-")) if args.tiny and not args.out else None
+    out = tiny_dir / "plan-first-cut" if tiny_dir else Path(args.out or "results/plan-first-cut")
     search_out = out.with_name(out.name + "-search")
     try:
         if not args.plan_only:

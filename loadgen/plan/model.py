@@ -525,7 +525,12 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
     options = [(v, w) for v, w in ((by_seq, "the sequencer's core"), (by_all, f"all {cores} cores")) if v is not None]
     predicted, limit = min(options) if options else (None, "nothing saturates")
     measured = next((m for m in maxima if m.profile == profile), None)
-    error = (predicted - measured.median_tps) / measured.median_tps if predicted and measured else None
+    # A search that sustained nothing (max 0) has no error to state: the plan shows its maximum only.
+    error = (
+        (predicted - measured.median_tps) / measured.median_tps
+        if predicted and measured and measured.median_tps > 0
+        else None
+    )
     peak = max(sum(v for t, v in r.tier_ns_per_s.items() if is_sequencer_tier(t, hooks)) for r in runs) / 1e9
     return Prediction(profile, predicted, limit, measured, error, peak)
 

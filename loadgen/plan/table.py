@@ -25,7 +25,12 @@ def rate_text(tps: float) -> str:
     return f"{tps / 1e3:,.0f}k/s" if tps >= 1e4 else f"{tps:,.0f}/s"
 
 
-def _plan_row(p: ProfilePlan) -> str:
+def outside_measured_rates(p: ProfilePlan, rate_tps: float) -> bool:
+    """The planned rate lies outside the rates the profile's fit was measured at."""
+    return bool(p.rates_tps) and not min(p.rates_tps) <= rate_tps <= max(p.rates_tps)
+
+
+def _plan_row(p: ProfilePlan, rate_tps: float) -> str:
     share = p.surveillance_cores / p.cores if p.cores else 0.0
     saturation = f", saturates near {rate_text(p.sequencer_saturation_tps)}" if p.sequencer_saturation_tps else ""
     state = (
@@ -38,7 +43,8 @@ def _plan_row(p: ProfilePlan) -> str:
         disk += " + a store not measured"
     machines = str(p.machines) if p.machines is not None else "none of this size"
     return (
-        f"| {p.profile} | {p.cores:.2f} ({p.cores_low:.2f}-{p.cores_high:.2f}) | {p.surveillance_cores:.2f} "
+        f"| {p.profile}{' (†)' if outside_measured_rates(p, rate_tps) else ''} | {p.cores:.2f} "
+        f"({p.cores_low:.2f}-{p.cores_high:.2f}) | {p.surveillance_cores:.2f} "
         f"({share:.0%}) | {p.sequencer_core_busy:.0%} busy ({p.batch_regime} batching){saturation} | {state} | "
         f"{disk} | {size_text(p.network_bytes_per_s, '/s')} | {machines} |"
     )
@@ -87,8 +93,17 @@ def headline_markdown(
         "| profile | cores (band) | of which policy/surveillance | sequencer's one core | sequencer's state | disk "
         "per day | network in+out | machines |",
         "|---|---|---|---|---|---|---|---|",
-        *(_plan_row(p) for p in profiles),
+        *(_plan_row(p, r.rate_tps) for p in profiles),
         "",
+        *(
+            [
+                f"(†) measured only below or above {r.rate_tps:,.0f}/s (the rates are in the next table): the fitted "
+                "costs are extrapolated in rate, and the batches come from the batch model alone.",
+                "",
+            ]
+            if any(outside_measured_rates(p, r.rate_tps) for p in profiles)
+            else []
+        ),
         "The measured 2-core figures each row was derived from (server CPU = the server process, its "
         "validators and trove child; the generator excluded), the maximum the fit predicts for this "
         "machine, and the maximum a search measured:",

@@ -17,7 +17,7 @@ from loadgen.cli.main import main
 from loadgen.cli.plan import EXIT_INCOMPLETE, format_plan, plan_command
 from loadgen.generator.gateway import LoadConfig
 from loadgen.harness.engine_run import ENGINE_KIND, EngineResult, run_engine, save_engine_result
-from loadgen.plan.inputs import Arrivals, read_inputs, run_cost
+from loadgen.plan.inputs import Arrivals, MeasuredMax, read_inputs, run_cost
 from loadgen.plan.model import (
     GIB,
     SECONDS_PER_DAY,
@@ -404,7 +404,18 @@ def test_headline_section_has_a_row_per_profile_from_the_plan_and_its_runs(tmp_p
         cores = sum(v for t, v in run.tier_ns_per_s.items() if t != "generator") / 1e9
         assert f"{rate_text(run.offered_tps)}: {cores:.2f} cores" in measured
         assert Path(run.file).name in section
+    assert "(†)" not in section  # 300k/s lies inside the measured 100k-1.6M/s
+    above = build_plan(inputs, _request(rate_tps=5e6))
+    marked = headline_markdown(above, inputs.runs, plan_command="cbdc-bench plan ...", commands_file="C.md")
+    assert f"| {p.profile} (†) |" in marked and "extrapolated in rate" in marked
     readme = f"intro\n{BEGIN}\nold table\n{END}\nafter\n"
     assert replace_section(readme, section) == f"intro\n{section}\nafter\n"
     with pytest.raises(ValueError, match="no section between"):
         replace_section("no markers here", section)
+
+
+def test_a_search_that_sustained_nothing_gives_no_error(model: CostModel) -> None:
+    costs = [c for c in (run_cost(r) for r in _runs(model)) if c is not None]
+    nothing = MeasuredMax("full", 0.0, 0.0, 1_000.0, 1, True, "compare.json", costs[0].cpu_model, None)
+    prediction = predict_max("full", costs, [nothing])
+    assert prediction.measured == nothing and prediction.error is None and prediction.predicted_tps
