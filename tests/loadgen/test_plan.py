@@ -419,3 +419,26 @@ def test_a_search_that_sustained_nothing_gives_no_error(model: CostModel) -> Non
     nothing = MeasuredMax("full", 0.0, 0.0, 1_000.0, 1, True, "compare.json", costs[0].cpu_model, None)
     prediction = predict_max("full", costs, [nothing])
     assert prediction.measured == nothing and prediction.error is None and prediction.predicted_tps
+
+
+def test_signed_with_one_and_two_validators_plans_their_cpu_per_signed_payment(tmp_path: Path) -> None:
+    """The validators tier at the planned rate is its measured CPU per signed payment (from the
+    validators' own CPU in the server's stats) times the rate: a scale-out tier, extrapolated beyond
+    the processes it was measured with, that adds machines once it outgrows the replicas' spare cores."""
+    per_payment = {1: 70_000.0, 2: 75_000.0}  # a second process verifies as much, a little less efficiently
+    for workers, ns in per_payment.items():
+        model = CostModel(per_batch_ns={"ledger": 50_000.0}, per_payment_ns={"ledger": 200.0, "validators": ns})
+        runs = [synthetic_run(model, rate_tps=r, batch_size=r / 200, validators=workers) for r in (5e3, 1e4, 2e4)]
+        write_runs(tmp_path, runs)
+    request = _request(rate_tps=1_000_000.0)
+    plan = build_plan(read_inputs(tmp_path), request)
+    by_label = {p.profile: p for p in [plan.plan, *plan.others]}
+    for workers, ns in per_payment.items():
+        p = by_label[f"full@{workers} validators"]
+        validators = next(t for t in p.tiers if t.tier == "validators")
+        assert validators.cores == pytest.approx(ns * request.rate_tps / 1e9, rel=1e-6)
+        assert validators.extrapolated and not validators.on_sequencer and not validators.surveillance
+        scale_out = sum(t.cores_high for t in p.tiers if not t.on_sequencer)
+        assert p.machines == 3 + math.ceil((scale_out - 63) / 64) and p.machines > 3
+    section = headline_markdown(plan, read_inputs(tmp_path).runs, plan_command="plan", commands_file="C.md")
+    assert "| full@1 validators (†) |" in section and "| full@2 validators (†) |" in section
