@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             scale = 0.1 if args.tiny else 1.0
             rec = measure(out, search_out, scale=scale, accounts="20000" if args.tiny else "1000000",
-                          seconds="1" if args.tiny else "4", warmup="0.5" if args.tiny else "2")  # fmt: skip
+                          seconds="1" if args.tiny else "3", warmup="0.5" if args.tiny else "2")  # fmt: skip
             rec.save()
         command = (
             f"cbdc-bench plan --rate {PLAN_RATE_TPS:.0f} --accounts {PLAN_ACCOUNTS} --profile {PLAN_PROFILE} "
