@@ -233,6 +233,7 @@ class BatchModel(msgspec.Struct, frozen=True):
     per_batch_ns: float
     per_payment_ns: float
     arrivals: Arrivals
+    idle_runs: int = 0  # runs batches_per_tick came from (0: none was idle; the least busy one stood in)
 
     def idle_batches_per_s(self, rate_tps: float) -> float:
         return self.batches_per_tick * self.arrivals.ticks_per_s(rate_tps)
@@ -270,15 +271,21 @@ def batch_model(runs: Sequence[RunCost], tier_fits: dict[str, TierFit], hooks: S
     per-batch CPU below the measured rates is underestimated, and the plan says so).
     """
     seq = [f for t, f in tier_fits.items() if is_sequencer_tier(t, hooks)]
-    busy = {id(r): sum(v for t, v in r.tier_ns_per_s.items() if is_sequencer_tier(t, hooks)) / 1e9 for r in runs}
-    idle = [r for r in runs if busy[id(r)] <= IDLE_SEQUENCER_CORES] or [min(runs, key=lambda r: busy[id(r)])]
-    per_tick = [r.batches_per_s / r.arrivals.ticks_per_s(r.offered_tps) for r in idle]
+    idle = [r for r in runs if sequencer_cores(r, hooks) <= IDLE_SEQUENCER_CORES]
+    stand_in = idle or [min(runs, key=lambda r: sequencer_cores(r, hooks))]
+    per_tick = [r.batches_per_s / r.arrivals.ticks_per_s(r.offered_tps) for r in stand_in]
     return BatchModel(
         batches_per_tick=float(statistics.median(per_tick)),
         per_batch_ns=sum(f.per_batch_ns for f in seq),
         per_payment_ns=sum(f.per_payment_ns for f in seq),
         arrivals=max(runs, key=lambda r: r.offered_tps).arrivals,
+        idle_runs=len(idle),
     )
+
+
+def sequencer_cores(run: RunCost, hooks: Sequence[str]) -> float:
+    """Cores the sequencer's tiers used in ``run``."""
+    return sum(v for t, v in run.tier_ns_per_s.items() if is_sequencer_tier(t, hooks)) / 1e9
 
 
 def cpu_ns_per_s(tier_fits: dict[str, TierFit], tiers: Sequence[str], rate_tps: float, batches: BatchModel) -> float:
@@ -531,7 +538,7 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
         if predicted and measured and measured.median_tps > 0
         else None
     )
-    peak = max(sum(v for t, v in r.tier_ns_per_s.items() if is_sequencer_tier(t, hooks)) for r in runs) / 1e9
+    peak = max(sequencer_cores(r, hooks) for r in runs)
     return Prediction(profile, predicted, limit, measured, error, peak)
 
 
@@ -645,7 +652,13 @@ def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], req
         f"batches at {request.rate_tps:,.0f}/s: {plan.batches_per_s:,.0f}/s ({plan.batch_regime} regime of the batch "
         f"model: the generator's {m.arrivals.load.operators} gateways tick "
         f"{m.arrivals.ticks_per_s(request.rate_tps):,.0f} times/s, {m.batches_per_tick:.2f} batches per tick "
-        "measured while the sequencer was idle; busy, the "
+        + (
+            "measured while the sequencer was idle"
+            if m.idle_runs
+            else f"from the least busy run: no run's sequencer used at most {IDLE_SEQUENCER_CORES} of its core, "
+            "so below the measured rates the batches, and the per-batch CPU, are too few"
+        )
+        + "; busy, the "
         f"sequencer's {m.per_batch_ns / 1e3:,.0f} us per batch + {m.per_payment_ns:,.0f} ns per payment fill one "
         f"core; at most {m.arrivals.full_batch(request.rate_tps):,.0f} payments a batch)",
         "a tier scales linearly in cores up to the workers it was measured with; beyond that it is extrapolation"

@@ -248,6 +248,10 @@ def test_batches_per_tick_come_from_the_runs_where_the_sequencer_was_idle(model:
     assert m.per_batch_ns == pytest.approx(sum(model.per_batch_ns[t] for t in seq), rel=1e-6)
     assert m.per_payment_ns == pytest.approx(sum(model.per_payment_ns[t] for t in seq), rel=1e-6)
     assert m.arrivals.max_batch == 8192 and m.arrivals.load.operators == 2
+    assert m.idle_runs == 2
+    only_busy = batch_model(costs[-1:], fits(costs[-1:]), full_hooks())
+    assert only_busy.idle_runs == 0
+    assert only_busy.batches_per_tick == pytest.approx(costs[-1].batches_per_s / _ticks_per_s(1_600_000.0))
 
 
 def test_prediction_is_where_the_fitted_sequencer_core_saturates(model: CostModel) -> None:
