@@ -95,6 +95,8 @@ def headline_markdown(
         "|---|---|---|---|---|---|---|---|",
         *(_plan_row(p, r.rate_tps) for p in profiles),
         "",
+        *(f"{line[0].upper()}{line[1:]}." for line in plan.deltas),
+        "",
         *(
             [
                 f"(†) measured only below or above {r.rate_tps:,.0f}/s (the rates are in the next table): the fitted "

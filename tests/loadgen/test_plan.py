@@ -409,6 +409,7 @@ def test_headline_section_has_a_row_per_profile_from_the_plan_and_its_runs(tmp_p
         assert f"{rate_text(run.offered_tps)}: {cores:.2f} cores" in measured
         assert Path(run.file).name in section
     assert "(†)" not in section  # 300k/s lies inside the measured 100k-1.6M/s
+    assert plan.deltas and all(d[1:] in section for d in plan.deltas)  # what the hooks add over baseline, signed
     above = build_plan(inputs, _request(rate_tps=5e6))
     marked = headline_markdown(above, inputs.runs, plan_command="cbdc-bench plan ...", commands_file="C.md")
     assert f"| {p.profile} (†) |" in marked and "extrapolated in rate" in marked
