@@ -62,7 +62,7 @@ class Arrivals(msgspec.Struct, frozen=True):
     """How payments reached the server in a run, so the batch model can say how they arrive at any rate.
 
     The generator's gateways each send, every tick, one Submit of what fell due (at most
-    ``frame_max`` transfers); the tick follows the rate by the generator's own rule
+    ``load.batch_max`` transfers); the tick follows the rate by the generator's own rule
     (``LoadConfig.tick_ns``: about 1,000 transfers a frame, 1-5 ms). The server cuts a batch of whole
     Submits, at most ``max_batch`` transfers (its ``Welcome.max_batch``).
     """
