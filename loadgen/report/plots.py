@@ -330,7 +330,7 @@ def timeseries_figure(data: ReportData, runs: list[Loaded]) -> Figure:
     top.set_ylabel("replies per second\n(% of the offered rate)")
     if rate:
         right = top.secondary_yaxis("right", functions=(lambda p: p * rate / 100, lambda v: v * 100 / rate))
-        right.yaxis.set_major_formatter(_KTPS)
+        right.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))  # 1% of 300k is 3,000
         right.set_ylabel("replies per second")
     top.legend(fontsize=8, ncols=3, loc="lower right")
     bottom.set_ylim(0, max(bottom.get_ylim()[1], data.slo_p99_ms * 1.1))
