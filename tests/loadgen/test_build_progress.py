@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -95,3 +97,22 @@ def test_a_phase_of_unknown_size_is_finished_when_the_next_begins(unknown_size: 
         bar(BuildStep(PHASE_HOOKS, 0, 1, "hooks"))
         first = bar.progress.tasks[0]
         assert first.finished
+
+
+@pytest.mark.parametrize(("mode", "drawn"), [("bar", True), ("auto", False)])
+def test_serve_draws_its_bar_when_asked_and_nothing_off_a_terminal(mode: str, drawn: bool) -> None:
+    """``serve --progress bar`` off a terminal prints the finished bars once; ``auto`` there prints none."""
+    args = [*server_arguments(profile="limits", accounts=ACCOUNTS, seed=3, operators=2), "--progress", mode]
+    with subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            first = proc.stdout.readline()
+            assert first.startswith("listening on"), first  # no JSON step lines unless asked for them
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        errors = proc.stderr.read()
+    bars = f"{ACCOUNTS:,}/{ACCOUNTS:,} accounts" in errors and "1/1 hooks" in errors
+    assert bars is drawn, errors[-2000:]
