@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -64,6 +65,13 @@ _KTPS = FuncFormatter(lambda x, _pos: "0" if x == 0 else (f"{x / 1e6:g}M" if abs
 _PLAIN = FuncFormatter(lambda y, _pos: f"{y:g}")
 # Minor ticks of a log axis labelled at 2 and 5 only, so labels do not collide.
 _PLAIN_MINOR = FuncFormatter(lambda y, _pos: f"{y:g}" if f"{y:.0e}"[0] in "25" else "")
+
+
+def _slo_line(ax: Axes, slo_p99_ms: float) -> None:
+    """The SLO as a dashed line across ``ax``, labelled at its right end."""
+    ax.axhline(slo_p99_ms, color="k", ls="--", lw=0.9)
+    label = f"SLO: p99 {slo_p99_ms:g} ms "
+    ax.text(0.99, slo_p99_ms, label, va="bottom", ha="right", fontsize=8, transform=ax.get_yaxis_transform())
 
 
 def _at_rate(runs: list[Loaded], profile: str, rate: float | None) -> list[Loaded]:
@@ -132,16 +140,7 @@ def elbow_figure(data: ReportData) -> Figure:
             )
         zoom_high = max([zoom_high, *(pt.p99_ms for pt in mine if lo_tps <= pt.offered_tps <= hi_tps)])
     for ax in (full, zoom):
-        ax.axhline(data.slo_p99_ms, color="k", ls="--", lw=0.9)
-        ax.text(
-            0.99,
-            data.slo_p99_ms,
-            f"SLO: p99 {data.slo_p99_ms:g} ms ",
-            va="bottom",
-            ha="right",
-            fontsize=8,
-            transform=ax.get_yaxis_transform(),
-        )
+        _slo_line(ax, data.slo_p99_ms)
         ax.axvline(HEADLINE_TPS, color="crimson", ls=":", lw=1.2)
         ax.xaxis.set_major_formatter(_KTPS)
         ax.set_xlabel("offered load (payments/s)")
@@ -334,16 +333,7 @@ def timeseries_figure(data: ReportData, runs: list[Loaded]) -> Figure:
         right.set_ylabel("replies per second")
     top.legend(fontsize=8, ncols=3, loc="lower right")
     bottom.set_ylim(0, max(bottom.get_ylim()[1], data.slo_p99_ms * 1.1))
-    bottom.axhline(data.slo_p99_ms, color="k", ls="--", lw=0.9)
-    bottom.text(
-        0.99,
-        data.slo_p99_ms,
-        f"SLO: p99 {data.slo_p99_ms:g} ms ",
-        va="bottom",
-        ha="right",
-        fontsize=8,
-        transform=bottom.get_yaxis_transform(),
-    )
+    _slo_line(bottom, data.slo_p99_ms)
     bottom.set_ylabel("p99 of that second (ms)")
     bottom.set_xlabel("seconds since the run's start (grey: warm-up, not measured)")
     where = f"{rate:,.0f} payments/s offered" if rate else "the reference rate"
