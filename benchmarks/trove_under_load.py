@@ -81,7 +81,7 @@ def under_load(args: argparse.Namespace) -> dict[str, Any]:
             run.terminate()
             run.wait()
     lines = [line for line in stdout.splitlines() if line.strip()]
-    result = {
+    result: dict[str, Any] = {
         "command": " ".join(cmd),
         "preload_rows": rows_before,
         "preload_s": preload_s,
@@ -89,10 +89,22 @@ def under_load(args: argparse.Namespace) -> dict[str, Any]:
         "queries": queries,
         "run_exit_status": run.returncode,
         "verdict": lines[-1] if lines else "",
-        "results_dir": str(out / "results"),
     }
+    files = sorted((out / "results").glob("*.json"))
+    if files:  # the run's own figures: rate and latency achieved, the trove's backlog and cost
+        run_result = json.loads(files[-1].read_bytes())
+        summary = run_result["summary"]
+        result["run"] = {k: summary[k] for k in ("achieved_tps", "achieved_ratio", "p50_ms", "p99_ms", "audit_ok")}
+        result["run"]["server_trove"] = run_result["server"].get("trove")
+        result["run"]["surveillance_log_ns_per_transfer"] = (
+            run_result["server"].get("hooks", {}).get("surveillance_log", {}).get("ns_per_transfer")
+        )
     if not args.keep_trove:
         shutil.rmtree(trove, ignore_errors=True)
+    if not args.out:  # a temporary directory: nothing is left behind (the figures are printed)
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        result["results_dir"] = str(out / "results")
     return result
 
 
