@@ -386,11 +386,15 @@ def process_runqueue_wait_ns(pid: int) -> int:
     Why: on a busy machine the child at nice 10 gets the CPU last; this says how much of its wall
     time went to waiting for one, apart from its own CPU time (``process_cpu_ns``).
     """
-    total = 0
-    for f in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(f.read_text().split()[1])
-    return total
+    return sum(_runqueue_wait_ns(f) for f in Path(f"/proc/{pid}/task").glob("*/schedstat"))
+
+
+def _runqueue_wait_ns(schedstat: Path) -> int:
+    """The second field of a thread's ``schedstat``: ns runnable but not running (0 if gone)."""
+    try:
+        return int(schedstat.read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def process_cpu_ns(pid: int) -> int:
@@ -418,6 +422,8 @@ class _Feeder:
         self.freed_w = freed_w
         self.slots = slots
         self.taken = 0
+        #: This thread's wait for a CPU, noted as it ends (its /proc entry goes with it).
+        self.runqueue_wait_ns = 0
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._loop, name="trove-feeder", daemon=True)
 
@@ -445,6 +451,7 @@ class _Feeder:
                 with self.cond:
                     self.taken += 1
                     self.cond.notify_all()
+        self.runqueue_wait_ns = _runqueue_wait_ns(Path("/proc/thread-self/schedstat"))
 
     def drain(self, slots_sent: int) -> None:
         """Wait until the feeder has handed over every slot the parent had sent."""
@@ -510,9 +517,11 @@ def child_main(conn: Connection, shm: mmap.mmap, filled_r: int, freed_w: int) ->
                     conn.send(("ok", None))
                 case ("close", slots_sent):
                     feeder.thread.join()  # the parent closed the "filled" pipe: the feeder ends after the last slot
+                    # Read while the writer and compactor threads live (a thread's figure goes with it);
+                    # the feeder noted its own as it ended. The final flush's wait is not in it.
+                    waited_ns = process_runqueue_wait_ns(os.getpid()) + feeder.runqueue_wait_ns
                     trove.close()
-                    final = {"stats": trove.stats(), "cpu_ns": time.process_time_ns()}
-                    final["runqueue_wait_ns"] = process_runqueue_wait_ns(os.getpid())
+                    final = {"stats": trove.stats(), "cpu_ns": time.process_time_ns(), "runqueue_wait_ns": waited_ns}
                     conn.send(("ok", final))
                     return
                 case _:
