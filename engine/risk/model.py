@@ -134,7 +134,9 @@ class Predictor:
         self.path = path
         self.threshold = model.threshold
         self.trees = model.model_text.count("\nTree=")
-        self.runtime, self.fallback_reason = load_runtime(runtime, model.model_text, sha256, path, log)
+        # Compiled forms are cached next to the model file, or in the cache when that folder is read-only.
+        artefacts = path if path is not None and os.access(path.parent, os.W_OK) else cache_dir() / "risk-model.json"
+        self.runtime, self.fallback_reason = load_runtime(runtime, model.model_text, sha256, artefacts, log)
         self.runtime_name = self.runtime.name
 
     def predict(self, rows: np.ndarray, *, threads: int = 1) -> np.ndarray:

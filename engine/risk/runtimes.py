@@ -115,21 +115,15 @@ def _version(package: str) -> str:
         return "none"
 
 
-def artefact_path(model_path: Path | None, sha256: str, tag: str) -> Path:
-    """Where a compiled form of the model is cached: next to the model file, named by what made it.
+def artefact_path(model_path: Path, sha256: str, tag: str) -> Path:
+    """Where a compiled form of the model at ``model_path`` is cached: next to it, named by what made it.
 
     The name carries the model's sha256 (first 16 hex digits) and ``tag`` (the compiler's versions,
     and the host CPU where the code is tuned for it), so a changed model, compiler or machine
     compiles afresh instead of loading stale code (lleaves loads a cache file without any check of
-    its own). Next to the model if that folder is writable, else in ``engine.risk.model.cache_dir()``.
+    its own). ``engine.risk.model`` passes a path in its cache folder when the model's is read-only.
     """
-    from engine.risk.model import cache_dir
-
-    folder = model_path.parent if model_path is not None else cache_dir()
-    if not os.access(folder, os.W_OK):
-        folder = cache_dir()
-    stem = model_path.stem if model_path is not None else "risk-model"
-    return folder / f"{stem}.{sha256[:16]}.{tag}"
+    return model_path.with_name(f"{model_path.stem}.{sha256[:16]}.{tag}")
 
 
 def _model_text_file(model_text: str, folder: str) -> str:
@@ -138,12 +132,14 @@ def _model_text_file(model_text: str, folder: str) -> str:
     return path
 
 
-def _compile_lleaves(model_text: str, sha256: str, model_path: Path | None, log: Log) -> LleavesRuntime:
+def _compile_lleaves(model_text: str, sha256: str, model_path: Path, log: Log) -> LleavesRuntime:
     try:
         import lleaves
         import llvmlite.binding as llvm
     except ImportError as exc:
-        raise CompilerUnavailable(f"lleaves is not installed ({exc}): pip install 'lleaves>=1.3' 'llvmlite<0.45'") from exc
+        raise CompilerUnavailable(
+            f"lleaves is not installed ({exc}): pip install 'lleaves>=1.3' 'llvmlite<0.45'"
+        ) from exc
     tag = f"lleaves{_version('lleaves')}-llvmlite{_version('llvmlite')}-{llvm.get_host_cpu_name()}.o"
     cached = artefact_path(model_path, sha256, tag)
     with tempfile.TemporaryDirectory(prefix="cbdc-risk-") as tmp:
@@ -168,7 +164,7 @@ def _compile_lleaves(model_text: str, sha256: str, model_path: Path | None, log:
         return LleavesRuntime(model)
 
 
-def _compile_tl2cgen(model_text: str, sha256: str, model_path: Path | None, log: Log) -> Tl2cgenRuntime:
+def _compile_tl2cgen(model_text: str, sha256: str, model_path: Path, log: Log) -> Tl2cgenRuntime:
     try:
         import tl2cgen
         import treelite
@@ -190,15 +186,15 @@ def _compile_tl2cgen(model_text: str, sha256: str, model_path: Path | None, log:
     return Tl2cgenRuntime(cached)
 
 
-def load_runtime(
-    name: PredictorName, model_text: str, sha256: str, model_path: Path | None, log: Log
-) -> tuple[Runtime, str]:
+def load_runtime(name: PredictorName, model_text: str, sha256: str, model_path: Path, log: Log) -> tuple[Runtime, str]:
     """The runtime to score with, and why it is not the one asked for ("" when it is).
+
+    Compiled forms are cached next to ``model_path`` (``artefact_path``).
 
     ``auto`` tries ``AUTO_ORDER`` and falls back to LightGBM, returning the reason; a runtime named
     explicitly must work (``CompilerUnavailable`` otherwise: asked for, so not silently replaced).
     """
-    compilers: dict[str, Callable[[str, str, Path | None, Log], Runtime]] = {
+    compilers: dict[str, Callable[[str, str, Path, Log], Runtime]] = {
         "lleaves": _compile_lleaves,
         "tl2cgen": _compile_tl2cgen,
     }

@@ -24,6 +24,7 @@ two-thread figures are wall time (they are about parallelism).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import statistics
 import tempfile
@@ -131,6 +132,15 @@ def _median_ns(fn: Callable[[], Any], per: int) -> tuple[float, float]:
     return statistics.median(cpu) / per, statistics.median(wall) / per
 
 
+def _same(scores: np.ndarray, _rows: np.ndarray) -> np.ndarray:
+    return scores
+
+
+def _each(runtime: Runtime, rows: list[np.ndarray]) -> None:
+    for row in rows:
+        runtime.predict(row, 1)
+
+
 def _two_callers_speedup(runtime: Runtime, x: np.ndarray) -> float:
     runtime.predict(x, 1)
     t0 = time.perf_counter_ns()
@@ -189,7 +199,7 @@ def run_bench(
             text = fit(msgspec.structs.replace(settings, trees=n), rows, y)
             booster = lightgbm.Booster(model_str=text)
             reference = np.asarray(booster.predict(held64, num_threads=1))
-            threshold, _ = evaluate(lambda _r, s=reference: s, held64, held_label, settings.flag_fpr)
+            threshold, _ = evaluate(functools.partial(_same, reference), held64, held_label, settings.flag_fpr)
             for predictor in predictors:
                 if predictor in unavailable:
                     continue
@@ -215,9 +225,7 @@ def run_bench(
                 figures.extend(_time_runtime(runtime, predictor, n, largest, batch_sizes))
                 if n == trees:
                     one_rows = [largest[i : i + 1] for i in range(min(PER_PAYMENT_ROWS, len(largest)))]
-                    per_payment[predictor] = _median_ns(
-                        lambda r=runtime, rs=one_rows: [r.predict(row, 1) for row in rs], len(one_rows)
-                    )[0]
+                    per_payment[predictor] = _median_ns(functools.partial(_each, runtime, one_rows), len(one_rows))[0]
                     two_callers[predictor] = _two_callers_speedup(runtime, largest)
     at_default = [f for f in figures if f.trees == trees and f.threads == 1 and f.batch_rows == max(batch_sizes)]
     return BenchResult(
@@ -242,7 +250,7 @@ def _time_runtime(
     for rows in batch_sizes:
         batch = np.ascontiguousarray(largest[:rows])
         for threads in THREADS:
-            cpu, wall = _median_ns(lambda b=batch, t=threads: runtime.predict(b, t), rows)
+            cpu, wall = _median_ns(functools.partial(runtime.predict, batch, threads), rows)
             out.append(InferenceFigures(predictor, trees, rows, threads, round(cpu, 1), round(wall, 1)))
     return out
 
@@ -275,10 +283,10 @@ def format_bench(r: BenchResult) -> str:
             if (predictor, n, big, 1) not in cells:
                 continue
             one = "".join(f"{cells[(predictor, n, b, 1)].cpu_ns_per_payment:>9,.0f}" for b in r.batch_sizes)
+            walls = [(cells[(predictor, n, b, 1)], cells[(predictor, n, b, 2)]) for b in r.batch_sizes]
             two = "".join(
-                f"{cells[(predictor, n, b, 2)].wall_ns_per_payment:>9,.0f} "
-                f"({cells[(predictor, n, b, 1)].wall_ns_per_payment / cells[(predictor, n, b, 2)].wall_ns_per_payment:.1f})"
-                for b in r.batch_sizes
+                f"{t.wall_ns_per_payment:>9,.0f} ({o.wall_ns_per_payment / t.wall_ns_per_payment:.1f})"
+                for o, t in walls
             )
             ref = cells.get(("lightgbm", n, big, 1))
             ratio = f"{ref.cpu_ns_per_payment / cells[(predictor, n, big, 1)].cpu_ns_per_payment:5.1f}x" if ref else ""
@@ -293,7 +301,9 @@ def format_bench(r: BenchResult) -> str:
     calls = ", ".join(f"{p} {ns / 1000:.1f} us" for p, ns in r.per_payment_call_ns.items())
     lines.append(f"one call per payment, {r.trees} trees, 1 thread, CPU: {calls}")
     callers = ", ".join(f"{p} {s:.2f}x" for p, s in r.two_callers_speedup.items())
-    lines.append(f"two Python threads predicting at once vs one after the other (GIL released: ~2x on idle cores): {callers}")
+    lines.append(
+        f"two Python threads predicting at once vs one after the other (GIL released: ~2x when idle): {callers}"
+    )
     lines.append("build (compile/convert) seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r.compile_s.items()))
     if r.sklearn_hgb_ns_per_payment is not None:
         lines.append(
