@@ -263,7 +263,7 @@ class RiskModel(Hook):
             # Which runtime scored (lleaves, tl2cgen, lightgbm) and why not the one asked for.
             "predictor": "" if p is None else p.runtime_name,
             "predictor_fallback": "" if p is None else p.fallback_reason,
-            "model_thread": self._executor is not None,
+            "model_thread": self.config.mode == "observe" and self.config.model_thread,
         }
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, 
 from loadgen.generator.progress import LoadProgress, status
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.calibration import cpu_calibration, with_ed25519
+from loadgen.harness.cpu_split import cpu_ns_per_payment
 from loadgen.harness.server import running_server, server_arguments
 from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import AuditOutcome, RunResult, build_result
@@ -191,7 +192,7 @@ async def measure(
     stats_final = probes.get("final", (None, {}))[1]
     if cpu0 is None or cpu1 is None:  # no pid: the server's own figure, where it reports one
         cpu0, cpu1 = stats_start.get("process_cpu_s"), stats_end.get("process_cpu_s")
-    return build_result(
+    result = build_result(
         kind=kind,
         m=m,
         config=config,
@@ -211,6 +212,7 @@ async def measure(
         external=external,
         server_args=server_args,
     )
+    return msgspec.structs.replace(result, cpu_ns_per_payment=cpu_ns_per_payment(result))
 
 
 def run_measure(config: LoadConfig, **kwargs: Any) -> RunResult:

@@ -45,7 +45,8 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:       bytes per payment); environment.calibration (CPU calibration score). Later optional
 #:       fields (absent: not measured): server.durability.snapshots/snapshot_stall_ms_max (issue 15);
 #:       risk_model_sha256 (issue 18); the inputs of ``cbdc-bench plan`` (issue 21):
-#:       server.tier_cpu_s and tier_workers, traffic.trove_per_payment, state (``loadgen.results.state``).
+#:       server.tier_cpu_s and tier_workers, traffic.trove_per_payment, state (``loadgen.results.state``);
+#:       cpu_ns_per_payment (issue 18: CPU per payment by tier, ``loadgen.harness.cpu_split``).
 SCHEMA_VERSION = 2
 
 
@@ -328,6 +329,9 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     state: StateFootprint | None = None
     #: sha256 of the risk model the server ran (profiles with risk_model; "" otherwise). Optional.
     risk_model_sha256: str = ""
+    #: CPU ns per applied payment by tier (``loadgen.harness.cpu_split``: the plan's tiers, e.g.
+    #: framing_io, ledger, each hook, features, inference, trove, generator). Empty: not measured.
+    cpu_ns_per_payment: dict[str, float] = {}
 
 
 class _Version(msgspec.Struct):
