@@ -47,7 +47,7 @@ from engine.codes import CODE_DTYPE, ResultCode
 from engine.hooks.base import Hook, LedgerView, Transfers
 from engine.hooks.social_credit import SocialCredit
 from engine.risk.features import BYTES_PER_ACCOUNT, NS_PER_MINUTE, FeatureConfig, Payments, RollingFeatures
-from engine.risk.model import Predictor, load_model, resolve_model_path
+from engine.risk.model import SCORE_TIE_MARGIN, Predictor, load_model, resolve_model_path
 from engine.risk.runtimes import PredictorName
 
 
@@ -131,7 +131,8 @@ class RiskModel(Hook):
         self._ledger = ledger
         self.features = RollingFeatures(ledger.accounts, self._feature_config())
         self.predictor = load_model(resolve_model_path(self.config.model_path), runtime=self.config.predictor)
-        self.threshold = self.config.threshold or self.predictor.threshold
+        # Flag above the threshold by more than the runtimes' rounding (SCORE_TIE_MARGIN).
+        self.threshold = (self.config.threshold or self.predictor.threshold) + SCORE_TIE_MARGIN
         self._social = next((h for h in ledger.hooks if isinstance(h, SocialCredit)), None)
         if self.config.mode == "observe" and self.config.model_thread:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="risk-model")

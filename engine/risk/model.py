@@ -30,6 +30,13 @@ from engine.risk.runtimes import Log, PredictorName, load_runtime
 
 #: Version of the model file format. History: 1 = first version (issue 18).
 MODEL_FORMAT = 1
+#: Scores within this of the flag threshold count as below it (``engine.hooks.risk_model``). Trees
+#: give a finite set of scores and the model's threshold is one of them (a quantile of held-out
+#: scores), while runtimes add the same leaf values in another order (lleaves differs from LightGBM
+#: by up to ~1e-15): without the margin a payment scoring exactly the threshold could be flagged by
+#: one runtime and not by another (`cbdc-bench model bench` saw 1 of 94,061 held-out payments), and
+#: a journal would replay differently where another runtime scores.
+SCORE_TIE_MARGIN = 1e-9
 #: The LightGBM version the default model is trained with (pinned in pyproject.toml): the model
 #: text, hence its sha256, depends on it.
 LIGHTGBM_VERSION = "4.7.0"
