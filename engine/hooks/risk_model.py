@@ -199,9 +199,13 @@ class RiskModel(Hook):
         if self._executor is not None:
             self._pending.append(self._executor.submit(self._score, rows, p.payer))
             return
-        # model_thread = false: the same scores on this thread, applied with the same lag.
+        # model_thread = false: the same scores on this thread, applied with the same lag (and a
+        # failure counted by _settle, as on the thread).
         done: Future[np.ndarray] = Future()
-        done.set_result(p.payer[self._predict(rows) > self.threshold])
+        try:
+            done.set_result(p.payer[self._predict(rows) > self.threshold])
+        except Exception as exc:
+            done.set_exception(exc)
         self._pending.append(done)
         self.inference_ns += time.thread_time_ns() - t1
 

@@ -242,8 +242,9 @@ def test_auto_falls_back_to_lightgbm_and_says_why(tmp_path, risk_model_cache, mo
         load_model(risk_model_cache, runtime="lleaves", log=lines.append)
 
 
-def test_a_failing_model_thread_is_counted_and_the_ledger_goes_on(request) -> None:
-    wl, ledger, _, risk = _ledgers("observe", 0.02)
+@pytest.mark.parametrize("model_thread", [True, False])
+def test_a_failing_model_thread_is_counted_and_the_ledger_goes_on(model_thread, request) -> None:
+    wl, ledger, _, risk = _ledgers("observe", 0.02, model_thread=model_thread)
     request.addfinalizer(risk.close)
     assert isinstance(risk, RiskModel) and risk.predictor is not None
 
