@@ -10,11 +10,9 @@ import json
 
 import msgspec
 
+from loadgen.results.drift import DRIFT_FROM_S
 from loadgen.results.export import drift_line
 from loadgen.results.run import RunResult, figures_of, save
-
-#: Runs at least this long (measured) show their p99 per minute: the drift of a soak run.
-DRIFT_FROM_S = 120
 
 
 def save_and_print(result: RunResult, *, as_json: bool, out: str | None) -> int:
@@ -86,6 +84,9 @@ def format_summary(r: RunResult) -> str:
         lines.append(
             "hook cost (ns/transfer): " + ", ".join(f"{k} {v:,.0f}" for k, v in hooks.items() if v is not None)
         )
+    if r.cpu_ns_per_payment:
+        split = ", ".join(f"{k} {v:,.0f}" for k, v in r.cpu_ns_per_payment.items())
+        lines.append(f"CPU per payment (ns, by tier): {split}; total {sum(r.cpu_ns_per_payment.values()):,.0f}")
     d = r.server.durability
     if not s.echo:
         lines.append(

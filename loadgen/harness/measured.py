@@ -26,9 +26,11 @@ from engine.profiles import CompareSettings
 from engine.server.config import SIGNED_PROFILES
 from engine.validators import tier_mismatch
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
-from loadgen.generator.progress import LoadProgress, status
+from loadgen.generator.progress import LoadProgress
+from loadgen.generator.progress_build import build_bar
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.calibration import cpu_calibration, with_ed25519
+from loadgen.harness.cpu_split import cpu_ns_per_payment
 from loadgen.harness.server import running_server, server_arguments
 from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import AuditOutcome, RunResult, build_result
@@ -191,7 +193,7 @@ async def measure(
     stats_final = probes.get("final", (None, {}))[1]
     if cpu0 is None or cpu1 is None:  # no pid: the server's own figure, where it reports one
         cpu0, cpu1 = stats_start.get("process_cpu_s"), stats_end.get("process_cpu_s")
-    return build_result(
+    result = build_result(
         kind=kind,
         m=m,
         config=config,
@@ -211,6 +213,7 @@ async def measure(
         external=external,
         server_args=server_args,
     )
+    return msgspec.structs.replace(result, cpu_ns_per_payment=cpu_ns_per_payment(result))
 
 
 def run_measure(config: LoadConfig, **kwargs: Any) -> RunResult:
@@ -280,8 +283,8 @@ def run_benchmark(
     )
     try:
         with contextlib.ExitStack() as stack:
-            with status(progress, f"starting the server: building the ledger of {accounts:,} accounts"):
-                server = stack.enter_context(running_server(args, accounts=accounts))
+            with build_bar(progress, f"starting the server ({accounts:,} accounts)") as on_build:
+                server = stack.enter_context(running_server(args, accounts=accounts, on_build=on_build))
             run_config = with_address(config, server.host, server.port)
             return run_measure(
                 run_config,
