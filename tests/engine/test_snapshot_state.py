@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from engine.copy_on_update import CopyOnUpdate
 from engine.hooks.audit_chain import AuditChain
@@ -140,12 +141,16 @@ def test_copy_on_update_writes_the_state_as_of_capture_while_the_sequencer_chang
             assert np.array_equal(got[name][0][key], array), f"{name}.{key} differs from the capture"
 
 
-def test_copy_on_update_holds_the_capture_while_risk_flags_lower_earlier_payers_scores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model_thread", [True, False])
+def test_copy_on_update_holds_the_capture_while_risk_flags_lower_earlier_payers_scores(
+    tmp_path: Path, model_thread: bool
+) -> None:
     """risk_model applies the flags of batch k at the start of batch k + lag: it lowers scores of
     accounts that are not in the batch at hand. The snapshotter saves them first
     (``Hook.snapshot_touches_others``), so a copy-on-update snapshot still holds the capture:
     features, scores and the batches awaiting the model."""
-    hooks = lambda: [SocialCredit(), RiskModel(RiskModelConfig(threshold=0.05))]  # noqa: E731 - flags many
+    config = RiskModelConfig(threshold=0.05, model_thread=model_thread)  # a low threshold flags many
+    hooks = lambda: [SocialCredit(), RiskModel(config)]  # noqa: E731
     ledger = build_ledger(_config(), hooks())
     workload = Workload(WorkloadConfig(accounts=ACCOUNTS, seed=11))
     batches = (workload.batch(400, first_id=i * 400, operator=1) for i in range(10_000))
