@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import math
 import threading
@@ -85,6 +86,8 @@ log = logging.getLogger(__name__)
 _RECORD_BYTES = TRANSFER_DTYPE.itemsize
 _PAIR_BYTES = _RECORD_BYTES + SIGNATURE_BYTES
 _READY, _VERDICTS, _FAILED = b"R", b"V", b"E"
+#: Parcels in flight per worker: one being verified, one waiting in its pipe (``LocalValidators._feed``).
+PIPELINE_PARCELS = 2
 
 
 class InlineValidators(Validators):
@@ -107,6 +110,11 @@ class InlineValidators(Validators):
 
     async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
         return self.verify_now(records, signatures)
+
+    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future.set_result(self.verify_now(records, signatures))
+        return future
 
     async def close(self) -> None:
         return None
@@ -144,13 +152,51 @@ def _worker_main(conn: Connection, path: str, seed: int, accounts: int) -> None:
 
 
 class _Batch:
-    __slots__ = ("codes", "done", "future", "remaining")
+    """A batch's verdicts as its chunks come back, and where they go: an asyncio future of the loop
+    that asked (resolved on that loop, one wake-up per parcel) or a ``concurrent.futures.Future``."""
 
-    def __init__(self, n: int, chunks: int) -> None:
+    __slots__ = ("codes", "done", "future", "loop", "remaining")
+
+    def __init__(
+        self,
+        n: int,
+        chunks: int,
+        future: asyncio.Future[np.ndarray] | concurrent.futures.Future[np.ndarray],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
         self.codes = np.empty(n, dtype=np.uint8)
         self.remaining = chunks
         self.done = False
-        self.future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        self.future = future
+        self.loop = loop
+
+
+def _resolve(batches: list[_Batch], error: Exception | None = None) -> None:
+    """Hand finished batches their verdicts (or ``error``), from a feeder thread: a concurrent future
+    directly, asyncio futures on their loop, with one wake-up per loop for all of them."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Batch]] = {}
+    for b in batches:
+        if b.loop is None:
+            fut = b.future
+            assert isinstance(fut, concurrent.futures.Future)
+            if error is None:
+                fut.set_result(b.codes)
+            else:
+                fut.set_exception(error)
+        else:
+            by_loop.setdefault(b.loop, []).append(b)
+    for loop, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for these any more
+            loop.call_soon_threadsafe(_set_on_loop, mine, error)
+
+
+def _set_on_loop(batches: list[_Batch], error: Exception | None) -> None:
+    for b in batches:
+        if not b.future.done():  # cancelled by its caller meanwhile
+            if error is None:
+                b.future.set_result(b.codes)
+            else:
+                b.future.set_exception(error)
 
 
 class _Chunk:
@@ -208,7 +254,7 @@ class LocalValidators(Validators):
         registry: KeyRegistry,
         workers: int,
         *,
-        chunk_transfers: int = 512,
+        chunk_transfers: int = 128,
         min_split: int = 32,
         max_attempts: int = 3,
         max_restarts: int | None = None,
@@ -230,6 +276,7 @@ class LocalValidators(Validators):
         self._ctx = process_context()
         self._cond = threading.Condition()
         self._queue: collections.deque[_Chunk] = collections.deque()
+        self._queued = 0  # transfers in ``_queue``
         self._live: dict[int, _Worker] = {}  # slot -> its current worker
         self._starting = 0  # replacements being started
         self._threads: list[threading.Thread] = []
@@ -288,15 +335,41 @@ class LocalValidators(Validators):
 
     def submit(self, records: bytes, signatures: bytes) -> concurrent.futures.Future[np.ndarray]:
         """Queue a batch; the future gives its verdicts (or raises ValidatorsUnavailable)."""
+        future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        self._enqueue(records, signatures, future, None)
+        return future
+
+    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+        """Queue a batch; a future of the running loop gives its verdicts, set on that loop (no Task,
+        no thread-safe future: the feeder wakes the loop once per parcel, not once per batch)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._enqueue(records, signatures, future, loop)
+        return future
+
+    async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
+        return await self.verify_future(records, signatures)
+
+    def verify_now(self, records: bytes, signatures: bytes) -> np.ndarray:
+        """The verdicts, blocking until they are in (for callers without an event loop)."""
+        return self.submit(records, signatures).result()
+
+    def _enqueue(
+        self,
+        records: bytes,
+        signatures: bytes,
+        future: asyncio.Future[np.ndarray] | concurrent.futures.Future[np.ndarray],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
         n = pair_count(records, signatures)
         per = max(1, min(self.chunk_transfers, max(self.min_split, math.ceil(n / self.workers))))
         offsets = range(0, n, per)
-        batch = _Batch(n, len(offsets))
+        batch = _Batch(n, len(offsets), future, loop)
         if n == 0:
             with self._cond:
                 self._stats.batches += 1
-            batch.future.set_result(batch.codes)
-            return batch.future
+            future.set_result(batch.codes)
+            return
         chunks = [
             _Chunk(
                 batch,
@@ -310,81 +383,109 @@ class LocalValidators(Validators):
         with self._cond:
             if self._unavailable is not None or self._closing or not self._threads:
                 why = self._unavailable or ("the validator pool is closed" if self._closing else "call start() first")
-                batch.future.set_exception(ValidatorsUnavailable(why))
-                return batch.future
+                future.set_exception(ValidatorsUnavailable(why))
+                return
             self._stats.batches += 1
             self._stats.transfers += n
             self._stats.chunks += len(chunks)
             self._queue.extend(chunks)
+            self._queued += n
             self._cond.notify(len(chunks))
-        return batch.future
-
-    async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
-        return await asyncio.wrap_future(self.submit(records, signatures))
-
-    def verify_now(self, records: bytes, signatures: bytes) -> np.ndarray:
-        """The verdicts, blocking until they are in (for callers without an event loop)."""
-        return self.submit(records, signatures).result()
 
     # ---- feeder threads ------------------------------------------------------------------------------
 
-    def _take(self) -> list[_Chunk] | None:
-        """A parcel: the chunks at the head of the queue, up to ``chunk_transfers`` transfers (at least one)."""
+    def _take(self, wait: bool) -> list[_Chunk] | None:
+        """A parcel: chunks from the head of the queue, at most its fair share (the queued transfers
+        over the live workers, at least ``min_split``, at most ``chunk_transfers``) and at least one
+        chunk. ``wait``: block until there is one; else [] when the queue is empty. None: closing."""
         with self._cond:
-            while not self._queue and not self._closing:
+            while wait and not self._queue and not self._closing:
                 self._cond.wait()
             if self._closing:
                 return None
             queue = self._queue
+            if not queue:
+                return []
+            share = math.ceil(self._queued / max(1, len(self._live)))
+            room = min(self.chunk_transfers, max(self.min_split, share))
             parcel = [queue.popleft()]
-            room = self.chunk_transfers - parcel[0].n
+            room -= parcel[0].n
             while queue and queue[0].n <= room:
                 room -= queue[0].n
                 parcel.append(queue.popleft())
+            self._queued -= sum(c.n for c in parcel)
             self._stats.parcels += 1
             return parcel
 
     def _feed(self, slot: int) -> None:
-        """One worker's feeder: a parcel down the pipe, its verdicts back, until closed or out of workers."""
+        """One worker's feeder: parcels down the pipe, verdicts back, until closed or out of workers.
+
+        Up to ``PIPELINE_PARCELS`` parcels are in flight: while the worker verifies one, the next
+        waits in its pipe, so it never idles for the round trip (the verdicts' trip back, this
+        thread's wake-up and its wait for the GIL, the next parcel's trip out) while work is
+        queued. The feeder blocks on the queue only with nothing in flight, and on the pipe
+        otherwise; replies come back in the order the parcels went.
+        """
         worker: _Worker | None = self._live[slot]
+        inflight: collections.deque[tuple[list[_Chunk], int]] = collections.deque()
         while worker is not None:
-            taken = self._take()
-            if taken is None:
-                return
-            parcel = [c for c in taken if not c.batch.done]  # a failed batch's chunks are dropped
-            if not parcel:
+            closing = False
+            while len(inflight) < PIPELINE_PARCELS:
+                taken = self._take(wait=not inflight)
+                if taken is None:
+                    closing = True
+                    break
+                parcel = [c for c in taken if not c.batch.done]  # a failed batch's chunks are dropped
+                if not parcel:
+                    if inflight:
+                        break
+                    continue
+                n = sum(c.n for c in parcel)
+                inflight.append((parcel, n))
+                try:
+                    worker.conn.send_bytes(b"".join([c.records for c in parcel] + [c.signatures for c in parcel]))
+                except OSError:
+                    break  # dead: noticed below, on its pipe
+            if not inflight:
+                if closing:
+                    return
                 continue
-            n = sum(c.n for c in parcel)
+            parcel, n = inflight[0]
             try:
-                worker.conn.send_bytes(b"".join([c.records for c in parcel] + [c.signatures for c in parcel]))
                 if not worker.conn.poll(self.chunk_timeout_s):
                     raise TimeoutError
                 reply = worker.conn.recv_bytes()
             except (EOFError, OSError):  # TimeoutError is an OSError: a hung worker is treated as dead
-                worker = self._replace(slot, worker, parcel)
+                worker = self._replace(slot, worker, [c for p, _ in inflight for c in p])
+                inflight.clear()
                 continue
+            inflight.popleft()
             if reply[:1] == _VERDICTS and len(reply) == 1 + n:
                 codes = np.frombuffer(reply, dtype=np.uint8, offset=1)
                 at = 0
+                finished: list[_Batch] = []
                 for c in parcel:
-                    self._deliver(c, codes[at : at + c.n])
+                    if self._deliver(c, codes[at : at + c.n]):
+                        finished.append(c.batch)
                     at += c.n
+                _resolve(finished)
             else:
                 why = f"a validator failed on a chunk: {reply[1:].decode(errors='replace')}"
                 for c in parcel:
                     self._fail_batch(c.batch, why)
 
-    def _deliver(self, chunk: _Chunk, codes: np.ndarray) -> None:
+    def _deliver(self, chunk: _Chunk, codes: np.ndarray) -> bool:
+        """Store a chunk's verdicts; True if that completed its batch (which the caller resolves)."""
         batch = chunk.batch
         with self._cond:
             if batch.done:
-                return
+                return False
             batch.codes[chunk.offset : chunk.offset + chunk.n] = codes
             batch.remaining -= 1
             if batch.remaining:
-                return
+                return False
             batch.done = True
-        batch.future.set_result(batch.codes)
+        return True
 
     def _replace(self, slot: int, dead: _Worker, parcel: list[_Chunk]) -> _Worker | None:
         """``dead`` died holding ``parcel``: requeue its chunks (or fail their batches), start a replacement."""
@@ -399,6 +500,7 @@ class LocalValidators(Validators):
             del self._live[slot]
             self._stats.worker_deaths += 1
             self._queue.extendleft(reversed(retry))  # back at the head, in their order
+            self._queued += sum(c.n for c in retry)
             self._stats.requeued_chunks += len(retry)
             self._cond.notify(len(retry))
             may_restart = self._stats.restarts < self.max_restarts and not self._closing
@@ -435,12 +537,13 @@ class LocalValidators(Validators):
                 return
             batch.done = True
             self._stats.failed_batches += 1
-        batch.future.set_exception(ValidatorsUnavailable(why))
+        _resolve([batch], ValidatorsUnavailable(why))
 
     def _fail_queued(self, why: str) -> None:
         with self._cond:
             chunks = list(self._queue)
             self._queue.clear()
+            self._queued = 0
         for c in chunks:
             self._fail_batch(c.batch, why)
 
