@@ -150,6 +150,10 @@ def test_hung_worker_is_killed_and_its_chunk_reverified(registry: signing.KeyReg
             s = pool.stats()
             assert (s.worker_deaths, s.failed_batches) == (1, 0) and s.requeued_chunks >= 1
             assert victim not in pool.worker_pids()
+            for _ in range(200):  # reaped before its replacement starts (bounded wait, not a timing assert)
+                if len(pool.worker_pids()) == 2:
+                    break
+                await asyncio.sleep(0.05)
             with pytest.raises(ProcessLookupError):
                 os.kill(victim, 0)  # killed and reaped: it can never deliver its chunk late
         finally:
@@ -186,7 +190,7 @@ def test_damaged_registry_stops_the_start(registry: signing.KeyRegistry, tmp_pat
     bad.write_bytes(registry.path.read_bytes()[:-1])
     reg = signing.KeyRegistry(bad, SEED, ACCOUNTS, registry._mm)  # the parent's view is fine, the file is not
     with pytest.raises(ValidatorsUnavailable, match="truncated or damaged"):
-        LocalValidators(reg, 1).start_now()
+        asyncio.run(LocalValidators(reg, 1).start())
 
 
 def test_parse_and_make() -> None:
@@ -205,6 +209,6 @@ def test_make_validators_kinds(registry: signing.KeyRegistry) -> None:
     assert isinstance(pool, LocalValidators) and pool.workers == 2
     batch, sigs = signed_batch(2)
     with pytest.raises(ValidatorsUnavailable, match="start"):  # not started: refused, never a silent wait
-        pool.verify_now(batch.tobytes(), sigs)
+        asyncio.run(pool.verify(batch.tobytes(), sigs))
     with pytest.raises(ValueError, match="at least one worker"):
         LocalValidators(registry, 0)
