@@ -15,29 +15,40 @@ Local workers (``LocalValidators``)
     chunk can go to any other. (The Ray tier, across machines, does partition: ``validators_ray``.)
 
     A batch is cut into chunks of at most ``chunk_transfers`` (one per worker, but none below
-    ``min_split`` transfers unless the batch is smaller), put on one queue; one feeder thread per
-    worker takes the chunks at the head of the queue, up to ``chunk_transfers`` transfers together
-    (a *parcel*: several Submits' chunks in one message), sends them down the worker's pipe and
-    waits for their verdicts. Measured (issue 19, shared 2-core machine): a round trip costs the
-    server's process ~190 us of CPU (pipe, thread wake-ups, the GIL), and at the signed profile's
-    rates Submits carry tens of transfers, so one chunk per Submit half-split across two workers
-    spent about a third of a verification's cost again on the parent's side and three scheduler
-    wake-ups per ten transfers; parcels and ``min_split`` pay that once per parcel.
+    ``min_split`` transfers unless the batch is smaller), put on one queue; the chunks at its head
+    go to a worker together (a *parcel*: several Submits' chunks in one message), at most a fair
+    share of what is queued (queued transfers over live workers, at least ``min_split``, at most
+    ``chunk_transfers``), so that two idle workers split a burst instead of one taking it all.
+    Each worker has up to ``PIPELINE_PARCELS`` (2) parcels in flight: while it verifies one, the
+    next waits in its pipe, so it never idles for a round trip while work is queued.
 
-    Pipes, not shared memory: a 512-transfer parcel is 57 KB (copying it is microseconds) against
-    ~30 ms of verification, and a pipe's end-of-file is how a dead worker is noticed, with nothing
-    to clean up after it. Feeder threads block in ``recv`` with the GIL released; verdicts reach
-    asyncio through ``concurrent.futures.Future`` (``asyncio.wrap_future``).
+    Everything on the parent's side runs on the server's event loop, in its one thread: parcels
+    are written to the pipes as batches arrive or verdicts free a slot, and the pipes are read
+    with ``loop.add_reader``; a batch's loop future gets its verdicts directly. The first version
+    had one feeder thread per worker (blocking ``recv``, verdicts through ``concurrent.futures``
+    and ``call_soon_threadsafe``) and one parcel in flight: measured end to end (issue 19, shared
+    2-core machine), each round trip cost the server ~200-400 us of CPU in thread wake-ups and GIL
+    hand-offs, the workers idled between parcels while their feeder waited for the GIL, and a
+    512-transfer parcel (~30 ms of verification) alone exceeded a 20 ms p99. Hence the loop, two
+    parcels in flight, fair shares and the default cap of 128 transfers (~8 ms).
+
+    Pipes, not shared memory: a 128-transfer parcel is 14 KB (copying it is microseconds) against
+    ~8 ms of verification, and a pipe's end-of-file is how a dead worker is noticed, with nothing
+    to clean up after it. Two parcels of at most ``MAX_PARCEL_TRANSFERS`` fit in a socket buffer,
+    so the loop's (blocking) send never waits on a worker, and a reply (one write of 1 + n bytes)
+    is whole once its pipe is readable. A pool is used from the loop it was started on.
 
 A worker that dies (crash, OOM kill, SIGKILL)
-    Its feeder sees end-of-file, puts the chunks it had in flight back at the head of the queue
-    (another worker verifies them) and starts a replacement (at most ``max_restarts`` in the pool's
-    life). A worker that does not answer a chunk within ``chunk_timeout_s`` (hung, or stopped) is
-    killed and treated the same way. A chunk is delivered exactly once: only the feeder holding it
-    delivers it, and it is requeued only when no verdict came back. A batch resolves only when
-    every chunk has a verdict: never applied unverified. If a chunk has killed ``max_attempts``
-    workers, or no worker is left, its batch fails with ``ValidatorsUnavailable``: the caller must
-    refuse those transfers (they were not verified), never apply them.
+    Its pipe reads end-of-file: the chunks it had in flight go back at the head of the queue
+    (another worker verifies them) and a replacement starts in an executor thread (at most
+    ``max_restarts`` in the pool's life). A worker that gives no verdicts within ``chunk_timeout_s``
+    of its oldest parcel's turn (hung, or stopped) is killed and treated the same way. A chunk is
+    delivered exactly once: only a reply from the worker holding it delivers it, it is requeued
+    only when that worker is gone (killed first, so it can never answer late), and a batch's
+    verdicts are stored only until it is done. A batch resolves only when every chunk has a
+    verdict: never applied unverified. If a chunk has killed ``max_attempts`` workers, or no
+    worker is left, its batch fails with ``ValidatorsUnavailable``: the caller must refuse those
+    transfers (they were not verified), never apply them.
 """
 
 from __future__ import annotations
