@@ -96,6 +96,29 @@ def test_small_batches_travel_together_and_are_not_split(registry: signing.KeyRe
     assert parcels < chunks  # queued together, sent together
 
 
+def test_each_worker_gets_two_parcels_in_flight_and_a_fair_share(registry: signing.KeyRegistry) -> None:
+    """Four Submits of 20 arriving together with two idle workers: each worker gets one at once
+    and a second to hold in its pipe (the queue is not left waiting for a round trip, and no worker
+    takes the whole burst); a fifth waits for a verdict to free a place."""
+    small = [signed_batch(20, stream=700 + i) for i in range(5)]
+    want = expected(registry, [(b.tobytes(), s) for b, s in small])
+
+    async def run() -> None:
+        pool = LocalValidators(registry, 2, chunk_transfers=128)
+        await pool.start()
+        try:
+            futures = [pool.verify_future(b.tobytes(), s) for b, s in small]  # no await in between
+            assert pool.stats().parcels == 4  # two per worker sent at once, the fifth queued
+            got = await asyncio.gather(*futures)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+            assert pool.stats().parcels == 5
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
 def test_killed_worker_chunks_are_reverified_once(registry: signing.KeyRegistry) -> None:
     rng = np.random.default_rng(5)
     batches = []
