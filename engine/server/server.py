@@ -21,7 +21,7 @@ from engine.hooks.base import Hook
 from engine.journal import Journal, JournalLock, Recovery
 from engine.ledger import Ledger, owner_ranges
 from engine.memory import peak_rss_bytes
-from engine.population import POPULATION_VERSION, Population, PopulationConfig
+from engine.population import POPULATION_VERSION, Population
 from engine.profiles import build_hooks
 from engine.server.admin import Admin
 from engine.server.batcher import Batcher, QueuedSubmit
@@ -63,7 +63,7 @@ def build_ledger(
     balance: int | np.ndarray = 0
     account_bits: np.ndarray | None = None
     if not from_snapshot:
-        population = Population(PopulationConfig(accounts=config.accounts, seed=config.seed))
+        population = Population(config.population())
         progress = TtyProgress.if_tty(f"building {config.accounts:,} accounts")
         balance, account_bits = population.build_state(progress=progress)
     return Ledger(
