@@ -365,7 +365,9 @@ class ReplayPool:
     ``i // size``; pass ``p`` carries the pool's ids and simulated times advanced by ``p`` pools,
     and every other pass swaps payer and payee: replaying the same payments one way would drain
     the same payers pass after pass, which no real stream does; reversing them keeps balances near
-    their seeded distribution however long the run.
+    their seeded distribution however long the run. With ``payer_range`` (an operator debits only
+    its own accounts) a reversed payer is folded into the range, and later forward passes pay that
+    folded account, so the pairs still cancel (the replay before issue 16 did the same in place).
 
     Planted behaviours follow the ids, not the rows. The pool holds every row's *ordinary* payment
     (``Workload.batch(plant=False)``); once per pass, the rows whose ids carry a label in that pass
@@ -373,7 +375,14 @@ class ReplayPool:
     they are taken. So ``engine.behaviours.labels(behaviours, seed, id)`` is the truth for every id
     the stream sends, in every pass, and pass 0 is exactly what ``Workload.batch`` generates in
     chunks of ``chunk`` from ``first_id``. A planted payment is never reversed (a structurer does
-    not turn into the payee), and a row planted in one pass is an ordinary payment in the next.
+    not turn into the payee), and a row planted in one pass is an ordinary payment in the next. A
+    duplicate row whose re-sent id is planted in a later pass carries that same planted payment
+    (planting is a function of the id), so a label still describes every payment sent under its id.
+
+    Limit: an ordinary payment's payer was chosen for the simulated time the pool was generated at
+    (pass 0's timestamps); later passes, and gateways that re-time frames to their schedule, send
+    it at other times, so "pays near their usual time" holds for the engine's first pass only
+    (places, devices and favourites hold in every pass).
     """
 
     def __init__(
@@ -404,11 +413,12 @@ class ReplayPool:
                 for at in range(0, size, chunk)
             ]
         )
-        reverse = forward.copy()
-        reverse["payer"], reverse["payee"] = forward["payee"], forward["payer"]
-        if payer_range is not None:  # the former payees may belong to other operators
-            confine_payers(reverse, payer_range, workload.config.accounts)
-        self._ordinary = (forward, reverse)
+        reverse = _swapped(forward, payer_range, workload.config.accounts)
+        # With a payer range, a reversed payment's payer is its payee folded into the range: from
+        # pass 2 on, the forward payments pay that folded account, so each pair pays back and forth
+        # exactly (paying the original payee would drain the folded one, pass after pass).
+        again = forward if payer_range is None else _swapped(reverse, payer_range, workload.config.accounts)
+        self._ordinary = (forward, reverse, again)
         # Duplicates: rows that re-send an earlier id instead of carrying first_id + row.
         self._resent = np.flatnonzero(forward["transfer_id"] != first_id + np.arange(size))
         self._time_step_ns = int(size * workload.ns_per_payment)
@@ -426,13 +436,17 @@ class ReplayPool:
         if p != self._pass:
             self._rows, self._planted = self._plant_pass(p)
             self._pass, self.passes = p, max(self.passes, p + 1)
-        out = self._ordinary[p & 1][row : row + n].copy()
+        out = self._ordinary_of(p)[row : row + n].copy()
         if p:
             out["transfer_id"] += p * self.size
             out["timestamp_ns"] += p * self._time_step_ns
         lo, hi = np.searchsorted(self._rows, (row, row + n))
         out[self._rows[lo:hi] - row] = self._planted[lo:hi]
         return out
+
+    def _ordinary_of(self, p: int) -> np.ndarray:
+        """The ordinary payments of pass ``p``: as generated, reversed (odd), or forward again."""
+        return self._ordinary[0 if p == 0 else 2 - (p & 1)]
 
     def _plant_pass(self, p: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, their planted records) of pass ``p``: the rows whose pass-``p`` ids carry a label."""
@@ -443,7 +457,7 @@ class ReplayPool:
         rows = rows[~np.isin(rows, self._resent)]  # a duplicate there carries another id
         resent_ids = self._ordinary[0]["transfer_id"][self._resent] + shift
         rows = np.union1d(rows, self._resent[labels(c.behaviours, c.seed, resent_ids) != 0])
-        planted = self._ordinary[p & 1][rows]  # fancy indexing: a copy
+        planted = self._ordinary_of(p)[rows]  # fancy indexing: a copy
         planted["transfer_id"] += shift
         planted["timestamp_ns"] += p * self._time_step_ns
         self.workload.planter.plant(planted, self._payer_range)
@@ -454,6 +468,15 @@ class ReplayPool:
         named = [r[k] for r in self._ordinary for k in ("payer", "payee")]
         named += [r[k] for p in range(self.passes) for r in self._plant_pass(p)[1:] for k in ("payer", "payee")]
         return np.unique(np.concatenate(named))
+
+
+def _swapped(records: np.ndarray, payer_range: tuple[int, int] | None, accounts: int) -> np.ndarray:
+    """A copy of ``records`` with payer and payee swapped (payers folded into ``payer_range``)."""
+    out = records.copy()
+    out["payer"], out["payee"] = records["payee"], records["payer"]
+    if payer_range is not None:  # the former payees may belong to other operators
+        confine_payers(out, payer_range, accounts)
+    return out
 
 
 class BatchPool:
