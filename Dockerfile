@@ -5,6 +5,10 @@
 # Not built in CI (no container runtime there). Give the container 2+ cores and ~2 GiB.
 FROM python:3.11-slim
 
+# LightGBM's wheel (the risk model, a core dependency) links the system OpenMP runtime, which the
+# slim image lacks ("libgomp.so.1: cannot open shared object file" on import otherwise).
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /bench
 COPY pyproject.toml README.md LICENSE ./
 COPY engine ./engine

@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.accounts import FLAG_BLACKLISTED, FLAG_FROZEN, WALLET_CLASSES, bits_of_class, class_of_bits
 from engine.balances import NarrowBalances
+from engine.build_progress import PHASE_HOOKS, BuildProgress, BuildStep
 from engine.clock import SequencerClock
 from engine.codes import CODE_DTYPE, ResultCode, late_rank, merge, rank_table
 from engine.hooks.base import Hook, SequentialLimits, Transfers
@@ -112,7 +113,8 @@ class Ledger:
     only accounts ``owners[k] <= a < owners[k+1]`` (FORBIDDEN_PAYER otherwise); it costs no
     per-account memory. ``clock`` is the sequencer's business clock (``engine.clock``; default:
     one payment per account per day): it drives the day of daily caps and advances by the
-    transfers of each applied batch that pass the ledger's own checks.
+    transfers of each applied batch that pass the ledger's own checks. ``progress`` hears each
+    hook's attach (``engine.build_progress``: a hook's state can take as long as the accounts').
 
     Storage (docs/design.md, "Per-account state"): balances are ``NarrowBalances`` (uint32 plus a
     side table; ``balance_fen`` given as a uint32 array is adopted, not copied) and the wallet
@@ -135,6 +137,7 @@ class Ledger:
         hooks: Sequence[Hook] = (),
         owners: np.ndarray | None = None,
         clock: SequencerClock | None = None,
+        progress: BuildProgress | None = None,
     ) -> None:
         if not 0 < accounts < 2**32:
             raise ValueError(f"accounts must be in 1..{2**32 - 1}, got {accounts}")
@@ -181,8 +184,12 @@ class Ledger:
         if len(set(names)) != len(names):
             raise ValueError(f"hook names must be unique, got {names}")
         self.hook_timing = {h.name: HookTiming() for h in self.hooks}
-        for h in self.hooks:
+        for i, h in enumerate(self.hooks):
+            if progress is not None:
+                progress(BuildStep(PHASE_HOOKS, i, len(self.hooks), "hooks", h.name))
             h.attach(self)
+        if progress is not None and self.hooks:
+            progress(BuildStep(PHASE_HOOKS, len(self.hooks), len(self.hooks), "hooks"))
 
     # ---- state -----------------------------------------------------------------------------
 

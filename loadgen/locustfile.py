@@ -13,7 +13,9 @@ batch is one Locust request named ``submit <profile> x<batch> (...)`` (so Locust
 batches, not payments); it fails when
 the server answers with an error or sheds transfers (``overloaded``, ``hook_error``); business
 rejections (insufficient funds, blacklisted...) are counted per result code, summed across
-workers, printed at the end and written to ``<csv prefix>_result_codes.csv`` with ``--csv``.
+workers, logged while it runs (the running totals every ``--cbdc-codes-every`` seconds, and as
+JSON at ``/cbdc/codes`` on the web UI), printed at the end and written to
+``<csv prefix>_result_codes.csv`` with ``--csv``.
 
 Honest labelling: Locust is closed-loop (a user sends its next batch only after the reply) and
 keeps response times in milliseconds, so its latencies are not comparable to the native open-loop
@@ -30,10 +32,13 @@ import os
 import time
 from typing import Any, NoReturn
 
+import gevent
+import msgspec
 import numpy as np
 from locust import User, events, task
 from locust.env import Environment
 from locust.exception import StopUser
+from locust.runners import WorkerRunner
 
 from engine.auth import ROLE_OPERATOR, load_secrets
 from engine.client import Client, ServerError, parse_host
@@ -81,6 +86,12 @@ def _add_arguments(parser: Any) -> None:
     group.add_argument(
         "--cbdc-think-ms", type=float, default=0.0, help="pause between a user's batches, ms (default 0)"
     )
+    group.add_argument(
+        "--cbdc-codes-every",
+        type=float,
+        default=10.0,
+        help="log the result codes so far every this many seconds while it runs (default 10; 0: only at the end)",
+    )
 
 
 class LocustState:
@@ -88,6 +99,8 @@ class LocustState:
 
     def __init__(self) -> None:
         self.codes: collections.Counter[str] = collections.Counter()
+        #: The greenlet logging the running totals (master or local runner, while a test runs).
+        self.ticker: gevent.Greenlet | None = None
         self.next_id: dict[int, int] = {}
         self.user_serial = itertools.count()
         #: A setting the server cannot serve was reported (once per process).
@@ -118,6 +131,39 @@ def _init(environment: Environment, **_: Any) -> None:
 
     environment.events.report_to_master.add_listener(report)
     environment.events.worker_report.add_listener(merge)
+    app = environment.web_ui.app if environment.web_ui is not None else None
+    if app is not None:
+        # The running totals for the web UI's users (Locust's own tables count requests, not codes).
+        app.add_url_rule("/cbdc/codes", "cbdc_codes", lambda: dict(state.codes))
+
+
+def _codes_text(codes: collections.Counter[str]) -> str:
+    return f"({sum(codes.values())} transfers): " + ", ".join(f"{k} {v}" for k, v in codes.most_common())
+
+
+@events.test_start.add_listener
+def _start_ticker(environment: Environment, **_: Any) -> None:
+    """On the master (or a local runner), log the result codes so far every --cbdc-codes-every seconds."""
+    every = float(getattr(environment.parsed_options, "cbdc_codes_every", 0) or 0)
+    if every <= 0 or isinstance(environment.runner, WorkerRunner):
+        return
+    state: LocustState = environment.cbdc  # type: ignore[attr-defined]
+
+    def tick() -> None:
+        while True:
+            gevent.sleep(every)
+            if state.codes:
+                log.info("cbdc-bench result codes so far %s", _codes_text(state.codes))
+
+    state.ticker = gevent.spawn(tick)
+
+
+@events.test_stop.add_listener
+def _stop_ticker(environment: Environment, **_: Any) -> None:
+    state: LocustState = environment.cbdc  # type: ignore[attr-defined]
+    if state.ticker is not None:
+        state.ticker.kill(block=False)
+        state.ticker = None
 
 
 @events.quitting.add_listener
@@ -125,8 +171,7 @@ def _summary(environment: Environment, **_: Any) -> None:
     codes: collections.Counter[str] = environment.cbdc.codes  # type: ignore[attr-defined]
     if not codes:
         return
-    total = sum(codes.values())
-    log.info("cbdc-bench result codes (%d transfers): %s", total, ", ".join(f"{k} {v}" for k, v in codes.most_common()))
+    log.info("cbdc-bench result codes %s", _codes_text(codes))
     prefix = getattr(environment.parsed_options, "csv_prefix", None)
     if prefix:
         with open(f"{prefix}_result_codes.csv", "w", newline="") as f:
@@ -159,7 +204,11 @@ class PaymentGateway(User):
         host, port = parse_host(self.host)
         secrets = load_secrets(opts.cbdc_secrets)
         secret = None if secrets is None else secrets.secret(ROLE_OPERATOR, self.operator)
-        self.client = Client(host, port, operator=self.operator, name=f"locust worker {self.worker}", secret=secret)
+        try:
+            self.client = Client(host, port, operator=self.operator, name=f"locust worker {self.worker}", secret=secret)
+        except (OSError, ServerError, ValueError, msgspec.MsgspecError) as exc:
+            what = str(exc) or type(exc).__name__
+            self._refuse(f"no cbdc-bench session with {host}:{port} ({what}): is `cbdc-bench serve` running there?")
         welcome = self.client.welcome
         assert welcome is not None
         # With ownership enforced, this operator's gateway debits only the accounts it holds.

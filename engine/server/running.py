@@ -13,24 +13,29 @@ from typing import Any, TextIO
 import uvloop
 
 from engine.auth import Secrets
+from engine.build_progress import PHASE_READY, BuildProgress, BuildStep
 from engine.hooks.base import Hook
 from engine.memory import check_accounts_fit
 from engine.server.config import ServerConfig
 from engine.server.server import Server
 
 
-def serve(config: ServerConfig, *, out: TextIO | None = None) -> int:
+def serve(config: ServerConfig, *, out: TextIO | None = None, progress: BuildProgress | None = None) -> int:
     """Run the server until SIGINT or SIGTERM (the ``serve`` command); prints ``listening on H:P``.
 
     Refuses, in one line, a ledger that cannot fit in memory (``check_accounts_fit``).
+    ``progress`` receives the start-up's steps (``engine.build_progress``) before that line.
     """
     check_accounts_fit(config.accounts, config.profile, config.scenario)
-    return uvloop.run(_serve(config, out or sys.stdout))
+    return uvloop.run(_serve(config, out or sys.stdout, progress))
 
 
-async def _serve(config: ServerConfig, out: TextIO) -> int:
-    server = Server(config)  # builds (and recovers) the ledger before listening: clients never wait on it
+async def _serve(config: ServerConfig, out: TextIO, progress: BuildProgress | None) -> int:
+    # Builds (and recovers) the ledger before listening: clients never wait on it.
+    server = Server(config, build_progress=progress)
     host, port = await server.start()
+    if progress is not None:
+        progress(BuildStep(PHASE_READY, 1, 1))
     print(f"listening on {host}:{port}", file=out, flush=True)
     # After the listening line, which parents read first (some merge stderr into stdout).
     for line in server.startup_notes():

@@ -15,7 +15,15 @@ import msgspec
 import numpy as np
 
 from engine.auth import Secrets, load_secrets
-from engine.chunks import TtyProgress
+from engine.build_progress import (
+    PHASE_ACCOUNTS,
+    PHASE_JOURNAL,
+    PHASE_KEYS,
+    BuildProgress,
+    BuildStep,
+    chunk_progress,
+    unsized_phase,
+)
 from engine.clock import SequencerClock
 from engine.hooks.base import Hook
 from engine.journal import Journal, JournalLock, Recovery
@@ -51,7 +59,12 @@ from engine.wire import (
 
 
 def build_ledger(
-    config: ServerConfig, hooks: Sequence[Hook] | None = None, *, ownership: bool = False, from_snapshot: bool = False
+    config: ServerConfig,
+    hooks: Sequence[Hook] | None = None,
+    *,
+    ownership: bool = False,
+    from_snapshot: bool = False,
+    progress: BuildProgress | None = None,
 ) -> Ledger:
     """The ledger the load generator expects: the seeded population's initial state.
 
@@ -59,13 +72,15 @@ def build_ledger(
     ``ownership`` gives each operator its contiguous range of accounts (``owner_ranges``).
     ``from_snapshot``: the state is about to be read from a snapshot, so the population (a minute
     at 10^8 accounts) is not drawn: balances start at 0 and classes at 1 until the snapshot's arrive.
+    ``progress`` receives the build's steps (``engine.build_progress``: accounts, then hooks).
     """
     balance: int | np.ndarray = 0
     account_bits: np.ndarray | None = None
     if not from_snapshot:
         population = Population(config.population())
-        progress = TtyProgress.if_tty(f"building {config.accounts:,} accounts")
-        balance, account_bits = population.build_state(progress=progress)
+        if progress is not None:
+            progress(BuildStep(PHASE_ACCOUNTS, 0, config.accounts, "accounts"))
+        balance, account_bits = population.build_state(progress=chunk_progress(progress, PHASE_ACCOUNTS, "accounts"))
     return Ledger(
         config.accounts,
         balance_fen=balance,
@@ -74,6 +89,7 @@ def build_ledger(
         hooks=build_hooks(config.profile, config.scenario, trove_dir=config.trove) if hooks is None else hooks,
         owners=owner_ranges(config.accounts, config.operators) if ownership else None,
         clock=SequencerClock.for_accounts(config.accounts, config.payments_per_account_per_day),
+        progress=progress,
     )
 
 
@@ -81,10 +97,16 @@ class Server:
     """The payment server; ``start()`` on a running loop, ``close()`` to stop.
 
     ``hooks`` replaces the profile's hooks (tests, embedding); ignored in echo mode.
+    ``build_progress`` receives the start-up's steps (``engine.build_progress``) before it listens.
     """
 
     def __init__(
-        self, config: ServerConfig, *, hooks: Sequence[Hook] | None = None, secrets: Secrets | None = None
+        self,
+        config: ServerConfig,
+        *,
+        hooks: Sequence[Hook] | None = None,
+        secrets: Secrets | None = None,
+        build_progress: BuildProgress | None = None,
     ) -> None:
         self.config = config
         #: None = authentication off (and no account ownership): the benchmark's default.
@@ -106,7 +128,11 @@ class Server:
                 self.outputs_set_aside = set_aside_outputs(hooks)
             started = time.perf_counter()
             self.ledger = build_ledger(
-                config, hooks, ownership=self.secrets is not None, from_snapshot=snapshot.path is not None
+                config,
+                hooks,
+                ownership=self.secrets is not None,
+                from_snapshot=snapshot.path is not None,
+                progress=build_progress,
             )
             self.build_s = time.perf_counter() - started
         self.encoder = msgspec.msgpack.Encoder()
@@ -147,12 +173,13 @@ class Server:
         self.snapshotter: Snapshotter | None = None
         if config.journal:
             assert self.ledger is not None
-            opened = open_journal(
-                config,
-                self.ledger,
-                log=lambda line: print(f"journal: {line}", file=sys.stderr, flush=True),
-                snapshot=snapshot,
-            )
+            with unsized_phase(build_progress, PHASE_JOURNAL, "snapshot and replay"):
+                opened = open_journal(
+                    config,
+                    self.ledger,
+                    log=lambda line: print(f"journal: {line}", file=sys.stderr, flush=True),
+                    snapshot=snapshot,
+                )
             self.journal, self._journal_lock, self.recovery = opened.journal, opened.lock, opened.recovery
             self.recovery_s, self._journal_notes = opened.seconds, opened.notes
             self.batcher.journal = self.admin.journal = self.journal
@@ -171,7 +198,8 @@ class Server:
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.validators: Validators | None = None
         if config.signature_mode != "off":
-            registry = ensure_registry(config.seed, config.accounts)
+            with unsized_phase(build_progress, PHASE_KEYS):
+                registry = ensure_registry(config.seed, config.accounts)
             self.validators = self.batcher.validators = make_validators(config.validators, registry)
             self.batcher.signatures_required = config.signature_mode == "required"
 

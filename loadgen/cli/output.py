@@ -10,11 +10,9 @@ import json
 
 import msgspec
 
+from loadgen.results.drift import DRIFT_FROM_S
 from loadgen.results.export import drift_line
 from loadgen.results.run import RunResult, figures_of, save
-
-#: Runs at least this long (measured) show their p99 per minute: the drift of a soak run.
-DRIFT_FROM_S = 120
 
 
 def save_and_print(result: RunResult, *, as_json: bool, out: str | None) -> int:

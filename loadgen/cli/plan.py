@@ -21,7 +21,7 @@ import msgspec
 
 from loadgen.cli.common_args import add_accounts, add_json, add_out, add_plan_options, parse_rate
 from loadgen.plan.inputs import read_inputs
-from loadgen.plan.model import GIB, CapacityPlan, Machine, PlanRequest, build_plan
+from loadgen.plan.model import GIB, CapacityPlan, Machine, PlanRequest, build_plan, size_text
 
 #: Exit status of a plan printed with inputs missing.
 EXIT_INCOMPLETE = 3
@@ -74,15 +74,6 @@ def _main(args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if plan.missing else 0
 
 
-def _size(n: float | None, unit: str = "") -> str:
-    if n is None:
-        return "not measured"
-    for div, name in ((1e15, "PB"), (1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if abs(n) >= div:
-            return f"{n / div:,.1f} {name}{unit}"
-    return f"{n:,.0f} B{unit}"
-
-
 def format_plan(c: CapacityPlan) -> str:
     """The plan as text: numbers with their assumptions beside them."""
     r, p = c.request, c.plan
@@ -103,7 +94,7 @@ def format_plan(c: CapacityPlan) -> str:
     lines += [
         f"{'total':<22}{p.cores:>8.2f}  {p.cores_low:>6.2f} - {p.cores_high:<6.2f}"
         f"  (* policy/surveillance: {p.surveillance_cores:.2f} cores, {share:.0%})",
-        f"sequencer's one core: {p.sequencer_core_busy:.0%} busy"
+        f"sequencer's one core: {p.sequencer_core_busy:.0%} busy ({p.batch_regime} batching)"
         + (f", saturates near {p.sequencer_saturation_tps:,.0f}/s" if p.sequencer_saturation_tps else ""),
         "",
         "memory (the sequencer's state, per replica): "
@@ -115,11 +106,11 @@ def format_plan(c: CapacityPlan) -> str:
             else "not measured"
         ),
         "disk per day (one replica): "
-        + (", ".join(f"{k} {_size(v)}" for k, v in p.disk_per_day_bytes.items()) or "not measured")
-        + f"; snapshots {_size(p.snapshot_bytes)}",
-        f"disk for {r.retention_days:g} days, {r.replicas} replicas: {_size(p.disk_retention_bytes)}",
-        f"network: {_size(p.network_bytes_per_s, '/s')} payments in and replies out; "
-        f"journal replication {_size(p.replication_bytes_per_s, '/s')}",
+        + (", ".join(f"{k} {size_text(v)}" for k, v in p.disk_per_day_bytes.items()) or "not measured")
+        + f"; snapshots {size_text(p.snapshot_bytes)}",
+        f"disk for {r.retention_days:g} days, {r.replicas} replicas: {size_text(p.disk_retention_bytes)}",
+        f"network: {size_text(p.network_bytes_per_s, '/s')} payments in and replies out; "
+        f"journal replication {size_text(p.replication_bytes_per_s, '/s')}",
         f"machines: {p.machines if p.machines is not None else 'none of this size will do'} ({p.machines_note})",
         "",
         *c.deltas,

@@ -4,6 +4,12 @@ Prints ``listening on HOST:PORT`` on stdout once it accepts connections (with ``
 is the one the system picked), so a parent process can wait for that line and parse it. Then
 stderr says whether a journal is kept (and what recovery replayed) and whether
 authentication is on.
+
+Before that, building a large ledger takes a while (10^8 accounts: tens of seconds). ``--progress``
+says how to show it: ``bar`` draws a bar per phase (accounts, hooks, journal) with its fraction
+and the time left on stderr, ``json`` writes each step as a JSON line on stdout before the
+``listening on`` line (``loadgen.generator.progress_build``: what ``run`` reads), ``off`` shows
+nothing; ``auto`` (the default) is ``bar`` when stderr is a terminal, else ``off``.
 """
 
 from __future__ import annotations
@@ -11,10 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rich.console import Console
+
 from engine.options import add_struct_arguments, struct_from_args
 from engine.profiles import profile_names, trove_needed
 from engine.server import ServerConfig, serve
 from loadgen.cli.common_args import add_hooks_path
+from loadgen.generator.progress import progress_console
+from loadgen.generator.progress_build import build_bar, json_lines
 from loadgen.model.train import ensure_profile_model
 
 
@@ -22,6 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the payment server (uvloop TCP, micro-batched ledger)", description=__doc__)
     add_struct_arguments(p, ServerConfig, context={"profiles": ", ".join(profile_names())})
     add_hooks_path(p)
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "json", "off"),
+        default="auto",
+        help="start-up progress: a bar on stderr, JSON lines on stdout before 'listening on' (for a parent "
+        "process), or nothing (default auto: a bar when stderr is a terminal)",
+    )
     p.set_defaults(func=_main)
 
 
@@ -40,4 +57,8 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     if not config.echo:
         ensure_profile_model(config.profile, config.scenario)
-    return serve(config)
+    if args.progress == "json":
+        return serve(config, progress=json_lines(sys.stdout))
+    console = {"bar": Console(stderr=True), "auto": progress_console(as_json=False)}.get(args.progress)
+    with build_bar(console, f"starting: {config.accounts:,} accounts") as bar:
+        return serve(config, progress=bar)

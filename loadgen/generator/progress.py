@@ -14,9 +14,7 @@ generator processes, so the line shows the elapsed time and phase only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator
 
 from rich.console import Console
 from rich.live import Live
@@ -90,13 +88,3 @@ class LoadProgress:
                     live.update(Text(self.line(time.monotonic_ns())), refresh=True)
             except asyncio.CancelledError:
                 live.update(Text(self.line(time.monotonic_ns())), refresh=True)
-
-
-@contextlib.contextmanager
-def status(console: Console | None, what: str) -> Iterator[None]:
-    """A spinner saying ``what`` while the block runs (e.g. a server building its ledger); nothing without a console."""
-    if console is None:
-        yield
-        return
-    with console.status(what):
-        yield

@@ -26,7 +26,8 @@ from engine.profiles import CompareSettings
 from engine.server.config import SIGNED_PROFILES
 from engine.validators import tier_mismatch
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop, run_load
-from loadgen.generator.progress import LoadProgress, status
+from loadgen.generator.progress import LoadProgress
+from loadgen.generator.progress_build import build_bar
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.calibration import cpu_calibration, with_ed25519
 from loadgen.harness.server import running_server, server_arguments
@@ -280,8 +281,8 @@ def run_benchmark(
     )
     try:
         with contextlib.ExitStack() as stack:
-            with status(progress, f"starting the server: building the ledger of {accounts:,} accounts"):
-                server = stack.enter_context(running_server(args, accounts=accounts))
+            with build_bar(progress, f"starting the server ({accounts:,} accounts)") as on_build:
+                server = stack.enter_context(running_server(args, accounts=accounts, on_build=on_build))
             run_config = with_address(config, server.host, server.port)
             return run_measure(
                 run_config,

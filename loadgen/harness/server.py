@@ -2,7 +2,9 @@
 
 The server runs as a separate process (``cbdc-bench serve --port 0``, so generator and server do
 not share an interpreter or a GIL); its printed ``listening on HOST:PORT`` line gives the port.
-``running_server`` stops it on leaving, also on errors and Ctrl-C.
+``running_server`` stops it on leaving, also on errors and Ctrl-C. Given ``on_build``, the server
+is started with ``--progress json`` and each start-up step it reports before listening
+(``engine.build_progress``) is handed to ``on_build`` (e.g. ``run``'s bar on a terminal).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from engine.build_progress import BuildProgress
+from loadgen.generator.progress_build import parse_step
 
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
@@ -40,10 +45,14 @@ class ServerProcess:
     _stderr: IO[str] | None = None
     _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
     _pump_thread: threading.Thread | None = None
+    #: Receives the server's start-up steps (None: the server is not asked for them).
+    on_build: BuildProgress | None = None
 
     def start(self) -> tuple[str, int]:
         self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the server; closed in stop()
         cmd = [sys.executable, "-m", "loadgen", "serve", *self.args]
+        if self.on_build is not None:
+            cmd += ["--progress", "json"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1)
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
         self._pump_thread.start()
@@ -61,6 +70,11 @@ class ServerProcess:
             if line is None:
                 code = self.proc.wait()
                 raise ServerStartError(f"server exited with code {code} before listening{self._tail()}")
+            step = parse_step(line)
+            if step is not None:
+                if self.on_build is not None:
+                    self.on_build(step)
+                continue
             match = _LISTENING.search(line)
             if match:
                 self.host, self.port = match.group(1), int(match.group(2))
@@ -141,10 +155,13 @@ def server_arguments(
 
 
 @contextlib.contextmanager
-def running_server(args: list[str], *, accounts: int) -> Iterator[ServerProcess]:
-    """A started ``serve`` process (its ``host``/``port`` set), stopped on leaving, also on errors."""
+def running_server(args: list[str], *, accounts: int, on_build: BuildProgress | None = None) -> Iterator[ServerProcess]:
+    """A started ``serve`` process (its ``host``/``port`` set), stopped on leaving, also on errors.
+
+    ``on_build`` receives its start-up steps (``ServerProcess.on_build``).
+    """
     # Start-up builds the ledger (and hook state) for every account before listening.
-    server = ServerProcess(args, startup_timeout_s=60.0 + accounts / 100_000)
+    server = ServerProcess(args, startup_timeout_s=60.0 + accounts / 100_000, on_build=on_build)
     try:
         server.start()
         yield server

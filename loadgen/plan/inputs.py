@@ -39,6 +39,7 @@ from typing import Any
 import msgspec
 
 from engine.profiles import CompareSettings
+from loadgen.generator.gateway import LoadConfig
 from loadgen.harness.engine_run import ENGINE_KIND, EngineResult
 from loadgen.results.compare import SUMMARY_KIND, CompareSummary, loads_summary, peek_kind
 from loadgen.results.run import ResultVersionError, RunResult, loads, resolved_settings, verdict_of
@@ -57,6 +58,36 @@ BACKGROUND_TIER = {"surveillance_log": "trove"}
 HOOK_PARTS = {"risk_model": ("features", "inference")}
 
 
+class Arrivals(msgspec.Struct, frozen=True):
+    """How payments reached the server in a run, so the batch model can say how they arrive at any rate.
+
+    The generator's gateways each send, every tick, one Submit of what fell due (at most
+    ``load.batch_max`` transfers); the tick follows the rate by the generator's own rule
+    (``LoadConfig.tick_ns``: about 1,000 transfers a frame, 1-5 ms). The server cuts a batch of whole
+    Submits, at most ``max_batch`` transfers (its ``Welcome.max_batch``).
+    """
+
+    load: LoadConfig
+    max_batch: int
+
+    def ticks_per_s(self, rate_tps: float) -> float:
+        return 1e9 / msgspec.structs.replace(self.load, rate_tps=rate_tps).tick_ns
+
+    def submit_transfers(self, rate_tps: float) -> float:
+        """Mean transfers in one gateway's Submit at ``rate_tps`` (one per gateway per tick)."""
+        frame_max = min(self.load.batch_max, self.max_batch)
+        return max(min(rate_tps / (self.ticks_per_s(rate_tps) * self.load.operators), frame_max), 1.0)
+
+    def full_batch(self, rate_tps: float) -> float:
+        """The mean batch when the queue always holds more than ``max_batch``: whole Submits up to it.
+
+        Submits vary in size (a gateway sends what fell due, more after a late tick), so on average
+        half a Submit of room is left: ``max_batch - submit / 2`` (at least one Submit).
+        """
+        submit = self.submit_transfers(rate_tps)
+        return max(self.max_batch - submit / 2, submit)
+
+
 class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     """One measured run reduced to what the plan needs: CPU by tier over its measured window."""
 
@@ -68,6 +99,7 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     offered_tps: float
     transfers_per_s: float  # payments the ledger applied in the window / its length
     batches_per_s: float
+    arrivals: Arrivals
     tier_ns_per_s: dict[str, float]  # CPU ns per second of window, by tier
     hooks: list[str]  # the profile's hooks (each one a tier on the sequencer's core)
     workers: dict[str, int]  # scale-out tiers' worker counts (``server.tier_workers``); absent: 1
@@ -80,6 +112,8 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     cores: int
     calibration_tps: float | None
     sustained: bool
+    verdict: str  # the run's verdict label ("sustained", "not sustained", ...)
+    p99_ms: float
 
 
 class MeasuredMax(msgspec.Struct, frozen=True):
@@ -170,6 +204,7 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
     traffic = result.traffic
     calibration = result.environment.calibration
     validators = validators_spec(settings.server_args, _workers(server.stats_end) | dict(server.tier_workers))
+    verdict = verdict_of(result, settings.targets)
     return RunCost(
         file=file,
         profile=result.summary.profile,
@@ -177,6 +212,7 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
         offered_tps=result.summary.offered_tps,
         transfers_per_s=transfers / window_s,
         batches_per_s=batches / window_s,
+        arrivals=Arrivals(result.load, int(_num(server.welcome.get("max_batch")) or result.load.batch_max)),
         tier_ns_per_s={k: v / window_s for k, v in tiers.items()},
         hooks=[_hook_name(h) for h in settings.hooks],
         workers=_workers(server.stats_end) | dict(server.tier_workers),
@@ -190,7 +226,9 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
         cpu_model=result.environment.cpu_model,
         cores=result.environment.cores,
         calibration_tps=None if calibration is None else calibration.engine_tps,
-        sustained=verdict_of(result, settings.targets).sustained,
+        sustained=verdict.sustained,
+        verdict=verdict.kind.label,
+        p99_ms=result.summary.p99_ms,
     )
 
 

@@ -6,12 +6,15 @@ command that measures it.
 
 **CPU.** A tier's CPU per second is ``per_batch_ns * batches/s + per_payment_ns * payments/s``
 (``fit_tier``, least squares over runs at two or more rates): batching amortises per-batch work, so
-CPU per payment falls as the rate rises. The batches per second at a rate are interpolated from
-the measured runs' mean batch size at their rates (``batches_per_s_at``), held at the nearest
-measured size beyond them. A tier's band is the fitted value times the lowest and highest ratio
-of measured to fitted CPU over its runs (the run-to-run spread). Tiers on the sequencer's core
-cannot use a second core; the others scale linearly in cores up to the workers they were
-measured with (``RunCost.workers``), and beyond that the plan says it extrapolates.
+CPU per payment falls as the rate rises. The batches per second at a rate come from how the server
+batches (``BatchModel``: one batch per generator tick while the sequencer is idle; what arrived
+while the previous batch ran once it is busy, so batches grow with the rate; at most
+``max_batch``), not from the measured sizes held beyond the measured rates: held, they overstated
+the per-batch cost above the range (a plan from 50k and 150k/s runs put ``full``'s maximum on a
+2-core machine at 101,620/s, while it sustained 300k/s). A tier's band is the fitted value times
+the lowest and highest ratio of measured to fitted CPU over its runs (the run-to-run spread).
+Tiers on the sequencer's core cannot use a second core; the others scale linearly in cores up to
+the workers they were measured with (``RunCost.workers``), and beyond that the plan says it extrapolates.
 
 **Memory.** accounts x bytes per account of every piece of state the profile keeps (the ledger
 and each hook); it all lives with the sequencer, whose state cannot be partitioned, so it must fit
@@ -33,6 +36,7 @@ from loadgen.plan.inputs import (
     CORE_TIERS,
     GENERATOR,
     SEQUENCER_TIERS,
+    Arrivals,
     Inputs,
     MeasuredMax,
     RunCost,
@@ -41,6 +45,8 @@ from loadgen.plan.inputs import (
 
 GIB = float(1 << 30)
 SECONDS_PER_DAY = 86_400.0
+#: A run whose sequencer tiers used at most this much of a core stands for the idle batch regime.
+IDLE_SEQUENCER_CORES = 0.5
 
 
 class Machine(msgspec.Struct, frozen=True):
@@ -107,6 +113,8 @@ class ProfilePlan(msgspec.Struct, frozen=True, kw_only=True):
     sequencer_core_busy: float  # share of the sequencer's one core at the planned rate
     sequencer_saturation_tps: float | None
     batches_per_s: float
+    batch_regime: str  # "idle", "busy" or "full" at the planned rate (``BatchModel``)
+    batch_model: BatchModel
     memory_bytes: float | None  # the sequencer's state (one replica)
     memory_pieces: dict[str, float]  # bytes per account by piece
     fits_one_machine: bool | None
@@ -191,13 +199,6 @@ def fit_tier(tier: str, runs: Sequence[RunCost]) -> TierFit:
     )
 
 
-def batches_per_s_at(rate_tps: float, runs: Sequence[RunCost]) -> float:
-    """Batches per second at ``rate_tps``: the measured mean batch size interpolated in rate."""
-    points = sorted((r.transfers_per_s, r.transfers_per_s / r.batches_per_s) for r in runs)
-    size = float(np.interp(rate_tps, [p[0] for p in points], [p[1] for p in points]))
-    return rate_tps / size
-
-
 def fits(runs: Sequence[RunCost]) -> dict[str, TierFit]:
     tiers = sorted({t for r in runs for t in r.tier_ns_per_s})
     return {t: fit_tier(t, runs) for t in tiers}
@@ -207,24 +208,112 @@ def is_sequencer_tier(tier: str, hooks: Sequence[str]) -> bool:
     return tier in SEQUENCER_TIERS or tier in hooks
 
 
-def cpu_ns_per_s(
-    tier_fits: dict[str, TierFit], tiers: Sequence[str], rate_tps: float, runs: Sequence[RunCost]
-) -> float:
-    b = batches_per_s_at(rate_tps, runs)
+class BatchModel(msgspec.Struct, frozen=True):
+    """Batches per second the server cuts at a rate, from how it batches (``engine.server``).
+
+    The server applies, as one batch, what arrived while the previous batch ran. Three regimes:
+
+    * **idle**: the sequencer finishes a batch before the next tick's Submits arrive, so each
+      tick's Submits are one batch (the gateways of one generator tick together):
+      ``batches_per_tick x ticks/s``, where the tick follows the rate by the generator's rule and
+      ``batches_per_tick`` is measured in the runs where the sequencer was mostly idle;
+    * **busy**: the next batch accumulates while one runs, so the sequencer is never idle and
+      ``per_batch_ns x batches/s + per_payment_ns x payments/s`` = one core: batches/s =
+      (1 s - per_payment_ns x rate) / per_batch_ns, falling as the rate rises (batches grow);
+    * **full**: batches cannot grow past ``max_batch`` (whole Submits, ``Arrivals.full_batch``):
+      batches/s = rate / full batch. Where even full batches cost more than one core, the
+      sequencer saturates (``saturation_tps``).
+
+    ``per_batch_ns`` and ``per_payment_ns`` are the sequencer's tiers' fitted costs together. The
+    measured transition from idle to busy is smoother than the model's (arrivals jitter), so near
+    it the model's batches are somewhat too many and its per-batch CPU somewhat too high.
+    """
+
+    batches_per_tick: float
+    per_batch_ns: float
+    per_payment_ns: float
+    arrivals: Arrivals
+    idle_runs: int = 0  # runs batches_per_tick came from (0: none was idle; the least busy one stood in)
+
+    def idle_batches_per_s(self, rate_tps: float) -> float:
+        return self.batches_per_tick * self.arrivals.ticks_per_s(rate_tps)
+
+    def busy_batches_per_s(self, rate_tps: float) -> float:
+        spare_ns = 1e9 - self.per_payment_ns * rate_tps
+        return spare_ns / self.per_batch_ns if self.per_batch_ns > 0 else math.inf
+
+    def full_batches_per_s(self, rate_tps: float) -> float:
+        return rate_tps / self.arrivals.full_batch(rate_tps)
+
+    def batches_per_s(self, rate_tps: float) -> float:
+        """Batches per second at ``rate_tps``: idle, busy or full, whichever regime holds there."""
+        idle = self.idle_batches_per_s(rate_tps)
+        return max(self.full_batches_per_s(rate_tps), min(idle, self.busy_batches_per_s(rate_tps)))
+
+    def regime(self, rate_tps: float) -> str:
+        b = self.batches_per_s(rate_tps)
+        if b == self.idle_batches_per_s(rate_tps):
+            return "idle"
+        return "full" if b == self.full_batches_per_s(rate_tps) else "busy"
+
+    def saturation_tps(self) -> float | None:
+        """The lowest rate at which even full batches cost the sequencer one core (None: none below 1e9/s)."""
+        return first_rate_reaching(
+            1e9, lambda r: self.per_batch_ns * self.full_batches_per_s(r) + self.per_payment_ns * r
+        )
+
+
+def batch_model(runs: Sequence[RunCost], tier_fits: dict[str, TierFit], hooks: Sequence[str]) -> BatchModel:
+    """The batch model of a profile: its sequencer's fitted costs, and batches per tick where it was idle.
+
+    A run counts as idle when its sequencer tiers used at most half a core; with no such run, the
+    least busy run stands for the idle regime (its batches per tick are then too few, so the
+    per-batch CPU below the measured rates is underestimated, and the plan says so).
+    """
+    seq = [f for t, f in tier_fits.items() if is_sequencer_tier(t, hooks)]
+    idle = [r for r in runs if sequencer_cores(r, hooks) <= IDLE_SEQUENCER_CORES]
+    stand_in = idle or [min(runs, key=lambda r: sequencer_cores(r, hooks))]
+    per_tick = [r.batches_per_s / r.arrivals.ticks_per_s(r.offered_tps) for r in stand_in]
+    return BatchModel(
+        batches_per_tick=float(statistics.median(per_tick)),
+        per_batch_ns=sum(f.per_batch_ns for f in seq),
+        per_payment_ns=sum(f.per_payment_ns for f in seq),
+        arrivals=max(runs, key=lambda r: r.offered_tps).arrivals,
+        idle_runs=len(idle),
+    )
+
+
+def sequencer_cores(run: RunCost, hooks: Sequence[str]) -> float:
+    """Cores the sequencer's tiers used in ``run``."""
+    return sum(v for t, v in run.tier_ns_per_s.items() if is_sequencer_tier(t, hooks)) / 1e9
+
+
+def cpu_ns_per_s(tier_fits: dict[str, TierFit], tiers: Sequence[str], rate_tps: float, batches: BatchModel) -> float:
+    b = batches.batches_per_s(rate_tps)
     return sum(tier_fits[t].ns_per_s(b, rate_tps) for t in tiers if t in tier_fits)
 
 
-def saturation_tps(budget_cores: float, cost: Callable[[float], float]) -> float | None:
-    """The lowest rate at which ``cost(rate)`` (CPU ns per second) reaches ``budget_cores``; None: never."""
-    budget = budget_cores * 1e9
-    low, high = 1.0, 1.0
-    while cost(high) < budget:
-        low, high = high, high * 2
-        if high > 1e12:
-            return None
-    for _ in range(60):
-        mid = math.sqrt(low * high)
-        low, high = (mid, high) if cost(mid) < budget else (low, mid)
+def first_rate_reaching(budget_ns: float, cost: Callable[[float], float]) -> float | None:
+    """The lowest rate (1k-1e9/s) at which ``cost(rate)`` (CPU ns per second) reaches ``budget_ns``; None: never.
+
+    Scanned on a 1% grid, then bisected: the cost is not monotonic in the rate (busy batches grow
+    with it; a full batch of whole Submits jumps as Submits grow), so bisection alone could skip
+    the first crossing.
+    """
+    grid = np.geomspace(1e3, 1e9, int(math.log(1e6) / math.log(1.01)))
+    low = None
+    for rate in grid:
+        if cost(float(rate)) >= budget_ns:
+            high = float(rate)
+            break
+        low = float(rate)
+    else:
+        return None
+    if low is None:
+        return high
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cost(mid) < budget_ns else (low, mid)
     return high
 
 
@@ -272,7 +361,8 @@ def plan_profile(
     hooks = usable[-1].hooks
     label, profile = profile, usable[-1].profile
     rate = request.rate_tps
-    batches = batches_per_s_at(rate, usable)
+    batching = batch_model(usable, tier_fits, hooks)
+    batches = batching.batches_per_s(rate)
     missing: list[Missing] = []
     if any(r.signed for r in usable) and "validators" not in tier_fits:
         missing.append(Missing(
@@ -297,7 +387,6 @@ def plan_profile(
             )
         )
     tiers.sort(key=lambda t: (_tier_order(t.tier, hooks), t.tier))
-    seq_tiers = [t.tier for t in tiers if t.on_sequencer]
     seq_busy = sum(t.cores for t in tiers if t.on_sequencer)
 
     # Memory: all of it is the sequencer's (state cannot be partitioned).
@@ -353,7 +442,6 @@ def plan_profile(
     )
 
     machines, note = _machines(tiers, memory, retention, request)
-    cost = _cost_fn(tier_fits, seq_tiers, usable)
     return ProfilePlan(
         profile=label,
         tiers=tiers,
@@ -362,8 +450,10 @@ def plan_profile(
         cores_high=sum(t.cores_high for t in tiers),
         surveillance_cores=sum(t.cores for t in tiers if t.surveillance),
         sequencer_core_busy=seq_busy,
-        sequencer_saturation_tps=saturation_tps(1.0, cost),
+        sequencer_saturation_tps=batching.saturation_tps(),
         batches_per_s=batches,
+        batch_regime=batching.regime(rate),
+        batch_model=batching,
         memory_bytes=memory,
         memory_pieces=pieces,
         fits_one_machine=None if memory is None else memory <= request.machine.memory_bytes,
@@ -381,8 +471,8 @@ def plan_profile(
     )
 
 
-def _cost_fn(tier_fits: dict[str, TierFit], tiers: Sequence[str], runs: Sequence[RunCost]) -> Callable[[float], float]:
-    return lambda rate: cpu_ns_per_s(tier_fits, tiers, rate, runs)
+def _cost_fn(tier_fits: dict[str, TierFit], tiers: Sequence[str], batches: BatchModel) -> Callable[[float], float]:
+    return lambda rate: cpu_ns_per_s(tier_fits, tiers, rate, batches)
 
 
 def _tier_order(tier: str, hooks: Sequence[str]) -> int:
@@ -435,15 +525,20 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
     tier_fits = fits(usable)
     hooks = usable[-1].hooks
     cores = max(r.cores for r in usable)
-    seq = [t for t in tier_fits if is_sequencer_tier(t, hooks)]
+    batching = batch_model(usable, tier_fits, hooks)
     everything = list(tier_fits)  # the generator shares this machine's cores
-    by_seq = saturation_tps(1.0, _cost_fn(tier_fits, seq, usable))
-    by_all = saturation_tps(float(cores), _cost_fn(tier_fits, everything, usable))
+    by_seq = batching.saturation_tps()
+    by_all = first_rate_reaching(cores * 1e9, _cost_fn(tier_fits, everything, batching))
     options = [(v, w) for v, w in ((by_seq, "the sequencer's core"), (by_all, f"all {cores} cores")) if v is not None]
     predicted, limit = min(options) if options else (None, "nothing saturates")
     measured = next((m for m in maxima if m.profile == profile), None)
-    error = (predicted - measured.median_tps) / measured.median_tps if predicted and measured else None
-    peak = max(sum(v for t, v in r.tier_ns_per_s.items() if is_sequencer_tier(t, hooks)) for r in runs) / 1e9
+    # A search that sustained nothing (max 0) has no error to state: the plan shows its maximum only.
+    error = (
+        (predicted - measured.median_tps) / measured.median_tps
+        if predicted and measured and measured.median_tps > 0
+        else None
+    )
+    peak = max(sequencer_cores(r, hooks) for r in runs)
     return Prediction(profile, predicted, limit, measured, error, peak)
 
 
@@ -515,6 +610,16 @@ def _delta_line(plan: ProfilePlan, other: ProfilePlan | None, name: str) -> str:
     return f"what {plan.profile}'s policy and surveillance add over {name}: " + ", ".join(parts)
 
 
+def size_text(n: float | None, unit: str = "") -> str:
+    """Bytes in decimal units (``1.3 TB``), or "not measured"."""
+    if n is None:
+        return "not measured"
+    for div, name in ((1e15, "PB"), (1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(n) >= div:
+            return f"{n / div:,.1f} {name}{unit}"
+    return f"{n:,.0f} B{unit}"
+
+
 def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], request: PlanRequest) -> list[str]:
     cal = (
         f"CPU calibration score {min(calibrations):,.0f}-{max(calibrations):,.0f} transfers/s"
@@ -532,20 +637,30 @@ def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], req
     outside = (
         [
             f"EXTRAPOLATED IN RATE: {request.rate_tps:,.0f}/s lies outside the measured rates "
-            f"({lo:,.0f}-{hi:,.0f}/s), where the batch size is held at the nearest measured one; above the "
-            "range that overstates the per-batch cost (a server batches more as the rate rises). Measure at "
-            "and above the planned rate (in one session, a 300k/s run of full moved this machine's predicted "
-            "maximum from 101,620/s to 486,592/s)"
+            f"({lo:,.0f}-{hi:,.0f}/s): the costs are the fitted ones and the batches come from the batch model "
+            "alone; measure at and above the planned rate to check them"
         ]
         if plan.rates_tps and not lo <= request.rate_tps <= hi
         else []
     )
+    m = plan.batch_model
     return [
         *outside,
         f"CPU measured on {cpu}, {cal}",
         f"per-batch + per-payment cost fitted over {plan.runs} runs at {len(plan.rates_tps)} rates "
-        f"({', '.join(f'{r:,.0f}' for r in plan.rates_tps)}/s); batches at the planned rate interpolated from the "
-        f"measured batch sizes ({plan.batches_per_s:,.0f}/s)",
+        f"({', '.join(f'{r:,.0f}' for r in plan.rates_tps)}/s)",
+        f"batches at {request.rate_tps:,.0f}/s: {plan.batches_per_s:,.0f}/s ({plan.batch_regime} regime of the batch "
+        f"model: the generator's {m.arrivals.load.operators} gateways tick "
+        f"{m.arrivals.ticks_per_s(request.rate_tps):,.0f} times/s, {m.batches_per_tick:.2f} batches per tick "
+        + (
+            "measured while the sequencer was idle"
+            if m.idle_runs
+            else f"from the least busy run: no run's sequencer used at most {IDLE_SEQUENCER_CORES} of its core, "
+            "so below the measured rates the batches, and the per-batch CPU, are too few"
+        )
+        + "; busy, the "
+        f"sequencer's {m.per_batch_ns / 1e3:,.0f} us per batch + {m.per_payment_ns:,.0f} ns per payment fill one "
+        f"core; at most {m.arrivals.full_batch(request.rate_tps):,.0f} payments a batch)",
         "a tier scales linearly in cores up to the workers it was measured with; beyond that it is extrapolation"
         + (f" ({', '.join(extrapolated)})" if extrapolated else ""),
         seq,

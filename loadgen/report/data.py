@@ -40,6 +40,7 @@ from loadgen.results.compare import (
     peek_kind,
     verdict,
 )
+from loadgen.results.export import long_run_minutes
 from loadgen.results.run import RunResult, figures_of, loads, verdict_of
 
 #: The rate the question is about; the reference rate for spectra, time series and hook costs
@@ -109,6 +110,18 @@ class LatencyRow(msgspec.Struct, frozen=True):
     p99_verdict: str
 
 
+class DriftRow(msgspec.Struct, frozen=True):
+    """A long run's p99 minute by minute (``loadgen.results.drift``): does its latency climb?"""
+
+    file: str  # relative to the report, as in ``ReportData.files``
+    profile: str
+    offered_tps: float
+    p99_ms_by_minute: list[float]  # minutes with replies, from the start of the measured window
+    worst_minute: int
+    worst_p99_ms: float
+    last_vs_first: float | None  # last minute's p99 / first minute's - 1 (None: the first had none)
+
+
 class ReportData(msgspec.Struct, frozen=True):
     title: str
     machine: str
@@ -124,6 +137,7 @@ class ReportData(msgspec.Struct, frozen=True):
     notes: list[str]
     points: list[RunPoint] = []
     group: str = ""  # what this report's runs share when the inputs were split (--split-by)
+    drift: list[DriftRow] = []  # runs measured for two minutes or more
 
 
 class MixedInputs(ValueError):
@@ -455,6 +469,7 @@ def build_from(
         for r in runs
         for verdict in (verdict_of(r.result, settings),)
     ]
+    files = [r.path if relative_to is None else os.path.relpath(r.path, relative_to) for r in runs]
     return ReportData(
         title=what,
         machine=machine,
@@ -466,8 +481,27 @@ def build_from(
         common_rates_tps=rates,
         profiles=rows,
         latency=latency,
-        files=[r.path if relative_to is None else os.path.relpath(r.path, relative_to) for r in runs],
+        files=files,
         notes=notes,
         points=points,
         group=group,
+        drift=[row for r, f in zip(runs, files, strict=True) if (row := drift_row(r, f)) is not None],
+    )
+
+
+def drift_row(run: Loaded, file: str) -> DriftRow | None:
+    """The drift of ``run`` if it was measured long enough to have one (two minutes with replies)."""
+    measured = [m for m in long_run_minutes(run.result) or () if m.replies]
+    if len(measured) < 2:
+        return None
+    worst = max(measured, key=lambda m: m.p99_ms)
+    first, last = measured[0].p99_ms, measured[-1].p99_ms
+    return DriftRow(
+        file=file,
+        profile=run.profile,
+        offered_tps=run.offered_tps,
+        p99_ms_by_minute=[m.p99_ms for m in measured],
+        worst_minute=worst.minute,
+        worst_p99_ms=worst.p99_ms,
+        last_vs_first=last / first - 1 if first > 0 else None,
     )

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from loadgen.report.data import ECHO, ProfileRow, ReportData
 
+#: Minutes of a long run listed in its drift row (report.json holds them all).
+_DRIFT_SHOWN = 20
+
 
 def _k(tps: float) -> str:
     return f"{tps:,.0f}"
@@ -107,6 +110,25 @@ def to_markdown(data: ReportData, images: Sequence[str] = ()) -> str:
         "has the range over repeats as its band; a single run is never judged (*not judged (single run)*). "
         "Cost ranges combine the ends of both bands.",
     ]
+    if data.drift:
+        lines += [
+            "",
+            "## Drift of long runs",
+            "",
+            "p99 of each measured minute (merged from the per-second histograms): a climb that the whole "
+            "run's p99 hides among good minutes (compaction debt, retention, snapshots, a daily rollover).",
+            "",
+            "| run | profile | offered TPS | minutes | p99 ms by minute | worst minute | last vs first |",
+            "|---|---|---:|---:|---|---:|---:|",
+        ]
+        for d in data.drift:
+            shown = ", ".join(f"{v:.2f}" for v in d.p99_ms_by_minute[:_DRIFT_SHOWN])
+            shown += " ..." if len(d.p99_ms_by_minute) > _DRIFT_SHOWN else ""
+            change = "-" if d.last_vs_first is None else f"{d.last_vs_first:+.0%}"
+            lines.append(
+                f"| {Path(d.file).name} | {d.profile} | {_k(d.offered_tps)} | {len(d.p99_ms_by_minute)} | {shown} | "
+                f"{d.worst_minute}: {d.worst_p99_ms:.2f} ms | {change} |"
+            )
     if data.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in data.notes]
     if images:

@@ -1,13 +1,9 @@
-"""A result file as CSV (``cbdc-bench csv``), and its drift: latency per minute of a long run.
+"""A result file as CSV (``cbdc-bench csv``), and its drift line (``loadgen.results.drift``).
 
 Three tables, for spreadsheets and pandas: the summary (one row: what was offered and achieved,
 the percentiles, the load's settings), the per-second series (second, phase, sent, answered, ok,
 p50/p99/max latency, worst send lag), and the per-minute latency, merged from the per-second
 histograms the result file keeps (never averaged from per-second percentiles).
-
-Drift: a soak run (``--seconds 3600``) is meant to let slow problems (compaction debt, retention,
-snapshots, a daily rollover) fall inside the measured window; the p99 of each measured minute
-shows them, where the whole run's p99 would hide a slow climb among an hour of good minutes.
 """
 
 from __future__ import annotations
@@ -20,19 +16,8 @@ from typing import Any
 
 import msgspec
 
-from loadgen.generator.histogram import Histogram
+from loadgen.results.drift import DRIFT_FROM_S, MinuteLatency, drift_text, minutes_of_series
 from loadgen.results.run import RunResult
-
-#: Minutes shorter than this many seconds (the last, partial one) are left out of the drift.
-MIN_MINUTE_S = 30
-
-
-class MinuteLatency(msgspec.Struct, frozen=True):
-    minute: int  # from the start of the measured window
-    replies: int
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
 
 
 def phase_of_second(second: int, warmup_s: float, seconds: float) -> str:
@@ -43,33 +28,20 @@ def phase_of_second(second: int, warmup_s: float, seconds: float) -> str:
 
 
 def per_minute(result: RunResult) -> list[MinuteLatency]:
-    """Latency of the replies received in each whole minute of the measured window (merged histograms)."""
-    first = int(-(-result.load.warmup // 1))  # the first whole second of the window
-    last = int(result.load.warmup + result.load.seconds)
-    out = []
-    for minute, start in enumerate(range(first, last, 60)):
-        end = min(start + 60, last)
-        if end - start < MIN_MINUTE_S and minute:
-            break
-        merged = Histogram()
-        for encoded in result.series.histograms[start:end]:
-            if encoded:
-                merged.add(Histogram.decode(encoded))
-        p = merged.percentiles((50.0, 99.0, 100.0))
-        out.append(MinuteLatency(minute, merged.total, p[50.0] / 1e6, p[99.0] / 1e6, p[100.0] / 1e6))
-    return out
+    """Latency of each whole minute of the measured window: as stored (long runs), else from the histograms."""
+    if result.drift is not None:
+        return list(result.drift)
+    return minutes_of_series(result.series.histograms, result.load.warmup, result.load.seconds)
+
+
+def long_run_minutes(result: RunResult) -> list[MinuteLatency] | None:
+    """The minutes of a run measured ``DRIFT_FROM_S`` or longer (stored, or recomputed for older files), else None."""
+    return per_minute(result) if result.drift is not None or result.load.seconds >= DRIFT_FROM_S else None
 
 
 def drift_line(result: RunResult) -> str | None:
-    """One line of p99 per measured minute, for runs of at least two minutes; None otherwise."""
-    minutes = [m for m in per_minute(result) if m.replies]
-    if len(minutes) < 2:
-        return None
-    shown = ", ".join(f"{m.p99_ms:.2f}" for m in minutes[:30]) + (" ..." if len(minutes) > 30 else "")
-    first, last = minutes[0].p99_ms, minutes[-1].p99_ms
-    change = f" (last minute {last / first - 1:+.0%} against the first)" if first > 0 else ""
-    worst = max(minutes, key=lambda m: m.p99_ms)
-    return f"drift: p99 per minute (ms) {shown}; worst minute {worst.minute} at {worst.p99_ms:.2f} ms{change}"
+    """The ``drift:`` line of a result (p99 per measured minute), None for runs under two minutes."""
+    return drift_text(per_minute(result))
 
 
 def _write(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:

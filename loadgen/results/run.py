@@ -27,6 +27,7 @@ from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.histogram import REPORT_PERCENTILES, Histogram
 from loadgen.generator.measure import Measurement
 from loadgen.generator.workload import ScenarioWorkload
+from loadgen.results.drift import MinuteLatency, stored_drift
 from loadgen.results.environment import Environment
 from loadgen.results.state import StateFootprint
 from loadgen.results.upgrade import upgrade
@@ -47,6 +48,7 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:       fields (absent: not measured): server.durability.snapshots/snapshot_stall_ms_max (issue 15);
 #:       risk_model_sha256 (issue 18); the inputs of ``cbdc-bench plan`` (issue 21):
 #:       server.tier_cpu_s and tier_workers, traffic.trove_per_payment, state (``loadgen.results.state``);
+#:       drift, the p99 per measured minute of runs of two minutes or more (issue 20, ``loadgen.results.drift``);
 #:       load.workload (issue 16: the scenario's workload the gateways generated; absent: the defaults,
 #:       which is what gateways generated before it), and settings.workload holds the same.
 SCHEMA_VERSION = 2
@@ -333,6 +335,9 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     state: StateFootprint | None = None
     #: sha256 of the risk model the server ran (profiles with risk_model; "" otherwise). Optional.
     risk_model_sha256: str = ""
+    #: Latency of each measured minute (``loadgen.results.drift``), stored for runs measured at least
+    #: ``DRIFT_FROM_S``; None: a shorter run, or a file from before issue 20 (recomputed from ``series``).
+    drift: list[MinuteLatency] | None = None
 
 
 class _Version(msgspec.Struct):
@@ -498,6 +503,7 @@ def build_result(
         ),
         state=snapshot_state(stats_final or stats_end or {}, int(welcome.get("accounts", 0))),
         risk_model_sha256=str(((stats_end or {}).get("risk_model") or {}).get("model_sha256", "")),
+        drift=stored_drift(m.per_second, config.warmup, config.seconds),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -119,4 +120,33 @@ def test_locust_profile_mismatch_is_one_error_line_not_a_traceback_per_user(
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-3000:]
     assert output.count("--cbdc-profile 'full', but the server runs 'baseline'") == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+
+
+def _locust(host: str, port: int, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadgen" / "locustfile.py"), "--host", f"tcp://{host}:{port}",
+         "--headless", "-u", "2", "-r", "2", "-t", "3s", "--only-summary", "--cbdc-batch", "200", *extra],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_locust_logs_the_result_codes_while_it_runs(server: tuple[str, int], tmp_path: Path) -> None:
+    done = _locust(*server, tmp_path, "--cbdc-codes-every", "0.5")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    running = [line for line in output.splitlines() if "cbdc-bench result codes so far (" in line]
+    assert running and all(" ok " in line for line in running), output[-3000:]
+    assert output.count("cbdc-bench result codes (") == 1  # the final totals, once
+
+
+def test_locust_without_a_server_is_one_error_line_not_a_traceback_per_user(tmp_path: Path) -> None:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    done = _locust("127.0.0.1", port, tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert output.count(f"no cbdc-bench session with 127.0.0.1:{port}") == 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]

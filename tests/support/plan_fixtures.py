@@ -65,11 +65,14 @@ def synthetic_run(
     tier_workers: dict[str, int] | None = None,
     server_args: list[str] | None = None,
     state: StateFootprint | None = None,
+    validators: int = 0,
 ) -> RunResult:
     """The template run with its CPU, hooks, stats and environment generated from ``model``.
 
     Deferred hooks' observe time is outside ``engine_s`` and inside the process CPU, as on the
     server; the trove's CPU is the surveillance_log hook's ``background_ns``, in its child process.
+    ``validators`` > 0: that many local validator processes (issue 19's server stats), whose CPU is
+    the model's ``validators`` tier.
     """
     template = load(TEMPLATE)
     settings = resolved_settings(PROFILE, None, CompareSettings(), server_args=tuple(server_args or ()))
@@ -89,12 +92,17 @@ def synthetic_run(
         }
         process += cost
         engine += 0.0 if deferred else cost
-    start = {"engine_s": 10.0, "ledger": {"transfers": 1_000, "batches": 10}}
-    end = {
+    start: dict[str, Any] = {"engine_s": 10.0, "ledger": {"transfers": 1_000, "batches": 10}}
+    end: dict[str, Any] = {
         "engine_s": 10.0 + engine / 1e9,
         "ledger": {"transfers": 1_000 + round(payments), "batches": 10 + batches},
         "trove": {"process_pid": 4242},  # the trove writes in its child: its CPU is not the server's
     }
+    if validators:
+        start["validators"] = {"kind": "local", "workers": validators, "cpu_s": 5.0}
+        end["validators"] = {
+            "kind": "local", "workers": validators, "cpu_s": 5.0 + model.ns("validators", batches, payments) / 1e9,
+        }  # fmt: skip
     server = msgspec.structs.replace(
         template.server,
         cpu_s=process / 1e9,

@@ -1,0 +1,188 @@
+"""The runs the capacity plan needs, the plan, and the README's headline table (issue 21).
+
+Run from the repository root on a quiet machine (about 10 minutes on 2 cores):
+
+    python benchmarks/plan_first_cut.py --readme README.md
+
+1. ``cbdc-bench engine`` per profile: the bytes per account of every piece of state;
+2. ``cbdc-bench run`` of each profile at and above the planned rate (``RATES``; ``signed`` with 1
+   and 2 local validators at the rates 2 cores sustain), with a journal (``--fsync interval:10``)
+   and, where the profile keeps one, a trove: CPU by tier, wire, journal and trove bytes;
+3. ``cbdc-bench compare`` searches (one repeat, short trials): each profile's measured maximum on
+   this machine, to check the plan's predicted maximum against; their ``compare.json`` are copied
+   into ``OUT/maxima`` (the search's own trials stay in ``OUT-search``, outside the plan's inputs:
+   the plan is fitted from step 2's runs only);
+4. ``cbdc-bench plan --rate 300k --accounts 1.4e9 --profile full`` on ``OUT``, and the headline
+   section (``loadgen.plan.table``): printed, and written into ``--readme`` between its markers.
+
+Every command and the result files it wrote go to ``OUT/COMMANDS.md``. ``--tiny`` runs the same
+steps at a tenth of the rates, 20,000 accounts and 1-second phases (a check that the pipeline
+works, not a measurement), into a temporary directory removed at the end unless ``--out`` is
+given. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from engine.profiles import default_scenario_text, load_scenario
+from loadgen.plan.inputs import read_inputs
+from loadgen.plan.model import GIB, Machine, PlanRequest, build_plan
+from loadgen.plan.table import headline_markdown, replace_section
+
+#: What is measured: label -> (profile, extra server arguments, offered rates). The unsigned
+#: profiles run at, below and above the planned 300k/s (the batch model's idle and busy regimes);
+#: ``realistic`` and ``signed`` top out lower on 2 cores, so they run where they can be sustained
+#: and one step above.
+RATES: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
+    "baseline": ("baseline", (), (100_000.0, 300_000.0, 600_000.0)),
+    "enforcement": ("enforcement", (), (100_000.0, 300_000.0, 600_000.0)),
+    "surveillance": ("surveillance", (), (100_000.0, 300_000.0, 600_000.0)),
+    "full": ("full", (), (100_000.0, 300_000.0, 600_000.0)),
+    "realistic": ("realistic", (), (50_000.0, 100_000.0, 200_000.0)),
+    "signed@1": ("signed", ("--validators", "1"), (5_000.0, 10_000.0, 20_000.0)),
+    "signed@2": ("signed", ("--validators", "2"), (5_000.0, 10_000.0, 20_000.0)),
+}
+KEEPS_TROVE = ("surveillance", "full", "realistic")
+#: The searches' ``[compare]`` settings. Signed pools are signed ahead of each trial, so a search
+#: from the shipped 300k/s would spend minutes signing rates 2 cores never verify.
+SEARCH: dict[str, dict[str, tuple[float, ...]]] = {
+    "unsigned": {"start_tps": (300_000,), "min_tps": (10_000,), "common_rates_tps": (300_000,)},
+    "signed": {"start_tps": (20_000,), "min_tps": (1_000,), "common_rates_tps": (5_000,)},
+}
+PLAN_RATE_TPS = 300_000.0
+PLAN_ACCOUNTS = 1_400_000_000
+PLAN_PROFILE = "full"
+MACHINE = "cores=64,memory=512GiB"
+
+
+class Recorder:
+    """Runs ``cbdc-bench`` commands and notes, for each, the result files it wrote (``COMMANDS.md``)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.lines = ["# Commands that wrote these result files (benchmarks/plan_first_cut.py)", ""]
+
+    def run(self, args: list[str], ok: tuple[int, ...] = (0, 3, 4)) -> int:
+        """Run ``cbdc-bench ARGS``; exit statuses in ``ok`` are measured runs (sustained or not)."""
+        before = set(self.out.rglob("*.json"))
+        command = ["cbdc-bench", *args]
+        print("$", shlex.join(command), flush=True)
+        t0 = time.monotonic()
+        code = subprocess.run([sys.executable, "-m", "loadgen", *args], check=False).returncode
+        written = sorted(str(p.relative_to(self.out)) for p in set(self.out.rglob("*.json")) - before)
+        self.lines.append(
+            f"- `{shlex.join(command)}` (exit {code}, {time.monotonic() - t0:.0f} s): {', '.join(written)}"
+        )
+        if code not in ok:
+            raise SystemExit(f"{shlex.join(command)} failed with exit status {code}; see its output above")
+        return code
+
+    def save(self) -> Path:
+        path = self.out / "COMMANDS.md"
+        path.write_text("\n".join(self.lines) + "\n")
+        return path
+
+
+def measure(out: Path, search_out: Path, *, scale: float, accounts: str, seconds: str, warmup: str) -> Recorder:
+    rec = Recorder(out)
+    scratch = Path(tempfile.mkdtemp(prefix="plan-first-cut-"))
+    try:
+        for profile in dict.fromkeys(p for p, _, _ in RATES.values()):
+            rec.run(["engine", "--profile", profile, "--accounts", accounts, "--seconds", "1", "--warmup", "0.5",
+                     "--out", str(out / "engine")])  # fmt: skip
+        for label, (profile, extra, rates) in RATES.items():
+            for rate in rates:
+                store = scratch / f"{label}-{rate:.0f}"
+                trove = ["--trove", str(store / "trove")] if profile in KEEPS_TROVE else []
+                rec.run(["run", "--profile", profile, *extra, "--rate", f"{rate * scale:.0f}", "--seconds", seconds,
+                         "--warmup", warmup, "--accounts", accounts, "--journal", str(store / "journal"),
+                         "--fsync", "interval:10", *trove, "--out", str(out / "runs")])  # fmt: skip
+                shutil.rmtree(store, ignore_errors=True)
+        searches: dict[str, tuple[list[str], tuple[str, ...]]] = {}
+        for profile, extra, _ in RATES.values():
+            searches.setdefault(" ".join(extra) or "unsigned", ([], extra))[0].append(profile)
+        for name, (profiles, extra) in searches.items():
+            folder = search_out / name.replace(" ", "").replace("--", "")
+            kind = "signed" if extra else "unsigned"
+            scenario = ["--scenario", str(search_scenario(out / f"search-{kind}.toml", SEARCH[kind], scale))]
+            rec.run(["compare", "--profiles", *profiles, *extra, *scenario, "--repeats", "1", "--search-seconds",
+                     "1", "--equal-seconds", "1", "--warmup", "1", "--accounts", accounts, "--no-report",
+                     "--out", str(folder)], ok=(0,))  # fmt: skip
+            (out / "maxima").mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / "compare.json", out / "maxima" / f"{folder.name}.json")
+            rec.lines.append(f"  copied `{folder / 'compare.json'}` to `maxima/{folder.name}.json`")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return rec
+
+
+def search_scenario(path: Path, settings: dict[str, tuple[float, ...]], scale: float) -> Path:
+    """The shipped scenario with ``settings`` (rates x ``scale``) as its ``[compare]`` search settings."""
+    lines = default_scenario_text().decode().splitlines()
+    for key, rates in settings.items():
+        scaled = [round(v * scale) for v in rates]
+        found = [i for i, line in enumerate(lines) if line.split("=")[0].strip() == key]
+        if len(found) != 1:
+            raise SystemExit(f"the shipped scenario has {len(found)} '{key} =' lines, not 1: update SEARCH")
+        lines[found[0]] = f"{key} = {scaled if key == 'common_rates_tps' else scaled[0]}"
+    path.write_text("\n".join(lines) + "\n")
+    load_scenario(path)  # valid, or an error naming the field
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", help="result files (default results/plan-first-cut; with --tiny a temporary directory)")
+    ap.add_argument("--readme", help="write the headline section into this README (between its markers)")
+    ap.add_argument("--tiny", action="store_true", help="a pipeline check at a tenth of the rates, in a temp dir")
+    ap.add_argument("--plan-only", action="store_true", help="skip the measurements: plan from --out as it is")
+    args = ap.parse_args(argv)
+    tiny_dir = Path(tempfile.mkdtemp(prefix="plan-first-cut-tiny-")) if args.tiny and not args.out else None
+    out = tiny_dir / "plan-first-cut" if tiny_dir else Path(args.out or "results/plan-first-cut")
+    search_out = out.with_name(out.name + "-search")
+    try:
+        if not args.plan_only:
+            if out.exists() and any(out.rglob("*.json")):
+                raise SystemExit(f"{out} already holds result files: move them away, or pass --plan-only")
+            out.mkdir(parents=True, exist_ok=True)
+            scale = 0.1 if args.tiny else 1.0
+            rec = measure(out, search_out, scale=scale, accounts="20000" if args.tiny else "1000000",
+                          seconds="1" if args.tiny else "3", warmup="0.5" if args.tiny else "2")  # fmt: skip
+            rec.save()
+        command = (
+            f"cbdc-bench plan --rate {PLAN_RATE_TPS:.0f} --accounts {PLAN_ACCOUNTS} --profile {PLAN_PROFILE} "
+            f"--results {out} --machine {MACHINE} --retention 365d --replicas 3 --out {out / 'plan'}"
+        )
+        inputs = read_inputs(out)
+        request = PlanRequest(
+            rate_tps=PLAN_RATE_TPS, accounts=PLAN_ACCOUNTS, profile=PLAN_PROFILE,
+            machine=Machine(cores=64, memory_bytes=512 * GIB),
+        )  # fmt: skip
+        # The plan as its command prints it (and writes plan.json, plan.png); then the same plan in
+        # process for the table (exit 3: printed with inputs missing, e.g. snapshot sizes).
+        Recorder(out).run(shlex.split(command)[1:], ok=(0, 3))
+        plan = build_plan(inputs, request)
+        section = headline_markdown(
+            plan, inputs.runs, plan_command=command, commands_file=str(out / "COMMANDS.md"), root=out.parent.parent
+        )
+        print(section)
+        if args.readme and not args.tiny:
+            readme = Path(args.readme)
+            readme.write_text(replace_section(readme.read_text(), section))
+            print(f"wrote the section into {readme}", file=sys.stderr)
+    finally:
+        if tiny_dir is not None:
+            shutil.rmtree(tiny_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

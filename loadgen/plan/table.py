@@ -1,0 +1,145 @@
+"""The README's headline table: the capacity plan, profile by profile, next to the 2-core runs it came from.
+
+``benchmarks/plan_first_cut.py`` measures, plans, and writes this section into the README between
+``BEGIN`` and ``END``; every figure comes from a ``CapacityPlan`` (``loadgen.plan.model``) and the
+runs it was fitted from, and the section lists the result file behind each row (``COMMANDS.md``
+next to them gives the command that wrote each file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from loadgen.plan.inputs import GENERATOR, RunCost
+from loadgen.plan.model import GIB, CapacityPlan, Prediction, ProfilePlan, size_text
+
+BEGIN = "<!-- plan-first-cut:begin (written by benchmarks/plan_first_cut.py: edit the script, not this) -->"
+END = "<!-- plan-first-cut:end -->"
+
+
+def rate_text(tps: float) -> str:
+    """``300k/s``, ``2.45M/s``."""
+    if tps >= 1e6:
+        return f"{tps / 1e6:.2f}M/s"
+    return f"{tps / 1e3:,.0f}k/s" if tps >= 1e4 else f"{tps:,.0f}/s"
+
+
+def outside_measured_rates(p: ProfilePlan, rate_tps: float) -> bool:
+    """The planned rate lies outside the rates the profile's fit was measured at."""
+    return bool(p.rates_tps) and not min(p.rates_tps) <= rate_tps <= max(p.rates_tps)
+
+
+def _plan_row(p: ProfilePlan, rate_tps: float) -> str:
+    share = p.surveillance_cores / p.cores if p.cores else 0.0
+    saturation = f", saturates near {rate_text(p.sequencer_saturation_tps)}" if p.sequencer_saturation_tps else ""
+    state = (
+        f"{p.memory_bytes / GIB:,.1f} GiB ({sum(p.memory_pieces.values()):.0f} B/account)"
+        if p.memory_bytes is not None
+        else "not measured"
+    )
+    disk = " + ".join(f"{k} {size_text(v)}" for k, v in p.disk_per_day_bytes.items()) or "not measured"
+    if not p.disk_per_day_complete and p.disk_per_day_bytes:
+        disk += " + a store not measured"
+    machines = str(p.machines) if p.machines is not None else "none of this size"
+    return (
+        f"| {p.profile}{' (†)' if outside_measured_rates(p, rate_tps) else ''} | {p.cores:.2f} "
+        f"({p.cores_low:.2f}-{p.cores_high:.2f}) | {p.surveillance_cores:.2f} "
+        f"({share:.0%}) | {p.sequencer_core_busy:.0%} busy ({p.batch_regime} batching){saturation} | {state} | "
+        f"{disk} | {size_text(p.network_bytes_per_s, '/s')} | {machines} |"
+    )
+
+
+def _server_cores(run: RunCost) -> float:
+    return sum(v for t, v in run.tier_ns_per_s.items() if t != GENERATOR) / 1e9
+
+
+def _measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | None) -> str:
+    shown = "; ".join(
+        f"{rate_text(r.offered_tps)}: {_server_cores(r):.2f} cores, p99 {r.p99_ms:.1f} ms, {r.verdict}"
+        for r in sorted(runs, key=lambda r: r.offered_tps)
+    )
+    if prediction is None or prediction.predicted_tps is None:
+        return f"| {label} | {shown} | none | | |"
+    m = prediction.measured
+    measured = (
+        "no search" if m is None else f"{rate_text(m.median_tps)} [{rate_text(m.low_tps)}-{rate_text(m.high_tps)}]"
+    )
+    if m is not None and m.generator_limited:
+        measured += ", generator-limited"
+    error = f"{prediction.error:+.0%}" if prediction.error is not None else ""
+    return (
+        f"| {label} | {shown} | {rate_text(prediction.predicted_tps)} ({prediction.limited_by}) | {measured} | "
+        f"{error} |"
+    )
+
+
+def headline_markdown(
+    plan: CapacityPlan, runs: Sequence[RunCost], *, plan_command: str, commands_file: str, root: str | Path = "."
+) -> str:
+    """The section: the plan's table, the measured table with the predicted maxima, and the files behind them."""
+    r = plan.request
+    profiles = sorted([plan.plan, *plan.others], key=lambda p: p.cores)
+    by_label: dict[str, list[RunCost]] = {}
+    for run in runs:
+        by_label.setdefault(run.label, []).append(run)
+    predictions = {p.profile: p for p in plan.predictions}
+    m = r.machine
+    lines = [
+        BEGIN,
+        f"At {r.rate_tps:,.0f} payments/s for {r.accounts:,} accounts, per replica ({r.replicas} replicas; machines "
+        f"of {m.cores} cores, {m.memory_bytes / GIB:,.0f} GiB), CPU measured on {plan.cpu_model}:",
+        "",
+        "| profile | cores (band) | of which policy/surveillance | sequencer's one core | sequencer's state | disk "
+        "per day | network in+out | machines |",
+        "|---|---|---|---|---|---|---|---|",
+        *(_plan_row(p, r.rate_tps) for p in profiles),
+        "",
+        *(f"{line[0].upper()}{line[1:]}." for line in plan.deltas),
+        "",
+        *(
+            [
+                f"(†) measured only below or above {r.rate_tps:,.0f}/s (the rates are in the next table): the fitted "
+                "costs are extrapolated in rate, and the batches come from the batch model alone.",
+                "",
+            ]
+            if any(outside_measured_rates(p, r.rate_tps) for p in profiles)
+            else []
+        ),
+        "The measured 2-core figures each row was derived from (server CPU = the server process, its "
+        "validators and trove child; the generator excluded), the maximum the fit predicts for this "
+        "machine, and the maximum a search measured:",
+        "",
+        "| profile | runs: offered rate, server CPU, p99, verdict | predicted max | measured max (search) | error |",
+        "|---|---|---|---|---|",
+        *(_measured_row(p.profile, by_label.get(p.profile, []), predictions.get(p.profile)) for p in profiles),
+        "",
+        f"Plan: `{plan_command}`. Result files (the command that wrote each one: `{commands_file}`):",
+        "",
+    ]
+    for p in profiles:
+        files = [_relative(run.file, root) for run in sorted(by_label.get(p.profile, []), key=lambda x: x.offered_tps)]
+        pr = predictions.get(p.profile)
+        if pr is not None and pr.measured is not None:
+            files.append(_relative(pr.measured.file, root))
+        lines.append(f"- {p.profile}: " + ", ".join(f"`{f}`" for f in files))
+    if plan.missing:
+        lines += ["", f"Not measured for {plan.plan.profile} (the plan lists the command for each):"]
+        lines += [f"- {x.what}: `{x.command}`" for x in plan.missing]
+    return "\n".join([*lines, END])
+
+
+def _relative(file: str, root: str | Path) -> str:
+    path = Path(file)
+    try:
+        return str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def replace_section(text: str, section: str) -> str:
+    """``text`` with the part from ``BEGIN`` to ``END`` replaced by ``section`` (which carries both markers)."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no section between {BEGIN!r} and {END!r}: add both lines where it goes")
+    return text[:start] + section + text[end + len(END) :]
