@@ -1,79 +1,270 @@
-"""Signed payments end to end by validation tier: CPU per payment and short maximum-rate searches.
+"""Signed payments end to end by validation tier: maximum sustainable rates and CPU per payment by tier.
 
-Run from the repository root (not part of the test suite; each trial is a ``cbdc-bench run``):
+Run from the repository root on a quiet machine (not part of the test suite; ~6-8 minutes with
+the defaults on a 2-core machine):
 
-    python benchmarks/signed_tiers.py [--accounts 100000] [--cpu-rate 2000] [--seconds 2]
+    python benchmarks/signed_tiers.py [--out results/signed-tiers] [--accounts 100000]
 
-For each tier (unsigned ``baseline`` as the reference; ``signed`` with 0 = inline, 1 and 2 local
-validator processes) it prints one JSON line:
+For each of ``signed`` and ``signed-full`` with 0 (inline: the sequencer's own thread), 1 and 2
+local validator processes it starts one server, then searches its maximum sustainable rate
+(``loadgen.harness.search``: bracket from a start estimated from this machine's Ed25519 rate,
+bisect to ``--precision``, no confirmation runs) against the shipped scenario's p99 SLO (or
+``--slo-ms``). Each trial is a ``load`` of that server (``loadgen.harness.measured.measure``:
+signed pools signed before the trial, outside its window; warm-up, measured window, drain,
+conservation audit); before the next trial the script waits for the server to have nothing
+queued or being verified, so a trial past the maximum leaves no backlog to the next one.
 
-* ``cpu_us_per_payment``: server process CPU plus the validator workers' CPU (the tier's own
-  counter, ``ValidatorStats.cpu_s``) over the measured window, per settled payment, at a fixed
-  rate every tier sustains (``--cpu-rate``). Per CPU second, so a shared machine's other load
-  moves it little: this is what a capacity plan multiplies.
-* ``max_sustainable_tps``: a short search (``loadgen.harness.search``: bracket, bisect to
-  ``--precision``, no confirmation runs) against the shipped scenario's SLO (or ``--slo-ms``: a
-  loaded shared machine misses 20 ms at any rate, from scheduling alone). Wall-clock bound:
-  on a shared machine it says what this machine gave at that time; compare tiers taken in one
-  invocation (the order of tiers is fixed, so note the load average printed with each line).
-* ``ed25519_verify_per_cpu_s``: the calibration every signed result file carries.
+Written to ``--out`` (a new directory ``signed-tiers-<stamp>``):
+
+* every trial's result file (the ``run`` format, with ``server.tier_cpu_s["validators"]`` and
+  ``tier_workers`` filled): what ``cbdc-bench plan --results DIR`` reads;
+* ``signed-tiers.json`` (``SignedTiers``): per tier the maximum sustainable rate and the CPU per
+  settled signed payment by tier (generator, server process, validator processes) at the highest
+  sustained trial, the trials, and the machine's Ed25519 calibration.
+
+One JSON line per tier is printed as it finishes. The figures are wall-clock bound: on a shared
+machine they say what the machine gave at the time (the load average is recorded with each tier).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
+import contextlib
 import os
+import shutil
 import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from engine.profiles import load_scenario
+from engine.profiles import load_scenario, trove_needed
 from engine.signing import ed25519_verify_rate
-from loadgen.generator.gateway import LoadConfig
-from loadgen.harness.measured import run_benchmark
+from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
+from loadgen.harness.admin import AdminClient
+from loadgen.harness.calibration import cpu_calibration, with_ed25519
+from loadgen.harness.measured import run_measure
 from loadgen.harness.search import RunOutcome, find_max_sustainable
-from loadgen.results.run import RunResult
+from loadgen.harness.server import running_server, server_arguments
+from loadgen.results.run import RunResult, save
 
-TIERS: tuple[tuple[str, str | None], ...] = (("baseline", None), ("signed", "0"), ("signed", "1"), ("signed", "2"))
+PROFILES = ("signed", "signed-full")
+VALIDATORS = ("0", "1", "2")
+#: Start of each search as a share of (Ed25519 verifications per CPU second x max(workers, 1)):
+#: near the expected answer, so the bracket takes few trials (the answer is found either way).
+START_SHARE = {"0": 0.5, "1": 0.6, "2": 0.6}
 
 
-def _trial(profile: str, validators: str | None, rate: float, args: argparse.Namespace) -> RunResult:
-    config = LoadConfig(rate_tps=rate, seconds=args.seconds, warmup=args.warmup, drain=5.0, seed=args.seed)
-    return run_benchmark(
-        config,
-        profile=profile,
-        accounts=args.accounts,
-        validators=validators,
-        targets=args.targets,
+class TierCpu(msgspec.Struct, frozen=True):
+    """CPU microseconds per settled signed payment over a trial's measured window, by tier."""
+
+    generator_us: float
+    #: The server process: framing, the sequencer, the ledger and hooks, feeding the validators
+    #: (and, with 0 validators, the verification itself).
+    server_us: float
+    #: The local validator processes (0 with the inline tier: its verification is in ``server_us``).
+    validators_us: float
+    total_us: float
+
+
+class TrialRow(msgspec.Struct, frozen=True):
+    offered_tps: float
+    achieved_tps: float
+    p99_ms: float
+    sustained: bool
+    file: str
+
+
+class TierResult(msgspec.Struct, frozen=True):
+    profile: str
+    validators: str
+    max_sustainable_tps: float
+    #: The search's note (``sustained up to the search ceiling``, ``not sustained even at``...), "" if bracketed.
+    note: str
+    slo_p99_ms: float
+    #: The offered rate of the trial the CPU figures come from (the highest sustained one).
+    cpu_at_tps: float | None
+    cpu_per_payment: TierCpu | None
+    trials: list[TrialRow]
+    wall_s: float
+    load_average: tuple[float, float, float]
+
+
+class SignedTiers(msgspec.Struct, frozen=True):
+    """What ``benchmarks/signed_tiers.py`` measured (``signed-tiers.json``)."""
+
+    kind: str
+    format: int
+    created_utc: str
+    accounts: int
+    seconds: float
+    warmup: float
+    precision: float
+    ed25519_verify_per_cpu_s: float
+    engine_calibration_tps: float
+    tiers: list[TierResult]
+
+
+def _validators_cpu_s(stats: dict[str, Any]) -> float:
+    tier = stats.get("validators")
+    return float(tier.get("cpu_s", 0.0)) if isinstance(tier, dict) else 0.0
+
+
+def tier_cpu(result: RunResult) -> TierCpu | None:
+    """CPU per settled payment by tier over the window (None without the server's CPU)."""
+    settled = result.summary.settled
+    server = result.server
+    if server.cpu_s is None or not settled:
+        return None
+    validators = _validators_cpu_s(server.stats_end) - _validators_cpu_s(server.stats_start)
+    generator, process = result.generator.cpu_s / settled * 1e6, server.cpu_s / settled * 1e6
+    workers = validators / settled * 1e6
+    return TierCpu(
+        generator_us=round(generator, 2),
+        server_us=round(process, 2),
+        validators_us=round(workers, 2),
+        total_us=round(generator + process + workers, 2),
     )
 
 
-def cpu_per_payment_us(result: RunResult) -> float | None:
-    """(server CPU + validator workers' CPU) over the window per settled payment, in us."""
-    if result.server.cpu_s is None or not result.summary.settled:
-        return None
+def with_tier_cpu(result: RunResult) -> RunResult:
+    """``result`` with ``server.tier_cpu_s``/``tier_workers`` of its validator processes filled (what
+    the capacity plan reads first); unchanged for the inline tier (its CPU is the server's)."""
+    server = result.server
+    tier = server.stats_end.get("validators")
+    workers = int(tier.get("workers", 0)) if isinstance(tier, dict) else 0
+    if not workers:
+        return result
+    cpu = _validators_cpu_s(server.stats_end) - _validators_cpu_s(server.stats_start)
+    server = msgspec.structs.replace(
+        server,
+        tier_cpu_s={**server.tier_cpu_s, "validators": cpu},
+        tier_workers={**server.tier_workers, "validators": workers},
+    )
+    return msgspec.structs.replace(result, server=server)
 
-    def workers_cpu(stats: dict[str, Any]) -> float:
-        tier = stats.get("validators")
-        return float(tier.get("cpu_s", 0.0)) if isinstance(tier, dict) else 0.0
 
-    workers = workers_cpu(result.server.stats_end) - workers_cpu(result.server.stats_start)
-    return (result.server.cpu_s + workers) / result.summary.settled * 1e6
+def wait_idle(host: str, port: int, timeout_s: float = 60.0) -> None:
+    """Block until the server has nothing queued and nothing being verified (or ``timeout_s``)."""
+
+    async def poll() -> None:
+        admin = AdminClient(host, port)
+        await admin.connect()
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                stats = await admin.stats()
+                tier = stats.get("validators") or {}
+                if not stats.get("queue_transfers") and not tier.get("queue_transfers"):
+                    return
+                await asyncio.sleep(0.1)
+        finally:
+            admin.close()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(poll())
+
+
+def search_tier(profile: str, validators: str, args: argparse.Namespace, out: Path) -> TierResult:
+    """One server for ``profile`` with ``validators``, its maximum sustainable rate searched."""
+    t0 = time.perf_counter()
+    rows: list[TrialRow] = []
+    best: RunResult | None = None
+    with contextlib.ExitStack() as stack:
+        extra: tuple[str, ...] = ("--validators", validators)
+        if trove_needed(profile, None):  # signed-full keeps a surveillance trove: a fresh one, removed after
+            extra += ("--trove", stack.enter_context(tempfile.TemporaryDirectory(prefix="cbdc-signed-tiers-trove-")))
+        server_args = server_arguments(
+            profile=profile, accounts=args.accounts, seed=args.seed, operators=2, extra=extra
+        )
+        server = stack.enter_context(running_server(server_args, accounts=args.accounts))
+
+        def measure(rate: float) -> RunOutcome:
+            nonlocal best
+            wait_idle(server.host, server.port)
+            config = LoadConfig(
+                host=server.host,
+                port=server.port,
+                rate_tps=rate,
+                seconds=args.seconds,
+                warmup=args.warmup,
+                drain=args.drain,
+                seed=args.seed,
+                signed=True,
+            )
+            try:
+                result = run_measure(
+                    config,
+                    kind="run",
+                    server_pid=server.pid,
+                    audit=True,
+                    targets=args.targets,
+                    calibration=args.calibration,
+                    server_args=tuple(server_args),
+                    validators=validators,
+                )
+            except GatewayError as exc:  # a trial that could not run counts as not sustained
+                rows.append(TrialRow(rate, 0.0, -1.0, False, f"failed: {exc}"))
+                return RunOutcome(offered_tps=rate, achieved_tps=0.0, p99_ms=float("inf"), sustained=False)
+            result = with_tier_cpu(result)
+            s = result.summary
+            ok = s.exit_status == 0
+            path = save(result, out)
+            rows.append(TrialRow(rate, s.achieved_tps, s.p99_ms, ok, path.name))
+            if ok and (best is None or rate > best.summary.offered_tps):
+                best = result
+            return RunOutcome(
+                offered_tps=rate,
+                achieved_tps=s.achieved_tps,
+                p99_ms=s.p99_ms,
+                generator_kept_schedule=s.generator_kept_schedule,
+                scheduled_tps=s.scheduled_tps,
+                sustained=ok,
+            )
+
+        start = START_SHARE[validators] * args.ed25519 * max(int(validators), 1)
+        start = min(max(round(start, -2), args.min), args.max)
+        found = find_max_sustainable(
+            measure,
+            slo_p99_ms=args.targets.slo_p99_ms,
+            start_tps=start,
+            max_tps=args.max,
+            min_tps=args.min,
+            precision=args.precision,
+            confirm_repeats=0,
+            growth=args.growth,
+        )
+    note = "" if found.note == "confirmed" or found.note.startswith("confirmation") else found.note
+    return TierResult(
+        profile=profile,
+        validators=validators,
+        max_sustainable_tps=round(found.max_sustainable_tps),
+        note=note,
+        slo_p99_ms=args.targets.slo_p99_ms,
+        cpu_at_tps=None if best is None else best.summary.offered_tps,
+        cpu_per_payment=None if best is None else tier_cpu(best),
+        trials=rows,
+        wall_s=round(time.perf_counter() - t0, 1),
+        load_average=tuple(round(x, 2) for x in os.getloadavg()),  # type: ignore[arg-type]
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results", help="directory for the new signed-tiers-<stamp> directory")
     parser.add_argument("--accounts", type=int, default=100_000)
-    parser.add_argument("--cpu-rate", type=float, default=2_000, help="offered rate of the CPU-per-payment runs")
+    parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated (default: both)")
+    parser.add_argument("--validators", default=",".join(VALIDATORS), help="comma-separated (default: 0,1,2)")
     parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per trial")
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--start", type=float, default=4_000, help="first rate of each search")
+    parser.add_argument("--drain", type=float, default=2.0, help="seconds a trial waits for late replies")
+    parser.add_argument("--min", type=float, default=500, help="lowest rate a search tries")
     parser.add_argument("--max", type=float, default=64_000, help="highest rate a search tries")
-    parser.add_argument("--precision", type=float, default=0.15)
+    parser.add_argument("--precision", type=float, default=0.1)
+    parser.add_argument("--growth", type=float, default=1.5, help="bracket step (multiplier)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--no-search", action="store_true", help="only the CPU-per-payment runs")
     parser.add_argument(
         "--slo-ms", type=float, default=None, help="p99 SLO of the searches (default: the shipped scenario's)"
     )
@@ -82,47 +273,40 @@ def main() -> None:
     if args.slo_ms is not None:
         targets = msgspec.structs.replace(targets, slo_p99_ms=args.slo_ms)
     args.targets = targets
-    os.environ.setdefault("CBDC_CACHE_DIR", os.path.join(tempfile.gettempdir(), "cbdc-bench-signed-tiers"))
-    calibration = ed25519_verify_rate()
-    for profile, validators in TIERS:
-        fixed = _trial(profile, validators, args.cpu_rate, args)
-        line: dict[str, Any] = {
-            "profile": profile,
-            "validators": validators,
-            "ed25519_verify_per_cpu_s": round(calibration),
-            "cpu_rate_tps": args.cpu_rate,
-            "cpu_us_per_payment": cpu_per_payment_us(fixed),
-            "p50_ms_at_cpu_rate": round(fixed.summary.p50_ms, 2),
-            "p99_ms_at_cpu_rate": round(fixed.summary.p99_ms, 2),
-        }
-        if not args.no_search:
-
-            def measure(rate: float, profile: str = profile, validators: str | None = validators) -> RunOutcome:
-                r = _trial(profile, validators, rate, args)
-                s = r.summary
-                return RunOutcome(
-                    offered_tps=rate,
-                    achieved_tps=s.achieved_tps,
-                    p99_ms=s.p99_ms,
-                    generator_kept_schedule=s.generator_kept_schedule,
-                    scheduled_tps=s.scheduled_tps,
-                    sustained=s.exit_status == 0,
-                )
-
-            found = find_max_sustainable(
-                measure,
-                slo_p99_ms=args.targets.slo_p99_ms,
-                start_tps=args.start,
-                max_tps=args.max,
-                min_tps=250,
-                precision=args.precision,
-                confirm_repeats=0,
-            )
-            line["slo_p99_ms"] = args.targets.slo_p99_ms
-            line["max_sustainable_tps"] = round(found.max_sustainable_tps)
-            line["trials"] = len(found.trials)
-        line["load_average"] = [round(x, 1) for x in os.getloadavg()]
-        print(json.dumps(line), flush=True)
+    # Key registry and signed pools: a fresh cache, removed after (unless CBDC_CACHE_DIR names one).
+    own_cache = "CBDC_CACHE_DIR" not in os.environ
+    if own_cache:
+        os.environ["CBDC_CACHE_DIR"] = tempfile.mkdtemp(prefix="cbdc-signed-tiers-")
+    try:
+        args.calibration = with_ed25519(cpu_calibration())
+        args.ed25519 = ed25519_verify_rate()
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        out = Path(args.out) / f"signed-tiers-{created.replace(':', '').replace('-', '')}"
+        tiers: list[TierResult] = []
+        for profile in args.profiles.split(","):
+            for validators in args.validators.split(","):
+                tier = search_tier(profile, validators, args, out)
+                tiers.append(tier)
+                print(msgspec.json.encode(msgspec.structs.replace(tier, trials=[])).decode(), flush=True)
+        summary = SignedTiers(
+            kind="signed-tiers",
+            format=1,
+            created_utc=created,
+            accounts=args.accounts,
+            seconds=args.seconds,
+            warmup=args.warmup,
+            precision=args.precision,
+            ed25519_verify_per_cpu_s=round(args.ed25519),
+            engine_calibration_tps=round(args.calibration.engine_tps),
+            tiers=tiers,
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "signed-tiers.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary), indent=1))
+        print(f"results in {out}")
+    finally:
+        if own_cache:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(os.environ.pop("CBDC_CACHE_DIR"))
 
 
 if __name__ == "__main__":

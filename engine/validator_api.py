@@ -7,6 +7,7 @@ Kept apart from the tiers so that ``engine.validators`` (which chooses a tier) a
 from __future__ import annotations
 
 import abc
+import asyncio
 
 import msgspec
 import numpy as np
@@ -51,6 +52,11 @@ class Validators(abc.ABC):
     @abc.abstractmethod
     async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
         """OK or BAD_SIGNATURE per transfer, in order; ValidatorsUnavailable if not verified."""
+
+    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+        """``verify`` started now, as a future of the running loop: what the server's sequencer
+        holds per Submit. Tiers that can resolve a loop future directly override it (no Task)."""
+        return asyncio.ensure_future(self.verify(records, signatures))
 
     @abc.abstractmethod
     async def close(self) -> None:

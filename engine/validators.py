@@ -15,39 +15,48 @@ Local workers (``LocalValidators``)
     chunk can go to any other. (The Ray tier, across machines, does partition: ``validators_ray``.)
 
     A batch is cut into chunks of at most ``chunk_transfers`` (one per worker, but none below
-    ``min_split`` transfers unless the batch is smaller), put on one queue; one feeder thread per
-    worker takes the chunks at the head of the queue, up to ``chunk_transfers`` transfers together
-    (a *parcel*: several Submits' chunks in one message), sends them down the worker's pipe and
-    waits for their verdicts. Measured (issue 19, shared 2-core machine): a round trip costs the
-    server's process ~190 us of CPU (pipe, thread wake-ups, the GIL), and at the signed profile's
-    rates Submits carry tens of transfers, so one chunk per Submit half-split across two workers
-    spent about a third of a verification's cost again on the parent's side and three scheduler
-    wake-ups per ten transfers; parcels and ``min_split`` pay that once per parcel.
+    ``min_split`` transfers unless the batch is smaller), put on one queue; the chunks at its head
+    go to a worker together (a *parcel*: several Submits' chunks in one message), at most a fair
+    share of what is queued (queued transfers over live workers, at least ``min_split``, at most
+    ``chunk_transfers``), so that two idle workers split a burst instead of one taking it all.
+    Each worker has up to ``PIPELINE_PARCELS`` (2) parcels in flight: while it verifies one, the
+    next waits in its pipe, so it never idles for a round trip while work is queued.
 
-    Pipes, not shared memory: a 512-transfer parcel is 57 KB (copying it is microseconds) against
-    ~30 ms of verification, and a pipe's end-of-file is how a dead worker is noticed, with nothing
-    to clean up after it. Feeder threads block in ``recv`` with the GIL released; verdicts reach
-    asyncio through ``concurrent.futures.Future`` (``asyncio.wrap_future``).
+    Everything on the parent's side runs on the server's event loop, in its one thread: parcels
+    are written to the pipes as batches arrive or verdicts free a slot, and the pipes are read
+    with ``loop.add_reader``; a batch's loop future gets its verdicts directly. The first version
+    had one feeder thread per worker (blocking ``recv``, verdicts through ``concurrent.futures``
+    and ``call_soon_threadsafe``) and one parcel in flight: measured end to end (issue 19, shared
+    2-core machine), each round trip cost the server ~200-400 us of CPU in thread wake-ups and GIL
+    hand-offs, the workers idled between parcels while their feeder waited for the GIL, and a
+    512-transfer parcel (~30 ms of verification) alone exceeded a 20 ms p99. Hence the loop, two
+    parcels in flight, fair shares and the default cap of 128 transfers (~8 ms).
+
+    Pipes, not shared memory: a 128-transfer parcel is 14 KB (copying it is microseconds) against
+    ~8 ms of verification, and a pipe's end-of-file is how a dead worker is noticed, with nothing
+    to clean up after it. Two parcels of at most ``MAX_PARCEL_TRANSFERS`` fit in a socket buffer,
+    so the loop's (blocking) send never waits on a worker, and a reply (one write of 1 + n bytes)
+    is whole once its pipe is readable. A pool is used from the loop it was started on.
 
 A worker that dies (crash, OOM kill, SIGKILL)
-    Its feeder sees end-of-file, puts the chunks it had in flight back at the head of the queue
-    (another worker verifies them) and starts a replacement (at most ``max_restarts`` in the pool's
-    life). A worker that does not answer a chunk within ``chunk_timeout_s`` (hung, or stopped) is
-    killed and treated the same way. A chunk is delivered exactly once: only the feeder holding it
-    delivers it, and it is requeued only when no verdict came back. A batch resolves only when
-    every chunk has a verdict: never applied unverified. If a chunk has killed ``max_attempts``
-    workers, or no worker is left, its batch fails with ``ValidatorsUnavailable``: the caller must
-    refuse those transfers (they were not verified), never apply them.
+    Its pipe reads end-of-file: the chunks it had in flight go back at the head of the queue
+    (another worker verifies them) and a replacement starts in an executor thread (at most
+    ``max_restarts`` in the pool's life). A worker that gives no verdicts within ``chunk_timeout_s``
+    of its oldest parcel's turn (hung, or stopped) is killed and treated the same way. A chunk is
+    delivered exactly once: only a reply from the worker holding it delivers it, it is requeued
+    only when that worker is gone (killed first, so it can never answer late), and a batch's
+    verdicts are stored only until it is done. A batch resolves only when every chunk has a
+    verdict: never applied unverified. If a chunk has killed ``max_attempts`` workers, or no
+    worker is left, its batch fails with ``ValidatorsUnavailable``: the caller must refuse those
+    transfers (they were not verified), never apply them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import math
-import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -85,6 +94,10 @@ log = logging.getLogger(__name__)
 _RECORD_BYTES = TRANSFER_DTYPE.itemsize
 _PAIR_BYTES = _RECORD_BYTES + SIGNATURE_BYTES
 _READY, _VERDICTS, _FAILED = b"R", b"V", b"E"
+#: Parcels in flight per worker: one being verified, one waiting in its pipe (``LocalValidators._dispatch``).
+PIPELINE_PARCELS = 2
+#: Largest parcel: two in a pipe (2 x 512 x 112 bytes) stay below a socket buffer, so sending never blocks.
+MAX_PARCEL_TRANSFERS = 512
 
 
 class InlineValidators(Validators):
@@ -107,6 +120,11 @@ class InlineValidators(Validators):
 
     async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
         return self.verify_now(records, signatures)
+
+    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future.set_result(self.verify_now(records, signatures))
+        return future
 
     async def close(self) -> None:
         return None
@@ -144,13 +162,15 @@ def _worker_main(conn: Connection, path: str, seed: int, accounts: int) -> None:
 
 
 class _Batch:
+    """A batch's verdicts as its chunks come back, and the loop future that gets them."""
+
     __slots__ = ("codes", "done", "future", "remaining")
 
-    def __init__(self, n: int, chunks: int) -> None:
+    def __init__(self, n: int, chunks: int, future: asyncio.Future[np.ndarray]) -> None:
         self.codes = np.empty(n, dtype=np.uint8)
         self.remaining = chunks
         self.done = False
-        self.future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        self.future = future
 
 
 class _Chunk:
@@ -166,7 +186,8 @@ class _Chunk:
 
 
 class _Worker:
-    """One validator process and the parent's end of its pipe."""
+    """One validator process and the parent's end of its pipe (started by a blocking constructor:
+    the pool runs it in an executor thread, never on its loop)."""
 
     def __init__(self, pool: LocalValidators) -> None:
         ctx = pool._ctx
@@ -200,6 +221,22 @@ class _Worker:
             self.process.join()
 
 
+def _stop_all(workers: list[_Worker]) -> None:
+    for w in workers:
+        w.stop()
+
+
+class _Slot:
+    """A live worker as the loop sees it: its parcels in flight (oldest first) and its deadline."""
+
+    __slots__ = ("inflight", "timer", "worker")
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+        self.inflight: collections.deque[tuple[list[_Chunk], int]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class LocalValidators(Validators):
     """N local validator processes sharing the key registry through the page cache (module docstring)."""
 
@@ -208,7 +245,7 @@ class LocalValidators(Validators):
         registry: KeyRegistry,
         workers: int,
         *,
-        chunk_transfers: int = 512,
+        chunk_transfers: int = 128,
         min_split: int = 32,
         max_attempts: int = 3,
         max_restarts: int | None = None,
@@ -216,8 +253,8 @@ class LocalValidators(Validators):
     ) -> None:
         if workers < 1:
             raise ValueError(f"a local validator pool needs at least one worker, got {workers} (0 = InlineValidators)")
-        if chunk_transfers < 1 or max_attempts < 1:
-            raise ValueError("chunk_transfers and max_attempts must be >= 1")
+        if not 1 <= chunk_transfers <= MAX_PARCEL_TRANSFERS or max_attempts < 1:
+            raise ValueError(f"chunk_transfers must be in 1..{MAX_PARCEL_TRANSFERS} and max_attempts >= 1")
         self.workers = workers
         self.registry_path = Path(registry.path)
         self.seed = registry.seed
@@ -228,19 +265,18 @@ class LocalValidators(Validators):
         self.chunk_timeout_s = chunk_timeout_s
         self.max_restarts = 4 * workers if max_restarts is None else max_restarts
         self._ctx = process_context()
-        self._cond = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[_Chunk] = collections.deque()
-        self._live: dict[int, _Worker] = {}  # slot -> its current worker
+        self._queued = 0  # transfers in ``_queue``
+        self._slots: dict[int, _Slot] = {}  # slot number -> its live worker
         self._starting = 0  # replacements being started
-        self._threads: list[threading.Thread] = []
         self._closing = False
         self._unavailable: str | None = None
         self._stats = ValidatorStats(kind="local", workers=workers)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
-    def start_now(self) -> None:
-        """Start every worker and its feeder thread; blocks until all are ready."""
+    def _start_workers(self) -> list[_Worker]:
         started: list[_Worker] = []
         try:
             started.extend(_Worker(self) for _ in range(self.workers))
@@ -248,56 +284,62 @@ class LocalValidators(Validators):
             for w in started:
                 w.stop()
             raise
-        for slot, worker in enumerate(started):
-            self._live[slot] = worker
-            t = threading.Thread(target=self._feed, args=(slot,), name=f"cbdc-validator-feeder-{slot}", daemon=True)
-            self._threads.append(t)
-            t.start()
+        return started
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.start_now)
-
-    def close_now(self) -> None:
-        """Stop feeding, let in-flight chunks finish, stop the workers; unfinished batches fail."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        for t in self._threads:
-            t.join()
-        for w in list(self._live.values()):
-            w.stop()
-        self._live.clear()
-        self._fail_queued("the validator pool was closed")
+        """Start every worker (in an executor thread: starting blocks) and attach it to this loop."""
+        loop = asyncio.get_running_loop()
+        started = await loop.run_in_executor(None, self._start_workers)
+        self._loop = loop
+        for slot, worker in enumerate(started):
+            self._attach(slot, worker)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.close_now)
+        """Stop the workers; batches not yet verified fail (the server settles its Submits first)."""
+        if self._loop is None:
+            return
+        self._closing = True
+        slots = list(self._slots.values())
+        for slot in list(self._slots):
+            self._detach(slot)
+        for s in slots:
+            for parcel, _ in s.inflight:
+                for c in parcel:
+                    self._fail_batch(c.batch, "the validator pool was closed")
+        self._fail_queued("the validator pool was closed")
+        await self._loop.run_in_executor(None, _stop_all, [s.worker for s in slots])
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (tests kill them)."""
-        with self._cond:
-            return [w.pid for w in self._live.values()]
+        return [s.worker.pid for s in self._slots.values()]
 
     def stats(self) -> ValidatorStats:
-        with self._cond:
-            pids = [w.pid for w in self._live.values()]
-            stats = msgspec.structs.replace(self._stats)
-        stats.cpu_s = sum(process_cpu_s(pid) for pid in pids)
+        stats = msgspec.structs.replace(self._stats)
+        stats.cpu_s = sum(process_cpu_s(pid) for pid in self.worker_pids())
         return stats
 
     # ---- verifying -----------------------------------------------------------------------------------
 
-    def submit(self, records: bytes, signatures: bytes) -> concurrent.futures.Future[np.ndarray]:
-        """Queue a batch; the future gives its verdicts (or raises ValidatorsUnavailable)."""
+    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+        """Queue a batch and send what the workers have room for; the future (of the running loop,
+        which must be the one the pool started on) gives its verdicts or ValidatorsUnavailable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
         n = pair_count(records, signatures)
+        if self._unavailable is not None or self._closing or self._loop is None:
+            why = self._unavailable or ("the validator pool is closed" if self._closing else "call start() first")
+            future.set_exception(ValidatorsUnavailable(why))
+            return future
+        if loop is not self._loop:
+            raise RuntimeError("LocalValidators is used from the event loop it was started on only")
+        self._stats.batches += 1
+        if n == 0:
+            future.set_result(np.empty(0, dtype=np.uint8))
+            return future
         per = max(1, min(self.chunk_transfers, max(self.min_split, math.ceil(n / self.workers))))
         offsets = range(0, n, per)
-        batch = _Batch(n, len(offsets))
-        if n == 0:
-            with self._cond:
-                self._stats.batches += 1
-            batch.future.set_result(batch.codes)
-            return batch.future
-        chunks = [
+        batch = _Batch(n, len(offsets), future)
+        self._queue.extend(
             _Chunk(
                 batch,
                 o,
@@ -306,141 +348,181 @@ class LocalValidators(Validators):
                 signatures[o * SIGNATURE_BYTES : (o + per) * SIGNATURE_BYTES],
             )
             for o in offsets
-        ]
-        with self._cond:
-            if self._unavailable is not None or self._closing or not self._threads:
-                why = self._unavailable or ("the validator pool is closed" if self._closing else "call start() first")
-                batch.future.set_exception(ValidatorsUnavailable(why))
-                return batch.future
-            self._stats.batches += 1
-            self._stats.transfers += n
-            self._stats.chunks += len(chunks)
-            self._queue.extend(chunks)
-            self._cond.notify(len(chunks))
-        return batch.future
+        )
+        self._queued += n
+        self._stats.transfers += n
+        self._stats.chunks += len(offsets)
+        self._dispatch()
+        return future
 
     async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
-        return await asyncio.wrap_future(self.submit(records, signatures))
+        return await self.verify_future(records, signatures)
 
-    def verify_now(self, records: bytes, signatures: bytes) -> np.ndarray:
-        """The verdicts, blocking until they are in (for callers without an event loop)."""
-        return self.submit(records, signatures).result()
+    # ---- the pipes, on the loop ------------------------------------------------------------------------
 
-    # ---- feeder threads ------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Send parcels to the workers with room: first one to each idle worker, then a second to
+        each with one in flight (``PIPELINE_PARCELS``), so a worker never idles for a round trip while
+        work is queued. A parcel is the chunks at the queue's head up to a fair share (the queued
+        transfers over the live workers, at least ``min_split``, at most ``chunk_transfers``) and
+        at least one chunk."""
+        if self._closing or not self._queue or not self._slots:
+            return
+        share = min(self.chunk_transfers, max(self.min_split, math.ceil(self._queued / len(self._slots))))
+        queue = self._queue
+        for depth in range(PIPELINE_PARCELS):
+            for slot, s in list(self._slots.items()):
+                while queue and len(s.inflight) == depth:
+                    parcel = [queue.popleft()]
+                    room = share - parcel[0].n
+                    while queue and queue[0].n <= room:
+                        room -= queue[0].n
+                        parcel.append(queue.popleft())
+                    n = sum(c.n for c in parcel)
+                    self._queued -= n
+                    parcel = [c for c in parcel if not c.batch.done]  # a failed batch's chunks are dropped
+                    if not parcel:
+                        continue
+                    self._stats.parcels += 1
+                    s.inflight.append((parcel, sum(c.n for c in parcel)))
+                    if s.timer is None:
+                        s.timer = self._arm(slot)
+                    try:
+                        # At most PIPELINE_PARCELS x MAX_PARCEL_TRANSFERS x 112 bytes in the pipe: below
+                        # a socket buffer, so this blocking send never waits on the worker.
+                        s.worker.conn.send_bytes(b"".join([c.records for c in parcel] + [c.signatures for c in parcel]))
+                    except OSError:
+                        self._died(slot, "its pipe is broken")
+                        return  # _died dispatched what it requeued
+                if not queue:
+                    return
 
-    def _take(self) -> list[_Chunk] | None:
-        """A parcel: the chunks at the head of the queue, up to ``chunk_transfers`` transfers (at least one)."""
-        with self._cond:
-            while not self._queue and not self._closing:
-                self._cond.wait()
-            if self._closing:
-                return None
-            queue = self._queue
-            parcel = [queue.popleft()]
-            room = self.chunk_transfers - parcel[0].n
-            while queue and queue[0].n <= room:
-                room -= queue[0].n
-                parcel.append(queue.popleft())
-            self._stats.parcels += 1
-            return parcel
+    def _arm(self, slot: int) -> asyncio.TimerHandle:
+        assert self._loop is not None
+        why = f"gave no verdicts in {self.chunk_timeout_s:g} s"
+        return self._loop.call_later(self.chunk_timeout_s, self._died, slot, why)
 
-    def _feed(self, slot: int) -> None:
-        """One worker's feeder: a parcel down the pipe, its verdicts back, until closed or out of workers."""
-        worker: _Worker | None = self._live[slot]
-        while worker is not None:
-            taken = self._take()
-            if taken is None:
-                return
-            parcel = [c for c in taken if not c.batch.done]  # a failed batch's chunks are dropped
-            if not parcel:
-                continue
-            n = sum(c.n for c in parcel)
-            try:
-                worker.conn.send_bytes(b"".join([c.records for c in parcel] + [c.signatures for c in parcel]))
-                if not worker.conn.poll(self.chunk_timeout_s):
-                    raise TimeoutError
-                reply = worker.conn.recv_bytes()
-            except (EOFError, OSError):  # TimeoutError is an OSError: a hung worker is treated as dead
-                worker = self._replace(slot, worker, parcel)
-                continue
-            if reply[:1] == _VERDICTS and len(reply) == 1 + n:
-                codes = np.frombuffer(reply, dtype=np.uint8, offset=1)
-                at = 0
-                for c in parcel:
-                    self._deliver(c, codes[at : at + c.n])
-                    at += c.n
-            else:
-                why = f"a validator failed on a chunk: {reply[1:].decode(errors='replace')}"
-                for c in parcel:
-                    self._fail_batch(c.batch, why)
+    def _on_readable(self, slot: int) -> None:
+        """A worker's pipe is readable: the verdicts of its oldest parcel, or its end-of-file."""
+        s = self._slots.get(slot)
+        if s is None:
+            return
+        try:
+            # A reply is one write of 1 + n bytes (n <= MAX_PARCEL_TRANSFERS): whole once readable.
+            reply = s.worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._died(slot, f"exited (code {s.worker.process.exitcode})")
+            return
+        if not s.inflight:
+            self._died(slot, "answered a parcel it was not sent")
+            return
+        parcel, n = s.inflight.popleft()
+        if s.timer is not None:
+            s.timer.cancel()
+        s.timer = self._arm(slot) if s.inflight else None
+        if reply[:1] == _VERDICTS and len(reply) == 1 + n:
+            codes = np.frombuffer(reply, dtype=np.uint8, offset=1)
+            at = 0
+            for c in parcel:
+                batch = c.batch
+                if not batch.done:
+                    batch.codes[c.offset : c.offset + c.n] = codes[at : at + c.n]
+                    batch.remaining -= 1
+                    if not batch.remaining:
+                        batch.done = True
+                        if not batch.future.done():  # cancelled by its caller meanwhile
+                            batch.future.set_result(batch.codes)
+                at += c.n
+        else:
+            why = f"a validator failed on a chunk: {reply[1:].decode(errors='replace')}"
+            for c in parcel:
+                self._fail_batch(c.batch, why)
+        self._dispatch()
 
-    def _deliver(self, chunk: _Chunk, codes: np.ndarray) -> None:
-        batch = chunk.batch
-        with self._cond:
-            if batch.done:
-                return
-            batch.codes[chunk.offset : chunk.offset + chunk.n] = codes
-            batch.remaining -= 1
-            if batch.remaining:
-                return
-            batch.done = True
-        batch.future.set_result(batch.codes)
+    # ---- workers that die ----------------------------------------------------------------------------
 
-    def _replace(self, slot: int, dead: _Worker, parcel: list[_Chunk]) -> _Worker | None:
-        """``dead`` died holding ``parcel``: requeue its chunks (or fail their batches), start a replacement."""
-        dead.process.kill()  # dead already, or hung past chunk_timeout_s: it must never answer later
+    def _attach(self, slot: int, worker: _Worker) -> None:
+        assert self._loop is not None
+        self._slots[slot] = _Slot(worker)
+        self._loop.add_reader(worker.conn.fileno(), self._on_readable, slot)
+        self._dispatch()
+
+    def _detach(self, slot: int) -> _Slot:
+        assert self._loop is not None
+        s = self._slots.pop(slot)
+        self._loop.remove_reader(s.worker.conn.fileno())
+        if s.timer is not None:
+            s.timer.cancel()
+        return s
+
+    def _died(self, slot: int, why: str) -> None:
+        """The worker of ``slot`` died or hung (``why``): requeue its parcels' chunks at the head (or
+        fail their batches after ``max_attempts``), kill it, start a replacement in an executor."""
+        if slot not in self._slots:
+            return
+        s = self._detach(slot)
+        s.worker.process.kill()  # dead already, or hung: it must never answer later
+        log.warning("validator pid %d %s; re-verifying its chunks", s.worker.pid, why)
+        chunks = [c for parcel, _ in s.inflight for c in parcel]
+        for c in chunks:
+            c.attempts += 1
+        retry = [c for c in chunks if c.attempts < self.max_attempts and not c.batch.done]
+        self._queue.extendleft(reversed(retry))  # back at the head, in their order
+        self._queued += sum(c.n for c in retry)
+        self._stats.worker_deaths += 1
+        self._stats.requeued_chunks += len(retry)
+        for c in chunks:
+            if c.attempts >= self.max_attempts:
+                self._fail_batch(
+                    c.batch, f"a chunk of this batch was in flight on {c.attempts} validator workers that all died"
+                )
+        assert self._loop is not None
+        if self._stats.restarts < self.max_restarts and not self._closing:
+            self._stats.restarts += 1
+            self._starting += 1
+            started = self._loop.run_in_executor(None, self._replace, s.worker)
+            started.add_done_callback(lambda f: self._replaced(slot, f))
+        elif not self._slots and not self._starting:
+            self._out_of_workers()
+        self._dispatch()
+
+    def _replace(self, dead: _Worker) -> _Worker:
+        """In an executor thread: reap the dead worker, start another (ValidatorsUnavailable if it fails)."""
         dead.stop(timeout_s=1.0)
-        log.warning("validator pid %d died (exit code %s); re-verifying its chunks", dead.pid, dead.process.exitcode)
-        for chunk in parcel:
-            chunk.attempts += 1
-        retry = [c for c in parcel if c.attempts < self.max_attempts]
-        poisoned = [c for c in parcel if c.attempts >= self.max_attempts]
-        with self._cond:
-            del self._live[slot]
-            self._stats.worker_deaths += 1
-            self._queue.extendleft(reversed(retry))  # back at the head, in their order
-            self._stats.requeued_chunks += len(retry)
-            self._cond.notify(len(retry))
-            may_restart = self._stats.restarts < self.max_restarts and not self._closing
-            if may_restart:
-                self._stats.restarts += 1
-                self._starting += 1
-        for chunk in poisoned:
-            self._fail_batch(
-                chunk.batch, f"a chunk of this batch was in flight on {chunk.attempts} validator workers that all died"
-            )
-        replacement: _Worker | None = None
-        if may_restart:
-            try:
-                replacement = _Worker(self)
-            except ValidatorsUnavailable as exc:
-                log.error("could not replace validator worker: %s", exc)
-        with self._cond:
-            self._starting -= may_restart
-            if replacement is not None:
-                self._live[slot] = replacement
-                return replacement
-            if self._live or self._starting:
-                return None
-            self._unavailable = (
-                f"every validator worker died and the restart budget ({self.max_restarts}) is spent; "
-                "restart the server (its signed transfers since are refused, not applied)"
-            )
+        return _Worker(self)
+
+    def _replaced(self, slot: int, started: asyncio.Future[_Worker]) -> None:
+        self._starting -= 1
+        exc = started.exception()
+        if exc is None and not self._closing:
+            self._attach(slot, started.result())
+            return
+        if exc is None:
+            started.result().stop()
+        else:
+            log.error("could not replace validator worker: %s", exc)
+        if not self._slots and not self._starting:
+            self._out_of_workers()
+
+    def _out_of_workers(self) -> None:
+        self._unavailable = (
+            f"every validator worker died and the restart budget ({self.max_restarts}) is spent; "
+            "restart the server (its signed transfers since are refused, not applied)"
+        )
         self._fail_queued(self._unavailable)
-        return None
 
     def _fail_batch(self, batch: _Batch, why: str) -> None:
-        with self._cond:
-            if batch.done:
-                return
-            batch.done = True
-            self._stats.failed_batches += 1
-        batch.future.set_exception(ValidatorsUnavailable(why))
+        if batch.done:
+            return
+        batch.done = True
+        self._stats.failed_batches += 1
+        if not batch.future.done():
+            batch.future.set_exception(ValidatorsUnavailable(why))
 
     def _fail_queued(self, why: str) -> None:
-        with self._cond:
-            chunks = list(self._queue)
-            self._queue.clear()
+        chunks = list(self._queue)
+        self._queue.clear()
+        self._queued = 0
         for c in chunks:
             self._fail_batch(c.batch, why)
 

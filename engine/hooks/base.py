@@ -257,6 +257,13 @@ class Hook:
         """
         return 0
 
+    def drain_background(self) -> None:
+        """Return once the work handed to this hook's own threads or processes so far is done.
+
+        A benchmark calls it after its warm-up, so the measured window's ``background_ns`` does
+        not include work the warm-up queued. Default: nothing is queued.
+        """
+
     def stats(self) -> dict[str, Any]:
         """Hook-specific figures for result files (counts, sizes)."""
         return {}

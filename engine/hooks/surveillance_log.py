@@ -20,6 +20,7 @@ Observe is deferred by default: logging is off the latency path.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -143,6 +144,12 @@ class SurveillanceLog(Hook):
 
     def background_ns(self) -> int:
         return self.trove.background_cpu_ns() if self.trove is not None else 0
+
+    def drain_background(self) -> None:
+        """Everything observed so far durable in the trove (a stopped trove has nothing queued)."""
+        if self.trove is not None:
+            with contextlib.suppress(TroveStopped):
+                self.trove.flush()
 
     def query(self, account: int) -> np.ndarray:
         """Every kept row in which ``account`` paid or was paid, in the order observed, as LOG_DTYPE."""

@@ -9,25 +9,34 @@ The default model is trained by ``cbdc-bench model train`` (``loadgen.model``), 
 and cached under ``default_model_path()``; the engine never trains (training needs the workload
 generator, which lives in ``loadgen``) and names the command when the file is missing.
 
-LightGBM is imported when a model is loaded, not at import time. Its ``predict`` runs in C
-through ctypes, which releases the GIL: a background thread scoring one batch runs on the second
-core while the sequencer works on the next.
+The runtime (LightGBM, or the trees compiled by lleaves or tl2cgen: ``engine.risk.runtimes``) is
+imported when a model is loaded, not at import time. Each predicts in C through ctypes, which
+releases the GIL: a background thread scoring one batch runs on the second core while the
+sequencer works on the next.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import numpy as np
 
 from engine.risk.features import FEATURE_NAMES, FEATURE_VERSION
+from engine.risk.runtimes import Log, PredictorName, load_runtime
 
 #: Version of the model file format. History: 1 = first version (issue 18).
 MODEL_FORMAT = 1
+#: Scores within this of the flag threshold count as below it (``engine.hooks.risk_model``). Trees
+#: give a finite set of scores and the model's threshold is one of them (a quantile of held-out
+#: scores), while runtimes add the same leaf values in another order (lleaves differs from LightGBM
+#: by up to ~1e-15): without the margin a payment scoring exactly the threshold could be flagged by
+#: one runtime and not by another (`cbdc-bench model bench` saw 1 of 94,061 held-out payments), and
+#: a journal would replay differently where another runtime scores.
+SCORE_TIE_MARGIN = 1e-9
 #: The LightGBM version the default model is trained with (pinned in pyproject.toml): the model
 #: text, hence its sha256, depends on it.
 LIGHTGBM_VERSION = "4.7.0"
@@ -101,12 +110,27 @@ def default_model_path() -> Path:
     return cache_dir() / f"risk-model-f{FEATURE_VERSION}-lgbm{LIGHTGBM_VERSION}.json"
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class Predictor:
-    """A loaded model: ``predict(rows)`` gives the probability of each feature row (float64)."""
+    """A loaded model: ``predict(rows)`` gives the probability of each feature row (float64).
 
-    def __init__(self, model: ModelFile, sha256: str, path: Path | None = None) -> None:
-        import lightgbm
+    ``runtime`` scores (``engine.risk.runtimes``: the trees compiled by lleaves by default, else
+    LightGBM's own predictor); ``runtime_name`` says which, ``fallback_reason`` why not the one
+    asked for ("" when it is). ``trees`` and the sha256 come from the model file either way.
+    """
 
+    def __init__(
+        self,
+        model: ModelFile,
+        sha256: str,
+        path: Path | None = None,
+        *,
+        runtime: PredictorName = "auto",
+        log: Log = _stderr,
+    ) -> None:
         if model.feature_version != FEATURE_VERSION or tuple(model.feature_names) != FEATURE_NAMES:
             raise ValueError(
                 f"risk model {path or ''} was trained on features version {model.feature_version}, this engine "
@@ -116,19 +140,21 @@ class Predictor:
         self.sha256 = sha256
         self.path = path
         self.threshold = model.threshold
-        self.booster = lightgbm.Booster(model_str=model.model_text)
-        self.trees = self.booster.num_trees()
+        self.trees = model.model_text.count("\nTree=")
+        # Compiled forms are cached next to the model file, or in the cache when that folder is read-only.
+        artefacts = path if path is not None and os.access(path.parent, os.W_OK) else cache_dir() / "risk-model.json"
+        self.runtime, self.fallback_reason = load_runtime(runtime, model.model_text, sha256, artefacts, log)
+        self.runtime_name = self.runtime.name
 
     def predict(self, rows: np.ndarray, *, threads: int = 1) -> np.ndarray:
         """Probabilities for int64 feature rows (converted to float64, exact below 2**53)."""
         if len(rows) == 0:
             return np.zeros(0, dtype=np.float64)
-        out: Any = self.booster.predict(np.ascontiguousarray(rows, dtype=np.float64), num_threads=threads)
-        return np.asarray(out, dtype=np.float64)
+        return self.runtime.predict(np.ascontiguousarray(rows, dtype=np.float64), threads)
 
 
-def load_model(path: str | Path) -> Predictor:
-    """Read a model file; specific errors for a missing, unreadable or foreign file."""
+def load_model(path: str | Path, *, runtime: PredictorName = "auto", log: Log = _stderr) -> Predictor:
+    """Read a model file and load it into ``runtime``; specific errors for a missing, unreadable or foreign file."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -145,7 +171,7 @@ def load_model(path: str | Path) -> Predictor:
         raise ValueError(f"{path} is not a cbdc-bench risk model file: {exc}") from exc
     if model.format != MODEL_FORMAT:
         raise ValueError(f"risk model {path} has format {model.format}; this version reads {MODEL_FORMAT}: retrain it")
-    return Predictor(model, hashlib.sha256(data).hexdigest(), path)
+    return Predictor(model, hashlib.sha256(data).hexdigest(), path, runtime=runtime, log=log)
 
 
 def resolve_model_path(model_path: str) -> Path:

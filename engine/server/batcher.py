@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -101,7 +101,7 @@ class Batcher:
         self.signatures_required = False
         #: Admitted Submits awaiting verdicts (their own or an earlier one's), and admin requests
         #: waiting for those (``after_verified``), in arrival order.
-        self.verifying: collections.deque[tuple[QueuedSubmit | Callable[[], None], asyncio.Future[np.ndarray | None]]]
+        self.verifying: collections.deque[tuple[QueuedSubmit | Callable[[], None], asyncio.Future[Any]]]
         self.verifying = collections.deque()
 
     # ---- admission -------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class Batcher:
         entry = QueuedSubmit(conn, seq, blob, n, cost, time.perf_counter_ns())
         metrics.enqueued(conn.load, n, cost)
         if type(msg) is SignedSubmit and self.validators is not None and n:
-            self._verify(entry, self.validators.verify(blob, signatures))
+            self._verify(entry, self.validators.verify_future(blob, signatures))
         elif self.verifying:  # behind a Submit being verified: keep the arrival order
             self._verify(entry, None)
         else:
@@ -185,16 +185,16 @@ class Batcher:
 
     # ---- signatures ------------------------------------------------------------------------------
 
-    def _verify(self, entry: QueuedSubmit, verdicts: Coroutine[Any, Any, np.ndarray] | None) -> None:
+    def _verify(self, entry: QueuedSubmit, verdicts: asyncio.Future[np.ndarray] | None) -> None:
         """Wait for ``entry``'s verdicts (None: an unsigned Submit, nothing to verify) off the loop."""
         loop = self.loop
         assert loop is not None
-        future: asyncio.Future[np.ndarray | None]
+        future: asyncio.Future[Any]
         if verdicts is None:
             future = loop.create_future()
             future.set_result(None)
         else:
-            future = loop.create_task(verdicts)
+            future = verdicts
         self.verifying.append((entry, future))
         future.add_done_callback(self._verified)
 

@@ -128,12 +128,23 @@ def merge(
     )
 
 
-def connect(config: TroveConfig) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection for merging: one thread (its CPU is the calling thread's), bounded memory."""
+#: DuckDB's spill directory for sorts past ``compaction_memory_mb``, inside the trove: the scratch is
+#: on the trove's disk (counted in its disk need), not in whatever directory the server started in.
+SPILL_DIR = "compaction.tmp"
+
+
+def connect(config: TroveConfig, root: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for merging: one thread (its CPU is the calling thread's), bounded memory,
+    spilling under ``root``."""
     import duckdb
 
     con = duckdb.connect(
-        config={"threads": 1, "memory_limit": f"{config.compaction_memory_mb}MB", "preserve_insertion_order": False}
+        config={
+            "threads": 1,
+            "memory_limit": f"{config.compaction_memory_mb}MB",
+            "preserve_insertion_order": False,
+            "temp_directory": str(root / SPILL_DIR),
+        }
     )
     con.execute("SET enable_progress_bar = false")  # it would print to the server's stdout
     return con

@@ -135,6 +135,7 @@ class TroveProcess(TroveFeed):
         self._cpu_ns = 0
         self._cpu_read_at = -1.0
         self._final_cpu_ns: int | None = None
+        self._runqueue_wait_ns = 0
         self.counters = {"rows_not_persisted": 0, "append_waits": 0, "append_wait_ns": 0, "backlog_rows_peak": 0}
 
     @classmethod
@@ -237,6 +238,11 @@ class TroveProcess(TroveFeed):
     def compact_all(self) -> None:
         self.flush(compact=True)
 
+    def compact_due(self) -> None:
+        """``Trove.compact_due`` in the child (after everything appended so far is durable)."""
+        self._call("flush", self._slots_sent, False)
+        self._call("compact_due")
+
     # ---- reading -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -266,6 +272,10 @@ class TroveProcess(TroveFeed):
             temporary=self.temporary,
             process_pid=self.pid,
             process_cpu_ns=self.background_cpu_ns(),
+            # Runnable and not running (all its threads): starvation on a busy machine, not its cost.
+            process_runqueue_wait_ns=(
+                self._runqueue_wait_ns if self._closed or self._gone else process_runqueue_wait_ns(self.pid)
+            ),
             rows_not_persisted=rows_not_persisted,
             backlog_rows=self.backlog_rows,
             # The child's own queue waits (its feeder waiting on its writer), apart from the sequencer's.
@@ -299,6 +309,7 @@ class TroveProcess(TroveFeed):
                 final = self._call("close", self._slots_sent)
                 self._child_stats = final["stats"]
                 self._final_cpu_ns = int(final["cpu_ns"])
+                self._runqueue_wait_ns = int(final["runqueue_wait_ns"])
         self._closed = True
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=30)
@@ -369,6 +380,23 @@ class TroveProcess(TroveFeed):
         )
 
 
+def process_runqueue_wait_ns(pid: int) -> int:
+    """Time the live threads of process ``pid`` spent runnable but waiting for a CPU (``schedstat``).
+
+    Why: on a busy machine the child at nice 10 gets the CPU last; this says how much of its wall
+    time went to waiting for one, apart from its own CPU time (``process_cpu_ns``).
+    """
+    return sum(_runqueue_wait_ns(f) for f in Path(f"/proc/{pid}/task").glob("*/schedstat"))
+
+
+def _runqueue_wait_ns(schedstat: Path) -> int:
+    """The second field of a thread's ``schedstat``: ns runnable but not running (0 if gone)."""
+    try:
+        return int(schedstat.read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def process_cpu_ns(pid: int) -> int:
     """User + system CPU time of process ``pid`` (all threads) from /proc; 0 if it is gone."""
     try:
@@ -394,35 +422,36 @@ class _Feeder:
         self.freed_w = freed_w
         self.slots = slots
         self.taken = 0
+        #: This thread's wait for a CPU, noted as it ends (its /proc entry goes with it).
+        self.runqueue_wait_ns = 0
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._loop, name="trove-feeder", daemon=True)
 
     def _loop(self) -> None:
         """Until the parent closes the "filled" pipe: one slot per byte read."""
         width = TRANSFER_DTYPE.itemsize
-        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        records = codes = np.empty(0, dtype=np.uint8)
         while filled := len(os.read(self.filled_r, self.slots)):
             for _ in range(filled):
                 base = (self.taken % self.slots) * SLOT_BYTES
                 seq, first, k, n = (int(v) for v in self.ring[base : base + _RECORDS_AT].view(_HEADER)[0].item())
-                parts.append(
-                    (
-                        self.ring[base + _RECORDS_AT : base + _RECORDS_AT + k * width].copy(),
-                        self.ring[base + _CODES_AT : base + _CODES_AT + k].copy(),
-                    )
-                )
+                if first == 0:  # a new batch: copied once, straight into arrays the trove keeps
+                    records = np.empty(n * width, dtype=np.uint8)
+                    codes = np.empty(n, dtype=CODE_DTYPE)
+                records[first * width : (first + k) * width] = self.ring[
+                    base + _RECORDS_AT : base + _RECORDS_AT + k * width
+                ]
+                codes[first : first + k] = self.ring[base + _CODES_AT : base + _CODES_AT + k]
                 os.write(self.freed_w, b"\x01")
                 if first + k >= n:
-                    batch = np.concatenate([p[0] for p in parts]).view(TRANSFER_DTYPE)
-                    codes = np.concatenate([p[1] for p in parts])
-                    parts = []
                     try:
-                        self.trove.append(batch, codes, seq)
+                        self.trove.append_owned(records.view(TRANSFER_DTYPE), codes, seq)
                     except TroveStopped:
                         self.status[_FAILED] = 1  # counted by the trove; the parent fetches the message
                 with self.cond:
                     self.taken += 1
                     self.cond.notify_all()
+        self.runqueue_wait_ns = _runqueue_wait_ns(Path("/proc/thread-self/schedstat"))
 
     def drain(self, slots_sent: int) -> None:
         """Wait until the feeder has handed over every slot the parent had sent."""
@@ -474,6 +503,9 @@ def child_main(conn: Connection, shm: mmap.mmap, filled_r: int, freed_w: int) ->
                     feeder.drain(slots_sent)
                     trove.flush(compact=compact)
                     conn.send(("ok", None))
+                case ("compact_due",):
+                    trove.compact_due()
+                    conn.send(("ok", None))
                 case ("stats",):
                     conn.send(("ok", trove.stats()))
                 case ("snapshot",):
@@ -485,8 +517,12 @@ def child_main(conn: Connection, shm: mmap.mmap, filled_r: int, freed_w: int) ->
                     conn.send(("ok", None))
                 case ("close", slots_sent):
                     feeder.thread.join()  # the parent closed the "filled" pipe: the feeder ends after the last slot
+                    # Read while the writer and compactor threads live (a thread's figure goes with it);
+                    # the feeder noted its own as it ended. The final flush's wait is not in it.
+                    waited_ns = process_runqueue_wait_ns(os.getpid()) + feeder.runqueue_wait_ns
                     trove.close()
-                    conn.send(("ok", {"stats": trove.stats(), "cpu_ns": time.process_time_ns()}))
+                    final = {"stats": trove.stats(), "cpu_ns": time.process_time_ns(), "runqueue_wait_ns": waited_ns}
+                    conn.send(("ok", final))
                     return
                 case _:
                     conn.send(("error", f"unknown trove request {request!r}"))

@@ -7,9 +7,11 @@ to ``--out``, else to the default model's cache (``engine.risk.model.default_mod
 is what a profile with ``risk_model`` and no ``model_path`` loads. Training is deterministic: the
 same options give the same file, byte for byte (its sha256 is printed).
 
-``model bench`` measures batch inference throughput against model size (50/100/300 trees), the
-naive per-payment call, scikit-learn's HistGradientBoosting and ONNX Runtime when installed
-(``loadgen.model.bench``).
+``model bench`` measures inference cost per payment for every runtime (LightGBM, the trees
+compiled by lleaves and by tl2cgen, ONNX Runtime) at 50/100/300 trees, batches of 1k-16k rows,
+one and two threads; checks the compiled scores against LightGBM's on held-out payments; and
+times the naive per-payment call, two callers at once (the GIL) and scikit-learn's
+HistGradientBoosting (``loadgen.model.bench``). About 4 minutes with the defaults.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_json(t)
     t.set_defaults(func=_train)
-    b = msub.add_parser("bench", help="inference throughput: model sizes, batched vs per payment, other runtimes")
+    b = msub.add_parser("bench", help="inference cost per runtime, model size, batch size and thread count")
     add_model_training(b, trees=100, payments=200_000, accounts=DEFAULT_SETTINGS.accounts)
     add_json(b)
     b.set_defaults(func=_bench)
@@ -73,6 +75,11 @@ def _train(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from loadgen.model.bench import format_bench, run_bench
 
-    result = run_bench(trees=args.trees, payments=args.payments, accounts=args.accounts)
+    result = run_bench(
+        trees=args.trees,
+        payments=args.payments,
+        accounts=args.accounts,
+        progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     print(json.dumps(msgspec.to_builtins(result)) if args.json else format_bench(result))
     return 0

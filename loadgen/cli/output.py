@@ -84,6 +84,9 @@ def format_summary(r: RunResult) -> str:
         lines.append(
             "hook cost (ns/transfer): " + ", ".join(f"{k} {v:,.0f}" for k, v in hooks.items() if v is not None)
         )
+    if r.cpu_ns_per_payment:
+        split = ", ".join(f"{k} {v:,.0f}" for k, v in r.cpu_ns_per_payment.items())
+        lines.append(f"CPU per payment (ns, by tier): {split}; total {sum(r.cpu_ns_per_payment.values()):,.0f}")
     d = r.server.durability
     if not s.echo:
         lines.append(

@@ -69,6 +69,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=20_261_203, help="seed of the rows")
     b.add_argument("--queries", type=int, default=50, help="subjects timed per query kind")
     b.add_argument("--dir", default="", help="keep the trove here (default: a temporary directory, deleted)")
+    b.add_argument(
+        "--in-process",
+        action="store_true",
+        help="write with threads of this process instead of the child process the server uses (comparison)",
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=_bench)
 
@@ -158,7 +163,7 @@ def _bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         queries=args.queries,
         directory=args.dir,
-        config=TroveConfig(),
+        config=TroveConfig(process=not args.in_process),
     )
     if args.json:
         print(msgspec.json.encode(result).decode())
@@ -169,6 +174,12 @@ def _bench(args: argparse.Namespace) -> int:
         f"(CPU {result.compaction_cpu_s:.1f} s), {result.bytes_per_row:.1f} bytes/row on disk "
         f"(both orderings), {result.gb_per_day_at_300k_tps:,.0f} GB/day at 300,000 payments/s"
     )
+    print(f"  trove CPU per row with compaction keeping up (due merges done): {result.steady_cpu_ns_per_row:,.0f} ns")
+    if not args.in_process:
+        print(
+            f"  trove process: CPU {result.process_cpu_s:.1f} s ({result.process_cpu_s / result.rows * 1e9:,.0f} "
+            f"ns/row, final merge included), {result.process_runqueue_wait_s:.1f} s runnable but waiting for a CPU"
+        )
     _print_latencies(result.queries)
     return 0
 

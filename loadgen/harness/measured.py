@@ -30,6 +30,7 @@ from loadgen.generator.progress import LoadProgress
 from loadgen.generator.progress_build import build_bar
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.calibration import cpu_calibration, with_ed25519
+from loadgen.harness.cpu_split import cpu_ns_per_payment
 from loadgen.harness.server import running_server, server_arguments
 from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import AuditOutcome, RunResult, build_result
@@ -192,7 +193,7 @@ async def measure(
     stats_final = probes.get("final", (None, {}))[1]
     if cpu0 is None or cpu1 is None:  # no pid: the server's own figure, where it reports one
         cpu0, cpu1 = stats_start.get("process_cpu_s"), stats_end.get("process_cpu_s")
-    return build_result(
+    result = build_result(
         kind=kind,
         m=m,
         config=config,
@@ -212,6 +213,7 @@ async def measure(
         external=external,
         server_args=server_args,
     )
+    return msgspec.structs.replace(result, cpu_ns_per_payment=cpu_ns_per_payment(result))
 
 
 def run_measure(config: LoadConfig, **kwargs: Any) -> RunResult:

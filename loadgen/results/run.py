@@ -48,6 +48,7 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:       fields (absent: not measured): server.durability.snapshots/snapshot_stall_ms_max (issue 15);
 #:       risk_model_sha256 (issue 18); the inputs of ``cbdc-bench plan`` (issue 21):
 #:       server.tier_cpu_s and tier_workers, traffic.trove_per_payment, state (``loadgen.results.state``);
+#:       cpu_ns_per_payment (issue 18: CPU per payment by tier, ``loadgen.harness.cpu_split``);
 #:       drift, the p99 per measured minute of runs of two minutes or more (issue 20, ``loadgen.results.drift``);
 #:       load.workload (issue 16: the scenario's workload the gateways generated; absent: the defaults,
 #:       which is what gateways generated before it), and settings.workload holds the same.
@@ -335,6 +336,9 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     state: StateFootprint | None = None
     #: sha256 of the risk model the server ran (profiles with risk_model; "" otherwise). Optional.
     risk_model_sha256: str = ""
+    #: CPU ns per applied payment by tier (``loadgen.harness.cpu_split``: the plan's tiers, e.g.
+    #: framing_io, ledger, each hook, features, inference, trove, generator). Empty: not measured.
+    cpu_ns_per_payment: dict[str, float] = {}
     #: Latency of each measured minute (``loadgen.results.drift``), stored for runs measured at least
     #: ``DRIFT_FROM_S``; None: a shorter run, or a file from before issue 20 (recomputed from ``series``).
     drift: list[MinuteLatency] | None = None

@@ -98,13 +98,12 @@ def test_risk_veto_is_appended_after_the_policy_vetoes() -> None:
     assert PRECEDENCE.index(ResultCode.RISK_VETO) < PRECEDENCE.index(ResultCode.WALLET_SINGLE_LIMIT)
 
 
-def _ledgers(mode: str, threshold: float, inference: str = "batched", seed: int = 7):
+def _ledgers(mode: str, threshold: float, inference: str = "batched", seed: int = 7, **more: object):
     wl = Workload(WorkloadConfig(accounts=ACCOUNTS, seed=seed))
     balance, classes = wl.initial_state()
     hooks = [load_hook(n) for n in ("wallet_limits", "blacklist", "social_credit")]
-    risk = load_hook(
-        "risk_model", {"mode": mode, "threshold": threshold, "inference": inference, "lag_batches": 2, "penalty": 200}
-    )
+    params = {"mode": mode, "threshold": threshold, "inference": inference, "lag_batches": 2, "penalty": 200}
+    risk = load_hook("risk_model", params | more)
     ledger = Ledger(ACCOUNTS, balance_fen=balance, wallet_class=classes, hooks=[*hooks, risk])
     return wl, ledger, reference_for(ledger), risk
 
@@ -127,11 +126,18 @@ def _hostile(rng: np.random.Generator, first_id: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("mode", "inference"), [("observe", "batched"), ("authorize", "batched"), ("authorize", "per_payment")]
+    ("mode", "inference", "more"),
+    [
+        ("observe", "batched", {}),
+        ("observe", "batched", {"model_thread": False, "predictor": "lightgbm"}),
+        ("observe", "batched", {"predictor": "tl2cgen"}),
+        ("authorize", "batched", {}),
+        ("authorize", "per_payment", {}),
+    ],
 )
-def test_batch_equals_one_at_a_time(mode, inference, rng, request) -> None:
+def test_batch_equals_one_at_a_time(mode, inference, more, rng, request) -> None:
     # A low threshold makes the model flag (or veto) often, so the feed into scores is exercised.
-    wl, ledger, ref, risk = _ledgers(mode, 0.02, inference)
+    wl, ledger, ref, risk = _ledgers(mode, 0.02, inference, **more)
     request.addfinalizer(risk.close)
     social = next(h for h in ledger.hooks if isinstance(h, SocialCredit))
     ref_social = next(h for h in ref.hooks if h.name == "social_credit")
@@ -152,9 +158,12 @@ def test_batch_equals_one_at_a_time(mode, inference, rng, request) -> None:
         # A payment the model vetoes may also be vetoed by a check of higher precedence.
         assert risk.vetoed == twin.vetoed >= ledger.stats.codes[ResultCode.RISK_VETO] > 0
     else:
-        assert risk.flagged == twin.flagged > 0 and risk.background_ns() > 0
+        assert risk.flagged == twin.flagged > 0
+        assert (risk.background_ns() > 0) == more.get("model_thread", True)
     stats = risk.stats()
     assert stats["scored"] > 0 and stats["features_ns"] > 0 and stats["model_sha256"] == risk.predictor.sha256
+    assert stats["predictor"] == more.get("predictor", "lleaves") and stats["inference_ns"] > 0
+    assert stats["model_thread"] == (mode == "observe" and more.get("model_thread", True))
 
 
 def test_realistic_profile_journals_its_model(risk_model_cache) -> None:
@@ -164,13 +173,22 @@ def test_realistic_profile_journals_its_model(risk_model_cache) -> None:
 
 
 def test_inference_bench_measures_every_runtime_it_names() -> None:
-    from loadgen.model.bench import format_bench, run_bench
+    from loadgen.model.bench import PREDICTORS, THREADS, format_bench, run_bench
 
-    r = run_bench(trees=4, payments=12_000, accounts=1_000, tree_counts=(2, 4))
-    assert [f.trees for f in r.lightgbm] == [2, 4]
-    assert all(f.batched_ns_per_payment > 0 and f.per_payment_ns_per_payment > 0 for f in r.lightgbm)
-    assert r.sklearn_hgb_ns_per_payment and r.onnxruntime_ns_per_payment and r.two_threads_speedup > 0
-    assert "ONNX Runtime" in format_bench(r) and "lleaves" in r.unavailable
+    r = run_bench(trees=4, payments=12_000, accounts=1_000, tree_counts=(2, 4), batch_sizes=(256, 1_024))
+    assert not r.unavailable, r.unavailable  # every runtime is installed with the dev extra
+    cells = {(f.predictor, f.trees, f.batch_rows, f.threads) for f in r.figures}
+    assert cells == {(p, n, b, t) for p in PREDICTORS for n in (2, 4) for b in (256, 1_024) for t in THREADS}
+    assert all(f.cpu_ns_per_payment > 0 and f.wall_ns_per_payment > 0 for f in r.figures)
+    checks = {(c.predictor, c.trees): c for c in r.checks}
+    # The compiled trees score as LightGBM does (float64 throughout); ONNX Runtime scores in float32.
+    for predictor in ("lleaves", "tl2cgen"):
+        assert checks[predictor, 4].max_abs_diff < 1e-9 and checks[predictor, 4].flag_changes == 0
+    assert checks["onnxruntime", 4].max_abs_diff < 1e-5 and checks["lightgbm", 4].max_abs_diff == 0
+    assert set(r.per_payment_call_ns) == set(r.two_callers_speedup) == set(PREDICTORS)
+    assert r.fastest in PREDICTORS and r.sklearn_hgb_ns_per_payment
+    text = format_bench(r)
+    assert all(p in text for p in PREDICTORS) and "flag decisions changed" in text
 
 
 def test_engine_trains_the_default_model_on_first_use_with_a_progress_line(tmp_path, monkeypatch, capsys) -> None:
@@ -190,8 +208,43 @@ def test_engine_trains_the_default_model_on_first_use_with_a_progress_line(tmp_p
     assert main(args) == 0 and "no cached default model" not in capsys.readouterr().err  # cached now
 
 
-def test_a_failing_model_thread_is_counted_and_the_ledger_goes_on(request) -> None:
-    wl, ledger, _, risk = _ledgers("observe", 0.02)
+def test_compiled_predictor_is_cached_next_to_the_model_and_scores_as_lightgbm(tmp_path, risk_model_cache) -> None:
+    path = tmp_path / "model.json"
+    path.write_bytes(risk_model_cache.read_bytes())
+    lines: list[str] = []
+    compiled = load_model(path, runtime="lleaves", log=lines.append)
+    assert compiled.runtime_name == "lleaves" and compiled.fallback_reason == ""
+    assert any("compiling 20 trees" in line for line in lines)
+    cached = [p.name for p in tmp_path.iterdir() if p.name != "model.json"]
+    assert cached == [f"model.{compiled.sha256[:16]}.{cached[0].split('.', 2)[2]}"] and "lleaves" in cached[0]
+    lines.clear()
+    again = load_model(path, runtime="lleaves", log=lines.append)
+    assert not any("compiling" in line for line in lines)  # loaded from the cache
+    batch = Workload(WorkloadConfig(accounts=ACCOUNTS, seed=3)).batch(2_000, first_id=0)
+    n = int(max(batch["payer"].max(), batch["payee"].max())) + 1
+    rows = RollingFeatures(n).rows(Payments.of(batch), 1, 0, np.zeros(n, np.uint8), 2)
+    reference = load_model(path, runtime="lightgbm").predict(rows)
+    assert np.abs(again.predict(rows) - reference).max() < 1e-12
+    assert np.abs(again.predict(rows, threads=2) - reference).max() < 1e-12
+
+
+def test_auto_falls_back_to_lightgbm_and_says_why(tmp_path, risk_model_cache, monkeypatch) -> None:
+    import sys
+
+    from engine.risk.runtimes import CompilerUnavailable
+
+    monkeypatch.setitem(sys.modules, "lleaves", None)  # import lleaves now raises ImportError
+    lines: list[str] = []
+    model = load_model(risk_model_cache, log=lines.append)
+    assert model.runtime_name == "lightgbm" and "lleaves is not installed" in model.fallback_reason
+    assert any("scoring with LightGBM" in line and "pip install" in line for line in lines)
+    with pytest.raises(CompilerUnavailable, match="pip install"):
+        load_model(risk_model_cache, runtime="lleaves", log=lines.append)
+
+
+@pytest.mark.parametrize("model_thread", [True, False])
+def test_a_failing_model_thread_is_counted_and_the_ledger_goes_on(model_thread, request) -> None:
+    wl, ledger, _, risk = _ledgers("observe", 0.02, model_thread=model_thread)
     request.addfinalizer(risk.close)
     assert isinstance(risk, RiskModel) and risk.predictor is not None
 

@@ -96,6 +96,29 @@ def test_small_batches_travel_together_and_are_not_split(registry: signing.KeyRe
     assert parcels < chunks  # queued together, sent together
 
 
+def test_each_worker_gets_two_parcels_in_flight_and_a_fair_share(registry: signing.KeyRegistry) -> None:
+    """Four Submits of 20 arriving together with two idle workers: each worker gets one at once
+    and a second to hold in its pipe (the queue is not left waiting for a round trip, and no worker
+    takes the whole burst); a fifth waits for a verdict to free a place."""
+    small = [signed_batch(20, stream=700 + i) for i in range(5)]
+    want = expected(registry, [(b.tobytes(), s) for b, s in small])
+
+    async def run() -> None:
+        pool = LocalValidators(registry, 2, chunk_transfers=128)
+        await pool.start()
+        try:
+            futures = [pool.verify_future(b.tobytes(), s) for b, s in small]  # no await in between
+            assert pool.stats().parcels == 4  # two per worker sent at once, the fifth queued
+            got = await asyncio.gather(*futures)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+            assert pool.stats().parcels == 5
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
 def test_killed_worker_chunks_are_reverified_once(registry: signing.KeyRegistry) -> None:
     rng = np.random.default_rng(5)
     batches = []
@@ -150,6 +173,10 @@ def test_hung_worker_is_killed_and_its_chunk_reverified(registry: signing.KeyReg
             s = pool.stats()
             assert (s.worker_deaths, s.failed_batches) == (1, 0) and s.requeued_chunks >= 1
             assert victim not in pool.worker_pids()
+            for _ in range(200):  # reaped before its replacement starts (bounded wait, not a timing assert)
+                if len(pool.worker_pids()) == 2:
+                    break
+                await asyncio.sleep(0.05)
             with pytest.raises(ProcessLookupError):
                 os.kill(victim, 0)  # killed and reaped: it can never deliver its chunk late
         finally:
@@ -186,7 +213,7 @@ def test_damaged_registry_stops_the_start(registry: signing.KeyRegistry, tmp_pat
     bad.write_bytes(registry.path.read_bytes()[:-1])
     reg = signing.KeyRegistry(bad, SEED, ACCOUNTS, registry._mm)  # the parent's view is fine, the file is not
     with pytest.raises(ValidatorsUnavailable, match="truncated or damaged"):
-        LocalValidators(reg, 1).start_now()
+        asyncio.run(LocalValidators(reg, 1).start())
 
 
 def test_parse_and_make() -> None:
@@ -205,6 +232,6 @@ def test_make_validators_kinds(registry: signing.KeyRegistry) -> None:
     assert isinstance(pool, LocalValidators) and pool.workers == 2
     batch, sigs = signed_batch(2)
     with pytest.raises(ValidatorsUnavailable, match="start"):  # not started: refused, never a silent wait
-        pool.verify_now(batch.tobytes(), sigs)
+        asyncio.run(pool.verify(batch.tobytes(), sigs))
     with pytest.raises(ValueError, match="at least one worker"):
         LocalValidators(registry, 0)

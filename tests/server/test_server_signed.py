@@ -142,7 +142,12 @@ def test_unavailable_validators_answer_overloaded_and_apply_nothing(start_server
 
 
 @pytest.mark.slow
-def test_run_signed_profile_with_one_validator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("profile", "validators"), [("signed", "1"), ("signed-full", "2")])
+def test_run_signed_profile_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], profile: str, validators: str
+) -> None:
+    """``run`` of each signed profile: every payment signed, verified by the local workers, settled,
+    audited (signed-full: through the full hook stack and its trove, with two workers)."""
     # The shipped scenario with a p99 SLO any run meets: the signed path is under test here, not
     # whether this (shared, loaded) machine meets 20 ms.
     scenario = scenario_with_slo(tmp_path, "60000.0")
@@ -151,9 +156,9 @@ def test_run_signed_profile_with_one_validator(tmp_path: Path, capsys: pytest.Ca
         "--scenario",
         scenario,
         "--profile",
-        "signed",
+        profile,
         "--validators",
-        "1",
+        validators,
         "--rate",
         "2000",
         "--seconds",
@@ -165,15 +170,18 @@ def test_run_signed_profile_with_one_validator(tmp_path: Path, capsys: pytest.Ca
     summary = json.loads(out[-1])
     assert code == 0, out
     assert summary["exit_status"] == 0
-    assert summary["profile"] == "signed"
+    assert summary["profile"] == profile
     assert summary["audit_ok"] is True
     result = load(summary["result_file"])
     c = result.counts
     assert c.sent == c.results == c.scheduled
     assert c.unanswered == c.protocol_errors == 0
-    # Every payment was signed and verified: none refused for its signature.
+    # Every payment was signed and verified by the workers: none refused for its signature.
     assert result.codes.get("bad_signature", 0) == 0
     assert result.codes.get("ok", 0) > 0
+    tier = result.server.stats_end["validators"]
+    assert (tier["kind"], tier["workers"]) == ("local", int(validators))
+    assert tier["transfers"] > 0 and tier["failed_batches"] == tier["worker_deaths"] == 0
 
 
 def test_journal_holds_only_verified_transfers(start_server: StartServer, tmp_path: Path) -> None:

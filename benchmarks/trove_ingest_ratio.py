@@ -1,0 +1,118 @@
+"""``full`` end to end with the persistent trove against ``full`` without it, same machine, same run.
+
+For each rate, runs ``cbdc-bench run --profile full`` twice, alternately: with the trove (the
+default scenario: ``surveillance_log`` writes the Parquet trove from its child process) and with
+``surveillance_log`` in ``buffer`` mode (the default scenario with that one line changed: the
+bounded memory ring, no trove). Prints one JSON object: per rate and variant, the achieved rate,
+p99 and verdict; for the trove its ingest backlog at the end of the run (rows handed over and not
+yet durable), its compaction backlog once the server has stopped (rows in merges the size-tiered
+policy calls for and not yet done, and rows in arrival-ordered segments not yet merged), its CPU
+per transfer as charged to the hook; and the ratio of achieved rates (trove / no trove).
+
+Quiet-machine command (issue 17's target: >= 500,000/s with the trove, compaction keeping up,
+and the backlog at 1,000,000/s), about 3 minutes:
+
+    python -m benchmarks.trove_ingest_ratio --rates 500000,1000000 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import engine.scenarios
+from engine.options import parse_count
+from engine.trove import compaction
+from engine.trove.config import TroveConfig
+from engine.trove.manifest import load_manifest
+from engine.trove.store import manifest_stats
+
+_TROVE_LINE = 'mode = "trove"'
+
+
+def buffer_scenario(directory: Path) -> Path:
+    """The default scenario with ``surveillance_log`` in buffer mode (everything else unchanged)."""
+    text = (Path(engine.scenarios.__file__).parent / "default.toml").read_text()
+    if text.count(_TROVE_LINE) != 1:
+        raise RuntimeError(f"the default scenario no longer has exactly one {_TROVE_LINE!r} line: update this script")
+    path = directory / "full-no-trove.toml"
+    path.write_text(text.replace(_TROVE_LINE, 'mode = "buffer"'))
+    return path
+
+
+def compaction_backlog(trove: Path) -> dict[str, Any]:
+    """What the trove's compactor still had to do when the server stopped (from its manifest)."""
+    manifest = load_manifest(trove)
+    if manifest is None:
+        return {}
+    stats = manifest_stats(manifest, manifest.segments)
+    due = compaction.plan(manifest, TroveConfig())
+    return {
+        "rows": stats["rows"],
+        "runs": stats["runs"],
+        "ingest_segments": stats["ingest_segments"],
+        "rows_not_in_runs": stats["rows"] - stats["compacted_rows"],
+        "rows_in_next_due_merge": sum(s.rows for s in due),
+        "bytes_on_disk": stats["bytes_on_disk"],
+    }
+
+
+def one_run(args: argparse.Namespace, rate: int, scenario: Path | None, out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "loadgen", "run", "--profile", "full", "--rate", str(rate)]
+    cmd += ["--seconds", str(args.seconds), "--accounts", str(int(args.accounts)), "--out", str(out / "results")]
+    trove = out / "trove"
+    cmd += ["--scenario", str(scenario)] if scenario else ["--trove", str(trove)]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    files = sorted((out / "results").glob("*.json"))
+    row: dict[str, Any] = {"command": " ".join(cmd), "exit_status": done.returncode}
+    if files:
+        result = json.loads(files[-1].read_bytes())
+        s = result["summary"]
+        row.update({k: s[k] for k in ("achieved_tps", "achieved_ratio", "p50_ms", "p99_ms", "verdict")})
+        row["server_cpu_s"] = result["server"].get("cpu_s")
+        hook = result["server"].get("hooks", {}).get("surveillance_log", {})
+        row["surveillance_log_ns_per_transfer"] = hook.get("ns_per_transfer")
+        if not scenario:
+            row["trove"] = result["server"].get("trove")
+            row["compaction_backlog"] = compaction_backlog(trove)
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rates", default="500000,1000000", help="comma-separated offered rates (default 500000,1000000)")
+    p.add_argument("--seconds", type=float, default=20.0, help="each run's measured window (default 20)")
+    p.add_argument("--accounts", type=parse_count, default=1_000_000, help="ledger accounts (default 1e6)")
+    p.add_argument("--dir", default="", help="scratch directory on the disk to measure (default: temporary)")
+    args = p.parse_args(argv)
+    scratch = Path(args.dir or tempfile.mkdtemp(prefix="cbdc-trove-ratio-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    try:
+        no_trove = buffer_scenario(scratch)
+        for rate in (parse_count(r) for r in args.rates.split(",")):
+            with_trove = one_run(args, int(rate), None, scratch / f"trove-{rate}")
+            without = one_run(args, int(rate), no_trove, scratch / f"buffer-{rate}")
+            ratio = (with_trove.get("achieved_tps") or 0) / (without.get("achieved_tps") or float("nan"))
+            report[str(rate)] = {
+                "with_trove": with_trove,
+                "without_trove": without,
+                "achieved_ratio_trove_to_none": ratio,
+            }
+            print(json.dumps({str(rate): report[str(rate)]}), file=sys.stderr, flush=True)
+    finally:
+        if not args.dir:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
