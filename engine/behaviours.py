@@ -131,6 +131,25 @@ class Episodes(msgspec.Struct, frozen=True):
     position: np.ndarray  # int64, 0..payments-1 (meaningless where label is NONE)
 
 
+class _Slots(msgspec.Struct, frozen=True):
+    """Each slot's episode: ``kind`` (index into ``planted()``; len = none), members, stride, start."""
+
+    kind: np.ndarray
+    payments: np.ndarray
+    stride: np.ndarray
+    start: np.ndarray
+
+
+def _slots(config: BehaviourConfig, seed: int, slots: np.ndarray) -> _Slots:
+    """The episode layout of ``slots`` (int64): the one rule ``episodes`` and ``planted_ids`` share."""
+    planted = config.planted()
+    thresholds = np.cumsum([p.rate * config.slot_payments / p.payments for _, p in planted])
+    kind = np.searchsorted(thresholds, unit(hash64(slots, salt(seed, _SLOT))), side="right")  # len = none
+    payments = np.array([p.payments for _, p in planted] + [1], dtype=np.int64)[kind]
+    stride = config.slot_payments // payments
+    return _Slots(kind, payments, stride, below(hash64(slots, salt(seed, _START)), stride))
+
+
 def episodes(config: BehaviourConfig, seed: int, transfer_ids: np.ndarray) -> Episodes:
     """Label, slot and position of each transfer id under (config, seed)."""
     ids = np.asarray(transfer_ids, dtype=np.int64)
@@ -143,22 +162,37 @@ def episodes(config: BehaviourConfig, seed: int, transfer_ids: np.ndarray) -> Ep
     # Work per slot, not per id, when the ids are a run (a batch spans a few slots).
     first, last = int(slot.min()), int(slot.max())
     dense = last - first < len(ids)
-    slots = np.arange(first, last + 1, dtype=np.int64) if dense else slot
-    planted = config.planted()
-    thresholds = np.cumsum([p.rate * L / p.payments for _, p in planted])
-    kind = np.searchsorted(thresholds, unit(hash64(slots, salt(seed, _SLOT))), side="right")  # len = none
-    payments = np.array([p.payments for _, p in planted] + [1], dtype=np.int64)[kind]
-    stride = L // payments
-    start = below(hash64(slots, salt(seed, _START)), stride)
+    lay = _slots(config, seed, np.arange(first, last + 1, dtype=np.int64) if dense else slot)
+    none = len(config.planted())
     at = slot - first if dense else np.arange(len(ids))
-    rows = np.flatnonzero(kind[at] < len(planted))
+    rows = np.flatnonzero(lay.kind[at] < none)
     at = at[rows]
-    rel = offset[rows] - start[at]
-    pos = rel // stride[at]
-    member = (rel >= 0) & (rel % stride[at] == 0) & (pos < payments[at])
-    label[rows[member]] = kind[at[member]] + 1
+    rel = offset[rows] - lay.start[at]
+    pos = rel // lay.stride[at]
+    member = (rel >= 0) & (rel % lay.stride[at] == 0) & (pos < lay.payments[at])
+    label[rows[member]] = lay.kind[at[member]] + 1
     position[rows[member]] = pos[member]
     return Episodes(label, slot, position)
+
+
+def planted_ids(config: BehaviourConfig, seed: int, first_id: int, end_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) of every planted transfer id in ``first_id..end_id-1``, ascending.
+
+    The same truth as ``labels`` over that range, computed per slot instead of per id (a replayed
+    pool places each pass's episodes with it: O(slots + members), not O(ids)).
+    """
+    L = config.slot_payments
+    if end_id <= first_id:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8)
+    slots = np.arange(first_id // L, (end_id - 1) // L + 1, dtype=np.int64)
+    lay = _slots(config, seed, slots)
+    some = np.flatnonzero(lay.kind < len(config.planted()))
+    counts = lay.payments[some]
+    episode = np.repeat(some, counts)
+    k = np.arange(len(episode)) - np.repeat(np.cumsum(counts) - counts, counts)  # position in its episode
+    ids = slots[episode] * L + lay.start[episode] + k * lay.stride[episode]
+    keep = (ids >= first_id) & (ids < end_id)
+    return ids[keep], (lay.kind[episode][keep] + 1).astype(np.uint8)
 
 
 def labels(config: BehaviourConfig, seed: int, transfer_ids: np.ndarray) -> np.ndarray:

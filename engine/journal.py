@@ -74,7 +74,10 @@ Version history (``FORMAT_VERSION``):
    ``upgrade_v1`` (the original kept as ``J.v1``); it keeps timestamp days (header clock 0).
 2. ``CBDCJNL2`` (issue 13): resync markers, header CRC, SYNC entries (durable points), damage
    before the tail refuses, the sequencer clock in every batch entry, header fields for the
-   clock, the result-code precedence id and reserved watermarks.
+   clock, the result-code precedence id and reserved watermarks. Header fields added since, with
+   defaults (so older headers still decode; no format change): ``population_version`` and
+   ``population_sha256`` (issue 16), what the seeded starting state was built by; a journal whose
+   population differs, or that records none, is refused by ``population_refusal``.
 """
 
 from __future__ import annotations
@@ -148,6 +151,12 @@ class JournalHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     trove_seq: int = 0  # journal seq the trove has durably written
     risk_model_sha256: str = ""
     signed: bool = False  # transfers carry Ed25519 signatures checked before the sequencer
+    # Issue 16: the seeded starting state (engine.population): the rule's version and a digest of
+    # sampled starting state. 0 / "" = not recorded (written before they were: population 1 or 2).
+    # Both are checked by ``population_refusal``; the digest is not a build field (it follows
+    # accounts and seed, which ``differences`` names more clearly).
+    population_version: int = 0
+    population_sha256: str = ""
 
     #: Fields that describe how the ledger is built: they must match to replay.
     BUILD_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -162,6 +171,7 @@ class JournalHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         "precedence",
         "risk_model_sha256",
         "signed",
+        "population_version",
     )
 
     def differences(self, other: JournalHeader) -> list[str]:
@@ -180,6 +190,42 @@ class JournalHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             for name in self.BUILD_FIELDS
             if name not in skip and getattr(self, name) != getattr(other, name)
         ]
+
+    def population_refusal(self, server: JournalHeader, path: str | os.PathLike[str]) -> str | None:
+        """Why the journal at ``path`` (this header) cannot replay into ``server``'s seeded state; None if it can.
+
+        Replay re-applies payments to a ledger built from the seed: built by another population
+        rule, the same payments give other balances (often without a different result code to
+        notice), so the journal is refused before anything is replayed.
+        """
+        fresh = (
+            f"To keep that ledger, serve this journal with the cbdc-bench that wrote it; to start a new "
+            f"ledger with this one, give --journal a new path (and move {path} and its snapshots away). "
+            "Nothing was replayed."
+        )
+        if self.population_version == 0:
+            return (
+                f"journal {path} records no population version (it was written before journals recorded one, "
+                f"by population version 1, or 2 if written after 2026-12-03 07:27 UTC, commit ba318af); this server "
+                f"builds population version {server.population_version}, and replaying into a differently seeded "
+                f"ledger would not give back the state it acknowledged. {fresh}"
+            )
+        if self.population_version != server.population_version:
+            return (
+                f"journal {path} was written on population version {self.population_version}; this server builds "
+                f"population version {server.population_version} (engine.population: another rule for the starting "
+                f"balances and wallet classes), so replaying it would not give back the state it acknowledged. {fresh}"
+            )
+        same_config = (self.accounts, self.seed) == (server.accounts, server.seed)  # else ``differences`` says so
+        recorded = self.population_sha256 and server.population_sha256
+        if same_config and recorded and self.population_sha256 != server.population_sha256:
+            return (
+                f"journal {path} was written on population version {self.population_version}, as this server builds, "
+                f"but its sampled starting state differs (digest {self.population_sha256[:12]}, this server "
+                f"{server.population_sha256[:12]}): the population rule or its constants changed without a new "
+                f"version (a bug: please report it). {fresh}"
+            )
+        return None
 
 
 class JournalMismatch(RuntimeError):

@@ -17,7 +17,9 @@ balances, one byte of wallet class and flags: docs/design.md "Per-account state"
 (``engine.chunks``); each account's balance is a counter-based draw keyed by its rank
 (``engine.draws``), so the bytes do not depend on the chunk size or the number of workers.
 
-``POPULATION_VERSION`` names the rule that maps (config) to state; result files record it:
+``POPULATION_VERSION`` names the rule that maps (config) to state; result files and journal
+headers record it, and journals also record ``state_sha256`` (a digest of sampled starting state),
+so a journal never replays into a ledger seeded differently (``engine.journal.JournalHeader``):
 
 * 1: one sequential generator over all ranks (int64 temporaries of ~48 bytes per account).
 * 2: balances from hashed normal draws keyed by rank, built in chunks (this module).
@@ -25,6 +27,7 @@ balances, one byte of wallet class and flags: docs/design.md "Per-account state"
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import msgspec
@@ -33,14 +36,18 @@ import numpy as np
 from engine.accounts import CLASS_SHIFT
 from engine.chunks import DEFAULT_CHUNK, DEFAULT_WORKERS, Progress, fill_in_chunks
 from engine.draws import NormalDraws
-from engine.hashing import salt
+from engine.hashing import below, hash64, salt
 from engine.powerlaw import powerlaw_cdf, powerlaw_inv
 
 #: The rule that maps a config to state (history in the module docstring).
 POPULATION_VERSION = 2
 DEFAULT_SEED = 20_260_101
-#: Salt purpose of the starting-balance draws.
+#: Salt purposes of the starting-balance draws and of the accounts ``state_sha256`` samples.
 _BALANCE_DRAW = 1 << 30
+_STATE_SAMPLE = (1 << 30) + 1
+#: Accounts whose starting state ``state_sha256`` digests: any change to the rule or its constants
+#: changes nearly every account's balance, so a few thousand see it (and cost ~1 ms at any size).
+STATE_SAMPLE_ACCOUNTS = 4_096
 DEFAULT_SKEW = 0.8
 DEFAULT_MEDIAN_BALANCE_FEN = 200_000
 #: Share of accounts in wallet classes 0..4, busiest accounts first: class 0 holds the
@@ -145,6 +152,21 @@ class Population:
         z = draws(rank, salt(c.seed, _BALANCE_DRAW))
         fen = np.exp(z + np.log(c.median_balance_fen)) * np.maximum(share, 0.2)
         return np.minimum(fen, _CLASS_BALANCE_CEILING_FEN[cls]), cls << CLASS_SHIFT
+
+    def state_sha256(self) -> str:
+        """SHA-256 of the config and the starting state of ``STATE_SAMPLE_ACCOUNTS`` hashed accounts.
+
+        Journals record it beside ``POPULATION_VERSION``: the version names the rule, the digest
+        checks its result, so a changed constant or rule that nobody versioned still refuses a
+        journal written before it instead of replaying it into a different ledger.
+        """
+        c = self.config
+        ids = np.unique(below(hash64(np.arange(STATE_SAMPLE_ACCOUNTS), salt(c.seed, _STATE_SAMPLE)), c.accounts))
+        fen, bits = self._initial_of(ids, NormalDraws())
+        digest = hashlib.sha256(msgspec.json.encode(c))
+        for part in (ids, fen.astype(np.uint32), bits.astype(np.uint8)):  # as build_state stores them
+            digest.update(np.ascontiguousarray(part).tobytes())
+        return digest.hexdigest()
 
     def reset_accounts(self, balance: np.ndarray, bits: np.ndarray, accounts: np.ndarray) -> None:
         """Put ``accounts`` of arrays from ``build_state`` back to their starting state.

@@ -12,7 +12,7 @@ import msgspec
 from engine.clock import CLOCK_START_NS, payments_per_day
 from engine.codes import PRECEDENCE_ID
 from engine.journal import REPAIR_MODES, FsyncPolicy, JournalHeader
-from engine.population import DEFAULT_SEED
+from engine.population import DEFAULT_SEED, POPULATION_VERSION, Population, PopulationConfig
 from engine.profiles import risk_model_sha256
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.snapshot import SnapshotSchedule
@@ -311,4 +311,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             clock_start_ns=CLOCK_START_NS,
             precedence=PRECEDENCE_ID,
             risk_model_sha256="" if self.echo else risk_model_sha256(self.profile, self.scenario),
+            population_version=POPULATION_VERSION,
+            population_sha256=Population(self.population()).state_sha256(),
         )
+
+    def population(self) -> PopulationConfig:
+        """The seeded population the server's ledger starts from."""
+        return PopulationConfig(accounts=self.accounts, seed=self.seed)

@@ -163,6 +163,9 @@ def open_journal(
         else:
 
             def check(found: JournalHeader) -> None:
+                refused = found.population_refusal(header, path)
+                if refused:
+                    raise ValueError(refused)
                 diff = found.differences(header)
                 if diff:
                     raise ValueError(

@@ -29,7 +29,7 @@ from engine.hooks.base import Hook
 from engine.journal import Journal, JournalLock, Recovery
 from engine.ledger import Ledger, owner_ranges
 from engine.memory import peak_rss_bytes
-from engine.population import POPULATION_VERSION, Population, PopulationConfig
+from engine.population import POPULATION_VERSION, Population
 from engine.profiles import build_hooks
 from engine.server.admin import Admin
 from engine.server.batcher import Batcher, QueuedSubmit
@@ -82,7 +82,7 @@ def build_ledger(
         balance = np.zeros(config.accounts, dtype=np.uint32)
         account_bits = np.zeros(config.accounts, dtype=np.uint8)
     else:
-        population = Population(PopulationConfig(accounts=config.accounts, seed=config.seed))
+        population = Population(config.population())
         if progress is not None:
             progress(BuildStep(PHASE_ACCOUNTS, 0, config.accounts, "accounts"))
         balance, account_bits = population.build_state(progress=chunk_progress(progress, PHASE_ACCOUNTS, "accounts"))

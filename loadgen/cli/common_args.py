@@ -34,12 +34,12 @@ from typing import Any
 import msgspec
 
 from engine.options import add_deprecated_alias, parse_count, parse_rate, parse_seconds
-from engine.profiles import profile_names
+from engine.profiles import load_scenario, profile_names
 from engine.validators import parse_validators
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.ramp import parse_ramp, ramp_peak_tps
 from loadgen.generator.schedule import Arrival
-from loadgen.generator.workload import DEFAULT_SEED
+from loadgen.generator.workload import DEFAULT_SEED, ScenarioWorkload
 from loadgen.harness.measured import DEFAULT_ACCOUNTS, DEFAULT_RATE_TPS, DEFAULT_SECONDS, DEFAULT_WARMUP
 
 DEFAULT_MAX_BATCH = 8192
@@ -313,7 +313,9 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace, *, host: str, port: int) -> LoadConfig:
-    """The ``LoadConfig`` of ``add_load_arguments``' options; a bad value is a ``ValueError``."""
+    """The ``LoadConfig`` of ``add_load_arguments``' options and ``--scenario``'s workload; a bad
+    value is a ``ValueError``."""
+    workload = ScenarioWorkload.of(load_scenario(args.scenario))
     try:
         return LoadConfig(
             host=host,
@@ -329,6 +331,7 @@ def load_config(args: argparse.Namespace, *, host: str, port: int) -> LoadConfig
             drain=args.drain,
             seed=args.seed,
             secrets=args.secrets,
+            workload=workload,
         )
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from exc

@@ -8,7 +8,9 @@ own lateness (send lag), and any transfers it never sent, are reported next to t
 The last line is the verdict against the ``[compare]`` targets of ``--scenario`` (default: p99 <=
 20 ms, 99% settled); the exit status is the verdict's: 0 sustained, 3 not sustained, 4 generator
 fell behind, 5 incomplete. The load's options and defaults are ``run``'s; the result file goes
-under ``./results/`` unless ``--out`` says otherwise.
+under ``./results/`` unless ``--out`` says otherwise. The payments are generated from the
+scenario's ``[workload]`` (and its hooks' blacklist and caps), as ``run`` and ``engine`` generate
+them: give ``load`` the scenario the server was started with.
 
 A server running a signed profile (``signed``, ``signed-full``; its Welcome says which) gets
 signed Submits, signed ahead of the schedule. ``--validators SPEC`` checks that the server
@@ -42,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--server-pid", type=int, default=None, help="server pid, to report its CPU from /proc (default: not reported)"
     )
     p.add_argument("--no-audit", action="store_true", help="skip the conservation audit after the run")
-    add_scenario(p, what="the [compare] targets the verdict judges against")
+    add_scenario(p, what="the payments' [workload] (and the hooks' blacklist and caps) and the [compare] targets")
     add_validators(p, starts_server=False)
     add_load_arguments(p)
     add_ramp(p)
@@ -56,6 +58,7 @@ def _main(args: argparse.Namespace) -> int:
     result = run_measure(
         config,
         kind="load",
+        scenario=args.scenario,
         server_pid=args.server_pid,
         audit=not args.no_audit,
         targets=targets,

@@ -8,8 +8,10 @@ each payment's scheduled time (``loadgen.generator.measure``). The tick is part 
 measured: a payment waits up to one tick in the operator's outbox, and that wait is in its latency.
 
 Transfers come from a pool generated before the run (``Workload.batch`` is too slow to call in the
-measured region) and replayed with fresh ids; every other pass swaps payer and payee so the
-replayed stream keeps balances near their seeded distribution (see ``loadgen.generator.workload.BatchPool``).
+measured region) from the scenario's workload (``LoadConfig.workload``), and replayed with fresh
+ids; every other pass swaps payer and payee so the replayed stream keeps balances near their
+seeded distribution, and each pass plants the behaviours its own ids carry, so their labels hold
+in every pass (``loadgen.generator.workload.ReplayPool``).
 Record timestamps follow the workload's simulated business clock, derived from the schedule, so
 all gateways share one simulated clock; the wall-clock schedule stays on the generator side.
 
@@ -41,7 +43,7 @@ from loadgen.generator.measure import Measurement
 from loadgen.generator.ramp import parse_ramp, ramp_schedule
 from loadgen.generator.schedule import Arrival, gateway_schedule
 from loadgen.generator.signed_pool import SignedPool, SignedPoolParams, signed_pool
-from loadgen.generator.workload import DEFAULT_SEED, Workload, WorkloadConfig, confine_payers
+from loadgen.generator.workload import DEFAULT_SEED, ReplayPool, ScenarioWorkload, Workload, WorkloadConfig
 
 #: Stop writing to a connection whose unsent bytes exceed this (the server is not reading): the
 #: due transfers stay due, get sent late and show up as generator lag and latency.
@@ -81,6 +83,9 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: ``--ramp FROM:TO:DURATION[,...]`` (``loadgen.generator.ramp``): the rate along stages from the
     #: start, then holding the last stage's end rate; "" = ``rate_tps`` throughout.
     ramp: str = ""
+    #: What the scenario fixes about the payments (its ``[workload]``, the hooks' list and caps):
+    #: every gateway generates ``workload.config(accounts=<the server's>, seed=seed)``.
+    workload: ScenarioWorkload = ScenarioWorkload()
 
     def __post_init__(self) -> None:
         if self.rate_tps <= 0 or self.seconds <= 0:
@@ -291,7 +296,7 @@ class Gateway:
         self.failure: str | None = None
         self.replies: dict[int, asyncio.Future[Any]] = {}
         self.batch_max = config.batch_max
-        self._pools: tuple[np.ndarray, np.ndarray] | None = None
+        self._replay: ReplayPool | None = None
         self._signed: SignedPool | None = None
         self._sim_start_ns = 0
         self._sim_speed = 0.0
@@ -332,23 +337,11 @@ class Gateway:
         if c.signed:
             self._prepare_signed(accounts, payer_range)
             return
-        workload = Workload(WorkloadConfig(accounts=accounts, seed=c.seed), stream=1 + self.operator)
+        workload = Workload(self.workload_config(accounts), stream=1 + self.operator)
         # In chunks: the workload re-sends recent ids (duplicates) only from its second batch on.
-        chunk = 1024
-        forward = np.concatenate(
-            [
-                workload.batch(
-                    min(chunk, c.pool - first), first_id=first, operator=self.operator, payer_range=payer_range
-                )
-                for first in range(0, c.pool, chunk)
-            ]
+        self._replay = ReplayPool(
+            workload, c.pool, chunk=1024, operator=self.operator, first_id=self.id_base, payer_range=payer_range
         )
-        forward["transfer_id"] += self.id_base
-        reverse = forward.copy()
-        reverse["payer"], reverse["payee"] = forward["payee"], forward["payer"]
-        if payer_range is not None:  # the former payees may belong to other operators
-            confine_payers(reverse, payer_range, accounts)
-        self._pools = (forward, reverse)
         # A server that already took ids from this operator (an earlier load phase) continues
         # its simulated clock where that phase left it, about operators * ids payments later:
         # a clock that jumped back would keep yesterday's daily wallet totals for today.
@@ -363,7 +356,7 @@ class Gateway:
         signed pool is never replayed); the workload's own timestamps stand."""
         n = max(len(self.schedule), 1)
         params = SignedPoolParams(
-            workload=WorkloadConfig(accounts=accounts, seed=self.config.seed),
+            workload=self.workload_config(accounts),
             batches=-(-n // SIGNED_POOL_BATCH),
             batch_size=SIGNED_POOL_BATCH,
             operator=self.operator,
@@ -372,14 +365,17 @@ class Gateway:
             stream=1 + self.operator,
         )
         self._signed = signed_pool(params)
-        self._pools = (self._signed.records, self._signed.records)
+
+    def workload_config(self, accounts: int) -> WorkloadConfig:
+        """The workload this gateway generates for a server of ``accounts`` accounts."""
+        return self.config.workload.config(accounts=accounts, seed=self.config.seed)
 
     # ---- hot path ----------------------------------------------------------------------------
 
     def send_due(self, now_ns: int) -> None:
         """Send every transfer scheduled at or before ``now_ns`` (monotonic)."""
         transport = self.transport
-        if transport is None or self.closed or self._pools is None:
+        if transport is None or self.closed or (self._replay is None and self._signed is None):
             return
         rel = now_ns - self.start_ns
         end = int(np.searchsorted(self.schedule, rel, side="right"))
@@ -399,11 +395,9 @@ class Gateway:
                 )
                 self._sent(transport, frame, a, b)
                 continue
-            passes, offset = divmod(a, pool_n)
-            b = min(end, a + self.batch_max, a + pool_n - offset)
-            records = self._pools[passes & 1][offset : offset + (b - a)].copy()
-            if passes:
-                records["transfer_id"] += passes * pool_n
+            assert self._replay is not None
+            b = min(end, a + self.batch_max, a + pool_n - a % pool_n)  # a frame stays within one pass
+            records = self._replay.take(a, b - a)
             records["timestamp_ns"] = self._sim_start_ns + (self.schedule[a:b] * self._sim_speed).astype(np.int64)
             self._sent(transport, self.codec.frame(wire.Submit(seq=self.seq, transfers=records.tobytes())), a, b)
 

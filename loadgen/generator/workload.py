@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from engine.behaviours import BehaviourConfig, Planter
+from engine.behaviours import BehaviourConfig, Planter, labels, planted_ids
 from engine.categories import DEFAULT_MIX
 from engine.clock import CLOCK_START_NS
 from engine.hashing import SeededSelection
@@ -51,7 +51,16 @@ from engine.records import MAX_TRANSFER_FEN, TRANSFER_DTYPE
 if TYPE_CHECKING:
     from engine.profiles import Scenario
 
-__all__ = ["DEFAULT_SEED", "BatchPool", "Workload", "WorkloadConfig", "confine_payers", "scenario_workload"]
+__all__ = [
+    "DEFAULT_SEED",
+    "BatchPool",
+    "ReplayPool",
+    "ScenarioWorkload",
+    "Workload",
+    "WorkloadConfig",
+    "confine_payers",
+    "scenario_workload",
+]
 
 
 class WorkloadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -203,12 +212,15 @@ class Workload:
         operator: int = 0,
         timestamp_ns: np.ndarray | int | None = None,
         payer_range: tuple[int, int] | None = None,
+        plant: bool = True,
     ) -> np.ndarray:
         """The next ``n`` transfers, ids ``first_id..first_id+n-1`` except for duplicates.
 
         Timestamps default to the simulated clock at payment index ``first_id``. ``payer_range``
         (lo, hi) draws payers only from accounts ``lo..hi-1``: the accounts the operator owns
-        when the server enforces ownership (``Welcome.owned_from``/``owned_to``).
+        when the server enforces ownership (``Welcome.owned_from``/``owned_to``). ``plant=False``
+        leaves the rows whose ids carry a label with their ordinary payment (the stream is
+        otherwise the same, draw for draw: planting draws nothing), for ``ReplayPool``.
         """
         c, persons = self.config, self.persons
         pc = c.persons
@@ -237,8 +249,8 @@ class Workload:
         b["device_id"] = self._devices(payer)
         b["location_cell"] = self._places(payer)
 
-        labels = self.planter.plant(b, payer_range)
-        ordinary = labels == 0
+        label = self.planter.plant(b, payer_range) if plant else labels(c.behaviours, c.seed, ids)
+        ordinary = label == 0
         bad = np.flatnonzero((rng.random(n) < c.invalid_fraction) & ordinary)
         kind = rng.integers(0, 4, len(bad))
         b["amount_fen"][bad[kind == 0]] = 0
@@ -285,15 +297,44 @@ class Workload:
         return cell
 
 
+class ScenarioWorkload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a scenario fixes about the generated payments, besides the accounts and the seed.
+
+    Its ``[workload]`` table (persons, planted behaviours), and the blacklist and wallet caps its
+    hooks enforce (planted blacklist contacts and structuring follow what the server enforces).
+    Every command that generates payments for a scenario (``engine``, ``run``, ``load``,
+    ``compare``) builds its ``WorkloadConfig`` from this, so one scenario gives one stream; the
+    load config carries it to every gateway process, and result files record it.
+    """
+
+    persons: PersonsConfig = PersonsConfig()
+    behaviours: BehaviourConfig = BehaviourConfig()
+    blacklist: BlacklistConfig = BlacklistConfig()
+    wallet_limits: WalletLimitsConfig = WalletLimitsConfig()
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> ScenarioWorkload:
+        return cls(
+            persons=scenario.workload.persons,
+            behaviours=scenario.workload.behaviours,
+            blacklist=scenario.hooks.blacklist,
+            wallet_limits=scenario.hooks.wallet_limits,
+        )
+
+    def config(self, **fields: Any) -> WorkloadConfig:
+        """The workload config of these settings and ``fields`` (``accounts``, ``seed``...)."""
+        return WorkloadConfig(
+            persons=self.persons,
+            behaviours=self.behaviours,
+            blacklist=self.blacklist,
+            wallet_limits=self.wallet_limits,
+            **fields,
+        )
+
+
 def scenario_workload(scenario: Scenario, **fields: Any) -> WorkloadConfig:
     """A workload config with the scenario's ``[workload]`` people and the hooks' list and caps."""
-    return WorkloadConfig(
-        persons=scenario.workload.persons,
-        behaviours=scenario.workload.behaviours,
-        blacklist=scenario.hooks.blacklist,
-        wallet_limits=scenario.hooks.wallet_limits,
-        **fields,
-    )
+    return ScenarioWorkload.of(scenario).config(**fields)
 
 
 def fold_accounts(account: np.ndarray, payer_range: tuple[int, int], accounts: int) -> np.ndarray:
@@ -316,14 +357,134 @@ def confine_payers(batch: np.ndarray, payer_range: tuple[int, int], accounts: in
     batch["payer"] = payer
 
 
-class BatchPool:
-    """A fixed set of pre-generated batches replayed as an endless stream with fresh ids.
+class ReplayPool:
+    """A pool of generated payments replayed as an endless stream; every pass planted by its own ids.
 
-    Generating a batch costs far more than applying it, so benchmarks generate a pool up front
-    and replay it. Each pass advances ids and simulated time by the pool's length, and every
-    other pass swaps payer and payee: replaying the same payments one way would drain the same
-    payers pass after pass, which no real stream does; reversing them keeps balances near their
-    seeded distribution however long the run.
+    Generating a payment costs far more than applying or sending it, so benchmarks and gateways
+    generate a pool up front and replay it. Stream position ``i`` is row ``i % size`` of pass
+    ``i // size``; pass ``p`` carries the pool's ids and simulated times advanced by ``p`` pools,
+    and every other pass swaps payer and payee: replaying the same payments one way would drain
+    the same payers pass after pass, which no real stream does; reversing them keeps balances near
+    their seeded distribution however long the run. With ``payer_range`` (an operator debits only
+    its own accounts) a reversed payer is folded into the range, and later forward passes pay that
+    folded account, so the pairs still cancel (the replay before issue 16 did the same in place).
+
+    Planted behaviours follow the ids, not the rows. The pool holds every row's *ordinary* payment
+    (``Workload.batch(plant=False)``); once per pass, the rows whose ids carry a label in that pass
+    (``planted_ids``: per slot, not per id) are planted from those ids and laid over the rows as
+    they are taken. So ``engine.behaviours.labels(behaviours, seed, id)`` is the truth for every id
+    the stream sends, in every pass, and pass 0 is exactly what ``Workload.batch`` generates in
+    chunks of ``chunk`` from ``first_id``. A planted payment is never reversed (a structurer does
+    not turn into the payee), and a row planted in one pass is an ordinary payment in the next. A
+    duplicate row whose re-sent id is planted in a later pass carries that same planted payment
+    (planting is a function of the id), so a label still describes every payment sent under its id.
+
+    Limit: an ordinary payment's payer was chosen for the simulated time the pool was generated at
+    (pass 0's timestamps); later passes, and gateways that re-time frames to their schedule, send
+    it at other times, so "pays near their usual time" holds for the engine's first pass only
+    (places, devices and favourites hold in every pass).
+    """
+
+    def __init__(
+        self,
+        workload: Workload,
+        size: int,
+        *,
+        chunk: int = 1024,
+        operator: int = 0,
+        first_id: int = 0,
+        payer_range: tuple[int, int] | None = None,
+    ) -> None:
+        if size < 1 or chunk < 1:
+            raise ValueError("a replay pool needs at least one transfer, generated in chunks of at least one")
+        self.workload = workload
+        self.size = size
+        self.first_id = first_id
+        self._payer_range = payer_range
+        forward = np.concatenate(
+            [
+                workload.batch(
+                    min(chunk, size - at),
+                    first_id=first_id + at,
+                    operator=operator,
+                    payer_range=payer_range,
+                    plant=False,
+                )
+                for at in range(0, size, chunk)
+            ]
+        )
+        reverse = _swapped(forward, payer_range, workload.config.accounts)
+        # With a payer range, a reversed payment's payer is its payee folded into the range: from
+        # pass 2 on, the forward payments pay that folded account, so each pair pays back and forth
+        # exactly (paying the original payee would drain the folded one, pass after pass).
+        again = forward if payer_range is None else _swapped(reverse, payer_range, workload.config.accounts)
+        self._ordinary = (forward, reverse, again)
+        # Duplicates: rows that re-send an earlier id instead of carrying first_id + row.
+        self._resent = np.flatnonzero(forward["transfer_id"] != first_id + np.arange(size))
+        self._time_step_ns = int(size * workload.ns_per_payment)
+        self._pass = -1
+        self._rows = np.zeros(0, dtype=np.int64)
+        self._planted = forward[:0]
+        #: Passes the stream has reached (``touched_accounts`` covers them).
+        self.passes = 0
+
+    def take(self, position: int, n: int) -> np.ndarray:
+        """Stream positions ``position..position+n-1``, within one pass: a new array."""
+        p, row = divmod(position, self.size)
+        if n < 0 or row + n > self.size:
+            raise ValueError(f"positions {position}..{position + n - 1} cross the end of a pass of {self.size}")
+        if p != self._pass:
+            self._rows, self._planted = self._plant_pass(p)
+            self._pass, self.passes = p, max(self.passes, p + 1)
+        out = self._ordinary_of(p)[row : row + n].copy()
+        if p:
+            out["transfer_id"] += p * self.size
+            out["timestamp_ns"] += p * self._time_step_ns
+        lo, hi = np.searchsorted(self._rows, (row, row + n))
+        out[self._rows[lo:hi] - row] = self._planted[lo:hi]
+        return out
+
+    def _ordinary_of(self, p: int) -> np.ndarray:
+        """The ordinary payments of pass ``p``: as generated, reversed (odd), or forward again."""
+        return self._ordinary[0 if p == 0 else 2 - (p & 1)]
+
+    def _plant_pass(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, their planted records) of pass ``p``: the rows whose pass-``p`` ids carry a label."""
+        c, shift = self.workload.config, p * self.size
+        base = self.first_id + shift
+        ids, _ = planted_ids(c.behaviours, c.seed, base, base + self.size)
+        rows = ids - base
+        rows = rows[~np.isin(rows, self._resent)]  # a duplicate there carries another id
+        resent_ids = self._ordinary[0]["transfer_id"][self._resent] + shift
+        rows = np.union1d(rows, self._resent[labels(c.behaviours, c.seed, resent_ids) != 0])
+        planted = self._ordinary_of(p)[rows]  # fancy indexing: a copy
+        planted["transfer_id"] += shift
+        planted["timestamp_ns"] += p * self._time_step_ns
+        self.workload.planter.plant(planted, self._payer_range)
+        return rows, planted
+
+    def touched_accounts(self) -> np.ndarray:
+        """Every account the stream has named so far (payers and payees, bad ids included; sorted)."""
+        named = [r[k] for r in self._ordinary for k in ("payer", "payee")]
+        named += [r[k] for p in range(self.passes) for r in self._plant_pass(p)[1:] for k in ("payer", "payee")]
+        return np.unique(np.concatenate(named))
+
+
+def _swapped(records: np.ndarray, payer_range: tuple[int, int] | None, accounts: int) -> np.ndarray:
+    """A copy of ``records`` with payer and payee swapped (payers folded into ``payer_range``)."""
+    out = records.copy()
+    out["payer"], out["payee"] = records["payee"], records["payer"]
+    if payer_range is not None:  # the former payees may belong to other operators
+        confine_payers(out, payer_range, accounts)
+    return out
+
+
+class BatchPool:
+    """A ``ReplayPool`` of ``batches`` x ``batch_size`` transfers, taken a batch at a time.
+
+    Pass 0 is ``batches`` calls of ``Workload.batch(batch_size)``; later passes replay it as
+    ``ReplayPool`` says (fresh ids and times, payer and payee swapped every other pass, planted
+    behaviours placed by each pass's ids).
     """
 
     def __init__(
@@ -338,25 +499,23 @@ class BatchPool:
     ) -> None:
         if batches < 1 or batch_size < 1:
             raise ValueError("a batch pool needs at least one batch of at least one transfer")
-        self.batches = [
-            workload.batch(batch_size, first_id=first_id + i * batch_size, operator=operator, payer_range=payer_range)
-            for i in range(batches)
-        ]
-        self._payer_range = payer_range
-        self._accounts = workload.config.accounts
-        self._id_step = batches * batch_size
-        self._time_step = int(self._id_step * workload.ns_per_payment)
+        self.pool = ReplayPool(
+            workload,
+            batches * batch_size,
+            chunk=batch_size,
+            operator=operator,
+            first_id=first_id,
+            payer_range=payer_range,
+        )
+        self.batch_size = batch_size
         self._next = 0
 
     def next(self) -> np.ndarray:
-        """The next batch of the stream (the pool's own array, modified in place on reuse)."""
-        i = self._next
+        """The next batch of the stream (a new array)."""
+        b = self.pool.take(self._next * self.batch_size, self.batch_size)
         self._next += 1
-        b = self.batches[i % len(self.batches)]
-        if i >= len(self.batches):
-            b["transfer_id"] += self._id_step
-            b["timestamp_ns"] += self._time_step
-            b["payer"], b["payee"] = b["payee"].copy(), b["payer"].copy()
-            if self._payer_range is not None:  # the former payee may belong to another operator
-                confine_payers(b, self._payer_range, self._accounts)
         return b
+
+    def touched_accounts(self) -> np.ndarray:
+        """Every account the batches so far named (``ReplayPool.touched_accounts``)."""
+        return self.pool.touched_accounts()

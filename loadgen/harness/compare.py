@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from engine.profiles import CompareSettings, load_scenario, trove_needed
 from engine.server.config import SIGNED_PROFILES
 from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
-from loadgen.generator.workload import DEFAULT_SEED
+from loadgen.generator.workload import DEFAULT_SEED, ScenarioWorkload
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.calibration import cpu_calibration
 from loadgen.harness.measured import run_measure
@@ -301,6 +301,7 @@ class Session:
             processes=p.processes,
             drain=p.drain_s,
             seed=self.seed,
+            workload=ScenarioWorkload.of(load_scenario(self.scenario)),
         )
         return run_measure(
             config,

@@ -194,9 +194,6 @@ def _engine_size(
     build = SizeBuild(accounts, time.perf_counter() - started, peak_rss_bytes())
     log(f"{accounts:,} accounts: population built in {build.population_build_seconds:.1f} s")
     stream = BatchPool(workload, settings.pool, settings.batch)
-    # Every account any trial can touch: the pool's batches are replayed, reversed every other pass.
-    touched = np.unique(np.concatenate([np.concatenate([b["payer"], b["payee"]]) for b in stream.batches]))
-    touched = touched[touched < accounts]
     trials = []
     for profile in settings.profiles:
         for trial in range(1, settings.trials + 1):
@@ -230,7 +227,9 @@ def _engine_size(
             )
             log(f"  engine {profile} trial {trial}: {r.transfers_per_s:,.0f}/s (hooks built in {hooks_s:.1f} s)")
             del ledger
-            workload.population.reset_accounts(balance, bits, touched)
+            # Every account the stream named so far (each pass plants behaviours by other people).
+            touched = stream.touched_accounts()
+            workload.population.reset_accounts(balance, bits, touched[touched < accounts])
     return build, trials
 
 

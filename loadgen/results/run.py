@@ -26,6 +26,7 @@ from engine.profiles import CompareSettings, default_scenario_text, load_scenari
 from loadgen.generator.gateway import LoadConfig
 from loadgen.generator.histogram import REPORT_PERCENTILES, Histogram
 from loadgen.generator.measure import Measurement
+from loadgen.generator.workload import ScenarioWorkload
 from loadgen.results.drift import MinuteLatency, stored_drift
 from loadgen.results.environment import Environment
 from loadgen.results.state import StateFootprint
@@ -48,7 +49,9 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:       risk_model_sha256 (issue 18); the inputs of ``cbdc-bench plan`` (issue 21):
 #:       server.tier_cpu_s and tier_workers, traffic.trove_per_payment, state (``loadgen.results.state``);
 #:       cpu_ns_per_payment (issue 18: CPU per payment by tier, ``loadgen.harness.cpu_split``);
-#:       drift, the p99 per measured minute of runs of two minutes or more (issue 20, ``loadgen.results.drift``).
+#:       drift, the p99 per measured minute of runs of two minutes or more (issue 20, ``loadgen.results.drift``);
+#:       load.workload (issue 16: the scenario's workload the gateways generated; absent: the defaults,
+#:       which is what gateways generated before it), and settings.workload holds the same.
 SCHEMA_VERSION = 2
 
 
@@ -273,7 +276,9 @@ class RunSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What the run was configured with, resolved: enough to run it again from the file alone.
 
     ``hooks`` are the profile's hooks in order and ``hook_params`` each one's parameters as the
-    scenario resolved them (defaults filled in); ``workload`` the scenario's ``[workload]``;
+    scenario resolved them (defaults filled in); ``workload`` what the gateways generated from
+    (``LoadConfig.workload``: the scenario's ``[workload]`` and the blacklist and caps the planted
+    behaviours follow);
     ``targets`` what the verdict judged against; ``server_args`` the ``serve`` arguments when
     cbdc-bench started the server (empty for ``load``: the server was started by someone else,
     and ``source`` says where the settings come from).
@@ -485,7 +490,12 @@ def build_result(
         audit=audit,
         failures=failures,
         settings=resolved_settings(
-            profile, scenario, targets, server_args=server_args, started=kind != "load" and not echo
+            profile,
+            scenario,
+            targets,
+            workload=config.workload,
+            server_args=server_args,
+            started=kind != "load" and not echo,
         ),
         traffic=Traffic(
             wire_sent_bytes=m.bytes_sent,
@@ -551,6 +561,7 @@ def resolved_settings(
     scenario: str | None,
     targets: CompareSettings,
     *,
+    workload: ScenarioWorkload | None = None,
     server_args: tuple[str, ...] = (),
     started: bool = True,
 ) -> RunSettings:
@@ -559,6 +570,7 @@ def resolved_settings(
     For ``load`` (``started`` False) the scenario is the one ``load`` was given; the server may
     have been started with another, which ``source`` says. A profile the scenario does not
     define (a server started with a user's scenario) is recorded with no hooks, and said so.
+    ``workload``: what the gateways generated from (None: the scenario's, as ``engine`` takes it).
     """
     path = Path(scenario) if scenario else None
     data = path.read_bytes() if path is not None and path.is_file() else b""
@@ -569,10 +581,11 @@ def resolved_settings(
     )
     try:
         parsed = load_scenario(scenario)
+        ran = _plain(workload or ScenarioWorkload.of(parsed))
         hooks = list(profile_hooks(profile, parsed))
     except ValueError as exc:
         return RunSettings(
-            profile=profile, hooks=[], hook_params={}, workload={}, targets=targets,
+            profile=profile, hooks=[], hook_params={}, workload=_plain(workload) if workload else {}, targets=targets,
             scenario_sha256=hashlib.sha256(data).hexdigest() if data else "",
             server_args=list(server_args), source=f"{source}; not resolved: {exc}",
         )  # fmt: skip
@@ -581,7 +594,7 @@ def resolved_settings(
         profile=profile,
         hooks=hooks,
         hook_params={spec: _plain(parsed.hooks.params(spec)) for spec in hooks},
-        workload=_plain(parsed.workload),
+        workload=ran,
         targets=targets,
         scenario_sha256=hashlib.sha256(data).hexdigest(),
         server_args=list(server_args),

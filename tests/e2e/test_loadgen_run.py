@@ -6,23 +6,34 @@ import hashlib
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from engine.population import POPULATION_VERSION
+from engine.profiles import load_scenario
 from engine.records import TRANSFER_DTYPE
 from loadgen.cli.main import main
+from loadgen.generator.workload import ScenarioWorkload
 from loadgen.harness.calibration import CALIBRATION_ACCOUNTS
 from loadgen.harness.server import ServerProcess, ServerStartError, running_server, server_arguments
-from loadgen.results.run import load
+from loadgen.results.run import RunResult, load
 from tests.support.servers import scenario_with_slo
 
 pytestmark = pytest.mark.slow
+#: A non-default [workload] setting the result file must show the gateways ran with.
+FEW_CITIES = (("cities = 4096", "cities = 64"),)
+
+
+def _assert_ran_the_scenarios_workload(result: RunResult, scenario: str) -> None:
+    ran = ScenarioWorkload.of(load_scenario(scenario))
+    assert ran.persons.cities == 64 and result.load.workload == ran and result.scenario == scenario
+    assert result.settings is not None and result.settings.workload == msgspec.json.decode(msgspec.json.encode(ran))
 
 
 def test_run_starts_a_server_measures_audits_and_writes_a_result(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    scenario = scenario_with_slo(tmp_path, "2000.0")
+    scenario = scenario_with_slo(tmp_path, "2000.0", edits=FEW_CITIES)
     argv = ["run", "--scenario", scenario, "--accounts", "20000", "--rate", "4k"]
     argv += ["--seconds", "1.5s", "--warmup", "500ms", "--journal", str(tmp_path / "journal"), "--fsync", "off"]
     argv += ["--drain", "3", "--out", str(tmp_path), "--json"]
@@ -61,6 +72,8 @@ def test_run_starts_a_server_measures_audits_and_writes_a_result(
     assert settings is not None and settings.profile == "baseline" and settings.targets.slo_p99_ms == 2000.0
     assert settings.scenario_sha256 == hashlib.sha256(Path(scenario).read_bytes()).hexdigest()
     assert "--accounts" in settings.server_args and "20000" in settings.server_args
+    # Issue 16: the gateways generated the scenario's [workload], and the file says so.
+    _assert_ran_the_scenarios_workload(result, scenario)
 
 
 def test_a_run_that_misses_the_scenarios_slo_says_so_and_exits_non_zero(
@@ -114,7 +127,8 @@ def test_load_judges_against_its_scenarios_targets(tmp_path: Path, capsys: pytes
     """``load --scenario``: the same verdict and exit status as ``run``, against a running server."""
     args = server_arguments(profile="baseline", accounts=5000, seed=1, operators=2)
     with running_server(args, accounts=5000) as server:
-        argv = ["load", "--target", f"127.0.0.1:{server.port}", "--scenario", scenario_with_slo(tmp_path, "0.000001")]
+        scenario = scenario_with_slo(tmp_path, "0.000001", edits=FEW_CITIES)
+        argv = ["load", "--target", f"127.0.0.1:{server.port}", "--scenario", scenario]
         argv += [
             "--rate",
             "2000",
@@ -132,3 +146,4 @@ def test_load_judges_against_its_scenarios_targets(tmp_path: Path, capsys: pytes
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == summary["exit_status"] in (3, 4), summary
     assert "> SLO 1e-06 ms" in summary["verdict"]
+    _assert_ran_the_scenarios_workload(load(summary["result_file"]), scenario)

@@ -30,6 +30,8 @@ from engine.journal import (
     upgrade_v1,
 )
 from engine.ledger import FLAG_FROZEN, Ledger
+from engine.population import POPULATION_VERSION, Population
+from engine.server.config import ServerConfig
 from loadgen.generator.workload import BatchPool, Workload, WorkloadConfig
 from tests.support.oracle import v1_entry
 
@@ -328,3 +330,45 @@ def test_reserved_kinds_are_skipped_so_later_issues_need_no_format_change(tmp_pa
     ops: list[AdminEntry] = []
     rec = recover(path, lambda b, c: b, ops.append)
     assert [e.accounts for e in ops] == [[1], [2]] and rec.truncated_bytes == 0
+
+
+def test_population_refusal_names_the_journal_both_versions_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal replays only into the seeded state it was written on (issue 16)."""
+    path = tmp_path / "j"
+    server = ServerConfig(accounts=5_000, seed=3).journal_header()
+    assert server.population_version == POPULATION_VERSION and len(server.population_sha256) == 64
+    assert server.population_refusal(server, path) is None
+
+    older = msgspec.structs.replace(server, population_version=POPULATION_VERSION - 1)
+    why = older.population_refusal(server, path)
+    assert why is not None and f"journal {path} was written on population version {POPULATION_VERSION - 1}" in why
+    assert f"this server builds population version {POPULATION_VERSION}" in why
+    assert "give --journal a new path" in why and "Nothing was replayed" in why
+    assert older.differences(server)  # a snapshot taken on it is refused too
+
+    # A header from before the fields existed decodes (defaults) and is refused: 1 or 2, unknown.
+    fields = {k: v for k, v in msgspec.structs.asdict(server).items() if not k.startswith("population")}
+    unrecorded = msgspec.msgpack.decode(msgspec.msgpack.encode(fields), type=JournalHeader)
+    why = unrecorded.population_refusal(server, path)
+    assert why is not None and "records no population version" in why and str(path) in why
+
+    # Same version, other sampled state: the rule changed without a new version.
+    drifted = msgspec.structs.replace(server, population_sha256="0" * 64)
+    assert "changed without a new version" in (drifted.population_refusal(server, path) or "")
+    # Another seed has another digest; ``differences`` names the seed, not the population.
+    other_seed = ServerConfig(accounts=5_000, seed=4).journal_header()
+    assert other_seed.population_refusal(server, path) is None and other_seed.differences(server) == [
+        "seed: journal 4, this server 3"
+    ]
+
+    # The digest sees a change of the starting state that nobody versioned.
+    real = Population._initial_of
+
+    def richer(self: Population, accounts: np.ndarray, draws: object) -> tuple[np.ndarray, np.ndarray]:
+        fen, bits = real(self, accounts, draws)  # type: ignore[arg-type]
+        return fen + 1, bits
+
+    monkeypatch.setattr(Population, "_initial_of", richer)
+    assert ServerConfig(accounts=5_000, seed=3).journal_header().population_sha256 != server.population_sha256

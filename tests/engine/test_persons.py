@@ -23,7 +23,7 @@ from engine.hooks.blacklist import Blacklist, BlacklistConfig
 from engine.ledger import FLAG_BLACKLISTED, Ledger
 from engine.persons import Persons, PersonsConfig, minute_of_day, minutes_apart
 from engine.profiles import load_scenario
-from loadgen.generator.workload import Workload, WorkloadConfig
+from loadgen.generator.workload import ReplayPool, Workload, WorkloadConfig
 
 SEED = 20_261_203
 ACCOUNTS = 40_000
@@ -230,3 +230,55 @@ def test_scenario_workload_defaults_and_errors(tmp_path: object) -> None:
         Workload(WorkloadConfig(accounts=1_000, blacklist=BlacklistConfig(listed_fraction=0)))
     with pytest.raises(msgspec.ValidationError, match=r"\$\.workload\.persons"):
         msgspec.toml.decode(b"profiles = {a = []}\n[workload.persons]\nhome_share = 2.0\n", type=type(load_scenario()))
+
+
+@pytest.mark.parametrize("payer_range", [None, (10_000, 20_000)])
+def test_labels_hold_in_every_pass_of_a_replayed_pool(payer_range: tuple[int, int] | None) -> None:
+    """A replayed pool plants each pass by its own ids: (seed, transfer id) is the truth in every pass."""
+    rates = BehaviourConfig(
+        slot_payments=128,
+        **{b.name.lower(): Planted(0.004, p.payments) for b, p in BehaviourConfig().planted()},  # type: ignore[arg-type]
+    )
+    config = WorkloadConfig(accounts=ACCOUNTS, seed=SEED, behaviours=rates, duplicate_fraction=0.01)
+    size, first_id = 3_000, 500  # a pass is not a whole number of slots
+    pool = ReplayPool(Workload(config), size, chunk=700, first_id=first_id, payer_range=payer_range)
+    reference = Workload(config)  # pass 0 is exactly the workload's own batches
+    pass0 = [
+        reference.batch(min(700, size - a), first_id=first_id + a, payer_range=payer_range) for a in range(0, size, 700)
+    ]
+    stream = np.concatenate(
+        [pool.take(p * size + a, min(450, size - a)) for p in range(4) for a in range(0, size, 450)]
+    )
+    assert len(stream) == 4 * size
+    np.testing.assert_array_equal(stream[:size], np.concatenate(pass0))
+    label = labels(rates, SEED, stream["transfer_id"])
+    planter = Workload(config).planter
+    for p in range(4):
+        part, part_label = stream[p * size : (p + 1) * size], label[p * size : (p + 1) * size]
+        assert (part_label != 0).sum() > 0
+        # Every planted row is what planting its id gives; every ordinary row is the pool's own
+        # payment (payer and payee swapped on odd passes), never a planted one left from pass 0.
+        rows = part[part_label != 0]
+        np.testing.assert_array_equal(rows, planter_rows(planter, rows, payer_range))
+        assert ((part["category"] == Category.GAMBLING) == (part_label == Behaviour.GAMBLING)).all()
+        if payer_range is not None:
+            assert ((part["payer"] >= payer_range[0]) & (part["payer"] < payer_range[1])).all()
+    assert (np.bincount(label, minlength=len(Behaviour)) > 0).all()  # every behaviour planted
+    # From pass 1 on, ordinary payments pay back and forth between the same two accounts (within an
+    # operator's range too), so replaying never drains one side.
+    for p in (1, 2):
+        a, b = stream[p * size : (p + 1) * size], stream[(p + 1) * size : (p + 2) * size]
+        both = (label[p * size : (p + 1) * size] == 0) & (label[(p + 1) * size : (p + 2) * size] == 0)
+        assert both.mean() > 0.9
+        np.testing.assert_array_equal(a["payer"][both], b["payee"][both])
+        np.testing.assert_array_equal(a["payee"][both], b["payer"][both])
+    # touched_accounts names every account the stream named (the scale harness resets them).
+    named = np.unique(np.concatenate([stream["payer"], stream["payee"]]))
+    assert np.isin(named, pool.touched_accounts()).all()
+
+
+def planter_rows(planter: object, rows: np.ndarray, payer_range: tuple[int, int] | None) -> np.ndarray:
+    """``rows`` planted again from their own ids (planting is a pure function of the id)."""
+    again = rows.copy()
+    planter.plant(again, payer_range)  # type: ignore[attr-defined]
+    return again

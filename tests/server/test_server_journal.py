@@ -16,8 +16,9 @@ from engine.codes import ResultCode
 from engine.hooks.audit_chain import AuditChain, AuditChainConfig, verify_chain
 from engine.hooks.base import Hook
 from engine.hooks.surveillance_log import LOG_DTYPE, SurveillanceLog, SurveillanceLogConfig
-from engine.journal import ENTRY_MARKER, MAGIC, MAGIC_V1, JournalDamaged, JournalLocked
+from engine.journal import ENTRY_MARKER, MAGIC, MAGIC_V1, JournalDamaged, JournalLocked, create
 from engine.ledger import FLAG_BLACKLISTED, FLAG_FROZEN
+from engine.population import POPULATION_VERSION
 from engine.server import Server, ServerConfig, ServerThread, build_ledger
 from engine.wire import Error, ErrorCode, Results
 from loadgen.generator.workload import Workload
@@ -114,6 +115,24 @@ def test_journal_of_another_ledger_is_refused(
     with pytest.raises(ValueError, match="built differently"):
         _run(start_server, journal, workload, **change)
     assert journal.stat().st_size == size  # untouched
+
+
+@pytest.mark.parametrize("recorded", [POPULATION_VERSION - 1, 0], ids=["older-population", "unrecorded"])
+def test_serve_refuses_a_journal_of_another_population_by_name(tmp_path: Path, recorded: int) -> None:
+    """Issue 16: the journal names its population; another one refuses the start, saying what to do."""
+    journal = tmp_path / "j"
+    config = ServerConfig(port=0, accounts=TEST_ACCOUNTS, seed=TEST_SEED, journal=str(journal))
+    create(journal, msgspec.structs.replace(config.journal_header(), population_version=recorded))
+    before = journal.read_bytes()
+    cmd = [sys.executable, "-m", "loadgen", "serve", "--port", "0", "--accounts", str(TEST_ACCOUNTS)]
+    cmd += ["--seed", str(TEST_SEED), "--journal", str(journal)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "listening" not in done.stdout
+    said = " ".join(done.stderr.split())
+    recorded_part = "records no population version" if recorded == 0 else f"population version {recorded};"
+    assert f"journal {journal}" in said and recorded_part in said, said
+    assert f"builds population version {POPULATION_VERSION}" in said and "--journal a new path" in said
+    assert journal.read_bytes() == before  # nothing replayed, nothing written
 
 
 def test_failed_journal_write_acknowledges_nothing(

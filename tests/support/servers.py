@@ -39,11 +39,13 @@ def assert_nothing_more(client: Client, wait_s: float = 0.2) -> None:
     raise AssertionError(f"unexpected {len(data)} more bytes from the server")
 
 
-def scenario_with_slo(tmp_path: Path, slo_p99_ms: str) -> str:
+def scenario_with_slo(tmp_path: Path, slo_p99_ms: str, edits: tuple[tuple[str, str], ...] = ()) -> str:
     """The shipped scenario with another p99 SLO: the verdict's plumbing is under test here, not
-    whether this (shared, loaded) machine meets 20 ms."""
+    whether this (shared, loaded) machine meets 20 ms. ``edits``: further (old, new) text replacements."""
     text = default_scenario_text().decode()
-    assert "slo_p99_ms = 20.0" in text
-    path = tmp_path / f"slo-{slo_p99_ms}.toml"
-    path.write_text(text.replace("slo_p99_ms = 20.0", f"slo_p99_ms = {slo_p99_ms}"))
+    for old, new in (("slo_p99_ms = 20.0", f"slo_p99_ms = {slo_p99_ms}"), *edits):
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / f"slo-{slo_p99_ms}-{len(edits)}.toml"
+    path.write_text(text)
     return str(path)
