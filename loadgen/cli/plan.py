@@ -81,6 +81,15 @@ def format_plan(c: CapacityPlan) -> str:
         f"capacity plan: profile {p.profile}, {r.rate_tps:,.0f} payments/s, {r.accounts:,} accounts, "
         f"{r.replicas} replicas, machines of {r.machine.cores} cores / {r.machine.memory_bytes / GIB:,.0f} GiB",
         "",
+        *(
+            [
+                f"CPU NOT PLANNED: {p.cpu_problem.what}; measure with `{p.cpu_problem.command}`. The cores below "
+                "charge every cost per payment: not a plan",
+                "",
+            ]
+            if p.cpu_problem
+            else []
+        ),
         f"{'tier':<22}{'cores':>8}  {'band':>15}  {'ns/payment':>10}  where",
     ]
     for t in p.tiers:
@@ -128,6 +137,7 @@ def format_plan(c: CapacityPlan) -> str:
             error += f" (the sequencer used at most {pr.peak_sequencer_cores:.2f} of its core in the fitted runs)"
         else:
             measured, error = "no measured maximum (cbdc-bench compare)", ""
+        error += f"; {pr.note}" if pr.note else ""
         lines.append(f"  {pr.profile:<14} predicted {predicted}; {measured} {error}".rstrip())
     lines += ["", "assumptions:", *(f"  - {a}" for a in c.assumptions)]
     if c.missing:

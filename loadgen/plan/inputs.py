@@ -42,7 +42,8 @@ from engine.profiles import CompareSettings
 from loadgen.generator.gateway import LoadConfig
 from loadgen.harness.engine_run import ENGINE_KIND, EngineResult
 from loadgen.results.compare import SUMMARY_KIND, CompareSummary, loads_summary, peek_kind
-from loadgen.results.run import ResultVersionError, RunResult, loads, resolved_settings, verdict_of
+from loadgen.results.run import ResultVersionError, RunResult, figures_of, loads, resolved_settings, verdict_of
+from loadgen.results.verdict import Kind
 
 #: Tiers that run on the sequencer's one core (besides one tier per hook, which also does); every
 #: other tier (validators, trove, inference, a hook's background) scales out.
@@ -114,6 +115,8 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     sustained: bool
     verdict: str  # the run's verdict label ("sustained", "not sustained", ...)
     p99_ms: float
+    #: The server kept up with what it was sent (``server_kept_up``): only such runs are fitted.
+    server_kept_up: bool = True
 
 
 class MeasuredMax(msgspec.Struct, frozen=True):
@@ -205,6 +208,7 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
     calibration = result.environment.calibration
     validators = validators_spec(settings.server_args, _workers(server.stats_end) | dict(server.tier_workers))
     verdict = verdict_of(result, settings.targets)
+    figures = figures_of(result)
     return RunCost(
         file=file,
         profile=result.summary.profile,
@@ -229,7 +233,35 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
         sustained=verdict.sustained,
         verdict=verdict.kind.label,
         p99_ms=result.summary.p99_ms,
+        server_kept_up=server_kept_up(
+            verdict.kind,
+            settled=figures.settled,
+            shed=figures.shed,
+            scheduled=figures.scheduled,
+            applied_tps=transfers / window_s,
+            scheduled_tps=result.summary.scheduled_tps or result.summary.offered_tps,
+            min_ratio=settings.targets.min_achieved_ratio,
+        ),
     )
+
+
+def server_kept_up(
+    kind: Kind, *, settled: int, shed: int, scheduled: int, applied_tps: float, scheduled_tps: float, min_ratio: float
+) -> bool:
+    """Whether the server kept up with what it was sent, so the run's CPU is the cost of its rate.
+
+    A sustained run did. A run that missed its targets with the generator on schedule (not
+    sustained) did not: its CPU is that of a saturated server, whose batches and queue are not
+    the ones the rate makes. A run where the generator fell behind may have missed only because
+    of the generator (both share the machine): the server kept up if it shed nothing, settled at
+    least ``min_ratio`` of what was scheduled, and its ledger applied at least ``min_ratio`` of
+    the scheduled rate inside the window (no backlog growing while the window ran).
+    """
+    if kind is Kind.SUSTAINED:
+        return True
+    if kind is not Kind.GENERATOR_BEHIND or scheduled <= 0:
+        return False
+    return shed == 0 and settled >= min_ratio * scheduled and applied_tps >= min_ratio * scheduled_tps
 
 
 def validators_spec(server_args: list[str], workers: dict[str, int]) -> str:

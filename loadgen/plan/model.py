@@ -129,6 +129,9 @@ class ProfilePlan(msgspec.Struct, frozen=True, kw_only=True):
     runs: int
     rates_tps: list[float]
     missing: list[Missing]
+    #: Why the CPU could not be planned (``fit_problem``): the cores, the sequencer's figures and
+    #: the machines are then not a plan, and every report shows this instead.
+    cpu_problem: Missing | None = None
 
 
 class Prediction(msgspec.Struct, frozen=True):
@@ -142,6 +145,11 @@ class Prediction(msgspec.Struct, frozen=True):
     #: The most of one core the sequencer's tiers used in any run of the profile: well below 1 at a
     #: measured maximum means that maximum was not the sequencer's CPU (latency on a busy machine).
     peak_sequencer_cores: float = 0.0
+    #: What the comparison means (``predict_max``): why there is no error, or where it comes from.
+    note: str = ""
+    #: The most CPU (server + generator, cores) the result files account for in a run the server
+    #: did not keep up with: how much of the machine a saturated run could be seen to use.
+    saturated_cores: float | None = None
 
 
 class CapacityPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -197,6 +205,43 @@ def fit_tier(tier: str, runs: Sequence[RunCost]) -> TierFit:
         spread_high=max(ratios, default=1.0),
         workers=max((r.workers.get(tier, 1) for r in runs), default=1),
     )
+
+
+def fitted_runs(runs: Sequence[RunCost]) -> list[RunCost]:
+    """The runs a fit may use: those where the server kept up (``RunCost.server_kept_up``).
+
+    A saturated server's CPU is not the cost of its offered rate (its batches, queue and shedding
+    are the saturation's), so a per-batch + per-payment fit through it means nothing.
+    """
+    return [r for r in runs if r.server_kept_up]
+
+
+def fit_problem(label: str, runs: Sequence[RunCost]) -> Missing | None:
+    """None when the server kept up at two or more rates; else what is missing and the run that measures it."""
+    kept = sorted({round(r.offered_tps) for r in fitted_runs(runs)})
+    if len(kept) >= 2 or not runs:
+        return None
+    dropped = sorted({round(r.offered_tps) for r in runs if not r.server_kept_up})
+    lowest = kept[0] if kept else min(round(r.offered_tps) for r in runs)
+    first = runs[0]
+    validators = max((r.workers.get("validators", 0) for r in runs), default=0)
+    command = (
+        f"cbdc-bench run --profile {first.profile}"
+        + (f" --validators {validators}" if validators else "")
+        + f" --rate {lowest // 2} --seconds 3 --warmup 2 --out DIR"
+    )
+    kept_text = ", ".join(f"{r:,}/s" for r in kept) or "none"
+    dropped_text = ", ".join(f"{r:,}/s" for r in dropped)
+    return Missing(
+        f"CPU per batch and per payment of {label}: the server kept up at {len(kept)} measured rate"
+        f"{'' if len(kept) == 1 else 's'} ({kept_text}; saturated at {dropped_text}), a fit needs two",
+        command,
+    )
+
+
+def total_cores(run: RunCost) -> float:
+    """All the CPU a run's result file accounts for, server tiers and generator, in cores."""
+    return sum(run.tier_ns_per_s.values()) / 1e9
 
 
 def fits(runs: Sequence[RunCost]) -> dict[str, TierFit]:
@@ -355,15 +400,20 @@ def scaled(runs: Sequence[RunCost], reference_tps: float) -> list[RunCost]:
 def plan_profile(
     profile: str, runs: Sequence[RunCost], states: Sequence[StateInput], request: PlanRequest
 ) -> ProfilePlan:
-    """The plan of one profile from its measured runs and state figures (``runs`` not empty)."""
-    usable = [r for r in runs if r.sustained] or list(runs)
+    """The plan of one profile from its measured runs and state figures (``runs`` not empty).
+
+    The CPU is fitted from the runs where the server kept up (``fitted_runs``); with fewer than two
+    such rates ``cpu_problem`` says what is missing, and the machines are not counted.
+    """
+    problem = fit_problem(profile, runs)
+    usable = fitted_runs(runs) or list(runs)
     tier_fits = {t: f for t, f in fits(usable).items() if t != GENERATOR}
     hooks = usable[-1].hooks
     label, profile = profile, usable[-1].profile
     rate = request.rate_tps
     batching = batch_model(usable, tier_fits, hooks)
     batches = batching.batches_per_s(rate)
-    missing: list[Missing] = []
+    missing: list[Missing] = [problem] if problem else []
     if any(r.signed for r in usable) and "validators" not in tier_fits:
         missing.append(Missing(
             "validators: CPU per signed payment (server.tier_cpu_s.validators, issue 19)",
@@ -441,7 +491,9 @@ def plan_profile(
         else None
     )
 
-    machines, note = _machines(tiers, memory, retention, request)
+    machines, note = (
+        _machines(tiers, memory, retention, request) if problem is None else (None, f"not planned: {problem.what}")
+    )
     return ProfilePlan(
         profile=label,
         tiers=tiers,
@@ -468,6 +520,7 @@ def plan_profile(
         runs=len(usable),
         rates_tps=sorted({round(r.offered_tps, 0) for r in usable}),
         missing=missing,
+        cpu_problem=problem,
     )
 
 
@@ -520,26 +573,57 @@ def _machines(
 
 
 def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[MeasuredMax]) -> Prediction:
-    """The maximum rate this machine sustains by the fit: the sequencer's core or all cores, whichever first."""
-    usable = [r for r in runs if r.sustained] or list(runs)
-    tier_fits = fits(usable)
-    hooks = usable[-1].hooks
+    """The maximum rate this machine sustains by the fit: the sequencer's core, or all its cores
+    (the server's tiers and the generator's CPU together: they share the machine), whichever first.
+
+    The error against a searched maximum is stated only where the two measure the same thing: a
+    search that stopped because the generator fell behind bounds the generator, not the server,
+    so there the note says the prediction is at least that bound (consistent) or, below it, the
+    error is a bound: the fit underestimates by at least that much.
+    """
+    measured = next((m for m in maxima if m.profile == profile), None)
+    hooks = runs[-1].hooks
+    peak = max(sequencer_cores(r, hooks) for r in runs)
+    saturated = max((total_cores(r) for r in runs if not r.server_kept_up), default=None)
+    problem = fit_problem(profile, runs)
+    if problem is not None:
+        return Prediction(
+            profile, None, "not predicted", measured, None, peak,
+            note=f"not predicted: {problem.what} (measure it: {problem.command})", saturated_cores=saturated,
+        )  # fmt: skip
+    usable = fitted_runs(runs)
+    tier_fits = fits(usable)  # the generator's CPU is a tier here: it shares this machine's cores
     cores = max(r.cores for r in usable)
     batching = batch_model(usable, tier_fits, hooks)
-    everything = list(tier_fits)  # the generator shares this machine's cores
     by_seq = batching.saturation_tps()
-    by_all = first_rate_reaching(cores * 1e9, _cost_fn(tier_fits, everything, batching))
-    options = [(v, w) for v, w in ((by_seq, "the sequencer's core"), (by_all, f"all {cores} cores")) if v is not None]
+    by_all = first_rate_reaching(cores * 1e9, _cost_fn(tier_fits, list(tier_fits), batching))
+    options = [
+        (v, w) for v, w in ((by_seq, "the sequencer's core"), (by_all, f"all {cores} cores: server + generator"))
+        if v is not None
+    ]  # fmt: skip
     predicted, limit = min(options) if options else (None, "nothing saturates")
-    measured = next((m for m in maxima if m.profile == profile), None)
-    # A search that sustained nothing (max 0) has no error to state: the plan shows its maximum only.
-    error = (
-        (predicted - measured.median_tps) / measured.median_tps
-        if predicted and measured and measured.median_tps > 0
-        else None
-    )
-    peak = max(sequencer_cores(r, hooks) for r in runs)
-    return Prediction(profile, predicted, limit, measured, error, peak)
+    error, note = None, ""
+    if predicted and measured and measured.median_tps > 0:
+        if measured.generator_limited and predicted >= measured.median_tps:
+            note = (
+                "no check: the search stopped where the generator fell behind, not the server; the prediction is "
+                "at least that (consistent)"
+            )
+        elif measured.generator_limited:  # the server sustained at least the measured maximum
+            error = (predicted - measured.median_tps) / measured.median_tps
+            note = (
+                "at least this low: the search stopped where the generator fell behind, so the server's own "
+                "maximum is at least the measured one (the fit underestimates)"
+            )
+        else:
+            error = (predicted - measured.median_tps) / measured.median_tps
+            if abs(error) > 0.25 and saturated is not None:
+                note = (
+                    f"the runs that saturated used only {saturated:.2f} of {cores} cores of CPU the result files "
+                    "account for (server + generator): the rest (kernel networking and disk, the processes' "
+                    "contention on the cores) is not measured, so a CPU budget of all the cores overshoots"
+                )
+    return Prediction(profile, predicted, limit, measured, error, peak, note=note, saturated_cores=saturated)
 
 
 def build_plan(inputs: Inputs, request: PlanRequest) -> CapacityPlan:
@@ -568,11 +652,9 @@ def build_plan(inputs: Inputs, request: PlanRequest) -> CapacityPlan:
         assumptions.append(f"profile {request.profile} planned as measured with {chosen} (the most validators)")
     plans = {p: plan_profile(p, rs, inputs.states, request) for p, rs in sorted(by_profile.items())}
     plan = plans[chosen]
-    deltas = [
-        _delta_line(plan, plans.get(_label_of(other, by_profile) or other), other)
-        for other in ("baseline", "signed")
-        if other != request.profile
-    ]
+    deltas = [] if request.profile == "baseline" else [_delta_line(plan, plans.get("baseline"), "baseline")]
+    if not request.profile.startswith("signed"):
+        deltas.append(_signed_delta(request.profile, plans, by_profile))
     predictions = [predict_max(p, rs, inputs.maxima) for p, rs in sorted(by_profile.items())]
     assumptions += _assumptions(plan, cpu, calibrations, request)
     return CapacityPlan(
@@ -596,9 +678,33 @@ def _label_of(profile: str, by_label: dict[str, list[RunCost]]) -> str | None:
     return max(variants, key=lambda v: max(r.workers.get("validators", 0) for r in by_label[v]), default=None)
 
 
-def _delta_line(plan: ProfilePlan, other: ProfilePlan | None, name: str) -> str:
+def _signed_delta(profile: str, plans: dict[str, ProfilePlan], by_label: dict[str, list[RunCost]]) -> str:
+    """What ``profile``'s hooks add over ``signed``: ``signed-<profile>`` minus ``signed``, both with
+    signatures checked by the same validators; said to be not given when either is not planned.
+
+    ``profile`` itself verifies no signature, so ``profile`` minus ``signed`` would subtract the
+    validators' CPU from the hooks' and mean nothing.
+    """
+    with_hooks = _label_of(f"signed-{profile}", by_label)
+    suffix = with_hooks[len(f"signed-{profile}") :] if with_hooks else ""
+    pair = [plans.get(with_hooks or ""), plans.get(f"signed{suffix}")]
+    if pair[0] is not None and pair[1] is not None and pair[0].cpu_problem is None and pair[1].cpu_problem is None:
+        title = f"what {profile}'s policy and surveillance add over signed ({pair[0].profile} minus {pair[1].profile})"
+        return _delta_line(pair[0], pair[1], "signed", title)
+    return (
+        f"what {profile}'s policy and surveillance add over signed: not given; it is signed-{profile} minus signed "
+        "with the same validators, each planned from runs at two or more rates the server kept up with "
+        f"(cbdc-bench compare --quick --profiles signed signed-{profile} --validators 2 --out DIR)"
+    )
+
+
+def _delta_line(plan: ProfilePlan, other: ProfilePlan | None, name: str, title: str = "") -> str:
+    title = title or f"what {plan.profile}'s policy and surveillance add over {name}"
     if other is None:
-        return f"over {name}: not measured (cbdc-bench compare --quick --profiles {name},{plan.profile} --out DIR)"
+        return f"{title}: not measured (cbdc-bench compare --quick --profiles {name} {plan.profile} --out DIR)"
+    problem = plan.cpu_problem or other.cpu_problem
+    if problem is not None:
+        return f"{title}: not given ({problem.what})"
     parts = [f"{plan.cores - other.cores:+,.1f} cores"]
     if plan.memory_bytes is not None and other.memory_bytes is not None:
         parts.append(f"{(plan.memory_bytes - other.memory_bytes) / GIB:+,.0f} GiB memory per replica")
@@ -607,7 +713,7 @@ def _delta_line(plan: ProfilePlan, other: ProfilePlan | None, name: str) -> str:
         parts.append(f"{(mine - theirs) * 365 / 1e12:+,.1f} TB disk per year per replica")
     else:
         parts.append("disk not comparable (a store is not measured: see missing inputs)")
-    return f"what {plan.profile}'s policy and surveillance add over {name}: " + ", ".join(parts)
+    return f"{title}: " + ", ".join(parts)
 
 
 def size_text(n: float | None, unit: str = "") -> str:

@@ -17,7 +17,10 @@ from loadgen.plan.model import CapacityPlan, ProfilePlan
 
 def plot_plan(plan: CapacityPlan, path: str | Path) -> Path:
     """Write the two-panel figure of ``plan`` (every profile measured) to ``path``."""
-    profiles: list[ProfilePlan] = sorted([plan.plan, *plan.others], key=lambda p: p.cores)
+    # A profile whose CPU could not be fitted has no cores to draw (``ProfilePlan.cpu_problem``).
+    profiles: list[ProfilePlan] = sorted(
+        [p for p in [plan.plan, *plan.others] if p.cpu_problem is None], key=lambda p: p.cores
+    )
     names = [p.profile for p in profiles]
     fig = Figure(figsize=(12, 5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)

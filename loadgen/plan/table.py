@@ -31,16 +31,14 @@ def outside_measured_rates(p: ProfilePlan, rate_tps: float) -> bool:
 
 
 def _plan_row(p: ProfilePlan, rate_tps: float) -> str:
+    if p.cpu_problem is not None:  # the state, disk and network scale with the rate; the CPU is not fitted
+        return (
+            f"| {p.profile} (‡) | not planned | | | {_state_text(p)} | {_disk_text(p)} | "
+            f"{size_text(p.network_bytes_per_s, '/s')} | not counted |"
+        )
     share = p.surveillance_cores / p.cores if p.cores else 0.0
     saturation = f", saturates near {rate_text(p.sequencer_saturation_tps)}" if p.sequencer_saturation_tps else ""
-    state = (
-        f"{p.memory_bytes / GIB:,.1f} GiB ({sum(p.memory_pieces.values()):.0f} B/account)"
-        if p.memory_bytes is not None
-        else "not measured"
-    )
-    disk = " + ".join(f"{k} {size_text(v)}" for k, v in p.disk_per_day_bytes.items()) or "not measured"
-    if not p.disk_per_day_complete and p.disk_per_day_bytes:
-        disk += " + a store not measured"
+    state, disk = _state_text(p), _disk_text(p)
     machines = str(p.machines) if p.machines is not None else "none of this size"
     return (
         f"| {p.profile}{' (†)' if outside_measured_rates(p, rate_tps) else ''} | {p.cores:.2f} "
@@ -50,6 +48,19 @@ def _plan_row(p: ProfilePlan, rate_tps: float) -> str:
     )
 
 
+def _state_text(p: ProfilePlan) -> str:
+    if p.memory_bytes is None:
+        return "not measured"
+    return f"{p.memory_bytes / GIB:,.1f} GiB ({sum(p.memory_pieces.values()):.0f} B/account)"
+
+
+def _disk_text(p: ProfilePlan) -> str:
+    disk = " + ".join(f"{k} {size_text(v)}" for k, v in p.disk_per_day_bytes.items()) or "not measured"
+    if not p.disk_per_day_complete and p.disk_per_day_bytes:
+        disk += " + a store not measured"
+    return disk
+
+
 def _server_cores(run: RunCost) -> float:
     return sum(v for t, v in run.tier_ns_per_s.items() if t != GENERATOR) / 1e9
 
@@ -57,9 +68,10 @@ def _server_cores(run: RunCost) -> float:
 def _measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | None) -> str:
     shown = "; ".join(
         f"{rate_text(r.offered_tps)}: {_server_cores(r):.2f} cores, p99 {r.p99_ms:.1f} ms, {r.verdict}"
+        + ("" if r.server_kept_up else " (server saturated: not fitted)")
         for r in sorted(runs, key=lambda r: r.offered_tps)
     )
-    if prediction is None or prediction.predicted_tps is None:
+    if prediction is None:
         return f"| {label} | {shown} | none | | |"
     m = prediction.measured
     measured = (
@@ -68,10 +80,15 @@ def _measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | 
     if m is not None and m.generator_limited:
         measured += ", generator-limited"
     error = f"{prediction.error:+.0%}" if prediction.error is not None else ""
-    return (
-        f"| {label} | {shown} | {rate_text(prediction.predicted_tps)} ({prediction.limited_by}) | {measured} | "
-        f"{error} |"
+    error += ("; " if error and prediction.note else "") + prediction.note
+    predicted = (
+        "not predicted (‡)"
+        if prediction.predicted_tps is None
+        else f"{rate_text(prediction.predicted_tps)} ({prediction.limited_by})"
     )
+    if prediction.predicted_tps is None:
+        error = "no check"
+    return f"| {label} | {shown} | {predicted} | {measured} | {error} |"
 
 
 def headline_markdown(
@@ -79,7 +96,7 @@ def headline_markdown(
 ) -> str:
     """The section: the plan's table, the measured table with the predicted maxima, and the files behind them."""
     r = plan.request
-    profiles = sorted([plan.plan, *plan.others], key=lambda p: p.cores)
+    profiles = sorted([plan.plan, *plan.others], key=lambda p: (p.cpu_problem is not None, p.cores))
     by_label: dict[str, list[RunCost]] = {}
     for run in runs:
         by_label.setdefault(run.label, []).append(run)
@@ -106,9 +123,20 @@ def headline_markdown(
             if any(outside_measured_rates(p, r.rate_tps) for p in profiles)
             else []
         ),
+        *(
+            f"(‡) Not planned: {p.cpu_problem.what}; measure the missing rate with `{p.cpu_problem.command}`."
+            for p in profiles
+            if p.cpu_problem is not None
+        ),
+        *([""] if any(p.cpu_problem is not None for p in profiles) else []),
         "The measured 2-core figures each row was derived from (server CPU = the server process, its "
-        "validators and trove child; the generator excluded), the maximum the fit predicts for this "
-        "machine, and the maximum a search measured:",
+        "validators and trove child; the generator excluded). Only runs where the server kept up are "
+        "fitted: sustained, or the generator fell behind while the server shed nothing and applied "
+        "at least 99% of the scheduled rate. Predicted max: the rate at which the fitted CPU of the "
+        "server's tiers and of the generator (they share this machine) fills all its cores, or the "
+        "sequencer's tiers fill its one core, whichever comes first. Error: predicted against the "
+        "searched maximum, only where the search stopped at the server; where it stopped because the "
+        "generator fell behind, the searched maximum bounds the generator and there is no check:",
         "",
         "| profile | runs: offered rate, server CPU, p99, verdict | predicted max | measured max (search) | error |",
         "|---|---|---|---|---|",
