@@ -573,8 +573,9 @@ def _machines(
 
 
 def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[MeasuredMax]) -> Prediction:
-    """The maximum rate this machine sustains by the fit: the sequencer's core, or all its cores
-    (the server's tiers and the generator's CPU together: they share the machine), whichever first.
+    """The maximum rate this machine sustains by the fit: the sequencer's core, all its cores (the
+    server's tiers and the generator's CPU together: they share the machine), or the generator's
+    processes (one core each), whichever first.
 
     The error against a searched maximum is stated only where the two measure the same thing: a
     search that stopped because the generator fell behind bounds the generator, not the server,
@@ -597,10 +598,15 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
     batching = batch_model(usable, tier_fits, hooks)
     by_seq = batching.saturation_tps()
     by_all = first_rate_reaching(cores * 1e9, _cost_fn(tier_fits, list(tier_fits), batching))
-    options = [
-        (v, w) for v, w in ((by_seq, "the sequencer's core"), (by_all, f"all {cores} cores: server + generator"))
-        if v is not None
-    ]  # fmt: skip
+    # The generator's own limit: each of its processes is one event loop, at most one core.
+    processes = max(r.arrivals.load.processes for r in usable)
+    by_generator = first_rate_reaching(processes * 1e9, _cost_fn(tier_fits, [GENERATOR], batching))
+    limits = (
+        (by_seq, "the sequencer's core"),
+        (by_all, f"all {cores} cores: server + generator"),
+        (by_generator, f"the generator's {processes} process{'es' if processes > 1 else ''}"),
+    )
+    options = [(v, w) for v, w in limits if v is not None]
     predicted, limit = min(options) if options else (None, "nothing saturates")
     error, note = None, ""
     if predicted and measured and measured.median_tps > 0:

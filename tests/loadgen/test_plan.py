@@ -568,3 +568,14 @@ def test_a_generator_limited_search_is_not_the_plans_error(model: CostModel) -> 
     assert p.error == pytest.approx(1.0)
     assert p.saturated_cores == pytest.approx(sum(saturated.tier_ns_per_s.values()) / 1e9)
     assert f"{p.saturated_cores:.2f} of {costs[0].cores} cores" in p.note
+
+
+def test_the_generators_own_processes_limit_the_predicted_maximum(model: CostModel) -> None:
+    """The generator shares the machine and is itself one core per process: with a costly generator
+    the prediction is where its fitted CPU fills its processes, below where all cores fill."""
+    costs = _costs(model)
+    heavy = [_cost(c, tier_ns_per_s=c.tier_ns_per_s | {"generator": c.transfers_per_s * 2_000.0}) for c in costs]
+    prediction = predict_max("full", heavy, [])
+    assert prediction.predicted_tps is not None and prediction.limited_by == "the generator's 1 process"
+    assert prediction.predicted_tps == pytest.approx(1e9 / 2_000.0, rel=1e-3)
+    assert "generator" not in predict_max("full", costs, []).limited_by.split(":")[0]
