@@ -12,14 +12,21 @@ the (recent) arrival-ordered ingest segments not merged yet; so each row is read
 account reads the few row groups whose statistics contain N. Files found damaged at open are
 named in ``problems`` and left out. Times are unix ns on the simulated clock; windows are
 half-open [since, until). Every result is a ``pyarrow.Table``.
+
+A reader of a directory (``TroveReader.open``) in another process than the writer holds no
+snapshot the compactor respects: a merge deletes its input files once the new manifest is
+committed, so a query may find a file gone. It then reloads the committed manifest and runs again
+(``RETRIES_ON_VANISHED`` times): the rows are the same, only their files changed. Under `full` at
+300,000/s into a 10^7-row trove, 4 of 42 device and two-hop queries hit this before the retry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from engine.simtime import CST_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR
 from engine.trove.config import TroveConfig
@@ -33,6 +40,31 @@ if TYPE_CHECKING:
 
     from engine.trove.process import TroveProcess
     from engine.trove.store import Trove
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+#: Times a directory reader reloads the manifest and re-runs a query whose files a merge deleted.
+RETRIES_ON_VANISHED = 5
+
+
+def _retry_on_vanished(query: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Re-run ``query`` on a freshly loaded manifest when a file it read was compacted away."""
+
+    @functools.wraps(query)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        reader = args[0]
+        assert isinstance(reader, TroveReader)
+        for attempt in range(RETRIES_ON_VANISHED + 1):
+            try:
+                return query(*args, **kwargs)
+            except Exception as exc:
+                if attempt == RETRIES_ON_VANISHED or not reader._reload_if_vanished(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    return run
+
 
 #: ``aggregate`` dimensions and the SQL of each (region as the privacy hook defines it).
 DIMENSIONS = ("region", "category", "operator", "code")
@@ -63,28 +95,26 @@ class TroveReader:
         self._con: duckdb.DuckDBPyConnection = duckdb.connect(config={"threads": threads} if threads else {})
         # Footers are read once per file, not once per query (files never change once written).
         self._con.execute("SET parquet_metadata_cache = true")
+        self._deep_check = False
 
     @classmethod
     def open(cls, root: str | Path, *, deep_check: bool = False, threads: int | None = None) -> TroveReader:
         """A reader of the trove at ``root`` (another process may be writing it)."""
         path = Path(root)
-        manifest = load_manifest(path)
-        if manifest is None:
-            raise FileNotFoundError(
-                f"{path} is not a trove (no trove.json); give the directory a run wrote with --trove"
-            )
-        good, problems = [], []
-        for s in manifest.segments:
-            try:
-                for f in s.files:
-                    check_file(path, f, trove_id=manifest.trove_id, segment_id=s.id, rows=s.rows, deep=deep_check)
-                good.append(s)
-            except CorruptSegment as exc:
-                problems.append(str(exc))
-        config = TroveConfig(dir=str(path), partition_s=manifest.partition_ns // 10**9)
+        good, problems, config = _committed_segments(path, deep_check=deep_check)
         reader = cls(root=path, segments=good, config=config, threads=threads)
         reader.problems = problems
+        reader._deep_check = deep_check
         return reader
+
+    def _reload_if_vanished(self, exc: Exception) -> bool:
+        """Whether ``exc`` is a file of this directory reader's snapshot gone (then the snapshot is reloaded)."""
+        if self._trove is not None or self.root is None:
+            return False  # a live trove's snapshot() keeps its files until the query ends
+        if not any(not (self.root / s.file(o).path).exists() for s in self._segments for o in ("payer", "payee")):
+            return False
+        self._segments, self.problems, _ = _committed_segments(self.root, deep_check=self._deep_check)
+        return True
 
     def close(self) -> None:
         self._con.close()
@@ -111,6 +141,7 @@ class TroveReader:
 
     # ---- (a) ----------------------------------------------------------------------------------
 
+    @_retry_on_vanished
     def payments(self, account: int, since: int | None = None, until: int | None = None) -> pa.Table:
         """Every payment ``account`` sent or received in [since, until), by time, with a ``direction``."""
         lo, hi = _window(since, until)
@@ -130,6 +161,7 @@ class TroveReader:
 
     # ---- (b) ----------------------------------------------------------------------------------
 
+    @_retry_on_vanished
     def counterparties(
         self, account: int, *, hops: int = 1, top: int = 50, since: int | None = None, until: int | None = None
     ) -> pa.Table:
@@ -179,6 +211,7 @@ class TroveReader:
 
     # ---- (c) ----------------------------------------------------------------------------------
 
+    @_retry_on_vanished
     def co_location(self, cell: int, since: int | None = None, until: int | None = None) -> pa.Table:
         """Accounts that paid in location cell ``cell`` in [since, until): payments, first and last time."""
         lo, hi = _window(since, until)
@@ -196,6 +229,7 @@ class TroveReader:
 
     # ---- (d) ----------------------------------------------------------------------------------
 
+    @_retry_on_vanished
     def same_device(self, account: int, since: int | None = None, until: int | None = None) -> pa.Table:
         """Other accounts that paid from a device ``account`` paid from: payments and devices shared."""
         lo, hi = _window(since, until)
@@ -216,6 +250,7 @@ class TroveReader:
 
     # ---- (e) ----------------------------------------------------------------------------------
 
+    @_retry_on_vanished
     def aggregate(
         self,
         by: Sequence[str] = ("region", "category"),
@@ -251,6 +286,22 @@ class TroveReader:
                    GROUP BY ALL ORDER BY ALL""",
                 {"f": files, "lo": lo, "hi": hi},
             )
+
+
+def _committed_segments(path: Path, *, deep_check: bool) -> tuple[list[Segment], list[str], TroveConfig]:
+    """The committed manifest's segments whose files check out, the problems found, the trove's config."""
+    manifest = load_manifest(path)
+    if manifest is None:
+        raise FileNotFoundError(f"{path} is not a trove (no trove.json); give the directory a run wrote with --trove")
+    good, problems = [], []
+    for s in manifest.segments:
+        try:
+            for f in s.files:
+                check_file(path, f, trove_id=manifest.trove_id, segment_id=s.id, rows=s.rows, deep=deep_check)
+            good.append(s)
+        except CorruptSegment as exc:
+            problems.append(str(exc))
+    return good, problems, TroveConfig(dir=str(path), partition_s=manifest.partition_ns // 10**9)
 
 
 def _window(since: int | None, until: int | None) -> tuple[int, int]:

@@ -441,3 +441,24 @@ def test_the_row_floor_joins_small_periods_into_partitions(tmp_path, entries) ->
     (root / "trove.json").write_text(json.dumps(raw))
     manifest = load_manifest(root)
     assert manifest is not None and manifest.format == 2 and manifest.partition_starts == sorted(rows_by_part)
+
+
+def test_a_directory_reader_survives_a_merge_deleting_its_files(tmp_path, rng, entries) -> None:
+    """A reader in another process holds no snapshot: a query whose files a merge deleted reloads
+    the committed manifest and returns the same rows (before, DuckDB raised on the missing file)."""
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=86_400), start=False)
+    ref = reference_rows(entries)
+    try:
+        load_sync(trove, entries)
+        reader = TroveReader.open(tmp_path / "t")
+        before = {s.id for s in reader._segments}
+        trove.compact_all()
+        gone = [s for s in reader._segments if not (tmp_path / "t" / s.file("payer").path).exists()]
+        assert gone, "the merge deleted none of the files the reader had: the test would prove nothing"
+        for a in rng.choice(ACCOUNTS, 4, replace=False).tolist():
+            assert table_rows(reader.payments(a)) == expected_payments(ref, a)
+        assert {s.id for s in reader._segments} != before  # it reloaded the manifest
+        assert reader.same_device(int(entries[0][1]["payer"][0])).num_rows >= 1
+        reader.close()
+    finally:
+        trove.close()
