@@ -32,6 +32,7 @@ from loadgen.harness.admin import AdminClient
 from loadgen.harness.calibration import cpu_calibration, with_ed25519
 from loadgen.harness.cpu_split import cpu_ns_per_payment
 from loadgen.harness.server import running_server, server_arguments
+from loadgen.results import machine_cpu
 from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import AuditOutcome, RunResult, build_result
 
@@ -142,6 +143,7 @@ async def measure(
             admin.close()
             raise GatewayError(why)
     probes: dict[str, tuple[float | None, dict[str, Any]]] = {}
+    machine: dict[str, machine_cpu.CpuSample] = {}  # the whole machine's CPU at the window's edges
     probe_failures: list[str] = []
     tasks: list[asyncio.Task[None]] = []
 
@@ -150,6 +152,7 @@ async def measure(
         if delay > 0:
             await asyncio.sleep(delay)
         cpu = process_cpu_s(server_pid) if server_pid is not None else None
+        machine[name] = await asyncio.to_thread(machine_cpu.sample)
         try:
             stats = await admin.stats()
         except (GatewayError, TimeoutError) as exc:
@@ -213,7 +216,11 @@ async def measure(
         external=external,
         server_args=server_args,
     )
-    return msgspec.structs.replace(result, cpu_ns_per_payment=cpu_ns_per_payment(result))
+    return msgspec.structs.replace(
+        result,
+        cpu_ns_per_payment=cpu_ns_per_payment(result),
+        machine_cpu=machine_cpu.window(machine.get("start"), machine.get("end")),
+    )
 
 
 def run_measure(config: LoadConfig, **kwargs: Any) -> RunResult:

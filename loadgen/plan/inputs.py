@@ -20,7 +20,11 @@ a per-batch plus per-payment cost. The tiers, from the figures a result file hol
   other hooks' background CPU is ``<hook>_background``;
 * ``validators``: the local validator processes' CPU (``stats.validators.cpu_s``, issue 19), or
   ``server.tier_cpu_s["validators"]`` when a run records it; an inline tier (0 workers) verifies
-  on the server's thread, inside ``framing_io``.
+  on the server's thread, inside ``framing_io``;
+* ``kernel`` ("kernel and other"): the machine's CPU that no process's counters hold
+  (``machine_cpu.kernel_s``: softirq and interrupt work for the loopback network and the disk,
+  the hypervisor's steal, processes that exited in the window), when the run recorded the
+  machine's CPU (issue 21; absent in older files). It scales out (the kernel runs on every core).
 
 ``framing_io``, ``ledger``, the hooks and ``features`` run on the sequencer's one core; the rest
 scale out. A hook's background CPU on threads of the server process (the risk model's inference,
@@ -49,9 +53,11 @@ from loadgen.results.verdict import Kind
 #: other tier (validators, trove, inference, a hook's background) scales out.
 SEQUENCER_TIERS = ("framing_io", "ledger", "features")
 #: Tiers that are the ledger's own work (everything else is policy or surveillance).
-CORE_TIERS = ("validators", "framing_io", "ledger")
+CORE_TIERS = ("validators", "framing_io", "ledger", "kernel")
 #: The generator's CPU: measured, used to predict this machine's maximum, never planned.
 GENERATOR = "generator"
+#: The machine's CPU no process was charged with (``loadgen.results.machine_cpu.MachineCpu.kernel_s``).
+KERNEL = "kernel"
 #: A hook whose background CPU is a tier of its own, by name.
 BACKGROUND_TIER = {"surveillance_log": "trove"}
 #: A hook that reports parts of its time as tiers (``stats[hook][part + "_ns"]``, cumulative): the
@@ -349,6 +355,10 @@ def _tier_ns(result: RunResult, hooks: Sequence[str], hook_params: dict[str, Any
     for tier, cpu_s in server.tier_cpu_s.items():
         tiers[tier] = cpu_s * 1e9  # measured outside the server process: replaces any estimate
     tiers[GENERATOR] = result.generator.cpu_s * 1e9
+    machine = result.machine_cpu
+    if machine is not None and machine.seconds > 0:
+        # Per second of the machine's own window (a few ms off the load's), as ns over ``window_s``.
+        tiers[KERNEL] = machine.kernel_s / machine.seconds * window_s * 1e9
     return tiers
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from loadgen.plan.inputs import (
     CORE_TIERS,
     GENERATOR,
+    KERNEL,
     SEQUENCER_TIERS,
     Arrivals,
     Inputs,
@@ -47,6 +48,11 @@ GIB = float(1 << 30)
 SECONDS_PER_DAY = 86_400.0
 #: A run whose sequencer tiers used at most this much of a core stands for the idle batch regime.
 IDLE_SEQUENCER_CORES = 0.5
+#: Tiers whose fixed cost is per generator tick (each gateway builds and sends one Submit a tick),
+#: not per server batch: fitted as per tick + per payment (``fit_tier``).
+TICK_TIERS = (GENERATOR,)
+#: Tiers fitted per payment only: the kernel's CPU for the network and the disk has no batch of its own.
+PAYMENT_TIERS = (KERNEL,)
 
 
 class Machine(msgspec.Struct, frozen=True):
@@ -76,7 +82,7 @@ class Missing(msgspec.Struct, frozen=True):
 
 
 class TierFit(msgspec.Struct, frozen=True):
-    """A tier's CPU as per-batch + per-payment cost, and the spread of its runs around the fit."""
+    """A tier's CPU as per-batch (or per-tick) + per-payment cost, and the spread of its runs around the fit."""
 
     tier: str
     per_batch_ns: float
@@ -85,9 +91,11 @@ class TierFit(msgspec.Struct, frozen=True):
     spread_low: float  # lowest measured / fitted ratio over its runs
     spread_high: float
     workers: int  # most workers it was measured with
+    #: The generator's fixed cost follows its own ticks, not the server's batches (``TICK_TIERS``).
+    per_tick_ns: float = 0.0
 
-    def ns_per_s(self, batches_per_s: float, payments_per_s: float) -> float:
-        return self.per_batch_ns * batches_per_s + self.per_payment_ns * payments_per_s
+    def ns_per_s(self, batches_per_s: float, payments_per_s: float, ticks_per_s: float = 0.0) -> float:
+        return self.per_batch_ns * batches_per_s + self.per_payment_ns * payments_per_s + self.per_tick_ns * ticks_per_s
 
 
 class TierPlan(msgspec.Struct, frozen=True):
@@ -176,34 +184,38 @@ class MixedCpuError(ValueError):
 
 
 def fit_tier(tier: str, runs: Sequence[RunCost]) -> TierFit:
-    """Least-squares per-batch and per-payment cost of ``tier`` over ``runs`` (both kept >= 0).
+    """Least-squares fixed and per-payment cost of ``tier`` over ``runs`` (both kept >= 0).
 
-    With one measured rate there is nothing to separate them: the whole cost is per payment.
+    The fixed cost is per server batch, per generator tick for ``TICK_TIERS`` (the generator's
+    work follows its ticks: fitted per batch it grew as batches fell at high rates), none for
+    ``PAYMENT_TIERS``. With one measured rate there is nothing to separate them: the whole cost
+    is per payment.
     """
-    rows = [(r.batches_per_s, r.transfers_per_s, r.tier_ns_per_s.get(tier, 0.0)) for r in runs]
-    batches = np.array([r[0] for r in rows])
-    payments = np.array([r[1] for r in rows])
-    ns = np.array([r[2] for r in rows])
+    per_tick = tier in TICK_TIERS
+    units = np.array([r.arrivals.ticks_per_s(r.offered_tps) if per_tick else r.batches_per_s for r in runs])
+    payments = np.array([r.transfers_per_s for r in runs])
+    ns = np.array([r.tier_ns_per_s.get(tier, 0.0) for r in runs])
     rates = sorted({round(r.offered_tps) for r in runs})
-    per_batch, per_payment = 0.0, float(ns.sum() / payments.sum())
-    if len(rates) >= 2:
-        (a, b), *_ = np.linalg.lstsq(np.column_stack([batches, payments]), ns, rcond=None)
+    fixed, per_payment = 0.0, float(ns.sum() / payments.sum())
+    if len(rates) >= 2 and tier not in PAYMENT_TIERS:
+        (a, b), *_ = np.linalg.lstsq(np.column_stack([units, payments]), ns, rcond=None)
         if a >= 0 and b >= 0:
-            per_batch, per_payment = float(a), float(b)
-        elif a < 0:  # no measurable per-batch part
-            per_batch, per_payment = 0.0, float(ns @ payments / (payments @ payments))
+            fixed, per_payment = float(a), float(b)
+        elif a < 0:  # no measurable fixed part
+            fixed, per_payment = 0.0, float(ns @ payments / (payments @ payments))
         else:
-            per_batch, per_payment = float(ns @ batches / (batches @ batches)), 0.0
-    fitted = per_batch * batches + per_payment * payments
+            fixed, per_payment = float(ns @ units / (units @ units)), 0.0
+    fitted = fixed * units + per_payment * payments
     ratios = [float(m / f) for m, f in zip(ns, fitted, strict=True) if f > 0]
     return TierFit(
         tier=tier,
-        per_batch_ns=per_batch,
+        per_batch_ns=0.0 if per_tick else fixed,
         per_payment_ns=per_payment,
         rates_tps=[float(r) for r in rates],
         spread_low=min(ratios, default=1.0),
         spread_high=max(ratios, default=1.0),
-        workers=max((r.workers.get(tier, 1) for r in runs), default=1),
+        workers=max((r.workers.get(tier, r.cores if tier == KERNEL else 1) for r in runs), default=1),
+        per_tick_ns=fixed if per_tick else 0.0,
     )
 
 
@@ -256,56 +268,74 @@ def is_sequencer_tier(tier: str, hooks: Sequence[str]) -> bool:
 class BatchModel(msgspec.Struct, frozen=True):
     """Batches per second the server cuts at a rate, from how it batches (``engine.server``).
 
-    The server applies, as one batch, what arrived while the previous batch ran. Three regimes:
+    The server applies, as one batch, what arrived while the previous batch ran (``max_wait_us``
+    0: each batch is cut at the end of the I/O round that filled it). Three regimes:
 
     * **idle**: the sequencer finishes a batch before the next tick's Submits arrive, so each
-      tick's Submits are one batch (the gateways of one generator tick together):
+      tick's Submits are one batch or a few (the gateways of one generator tick together):
       ``batches_per_tick x ticks/s``, where the tick follows the rate by the generator's rule and
-      ``batches_per_tick`` is measured in the runs where the sequencer was mostly idle;
-    * **busy**: the next batch accumulates while one runs, so the sequencer is never idle and
-      ``per_batch_ns x batches/s + per_payment_ns x payments/s`` = one core: batches/s =
-      (1 s - per_payment_ns x rate) / per_batch_ns, falling as the rate rises (batches grow);
+      batches per tick are measured in the runs where the sequencer was mostly idle, interpolated
+      in rate between them (they grow with the rate: 1.3 at 100k/s, 1.7 at 300k/s for ``full`` on
+      the quiet AMD machine) and held beyond;
+    * **busy**: the next batch accumulates while one runs, so the sequencer is never idle: a
+      queueing fixed point, a batch holds what arrives during one batch's service, and the
+      service fills the share of a core the sequencer gets: ``per_batch_ns x batches/s +
+      per_payment_ns x payments/s = share x 1 s``, so batches/s = (share x 1 s - per_payment_ns x
+      rate) / per_batch_ns, falling as the rate rises (batches grow). ``share`` is one core where
+      the sequencer has its own (the plan's machines); on the machine the costs were measured on,
+      the generator, the scale-out tiers and the kernel take the other cores and, once they need
+      more than ``cores - 1``, part of the sequencer's (``on_machine``): its batches grow sooner;
     * **full**: batches cannot grow past ``max_batch`` (whole Submits, ``Arrivals.full_batch``):
-      batches/s = rate / full batch. Where even full batches cost more than one core, the
-      sequencer saturates (``saturation_tps``).
+      batches/s = rate / full batch. Where even full batches cost more than the share, the
+      sequencer saturates (``saturation_tps`` for a whole core).
 
     ``per_batch_ns`` and ``per_payment_ns`` are the sequencer's tiers' fitted costs together. The
     measured transition from idle to busy is smoother than the model's (arrivals jitter), so near
     it the model's batches are somewhat too many and its per-batch CPU somewhat too high.
     """
 
-    batches_per_tick: float
+    batches_per_tick: float  # the median over the idle runs (what the assumptions print)
     per_batch_ns: float
     per_payment_ns: float
     arrivals: Arrivals
     idle_runs: int = 0  # runs batches_per_tick came from (0: none was idle; the least busy one stood in)
+    #: The idle runs' rates and batches per tick, by rate: ``per_tick_at`` interpolates between them.
+    idle_rates_tps: list[float] = []
+    idle_per_tick: list[float] = []
+
+    def per_tick_at(self, rate_tps: float) -> float:
+        """Batches per tick while idle at ``rate_tps``: interpolated between the idle runs, held beyond."""
+        if not self.idle_rates_tps:
+            return self.batches_per_tick
+        return float(np.interp(rate_tps, self.idle_rates_tps, self.idle_per_tick))
 
     def idle_batches_per_s(self, rate_tps: float) -> float:
-        return self.batches_per_tick * self.arrivals.ticks_per_s(rate_tps)
+        return self.per_tick_at(rate_tps) * self.arrivals.ticks_per_s(rate_tps)
 
-    def busy_batches_per_s(self, rate_tps: float) -> float:
-        spare_ns = 1e9 - self.per_payment_ns * rate_tps
+    def busy_batches_per_s(self, rate_tps: float, share: float = 1.0) -> float:
+        spare_ns = share * 1e9 - self.per_payment_ns * rate_tps
         return spare_ns / self.per_batch_ns if self.per_batch_ns > 0 else math.inf
 
     def full_batches_per_s(self, rate_tps: float) -> float:
         return rate_tps / self.arrivals.full_batch(rate_tps)
 
-    def batches_per_s(self, rate_tps: float) -> float:
-        """Batches per second at ``rate_tps``: idle, busy or full, whichever regime holds there."""
+    def batches_per_s(self, rate_tps: float, share: float = 1.0) -> float:
+        """Batches per second at ``rate_tps`` with ``share`` of a core: idle, busy or full, whichever holds there."""
         idle = self.idle_batches_per_s(rate_tps)
-        return max(self.full_batches_per_s(rate_tps), min(idle, self.busy_batches_per_s(rate_tps)))
+        return max(self.full_batches_per_s(rate_tps), min(idle, self.busy_batches_per_s(rate_tps, share)))
 
-    def regime(self, rate_tps: float) -> str:
-        b = self.batches_per_s(rate_tps)
+    def regime(self, rate_tps: float, share: float = 1.0) -> str:
+        b = self.batches_per_s(rate_tps, share)
         if b == self.idle_batches_per_s(rate_tps):
             return "idle"
         return "full" if b == self.full_batches_per_s(rate_tps) else "busy"
 
+    def sequencer_ns_per_s(self, rate_tps: float, batches_per_s: float) -> float:
+        return self.per_batch_ns * batches_per_s + self.per_payment_ns * rate_tps
+
     def saturation_tps(self) -> float | None:
         """The lowest rate at which even full batches cost the sequencer one core (None: none below 1e9/s)."""
-        return first_rate_reaching(
-            1e9, lambda r: self.per_batch_ns * self.full_batches_per_s(r) + self.per_payment_ns * r
-        )
+        return first_rate_reaching(1e9, lambda r: self.sequencer_ns_per_s(r, self.full_batches_per_s(r)))
 
 
 def batch_model(runs: Sequence[RunCost], tier_fits: dict[str, TierFit], hooks: Sequence[str]) -> BatchModel:
@@ -318,13 +348,62 @@ def batch_model(runs: Sequence[RunCost], tier_fits: dict[str, TierFit], hooks: S
     seq = [f for t, f in tier_fits.items() if is_sequencer_tier(t, hooks)]
     idle = [r for r in runs if sequencer_cores(r, hooks) <= IDLE_SEQUENCER_CORES]
     stand_in = idle or [min(runs, key=lambda r: sequencer_cores(r, hooks))]
-    per_tick = [r.batches_per_s / r.arrivals.ticks_per_s(r.offered_tps) for r in stand_in]
+    by_rate: dict[float, list[float]] = {}
+    for r in stand_in:
+        by_rate.setdefault(round(r.offered_tps), []).append(r.batches_per_s / r.arrivals.ticks_per_s(r.offered_tps))
+    rates = sorted(by_rate)
     return BatchModel(
-        batches_per_tick=float(statistics.median(per_tick)),
+        batches_per_tick=float(statistics.median([v for vs in by_rate.values() for v in vs])),
         per_batch_ns=sum(f.per_batch_ns for f in seq),
         per_payment_ns=sum(f.per_payment_ns for f in seq),
         arrivals=max(runs, key=lambda r: r.offered_tps).arrivals,
         idle_runs=len(idle),
+        idle_rates_tps=[float(r) for r in rates],
+        idle_per_tick=[float(statistics.median(by_rate[r])) for r in rates],
+    )
+
+
+class OnMachine(msgspec.Struct, frozen=True):
+    """A profile at one rate on the machine its costs were measured on (``on_machine``)."""
+
+    batches_per_s: float
+    share: float  # of a core the sequencer gets: 1 - what the other tiers take beyond the other cores
+    regime: str
+    sequencer_ns_per_s: float
+    others_ns_per_s: float  # every other tier: scale-out, generator, kernel
+
+    @property
+    def total_ns_per_s(self) -> float:
+        return self.sequencer_ns_per_s + self.others_ns_per_s
+
+
+def on_machine(
+    tier_fits: dict[str, TierFit], hooks: Sequence[str], batching: BatchModel, rate_tps: float, cores: int
+) -> OnMachine:
+    """Batches, and the sequencer's share of a core, at ``rate_tps`` on a machine of ``cores`` shared
+    by every tier in ``tier_fits`` (the generator and the kernel included).
+
+    The other tiers run on the other cores first; what they need beyond ``cores - 1`` comes out of
+    the sequencer's core (the scheduler shares the cores), so the sequencer's busy regime fills
+    only ``share`` of a core, and its batches grow sooner than with a core of its own. The other
+    tiers' per-batch costs depend on the batches in turn: the fixed point is found by iteration
+    (damped; the share falls as batches rise, so it converges).
+    """
+    ticks = batching.arrivals.ticks_per_s(rate_tps)
+    others = [f for t, f in tier_fits.items() if not is_sequencer_tier(t, hooks)]
+    batches = batching.batches_per_s(rate_tps)
+    share = 1.0
+    for _ in range(60):
+        others_ns = sum(f.ns_per_s(batches, rate_tps, ticks) for f in others)
+        share = min(max(cores - others_ns / 1e9, 0.0), 1.0)
+        batches = 0.5 * batches + 0.5 * batching.batches_per_s(rate_tps, share)
+    others_ns = sum(f.ns_per_s(batches, rate_tps, ticks) for f in others)
+    return OnMachine(
+        batches_per_s=batches,
+        share=share,
+        regime=batching.regime(rate_tps, share),
+        sequencer_ns_per_s=batching.sequencer_ns_per_s(rate_tps, batches),
+        others_ns_per_s=others_ns,
     )
 
 
@@ -335,7 +414,8 @@ def sequencer_cores(run: RunCost, hooks: Sequence[str]) -> float:
 
 def cpu_ns_per_s(tier_fits: dict[str, TierFit], tiers: Sequence[str], rate_tps: float, batches: BatchModel) -> float:
     b = batches.batches_per_s(rate_tps)
-    return sum(tier_fits[t].ns_per_s(b, rate_tps) for t in tiers if t in tier_fits)
+    ticks = batches.arrivals.ticks_per_s(rate_tps)
+    return sum(tier_fits[t].ns_per_s(b, rate_tps, ticks) for t in tiers if t in tier_fits)
 
 
 def first_rate_reaching(budget_ns: float, cost: Callable[[float], float]) -> float | None:
@@ -597,7 +677,14 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
     cores = max(r.cores for r in usable)
     batching = batch_model(usable, tier_fits, hooks)
     by_seq = batching.saturation_tps()
-    by_all = first_rate_reaching(cores * 1e9, _cost_fn(tier_fits, list(tier_fits), batching))
+    # All the cores: every tier (generator and kernel included) shares them, and the sequencer's
+    # batches follow the share of its core the others leave it (``on_machine``). Reached when the
+    # others squeeze a busy sequencer: every core is then in use, its batches stop growing toward
+    # full in practice (its wall-clock per batch stretches with the run-queue waits: the
+    # saturated quiet runs cut 2,000-payment batches, not 8,192), so no headroom is counted there.
+    by_all = first_rate_reaching(
+        cores * 1e9 * (1 - 1e-6), lambda r: on_machine(tier_fits, hooks, batching, r, cores).total_ns_per_s
+    )
     # The generator's own limit: each of its processes is one event loop, at most one core.
     processes = max(r.arrivals.load.processes for r in usable)
     by_generator = first_rate_reaching(processes * 1e9, _cost_fn(tier_fits, [GENERATOR], batching))
@@ -623,7 +710,7 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
             )
         else:
             error = (predicted - measured.median_tps) / measured.median_tps
-            if abs(error) > 0.25 and saturated is not None:
+            if abs(error) > 0.25 and saturated is not None and KERNEL not in tier_fits:
                 note = (
                     f"the runs that saturated used only {saturated:.2f} of {cores} cores of CPU the result files "
                     "account for (server + generator): the rest (kernel networking and disk, the processes' "

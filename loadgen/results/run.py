@@ -29,6 +29,7 @@ from loadgen.generator.measure import Measurement
 from loadgen.generator.workload import ScenarioWorkload
 from loadgen.results.drift import MinuteLatency, stored_drift
 from loadgen.results.environment import Environment
+from loadgen.results.machine_cpu import MachineCpu
 from loadgen.results.state import StateFootprint
 from loadgen.results.upgrade import upgrade
 from loadgen.results.verdict import Figures, Verdict, judge
@@ -51,7 +52,9 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:       cpu_ns_per_payment (issue 18: CPU per payment by tier, ``loadgen.harness.cpu_split``);
 #:       drift, the p99 per measured minute of runs of two minutes or more (issue 20, ``loadgen.results.drift``);
 #:       load.workload (issue 16: the scenario's workload the gateways generated; absent: the defaults,
-#:       which is what gateways generated before it), and settings.workload holds the same.
+#:       which is what gateways generated before it), and settings.workload holds the same;
+#:       machine_cpu, the whole machine's CPU over the measured window by state (issue 21,
+#:       ``loadgen.results.machine_cpu``: what the processes' own counters miss).
 SCHEMA_VERSION = 2
 
 
@@ -342,6 +345,9 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     #: Latency of each measured minute (``loadgen.results.drift``), stored for runs measured at least
     #: ``DRIFT_FROM_S``; None: a shorter run, or a file from before issue 20 (recomputed from ``series``).
     drift: list[MinuteLatency] | None = None
+    #: The whole machine's CPU over the measured window (``loadgen.results.machine_cpu``); None: not
+    #: measured (a file from before issue 21, or a platform without the counters).
+    machine_cpu: MachineCpu | None = None
 
 
 class _Version(msgspec.Struct):

@@ -68,7 +68,8 @@ def test_fit_recovers_per_batch_and_per_payment_cost_of_every_tier(model: CostMo
     costs = [c for c in runs if c is not None]
     for tier in model.tiers:
         fit = fit_tier(tier, costs)
-        assert fit.per_batch_ns == pytest.approx(model.per_batch_ns[tier], rel=1e-6), tier
+        assert fit.per_batch_ns == pytest.approx(model.per_batch_ns.get(tier, 0.0), rel=1e-6), tier
+        assert fit.per_tick_ns == pytest.approx(model.per_tick_ns.get(tier, 0.0), rel=1e-6), tier
         assert fit.per_payment_ns == pytest.approx(model.per_payment_ns[tier], rel=1e-6), tier
         assert fit.spread_low == pytest.approx(1.0) and fit.spread_high == pytest.approx(1.0)
 

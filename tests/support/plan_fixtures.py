@@ -16,6 +16,7 @@ import msgspec
 
 from engine.profiles import CompareSettings
 from loadgen.results.environment import Calibration
+from loadgen.results.machine_cpu import MachineCpu
 from loadgen.results.run import RunResult, Traffic, load, resolved_settings, save
 from loadgen.results.state import StateFootprint
 
@@ -26,17 +27,22 @@ PROFILE = "full"
 
 
 class CostModel(msgspec.Struct, frozen=True):
-    """Per-batch and per-payment ns of each tier (a hook's name is its tier)."""
+    """Per-batch (per generator tick for the generator) and per-payment ns of each tier (a hook's name is its tier)."""
 
     per_batch_ns: dict[str, float]
     per_payment_ns: dict[str, float]
+    per_tick_ns: dict[str, float] = {}
 
-    def ns(self, tier: str, batches: float, payments: float) -> float:
-        return self.per_batch_ns.get(tier, 0.0) * batches + self.per_payment_ns.get(tier, 0.0) * payments
+    def ns(self, tier: str, batches: float, payments: float, ticks: float = 0.0) -> float:
+        return (
+            self.per_batch_ns.get(tier, 0.0) * batches
+            + self.per_payment_ns.get(tier, 0.0) * payments
+            + self.per_tick_ns.get(tier, 0.0) * ticks
+        )
 
     @property
     def tiers(self) -> set[str]:
-        return set(self.per_batch_ns) | set(self.per_payment_ns)
+        return set(self.per_batch_ns) | set(self.per_payment_ns) | set(self.per_tick_ns)
 
 
 def full_hooks() -> list[str]:
@@ -44,12 +50,18 @@ def full_hooks() -> list[str]:
 
 
 def default_model() -> CostModel:
-    """Costs of every tier of ``full`` (ledger, framing, each hook, the trove, the generator)."""
+    """Costs of every tier of ``full`` (ledger, framing, each hook, the trove, the generator: per tick)."""
     tiers = ["ledger", "framing_io", "trove", "generator", *full_hooks()]
     return CostModel(
-        per_batch_ns={t: 20_000.0 * (i + 1) for i, t in enumerate(tiers)},
+        per_batch_ns={t: 20_000.0 * (i + 1) for i, t in enumerate(tiers) if t != "generator"},
         per_payment_ns={t: 15.0 * (i + 1) for i, t in enumerate(tiers)},
+        per_tick_ns={"generator": 80_000.0},
     )
+
+
+def ticks_per_s(rate_tps: float) -> float:
+    """Generator ticks per second at ``rate_tps`` with the template's load settings (the generator's rule)."""
+    return 1e9 / msgspec.structs.replace(load(TEMPLATE).load, rate_tps=rate_tps).tick_ns
 
 
 def synthetic_run(
@@ -66,13 +78,15 @@ def synthetic_run(
     server_args: list[str] | None = None,
     state: StateFootprint | None = None,
     validators: int = 0,
+    kernel_s: float | None = None,
 ) -> RunResult:
     """The template run with its CPU, hooks, stats and environment generated from ``model``.
 
     Deferred hooks' observe time is outside ``engine_s`` and inside the process CPU, as on the
     server; the trove's CPU is the surveillance_log hook's ``background_ns``, in its child process.
     ``validators`` > 0: that many local validator processes (issue 19's server stats), whose CPU is
-    the model's ``validators`` tier.
+    the model's ``validators`` tier. ``kernel_s``: the machine's CPU no process was charged with
+    over the window (``machine_cpu``; None: not recorded, as before issue 21).
     """
     template = load(TEMPLATE)
     settings = resolved_settings(PROFILE, None, CompareSettings(), server_args=tuple(server_args or ()))
@@ -122,13 +136,24 @@ def synthetic_run(
         template,
         summary=msgspec.structs.replace(template.summary, offered_tps=rate_tps, profile=PROFILE),
         load=msgspec.structs.replace(template.load, rate_tps=rate_tps, seconds=seconds),
-        generator=msgspec.structs.replace(template.generator, cpu_s=model.ns("generator", batches, payments) / 1e9),
+        generator=msgspec.structs.replace(
+            template.generator, cpu_s=model.ns("generator", batches, payments, ticks_per_s(rate_tps) * seconds) / 1e9
+        ),
         server=server,
         environment=environment,
         settings=settings,
         traffic=None if traffic is None else Traffic(wire_sent_bytes=0, wire_received_bytes=0, **traffic),
         state=state,
+        machine_cpu=None if kernel_s is None else machine_cpu(seconds, kernel_s),
     )
+
+
+def machine_cpu(seconds: float, kernel_s: float) -> MachineCpu:
+    """A machine's CPU over ``seconds`` with ``kernel_s`` in softirq that no process holds (1 s busy in processes)."""
+    return MachineCpu(
+        seconds=seconds, cores=2, user_s=1.0, nice_s=0.0, system_s=0.0, irq_s=0.0, softirq_s=kernel_s, steal_s=0.0,
+        iowait_s=0.1, idle_s=2 * seconds - 1.1 - kernel_s, processes_s=1.0,
+    )  # fmt: skip
 
 
 def write_runs(folder: Path, runs: list[RunResult]) -> Path:
