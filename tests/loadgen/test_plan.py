@@ -17,7 +17,17 @@ from loadgen.cli.main import main
 from loadgen.cli.plan import EXIT_INCOMPLETE, format_plan, plan_command
 from loadgen.generator.gateway import LoadConfig
 from loadgen.harness.engine_run import ENGINE_KIND, EngineResult, run_engine, save_engine_result
-from loadgen.plan.inputs import Arrivals, Inputs, MeasuredMax, RunCost, read_inputs, run_cost, server_kept_up
+from loadgen.plan.inputs import (
+    GENERATOR,
+    KERNEL,
+    Arrivals,
+    Inputs,
+    MeasuredMax,
+    RunCost,
+    read_inputs,
+    run_cost,
+    server_kept_up,
+)
 from loadgen.plan.model import (
     GIB,
     SECONDS_PER_DAY,
@@ -25,16 +35,19 @@ from loadgen.plan.model import (
     Machine,
     MixedCpuError,
     PlanRequest,
+    TierFit,
     batch_model,
     build_plan,
     fit_problem,
     fit_tier,
     fits,
     fitted_runs,
+    on_machine,
     predict_max,
     scaled,
 )
 from loadgen.plan.table import BEGIN, END, headline_markdown, rate_text, replace_section
+from loadgen.results import machine_cpu
 from loadgen.results.state import StateFootprint
 from loadgen.results.verdict import Kind
 from tests.support.plan_fixtures import TEMPLATE, CostModel, default_model, full_hooks, synthetic_run, write_runs
@@ -580,3 +593,72 @@ def test_the_generators_own_processes_limit_the_predicted_maximum(model: CostMod
     assert prediction.predicted_tps is not None and prediction.limited_by == "the generator's 1 process"
     assert prediction.predicted_tps == pytest.approx(1e9 / 2_000.0, rel=1e-3)
     assert "generator" not in predict_max("full", costs, []).limited_by.split(":")[0]
+
+
+def test_machine_cpu_counts_what_no_process_holds_as_the_kernels() -> None:
+    """busy = every state but idle and iowait; processes = each process's increase (a process started
+    in the window: all of its CPU; a reused pid with a new start time is a new process)."""
+    start = machine_cpu.CpuSample(
+        0, {"user": 10.0, "system": 5.0, "softirq": 1.0, "steal": 0.5, "iowait": 2.0, "idle": 100.0},
+        {(1, 1.0): 8.0, (2, 1.0): 3.0},
+    )  # fmt: skip
+    end = machine_cpu.CpuSample(
+        3_000_000_000, {"user": 12.0, "system": 6.0, "softirq": 1.5, "steal": 0.6, "iowait": 2.5, "idle": 102.0},
+        {(1, 1.0): 9.5, (2, 50.0): 0.7, (3, 60.0): 0.4},
+    )  # fmt: skip
+    w = machine_cpu.window(start, end)
+    assert w is not None and w.seconds == pytest.approx(3.0)
+    assert w.busy_s == pytest.approx(2.0 + 1.0 + 0.5 + 0.1)
+    assert w.processes_s == pytest.approx(1.5 + 0.7 + 0.4)
+    assert w.kernel_s == pytest.approx(w.busy_s - w.processes_s)
+    assert machine_cpu.window(end, start) is None and machine_cpu.window(None, end) is None
+
+
+def test_the_kernels_cpu_is_a_per_payment_tier_of_its_own(tmp_path: Path, model: CostModel) -> None:
+    """A run that recorded the machine's CPU gets a kernel tier (what no process holds), fitted per
+    payment only, planned as a scale-out core tier (not surveillance); older files have none."""
+    kernel_ns = 900.0  # per payment
+    runs = [
+        synthetic_run(model, rate_tps=r, batch_size=b, kernel_s=kernel_ns * r * 2.0 / 1e9, traffic=TRAFFIC,
+                      state=STATE)
+        for r, b in RATES_AND_BATCHES
+    ]  # fmt: skip
+    costs = [c for c in (run_cost(r) for r in runs) if c is not None]
+    assert all(c.tier_ns_per_s[KERNEL] == pytest.approx(kernel_ns * c.transfers_per_s) for c in costs)
+    fit = fit_tier(KERNEL, costs)
+    assert fit.per_batch_ns == 0.0 and fit.per_tick_ns == 0.0 and fit.per_payment_ns == pytest.approx(kernel_ns)
+    plan = build_plan(read_inputs(write_runs(tmp_path, runs)), _request()).plan
+    (kernel,) = [t for t in plan.tiers if t.tier == KERNEL]
+    assert kernel.cores == pytest.approx(kernel_ns * 300_000.0 / 1e9) and not kernel.on_sequencer
+    assert not kernel.surveillance
+    assert KERNEL not in _costs(model)[0].tier_ns_per_s
+
+
+def test_idle_batches_per_tick_are_interpolated_in_rate_between_idle_runs() -> None:
+    m = BatchModel(
+        batches_per_tick=1.5, per_batch_ns=500_000.0, per_payment_ns=300.0, arrivals=_arrivals(), idle_runs=2,
+        idle_rates_tps=[100_000.0, 300_000.0], idle_per_tick=[1.2, 1.8],
+    )  # fmt: skip
+    assert m.per_tick_at(200_000.0) == pytest.approx(1.5)
+    assert m.per_tick_at(50_000.0) == pytest.approx(1.2) and m.per_tick_at(900_000.0) == pytest.approx(1.8)
+    assert m.idle_batches_per_s(200_000.0) == pytest.approx(1.5 * _ticks_per_s(200_000.0))
+
+
+def test_on_a_shared_machine_the_other_tiers_squeeze_the_sequencers_core(model: CostModel) -> None:
+    """On the measured machine, what the other tiers (generator, trove, kernel) need beyond the other
+    cores comes out of the sequencer's: its busy batches fill only that share, so they are fewer and
+    larger than with a core of its own; with the others light it has a whole core."""
+    m = BatchModel(batches_per_tick=1.5, per_batch_ns=1_000_000.0, per_payment_ns=600.0, arrivals=_arrivals())
+    costs = _costs(model)
+    light = {t: f for t, f in fits(costs).items() if t in ("ledger", GENERATOR)}
+    rate = 600_000.0
+    free = on_machine(light, full_hooks(), m, rate, cores=2)
+    assert free.share == 1.0 and free.batches_per_s == pytest.approx(m.batches_per_s(rate))
+    heavy = light | {KERNEL: TierFit(KERNEL, 0.0, 2_000.0, [rate], 1.0, 1.0, 2)}  # 1.2 cores at 600k/s
+    squeezed = on_machine(heavy, full_hooks(), m, rate, cores=2)
+    ticks = _ticks_per_s(rate)
+    others = sum(f.ns_per_s(squeezed.batches_per_s, rate, ticks) for t, f in heavy.items() if t != "ledger")
+    assert squeezed.share == pytest.approx(2 - others / 1e9, rel=1e-4) and squeezed.share < 1
+    assert squeezed.regime == "busy" and squeezed.batches_per_s < free.batches_per_s
+    assert m.sequencer_ns_per_s(rate, squeezed.batches_per_s) == pytest.approx(squeezed.share * 1e9, rel=1e-4)
+    assert squeezed.total_ns_per_s == pytest.approx(2e9, rel=1e-4)
