@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 import numpy as np
+import scipy.optimize
 
 from loadgen.plan.inputs import (
     CORE_TIERS,
@@ -46,13 +47,19 @@ from loadgen.plan.inputs import (
 
 GIB = float(1 << 30)
 SECONDS_PER_DAY = 86_400.0
-#: A run whose sequencer tiers used at most this much of a core stands for the idle batch regime.
-IDLE_SEQUENCER_CORES = 0.5
+#: A run whose sequencer tiers used at most this much of the share of a core the other tiers left
+#: them (``run_share``) stands for the idle batch regime.
+IDLE_SEQUENCER_SHARE = 0.75
 #: Tiers whose fixed cost is per generator tick (each gateway builds and sends one Submit a tick),
 #: not per server batch: fitted as per tick + per payment (``fit_tier``).
 TICK_TIERS = (GENERATOR,)
 #: Tiers fitted per payment only: the kernel's CPU for the network and the disk has no batch of its own.
 PAYMENT_TIERS = (KERNEL,)
+#: Tiers with a CPU cost per second whatever the rate (the server's and the generator's event loops, timers, the
+#: journal's interval fsyncs: ~0.2 of a core on the quiet AMD box even at 100k/s), fitted when runs
+#: at three or more rates separate it from the per-batch cost, which otherwise absorbs it (1 ms
+#: "per batch" for ``baseline`` there, so the busy regime set in far too early).
+PER_SECOND_TIERS = ("framing_io", "ledger", GENERATOR)
 
 
 class Machine(msgspec.Struct, frozen=True):
@@ -93,9 +100,17 @@ class TierFit(msgspec.Struct, frozen=True):
     workers: int  # most workers it was measured with
     #: The generator's fixed cost follows its own ticks, not the server's batches (``TICK_TIERS``).
     per_tick_ns: float = 0.0
+    #: CPU ns per second whatever the rate (timers, the event loop's idle rounds, interval fsyncs):
+    #: fitted only from three or more rates (``fit_tier``), 0 otherwise.
+    per_s_ns: float = 0.0
 
     def ns_per_s(self, batches_per_s: float, payments_per_s: float, ticks_per_s: float = 0.0) -> float:
-        return self.per_batch_ns * batches_per_s + self.per_payment_ns * payments_per_s + self.per_tick_ns * ticks_per_s
+        return (
+            self.per_s_ns
+            + self.per_batch_ns * batches_per_s
+            + self.per_payment_ns * payments_per_s
+            + self.per_tick_ns * ticks_per_s
+        )
 
 
 class TierPlan(msgspec.Struct, frozen=True):
@@ -188,16 +203,20 @@ def fit_tier(tier: str, runs: Sequence[RunCost]) -> TierFit:
 
     The fixed cost is per server batch, per generator tick for ``TICK_TIERS`` (the generator's
     work follows its ticks: fitted per batch it grew as batches fell at high rates), none for
-    ``PAYMENT_TIERS``. With one measured rate there is nothing to separate them: the whole cost
-    is per payment.
+    ``PAYMENT_TIERS``; ``PER_SECOND_TIERS`` also get a cost per second when three or more rates
+    were measured (non-negative least squares, ``scipy.optimize.nnls``). With one measured rate
+    there is nothing to separate them: the whole cost is per payment.
     """
     per_tick = tier in TICK_TIERS
     units = np.array([r.arrivals.ticks_per_s(r.offered_tps) if per_tick else r.batches_per_s for r in runs])
     payments = np.array([r.transfers_per_s for r in runs])
     ns = np.array([r.tier_ns_per_s.get(tier, 0.0) for r in runs])
     rates = sorted({round(r.offered_tps) for r in runs})
-    fixed, per_payment = 0.0, float(ns.sum() / payments.sum())
-    if len(rates) >= 2 and tier not in PAYMENT_TIERS:
+    fixed, per_payment, per_s = 0.0, float(ns.sum() / payments.sum()), 0.0
+    if len(rates) >= 3 and tier in PER_SECOND_TIERS:
+        coef, _ = scipy.optimize.nnls(np.column_stack([np.ones_like(units), units, payments]), ns)
+        per_s, fixed, per_payment = (float(c) for c in coef)
+    elif len(rates) >= 2 and tier not in PAYMENT_TIERS:
         (a, b), *_ = np.linalg.lstsq(np.column_stack([units, payments]), ns, rcond=None)
         if a >= 0 and b >= 0:
             fixed, per_payment = float(a), float(b)
@@ -205,7 +224,7 @@ def fit_tier(tier: str, runs: Sequence[RunCost]) -> TierFit:
             fixed, per_payment = 0.0, float(ns @ payments / (payments @ payments))
         else:
             fixed, per_payment = float(ns @ units / (units @ units)), 0.0
-    fitted = fixed * units + per_payment * payments
+    fitted = per_s + fixed * units + per_payment * payments
     ratios = [float(m / f) for m, f in zip(ns, fitted, strict=True) if f > 0]
     return TierFit(
         tier=tier,
@@ -216,6 +235,7 @@ def fit_tier(tier: str, runs: Sequence[RunCost]) -> TierFit:
         spread_high=max(ratios, default=1.0),
         workers=max((r.workers.get(tier, r.cores if tier == KERNEL else 1) for r in runs), default=1),
         per_tick_ns=fixed if per_tick else 0.0,
+        per_s_ns=float(per_s),
     )
 
 
@@ -302,6 +322,8 @@ class BatchModel(msgspec.Struct, frozen=True):
     #: The idle runs' rates and batches per tick, by rate: ``per_tick_at`` interpolates between them.
     idle_rates_tps: list[float] = []
     idle_per_tick: list[float] = []
+    #: The sequencer's tiers' CPU per second whatever the rate (``TierFit.per_s_ns``): not there for batches.
+    per_s_ns: float = 0.0
 
     def per_tick_at(self, rate_tps: float) -> float:
         """Batches per tick while idle at ``rate_tps``: interpolated between the idle runs, held beyond."""
@@ -313,7 +335,7 @@ class BatchModel(msgspec.Struct, frozen=True):
         return self.per_tick_at(rate_tps) * self.arrivals.ticks_per_s(rate_tps)
 
     def busy_batches_per_s(self, rate_tps: float, share: float = 1.0) -> float:
-        spare_ns = share * 1e9 - self.per_payment_ns * rate_tps
+        spare_ns = share * 1e9 - self.per_s_ns - self.per_payment_ns * rate_tps
         return spare_ns / self.per_batch_ns if self.per_batch_ns > 0 else math.inf
 
     def full_batches_per_s(self, rate_tps: float) -> float:
@@ -331,7 +353,7 @@ class BatchModel(msgspec.Struct, frozen=True):
         return "full" if b == self.full_batches_per_s(rate_tps) else "busy"
 
     def sequencer_ns_per_s(self, rate_tps: float, batches_per_s: float) -> float:
-        return self.per_batch_ns * batches_per_s + self.per_payment_ns * rate_tps
+        return self.per_s_ns + self.per_batch_ns * batches_per_s + self.per_payment_ns * rate_tps
 
     def saturation_tps(self) -> float | None:
         """The lowest rate at which even full batches cost the sequencer one core (None: none below 1e9/s)."""
@@ -341,12 +363,14 @@ class BatchModel(msgspec.Struct, frozen=True):
 def batch_model(runs: Sequence[RunCost], tier_fits: dict[str, TierFit], hooks: Sequence[str]) -> BatchModel:
     """The batch model of a profile: its sequencer's fitted costs, and batches per tick where it was idle.
 
-    A run counts as idle when its sequencer tiers used at most half a core; with no such run, the
-    least busy run stands for the idle regime (its batches per tick are then too few, so the
+    A run counts as idle when its sequencer tiers used at most ``IDLE_SEQUENCER_SHARE`` of the share
+    of a core the other tiers left them (``run_share``: on a 2-core machine the trove, the generator
+    and the kernel can take part of the sequencer's core); with no such run, the least busy run
+    stands for the idle regime (its batches per tick are then too few, so the
     per-batch CPU below the measured rates is underestimated, and the plan says so).
     """
     seq = [f for t, f in tier_fits.items() if is_sequencer_tier(t, hooks)]
-    idle = [r for r in runs if sequencer_cores(r, hooks) <= IDLE_SEQUENCER_CORES]
+    idle = [r for r in runs if sequencer_cores(r, hooks) <= IDLE_SEQUENCER_SHARE * run_share(r, hooks)]
     stand_in = idle or [min(runs, key=lambda r: sequencer_cores(r, hooks))]
     by_rate: dict[float, list[float]] = {}
     for r in stand_in:
@@ -360,6 +384,7 @@ def batch_model(runs: Sequence[RunCost], tier_fits: dict[str, TierFit], hooks: S
         idle_runs=len(idle),
         idle_rates_tps=[float(r) for r in rates],
         idle_per_tick=[float(statistics.median(by_rate[r])) for r in rates],
+        per_s_ns=sum(f.per_s_ns for f in seq),
     )
 
 
@@ -410,6 +435,12 @@ def on_machine(
 def sequencer_cores(run: RunCost, hooks: Sequence[str]) -> float:
     """Cores the sequencer's tiers used in ``run``."""
     return sum(v for t, v in run.tier_ns_per_s.items() if is_sequencer_tier(t, hooks)) / 1e9
+
+
+def run_share(run: RunCost, hooks: Sequence[str]) -> float:
+    """The share of a core the other tiers (generator and kernel included) left the sequencer in ``run``."""
+    others = sum(v for t, v in run.tier_ns_per_s.items() if not is_sequencer_tier(t, hooks)) / 1e9
+    return min(max(run.cores - others, 0.0), 1.0)
 
 
 def cpu_ns_per_s(tier_fits: dict[str, TierFit], tiers: Sequence[str], rate_tps: float, batches: BatchModel) -> float:
@@ -854,7 +885,7 @@ def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], req
         + (
             "measured while the sequencer was idle"
             if m.idle_runs
-            else f"from the least busy run: no run's sequencer used at most {IDLE_SEQUENCER_CORES} of its core, "
+            else f"from the least busy run: no run's sequencer used at most {IDLE_SEQUENCER_SHARE:.0%} of its core, "
             "so below the measured rates the batches, and the per-batch CPU, are too few"
         )
         + "; busy, the "

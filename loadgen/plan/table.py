@@ -133,9 +133,10 @@ def headline_markdown(
         "validators and trove child; the generator excluded). Only runs where the server kept up are "
         "fitted: sustained, or the generator fell behind while the server shed nothing and applied "
         "at least 99% of the scheduled rate. Predicted max: the rate at which the fitted CPU of the "
-        "server's tiers and of the generator (they share this machine) fills all its cores, the "
-        "sequencer's tiers fill its one core, or the generator's fill its processes (one core each), "
-        "whichever comes first. Error: predicted against the "
+        "server's tiers, the generator and the kernel (CPU no process holds, from the files' machine_cpu; "
+        "they share this machine) fills all its cores, with the sequencer's batches growing as the others "
+        "squeeze its core, the sequencer's tiers fill its one core, or the generator's fill its processes "
+        "(one core each), whichever comes first (docs/plan.md). Error: predicted against the "
         "searched maximum, only where the search stopped at the server; where it stopped because the "
         "generator fell behind, the searched maximum bounds the generator and there is no check:",
         "",

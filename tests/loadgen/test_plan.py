@@ -83,6 +83,7 @@ def test_fit_recovers_per_batch_and_per_payment_cost_of_every_tier(model: CostMo
         fit = fit_tier(tier, costs)
         assert fit.per_batch_ns == pytest.approx(model.per_batch_ns.get(tier, 0.0), rel=1e-6), tier
         assert fit.per_tick_ns == pytest.approx(model.per_tick_ns.get(tier, 0.0), rel=1e-6), tier
+        assert fit.per_s_ns == pytest.approx(0.0, abs=1e3), tier  # the model has no cost per second
         assert fit.per_payment_ns == pytest.approx(model.per_payment_ns[tier], rel=1e-6), tier
         assert fit.spread_low == pytest.approx(1.0) and fit.spread_high == pytest.approx(1.0)
 
@@ -107,13 +108,22 @@ def test_plan_arithmetic_from_result_files(tmp_path: Path, model: CostModel) -> 
     plan = build_plan(read_inputs(tmp_path), request).plan
     rate = request.rate_tps
     # Batches at 300k: the idle regime (one tick's Submits a batch), with the batches per tick of the
-    # one run whose sequencer was mostly idle (100k/s); the tick at 300k/s by the generator's rule.
-    (low_rate, low_size), *_ = RATES_AND_BATCHES
-    per_tick = low_rate / low_size / _ticks_per_s(low_rate)
+    # runs whose sequencer used at most 3/4 of the core the other tiers left it, interpolated in rate
+    # between them; the tick at 300k/s by the generator's rule.
+    idle = []
+    seq_tiers = ["ledger", "framing_io", *full_hooks()]
+    for r, size in RATES_AND_BATCHES:
+        b, ticks = r / size, _ticks_per_s(r)
+        seq = sum(model.ns(t, b, r, ticks) for t in seq_tiers) / 1e9
+        others = sum(model.ns(t, b, r, ticks) for t in ("trove", "generator")) / 1e9
+        if seq <= 0.75 * min(2 - others, 1.0):
+            idle.append((r, b / ticks))
+    assert len(idle) >= 2, "the fixture has runs to interpolate between"
+    per_tick = float(np.interp(rate, [r for r, _ in idle], [k for _, k in idle]))
     assert plan.batch_regime == "idle"
     assert plan.batches_per_s == pytest.approx(per_tick * _ticks_per_s(rate))
     for tier in plan.tiers:
-        ns = model.ns(tier.tier, plan.batches_per_s, rate)
+        ns = model.ns(tier.tier, plan.batches_per_s, rate, _ticks_per_s(rate))
         assert tier.cores == pytest.approx(ns / 1e9, rel=1e-6), tier.tier
     assert {t.tier for t in plan.tiers} == model.tiers - {"generator"}
     hooks = set(full_hooks())
@@ -648,7 +658,9 @@ def test_on_a_shared_machine_the_other_tiers_squeeze_the_sequencers_core(model: 
     """On the measured machine, what the other tiers (generator, trove, kernel) need beyond the other
     cores comes out of the sequencer's: its busy batches fill only that share, so they are fewer and
     larger than with a core of its own; with the others light it has a whole core."""
-    m = BatchModel(batches_per_tick=1.5, per_batch_ns=1_000_000.0, per_payment_ns=600.0, arrivals=_arrivals())
+    m = BatchModel(
+        batches_per_tick=1.5, per_batch_ns=1_000_000.0, per_payment_ns=600.0, arrivals=_arrivals(), per_s_ns=5e7
+    )
     costs = _costs(model)
     light = {t: f for t, f in fits(costs).items() if t in ("ledger", GENERATOR)}
     rate = 600_000.0
@@ -662,3 +674,22 @@ def test_on_a_shared_machine_the_other_tiers_squeeze_the_sequencers_core(model: 
     assert squeezed.regime == "busy" and squeezed.batches_per_s < free.batches_per_s
     assert m.sequencer_ns_per_s(rate, squeezed.batches_per_s) == pytest.approx(squeezed.share * 1e9, rel=1e-4)
     assert squeezed.total_ns_per_s == pytest.approx(2e9, rel=1e-4)
+
+
+def test_a_cost_per_second_is_fitted_from_three_rates_for_the_loops_only(model: CostModel) -> None:
+    """The server's loop (framing_io, ledger) and the generator's have a cost per second whatever the
+    rate; from three or more rates it is separated from the per-batch cost; a hook gets none (its
+    constant lands in per-batch/per-payment), and from two rates there is none either."""
+    constant = 2e8
+    costs = [_cost(c, tier_ns_per_s=c.tier_ns_per_s | {
+        "framing_io": c.tier_ns_per_s["framing_io"] + constant,
+        "wallet_limits": c.tier_ns_per_s["wallet_limits"] + constant,
+    }) for c in _costs(model)]  # fmt: skip
+    framing = fit_tier("framing_io", costs)
+    assert framing.per_s_ns == pytest.approx(constant, rel=1e-6)
+    assert framing.per_batch_ns == pytest.approx(model.per_batch_ns["framing_io"], rel=1e-6)
+    assert framing.per_payment_ns == pytest.approx(model.per_payment_ns["framing_io"], rel=1e-6)
+    assert fit_tier("wallet_limits", costs).per_s_ns == 0.0
+    assert fit_tier("framing_io", costs[:2]).per_s_ns == 0.0
+    m = batch_model(costs, fits(costs), full_hooks())
+    assert m.per_s_ns == pytest.approx(constant, rel=1e-6)
