@@ -123,6 +123,8 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     p99_ms: float
     #: The server kept up with what it was sent (``server_kept_up``): only such runs are fitted.
     server_kept_up: bool = True
+    #: Cores the machine left idle (idle + iowait) over the window (``machine_cpu``; None: not recorded).
+    idle_cores: float | None = None
 
 
 class MeasuredMax(msgspec.Struct, frozen=True):
@@ -247,6 +249,11 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
             applied_tps=transfers / window_s,
             scheduled_tps=result.summary.scheduled_tps or result.summary.offered_tps,
             min_ratio=settings.targets.min_achieved_ratio,
+        ),
+        idle_cores=(
+            None
+            if result.machine_cpu is None or result.machine_cpu.seconds <= 0
+            else (result.machine_cpu.idle_s + result.machine_cpu.iowait_s) / result.machine_cpu.seconds
         ),
     )
 

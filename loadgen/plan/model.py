@@ -741,7 +741,14 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
             )
         else:
             error = (predicted - measured.median_tps) / measured.median_tps
-            if abs(error) > 0.25 and saturated is not None and KERNEL not in tier_fits:
+            idle = [r.idle_cores for r in runs if not r.server_kept_up and r.idle_cores is not None]
+            if abs(error) > 0.25 and idle:
+                note = (
+                    f"the runs that saturated left {min(idle):.2f}-{max(idle):.2f} of {cores} cores idle "
+                    "(machine_cpu): the server waited (blocked, or in the run queue) rather than ran out of CPU, "
+                    "which a CPU budget does not predict"
+                )
+            elif abs(error) > 0.25 and saturated is not None and KERNEL not in tier_fits:
                 note = (
                     f"the runs that saturated used only {saturated:.2f} of {cores} cores of CPU the result files "
                     "account for (server + generator): the rest (kernel networking and disk, the processes' "
@@ -889,12 +896,22 @@ def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], req
             "so below the measured rates the batches, and the per-batch CPU, are too few"
         )
         + "; busy, the "
-        f"sequencer's {m.per_batch_ns / 1e3:,.0f} us per batch + {m.per_payment_ns:,.0f} ns per payment fill one "
-        f"core; at most {m.arrivals.full_batch(request.rate_tps):,.0f} payments a batch)",
+        f"sequencer's {m.per_batch_ns / 1e3:,.0f} us per batch + {m.per_payment_ns:,.0f} ns per payment"
+        + (f" + {m.per_s_ns / 1e9:.2f} cores whatever the rate" if m.per_s_ns else "")
+        + f" fill one core; at most {m.arrivals.full_batch(request.rate_tps):,.0f} payments a batch)",
         "a tier scales linearly in cores up to the workers it was measured with; beyond that it is extrapolation"
         + (f" ({', '.join(extrapolated)})" if extrapolated else ""),
         seq,
         f"{request.replicas} replicas each hold the sequencer's state, journal and snapshots; "
         f"{request.snapshots_kept} snapshots kept; retention {request.retention_days:g} days",
         "the load generator is excluded (its CPU is used only to predict this machine's maximum)",
+        *(
+            [
+                "kernel (kernel and other): the measured machine's CPU that no process held (softirq and "
+                "interrupts for the loopback network and the disk, the hypervisor's steal, processes that exited), "
+                "per payment; it includes the generator's side of the network, so it is an upper bound for a server"
+            ]
+            if any(t.tier == KERNEL for t in plan.tiers)
+            else []
+        ),
     ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadgen.plan.inputs import GENERATOR, RunCost
+from loadgen.plan.inputs import GENERATOR, KERNEL, RunCost
 from loadgen.plan.model import GIB, CapacityPlan, Prediction, ProfilePlan, size_text
 
 BEGIN = "<!-- plan-first-cut:begin (written by benchmarks/plan_first_cut.py: edit the script, not this) -->"
@@ -62,13 +62,20 @@ def _disk_text(p: ProfilePlan) -> str:
 
 
 def _server_cores(run: RunCost) -> float:
-    return sum(v for t, v in run.tier_ns_per_s.items() if t != GENERATOR) / 1e9
+    return sum(v for t, v in run.tier_ns_per_s.items() if t not in (GENERATOR, KERNEL)) / 1e9
 
 
-def _measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | None) -> str:
+def _machine_text(run: RunCost) -> str:
+    """The machine's own figures of a run that recorded them: the kernel's CPU and the idle cores."""
+    if run.idle_cores is None:
+        return ""
+    return f" (+ kernel {run.tier_ns_per_s.get(KERNEL, 0.0) / 1e9:.2f}, idle {run.idle_cores:.2f})"
+
+
+def measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | None) -> str:
     shown = "; ".join(
-        f"{rate_text(r.offered_tps)}: {_server_cores(r):.2f} cores, p99 {r.p99_ms:.1f} ms, {r.verdict}"
-        + ("" if r.server_kept_up else " (server saturated: not fitted)")
+        f"{rate_text(r.offered_tps)}: {_server_cores(r):.2f} cores{_machine_text(r)}, p99 {r.p99_ms:.1f} ms, "
+        f"{r.verdict}" + ("" if r.server_kept_up else " (server saturated: not fitted)")
         for r in sorted(runs, key=lambda r: r.offered_tps)
     )
     if prediction is None:
@@ -130,7 +137,9 @@ def headline_markdown(
         ),
         *([""] if any(p.cpu_problem is not None for p in profiles) else []),
         "The measured 2-core figures each row was derived from (server CPU = the server process, its "
-        "validators and trove child; the generator excluded). Only runs where the server kept up are "
+        "validators and trove child; the generator excluded; in brackets, where the run recorded the "
+        "machine's CPU, the kernel's cores (CPU no process held) and the cores left idle). Only runs "
+        "where the server kept up are "
         "fitted: sustained, or the generator fell behind while the server shed nothing and applied "
         "at least 99% of the scheduled rate. Predicted max: the rate at which the fitted CPU of the "
         "server's tiers, the generator and the kernel (CPU no process holds, from the files' machine_cpu; "
@@ -142,7 +151,7 @@ def headline_markdown(
         "",
         "| profile | runs: offered rate, server CPU, p99, verdict | predicted max | measured max (search) | error |",
         "|---|---|---|---|---|",
-        *(_measured_row(p.profile, by_label.get(p.profile, []), predictions.get(p.profile)) for p in profiles),
+        *(measured_row(p.profile, by_label.get(p.profile, []), predictions.get(p.profile)) for p in profiles),
         "",
         f"Plan: `{plan_command}`. Result files (the command that wrote each one: `{commands_file}`):",
         "",

@@ -46,7 +46,7 @@ from loadgen.plan.model import (
     predict_max,
     scaled,
 )
-from loadgen.plan.table import BEGIN, END, headline_markdown, rate_text, replace_section
+from loadgen.plan.table import BEGIN, END, measured_row, headline_markdown, rate_text, replace_section
 from loadgen.results import machine_cpu
 from loadgen.results.state import StateFootprint
 from loadgen.results.verdict import Kind
@@ -637,7 +637,9 @@ def test_the_kernels_cpu_is_a_per_payment_tier_of_its_own(tmp_path: Path, model:
     assert all(c.tier_ns_per_s[KERNEL] == pytest.approx(kernel_ns * c.transfers_per_s) for c in costs)
     fit = fit_tier(KERNEL, costs)
     assert fit.per_batch_ns == 0.0 and fit.per_tick_ns == 0.0 and fit.per_payment_ns == pytest.approx(kernel_ns)
-    plan = build_plan(read_inputs(write_runs(tmp_path, runs)), _request()).plan
+    whole = build_plan(read_inputs(write_runs(tmp_path, runs)), _request())
+    plan = whole.plan
+    assert any("upper bound for a server" in a for a in whole.assumptions)
     (kernel,) = [t for t in plan.tiers if t.tier == KERNEL]
     assert kernel.cores == pytest.approx(kernel_ns * 300_000.0 / 1e9) and not kernel.on_sequencer
     assert not kernel.surveillance
@@ -693,3 +695,21 @@ def test_a_cost_per_second_is_fitted_from_three_rates_for_the_loops_only(model: 
     assert fit_tier("framing_io", costs[:2]).per_s_ns == 0.0
     m = batch_model(costs, fits(costs), full_hooks())
     assert m.per_s_ns == pytest.approx(constant, rel=1e-6)
+
+
+def test_a_large_error_with_idle_cores_in_the_saturated_runs_says_the_server_waited(model: CostModel) -> None:
+    """Where the saturated runs recorded the machine's CPU and left cores idle, the error's note says
+    the server waited rather than ran out of CPU; the measured table shows the kernel and the idle cores."""
+    costs = _costs(model)
+    saturated = _cost(costs[-1], server_kept_up=False, offered_tps=costs[-1].offered_tps * 2, idle_cores=0.6)
+    runs = [*costs, saturated]
+    predicted = predict_max("full", runs, []).predicted_tps
+    assert predicted is not None
+    half = MeasuredMax(
+        "full", predicted / 2, predicted / 2, predicted / 2, 1, False, "c.json", costs[0].cpu_model, None
+    )
+    p = predict_max("full", runs, [half])
+    assert p.error == pytest.approx(1.0) and "left 0.60-0.60 of 2 cores idle" in p.note
+    row = measured_row("full", [saturated], p)
+    assert "idle 0.60" in row and "kernel 0.00" in row
+    assert "idle" not in measured_row("full", costs[:1], p).split("|")[2]
