@@ -46,7 +46,7 @@ from loadgen.plan.model import (
     predict_max,
     scaled,
 )
-from loadgen.plan.table import BEGIN, END, measured_row, headline_markdown, rate_text, replace_section
+from loadgen.plan.table import BEGIN, END, headline_markdown, measured_row, rate_text, replace_section
 from loadgen.results import machine_cpu
 from loadgen.results.state import StateFootprint
 from loadgen.results.verdict import Kind
