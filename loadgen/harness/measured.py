@@ -216,11 +216,8 @@ async def measure(
         external=external,
         server_args=server_args,
     )
-    return msgspec.structs.replace(
-        result,
-        cpu_ns_per_payment=cpu_ns_per_payment(result),
-        machine_cpu=machine_cpu.window(machine.get("start"), machine.get("end")),
-    )
+    result = msgspec.structs.replace(result, machine_cpu=machine_cpu.window(machine.get("start"), machine.get("end")))
+    return msgspec.structs.replace(result, cpu_ns_per_payment=cpu_ns_per_payment(result))
 
 
 def run_measure(config: LoadConfig, **kwargs: Any) -> RunResult:

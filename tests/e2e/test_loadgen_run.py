@@ -72,6 +72,12 @@ def test_run_starts_a_server_measures_audits_and_writes_a_result(
     assert settings is not None and settings.profile == "baseline" and settings.targets.slo_p99_ms == 2000.0
     assert settings.scenario_sha256 == hashlib.sha256(Path(scenario).read_bytes()).hexdigest()
     assert "--accounts" in settings.server_args and "20000" in settings.server_args
+    # Issue 21: the whole machine's CPU over the window holds at least the server's and the generator's.
+    m = result.machine_cpu
+    assert m is not None and m.seconds == pytest.approx(result.load.seconds, rel=0.2)
+    assert m.busy_s + m.iowait_s + m.idle_s <= m.cores * m.seconds * 1.1
+    assert m.processes_s >= 0.9 * ((s.cpu_s or 0.0) + result.generator.cpu_s) > 0
+    assert "kernel" in result.cpu_ns_per_payment
     # Issue 16: the gateways generated the scenario's [workload], and the file says so.
     _assert_ran_the_scenarios_workload(result, scenario)
 
