@@ -18,7 +18,8 @@ Run from the repository root on a quiet machine (about 11 minutes on 2 cores):
 Every command and the result files it wrote go to ``OUT/COMMANDS.md``. ``--tiny`` runs the same
 steps at a tenth of the rates, 20,000 accounts and 1-second phases (a check that the pipeline
 works, not a measurement), into a temporary directory removed at the end unless ``--out`` is
-given. Not part of the test suite.
+given; ``--tiny --labels full`` measures only ``full`` that way, a ~2-minute smoke of the whole
+pipeline. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -95,14 +96,18 @@ class Recorder:
         return path
 
 
-def measure(out: Path, search_out: Path, *, scale: float, accounts: str, seconds: str, warmup: str) -> Recorder:
+def measure(
+    out: Path, search_out: Path, *, scale: float, accounts: str, seconds: str, warmup: str, labels: list[str]
+) -> Recorder:
+    """Engine results, runs and searches of the ``RATES`` entries in ``labels``."""
     rec = Recorder(out)
     scratch = Path(tempfile.mkdtemp(prefix="plan-first-cut-"))
+    rates_by_label = {label: RATES[label] for label in labels}
     try:
-        for profile in dict.fromkeys(p for p, _, _ in RATES.values()):
+        for profile in dict.fromkeys(p for p, _, _ in rates_by_label.values()):
             rec.run(["engine", "--profile", profile, "--accounts", accounts, "--seconds", "1", "--warmup", "0.5",
                      "--out", str(out / "engine")])  # fmt: skip
-        for label, (profile, extra, rates) in RATES.items():
+        for label, (profile, extra, rates) in rates_by_label.items():
             for rate in rates:
                 store = scratch / f"{label}-{rate:.0f}"
                 trove = ["--trove", str(store / "trove")] if profile in KEEPS_TROVE else []
@@ -111,7 +116,7 @@ def measure(out: Path, search_out: Path, *, scale: float, accounts: str, seconds
                          "--fsync", "interval:10", *trove, "--out", str(out / "runs")])  # fmt: skip
                 shutil.rmtree(store, ignore_errors=True)
         searches: dict[str, tuple[list[str], tuple[str, ...]]] = {}
-        for profile, extra, _ in RATES.values():
+        for profile, extra, _ in rates_by_label.values():
             searches.setdefault(" ".join(extra) or "unsigned", ([], extra))[0].append(profile)
         for name, (profiles, extra) in searches.items():
             folder = search_out / name.replace(" ", "").replace("--", "")
@@ -148,7 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme", help="write the headline section into this README (between its markers)")
     ap.add_argument("--tiny", action="store_true", help="a pipeline check at a tenth of the rates, in a temp dir")
     ap.add_argument("--plan-only", action="store_true", help="skip the measurements: plan from --out as it is")
+    ap.add_argument(
+        "--labels", nargs="+", choices=list(RATES), default=list(RATES), metavar="LABEL",
+        help=f"measure only these (default all: {' '.join(RATES)}); with --tiny, '--labels {PLAN_PROFILE}' is a "
+        "~2-minute smoke of the whole pipeline",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if PLAN_PROFILE not in args.labels:
+        ap.error(f"--labels must include {PLAN_PROFILE}: the plan is for it")
+    if args.readme and args.labels != list(RATES):
+        ap.error("--readme needs every label measured (the headline table has a row per profile)")
     tiny_dir = Path(tempfile.mkdtemp(prefix="plan-first-cut-tiny-")) if args.tiny and not args.out else None
     out = tiny_dir / "plan-first-cut" if tiny_dir else Path(args.out or "results/plan-first-cut")
     search_out = out.with_name(out.name + "-search")
@@ -159,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             scale = 0.1 if args.tiny else 1.0
             rec = measure(out, search_out, scale=scale, accounts="20000" if args.tiny else "1000000",
-                          seconds="1" if args.tiny else "3", warmup="0.5" if args.tiny else "2")  # fmt: skip
+                          seconds="1" if args.tiny else "3", warmup="0.5" if args.tiny else "2",
+                          labels=args.labels)  # fmt: skip
             rec.save()
         command = (
             f"cbdc-bench plan --rate {PLAN_RATE_TPS:.0f} --accounts {PLAN_ACCOUNTS} --profile {PLAN_PROFILE} "
