@@ -70,7 +70,11 @@ def test_the_fit_predicts_cpu_above_its_rates_and_the_maximum(tmp_path: Path) ->
     predicted_cpu = sum(every[t].ns_per_s(b, rate, ticks) for t in server)
     measured_cpu = sum(v for t, v in fresh.tier_ns_per_s.items() if t not in (GENERATOR, KERNEL))
     cpu_error = (predicted_cpu - measured_cpu) / measured_cpu
-    kernel = f", kernel {fresh.tier_ns_per_s[KERNEL] / 1e9:.3f} cores" if KERNEL in fresh.tier_ns_per_s else ""
+    kernel = (
+        f", kernel {fresh.tier_ns_per_s.get(KERNEL, 0.0) / 1e9:.3f} cores, idle {fresh.idle_cores:.3f}"
+        if fresh.idle_cores is not None
+        else ""
+    )
 
     targets = CompareSettings()
 
