@@ -5,13 +5,17 @@ Nothing here reads a file or knows a constant about any machine: every figure co
 command that measures it.
 
 **CPU.** A tier's CPU per second is ``per_batch_ns * batches/s + per_payment_ns * payments/s``
-(``fit_tier``, least squares over runs at two or more rates): batching amortises per-batch work, so
-CPU per payment falls as the rate rises. The batches per second at a rate come from how the server
+(``fit_tier``, least squares over runs at two or more rates; the generator's fixed cost is per
+tick, the kernel's CPU per payment only, and the event loops get a cost per second from three
+rates): batching amortises per-batch work, so CPU per payment falls as the rate rises. The
+batches per second at a rate come from how the server
 batches (``BatchModel``: one batch per generator tick while the sequencer is idle; what arrived
 while the previous batch ran once it is busy, so batches grow with the rate; at most
 ``max_batch``), not from the measured sizes held beyond the measured rates: held, they overstated
 the per-batch cost above the range (a plan from 50k and 150k/s runs put ``full``'s maximum on a
-2-core machine at 101,620/s, while it sustained 300k/s). A tier's band is the fitted value times
+2-core machine at 101,620/s, while it sustained 300k/s). On the machine the runs were measured
+on, the other tiers (generator, trove, kernel) take part of the sequencer's core and its batches
+grow sooner (``on_machine``): that is how the maximum rate there is predicted. A tier's band is the fitted value times
 the lowest and highest ratio of measured to fitted CPU over its runs (the run-to-run spread).
 Tiers on the sequencer's core cannot use a second core; the others scale linearly in cores up to
 the workers they were measured with (``RunCost.workers``), and beyond that the plan says it extrapolates.
