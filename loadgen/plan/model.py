@@ -892,9 +892,10 @@ def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], req
         f"({', '.join(f'{r:,.0f}' for r in plan.rates_tps)}/s)",
         f"batches at {request.rate_tps:,.0f}/s: {plan.batches_per_s:,.0f}/s ({plan.batch_regime} regime of the batch "
         f"model: the generator's {m.arrivals.load.operators} gateways tick "
-        f"{m.arrivals.ticks_per_s(request.rate_tps):,.0f} times/s, {m.batches_per_tick:.2f} batches per tick "
+        f"{m.arrivals.ticks_per_s(request.rate_tps):,.0f} times/s, {m.per_tick_at(request.rate_tps):.2f} batches per "
+        "tick "
         + (
-            "measured while the sequencer was idle"
+            "measured while the sequencer was idle (interpolated in rate between those runs)"
             if m.idle_runs
             else f"from the least busy run: no run's sequencer used at most {IDLE_SEQUENCER_SHARE:.0%} of its core, "
             "so below the measured rates the batches, and the per-batch CPU, are too few"
