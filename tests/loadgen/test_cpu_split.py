@@ -12,7 +12,7 @@ from tests.support.plan_fixtures import default_model, synthetic_run
 
 def test_cpu_per_payment_recovers_each_tiers_cost() -> None:
     model = default_model()
-    per_payment_only = msgspec.structs.replace(model, per_batch_ns={})
+    per_payment_only = msgspec.structs.replace(model, per_batch_ns={}, per_tick_ns={})
     run = synthetic_run(per_payment_only, rate_tps=200_000.0, batch_size=1_000.0)
     split = cpu_ns_per_payment(run)
     assert set(split) == model.tiers
