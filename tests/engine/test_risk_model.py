@@ -286,7 +286,8 @@ def test_model_thread_runs_at_the_niceness_asked_for(request) -> None:
     assert isinstance(risk, RiskModel)
     ledger.apply(wl.batch(300, first_id=0))
     ledger.run_deferred()
-    risk.flush()
+    assert risk._executor is not None
+    risk._executor.submit(lambda: None).result()  # the thread has started (its initializer ran first)
     own = os.getpriority(os.PRIO_PROCESS, 0)
     assert risk.model_thread_tid not in (0, os.getpid())
     assert risk.stats()["model_thread_nice"] == min(own + 7, 19)
@@ -294,3 +295,33 @@ def test_model_thread_runs_at_the_niceness_asked_for(request) -> None:
     assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the caller's thread keeps its own
     with pytest.raises(ValueError, match="model_thread_nice"):
         load_hook("risk_model", {"model_thread_nice": 20})
+
+
+def test_a_model_thread_behind_is_relieved_by_the_sequencer_with_the_same_flags(rng, request) -> None:
+    """A model thread that gets no core (here: stuck behind a job) never stalls the sequencer: a
+    batch it has not started when its flags are due is scored on the sequencer's thread."""
+    import threading
+
+    wl, ledger, ref, risk = _ledgers("observe", 0.02)
+    assert isinstance(risk, RiskModel) and risk._executor is not None
+    stuck = threading.Event()
+    request.addfinalizer(risk.close)
+    request.addfinalizer(stuck.set)
+    risk._executor.submit(stuck.wait)  # occupies the model's only thread
+    social = next(h for h in ledger.hooks if isinstance(h, SocialCredit))
+    ref_social = next(h for h in ref.hooks if h.name == "social_credit")
+    first = 0
+    for i in range(10):
+        batch = wl.batch(400, first_id=first) if i % 3 else _hostile(rng, first)
+        first += len(batch)
+        assert ledger.apply(batch).tolist() == ref.apply(batch)
+        ledger.run_deferred()
+        assert social.score.tolist() == ref_social.scores
+    stats = risk.stats()
+    assert stats["scored_on_sequencer"] > 0 and stats["wait_ns"] == 0
+    assert risk.flagged > 0 and stats["scoring_errors"] == 0
+    stuck.set()
+    risk.flush()
+    twin = next(h for h in ref.hooks if h.name == "risk_model")
+    twin.flush()
+    assert risk.flagged == twin.flagged and social.score.tolist() == ref_social.scores
