@@ -31,15 +31,22 @@ from pathlib import Path
 from engine.profiles import default_scenario_text
 
 #: Variant name -> {(scenario section, key): TOML value}; "shipped" is the scenario as it is.
+#: ``TMPFS_TROVE`` variants also write the trove to a fresh directory in /dev/shm (removed after).
 VARIANTS: dict[str, dict[tuple[str, str], str]] = {
     "shipped": {},
     "features-inline": {("hooks.risk_model", "deferred"): "false"},
     "model-nice-10": {("hooks.risk_model", "model_thread_nice"): "10"},
     "trove-nice-19": {("hooks.surveillance_log.trove", "process_nice"): "19"},
     "trove-nice-0": {("hooks.surveillance_log.trove", "process_nice"): "0"},
+    # The trove on tmpfs: with --journal, does the trove's disk writing slow the journal's fsync
+    # (one ext4 file system: an fsync commits the trove's dirty data too)?
+    "trove-tmpfs": {},
     "lag-32": {("hooks.risk_model", "lag_batches"): "32"},
     "nice-10-lag-32": {("hooks.risk_model", "model_thread_nice"): "10", ("hooks.risk_model", "lag_batches"): "32"},
 }
+
+
+TMPFS_TROVE = ("trove-tmpfs",)
 
 
 def set_key(text: str, section: str, key: str, value: str) -> str:
@@ -123,15 +130,18 @@ class ThreadSampler:
         return out
 
 
-def run(path: Path, rate: int, seconds: float, journal: Path | None, out: Path) -> dict[str, object]:
+def run(path: Path, rate: int, seconds: float, journal: Path | None, out: Path, tmpfs: bool) -> dict[str, object]:
     command = [sys.executable, "-m", "loadgen", "run", "--profile", "realistic", "--rate", str(rate)]
     command += ["--seconds", f"{seconds}s", "--scenario", str(path), "--out", str(out)]
     if journal is not None:
         command += ["--journal", str(journal), "--fsync", "batch"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sampler = ThreadSampler(proc.pid)
-    sampler.thread.start()
-    proc.wait()
+    with tempfile.TemporaryDirectory(prefix="risk-tail-trove-", dir="/dev/shm" if tmpfs else out.parent) as trove:
+        if tmpfs:
+            command += ["--trove", str(Path(trove) / "trove")]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sampler = ThreadSampler(proc.pid)
+        sampler.thread.start()
+        proc.wait()
     sampler.stop.set()
     sampler.thread.join()
     result = json.loads(max(out.glob("*.json"), key=lambda p: p.stat().st_mtime).read_text())
@@ -145,8 +155,12 @@ def run(path: Path, rate: int, seconds: float, journal: Path | None, out: Path) 
         "settled": result["summary"].get("achieved_ratio"),
         "send_lag_p99_ms": result["generator"]["send_lag"]["p99_ms"],
         "model_wait_ms": stats["risk_model"]["wait_ns"] / 1e6,
+        "scored_on_sequencer": stats["risk_model"].get("scored_on_sequencer", 0)
+        / max(stats["risk_model"]["scored"], 1),
         "trove_append_wait_ms": stats["trove"]["append_wait_ns"] / 1e6,
         "fsync_ms_per_s": result["server"]["durability"]["fsync_ms_per_s"],
+        "fsync_ms_each": result["server"]["durability"]["fsync_ms_per_s"]
+        / max(result["server"]["durability"]["fsyncs_per_s"], 1e-9),
         "sequencer_wait_s": threads.get("server/main", {}).get("wait_s", 0.0),
         "threads": {k: {m: round(v, 3) for m, v in t.items()} for k, t in sorted(threads.items()) if t["cpu_s"] > 0.05},
     }
@@ -173,7 +187,7 @@ def main() -> None:
                 out = folder / f"out-{name}-{round_}"
                 journal = folder / f"journal-{name}-{round_}" if args.journal else None
                 t0 = time.monotonic()
-                line = run(paths[name], args.rate, args.seconds, journal, out)
+                line = run(paths[name], args.rate, args.seconds, journal, out, name in TMPFS_TROVE)
                 figures[name].append(line)
                 print(json.dumps({"round": round_, "variant": name, "wall_s": round(time.monotonic() - t0, 1), **line}))
                 sys.stdout.flush()

@@ -9,14 +9,16 @@ CPU per payment than LightGBM's own predictor).
 
 Two modes (the scenario's ``[hooks.risk_model] mode``):
 
-* ``observe`` (default): after a batch commits, the applied payments' feature rows (as of the
-  batch's start) are computed on the sequencer's thread, the features are updated, and the rows
-  go to a background thread that runs the model (every runtime releases the GIL: the second
-  core; ``model_thread = false`` scores on the sequencer's thread instead, for comparison).
-  Flagged payments lower their payer's ``social_credit`` score by ``penalty`` points. Flags of
-  batch k reach the scores at the start of batch k + ``lag_batches`` (waiting for the model if it
-  is that far behind: backpressure, never a dropped score), so the outcome does not depend on
-  thread timing and the one-at-a-time twin reproduces it exactly.
+* ``observe`` (default): after a batch commits and its replies are out (``deferred``), the
+  applied payments' feature rows (as of the batch's start) are computed on the sequencer's
+  thread, the features are updated, and the rows go to a background thread that runs the model
+  (every runtime releases the GIL: the second core; ``model_thread = false`` scores on the
+  sequencer's thread instead, for comparison). Flagged payments lower their payer's
+  ``social_credit`` score by ``penalty`` points. Flags of batch k reach the scores at the start
+  of batch k + ``lag_batches``; a batch the model thread has not finished by then is scored on
+  the sequencer's thread (never a dropped score, and never a wait on a thread that may not get a
+  core), so the outcome does not depend on thread timing and the one-at-a-time twin reproduces
+  it exactly.
 * ``authorize``: the payments that passed the ledger's own checks are scored before money moves
   (like every authorize hook, before caps and funds) and those above the threshold are vetoed
   with RISK_VETO. The model runs on the sequencer's thread: that is the latency a veto costs.
@@ -169,15 +171,15 @@ class RiskModel(Hook):
         #: sequencer's thread (authorize mode; observe mode's is ``background_ns``).
         self.features_ns = 0
         self.inference_ns = 0
-        #: Observe mode: the sequencer's wall time blocked waiting for the model (lag_batches
-        #: behind). Counted in begin_ns (the sequencer could not go on) while the model's own CPU
-        #: is in background_ns: the two overlap, so subtract this for CPU per payment.
+        #: Observe mode: the sequencer's wall time blocked waiting for the model: only at the end
+        #: of a run (``flush``); when flags are due it scores an unfinished batch itself instead.
+        #: Counted in begin_ns while the model's own CPU is in background_ns: they overlap.
         self.wait_ns = 0
         #: Batches whose scoring failed on the model thread (their flags are lost, and counted).
         self.errors = 0
         self.last_error = ""
         #: Observe mode: payments the sequencer scored itself because the model thread had not
-        #: started their batch when its flags were due (``_settle``).
+        #: finished their batch when its flags were due (``_settle``).
         self.scored_on_sequencer = 0
         self._background_ns = 0  # written by the worker thread only
         #: The model thread's Linux thread id and niceness, set by the thread as it starts.
@@ -307,26 +309,28 @@ class RiskModel(Hook):
         self._background_ns += time.thread_time_ns() - t0
         return flagged
 
-    def _settle(self, keep: int) -> None:
+    def _settle(self, keep: int, *, wait: bool = False) -> None:
         """Apply the flags of all but the ``keep`` most recent observed batches, oldest first.
 
-        A due batch the model thread has not started (it is behind, e.g. descheduled on a busy
-        machine) is taken back and scored here: the sequencer does the work instead of waiting
-        behind a queue on a thread that may not get a core (same rows, same predictor, same
-        flags; its CPU counts as inference on this thread, ``scored_on_sequencer`` says how much).
+        A due batch the model thread has not finished (it is behind, or descheduled mid-batch on
+        a busy machine) is scored here instead: the sequencer never waits on a thread that may
+        not get a core (same rows, same predictor, same flags; a batch the thread was running is
+        scored twice and its CPU counted twice, here as inference and there in background_ns;
+        ``scored_on_sequencer`` says how much). ``wait`` (the end of a run) waits instead.
         """
         while len(self._pending) > max(keep - 1, 0):
             future = self._pending.popleft()
             rows, payers = self._pending_inputs.popleft()
             try:
-                if future.cancel():
-                    flagged = self._score_here(rows, payers)
-                else:
+                if future.done() or (wait and not future.cancel()):
                     t0 = time.perf_counter_ns()
                     try:
                         flagged = future.result()
                     finally:
                         self.wait_ns += time.perf_counter_ns() - t0
+                else:
+                    future.cancel()  # not started: the thread skips it
+                    flagged = self._score_here(rows, payers)
             except Exception as exc:  # the batch committed long ago: count it, never stop the sequencer
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -346,7 +350,7 @@ class RiskModel(Hook):
 
     def flush(self) -> None:
         """Wait for every pending score and apply its flags now (end of a run)."""
-        self._settle(0)
+        self._settle(0, wait=True)
 
     # ---- snapshot state (``engine.snapshot``) ----------------------------------------------
 

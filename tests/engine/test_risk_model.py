@@ -299,15 +299,22 @@ def test_model_thread_runs_at_the_niceness_asked_for(request) -> None:
 
 def test_a_model_thread_behind_is_relieved_by_the_sequencer_with_the_same_flags(rng, request) -> None:
     """A model thread that gets no core (here: stuck behind a job) never stalls the sequencer: a
-    batch it has not started when its flags are due is scored on the sequencer's thread."""
+    batch it has not finished when its flags are due is scored on the sequencer's thread."""
     import threading
 
     wl, ledger, ref, risk = _ledgers("observe", 0.02)
-    assert isinstance(risk, RiskModel) and risk._executor is not None
+    assert isinstance(risk, RiskModel) and risk.predictor is not None
     stuck = threading.Event()
     request.addfinalizer(risk.close)
     request.addfinalizer(stuck.set)
-    risk._executor.submit(stuck.wait)  # occupies the model's only thread
+    predict = risk.predictor.predict
+
+    def stalls_on_the_model_thread(rows, *, threads=1):
+        if threading.current_thread() is not threading.main_thread():
+            stuck.wait()  # descheduled mid-batch: the first batch runs, the rest queue behind it
+        return predict(rows, threads=threads)
+
+    risk.predictor.predict = stalls_on_the_model_thread  # type: ignore[method-assign]
     social = next(h for h in ledger.hooks if isinstance(h, SocialCredit))
     ref_social = next(h for h in ref.hooks if h.name == "social_credit")
     first = 0
