@@ -15,10 +15,10 @@ Two modes (the scenario's ``[hooks.risk_model] mode``):
   (every runtime releases the GIL: the second core; ``model_thread = false`` scores on the
   sequencer's thread instead, for comparison). Flagged payments lower their payer's
   ``social_credit`` score by ``penalty`` points. Flags of batch k reach the scores at the start
-  of batch k + ``lag_batches``; a batch the model thread has not finished by then is scored on
-  the sequencer's thread (never a dropped score, and never a wait on a thread that may not get a
-  core), so the outcome does not depend on thread timing and the one-at-a-time twin reproduces
-  it exactly.
+  of batch k + ``lag_batches``; a batch the model thread has not finished by then (not started,
+  or running for over ~3x its expected time) is scored on the sequencer's thread (never a dropped
+  score, and no long wait on a thread that may not get a core), so the outcome does not depend on
+  thread timing and the one-at-a-time twin reproduces it exactly.
 * ``authorize``: the payments that passed the ledger's own checks are scored before money moves
   (like every authorize hook, before caps and funds) and those above the threshold are vetoed
   with RISK_VETO. The model runs on the sequencer's thread: that is the latency a veto costs.
@@ -171,9 +171,9 @@ class RiskModel(Hook):
         #: sequencer's thread (authorize mode; observe mode's is ``background_ns``).
         self.features_ns = 0
         self.inference_ns = 0
-        #: Observe mode: the sequencer's wall time blocked waiting for the model: only at the end
-        #: of a run (``flush``); when flags are due it scores an unfinished batch itself instead.
-        #: Counted in begin_ns while the model's own CPU is in background_ns: they overlap.
+        #: Observe mode: the sequencer's wall time blocked waiting for a batch the model thread is
+        #: running (bounded by ``_patience_s``, except at ``flush``). Counted in begin_ns while the
+        #: model's own CPU is in background_ns: the two overlap.
         self.wait_ns = 0
         #: Batches whose scoring failed on the model thread (their flags are lost, and counted).
         self.errors = 0
@@ -182,6 +182,7 @@ class RiskModel(Hook):
         #: finished their batch when its flags were due (``_settle``).
         self.scored_on_sequencer = 0
         self._background_ns = 0  # written by the worker thread only
+        self._thread_rows = 0  # rows the worker thread scored (ditto)
         #: The model thread's Linux thread id and niceness, set by the thread as it starts.
         self.model_thread_tid = 0
         self.model_thread_niceness: int | None = None
@@ -307,30 +308,36 @@ class RiskModel(Hook):
         t0 = time.thread_time_ns()
         flagged = payers[self._predict(rows) > self.threshold]
         self._background_ns += time.thread_time_ns() - t0
+        self._thread_rows += len(rows)
         return flagged
 
     def _settle(self, keep: int, *, wait: bool = False) -> None:
         """Apply the flags of all but the ``keep`` most recent observed batches, oldest first.
 
-        A due batch the model thread has not finished (it is behind, or descheduled mid-batch on
-        a busy machine) is scored here instead: the sequencer never waits on a thread that may
-        not get a core (same rows, same predictor, same flags; a batch the thread was running is
-        scored twice and its CPU counted twice, here as inference and there in background_ns;
-        ``scored_on_sequencer`` says how much). ``wait`` (the end of a run) waits instead.
+        A due batch the model thread has not started (it is behind) is scored here; one it is
+        running gets its expected time (``_patience_s``) and is then scored here too: a thread
+        descheduled mid-batch on a busy machine would otherwise stall the sequencer for as long
+        as it waits for a core (seconds at nice 10), while a slow but running model (LightGBM)
+        keeps the pipeline. Same rows, same predictor, same flags; a batch scored twice is
+        charged twice (here as inference, there in background_ns); ``scored_on_sequencer`` says
+        how much. ``wait`` (the end of a run) waits for a running batch however long it takes.
         """
         while len(self._pending) > max(keep - 1, 0):
             future = self._pending.popleft()
             rows, payers = self._pending_inputs.popleft()
             try:
-                if future.done() or (wait and not future.cancel()):
+                if future.done():
+                    flagged = future.result()
+                elif future.cancel():  # not started: the thread skips it
+                    flagged = self._score_here(rows, payers)
+                else:
                     t0 = time.perf_counter_ns()
                     try:
-                        flagged = future.result()
+                        flagged = future.result(None if wait else self._patience_s(len(rows)))
+                    except TimeoutError:
+                        flagged = self._score_here(rows, payers)
                     finally:
                         self.wait_ns += time.perf_counter_ns() - t0
-                else:
-                    future.cancel()  # not started: the thread skips it
-                    flagged = self._score_here(rows, payers)
             except Exception as exc:  # the batch committed long ago: count it, never stop the sequencer
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -338,6 +345,12 @@ class RiskModel(Hook):
             self.flagged += len(flagged)
             if self._social is not None and len(flagged) and self.config.penalty:
                 self._social.lower_scores(flagged, self.config.penalty)
+
+    def _patience_s(self, rows: int) -> float:
+        """How long to wait for a batch the model thread is running: 3x the CPU it should take
+        (the thread's own ns per row so far; 5 us before it has any), at least 2 ms."""
+        ns_per_row = self._background_ns / self._thread_rows if self._thread_rows else 5_000
+        return max(3 * rows * ns_per_row / 1e9, 0.002)
 
     def _score_here(self, rows: np.ndarray, payers: np.ndarray) -> np.ndarray:
         """``_score`` on the sequencer's thread, its CPU counted as inference there."""

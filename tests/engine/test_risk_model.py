@@ -325,7 +325,8 @@ def test_a_model_thread_behind_is_relieved_by_the_sequencer_with_the_same_flags(
         ledger.run_deferred()
         assert social.score.tolist() == ref_social.scores
     stats = risk.stats()
-    assert stats["scored_on_sequencer"] > 0 and stats["wait_ns"] == 0
+    # The stuck batch after its patience, the ones queued behind it at once: the ledger went on.
+    assert stats["scored_on_sequencer"] > 0
     assert risk.flagged > 0 and stats["scoring_errors"] == 0
     stuck.set()
     risk.flush()
