@@ -183,6 +183,7 @@ class RiskModel(Hook):
         self.scored_on_sequencer = 0
         self._background_ns = 0  # written by the worker thread only
         self._thread_rows = 0  # rows the worker thread scored (ditto)
+        self._thread_late = False  # the last wait for the thread timed out (``_settle``)
         #: The model thread's Linux thread id and niceness, set by the thread as it starts.
         self.model_thread_tid = 0
         self.model_thread_niceness: int | None = None
@@ -315,7 +316,8 @@ class RiskModel(Hook):
         """Apply the flags of all but the ``keep`` most recent observed batches, oldest first.
 
         A due batch the model thread has not started (it is behind) is scored here; one it is
-        running gets its expected time (``_patience_s``) and is then scored here too: a thread
+        running gets its expected time (``_patience_s``; none while the thread has overrun it and
+        not yet delivered a batch on time since) and is then scored here too: a thread
         descheduled mid-batch on a busy machine would otherwise stall the sequencer for as long
         as it waits for a core (seconds at nice 10), while a slow but running model (LightGBM)
         keeps the pipeline. Same rows, same predictor, same flags; a batch scored twice is
@@ -327,14 +329,17 @@ class RiskModel(Hook):
             rows, payers = self._pending_inputs.popleft()
             try:
                 if future.done():
+                    self._thread_late = False
                     flagged = future.result()
-                elif future.cancel():  # not started: the thread skips it
+                elif future.cancel() or (self._thread_late and not wait):
+                    # Not started (the thread skips it), or running on a thread that overran last time.
                     flagged = self._score_here(rows, payers)
                 else:
                     t0 = time.perf_counter_ns()
                     try:
                         flagged = future.result(None if wait else self._patience_s(len(rows)))
                     except TimeoutError:
+                        self._thread_late = True
                         flagged = self._score_here(rows, payers)
                     finally:
                         self.wait_ns += time.perf_counter_ns() - t0
