@@ -202,11 +202,12 @@ class RollingFeatures:
         dt = np.where(last > 0, minute - last, 1 << 30)
         hour = self.hour_table[np.minimum(dt, len(self.hour_table) - 1)]
         day = self.day_table[np.minimum(dt, len(self.day_table) - 1)]
-        shift = np.where(last > 0, (minute - 1) // SKETCH_EPOCH_MIN - (last - 1) // SKETCH_EPOCH_MIN, 2)
+        epochs = np.where(last > 0, (minute - 1) // SKETCH_EPOCH_MIN - (last - 1) // SKETCH_EPOCH_MIN, 2)
+        # Half-weeks passed 0: as is; 1: this half-week's byte becomes the last's; 2 or more: empty.
+        shift = np.minimum(epochs, 2) * 8
 
         def roll(bits: np.ndarray) -> np.ndarray:
-            b = bits[accounts].astype(np.int64)
-            return np.where(shift == 0, b, np.where(shift == 1, (b & 0xFF) << 8, 0))
+            return (bits[accounts].astype(np.int64) << shift) & 0xFFFF
 
         return (
             (self.count_hour[accounts] * hour) >> 16,
@@ -230,13 +231,13 @@ class RollingFeatures:
     def rows(self, p: Payments, minute: int, batch_ns: int, flags: np.ndarray, listed_bit: int) -> np.ndarray:
         """Feature rows (int64, ``FEATURE_NAMES``) of payments ``p`` as of ``minute`` (batch start)."""
         g = _Grouped(p.payer)
-        return self._rows(p, g, self._aged(g.accounts, minute), minute, batch_ns, flags, listed_bit)
+        return self._rows(p, g, self._bits_of(p), self._aged(g.accounts, minute), minute, batch_ns, flags, listed_bit)
 
     def record(self, p: Payments, minute: int) -> None:
         """Add payments ``p`` (in sequence order) to their payers' history at ``minute``."""
         if len(p.payer):
             g = _Grouped(p.payer)
-            self._record(p, g, self._aged(g.accounts, minute), minute)
+            self._record(p, g, self._bits_of(p), self._aged(g.accounts, minute), minute)
 
     def rows_then_record(
         self, p: Payments, minute: int, batch_ns: int, flags: np.ndarray, listed_bit: int
@@ -245,15 +246,21 @@ class RollingFeatures:
         if len(p.payer) == 0:
             return np.zeros((0, N_FEATURES), dtype=np.int64)
         g = _Grouped(p.payer)
+        bits = self._bits_of(p)
         aged = self._aged(g.accounts, minute)
-        out = self._rows(p, g, aged, minute, batch_ns, flags, listed_bit)
-        self._record(p, g, aged, minute)
+        out = self._rows(p, g, bits, aged, minute, batch_ns, flags, listed_bit)
+        self._record(p, g, bits, aged, minute)
         return out
+
+    def _bits_of(self, p: Payments) -> tuple[np.ndarray, np.ndarray]:
+        """Each payment's device and block sketch bits (read and recorded: computed once)."""
+        return self.device_bit(p.device_id), self.block_bit(p.location_cell)
 
     def _rows(
         self,
         p: Payments,
         g: _Grouped,
+        bits: tuple[np.ndarray, np.ndarray],
         aged: tuple[np.ndarray, ...],
         minute: int,
         batch_ns: int,
@@ -274,10 +281,10 @@ class RollingFeatures:
         out[3] = amount_d
         out[4] = rest_d * 1000 // np.maximum(count_d, 1)
         out[5] = _POPCOUNT[seen_devices]
-        out[6] = (seen_devices >> self.device_bit(p.device_id)) & 1
+        out[6] = (seen_devices >> bits[0]) & 1
         out[7] = has_history & (self.last_device[p.payer] == self.device_tag(p.device_id))
         out[8] = _POPCOUNT[seen_blocks]
-        out[9] = (seen_blocks >> self.block_bit(p.location_cell)) & 1
+        out[9] = (seen_blocks >> bits[1]) & 1
         out[10] = np.where(has_history, self.cells_apart(self.last_cell[p.payer].astype(np.int64), p.location_cell), 0)
         out[11] = np.where(has_history, np.minimum(minute - last, MINUTES_CAP), MINUTES_CAP)
         out[12] = log_amount
@@ -293,7 +300,9 @@ class RollingFeatures:
         out[19] = ((batch_ns + CST_OFFSET_NS) // NS_PER_HOUR) % 24
         return out.T
 
-    def _record(self, p: Payments, g: _Grouped, aged: tuple[np.ndarray, ...], minute: int) -> None:
+    def _record(
+        self, p: Payments, g: _Grouped, bits: tuple[np.ndarray, np.ndarray], aged: tuple[np.ndarray, ...], minute: int
+    ) -> None:
         count_h, count_d, rest_d, amount_h, amount_d, dev_bits, blk_bits, _ = aged
         accounts, inverse, k = g.accounts, g.inverse, len(g.accounts)
 
@@ -302,16 +311,17 @@ class RollingFeatures:
             summed = np.bincount(inverse, weights=np.minimum(values, _U16_MAX), minlength=k).astype(np.int64)
             return np.minimum(base + summed, _U16_MAX)
 
-        ones = np.full(len(p.payer), COUNT_ONE, dtype=np.int64)
+        # Payments per payer x COUNT_ONE: what ``add`` of COUNT_ONE per payment gives, without floats.
+        counts = np.minimum(np.bincount(inverse, minlength=k) * COUNT_ONE, _U16_MAX)
         restricted = np.where(self.restricted[p.category], COUNT_ONE, 0)
-        self.count_hour[accounts] = add(count_h, ones)
-        self.count_day[accounts] = add(count_d, ones)
+        self.count_hour[accounts] = np.minimum(count_h + counts, _U16_MAX)
+        self.count_day[accounts] = np.minimum(count_d + counts, _U16_MAX)
         self.restricted_day[accounts] = add(rest_d, restricted)
         self.amount_hour[accounts] = add(amount_h, p.amount_fen // 100)
         self.amount_day[accounts] = add(amount_d, p.amount_fen // 800)
         dev_bits, blk_bits = dev_bits.copy(), blk_bits.copy()
-        np.bitwise_or.at(dev_bits, inverse, 1 << self.device_bit(p.device_id))
-        np.bitwise_or.at(blk_bits, inverse, 1 << self.block_bit(p.location_cell))
+        np.bitwise_or.at(dev_bits, inverse, 1 << bits[0])
+        np.bitwise_or.at(blk_bits, inverse, 1 << bits[1])
         self.device_bits[accounts] = dev_bits
         self.block_bits[accounts] = blk_bits
         self.last_device[accounts] = self.device_tag(p.device_id[g.last_row])

@@ -129,6 +129,7 @@ def _hostile(rng: np.random.Generator, first_id: int) -> np.ndarray:
     ("mode", "inference", "more"),
     [
         ("observe", "batched", {}),
+        ("observe", "batched", {"deferred": False, "model_thread_nice": 5}),
         ("observe", "batched", {"model_thread": False, "predictor": "lightgbm"}),
         ("observe", "batched", {"predictor": "tl2cgen"}),
         ("authorize", "batched", {}),
@@ -146,6 +147,7 @@ def test_batch_equals_one_at_a_time(mode, inference, more, rng, request) -> None
         batch = wl.batch(400, first_id=first) if i % 3 else _hostile(rng, first)
         first += len(batch)
         codes = ledger.apply(batch)
+        ledger.run_deferred()  # as the server does after the replies
         assert codes.tolist() == ref.apply(batch)
         assert ledger.balance.tolist() == ref.balance
         assert social.score.tolist() == ref_social.scores
@@ -254,7 +256,80 @@ def test_a_failing_model_thread_is_counted_and_the_ledger_goes_on(model_thread, 
     risk.predictor.predict = broken  # type: ignore[method-assign]
     for i in range(6):
         codes = ledger.apply(wl.batch(300, first_id=i * 300))
+        ledger.run_deferred()
         assert ResultCode.HOOK_ERROR not in codes
     risk.flush()
     assert risk.stats()["scoring_errors"] == 6 and "model crashed" in risk.stats()["last_scoring_error"]
     assert ledger.audit().ok
+
+
+def test_deferred_features_refuse_a_batch_until_the_last_one_is_observed(request) -> None:
+    wl, ledger, _, risk = _ledgers("observe", 0.02)
+    request.addfinalizer(risk.close)
+    assert risk.deferred
+    assert ResultCode.HOOK_ERROR not in ledger.apply(wl.batch(300, first_id=0))
+    # run_deferred() not called: the features are a batch behind, so the next batch is refused.
+    refused = ledger.apply(wl.batch(300, first_id=300))
+    assert (refused == ResultCode.HOOK_ERROR).all()
+    assert "run_deferred" in ledger.hook_timing["risk_model"].last_error
+    ledger.run_deferred()
+    assert ResultCode.HOOK_ERROR not in ledger.apply(wl.batch(300, first_id=300))
+    ledger.run_deferred()
+    assert risk.scored == int(ledger.stats.codes[ResultCode.OK])
+
+
+def test_model_thread_runs_at_the_niceness_asked_for(request) -> None:
+    import os
+
+    wl, ledger, _, risk = _ledgers("observe", 0.02, model_thread_nice=7)
+    request.addfinalizer(risk.close)
+    assert isinstance(risk, RiskModel)
+    ledger.apply(wl.batch(300, first_id=0))
+    ledger.run_deferred()
+    assert risk._executor is not None
+    risk._executor.submit(lambda: None).result()  # the thread has started (its initializer ran first)
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert risk.model_thread_tid not in (0, os.getpid())
+    assert risk.stats()["model_thread_nice"] == min(own + 7, 19)
+    assert os.getpriority(os.PRIO_PROCESS, risk.model_thread_tid) == min(own + 7, 19)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the caller's thread keeps its own
+    with pytest.raises(ValueError, match="model_thread_nice"):
+        load_hook("risk_model", {"model_thread_nice": 20})
+
+
+def test_a_model_thread_behind_is_relieved_by_the_sequencer_with_the_same_flags(rng, request) -> None:
+    """A model thread that gets no core (here: stuck behind a job) never stalls the sequencer: a
+    batch it has not finished when its flags are due is scored on the sequencer's thread."""
+    import threading
+
+    wl, ledger, ref, risk = _ledgers("observe", 0.02)
+    assert isinstance(risk, RiskModel) and risk.predictor is not None
+    stuck = threading.Event()
+    request.addfinalizer(risk.close)
+    request.addfinalizer(stuck.set)
+    predict = risk.predictor.predict
+
+    def stalls_on_the_model_thread(rows, *, threads=1):
+        if threading.current_thread() is not threading.main_thread():
+            stuck.wait()  # descheduled mid-batch: the first batch runs, the rest queue behind it
+        return predict(rows, threads=threads)
+
+    risk.predictor.predict = stalls_on_the_model_thread  # type: ignore[method-assign]
+    social = next(h for h in ledger.hooks if isinstance(h, SocialCredit))
+    ref_social = next(h for h in ref.hooks if h.name == "social_credit")
+    first = 0
+    for i in range(10):
+        batch = wl.batch(400, first_id=first) if i % 3 else _hostile(rng, first)
+        first += len(batch)
+        assert ledger.apply(batch).tolist() == ref.apply(batch)
+        ledger.run_deferred()
+        assert social.score.tolist() == ref_social.scores
+    stats = risk.stats()
+    # The stuck batch after its patience, the ones queued behind it at once: the ledger went on.
+    assert stats["scored_on_sequencer"] > 0
+    assert risk.flagged > 0 and stats["scoring_errors"] == 0
+    stuck.set()
+    risk.flush()
+    twin = next(h for h in ref.hooks if h.name == "risk_model")
+    twin.flush()
+    assert risk.flagged == twin.flagged and social.score.tolist() == ref_social.scores

@@ -156,6 +156,7 @@ def test_copy_on_update_holds_the_capture_while_risk_flags_lower_earlier_payers_
     batches = (workload.batch(400, first_id=i * 400, operator=1) for i in range(10_000))
     for _ in range(6):
         ledger.apply(next(batches))
+        ledger.run_deferred()  # as the server does (risk_model's features are deferred)
     (social, risk) = ledger.hooks
     assert isinstance(social, SocialCredit) and isinstance(risk, RiskModel)
     want = _copies(ledger)
@@ -170,6 +171,7 @@ def test_copy_on_update_holds_the_capture_while_risk_flags_lower_earlier_payers_
         batch = next(batches)
         snap.before_batch(batch)
         ledger.apply(batch)
+        ledger.run_deferred()
         snap.maybe_start()  # copies the next chunk for the writer; reaps it when done
         steps += 1
     journal.close()
