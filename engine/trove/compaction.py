@@ -285,7 +285,7 @@ def merged_runs(
             cols = concat_rows([p for p in parts if len(p[ordering])])
             yield take_rows(cols, _step_order(cols, ordering, check=check))
 
-    return _regrouped(step_rows(), config.row_group_rows)
+    yield from _regrouped(step_rows(), config.row_group_rows)
 
 
 def _step_order(cols: dict[str, np.ndarray], ordering: str, *, check: bool) -> np.ndarray:
@@ -332,7 +332,8 @@ def _duckdb_sorted(
     """The rows of ``sources`` sorted by DuckDB (out of core past its memory limit)."""
     paths = [str(root / s.file(ordering).path) for s in sources]
     sql = f"SELECT * FROM read_parquet($paths) ORDER BY {ORDERINGS[ordering]}"
-    return iter(con.sql(sql, params={"paths": paths}).to_arrow_reader(config.row_group_rows * 8))
+    # A generator: the query starts when the file is written (one open result per connection).
+    yield from con.sql(sql, params={"paths": paths}).to_arrow_reader(config.row_group_rows * 8)
 
 
 #: DuckDB's spill directory for sorts past ``compaction_memory_mb``, inside the trove: the scratch is
