@@ -201,8 +201,9 @@ def probe_live(
     ``day_start_ns``, or else the newest day the trove holds at each round. One reader is kept
     (as a service would keep its connection: DuckDB's cache of Parquet footers stays warm) and
     takes the newly committed manifest before each round (``TroveReader.refresh``); the first
-    round is a warm-up, not timed. A query whose files the writer's compactor deleted under it is
-    re-run by the reader on the fresh manifest; if that fails too it is counted in ``failed``.
+    round is a warm-up, not timed (at least one round after it is). A query whose files the
+    writer's compactor deleted under it is re-run by the reader on the fresh manifest; if that
+    fails too it is counted in ``failed``.
     """
     rng = np.random.default_rng([seed, 2])
     ms: dict[str, list[float]] = {}
@@ -210,9 +211,10 @@ def probe_live(
     failed: dict[str, int] = {}
     deadline = time.monotonic() + seconds
     reader: TroveReader | None = None
-    warm = False
+    warm = timed = False
     try:
-        while time.monotonic() < deadline:
+        # At least one timed round after the warm-up, however short ``seconds``.
+        while time.monotonic() < deadline or (warm and not timed):
             manifest = load_manifest(Path(directory))
             if manifest is None or not manifest.segments:
                 time.sleep(0.1)
@@ -236,7 +238,7 @@ def probe_live(
                 if warm:
                     ms.setdefault(kind, []).append((time.perf_counter() - t0) * 1e3)
                     n_rows.setdefault(kind, []).append(rows)
-            warm = True
+            timed, warm = warm, True
     finally:
         if reader is not None:
             reader.close()
