@@ -238,3 +238,16 @@ def test_the_under_load_benchmark_dates_its_history_before_the_run(tmp_path: Pat
     day_start_ns, accounts = history_window(root)
     assert day_start_ns == last + 1 - NS_PER_DAY
     assert 4_900 < accounts <= 5_000  # the payers seen, from the files' statistics
+
+
+@pytest.mark.parametrize("segment_rows", [25_000, 300_000, 1 << 20])
+def test_the_policy_merges_a_row_once_per_tier_whatever_the_segment_size(segment_rows: int) -> None:
+    from benchmarks.trove_merge_cost import simulate_policy
+    from engine.trove.config import TroveConfig
+
+    config = TroveConfig(fanin=8)  # segment_rows 2^20: the writer's time flushes make smaller ones
+    tiers = compaction.tier_of(config.max_run_rows, config) - compaction.tier_of(segment_rows, config)
+    got = simulate_policy(config, segment_rows, 1 << 27)
+    # At most one merge per tier between a segment and the largest run (24 for 25k-row segments before).
+    assert 1 <= got["merges_per_row"] <= tiers
+    assert got["runs_at_end"] <= (config.fanin - 1) * (tiers + 1) + (1 << 27) / config.max_run_rows
