@@ -1,19 +1,20 @@
 """Compaction: runs sorted by account, merged size-tiered.
 
-The writer writes a partition's first ``fanin - 1`` segments as tier-0 *runs*, sorted in memory
-(``Trove._write_ingest``), and later ones in arrival order ("ingest" segments, where finding one
-person's payments is a scan); ingest segments are merged into runs here. Each run is two files
-holding the same rows, one sorted by (payer, time) and one by (payee, time), so "payments sent by N" and "payments
-received by N" each read the one or two row groups (``row_group_rows`` rows) of each run whose
-min/max statistics contain N. The second ordering doubles the bytes of compacted data: that is
-the disk cost of answering "received" without a scan (a payer-sorted trove alone makes it a
-full scan, ~2.7 s at 10^9 rows).
+The writer writes every segment as a tier-0 *run*, sorted in memory (``Trove._write_run``).
+Each run is two files holding the same rows, one sorted by (payer, time) and one by (payee,
+time), so "payments sent by N" and "payments received by N" each read the one or two row groups
+(``row_group_rows`` rows) of each run whose min/max statistics contain N. The second ordering
+doubles the bytes: that is the disk cost of answering "received" without a scan (a payer-sorted
+trove alone makes it a full scan, ~2.7 s at 10^9 rows).
 
-Merging is size-tiered (as Cassandra's STCS or an LSM tree): ``fanin`` runs of one tier merge
-into one run of the next tier, and a run of ``max_run_rows`` or more is never rewritten, so the
-work per row is bounded by the number of tiers (log_fanin(max_run_rows / segment_rows)) and a
-large base is never rewritten wholesale. DuckDB sorts (out of core past its memory limit, on one
-thread so that the compactor thread's CPU clock sees all of the work); pyarrow writes the files.
+Merging is size-tiered (as Cassandra's STCS or an LSM tree): ``fanin`` runs of one tier (runs
+within a factor of ``fanin`` in size, ``tier_of``) merge into one run of a higher tier, and a run
+of ``max_run_rows`` or more is never rewritten, so a row is merged at most once per tier
+(log_fanin(max_run_rows / segment size)) and a large base is never rewritten wholesale. A merge
+of runs is a streaming k-way merge in numpy (``merged_runs``), on the compactor's thread so its
+CPU clock sees all of the work; pyarrow writes the files (lz4 below the last tier, zstd in it).
+Arrival-ordered "ingest" segments, which earlier versions wrote, are sorted in memory or, when
+large, by DuckDB (out of core past its memory limit, one thread).
 """
 
 from __future__ import annotations
