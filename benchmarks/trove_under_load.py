@@ -24,6 +24,8 @@ Quiet-machine commands (each ~3-5 min):
 
     python -m benchmarks.trove_under_load --rate 300000 --seconds 60 --preload-rows 1e7
     python -m benchmarks.trove_under_load --rate 300000 --seconds 60 --trove-dir /work/t1e9/trove
+    python -m benchmarks.trove_under_load --rate 300000 --seconds 60 --trove-dir /work/t1e9/trove \
+        --kinds payments_day   # at 10^9 rows a round of every kind takes seconds: the person's day alone
 
 Small check (~1 min): ``--rate 20000 --seconds 8 --accounts 100000 --preload-rows 2e5``.
 """
@@ -43,7 +45,7 @@ from typing import Any
 from engine.clock import CLOCK_START_NS
 from engine.options import parse_count
 from engine.simtime import NS_PER_DAY, iso_cst
-from engine.trove.bench import bulk_load, probe_live
+from engine.trove.bench import QUERY_KINDS, bulk_load, probe_live
 from engine.trove.config import TroveConfig
 from engine.trove.manifest import load_manifest
 from engine.trove.process import TroveProcess
@@ -128,6 +130,7 @@ def under_load(args: argparse.Namespace) -> dict[str, Any]:
             accounts=trove_accounts,
             seed=args.seed,
             day_start_ns=day_start_ns,
+            kinds=tuple(args.kinds.split(",")),
         )
         stdout, _ = run.communicate()
     finally:
@@ -178,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=20_261_203)
     p.add_argument("--out", default="", help="directory for the trove and the run's result (default: temporary)")
     p.add_argument("--keep-trove", action="store_true", help="keep OUT/trove afterwards")
+    p.add_argument(
+        "--kinds",
+        default=",".join(QUERY_KINDS),
+        help="query kinds per round, comma-separated (default all; e.g. payments_day for many samples at 1e9 rows)",
+    )
     p.add_argument("--trove-dir", default="", help="query this existing trove (not loaded, not deleted)")
     p.add_argument(
         "--into-trove-dir",

@@ -238,6 +238,15 @@ def test_the_under_load_benchmark_dates_its_history_before_the_run(tmp_path: Pat
     day_start_ns, accounts = history_window(root)
     assert day_start_ns == last + 1 - NS_PER_DAY
     assert 4_900 < accounts <= 5_000  # the payers seen, from the files' statistics
+    from engine.trove.bench import probe_live
+
+    probed = probe_live(
+        str(root), seconds=0.2, accounts=accounts, seed=1, day_start_ns=day_start_ns, kinds=("payments_day",)
+    )
+    assert list(probed) == ["payments_day"] and probed["payments_day"]["queries"] >= 1
+    assert probed["payments_day"]["mean_rows"] > 0  # the history's last day holds the subjects' payments
+    with pytest.raises(ValueError, match="query kinds are"):
+        probe_live(str(root), seconds=0.1, accounts=accounts, seed=1, kinds=("payments_week",))
 
 
 @pytest.mark.parametrize("segment_rows", [25_000, 300_000, 1 << 20])
