@@ -1,7 +1,10 @@
-"""Signature verification: per-core rates of PyNaCl and ``cryptography``, key generation, and the
-validation tier fed in-process with 1 and 2 workers against the single-core rate, and with 2
-workers fed 200 Submits of 20 transfers at once (``tier-2-small``: the signed profile's regime,
-where the cost of feeding the workers, ``parent_us_per_transfer``, is what parcels cut).
+"""Signature verification: per-core rates of PyNaCl (as the tiers call it, and through its public
+``crypto_sign_open``) and ``cryptography``, key generation, and the validation tier fed in-process
+with 1 and 2 workers against the single-core rate, with 2 workers fed 200 Submits of 20 transfers
+at once (``tier-2-small``: where the cost of feeding the workers, ``parent_us_per_transfer``, is
+what parcels cut), and with 2 workers fed below saturation as the server feeds them
+(``tier-2-paced``: two Submits per 5 ms tick at 60% of two cores' rate, each round trip paid in
+full: the workers' and the feeder's CPU per transfer against the verification's own).
 
 Run from the repository root (not part of the test suite):
 
@@ -26,7 +29,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-CONTENDERS = ("keygen", "verify-pynacl", "verify-cryptography", "two-processes", "tier-1", "tier-2", "tier-2-small")
+CONTENDERS = (
+    "keygen",
+    "verify-pynacl",
+    "verify-open",
+    "verify-cryptography",
+    "two-processes",
+    "tier-1",
+    "tier-2",
+    "tier-2-small",
+    "tier-2-paced",
+)
+#: ``tier-2-paced``: the offered rate as a share of two cores' single-core rate (issue 19's target,
+#: 60%; ``--paced-share`` lower on a shared machine, so that the tier is not saturated).
+PACED_SHARE = 0.6
+#: ``tier-2-paced``: the generator's tick with two operators (``LoadConfig.tick_ns`` caps it at 5 ms).
+PACED_TICK_S = 0.005
 
 
 def _signed(accounts: int, n: int, seed: int = 1) -> tuple[bytes, bytes]:
@@ -71,7 +89,63 @@ def _inline_rate(accounts: int, cache_dir: str, seconds: float) -> tuple[float, 
     return _rate(lambda: len(signing.verify_records(records, sigs, keys)), seconds)
 
 
-def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[str, object]:
+def _paced(registry: object, records: bytes, sigs: bytes, seconds: float, share: float) -> dict[str, object]:
+    """Two workers fed as the server feeds them below saturation: every ``PACED_TICK_S`` one Submit
+    per operator (two), at ``share`` of two cores' single-core rate. The workers idle between
+    parcels, so each round trip (a pipe write, a wake-up, a reply, on both sides) is paid in full:
+    the tier's overhead in the regime of issue 19's end-to-end target, per transfer, by side."""
+    from engine.signing import KeyRegistry
+    from engine.validators import InlineValidators, LocalValidators
+
+    assert isinstance(registry, KeyRegistry)
+    inline = InlineValidators(registry)
+    _, single_cpu = _rate(lambda: len(inline.verify_now(records, sigs)), seconds / 2)
+    rate = share * 2 * single_cpu
+    k = max(1, round(rate * PACED_TICK_S / 2))
+    n = len(records) // 48
+    parts = [(records[i * 48 : (i + k) * 48], sigs[i * 64 : (i + k) * 64]) for i in range(0, n - k, k)]
+
+    async def run() -> dict[str, object]:
+        pool = LocalValidators(registry, 2)
+        await pool.start()
+        try:
+            pids = pool.worker_pids()
+            await asyncio.gather(*(pool.verify_future(r, s) for r, s in parts[:8]))  # warm-up
+            w0, p0, before = _worker_cpu_s(pids), time.process_time(), pool.stats()
+            futures: list[asyncio.Future[object]] = []
+            t0 = next_tick = time.perf_counter()
+            i = 0
+            while time.perf_counter() - t0 < seconds:
+                for _ in range(2):
+                    futures.append(pool.verify_future(*parts[i % len(parts)]))
+                    i += 1
+                next_tick += PACED_TICK_S
+                await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
+            await asyncio.gather(*futures)
+            elapsed = time.perf_counter() - t0
+            worker_cpu, parent_cpu = _worker_cpu_s(pids) - w0, time.process_time() - p0
+            after = pool.stats()
+        finally:
+            await pool.close()
+        done = i * k
+        return {
+            "single_core_rate_per_cpu_s": single_cpu,
+            "offered_per_s": rate,
+            "share": share,
+            "submit_transfers": k,
+            "rate_per_s": done / elapsed,
+            "rate_per_cpu_s": done / max(worker_cpu + parent_cpu, 1e-9),
+            "worker_us_per_transfer": worker_cpu / done * 1e6,
+            "parent_us_per_transfer": parent_cpu / done * 1e6,
+            "transfers_per_parcel": done / max(after.parcels - before.parcels, 1),
+        }
+
+    import uvloop  # the server's loop
+
+    return uvloop.run(run())
+
+
+def run_one(name: str, seconds: float, accounts: int, cache_dir: str, share: float = PACED_SHARE) -> dict[str, object]:
     from engine import signing
     from engine.validators import InlineValidators, LocalValidators
 
@@ -82,10 +156,13 @@ def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[st
         return out
     registry = signing.ensure_registry(1, accounts, cache_dir)
     records, sigs = _signed(accounts, 4_096)
-    if name == "verify-pynacl":
+    if name == "verify-pynacl":  # what the tiers run: libsodium's detached verify on pointers
+        verifier = signing.Verifier(registry.public_keys())
+        out["rate_per_s"], out["rate_per_cpu_s"] = _rate(lambda: len(verifier.verify(records, sigs)), seconds)
+    elif name == "verify-open":  # the same library through PyNaCl's public crypto_sign_open
         keys = registry.public_keys()
         out["rate_per_s"], out["rate_per_cpu_s"] = _rate(
-            lambda: len(signing.verify_records(records, sigs, keys)), seconds
+            lambda: len(signing.verify_records_open(records, sigs, keys)), seconds
         )
     elif name == "two-processes":
         # The machine's own scaling: two independent single-thread verifiers at the same time, no
@@ -115,6 +192,8 @@ def run_one(name: str, seconds: float, accounts: int, cache_dir: str) -> dict[st
             return len(payers)
 
         out["rate_per_s"], out["rate_per_cpu_s"] = _rate(verify_all, seconds)
+    elif name == "tier-2-paced":
+        out |= _paced(registry, records, sigs, seconds, share)
     else:
         workers = int(name.split("-")[1])
         # Several batches in flight, as a busy sequencer would have.
@@ -168,11 +247,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.5, help="measured time per contender (default 1.5)")
     parser.add_argument("--accounts", type=int, default=50_000, help="key registry size (default 50,000)")
+    parser.add_argument(
+        "--paced-share",
+        type=float,
+        default=PACED_SHARE,
+        help="tier-2-paced's offered rate, as a share of two cores' rate (default 0.6)",
+    )
+    parser.add_argument("--only", default="", help="comma-separated contenders to run (default: all)")
     parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.seconds, args.accounts, args.cache_dir)))
+        print(json.dumps(run_one(args.one, args.seconds, args.accounts, args.cache_dir, args.paced_share)))
         return
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -184,12 +270,21 @@ def main() -> None:
         t0 = time.perf_counter()
         ensure_registry(1, args.accounts, cache_dir)  # once, over every core; the contenders reuse it
         print(f"registry of {args.accounts:,} accounts built in {time.perf_counter() - t0:.2f} s (all cores)")
-        for name in CONTENDERS:
+        for name in args.only.split(",") if args.only else CONTENDERS:
             cmd = [sys.executable, __file__, "--one", name, "--seconds", str(args.seconds)]
+            cmd += ["--paced-share", str(args.paced_share)]
             cmd += ["--accounts", str(args.accounts), "--cache-dir", cache_dir]
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             extra = ""
+            if name == "tier-2-paced":
+                extra = (
+                    f"  offered {r['offered_per_s']:,.0f}/s in Submits of {r['submit_transfers']}"
+                    f" ({r['share']:.0%} of 2 x {r['single_core_rate_per_cpu_s']:,.0f}/CPU s);"
+                    f" CPU per transfer: workers {r['worker_us_per_transfer']:.1f} us"
+                    f" (verification alone {1e6 / r['single_core_rate_per_cpu_s']:.1f}),"
+                    f" feeding {r['parent_us_per_transfer']:.1f} us; {r['transfers_per_parcel']:.1f} per parcel"
+                )
             if "efficiency" in r:
                 single, single_cpu = r["single_core_rate_per_s"], r["single_core_rate_per_cpu_s"]
                 extra = (

@@ -16,11 +16,13 @@ queued or being verified, so a trial past the maximum leaves no backlog to the n
 
 Written to ``--out`` (a new directory ``signed-tiers-<stamp>``):
 
-* every trial's result file (the ``run`` format, with ``server.tier_cpu_s["validators"]`` and
-  ``tier_workers`` filled): what ``cbdc-bench plan --results DIR`` reads;
+* every trial's result file (the ``run`` format: ``server.tier_cpu_s["validators"]`` and
+  ``tier_workers``, as every run with ``--validators N`` records them, and ``cpu_ns_per_payment``):
+  what ``cbdc-bench plan --results DIR`` reads;
 * ``signed-tiers.json`` (``SignedTiers``): per tier the maximum sustainable rate and the CPU per
-  settled signed payment by tier (generator, server process, validator processes) at the highest
-  sustained trial, the trials, and the machine's Ed25519 calibration.
+  applied signed payment by process (generator, server, validator processes: the result file's
+  ``cpu_ns_per_payment`` grouped) at the highest sustained trial, the trials, and the machine's
+  Ed25519 calibration.
 
 One JSON line per tier is printed as it finishes. The figures are wall-clock bound: on a shared
 machine they say what the machine gave at the time (the load average is recorded with each tier).
@@ -36,7 +38,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -48,9 +49,12 @@ from loadgen.harness.calibration import cpu_calibration, with_ed25519
 from loadgen.harness.measured import run_measure
 from loadgen.harness.search import RunOutcome, find_max_sustainable
 from loadgen.harness.server import running_server, server_arguments
+from loadgen.plan.inputs import GENERATOR
 from loadgen.results.run import RunResult, save
 
 PROFILES = ("signed", "signed-full")
+#: ``SignedTiers.format`` (history in its docstring).
+SIGNED_TIERS_FORMAT = 2
 VALIDATORS = ("0", "1", "2")
 #: Start of each search as a share of (Ed25519 verifications per CPU second x max(workers, 1)):
 #: near the expected answer, so the bracket takes few trials (the answer is found either way).
@@ -58,13 +62,16 @@ START_SHARE = {"0": 0.5, "1": 0.6, "2": 0.6}
 
 
 class TierCpu(msgspec.Struct, frozen=True):
-    """CPU microseconds per settled signed payment over a trial's measured window, by tier."""
+    """CPU microseconds per applied signed payment over a trial's measured window, by tier: the
+    trial's result file's ``cpu_ns_per_payment`` (``loadgen.harness.cpu_split``, the capacity
+    plan's tiers) grouped into the three processes."""
 
     generator_us: float
     #: The server process: framing, the sequencer, the ledger and hooks, feeding the validators
-    #: (and, with 0 validators, the verification itself).
+    #: (and, with 0 validators, the verification itself): every plan tier but these two.
     server_us: float
-    #: The local validator processes (0 with the inline tier: its verification is in ``server_us``).
+    #: The local validator processes (``server.tier_cpu_s["validators"]``, which every run with
+    #: ``--validators N`` records; 0 with the inline tier: its verification is in ``server_us``).
     validators_us: float
     total_us: float
 
@@ -93,7 +100,13 @@ class TierResult(msgspec.Struct, frozen=True):
 
 
 class SignedTiers(msgspec.Struct, frozen=True):
-    """What ``benchmarks/signed_tiers.py`` measured (``signed-tiers.json``)."""
+    """What ``benchmarks/signed_tiers.py`` measured (``signed-tiers.json``).
+
+    ``format`` history: 1 = CPU per *settled* payment, computed here from the servers' stats; 2 =
+    CPU per *applied* payment, the result files' ``cpu_ns_per_payment`` grouped (the same figures
+    as the capacity plan; in a sustained trial the two counts differ by the few replies of the
+    window's edges).
+    """
 
     kind: str
     format: int
@@ -107,43 +120,20 @@ class SignedTiers(msgspec.Struct, frozen=True):
     tiers: list[TierResult]
 
 
-def _validators_cpu_s(stats: dict[str, Any]) -> float:
-    tier = stats.get("validators")
-    return float(tier.get("cpu_s", 0.0)) if isinstance(tier, dict) else 0.0
-
-
 def tier_cpu(result: RunResult) -> TierCpu | None:
-    """CPU per settled payment by tier over the window (None without the server's CPU)."""
-    settled = result.summary.settled
-    server = result.server
-    if server.cpu_s is None or not settled:
+    """CPU per applied payment by process, from the result file's own split (None without it)."""
+    split = result.cpu_ns_per_payment
+    if not split:
         return None
-    validators = _validators_cpu_s(server.stats_end) - _validators_cpu_s(server.stats_start)
-    generator, process = result.generator.cpu_s / settled * 1e6, server.cpu_s / settled * 1e6
-    workers = validators / settled * 1e6
+    generator = split.get(GENERATOR, 0.0) / 1e3
+    validators = split.get("validators", 0.0) / 1e3
+    total = sum(split.values()) / 1e3
     return TierCpu(
         generator_us=round(generator, 2),
-        server_us=round(process, 2),
-        validators_us=round(workers, 2),
-        total_us=round(generator + process + workers, 2),
+        server_us=round(total - generator - validators, 2),
+        validators_us=round(validators, 2),
+        total_us=round(total, 2),
     )
-
-
-def with_tier_cpu(result: RunResult) -> RunResult:
-    """``result`` with ``server.tier_cpu_s``/``tier_workers`` of its validator processes filled (what
-    the capacity plan reads first); unchanged for the inline tier (its CPU is the server's)."""
-    server = result.server
-    tier = server.stats_end.get("validators")
-    workers = int(tier.get("workers", 0)) if isinstance(tier, dict) else 0
-    if not workers:
-        return result
-    cpu = _validators_cpu_s(server.stats_end) - _validators_cpu_s(server.stats_start)
-    server = msgspec.structs.replace(
-        server,
-        tier_cpu_s={**server.tier_cpu_s, "validators": cpu},
-        tier_workers={**server.tier_workers, "validators": workers},
-    )
-    return msgspec.structs.replace(result, server=server)
 
 
 def wait_idle(host: str, port: int, timeout_s: float = 60.0) -> None:
@@ -208,7 +198,6 @@ def search_tier(profile: str, validators: str, args: argparse.Namespace, out: Pa
             except GatewayError as exc:  # a trial that could not run counts as not sustained
                 rows.append(TrialRow(rate, 0.0, -1.0, False, f"failed: {exc}"))
                 return RunOutcome(offered_tps=rate, achieved_tps=0.0, p99_ms=float("inf"), sustained=False)
-            result = with_tier_cpu(result)
             s = result.summary
             ok = s.exit_status == 0
             path = save(result, out)
@@ -290,7 +279,7 @@ def main() -> None:
                 print(msgspec.json.encode(msgspec.structs.replace(tier, trials=[])).decode(), flush=True)
         summary = SignedTiers(
             kind="signed-tiers",
-            format=1,
+            format=SIGNED_TIERS_FORMAT,
             created_utc=created,
             accounts=args.accounts,
             seconds=args.seconds,

@@ -15,12 +15,16 @@ What is signed
 Library (measured here: ``python benchmarks/bench_validators.py``, 2-core AMD EPYC shared with
 other jobs, so per CPU second)
     PyNaCl (libsodium) verifies one signature in ~66 us of CPU (15,200/s per core), ``cryptography``
-    (OpenSSL) in ~125 us (8,000/s): PyNaCl is used. libsodium has no batch-verification API, and
-    ``crypto_sign_verify_detached`` (exported by PyNaCl's bundled libsodium but not bound by
-    PyNaCl) measures the same as the bound ``crypto_sign_open`` to within noise (the curve
-    arithmetic is nearly all of the cost), so the public binding ``nacl.bindings.crypto_sign_open``
-    is the verifier. Nothing cryptographic is written here; verification scales by running on more
-    cores (``engine.validators``). Key derivation costs ~25 us per account (39,000/s per core).
+    (OpenSSL) in ~125 us (8,000/s; re-measured in session 4 of issue 19: ~120 us against ~63-70 us):
+    PyNaCl's libsodium is used. libsodium has no batch-verification API. The validators call its
+    ``crypto_sign_verify_detached`` (exported by PyNaCl's bundled libsodium, not bound by PyNaCl's
+    API) through a ``cffi`` handle, on pointers into the parcel and the mmap'd registry
+    (``Verifier``): the curve arithmetic is the same function ``crypto_sign_open`` calls, and what
+    it saves is the Python around it (three ``bytes`` per transfer and an output buffer, ~2 us of
+    ~65 us per transfer, shared machine). ``verify_records_open`` (the public binding) stays as
+    the reference the tests check it against. Nothing cryptographic is written here; verification
+    scales by running on more cores (``engine.validators``). Key derivation costs ~25 us per
+    account (39,000/s per core).
 
 Key registry
     32 bytes per account (public keys only), in one file: a 128-byte header (magic, format,
@@ -162,7 +166,7 @@ class PublicKeys:
         return bytes(self.blob[o : o + PUBLIC_KEY_BYTES])
 
 
-def pair_count(records: bytes, signatures: bytes) -> int:
+def pair_count(records: bytes | memoryview, signatures: bytes | memoryview) -> int:
     """The number of transfers in a (records, signatures) pair; ValueError if they do not align."""
     n, extra = divmod(len(records), RECORD_BYTES)
     if extra or len(signatures) != n * SIGNATURE_BYTES:
@@ -173,25 +177,80 @@ def pair_count(records: bytes, signatures: bytes) -> int:
     return n
 
 
+class Verifier:
+    """Verdicts for batches against one key source, through libsodium's detached verification.
+
+    ``crypto_sign_verify_detached`` (exported by PyNaCl's bundled libsodium, not bound by PyNaCl's
+    own API) is called through a ``cffi`` ABI-mode handle on that same library, with pointers into
+    the records, signatures and key blobs: no per-transfer ``bytes`` (signature + message, the
+    key's 32 bytes, the opened message ``crypto_sign_open`` returns) and no Python objects but the
+    pointers. The verification itself is libsodium's, unchanged (``crypto_sign_open`` calls the same
+    function, then copies the message out). Built once per process (parsing the declaration costs
+    ~0.1 ms): a validator worker and the inline tier each hold one.
+    """
+
+    def __init__(self, keys: PublicKeys) -> None:
+        import cffi  # PyNaCl's own dependency
+        import nacl._sodium  # the extension module that carries PyNaCl's libsodium
+        import nacl.bindings
+
+        nacl.bindings.sodium_init()
+        ffi = cffi.FFI()
+        ffi.cdef(
+            "int crypto_sign_verify_detached(const unsigned char *sig, const unsigned char *m,"
+            " unsigned long long mlen, const unsigned char *pk);"
+        )
+        self._ffi = ffi
+        self._verify = ffi.dlopen(nacl._sodium.__file__).crypto_sign_verify_detached
+        self.keys = keys
+        self._key_base = ffi.from_buffer(keys.blob) + keys.offset
+
+    def verify(self, records: bytes | memoryview, signatures: bytes | memoryview) -> np.ndarray:
+        """OK or BAD_SIGNATURE per transfer (``verify_records``); ``records``/``signatures`` may be
+        views into one buffer (a parcel as received)."""
+        n = pair_count(records, signatures)
+        keys = self.keys
+        payer = np.frombuffer(records, dtype=TRANSFER_DTYPE, count=n)["payer"].astype(np.int64) - keys.first_account
+        known = np.flatnonzero((payer >= 0) & (payer < keys.count))
+        ok = bytearray(n)
+        if len(known):
+            from_buffer, verify, base = self._ffi.from_buffer, self._verify, self._key_base
+            rec, sig = from_buffer(records), from_buffer(signatures)
+            for i, o in zip(known.tolist(), (payer[known] * PUBLIC_KEY_BYTES).tolist(), strict=True):
+                if not verify(sig + i * SIGNATURE_BYTES, rec + i * RECORD_BYTES, RECORD_BYTES, base + o):
+                    ok[i] = 1
+        codes = np.full(n, ResultCode.BAD_SIGNATURE, dtype=CODE_DTYPE)
+        codes[np.frombuffer(ok, dtype=np.bool_)] = ResultCode.OK
+        return codes
+
+
 def verify_records(records: bytes, signatures: bytes, keys: PublicKeys) -> np.ndarray:
     """Verdicts for one batch: a result code per transfer, OK or BAD_SIGNATURE.
 
     A payer outside ``keys``' accounts has no key here, so its signature cannot be valid:
     BAD_SIGNATURE (the signature check precedes every other check, ``engine.codes``). Raises
-    ValueError if the blobs are not whole records and signatures of the same count.
+    ValueError if the blobs are not whole records and signatures of the same count. For many
+    batches, hold one ``Verifier`` (this builds one per call).
     """
+    return Verifier(keys).verify(records, signatures)
+
+
+def verify_records_open(records: bytes, signatures: bytes, keys: PublicKeys) -> np.ndarray:
+    """``verify_records`` through PyNaCl's public ``crypto_sign_open`` (signature + message as one
+    ``bytes`` per transfer): the reference the ``Verifier`` is checked and measured against."""
     n = pair_count(records, signatures)
     codes = np.full(n, ResultCode.BAD_SIGNATURE, dtype=CODE_DTYPE)
     payer = np.frombuffer(records, dtype=TRANSFER_DTYPE)["payer"].astype(np.int64) - keys.first_account
     known = np.flatnonzero((payer >= 0) & (payer < keys.count))
     blob, base = keys.blob, keys.offset
-    open_ = crypto_sign_open
     for i, p in zip(known.tolist(), payer[known].tolist(), strict=True):
         o = base + p * PUBLIC_KEY_BYTES
         s = i * SIGNATURE_BYTES
         r = i * RECORD_BYTES
         try:
-            open_(signatures[s : s + SIGNATURE_BYTES] + records[r : r + RECORD_BYTES], blob[o : o + PUBLIC_KEY_BYTES])
+            crypto_sign_open(
+                signatures[s : s + SIGNATURE_BYTES] + records[r : r + RECORD_BYTES], blob[o : o + PUBLIC_KEY_BYTES]
+            )
         except BadSignatureError:
             continue
         codes[i] = ResultCode.OK

@@ -14,8 +14,9 @@ Local workers (``LocalValidators``)
     Zipf-skewed) the bottleneck. With any-payer workers, load balances itself and a dead worker's
     chunk can go to any other. (The Ray tier, across machines, does partition: ``validators_ray``.)
 
-    A batch is cut into chunks of at most ``chunk_transfers`` (one per worker, but none below
-    ``min_split`` transfers unless the batch is smaller), put on one queue; the chunks at its head
+    A batch is cut evenly into chunks of at most ``chunk_transfers`` (one per worker, but none
+    below ``min_split`` transfers: a smaller batch stays whole, ``chunk_size``), put on one queue;
+    the chunks at its head
     go to a worker together (a *parcel*: several Submits' chunks in one message), at most a fair
     share of what is queued (queued transfers over live workers, at least ``min_split``, at most
     ``chunk_transfers``), so that two idle workers split a burst instead of one taking it all.
@@ -23,7 +24,8 @@ Local workers (``LocalValidators``)
     next waits in its pipe, so it never idles for a round trip while work is queued.
 
     Everything on the parent's side runs on the server's event loop, in its one thread: parcels
-    are written to the pipes as batches arrive or verdicts free a slot, and the pipes are read
+    are written to the pipes once per loop iteration after batches arrive (the Submits read in one
+    iteration share parcels), and as verdicts free a slot; the pipes are read
     with ``loop.add_reader``; a batch's loop future gets its verdicts directly. The first version
     had one feeder thread per worker (blocking ``recv``, verdicts through ``concurrent.futures``
     and ``call_soon_threadsafe``) and one parcel in flight: measured end to end (issue 19, shared
@@ -69,11 +71,11 @@ from engine.records import SIGNATURE_BYTES, TRANSFER_DTYPE
 from engine.signing import (
     KeyRegistry,
     RegistryError,
+    Verifier,
     open_registry,
     pair_count,
     process_context,
     process_cpu_s,
-    verify_records,
 )
 from engine.validator_api import Validators, ValidatorStats, ValidatorsUnavailable
 
@@ -105,12 +107,12 @@ class InlineValidators(Validators):
 
     def __init__(self, registry: KeyRegistry) -> None:
         self.workers = 0
-        self._keys = registry.public_keys()
+        self._verifier = Verifier(registry.public_keys())
         self._stats = ValidatorStats(kind="inline", workers=0)
 
     def verify_now(self, records: bytes, signatures: bytes) -> np.ndarray:
         """The verdicts, computed here and now."""
-        codes = verify_records(records, signatures, self._keys)
+        codes = self._verifier.verify(records, signatures)
         self._stats.batches += 1
         self._stats.transfers += len(codes)
         return codes
@@ -137,9 +139,13 @@ class InlineValidators(Validators):
 
 
 def _worker_main(conn: Connection, path: str, seed: int, accounts: int) -> None:
-    """A validator process: map the registry, then verify each chunk it is sent until end-of-file."""
+    """A validator process: map the registry, then verify each parcel it is sent until end-of-file.
+
+    A parcel is its records then its signatures (``LocalValidators._dispatch``): both are verified
+    in place, as views into the received buffer, and the reply is one write of 1 + n bytes.
+    """
     try:
-        keys = open_registry(path, seed=seed, accounts=accounts).public_keys()
+        verifier = Verifier(open_registry(path, seed=seed, accounts=accounts).public_keys())
     except RegistryError as exc:
         conn.send_bytes(_FAILED + str(exc).encode())
         return
@@ -152,13 +158,23 @@ def _worker_main(conn: Connection, path: str, seed: int, accounts: int) -> None:
         n = len(payload) // _PAIR_BYTES
         view = memoryview(payload)
         try:
-            codes = verify_records(
-                bytes(view[: n * _RECORD_BYTES]), bytes(view[n * _RECORD_BYTES :]), keys
-            )  # bytes: PyNaCl takes bytes only
+            codes = verifier.verify(view[: n * _RECORD_BYTES], view[n * _RECORD_BYTES :])
         except Exception as exc:  # a bug: report it against this chunk rather than die silently
             conn.send_bytes(_FAILED + f"{type(exc).__name__}: {exc}".encode())
             continue
         conn.send_bytes(_VERDICTS + codes.tobytes())
+
+
+def chunk_size(n: int, workers: int, min_split: int, max_chunk: int) -> int:
+    """Transfers per chunk of an ``n``-transfer batch: split evenly over at most ``workers`` pieces
+    of at least ``min_split`` (more pieces only to keep each at most ``max_chunk``).
+
+    A batch below ``2 x min_split`` stays whole: one round trip, where cutting ``min_split`` off
+    the front left a sliver that cost a round trip (a pipe write and a wake-up on each side) of its
+    own for a few transfers (a 37-transfer Submit went out as 32 + 5).
+    """
+    pieces = max(1, min(workers, n // max(min_split, 1)), math.ceil(n / max_chunk))
+    return max(1, math.ceil(n / pieces))
 
 
 class _Batch:
@@ -272,6 +288,7 @@ class LocalValidators(Validators):
         self._starting = 0  # replacements being started
         self._closing = False
         self._unavailable: str | None = None
+        self._dispatch_soon = False  # a ``_dispatch_queued`` is scheduled on the loop
         self._stats = ValidatorStats(kind="local", workers=workers)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -336,7 +353,7 @@ class LocalValidators(Validators):
         if n == 0:
             future.set_result(np.empty(0, dtype=np.uint8))
             return future
-        per = max(1, min(self.chunk_transfers, max(self.min_split, math.ceil(n / self.workers))))
+        per = chunk_size(n, self.workers, self.min_split, self.chunk_transfers)
         offsets = range(0, n, per)
         batch = _Batch(n, len(offsets), future)
         self._queue.extend(
@@ -352,13 +369,19 @@ class LocalValidators(Validators):
         self._queued += n
         self._stats.transfers += n
         self._stats.chunks += len(offsets)
-        self._dispatch()
+        if not self._dispatch_soon:  # once per loop iteration: Submits read together share parcels
+            self._dispatch_soon = True
+            loop.call_soon(self._dispatch_queued)
         return future
 
     async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
         return await self.verify_future(records, signatures)
 
     # ---- the pipes, on the loop ------------------------------------------------------------------------
+
+    def _dispatch_queued(self) -> None:
+        self._dispatch_soon = False
+        self._dispatch()
 
     def _dispatch(self) -> None:
         """Send parcels to the workers with room: first one to each idle worker, then a second to

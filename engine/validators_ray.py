@@ -17,7 +17,7 @@ A dead actor
     is retried, and nothing is verified twice into the result). When no live holder of a
     partition is left, or a chunk met ``max_attempts`` dead actors, the batch fails with
     ``ValidatorsUnavailable``: refused, never applied unverified. Verdicts are the same function
-    as the local tier's (``engine.signing.verify_records``), so Ray and local give equal codes.
+    as the local tier's (``engine.signing.Verifier``), so Ray and local give equal codes.
 
 Ray is an optional extra (``pip install 'cbdc-bench[ray]'``); this module imports it only when a
 tier starts, so the engine runs without it.
@@ -35,7 +35,7 @@ import numpy as np
 
 from engine.codes import CODE_DTYPE, ResultCode
 from engine.records import SIGNATURE_BYTES, TRANSFER_DTYPE
-from engine.signing import KeyRegistry, PublicKeys, pair_count, verify_records
+from engine.signing import KeyRegistry, PublicKeys, Verifier, pair_count
 from engine.validator_api import Validators, ValidatorStats, ValidatorsUnavailable
 
 
@@ -43,18 +43,18 @@ class PartitionValidator:
     """A validator actor's state: the key partitions it holds (wrapped with ``ray.remote`` at start)."""
 
     def __init__(self, partitions: list[int], first_accounts: list[int], counts: list[int], *blobs: bytes) -> None:
-        self._keys = {
-            p: PublicKeys(blob, first, count)
+        self._verifiers = {
+            p: Verifier(PublicKeys(blob, first, count))
             for p, first, count, blob in zip(partitions, first_accounts, counts, blobs, strict=True)
         }
 
     def ready(self) -> tuple[int, list[int]]:
         """(pid, partitions held): the driver waits for this before the tier counts as started."""
-        return os.getpid(), sorted(self._keys)
+        return os.getpid(), sorted(self._verifiers)
 
     def verify(self, partition: int, records: bytes, signatures: bytes) -> bytes:
         """Verdict codes of one chunk whose payers lie in ``partition``."""
-        return verify_records(records, signatures, self._keys[partition]).tobytes()
+        return self._verifiers[partition].verify(records, signatures).tobytes()
 
 
 class RayValidators(Validators):

@@ -18,9 +18,10 @@ a per-batch plus per-payment cost. The tiers, from the figures a result file hol
 * ``trove``: the surveillance_log hook's ``background_ns`` (the trove writer and compactor, in
   a child process since issue 17), or ``server.tier_cpu_s["trove"]`` when a run records it;
   other hooks' background CPU is ``<hook>_background``;
-* ``validators``: the local validator processes' CPU (``stats.validators.cpu_s``, issue 19), or
-  ``server.tier_cpu_s["validators"]`` when a run records it; an inline tier (0 workers) verifies
-  on the server's thread, inside ``framing_io``.
+* ``validators``: the local validator processes' CPU: ``server.tier_cpu_s["validators"]``, which
+  every run with local validators records (``loadgen.results.tiers``, issue 19), or the same rule
+  on ``stats.validators.cpu_s`` in older files; an inline tier (0 workers) verifies on the
+  server's thread, inside ``framing_io``.
 
 ``framing_io``, ``ledger``, the hooks and ``features`` run on the sequencer's one core; the rest
 scale out. A hook's background CPU on threads of the server process (the risk model's inference,
@@ -43,6 +44,7 @@ from loadgen.generator.gateway import LoadConfig
 from loadgen.harness.engine_run import ENGINE_KIND, EngineResult
 from loadgen.results.compare import SUMMARY_KIND, CompareSummary, loads_summary, peek_kind
 from loadgen.results.run import ResultVersionError, RunResult, figures_of, loads, resolved_settings, verdict_of
+from loadgen.results.tiers import measured_tiers
 from loadgen.results.verdict import Kind
 
 #: Tiers that run on the sequencer's one core (besides one tier per hook, which also does); every
@@ -341,11 +343,11 @@ def _tier_ns(result: RunResult, hooks: Sequence[str], hook_params: dict[str, Any
         sequencer = {k: v * cpu_ns / walls for k, v in sequencer.items()}
     sequencer["framing_io"] = max(cpu_ns - sum(sequencer.values()), 0.0)
     tiers = sequencer | scale_out
-    validators = b.get("validators")
-    if isinstance(validators, dict) and _num(validators.get("workers")) > 0:
-        # Local validator processes' CPU (issue 19); an inline tier (0 workers) verifies on the
-        # server's own thread, so its cost is in the process's CPU (``framing_io``).
-        tiers["validators"] = (_num(validators.get("cpu_s")) - _num((a.get("validators") or {}).get("cpu_s"))) * 1e9
+    # Local validator processes' CPU (issue 19) from the stats, for files from before runs recorded
+    # it in ``tier_cpu_s`` (one rule: ``loadgen.results.tiers``); an inline tier (0 workers) verifies
+    # on the server's own thread, so its cost is in the process's CPU (``framing_io``).
+    for tier, cpu_s in measured_tiers(a, b)[0].items():
+        tiers[tier] = cpu_s * 1e9
     for tier, cpu_s in server.tier_cpu_s.items():
         tiers[tier] = cpu_s * 1e9  # measured outside the server process: replaces any estimate
     tiers[GENERATOR] = result.generator.cpu_s * 1e9

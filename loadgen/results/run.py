@@ -30,6 +30,7 @@ from loadgen.generator.workload import ScenarioWorkload
 from loadgen.results.drift import MinuteLatency, stored_drift
 from loadgen.results.environment import Environment
 from loadgen.results.state import StateFootprint
+from loadgen.results.tiers import measured_tiers
 from loadgen.results.upgrade import upgrade
 from loadgen.results.verdict import Figures, Verdict, judge
 
@@ -52,6 +53,9 @@ from loadgen.results.verdict import Figures, Verdict, judge
 #:       drift, the p99 per measured minute of runs of two minutes or more (issue 20, ``loadgen.results.drift``);
 #:       load.workload (issue 16: the scenario's workload the gateways generated; absent: the defaults,
 #:       which is what gateways generated before it), and settings.workload holds the same.
+#:       From issue 19's fourth session every run/load whose server ran local validator processes
+#:       fills server.tier_cpu_s/tier_workers["validators"] (``loadgen.results.tiers``; the same
+#:       optional fields, so no new version: absent in older files, where the plan reads the stats).
 SCHEMA_VERSION = 2
 
 
@@ -417,6 +421,7 @@ def build_result(
         ]
     profile = str(welcome.get("profile", "unknown"))
     durability = Durability.of(stats_start or {}, stats_end or {}, config.seconds)
+    tier_cpu_s, tier_workers = measured_tiers(stats_start or {}, stats_end or {})
     summary = Summary(
         profile=profile,
         offered_tps=config.rate_tps,
@@ -484,6 +489,8 @@ def build_result(
             hooks=hooks or {},
             durability=durability,
             trove=trove,
+            tier_cpu_s=tier_cpu_s,
+            tier_workers=tier_workers,
             external=external,
             **_build_figures(stats_final or stats_end or {}),
         ),

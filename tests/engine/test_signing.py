@@ -109,6 +109,27 @@ def test_verdicts_match_one_at_a_time_oracle_and_cryptography(registry: signing.
         key.verify(forged[i * 64 : (i + 1) * 64], records[i * 48 : (i + 1) * 48])
 
 
+def test_verifier_reads_views_of_one_parcel_and_partial_key_sources(registry: signing.KeyRegistry, rng) -> None:
+    """A validator worker verifies a parcel in place (records then signatures, as views into the
+    received buffer) and a Ray actor against a partition of the keys (``first_account`` > 0, the
+    registry's bytes at an offset): the verdicts are the oracle's either way."""
+    batch, sigs = signed_batch(200)
+    records, forged, _ = forge(batch, sigs, rng)
+    want = oracle(records, forged, SEED, ACCOUNTS)
+    view = memoryview(records + forged)
+    verifier = signing.Verifier(registry.public_keys())
+    np.testing.assert_array_equal(verifier.verify(view[: len(records)], view[len(records) :]), want)
+    first, end = 100, ACCOUNTS - 50
+    partial = signing.PublicKeys(b"\xee" * 7 + registry.partition(first, end), first, end - first, offset=7)
+    payers = np.frombuffer(records, dtype=TRANSFER_DTYPE)["payer"]
+    outside = (payers < first) | (payers >= end)
+    assert outside.any() and (~outside).any()
+    np.testing.assert_array_equal(
+        signing.Verifier(partial).verify(records, forged),
+        np.where(outside, ResultCode.BAD_SIGNATURE, want),
+    )
+
+
 def test_verify_refuses_misaligned_blobs(registry: signing.KeyRegistry) -> None:
     batch, sigs = signed_batch(3)
     with pytest.raises(ValueError, match="64-byte signatures"):

@@ -16,6 +16,7 @@ from engine.validators import (
     InlineValidators,
     LocalValidators,
     ValidatorsUnavailable,
+    chunk_size,
     make_validators,
     parse_validators,
     verify_all,
@@ -40,8 +41,17 @@ def stream(registry: signing.KeyRegistry) -> list[tuple[bytes, bytes]]:
 
 
 def expected(registry: signing.KeyRegistry, stream: list[tuple[bytes, bytes]]) -> list[np.ndarray]:
+    """The verdicts through PyNaCl's public ``crypto_sign_open``, one transfer at a time: the oracle
+    for the tiers' ``Verifier`` (libsodium's detached verification on pointers)."""
+    keys = registry.public_keys()
+    return [signing.verify_records_open(r, s, keys) for r, s in stream]
+
+
+def test_inline_tier_equals_crypto_sign_open(registry: signing.KeyRegistry, stream: list[tuple[bytes, bytes]]) -> None:
+    want = expected(registry, stream)
     inline = InlineValidators(registry)
-    return [inline.verify_now(r, s) for r, s in stream]
+    for (r, s), w in zip(stream, want, strict=True):
+        np.testing.assert_array_equal(inline.verify_now(r, s), w)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -68,12 +78,13 @@ def test_pool_verdicts_equal_single_thread(
 
 def test_small_batches_travel_together_and_are_not_split(registry: signing.KeyRegistry) -> None:
     """Submits of tens of transfers (the signed profile's regime): each is one chunk (below
-    ``min_split`` a batch is not split across workers), and chunks queued together go to a worker
-    as one parcel, one round trip; verdicts are still each batch's own, in order."""
+    ``2 x min_split`` a batch is not split across workers: a 37-transfer Submit is not sent as 32 +
+    5), and chunks queued together go to a worker as one parcel, one round trip; verdicts are
+    still each batch's own, in order."""
     rng = np.random.default_rng(5)
     small = []
     for i in range(40):
-        batch, sigs = signed_batch(int(rng.integers(1, 30)), stream=500 + i)
+        batch, sigs = signed_batch(int(rng.integers(1, 64)), stream=500 + i)
         if i % 3 == 0:  # one forged signature, last in its batch
             sigs = sigs[:-1] + bytes([sigs[-1] ^ 1])
         small.append((batch.tobytes(), sigs))
@@ -96,10 +107,11 @@ def test_small_batches_travel_together_and_are_not_split(registry: signing.KeyRe
     assert parcels < chunks  # queued together, sent together
 
 
-def test_each_worker_gets_two_parcels_in_flight_and_a_fair_share(registry: signing.KeyRegistry) -> None:
-    """Four Submits of 20 arriving together with two idle workers: each worker gets one at once
-    and a second to hold in its pipe (the queue is not left waiting for a round trip, and no worker
-    takes the whole burst); a fifth waits for a verdict to free a place."""
+def test_submits_of_one_loop_iteration_share_parcels_in_fair_shares(registry: signing.KeyRegistry) -> None:
+    """Five Submits of 20 arriving in one loop iteration with two idle workers: they leave together
+    at the end of the iteration, in parcels of at most a fair share (100 queued / 2 workers = 50),
+    so each worker gets 40 at once and one of them 20 more to hold in its pipe: three round trips
+    for five Submits, no worker taking the whole burst, none left waiting for a verdict."""
     small = [signed_batch(20, stream=700 + i) for i in range(5)]
     want = expected(registry, [(b.tobytes(), s) for b, s in small])
 
@@ -108,15 +120,26 @@ def test_each_worker_gets_two_parcels_in_flight_and_a_fair_share(registry: signi
         await pool.start()
         try:
             futures = [pool.verify_future(b.tobytes(), s) for b, s in small]  # no await in between
-            assert pool.stats().parcels == 4  # two per worker sent at once, the fifth queued
+            assert pool.stats().parcels == 0  # sent at the end of this iteration, together
+            await asyncio.sleep(0)
+            assert pool.stats().parcels == 3
             got = await asyncio.gather(*futures)
             for g, w in zip(got, want, strict=True):
                 np.testing.assert_array_equal(g, w)
-            assert pool.stats().parcels == 5
+            assert pool.stats().parcels == 3
         finally:
             await pool.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("n", "sizes"),
+    [(1, [1]), (37, [37]), (63, [63]), (64, [32, 32]), (101, [51, 50]), (1000, [125] * 8), (129, [65, 64])],
+)
+def test_chunks_split_evenly_never_leaving_a_sliver(n: int, sizes: list[int]) -> None:
+    per = chunk_size(n, workers=2, min_split=32, max_chunk=128)
+    assert [min(per, n - o) for o in range(0, n, per)] == sizes
 
 
 def test_killed_worker_chunks_are_reverified_once(registry: signing.KeyRegistry) -> None:

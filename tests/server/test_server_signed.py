@@ -182,6 +182,10 @@ def test_run_signed_profile_end_to_end(
     tier = result.server.stats_end["validators"]
     assert (tier["kind"], tier["workers"]) == ("local", int(validators))
     assert tier["transfers"] > 0 and tier["failed_batches"] == tier["worker_deaths"] == 0
+    # The result file records the workers' CPU as a tier of its own (loadgen.results.tiers).
+    assert result.server.tier_workers == {"validators": int(validators)}
+    assert result.server.tier_cpu_s["validators"] > 0
+    assert result.cpu_ns_per_payment["validators"] > 0
 
 
 def test_journal_holds_only_verified_transfers(start_server: StartServer, tmp_path: Path) -> None:
