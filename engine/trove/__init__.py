@@ -11,13 +11,13 @@ One concern per module:
 * ``files``: atomic Parquet writes (pyarrow, zstd, page checksums) and file checks.
 * ``store``: ``Trove``: the writer thread, the compactor thread, retention, integrity at open,
   ``rebuild_from`` journal entries, stats.
-* ``compaction``: size-tiered merges into runs sorted by payer and by payee (DuckDB sorts).
+* ``compaction``: size-tiered merges of runs sorted by payer and by payee (a k-way merge in numpy).
 * ``retention``: partitions to expire, the disk-space check.
 * ``query``: ``TroveReader``: the five surveillance queries in DuckDB.
 * ``bench``: bulk-load a seeded trove and time the queries (``cbdc-bench trove bench``).
 
 Layout on disk: ``trove.json``, ``runs/p<partition>/r<id>.{payer,payee}.parquet`` (sorted) and
-``segments/p<partition>/s<id>.parquet`` (arrival order, until merged).
+``segments/p<partition>/s<id>.parquet`` (arrival order, until merged; written by earlier versions).
 It is plain Parquet: any engine can read the files the manifest lists
 (``pyarrow.dataset.dataset(paths)``).
 """

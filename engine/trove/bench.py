@@ -63,8 +63,9 @@ class BenchResult(msgspec.Struct, frozen=True):
     steady_cpu_ns_per_row: float = 0.0
 
 
-def seeded_batches(rows: int, accounts: int, seed: int, batch_rows: int = 8_192) -> Any:
-    """Seeded batches totalling ``rows``: simulated time advances one day per ``accounts`` payments."""
+def seeded_batches(rows: int, accounts: int, seed: int, batch_rows: int = 8_192, start_ns: int = BENCH_START_NS) -> Any:
+    """Seeded batches totalling ``rows`` from ``start_ns``: simulated time advances one day per
+    ``accounts`` payments."""
     rng = np.random.default_rng(seed)
     ns_per_payment = NS_PER_DAY / accounts
     done = 0
@@ -76,7 +77,7 @@ def seeded_batches(rows: int, accounts: int, seed: int, batch_rows: int = 8_192)
         payee += payee >= payer  # never the payer
         b["payer"], b["payee"] = payer, payee
         b["transfer_id"] = np.arange(done, done + n)
-        b["timestamp_ns"] = BENCH_START_NS + (np.arange(done, done + n) * ns_per_payment).astype(np.int64)
+        b["timestamp_ns"] = start_ns + (np.arange(done, done + n) * ns_per_payment).astype(np.int64)
         b["amount_fen"] = rng.lognormal(np.log(5_000), 1.1, n).astype(np.int64) + 1
         b["category"] = rng.integers(0, 16, n, dtype=np.uint16)
         b["operator"] = payer % 64
@@ -89,10 +90,14 @@ def seeded_batches(rows: int, accounts: int, seed: int, batch_rows: int = 8_192)
         done += n
 
 
-def bulk_load(trove: Trove | TroveProcess, rows: int, accounts: int, seed: int) -> None:
-    """Append ``rows`` seeded rows (code OK) to an open trove, numbered on from what it holds; flush."""
+def bulk_load(
+    trove: Trove | TroveProcess, rows: int, accounts: int, seed: int, *, start_ns: int = BENCH_START_NS
+) -> None:
+    """Append ``rows`` seeded rows (code OK, times from ``start_ns``) to an open trove, numbered on
+    from what it holds; flush."""
     codes = np.zeros(MAX_BATCH, dtype=np.uint8)
-    for seq, batch in enumerate(seeded_batches(rows, accounts, seed), start=trove.durable_through_seq + 1):
+    batches = seeded_batches(rows, accounts, seed, start_ns=start_ns)
+    for seq, batch in enumerate(batches, start=trove.durable_through_seq + 1):
         trove.append(batch, codes[: len(batch)], seq)
     trove.flush()
 
@@ -187,35 +192,67 @@ def _time_queries(reader: TroveReader, accounts: int, seed: int, queries: int) -
     return out
 
 
-def probe_live(directory: str, *, seconds: float, accounts: int, seed: int) -> dict[str, dict[str, float]]:
+def probe_live(
+    directory: str,
+    *,
+    seconds: float,
+    accounts: int,
+    seed: int,
+    day_start_ns: int | None = None,
+    kinds: tuple[str, ...] = QUERY_KINDS,
+) -> dict[str, dict[str, float]]:
     """Query latency p50/p99 per kind against a trove being written, for ``seconds``.
 
-    Rounds of one query per kind, each round on a fresh snapshot of the committed manifest, over the
-    newest simulated day (and its last hour). A query whose files the writer's compactor deleted
-    under it is counted in ``failed``, not timed (readers in other processes hold no snapshot).
+    Rounds of one query per kind over one simulated day (and its first hour): the day from
+    ``day_start_ns``, or else the newest day the trove holds at each round. One reader is kept
+    (as a service would keep its connection: DuckDB's cache of Parquet footers stays warm) and
+    takes the newly committed manifest before each round (``TroveReader.refresh``); the first
+    round is a warm-up, not timed (at least one round after it is). A query whose files the
+    writer's compactor deleted under it is re-run by the reader on the fresh manifest; if that
+    fails too it is counted in ``failed``. ``kinds``: the query kinds of a round (at 10^9 rows the
+    scans, aggregates and two hops take seconds each: ``("payments_day",)`` times many more of
+    the lookups in the same time).
     """
+    unknown = set(kinds) - set(QUERY_KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"query kinds are {', '.join(QUERY_KINDS)}; got {', '.join(kinds) or 'none'}")
     rng = np.random.default_rng([seed, 2])
     ms: dict[str, list[float]] = {}
     n_rows: dict[str, list[int]] = {}
     failed: dict[str, int] = {}
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        manifest = load_manifest(Path(directory))
-        if manifest is None or not manifest.segments:
-            time.sleep(0.1)
-            continue
-        newest_ns = max(s.max_timestamp_ns for s in manifest.segments)
-        reader = TroveReader.open(directory)
-        try:
-            for kind, fn in _query_kinds(reader, newest_ns - NS_PER_DAY).items():
+    reader: TroveReader | None = None
+    warm = timed = False
+    try:
+        # At least one timed round after the warm-up, however short ``seconds``.
+        while time.monotonic() < deadline or (warm and not timed):
+            manifest = load_manifest(Path(directory))
+            if manifest is None or not manifest.segments:
+                time.sleep(0.1)
+                continue
+            if reader is None:
+                reader = TroveReader.open(directory)
+            else:
+                reader.refresh()
+            start = (
+                day_start_ns
+                if day_start_ns is not None
+                else max(s.max_timestamp_ns for s in manifest.segments) - NS_PER_DAY
+            )
+            for kind, fn in _query_kinds(reader, start).items():
+                if kind not in kinds:
+                    continue
                 t0 = time.perf_counter()
                 try:
                     rows = fn(int(rng.integers(0, accounts))).num_rows
-                except Exception:  # a file compacted away under the query (DuckDB raises IOException)
+                except Exception:  # a file compacted away under the query, twice over (DuckDB raises IOException)
                     failed[kind] = failed.get(kind, 0) + 1
                     continue
-                ms.setdefault(kind, []).append((time.perf_counter() - t0) * 1e3)
-                n_rows.setdefault(kind, []).append(rows)
-        finally:
+                if warm:
+                    ms.setdefault(kind, []).append((time.perf_counter() - t0) * 1e3)
+                    n_rows.setdefault(kind, []).append(rows)
+            timed, warm = warm, True
+    finally:
+        if reader is not None:
             reader.close()
     return {k: _percentiles(v, n_rows[k]) | {"failed": float(failed.get(k, 0))} for k, v in ms.items()}

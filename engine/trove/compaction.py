@@ -1,34 +1,40 @@
 """Compaction: runs sorted by account, merged size-tiered.
 
-The writer writes a partition's first ``fanin - 1`` segments as tier-0 *runs*, sorted in memory
-(``Trove._write_ingest``), and later ones in arrival order ("ingest" segments, where finding one
-person's payments is a scan); ingest segments are merged into runs here. Each run is two files
-holding the same rows, one sorted by (payer, time) and one by (payee, time), so "payments sent by N" and "payments
-received by N" each read the one or two row groups (``row_group_rows`` rows) of each run whose
-min/max statistics contain N. The second ordering doubles the bytes of compacted data: that is
-the disk cost of answering "received" without a scan (a payer-sorted trove alone makes it a
-full scan, ~2.7 s at 10^9 rows).
+The writer writes every segment as a tier-0 *run*, sorted in memory (``Trove._write_run``).
+Each run is two files holding the same rows, one sorted by (payer, time) and one by (payee,
+time), so "payments sent by N" and "payments received by N" each read the one or two row groups
+(``row_group_rows`` rows) of each run whose min/max statistics contain N. The second ordering
+doubles the bytes: that is the disk cost of answering "received" without a scan (a payer-sorted
+trove alone makes it a full scan, ~2.7 s at 10^9 rows).
 
-Merging is size-tiered (as Cassandra's STCS or an LSM tree): ``fanin`` runs of one tier merge
-into one run of the next tier, and a run of ``max_run_rows`` or more is never rewritten, so the
-work per row is bounded by the number of tiers (log_fanin(max_run_rows / segment_rows)) and a
-large base is never rewritten wholesale. DuckDB sorts (out of core past its memory limit, on one
-thread so that the compactor thread's CPU clock sees all of the work); pyarrow writes the files.
+Merging is size-tiered (as Cassandra's STCS or an LSM tree): ``fanin`` runs of one tier (runs
+within a factor of ``fanin`` in size, ``tier_of``) merge into one run of a higher tier, and a run
+of ``max_run_rows`` or more is never rewritten, so a row is merged at most once per tier
+(log_fanin(max_run_rows / segment size)) and a large base is never rewritten wholesale. A merge
+of runs is a streaming k-way merge in numpy (``merged_runs``), on the compactor's thread so its
+CPU clock sees all of the work; pyarrow writes the files (lz4 below the last tier, zstd in it).
+Arrival-ordered "ingest" segments, which earlier versions wrote, are sorted in memory or, when
+large, by DuckDB (out of core past its memory limit, one thread).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from engine.trove.config import TroveConfig
 from engine.trove.files import write_parquet
 from engine.trove.manifest import Manifest, Segment, merge_ranges
-from engine.trove.schema import arrow_schema
+from engine.trove.schema import COLUMNS, ROW_BYTES, account_order, arrow_schema, concat_rows, take_rows
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
 #: The two account orderings of a run, and the sort key of each.
 ORDERINGS = {
@@ -38,8 +44,16 @@ ORDERINGS = {
 
 
 def tier_of(rows: int, config: TroveConfig) -> int:
-    """0 below ``fanin`` segments' worth of rows, then one tier per factor of ``fanin``."""
-    tier, size = 0, config.segment_rows * config.fanin
+    """0 below ``fanin`` row groups' worth of rows, then one tier per factor of ``fanin``.
+
+    Runs of one tier are within a factor of ``fanin`` in size, so ``fanin`` of them merge into a
+    run of a higher tier: every merge lifts its rows at least one tier, and a row is merged at most
+    once per tier, whatever size the writer's segments are. (Counting tiers from ``segment_rows``,
+    as before, put every segment smaller than that, the 1-second flushes below 2^20 payments/s,
+    in tier 0 until ``fanin`` segments' worth, where the first merged run was merged again with
+    each next batch of segments: 24 merges per row for 25,000-row segments at fanin 8, against 3.)
+    """
+    tier, size = 0, config.row_group_rows * config.fanin
     while rows >= size:
         tier += 1
         size *= config.fanin
@@ -74,7 +88,7 @@ def plan(manifest: Manifest, config: TroveConfig, *, everything: bool = False) -
         tiers: dict[int, list[Segment]] = defaultdict(list)
         for s in segs:
             if s.kind == "run" and s.rows < config.max_run_rows:
-                tiers[s.tier].append(s)
+                tiers[tier_of(s.rows, config)].append(s)  # not s.tier: older troves counted otherwise
         for tier in sorted(tiers):
             runs = sorted(tiers[tier], key=lambda s: s.rows)[: config.fanin]
             if len(runs) == config.fanin and sum(s.rows for s in runs) <= config.max_run_rows:
@@ -82,39 +96,61 @@ def plan(manifest: Manifest, config: TroveConfig, *, everything: bool = False) -
     return []
 
 
+def is_last_tier(rows: int, config: TroveConfig) -> bool:
+    """Whether a run of ``rows`` rows can no longer be part of a merge the policy plans (``fanin``
+    runs of its size would pass ``max_run_rows``): its files are written in zstd."""
+    return rows * config.fanin > config.max_run_rows
+
+
 def merge(
-    con: duckdb.DuckDBPyConnection,
     root: Path,
     sources: list[Segment],
     segment_id: int,
     trove_id: str,
     config: TroveConfig,
+    *,
+    duckdb_connection: Callable[[], duckdb.DuckDBPyConnection],
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Segment:
-    """Write the rows of ``sources`` as one run (both orderings); the sources are left in place."""
+    """Write the rows of ``sources`` as one run (both orderings); the sources are left in place.
+
+    Runs are merged by streaming (``merged_runs``: a k-way merge in numpy, memory bounded by
+    the sources' read-ahead); arrival-ordered segments that fit in ``compaction_memory_mb`` are
+    read once and sorted in memory into both orderings; anything else (a very large merge of
+    arrival-ordered segments) is sorted by DuckDB, out of core. ``stopping`` is polled between
+    steps: when it says so the merge raises ``MergeStopped`` and writes nothing.
+    """
     schema = arrow_schema()
     part = sources[0].partition
+    expected = sum(s.rows for s in sources)
+    compression = "zstd" if is_last_tier(expected, config) else config.intermediate_compression
+    orderings: dict[str, Iterable[pa.RecordBatch]]
+    if all(s.kind == "run" for s in sources):
+        orderings = {o: merged_runs(root, sources, o, config, stopping) for o in ORDERINGS}
+    elif all(s.kind == "ingest" for s in sources) and _fits_in_memory(expected, config):
+        cols = _read_arrival(root, sources)
+        orderings = {o: _sorted_in_memory(cols, o, config.row_group_rows) for o in ORDERINGS}
+    else:
+        orderings = {o: _duckdb_sorted(duckdb_connection(), root, sources, o, config) for o in ORDERINGS}
     files = []
     rows = 0
-    for ordering, key in ORDERINGS.items():
-        paths = [str(root / s.file(ordering).path) for s in sources]
-        reader = con.sql(f"SELECT * FROM read_parquet($paths) ORDER BY {key}", params={"paths": paths}).to_arrow_reader(
-            config.row_group_rows * 8
-        )
-        batches = (b if b.schema.equals(schema) else b.cast(schema) for b in reader)
+    for ordering, batches in orderings.items():
         entry, rows = write_parquet(
             root,
             f"runs/p{part}/r{segment_id:08d}.{ordering}.parquet",
             ordering,
-            batches,
+            (b if b.schema.equals(schema) else b.cast(schema) for b in batches),
             schema,
             trove_id=trove_id,
             segment_id=segment_id,
             row_group_rows=config.row_group_rows,
+            compression=compression,
         )
         files.append(entry)
-    expected = sum(s.rows for s in sources)
-    if rows != expected:
-        raise RuntimeError(f"compaction of segments {[s.id for s in sources]} wrote {rows} rows, expected {expected}")
+        if rows != expected:
+            raise RuntimeError(
+                f"compaction of segments {[s.id for s in sources]} wrote {rows} rows, expected {expected}"
+            )
     return Segment(
         id=segment_id,
         kind="run",
@@ -126,6 +162,187 @@ def merge(
         files=files,
         tier=tier_of(rows, config),
     )
+
+
+class MergeStopped(RuntimeError):
+    """The trove is closing: a merge stopped between two steps (its partial output is removed)."""
+
+
+#: Bytes per row an in-memory sort of arrival-ordered rows holds at its peak (the columns, one
+#: ordering taken from them, the permutation and Arrow's view): bounds what it takes on.
+_SORT_BYTES_PER_ROW = 3 * ROW_BYTES
+#: Rows read from each source run per step of a streaming merge.
+MERGE_READ_ROWS = 1 << 16
+
+
+def _fits_in_memory(rows: int, config: TroveConfig) -> bool:
+    return rows * _SORT_BYTES_PER_ROW <= config.compaction_memory_mb << 20
+
+
+def _columns(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+    return {name: batch.column(name).to_numpy() for name in COLUMNS}
+
+
+def _read_arrival(root: Path, sources: list[Segment]) -> dict[str, np.ndarray]:
+    """The rows of arrival-ordered segments, in arrival ((batch_seq, batch_index)) order."""
+    import pyarrow.parquet as pq
+
+    by_seq = sorted(sources, key=lambda s: (s.seq_ranges[0] if s.seq_ranges else (0, 0), s.id))
+    tables = [pq.read_table(root / s.files[0].path, use_threads=False) for s in by_seq]
+    cols = concat_rows([_columns(b) for t in tables for b in t.to_batches()])
+    arrival = (cols["batch_seq"].astype(np.uint64) << np.uint64(16)) | cols["batch_index"]
+    if len(arrival) > 1 and (np.diff(arrival.view(np.int64)) < 0).any():  # rebuilt rows, interleaved ranges
+        cols = take_rows(cols, np.argsort(arrival, kind="stable"))
+    return cols
+
+
+def _sorted_in_memory(cols: dict[str, np.ndarray], ordering: str, group_rows: int) -> Iterator[pa.RecordBatch]:
+    """Rows in arrival order, sorted by ``ordering`` (taken when the writer gets to this ordering)."""
+    yield from _regrouped([take_rows(cols, account_order(cols[ordering], cols["timestamp_ns"]))], group_rows)
+
+
+def _time_ordered(sources: list[Segment]) -> list[Segment]:
+    """The sources by (first time, first batch)."""
+    return sorted(sources, key=lambda s: (s.min_timestamp_ns, s.seq_ranges[0] if s.seq_ranges else (0, 0), s.id))
+
+
+def _disjoint(sources: list[Segment]) -> bool:
+    """Whether every row of each source (in ``_time_ordered`` order) comes before every row of
+    the next in (time, batch_seq) order: then a stable sort on the account alone of their
+    concatenation is the (account, time, batch_seq, batch_index) order."""
+    for a, b in itertools.pairwise(sources):
+        if not a.seq_ranges or not b.seq_ranges:
+            return False
+        if a.max_timestamp_ns > b.min_timestamp_ns:
+            return False
+        if a.max_timestamp_ns == b.min_timestamp_ns and a.seq_ranges[-1][1] >= b.seq_ranges[0][0]:
+            return False
+    return True
+
+
+class _RunReader:
+    """One source run's file read ahead in batches: ``cols`` holds rows read and not yet merged."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        import pyarrow.parquet as pq
+
+        self.key = key
+        self._batches = pq.ParquetFile(path).iter_batches(batch_size=MERGE_READ_ROWS, use_threads=False)
+        self.cols: dict[str, np.ndarray] = {name: np.empty(0, dtype=dtype) for name, dtype in COLUMNS.items()}
+        self._next: dict[str, np.ndarray] | None = self._read()
+
+    def _read(self) -> dict[str, np.ndarray] | None:
+        for batch in self._batches:
+            if batch.num_rows:
+                return _columns(batch)
+        return None
+
+    @property
+    def exhausted(self) -> bool:
+        """Nothing beyond ``cols`` is left to read."""
+        return self._next is None
+
+    def read_more(self) -> None:
+        """Append the next batch to ``cols``."""
+        if self._next is not None:
+            self.cols = concat_rows([self.cols, self._next]) if len(self.cols[self.key]) else self._next
+            self._next = self._read()
+
+    def take_below(self, bound: int | None) -> dict[str, np.ndarray]:
+        """Remove and return the rows whose account is below ``bound`` (all of them if None)."""
+        n = len(self.cols[self.key]) if bound is None else int(np.searchsorted(self.cols[self.key], bound))
+        head = {name: col[:n] for name, col in self.cols.items()}
+        self.cols = {name: col[n:] for name, col in self.cols.items()}
+        return head
+
+
+def merged_runs(
+    root: Path, sources: list[Segment], ordering: str, config: TroveConfig, stopping: Callable[[], bool]
+) -> Iterator[pa.RecordBatch]:
+    """The rows of runs, each sorted by (``ordering``, time, batch_seq, batch_index), merged into
+    that order: a streaming k-way merge whose memory is a few read-ahead batches per source.
+
+    Each step takes, from every source, the rows whose account is below the smallest last account
+    any source still reading has in memory (so every row of those accounts, in every source, is in
+    the step), concatenates them in time order of the sources and sorts them stably by account:
+    numpy's stable sort (timsort) finds the sources' sorted runs and merges them, O(n log k). Runs
+    of one tier cover consecutive times (``_disjoint``), so that is the full order; when they do
+    not (rows rebuilt from the journal, clocks out of order), each step is checked and, where
+    needed, sorted on the whole key.
+    """
+    ordered = _time_ordered(sources)
+    check = not _disjoint(ordered)
+    readers = [_RunReader(root / s.file(ordering).path, ordering) for s in ordered]
+
+    def step_rows() -> Iterator[dict[str, np.ndarray]]:
+        while True:
+            if stopping():
+                raise MergeStopped("the trove is closing")
+            for r in readers:
+                while not len(r.cols[ordering]) and not r.exhausted:
+                    r.read_more()
+            reading = [r for r in readers if not r.exhausted]
+            bound = min(int(r.cols[ordering][-1]) for r in reading) if reading else None
+            parts = [r.take_below(bound) for r in readers]
+            if not any(len(p[ordering]) for p in parts):
+                if bound is None:
+                    return
+                for r in reading:  # one account fills a whole read-ahead: read further
+                    if int(r.cols[ordering][-1]) == bound:
+                        r.read_more()
+                continue
+            cols = concat_rows([p for p in parts if len(p[ordering])])
+            yield take_rows(cols, _step_order(cols, ordering, check=check))
+
+    yield from _regrouped(step_rows(), config.row_group_rows)
+
+
+def _step_order(cols: dict[str, np.ndarray], ordering: str, *, check: bool) -> np.ndarray:
+    """The permutation that sorts one merge step by (account, time, batch_seq, batch_index)."""
+    order = np.argsort(cols[ordering], kind="stable")
+    if not check:
+        return order
+    account, ts = cols[ordering][order], cols["timestamp_ns"][order]
+    seq, index = cols["batch_seq"][order], cols["batch_index"][order]
+    same = account[1:] == account[:-1]
+    later = (ts[1:] > ts[:-1]) | (
+        (ts[1:] == ts[:-1]) & ((seq[1:] > seq[:-1]) | ((seq[1:] == seq[:-1]) & (index[1:] >= index[:-1])))
+    )
+    if (same & ~later).any():
+        return np.lexsort((cols["batch_index"], cols["batch_seq"], cols["timestamp_ns"], cols[ordering]))
+    return order
+
+
+def _regrouped(chunks: Iterable[dict[str, np.ndarray]], group_rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of whole row groups (a multiple of ``group_rows`` rows, the last one excepted),
+    so that the file's row groups are full however the merge's steps were cut."""
+    import pyarrow as pa
+
+    schema = arrow_schema()
+
+    def batch(cols: dict[str, np.ndarray]) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays([pa.array(cols[name]) for name in schema.names], schema=schema)
+
+    carry: dict[str, np.ndarray] | None = None
+    for chunk in chunks:
+        cols = concat_rows([carry, chunk]) if carry is not None else chunk
+        n = len(cols["payer"])
+        whole = n - n % group_rows
+        if whole:
+            yield batch({name: col[:whole] for name, col in cols.items()})
+        carry = {name: col[whole:] for name, col in cols.items()} if whole < n else None
+    if carry is not None:
+        yield batch(carry)
+
+
+def _duckdb_sorted(
+    con: duckdb.DuckDBPyConnection, root: Path, sources: list[Segment], ordering: str, config: TroveConfig
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``sources`` sorted by DuckDB (out of core past its memory limit)."""
+    paths = [str(root / s.file(ordering).path) for s in sources]
+    sql = f"SELECT * FROM read_parquet($paths) ORDER BY {ORDERINGS[ordering]}"
+    # A generator: the query starts when the file is written (one open result per connection).
+    yield from con.sql(sql, params={"paths": paths}).to_arrow_reader(config.row_group_rows * 8)
 
 
 #: DuckDB's spill directory for sorts past ``compaction_memory_mb``, inside the trove: the scratch is

@@ -96,6 +96,8 @@ class TroveReader:
         # Footers are read once per file, not once per query (files never change once written).
         self._con.execute("SET parquet_metadata_cache = true")
         self._deep_check = False
+        #: (segment id, file path) already checked by ``refresh`` (files are immutable once listed).
+        self._checked: set[tuple[int, str]] = set()
 
     @classmethod
     def open(cls, root: str | Path, *, deep_check: bool = False, threads: int | None = None) -> TroveReader:
@@ -105,6 +107,7 @@ class TroveReader:
         reader = cls(root=path, segments=good, config=config, threads=threads)
         reader.problems = problems
         reader._deep_check = deep_check
+        reader._checked = {(s.id, f.path) for s in good for f in s.files}
         return reader
 
     def _reload_if_vanished(self, exc: Exception) -> bool:
@@ -113,8 +116,20 @@ class TroveReader:
             return False  # a live trove's snapshot() keeps its files until the query ends
         if not any(not (self.root / s.file(o).path).exists() for s in self._segments for o in ("payer", "payee")):
             return False
-        self._segments, self.problems, _ = _committed_segments(self.root, deep_check=self._deep_check)
+        self.refresh()
         return True
+
+    def refresh(self) -> None:
+        """A directory reader: take the trove's newly committed manifest (segments a writer added or
+        merged since), keeping this reader's DuckDB connection, whose cache of Parquet footers
+        stays valid (trove files never change once written; new ones have new names). A service
+        that keeps one reader and refreshes it does not parse every footer again per query.
+        Files are checked (``check_file``) once each, when first seen."""
+        if self._trove is not None or self.root is None:
+            return
+        self._segments, self.problems, _ = _committed_segments(
+            self.root, deep_check=self._deep_check, checked=self._checked
+        )
 
     def close(self) -> None:
         self._con.close()
@@ -288,8 +303,13 @@ class TroveReader:
             )
 
 
-def _committed_segments(path: Path, *, deep_check: bool) -> tuple[list[Segment], list[str], TroveConfig]:
-    """The committed manifest's segments whose files check out, the problems found, the trove's config."""
+def _committed_segments(
+    path: Path, *, deep_check: bool, checked: set[tuple[int, str]] | None = None
+) -> tuple[list[Segment], list[str], TroveConfig]:
+    """The committed manifest's segments whose files check out, the problems found, the trove's config.
+
+    ``checked``: files known good already (not checked again); the files found good are added.
+    """
     manifest = load_manifest(path)
     if manifest is None:
         raise FileNotFoundError(f"{path} is not a trove (no trove.json); give the directory a run wrote with --trove")
@@ -297,7 +317,10 @@ def _committed_segments(path: Path, *, deep_check: bool) -> tuple[list[Segment],
     for s in manifest.segments:
         try:
             for f in s.files:
-                check_file(path, f, trove_id=manifest.trove_id, segment_id=s.id, rows=s.rows, deep=deep_check)
+                if checked is None or (s.id, f.path) not in checked:
+                    check_file(path, f, trove_id=manifest.trove_id, segment_id=s.id, rows=s.rows, deep=deep_check)
+                    if checked is not None:
+                        checked.add((s.id, f.path))
             good.append(s)
         except CorruptSegment as exc:
             problems.append(str(exc))

@@ -4,9 +4,8 @@
 the batch into a bounded queue (when the queue is full the sequencer waits: back-pressure,
 never a dropped row; the wait is counted). A writer thread turns batches into rows, buffers
 them, and every ``segment_rows`` rows or ``flush_interval_s`` writes, per partition touched, one
-tier-0 run (the rows sorted by payer in one file and by payee in another) or, once the partition
-will be merged anyway, one arrival-ordered ingest segment (``files.write_parquet``), then commits
-the manifest: the trove is then durable through the last batch written. A compactor thread merges
+tier-0 run (the rows sorted by payer in one file and by payee in another, ``files.write_parquet``),
+then commits the manifest: the trove is then durable through the last batch written. A compactor thread merges
 them, size-tiered (``compaction``), and applies retention (``retention``). Both threads measure their own
 CPU time (``time.thread_time_ns``), which the hook charges to itself.
 
@@ -41,6 +40,7 @@ from engine.trove.config import TroveConfig
 from engine.trove.files import CorruptSegment, check_file, write_parquet
 from engine.trove.manifest import Manifest, Segment, load_manifest, merge_ranges, save_manifest
 from engine.trove.schema import (
+    account_order,
     arrow_schema,
     concat_rows,
     extend_partitions,
@@ -313,7 +313,7 @@ class Trove(TroveFeed):
         return take_rows(rows, wanted) if wanted.any() else None
 
     def _write_segments(self, pending: list[dict[str, np.ndarray]], seen_seq: int) -> None:
-        """One ingest segment per partition of the buffered rows, then commit the manifest.
+        """One tier-0 run per partition of the buffered rows, then commit the manifest.
 
         A segment claims the batch ranges it is complete for: this flush's new batches
         (durable_through + 1 .. seen_seq) and, for rows rebuilt from the journal, the part of
@@ -346,15 +346,17 @@ class Trove(TroveFeed):
             starts = extend_partitions(starts, periods[~late], newest_rows, self.config.partition_min_rows)
             parts = partitions_of(periods, starts) if starts else periods
             schema = arrow_schema()
-            held = Counter(s.partition for s in m.segments)
+            held: Counter[int] = Counter()  # rows each partition holds
+            for s in m.segments:
+                held[s.partition] += s.rows
             for part in np.unique(parts[~late]).tolist():
                 in_part = (parts == part) & ~late
                 ranges = list(claims.get(part, []))
                 if (rows["batch_seq"][in_part] >= first_new).any():
                     ranges.append((first_new, seen_seq))
-                # Sorted while the partition stays below a merge; past that, arrival order (see _write_ingest).
-                sort = held[part] < self.config.fanin - 1
-                new.append(self._write_ingest(take_rows(rows, in_part), part, merge_ranges(ranges), schema, sort=sort))
+                # A partition this small may close before a merge; past it, merges will follow.
+                final = held[part] < (self.config.fanin - 1) * self.config.segment_rows
+                new.append(self._write_run(take_rows(rows, in_part), part, merge_ranges(ranges), schema, final=final))
         with self._lock:
             m.segments.extend(new)
             m.partition_starts = starts
@@ -365,18 +367,18 @@ class Trove(TroveFeed):
         self.counters["segments_written"] += len(new)
         self.counters["rows_appended"] += sum(s.rows for s in new)
 
-    def _write_ingest(
-        self, rows: dict[str, np.ndarray], part: int, ranges: list[tuple[int, int]], schema: Any, *, sort: bool
+    def _write_run(
+        self, rows: dict[str, np.ndarray], part: int, ranges: list[tuple[int, int]], schema: Any, *, final: bool
     ) -> Segment:
-        """The buffered rows of one partition: a tier-0 run (``sort``: one file sorted by payer, one
-        by payee) or an ingest segment (one arrival-ordered file, merged into a run later).
+        """The buffered rows of one partition as a tier-0 run: one file sorted by payer, one by payee.
 
         A run is what an LSM tree's memtable flush writes: sorted here in memory (one numpy argsort
-        per ordering), a partition that never holds ``fanin`` segments (a small ledger's day, a
-        short run) is never rewritten. Measured on 10^6 rows: ~1.2 us/row for the two sorted files,
-        against ~0.25 us/row for an arrival file plus ~2.2 us/row (DuckDB's read and sort, two
-        files) for the merge that sorts it. Once a partition will be merged anyway, sorting at
-        write time would only add a level, so its later segments are written in arrival order.
+        per ordering), so a query reads one row group of it, never scans it, and its merges are
+        k-way merges of sorted runs (``compaction.merged_runs``), not sorts. (Arrival-ordered
+        segments, which earlier versions wrote once a partition held ``fanin - 1`` segments, cost
+        ~0.9 us/row less to write but ~0.6 us/row more to merge, and every query scanned them:
+        a few ms per segment.) ``final``: the partition may never merge it (it holds fewer than
+        ``fanin - 1`` segments' rows), so it is zstd; otherwise the cheaper intermediate codec.
         """
         import pyarrow as pa
 
@@ -384,45 +386,32 @@ class Trove(TroveFeed):
             seg_id = self.manifest.next_segment_id
             self.manifest.next_segment_id += 1
         ts = rows["timestamp_ns"]
-        layouts: list[tuple[str, str, np.ndarray | None, int]]
-        if sort:
-            layouts = [
-                (
-                    f"runs/p{part}/r{seg_id:08d}.{ordering}.parquet",
-                    ordering,
-                    account_order(rows[ordering], ts),
-                    self.config.row_group_rows,
-                )
-                for ordering in compaction.ORDERINGS
-            ]
-        else:
-            layouts = [(f"segments/p{part}/s{seg_id:08d}.parquet", "arrival", None, self.config.segment_rows)]
         files = []
         n = 0
         arrival = pa.Table.from_arrays([pa.array(rows[name]) for name in schema.names], schema=schema)
-        for path, ordering, order, group_rows in layouts:
-            table = arrival if order is None else arrival.take(order)
+        for ordering in compaction.ORDERINGS:
             entry, n = write_parquet(
                 self.root,
-                path,
+                f"runs/p{part}/r{seg_id:08d}.{ordering}.parquet",
                 ordering,
-                table.to_batches(),
+                arrival.take(account_order(rows[ordering], ts)).to_batches(),
                 schema,
                 trove_id=self.manifest.trove_id,
                 segment_id=seg_id,
-                row_group_rows=group_rows,
+                row_group_rows=self.config.row_group_rows,
+                compression="zstd" if final else self.config.intermediate_compression,
             )
             files.append(entry)
         return Segment(
             id=seg_id,
-            kind="run" if sort else "ingest",
+            kind="run",
             partition=part,
             rows=n,
             min_timestamp_ns=int(ts.min()),
             max_timestamp_ns=int(ts.max()),
             seq_ranges=ranges,
             files=files,
-            tier=compaction.tier_of(n, self.config) if sort else 0,
+            tier=compaction.tier_of(n, self.config),
         )
 
     def _stop_ingest(self, exc: OSError) -> None:
@@ -479,9 +468,15 @@ class Trove(TroveFeed):
                     seg_id = self.manifest.next_segment_id
                     self.manifest.next_segment_id += 1
             if sources:
-                if self._con is None:
-                    self._con = compaction.connect(self.config, self.root)
-                run = compaction.merge(self._con, self.root, sources, seg_id, self.manifest.trove_id, self.config)
+                run = compaction.merge(
+                    self.root,
+                    sources,
+                    seg_id,
+                    self.manifest.trove_id,
+                    self.config,
+                    duckdb_connection=self._duckdb,
+                    stopping=self._stop.is_set,
+                )
                 with self._lock:
                     ids = {s.id for s in sources}
                     self.manifest.segments = [s for s in self.manifest.segments if s.id not in ids] + [run]
@@ -495,6 +490,12 @@ class Trove(TroveFeed):
             return bool(sources) or expired
         finally:
             self.counters["compaction_cpu_ns"] += time.thread_time_ns() - t0
+
+    def _duckdb(self) -> Any:
+        """The compactor's DuckDB connection (for the merges it sorts), made on first use."""
+        if self._con is None:
+            self._con = compaction.connect(self.config, self.root)
+        return self._con
 
     def _apply_retention(self) -> bool:
         with self._lock:
@@ -583,20 +584,6 @@ class Trove(TroveFeed):
         self._collect_garbage()
         if self.temporary and self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
-
-
-def account_order(account: np.ndarray, timestamp_ns: np.ndarray) -> np.ndarray:
-    """The permutation that sorts rows in arrival order ((batch_seq, batch_index) order) by
-    (account, time, batch_seq, batch_index).
-
-    When times never decrease in arrival order (the sequencer's clock; nearly always), a stable
-    sort on the account alone gives that order, and costs half the composite-key sort.
-    """
-    if len(timestamp_ns) < 2 or not (np.diff(timestamp_ns) < 0).any():
-        return np.argsort(account, kind="stable")
-    rank = np.empty(len(timestamp_ns), dtype=np.uint64)  # position in (time, arrival) order
-    rank[np.argsort(timestamp_ns, kind="stable")] = np.arange(len(timestamp_ns), dtype=np.uint64)
-    return np.argsort((account.astype(np.uint64) << np.uint64(32)) | rank)
 
 
 def manifest_stats(manifest: Manifest, segments: list[Segment]) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import pytest
 from engine.trove import compaction
 from engine.trove.bench import run_bench
 from engine.trove.process import TroveProcess, process_runqueue_wait_ns
-from engine.trove.store import Trove, account_order
+from engine.trove.schema import account_order
+from engine.trove.store import Trove
 from tests.engine.test_trove import load_sync, random_entries, reference_rows, small_config, table_rows
 
 

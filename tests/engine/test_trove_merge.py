@@ -1,0 +1,262 @@
+"""The trove's merges (issue 17): the streaming k-way merge of runs, the codecs of intermediate and
+last-tier files, merges of arrival-ordered segments left by older versions, a merge stopped by
+close, and a directory reader that refreshes its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.simtime import NS_PER_HOUR
+from engine.trove import compaction
+from engine.trove.files import write_parquet
+from engine.trove.manifest import Segment, load_manifest
+from engine.trove.query import TroveReader
+from engine.trove.schema import COLUMNS, arrow_schema, concat_rows, partition_of, rows_of
+from engine.trove.store import Trove
+from tests.engine.test_trove import (
+    START_NS,
+    expected_payments,
+    load_sync,
+    random_entries,
+    reference_rows,
+    small_config,
+    table_rows,
+)
+
+_KEY = {
+    o: [list(COLUMNS).index(c) for c in (o, "timestamp_ns", "batch_seq", "batch_index")] for o in ("payer", "payee")
+}
+
+
+def _oracle(ref: list[tuple[int, ...]], ordering: str) -> list[tuple[int, ...]]:
+    """Rows by (account, time, batch_seq, batch_index), in plain Python."""
+    return sorted(ref, key=lambda r: tuple(r[i] for i in _KEY[ordering]))
+
+
+def _shuffled_times(entries, rng: np.random.Generator):
+    """The same batches with times drawn at random over three hours: runs overlap in time, and
+    times go back and forth in arrival order (the merge's checked path)."""
+    for seq, batch, codes in entries:
+        b = batch.copy()
+        b["timestamp_ns"] = START_NS + rng.integers(0, 3 * NS_PER_HOUR, len(b))
+        yield seq, b, codes
+
+
+@pytest.mark.parametrize("times", ["monotone", "shuffled"])
+def test_merging_runs_gives_both_orderings_every_row_once(tmp_path: Path, rng, monkeypatch, times: str) -> None:
+    # Read-ahead of 7 rows: one account's rows span many reads of every source (the step that
+    # takes nothing and reads further), and a step holds a handful of accounts.
+    monkeypatch.setattr(compaction, "MERGE_READ_ROWS", 7)
+    entries = list(random_entries(rng, 30))
+    if times == "shuffled":
+        entries = list(_shuffled_times(entries, rng))
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=86_400, compact=False), start=False)
+    try:
+        load_sync(trove, entries)
+        runs = [s for s in trove.manifest.segments if s.kind == "run"]
+        assert len(runs) >= 4
+        assert compaction._disjoint(compaction._time_ordered(runs)) == (times == "monotone")
+        merged = compaction.merge(
+            trove.root, runs, 999, trove.manifest.trove_id, trove.config, duckdb_connection=_no_duckdb
+        )
+        ref = reference_rows(entries)
+        assert merged.rows == len(ref)
+        for ordering in ("payer", "payee"):
+            f = pq.ParquetFile(trove.root / merged.file(ordering).path)
+            assert table_rows(f.read()) == _oracle(ref, ordering), ordering
+            # Whole row groups however the merge's steps were cut (the last one excepted).
+            sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+            assert all(n == trove.config.row_group_rows for n in sizes[:-1])
+    finally:
+        trove.close()
+
+
+def _no_duckdb():
+    raise AssertionError("runs are merged without DuckDB")
+
+
+def _codec(root: Path, seg: Segment) -> set[str]:
+    out = set()
+    for f in seg.files:
+        meta = pq.read_metadata(root / f.path)
+        out |= {meta.row_group(0).column(c).compression for c in range(meta.num_columns)}
+    return out
+
+
+def test_files_a_merge_reads_again_are_lz4_the_rest_zstd(tmp_path: Path, rng) -> None:
+    entries = list(random_entries(rng, 120))
+    # segment_rows 700, fanin 2: runs of 2,800 rows or more are in the last tier.
+    config = small_config(tmp_path / "t", partition_s=86_400, max_run_rows=2_800)
+    trove = Trove.open(config, start=False)
+    try:
+        load_sync(trove, entries)
+        trove.compact_all()
+        segs = trove.manifest.segments
+        assert sorted(r for s in segs for r in table_rows(pq.read_table(trove.root / s.files[0].path))) == sorted(
+            reference_rows(entries)
+        )
+        last = [s for s in segs if compaction.is_last_tier(s.rows, config)]
+        assert last and all(_codec(trove.root, s) == {"ZSTD"} for s in last)
+        assert trove.counters["merges"] > 0
+    finally:
+        trove.close()
+    # What a merge wrote below the last tier (and the writer past a partition's first segment) is lz4.
+    partial = Trove.open(small_config(tmp_path / "p", partition_s=86_400, compact=False), start=False)
+    try:
+        load_sync(partial, entries)
+        runs = sorted(partial.manifest.segments, key=lambda s: s.id)
+        assert _codec(partial.root, runs[0]) == {"ZSTD"} and _codec(partial.root, runs[-1]) == {"LZ4"}
+        two = compaction.merge(
+            partial.root, runs[:2], 998, partial.manifest.trove_id, partial.config, duckdb_connection=_no_duckdb
+        )
+        assert not compaction.is_last_tier(two.rows, partial.config) and _codec(partial.root, two) == {"LZ4"}
+    finally:
+        partial.close()
+
+
+def _add_arrival_segments(trove: Trove, entries, per_segment: int) -> None:
+    """Arrival-ordered "ingest" segments, as versions before this one wrote (one file each)."""
+    m = trove.manifest
+    schema = arrow_schema()
+    part = int(partition_of(np.array([START_NS]), m.partition_ns)[0])  # the three hours fall in one day
+    for i in range(0, len(entries), per_segment):
+        chunk = entries[i : i + per_segment]
+        cols = concat_rows([rows_of(b, c, seq) for seq, b, c in chunk])
+        table = pa.Table.from_arrays([pa.array(cols[n]) for n in schema.names], schema=schema)
+        seg_id = m.next_segment_id
+        m.next_segment_id += 1
+        entry, n = write_parquet(
+            trove.root,
+            f"segments/p{part}/s{seg_id:08d}.parquet",
+            "arrival",
+            table.to_batches(),
+            schema,
+            trove_id=m.trove_id,
+            segment_id=seg_id,
+            row_group_rows=1_000,
+        )
+        ts = cols["timestamp_ns"]
+        m.segments.append(
+            Segment(seg_id, "ingest", part, n, int(ts.min()), int(ts.max()), [(chunk[0][0], chunk[-1][0])], [entry])
+        )
+    m.partition_starts = [part]
+    m.durable_through_seq = entries[-1][0]
+
+
+@pytest.mark.parametrize("sorter", ["numpy", "duckdb"])
+def test_arrival_segments_of_older_troves_are_still_merged(tmp_path: Path, rng, monkeypatch, sorter: str) -> None:
+    if sorter == "duckdb":  # too large for an in-memory sort: DuckDB sorts it, out of core
+        monkeypatch.setattr(compaction, "_SORT_BYTES_PER_ROW", 1 << 40)
+    entries = list(random_entries(rng, 24))
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=86_400, compact=True), start=False)
+    try:
+        _add_arrival_segments(trove, entries, per_segment=5)
+        trove.compact_all()
+        ref = reference_rows(entries)
+        assert trove.stats()["ingest_segments"] == 0 and trove.stats()["rows"] == len(ref)
+        for ordering in ("payer", "payee"):
+            got = [
+                r
+                for s in trove.manifest.segments
+                for r in table_rows(pq.read_table(trove.root / s.file(ordering).path))
+            ]
+            assert sorted(got) == sorted(ref)
+            for s in trove.manifest.segments:
+                rows = table_rows(pq.read_table(trove.root / s.file(ordering).path))
+                assert rows == _oracle(rows, ordering)
+    finally:
+        trove.close()
+
+
+def test_close_stops_a_merge_between_steps_and_leaves_its_sources(tmp_path: Path, rng, monkeypatch) -> None:
+    monkeypatch.setattr(compaction, "MERGE_READ_ROWS", 16)
+    entries = list(random_entries(rng, 30))
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=86_400, compact=False), start=False)
+    try:
+        load_sync(trove, entries)
+        runs = list(trove.manifest.segments)
+        calls = iter(range(10**6))
+        with pytest.raises(compaction.MergeStopped):
+            compaction.merge(
+                trove.root,
+                runs,
+                997,
+                trove.manifest.trove_id,
+                trove.config,
+                duckdb_connection=_no_duckdb,
+                stopping=lambda: next(calls) >= 5,  # stops at the sixth step
+            )
+        assert not list(trove.root.glob("runs/*/r00000997*"))  # no partial file, not even a .tmp
+        assert all((trove.root / f.path).exists() for s in runs for f in s.files)
+    finally:
+        trove.close()
+
+
+def test_a_refreshed_directory_reader_sees_what_was_written_since(tmp_path: Path, rng) -> None:
+    entries = list(random_entries(rng, 40))
+    root = tmp_path / "t"
+    trove = Trove.open(small_config(root, partition_s=3600, compact=False))
+    try:
+        for seq, batch, codes in entries[:20]:
+            trove.append(batch, codes, seq)
+        trove.flush()
+        reader = TroveReader.open(root)
+        first, ref = reference_rows(entries[:20]), reference_rows(entries)
+        for seq, batch, codes in entries[20:]:
+            trove.append(batch, codes, seq)
+        trove.flush()
+        accounts = range(0, 60, 11)
+        assert all(table_rows(reader.payments(a)) == expected_payments(first, a) for a in accounts)  # its snapshot
+        reader.refresh()
+        assert all(table_rows(reader.payments(a)) == expected_payments(ref, a) for a in accounts)
+        trove.compact_all()  # merges delete every file the reader lists: it re-runs on the new manifest
+        assert all(table_rows(reader.payments(a)) == expected_payments(ref, a) for a in accounts)
+        assert reader._checked >= {(s.id, f.path) for s in trove.manifest.segments for f in s.files}
+        reader.close()
+    finally:
+        trove.close()
+
+
+def test_the_under_load_benchmark_dates_its_history_before_the_run(tmp_path: Path) -> None:
+    from benchmarks.trove_under_load import history_window, preload
+    from engine.clock import CLOCK_START_NS
+    from engine.simtime import NS_PER_DAY
+
+    root = tmp_path / "t"
+    preload(root, 20_000, 5_000, seed=3)  # four simulated days of history
+    manifest = load_manifest(root)
+    assert manifest is not None and manifest.rows == 20_000
+    first = min(s.min_timestamp_ns for s in manifest.segments)
+    last = max(s.max_timestamp_ns for s in manifest.segments)
+    # The history ends where the run's clock starts: its payments come after it, never among it.
+    assert first >= CLOCK_START_NS - 4 * NS_PER_DAY and last < CLOCK_START_NS
+    day_start_ns, accounts = history_window(root)
+    assert day_start_ns == last + 1 - NS_PER_DAY
+    assert 4_900 < accounts <= 5_000  # the payers seen, from the files' statistics
+    from engine.trove.bench import probe_live
+
+    probed = probe_live(
+        str(root), seconds=0.2, accounts=accounts, seed=1, day_start_ns=day_start_ns, kinds=("payments_day",)
+    )
+    assert list(probed) == ["payments_day"] and probed["payments_day"]["queries"] >= 1
+    assert probed["payments_day"]["mean_rows"] > 0  # the history's last day holds the subjects' payments
+    with pytest.raises(ValueError, match="query kinds are"):
+        probe_live(str(root), seconds=0.1, accounts=accounts, seed=1, kinds=("payments_week",))
+
+
+@pytest.mark.parametrize("segment_rows", [25_000, 300_000, 1 << 20])
+def test_the_policy_merges_a_row_once_per_tier_whatever_the_segment_size(segment_rows: int) -> None:
+    from benchmarks.trove_merge_cost import simulate_policy
+    from engine.trove.config import TroveConfig
+
+    config = TroveConfig(fanin=8)  # segment_rows 2^20: the writer's time flushes make smaller ones
+    tiers = compaction.tier_of(config.max_run_rows, config) - compaction.tier_of(segment_rows, config)
+    got = simulate_policy(config, segment_rows, 1 << 27)
+    # At most one merge per tier between a segment and the largest run (24 for 25k-row segments before).
+    assert 1 <= got["merges_per_row"] <= tiers
+    assert got["runs_at_end"] <= (config.fanin - 1) * (tiers + 1) + (1 << 27) / config.max_run_rows
