@@ -24,7 +24,7 @@ a per-batch plus per-payment cost. The tiers, from the figures a result file hol
   server's thread, inside ``framing_io``;
 * ``kernel`` ("kernel and other"): the machine's CPU that no process's counters hold
   (``machine_cpu.kernel_s``: softirq and interrupt work for the loopback network and the disk,
-  the hypervisor's steal, processes that exited in the window), when the run recorded the
+  processes that exited in the window), when the run recorded the
   machine's CPU (issue 21; absent in older files). It scales out (the kernel runs on every core).
 
 ``framing_io``, ``ledger``, the hooks and ``features`` run on the sequencer's one core; the rest
@@ -127,6 +127,9 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     server_kept_up: bool = True
     #: Cores the machine left idle (idle + iowait) over the window (``machine_cpu``; None: not recorded).
     idle_cores: float | None = None
+    #: Cores the hypervisor took from the machine over the window (steal; ``machine_cpu``; None: not
+    #: recorded): no tier's cost, but a run with much of it ran on fewer cores than it reports.
+    stolen_cores: float | None = None
 
 
 class MeasuredMax(msgspec.Struct, frozen=True):
@@ -257,6 +260,7 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
             if result.machine_cpu is None or result.machine_cpu.seconds <= 0
             else (result.machine_cpu.idle_s + result.machine_cpu.iowait_s) / result.machine_cpu.seconds
         ),
+        stolen_cores=None if result.machine_cpu is None else result.machine_cpu.stolen_cores,
     )
 
 

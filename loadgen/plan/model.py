@@ -235,8 +235,10 @@ def fit_tier(tier: str, runs: Sequence[RunCost]) -> TierFit:
         per_batch_ns=0.0 if per_tick else fixed,
         per_payment_ns=per_payment,
         rates_tps=[float(r) for r in rates],
-        spread_low=min(ratios, default=1.0),
-        spread_high=max(ratios, default=1.0),
+        # The band always holds the fit itself: a constrained fit (non-negative parts) can lie below
+        # or above every run, and a band that excludes its own centre is no band (nor plottable).
+        spread_low=min([*ratios, 1.0]),
+        spread_high=max([*ratios, 1.0]),
         workers=max((r.workers.get(tier, r.cores if tier == KERNEL else 1) for r in runs), default=1),
         per_tick_ns=fixed if per_tick else 0.0,
         per_s_ns=float(per_s),
@@ -913,7 +915,7 @@ def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], req
         *(
             [
                 "kernel (kernel and other): the measured machine's CPU that no process held (softirq and "
-                "interrupts for the loopback network and the disk, the hypervisor's steal, processes that exited), "
+                "interrupts for the loopback network and the disk, processes that exited), "
                 "per payment; it includes the generator's side of the network, so it is an upper bound for a server"
             ]
             if any(t.tier == KERNEL for t in plan.tiers)

@@ -69,7 +69,8 @@ def _machine_text(run: RunCost) -> str:
     """The machine's own figures of a run that recorded them: the kernel's CPU and the idle cores."""
     if run.idle_cores is None:
         return ""
-    return f" (+ kernel {run.tier_ns_per_s.get(KERNEL, 0.0) / 1e9:.2f}, idle {run.idle_cores:.2f})"
+    stolen = f", stolen {run.stolen_cores:.2f}" if run.stolen_cores else ""
+    return f" (+ kernel {run.tier_ns_per_s.get(KERNEL, 0.0) / 1e9:.2f}, idle {run.idle_cores:.2f}{stolen})"
 
 
 def measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | None) -> str:
@@ -138,7 +139,8 @@ def headline_markdown(
         *([""] if any(p.cpu_problem is not None for p in profiles) else []),
         "The measured 2-core figures each row was derived from (server CPU = the server process, its "
         "validators and trove child; the generator excluded; in brackets, where the run recorded the "
-        "machine's CPU, the kernel's cores (CPU no process held) and the cores left idle). Only runs "
+        "machine's CPU, the kernel's cores (CPU no process held), the cores left idle and the cores the hypervisor "
+        "took (stolen: CPU this VM did not get, no tier's cost). Only runs "
         "where the server kept up are "
         "fitted: sustained, or the generator fell behind while the server shed nothing and applied "
         "at least 99% of the scheduled rate. Predicted max: the rate at which the fitted CPU of the "

@@ -606,8 +606,9 @@ def test_the_generators_own_processes_limit_the_predicted_maximum(model: CostMod
 
 
 def test_machine_cpu_counts_what_no_process_holds_as_the_kernels() -> None:
-    """busy = every state but idle and iowait; processes = each process's increase (a process started
-    in the window: all of its CPU; a reused pid with a new start time is a new process)."""
+    """busy = every state but idle, iowait and steal (CPU the VM did not get: no one's cost);
+    processes = each process's increase (a process started in the window: all of its CPU; a
+    reused pid with a new start time is a new process)."""
     start = machine_cpu.CpuSample(
         0, {"user": 10.0, "system": 5.0, "softirq": 1.0, "steal": 0.5, "iowait": 2.0, "idle": 100.0},
         {(1, 1.0): 8.0, (2, 1.0): 3.0},
@@ -618,7 +619,8 @@ def test_machine_cpu_counts_what_no_process_holds_as_the_kernels() -> None:
     )  # fmt: skip
     w = machine_cpu.window(start, end)
     assert w is not None and w.seconds == pytest.approx(3.0)
-    assert w.busy_s == pytest.approx(2.0 + 1.0 + 0.5 + 0.1)
+    assert w.busy_s == pytest.approx(2.0 + 1.0 + 0.5)
+    assert w.stolen_cores == pytest.approx(0.1 / 3.0)
     assert w.processes_s == pytest.approx(1.5 + 0.7 + 0.4)
     assert w.kernel_s == pytest.approx(w.busy_s - w.processes_s)
     assert machine_cpu.window(end, start) is None and machine_cpu.window(None, end) is None
