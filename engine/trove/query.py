@@ -1,4 +1,5 @@
-"""The queries a surveillance state runs against the trove, in DuckDB over its Parquet files.
+"""The queries a surveillance state runs against the trove, in DuckDB over its Parquet files
+(``payments``: pyarrow row-group reads through a sparse index, see there).
 
 (a) ``payments``: a person's payments, sent and received, in a time window;
 (b) ``counterparties``: who they pay and are paid by, one and two hops, ranked, top-k;
