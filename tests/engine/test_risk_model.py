@@ -125,6 +125,24 @@ def _hostile(rng: np.random.Generator, first_id: int) -> np.ndarray:
     )
 
 
+def _apply_alongside(wl, ledger, ref, rng, batches: int):
+    """``batches`` batches (every third hostile) through the ledger, its deferred observers run
+    after each as the server runs them after the replies, and through the reference: the same
+    codes, balances and social-credit scores after every batch. Returns both social-credit hooks."""
+    social = next(h for h in ledger.hooks if isinstance(h, SocialCredit))
+    ref_social = next(h for h in ref.hooks if h.name == "social_credit")
+    first = 0
+    for i in range(batches):
+        batch = wl.batch(400, first_id=first) if i % 3 else _hostile(rng, first)
+        first += len(batch)
+        codes = ledger.apply(batch)
+        ledger.run_deferred()
+        assert codes.tolist() == ref.apply(batch)
+        assert ledger.balance.tolist() == ref.balance
+        assert social.score.tolist() == ref_social.scores
+    return social, ref_social
+
+
 @pytest.mark.parametrize(
     ("mode", "inference", "more"),
     [
@@ -140,17 +158,7 @@ def test_batch_equals_one_at_a_time(mode, inference, more, rng, request) -> None
     # A low threshold makes the model flag (or veto) often, so the feed into scores is exercised.
     wl, ledger, ref, risk = _ledgers(mode, 0.02, inference, **more)
     request.addfinalizer(risk.close)
-    social = next(h for h in ledger.hooks if isinstance(h, SocialCredit))
-    ref_social = next(h for h in ref.hooks if h.name == "social_credit")
-    first = 0
-    for i in range(12):
-        batch = wl.batch(400, first_id=first) if i % 3 else _hostile(rng, first)
-        first += len(batch)
-        codes = ledger.apply(batch)
-        ledger.run_deferred()  # as the server does after the replies
-        assert codes.tolist() == ref.apply(batch)
-        assert ledger.balance.tolist() == ref.balance
-        assert social.score.tolist() == ref_social.scores
+    social, ref_social = _apply_alongside(wl, ledger, ref, rng, 12)
     assert isinstance(risk, RiskModel)
     twin = next(h for h in ref.hooks if h.name == "risk_model")
     risk.flush()
@@ -315,15 +323,7 @@ def test_a_model_thread_behind_is_relieved_by_the_sequencer_with_the_same_flags(
         return predict(rows, threads=threads)
 
     risk.predictor.predict = stalls_on_the_model_thread  # type: ignore[method-assign]
-    social = next(h for h in ledger.hooks if isinstance(h, SocialCredit))
-    ref_social = next(h for h in ref.hooks if h.name == "social_credit")
-    first = 0
-    for i in range(10):
-        batch = wl.batch(400, first_id=first) if i % 3 else _hostile(rng, first)
-        first += len(batch)
-        assert ledger.apply(batch).tolist() == ref.apply(batch)
-        ledger.run_deferred()
-        assert social.score.tolist() == ref_social.scores
+    social, ref_social = _apply_alongside(wl, ledger, ref, rng, 10)
     stats = risk.stats()
     # The stuck batch after its patience, the ones queued behind it at once: the ledger went on.
     assert stats["scored_on_sequencer"] > 0
