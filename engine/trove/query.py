@@ -100,7 +100,7 @@ class TroveReader:
         #: (segment id, file path) already checked by ``refresh`` (files are immutable once listed).
         self._checked: set[tuple[int, str]] = set()
         #: (file, account column) -> its open ParquetFile and the column's min/max per row group
-        #: (``payments``' sparse index; dropped by ``refresh`` for files no longer listed).
+        #: (``payments``' sparse index; dropped for files its snapshot no longer lists).
         self._row_groups: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
     @classmethod
@@ -134,8 +134,6 @@ class TroveReader:
         self._segments, self.problems, _ = _committed_segments(
             self.root, deep_check=self._deep_check, checked=self._checked
         )
-        listed = {str(self.root / f.path) for s in self._segments for f in s.files}
-        self._row_groups = {k: v for k, v in self._row_groups.items() if k[0] in listed}
 
     def close(self) -> None:
         self._con.close()
@@ -179,6 +177,12 @@ class TroveReader:
         lo, hi = _window(since, until)
         with self._snapshot() as segs:
             sent, recv = self._files(segs, "payer", lo, hi), self._files(segs, "payee", lo, hi)
+            # Files a merge replaced leave the index (and their handles close) once a snapshot no
+            # longer lists them: a live trove's and a refreshed directory reader's alike.
+            root = self.root
+            assert root is not None  # a reader always has its trove's directory (``_files``)
+            listed = {str(root / f.path) for s in segs for f in s.files}
+            self._row_groups = {k: v for k, v in self._row_groups.items() if k[0] in listed}
             if not sent:
                 return _empty(["direction"])
             parts = []
