@@ -63,11 +63,16 @@ class BenchResult(msgspec.Struct, frozen=True):
     steady_cpu_ns_per_row: float = 0.0
 
 
+def seeded_times_ns(rows: np.ndarray, accounts: int, start_ns: int = BENCH_START_NS) -> np.ndarray:
+    """The time of seeded rows by their number: one simulated day per ``accounts`` payments (the
+    one formula, so ``bulk.build`` derives the same times as ``seeded_batches`` draws)."""
+    return start_ns + (rows * (NS_PER_DAY / accounts)).astype(np.int64)
+
+
 def seeded_batches(rows: int, accounts: int, seed: int, batch_rows: int = 8_192, start_ns: int = BENCH_START_NS) -> Any:
     """Seeded batches totalling ``rows`` from ``start_ns``: simulated time advances one day per
     ``accounts`` payments."""
     rng = np.random.default_rng(seed)
-    ns_per_payment = NS_PER_DAY / accounts
     done = 0
     while done < rows:
         n = min(batch_rows, rows - done)
@@ -77,7 +82,7 @@ def seeded_batches(rows: int, accounts: int, seed: int, batch_rows: int = 8_192,
         payee += payee >= payer  # never the payer
         b["payer"], b["payee"] = payer, payee
         b["transfer_id"] = np.arange(done, done + n)
-        b["timestamp_ns"] = start_ns + (np.arange(done, done + n) * ns_per_payment).astype(np.int64)
+        b["timestamp_ns"] = seeded_times_ns(np.arange(done, done + n), accounts, start_ns)
         b["amount_fen"] = rng.lognormal(np.log(5_000), 1.1, n).astype(np.int64) + 1
         b["category"] = rng.integers(0, 16, n, dtype=np.uint16)
         b["operator"] = payer % 64
@@ -103,7 +108,14 @@ def bulk_load(
 
 
 def run_bench(
-    *, rows: int, accounts: int, seed: int, queries: int, directory: str = "", config: TroveConfig | None = None
+    *,
+    rows: int,
+    accounts: int,
+    seed: int,
+    queries: int,
+    directory: str = "",
+    config: TroveConfig | None = None,
+    kinds: tuple[str, ...] = QUERY_KINDS,
 ) -> BenchResult:
     """Load ``rows`` rows into a trove at ``directory`` (temporary if ""), compact, time the queries."""
     if not rows > 0 or accounts < 2 or queries < 1:
@@ -120,7 +132,7 @@ def run_bench(
         t1 = time.perf_counter()
         trove.compact_all()
         compaction_s = time.perf_counter() - t1
-        timings = _time_queries(TroveReader(trove=trove), accounts, seed, queries)
+        timings = time_queries(TroveReader(trove=trove), accounts, seed, queries, kinds=kinds)
     finally:
         trove.close()
         if not directory:
@@ -174,11 +186,16 @@ def _percentiles(ms: list[float], n_rows: list[int]) -> dict[str, float]:
     }
 
 
-def _time_queries(reader: TroveReader, accounts: int, seed: int, queries: int) -> dict[str, dict[str, float]]:
+def time_queries(
+    reader: TroveReader, accounts: int, seed: int, queries: int, *, kinds: tuple[str, ...] = QUERY_KINDS
+) -> dict[str, dict[str, float]]:
+    """p50/p99 of ``queries`` random subjects per query kind (closes ``reader``)."""
     rng = np.random.default_rng([seed, 1])
     out: dict[str, dict[str, float]] = {}
     try:
         for kind, fn in _query_kinds(reader, BENCH_START_NS).items():
+            if kind not in kinds:
+                continue
             fn(0)  # warm-up: footers cached, kept apart from the measured values
             subjects = rng.integers(0, accounts, queries).tolist()
             ms, n_rows = [], []

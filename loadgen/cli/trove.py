@@ -19,6 +19,7 @@ import msgspec
 
 from engine.options import parse_count
 from engine.simtime import iso_cst, parse_time
+from engine.trove.bench import QUERY_KINDS
 from engine.trove.config import TroveConfig
 from engine.trove.query import DIMENSIONS, TroveReader
 from engine.trove.store import manifest_stats
@@ -74,8 +75,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write with threads of this process instead of the child process the server uses (comparison)",
     )
+    b.add_argument(
+        "--direct",
+        action="store_true",
+        help="bulk path: write the runs the writer and compactor would leave straight to disk (engine.trove.bulk; "
+        "10^9 rows in minutes, no ingest or compaction figures), then time the queries",
+    )
+    _add_build_args(b)
+    b.add_argument(
+        "--kinds",
+        default=",".join(QUERY_KINDS),
+        help="query kinds to time, comma-separated (default all; at 10^9 rows payments_day alone takes seconds)",
+    )
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=_bench)
+
+    bd = tsub.add_parser(
+        "build",
+        help="write a seeded trove straight into its compacted layout (bulk path, no writer or merges)",
+        description=bulk_doc(),
+    )
+    bd.add_argument("dir", help="a new or empty directory for the trove")
+    bd.add_argument("--rows", type=parse_count, required=True, help="rows, e.g. 1e9")
+    bd.add_argument("--accounts", type=parse_count, default=1_000_000, help="accounts the rows are spread over")
+    bd.add_argument("--seed", type=int, default=20_261_203, help="seed of the rows (as trove bench)")
+    _add_build_args(bd)
+    bd.add_argument("--json", action="store_true", help="print one JSON object")
+    bd.set_defaults(func=_build)
 
     pr = tsub.add_parser("probe", help="time each query kind against a trove a server is writing")
     pr.add_argument("dir", help="trove directory (a run's --trove)")
@@ -84,6 +110,60 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_seed(pr, what="subjects")
     add_json(pr)
     pr.set_defaults(func=_probe)
+
+
+def bulk_doc() -> str:
+    from engine.trove import bulk
+
+    return bulk.__doc__ or ""
+
+
+def _add_build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--segment-rows",
+        type=parse_count,
+        default=TroveConfig().segment_rows,
+        help="the writer's flush size the direct build assumes (a live writer flushes every second: "
+        "rows/s of ingest); it decides the runs the compaction policy leaves (default %(default)s)",
+    )
+    p.add_argument(
+        "--row-group-rows",
+        type=parse_count,
+        default=TroveConfig().row_group_rows,
+        help="rows per Parquet row group (default %(default)s)",
+    )
+    p.add_argument("--threads", type=int, default=1, choices=(1, 2), help="direct build: write the two orderings side by side")
+
+
+def _build_config(args: argparse.Namespace) -> TroveConfig:
+    return TroveConfig(segment_rows=int(args.segment_rows), row_group_rows=int(args.row_group_rows))
+
+
+def _print_build(b: Any) -> None:
+    print(
+        f"{b.rows:,} rows into {b.runs} runs in {b.partitions} partitions at {b.dir}: {b.build_s:.0f} s "
+        f"(CPU {b.build_cpu_s:.0f} s), {b.bytes_per_row:.1f} bytes/row on disk (both orderings), "
+        f"peak RSS {b.peak_rss_bytes / 2**30:.2f} GiB; skipped {b.merges_skipped} merges rewriting "
+        f"{b.rows_merged_skipped:,} rows"
+    )
+
+
+def _build(args: argparse.Namespace) -> int:
+    from engine.trove.bulk import build
+
+    result = build(
+        args.dir,
+        rows=int(args.rows),
+        accounts=int(args.accounts),
+        seed=args.seed,
+        config=_build_config(args),
+        threads=args.threads,
+    )
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+    else:
+        _print_build(result)
+    return 0
 
 
 def query(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,13 +237,16 @@ def _stats(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from engine.trove.bench import run_bench
 
+    if args.direct:
+        return _bench_direct(args)
     result = run_bench(
         rows=args.rows,
         accounts=args.accounts,
         seed=args.seed,
         queries=args.queries,
         directory=args.dir,
-        config=TroveConfig(process=not args.in_process),
+        config=msgspec.structs.replace(_build_config(args), process=not args.in_process),
+        kinds=tuple(k for k in args.kinds.split(",") if k),
     )
     if args.json:
         print(msgspec.json.encode(result).decode())
@@ -181,6 +264,29 @@ def _bench(args: argparse.Namespace) -> int:
             f"ns/row, final merge included), {result.process_runqueue_wait_s:.1f} s runnable but waiting for a CPU"
         )
     _print_latencies(result.queries)
+    return 0
+
+
+def _bench_direct(args: argparse.Namespace) -> int:
+    from engine.trove.bulk import bench_direct
+
+    if args.in_process:
+        raise SystemExit("trove bench: --direct writes no segments through a writer; --in-process does not apply")
+    out = bench_direct(
+        rows=int(args.rows),
+        accounts=int(args.accounts),
+        seed=args.seed,
+        queries=args.queries,
+        directory=args.dir,
+        config=_build_config(args),
+        threads=args.threads,
+        kinds=tuple(k for k in args.kinds.split(",") if k),
+    )
+    if args.json:
+        print(msgspec.json.encode(out).decode())
+        return 0
+    _print_build(out.build)
+    _print_latencies(out.queries)
     return 0
 
 
