@@ -24,6 +24,7 @@ committed, so a query may find a file gone. It then reloads the committed manife
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,9 @@ _R = TypeVar("_R")
 
 #: Times a directory reader reloads the manifest and re-runs a query whose files a merge deleted.
 RETRIES_ON_VANISHED = 5
+#: Files ``payments`` reads side by side: more than the cores, since most of a cold lookup is
+#: waiting for the disk (pyarrow reads and decodes without the GIL).
+LOOKUP_THREADS = 4
 
 
 def _retry_on_vanished(query: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -85,6 +89,7 @@ class TroveReader:
         segments: Sequence[Segment] = (),
         config: TroveConfig | None = None,
         threads: int | None = None,
+        lookup_threads: int = LOOKUP_THREADS,
     ) -> None:
         import duckdb
 
@@ -101,7 +106,13 @@ class TroveReader:
         self._checked: set[tuple[int, str]] = set()
         #: (file, account column) -> its open ParquetFile and the column's min/max per row group
         #: (``payments``' sparse index; dropped for files its snapshot no longer lists).
-        self._row_groups: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._row_groups: dict[tuple[str, str], _LookupIndex] = {}
+        #: Threads ``payments`` reads files on (1: one after another, on the caller's thread).
+        self.lookup_threads = lookup_threads
+        self._pool: Any = None
+        #: Row groups ``payments`` read: the account column alone, and whole (what its cost follows).
+        self.lookup_counts = {"account_column_groups": 0, "whole_groups": 0}
+        self._count_lock = threading.Lock()
 
     @classmethod
     def open(cls, root: str | Path, *, deep_check: bool = False, threads: int | None = None) -> TroveReader:
@@ -137,6 +148,9 @@ class TroveReader:
 
     def close(self) -> None:
         self._con.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     @contextmanager
     def _snapshot(self) -> Iterator[list[Segment]]:
@@ -165,12 +179,15 @@ class TroveReader:
         """Every payment ``account`` sent or received in [since, until), by time, with a ``direction``.
 
         Not through DuckDB: its scan weighs every row group's statistics of every file per query
-        (61,037 row groups a side at 10^9 rows: 1.5-3.4 s a person), so the reader keeps a sparse
-        index per file instead, the account column's min/max per row group as numpy arrays read
-        once from the footer (``_row_groups``; files never change once written), and reads only
-        the row groups that can hold ``account`` (p50 235 ms at 10^9 rows under load, against 2.2
-        s). The rows and their order are the same as the SQL form (tests compare both with the
-        reference model)."""
+        (61,037 row groups a side at 10^9 rows: 1.5-3.4 s a person). The reader keeps a sparse
+        index per file instead (``_LookupIndex``: the account column's min/max per row group as
+        numpy arrays, read once from the footer; files never change once written) and, in each
+        file, reads the account column alone of the row groups that can hold ``account`` (a few
+        KB: sorted and delta-encoded), and whole row groups only where the account is (at 10^9
+        rows, one run in ~15 holds a given person at all). Files are read side by side on
+        ``lookup_threads`` threads (pyarrow reads and decodes without the GIL, so disk waits
+        overlap). The rows and their order are the same as the SQL form (tests compare both with
+        the reference model)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -185,39 +202,65 @@ class TroveReader:
             self._row_groups = {k: v for k, v in self._row_groups.items() if k[0] in listed}
             if not sent:
                 return _empty(["direction"])
+            reads = [("sent", "payer", path) for path in sent] + [("received", "payee", path) for path in recv]
+            found = self._map(lambda r: self._rows_of(r[2], r[1], account), reads)
             parts = []
-            for direction, column, files in (("sent", "payer", sent), ("received", "payee", recv)):
-                for path in files:
-                    rows = self._rows_of(path, column, account)
-                    if rows is None:
-                        continue
-                    keep = pc.and_(
-                        pc.and_(pc.equal(rows[column], account), pc.greater_equal(rows["timestamp_ns"], lo)),
-                        pc.less(rows["timestamp_ns"], hi),
-                    )
-                    if direction == "received":
-                        keep = pc.and_(keep, pc.not_equal(rows["payer"], account))
-                    rows = rows.filter(keep)
-                    if rows.num_rows:
-                        label = pa.array([direction] * rows.num_rows, pa.string())
-                        parts.append(rows.add_column(0, "direction", label))
+            for (direction, column, _), rows in zip(reads, found, strict=True):
+                if rows is None:
+                    continue
+                keep = pc.and_(
+                    pc.and_(pc.equal(rows[column], account), pc.greater_equal(rows["timestamp_ns"], lo)),
+                    pc.less(rows["timestamp_ns"], hi),
+                )
+                if direction == "received":
+                    keep = pc.and_(keep, pc.not_equal(rows["payer"], account))
+                rows = rows.filter(keep)
+                if rows.num_rows:
+                    label = pa.array([direction] * rows.num_rows, pa.string())
+                    parts.append(rows.add_column(0, "direction", label))
         if not parts:
             return _empty(["direction"])
         table = pa.concat_tables(parts)
         return table.sort_by([(c, "ascending") for c in _ORDER.split(", ")])
 
-    def _rows_of(self, path: str, column: str, account: int) -> pa.Table | None:
-        """The row groups of ``path`` whose ``column`` statistics can hold ``account`` (None: none)."""
-        import numpy as np
+    def _map(self, fn: Callable[[Any], _R], items: Sequence[Any]) -> list[_R]:
+        """``fn`` over ``items`` on the lookup threads (in order), or here when there is one item or thread."""
+        if self.lookup_threads < 2 or len(items) < 2:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
+            self._pool = ThreadPoolExecutor(max_workers=self.lookup_threads, thread_name_prefix="trove-lookup")
+        return list(self._pool.map(fn, items))
+
+    def _count(self, what: str, n: int) -> None:
+        with self._count_lock:  # the lookup threads count side by side
+            self.lookup_counts[what] += n
+
+    def _index(self, path: str, column: str) -> _LookupIndex:
         entry = self._row_groups.get((path, column))
         if entry is None:
-            entry = self._row_groups[(path, column)] = _row_group_index(path, column)
-        file, mins, maxs = entry
-        groups = np.flatnonzero((mins <= account) & (maxs >= account))
+            entry = self._row_groups[(path, column)] = _LookupIndex.read(path, column)
+        return entry
+
+    def _rows_of(self, path: str, column: str, account: int) -> pa.Table | None:
+        """The row groups of ``path`` that hold ``account`` in ``column`` (None: none do)."""
+        import numpy as np
+
+        index = self._index(path, column)
+        groups = np.flatnonzero((index.mins <= account) & (index.maxs >= account))
         if not len(groups):
             return None
-        return file.read_row_groups(groups.tolist())
+        self._count("account_column_groups", len(groups))
+        keys = index.file.read_row_groups(groups.tolist(), columns=[column], use_threads=False)
+        hits = keys.column(0).to_numpy() == account
+        if not hits.any():
+            return None
+        # The groups with a hit: the column's rows are the groups' rows laid end to end.
+        per_group = np.add.reduceat(hits, np.concatenate([[0], np.cumsum(index.rows[groups])[:-1]]))
+        wanted = groups[per_group > 0].tolist()
+        self._count("whole_groups", len(wanted))
+        return index.file.read_row_groups(wanted, use_threads=False)
 
     # ---- (b) ----------------------------------------------------------------------------------
 
@@ -372,22 +415,34 @@ def _committed_segments(
     return good, problems, TroveConfig(dir=str(path), partition_s=manifest.partition_ns // 10**9)
 
 
-def _row_group_index(path: str, column: str) -> tuple[Any, Any, Any]:
-    """``path`` opened, and ``column``'s min and max per row group (a row group without statistics
-    gets the whole int64 range: always read, never wrongly skipped)."""
-    import numpy as np
-    import pyarrow.parquet as pq
+class _LookupIndex:
+    """A file opened for lookups: ``column``'s min and max per row group, and each group's rows.
 
-    file = pq.ParquetFile(path)
-    meta = file.metadata
-    index = meta.schema.to_arrow_schema().get_field_index(column)
-    mins = np.full(meta.num_row_groups, np.iinfo(np.int64).min, dtype=np.int64)
-    maxs = np.full(meta.num_row_groups, np.iinfo(np.int64).max, dtype=np.int64)
-    for i in range(meta.num_row_groups):
-        stats = meta.row_group(i).column(index).statistics
-        if stats is not None and stats.has_min_max:
-            mins[i], maxs[i] = stats.min, stats.max
-    return file, mins, maxs
+    A row group without statistics gets the whole int64 range: always read, never wrongly skipped.
+    Memory: the open file's parsed footer (pyarrow's, ~5 KB a row group) and 24 bytes a row group here.
+    """
+
+    def __init__(self, file: Any, mins: Any, maxs: Any, rows: Any) -> None:
+        self.file, self.mins, self.maxs, self.rows = file, mins, maxs, rows
+
+    @classmethod
+    def read(cls, path: str, column: str) -> _LookupIndex:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(path)
+        meta = file.metadata
+        index = meta.schema.to_arrow_schema().get_field_index(column)
+        mins = np.full(meta.num_row_groups, np.iinfo(np.int64).min, dtype=np.int64)
+        maxs = np.full(meta.num_row_groups, np.iinfo(np.int64).max, dtype=np.int64)
+        rows = np.zeros(meta.num_row_groups, dtype=np.int64)
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            rows[i] = group.num_rows
+            stats = group.column(index).statistics
+            if stats is not None and stats.has_min_max:
+                mins[i], maxs[i] = stats.min, stats.max
+        return cls(file, mins, maxs, rows)
 
 
 def _window(since: int | None, until: int | None) -> tuple[int, int]:

@@ -125,6 +125,10 @@ def test_a_persons_payments_read_only_the_row_groups_that_can_hold_them(tmp_path
         assert 0 < read < total / 4  # 60 accounts, 64-row groups sorted by payer
         assert table_rows(reader.payments(7)) == expected_payments(ref, 7)
         reader.close()
+        one = TroveReader(trove=trove, lookup_threads=1)  # files one after another: the same rows
+        for account in range(ACCOUNTS + 1):
+            assert table_rows(one.payments(account)) == expected_payments(ref, account)
+        one.close()
     finally:
         trove.close()
 

@@ -93,6 +93,9 @@ def test_the_direct_build_answers_every_query_as_the_written_trove(troves) -> No
             ("region", "category"), "hour"
         ).to_pylist()
         assert a.payments(11).num_rows > 0
+        # Whole row groups are read only where the person is: most row groups whose min/max could
+        # hold them cost their account column alone.
+        assert 0 < b.lookup_counts["whole_groups"] < b.lookup_counts["account_column_groups"]
     finally:
         a.close()
         b.close()
