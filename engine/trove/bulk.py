@@ -142,7 +142,9 @@ class _Replay:
         one_period = len(set(partition_of(ends, m.partition_ns).tolist())) == 1
         # Nearly every flush lies in one period: the partition rules (the row floor) depend on the
         # periods present, not on how many rows each has, so its first row stands for them all.
-        ts = ends[:1] if one_period else seeded_times_ns(np.arange(lo, hi, dtype=np.int64), self.accounts, self.start_ns)
+        ts = (
+            ends[:1] if one_period else seeded_times_ns(np.arange(lo, hi, dtype=np.int64), self.accounts, self.start_ns)
+        )
         periods = partition_of(ts, m.partition_ns)
         starts = m.partition_starts
         newest_rows = sum(s.rows for s in m.segments if starts and s.partition == starts[-1])

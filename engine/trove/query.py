@@ -115,11 +115,18 @@ class TroveReader:
         self._count_lock = threading.Lock()
 
     @classmethod
-    def open(cls, root: str | Path, *, deep_check: bool = False, threads: int | None = None) -> TroveReader:
+    def open(
+        cls,
+        root: str | Path,
+        *,
+        deep_check: bool = False,
+        threads: int | None = None,
+        lookup_threads: int = LOOKUP_THREADS,
+    ) -> TroveReader:
         """A reader of the trove at ``root`` (another process may be writing it)."""
         path = Path(root)
         good, problems, config = _committed_segments(path, deep_check=deep_check)
-        reader = cls(root=path, segments=good, config=config, threads=threads)
+        reader = cls(root=path, segments=good, config=config, threads=threads, lookup_threads=lookup_threads)
         reader.problems = problems
         reader._deep_check = deep_check
         reader._checked = {(s.id, f.path) for s in good for f in s.files}

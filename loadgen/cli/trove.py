@@ -132,7 +132,9 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
         default=TroveConfig().row_group_rows,
         help="rows per Parquet row group (default %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=1, choices=(1, 2), help="direct build: write the two orderings side by side")
+    p.add_argument(
+        "--threads", type=int, default=1, choices=(1, 2), help="direct build: write the two orderings side by side"
+    )
 
 
 def _build_config(args: argparse.Namespace) -> TroveConfig:

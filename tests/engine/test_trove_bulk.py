@@ -89,9 +89,10 @@ def test_the_direct_build_answers_every_query_as_the_written_trove(troves) -> No
             assert a.counterparties(account, hops=2).to_pylist() == b.counterparties(account, hops=2).to_pylist()
             assert a.same_device(account).to_pylist() == b.same_device(account).to_pylist()
         assert a.co_location(3, *day).to_pylist() == b.co_location(3, *day).to_pylist()
-        assert a.aggregate(("region", "category"), "hour").to_pylist() == b.aggregate(
-            ("region", "category"), "hour"
-        ).to_pylist()
+        assert (
+            a.aggregate(("region", "category"), "hour").to_pylist()
+            == b.aggregate(("region", "category"), "hour").to_pylist()
+        )
         assert a.payments(11).num_rows > 0
         # Whole row groups are read only where the person is: most row groups whose min/max could
         # hold them cost their account column alone.
