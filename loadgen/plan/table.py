@@ -38,6 +38,11 @@ def _plan_row(p: ProfilePlan, rate_tps: float) -> str:
         )
     share = p.surveillance_cores / p.cores if p.cores else 0.0
     saturation = f", saturates near {rate_text(p.sequencer_saturation_tps)}" if p.sequencer_saturation_tps else ""
+    saturation += "".join(
+        f"; {o.tier} {o.busy:.0%} of its one core"
+        + (f", saturates near {rate_text(o.saturation_tps)}" if o.saturation_tps else "")
+        for o in p.one_core
+    )
     state, disk = _state_text(p), _disk_text(p)
     machines = str(p.machines) if p.machines is not None else "none of this size"
     return (
@@ -115,8 +120,8 @@ def headline_markdown(
         f"At {r.rate_tps:,.0f} payments/s for {r.accounts:,} accounts, per replica ({r.replicas} replicas; machines "
         f"of {m.cores} cores, {m.memory_bytes / GIB:,.0f} GiB), CPU measured on {plan.cpu_model}:",
         "",
-        "| profile | cores (band) | of which policy/surveillance | sequencer's one core | sequencer's state | disk "
-        "per day | network in+out | machines |",
+        "| profile | cores (band) | of which policy/surveillance | sequencer's one core (and the other one-core "
+        "tiers) | sequencer's state | disk per day | network in+out | machines |",
         "|---|---|---|---|---|---|---|---|",
         *(_plan_row(p, r.rate_tps) for p in profiles),
         "",
@@ -146,8 +151,9 @@ def headline_markdown(
         "at least 99% of the scheduled rate. Predicted max: the rate at which the fitted CPU of the "
         "server's tiers, the generator and the kernel (CPU no process holds, from the files' machine_cpu; "
         "they share this machine) fills all its cores, with the sequencer's batches growing as the others "
-        "squeeze its core, the sequencer's tiers fill its one core, or the generator's fill its processes "
-        "(one core each), whichever comes first (docs/plan.md). Error: predicted against the "
+        "squeeze its core, the sequencer's tiers fill its one core, the generator's fill its processes "
+        "(one core each), or a one-core tier (the trove child, the risk model's thread) fills its core with its "
+        "CPU and its waits for a core, whichever comes first (docs/plan.md). Error: predicted against the "
         "searched maximum, only where the search stopped at the server; where it stopped because the "
         "generator fell behind, the searched maximum bounds the generator and there is no check:",
         "",
