@@ -5,11 +5,14 @@ come from a known model (``tests.support.plan_fixtures``), never from figures ty
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
+from loadgen.cli.main import main
 from loadgen.cli.plan import format_plan
-from loadgen.plan.inputs import Inputs, MeasuredMax, RunCost, run_cost
+from loadgen.plan.inputs import Inputs, MeasuredMax, RunCost, read_inputs, run_cost
 from loadgen.plan.model import (
     GIB,
     ONE_CORE_TIERS,
@@ -19,6 +22,7 @@ from loadgen.plan.model import (
     build_plan,
     first_rate_reaching,
     fits,
+    meets_aim,
     on_machine,
     pooled_fits,
     predict_max,
@@ -137,3 +141,38 @@ def test_a_generator_limited_check_says_by_how_much_the_prediction_exceeds_its_b
     )
     p = predict_max("full", costs, [bound])
     assert p.error is None and "+100% over that bound" in p.note and "bounded by the generator" in p.note
+
+
+@pytest.mark.parametrize(
+    ("ratio", "generator_limited", "meets"),
+    [
+        (1.2, False, True), (0.8, False, True), (1.3, False, False), (0.7, False, False),  # both ways
+        (3.0, True, True), (0.8, True, True), (0.7, True, False),  # a lower bound: only too low is wrong
+    ],
+)  # fmt: skip
+def test_the_benchmark_check_fails_beyond_the_aim(ratio: float, generator_limited: bool, meets: bool) -> None:
+    """``meets_aim`` (what ``benchmarks/test_bench_plan.py`` asserts): within 25% of a search that
+    stopped at the server; not more than 25% below one that stopped at the generator (a lower bound)."""
+    searched = MeasuredMax("full", 500_000.0, 480_000.0, 520_000.0, 1, generator_limited, "s", "cpu", None)
+    assert meets_aim(ratio * 500_000.0, searched) is meets
+
+
+def test_a_run_with_snapshot_every_gives_the_plan_its_snapshot_bytes_per_account(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run --snapshot-every`` (the first cut's lowest-rate runs): the result file's state holds the
+    newest snapshot's size per account, which the plan reads for its retention's snapshots."""
+    code = main([
+        "run", "--profile", "baseline", "--rate", "5000", "--seconds", "1", "--warmup", "0.5", "--accounts", "20000",
+        "--journal", str(tmp_path / "j"), "--fsync", "off", "--snapshot-every", "2k", "--out", str(tmp_path / "out"),
+    ])  # fmt: skip
+    assert code in (0, 3, 4)
+    inputs = read_inputs(tmp_path / "out")
+    (state,) = [s for s in inputs.states if s.snapshot_bytes_per_account is not None]
+    assert state.profile == "baseline" and state.snapshot_bytes_per_account > 0
+    request = PlanRequest(rate_tps=300_000.0, accounts=10**9, profile="baseline", machine=Machine(64, 512 * GIB))
+    plan = build_plan(inputs, request).plan
+    assert plan.snapshot_bytes == pytest.approx(request.snapshots_kept * 10**9 * state.snapshot_bytes_per_account)
+    capsys.readouterr()
+    assert main(["run", "--target", "127.0.0.1:1", "--snapshot-every", "2k", "--seconds", "1"]) != 0
+    assert "--snapshot-every configure the server that run starts" in capsys.readouterr().err
