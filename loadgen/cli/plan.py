@@ -29,6 +29,7 @@ from loadgen.plan.model import (
     OneCoreTier,
     PlanRequest,
     build_plan,
+    pooled_text,
     size_text,
 )
 
@@ -129,10 +130,7 @@ def format_plan(c: CapacityPlan) -> str:
         f"sequencer's one core: {p.sequencer_core_busy:.0%} busy ({p.batch_regime} batching)"
         + (f", saturates near {p.sequencer_saturation_tps:,.0f}/s" if p.sequencer_saturation_tps else ""),
         *(one_core_text(o) for o in p.one_core),
-        *(
-            f"{tier}: fitted over the runs of {' and '.join(labels)} together (the same work in each)"
-            for tier, labels in p.pooled.items()
-        ),
+        *pooled_text(p),
         "",
         "memory (the sequencer's state, per replica): "
         + (

@@ -704,32 +704,57 @@ def plan_profile(
 
 
 def pooled_fits(by_label: dict[str, list[RunCost]]) -> dict[str, dict[str, tuple[TierFit, list[str]]]]:
-    """For each label, its ``HOOK_INDEPENDENT_TIERS`` fitted over every label with the same validators.
+    """For each label, the tiers fitted over more labels' runs than its own, with those labels.
 
-    Why: ``signed-full@2`` planned 1.8 cores below ``signed@2`` at 300k/s because each fitted the
-    validators from its own few runs (64 vs 71 us per payment: the same verifications, measured in
-    different runs), and that spread was 5x what the hooks add. Fitted together, the difference
-    between the labels is the hooks' and the sequencer's. Labels alone in their group keep their own fit.
+    * ``HOOK_INDEPENDENT_TIERS`` (the validators) over every label with the same validators: the
+      same verifications. Why: ``signed-full@2`` planned 1.8 cores below ``signed@2`` at 300k/s
+      because each fitted the validators from its own few runs (64 vs 71 us per payment, measured
+      in different runs), 5x what the hooks add.
+    * the hooks' tiers and their background (the trove, the risk model's parts: every tier that is
+      policy or surveillance) over ``P`` and ``signed-P``: the same hooks on the same payments,
+      whether or not the payments were signed. Why: ``signed-P`` runs at 2-14k/s (what 2 cores
+      verify), and its hooks fitted from those alone put the trove at 0.12 cores at 300k/s where
+      ``P``'s runs at 100-600k/s measure 0.4.
+
+    A tier is pooled only where its runs span two or more rates; labels alone keep their own fits.
     """
-    groups: dict[int, list[str]] = {}
+    groups: dict[tuple[str, ...], list[str]] = {}
+    unsigned = {runs[0].profile: label for label, runs in by_label.items() if not any(r.signed for r in runs)}
     for label, runs in by_label.items():
         validators = max((r.workers.get("validators", 0) for r in runs), default=0)
         if validators:
-            groups.setdefault(validators, []).append(label)
+            groups.setdefault(("validators", f"@{validators}"), []).append(label)
+        base = unsigned.get(runs[0].profile.removeprefix("signed-"))
+        if runs[0].profile.startswith("signed-") and base is not None:
+            groups.setdefault(("hooks", base), [base]).append(label)
     out: dict[str, dict[str, tuple[TierFit, list[str]]]] = {}
-    for labels in groups.values():
-        if len(labels) < 2:
-            continue
+    for key, labels in groups.items():
         runs = [
-            r for label in labels for r in fitted_runs(by_label[label]) if fit_problem(label, by_label[label]) is None
+            r for label in labels if fit_problem(label, by_label[label]) is None for r in fitted_runs(by_label[label])
         ]
-        for tier in HOOK_INDEPENDENT_TIERS:
+        tiers = (
+            HOOK_INDEPENDENT_TIERS
+            if key[0] != "hooks"
+            else sorted({t for r in runs for t in r.tier_ns_per_s if t not in (*CORE_TIERS, GENERATOR)})
+        )
+        for tier in tiers:
             having = [r for r in runs if tier in r.tier_ns_per_s]
-            if len({round(r.offered_tps) for r in having}) >= 2:
+            if len({r.label for r in having}) >= 2 and len({round(r.offered_tps) for r in having}) >= 2:
                 fit = fit_tier(tier, having)
                 for label in labels:
                     out.setdefault(label, {})[tier] = (fit, sorted(labels))
     return out
+
+
+def pooled_text(plan: ProfilePlan) -> list[str]:
+    """``trove, wallet_limits: fitted over the runs of full and signed-full@2 validators together``."""
+    by_labels: dict[tuple[str, ...], list[str]] = {}
+    for tier, labels in plan.pooled.items():
+        by_labels.setdefault(tuple(labels), []).append(tier)
+    return [
+        f"{', '.join(tiers)}: fitted over the runs of {' and '.join(labels)} together (the same work in each)"
+        for labels, tiers in by_labels.items()
+    ]
 
 
 def _cost_fn(tier_fits: dict[str, TierFit], tiers: Sequence[str], batches: BatchModel) -> Callable[[float], float]:
@@ -1051,6 +1076,20 @@ def _assumptions(plan: ProfilePlan, cpu: str, calibrations: Sequence[float], req
         "a tier scales linearly in cores up to the workers it was measured with; beyond that it is extrapolation"
         + (f" ({', '.join(extrapolated)})" if extrapolated else ""),
         seq,
+        *(
+            [
+                "one-core tiers besides the sequencer (one process or thread: a second core does not help): "
+                + "; ".join(
+                    f"{o.tier} ({o.what}) {o.busy:.0%} busy at {request.rate_tps:,.0f}/s"
+                    + (f", saturates near {o.saturation_tps:,.0f}/s" if o.saturation_tps else "")
+                    for o in plan.one_core
+                )
+                + " by their CPU; on the measured machine they also waited for a core (the trove child runs at "
+                "nice 10), which the predicted maximum there counts"
+            ]
+            if plan.one_core
+            else []
+        ),
         f"{request.replicas} replicas each hold the sequencer's state, journal and snapshots; "
         f"{request.snapshots_kept} snapshots kept; retention {request.retention_days:g} days",
         "the load generator is excluded (its CPU is used only to predict this machine's maximum)",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadgen.plan.inputs import GENERATOR, KERNEL, RunCost
-from loadgen.plan.model import GIB, CapacityPlan, Prediction, ProfilePlan, size_text
+from loadgen.plan.model import GIB, CapacityPlan, Prediction, ProfilePlan, pooled_text, size_text
 
 BEGIN = "<!-- plan-first-cut:begin (written by benchmarks/plan_first_cut.py: edit the script, not this) -->"
 END = "<!-- plan-first-cut:end -->"
@@ -127,6 +127,11 @@ def headline_markdown(
         "",
         *(f"{line[0].upper()}{line[1:]}." for line in plan.deltas),
         "",
+        *(
+            [f"Fitted together: {'; '.join(pooled)}.", ""]
+            if (pooled := sorted({t for p in profiles for t in pooled_text(p)}))
+            else []
+        ),
         *(
             [
                 f"(†) measured only below or above {r.rate_tps:,.0f}/s (the rates are in the next table): the fitted "

@@ -129,7 +129,7 @@ def test_validators_are_fitted_over_signed_and_signed_full_together() -> None:
     validators = {label: next(t.cores for t in p.tiers if t.tier == "validators") for label, p in plans.items()}
     assert validators["signed@2 validators"] == pytest.approx(validators["signed-full@2 validators"])
     assert all(p.pooled == {"validators": sorted(costs)} for p in plans.values())
-    assert "validators: fitted over the runs of" in format_plan(plan)
+    assert "validators: fitted over the runs of signed-full@2 validators and signed@2 validators" in format_plan(plan)
 
 
 def test_a_generator_limited_check_says_by_how_much_the_prediction_exceeds_its_bound() -> None:
@@ -176,3 +176,27 @@ def test_a_run_with_snapshot_every_gives_the_plan_its_snapshot_bytes_per_account
     capsys.readouterr()
     assert main(["run", "--target", "127.0.0.1:1", "--snapshot-every", "2k", "--seconds", "1"]) != 0
     assert "--snapshot-every configure the server that run starts" in capsys.readouterr().err
+
+
+def test_the_hooks_and_trove_of_signed_full_are_fitted_with_fulls_runs() -> None:
+    """``signed-full`` runs only at the rates 2 cores verify; its hooks and trove do the same work as
+    ``full``'s, so they are fitted over both labels' runs (``full``'s near the planned rate), and the
+    sequencer's own tiers (framing, ledger) stay each label's own."""
+    model = _model()
+    full = _costs(model)
+    signed = [
+        msgspec.structs.replace(c, label="signed-full@2 validators", profile="signed-full")
+        for c in (
+            run_cost(synthetic_run(model, rate_tps=r, batch_size=b, validators=2), "s")
+            for r, b in ((2_500.0, 10.0), (5_000.0, 20.0), (10_000.0, 35.0))
+        )
+        if c is not None
+    ]
+    by_label = {"full": full, "signed-full@2 validators": signed}
+    pooled = pooled_fits(by_label)
+    assert set(pooled) == set(by_label)
+    assert "trove" in pooled["full"] and "wallet_limits" in pooled["full"]
+    assert not {"framing_io", "ledger", "validators", "generator"} & set(pooled["full"])
+    fit, labels = pooled["signed-full@2 validators"]["trove"]
+    assert labels == sorted(by_label) and fit == pooled["full"]["trove"][0]
+    assert fit.per_payment_ns == pytest.approx(model.per_payment_ns["trove"], rel=1e-6)
