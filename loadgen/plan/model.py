@@ -714,7 +714,8 @@ def pooled_fits(by_label: dict[str, list[RunCost]]) -> dict[str, dict[str, tuple
       policy or surveillance) over ``P`` and ``signed-P``: the same hooks on the same payments,
       whether or not the payments were signed. Why: ``signed-P`` runs at 2-14k/s (what 2 cores
       verify), and its hooks fitted from those alone put the trove at 0.12 cores at 300k/s where
-      ``P``'s runs at 100-600k/s measure 0.4.
+      ``P``'s runs at 100-600k/s measure 0.4. Only ``signed-P`` takes the pooled fit: ``P``'s own
+      runs are at the planned rate.
 
     A tier is pooled only where its runs span two or more rates; labels alone keep their own fits.
     """
@@ -741,7 +742,9 @@ def pooled_fits(by_label: dict[str, list[RunCost]]) -> dict[str, dict[str, tuple
             having = [r for r in runs if tier in r.tier_ns_per_s]
             if len({r.label for r in having}) >= 2 and len({round(r.offered_tps) for r in having}) >= 2:
                 fit = fit_tier(tier, having)
-                for label in labels:
+                # ``P`` keeps its own fit (its runs are at the planned rate; the signed runs' spread at
+                # 2-14k/s would only widen its band); ``signed-P`` borrows the pooled one.
+                for label in labels if key[0] != "hooks" else labels[1:]:
                     out.setdefault(label, {})[tier] = (fit, sorted(labels))
     return out
 
