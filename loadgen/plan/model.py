@@ -180,7 +180,8 @@ class ProfilePlan(msgspec.Struct, frozen=True, kw_only=True):
     cpu_problem: Missing | None = None
     #: The other one-core tiers besides the sequencer (the trove child, the inference thread).
     one_core: list[OneCoreTier] = []
-    #: Tiers fitted over the runs of more than this label (``HOOK_INDEPENDENT_TIERS``), with the labels.
+    #: Tiers fitted over the runs of more than this label (``pooled_fits``: the validators; signed-P's
+    #: hooks and trove with P's), with those labels.
     pooled: dict[str, list[str]] = {}
 
 
@@ -653,9 +654,11 @@ def plan_profile(
     snapshot_per_account = snapshot_from.snapshot_bytes_per_account if snapshot_from else None
     snapshots = None
     if snapshot_per_account is None:
+        low_rate = min(r.offered_tps for r in usable)  # a rate it was measured at, with snapshots every 1.5 s
         missing.append(Missing(
             "snapshot bytes per account (state.snapshot_bytes_per_account, issue 15)",
-            f"cbdc-bench run --profile {profile} --rate 100000 --journal DIR --snapshot-every 150k --out DIR",
+            f"cbdc-bench run --profile {profile} --rate {low_rate:.0f} --journal DIR --snapshot-every "
+            f"{1.5 * low_rate:.0f} --out DIR",
         ))  # fmt: skip
     else:
         snapshots = request.snapshots_kept * request.accounts * snapshot_per_account
