@@ -1,10 +1,10 @@
 """The capacity plan's model against fresh measurements (outside the default test run: 2-3 min of load).
 
-Runs the ``full`` profile (journal, trove) at two rates, fits each tier's per-batch + per-payment
-cost and the batch model from them (``loadgen.plan.model``), then measures what the model
-predicts beyond them:
+Runs the ``surveillance`` profile (journal, trove; ``PROFILE``) at two rates, fits each tier's
+per-batch + per-payment cost and the batch model from them (``loadgen.plan.model``), then
+measures what the model predicts beyond them:
 
-* the server's CPU above the fitted rates (three times the highest, or 85% of the predicted
+* the server's CPU above the fitted rates (three times the highest, or 80% of the predicted
   maximum if that is lower, so the server still keeps up there), with the batches the model gives
   on this machine (``on_machine``: the generator, the trove and the kernel leave the sequencer part
   of a core, so its batches grow; a core of its own gave 497 batches/s where 142 were measured);
@@ -24,6 +24,7 @@ Run: python -m pytest benchmarks/test_bench_plan.py -m benchmark -s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,12 @@ from loadgen.plan.model import PREDICTION_AIM, batch_model, fits, meets_aim, on_
 
 pytestmark = pytest.mark.benchmark
 
-PROFILE = "full"
+#: ``surveillance``: the first cut's one search that stopped at the server (its trove writer, one
+#: thread: issue 21). ``full``'s searches stop where the generator, starved of the 2 cores by the
+#: server, the trove child and the kernel, falls behind (p99 from the schedule over 20 ms at
+#: 262-275k/s while its 600k/s run applied 598k/s), which bounds the server from below only: a
+#: one-sided check (``meets_aim``). ``CBDC_PLAN_CHECK_PROFILE=full`` runs it anyway.
+PROFILE = os.environ.get("CBDC_PLAN_CHECK_PROFILE", "surveillance")
 FIT_RATES = (100_000.0, 300_000.0)
 #: Exit statuses of a run whose CPU figures are measured: sustained (0), not sustained (3), generator
 #: fell behind (4). The CPU per payment is measured in all three; 5 (incomplete) and 2 (error) are not.
@@ -60,7 +66,7 @@ def test_the_fit_predicts_cpu_above_its_rates_and_the_maximum(tmp_path: Path) ->
     fitted = read_inputs(tmp_path / "fit").runs
     prediction = predict_max(PROFILE, fitted, [])
     assert prediction.predicted_tps is not None, prediction.note
-    check_rate = min(3 * FIT_RATES[-1], 0.85 * prediction.predicted_tps)
+    check_rate = min(3 * FIT_RATES[-1], 0.8 * prediction.predicted_tps)
     _run(check_rate, tmp_path / "check", tmp_path)
     (fresh,) = read_inputs(tmp_path / "check").runs
     # The check run shares this machine with the generator and the kernel: its batches follow the
