@@ -855,12 +855,13 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
     ]
     options = [(v, w) for v, w in limits if v is not None]
     predicted, limit = min(options) if options else (None, "nothing saturates")
+    # Only where the server did not keep up: a kept-up run whose ring filled now and then measured
+    # a lower bound of the tier's capacity, not the capacity.
+    saturating = [r for r in runs if not r.server_kept_up]
     flat_out = {
-        tier: max(
-            (r.flat_out_tps[tier], r.backpressure_ns_per_s.get(tier, 0.0) / 1e9) for r in runs if tier in r.flat_out_tps
-        )
+        tier: max((r.flat_out_tps[tier], r.backpressure_ns_per_s.get(tier, 0.0) / 1e9) for r in having)
         for tier in ONE_CORE_TIERS
-        if any(tier in r.flat_out_tps for r in runs)
+        if (having := [r for r in saturating if tier in r.flat_out_tps])
     }
     error, note = None, ""
     if predicted and measured and measured.median_tps > 0:

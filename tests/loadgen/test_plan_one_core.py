@@ -88,6 +88,7 @@ def test_a_run_where_the_sequencer_waited_for_the_trove_measures_its_capacity() 
     assert saturated is not None
     assert saturated.backpressure_ns_per_s["trove"] == pytest.approx(0.5e9 / 2.0)  # the fixture's 2 s window
     assert saturated.flat_out_tps["trove"] == pytest.approx(400_000.0)
+    assert predict_max("full", [*costs, saturated], []).flat_out == {}  # kept up: a lower bound, not its capacity
     saturated = msgspec.structs.replace(saturated, server_kept_up=False, sustained=False)
     prediction = predict_max("full", [*costs, saturated], [])
     assert prediction.flat_out == {"trove": (pytest.approx(400_000.0), pytest.approx(0.25))}
