@@ -349,14 +349,13 @@ class Trove(TroveFeed):
             held: Counter[int] = Counter()  # rows each partition holds
             for s in m.segments:
                 held[s.partition] += s.rows
-            for part in np.unique(parts[~late]).tolist():
-                in_part = (parts == part) & ~late
+            for part, part_rows in _by_partition(rows, parts, late):
                 ranges = list(claims.get(part, []))
-                if (rows["batch_seq"][in_part] >= first_new).any():
+                if (part_rows["batch_seq"] >= first_new).any():
                     ranges.append((first_new, seen_seq))
                 # A partition this small may close before a merge; past it, merges will follow.
                 final = held[part] < (self.config.fanin - 1) * self.config.segment_rows
-                new.append(self._write_run(take_rows(rows, in_part), part, merge_ranges(ranges), schema, final=final))
+                new.append(self._write_run(part_rows, part, merge_ranges(ranges), schema, final=final))
         with self._lock:
             m.segments.extend(new)
             m.partition_starts = starts
@@ -584,6 +583,21 @@ class Trove(TroveFeed):
         self._collect_garbage()
         if self.temporary and self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _by_partition(
+    rows: dict[str, np.ndarray], parts: np.ndarray, late: np.ndarray
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """The rows of each partition, skipping ``late`` ones. A flush nearly always falls in one
+    partition: then the rows are passed on as they are (no sort for ``np.unique``, no mask, no
+    copy: those were ~5% of the writer's CPU)."""
+    if not len(parts):
+        return
+    if not late.any() and parts[0] == parts[-1] and (parts == parts[0]).all():
+        yield int(parts[0]), rows
+        return
+    for part in np.unique(parts[~late]).tolist():
+        yield part, take_rows(rows, (parts == part) & ~late)
 
 
 def manifest_stats(manifest: Manifest, segments: list[Segment]) -> dict[str, Any]:
