@@ -61,6 +61,9 @@ def write_parquet(
 
     path = root / rel_path
     path.parent.mkdir(parents=True, exist_ok=True)
+    # "none": the cheapest file to write and to read again, for one a merge reads once: no codec
+    # and plain encoding (dictionaries and delta encoding cost as much as lz4 to make).
+    plain = compression == "none"
     meta = {META_TROVE_ID: trove_id.encode(), META_SEGMENT_ID: str(segment_id).encode()}
     rows = 0
     with replacing(path) as tmp:
@@ -68,8 +71,8 @@ def write_parquet(
             tmp,
             schema.with_metadata(meta),
             compression=compression,
-            use_dictionary=_DICTIONARY_COLUMNS,
-            column_encoding=_DELTA_COLUMNS,
+            use_dictionary=False if plain else _DICTIONARY_COLUMNS,
+            column_encoding=None if plain else _DELTA_COLUMNS,
             write_page_checksum=True,
             write_statistics=True,
         ) as writer:
