@@ -80,10 +80,15 @@ def one_run(args: argparse.Namespace, rate: int, scenario: Path | None, out: Pat
         s = result["summary"]
         row.update({k: s[k] for k in ("achieved_tps", "achieved_ratio", "p50_ms", "p99_ms", "verdict")})
         row["server_cpu_s"] = result["server"].get("cpu_s")
+        row["steal_s"] = (result.get("machine_cpu") or {}).get("steal_s")
         hook = result["server"].get("hooks", {}).get("surveillance_log", {})
         row["surveillance_log_ns_per_transfer"] = hook.get("ns_per_transfer")
         if not scenario:
             row["trove"] = result["server"].get("trove")
+            # The sequencer's waits for the trove (ring and queue full: back-pressure) in the window.
+            trove_end = (result["server"].get("stats_end") or {}).get("trove") or {}
+            row["append_waits"] = trove_end.get("append_waits")
+            row["append_wait_s"] = trove_end.get("append_wait_ns", 0) / 1e9
             row["compaction_backlog"] = compaction_backlog(trove)
     shutil.rmtree(out, ignore_errors=True)
     return row

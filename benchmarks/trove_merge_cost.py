@@ -21,11 +21,11 @@ measures the two and counts the tiers instead of loading the 10^9 rows a steady 
 * ``steady_ns_per_row`` = writer (the larger of the two) + intermediate merges per row x an intermediate merge's CPU per
   row + last-tier merges per row x a last-tier merge's (zstd costs more to write than lz4).
 
-Prints one JSON object. About a minute on a quiet 2-core machine (the old 1-second segments at
-500,000/s, then the default memtable):
+Prints one JSON object. Under a minute each on a quiet 2-core machine (1-second runs at
+500,000/s, what the default flushes make, then a 2^22-row memtable):
 
     python -m benchmarks.trove_merge_cost --rows 8e6 --segment-rows 5e5
-    python -m benchmarks.trove_merge_cost --rows 8e6
+    python -m benchmarks.trove_merge_cost --rows 8e6 --segment-rows 4194304
 """
 
 from __future__ import annotations

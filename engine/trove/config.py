@@ -28,14 +28,14 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: ledger's days last seconds; without a floor each would be a partition of tiny files).
     partition_min_rows: int = 1 << 18
     #: The writer writes a segment (a tier-0 run) when this many rows are buffered, or after
-    #: ``flush_interval_s``: its memtable. Large, so that its runs start high in the tiers: a
-    #: 2^22-row run merges once into a last-tier run (8 of them), where 1-second runs at
-    #: 500,000/s merged twice (1.95 merges per row), and a merge is ~1 us of CPU per row. The
-    #: price: up to 2^22 rows (~250 MB of columns, ~0.8 GB at the peak of the write) held in the
-    #: writer and not yet in the trove (queries see a payment up to ``flush_interval_s`` later;
-    #: the trove's watermark holds the journal back that long).
-    segment_rows: int = 1 << 22
-    flush_interval_s: float = 10.0
+    #: ``flush_interval_s``: its memtable. A larger one (2^22 rows, 10 s) starts runs higher in
+    #: the tiers: they merge once into the last tier instead of twice (1-second runs at 500,000/s:
+    #: 1.95 merges per row), ~1.3x less steady CPU per row (``benchmarks.trove_merge_cost``). It
+    #: is not the default: its flush is seconds of the writer's CPU during which the writer takes
+    #: nothing from its queue, and `full` at 500,000/s measured the sequencer waiting 9 s of a 20 s
+    #: run for the ring (a flush on a thread of its own, double-buffered, is what it needs).
+    segment_rows: int = 1 << 20
+    flush_interval_s: float = 1.0
     #: Write and compact in a child process (``engine.trove.process``), so that Parquet encoding
     #: and sorting do not compete with the sequencer for the GIL; False runs them as threads of
     #: this process (tests of the store, the bulk loader).

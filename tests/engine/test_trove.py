@@ -42,6 +42,9 @@ def small_config(root: Path, **kw: object) -> TroveConfig:
         "reserve_free_bytes": 0,
         "partition_min_rows": 0,  # one partition per period, unless a test sets a floor
         "process_nice": 0,  # tests on a busy machine: the child is not starved
+        # Runs of 2^26 rows would make the disk check ask for ~15 GiB of compaction scratch,
+        # which a shared machine's disk may not have free; these tests' runs are far smaller.
+        "max_run_rows": 1 << 20,
     }
     return TroveConfig(**{**base, **kw})  # type: ignore[arg-type]
 
