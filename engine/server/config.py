@@ -282,7 +282,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"signatures must be one of {', '.join(SIGNATURE_MODES)}, got {self.signatures!r}")
         parse_validators(self.validators)
         if not 0 <= self.validator_nice <= 19:
-            raise ValueError(f"validator_nice must be in 0..19 (0 = the server's own priority), got {self.validator_nice}")
+            raise ValueError(f"validator_nice must be in 0..19 (0: the server's priority), got {self.validator_nice}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65_536:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         SnapshotSchedule.parse(self.snapshot_every)
