@@ -215,8 +215,8 @@ async def measure(
         targets=targets,
         external=external,
         server_args=server_args,
+        machine=machine_cpu.window(machine.get("start"), machine.get("end")),
     )
-    result = msgspec.structs.replace(result, machine_cpu=machine_cpu.window(machine.get("start"), machine.get("end")))
     return msgspec.structs.replace(result, cpu_ns_per_payment=cpu_ns_per_payment(result))
 
 

@@ -384,6 +384,7 @@ def build_result(
     targets: CompareSettings | None = None,
     external: bool = False,
     server_args: tuple[str, ...] = (),
+    machine: MachineCpu | None = None,
 ) -> RunResult:
     """Assemble a result from a merged measurement and what is known about the server.
 
@@ -406,6 +407,7 @@ def build_result(
         failures=tuple(failures),
         audit_ok=None if audit is None else audit.ok,
         protocol_errors=m.protocol_errors,
+        **_steal(machine),
     )
     verdict = judge(figures, targets)
     per_second = [h.percentiles((50.0, 99.0, 100.0)) if h is not None else None for h in m.per_second]
@@ -521,6 +523,7 @@ def build_result(
         state=snapshot_state(stats_final or stats_end or {}, int(welcome.get("accounts", 0))),
         risk_model_sha256=str(((stats_end or {}).get("risk_model") or {}).get("model_sha256", "")),
         drift=stored_drift(m.per_second, config.warmup, config.seconds),
+        machine_cpu=machine,
     )
 
 
@@ -629,7 +632,13 @@ def figures_of(result: RunResult) -> Figures:
         failures=tuple(result.failures),
         audit_ok=s.audit_ok,
         protocol_errors=c.protocol_errors,
+        **_steal(result.machine_cpu),
     )
+
+
+def _steal(machine: MachineCpu | None) -> dict[str, Any]:
+    """``Figures``' steal fields from a run's machine CPU (none recorded: no steal known)."""
+    return {} if machine is None else {"stolen_cores": machine.stolen_cores, "cores": machine.cores}
 
 
 def verdict_of(result: RunResult, targets: CompareSettings | None = None) -> Verdict:

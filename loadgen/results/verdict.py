@@ -37,6 +37,9 @@ only adds to it: a run that meets the targets although the generator lagged is s
 system, generator included, kept up), and only a miss needs the generator ruled out. Unanswered
 transfers do not make a run incomplete when the latency already recorded (their censored
 latency, a lower bound, included) is over the SLO: it failed the SLO whatever their true latency.
+A missed target on a virtual machine whose host took at least 5% of its cores over the window
+(hypervisor steal, ``loadgen.results.machine_cpu``) keeps its verdict and exit status; its reason
+says how much was stolen: the miss may be the host's, not the system's.
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ class Figures(msgspec.Struct, frozen=True, kw_only=True):
     failures: tuple[str, ...] = ()
     audit_ok: bool | None = None
     protocol_errors: int = 0
+    #: Cores the hypervisor took from the machine over the window, on average (``MachineCpu.stolen_cores``).
+    stolen_cores: float = 0.0
+    cores: int = 0  # the machine's cores (0: not recorded)
 
     @classmethod
     def of_codes(cls, codes: dict[str, int], **kwargs: object) -> Figures:
@@ -121,6 +127,17 @@ class Verdict(msgspec.Struct, frozen=True):
     def line(self) -> str:
         """``verdict: sustained`` or ``verdict: <label> (<reason>)``."""
         return f"verdict: {self.kind.label}" + (f" ({self.reason})" if self.reason else "")
+
+
+#: A miss is flagged as possibly the host's when steal took at least this share of the machine's cores.
+STEAL_NOTE_SHARE = 0.05
+
+
+def _stolen(f: Figures) -> str:
+    """A note on the host's steal when it was large enough to explain a miss ('' otherwise)."""
+    if f.cores <= 0 or f.stolen_cores < STEAL_NOTE_SHARE * f.cores:
+        return ""
+    return f"; the host stole {f.stolen_cores:.2f} of {f.cores} cores (steal): the miss may be the host's, re-run"
 
 
 def meets_targets(achieved_ratio: float, p99_ms: float, *, slo_p99_ms: float, min_achieved_ratio: float) -> bool:
@@ -166,6 +183,6 @@ def judge(f: Figures, settings: CompareSettings | None = None) -> Verdict:
         return Verdict(
             Kind.GENERATOR_BEHIND,
             f"{missed}; generator send lag p99 {f.send_lag_p99_ms:,.2f} ms, unsent {f.unsent:,}: "
-            "add --processes or lower --rate",
+            f"add --processes or lower --rate{_stolen(f)}",
         )
-    return Verdict(Kind.NOT_SUSTAINED, missed)
+    return Verdict(Kind.NOT_SUSTAINED, missed + _stolen(f))

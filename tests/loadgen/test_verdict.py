@@ -23,6 +23,7 @@ from loadgen.harness.search import find_max_sustainable
 from loadgen.harness.server import ServerProcess
 from loadgen.results.compare import is_sustained, outcome_of
 from loadgen.results.environment import collect
+from loadgen.results.machine_cpu import MachineCpu
 from loadgen.results.run import SCHEMA_VERSION, RunResult, build_result, figures_of, load, loads, verdict_of
 from loadgen.results.verdict import Figures, Kind, Verdict, judge
 
@@ -177,6 +178,15 @@ def _measurement_with_frames() -> Measurement:
             "verdict: not sustained (p99 3,000.00 ms > SLO 20 ms (a lower bound: unanswered transfers))",
             3,
         ),
+        # Host steal of at least 5% of the cores is named on a miss; the verdict and status stay.
+        (
+            {"p99_ms": 25.0, "stolen_cores": 0.42, "cores": 2},
+            "verdict: not sustained (p99 25.00 ms > SLO 20 ms; the host stole 0.42 of 2 cores (steal): "
+            "the miss may be the host's, re-run)",
+            3,
+        ),
+        ({"p99_ms": 25.0, "stolen_cores": 0.09, "cores": 2}, "verdict: not sustained (p99 25.00 ms > SLO 20 ms)", 3),
+        ({"stolen_cores": 0.5, "cores": 2}, "verdict: sustained", 0),
     ],
 )
 def test_verdict_lines_and_exit_statuses(changes: dict[str, object], line: str, status: int) -> None:
@@ -184,6 +194,26 @@ def test_verdict_lines_and_exit_statuses(changes: dict[str, object], line: str, 
     assert v.line == line
     assert v.exit_status == status
     assert v.sustained == (status == 0)
+
+
+def test_a_result_file_keeps_its_steal_note_when_judged_again() -> None:
+    """``run`` prints the verdict from ``build_result``; compare and report judge the stored file again
+    (``verdict_of``): both see the machine's steal, so they print the same line."""
+    m = _measurement()
+    _frame(m, S, 100, 3 * S)  # answered 1 s late: p99 over the SLO
+    window = MachineCpu(
+        seconds=1.0, cores=2, user_s=1.0, nice_s=0.0, system_s=0.2, irq_s=0.0, softirq_s=0.0,
+        steal_s=0.4, iowait_s=0.0, idle_s=0.4, processes_s=1.2,
+    )  # fmt: skip
+    m.scheduled_measured = int(m.codes.sum())
+    config = LoadConfig(rate_tps=100, seconds=1.0, warmup=1.0)
+    welcome = {"profile": "baseline", "accounts": 1000}
+    result = build_result(
+        kind="load", m=m, config=config, environment=collect(), welcome=welcome, failures=[], machine=window
+    )
+    assert "the host stole 0.40 of 2 cores" in result.summary.verdict
+    again = loads(msgspec.json.encode(result))
+    assert verdict_of(again).line == result.summary.verdict
 
 
 def test_exit_statuses_are_distinct_and_only_sustained_is_zero() -> None:
