@@ -46,10 +46,10 @@ Priority (``nice``, ``ServerConfig.validator_nice``, 10 by default)
     server and the generator on two cores, a burst that wakes on a core where a worker verifies
     waited for the worker's time slice (the kernel's EEVDF scheduler lets a running task of equal
     weight finish its slice, ~1-3 ms), at each hop: the generator's send, the server reading a
-    Submit, the server reading verdicts and writing Results, the generator reading them. At nice 10 (weight 110
-    against 1,024) a woken nice-0 process gets the core at once, and the workers still have every
-    cycle the others leave. On a machine shared with other CPU-bound work the workers then get
-    less than their share: 0 there.
+    Submit, the server reading verdicts and writing Results, the generator reading them. At nice
+    10 (weight 110 against 1,024) a woken nice-0 process gets the core at once, and the workers
+    still have every cycle the others leave. On a machine shared with other CPU-bound work the
+    workers then get less than their share: 0 there.
 
 A worker that dies (crash, OOM kill, SIGKILL)
     Its pipe reads end-of-file: the chunks it had in flight go back at the head of the queue
