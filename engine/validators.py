@@ -40,16 +40,18 @@ Local workers (``LocalValidators``)
     so the loop's (blocking) send never waits on a worker, and a reply (one write of 1 + n bytes)
     is whole once its pipe is readable. A pool is used from the loop it was started on.
 
-Priority (``nice``, ``ServerConfig.validator_nice``, 10 by default)
+Priority (``nice``, ``ServerConfig.validator_nice``, 0 by default)
     The workers are the only CPU-bound processes of a signed run; the sequencer's loop and the
-    generator wake for bursts of a few hundred microseconds per 5 ms tick. With two workers, the
-    server and the generator on two cores, a burst that wakes on a core where a worker verifies
-    waited for the worker's time slice (the kernel's EEVDF scheduler lets a running task of equal
-    weight finish its slice, ~1-3 ms), at each hop: the generator's send, the server reading a
-    Submit, the server reading verdicts and writing Results, the generator reading them. At nice
-    10 (weight 110 against 1,024) a woken nice-0 process gets the core at once, and the workers
-    still have every cycle the others leave. On a machine shared with other CPU-bound work the
-    workers then get less than their share: 0 there.
+    generator wake for bursts of a few hundred microseconds per 5 ms tick, and a burst that wakes
+    on a core where a worker verifies may wait for it, at each hop of a payment. ``nice`` lowers
+    the workers' priority, so that a woken server or generator gets the core sooner; whether it
+    does is not settled: the kernel's EEVDF scheduler (6.6 on) lets a running task finish its
+    protected slice whatever its weight (``RUN_TO_PARITY``), and measurements on the shared
+    machine were inconclusive (issue 19, fifth session: lower CPU per payment at nice 10 in every
+    alternated pair under full load, worse tails when other processes left idle cores). On a
+    machine shared with other CPU-bound work niced workers get less than their share. Hence 0
+    (the workers' old priority) until a quiet A/B (``benchmarks/signed_tiers.py --validator-nice
+    0,10``) says otherwise.
 
 A worker that dies (crash, OOM kill, SIGKILL)
     Its pipe reads end-of-file: the chunks it had in flight go back at the head of the queue

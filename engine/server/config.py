@@ -214,17 +214,17 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="SPEC",
         ),
     ] = "0"
-    #: Local validator processes run at this nice (engine.validators, "Priority"): the sequencer and
-    #: the generator, which wake for short bursts, then get a core at once instead of after a
-    #: verifying worker's time slice. 0 on a machine shared with other CPU-bound work.
+    #: Local validator processes run at this nice (engine.validators, "Priority"): meant to let the
+    #: sequencer's and the generator's short bursts have a core sooner; 0 (their old priority) until
+    #: a quiet A/B shows it helps.
     validator_nice: Annotated[
         int,
         _help(
-            "nice of the local validator processes (default {default}: they yield the CPU to the sequencer's "
-            "short bursts; 0 on a machine shared with other CPU-bound work)",
+            "nice of the local validator processes, 0-19 (default {default}; higher yields the CPU to the "
+            "sequencer's short bursts, and starves the workers on a machine shared with other CPU-bound work)",
             metavar="N",
         ),
-    ] = 10
+    ] = 0
     metrics_port: Annotated[
         int | None,
         _help(
