@@ -1,25 +1,30 @@
-"""The capacity plan's model against fresh measurements (outside the default test run: 1-2 min of load).
+"""The capacity plan's model against fresh measurements (outside the default test run: 2-3 min of load).
 
-Runs the ``full`` profile (journal, trove) at two rates, fits each tier's per-batch + per-payment
-cost and the batch model from them (``loadgen.plan.model``), then measures what the model
-predicts beyond them:
+Runs the ``surveillance`` profile (journal, trove; ``PROFILE``) at two rates, fits each tier's
+per-batch + per-payment cost and the batch model from them (``loadgen.plan.model``), then
+measures what the model predicts beyond them:
 
-* the server's CPU at three times the highest fitted rate (above the measured range, where
-  holding the batch size made an earlier model overstate the per-batch cost ~3x), with the
-  batches the model gives on this machine (``on_machine``: the generator, the trove and the
-  kernel leave the sequencer part of a core, so its batches grow; a core of its own gave 497
-  batches/s where 142 were measured);
-* this machine's maximum sustainable rate, by a short search (``loadgen.harness.search``).
+* the server's CPU above the fitted rates (three times the highest, or 80% of the predicted
+  maximum if that is lower, so the server still keeps up there), with the batches the model gives
+  on this machine (``on_machine``: the generator, the trove and the kernel leave the sequencer part
+  of a core, so its batches grow; a core of its own gave 497 batches/s where 142 were measured);
+* this machine's maximum sustainable rate, by a short search (``loadgen.harness.search``), against
+  the prediction, which names its limit (the sequencer's core, all cores, the generator, or a
+  one-core tier: the trove child at its CPU + waits for a core).
 
-Both within the issue's 25%. The figures are printed with the result; on a shared machine the
-search's maximum is latency-bound (the server waits to be scheduled), not CPU-bound, and this
-test says nothing about the model there.
+Both within the issue's 25%; it fails beyond. A search that stopped where the generator fell
+behind measured a lower bound of the server's maximum (``predict_max``'s rule, as in the README):
+then only a prediction more than 25% below that bound can be shown wrong, and the test says the
+check was one-sided. The figures are printed with the result; on a shared machine the search's
+maximum is latency-bound (the server waits to be scheduled), not CPU-bound, and this test says
+nothing about the model there.
 
 Run: python -m pytest benchmarks/test_bench_plan.py -m benchmark -s
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,14 +34,18 @@ from loadgen.cli.main import main
 from loadgen.generator.gateway import LoadConfig
 from loadgen.harness.measured import run_benchmark
 from loadgen.harness.search import RunOutcome, find_max_sustainable
-from loadgen.plan.inputs import GENERATOR, KERNEL, read_inputs
-from loadgen.plan.model import batch_model, fits, on_machine, predict_max
+from loadgen.plan.inputs import GENERATOR, KERNEL, MeasuredMax, read_inputs
+from loadgen.plan.model import PREDICTION_AIM, batch_model, fits, meets_aim, on_machine, predict_max
 
 pytestmark = pytest.mark.benchmark
 
-PROFILE = "full"
+#: ``surveillance``: the first cut's one search that stopped at the server (its trove writer, one
+#: thread: issue 21). ``full``'s searches stop where the generator, starved of the 2 cores by the
+#: server, the trove child and the kernel, falls behind (p99 from the schedule over 20 ms at
+#: 262-275k/s while its 600k/s run applied 598k/s), which bounds the server from below only: a
+#: one-sided check (``meets_aim``). ``CBDC_PLAN_CHECK_PROFILE=full`` runs it anyway.
+PROFILE = os.environ.get("CBDC_PLAN_CHECK_PROFILE", "surveillance")
 FIT_RATES = (100_000.0, 300_000.0)
-CHECK_RATE = 3 * FIT_RATES[-1]
 #: Exit statuses of a run whose CPU figures are measured: sustained (0), not sustained (3), generator
 #: fell behind (4). The CPU per payment is measured in all three; 5 (incomplete) and 2 (error) are not.
 MEASURED = (0, 3, 4)
@@ -54,8 +63,11 @@ def _run(rate: float, out: Path, tmp_path: Path) -> None:
 def test_the_fit_predicts_cpu_above_its_rates_and_the_maximum(tmp_path: Path) -> None:
     for rate in FIT_RATES:
         _run(rate, tmp_path / "fit", tmp_path)
-    _run(CHECK_RATE, tmp_path / "check", tmp_path)
     fitted = read_inputs(tmp_path / "fit").runs
+    prediction = predict_max(PROFILE, fitted, [])
+    assert prediction.predicted_tps is not None, prediction.note
+    check_rate = min(3 * FIT_RATES[-1], 0.8 * prediction.predicted_tps)
+    _run(check_rate, tmp_path / "check", tmp_path)
     (fresh,) = read_inputs(tmp_path / "check").runs
     # The check run shares this machine with the generator and the kernel: its batches follow the
     # share of a core they leave the sequencer (``on_machine``), fitted with every tier.
@@ -72,6 +84,7 @@ def test_the_fit_predicts_cpu_above_its_rates_and_the_maximum(tmp_path: Path) ->
     cpu_error = (predicted_cpu - measured_cpu) / measured_cpu
     kernel = (
         f", kernel {fresh.tier_ns_per_s.get(KERNEL, 0.0) / 1e9:.3f} cores, idle {fresh.idle_cores:.3f}"
+        + (f", stolen {fresh.stolen_cores:.3f}" if fresh.stolen_cores else "")
         if fresh.idle_cores is not None
         else ""
     )
@@ -90,20 +103,26 @@ def test_the_fit_predicts_cpu_above_its_rates_and_the_maximum(tmp_path: Path) ->
             sustained=s.exit_status == 0,
         )  # fmt: skip
 
-    prediction = predict_max(PROFILE, fitted, [])
-    assert prediction.predicted_tps is not None
     found = find_max_sustainable(
         measure, slo_p99_ms=targets.slo_p99_ms, start_tps=prediction.predicted_tps, max_tps=16e6,
         min_tps=10_000, precision=0.1, confirm_repeats=0, growth=1.5,
     )  # fmt: skip
+    low, high = found.interval()
+    searched = MeasuredMax(
+        PROFILE, found.max_sustainable_tps, low, high, 1, found.generator_limited, "search", fresh.cpu_model, None
+    )
+    checked = predict_max(PROFILE, fitted, [searched])
     max_error = (prediction.predicted_tps - found.max_sustainable_tps) / found.max_sustainable_tps
     print(
         f"\n{PROFILE}, fitted at {', '.join(f'{r:,.0f}' for r in FIT_RATES)}/s: server CPU at {rate:,.0f}/s "
         f"predicted {predicted_cpu / 1e9:.3f} cores ({machine.regime} batching with {machine.share:.2f} of a core, "
         f"{b:,.0f} batches/s, measured {fresh.batches_per_s:,.0f}), measured {measured_cpu / 1e9:.3f} "
-        f"({cpu_error:+.0%}{kernel}); maximum predicted "
-        f"{prediction.predicted_tps:,.0f}/s ({prediction.limited_by}), searched {found.max_sustainable_tps:,.0f}/s "
-        f"({max_error:+.0%}, {len(found.trials)} trials)"
+        f"({cpu_error:+.0%}{kernel}); maximum predicted {prediction.predicted_tps:,.0f}/s "
+        f"({prediction.limited_by}; the others: "
+        + ", ".join(f"{w} {v:,.0f}/s" for w, v in prediction.limits.items() if w != prediction.limited_by)
+        + f"), searched {found.max_sustainable_tps:,.0f}/s ({max_error:+.0%}, {len(found.trials)} trials"
+        + (", generator-limited: a one-sided check" if found.generator_limited else "")
+        + f"){'; ' + checked.note if checked.note else ''}"
     )
-    assert abs(cpu_error) < 0.25
-    assert abs(max_error) < 0.25
+    assert abs(cpu_error) < PREDICTION_AIM
+    assert meets_aim(prediction.predicted_tps, searched)  # one-sided where the search was generator-limited

@@ -21,7 +21,17 @@ import msgspec
 
 from loadgen.cli.common_args import add_accounts, add_json, add_out, add_plan_options, parse_rate
 from loadgen.plan.inputs import read_inputs
-from loadgen.plan.model import GIB, CapacityPlan, Machine, PlanRequest, build_plan, size_text
+from loadgen.plan.model import (
+    GIB,
+    ONE_CORE_TIERS,
+    CapacityPlan,
+    Machine,
+    OneCoreTier,
+    PlanRequest,
+    build_plan,
+    pooled_text,
+    size_text,
+)
 
 #: Exit status of a plan printed with inputs missing.
 EXIT_INCOMPLETE = 3
@@ -74,6 +84,14 @@ def _main(args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if plan.missing else 0
 
 
+def one_core_text(o: OneCoreTier) -> str:
+    """``trove: the trove child's one process, 41% busy, saturates near 954,215/s``."""
+    saturates = f", saturates near {o.saturation_tps:,.0f}/s" if o.saturation_tps else ""
+    return f"{o.tier}: {o.what}, {o.busy:.0%} busy{saturates}" + (
+        " (OVER ONE CORE: it cannot keep up)" if o.busy > 1 else ""
+    )
+
+
 def format_plan(c: CapacityPlan) -> str:
     """The plan as text: numbers with their assumptions beside them."""
     r, p = c.request, c.plan
@@ -93,7 +111,13 @@ def format_plan(c: CapacityPlan) -> str:
         f"{'tier':<22}{'cores':>8}  {'band':>15}  {'ns/payment':>10}  where",
     ]
     for t in p.tiers:
-        where = "sequencer's core" if t.on_sequencer else "scale-out" + (" (extrapolated)" if t.extrapolated else "")
+        where = (
+            "sequencer's core"
+            if t.on_sequencer
+            else "its own one core"
+            if t.tier in ONE_CORE_TIERS
+            else "scale-out" + (" (extrapolated)" if t.extrapolated else "")
+        )
         kind = " *" if t.surveillance else ""
         lines.append(
             f"{t.tier + kind:<22}{t.cores:>8.2f}  {t.cores_low:>6.2f} - {t.cores_high:<6.2f}"
@@ -105,6 +129,8 @@ def format_plan(c: CapacityPlan) -> str:
         f"  (* policy/surveillance: {p.surveillance_cores:.2f} cores, {share:.0%})",
         f"sequencer's one core: {p.sequencer_core_busy:.0%} busy ({p.batch_regime} batching)"
         + (f", saturates near {p.sequencer_saturation_tps:,.0f}/s" if p.sequencer_saturation_tps else ""),
+        *(one_core_text(o) for o in p.one_core),
+        *pooled_text(p),
         "",
         "memory (the sequencer's state, per replica): "
         + (

@@ -80,7 +80,7 @@ from loadgen.model.train import ensure_profile_model
 from loadgen.results.run import RunResult
 
 #: Options that configure the server ``run`` starts, so meaningless with ``--target``.
-_SERVER_OPTIONS = ("echo", "journal", "validators", "trove", "metrics_port", "hooks_path")
+_SERVER_OPTIONS = ("echo", "journal", "validators", "trove", "metrics_port", "hooks_path", "snapshot_every")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +91,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--echo", action="store_true", help="calibration: the server acknowledges without a ledger")
     add_listen(p)
     add_journal(p)
+    p.add_argument(
+        "--snapshot-every",
+        default=None,
+        metavar="WHEN",
+        help="with --journal: the server's --snapshot-every (payments or seconds, e.g. 200k); the result file's "
+        "state then holds the newest snapshot's bytes per account, which the capacity plan reads (default: the "
+        "server's)",
+    )
     add_validators(p)
     add_hooks_path(p)
     add_metrics_port(p)
@@ -174,7 +182,9 @@ def _run_once(args: argparse.Namespace, config: LoadConfig, repeat: int) -> RunR
         fsync=args.fsync,
         keep_journal=args.keep_journal,
         validators=args.validators,
-        server_args=hooks_path_arguments(args.hooks_path) + metrics_arguments(args.metrics_port),
+        server_args=hooks_path_arguments(args.hooks_path)
+        + metrics_arguments(args.metrics_port)
+        + (("--snapshot-every", args.snapshot_every) if args.snapshot_every else ()),
         trove_dir=_trove_dir(args, repeat),
         targets=targets,
         progress=progress,

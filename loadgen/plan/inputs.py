@@ -130,6 +130,16 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     #: Cores the hypervisor took from the machine over the window (steal; ``machine_cpu``; None: not
     #: recorded): no tier's cost, but a run with much of it ran on fewer cores than it reports.
     stolen_cores: float | None = None
+    #: ns per second a one-core tier's process was runnable but waiting for a core (the trove child's
+    #: ``process_runqueue_wait_ns``: at nice 10 it gets a core last): not CPU, but time of its one core.
+    waits_ns_per_s: dict[str, float] = {}
+    #: ns per second the sequencer waited for a one-core tier to take its work (the trove's ring
+    #: full: ``append_wait_ns``): that tier ran flat out in this window.
+    backpressure_ns_per_s: dict[str, float] = {}
+    #: Payments per second a one-core tier completed in a window it ran flat out (back-pressure
+    #: above): its measured capacity on this machine (the trove: rows made durable, which move a
+    #: segment at a time, so a short window is coarse).
+    flat_out_tps: dict[str, float] = {}
 
 
 class MeasuredMax(msgspec.Struct, frozen=True):
@@ -261,7 +271,29 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
             else (result.machine_cpu.idle_s + result.machine_cpu.iowait_s) / result.machine_cpu.seconds
         ),
         stolen_cores=None if result.machine_cpu is None else result.machine_cpu.stolen_cores,
+        **_one_core_waits(a, b, window_s),
     )
+
+
+def _one_core_waits(a: dict[str, Any], b: dict[str, Any], window_s: float) -> dict[str, dict[str, float]]:
+    """The trove child's waits over the window: for a core (run queue), and the sequencer's for it.
+
+    Why: the child is one process at nice 10 whose writer thread does the work; on the measured
+    machine its one core holds its CPU and its waits for a core, and when its ring is full the
+    sequencer waits for it (issue 21: ``surveillance``'s saturated runs left 0.46 of 2 cores idle
+    while the sequencer waited here). Files from before issue 17's child have none of these.
+    """
+    trove = b.get("trove")
+    if not isinstance(trove, dict) or "process_runqueue_wait_ns" not in trove:
+        return {}
+    per_s = {k: _delta(a, b, "trove", k) / window_s for k in ("process_runqueue_wait_ns", "append_wait_ns", "rows")}
+    tier = BACKGROUND_TIER["surveillance_log"]
+    blocked = per_s["append_wait_ns"]
+    return {
+        "waits_ns_per_s": {tier: per_s["process_runqueue_wait_ns"]},
+        "backpressure_ns_per_s": {tier: blocked},
+        "flat_out_tps": {tier: per_s["rows"]} if blocked > 0 else {},
+    }
 
 
 def server_kept_up(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadgen.plan.inputs import GENERATOR, KERNEL, RunCost
-from loadgen.plan.model import GIB, CapacityPlan, Prediction, ProfilePlan, size_text
+from loadgen.plan.model import GIB, CapacityPlan, Prediction, ProfilePlan, pooled_text, size_text
 
 BEGIN = "<!-- plan-first-cut:begin (written by benchmarks/plan_first_cut.py: edit the script, not this) -->"
 END = "<!-- plan-first-cut:end -->"
@@ -38,6 +38,11 @@ def _plan_row(p: ProfilePlan, rate_tps: float) -> str:
         )
     share = p.surveillance_cores / p.cores if p.cores else 0.0
     saturation = f", saturates near {rate_text(p.sequencer_saturation_tps)}" if p.sequencer_saturation_tps else ""
+    saturation += "".join(
+        f"; {o.tier} {o.busy:.0%} of its one core"
+        + (f", saturates near {rate_text(o.saturation_tps)}" if o.saturation_tps else "")
+        for o in p.one_core
+    )
     state, disk = _state_text(p), _disk_text(p)
     machines = str(p.machines) if p.machines is not None else "none of this size"
     return (
@@ -115,13 +120,18 @@ def headline_markdown(
         f"At {r.rate_tps:,.0f} payments/s for {r.accounts:,} accounts, per replica ({r.replicas} replicas; machines "
         f"of {m.cores} cores, {m.memory_bytes / GIB:,.0f} GiB), CPU measured on {plan.cpu_model}:",
         "",
-        "| profile | cores (band) | of which policy/surveillance | sequencer's one core | sequencer's state | disk "
-        "per day | network in+out | machines |",
+        "| profile | cores (band) | of which policy/surveillance | sequencer's one core (and the other one-core "
+        "tiers) | sequencer's state | disk per day | network in+out | machines |",
         "|---|---|---|---|---|---|---|---|",
         *(_plan_row(p, r.rate_tps) for p in profiles),
         "",
         *(f"{line[0].upper()}{line[1:]}." for line in plan.deltas),
         "",
+        *(
+            [f"Fitted together: {'; '.join(pooled)}.", ""]
+            if (pooled := sorted({t for p in profiles for t in pooled_text(p)}))
+            else []
+        ),
         *(
             [
                 f"(†) measured only below or above {r.rate_tps:,.0f}/s (the rates are in the next table): the fitted "
@@ -146,8 +156,9 @@ def headline_markdown(
         "at least 99% of the scheduled rate. Predicted max: the rate at which the fitted CPU of the "
         "server's tiers, the generator and the kernel (CPU no process holds, from the files' machine_cpu; "
         "they share this machine) fills all its cores, with the sequencer's batches growing as the others "
-        "squeeze its core, the sequencer's tiers fill its one core, or the generator's fill its processes "
-        "(one core each), whichever comes first (docs/plan.md). Error: predicted against the "
+        "squeeze its core, the sequencer's tiers fill its one core, the generator's fill its processes "
+        "(one core each), or a one-core tier (the trove child, the risk model's thread) fills its core with its "
+        "CPU and its waits for a core, whichever comes first (docs/plan.md). Error: predicted against the "
         "searched maximum, only where the search stopped at the server; where it stopped because the "
         "generator fell behind, the searched maximum bounds the generator and there is no check:",
         "",

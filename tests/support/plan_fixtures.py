@@ -79,6 +79,8 @@ def synthetic_run(
     state: StateFootprint | None = None,
     validators: int = 0,
     kernel_s: float | None = None,
+    trove_wait: tuple[float, float] | None = None,
+    trove_append_wait_s: float = 0.0,
 ) -> RunResult:
     """The template run with its CPU, hooks, stats and environment generated from ``model``.
 
@@ -86,7 +88,10 @@ def synthetic_run(
     server; the trove's CPU is the surveillance_log hook's ``background_ns``, in its child process.
     ``validators`` > 0: that many local validator processes (issue 19's server stats), whose CPU is
     the model's ``validators`` tier. ``kernel_s``: the machine's CPU no process was charged with
-    over the window (``machine_cpu``; None: not recorded, as before issue 21).
+    over the window (``machine_cpu``; None: not recorded, as before issue 21). ``trove_wait``: the
+    trove child's run-queue wait, ns per batch and per payment (None: not recorded, as before issue
+    17's child counted it); ``trove_append_wait_s``: the sequencer's wait for the child's ring over
+    the window (the child ran flat out then, making every payment's row durable).
     """
     template = load(TEMPLATE)
     settings = resolved_settings(PROFILE, None, CompareSettings(), server_args=tuple(server_args or ()))
@@ -112,6 +117,13 @@ def synthetic_run(
         "ledger": {"transfers": 1_000 + round(payments), "batches": 10 + batches},
         "trove": {"process_pid": 4242},  # the trove writes in its child: its CPU is not the server's
     }
+    if trove_wait is not None:
+        start["trove"] = {"process_pid": 4242, "process_runqueue_wait_ns": 7.0, "append_wait_ns": 3.0, "rows": 50}
+        end["trove"] |= {
+            "process_runqueue_wait_ns": 7.0 + trove_wait[0] * batches + trove_wait[1] * payments,
+            "append_wait_ns": 3.0 + trove_append_wait_s * 1e9,
+            "rows": 50 + round(payments),
+        }
     if validators:
         start["validators"] = {"kind": "local", "workers": validators, "cpu_s": 5.0}
         end["validators"] = {
