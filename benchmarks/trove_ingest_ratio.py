@@ -5,9 +5,10 @@ default scenario: ``surveillance_log`` writes the Parquet trove from its child p
 ``surveillance_log`` in ``buffer`` mode (the default scenario with that one line changed: the
 bounded memory ring, no trove). Prints one JSON object: per rate and variant, the achieved rate,
 p99 and verdict; for the trove its ingest backlog at the end of the run (rows handed over and not
-yet durable), its compaction backlog once the server has stopped (rows in merges the size-tiered
-policy calls for and not yet done, and rows in arrival-ordered segments not yet merged), its CPU
-per transfer as charged to the hook; and the ratio of achieved rates (trove / no trove).
+yet durable) and compaction backlog (merge debt: rows the merges the size-tiered policy calls
+for would rewrite, following the merges those make due) as the result file records them at the
+end of the run, the same once the server has stopped, its CPU per transfer as charged to the
+hook; and the ratio of achieved rates (trove / no trove).
 
 Quiet-machine command (issue 17's target: >= 500,000/s with the trove, compaction keeping up,
 and the backlog at 1,000,000/s), about 3 minutes:
@@ -53,7 +54,10 @@ def compaction_backlog(trove: Path) -> dict[str, Any]:
         return {}
     stats = manifest_stats(manifest, manifest.segments)
     due = compaction.plan(manifest, TroveConfig())
+    debt_rows, debt_merges = compaction.merge_debt(manifest, TroveConfig())
     return {
+        "merge_debt_rows": debt_rows,
+        "merge_debt_merges": debt_merges,
         "rows": stats["rows"],
         "runs": stats["runs"],
         "ingest_segments": stats["ingest_segments"],
@@ -76,10 +80,15 @@ def one_run(args: argparse.Namespace, rate: int, scenario: Path | None, out: Pat
         s = result["summary"]
         row.update({k: s[k] for k in ("achieved_tps", "achieved_ratio", "p50_ms", "p99_ms", "verdict")})
         row["server_cpu_s"] = result["server"].get("cpu_s")
+        row["steal_s"] = (result.get("machine_cpu") or {}).get("steal_s")
         hook = result["server"].get("hooks", {}).get("surveillance_log", {})
         row["surveillance_log_ns_per_transfer"] = hook.get("ns_per_transfer")
         if not scenario:
             row["trove"] = result["server"].get("trove")
+            # The sequencer's waits for the trove (ring and queue full: back-pressure) in the window.
+            trove_end = (result["server"].get("stats_end") or {}).get("trove") or {}
+            row["append_waits"] = trove_end.get("append_waits")
+            row["append_wait_s"] = trove_end.get("append_wait_ns", 0) / 1e9
             row["compaction_backlog"] = compaction_backlog(trove)
     shutil.rmtree(out, ignore_errors=True)
     return row

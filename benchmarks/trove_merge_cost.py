@@ -5,16 +5,27 @@ measures the two and counts the tiers instead of loading the 10^9 rows a steady 
 
 * ``writer_ns_per_row`` and ``merge_ns_per_row_merged``: ``--rows`` seeded rows in one partition
   (one simulated day holds them all) through a ``Trove`` run as threads of this process, in
-  segments of ``--segment-rows`` (what 1-second flushes make at that rate), the merges the policy
-  calls for done as they fall due; each thread's own CPU clock.
+  segments of ``measured_segment_rows`` (``--segment-rows``, or ``--rows / (2 fanin)`` if smaller,
+  so that there are ``fanin`` runs in the intermediate codec to merge: a merge's CPU per row
+  merged hardly depends on the size of its sources); then one merge of ``fanin`` of them timed
+  twice, as an intermediate merge (lz4 out) and as a merge into the last tier (zstd out).
 * ``merges_per_row``: the size-tiered policy (``compaction.plan``) simulated over
-  ``--policy-rows`` rows of such segments in one partition (no data: segment sizes only), with
-  the runs a partition holds at the end (what a query of that day reads, one row group each).
-* ``steady_ns_per_row`` = writer + merges_per_row x merge.
+  ``--policy-rows`` rows of segments of ``--segment-rows`` in one partition (no data: segment
+  sizes only), with the runs a partition holds at the end (what a query of that day reads, one
+  row group each). ``--segment-rows`` is what the writer's flushes make: the configured
+  ``segment_rows`` (its memtable) when the rate fills it within ``flush_interval_s``, else the
+  rate times the interval (e.g. 5e5 for 1-second flushes at 500,000/s, the old default).
+* ``writer_memtable_ns_per_row``: one memtable of ``--segment-rows`` rows written as the writer
+  does in a partition's steady state (intermediate codec); sorting and gathering 2^22 rows cost
+  more per row than the smaller segments above.
+* ``steady_ns_per_row`` = writer (the larger of the two) + intermediate merges per row x an intermediate merge's CPU per
+  row + last-tier merges per row x a last-tier merge's (zstd costs more to write than lz4).
 
-Prints one JSON object. About a minute on a quiet 2-core machine:
+Prints one JSON object. Under a minute each on a quiet 2-core machine (1-second runs at
+500,000/s, what the default flushes make, then a 2^22-row memtable):
 
     python -m benchmarks.trove_merge_cost --rows 8e6 --segment-rows 5e5
+    python -m benchmarks.trove_merge_cost --rows 8e6 --segment-rows 4194304
 """
 
 from __future__ import annotations
@@ -29,19 +40,24 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
+import pyarrow.parquet as pq
 
 from engine.options import parse_count
+from engine.records import MAX_BATCH
 from engine.trove import compaction
-from engine.trove.bench import bulk_load
+from engine.trove.bench import bulk_load, seeded_batches
 from engine.trove.config import TroveConfig
 from engine.trove.manifest import Manifest, Segment
+from engine.trove.schema import arrow_schema, concat_rows, rows_of
 from engine.trove.store import Trove
 
 
 def simulate_policy(config: TroveConfig, segment_rows: int, rows: int) -> dict[str, float]:
-    """Rows merged per row written, and runs left, for ``rows`` rows in segments of ``segment_rows``."""
+    """Rows merged per row written (into an intermediate tier, lz4, and into the last, zstd), and
+    runs left, for ``rows`` rows in segments of ``segment_rows``."""
     m = Manifest(trove_id="simulated", partition_ns=config.partition_ns, partition_starts=[0])
-    written = merged = 0
+    written = merged = merged_last = 0
     while written < rows:
         n = min(segment_rows, rows - written)
         m.segments.append(_segment(m, n, compaction.tier_of(n, config)))
@@ -49,11 +65,16 @@ def simulate_policy(config: TroveConfig, segment_rows: int, rows: int) -> dict[s
         while sources := compaction.plan(m, config):
             out = sum(s.rows for s in sources)
             merged += out
+            merged_last += out if compaction.is_last_tier(out, config) else 0
             ids = {s.id for s in sources}
             m.segments = [s for s in m.segments if s.id not in ids] + [
                 _segment(m, out, compaction.tier_of(out, config))
             ]
-    return {"merges_per_row": merged / written, "runs_at_end": float(len(m.segments))}
+    return {
+        "merges_per_row": merged / written,
+        "last_tier_merges_per_row": merged_last / written,
+        "runs_at_end": float(len(m.segments)),
+    }
 
 
 def _segment(m: Manifest, rows: int, tier: int) -> Segment:
@@ -62,40 +83,102 @@ def _segment(m: Manifest, rows: int, tier: int) -> Segment:
 
 
 def measure(rows: int, segment_rows: int, config: TroveConfig) -> dict[str, Any]:
-    """Writer and merge CPU per row, threads of this process, one partition."""
+    """Writer CPU per row, and one merge's CPU per row merged into an intermediate tier and into the last.
+
+    The writer (a thread of this process) writes ``rows`` rows in one partition, flushing by rows.
+    Then the last ``fanin`` of its runs (written with the intermediate codec, as all but a
+    partition's first ``fanin - 1`` are) are merged twice on this thread, timed by its CPU
+    clock: as the policy merges them below the last tier (lz4 output) and into the last (zstd).
+    """
     root = Path(tempfile.mkdtemp(prefix="cbdc-trove-cost-"))
-    cfg = msgspec.structs.replace(config, dir=str(root / "t"), process=False, segment_rows=segment_rows)
+    cfg = msgspec.structs.replace(config, dir=str(root / "t"), process=False, segment_rows=segment_rows, compact=False)
+    cfg = msgspec.structs.replace(cfg, flush_interval_s=max(cfg.flush_interval_s, 60.0))  # flushes by rows only
     trove = Trove.open(cfg)
+    out: dict[str, Any] = {}
     try:
-        t0 = time.perf_counter()
         bulk_load(trove, rows, accounts=10**9, seed=1)  # 10^9 accounts: a simulated day holds every row
-        trove.compact_due()
         stats = trove.stats()
-        wall_s = time.perf_counter() - t0
+        out["writer_ns_per_row"] = stats["writer_cpu_ns"] / rows
+        out["bytes_per_row_written"] = stats["bytes_per_row"]
+        sources = trove.manifest.segments[-cfg.fanin :]
+        merged = sum(s.rows for s in sources)
+        out["merge_rows"] = merged
+        first_file = pq.read_metadata(trove.root / sources[0].files[0].path)
+        out["merge_source_codec"] = first_file.row_group(0).column(0).compression
+        for name, max_run_rows in (("intermediate", cfg.max_run_rows), ("last", merged)):
+            merge_cfg = msgspec.structs.replace(cfg, max_run_rows=max(max_run_rows, merged))
+            t0 = time.thread_time_ns()
+            run = compaction.merge(
+                trove.root,
+                sources,
+                10**6 + len(out),
+                trove.manifest.trove_id,
+                merge_cfg,
+                duckdb_connection=trove._duckdb,
+            )
+            out[f"merge_{name}_ns_per_row_merged"] = (time.thread_time_ns() - t0) / merged
+            out[f"merge_{name}_bytes_per_row"] = run.bytes / run.rows
     finally:
         trove.close()
         shutil.rmtree(root, ignore_errors=True)
-    return {
-        "writer_ns_per_row": stats["writer_cpu_ns"] / rows,
-        "merge_ns_per_row_merged": stats["compaction_cpu_ns"] / max(stats["rows_merged"], 1),
-        "rows_merged": stats["rows_merged"],
-        "bytes_per_row": stats["bytes_per_row"],
-        "wall_s": wall_s,
-    }
+    return out
+
+
+def measure_writer(segment_rows: int, config: TroveConfig) -> dict[str, float]:
+    """The writer's CPU per row for one memtable of ``segment_rows`` rows (written as a partition's
+    runs are once it holds ``fanin - 1`` of them: in the intermediate codec): the batches turned
+    into columns, concatenated, sorted and written in both orderings, on this thread's CPU clock.
+    (``measure`` times the writer at the merge's smaller segments: sorting and gathering 2^22
+    rows cost more per row than 2^19, out of the CPU's caches.)"""
+    root = Path(tempfile.mkdtemp(prefix="cbdc-trove-cost-"))
+    trove = Trove.open(msgspec.structs.replace(config, dir=str(root / "t"), process=False, compact=False), start=False)
+    try:
+        codes = np.zeros(MAX_BATCH, dtype=np.uint8)
+        batches = list(seeded_batches(segment_rows, 10**9, seed=2))
+        t0 = time.thread_time_ns()
+        cols = concat_rows([rows_of(b, codes[: len(b)], seq) for seq, b in enumerate(batches, start=1)])
+        trove._write_run(cols, 0, [(1, len(batches))], arrow_schema(), final=False)
+        ns = time.thread_time_ns() - t0
+    finally:
+        trove.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return {"writer_memtable_ns_per_row": ns / segment_rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=parse_count, default=8_000_000, help="rows to write and merge (default 8e6)")
-    p.add_argument("--segment-rows", type=parse_count, default=500_000, help="rows per segment (default 5e5)")
+    p.add_argument(
+        "--segment-rows",
+        type=parse_count,
+        default=TroveConfig().segment_rows,
+        help="rows per segment the writer makes (default: the config's segment_rows)",
+    )
     p.add_argument("--policy-rows", type=parse_count, default=1 << 29, help="rows of the simulated policy (2^29)")
     p.add_argument("--fanin", type=int, default=TroveConfig().fanin, help="runs per merge (default: the config's)")
+    p.add_argument(
+        "--intermediate-compression",
+        default=TroveConfig().intermediate_compression,
+        help="codec of files a merge reads again (default: the config's)",
+    )
     args = p.parse_args(argv)
-    config = TroveConfig(fanin=args.fanin)
-    out: dict[str, Any] = {"fanin": config.fanin, "segment_rows": int(args.segment_rows)}
+    config = TroveConfig(fanin=args.fanin, intermediate_compression=args.intermediate_compression)
+    out: dict[str, Any] = {
+        "fanin": config.fanin,
+        "segment_rows": int(args.segment_rows),
+        "intermediate_compression": config.intermediate_compression,
+    }
     out |= simulate_policy(config, int(args.segment_rows), int(args.policy_rows))
-    out |= measure(int(args.rows), int(args.segment_rows), config)
-    out["steady_ns_per_row"] = out["writer_ns_per_row"] + out["merges_per_row"] * out["merge_ns_per_row_merged"]
+    # Twice fanin segments at least: the last fanin are written with the intermediate codec.
+    measured = min(int(args.segment_rows), int(args.rows) // (2 * config.fanin))
+    out["measured_segment_rows"] = measured
+    out |= measure(int(args.rows), measured, config)
+    out |= measure_writer(int(args.segment_rows), config)
+    out["steady_ns_per_row"] = (
+        max(out["writer_ns_per_row"], out["writer_memtable_ns_per_row"])
+        + (out["merges_per_row"] - out["last_tier_merges_per_row"]) * out["merge_intermediate_ns_per_row_merged"]
+        + out["last_tier_merges_per_row"] * out["merge_last_ns_per_row_merged"]
+    )
     print(json.dumps(out, indent=1))
     return 0
 

@@ -40,6 +40,19 @@ Local workers (``LocalValidators``)
     so the loop's (blocking) send never waits on a worker, and a reply (one write of 1 + n bytes)
     is whole once its pipe is readable. A pool is used from the loop it was started on.
 
+Priority (``nice``, ``ServerConfig.validator_nice``, 0 by default)
+    The workers are the only CPU-bound processes of a signed run; the sequencer's loop and the
+    generator wake for bursts of a few hundred microseconds per 5 ms tick, and a burst that wakes
+    on a core where a worker verifies may wait for it, at each hop of a payment. ``nice`` lowers
+    the workers' priority, so that a woken server or generator gets the core sooner; whether it
+    does is not settled: the kernel's EEVDF scheduler (6.6 on) lets a running task finish its
+    protected slice whatever its weight (``RUN_TO_PARITY``), and measurements on the shared
+    machine were inconclusive (issue 19, fifth session: lower CPU per payment at nice 10 in every
+    alternated pair under full load, worse tails when other processes left idle cores). On a
+    machine shared with other CPU-bound work niced workers get less than their share. Hence 0
+    (the workers' old priority) until a quiet A/B (``benchmarks/signed_tiers.py --validator-nice
+    0,10``) says otherwise.
+
 A worker that dies (crash, OOM kill, SIGKILL)
     Its pipe reads end-of-file: the chunks it had in flight go back at the head of the queue
     (another worker verifies them) and a replacement starts in an executor thread (at most
@@ -59,6 +72,7 @@ import asyncio
 import collections
 import logging
 import math
+import os
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -138,12 +152,15 @@ class InlineValidators(Validators):
 # ---- local worker processes ------------------------------------------------------------------------
 
 
-def _worker_main(conn: Connection, path: str, seed: int, accounts: int) -> None:
+def _worker_main(conn: Connection, path: str, seed: int, accounts: int, nice: int = 0) -> None:
     """A validator process: map the registry, then verify each parcel it is sent until end-of-file.
 
     A parcel is its records then its signatures (``LocalValidators._dispatch``): both are verified
     in place, as views into the received buffer, and the reply is one write of 1 + n bytes.
+    ``nice`` lowers the process's priority (``LocalValidators``, "Priority").
     """
+    if nice > 0:
+        os.nice(nice)
     try:
         verifier = Verifier(open_registry(path, seed=seed, accounts=accounts).public_keys())
     except RegistryError as exc:
@@ -210,7 +227,7 @@ class _Worker:
         parent, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main,
-            args=(child, str(pool.registry_path), pool.seed, pool.accounts),
+            args=(child, str(pool.registry_path), pool.seed, pool.accounts, pool.nice),
             name="cbdc-validator",
             daemon=True,
         )
@@ -266,6 +283,7 @@ class LocalValidators(Validators):
         max_attempts: int = 3,
         max_restarts: int | None = None,
         chunk_timeout_s: float = 30.0,
+        nice: int = 0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"a local validator pool needs at least one worker, got {workers} (0 = InlineValidators)")
@@ -280,6 +298,9 @@ class LocalValidators(Validators):
         self.max_attempts = max_attempts
         self.chunk_timeout_s = chunk_timeout_s
         self.max_restarts = 4 * workers if max_restarts is None else max_restarts
+        if not 0 <= nice <= 19:
+            raise ValueError(f"validator nice must be in 0..19, got {nice}")
+        self.nice = nice
         self._ctx = process_context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[_Chunk] = collections.deque()
@@ -590,15 +611,17 @@ def tier_mismatch(spec: str, reported: object) -> str | None:
     return None
 
 
-def make_validators(spec: str | int, registry: KeyRegistry, **options: Any) -> Validators:
-    """The tier that ``--validators spec`` names (``options`` go to its constructor); not started."""
+def make_validators(spec: str | int, registry: KeyRegistry, *, nice: int = 0, **options: Any) -> Validators:
+    """The tier that ``--validators spec`` names (``options`` go to its constructor); not started.
+
+    ``nice`` applies to local worker processes only (the Ray tier's workers are Ray's)."""
     kind, arg = parse_validators(spec)
     if kind == "ray":
         from engine.validators_ray import RayValidators  # Ray is an optional extra
 
         return RayValidators(registry, address=str(arg), **options)
     assert isinstance(arg, int)
-    return InlineValidators(registry) if arg == 0 else LocalValidators(registry, arg, **options)
+    return InlineValidators(registry) if arg == 0 else LocalValidators(registry, arg, nice=nice, **options)
 
 
 async def verify_all(validators: Validators, batches: Sequence[tuple[bytes, bytes]]) -> list[np.ndarray]:

@@ -214,6 +214,17 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="SPEC",
         ),
     ] = "0"
+    #: Local validator processes run at this nice (engine.validators, "Priority"): meant to let the
+    #: sequencer's and the generator's short bursts have a core sooner; 0 (their old priority) until
+    #: a quiet A/B shows it helps.
+    validator_nice: Annotated[
+        int,
+        _help(
+            "nice of the local validator processes, 0-19 (default {default}; higher yields the CPU to the "
+            "sequencer's short bursts, and starves the workers on a machine shared with other CPU-bound work)",
+            metavar="N",
+        ),
+    ] = 0
     metrics_port: Annotated[
         int | None,
         _help(
@@ -270,6 +281,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.signatures not in SIGNATURE_MODES:
             raise ValueError(f"signatures must be one of {', '.join(SIGNATURE_MODES)}, got {self.signatures!r}")
         parse_validators(self.validators)
+        if not 0 <= self.validator_nice <= 19:
+            raise ValueError(f"validator_nice must be in 0..19 (0: the server's priority), got {self.validator_nice}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65_536:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         SnapshotSchedule.parse(self.snapshot_every)

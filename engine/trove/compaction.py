@@ -96,6 +96,25 @@ def plan(manifest: Manifest, config: TroveConfig, *, everything: bool = False) -
     return []
 
 
+def merge_debt(manifest: Manifest, config: TroveConfig) -> tuple[int, int]:
+    """(rows, merges): what the merges the policy calls for now would rewrite, with the merges
+    those would make due in turn, until none is left: the compaction backlog. A compactor that
+    keeps up holds it below about one merge; one that falls behind sees it grow with the run."""
+    if not config.compact:
+        return 0, 0
+    sim = Manifest(trove_id=manifest.trove_id, partition_ns=manifest.partition_ns, segments=list(manifest.segments))
+    rows = merges = 0
+    while sources := plan(sim, config):
+        out = sum(s.rows for s in sources)
+        rows += out
+        merges += 1
+        ids = {s.id for s in sources}
+        first = sources[0]
+        merged = Segment(-merges, "run", first.partition, out, first.min_timestamp_ns, first.max_timestamp_ns, [], [])
+        sim.segments = [s for s in sim.segments if s.id not in ids] + [merged]
+    return rows, merges
+
+
 def is_last_tier(rows: int, config: TroveConfig) -> bool:
     """Whether a run of ``rows`` rows can no longer be part of a merge the policy plans (``fanin``
     runs of its size would pass ``max_run_rows``): its files are written in zstd."""

@@ -1,6 +1,6 @@
 """Writing and checking the trove's Parquet files (pyarrow, zstd, page checksums).
 
-A file is written to ``NAME.tmp``, fsynced, its BLAKE2b digest taken, then renamed into place
+A file is written to ``NAME.tmp``, fsynced, its SHA-256 digest taken, then renamed into place
 and its directory fsynced (``manifest.replacing``): a crash leaves either no file or a whole one (and a whole file that
 the manifest does not yet list is simply not part of the trove).
 """
@@ -30,8 +30,9 @@ class CorruptSegment(ValueError):
     """A trove file is missing, damaged or not this trove's; the message names it."""
 
 
-def digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
+def digest(path: Path, algorithm: str = "sha256") -> str:
+    """The file's hex digest (``FileEntry.sha256``, or ``blake2b`` for files of older troves)."""
+    h = hashlib.blake2b(digest_size=16) if algorithm == "blake2b" else hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
@@ -60,6 +61,9 @@ def write_parquet(
 
     path = root / rel_path
     path.parent.mkdir(parents=True, exist_ok=True)
+    # "none": the cheapest file to write and to read again, for one a merge reads once: no codec
+    # and plain encoding (dictionaries and delta encoding cost as much as lz4 to make).
+    plain = compression == "none"
     meta = {META_TROVE_ID: trove_id.encode(), META_SEGMENT_ID: str(segment_id).encode()}
     rows = 0
     with replacing(path) as tmp:
@@ -67,8 +71,8 @@ def write_parquet(
             tmp,
             schema.with_metadata(meta),
             compression=compression,
-            use_dictionary=_DICTIONARY_COLUMNS,
-            column_encoding=_DELTA_COLUMNS,
+            use_dictionary=False if plain else _DICTIONARY_COLUMNS,
+            column_encoding=None if plain else _DELTA_COLUMNS,
             write_page_checksum=True,
             write_statistics=True,
         ) as writer:
@@ -77,7 +81,7 @@ def write_parquet(
                 rows += batch.num_rows
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
-        entry = FileEntry(rel_path, ordering, tmp.stat().st_size, digest(tmp))
+        entry = FileEntry(rel_path, ordering, tmp.stat().st_size, sha256=digest(tmp))
     return entry, rows
 
 
@@ -104,5 +108,7 @@ def check_file(root: Path, entry: FileEntry, *, trove_id: str, segment_id: int, 
         )
     if meta.num_rows != rows:
         raise CorruptSegment(f"trove file {path} has {meta.num_rows} rows, the manifest recorded {rows}")
-    if deep and digest(path) != entry.blake2b:
-        raise CorruptSegment(f"trove file {path} does not match its recorded BLAKE2b digest: its bytes changed")
+    if deep:
+        algorithm, recorded = ("sha256", entry.sha256) if entry.sha256 else ("blake2b", entry.blake2b)
+        if digest(path, algorithm) != recorded:
+            raise CorruptSegment(f"trove file {path} does not match its recorded {algorithm} digest: its bytes changed")

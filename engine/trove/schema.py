@@ -115,13 +115,25 @@ def extend_partitions(starts: list[int], periods: np.ndarray, newest_rows: int, 
         out.insert(0, first)
         if len(out) == 1:
             newest_rows = 0
-    uniq, counts = np.unique(periods[periods >= out[-1]], return_counts=True)
-    for period, rows in zip(uniq.tolist(), counts.tolist(), strict=True):
+    for period, rows in _period_counts(periods[periods >= out[-1]]):
         if period > out[-1] and newest_rows >= min_rows:
             out.append(period)
             newest_rows = 0
         newest_rows += rows
     return out
+
+
+def _period_counts(periods: np.ndarray) -> list[tuple[int, int]]:
+    """(period, rows) for each period present, ascending: a bincount when the periods span few
+    values (always, for a flush of a second or so), not ``np.unique``'s sort of every row."""
+    if not len(periods):
+        return []
+    lo, hi = int(periods.min()), int(periods.max())
+    if hi - lo >= 1 << 16:
+        uniq, counts = np.unique(periods, return_counts=True)
+        return list(zip(uniq.tolist(), counts.tolist(), strict=True))
+    counts = np.bincount(periods - lo)
+    return [(lo + int(i), int(counts[i])) for i in np.flatnonzero(counts)]
 
 
 def partitions_of(periods: np.ndarray, starts: list[int]) -> np.ndarray:

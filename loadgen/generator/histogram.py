@@ -8,7 +8,7 @@ a histogram converts to and from ``hdrh.histogram.HdrHistogram`` and its standar
 encoding without re-binning, so result files open in any HdrHistogram tool.
 
 Recording is vectorised: the bucket and sub-bucket index of every latency in a frame is computed
-with a handful of numpy operations and added with ``np.bincount``. ``hdrh``'s ``record_value``
+with a handful of numpy operations and added with ``np.add.at``. ``hdrh``'s ``record_value``
 (about 1M values/s in pure Python) would cap the generator well below its target.
 
 Histograms merge by adding counts (across gateways, seconds and processes); percentiles always
@@ -127,8 +127,12 @@ class Histogram:
             self._add_indices(indices, lo, hi, len(indices))
 
     def _add_indices(self, idx: np.ndarray, lo: int, hi: int, n: int) -> None:
-        binned = np.bincount(idx)
-        self.counts[: len(binned)] += binned
+        # ``np.add.at`` (numpy 2's 1-D fast path) touches only the frame's buckets: 1.6 us for 35
+        # values, 4 us for 750, against 10-12 us for ``np.bincount`` + a slice add, whose arrays
+        # reach the highest index (~14,000 buckets at 5 ms, ~19,000 at 200 ms). Once per frame
+        # and histogram, three histograms per frame: at issue 19's signed rates (two frames of
+        # ~35-50 transfers per 5 ms tick) that was ~1 us of generator CPU per payment.
+        np.add.at(self.counts, idx, 1)
         self.min_ns = lo if self.total == 0 else min(self.min_ns, lo)
         self.total += n
         self.max_ns = max(self.max_ns, hi)

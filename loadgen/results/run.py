@@ -227,6 +227,15 @@ class TroveOutcome(msgspec.Struct, frozen=True):
     backlog_rows: int
     failure: str | None = None
     rows_not_persisted: int = 0
+    #: Of ``backlog_rows``, those in the writer's memtable (up to ``segment_rows`` by design, not
+    #: late); the rest waited in its queue: the writer behind.
+    buffered_rows: int = 0
+    #: Compaction's backlog then: rows the merges its policy calls for would rewrite (with the
+    #: merges those make due), and how many merges; a compactor that keeps up stays near one merge.
+    merge_debt_rows: int = 0
+    merge_debt_merges: int = 0
+    #: The trove child's CPU (writer, compactor) over the whole server run, seconds.
+    process_cpu_s: float = 0.0
 
     @classmethod
     def of(cls, stats: dict[str, Any]) -> TroveOutcome | None:
@@ -241,6 +250,10 @@ class TroveOutcome(msgspec.Struct, frozen=True):
             backlog_rows=int(t.get("backlog_rows", 0)),
             failure=t.get("failure") or None,
             rows_not_persisted=int(t.get("rows_not_persisted", 0)),
+            buffered_rows=int(t.get("buffered_rows", 0)),
+            merge_debt_rows=int(t.get("merge_debt_rows", 0)),
+            merge_debt_merges=int(t.get("merge_debt_merges", 0)),
+            process_cpu_s=int(t.get("process_cpu_ns", 0)) / 1e9,
         )
 
 

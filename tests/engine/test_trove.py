@@ -22,7 +22,8 @@ from engine.records import make_batch
 from engine.simtime import NS_PER_HOUR, iso_cst, parse_time
 from engine.trove import retention
 from engine.trove.config import TroveConfig
-from engine.trove.manifest import load_manifest
+from engine.trove.files import digest
+from engine.trove.manifest import FileEntry, load_manifest, save_manifest
 from engine.trove.query import TroveReader
 from engine.trove.schema import COLUMNS, extend_partitions
 from engine.trove.store import Trove, TroveStopped
@@ -41,6 +42,9 @@ def small_config(root: Path, **kw: object) -> TroveConfig:
         "reserve_free_bytes": 0,
         "partition_min_rows": 0,  # one partition per period, unless a test sets a floor
         "process_nice": 0,  # tests on a busy machine: the child is not starved
+        # Runs of 2^26 rows would make the disk check ask for ~15 GiB of compaction scratch,
+        # which a shared machine's disk may not have free; these tests' runs are far smaller.
+        "max_run_rows": 1 << 20,
     }
     return TroveConfig(**{**base, **kw})  # type: ignore[arg-type]
 
@@ -208,6 +212,33 @@ def test_retention_expires_the_oldest_partitions(tmp_path, entries) -> None:
     assert capped.bytes_on_disk() <= total // 2 or len({s.partition for s in capped.manifest.segments}) == 1
     assert capped.manifest.rows_expired > 0 and capped.manifest.rows + capped.manifest.rows_expired == len(ref)
     capped.close()
+
+
+def test_files_of_a_trove_digested_with_blake2b_are_still_checked(tmp_path, entries) -> None:
+    """Troves written before the digest became SHA-256 recorded BLAKE2b: a deep check still verifies them."""
+    root = tmp_path / "t"
+    trove = Trove.open(small_config(root, partition_s=3600), start=False)
+    load_sync(trove, entries)
+    trove.close()
+    manifest = load_manifest(root)
+    assert manifest is not None and all(f.sha256 and not f.blake2b for s in manifest.segments for f in s.files)
+    manifest.segments = [
+        msgspec.structs.replace(
+            s, files=[FileEntry(f.path, f.ordering, f.bytes, blake2b=digest(root / f.path, "blake2b")) for f in s.files]
+        )
+        for s in manifest.segments
+    ]
+    save_manifest(root, manifest)
+    intact = Trove.open(small_config(root, partition_s=3600), deep_check=True, start=False)
+    intact.close()
+    assert intact.problems == []
+    victim = manifest.segments[0].files[0]
+    data = bytearray((root / victim.path).read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    (root / victim.path).write_bytes(bytes(data))
+    damaged = Trove.open(small_config(root, partition_s=3600), deep_check=True, start=False)
+    damaged.close()
+    assert len(damaged.problems) == 1 and victim.path in damaged.problems[0] and "blake2b digest" in damaged.problems[0]
 
 
 def test_a_corrupt_or_foreign_file_is_named_and_the_lost_rows_rebuilt_from_the_journal(tmp_path, entries) -> None:

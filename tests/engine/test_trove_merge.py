@@ -260,3 +260,20 @@ def test_the_policy_merges_a_row_once_per_tier_whatever_the_segment_size(segment
     # At most one merge per tier between a segment and the largest run (24 for 25k-row segments before).
     assert 1 <= got["merges_per_row"] <= tiers
     assert got["runs_at_end"] <= (config.fanin - 1) * (tiers + 1) + (1 << 27) / config.max_run_rows
+
+
+def test_merge_debt_follows_the_merges_a_merge_makes_due() -> None:
+    """Compaction's backlog counts the cascade: 8 tier-1 runs merge into a tier-2 run, which makes
+    8 tier-2 runs, which merge into the last tier; runs of another partition below fanin add nothing."""
+    from engine.trove.config import TroveConfig
+    from engine.trove.manifest import Manifest
+
+    config = TroveConfig(fanin=8)
+    small, big = 1 << 19, 1 << 22
+    assert compaction.tier_of(small, config) + 1 == compaction.tier_of(big, config)
+    sizes = [(0, big)] * 7 + [(0, small)] * 8 + [(1, small)] * 7
+    manifest = Manifest(trove_id="t", partition_ns=config.partition_ns, partition_starts=[0, 1])
+    manifest.segments = [Segment(i + 1, "run", part, rows, 0, 0, [], []) for i, (part, rows) in enumerate(sizes)]
+    assert compaction.merge_debt(manifest, config) == (8 * small + 8 * big, 2)
+    assert len(manifest.segments) == len(sizes)  # the manifest itself is left alone
+    assert compaction.merge_debt(manifest, TroveConfig(fanin=8, compact=False)) == (0, 0)

@@ -258,3 +258,24 @@ def test_make_validators_kinds(registry: signing.KeyRegistry) -> None:
         asyncio.run(pool.verify(batch.tobytes(), sigs))
     with pytest.raises(ValueError, match="at least one worker"):
         LocalValidators(registry, 0)
+
+
+def test_workers_run_at_the_given_nice(registry: signing.KeyRegistry) -> None:
+    """``nice`` lowers the workers' priority (the server's own stays), and verdicts are unchanged."""
+    batch, sigs = signed_batch(40, stream=900)
+    want = expected(registry, [(batch.tobytes(), sigs)])[0]
+
+    async def run() -> list[int]:
+        pool = make_validators(2, registry, nice=7)
+        await pool.start()
+        try:
+            np.testing.assert_array_equal(await pool.verify(batch.tobytes(), sigs), want)
+            assert isinstance(pool, LocalValidators)
+            return [os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.worker_pids()]
+        finally:
+            await pool.close()
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert asyncio.run(run()) == [min(own + 7, 19)] * 2
+    with pytest.raises(ValueError, match="nice"):
+        LocalValidators(registry, 1, nice=20)
