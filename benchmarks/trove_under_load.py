@@ -45,10 +45,11 @@ from typing import Any
 from engine.clock import CLOCK_START_NS
 from engine.options import parse_count
 from engine.simtime import NS_PER_DAY, iso_cst
-from engine.trove.bench import QUERY_KINDS, bulk_load, probe_live
+from engine.trove.bench import QUERY_KINDS, SIDECAR_KINDS, bulk_load, probe_live
 from engine.trove.config import TroveConfig
 from engine.trove.manifest import load_manifest
 from engine.trove.process import TroveProcess
+from engine.trove.query import TroveReader
 
 #: How long to wait for the server's first committed segment (its build, then one flush).
 _START_TIMEOUT_S = 300.0
@@ -116,6 +117,16 @@ def under_load(args: argparse.Namespace) -> dict[str, Any]:
         written = queried if args.into_trove_dir else out / "trove"
     rows_before, seq_before = _rows(queried), _durable_seq(written)
     day_start_ns, trove_accounts = history_window(queried) if rows_before else (None, int(args.accounts))
+    kinds = tuple(args.kinds.split(","))
+    sidecars = None
+    if rows_before and set(kinds) & set(SIDECAR_KINDS):
+        # Before the server starts: the sidecars' build is a one-off cost per run file (timed
+        # here), not a query's; runs the server adds to a shared trove get theirs when first asked.
+        reader = TroveReader.open(queried)
+        try:
+            sidecars = reader.build_sidecars()
+        finally:
+            reader.close()
     cmd = [sys.executable, "-m", "loadgen", "run", "--profile", args.profile, "--rate", str(args.rate)]
     cmd += ["--seconds", str(args.seconds), "--warmup", str(args.warmup), "--accounts", str(int(args.accounts))]
     cmd += ["--trove", str(written), "--out", str(out / "results")]
@@ -124,14 +135,18 @@ def under_load(args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while _durable_seq(written) <= seq_before and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
+        probe_t0 = time.perf_counter()
         queries = probe_live(
             str(queried),
             seconds=args.probe_seconds,
             accounts=trove_accounts,
             seed=args.seed,
             day_start_ns=day_start_ns,
-            kinds=tuple(args.kinds.split(",")),
+            kinds=kinds,
+            max_queries=max_queries(args.max_queries, kinds),
         )
+        probe_s = time.perf_counter() - probe_t0
+        run_still_going = run.poll() is None  # False: some queries ran after the load had stopped
         stdout, _ = run.communicate()
     finally:
         if run.poll() is None:
@@ -147,7 +162,10 @@ def under_load(args: argparse.Namespace) -> dict[str, Any]:
         "queried_day_start": iso_cst(day_start_ns) if day_start_ns is not None else "the newest day",
         "queried_accounts": trove_accounts,
         "rows_after": _rows(queried),
+        "sidecars": sidecars,
         "queries": queries,
+        "probe_s": probe_s,
+        "run_outlasted_probe": run_still_going,
         "run_exit_status": run.returncode,
         "verdict": lines[-1] if lines else "",
     }
@@ -169,6 +187,19 @@ def under_load(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def max_queries(spec: str, kinds: tuple[str, ...]) -> dict[str, int]:
+    """``--max-queries``: "N" (every kind) or "N,kind=M,..." (a default and bounds per kind); "" none."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        kind, _, n = part.rpartition("=")
+        if kind and kind not in kinds:
+            raise ValueError(f"--max-queries names {kind!r}, which is not among --kinds {','.join(kinds)}")
+        if not n.isdigit():
+            raise ValueError(f"--max-queries: {part!r} is not N or KIND=N")
+        out.update({kind: int(n)} if kind else dict.fromkeys(kinds, int(n)) | out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="full", help="a profile that keeps a trove (default full)")
@@ -185,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         "--kinds",
         default=",".join(QUERY_KINDS),
         help="query kinds per round, comma-separated (default all; e.g. payments_day for many samples at 1e9 rows)",
+    )
+    p.add_argument(
+        "--max-queries",
+        default="",
+        help="stop a kind after this many timed queries: N, or N,KIND=M,... (default: none, query until the end)",
     )
     p.add_argument("--trove-dir", default="", help="query this existing trove (not loaded, not deleted)")
     p.add_argument(

@@ -17,6 +17,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,11 @@ from engine.trove.store import Trove
 #: 2026-11-22 08:00 China Standard Time, the workload's simulated start.
 BENCH_START_NS = 1_795_305_600 * 10**9
 QUERY_KINDS = ("payments_day", "counterparties_2hop", "co_location_hour", "same_device", "aggregate_hour")
+#: The kinds through DuckDB as they were before the lookups (``TroveReader.*_sql``): not run by
+#: default; ``--kinds counterparties_2hop,counterparties_2hop_sql`` compares old and new in one run.
+SQL_KINDS = ("counterparties_2hop_sql", "co_location_hour_sql", "same_device_sql")
+#: Kinds that read the runs' sidecars (built ahead by ``TroveReader.build_sidecars`` when timed).
+SIDECAR_KINDS = ("co_location_hour", "same_device")
 
 
 class BenchResult(msgspec.Struct, frozen=True):
@@ -107,6 +114,17 @@ def bulk_load(
     trove.flush()
 
 
+@contextmanager
+def bench_dir(directory: str, prefix: str) -> Iterator[Path]:
+    """``directory``, or (when "") a fresh temporary one, removed with everything in it afterwards."""
+    root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
+    finally:
+        if not directory:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def run_bench(
     *,
     rows: int,
@@ -120,24 +138,22 @@ def run_bench(
     """Load ``rows`` rows into a trove at ``directory`` (temporary if ""), compact, time the queries."""
     if not rows > 0 or accounts < 2 or queries < 1:
         raise ValueError("trove bench needs rows >= 1, accounts >= 2, queries >= 1")
-    root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="cbdc-trove-bench-"))
-    cfg = msgspec.structs.replace(config or TroveConfig(), dir=str(root))
-    trove = TroveProcess.open(cfg) if cfg.process else Trove.open(cfg)
-    try:
-        t0 = time.perf_counter()
-        bulk_load(trove, rows, accounts, seed)
-        ingest_s = time.perf_counter() - t0
-        trove.compact_due()
-        steady_cpu_ns = _trove_cpu_ns(trove)
-        t1 = time.perf_counter()
-        trove.compact_all()
-        compaction_s = time.perf_counter() - t1
-        timings = time_queries(TroveReader(trove=trove), accounts, seed, queries, kinds=kinds)
-    finally:
-        trove.close()
-        if not directory:
-            shutil.rmtree(root, ignore_errors=True)
-    stats = trove.stats()  # after close: the final figures (the child's exact CPU)
+    with bench_dir(directory, "cbdc-trove-bench-") as root:
+        cfg = msgspec.structs.replace(config or TroveConfig(), dir=str(root))
+        trove = TroveProcess.open(cfg) if cfg.process else Trove.open(cfg)
+        try:
+            t0 = time.perf_counter()
+            bulk_load(trove, rows, accounts, seed)
+            ingest_s = time.perf_counter() - t0
+            trove.compact_due()
+            steady_cpu_ns = _trove_cpu_ns(trove)
+            t1 = time.perf_counter()
+            trove.compact_all()
+            compaction_s = time.perf_counter() - t1
+            timings = time_queries(TroveReader(trove=trove), accounts, seed, queries, kinds=kinds)
+        finally:
+            trove.close()
+    stats = trove.stats()  # after close (and the directory's removal): the final figures (the child's exact CPU)
     per_row = stats["bytes_per_row"]
     return BenchResult(
         rows=stats["rows"],
@@ -174,6 +190,9 @@ def _query_kinds(reader: TroveReader, day_start_ns: int) -> dict[str, Any]:
         "co_location_hour": lambda a: reader.co_location(a % (1 << 20), *hour),
         "same_device": lambda a: reader.same_device(a),
         "aggregate_hour": lambda a: reader.aggregate(("region", "category"), "hour", *hour),
+        "counterparties_2hop_sql": lambda a: reader.counterparties_sql(a, hops=2, top=50),
+        "co_location_hour_sql": lambda a: reader.co_location_sql(a % (1 << 20), *hour),
+        "same_device_sql": lambda a: reader.same_device_sql(a),
     }
 
 
@@ -190,14 +209,15 @@ def time_queries(
     reader: TroveReader, accounts: int, seed: int, queries: int, *, kinds: tuple[str, ...] = QUERY_KINDS
 ) -> dict[str, dict[str, float]]:
     """p50/p99 of ``queries`` random subjects per query kind (closes ``reader``)."""
-    rng = np.random.default_rng([seed, 1])
+    _check_kinds(kinds)
+    # The same subjects for every kind: a kind and its ``_sql`` form answer for the same people.
+    subjects = np.random.default_rng([seed, 1]).integers(0, accounts, queries).tolist()
     out: dict[str, dict[str, float]] = {}
     try:
         for kind, fn in _query_kinds(reader, BENCH_START_NS).items():
             if kind not in kinds:
                 continue
-            fn(0)  # warm-up: footers cached, kept apart from the measured values
-            subjects = rng.integers(0, accounts, queries).tolist()
+            fn(0)  # warm-up: footers cached, sidecars built, kept apart from the measured values
             ms, n_rows = [], []
             for a in subjects:
                 t0 = time.perf_counter()
@@ -209,6 +229,12 @@ def time_queries(
     return out
 
 
+def _check_kinds(kinds: tuple[str, ...]) -> None:
+    unknown = set(kinds) - {*QUERY_KINDS, *SQL_KINDS}
+    if unknown or not kinds:
+        raise ValueError(f"query kinds are {', '.join((*QUERY_KINDS, *SQL_KINDS))}; got {', '.join(kinds) or 'none'}")
+
+
 def probe_live(
     directory: str,
     *,
@@ -217,8 +243,11 @@ def probe_live(
     seed: int,
     day_start_ns: int | None = None,
     kinds: tuple[str, ...] = QUERY_KINDS,
+    max_queries: dict[str, int] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Query latency p50/p99 per kind against a trove being written, for ``seconds``.
+    """Query latency p50/p99 per kind against a trove being written, for ``seconds``, or until every
+    kind has its ``max_queries`` timed queries (kind -> bound; a kind not there is not bounded): a
+    bounded run however slow a kind is; a kind that is done drops out of the rounds.
 
     Rounds of one query per kind over one simulated day (and its first hour): the day from
     ``day_start_ns``, or else the newest day the trove holds at each round. One reader is kept
@@ -228,11 +257,10 @@ def probe_live(
     writer's compactor deleted under it is re-run by the reader on the fresh manifest; if that
     fails too it is counted in ``failed``. ``kinds``: the query kinds of a round (at 10^9 rows the
     scans, aggregates and two hops take seconds each: ``("payments_day",)`` times many more of
-    the lookups in the same time).
+    the lookups in the same time). Each round asks every kind about the same subject.
     """
-    unknown = set(kinds) - set(QUERY_KINDS)
-    if unknown or not kinds:
-        raise ValueError(f"query kinds are {', '.join(QUERY_KINDS)}; got {', '.join(kinds) or 'none'}")
+    _check_kinds(kinds)
+    max_queries = max_queries or {}
     rng = np.random.default_rng([seed, 2])
     ms: dict[str, list[float]] = {}
     n_rows: dict[str, list[int]] = {}
@@ -240,9 +268,13 @@ def probe_live(
     deadline = time.monotonic() + seconds
     reader: TroveReader | None = None
     warm = timed = False
+
+    def pending() -> list[str]:
+        return [k for k in kinds if not max_queries.get(k) or len(ms.get(k, ())) < max_queries[k]]
+
     try:
         # At least one timed round after the warm-up, however short ``seconds``.
-        while time.monotonic() < deadline or (warm and not timed):
+        while (time.monotonic() < deadline or (warm and not timed)) and pending():
             manifest = load_manifest(Path(directory))
             if manifest is None or not manifest.segments:
                 time.sleep(0.1)
@@ -256,12 +288,14 @@ def probe_live(
                 if day_start_ns is not None
                 else max(s.max_timestamp_ns for s in manifest.segments) - NS_PER_DAY
             )
+            subject = int(rng.integers(0, accounts))
+            todo = pending()
             for kind, fn in _query_kinds(reader, start).items():
-                if kind not in kinds:
+                if kind not in todo:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    rows = fn(int(rng.integers(0, accounts))).num_rows
+                    rows = fn(subject).num_rows
                 except Exception:  # a file compacted away under the query, twice over (DuckDB raises IOException)
                     failed[kind] = failed.get(kind, 0) + 1
                     continue

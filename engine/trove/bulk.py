@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -47,7 +46,14 @@ import msgspec
 import numpy as np
 
 from engine.trove import compaction
-from engine.trove.bench import BENCH_START_NS, QUERY_KINDS, seeded_batches, seeded_times_ns, time_queries
+from engine.trove.bench import (
+    BENCH_START_NS,
+    QUERY_KINDS,
+    bench_dir,
+    seeded_batches,
+    seeded_times_ns,
+    time_queries,
+)
 from engine.trove.config import TroveConfig
 from engine.trove.files import write_parquet
 from engine.trove.manifest import Manifest, Segment, merge_ranges, save_manifest
@@ -457,11 +463,7 @@ def bench_direct(
 ) -> DirectBenchResult:
     """``trove bench --direct``: ``build`` a trove (in a temporary directory if ""), then time each
     query kind as ``trove bench`` does, from a reader of the directory."""
-    root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="cbdc-trove-build-"))
-    try:
+    with bench_dir(directory, "cbdc-trove-build-") as root:
         built = build(root, rows=rows, accounts=accounts, seed=seed, config=config, threads=threads)
         timings = time_queries(TroveReader.open(root), accounts, seed, queries, kinds=kinds)
-    finally:
-        if not directory:
-            shutil.rmtree(root, ignore_errors=True)
     return DirectBenchResult(build=built, queries=timings)

@@ -107,6 +107,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bd.add_argument("--json", action="store_true", help="print one JSON object")
     bd.set_defaults(func=_build)
 
+    sc = tsub.add_parser(
+        "sidecars",
+        help="build the runs' sidecars that --cell and --same-device look up (else built on first use)",
+    )
+    sc.add_argument("dir", help="trove directory")
+    sc.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="sidecars built side by side (each ~3 GB of memory for a 2^26-row run) (default 1)",
+    )
+    add_json(sc)
+    sc.set_defaults(func=_sidecars)
+
     pr = tsub.add_parser("probe", help="time each query kind against a trove a server is writing")
     pr.add_argument("dir", help="trove directory (a run's --trove)")
     add_seconds(pr, default=20.0, what="seconds of querying")
@@ -287,6 +301,22 @@ def _bench_direct(args: argparse.Namespace) -> int:
         return 0
     _print_build(out.build)
     _print_latencies(out.queries)
+    return 0
+
+
+def _sidecars(args: argparse.Namespace) -> int:
+    reader = TroveReader.open(args.dir)
+    try:
+        out = reader.build_sidecars(threads=args.threads)
+    finally:
+        reader.close()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(
+            f"{out['built']:.0f} sidecars built in {out['seconds']:.1f} s; all sidecars {out['bytes'] / 1e9:.2f} GB, "
+            f"{out['bytes_per_row']:.1f} bytes per row of the runs"
+        )
     return 0
 
 

@@ -124,7 +124,7 @@ def test_a_persons_payments_read_only_the_row_groups_that_can_hold_them(tmp_path
         read = total = 0
         for path in paths:
             total += pq.ParquetFile(path).metadata.num_rows
-            rows = reader._rows_of(path, "payer", 7)
+            rows = reader._lookup(path, "payer", np.array([7]))
             read += 0 if rows is None else rows.num_rows
         assert 0 < read < total / 4  # 60 accounts, 64-row groups sorted by payer
         assert table_rows(reader.payments(7)) == expected_payments(ref, 7)
