@@ -18,6 +18,13 @@ The people of each way are different draws, so one way's reads do not warm the n
 Prints one JSON object. A quiet-machine re-take at 10^9 rows takes ~1-2 minutes:
 
     python -m benchmarks.trove_lookup_cost --trove-dir /work/big-tquery/t1e9 --queries 200
+
+``--kinds K1,K2,...`` times those query kinds instead (``engine.trove.bench.time_queries``, idle,
+the same subjects for every kind, so a kind and its DuckDB form ``K_sql`` answer for the same
+people: the old and the new path in one run), after building the runs' sidecars (timed apart):
+
+    python -m benchmarks.trove_lookup_cost --trove-dir DIR --queries 20 \
+        --kinds counterparties_2hop,counterparties_2hop_sql,same_device,same_device_sql
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import numpy as np
 
 from benchmarks.trove_under_load import history_window
 from engine.simtime import NS_PER_DAY
+from engine.trove.bench import SIDECAR_KINDS, time_queries
 from engine.trove.manifest import load_manifest
 from engine.trove.query import LOOKUP_THREADS, TroveReader
 
@@ -136,13 +144,29 @@ def lookup_cost(trove: Path, queries: int, seed: int) -> dict[str, Any]:
     return out
 
 
+def kinds_cost(trove: Path, queries: int, seed: int, kinds: tuple[str, ...]) -> dict[str, Any]:
+    """Each of ``kinds`` timed for ``queries`` subjects over the trove's last day (its first hour
+    for the hour kinds), idle; the sidecars built first (and their cost reported)."""
+    day_start, accounts = history_window(trove)
+    reader = TroveReader.open(trove)
+    sidecars = reader.build_sidecars() if set(kinds) & set(SIDECAR_KINDS) else None
+    t0 = time.perf_counter()
+    timings = time_queries(reader, accounts, seed, queries, kinds=kinds, day_start_ns=day_start)
+    return {"trove": str(trove), "sidecars": sidecars, "seconds": time.perf_counter() - t0, "queries": timings}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trove-dir", required=True, help="an existing trove (not changed)")
     p.add_argument("--queries", type=int, default=100, help="people per way (default 100)")
     p.add_argument("--seed", type=int, default=20_261_203)
+    p.add_argument("--kinds", default="", help="time these query kinds instead, e.g. same_device,same_device_sql")
     args = p.parse_args(argv)
-    print(json.dumps(lookup_cost(Path(args.trove_dir), args.queries, args.seed), indent=1))
+    if args.kinds:
+        out = kinds_cost(Path(args.trove_dir), args.queries, args.seed, tuple(args.kinds.split(",")))
+    else:
+        out = lookup_cost(Path(args.trove_dir), args.queries, args.seed)
+    print(json.dumps(out, indent=1))
     return 0
 
 

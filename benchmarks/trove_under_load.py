@@ -20,12 +20,22 @@ Two ways to give the trove a history:
   DIR itself (its payments join the partitions of their simulated days: with a ``trove bench``
   trove that is the bench's first day, which then gets merges of its own).
 
+Each round asks every kind still to be timed about the same subject; ``--max-queries`` bounds the
+timed queries per kind (a kind that has them drops out of the rounds, and the probe ends when every
+kind is done), so a slow kind (the aggregates; the ``*_sql`` forms, DuckDB as before the lookups)
+cannot take the whole window. With a sidecar kind (``co_location_hour``, ``same_device``) the
+queried trove's missing sidecars are built before the server starts, timed (``sidecars``).
+``run_outlasted_probe`` false means some queries ran after the load had stopped: give more
+``--seconds``.
+
 Quiet-machine commands (each ~3-5 min):
 
     python -m benchmarks.trove_under_load --rate 300000 --seconds 60 --preload-rows 1e7
     python -m benchmarks.trove_under_load --rate 300000 --seconds 60 --trove-dir /work/t1e9/trove
-    python -m benchmarks.trove_under_load --rate 300000 --seconds 60 --trove-dir /work/t1e9/trove \
-        --kinds payments_day   # at 10^9 rows a round of every kind takes seconds: the person's day alone
+    # every kind at 10^9 rows, bounded (build the sidecars first: cbdc-bench trove sidecars DIR --threads 2)
+    python -m benchmarks.trove_under_load --rate 300000 --seconds 120 --trove-dir /work/t1e9/trove \
+        --kinds payments_day,counterparties_2hop,co_location_hour,same_device,aggregate_hour \
+        --max-queries 300,aggregate_hour=15
 
 Small check (~1 min): ``--rate 20000 --seconds 8 --accounts 100000 --preload-rows 2e5``.
 """

@@ -202,3 +202,24 @@ def test_arrival_ordered_segments_are_read_whole(trove_and_ref, rng) -> None:
         assert reader.lookup_counts["sidecars_built"] == 0
     finally:
         reader.close()
+
+
+def test_the_probe_stops_each_kind_at_its_bound(trove_and_ref) -> None:
+    """``probe_live`` with ``max_queries``: a bounded kind gets exactly its queries and drops out of
+    the rounds, and the probe ends once every kind is done (long before its ``seconds``)."""
+    from benchmarks.trove_under_load import max_queries
+    from engine.trove.bench import probe_live
+
+    trove, _ = trove_and_ref
+    kinds = ("payments_day", "same_device", "same_device_sql")
+    bounds = max_queries("4,same_device_sql=2", kinds)
+    assert bounds == {"payments_day": 4, "same_device": 4, "same_device_sql": 2}
+    with pytest.raises(ValueError, match="not among --kinds"):
+        max_queries("4,aggregate_hour=2", kinds)
+    with pytest.raises(ValueError, match="not N or KIND=N"):
+        max_queries("four", kinds)
+    out = probe_live(str(trove.root), seconds=600, accounts=ACCOUNTS, seed=1, kinds=kinds, max_queries=bounds)
+    assert {k: v["queries"] for k, v in out.items()} == {"payments_day": 4, "same_device": 4, "same_device_sql": 2}
+    assert all(v["failed"] == 0 for v in out.values())
+    with pytest.raises(ValueError, match="query kinds are"):
+        probe_live(str(trove.root), seconds=1, accounts=ACCOUNTS, seed=1, kinds=("same_device_sq",))
