@@ -19,6 +19,7 @@ from engine.simtime import NS_PER_HOUR
 from engine.trove.query import SIDECAR_DIR, TroveReader, sidecar_source
 from engine.trove.schema import COLUMNS
 from engine.trove.store import Trove
+from loadgen.cli.trove import stats as trove_stats
 from tests.engine.test_trove import ACCOUNTS, START_NS, load, load_sync, random_entries, reference_rows, small_config
 
 ALL_TIME = (-(2**63), 2**63 - 1)
@@ -182,6 +183,7 @@ def test_sidecars_are_built_once_named_by_digest_and_pruned_with_their_runs(tmp_
         assert left == {s.file("payer").path for s in reader._segments if s.kind == "run"}
         stats = reader.build_sidecars()  # everything is there already
         assert stats["built"] == 0 and stats["bytes"] > 0
+        assert trove_stats(str(root))["sidecar_bytes"] == stats["bytes"]
         reader.close()
     finally:
         trove.close()
