@@ -481,11 +481,13 @@ class TroveReader:
         """Every payment in [lo, hi) whose ``key`` column is one of ``keys``, as numpy columns
         (``key``, payer, timestamp_ns).
 
-        A run (sorted by account) is looked up in its *sidecar*: the run's ``key``, payer and
-        timestamp_ns sorted by ``key`` (``build_sidecar``), a derived file kept under the trove's
-        ``index/`` directory, built the first time a query needs it (or ahead, by
+        A run (sorted by account) is looked up in its *sidecar*: the run's ``key`` column and each
+        row's position in the run, sorted by ``key`` (``build_sidecar``), a derived file kept under
+        the trove's ``index/`` directory, built the first time a query needs it (or ahead, by
         ``build_sidecars``) and named by the run file's digest, so it can never describe another
-        file. The writer's arrival-ordered segments (recent, small) are read whole."""
+        file. The positions of the wanted keys then select the rows of the run's payer-sorted file
+        (``_rows_at``: the row groups holding them, three columns). The writer's arrival-ordered
+        segments (recent, small) are read whole."""
         import numpy as np
         import pyarrow.parquet as pq
 
@@ -501,7 +503,11 @@ class TroveReader:
             source = str(root / entry.path)
             if s.kind == "run":
                 side = self._sidecar(root, entry, key)
-                rows = self._lookup(source, key, wanted, columns, read_from=str(side))
+                hits = self._lookup(source, key, wanted, (key, "row"), read_from=str(side))
+                if hits is None:
+                    return None
+                found = hits["row"].to_numpy()[np.isin(hits[key].to_numpy(), wanted)]
+                rows = self._rows_at(source, np.sort(found), columns) if len(found) else None
             else:
                 rows = pq.read_table(source, columns=list(columns), use_threads=False)
             return None if rows is None else _where(rows, key, wanted, lo, hi)
@@ -512,9 +518,24 @@ class TroveReader:
             c: np.concatenate([t[c].to_numpy() for t in found]) if found else np.zeros(0, np.int64) for c in columns
         }
 
+    def _rows_at(self, path: str, positions: Any, columns: Sequence[str]) -> pa.Table:
+        """The rows at ``positions`` (sorted) of the payer-sorted file ``path``, with ``columns``:
+        only the row groups that hold them are read."""
+        import numpy as np
+
+        index = self._index(path, "payer")
+        starts = np.concatenate([[0], np.cumsum(index.rows)])
+        groups = np.searchsorted(starts, positions, "right") - 1
+        wanted = np.unique(groups)
+        self._count("whole_groups", len(wanted))
+        table = index.file.read_row_groups(wanted.tolist(), columns=list(columns), use_threads=False)
+        # Where each wanted group begins in ``table``: its rows are the groups' rows end to end.
+        begins = np.concatenate([[0], np.cumsum(index.rows[wanted])[:-1]])
+        return table.take(positions - starts[groups] + begins[np.searchsorted(wanted, groups)])
+
     def _sidecar(self, root: Path, entry: FileEntry, key: str) -> Path:
         """The sidecar of the run file ``entry`` by ``key``, built now if it is not there (one at a
-        time: a 2^26-row run's sidecar takes ~4.4 GB while it is sorted)."""
+        time: a build holds the run's key column, its permutation and the sorted copy)."""
         side = sidecar_path(root, entry, key)
         if not side.exists():
             with self._sidecar_lock:
@@ -532,9 +553,8 @@ class TroveReader:
 
     def build_sidecars(self, keys: Sequence[str] | None = None, *, threads: int = 1) -> dict[str, float]:
         """Build every missing sidecar of the committed runs now (what ``co_location`` and
-        ``same_device`` would build on first use), ``threads`` at a time (a build peaked at ~65 bytes
-        a row of its run, measured on 8.4M rows: ~4.4 GB for a 2^26-row run): seconds, sidecars
-        built, the sidecars' bytes on disk and per row of the runs."""
+        ``same_device`` would build on first use), ``threads`` at a time: seconds, sidecars built,
+        the sidecars' bytes on disk and per row of the runs."""
         import time
 
         t0 = time.perf_counter()
@@ -548,10 +568,9 @@ class TroveReader:
                 for s in runs
             ]
             todo = [(source, side) for source, side in todo if not side.exists()]
-            key_of = {side: side.parent.name for _, side in todo}
 
             def one(item: tuple[Path, Path]) -> None:
-                build_sidecar(item[0], item[1], key_of[item[1]], self.config.row_group_rows)
+                build_sidecar(item[0], item[1], item[1].parent.name, self.config.row_group_rows)
 
             if threads > 1 and len(todo) > 1:
                 from concurrent.futures import ThreadPoolExecutor
@@ -613,12 +632,15 @@ class TroveReader:
 
 #: The derived per-run files ``co_location`` and ``same_device`` look up (``_keyed``), under the trove.
 SIDECAR_DIR = "index"
-#: Sidecar key -> the columns it holds (the key first; sorted by it, then payer and time).
+#: Sidecar key -> the columns ``_keyed`` returns (the key first).
 _KEYED_COLUMNS = {
     "location_cell": ("location_cell", "payer", "timestamp_ns"),
     "device_id": ("device_id", "payer", "timestamp_ns"),
 }
 SIDECAR_KEYS = tuple(_KEYED_COLUMNS)
+#: In the sidecar's name: a sidecar of another layout (1: key, payer, time) is never read, and is
+#: pruned once its run is gone.
+SIDECAR_FORMAT = 2
 #: What a counterparty link needs from a row.
 _LINK_COLUMNS = ("payer", "payee", "amount_fen", "timestamp_ns")
 
@@ -627,7 +649,7 @@ def sidecar_path(root: Path, entry: FileEntry, key: str) -> Path:
     """Where the sidecar of run file ``entry`` by ``key`` lives: named by the file's digest and
     path (``sidecar_source`` reads the path back), so a sidecar never outlives or mislabels its file."""
     digest = (entry.sha256 or entry.blake2b)[:24]
-    return root / SIDECAR_DIR / key / f"{digest}-{entry.path.replace('/', '~')}"
+    return root / SIDECAR_DIR / key / f"{digest}.v{SIDECAR_FORMAT}-{entry.path.replace('/', '~')}"
 
 
 def sidecar_source(side: Path) -> str:
@@ -636,10 +658,11 @@ def sidecar_source(side: Path) -> str:
 
 
 def build_sidecar(source: Path, side: Path, key: str, row_group_rows: int) -> None:
-    """Write the sidecar of the payer-sorted run file ``source``: its ``key``, payer and
-    timestamp_ns, sorted by ``key`` (stable, so then by payer and time as the run is), delta
-    encoded and zstd, in row groups of ``row_group_rows``; written to a temporary name and renamed (readers never see
-    half a file, and two readers building it at once both leave a whole one)."""
+    """Write the sidecar of the payer-sorted run file ``source``: its ``key`` column and each row's
+    position in the run (``row``, uint32), sorted by ``key`` and then position, delta encoded
+    (both columns are ascending or nearly: ~1 byte a row for the key, 1-3 for the position) and
+    zstd, in row groups of ``row_group_rows``; written to a temporary name and renamed (readers
+    never see half a file, and two readers building it at once both leave a whole one)."""
     import os
     import threading
 
@@ -647,20 +670,13 @@ def build_sidecar(source: Path, side: Path, key: str, row_group_rows: int) -> No
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(source, columns=list(_KEYED_COLUMNS[key]))
-    order = np.argsort(table[key].to_numpy(), kind="stable")
-    # Column by column, each source column let go once gathered (not two copies of the run at once).
-    gathered = {}
-    for name in _KEYED_COLUMNS[key]:
-        gathered[name] = table[name].take(order)
-        table = table.drop_columns([name])
-    del order
-    table = pa.table(gathered)
+    values = pq.read_table(source, columns=[key])[key].to_numpy()
+    order = np.argsort(values, kind="stable")
+    table = pa.table({key: values[order], "row": order.astype(np.uint32)})
+    del values, order
     side.parent.mkdir(parents=True, exist_ok=True)
     tmp = side.with_name(f"{side.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        # Delta encoding, no dictionaries: the key and payer are sorted within the file or nearly
-        # so, and the times are deltas of ~46 bits; 8-9 bytes a row against 15-16 with the defaults.
         encodings = dict.fromkeys(table.column_names, "DELTA_BINARY_PACKED")
         pq.write_table(
             table,

@@ -116,7 +116,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=1,
-        help="sidecars built side by side (each ~4.4 GB of memory for a 2^26-row run) (default 1)",
+        help="sidecars built side by side (default 1)",
     )
     add_json(sc)
     sc.set_defaults(func=_sidecars)
