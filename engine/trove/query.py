@@ -1,5 +1,9 @@
-"""The queries a surveillance state runs against the trove, in DuckDB over its Parquet files
-(``payments``: pyarrow row-group reads through a sparse index, see there).
+"""The queries a surveillance state runs against the trove, over its Parquet files.
+
+The person-centred kinds are lookups with pyarrow through a sparse index per file (``payments``,
+``counterparties``) or per-run sidecars (``same_device``, ``co_location``: see ``_keyed``); the
+aggregates are a DuckDB scan of the window's files. The DuckDB forms of (b)-(d) are kept as
+``*_sql`` (the tests' second oracle, the benchmarks' old side).
 
 (a) ``payments``: a person's payments, sent and received, in a time window;
 (b) ``counterparties``: who they pay and are paid by, one and two hops, ranked, top-k;
