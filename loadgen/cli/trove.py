@@ -85,7 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--kinds",
         default=",".join(QUERY_KINDS),
-        help="query kinds to time, comma-separated (default all; at 10^9 rows payments_day alone takes seconds)",
+        help="query kinds to time, comma-separated (default all five; add counterparties_2hop_sql, "
+        "co_location_hour_sql, same_device_sql for the DuckDB forms on the same subjects)",
     )
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=_bench)
