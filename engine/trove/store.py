@@ -461,13 +461,16 @@ class Trove(TroveFeed):
     def _compact_locked(self, *, everything: bool, t0: int) -> bool:
         try:
             with self._lock:
-                sources = (
-                    compaction.plan(self.manifest, self.config, everything=everything) if self.config.compact else []
+                step = (
+                    compaction.plan_merge(self.manifest, self.config, everything=everything)
+                    if self.config.compact
+                    else None
                 )
-                if sources:
+                sources = step.sources if step is not None else []
+                if step is not None:
                     seg_id = self.manifest.next_segment_id
                     self.manifest.next_segment_id += 1
-            if sources:
+            if step is not None:
                 run = compaction.merge(
                     self.root,
                     sources,
@@ -476,6 +479,7 @@ class Trove(TroveFeed):
                     self.config,
                     duckdb_connection=self._duckdb,
                     stopping=self._stop.is_set,
+                    final=step.final,
                 )
                 with self._lock:
                     ids = {s.id for s in sources}
