@@ -9,10 +9,10 @@ measures the two and counts the tiers instead of loading the 10^9 rows a steady 
   so that there are ``fanin`` runs in the intermediate codec to merge: a merge's CPU per row
   merged hardly depends on the size of its sources); then one merge of ``fanin`` of them timed
   twice, as an intermediate merge (lz4 out) and as a merge into the last tier (zstd out).
-* ``merges_per_row``: the size-tiered policy (``compaction.plan``) simulated over
+* ``merges_per_row``: the size-tiered policy (``compaction.plan_merge``) simulated over
   ``--policy-rows`` rows of segments of ``--segment-rows`` in one partition (no data: segment
-  sizes only), with the runs a partition holds at the end (what a query of that day reads, one
-  row group each). ``--segment-rows`` is what the writer's flushes make: the configured
+  sizes only), with the runs the partition holds while live (at most, on average) and at the end,
+  closed (what a query of that day reads, one row group each). ``--segment-rows`` is what the writer's flushes make: the configured
   ``segment_rows`` (its memtable) when the rate fills it within ``flush_interval_s``, else the
   rate times the interval (e.g. 5e5 for 1-second flushes at 500,000/s, the old default).
 * ``writer_memtable_ns_per_row``: one memtable of ``--segment-rows`` rows written as the writer
@@ -54,25 +54,36 @@ from engine.trove.store import Trove
 
 
 def simulate_policy(config: TroveConfig, segment_rows: int, rows: int) -> dict[str, float]:
-    """Rows merged per row written (into an intermediate tier, lz4, and into the last, zstd), and
-    runs left, for ``rows`` rows in segments of ``segment_rows``."""
+    """Rows merged per row written (into an intermediate tier, and into a final run, zstd), and the
+    runs the partition holds (what a query of that day reads, two files each): at most and on
+    average while it is live (after each flush's merges), and at the end once it is closed (the
+    final flush's ``everything``), for ``rows`` rows in segments of ``segment_rows``."""
     m = Manifest(trove_id="simulated", partition_ns=config.partition_ns, partition_starts=[0])
-    written = merged = merged_last = 0
+    written = merged = merged_final = 0
+    live_runs: list[int] = []
+
+    def merge_due(everything: bool) -> None:
+        nonlocal merged, merged_final
+        while step := compaction.plan_merge(m, config, everything=everything):
+            merged += step.rows
+            merged_final += step.rows if step.final else 0
+            ids = {s.id for s in step.sources}
+            m.segments = [s for s in m.segments if s.id not in ids] + [
+                _segment(m, step.rows, compaction.tier_of(step.rows, config))
+            ]
+
     while written < rows:
         n = min(segment_rows, rows - written)
         m.segments.append(_segment(m, n, compaction.tier_of(n, config)))
         written += n
-        while sources := compaction.plan(m, config):
-            out = sum(s.rows for s in sources)
-            merged += out
-            merged_last += out if compaction.is_last_tier(out, config) else 0
-            ids = {s.id for s in sources}
-            m.segments = [s for s in m.segments if s.id not in ids] + [
-                _segment(m, out, compaction.tier_of(out, config))
-            ]
+        merge_due(everything=False)
+        live_runs.append(len(m.segments))
+    merge_due(everything=True)
     return {
         "merges_per_row": merged / written,
-        "last_tier_merges_per_row": merged_last / written,
+        "last_tier_merges_per_row": merged_final / written,
+        "runs_live_max": float(max(live_runs)),
+        "runs_live_mean": sum(live_runs) / len(live_runs),
         "runs_at_end": float(len(m.segments)),
     }
 
