@@ -14,7 +14,8 @@ measures the two and counts the tiers instead of loading the 10^9 rows a steady 
   sizes only), with the runs the partition holds while live (at most, on average) and at the end,
   closed (what a query of that day reads, one row group each). ``--segment-rows`` is what the
   writer's flushes make: the configured ``segment_rows`` (its memtable) when the rate fills it
-  within ``flush_interval_s``, else the rate times the interval (e.g. 5e5 for 1-second flushes at 500,000/s, the old default).
+  within ``flush_interval_s``, else the rate times the interval (e.g. 5e5 for 1-second flushes
+  at 500,000/s).
 * ``writer_memtable_ns_per_row``: one memtable of ``--segment-rows`` rows written as the writer
   does in a partition's steady state (intermediate codec); sorting and gathering 2^22 rows cost
   more per row than the smaller segments above.
