@@ -22,6 +22,10 @@ measures the two and counts the tiers instead of loading the 10^9 rows a steady 
 * ``steady_ns_per_row`` = writer (the larger of the two) + intermediate merges per row x an intermediate merge's CPU per
   row + last-tier merges per row x a last-tier merge's (zstd costs more to write than lz4).
 
+``--layout-rows 1e9``: only the runs ``trove build`` would leave for that many rows and accounts
+(``bulk.plan_runs``: the writer's flushes of ``--segment-rows`` and the policy, on metadata, in
+seconds) and the files a person's day in the last day reads.
+
 Prints one JSON object. Under a minute each on a quiet 2-core machine (1-second runs at
 500,000/s, what the default flushes make, then a 2^22-row memtable):
 
@@ -157,6 +161,27 @@ def measure_writer(segment_rows: int, config: TroveConfig) -> dict[str, float]:
     return {"writer_memtable_ns_per_row": ns / segment_rows}
 
 
+def layout(rows: int, config: TroveConfig) -> dict[str, Any]:
+    """The runs the policy leaves for ``rows`` seeded rows over as many accounts (``trove build``'s
+    plan, on metadata only: ``bulk.plan_runs``), and the files a person's day in the last simulated
+    day reads (both orderings of every run that overlaps it)."""
+    from engine.simtime import NS_PER_DAY
+    from engine.trove.bulk import plan_runs
+
+    plan = plan_runs(rows, rows, config)
+    last_ns = max(r.max_timestamp_ns for r in plan.runs)
+    per_partition: dict[int, int] = {}
+    for r in plan.runs:
+        per_partition[r.partition] = per_partition.get(r.partition, 0) + 1
+    return {
+        "layout_rows": rows,
+        "layout_runs": len(plan.runs),
+        "layout_runs_per_partition": per_partition,
+        "layout_files_per_lookup": 2 * sum(r.max_timestamp_ns > last_ns - NS_PER_DAY for r in plan.runs),
+        "layout_merges_per_row": plan.rows_merged / rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=parse_count, default=8_000_000, help="rows to write and merge (default 8e6)")
@@ -173,8 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         default=TroveConfig().intermediate_compression,
         help="codec of files a merge reads again (default: the config's)",
     )
+    p.add_argument(
+        "--layout-rows",
+        type=parse_count,
+        default=0,
+        help="only the layout the policy leaves for this many rows and accounts (metadata, no data), e.g. 1e9",
+    )
     args = p.parse_args(argv)
     config = TroveConfig(fanin=args.fanin, intermediate_compression=args.intermediate_compression)
+    if args.layout_rows:
+        cfg = msgspec.structs.replace(config, segment_rows=int(args.segment_rows))
+        print(json.dumps({"segment_rows": cfg.segment_rows, **layout(int(args.layout_rows), cfg)}, indent=1))
+        return 0
     out: dict[str, Any] = {
         "fanin": config.fanin,
         "segment_rows": int(args.segment_rows),

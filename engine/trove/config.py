@@ -13,9 +13,10 @@ CODECS = ("zstd", "lz4", "snappy", "none")
 class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Where the trove lives, how it is cut into files, and how much disk it may use.
 
-    Sizes are chosen for a 2-core, 24 GiB machine: a segment of 2**20 rows is ~60 MB of columns
-    in memory while it is written; a merge holds at most ``compaction_memory_mb`` (DuckDB sorts
-    out of core past that), so compaction never needs memory in proportion to the trove.
+    Sizes are chosen for a 2-core, 24 GiB machine: a memtable of 2**22 rows is ~250 MB of columns
+    (two while one is written, ~0.8 GB at the peak of a flush); a merge holds a few read-ahead
+    batches per source (DuckDB, for old troves' arrival-ordered segments, at most
+    ``compaction_memory_mb``), so compaction never needs memory in proportion to the trove.
     """
 
     #: Directory of the trove; "" = a temporary directory deleted when the hook closes (tests,
