@@ -330,11 +330,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{out} already holds result files: move them away, or pass --plan-only")
             out.mkdir(parents=True, exist_ok=True)
             scale = 0.1 if args.tiny else 1.0
-            print(
-                f"measuring {', '.join(args.labels)}: about {estimate_seconds(args.labels) / 60:.0f} minutes on a "
-                f"quiet 2-core machine (+{RUN_S:.0f} s per run the host's steal spoils)",
-                flush=True,
-            )
+            if not args.tiny:
+                print(
+                    f"measuring {', '.join(args.labels)}: about {estimate_seconds(args.labels) / 60:.0f} minutes on a "
+                    f"quiet 2-core machine (+{RUN_S:.0f} s per run the host's steal spoils)",
+                    flush=True,
+                )
             t0 = time.monotonic()
             rec, kept = measure(out, search_out, scale=scale, accounts="20000" if args.tiny else "1000000",
                                 seconds="1" if args.tiny else "3", warmup="0.5" if args.tiny else "2",

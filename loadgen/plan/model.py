@@ -189,6 +189,8 @@ class ProfilePlan(msgspec.Struct, frozen=True, kw_only=True):
     #: one core ("does not fit one core: ..."), a fit used far outside the rates it was measured at.
     #: Every report prints these first.
     breaks: list[str] = []
+    #: The result file the snapshot bytes per account came from (None: not measured).
+    snapshot_file: str | None = None
 
 
 class Prediction(msgspec.Struct, frozen=True):
@@ -712,6 +714,7 @@ def plan_profile(
         one_core=one_core,
         pooled={t: labels for t, (_, labels) in pooled.items()},
         breaks=breaks if problem is None else [],
+        snapshot_file=snapshot_from.file if snapshot_from else None,
     )
 
 

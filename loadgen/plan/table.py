@@ -81,7 +81,7 @@ def _disk_text(p: ProfilePlan) -> str:
     disk = " + ".join(f"{k} {size_text(v)}" for k, v in p.disk_per_day_bytes.items()) or "not measured"
     if not p.disk_per_day_complete and p.disk_per_day_bytes:
         disk += " + a store not measured"
-    return disk + f"; snapshots {size_text(p.snapshot_bytes)}"
+    return disk + f"; snapshots kept {size_text(p.snapshot_bytes)}"
 
 
 def _steal_text(stolen_cores: float | None, cores: int) -> str:
@@ -164,11 +164,12 @@ def headline_markdown(
     m = r.machine
     lines = [
         BEGIN,
+        *(f"{line}\n" for line in in_one_look(plan)),
         f"At {r.rate_tps:,.0f} payments/s for {r.accounts:,} accounts, per replica ({r.replicas} replicas; machines "
         f"of {m.cores} cores, {m.memory_bytes / GIB:,.0f} GiB), CPU measured on {plan.cpu_model}:",
         "",
         "| profile | cores (band) | of which policy/surveillance | sequencer's one core (and the other one-core "
-        "tiers) | sequencer's state | disk per day | network in+out | machines |",
+        "tiers) | sequencer's state | disk per day; snapshots kept | network in+out | machines |",
         "|---|---|---|---|---|---|---|---|",
         *(_plan_row(p, r.rate_tps) for p in profiles),
         "",
@@ -239,29 +240,75 @@ def headline_markdown(
         pr = predictions.get(p.profile)
         if pr is not None and pr.measured is not None:
             files.append(_relative(pr.measured.file, root))
-        lines.append(f"- {p.profile}: " + ", ".join(f"`{f}`" for f in files))
+        snapshot = (
+            f", `{_relative(p.snapshot_file, root)}` (its snapshot size)"
+            if p.snapshot_file and p.snapshot_file not in {run.file for run in by_label.get(p.profile, [])}
+            else ""
+        )
+        lines.append(f"- {p.profile}: " + ", ".join(f"`{f}`" for f in files) + snapshot)
     if plan.missing:
         lines += ["", f"Not measured for {plan.plan.profile} (the plan lists the command for each):"]
         lines += [f"- {x.what}: `{x.command}`" for x in plan.missing]
     return "\n".join([*lines, END])
 
 
+def in_one_look(plan: CapacityPlan) -> list[str]:
+    """The plan's answer in a few sentences, every figure from ``plan`` (the README's bullets refer to
+    these lines instead of typing the figures): the planned profile against ``baseline``, and the
+    validators of the most-validators ``signed`` label against the profile's hooks."""
+    r = plan.request
+    by_label = {p.profile: p for p in [plan.plan, *plan.others] if p.cpu_problem is None}
+    p, base = plan.plan, by_label.get("baseline")
+    if p.cpu_problem is not None:
+        return []
+    disk = " + ".join(f"{k} {size_text(v)}" for k, v in p.disk_per_day_bytes.items())
+    lines = [
+        f"**In one look** (the plan below, at {r.rate_tps:,.0f} payments/s for {r.accounts:,} accounts, per replica): "
+        f"`{p.profile}` needs {p.cores:.2f} cores ({p.cores_low:.2f}-{p.cores_high:.2f}), "
+        f"{p.surveillance_cores:.2f} of them its policy and surveillance hooks, "
+        + (f"against {base.cores:.2f} for `baseline`; " if base is not None else "")
+        + (f"{p.memory_bytes / GIB:,.1f} GiB of sequencer state; " if p.memory_bytes is not None else "")
+        + f"disk {disk or 'not measured'} a day"
+        + (f" and {size_text(p.disk_retention_bytes)} for {r.retention_days:g} days x {r.replicas} replicas" if
+           p.disk_retention_bytes is not None else "")
+        + f"; {p.machines if p.machines is not None else 'no'} machines of {r.machine.cores} cores"
+        + (f" ({base.machines} for `baseline`)" if base is not None else "")
+        + "."
+    ]  # fmt: skip
+    signed = [q for label, q in by_label.items() if label.startswith("signed@")]
+    if signed:
+        q = max(signed, key=lambda x: x.profile)
+        validators = next((t for t in q.tiers if t.tier == "validators"), None)
+        if validators is not None:
+            ratio = f", {validators.cores / p.surveillance_cores:,.0f}x" if p.surveillance_cores > 0 else ""
+            lines.append(
+                f"Verifying the signatures (`{q.profile}`) takes {validators.cores:.1f} cores "
+                f"({validators.ns_per_payment / 1e3:,.0f} us of CPU per payment){ratio} what `{p.profile}`'s policy "
+                f"and surveillance hooks take ({p.surveillance_cores:.2f})."
+            )
+    return lines
+
+
 def steal_summary(runs: Sequence[RunCost], maxima: Sequence[MeasuredMax], spoiled: Sequence[str]) -> str:
     """How many runs and search trials the host's steal spoiled: measured again, or kept spoiled."""
     recorded = [r for r in runs if r.stolen_cores is not None]
-    kept_spoiled = [r for r in recorded if steal_spoiled(r.stolen_cores or 0.0, r.cores)]
-    steal = [r.stolen_cores or 0.0 for r in recorded]
-    trials_retried = sum(m.retried_trials for m in maxima)
-    trials_spoiled = sum(m.spoiled_trials for m in maxima)
     if not recorded:
         return "Host steal: not recorded in these result files (before machine_cpu)."
+    steal = [r.stolen_cores or 0.0 for r in recorded]
+    kept_spoiled = sum(steal_spoiled(r.stolen_cores or 0.0, r.cores) for r in recorded)
+    trials = [m for m in maxima if m.stolen_cores is not None]
+    if trials:
+        retried, still = sum(m.retried_trials for m in trials), sum(m.spoiled_trials for m in trials)
+        searches = f"; {retried} search trials measured again, {still} kept still spoiled"
+    elif maxima:
+        searches = "; the searches' trials did not record their steal (comparisons from before --steal-retries)"
+    else:
+        searches = ""
     return (
-        f"Host steal (a window is spoiled when it took >= {STEAL_NOTE_SHARE:.0%} of the cores, and measured again): "
-        f"{len(spoiled)} attempt{'s' if len(spoiled) != 1 else ''} set aside as spoiled (files under `spoiled/`), "
-        f"{trials_retried} search trial{'s' if trials_retried != 1 else ''} re-measured; the kept runs' steal "
-        f"{min(steal):.2f}-{max(steal):.2f} cores, {len(kept_spoiled)} of {len(recorded)} runs and "
-        f"{trials_spoiled} search trial{'s' if trials_spoiled != 1 else ''} still spoiled (marked SPOILED: the "
-        "retries ran out, the least-stolen attempt kept)."
+        f"Host steal (a window is spoiled when it took >= {STEAL_NOTE_SHARE:.0%} of the cores; it is measured again, "
+        "up to `--steal-retries` times, then the least-stolen attempt is kept and marked SPOILED): "
+        f"{len(spoiled)} run attempts set aside as spoiled (under `spoiled/`, never fitted); the kept runs' steal "
+        f"{min(steal):.2f}-{max(steal):.2f} cores, {kept_spoiled} of {len(recorded)} still spoiled{searches}."
     )
 
 

@@ -114,8 +114,8 @@ def test_the_plan_never_reads_spoiled_attempts_and_marks_a_kept_spoiled_run(tmp_
     plan = build_plan(inputs, _request())
     assert plan.plan.cores == pytest.approx(clean.plan.cores)
     section = headline_markdown(plan, inputs.runs, plan_command="p", commands_file="c", spoiled=inputs.spoiled)
-    assert "2 attempts set aside as spoiled" in section
-    assert f"1 of {len(RATES_AND_BATCHES)} runs and 0 search trials still spoiled" in section
+    assert "2 run attempts set aside as spoiled" in section
+    assert f"1 of {len(RATES_AND_BATCHES)} still spoiled." in section
     assert section.count("SPOILED: steal") == 1
     assert f"stolen {SPOILING:.2f} (SPOILED" in section
 
