@@ -55,6 +55,7 @@ from engine.profiles import default_scenario_text, load_scenario
 from loadgen.plan.inputs import SPOILED, read_inputs
 from loadgen.plan.model import GIB, Machine, PlanRequest, build_plan
 from loadgen.plan.table import headline_markdown, replace_section
+from loadgen.results.steal import least_stolen
 from loadgen.results.verdict import steal_spoiled
 
 #: What is measured: label -> (profile, extra server arguments, offered rates). The unsigned
@@ -169,28 +170,21 @@ def keep_least_stolen(measure: Callable[[], Path], spoiled_dir: Path, retries: i
     Why: steal bursts of 0.1-0.57 of the 2 cores (issue 21) gave runs fewer cores than their files
     report, so their CPU per payment and their verdicts say less about the model.
     """
-    attempts: list[tuple[Path, Stolen]] = []
-    for attempt in range(retries + 1):
-        path = measure()
-        stolen = stolen_of(path)
-        attempts.append((path, stolen))
-        if not stolen.spoiled:
-            break
-        left = retries - attempt
-        print(
-            f"  steal: {path.name} lost {stolen.cores:.2f} of {stolen.of_cores} cores: "
-            + (f"spoiled, measuring again ({left} retr{'y' if left == 1 else 'ies'} left)" if left else "retries out"),
-            flush=True,
-        )
-    kept_path, kept = min(attempts, key=lambda a: a[1].cores)
-    set_aside = []
-    for path, _ in attempts:
-        if path != kept_path:
-            spoiled_dir.mkdir(parents=True, exist_ok=True)
-            set_aside.append(path.rename(spoiled_dir / path.name))
+
+    def stolen(path: Path) -> tuple[float, int]:
+        s = stolen_of(path)
+        if s.spoiled:
+            print(f"  steal: {path.name} lost {s.cores:.2f} of {s.of_cores} cores: spoiled", flush=True)
+        return s.cores, s.of_cores
+
+    kept_path, others = least_stolen(measure, stolen, retries)
+    if others:
+        spoiled_dir.mkdir(parents=True, exist_ok=True)
+    set_aside = [path.rename(spoiled_dir / path.name) for path in others]
+    kept = stolen_of(kept_path)
     print(
         f"  kept {kept_path.name}: steal {kept.cores:.2f} cores"
-        + (f" (SPOILED: the least stolen of {len(attempts)} attempts)" if kept.spoiled else "")
+        + (f" (SPOILED: the least stolen of {len(others) + 1} attempts)" if kept.spoiled else "")
         + (f", {len(set_aside)} set aside" if set_aside else ""),
         flush=True,
     )

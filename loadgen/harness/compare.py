@@ -46,7 +46,8 @@ from loadgen.results.compare import (
 )
 from loadgen.results.environment import Calibration, collect
 from loadgen.results.run import RunResult, save, verdict_of
-from loadgen.results.verdict import Kind, steal_spoiled
+from loadgen.results.steal import least_stolen, result_steal
+from loadgen.results.verdict import Kind
 
 #: ``--quick``: the default profile set in about 10 minutes on a 2-core machine. Shorter phases
 #: (1 s warm-up + 2 s measured per search trial and per equal-load run: ~400k-2M latencies per
@@ -299,21 +300,15 @@ class Session:
         server would pass and sends a search down; the verdict only notes it. The attempts set aside
         are saved under ``OUT/spoiled`` (outside ``runs``), so nothing measured is lost.
         """
-        attempts: list[tuple[float, RunResult]] = []
-        for attempt in range(self.plan.steal_retries + 1):
-            if attempt:
-                wait_idle(self.server)
-            result = self._measure(rate_tps, search=search)
-            cpu = result.machine_cpu
-            stolen = 0.0 if cpu is None else cpu.stolen_cores
-            attempts.append((stolen, result))
-            if cpu is None or not steal_spoiled(stolen, cpu.cores):
-                break
-        kept = min(range(len(attempts)), key=lambda i: attempts[i][0])
-        for i, (_, spoiled) in enumerate(attempts):
-            if i != kept:
-                save(spoiled, self.runs_dir.parent / "spoiled")
-        return attempts[kept][1], len(attempts) - 1
+        kept, spoiled = least_stolen(
+            lambda: self._measure(rate_tps, search=search),
+            result_steal,
+            self.plan.steal_retries,
+            before_retry=lambda: wait_idle(self.server),
+        )
+        for result in spoiled:
+            save(result, self.runs_dir.parent / "spoiled")
+        return kept, len(spoiled)
 
     def _measure(self, rate_tps: float, *, search: bool) -> RunResult:
         p = self.plan
