@@ -1,6 +1,6 @@
 """The runs the capacity plan needs, the plan, and the README's headline table (issue 21).
 
-Run from the repository root on a quiet machine (about 12 minutes on 2 cores):
+Run from the repository root on a quiet machine (about 11 minutes on 2 cores, ``estimate_seconds``):
 
     python benchmarks/plan_first_cut.py --readme README.md
 
@@ -24,7 +24,7 @@ set aside go to ``OUT/spoiled`` (never read as inputs), and when the retries run
 least-stolen attempt is kept and the README's table marks it SPOILED. The searches do the same
 per trial (``compare --steal-retries``). The script prints each retry, each kept run's steal and,
 at the end, how many were spoiled; the README section says so too (``table.steal_summary``). On a
-quiet host that costs nothing: about 12 minutes in all (``estimate_seconds``), ~11 s more per
+quiet host that costs nothing: about 11 minutes in all, ~11 s more per
 re-measured run and ~3 s per re-measured trial.
 
 Every command and the result files it wrote go to ``OUT/COMMANDS.md``. ``--tiny`` runs the same
