@@ -115,7 +115,11 @@ class TroveReader:
         self.lookup_threads = lookup_threads
         self._pool: Any = None
         #: Row groups ``payments`` read: the account column alone, and whole (what its cost follows).
-        self.lookup_counts = {"account_column_groups": 0, "whole_groups": 0, "sidecars_built": 0}
+        #: (the same for sidecars' key column and the rest; row groups of runs read at sidecar
+        #: positions; sidecars built.)
+        self.lookup_counts = dict.fromkeys(
+            ("account_column_groups", "whole_groups", "sidecar_key_groups", "sidecar_groups", "position_groups"), 0
+        ) | {"sidecars_built": 0}
         self._count_lock = threading.Lock()
         #: Sidecars are built one at a time (``_sidecar``).
         self._sidecar_lock = threading.Lock()
@@ -274,12 +278,18 @@ class TroveReader:
         return entry
 
     def _lookup(
-        self, path: str, column: str, keys: Any, columns: Sequence[str] | None = None, read_from: str = ""
+        self,
+        path: str,
+        column: str,
+        keys: Any,
+        columns: Sequence[str] | None = None,
+        read_from: str = "",
+        counts: tuple[str, str] = ("account_column_groups", "whole_groups"),
     ) -> pa.Table | None:
         """The row groups of ``path`` (``read_from``) holding any of ``keys`` (sorted, unique) in
         ``column``, with ``columns`` (None: all); None when none do. The key column of the row
         groups whose min/max can hold a key is read first, the other columns only of the groups
-        where a key is."""
+        where a key is. ``counts``: the ``lookup_counts`` of the two reads."""
         import numpy as np
 
         index = self._index(path, column, read_from)
@@ -289,7 +299,7 @@ class TroveReader:
         groups = np.flatnonzero(candidates)
         if not len(groups):
             return None
-        self._count("account_column_groups", len(groups))
+        self._count(counts[0], len(groups))
         col = index.file.read_row_groups(groups.tolist(), columns=[column], use_threads=False).column(0).to_numpy()
         hits = col == keys[0] if len(keys) == 1 else np.isin(col, keys)
         if not hits.any():
@@ -297,7 +307,7 @@ class TroveReader:
         # The groups with a hit: the column's rows are the groups' rows laid end to end.
         per_group = np.add.reduceat(hits, np.concatenate([[0], np.cumsum(index.rows[groups])[:-1]]))
         wanted = groups[per_group > 0].tolist()
-        self._count("whole_groups", len(wanted))
+        self._count(counts[1], len(wanted))
         return index.file.read_row_groups(wanted, columns=None if columns is None else list(columns), use_threads=False)
 
     # ---- (b) ----------------------------------------------------------------------------------
@@ -507,7 +517,8 @@ class TroveReader:
             source = str(root / entry.path)
             if s.kind == "run":
                 side = self._sidecar(root, entry, key)
-                hits = self._lookup(source, key, wanted, (key, "row"), read_from=str(side))
+                sidecar_counts = ("sidecar_key_groups", "sidecar_groups")
+                hits = self._lookup(source, key, wanted, (key, "row"), read_from=str(side), counts=sidecar_counts)
                 if hits is None:
                     return None
                 found = hits["row"].to_numpy()[np.isin(hits[key].to_numpy(), wanted)]
@@ -531,7 +542,7 @@ class TroveReader:
         starts = np.concatenate([[0], np.cumsum(index.rows)])
         groups = np.searchsorted(starts, positions, "right") - 1
         wanted = np.unique(groups)
-        self._count("whole_groups", len(wanted))
+        self._count("position_groups", len(wanted))
         table = index.file.read_row_groups(wanted.tolist(), columns=list(columns), use_threads=False)
         # Where each wanted group begins in ``table``: its rows are the groups' rows end to end.
         begins = np.concatenate([[0], np.cumsum(index.rows[wanted])[:-1]])

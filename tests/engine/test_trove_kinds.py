@@ -171,6 +171,8 @@ def test_sidecars_are_built_once_named_by_digest_and_pruned_with_their_runs(tmp_
         assert {p.name.split(".", 1)[0] for p in sides} == digests
         assert reader.same_device(a).num_rows == len(ref_same_device(rows, a, *ALL_TIME))
         assert reader.lookup_counts["sidecars_built"] == built  # reused, not rebuilt
+        counts = reader.lookup_counts  # the sidecars' reads are counted apart from the account lookups'
+        assert counts["sidecar_key_groups"] >= counts["sidecar_groups"] > 0 and counts["position_groups"] > 0
 
         trove.compact_all()  # merges delete the runs the sidecars were built from
         gone = [p for p in sides if not (root / sidecar_source(p)).exists()]
