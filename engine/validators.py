@@ -114,6 +114,10 @@ _READY, _VERDICTS, _FAILED = b"R", b"V", b"E"
 PIPELINE_PARCELS = 2
 #: Largest parcel: two in a pipe (2 x 512 x 112 bytes) stay below a socket buffer, so sending never blocks.
 MAX_PARCEL_TRANSFERS = 512
+#: Default ``min_parcel``: a generator tick's Submits (two operators, 5 ms) up to ~25,000/s travel as
+#: one parcel, one round trip, their verdicts in one reply (hence one ledger batch), rather than one
+#: parcel per worker (module docstring, "Parcel size").
+MIN_PARCEL_TRANSFERS = 128
 
 
 class InlineValidators(Validators):
@@ -280,6 +284,7 @@ class LocalValidators(Validators):
         *,
         chunk_transfers: int = 128,
         min_split: int = 32,
+        min_parcel: int = MIN_PARCEL_TRANSFERS,
         max_attempts: int = 3,
         max_restarts: int | None = None,
         chunk_timeout_s: float = 30.0,
@@ -295,6 +300,9 @@ class LocalValidators(Validators):
         self.accounts = registry.accounts
         self.chunk_transfers = chunk_transfers
         self.min_split = max(1, min_split)
+        #: A parcel is filled up to this many transfers before the queue is split across workers
+        #: (capped at ``chunk_transfers``; ``_dispatch``).
+        self.min_parcel = max(self.min_split, min(min_parcel, chunk_transfers))
         self.max_attempts = max_attempts
         self.chunk_timeout_s = chunk_timeout_s
         self.max_restarts = 4 * workers if max_restarts is None else max_restarts
@@ -412,7 +420,7 @@ class LocalValidators(Validators):
         at least one chunk."""
         if self._closing or not self._queue or not self._slots:
             return
-        share = min(self.chunk_transfers, max(self.min_split, math.ceil(self._queued / len(self._slots))))
+        share = min(self.chunk_transfers, max(self.min_parcel, math.ceil(self._queued / len(self._slots))))
         queue = self._queue
         for depth in range(PIPELINE_PARCELS):
             for slot, s in list(self._slots.items()):
