@@ -18,8 +18,9 @@ Local workers (``LocalValidators``)
     below ``min_split`` transfers: a smaller batch stays whole, ``chunk_size``), put on one queue;
     the chunks at its head
     go to a worker together (a *parcel*: several Submits' chunks in one message), at most a fair
-    share of what is queued (queued transfers over live workers, at least ``min_split``, at most
-    ``chunk_transfers``), so that two idle workers split a burst instead of one taking it all.
+    share of what is queued (queued transfers over live workers, at least ``min_parcel``, at most
+    ``chunk_transfers``), so that two idle workers split a burst above ``min_parcel`` instead of
+    one taking it all.
     Each worker has up to ``PIPELINE_PARCELS`` (2) parcels in flight: while it verifies one, the
     next waits in its pipe, so it never idles for a round trip while work is queued.
 
@@ -39,6 +40,18 @@ Local workers (``LocalValidators``)
     to clean up after it. Two parcels of at most ``MAX_PARCEL_TRANSFERS`` fit in a socket buffer,
     so the loop's (blocking) send never waits on a worker, and a reply (one write of 1 + n bytes)
     is whole once its pipe is readable. A pool is used from the loop it was started on.
+
+Parcels (``min_parcel``, ``ServerConfig.validator_min_parcel``, 128 by default)
+    Below saturation every round trip is paid in full: a pipe write, a worker woken, its reply, the
+    server woken, and the verdicts of each reply applied as a ledger batch of their own. Up to
+    session 5 of issue 19 a parcel was at least a fair share (``min_parcel`` = ``min_split`` = 32):
+    a generator tick's two Submits of 40 (16,000/s) went to both workers, two round trips and two
+    ledger batches per tick. Filled up to 128 (~8 ms of verification) they travel together: one
+    round trip, one reply, one ledger batch per tick up to ~25,000/s, the other core left to the
+    server and the generator, at the price of ~2.5 ms more verification latency per payment at
+    16,000/s (the workers alternate ticks). In-process (``bench_validators.py --only tier-2-paced
+    --min-parcel 32`` against 128, shared machine): the workers' CPU per transfer above the
+    verification's own fell from 6-14 to 3-5 us.
 
 Priority (``nice``, ``ServerConfig.validator_nice``, 0 by default)
     The workers are the only CPU-bound processes of a signed run; the sequencer's loop and the
@@ -619,17 +632,21 @@ def tier_mismatch(spec: str, reported: object) -> str | None:
     return None
 
 
-def make_validators(spec: str | int, registry: KeyRegistry, *, nice: int = 0, **options: Any) -> Validators:
+def make_validators(
+    spec: str | int, registry: KeyRegistry, *, nice: int = 0, min_parcel: int = MIN_PARCEL_TRANSFERS, **options: Any
+) -> Validators:
     """The tier that ``--validators spec`` names (``options`` go to its constructor); not started.
 
-    ``nice`` applies to local worker processes only (the Ray tier's workers are Ray's)."""
+    ``nice`` and ``min_parcel`` apply to local worker processes only (the Ray tier's workers are Ray's)."""
     kind, arg = parse_validators(spec)
     if kind == "ray":
         from engine.validators_ray import RayValidators  # Ray is an optional extra
 
         return RayValidators(registry, address=str(arg), **options)
     assert isinstance(arg, int)
-    return InlineValidators(registry) if arg == 0 else LocalValidators(registry, arg, nice=nice, **options)
+    if arg == 0:
+        return InlineValidators(registry)
+    return LocalValidators(registry, arg, nice=nice, min_parcel=min_parcel, **options)
 
 
 async def verify_all(validators: Validators, batches: Sequence[tuple[bytes, bytes]]) -> list[np.ndarray]:
