@@ -51,6 +51,8 @@ _BAD_SIGNATURE = bytes([ResultCode.BAD_SIGNATURE])
 #: Submits admitted this close together are applied as one ledger batch when their verdicts come
 #: back apart (``Batcher._hold_for_verdicts``): a generator tick's Submits arrive within ~0.1 ms.
 VERDICT_HOLD_NS = 1_000_000
+#: The longest such a wait lasts (one generator tick): then what is queued is applied anyway.
+VERDICT_HOLD_MAX_S = 0.005
 
 
 class QueuedSubmit(msgspec.Struct, gc=False):
@@ -104,6 +106,8 @@ class Batcher:
         #: The validation tier (None: signatures off) and whether unsigned Submits are refused.
         self.validators: Validators | None = None
         self.signatures_required = False
+        #: The longest that verified Submits wait for the verdicts of those admitted with them.
+        self.hold_max_s = VERDICT_HOLD_MAX_S
         #: Admitted Submits awaiting verdicts (their own or an earlier one's), and admin requests
         #: waiting for those (``after_verified``), in arrival order.
         self.verifying: collections.deque[tuple[QueuedSubmit | Callable[[], None], asyncio.Future[Any]]]
@@ -251,16 +255,23 @@ class Batcher:
                     entry.verdicts = verdicts
                     self.metrics.enqueued(entry.conn.load, entry.transfers, entry.cost)
             self.queue.append(entry)
-        if self.queue and not self._hold_for_verdicts():
+        if not self.queue:
+            return
+        if not self._hold_for_verdicts():
             self._schedule_flush()
+        elif self._flush_handle is None:  # held at most VERDICT_HOLD_MAX_S (a hung worker's Submit)
+            assert self.loop is not None
+            self._flush_handle = self.loop.call_later(self.hold_max_s, self._flush)
 
     def _hold_for_verdicts(self) -> bool:
         """Whether what is queued should wait for the verdicts of the next Submit being verified:
         one admitted within ``VERDICT_HOLD_NS`` of the oldest queued one (the other operators'
         Submits of the same generator tick, whose verdicts may come back from another worker a
         little later). Then the tick is one ledger batch, not one per reply (each batch costs the
-        sequencer ~100-200 us whatever its size). Never past ``max_batch``; the wait is bounded by
-        that Submit's own verification, after which ``_verified`` runs again."""
+        sequencer ~100-200 us whatever its size). Never past ``max_batch``; the wait ends with that
+        Submit's verdicts (``_verified`` runs again) or after ``hold_max_s``, whichever is
+        first: a Submit stuck on a hung worker (killed after ``chunk_timeout_s``) does not hold the
+        Submits verified before it."""
         verifying = self.verifying
         if not verifying or self.metrics.queued_records >= self.config.max_batch:
             return False
