@@ -50,8 +50,9 @@ Parcels (``min_parcel``, ``ServerConfig.validator_min_parcel``, 128 by default)
     round trip, one reply, one ledger batch per tick up to ~25,000/s, the other core left to the
     server and the generator, at the price of ~2.5 ms more verification latency per payment at
     16,000/s (the workers alternate ticks). In-process (``bench_validators.py --only tier-2-paced
-    --min-parcel 32`` against 128, shared machine): the workers' CPU per transfer above the
-    verification's own fell from 6-14 to 3-5 us.
+    --min-parcel 32`` against 128, issue 19's sixth session, shared machine, the one alternated pair
+    in which the tier kept pace): the workers' CPU per transfer above the verification's own 14.0
+    against 2.9 us, the feeder's 7.0 against 5.9 us (33 against 80 transfers per parcel).
 
 Priority (``nice``, ``ServerConfig.validator_nice``, 0 by default)
     The workers are the only CPU-bound processes of a signed run; the sequencer's loop and the
