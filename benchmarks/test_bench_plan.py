@@ -12,7 +12,10 @@ measures what the model predicts beyond them:
   the prediction, which names its limit (the sequencer's core, all cores, the generator, or a
   one-core tier: the trove child at its CPU + waits for a core).
 
-Both within the issue's 25%; it fails beyond. A search that stopped where the generator fell
+Both within the issue's 25%; it fails beyond. A run or search trial whose window the host's steal
+spoiled (the verdict's rule, 5% of the cores) is measured again, up to ``STEAL_RETRIES`` times,
+the least-stolen attempt kept (``benchmarks.plan_first_cut.keep_least_stolen``), and the steal of
+each is printed with the result. A search that stopped where the generator fell
 behind measured a lower bound of the server's maximum (``predict_max``'s rule, as in the README):
 then only a prediction more than 25% below that bound can be shown wrong, and the test says the
 check was one-sided. The figures are printed with the result; on a shared machine the search's
@@ -29,13 +32,15 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.plan_first_cut import STEAL_RETRIES, Kept, keep_least_stolen
 from engine.profiles import CompareSettings
 from loadgen.cli.main import main
 from loadgen.generator.gateway import LoadConfig
 from loadgen.harness.measured import run_benchmark
 from loadgen.harness.search import RunOutcome, find_max_sustainable
-from loadgen.plan.inputs import GENERATOR, KERNEL, MeasuredMax, read_inputs
+from loadgen.plan.inputs import GENERATOR, KERNEL, SPOILED, MeasuredMax, read_inputs
 from loadgen.plan.model import PREDICTION_AIM, batch_model, fits, meets_aim, on_machine, predict_max
+from loadgen.results.steal import least_stolen, result_steal
 
 pytestmark = pytest.mark.benchmark
 
@@ -51,23 +56,31 @@ FIT_RATES = (100_000.0, 300_000.0)
 MEASURED = (0, 3, 4)
 
 
-def _run(rate: float, out: Path, tmp_path: Path) -> None:
+def _run(rate: float, out: Path, tmp_path: Path) -> Path:
+    """One ``run`` at ``rate`` into ``out``; its result file."""
+    before = set(out.glob("*.json"))
     code = main([
         "run", "--profile", PROFILE, "--rate", f"{rate:.0f}", "--seconds", "4", "--warmup", "2", "--accounts", "1M",
         "--journal", str(tmp_path / "journal"), "--fsync", "interval:10",
         "--trove", str(tmp_path / f"trove-{rate:.0f}"), "--out", str(out),
     ])  # fmt: skip
     assert code in MEASURED, f"the run at {rate:,.0f}/s measured nothing (exit {code})"
+    (written,) = set(out.glob("*.json")) - before
+    return written
+
+
+def _kept_run(rate: float, out: Path, tmp_path: Path) -> Kept:
+    """``_run`` measured again while the host's steal spoiled it; the set-aside attempts go under ``SPOILED``."""
+    return keep_least_stolen(lambda: _run(rate, out, tmp_path), tmp_path / SPOILED, STEAL_RETRIES)
 
 
 def test_the_fit_predicts_cpu_above_its_rates_and_the_maximum(tmp_path: Path) -> None:
-    for rate in FIT_RATES:
-        _run(rate, tmp_path / "fit", tmp_path)
+    kept = [_kept_run(rate, tmp_path / "fit", tmp_path) for rate in FIT_RATES]
     fitted = read_inputs(tmp_path / "fit").runs
     prediction = predict_max(PROFILE, fitted, [])
     assert prediction.predicted_tps is not None, prediction.note
     check_rate = min(3 * FIT_RATES[-1], 0.8 * prediction.predicted_tps)
-    _run(check_rate, tmp_path / "check", tmp_path)
+    kept.append(_kept_run(check_rate, tmp_path / "check", tmp_path))
     (fresh,) = read_inputs(tmp_path / "check").runs
     # The check run shares this machine with the generator and the kernel: its batches follow the
     # share of a core they leave the sequencer (``on_machine``), fitted with every tier.
@@ -91,12 +104,20 @@ def test_the_fit_predicts_cpu_above_its_rates_and_the_maximum(tmp_path: Path) ->
 
     targets = CompareSettings()
 
+    trial_steal: list[float] = []
+
     def measure(offered: float) -> RunOutcome:
         config = LoadConfig(rate_tps=offered, seconds=2.0, warmup=1.0, drain=5.0)
-        s = run_benchmark(
-            config, profile=PROFILE, accounts=1_000_000, journal_dir=str(tmp_path / "journal"), fsync="interval:10",
-            trove_dir=str(tmp_path / f"search-{offered:.0f}"),
-        ).summary  # fmt: skip
+        best, _ = least_stolen(
+            lambda: run_benchmark(
+                config, profile=PROFILE, accounts=1_000_000, journal_dir=str(tmp_path / "journal"),
+                fsync="interval:10", trove_dir=str(tmp_path / f"search-{offered:.0f}"),
+            ),
+            result_steal,
+            STEAL_RETRIES,
+        )  # fmt: skip
+        trial_steal.append(result_steal(best)[0])
+        s = best.summary
         return RunOutcome(
             offered_tps=offered, achieved_tps=s.achieved_tps, p99_ms=s.p99_ms,
             generator_kept_schedule=s.generator_kept_schedule, scheduled_tps=s.scheduled_tps,
@@ -122,7 +143,9 @@ def test_the_fit_predicts_cpu_above_its_rates_and_the_maximum(tmp_path: Path) ->
         + ", ".join(f"{w} {v:,.0f}/s" for w, v in prediction.limits.items() if w != prediction.limited_by)
         + f"), searched {found.max_sustainable_tps:,.0f}/s ({max_error:+.0%}, {len(found.trials)} trials"
         + (", generator-limited: a one-sided check" if found.generator_limited else "")
-        + f"){'; ' + checked.note if checked.note else ''}"
+        + f"){'; ' + checked.note if checked.note else ''}; steal (cores): runs "
+        + ", ".join(f"{k.stolen.cores:.2f}" + (" SPOILED" if k.spoiled else "") for k in kept)
+        + f", search trials {min(trial_steal):.2f}-{max(trial_steal):.2f}"
     )
     assert abs(cpu_error) < PREDICTION_AIM
     assert meets_aim(prediction.predicted_tps, searched)  # one-sided where the search was generator-limited

@@ -14,6 +14,10 @@ Quiet-machine command (issue 17's target: >= 500,000/s with the trove, compactio
 and the backlog at 1,000,000/s), about 3 minutes:
 
     python -m benchmarks.trove_ingest_ratio --rates 500000,1000000 --seconds 20
+
+``--memtable 1048576,1`` adds, per rate, a third run: the trove with that memtable (earlier
+versions' 1-second runs) in the same session, so the default's and the old flushes' ratios to
+``full`` without a trove come from one session.
 """
 
 from __future__ import annotations
@@ -47,6 +51,25 @@ def buffer_scenario(directory: Path) -> Path:
     return path
 
 
+def memtable_scenario(directory: Path, segment_rows: int, flush_interval_s: float) -> Path:
+    """The default scenario with the trove's memtable (``segment_rows``, ``flush_interval_s``)
+    changed, e.g. 1048576 and 1.0 for the 1-second runs of earlier versions (an A/B in one session)."""
+    text = (Path(engine.scenarios.__file__).parent / "default.toml").read_text()
+    lines = text.splitlines(keepends=True)
+    keys = {"segment_rows": str(segment_rows), "flush_interval_s": repr(float(flush_interval_s))}
+    found = 0
+    for i, line in enumerate(lines):
+        key = line.split("=", 1)[0].strip()
+        if key in keys:
+            lines[i] = f"{key} = {keys[key]}\n"
+            found += 1
+    if found != len(keys):
+        raise RuntimeError("the default scenario no longer sets segment_rows and flush_interval_s: update this script")
+    path = directory / f"full-memtable-{segment_rows}.toml"
+    path.write_text("".join(lines))
+    return path
+
+
 def compaction_backlog(trove: Path) -> dict[str, Any]:
     """What the trove's compactor still had to do when the server stopped (from its manifest)."""
     manifest = load_manifest(trove)
@@ -67,11 +90,14 @@ def compaction_backlog(trove: Path) -> dict[str, Any]:
     }
 
 
-def one_run(args: argparse.Namespace, rate: int, scenario: Path | None, out: Path) -> dict[str, Any]:
+def one_run(
+    args: argparse.Namespace, rate: int, scenario: Path | None, out: Path, *, trove: bool = True
+) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "loadgen", "run", "--profile", "full", "--rate", str(rate)]
     cmd += ["--seconds", str(args.seconds), "--accounts", str(int(args.accounts)), "--out", str(out / "results")]
-    trove = out / "trove"
-    cmd += ["--scenario", str(scenario)] if scenario else ["--trove", str(trove)]
+    trove_dir = out / "trove"
+    cmd += ["--scenario", str(scenario)] if scenario else []
+    cmd += ["--trove", str(trove_dir)] if trove else []
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     files = sorted((out / "results").glob("*.json"))
     row: dict[str, Any] = {"command": " ".join(cmd), "exit_status": done.returncode}
@@ -83,13 +109,13 @@ def one_run(args: argparse.Namespace, rate: int, scenario: Path | None, out: Pat
         row["steal_s"] = (result.get("machine_cpu") or {}).get("steal_s")
         hook = result["server"].get("hooks", {}).get("surveillance_log", {})
         row["surveillance_log_ns_per_transfer"] = hook.get("ns_per_transfer")
-        if not scenario:
+        if trove:
             row["trove"] = result["server"].get("trove")
             # The sequencer's waits for the trove (ring and queue full: back-pressure) in the window.
             trove_end = (result["server"].get("stats_end") or {}).get("trove") or {}
             row["append_waits"] = trove_end.get("append_waits")
             row["append_wait_s"] = trove_end.get("append_wait_ns", 0) / 1e9
-            row["compaction_backlog"] = compaction_backlog(trove)
+            row["compaction_backlog"] = compaction_backlog(trove_dir)
     shutil.rmtree(out, ignore_errors=True)
     return row
 
@@ -100,21 +126,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="each run's measured window (default 20)")
     p.add_argument("--accounts", type=parse_count, default=1_000_000, help="ledger accounts (default 1e6)")
     p.add_argument("--dir", default="", help="scratch directory on the disk to measure (default: temporary)")
+    p.add_argument(
+        "--memtable",
+        default="",
+        metavar="ROWS,SECONDS",
+        help="also run the trove with this segment_rows and flush_interval_s (e.g. 1048576,1: earlier "
+        "versions' 1-second runs), alternated with the default's, for an A/B in one session",
+    )
     args = p.parse_args(argv)
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="cbdc-trove-ratio-"))
     scratch.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     try:
         no_trove = buffer_scenario(scratch)
+        other = None
+        if args.memtable:
+            rows, seconds = args.memtable.split(",")
+            other = memtable_scenario(scratch, int(parse_count(rows)), float(seconds))
         for rate in (parse_count(r) for r in args.rates.split(",")):
             with_trove = one_run(args, int(rate), None, scratch / f"trove-{rate}")
-            without = one_run(args, int(rate), no_trove, scratch / f"buffer-{rate}")
+            without = one_run(args, int(rate), no_trove, scratch / f"buffer-{rate}", trove=False)
             ratio = (with_trove.get("achieved_tps") or 0) / (without.get("achieved_tps") or float("nan"))
             report[str(rate)] = {
                 "with_trove": with_trove,
                 "without_trove": without,
                 "achieved_ratio_trove_to_none": ratio,
             }
+            if other is not None:
+                alt = one_run(args, int(rate), other, scratch / f"memtable-{rate}")
+                report[str(rate)]["with_trove_memtable"] = alt
+                report[str(rate)]["achieved_ratio_memtable_to_none"] = (alt.get("achieved_tps") or 0) / (
+                    without.get("achieved_tps") or float("nan")
+                )
             print(json.dumps({str(rate): report[str(rate)]}), file=sys.stderr, flush=True)
     finally:
         if not args.dir:

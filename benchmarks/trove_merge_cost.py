@@ -9,17 +9,22 @@ measures the two and counts the tiers instead of loading the 10^9 rows a steady 
   so that there are ``fanin`` runs in the intermediate codec to merge: a merge's CPU per row
   merged hardly depends on the size of its sources); then one merge of ``fanin`` of them timed
   twice, as an intermediate merge (lz4 out) and as a merge into the last tier (zstd out).
-* ``merges_per_row``: the size-tiered policy (``compaction.plan``) simulated over
+* ``merges_per_row``: the size-tiered policy (``compaction.plan_merge``) simulated over
   ``--policy-rows`` rows of segments of ``--segment-rows`` in one partition (no data: segment
-  sizes only), with the runs a partition holds at the end (what a query of that day reads, one
-  row group each). ``--segment-rows`` is what the writer's flushes make: the configured
-  ``segment_rows`` (its memtable) when the rate fills it within ``flush_interval_s``, else the
-  rate times the interval (e.g. 5e5 for 1-second flushes at 500,000/s, the old default).
+  sizes only), with the runs the partition holds while live (at most, on average) and at the end,
+  closed (what a query of that day reads, one row group each). ``--segment-rows`` is what the
+  writer's flushes make: the configured ``segment_rows`` (its memtable) when the rate fills it
+  within ``flush_interval_s``, else the rate times the interval (e.g. 5e5 for 1-second flushes
+  at 500,000/s).
 * ``writer_memtable_ns_per_row``: one memtable of ``--segment-rows`` rows written as the writer
   does in a partition's steady state (intermediate codec); sorting and gathering 2^22 rows cost
   more per row than the smaller segments above.
 * ``steady_ns_per_row`` = writer (the larger of the two) + intermediate merges per row x an intermediate merge's CPU per
   row + last-tier merges per row x a last-tier merge's (zstd costs more to write than lz4).
+
+``--layout-rows 1e9``: only the runs ``trove build`` would leave for that many rows and accounts
+(``bulk.plan_runs``: the writer's flushes of ``--segment-rows`` and the policy, on metadata, in
+seconds) and the files a person's day in the last day reads.
 
 Prints one JSON object. Under a minute each on a quiet 2-core machine (1-second runs at
 500,000/s, what the default flushes make, then a 2^22-row memtable):
@@ -54,25 +59,36 @@ from engine.trove.store import Trove
 
 
 def simulate_policy(config: TroveConfig, segment_rows: int, rows: int) -> dict[str, float]:
-    """Rows merged per row written (into an intermediate tier, lz4, and into the last, zstd), and
-    runs left, for ``rows`` rows in segments of ``segment_rows``."""
+    """Rows merged per row written (into an intermediate tier, and into a final run, zstd), and the
+    runs the partition holds (what a query of that day reads, two files each): at most and on
+    average while it is live (after each flush's merges), and at the end once it is closed (the
+    final flush's ``everything``), for ``rows`` rows in segments of ``segment_rows``."""
     m = Manifest(trove_id="simulated", partition_ns=config.partition_ns, partition_starts=[0])
-    written = merged = merged_last = 0
+    written = merged = merged_final = 0
+    live_runs: list[int] = []
+
+    def merge_due(everything: bool) -> None:
+        nonlocal merged, merged_final
+        while step := compaction.plan_merge(m, config, everything=everything):
+            merged += step.rows
+            merged_final += step.rows if step.final else 0
+            ids = {s.id for s in step.sources}
+            m.segments = [s for s in m.segments if s.id not in ids] + [
+                _segment(m, step.rows, compaction.tier_of(step.rows, config))
+            ]
+
     while written < rows:
         n = min(segment_rows, rows - written)
         m.segments.append(_segment(m, n, compaction.tier_of(n, config)))
         written += n
-        while sources := compaction.plan(m, config):
-            out = sum(s.rows for s in sources)
-            merged += out
-            merged_last += out if compaction.is_last_tier(out, config) else 0
-            ids = {s.id for s in sources}
-            m.segments = [s for s in m.segments if s.id not in ids] + [
-                _segment(m, out, compaction.tier_of(out, config))
-            ]
+        merge_due(everything=False)
+        live_runs.append(len(m.segments))
+    merge_due(everything=True)
     return {
         "merges_per_row": merged / written,
-        "last_tier_merges_per_row": merged_last / written,
+        "last_tier_merges_per_row": merged_final / written,
+        "runs_live_max": float(max(live_runs)),
+        "runs_live_mean": sum(live_runs) / len(live_runs),
         "runs_at_end": float(len(m.segments)),
     }
 
@@ -145,6 +161,27 @@ def measure_writer(segment_rows: int, config: TroveConfig) -> dict[str, float]:
     return {"writer_memtable_ns_per_row": ns / segment_rows}
 
 
+def layout(rows: int, config: TroveConfig) -> dict[str, Any]:
+    """The runs the policy leaves for ``rows`` seeded rows over as many accounts (``trove build``'s
+    plan, on metadata only: ``bulk.plan_runs``), and the files a person's day in the last simulated
+    day reads (both orderings of every run that overlaps it)."""
+    from engine.simtime import NS_PER_DAY
+    from engine.trove.bulk import plan_runs
+
+    plan = plan_runs(rows, rows, config)
+    last_ns = max(r.max_timestamp_ns for r in plan.runs)
+    per_partition: dict[int, int] = {}
+    for r in plan.runs:
+        per_partition[r.partition] = per_partition.get(r.partition, 0) + 1
+    return {
+        "layout_rows": rows,
+        "layout_runs": len(plan.runs),
+        "layout_runs_per_partition": per_partition,
+        "layout_files_per_lookup": 2 * sum(r.max_timestamp_ns > last_ns - NS_PER_DAY for r in plan.runs),
+        "layout_merges_per_row": plan.rows_merged / rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=parse_count, default=8_000_000, help="rows to write and merge (default 8e6)")
@@ -161,8 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         default=TroveConfig().intermediate_compression,
         help="codec of files a merge reads again (default: the config's)",
     )
+    p.add_argument(
+        "--layout-rows",
+        type=parse_count,
+        default=0,
+        help="only the layout the policy leaves for this many rows and accounts (metadata, no data), e.g. 1e9",
+    )
     args = p.parse_args(argv)
     config = TroveConfig(fanin=args.fanin, intermediate_compression=args.intermediate_compression)
+    if args.layout_rows:
+        cfg = msgspec.structs.replace(config, segment_rows=int(args.segment_rows))
+        print(json.dumps({"segment_rows": cfg.segment_rows, **layout(int(args.layout_rows), cfg)}, indent=1))
+        return 0
     out: dict[str, Any] = {
         "fanin": config.fanin,
         "segment_rows": int(args.segment_rows),

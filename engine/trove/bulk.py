@@ -173,11 +173,13 @@ class _Replay:
         m.partition_starts = starts
         m.durable_through_seq = seen_seq
 
-    def merge_due(self) -> None:
-        """``compaction.plan``'s merges until none is left (``Trove.compact_all``), on metadata."""
+    def merge_due(self, *, everything: bool = False) -> None:
+        """``compaction.plan_merge``'s merges until none is left, on metadata: after a flush as a
+        compactor that keeps up merges (``Trove.compact_due``), at the end with ``everything`` as
+        the final flush does (``Trove.compact_all``: the newest partition closed too)."""
         m, cfg = self.m, self.config
-        while sources := compaction.plan(m, cfg, everything=True):
-            rows = sum(s.rows for s in sources)
+        while step := compaction.plan_merge(m, cfg, everything=everything):
+            sources, rows = step.sources, step.rows
             run = self._new_segment(
                 partition=sources[0].partition,
                 rows=rows,
@@ -188,7 +190,7 @@ class _Replay:
             )
             inclusive = merge_ranges([(a, b - 1) for s in sources for a, b in self.ranges.pop(s.id)])
             self.ranges[run.id] = [(a, b + 1) for a, b in inclusive]
-            self.codec[run.id] = "zstd" if compaction.is_last_tier(rows, cfg) else cfg.intermediate_compression
+            self.codec[run.id] = "zstd" if step.final else cfg.intermediate_compression
             ids = {s.id for s in sources}
             m.segments = [s for s in m.segments if s.id not in ids] + [run]
             self.merges += 1
@@ -208,6 +210,7 @@ def plan_runs(rows: int, accounts: int, config: TroveConfig, *, start_ns: int = 
         replay.flush(lo, hi, seq)
         replay.merge_due()
         lo = hi
+    replay.merge_due(everything=True)
     m = replay.m
     runs = [
         PlannedRun(

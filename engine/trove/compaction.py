@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import numpy as np
 
 from engine.trove.config import TroveConfig
@@ -60,40 +61,100 @@ def tier_of(rows: int, config: TroveConfig) -> int:
     return tier
 
 
-def plan(manifest: Manifest, config: TroveConfig, *, everything: bool = False) -> list[Segment]:
-    """The sources of the next merge (empty: nothing to do), oldest partition first.
+class MergePlan(msgspec.Struct, frozen=True):
+    """The next merge: its sources, and whether its output is final (zstd: no merge the policy
+    plans will read it again, or its partition is closed), else in the intermediate codec."""
 
-    A partition's ingest segments are merged once there are ``fanin`` of them, once a newer
-    partition exists (the partition is closed), or when ``everything`` (a final flush) is asked;
-    runs of one tier are merged ``fanin`` at a time while the result stays within ``max_run_rows``.
+    sources: list[Segment]
+    final: bool
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.sources)
+
+
+def plan(manifest: Manifest, config: TroveConfig, *, everything: bool = False) -> list[Segment]:
+    """The sources of the next merge (``plan_merge``; empty: nothing to do)."""
+    step = plan_merge(manifest, config, everything=everything)
+    return step.sources if step is not None else []
+
+
+def plan_merge(manifest: Manifest, config: TroveConfig, *, everything: bool = False) -> MergePlan | None:
+    """The next merge (None: nothing to do), oldest partition first.
+
+    * A partition's ingest segments (older versions') are merged once there are ``fanin`` of
+      them, once a newer partition exists (the partition is closed), or when ``everything``.
+    * Runs of one tier merge ``fanin`` at a time (the smallest first) while the result stays
+      within ``max_run_rows``; when fewer than ``fanin`` of them fit in ``max_run_rows`` (runs
+      larger than ``max_run_rows / fanin``, which the writer's 1-second runs at some rates make:
+      8 runs of 19.4M from 300,000-row flushes, before), as many as fit, once no other run of
+      that size would fit too; and where ``fanin`` runs would make a run that no merge takes,
+      up to ``2 fanin`` of them (``merge_width``).
+    * A closed partition (a newer one exists, or ``everything``: the final flush) that holds
+      ``fanin`` or more runs below ``max_run_rows`` merges them, the smallest first, as many as
+      fit in ``max_run_rows`` (up to ``CLOSING_MAX_SOURCES``), whatever their tiers, once no tier
+      merge is due (so a compactor that lags leaves the same runs as one that keeps up): the up to
+      ``fanin - 1`` runs per tier that a size-tiered policy leaves for ever (25 of the 38 runs at
+      10^9 rows) become one run, in zstd. A partition of fewer runs is left as it is (a small
+      day's two 1-second runs are not rewritten to save one file).
     """
     by_partition: dict[int, list[Segment]] = defaultdict(list)
     for s in manifest.segments:
         by_partition[s.partition].append(s)
     if not by_partition:
-        return []
+        return None
     newest = max(by_partition)
+    cap = config.max_run_rows
     for part in sorted(by_partition):
         segs = by_partition[part]
+        closed = part != newest or everything
         ingest = [s for s in segs if s.kind == "ingest"]
-        if ingest and (len(ingest) >= config.fanin or part != newest or everything):
-            chosen: list[Segment] = []
-            rows = 0
-            for s in ingest:
-                if chosen and rows + s.rows > config.max_run_rows:
-                    break
-                chosen.append(s)
-                rows += s.rows
-            return chosen
+        if ingest and (len(ingest) >= config.fanin or closed):
+            chosen = _fitting(ingest, cap, len(ingest))
+            return MergePlan(chosen, final=is_last_tier(sum(s.rows for s in chosen), config))
+        runs = sorted((s for s in segs if s.kind == "run" and s.rows < cap), key=lambda s: s.rows)
         tiers: dict[int, list[Segment]] = defaultdict(list)
-        for s in segs:
-            if s.kind == "run" and s.rows < config.max_run_rows:
-                tiers[tier_of(s.rows, config)].append(s)  # not s.tier: older troves counted otherwise
+        for s in runs:
+            tiers[tier_of(s.rows, config)].append(s)  # not s.tier: older troves counted otherwise
         for tier in sorted(tiers):
-            runs = sorted(tiers[tier], key=lambda s: s.rows)[: config.fanin]
-            if len(runs) == config.fanin and sum(s.rows for s in runs) <= config.max_run_rows:
-                return runs
-    return []
+            width = merge_width(tiers[tier][0].rows, config)
+            chosen = _fitting(tiers[tier], cap, width)
+            rows = sum(s.rows for s in chosen)
+            if len(chosen) == width or (len(chosen) >= 2 and rows + chosen[0].rows > cap):
+                return MergePlan(chosen, final=is_last_tier(rows, config))
+        if closed and len(runs) >= config.fanin:  # after the tier merges: the same runs however late
+            chosen = _fitting(runs, cap, CLOSING_MAX_SOURCES)
+            if len(chosen) >= 2:
+                return MergePlan(chosen, final=True)
+    return None
+
+
+def merge_width(rows: int, config: TroveConfig) -> int:
+    """How many runs of ``rows`` rows a tier merge takes: ``fanin``, or, where ``fanin`` of them
+    would make a run that can never be merged again (``fanin`` of it pass ``max_run_rows``), as
+    many as fit in ``max_run_rows``, up to ``2 fanin``: the writer's 500,000-row runs (1-second
+    runs at 500,000/s) then end in 64M-row runs, 16 runs of 4M merged, instead of 32M-row runs
+    that no merge takes (merges per row unchanged, 2; up to 15 runs of that tier wait, not 7)."""
+    if rows * config.fanin * config.fanin > config.max_run_rows:
+        return max(config.fanin, min(config.max_run_rows // max(rows, 1), 2 * config.fanin))
+    return config.fanin
+
+
+#: Sources a closed partition's merge of its leftover runs takes at most (its read-ahead per
+#: source shrinks past ``fanin`` sources, so its memory stays that of a ``fanin``-way merge).
+CLOSING_MAX_SOURCES = 32
+
+
+def _fitting(segments: list[Segment], cap: int, limit: int) -> list[Segment]:
+    """The leading ``segments`` (at most ``limit``) whose rows sum to at most ``cap`` (at least one)."""
+    chosen: list[Segment] = []
+    rows = 0
+    for s in segments[:limit]:
+        if chosen and rows + s.rows > cap:
+            break
+        chosen.append(s)
+        rows += s.rows
+    return chosen
 
 
 def merge_debt(manifest: Manifest, config: TroveConfig) -> tuple[int, int]:
@@ -116,9 +177,10 @@ def merge_debt(manifest: Manifest, config: TroveConfig) -> tuple[int, int]:
 
 
 def is_last_tier(rows: int, config: TroveConfig) -> bool:
-    """Whether a run of ``rows`` rows can no longer be part of a merge the policy plans (``fanin``
-    runs of its size would pass ``max_run_rows``): its files are written in zstd."""
-    return rows * config.fanin > config.max_run_rows
+    """Whether a run of ``rows`` rows can no longer be part of a tier merge the policy plans (two
+    runs of its size would pass ``max_run_rows``; ``plan_merge`` merges as many as fit): its files
+    are written in zstd."""
+    return rows * 2 > config.max_run_rows
 
 
 def merge(
@@ -130,6 +192,7 @@ def merge(
     *,
     duckdb_connection: Callable[[], duckdb.DuckDBPyConnection],
     stopping: Callable[[], bool] = lambda: False,
+    final: bool | None = None,
 ) -> Segment:
     """Write the rows of ``sources`` as one run (both orderings); the sources are left in place.
 
@@ -137,12 +200,16 @@ def merge(
     the sources' read-ahead); arrival-ordered segments that fit in ``compaction_memory_mb`` are
     read once and sorted in memory into both orderings; anything else (a very large merge of
     arrival-ordered segments) is sorted by DuckDB, out of core. ``stopping`` is polled between
-    steps: when it says so the merge raises ``MergeStopped`` and writes nothing.
+    steps: when it says so the merge raises ``MergeStopped`` and writes nothing. ``final``
+    (``MergePlan.final``; None: ``is_last_tier`` of the output) writes zstd, else the
+    intermediate codec.
     """
     schema = arrow_schema()
     part = sources[0].partition
     expected = sum(s.rows for s in sources)
-    compression = "zstd" if is_last_tier(expected, config) else config.intermediate_compression
+    if final is None:
+        final = is_last_tier(expected, config)
+    compression = "zstd" if final else config.intermediate_compression
     orderings: dict[str, Iterable[pa.RecordBatch]]
     if all(s.kind == "run" for s in sources):
         orderings = {o: merged_runs(root, sources, o, config, stopping) for o in ORDERINGS}
@@ -242,11 +309,11 @@ def _disjoint(sources: list[Segment]) -> bool:
 class _RunReader:
     """One source run's file read ahead in batches: ``cols`` holds rows read and not yet merged."""
 
-    def __init__(self, path: Path, key: str) -> None:
+    def __init__(self, path: Path, key: str, read_rows: int) -> None:
         import pyarrow.parquet as pq
 
         self.key = key
-        self._batches = pq.ParquetFile(path).iter_batches(batch_size=MERGE_READ_ROWS, use_threads=False)
+        self._batches = pq.ParquetFile(path).iter_batches(batch_size=read_rows, use_threads=False)
         self.cols: dict[str, np.ndarray] = {name: np.empty(0, dtype=dtype) for name, dtype in COLUMNS.items()}
         self._next: dict[str, np.ndarray] | None = self._read()
 
@@ -291,7 +358,9 @@ def merged_runs(
     """
     ordered = _time_ordered(sources)
     check = not _disjoint(ordered)
-    readers = [_RunReader(root / s.file(ordering).path, ordering) for s in ordered]
+    # Past fanin sources (a closed partition's leftovers), less read-ahead each: the same memory.
+    read_rows = max(MERGE_READ_ROWS * config.fanin // max(len(ordered), config.fanin), 1)
+    readers = [_RunReader(root / s.file(ordering).path, ordering, read_rows) for s in ordered]
 
     def step_rows() -> Iterator[dict[str, np.ndarray]]:
         while True:

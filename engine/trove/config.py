@@ -13,9 +13,10 @@ CODECS = ("zstd", "lz4", "snappy", "none")
 class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Where the trove lives, how it is cut into files, and how much disk it may use.
 
-    Sizes are chosen for a 2-core, 24 GiB machine: a segment of 2**20 rows is ~60 MB of columns
-    in memory while it is written; a merge holds at most ``compaction_memory_mb`` (DuckDB sorts
-    out of core past that), so compaction never needs memory in proportion to the trove.
+    Sizes are chosen for a 2-core, 24 GiB machine: a memtable of 2**22 rows is ~250 MB of columns
+    (two while one is written, ~0.8 GB at the peak of a flush); a merge holds a few read-ahead
+    batches per source (DuckDB, for old troves' arrival-ordered segments, at most
+    ``compaction_memory_mb``), so compaction never needs memory in proportion to the trove.
     """
 
     #: Directory of the trove; "" = a temporary directory deleted when the hook closes (tests,
@@ -28,14 +29,14 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: ledger's days last seconds; without a floor each would be a partition of tiny files).
     partition_min_rows: int = 1 << 18
     #: The writer writes a segment (a tier-0 run) when this many rows are buffered, or after
-    #: ``flush_interval_s``: its memtable. A larger one (2^22 rows, 10 s) starts runs higher in
-    #: the tiers: they merge once into the last tier instead of twice (1-second runs at 500,000/s:
-    #: 1.95 merges per row), ~1.3x less steady CPU per row (``benchmarks.trove_merge_cost``). It
-    #: is not the default: its flush is seconds of the writer's CPU during which the writer takes
-    #: nothing from its queue, and `full` at 500,000/s measured the sequencer waiting 9 s of a 20 s
-    #: run for the ring (a flush on a thread of its own, double-buffered, is what it needs).
-    segment_rows: int = 1 << 20
-    flush_interval_s: float = 1.0
+    #: ``flush_interval_s``: its memtable. 2^22 rows (8 s at 500,000/s) start runs two tiers up,
+    #: so they merge once, 16 into a 2^26-row run, instead of twice (1-second runs: 2 merges per
+    #: row): ~1.3x less steady CPU per row (``benchmarks.trove_merge_cost``). A flusher thread
+    #: writes it while the writer fills the next (double-buffered), so the flush no longer stalls
+    #: ingest; the price is ~0.5 GB of two memtables in the child and a payment reaching the
+    #: trove up to ``flush_interval_s`` after the ledger (the journal holds it meanwhile).
+    segment_rows: int = 1 << 22
+    flush_interval_s: float = 10.0
     #: Write and compact in a child process (``engine.trove.process``), so that Parquet encoding
     #: and sorting do not compete with the sequencer for the GIL; False runs them as threads of
     #: this process (tests of the store, the bulk loader).
@@ -62,10 +63,11 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     compaction_memory_mb: int = 1_024
     #: Codec of the files a merge will read again (arrival-ordered segments, runs below the last
     #: tier): a cheaper one than zstd saves CPU twice per row and tier (writing and reading) for
-    #: more bytes on disk while they live; runs of the last tier and the writer's sorted runs
-    #: (which may never be merged) are always zstd. One of zstd, lz4, snappy, none ("none": plain
-    #: encoding, no codec: ~8% less steady CPU than lz4 for 2x the bytes while the files live).
-    intermediate_compression: str = "lz4"
+    #: more bytes on disk while they live; final runs (the last tier, a closed partition's, and
+    #: the writer's runs of a partition too small to be merged) are always zstd, so a row is
+    #: zstd-encoded once per ordering. One of zstd, lz4, snappy, none ("none", the default: plain
+    #: encoding, no codec: ~8-10% less steady CPU than lz4 for 1.6-2x the bytes while they live).
+    intermediate_compression: str = "none"
     #: Retention (0 = off): expire the oldest partitions beyond this many bytes on disk, or older
     #: than this many simulated seconds behind the newest payment.
     max_bytes: int = 0

@@ -13,7 +13,7 @@ Hand-over: a ring of ``ring_slots`` slots of ``SLOT_ROWS`` records in shared mem
 and "freed" (child to parent). ``append`` copies a batch into one or more slots (a batch larger
 than a slot spans several; the child reassembles it before its trove sees it, so a flush never
 splits a batch); the child's feeder thread copies each slot out, frees it and hands the batch to
-the child's ``Trove`` (its writer and compactor threads, unchanged). The parent counts its free
+the child's ``Trove`` (its writer, flusher and compactor threads, unchanged). The parent counts its free
 slots itself and reads the "freed" pipe only when it has none left.
 
 Back-pressure, when the trove falls behind: the ring holds ``ring_slots`` slots and the child's

@@ -2,12 +2,14 @@
 
 ``Trove.append(batch, codes, batch_seq)`` is called on the sequencer's thread and only copies
 the batch into a bounded queue (when the queue is full the sequencer waits: back-pressure,
-never a dropped row; the wait is counted). A writer thread turns batches into rows, buffers
-them, and every ``segment_rows`` rows or ``flush_interval_s`` writes, per partition touched, one
-tier-0 run (the rows sorted by payer in one file and by payee in another, ``files.write_parquet``),
-then commits the manifest: the trove is then durable through the last batch written. A compactor thread merges
-them, size-tiered (``compaction``), and applies retention (``retention``). Both threads measure their own
-CPU time (``time.thread_time_ns``), which the hook charges to itself.
+never a dropped row; the wait is counted). A writer thread turns batches into rows and buffers
+them (the memtable); every ``segment_rows`` rows or ``flush_interval_s`` it hands the memtable
+to a flusher thread, which writes, per partition touched, one tier-0 run (the rows sorted by
+payer in one file and by payee in another, ``files.write_parquet``), then commits the manifest:
+the trove is then durable through the last batch written. The writer goes on filling the next
+memtable meanwhile (double-buffered: a flush of seconds does not stop ingest). A compactor thread
+merges runs, size-tiered (``compaction``), and applies retention (``retention``). The threads
+measure their own CPU time (``time.thread_time_ns``), which the hook charges to itself.
 
 The journal is the source of truth. A segment whose file is missing or damaged at open is
 taken out of the manifest, named in ``problems``, and remembered as rows to rebuild (its
@@ -98,6 +100,13 @@ class Trove(TroveFeed):
         self._rows_in = 0
         self._rows_taken = 0
         self._buffered_rows = 0
+        #: Rows handed to the flusher and not yet written; the last batch_seq handed to it.
+        self._flushing_rows = 0
+        self._handed_seq = manifest.durable_through_seq
+        self._flush_jobs: queue.Queue[tuple[list[dict[str, np.ndarray]], int, int] | None] = queue.Queue()
+        self._flush_idle = threading.Event()
+        self._flush_idle.set()
+        self._cpu_lock = threading.Lock()
         self._readers = 0
         self._garbage: list[Path] = []
         self._compact_now = threading.Event()
@@ -112,11 +121,15 @@ class Trove(TroveFeed):
             "merges": 0,
             "rows_merged": 0,
             "append_wait_ns": 0,
+            # The writer waiting for the flusher (a memtable full while the previous one is written).
+            "flush_wait_ns": 0,
+            # The writer's and the flusher's threads.
             "writer_cpu_ns": 0,
             "compaction_cpu_ns": 0,
             "backlog_rows_peak": 0,
         }
         self._writer = threading.Thread(target=self._writer_loop, name=f"trove-writer {root}", daemon=True)
+        self._flusher = threading.Thread(target=self._flusher_loop, name=f"trove-flusher {root}", daemon=True)
         self._compactor = threading.Thread(target=self._compactor_loop, name=f"trove-compactor {root}", daemon=True)
         self._con: Any = None
         #: Called by the writer after each flush with (durable_seq(), rows handed over and done
@@ -213,8 +226,9 @@ class Trove(TroveFeed):
 
     @property
     def backlog_rows(self) -> int:
-        """Rows handed to the trove and not yet durable in a segment."""
-        return self._rows_in - self._rows_taken + self._buffered_rows
+        """Rows handed to the trove and not yet durable in a segment (queued, in the memtable, or
+        being flushed)."""
+        return self._rows_in - self._rows_taken + self._buffered_rows + self._flushing_rows
 
     def flush(self, *, compact: bool = False) -> None:
         """Return once everything appended so far is durable (and, if ``compact``, fully merged)."""
@@ -246,6 +260,10 @@ class Trove(TroveFeed):
     # ---- the writer thread -------------------------------------------------------------------
 
     def _writer_loop(self) -> None:
+        """Take batches into the memtable; hand a full (or timed-out) memtable to the flusher thread
+        and go on taking batches while it is written (``_flusher_loop``: double-buffered, so a
+        flush of seconds no longer stops ingest; a second full memtable waits for the first)."""
+        self._flusher.start()
         pending: list[dict[str, np.ndarray]] = []
         seen_seq = 0  # the last batch_seq handed over (replays start low, live batches go on from there)
         deadline = time.monotonic() + self.config.flush_interval_s
@@ -269,33 +287,73 @@ class Trove(TroveFeed):
                 else:
                     self.counters["rows_not_persisted"] += len(batch)
                 flush = self._buffered_rows >= self.config.segment_rows
-            if flush and not self.failure and (pending or seen_seq > self.manifest.durable_through_seq):
-                try:
-                    self._write_segments(pending, seen_seq)
-                except OSError as exc:
-                    self._stop_ingest(exc)
-                    self.counters["rows_not_persisted"] += self._buffered_rows
+            if flush and not self.failure and (pending or seen_seq > self._handed_seq):
+                self._hand_over(pending, seen_seq)
                 pending = []
-                self._buffered_rows = 0
                 deadline = time.monotonic() + self.config.flush_interval_s
-                self._compact_now.set()
             if self.failure and pending:  # stopped (by the compactor too): buffered rows are counted, not kept
                 self.counters["rows_not_persisted"] += self._buffered_rows
                 pending = []
                 self._buffered_rows = 0
-            if flush and self.on_durable is not None:
-                self.on_durable(self.durable_seq(), self._rows_taken - self._buffered_rows)
+            if item is None or isinstance(item, threading.Event):
+                self._wait_flushed()
+                if self.on_durable is not None:
+                    self.on_durable(self.durable_seq(), self._rows_taken - self._buffered_rows)
             now_cpu = time.thread_time_ns()
-            self.counters["writer_cpu_ns"] += now_cpu - t_cpu
+            self._add_writer_cpu(now_cpu - t_cpu)
             t_cpu = now_cpu
             if isinstance(item, threading.Event):
                 item.set()
             if item is None:
+                self._flush_jobs.put(None)
+                self._flusher.join()
                 return
+
+    def _hand_over(self, pending: list[dict[str, np.ndarray]], seen_seq: int) -> None:
+        """Give the memtable to the flusher (once it is done with the previous one). While rows are
+        rebuilt from the journal the flush is waited for: ``_rows_needed`` reads what it changes."""
+        self._wait_flushed()
+        self._flushing_rows, self._buffered_rows = self._buffered_rows, 0
+        self._handed_seq = max(self._handed_seq, seen_seq)
+        self._flush_idle.clear()
+        self._flush_jobs.put((pending, seen_seq, self._rows_taken))
+        if self.to_rebuild:
+            self._wait_flushed()
+
+    def _wait_flushed(self) -> None:
+        """Wait until the flusher has written what it was given (counted: the writer stalled)."""
+        if not self._flush_idle.is_set():
+            t0 = time.perf_counter_ns()
+            self._flush_idle.wait()
+            self.counters["flush_wait_ns"] += time.perf_counter_ns() - t0
+
+    def _flusher_loop(self) -> None:
+        """Write each memtable the writer hands over (``_write_segments``), then report progress."""
+        while (job := self._flush_jobs.get()) is not None:
+            pending, seen_seq, rows_done = job
+            t0 = time.thread_time_ns()
+            if not self.failure:
+                try:
+                    self._write_segments(pending, seen_seq)
+                except OSError as exc:
+                    self._stop_ingest(exc)
+            if self.failure:
+                self.counters["rows_not_persisted"] += self._flushing_rows
+            pending.clear()
+            self._flushing_rows = 0
+            self._compact_now.set()
+            if self.on_durable is not None:
+                self.on_durable(self.durable_seq(), rows_done)
+            self._add_writer_cpu(time.thread_time_ns() - t0)
+            self._flush_idle.set()
+
+    def _add_writer_cpu(self, ns: int) -> None:
+        with self._cpu_lock:  # the writer's and the flusher's threads both add to it
+            self.counters["writer_cpu_ns"] += ns
 
     def _rows_needed(self, rows: dict[str, np.ndarray], seq: int) -> dict[str, np.ndarray] | None:
         """The rows of batch ``seq`` the trove does not hold yet (None: none)."""
-        if seq > self.manifest.durable_through_seq:
+        if seq > self._handed_seq:  # past what is durable or being flushed
             return rows
         if not self.to_rebuild:
             self.counters["rows_skipped_durable"] += len(rows["payer"])
@@ -461,13 +519,16 @@ class Trove(TroveFeed):
     def _compact_locked(self, *, everything: bool, t0: int) -> bool:
         try:
             with self._lock:
-                sources = (
-                    compaction.plan(self.manifest, self.config, everything=everything) if self.config.compact else []
+                step = (
+                    compaction.plan_merge(self.manifest, self.config, everything=everything)
+                    if self.config.compact
+                    else None
                 )
-                if sources:
+                sources = step.sources if step is not None else []
+                if step is not None:
                     seg_id = self.manifest.next_segment_id
                     self.manifest.next_segment_id += 1
-            if sources:
+            if step is not None:
                 run = compaction.merge(
                     self.root,
                     sources,
@@ -476,6 +537,7 @@ class Trove(TroveFeed):
                     self.config,
                     duckdb_connection=self._duckdb,
                     stopping=self._stop.is_set,
+                    final=step.final,
                 )
                 with self._lock:
                     ids = {s.id for s in sources}

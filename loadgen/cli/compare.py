@@ -88,6 +88,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_warmup(p, default=None, what="warm-up seconds of every phase", unset="the plan's")
     add_drain(p, default=None, unset="the plan's")
+    p.add_argument(
+        "--steal-retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure a phase again, up to N times, while the host's steal took 5%% or more of the cores over its "
+        "window; the least-stolen attempt is kept (default 0)",
+    )
     add_validators(p, starts_server=True)
     p.add_argument("--calibrate", action="store_true", help="also search the echo server (the harness's ceiling)")
     p.add_argument("--no-report", action="store_true", help="write the result files and summary only")
@@ -117,6 +125,8 @@ def plan_from_args(args: argparse.Namespace, settings: CompareSettings) -> Plan:
         changes["search_warmup_s"] = changes["equal_warmup_s"] = args.warmup
     if args.drain is not None:
         changes["drain_s"] = args.drain
+    if args.steal_retries:
+        changes["steal_retries"] = args.steal_retries
     if changes:
         changes["mode"] = f"{base.mode} (custom)"
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -43,6 +44,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_accounts(p, default=1_400_000_000)
     p.add_argument("--profile", default="realistic", help="hook profile to plan (default realistic)")
     add_plan_options(p)
+    p.add_argument(
+        "--state-from",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also read state sizes (bytes per account, snapshot bytes per account) from DIR's result files, never "
+        "their CPU; --results' own win (repeatable; default none)",
+    )
     add_json(p)
     add_out(p, default=None, when_unset="none: print only", what="write plan.json and plan.png to DIR")
     p.set_defaults(func=_main)
@@ -62,9 +71,16 @@ def request_of(args: argparse.Namespace) -> PlanRequest:
     )
 
 
-def plan_command(results: str | Path, request: PlanRequest, *, out: str | Path | None = None) -> CapacityPlan:
-    """The plan from the files under ``results``; with ``out``, also ``plan.json`` and ``plan.png`` there."""
-    plan = build_plan(read_inputs(results), request)
+def plan_command(
+    results: str | Path,
+    request: PlanRequest,
+    *,
+    out: str | Path | None = None,
+    state_from: Sequence[str | Path] = (),
+) -> CapacityPlan:
+    """The plan from the files under ``results`` (state sizes also from ``state_from``); with ``out``,
+    also ``plan.json`` and ``plan.png`` there."""
+    plan = build_plan(read_inputs(results, state_from=state_from), request)
     if out is not None:
         from loadgen.plan.plot import plot_plan  # matplotlib only when a figure is asked for
 
@@ -76,7 +92,7 @@ def plan_command(results: str | Path, request: PlanRequest, *, out: str | Path |
 
 
 def _main(args: argparse.Namespace) -> int:
-    plan = plan_command(args.results, request_of(args), out=args.out)
+    plan = plan_command(args.results, request_of(args), out=args.out, state_from=args.state_from)
     if args.json:
         print(json.dumps(msgspec.to_builtins(plan)))
     else:
@@ -108,6 +124,7 @@ def format_plan(c: CapacityPlan) -> str:
             if p.cpu_problem
             else []
         ),
+        *([*(f"WHERE THE MODEL BREAKS: {b}" for b in p.breaks), ""] if p.breaks else []),
         f"{'tier':<22}{'cores':>8}  {'band':>15}  {'ns/payment':>10}  where",
     ]
     for t in p.tiers:

@@ -49,7 +49,7 @@ from loadgen.harness.engine_run import ENGINE_KIND, EngineResult
 from loadgen.results.compare import SUMMARY_KIND, CompareSummary, loads_summary, peek_kind
 from loadgen.results.run import ResultVersionError, RunResult, figures_of, loads, resolved_settings, verdict_of
 from loadgen.results.tiers import measured_tiers
-from loadgen.results.verdict import Kind
+from loadgen.results.verdict import Kind, steal_spoiled
 
 #: Tiers that run on the sequencer's one core (besides one tier per hook, which also does); every
 #: other tier (validators, trove, inference, a hook's background) scales out.
@@ -60,6 +60,9 @@ CORE_TIERS = ("validators", "framing_io", "ledger", "kernel")
 GENERATOR = "generator"
 #: The machine's CPU no process was charged with (``loadgen.results.machine_cpu.MachineCpu.kernel_s``).
 KERNEL = "kernel"
+#: The folder (anywhere under ``--results``) of attempts set aside because the host's steal spoiled
+#: their window (``benchmarks/plan_first_cut.py``, ``compare --steal-retries``): never read as inputs.
+SPOILED = "spoiled"
 #: A hook whose background CPU is a tier of its own, by name.
 BACKGROUND_TIER = {"surveillance_log": "trove"}
 #: A hook that reports parts of its time as tiers (``stats[hook][part + "_ns"]``, cumulative): the
@@ -154,6 +157,13 @@ class MeasuredMax(msgspec.Struct, frozen=True):
     file: str
     cpu_model: str
     calibration_tps: float | None
+    #: The most cores the host's steal took in any kept trial of the searches (None: not recorded).
+    stolen_cores: float | None = None
+    #: Kept trials whose steal still spoiled them (``steal_spoiled``: the retries ran out, the
+    #: least-stolen attempt kept), and trials measured again because of steal (``RunRef.spoiled_attempts``).
+    spoiled_trials: int = 0
+    retried_trials: int = 0
+    cores: int = 0
 
 
 class StateInput(msgspec.Struct, frozen=True):
@@ -172,16 +182,28 @@ class Inputs(msgspec.Struct, frozen=True):
     maxima: list[MeasuredMax]
     states: list[StateInput]
     skipped: list[str]
+    #: Result files under a ``spoiled`` folder (``SPOILED``): attempts set aside because the host's
+    #: steal spoiled their window and the run was measured again. Counted, never fitted.
+    spoiled: list[str] = []
 
 
-def read_inputs(results: str | Path) -> Inputs:
-    """Read every result file under ``results`` (recursively) into the plan's inputs."""
+def read_inputs(results: str | Path, *, state_from: Sequence[str | Path] = ()) -> Inputs:
+    """Read every result file under ``results`` (recursively) into the plan's inputs.
+
+    ``state_from``: folders whose files give only state figures (bytes per account, snapshot bytes
+    per account: sizes, which the host's steal does not change), never CPU; a figure of
+    ``results`` itself wins over theirs (``model._state_of`` takes a profile's last).
+    """
     root = Path(results)
     if not root.exists():
         raise FileNotFoundError(f"--results {root}: no such directory (measure first: see 'cbdc-bench plan --help')")
+    states: list[StateInput] = []
+    for folder in state_from:
+        if not Path(folder).exists():
+            raise FileNotFoundError(f"--state-from {folder}: no such directory")
+        states.extend(read_inputs(folder).states)
     runs: list[RunCost] = []
     maxima: list[MeasuredMax] = []
-    states: list[StateInput] = []
     skipped: list[str] = []
     for path in _json_files(root):
         data = path.read_bytes()
@@ -206,14 +228,19 @@ def read_inputs(results: str | Path) -> Inputs:
                     ))  # fmt: skip
         except (ResultVersionError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             skipped.append(f"{name}: {exc}")
-    return Inputs(runs=runs, maxima=maxima, states=states, skipped=skipped)
+    spoiled = [str(p) for p in sorted(root.rglob("*.json")) if SPOILED in p.relative_to(root).parts[:-1]]
+    return Inputs(runs=runs, maxima=maxima, states=states, skipped=skipped, spoiled=spoiled)
 
 
 def _json_files(root: Path) -> Iterator[Path]:
     if root.is_file():
         yield root
         return
-    yield from sorted(p for p in root.rglob("*.json") if p.name not in ("report.json", "plan.json"))
+    yield from sorted(
+        p
+        for p in root.rglob("*.json")
+        if p.name not in ("report.json", "plan.json") and SPOILED not in p.relative_to(root).parts[:-1]
+    )
 
 
 def run_cost(result: RunResult, file: str = "") -> RunCost | None:
@@ -428,6 +455,9 @@ def measured_maxima(summary: CompareSummary, file: str = "") -> list[MeasuredMax
         if not searches:
             continue
         values = [s.result.max_sustainable_tps for s in searches]
+        trials = [r for r in summary.runs if r.profile == profile and r.stage == "search"]
+        steal = [r.stolen_cores for r in trials if r.stolen_cores is not None]
+        cores = summary.environment.cores
         out.append(
             MeasuredMax(
                 profile=profile + (f"@{validators} validators" if validators else ""),
@@ -439,6 +469,10 @@ def measured_maxima(summary: CompareSummary, file: str = "") -> list[MeasuredMax
                 file=file,
                 cpu_model=summary.environment.cpu_model,
                 calibration_tps=None if calibration is None else calibration.engine_tps,
+                stolen_cores=max(steal, default=None),
+                spoiled_trials=sum(steal_spoiled(v, cores) for v in steal),
+                retried_trials=sum(1 for r in trials if r.spoiled_attempts),
+                cores=cores,
             )
         )
     return out

@@ -68,6 +68,8 @@ PER_SECOND_TIERS = ("framing_io", "ledger", GENERATOR)
 #: 21), like the sequencer: the trove's child (its writer thread does the work, the sequencer waits
 #: for it when its ring is full) and the risk model's inference thread. By name, as the plan prints them.
 ONE_CORE_TIERS = {"trove": "the trove child's one process", "inference": "the risk model's one thread"}
+#: How ``model_breaks`` begins a break where a tier that cannot be partitioned is planned above one core.
+DOES_NOT_FIT = "does not fit one core"
 #: The model's aim (issue 21): a predicted maximum within 25% of the searched one (``meets_aim``).
 PREDICTION_AIM = 0.25
 #: Tiers whose work does not depend on the profile's hooks (the validators verify the same
@@ -183,6 +185,12 @@ class ProfilePlan(msgspec.Struct, frozen=True, kw_only=True):
     #: Tiers fitted over the runs of more than this label (``pooled_fits``: the validators; signed-P's
     #: hooks and trove with P's), with those labels.
     pooled: dict[str, list[str]] = {}
+    #: Where the model breaks at the planned rate (``model_breaks``): a one-core tier planned above
+    #: one core ("does not fit one core: ..."), a fit used far outside the rates it was measured at.
+    #: Every report prints these first.
+    breaks: list[str] = []
+    #: The result file the snapshot bytes per account came from (None: not measured).
+    snapshot_file: str | None = None
 
 
 class Prediction(msgspec.Struct, frozen=True):
@@ -618,6 +626,8 @@ def plan_profile(
         if name in tier_fits
     ]
 
+    breaks = model_breaks(label, tiers, one_core, usable, rate)
+
     # Memory: all of it is the sequencer's (state cannot be partitioned).
     state = _state_of(profile, [s for s in states if s.bytes_per_account])
     pieces = dict(state.bytes_per_account) if state else {}
@@ -703,7 +713,66 @@ def plan_profile(
         cpu_problem=problem,
         one_core=one_core,
         pooled={t: labels for t, (_, labels) in pooled.items()},
+        breaks=breaks if problem is None else [],
+        snapshot_file=snapshot_from.file if snapshot_from else None,
     )
+
+
+def model_breaks(
+    label: str, tiers: Sequence[TierPlan], one_core: Sequence[OneCoreTier], runs: Sequence[RunCost], rate_tps: float
+) -> list[str]:
+    """Where the plan of ``label`` at ``rate_tps`` is not a plan but the model breaking, said loudly.
+
+    * A tier that cannot be partitioned planned above one core: the sequencer (its state is one
+      exact ledger: batch = sequential) or a one-core tier (one process or one thread). More cores
+      do not help; the plan's cores for it are work that cannot be done. Why: a contended run once
+      planned ``signed@2``'s sequencer at 158% of a core, its per-frame cost measured at 2 frames a
+      tick and 5-20k/s charged per payment at 300k/s.
+    * A planned rate outside the rates the fit was measured at, by how much (``rate_outside``): the
+      split of each tier's cost into per-batch and per-payment parts is then extrapolated.
+    """
+    out = []
+    seq = [t for t in tiers if t.on_sequencer]
+    busy, high = sum(t.cores for t in seq), sum(t.cores_high for t in seq)
+    rates = sorted({r.offered_tps for r in runs})
+    outside = rate_outside(rates, rate_tps)
+    if busy > 1 or high > 1:
+        top = ", ".join(f"{t.tier} {t.cores:.2f}" for t in sorted(seq, key=lambda t: -t.cores)[:3])
+        out.append(
+            f"{DOES_NOT_FIT}: the sequencer of {label} needs {busy:.0%} of a core at {rate_tps:,.0f}/s"
+            + (f" ({high:.0%} at the band's top)" if high > busy else "")
+            + f" ({top} cores): its state cannot be partitioned, so no machine runs this; "
+            + (
+                "the fit is extrapolated to this rate (below), so the cost it charges per payment may be per-frame "
+                "work that larger batches amortise: measure nearer the planned rate"
+                if outside
+                else "the sequencer saturates below the planned rate"
+            )
+        )
+    out += [
+        f"{DOES_NOT_FIT}: the {o.tier} of {label} ({o.what}) needs {o.busy:.0%} of its core at {rate_tps:,.0f}/s"
+        + (f" (saturates near {o.saturation_tps:,.0f}/s)" if o.saturation_tps else "")
+        + ": one process or thread cannot use a second core"
+        for o in one_core
+        if o.busy > 1
+    ]
+    if outside:
+        out.append(
+            f"extrapolated: {label} was measured at {min(rates):,.0f}-{max(rates):,.0f}/s; {outside}, so each tier's "
+            "per-batch/per-payment split and the batches there come from the model alone"
+        )
+    return out
+
+
+def rate_outside(rates_tps: Sequence[float], rate_tps: float) -> str:
+    """How far ``rate_tps`` lies outside the measured ``rates_tps`` ('' inside them):
+    ``300,000/s is 30.0x its highest measured rate (10,000/s)``."""
+    if not rates_tps or min(rates_tps) <= rate_tps <= max(rates_tps):
+        return ""
+    lo, hi = min(rates_tps), max(rates_tps)
+    if rate_tps > hi:
+        return f"{rate_tps:,.0f}/s is {rate_tps / hi:,.1f}x its highest measured rate ({hi:,.0f}/s)"
+    return f"{rate_tps:,.0f}/s is {lo / rate_tps:,.1f}x below its lowest measured rate ({lo:,.0f}/s)"
 
 
 def pooled_fits(by_label: dict[str, list[RunCost]]) -> dict[str, dict[str, tuple[TierFit, list[str]]]]:

@@ -11,8 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadgen.plan.inputs import GENERATOR, KERNEL, RunCost
-from loadgen.plan.model import GIB, CapacityPlan, Prediction, ProfilePlan, pooled_text, size_text
+from loadgen.plan.inputs import GENERATOR, KERNEL, MeasuredMax, RunCost
+from loadgen.plan.model import (
+    DOES_NOT_FIT,
+    GIB,
+    CapacityPlan,
+    Prediction,
+    ProfilePlan,
+    pooled_text,
+    rate_outside,
+    size_text,
+)
+from loadgen.results.verdict import STEAL_NOTE_SHARE, steal_spoiled
 
 BEGIN = "<!-- plan-first-cut:begin (written by benchmarks/plan_first_cut.py: edit the script, not this) -->"
 END = "<!-- plan-first-cut:end -->"
@@ -45,12 +55,20 @@ def _plan_row(p: ProfilePlan, rate_tps: float) -> str:
     )
     state, disk = _state_text(p), _disk_text(p)
     machines = str(p.machines) if p.machines is not None else "none of this size"
+    marks = (" (†)" if outside_measured_rates(p, rate_tps) else "") + (" (!)" if _does_not_fit(p) else "")
+    validators = sum(t.cores for t in p.tiers if t.tier == "validators")
     return (
-        f"| {p.profile}{' (†)' if outside_measured_rates(p, rate_tps) else ''} | {p.cores:.2f} "
-        f"({p.cores_low:.2f}-{p.cores_high:.2f}) | {p.surveillance_cores:.2f} "
+        f"| {p.profile}{marks} | {p.cores:.2f} ({p.cores_low:.2f}-{p.cores_high:.2f})"
+        + (f"; validators {validators:.2f}" if validators else "")
+        + f" | {p.surveillance_cores:.2f} "
         f"({share:.0%}) | {p.sequencer_core_busy:.0%} busy ({p.batch_regime} batching){saturation} | {state} | "
         f"{disk} | {size_text(p.network_bytes_per_s, '/s')} | {machines} |"
     )
+
+
+def _does_not_fit(p: ProfilePlan) -> list[str]:
+    """The plan's breaks where a tier that cannot be partitioned is planned above one core."""
+    return [b for b in p.breaks if b.startswith(DOES_NOT_FIT)]
 
 
 def _state_text(p: ProfilePlan) -> str:
@@ -63,7 +81,19 @@ def _disk_text(p: ProfilePlan) -> str:
     disk = " + ".join(f"{k} {size_text(v)}" for k, v in p.disk_per_day_bytes.items()) or "not measured"
     if not p.disk_per_day_complete and p.disk_per_day_bytes:
         disk += " + a store not measured"
-    return disk
+    return disk + f"; snapshots kept {size_text(p.snapshot_bytes)}"
+
+
+def _steal_text(stolen_cores: float | None, cores: int) -> str:
+    """``, stolen 0.31 (spoiled: ...)`` for a kept run or search the host's steal still spoiled."""
+    if not stolen_cores:
+        return ""
+    spoiled = (
+        f" (SPOILED: steal >= {STEAL_NOTE_SHARE:.0%} of {cores} cores, the least-stolen attempt kept)"
+        if steal_spoiled(stolen_cores, cores)
+        else ""
+    )
+    return f", stolen {stolen_cores:.2f}{spoiled}"
 
 
 def _server_cores(run: RunCost) -> float:
@@ -74,7 +104,7 @@ def _machine_text(run: RunCost) -> str:
     """The machine's own figures of a run that recorded them: the kernel's CPU and the idle cores."""
     if run.idle_cores is None:
         return ""
-    stolen = f", stolen {run.stolen_cores:.2f}" if run.stolen_cores else ""
+    stolen = _steal_text(run.stolen_cores, run.cores)
     return f" (+ kernel {run.tier_ns_per_s.get(KERNEL, 0.0) / 1e9:.2f}, idle {run.idle_cores:.2f}{stolen})"
 
 
@@ -92,6 +122,14 @@ def measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | N
     )
     if m is not None and m.generator_limited:
         measured += ", generator-limited"
+    if m is not None and m.stolen_cores is not None:
+        measured += f"; trials' steal up to {m.stolen_cores:.2f}" + (
+            f", {m.retried_trials} re-measured" if m.retried_trials else ""
+        )
+        if m.spoiled_trials:
+            measured += (
+                f", {m.spoiled_trials} SPOILED (steal >= {STEAL_NOTE_SHARE:.0%} of {m.cores} cores after retries)"
+            )
     error = f"{prediction.error:+.0%}" if prediction.error is not None else ""
     error += ("; " if error and prediction.note else "") + prediction.note
     predicted = (
@@ -105,9 +143,18 @@ def measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | N
 
 
 def headline_markdown(
-    plan: CapacityPlan, runs: Sequence[RunCost], *, plan_command: str, commands_file: str, root: str | Path = "."
+    plan: CapacityPlan,
+    runs: Sequence[RunCost],
+    *,
+    plan_command: str,
+    commands_file: str,
+    root: str | Path = ".",
+    spoiled: Sequence[str] = (),
 ) -> str:
-    """The section: the plan's table, the measured table with the predicted maxima, and the files behind them."""
+    """The section: the plan's table, the measured table with the predicted maxima, and the files behind them.
+
+    ``spoiled``: the result files set aside because the host's steal spoiled them (``Inputs.spoiled``).
+    """
     r = plan.request
     profiles = sorted([plan.plan, *plan.others], key=lambda p: (p.cpu_problem is not None, p.cores))
     by_label: dict[str, list[RunCost]] = {}
@@ -117,11 +164,12 @@ def headline_markdown(
     m = r.machine
     lines = [
         BEGIN,
+        *(f"{line}\n" for line in in_one_look(plan)),
         f"At {r.rate_tps:,.0f} payments/s for {r.accounts:,} accounts, per replica ({r.replicas} replicas; machines "
         f"of {m.cores} cores, {m.memory_bytes / GIB:,.0f} GiB), CPU measured on {plan.cpu_model}:",
         "",
         "| profile | cores (band) | of which policy/surveillance | sequencer's one core (and the other one-core "
-        "tiers) | sequencer's state | disk per day | network in+out | machines |",
+        "tiers) | sequencer's state | disk per day; snapshots kept | network in+out | machines |",
         "|---|---|---|---|---|---|---|---|",
         *(_plan_row(p, r.rate_tps) for p in profiles),
         "",
@@ -134,8 +182,24 @@ def headline_markdown(
         ),
         *(
             [
+                "(!) Where the model breaks at this rate: "
+                + "; ".join(b for p in profiles for b in _does_not_fit(p))
+                + ".",
+                "",
+            ]
+            if any(_does_not_fit(p) for p in profiles)
+            else []
+        ),
+        *(
+            [
                 f"(†) measured only below or above {r.rate_tps:,.0f}/s (the rates are in the next table): the fitted "
-                "costs are extrapolated in rate, and the batches come from the batch model alone.",
+                "costs are extrapolated in rate, and the batches come from the batch model alone: "
+                + "; ".join(
+                    f"{p.profile}: {rate_outside(p.rates_tps, r.rate_tps)}"
+                    for p in profiles
+                    if outside_measured_rates(p, r.rate_tps)
+                )
+                + ".",
                 "",
             ]
             if any(outside_measured_rates(p, r.rate_tps) for p in profiles)
@@ -162,6 +226,8 @@ def headline_markdown(
         "searched maximum, only where the search stopped at the server; where it stopped because the "
         "generator fell behind, the searched maximum bounds the generator and there is no check:",
         "",
+        steal_summary(runs, [p.measured for p in plan.predictions if p.measured is not None], spoiled),
+        "",
         "| profile | runs: offered rate, server CPU, p99, verdict | predicted max | measured max (search) | error |",
         "|---|---|---|---|---|",
         *(measured_row(p.profile, by_label.get(p.profile, []), predictions.get(p.profile)) for p in profiles),
@@ -174,11 +240,76 @@ def headline_markdown(
         pr = predictions.get(p.profile)
         if pr is not None and pr.measured is not None:
             files.append(_relative(pr.measured.file, root))
-        lines.append(f"- {p.profile}: " + ", ".join(f"`{f}`" for f in files))
+        snapshot = (
+            f", `{_relative(p.snapshot_file, root)}` (its snapshot size)"
+            if p.snapshot_file and p.snapshot_file not in {run.file for run in by_label.get(p.profile, [])}
+            else ""
+        )
+        lines.append(f"- {p.profile}: " + ", ".join(f"`{f}`" for f in files) + snapshot)
     if plan.missing:
         lines += ["", f"Not measured for {plan.plan.profile} (the plan lists the command for each):"]
         lines += [f"- {x.what}: `{x.command}`" for x in plan.missing]
     return "\n".join([*lines, END])
+
+
+def in_one_look(plan: CapacityPlan) -> list[str]:
+    """The plan's answer in a few sentences, every figure from ``plan`` (the README's bullets refer to
+    these lines instead of typing the figures): the planned profile against ``baseline``, and the
+    validators of the most-validators ``signed`` label against the profile's hooks."""
+    r = plan.request
+    by_label = {p.profile: p for p in [plan.plan, *plan.others] if p.cpu_problem is None}
+    p, base = plan.plan, by_label.get("baseline")
+    if p.cpu_problem is not None:
+        return []
+    disk = " + ".join(f"{k} {size_text(v)}" for k, v in p.disk_per_day_bytes.items())
+    lines = [
+        f"**In one look** (the plan below, at {r.rate_tps:,.0f} payments/s for {r.accounts:,} accounts, per replica): "
+        f"`{p.profile}` needs {p.cores:.2f} cores ({p.cores_low:.2f}-{p.cores_high:.2f}), "
+        f"{p.surveillance_cores:.2f} of them its policy and surveillance hooks, "
+        + (f"against {base.cores:.2f} for `baseline`; " if base is not None else "")
+        + (f"{p.memory_bytes / GIB:,.1f} GiB of sequencer state; " if p.memory_bytes is not None else "")
+        + f"disk {disk or 'not measured'} a day"
+        + (f" and {size_text(p.disk_retention_bytes)} for {r.retention_days:g} days x {r.replicas} replicas" if
+           p.disk_retention_bytes is not None else "")
+        + f"; {p.machines if p.machines is not None else 'no'} machines of {r.machine.cores} cores"
+        + (f" ({base.machines} for `baseline`)" if base is not None else "")
+        + "."
+    ]  # fmt: skip
+    signed = [q for label, q in by_label.items() if label.startswith("signed@")]
+    if signed:
+        q = max(signed, key=lambda x: x.profile)
+        validators = next((t for t in q.tiers if t.tier == "validators"), None)
+        if validators is not None:
+            ratio = f", {validators.cores / p.surveillance_cores:,.0f}x" if p.surveillance_cores > 0 else ""
+            lines.append(
+                f"Verifying the signatures (`{q.profile}`) takes {validators.cores:.1f} cores "
+                f"({validators.ns_per_payment / 1e3:,.0f} us of CPU per payment){ratio} what `{p.profile}`'s policy "
+                f"and surveillance hooks take ({p.surveillance_cores:.2f})."
+            )
+    return lines
+
+
+def steal_summary(runs: Sequence[RunCost], maxima: Sequence[MeasuredMax], spoiled: Sequence[str]) -> str:
+    """How many runs and search trials the host's steal spoiled: measured again, or kept spoiled."""
+    recorded = [r for r in runs if r.stolen_cores is not None]
+    if not recorded:
+        return "Host steal: not recorded in these result files (before machine_cpu)."
+    steal = [r.stolen_cores or 0.0 for r in recorded]
+    kept_spoiled = sum(steal_spoiled(r.stolen_cores or 0.0, r.cores) for r in recorded)
+    trials = [m for m in maxima if m.stolen_cores is not None]
+    if trials:
+        retried, still = sum(m.retried_trials for m in trials), sum(m.spoiled_trials for m in trials)
+        searches = f"; {retried} search trials measured again, {still} kept still spoiled"
+    elif maxima:
+        searches = "; the searches' trials did not record their steal (comparisons from before --steal-retries)"
+    else:
+        searches = ""
+    return (
+        f"Host steal (a window is spoiled when it took >= {STEAL_NOTE_SHARE:.0%} of the cores; it is measured again, "
+        "up to `--steal-retries` times, then the least-stolen attempt is kept and marked SPOILED): "
+        f"{len(spoiled)} run attempts set aside as spoiled (under `spoiled/`, never fitted); the kept runs' steal "
+        f"{min(steal):.2f}-{max(steal):.2f} cores, {kept_spoiled} of {len(recorded)} still spoiled{searches}."
+    )
 
 
 def _relative(file: str, root: str | Path) -> str:

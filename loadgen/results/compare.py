@@ -51,10 +51,13 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drain_s: float
     operators: int = 2
     processes: int = 1
+    #: Times a phase whose window the host's steal spoiled (``verdict.steal_spoiled``) is measured
+    #: again; the least-stolen attempt is kept (``compare --steal-retries``; 0: never).
+    steal_retries: int = 0
 
     def __post_init__(self) -> None:
-        if self.accounts < 2 or self.repeats < 1 or self.confirm_repeats < 0:
-            raise ValueError("need accounts >= 2, repeats >= 1, confirm_repeats >= 0")
+        if self.accounts < 2 or self.repeats < 1 or self.confirm_repeats < 0 or self.steal_retries < 0:
+            raise ValueError("need accounts >= 2, repeats >= 1, confirm_repeats >= 0, steal_retries >= 0")
         if min(self.search_seconds, self.equal_seconds) <= 0 or min(self.search_warmup_s, self.equal_warmup_s) < 0:
             raise ValueError("phase lengths must be > 0 (warm-ups >= 0)")
 
@@ -72,6 +75,11 @@ class RunRef(msgspec.Struct, frozen=True):
     p99_ms: float
     sustained: bool
     generator_kept_schedule: bool
+    #: Cores the host's steal took over the window (``machine_cpu``; None: not recorded).
+    stolen_cores: float | None = None
+    #: Attempts at this phase measured before it and set aside, their windows spoiled by steal
+    #: (``Plan.steal_retries``; their files are under ``spoiled/``).
+    spoiled_attempts: int = 0
 
 
 class ProfileSearch(msgspec.Struct, frozen=True):

@@ -133,9 +133,18 @@ class Verdict(msgspec.Struct, frozen=True):
 STEAL_NOTE_SHARE = 0.05
 
 
+def steal_spoiled(stolen_cores: float, cores: int) -> bool:
+    """Whether the host's steal took at least ``STEAL_NOTE_SHARE`` of the machine's cores over a window.
+
+    One rule for the verdict's note and for the searches and scripts that re-run such a window
+    (``compare --steal-retries``, ``benchmarks/plan_first_cut.py``, the plan's marks).
+    """
+    return cores > 0 and stolen_cores >= STEAL_NOTE_SHARE * cores
+
+
 def _stolen(f: Figures) -> str:
     """A note on the host's steal when it was large enough to explain a miss ('' otherwise)."""
-    if f.cores <= 0 or f.stolen_cores < STEAL_NOTE_SHARE * f.cores:
+    if not steal_spoiled(f.stolen_cores, f.cores):
         return ""
     return f"; the host stole {f.stolen_cores:.2f} of {f.cores} cores (steal): the miss may be the host's, re-run"
 

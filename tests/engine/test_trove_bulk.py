@@ -72,7 +72,8 @@ def test_the_direct_build_leaves_the_runs_the_writer_and_compactor_leave(troves)
     runs = layout(direct)
     assert runs == layout(written)
     assert len({r[0] for r in runs}) > 2 and max(r[1] for r in runs) == 16_384  # partitions, last-tier runs
-    assert {f[1] for r in runs for f in r[4]} == {"ZSTD", "LZ4"}  # last tier, and runs a merge will read
+    # Final runs, and runs a merge will read (plain: intermediate_compression "none", the default).
+    assert {f[1] for r in runs for f in r[4]} == {"ZSTD", "UNCOMPRESSED"}
     plan = plan_runs(ROWS, ACCOUNTS, config(direct))
     assert plan.merges > 0 and sum(r.rows for r in plan.runs) == ROWS
 

@@ -91,7 +91,7 @@ def _codec(root: Path, seg: Segment) -> set[str]:
 def test_files_a_merge_reads_again_are_lz4_the_rest_zstd(tmp_path: Path, rng) -> None:
     entries = list(random_entries(rng, 120))
     # segment_rows 700, fanin 2: runs of 2,800 rows or more are in the last tier.
-    config = small_config(tmp_path / "t", partition_s=86_400, max_run_rows=2_800)
+    config = small_config(tmp_path / "t", partition_s=86_400, max_run_rows=2_800, intermediate_compression="lz4")
     trove = Trove.open(config, start=False)
     try:
         load_sync(trove, entries)
@@ -106,7 +106,9 @@ def test_files_a_merge_reads_again_are_lz4_the_rest_zstd(tmp_path: Path, rng) ->
     finally:
         trove.close()
     # What a merge wrote below the last tier (and the writer past a partition's first segment) is lz4.
-    partial = Trove.open(small_config(tmp_path / "p", partition_s=86_400, compact=False), start=False)
+    partial = Trove.open(
+        small_config(tmp_path / "p", partition_s=86_400, compact=False, intermediate_compression="lz4"), start=False
+    )
     try:
         load_sync(partial, entries)
         runs = sorted(partial.manifest.segments, key=lambda s: s.id)

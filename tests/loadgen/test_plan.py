@@ -453,7 +453,7 @@ def test_headline_section_has_a_row_per_profile_from_the_plan_and_its_runs(tmp_p
     assert plan.deltas and all(d[1:] in section for d in plan.deltas)  # what the hooks add over baseline, signed
     above = build_plan(inputs, _request(rate_tps=5e6))
     marked = headline_markdown(above, inputs.runs, plan_command="cbdc-bench plan ...", commands_file="C.md")
-    assert f"| {p.profile} (†) |" in marked and "extrapolated in rate" in marked
+    assert f"| {p.profile} (†)" in marked and "extrapolated in rate" in marked
     readme = f"intro\n{BEGIN}\nold table\n{END}\nafter\n"
     assert replace_section(readme, section) == f"intro\n{section}\nafter\n"
     with pytest.raises(ValueError, match="no section between"):
