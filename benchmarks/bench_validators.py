@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.validators import MIN_PARCEL_TRANSFERS
+
 CONTENDERS = (
     "keygen",
     "verify-pynacl",
@@ -89,7 +91,9 @@ def _inline_rate(accounts: int, cache_dir: str, seconds: float) -> tuple[float, 
     return _rate(lambda: len(signing.verify_records(records, sigs, keys)), seconds)
 
 
-def _paced(registry: object, records: bytes, sigs: bytes, seconds: float, share: float) -> dict[str, object]:
+def _paced(
+    registry: object, records: bytes, sigs: bytes, seconds: float, share: float, min_parcel: int
+) -> dict[str, object]:
     """Two workers fed as the server feeds them below saturation: every ``PACED_TICK_S`` one Submit
     per operator (two), at ``share`` of two cores' single-core rate. The workers idle between
     parcels, so each round trip (a pipe write, a wake-up, a reply, on both sides) is paid in full:
@@ -106,7 +110,7 @@ def _paced(registry: object, records: bytes, sigs: bytes, seconds: float, share:
     parts = [(records[i * 48 : (i + k) * 48], sigs[i * 64 : (i + k) * 64]) for i in range(0, n - k, k)]
 
     async def run() -> dict[str, object]:
-        pool = LocalValidators(registry, 2)
+        pool = LocalValidators(registry, 2, min_parcel=min_parcel)
         await pool.start()
         try:
             pids = pool.worker_pids()
@@ -138,6 +142,7 @@ def _paced(registry: object, records: bytes, sigs: bytes, seconds: float, share:
             "worker_us_per_transfer": worker_cpu / done * 1e6,
             "parent_us_per_transfer": parent_cpu / done * 1e6,
             "transfers_per_parcel": done / max(after.parcels - before.parcels, 1),
+            "min_parcel": min_parcel,
         }
 
     import uvloop  # the server's loop
@@ -145,7 +150,14 @@ def _paced(registry: object, records: bytes, sigs: bytes, seconds: float, share:
     return uvloop.run(run())
 
 
-def run_one(name: str, seconds: float, accounts: int, cache_dir: str, share: float = PACED_SHARE) -> dict[str, object]:
+def run_one(
+    name: str,
+    seconds: float,
+    accounts: int,
+    cache_dir: str,
+    share: float = PACED_SHARE,
+    min_parcel: int = MIN_PARCEL_TRANSFERS,
+) -> dict[str, object]:
     from engine import signing
     from engine.validators import InlineValidators, LocalValidators
 
@@ -193,7 +205,7 @@ def run_one(name: str, seconds: float, accounts: int, cache_dir: str, share: flo
 
         out["rate_per_s"], out["rate_per_cpu_s"] = _rate(verify_all, seconds)
     elif name == "tier-2-paced":
-        out |= _paced(registry, records, sigs, seconds, share)
+        out |= _paced(registry, records, sigs, seconds, share, min_parcel)
     else:
         workers = int(name.split("-")[1])
         # Several batches in flight, as a busy sequencer would have.
@@ -253,12 +265,22 @@ def main() -> None:
         default=PACED_SHARE,
         help="tier-2-paced's offered rate, as a share of two cores' rate (default 0.6)",
     )
+    parser.add_argument(
+        "--min-parcel",
+        type=int,
+        default=MIN_PARCEL_TRANSFERS,
+        help="tier-2-paced's LocalValidators min_parcel (default %(default)s; 32: the fair shares of session 5)",
+    )
     parser.add_argument("--only", default="", help="comma-separated contenders to run (default: all)")
     parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.seconds, args.accounts, args.cache_dir, args.paced_share)))
+        print(
+            json.dumps(
+                run_one(args.one, args.seconds, args.accounts, args.cache_dir, args.paced_share, args.min_parcel)
+            )
+        )
         return
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -272,7 +294,7 @@ def main() -> None:
         print(f"registry of {args.accounts:,} accounts built in {time.perf_counter() - t0:.2f} s (all cores)")
         for name in args.only.split(",") if args.only else CONTENDERS:
             cmd = [sys.executable, __file__, "--one", name, "--seconds", str(args.seconds)]
-            cmd += ["--paced-share", str(args.paced_share)]
+            cmd += ["--paced-share", str(args.paced_share), "--min-parcel", str(args.min_parcel)]
             cmd += ["--accounts", str(args.accounts), "--cache-dir", cache_dir]
             proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             r = json.loads(proc.stdout.strip().splitlines()[-1])

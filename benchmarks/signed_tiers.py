@@ -33,7 +33,8 @@ One JSON line per tier is printed as it finishes. The figures are wall-clock bou
 machine they say what the machine gave at the time (the load average is recorded with each tier,
 the cores the hypervisor stole with each trial). ``--validator-nice 0,10`` searches each tier
 once per nice of the local validator processes (``serve --validator-nice``; a tier with 0
-validators has none and is searched once): the A/B of that setting in one run.
+validators has none and is searched once): the A/B of that setting in one run;
+``--validator-min-parcel 32,128`` the same for the parcel size (``serve --validator-min-parcel``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -62,7 +64,7 @@ from loadgen.results.run import RunResult, save
 
 PROFILES = ("signed", "signed-full")
 #: ``SignedTiers.format`` (history in its docstring).
-SIGNED_TIERS_FORMAT = 3
+SIGNED_TIERS_FORMAT = 4
 VALIDATORS = ("0", "1", "2")
 #: Start of each search as a share of (Ed25519 verifications per CPU second x max(workers, 1)):
 #: near the expected answer, so the bracket takes few trials (the answer is found either way).
@@ -111,6 +113,8 @@ class TierResult(msgspec.Struct, frozen=True):
     trials: list[TrialRow]
     wall_s: float
     load_average: tuple[float, float, float]
+    #: ``serve --validator-min-parcel`` of this tier's server; None: the server's default.
+    validator_min_parcel: int | None = None
 
 
 class SignedTiers(msgspec.Struct, frozen=True):
@@ -120,7 +124,7 @@ class SignedTiers(msgspec.Struct, frozen=True):
     CPU per *applied* payment, the result files' ``cpu_ns_per_payment`` grouped (the same figures
     as the capacity plan; in a sustained trial the two counts differ by the few replies of the
     window's edges); 3 = a failed trial is repeated (``retries``; trials carry ``repeat`` and
-    ``stolen_cores``), tiers carry ``validator_nice``.
+    ``stolen_cores``), tiers carry ``validator_nice``; 4 = tiers carry ``validator_min_parcel``.
     """
 
     kind: str
@@ -173,8 +177,16 @@ def wait_idle(host: str, port: int, timeout_s: float = 60.0) -> None:
         runner.run(poll())
 
 
-def search_tier(profile: str, validators: str, nice: int | None, args: argparse.Namespace, out: Path) -> TierResult:
-    """One server for ``profile`` with ``validators`` (at ``nice``), its maximum sustainable rate searched."""
+def search_tier(
+    profile: str,
+    validators: str,
+    nice: int | None,
+    args: argparse.Namespace,
+    out: Path,
+    min_parcel: int | None = None,
+) -> TierResult:
+    """One server for ``profile`` with ``validators`` (at ``nice``, parcels of ``min_parcel``), its
+    maximum sustainable rate searched."""
     t0 = time.perf_counter()
     rows: list[TrialRow] = []
     best: RunResult | None = None
@@ -182,6 +194,8 @@ def search_tier(profile: str, validators: str, nice: int | None, args: argparse.
         extra: tuple[str, ...] = ("--validators", validators)
         if nice is not None:
             extra += ("--validator-nice", str(nice))
+        if min_parcel is not None:
+            extra += ("--validator-min-parcel", str(min_parcel))
         if trove_needed(profile, None):  # signed-full keeps a surveillance trove: a fresh one, removed after
             extra += ("--trove", stack.enter_context(tempfile.TemporaryDirectory(prefix="cbdc-signed-tiers-trove-")))
         server_args = server_arguments(
@@ -257,6 +271,7 @@ def search_tier(profile: str, validators: str, nice: int | None, args: argparse.
         profile=profile,
         validators=validators,
         validator_nice=nice,
+        validator_min_parcel=min_parcel,
         max_sustainable_tps=round(found.max_sustainable_tps),
         note=note,
         slo_p99_ms=args.targets.slo_p99_ms,
@@ -282,6 +297,11 @@ def main() -> None:
         "--validator-nice",
         default="",
         help="comma-separated nice values of the validator processes, each searched (default: the server's)",
+    )
+    parser.add_argument(
+        "--validator-min-parcel",
+        default="",
+        help="comma-separated serve --validator-min-parcel values, each searched (default: the server's)",
     )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--drain", type=float, default=2.0, help="seconds a trial waits for late replies")
@@ -309,10 +329,14 @@ def main() -> None:
         out = Path(args.out) / f"signed-tiers-{created.replace(':', '').replace('-', '')}"
         tiers: list[TierResult] = []
         nices: list[int | None] = [int(n) for n in args.validator_nice.split(",")] if args.validator_nice else [None]
+        parcels: list[int | None] = (
+            [int(n) for n in args.validator_min_parcel.split(",")] if args.validator_min_parcel else [None]
+        )
         for profile in args.profiles.split(","):
             for validators in args.validators.split(","):
-                for nice in nices if validators != "0" else [None]:
-                    tier = search_tier(profile, validators, nice, args, out)
+                local = validators != "0"
+                for nice, parcel in itertools.product(nices if local else [None], parcels if local else [None]):
+                    tier = search_tier(profile, validators, nice, args, out, parcel)
                     tiers.append(tier)
                     print(msgspec.json.encode(msgspec.structs.replace(tier, trials=[])).decode(), flush=True)
         summary = SignedTiers(

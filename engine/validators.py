@@ -18,8 +18,9 @@ Local workers (``LocalValidators``)
     below ``min_split`` transfers: a smaller batch stays whole, ``chunk_size``), put on one queue;
     the chunks at its head
     go to a worker together (a *parcel*: several Submits' chunks in one message), at most a fair
-    share of what is queued (queued transfers over live workers, at least ``min_split``, at most
-    ``chunk_transfers``), so that two idle workers split a burst instead of one taking it all.
+    share of what is queued (queued transfers over live workers, at least ``min_parcel``, at most
+    ``chunk_transfers``), so that two idle workers split a burst above ``min_parcel`` instead of
+    one taking it all.
     Each worker has up to ``PIPELINE_PARCELS`` (2) parcels in flight: while it verifies one, the
     next waits in its pipe, so it never idles for a round trip while work is queued.
 
@@ -39,6 +40,19 @@ Local workers (``LocalValidators``)
     to clean up after it. Two parcels of at most ``MAX_PARCEL_TRANSFERS`` fit in a socket buffer,
     so the loop's (blocking) send never waits on a worker, and a reply (one write of 1 + n bytes)
     is whole once its pipe is readable. A pool is used from the loop it was started on.
+
+Parcels (``min_parcel``, ``ServerConfig.validator_min_parcel``, 128 by default)
+    Below saturation every round trip is paid in full: a pipe write, a worker woken, its reply, the
+    server woken, and the verdicts of each reply applied as a ledger batch of their own. Up to
+    session 5 of issue 19 a parcel was at least a fair share (``min_parcel`` = ``min_split`` = 32):
+    a generator tick's two Submits of 40 (16,000/s) went to both workers, two round trips and two
+    ledger batches per tick. Filled up to 128 (~8 ms of verification) they travel together: one
+    round trip, one reply, one ledger batch per tick up to ~25,000/s, the other core left to the
+    server and the generator, at the price of ~2.5 ms more verification latency per payment at
+    16,000/s (the workers alternate ticks). In-process (``bench_validators.py --only tier-2-paced
+    --min-parcel 32`` against 128, issue 19's sixth session, shared machine, the one alternated pair
+    in which the tier kept pace): the workers' CPU per transfer above the verification's own 14.0
+    against 2.9 us, the feeder's 7.0 against 5.9 us (33 against 80 transfers per parcel).
 
 Priority (``nice``, ``ServerConfig.validator_nice``, 0 by default)
     The workers are the only CPU-bound processes of a signed run; the sequencer's loop and the
@@ -114,6 +128,10 @@ _READY, _VERDICTS, _FAILED = b"R", b"V", b"E"
 PIPELINE_PARCELS = 2
 #: Largest parcel: two in a pipe (2 x 512 x 112 bytes) stay below a socket buffer, so sending never blocks.
 MAX_PARCEL_TRANSFERS = 512
+#: Default ``min_parcel``: a generator tick's Submits (two operators, 5 ms) up to ~25,000/s travel as
+#: one parcel, one round trip, their verdicts in one reply (hence one ledger batch), rather than one
+#: parcel per worker (module docstring, "Parcel size").
+MIN_PARCEL_TRANSFERS = 128
 
 
 class InlineValidators(Validators):
@@ -280,6 +298,7 @@ class LocalValidators(Validators):
         *,
         chunk_transfers: int = 128,
         min_split: int = 32,
+        min_parcel: int = MIN_PARCEL_TRANSFERS,
         max_attempts: int = 3,
         max_restarts: int | None = None,
         chunk_timeout_s: float = 30.0,
@@ -295,6 +314,9 @@ class LocalValidators(Validators):
         self.accounts = registry.accounts
         self.chunk_transfers = chunk_transfers
         self.min_split = max(1, min_split)
+        #: A parcel is filled up to this many transfers before the queue is split across workers
+        #: (capped at ``chunk_transfers``; ``_dispatch``).
+        self.min_parcel = max(self.min_split, min(min_parcel, chunk_transfers))
         self.max_attempts = max_attempts
         self.chunk_timeout_s = chunk_timeout_s
         self.max_restarts = 4 * workers if max_restarts is None else max_restarts
@@ -412,7 +434,7 @@ class LocalValidators(Validators):
         at least one chunk."""
         if self._closing or not self._queue or not self._slots:
             return
-        share = min(self.chunk_transfers, max(self.min_split, math.ceil(self._queued / len(self._slots))))
+        share = min(self.chunk_transfers, max(self.min_parcel, math.ceil(self._queued / len(self._slots))))
         queue = self._queue
         for depth in range(PIPELINE_PARCELS):
             for slot, s in list(self._slots.items()):
@@ -611,17 +633,21 @@ def tier_mismatch(spec: str, reported: object) -> str | None:
     return None
 
 
-def make_validators(spec: str | int, registry: KeyRegistry, *, nice: int = 0, **options: Any) -> Validators:
+def make_validators(
+    spec: str | int, registry: KeyRegistry, *, nice: int = 0, min_parcel: int = MIN_PARCEL_TRANSFERS, **options: Any
+) -> Validators:
     """The tier that ``--validators spec`` names (``options`` go to its constructor); not started.
 
-    ``nice`` applies to local worker processes only (the Ray tier's workers are Ray's)."""
+    ``nice`` and ``min_parcel`` apply to local worker processes only (the Ray tier's workers are Ray's)."""
     kind, arg = parse_validators(spec)
     if kind == "ray":
         from engine.validators_ray import RayValidators  # Ray is an optional extra
 
         return RayValidators(registry, address=str(arg), **options)
     assert isinstance(arg, int)
-    return InlineValidators(registry) if arg == 0 else LocalValidators(registry, arg, nice=nice, **options)
+    if arg == 0:
+        return InlineValidators(registry)
+    return LocalValidators(registry, arg, nice=nice, min_parcel=min_parcel, **options)
 
 
 async def verify_all(validators: Validators, batches: Sequence[tuple[bytes, bytes]]) -> list[np.ndarray]:

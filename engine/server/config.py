@@ -16,7 +16,7 @@ from engine.population import DEFAULT_SEED, POPULATION_VERSION, Population, Popu
 from engine.profiles import risk_model_sha256
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.snapshot import SnapshotSchedule
-from engine.validators import parse_validators
+from engine.validators import MAX_PARCEL_TRANSFERS, MIN_PARCEL_TRANSFERS, parse_validators
 from engine.wire import DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_PORT = 7480
@@ -225,6 +225,16 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="N",
         ),
     ] = 0
+    #: Local validator parcels are filled up to this many transfers before the queue is split
+    #: across workers (engine.validators, "Parcels"): one round trip per generator tick.
+    validator_min_parcel: Annotated[
+        int,
+        _help(
+            "transfers a parcel to a local validator process is filled up to before queued work is split "
+            "across the processes, 1-512 (default {default}; 32: a fair share per process, more round trips)",
+            metavar="N",
+        ),
+    ] = MIN_PARCEL_TRANSFERS
     metrics_port: Annotated[
         int | None,
         _help(
@@ -281,6 +291,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.signatures not in SIGNATURE_MODES:
             raise ValueError(f"signatures must be one of {', '.join(SIGNATURE_MODES)}, got {self.signatures!r}")
         parse_validators(self.validators)
+        if not 1 <= self.validator_min_parcel <= MAX_PARCEL_TRANSFERS:
+            raise ValueError(
+                f"validator_min_parcel must be in 1..{MAX_PARCEL_TRANSFERS}, got {self.validator_min_parcel}"
+            )
         if not 0 <= self.validator_nice <= 19:
             raise ValueError(f"validator_nice must be in 0..19 (0: the server's priority), got {self.validator_nice}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65_536:

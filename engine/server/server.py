@@ -205,7 +205,9 @@ class Server:
         if config.signature_mode != "off":
             with unsized_phase(build_progress, PHASE_KEYS):
                 registry = ensure_registry(config.seed, config.accounts)
-            self.validators = make_validators(config.validators, registry, nice=config.validator_nice)
+            self.validators = make_validators(
+                config.validators, registry, nice=config.validator_nice, min_parcel=config.validator_min_parcel
+            )
             self.batcher.validators = self.validators
             self.batcher.signatures_required = config.signature_mode == "required"
 

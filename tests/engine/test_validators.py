@@ -13,6 +13,7 @@ import pytest
 from engine import signing
 from engine.codes import ResultCode
 from engine.validators import (
+    MIN_PARCEL_TRANSFERS,
     InlineValidators,
     LocalValidators,
     ValidatorsUnavailable,
@@ -107,26 +108,34 @@ def test_small_batches_travel_together_and_are_not_split(registry: signing.KeyRe
     assert parcels < chunks  # queued together, sent together
 
 
-def test_submits_of_one_loop_iteration_share_parcels_in_fair_shares(registry: signing.KeyRegistry) -> None:
-    """Five Submits of 20 arriving in one loop iteration with two idle workers: they leave together
-    at the end of the iteration, in parcels of at most a fair share (100 queued / 2 workers = 50),
-    so each worker gets 40 at once and one of them 20 more to hold in its pipe: three round trips
-    for five Submits, no worker taking the whole burst, none left waiting for a verdict."""
-    small = [signed_batch(20, stream=700 + i) for i in range(5)]
+@pytest.mark.parametrize(
+    ("min_parcel", "submits", "parcels"),
+    [(MIN_PARCEL_TRANSFERS, 5, 1), (MIN_PARCEL_TRANSFERS, 10, 2), (32, 5, 3)],
+)
+def test_submits_of_one_loop_iteration_share_parcels(
+    registry: signing.KeyRegistry, min_parcel: int, submits: int, parcels: int
+) -> None:
+    """Submits of 20 arriving in one loop iteration with two idle workers leave together at the end
+    of the iteration. By default a parcel is filled up to ``min_parcel`` (128) before the queue is
+    split: five Submits (100, a generator tick's two Submits at ~20,000/s) are one round trip and
+    one reply; ten (200) are split over both workers. With ``min_parcel=32`` the queue is cut in
+    fair shares (100 queued / 2 workers = 50): each worker gets 40 at once and one of them 20 more
+    to hold in its pipe, three round trips. Either way no verdict is left waiting."""
+    small = [signed_batch(20, stream=700 + i) for i in range(submits)]
     want = expected(registry, [(b.tobytes(), s) for b, s in small])
 
     async def run() -> None:
-        pool = LocalValidators(registry, 2, chunk_transfers=128)
+        pool = LocalValidators(registry, 2, chunk_transfers=128, min_parcel=min_parcel)
         await pool.start()
         try:
             futures = [pool.verify_future(b.tobytes(), s) for b, s in small]  # no await in between
             assert pool.stats().parcels == 0  # sent at the end of this iteration, together
             await asyncio.sleep(0)
-            assert pool.stats().parcels == 3
+            assert pool.stats().parcels == parcels
             got = await asyncio.gather(*futures)
             for g, w in zip(got, want, strict=True):
                 np.testing.assert_array_equal(g, w)
-            assert pool.stats().parcels == 3
+            assert pool.stats().parcels == parcels
         finally:
             await pool.close()
 

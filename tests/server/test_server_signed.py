@@ -266,6 +266,71 @@ def test_admin_requests_wait_for_the_submits_being_verified_before_them(start_se
     assert st.call(lambda: st.server.counters["admin_waited_for_verdicts"]) == 2
 
 
+class _Staggered(_Slow):
+    """The inline tier answering its n-th batch after ``pauses[n]`` (as two workers' replies come back apart)."""
+
+    def __init__(self, inner: Validators, pauses: list[float]) -> None:
+        super().__init__(inner, 0.0)
+        self.pauses = pauses
+
+    async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
+        await asyncio.sleep(self.pauses.pop(0) if self.pauses else 0.0)
+        return await self.inner.verify(records, signatures)
+
+
+def test_submits_admitted_together_are_one_ledger_batch_when_their_verdicts_come_apart(
+    start_server: StartServer,
+) -> None:
+    """Two SignedSubmits read together (a generator tick) whose verdicts come back 50 ms apart are
+    applied as one ledger batch, not one per reply; their results are the reference model's,
+    applied one after the other in arrival order."""
+    st = start_server(signatures="required", validators="0")
+    tier = st.server.batcher.validators
+    assert tier is not None
+    st.call(setattr, st.server.batcher, "validators", _Staggered(tier, [0.0, 0.05]))
+    st.call(setattr, st.server.batcher, "hold_max_s", 30.0)  # the bound is the next test's
+    ref = reference_of(st)
+    wl = Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED))
+    first, second = wl.batch(40, first_id=0, operator=0), wl.batch(40, first_id=40, operator=0)
+    with connect(st) as client:
+        before = client.stats()["batches"]
+        s1, s2 = client.next_ref(), client.next_ref()
+        client.send_raw(
+            client.codec.frame(SignedSubmit(s1, first.tobytes(), signing.sign_records(first, TEST_SEED)))
+            + client.codec.frame(SignedSubmit(s2, second.tobytes(), signing.sign_records(second, TEST_SEED)))
+        )
+        np.testing.assert_array_equal(client.results(s1), ref.apply(first))
+        np.testing.assert_array_equal(client.results(s2), ref.apply(second))
+        assert client.stats()["batches"] - before == 1
+        assert_nothing_more(client)
+    assert server_balances(st) == ref.balance
+
+
+def test_a_submit_whose_verdicts_are_late_does_not_hold_those_verified_before_it(start_server: StartServer) -> None:
+    """The hold is bounded (``VERDICT_HOLD_MAX_S``, 5 ms): with the second Submit's verdicts 2 s
+    late (a hung worker), the first is applied and answered while the second is still being
+    verified, in a batch of its own; both match the reference model."""
+    st = start_server(signatures="required", validators="0")
+    tier = st.server.batcher.validators
+    assert tier is not None
+    st.call(setattr, st.server.batcher, "validators", _Staggered(tier, [0.0, 2.0]))
+    ref = reference_of(st)
+    wl = Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED))
+    first, second = wl.batch(40, first_id=0, operator=0), wl.batch(40, first_id=40, operator=0)
+    with connect(st) as client:
+        s1, s2 = client.next_ref(), client.next_ref()
+        client.send_raw(
+            client.codec.frame(SignedSubmit(s1, first.tobytes(), signing.sign_records(first, TEST_SEED)))
+            + client.codec.frame(SignedSubmit(s2, second.tobytes(), signing.sign_records(second, TEST_SEED)))
+        )
+        np.testing.assert_array_equal(client.results(s1), ref.apply(first))
+        assert st.call(lambda: len(st.server.batcher.verifying)) == 1  # the second: still being verified
+        np.testing.assert_array_equal(client.results(s2), ref.apply(second))
+        assert client.stats()["batches"] == 2
+        assert_nothing_more(client)
+    assert server_balances(st) == ref.balance
+
+
 class _Serial(_Slow):
     """A tier of fixed capacity: one batch at a time, ``pause_s`` each (a saturated validator pool)."""
 
