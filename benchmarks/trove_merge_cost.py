@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from engine.trove import compaction
 from engine.trove.bench import bulk_load, seeded_batches
 from engine.trove.config import TroveConfig
 from engine.trove.manifest import Manifest, Segment
+from engine.trove.process import child_malloc_env
 from engine.trove.schema import arrow_schema, concat_rows, rows_of
 from engine.trove.store import Trove
 
@@ -204,7 +206,17 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="only the layout the policy leaves for this many rows and accounts (metadata, no data), e.g. 1e9",
     )
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="glibc's default malloc settings, not the trove process's (process.child_malloc_env): an A/B",
+    )
     args = p.parse_args(argv)
+    if not args.default_malloc and any(os.environ.get(k) != v for k, v in child_malloc_env().items()):
+        # The child's allocator settings take effect at start: run again under them, so the CPU
+        # measured is the trove process's.
+        argv = sys.argv[1:] if argv is None else argv
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.trove_merge_cost", *argv], {**os.environ, **child_malloc_env()})
     config = TroveConfig(fanin=args.fanin, intermediate_compression=args.intermediate_compression)
     if args.layout_rows:
         cfg = msgspec.structs.replace(config, segment_rows=int(args.segment_rows))

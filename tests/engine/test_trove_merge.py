@@ -76,6 +76,21 @@ def test_merging_runs_gives_both_orderings_every_row_once(tmp_path: Path, rng, m
         trove.close()
 
 
+def test_regrouped_cuts_whole_row_groups_from_chunks_of_any_size(rng) -> None:
+    # Chunks smaller than a group, exactly one, and spanning several, with carries between them.
+    sizes = [3, 10, 1, 0, 25, 7, 7, 40, 2, 9]
+    total = sum(sizes)
+    cols = {name: rng.integers(0, 200, total).astype(dtype) for name, dtype in COLUMNS.items()}
+    bounds = np.cumsum([0, *sizes])
+    chunks = [{name: col[lo:hi] for name, col in cols.items()} for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    batches = list(compaction._regrouped(iter(chunks), 10))
+    assert all(b.num_rows % 10 == 0 for b in batches[:-1])
+    assert sum(b.num_rows for b in batches) == total
+    table = pa.Table.from_batches(batches)
+    for name, col in cols.items():
+        np.testing.assert_array_equal(table.column(name).to_numpy(), col)
+
+
 def _no_duckdb():
     raise AssertionError("runs are merged without DuckDB")
 
