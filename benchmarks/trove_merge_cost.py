@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         # The child's allocator settings take effect at start: run again under them, so the CPU
         # measured is the trove process's.
         argv = sys.argv[1:] if argv is None else argv
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.trove_merge_cost", *argv], {**os.environ, **child_malloc_env()})
+        command = [sys.executable, "-m", "benchmarks.trove_merge_cost", *argv]
+        os.execve(sys.executable, command, {**os.environ, **child_malloc_env()})
     config = TroveConfig(fanin=args.fanin, intermediate_compression=args.intermediate_compression)
     if args.layout_rows:
         cfg = msgspec.structs.replace(config, segment_rows=int(args.segment_rows))

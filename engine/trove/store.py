@@ -54,6 +54,8 @@ from engine.trove.schema import (
 
 #: The compactor looks for work at least this often (it is also woken after every flush).
 _COMPACTOR_POLL_S = 0.5
+#: How often a merge waiting for the flusher checks that the trove is not closing.
+_GATE_POLL_S = 0.1
 
 
 class TroveStopped(RuntimeError):
@@ -127,6 +129,8 @@ class Trove(TroveFeed):
             "writer_cpu_ns": 0,
             "compaction_cpu_ns": 0,
             "backlog_rows_peak": 0,
+            # Merges waiting for the flusher (``_merge_gate``): wall time, not CPU.
+            "compaction_yield_ns": 0,
         }
         self._writer = threading.Thread(target=self._writer_loop, name=f"trove-writer {root}", daemon=True)
         self._flusher = threading.Thread(target=self._flusher_loop, name=f"trove-flusher {root}", daemon=True)
@@ -536,7 +540,7 @@ class Trove(TroveFeed):
                     self.manifest.trove_id,
                     self.config,
                     duckdb_connection=self._duckdb,
-                    stopping=self._stop.is_set,
+                    stopping=self._merge_gate,
                     final=step.final,
                 )
                 with self._lock:
@@ -552,6 +556,19 @@ class Trove(TroveFeed):
             return bool(sources) or expired
         finally:
             self.counters["compaction_cpu_ns"] += time.thread_time_ns() - t0
+
+    def _merge_gate(self) -> bool:
+        """Polled by a merge between its steps: True stops it (the trove is closing). While the
+        flusher writes a memtable, the merge waits (counted in ``compaction_yield_ns``): the two
+        share the child's GIL and, at nice 10, what is left of the CPU, and a flush that falls
+        behind the next memtable stalls ingest (the sequencer's append waits), while a merge that
+        falls behind only leaves more runs to read until it catches up (``merge_debt_rows``)."""
+        if not self._flush_idle.is_set() and not self._stop.is_set():
+            t0 = time.perf_counter_ns()
+            while not self._flush_idle.wait(_GATE_POLL_S) and not self._stop.is_set():
+                pass
+            self.counters["compaction_yield_ns"] += time.perf_counter_ns() - t0
+        return self._stop.is_set()
 
     def _duckdb(self) -> Any:
         """The compactor's DuckDB connection (for the merges it sorts), made on first use."""

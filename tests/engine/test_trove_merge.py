@@ -4,6 +4,7 @@ close, and a directory reader that refreshes its manifest."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_regrouped_cuts_whole_row_groups_from_chunks_of_any_size(rng) -> None:
     total = sum(sizes)
     cols = {name: rng.integers(0, 200, total).astype(dtype) for name, dtype in COLUMNS.items()}
     bounds = np.cumsum([0, *sizes])
-    chunks = [{name: col[lo:hi] for name, col in cols.items()} for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    chunks = [{name: col[lo:hi] for name, col in cols.items()} for lo, hi in itertools.pairwise(bounds)]
     batches = list(compaction._regrouped(iter(chunks), 10))
     assert all(b.num_rows % 10 == 0 for b in batches[:-1])
     assert sum(b.num_rows for b in batches) == total

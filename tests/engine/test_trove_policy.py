@@ -144,3 +144,24 @@ def table_rows_of(trove: Trove, s: Segment) -> list[tuple[int, ...]]:
     import pyarrow.parquet as pq
 
     return table_rows(pq.read_table(trove.root / s.file("payer").path))
+
+
+def test_a_merge_waits_between_steps_while_a_memtable_is_flushed(tmp_path: Path) -> None:
+    trove = Trove.open(small_config(tmp_path / "t", compact=False), start=False)
+    try:
+        assert trove._merge_gate() is False  # no flush: the merge goes on at once
+        trove._flush_idle.clear()  # the flusher is writing a memtable
+        answers: list[bool] = []
+        merge = threading.Thread(target=lambda: answers.append(trove._merge_gate()))
+        merge.start()
+        merge.join(0.3)
+        assert merge.is_alive() and not answers  # it waits for the flush...
+        trove._flush_idle.set()
+        merge.join(10)
+        assert answers == [False] and trove.counters["compaction_yield_ns"] > 0  # ...then goes on
+        trove._flush_idle.clear()
+        trove._stop.set()  # closing: a waiting merge stops instead of waiting
+        assert trove._merge_gate() is True
+    finally:
+        trove._flush_idle.set()
+        trove.close()
