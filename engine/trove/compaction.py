@@ -411,21 +411,10 @@ def _regrouped(chunks: Iterable[dict[str, np.ndarray]], group_rows: int) -> Iter
     def batch(cols: dict[str, np.ndarray]) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays([pa.array(cols[name]) for name in schema.names], schema=schema)
 
-    # Only the rows that complete the group begun by the previous chunk are copied (a copy of
-    # every chunk behind its carry cost ~12 column copies per row and ordering of a merge); the
-    # rest are passed on as views.
     carry: dict[str, np.ndarray] | None = None
     for chunk in chunks:
-        cols = chunk
+        cols = concat_rows([carry, chunk]) if carry is not None else chunk
         n = len(cols["payer"])
-        if carry is not None:
-            need = group_rows - len(carry["payer"])
-            if n < need:
-                carry = concat_rows([carry, cols])
-                continue
-            yield batch(concat_rows([carry, {name: col[:need] for name, col in cols.items()}]))
-            cols = {name: col[need:] for name, col in cols.items()}
-            n -= need
         whole = n - n % group_rows
         if whole:
             yield batch({name: col[:whole] for name, col in cols.items()})
