@@ -21,7 +21,7 @@ from engine.hooks.surveillance_log import SurveillanceLog, SurveillanceLogConfig
 from engine.ledger import Ledger
 from engine.records import make_batch
 from engine.trove.manifest import load_manifest
-from engine.trove.process import SLOT_ROWS, TroveProcess
+from engine.trove.process import SLOT_ROWS, TroveProcess, child_malloc_env
 from engine.trove.store import Trove, TroveStopped
 from tests.engine.test_trove import START_NS, random_entries, reference_rows, small_config, table_rows
 
@@ -163,3 +163,14 @@ def test_bench_loads_through_the_child_and_probe_times_each_kind(tmp_path: Path,
     probed = json.loads(capsys.readouterr().out)
     assert set(probed) == set(QUERY_KINDS)
     assert all(t["queries"] >= 1 and t["p99_ms"] >= t["p50_ms"] > 0 for t in probed.values())
+
+
+def test_the_child_runs_with_its_malloc_settings_unless_the_environment_sets_them(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the caller's own setting wins
+    trove = TroveProcess.open(small_config(tmp_path / "t"))
+    try:
+        environ = dict(e.split("=", 1) for e in Path(f"/proc/{trove.pid}/environ").read_text().split("\0") if "=" in e)
+    finally:
+        trove.close()
+    expected = {**child_malloc_env(), "MALLOC_ARENA_MAX": "2"}
+    assert {k: environ.get(k) for k in expected} == expected
