@@ -142,25 +142,33 @@ def measure(rows: int, segment_rows: int, config: TroveConfig) -> dict[str, Any]
     return out
 
 
-def measure_writer(segment_rows: int, config: TroveConfig) -> dict[str, float]:
-    """The writer's CPU per row for one memtable of ``segment_rows`` rows (written as a partition's
+def measure_writer(segment_rows: int, config: TroveConfig, memtables: int = 1) -> dict[str, Any]:
+    """The writer's CPU per row for a memtable of ``segment_rows`` rows (written as a partition's
     runs are once it holds ``fanin - 1`` of them: in the intermediate codec): the batches turned
     into columns, concatenated, sorted and written in both orderings, on this thread's CPU clock.
     (``measure`` times the writer at the merge's smaller segments: sorting and gathering 2^22
-    rows cost more per row than 2^19, out of the CPU's caches.)"""
+    rows cost more per row than 2^19, out of the CPU's caches.) With ``memtables`` > 1, the mean
+    of all but the first, as the trove process writes them one after another: the first faults its
+    memory in whatever the allocator does (``process.child_malloc_env``), the later ones reuse it
+    or not."""
     root = Path(tempfile.mkdtemp(prefix="cbdc-trove-cost-"))
     trove = Trove.open(msgspec.structs.replace(config, dir=str(root / "t"), process=False, compact=False), start=False)
+    each: list[float] = []
     try:
         codes = np.zeros(MAX_BATCH, dtype=np.uint8)
         batches = list(seeded_batches(segment_rows, 10**9, seed=2))
-        t0 = time.thread_time_ns()
-        cols = concat_rows([rows_of(b, codes[: len(b)], seq) for seq, b in enumerate(batches, start=1)])
-        trove._write_run(cols, 0, [(1, len(batches))], arrow_schema(), final=False)
-        ns = time.thread_time_ns() - t0
+        for _ in range(max(memtables, 1)):
+            owned = [b.copy() for b in batches]  # fresh arrays each time, as the ring's copies are
+            t0 = time.thread_time_ns()
+            cols = concat_rows([rows_of(b, codes[: len(b)], seq) for seq, b in enumerate(owned, start=1)])
+            trove._write_run(cols, 0, [(1, len(owned))], arrow_schema(), final=False)
+            del cols, owned
+            each.append((time.thread_time_ns() - t0) / segment_rows)
     finally:
         trove.close()
         shutil.rmtree(root, ignore_errors=True)
-    return {"writer_memtable_ns_per_row": ns / segment_rows}
+    steady = each[1:] or each
+    return {"writer_memtable_ns_per_row": sum(steady) / len(steady), "writer_memtables_ns_per_row": each}
 
 
 def layout(rows: int, config: TroveConfig) -> dict[str, Any]:
@@ -207,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only the layout the policy leaves for this many rows and accounts (metadata, no data), e.g. 1e9",
     )
     p.add_argument(
+        "--memtables",
+        type=int,
+        default=1,
+        help="memtables the writer measurement writes in a row (>1: the mean of all but the first)",
+    )
+    p.add_argument(
         "--default-malloc",
         action="store_true",
         help="glibc's default malloc settings, not the trove process's (process.child_malloc_env): an A/B",
@@ -233,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = min(int(args.segment_rows), int(args.rows) // (2 * config.fanin))
     out["measured_segment_rows"] = measured
     out |= measure(int(args.rows), measured, config)
-    out |= measure_writer(int(args.segment_rows), config)
+    out |= measure_writer(int(args.segment_rows), config, args.memtables)
     out["steady_ns_per_row"] = (
         max(out["writer_ns_per_row"], out["writer_memtable_ns_per_row"])
         + (out["merges_per_row"] - out["last_tier_merges_per_row"]) * out["merge_intermediate_ns_per_row_merged"]
