@@ -390,10 +390,11 @@ def child_malloc_env() -> dict[str, str]:
     Why: the child allocates and frees a memtable's worth of numpy columns (~250 MB) per flush and
     per merge step, in arrays of 1-32 MB. glibc serves them with fresh ``mmap``s and returns them
     on ``free``, so every flush faults its memory in again (numpy asks for huge pages: a 2 MB
-    page zeroed per fault), ~37,000 faults per 2^21-row memtable. One arena that keeps what it
-    freed (no ``mmap`` per array, no trim) reuses the pages: faults ~1,000, the writer's CPU per
-    row ~15% less (shared machine, alternated: ~800 -> ~690 ns/row), the same peak RSS (677 MB
-    either way: it is the flush's peak, now kept instead of returned).
+    page zeroed per fault), ~57,000 faults per 2^22-row memtable. One arena that keeps what it
+    freed (no ``mmap`` per array, no trim) reuses the pages: 300-1,000 faults, the writer's CPU
+    ~20% less per row (shared machine, alternated, steady memtables: 865-1,109 -> 622-903 ns/row),
+    a final merge's ~9% (1,002-1,235 -> 867-1,209 ns/row, within the noise), the same peak RSS
+    (the flush's peak, now kept for the next flush instead of returned).
     """
     return {
         "MALLOC_ARENA_MAX": "1",
