@@ -17,7 +17,11 @@ to a third of its answer (README, issue 19). Each trial is a ``load`` of that se
 (``loadgen.harness.measured.measure``: signed pools signed before the trial, outside its window;
 warm-up, measured window, drain, conservation audit); before the next trial the script waits for
 the server to have nothing queued or being verified, so a trial past the maximum leaves no
-backlog to the next one.
+backlog to the next one. A trial whose window lost 5% of the cores to the host's steal (``verdict.steal_spoiled``) is
+measured again, up to ``--steal-retries`` times (2), and the least stolen kept
+(``loadgen.results.steal.least_stolen``, as ``benchmarks/plan_first_cut.py`` and ``compare`` do):
+the attempts set aside go to ``spoiled/`` (never read by the plan), and a trial spoiled in every
+attempt is marked ``spoiled`` in ``signed-tiers.json``.
 
 Written to ``--out`` (a new directory ``signed-tiers-<stamp>``):
 
@@ -59,16 +63,20 @@ from loadgen.harness.calibration import cpu_calibration, with_ed25519
 from loadgen.harness.measured import run_measure
 from loadgen.harness.search import RunOutcome, find_max_sustainable
 from loadgen.harness.server import running_server, server_arguments
-from loadgen.plan.inputs import GENERATOR
+from loadgen.plan.inputs import GENERATOR, SPOILED
 from loadgen.results.run import RunResult, save
+from loadgen.results.steal import least_stolen, result_steal
+from loadgen.results.verdict import steal_spoiled
 
 PROFILES = ("signed", "signed-full")
 #: ``SignedTiers.format`` (history in its docstring).
-SIGNED_TIERS_FORMAT = 4
+SIGNED_TIERS_FORMAT = 5
 VALIDATORS = ("0", "1", "2")
 #: Start of each search as a share of (Ed25519 verifications per CPU second x max(workers, 1)):
 #: near the expected answer, so the bracket takes few trials (the answer is found either way).
 START_SHARE = {"0": 0.5, "1": 0.6, "2": 0.6}
+#: Default ``--steal-retries``: as ``benchmarks/plan_first_cut.py`` and ``compare --steal-retries``.
+STEAL_RETRIES = 2
 
 
 class TierCpu(msgspec.Struct, frozen=True):
@@ -96,6 +104,10 @@ class TrialRow(msgspec.Struct, frozen=True):
     repeat: int = 0
     #: Cores the hypervisor took over the trial's window (``machine_cpu``), -1 if not recorded.
     stolen_cores: float = -1.0
+    #: Attempts at this trial set aside because the host's steal spoiled them (``--steal-retries``,
+    #: saved under ``spoiled/``); ``spoiled``: every attempt was, this (least-stolen) one too.
+    set_aside: int = 0
+    spoiled: bool = False
 
 
 class TierResult(msgspec.Struct, frozen=True):
@@ -124,7 +136,9 @@ class SignedTiers(msgspec.Struct, frozen=True):
     CPU per *applied* payment, the result files' ``cpu_ns_per_payment`` grouped (the same figures
     as the capacity plan; in a sustained trial the two counts differ by the few replies of the
     window's edges); 3 = a failed trial is repeated (``retries``; trials carry ``repeat`` and
-    ``stolen_cores``), tiers carry ``validator_nice``; 4 = tiers carry ``validator_min_parcel``.
+    ``stolen_cores``), tiers carry ``validator_nice``; 4 = tiers carry ``validator_min_parcel``;
+    5 = a trial whose window the host's steal spoiled is measured again (``steal_retries``; trials
+    carry ``set_aside`` and ``spoiled``).
     """
 
     kind: str
@@ -138,6 +152,7 @@ class SignedTiers(msgspec.Struct, frozen=True):
     ed25519_verify_per_cpu_s: float
     engine_calibration_tps: float
     tiers: list[TierResult]
+    steal_retries: int = 0
 
 
 def tier_cpu(result: RunResult) -> TierCpu | None:
@@ -213,6 +228,37 @@ def search_tier(
 
         def trial(rate: float, repeat: int) -> RunOutcome:
             nonlocal best
+            try:
+                result, spoiled = least_stolen(lambda: load(rate), result_steal, args.steal_retries)
+            except GatewayError as exc:  # a trial that could not run counts as not sustained
+                rows.append(TrialRow(rate, 0.0, -1.0, False, f"failed: {exc}", repeat))
+                return RunOutcome(offered_tps=rate, achieved_tps=0.0, p99_ms=float("inf"), sustained=False)
+            for attempt in spoiled:  # kept, apart: never read as the plan's inputs (``plan.inputs.SPOILED``)
+                save(attempt, out / SPOILED)
+            s = result.summary
+            stolen_cores, of_cores = result_steal(result)
+            # Spoiled in every attempt: the least stolen is kept, marked (steal only adds latency, so
+            # its pass still counts; its failure is repeated by ``--retries`` like any other).
+            still_spoiled = steal_spoiled(stolen_cores, of_cores)
+            ok = s.exit_status == 0
+            path = save(result, out)
+            stolen = -1.0 if result.machine_cpu is None else round(stolen_cores, 3)
+            rows.append(
+                TrialRow(rate, s.achieved_tps, s.p99_ms, ok, path.name, repeat, stolen, len(spoiled), still_spoiled)
+            )
+            if ok and (best is None or rate > best.summary.offered_tps):
+                best = result
+            return RunOutcome(
+                offered_tps=rate,
+                achieved_tps=s.achieved_tps,
+                p99_ms=s.p99_ms,
+                generator_kept_schedule=s.generator_kept_schedule,
+                scheduled_tps=s.scheduled_tps,
+                sustained=ok,
+            )
+
+        def load(rate: float) -> RunResult:
+            """One load of the server at ``rate`` (after it has nothing left of the last one)."""
             wait_idle(server.host, server.port)
             config = LoadConfig(
                 host=server.host,
@@ -224,34 +270,15 @@ def search_tier(
                 seed=args.seed,
                 signed=True,
             )
-            try:
-                result = run_measure(
-                    config,
-                    kind="run",
-                    server_pid=server.pid,
-                    audit=True,
-                    targets=args.targets,
-                    calibration=args.calibration,
-                    server_args=tuple(server_args),
-                    validators=validators,
-                )
-            except GatewayError as exc:  # a trial that could not run counts as not sustained
-                rows.append(TrialRow(rate, 0.0, -1.0, False, f"failed: {exc}", repeat))
-                return RunOutcome(offered_tps=rate, achieved_tps=0.0, p99_ms=float("inf"), sustained=False)
-            s = result.summary
-            ok = s.exit_status == 0
-            path = save(result, out)
-            stolen = -1.0 if result.machine_cpu is None else round(result.machine_cpu.stolen_cores, 3)
-            rows.append(TrialRow(rate, s.achieved_tps, s.p99_ms, ok, path.name, repeat, stolen))
-            if ok and (best is None or rate > best.summary.offered_tps):
-                best = result
-            return RunOutcome(
-                offered_tps=rate,
-                achieved_tps=s.achieved_tps,
-                p99_ms=s.p99_ms,
-                generator_kept_schedule=s.generator_kept_schedule,
-                scheduled_tps=s.scheduled_tps,
-                sustained=ok,
+            return run_measure(
+                config,
+                kind="run",
+                server_pid=server.pid,
+                audit=True,
+                targets=args.targets,
+                calibration=args.calibration,
+                server_args=tuple(server_args),
+                validators=validators,
             )
 
         start = START_SHARE[validators] * args.ed25519 * max(int(validators), 1)
@@ -292,6 +319,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per trial")
     parser.add_argument(
         "--retries", type=int, default=1, help="repeats of a trial that is not sustained, at the same rate (default 1)"
+    )
+    parser.add_argument(
+        "--steal-retries",
+        type=int,
+        default=STEAL_RETRIES,
+        help="measure a trial again, up to this many times, while the host's steal spoiled its window (5%% of "
+        f"the cores, the verdict's rule; the least stolen kept, the others under spoiled/; default {STEAL_RETRIES})",
     )
     parser.add_argument(
         "--validator-nice",
@@ -348,6 +382,7 @@ def main() -> None:
             warmup=args.warmup,
             precision=args.precision,
             retries=args.retries,
+            steal_retries=args.steal_retries,
             ed25519_verify_per_cpu_s=round(args.ed25519),
             engine_calibration_tps=round(args.calibration.engine_tps),
             tiers=tiers,
