@@ -54,6 +54,17 @@ Parcels (``min_parcel``, ``ServerConfig.validator_min_parcel``, 128 by default)
     in which the tier kept pace): the workers' CPU per transfer above the verification's own 14.0
     against 2.9 us, the feeder's 7.0 against 5.9 us (33 against 80 transfers per parcel).
 
+Ticks (``verify_future``'s ``hold_s``, ``ServerConfig.validator_gather_us``, 1 ms by default)
+    Filling parcels up to ``min_parcel`` joins only the Submits queued when the loop dispatches:
+    a generator writes its operators' Submits back to back, but the second often arrives after the
+    loop has sent the first to a worker, and about half the ticks still left in two parcels (issue
+    19, seventh session). So the server's batcher holds a signed Submit while other connected
+    operators have not sent theirs since the hold began, and the pool sends nothing (the loop's
+    dispatch included) until a Submit comes without a hold, a parcel's worth is queued, or
+    ``hold_s`` has passed since the first held one. The wait is bounded (an idle operator costs each
+    tick at most ``hold_s`` more latency) and never drops anything: a held chunk is queued like any
+    other, and a dead worker's chunks requeued meanwhile go out when the hold ends.
+
 Priority (``nice``, ``ServerConfig.validator_nice``, 0 by default)
     The workers are the only CPU-bound processes of a signed run; the sequencer's loop and the
     generator wake for bursts of a few hundred microseconds per 5 ms tick, and a burst that wakes
@@ -155,7 +166,7 @@ class InlineValidators(Validators):
     async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
         return self.verify_now(records, signatures)
 
-    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+    def verify_future(self, records: bytes, signatures: bytes, *, hold_s: float = 0.0) -> asyncio.Future[np.ndarray]:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         future.set_result(self.verify_now(records, signatures))
         return future
@@ -332,6 +343,7 @@ class LocalValidators(Validators):
         self._closing = False
         self._unavailable: str | None = None
         self._dispatch_soon = False  # a ``_dispatch_queued`` is scheduled on the loop
+        self._hold_timer: asyncio.TimerHandle | None = None  # queued batches wait for their tick's others
         self._stats = ValidatorStats(kind="local", workers=workers)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -359,6 +371,9 @@ class LocalValidators(Validators):
         if self._loop is None:
             return
         self._closing = True
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         slots = list(self._slots.values())
         for slot in list(self._slots):
             self._detach(slot)
@@ -380,9 +395,18 @@ class LocalValidators(Validators):
 
     # ---- verifying -----------------------------------------------------------------------------------
 
-    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+    @property
+    def holding(self) -> bool:
+        """Queued batches are being held for the rest of their tick (``verify_future(hold=...)``)."""
+        return self._hold_timer is not None
+
+    def verify_future(self, records: bytes, signatures: bytes, *, hold_s: float = 0.0) -> asyncio.Future[np.ndarray]:
         """Queue a batch and send what the workers have room for; the future (of the running loop,
-        which must be the one the pool started on) gives its verdicts or ValidatorsUnavailable."""
+        which must be the one the pool started on) gives its verdicts or ValidatorsUnavailable.
+
+        ``hold_s`` > 0: more batches of the same tick are coming (the other operators' Submits,
+        ``Batcher``): send nothing yet, unless a parcel's worth (``min_parcel``) is queued, until a
+        batch queued without ``hold_s`` or ``hold_s`` after the first held one ("Ticks")."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         n = pair_count(records, signatures)
@@ -412,6 +436,14 @@ class LocalValidators(Validators):
         self._queued += n
         self._stats.transfers += n
         self._stats.chunks += len(offsets)
+        if hold_s > 0 and self._queued < self.min_parcel:
+            if self._hold_timer is None:
+                self._hold_timer = loop.call_later(hold_s, self._release)
+                self._stats.holds += 1
+            return future
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         if not self._dispatch_soon:  # once per loop iteration: Submits read together share parcels
             self._dispatch_soon = True
             loop.call_soon(self._dispatch_queued)
@@ -426,13 +458,19 @@ class LocalValidators(Validators):
         self._dispatch_soon = False
         self._dispatch()
 
+    def _release(self) -> None:
+        """The hold's time is up: what is queued goes to the workers (the tick's other Submits were late)."""
+        self._hold_timer = None
+        self._stats.holds_expired += 1
+        self._dispatch()
+
     def _dispatch(self) -> None:
         """Send parcels to the workers with room: first one to each idle worker, then a second to
         each with one in flight (``PIPELINE_PARCELS``), so a worker never idles for a round trip while
         work is queued. A parcel is the chunks at the queue's head up to a fair share (the queued
         transfers over the live workers, at least ``min_split``, at most ``chunk_transfers``) and
         at least one chunk."""
-        if self._closing or not self._queue or not self._slots:
+        if self._closing or not self._queue or not self._slots or self._hold_timer is not None:
             return
         share = min(self.chunk_transfers, max(self.min_parcel, math.ceil(self._queued / len(self._slots))))
         queue = self._queue

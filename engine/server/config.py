@@ -235,6 +235,17 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="N",
         ),
     ] = MIN_PARCEL_TRANSFERS
+    #: A signed Submit waits up to this long for the other operators' Submits of its generator tick,
+    #: so that the tick goes to the validators as one parcel (engine.server.batcher,
+    #: ``Batcher._parcel_hold_s``; engine.validators, "Ticks"); 0 sends each Submit at once.
+    validator_gather_us: Annotated[
+        int,
+        _help(
+            "microseconds a signed Submit waits for the other operators' Submits of its tick before going to "
+            "the local validator processes with them, as one parcel, 0-5000 (default {default}; 0: at once)",
+            metavar="US",
+        ),
+    ] = 1000
     metrics_port: Annotated[
         int | None,
         _help(
@@ -295,6 +306,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(
                 f"validator_min_parcel must be in 1..{MAX_PARCEL_TRANSFERS}, got {self.validator_min_parcel}"
             )
+        if not 0 <= self.validator_gather_us <= 5000:
+            raise ValueError(f"validator_gather_us must be in 0..5000 (0: no wait), got {self.validator_gather_us}")
         if not 0 <= self.validator_nice <= 19:
             raise ValueError(f"validator_nice must be in 0..19 (0: the server's priority), got {self.validator_nice}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65_536:
