@@ -38,7 +38,9 @@ machine they say what the machine gave at the time (the load average is recorded
 the cores the hypervisor stole with each trial). ``--validator-nice 0,10`` searches each tier
 once per nice of the local validator processes (``serve --validator-nice``; a tier with 0
 validators has none and is searched once): the A/B of that setting in one run;
-``--validator-min-parcel 32,128`` the same for the parcel size (``serve --validator-min-parcel``).
+``--validator-min-parcel 32,128`` the same for the parcel size (``serve --validator-min-parcel``),
+``--validator-policy normal,batch`` for the workers' scheduling policy and ``--validator-gather-us
+0,1000`` for the wait for a tick's other Submits (several given: every combination).
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ VALIDATORS = ("0", "1", "2")
 #: Start of each search as a share of (Ed25519 verifications per CPU second x max(workers, 1)):
 #: near the expected answer, so the bracket takes few trials (the answer is found either way).
 START_SHARE = {"0": 0.5, "1": 0.6, "2": 0.6}
+#: ``serve --validator-NAME`` settings that ``--validator-NAME A,B`` searches once per value (their product).
+SETTINGS = ("nice", "min-parcel", "policy", "gather-us")
 #: Default ``--steal-retries``: as ``benchmarks/plan_first_cut.py`` and ``compare --steal-retries``.
 STEAL_RETRIES = 2
 
@@ -127,6 +131,9 @@ class TierResult(msgspec.Struct, frozen=True):
     load_average: tuple[float, float, float]
     #: ``serve --validator-min-parcel`` of this tier's server; None: the server's default.
     validator_min_parcel: int | None = None
+    #: ``serve --validator-policy`` and ``--validator-gather-us`` of this tier's server (None: default).
+    validator_policy: str | None = None
+    validator_gather_us: int | None = None
 
 
 class SignedTiers(msgspec.Struct, frozen=True):
@@ -138,7 +145,7 @@ class SignedTiers(msgspec.Struct, frozen=True):
     window's edges); 3 = a failed trial is repeated (``retries``; trials carry ``repeat`` and
     ``stolen_cores``), tiers carry ``validator_nice``; 4 = tiers carry ``validator_min_parcel``;
     5 = a trial whose window the host's steal spoiled is measured again (``steal_retries``; trials
-    carry ``set_aside`` and ``spoiled``).
+    carry ``set_aside`` and ``spoiled``), tiers carry ``validator_policy`` and ``validator_gather_us``.
     """
 
     kind: str
@@ -195,22 +202,19 @@ def wait_idle(host: str, port: int, timeout_s: float = 60.0) -> None:
 def search_tier(
     profile: str,
     validators: str,
-    nice: int | None,
     args: argparse.Namespace,
     out: Path,
-    min_parcel: int | None = None,
+    settings: dict[str, str],
 ) -> TierResult:
-    """One server for ``profile`` with ``validators`` (at ``nice``, parcels of ``min_parcel``), its
-    maximum sustainable rate searched."""
+    """One server for ``profile`` with ``validators`` (and the ``serve --validator-*`` ``settings``,
+    flag name without ``--validator-`` -> value), its maximum sustainable rate searched."""
     t0 = time.perf_counter()
     rows: list[TrialRow] = []
     best: RunResult | None = None
     with contextlib.ExitStack() as stack:
         extra: tuple[str, ...] = ("--validators", validators)
-        if nice is not None:
-            extra += ("--validator-nice", str(nice))
-        if min_parcel is not None:
-            extra += ("--validator-min-parcel", str(min_parcel))
+        for name, value in settings.items():
+            extra += (f"--validator-{name}", value)
         if trove_needed(profile, None):  # signed-full keeps a surveillance trove: a fresh one, removed after
             extra += ("--trove", stack.enter_context(tempfile.TemporaryDirectory(prefix="cbdc-signed-tiers-trove-")))
         server_args = server_arguments(
@@ -297,8 +301,10 @@ def search_tier(
     return TierResult(
         profile=profile,
         validators=validators,
-        validator_nice=nice,
-        validator_min_parcel=min_parcel,
+        validator_nice=int(settings["nice"]) if "nice" in settings else None,
+        validator_min_parcel=int(settings["min-parcel"]) if "min-parcel" in settings else None,
+        validator_policy=settings.get("policy"),
+        validator_gather_us=int(settings["gather-us"]) if "gather-us" in settings else None,
         max_sustainable_tps=round(found.max_sustainable_tps),
         note=note,
         slo_p99_ms=args.targets.slo_p99_ms,
@@ -327,16 +333,12 @@ def main() -> None:
         help="measure a trial again, up to this many times, while the host's steal spoiled its window (5%% of "
         f"the cores, the verdict's rule; the least stolen kept, the others under spoiled/; default {STEAL_RETRIES})",
     )
-    parser.add_argument(
-        "--validator-nice",
-        default="",
-        help="comma-separated nice values of the validator processes, each searched (default: the server's)",
-    )
-    parser.add_argument(
-        "--validator-min-parcel",
-        default="",
-        help="comma-separated serve --validator-min-parcel values, each searched (default: the server's)",
-    )
+    for name in SETTINGS:
+        parser.add_argument(
+            f"--validator-{name}",
+            default="",
+            help=f"comma-separated serve --validator-{name} values, each searched (default: the server's)",
+        )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--drain", type=float, default=2.0, help="seconds a trial waits for late replies")
     parser.add_argument("--min", type=float, default=500, help="lowest rate a search tries")
@@ -362,15 +364,13 @@ def main() -> None:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         out = Path(args.out) / f"signed-tiers-{created.replace(':', '').replace('-', '')}"
         tiers: list[TierResult] = []
-        nices: list[int | None] = [int(n) for n in args.validator_nice.split(",")] if args.validator_nice else [None]
-        parcels: list[int | None] = (
-            [int(n) for n in args.validator_min_parcel.split(",")] if args.validator_min_parcel else [None]
-        )
+        given = {name: getattr(args, f"validator_{name.replace('-', '_')}") for name in SETTINGS}
+        axes = [[(name, v) for v in value.split(",")] for name, value in given.items() if value]
         for profile in args.profiles.split(","):
             for validators in args.validators.split(","):
-                local = validators != "0"
-                for nice, parcel in itertools.product(nices if local else [None], parcels if local else [None]):
-                    tier = search_tier(profile, validators, nice, args, out, parcel)
+                local = validators != "0"  # the inline tier has no validator processes to set
+                for combo in itertools.product(*axes) if local else [()]:
+                    tier = search_tier(profile, validators, args, out, dict(combo))
                     tiers.append(tier)
                     print(msgspec.json.encode(msgspec.structs.replace(tier, trials=[])).decode(), flush=True)
         summary = SignedTiers(

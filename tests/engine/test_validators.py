@@ -318,3 +318,27 @@ def test_workers_run_at_the_given_nice(registry: signing.KeyRegistry) -> None:
     assert asyncio.run(run()) == [min(own + 7, 19)] * 2
     with pytest.raises(ValueError, match="nice"):
         LocalValidators(registry, 1, nice=20)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+@pytest.mark.parametrize("policy", ["batch", "normal"])
+def test_workers_run_under_the_given_policy(registry: signing.KeyRegistry, policy: str) -> None:
+    """``policy`` "batch" (the default) makes the workers SCHED_BATCH (a woken worker does not preempt
+    the server mid-burst), "normal" leaves them SCHED_OTHER; verdicts are unchanged."""
+    batch, sigs = signed_batch(40, stream=901)
+    want = expected(registry, [(batch.tobytes(), sigs)])[0]
+
+    async def run() -> list[int]:
+        pool = make_validators(2, registry) if policy == "batch" else make_validators(2, registry, policy=policy)
+        await pool.start()
+        try:
+            np.testing.assert_array_equal(await pool.verify(batch.tobytes(), sigs), want)
+            assert isinstance(pool, LocalValidators)
+            return [os.sched_getscheduler(pid) for pid in pool.worker_pids()]
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == [os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER] * 2
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the server's own policy stays
+    with pytest.raises(ValueError, match="policy"):
+        LocalValidators(registry, 1, policy="idle")
