@@ -268,8 +268,8 @@ def measure(
     scratch = Path(tempfile.mkdtemp(prefix="plan-first-cut-"))
     rates_by_label = {label: RATES[label] for label in labels}
     try:
-        profiles = {p: (extra, min(rates)) for p, extra, rates in reversed(rates_by_label.values())}
-        for profile, (extra, rate) in profiles.items():
+        lowest = {p: (extra, min(rates)) for p, extra, rates in reversed(rates_by_label.values())}
+        for profile, (extra, rate) in lowest.items():
             rec.run(["engine", "--profile", profile, "--accounts", accounts, "--seconds", "1", "--warmup", "0.5",
                      "--out", str(out / "engine")])  # fmt: skip
             store = scratch / f"{profile}-snapshots"
@@ -280,7 +280,7 @@ def measure(
                      *(["--trove", str(store / "trove")] if profile in KEEPS_TROVE else []),
                      "--out", str(snapshots_dir(out))])  # fmt: skip
             shutil.rmtree(store, ignore_errors=True)
-        if any(p in KEEPS_TROVE for p in profiles):
+        if any(p in KEEPS_TROVE for p in lowest):
             rows = str(int(float(TROVE_COST_ROWS) * scale))
             rec.run_python(["benchmarks.trove_merge_cost", "--rows", rows, "--segment-rows",
                             str(trove_segment_rows(PLAN_RATE_TPS)), "--out", str(out / "trove-cost")])  # fmt: skip

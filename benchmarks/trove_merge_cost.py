@@ -284,7 +284,8 @@ def write_result(out_dir: str, figures: dict[str, Any], config: TroveConfig, arg
             merge_last_ns_per_row_merged=figures["merge_last_ns_per_row_merged"],
             steady_ns_per_row=figures["steady_ns_per_row"],
             final_bytes_per_row=figures["merge_last_bytes_per_row"],
-            **sidecars,
+            sidecar_ns_per_row=sidecars["sidecar_ns_per_row"],
+            sidecar_bytes_per_row=sidecars["sidecar_bytes_per_row"],
             settings={k: figures[k] for k in ("fanin", "segment_rows", "intermediate_compression", "runs_at_end")}
             | {"max_run_rows": config.max_run_rows},
         ),
