@@ -1,18 +1,21 @@
 """The runs the capacity plan needs, the plan, and the README's headline table (issue 21).
 
-Run from the repository root on a quiet machine (about 11 minutes on 2 cores, ``estimate_seconds``):
+Run from the repository root on a quiet machine (about 13 minutes on 2 cores, ``estimate_seconds``):
 
     python benchmarks/plan_first_cut.py --readme README.md
 
-1. ``cbdc-bench engine`` per profile: the bytes per account of every piece of state;
+1. ``cbdc-bench engine`` per profile: the bytes per account of every piece of state; and one
+   ``cbdc-bench run`` per profile that snapshots (``SNAPSHOT_EVERY_S``) into ``OUT-snapshots``:
+   the snapshot's bytes per account, read with ``--state-from`` (never fitted: snapshots raised
+   the p99 of the runs that took them); then ``python -m benchmarks.trove_merge_cost --out
+   OUT/trove-cost``: the trove's whole per-row life, which the plan charges as the trove tier;
 2. ``cbdc-bench run`` of each profile at and above the planned rate (``RATES``; ``signed`` with 1
    and 2 local validators at the rates 2 cores sustain), with a journal (``--fsync interval:10``)
-   and, where the profile keeps one, a trove: CPU by tier, wire, journal and trove bytes (the
-   lowest rate of each also takes snapshots: the snapshot's bytes per account);
+   and, where the profile keeps one, a trove: CPU by tier, wire and journal bytes;
 3. ``cbdc-bench compare`` searches (one repeat, short trials): each profile's measured maximum on
    this machine, to check the plan's predicted maximum against; their ``compare.json`` are copied
-   into ``OUT/maxima`` (the search's own trials stay in ``OUT-search``, outside the plan's inputs:
-   the plan is fitted from step 2's runs only);
+   into ``OUT/maxima`` and their search trials into ``OUT/maxima/search-trials`` (what stopped each
+   search: a generator flat out, or the machine out of CPU; never fitted);
 4. ``cbdc-bench plan --rate 300k --accounts 1.4e9 --profile full`` on ``OUT``, and the headline
    section (``loadgen.plan.table``): printed, and written into ``--readme`` between its markers.
 
@@ -24,7 +27,7 @@ set aside go to ``OUT/spoiled`` (never read as inputs), and when the retries run
 least-stolen attempt is kept and the README's table marks it SPOILED. The searches do the same
 per trial (``compare --steal-retries``). The script prints each retry, each kept run's steal and,
 at the end, how many were spoiled; the README section says so too (``table.steal_summary``). On a
-quiet host that costs nothing: about 11 minutes in all, ~11 s more per
+quiet host that costs nothing: about 13 minutes in all, ~11 s more per
 re-measured run and ~3 s per re-measured trial.
 
 Every command and the result files it wrote go to ``OUT/COMMANDS.md``. ``--tiny`` runs the same
