@@ -128,33 +128,23 @@ class Recorder:
     def run(self, args: list[str], ok: tuple[int, ...] = (0, 3, 4)) -> list[Path]:
         """Run ``cbdc-bench ARGS``; exit statuses in ``ok`` are measured runs (sustained or not). The
         result files it wrote."""
+        return self._run(["cbdc-bench", *args], [sys.executable, "-m", "loadgen", *args], ok)
+
+    def run_python(self, args: list[str]) -> list[Path]:
+        """Run ``python -m ARGS`` (a benchmark module), noted like ``run``; it must succeed."""
+        return self._run(["python", "-m", *args], [sys.executable, "-m", *args], (0,))
+
+    def _run(self, command: list[str], argv: list[str], ok: tuple[int, ...]) -> list[Path]:
         before = self._files()
-        command = ["cbdc-bench", *args]
         print("$", shlex.join(command), flush=True)
         t0 = time.monotonic()
-        code = subprocess.run([sys.executable, "-m", "loadgen", *args], check=False).returncode
+        code = subprocess.run(argv, check=False).returncode
         written = sorted(self._files() - before)
         self.lines.append(
             f"- `{shlex.join(command)}` (exit {code}, {time.monotonic() - t0:.0f} s): "
             + ", ".join(self._name(p) for p in written)
         )
         if code not in ok:
-            raise SystemExit(f"{shlex.join(command)} failed with exit status {code}; see its output above")
-        return written
-
-    def run_python(self, args: list[str]) -> list[Path]:
-        """Run ``python -m ARGS`` (a benchmark module), noted like ``run``; it must succeed."""
-        before = self._files()
-        command = ["python", "-m", *args]
-        print("$", shlex.join(command), flush=True)
-        t0 = time.monotonic()
-        code = subprocess.run([sys.executable, "-m", *args], check=False).returncode
-        written = sorted(self._files() - before)
-        self.lines.append(
-            f"- `{shlex.join(command)}` (exit {code}, {time.monotonic() - t0:.0f} s): "
-            + ", ".join(self._name(p) for p in written)
-        )
-        if code != 0:
             raise SystemExit(f"{shlex.join(command)} failed with exit status {code}; see its output above")
         return written
 
