@@ -123,7 +123,7 @@ def measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | N
     if m is not None and m.bounded_by_generator:
         measured += ", generator-bound"
     elif m is not None and m.generator_limited:
-        measured += ", generator behind (machine out of CPU: a check)"
+        measured += ", generator behind, not flat out: a check"
     if m is not None and m.stolen_cores is not None:
         measured += f"; trials' steal up to {m.stolen_cores:.2f}" + (
             f", {m.retried_trials} re-measured" if m.retried_trials else ""
