@@ -1,18 +1,21 @@
 """The runs the capacity plan needs, the plan, and the README's headline table (issue 21).
 
-Run from the repository root on a quiet machine (about 11 minutes on 2 cores, ``estimate_seconds``):
+Run from the repository root on a quiet machine (about 13 minutes on 2 cores, ``estimate_seconds``):
 
     python benchmarks/plan_first_cut.py --readme README.md
 
-1. ``cbdc-bench engine`` per profile: the bytes per account of every piece of state;
+1. ``cbdc-bench engine`` per profile: the bytes per account of every piece of state; and one
+   ``cbdc-bench run`` per profile that snapshots (``SNAPSHOT_EVERY_S``) into ``OUT-snapshots``:
+   the snapshot's bytes per account, read with ``--state-from`` (never fitted: snapshots raised
+   the p99 of the runs that took them); then ``python -m benchmarks.trove_merge_cost --out
+   OUT/trove-cost``: the trove's whole per-row life, which the plan charges as the trove tier;
 2. ``cbdc-bench run`` of each profile at and above the planned rate (``RATES``; ``signed`` with 1
    and 2 local validators at the rates 2 cores sustain), with a journal (``--fsync interval:10``)
-   and, where the profile keeps one, a trove: CPU by tier, wire, journal and trove bytes (the
-   lowest rate of each also takes snapshots: the snapshot's bytes per account);
+   and, where the profile keeps one, a trove: CPU by tier, wire and journal bytes;
 3. ``cbdc-bench compare`` searches (one repeat, short trials): each profile's measured maximum on
    this machine, to check the plan's predicted maximum against; their ``compare.json`` are copied
-   into ``OUT/maxima`` (the search's own trials stay in ``OUT-search``, outside the plan's inputs:
-   the plan is fitted from step 2's runs only);
+   into ``OUT/maxima`` and their search trials into ``OUT/maxima/search-trials`` (what stopped each
+   search: a generator flat out, or the machine out of CPU; never fitted);
 4. ``cbdc-bench plan --rate 300k --accounts 1.4e9 --profile full`` on ``OUT``, and the headline
    section (``loadgen.plan.table``): printed, and written into ``--readme`` between its markers.
 
@@ -24,7 +27,7 @@ set aside go to ``OUT/spoiled`` (never read as inputs), and when the retries run
 least-stolen attempt is kept and the README's table marks it SPOILED. The searches do the same
 per trial (``compare --steal-retries``). The script prints each retry, each kept run's steal and,
 at the end, how many were spoiled; the README section says so too (``table.steal_summary``). On a
-quiet host that costs nothing: about 11 minutes in all, ~11 s more per
+quiet host that costs nothing: about 13 minutes in all, ~11 s more per
 re-measured run and ~3 s per re-measured trial.
 
 Every command and the result files it wrote go to ``OUT/COMMANDS.md``. ``--tiny`` runs the same
@@ -52,9 +55,11 @@ from pathlib import Path
 import msgspec
 
 from engine.profiles import default_scenario_text, load_scenario
-from loadgen.plan.inputs import SPOILED, read_inputs
+from engine.trove.config import TroveConfig
+from loadgen.plan.inputs import SPOILED, TRIALS, read_inputs
 from loadgen.plan.model import GIB, Machine, PlanRequest, build_plan
 from loadgen.plan.table import headline_markdown, replace_section
+from loadgen.results.compare import loads_summary
 from loadgen.results.steal import least_stolen
 from loadgen.results.verdict import steal_spoiled
 
@@ -78,11 +83,23 @@ RATES: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
     "signed@2": ("signed", ("--validators", "2"), (5_000.0, 10_000.0, 12_000.0, 14_000.0, 20_000.0)),
     "signed-full@2": ("signed-full", ("--validators", "2"), (2_500.0, 5_000.0, 8_000.0, 10_000.0)),
 }
-#: The lowest-rate run of each label also snapshots its state every this many seconds of payments
-#: (``run --snapshot-every``): its result file's ``state.snapshot_bytes_per_account`` is the plan's
-#: snapshot size per account (two or more snapshots at 1M accounts, a few ms of stall each).
-SNAPSHOT_EVERY_S = 1.5
+#: One run per profile, apart from the fitted ones, snapshots its state every this many seconds of
+#: payments (``run --snapshot-every``): its result file's ``state.snapshot_bytes_per_account`` is the
+#: plan's snapshot size per account (two snapshots or more at 1M accounts). Its files go to
+#: ``OUT-snapshots``, read by the plan with ``--state-from`` (sizes only, never CPU). Why apart:
+#: the lowest-rate run of each label used to snapshot, and on the quiet 22:25 set its p99 rose
+#: above the higher rates' (enforcement 19.3 ms at 100k/s against 11.1 at 300k/s, surveillance
+#: 22.9 against 9.6, full 17.3 against 10.8, realistic 24.4 at 50k/s against 13.0 at 100k/s; the
+#: seconds holding a snapshot had p99 27-40 ms): ``surveillance`` at 100k/s and ``realistic`` at
+#: 50k/s were "not sustained", and the fit lost their rate; the snapshots' CPU is not the rate's.
+SNAPSHOT_EVERY_S = 0.8
+SNAPSHOT_SECONDS, SNAPSHOT_WARMUP = "2", "1"
 KEEPS_TROVE = ("surveillance", "full", "realistic", "signed-full")
+#: The trove's whole per-row life (``benchmarks/trove_merge_cost.py --out``): the plan charges it as
+#: the trove tier (a 3-second run never flushes a 2^22-row / 10-second memtable, let alone merges).
+#: Rows written and merged (8e6: about a minute on the quiet 2-core box), and the segments the
+#: writer makes at the planned rate: its memtable's rows, or the rate times its flush interval.
+TROVE_COST_ROWS = "8e6"
 #: The searches' ``[compare]`` settings. Signed pools are signed ahead of each trial, so a search
 #: from the shipped 300k/s would spend minutes signing rates 2 cores never verify.
 SEARCH: dict[str, dict[str, tuple[float, ...]]] = {
@@ -97,7 +114,7 @@ MACHINE = "cores=64,memory=512GiB"
 STEAL_RETRIES = 2
 #: Wall seconds on the quiet 2-core box (15:15 UTC run, COMMANDS.md): an engine run, a 3 s run
 #: (build, 2 s warm-up, drain, audit), and each search (``compare``), for ``estimate_seconds``.
-ENGINE_S, RUN_S = 6.0, 11.0
+ENGINE_S, RUN_S, SNAPSHOT_RUN_S, TROVE_COST_S = 6.0, 11.0, 9.0, 60.0
 SEARCH_S = {"unsigned": 170.0, "validators1": 45.0, "validators2": 75.0}
 
 
@@ -111,19 +128,32 @@ class Recorder:
     def run(self, args: list[str], ok: tuple[int, ...] = (0, 3, 4)) -> list[Path]:
         """Run ``cbdc-bench ARGS``; exit statuses in ``ok`` are measured runs (sustained or not). The
         result files it wrote."""
-        before = set(self.out.rglob("*.json"))
-        command = ["cbdc-bench", *args]
+        return self._run(["cbdc-bench", *args], [sys.executable, "-m", "loadgen", *args], ok)
+
+    def run_python(self, args: list[str]) -> list[Path]:
+        """Run ``python -m ARGS`` (a benchmark module), noted like ``run``; it must succeed."""
+        return self._run(["python", "-m", *args], [sys.executable, "-m", *args], (0,))
+
+    def _run(self, command: list[str], argv: list[str], ok: tuple[int, ...]) -> list[Path]:
+        before = self._files()
         print("$", shlex.join(command), flush=True)
         t0 = time.monotonic()
-        code = subprocess.run([sys.executable, "-m", "loadgen", *args], check=False).returncode
-        written = sorted(set(self.out.rglob("*.json")) - before)
+        code = subprocess.run(argv, check=False).returncode
+        written = sorted(self._files() - before)
         self.lines.append(
             f"- `{shlex.join(command)}` (exit {code}, {time.monotonic() - t0:.0f} s): "
-            + ", ".join(str(p.relative_to(self.out)) for p in written)
+            + ", ".join(self._name(p) for p in written)
         )
         if code not in ok:
             raise SystemExit(f"{shlex.join(command)} failed with exit status {code}; see its output above")
         return written
+
+    def _files(self) -> set[Path]:
+        return {p for folder in (self.out, snapshots_dir(self.out)) for p in folder.rglob("*.json")}
+
+    def _name(self, path: Path) -> str:
+        """A result file as COMMANDS.md names it: relative to ``out``, or to its parent for a sibling."""
+        return str(path.relative_to(self.out if path.is_relative_to(self.out) else self.out.parent))
 
     def save(self) -> Path:
         path = self.out / "COMMANDS.md"
@@ -197,7 +227,20 @@ def estimate_seconds(labels: list[str], *, retries_expected: int = 0) -> float:
     engines = len({profile for profile, _, _ in chosen})
     runs = sum(len(rates) for _, _, rates in chosen)
     searches = {" ".join(extra).replace(" ", "").replace("--", "") or "unsigned" for _, extra, _ in chosen}
-    return engines * ENGINE_S + (runs + retries_expected) * RUN_S + sum(SEARCH_S.get(s, 60.0) for s in searches)
+    trove = TROVE_COST_S if any(profile in KEEPS_TROVE for profile, _, _ in chosen) else 0.0
+    return (
+        engines * (ENGINE_S + SNAPSHOT_RUN_S)
+        + (runs + retries_expected) * RUN_S
+        + sum(SEARCH_S.get(s, 60.0) for s in searches)
+        + trove
+    )
+
+
+def trove_segment_rows(rate_tps: float) -> int:
+    """The rows of a segment the trove's writer flushes at ``rate_tps``: its memtable, or what the rate
+    fills in its flush interval when that is fewer (``benchmarks/trove_merge_cost.py --segment-rows``)."""
+    config = TroveConfig()
+    return int(min(config.segment_rows, rate_tps * config.flush_interval_s))
 
 
 def measure(
@@ -218,17 +261,29 @@ def measure(
     scratch = Path(tempfile.mkdtemp(prefix="plan-first-cut-"))
     rates_by_label = {label: RATES[label] for label in labels}
     try:
-        for profile in dict.fromkeys(p for p, _, _ in rates_by_label.values()):
+        lowest = {p: (extra, min(rates)) for p, extra, rates in reversed(rates_by_label.values())}
+        for profile, (extra, rate) in lowest.items():
             rec.run(["engine", "--profile", profile, "--accounts", accounts, "--seconds", "1", "--warmup", "0.5",
                      "--out", str(out / "engine")])  # fmt: skip
+            store = scratch / f"{profile}-snapshots"
+            rec.run(["run", "--profile", profile, *extra, "--rate", f"{rate * scale:.0f}", "--seconds",
+                     SNAPSHOT_SECONDS, "--warmup", SNAPSHOT_WARMUP, "--accounts", accounts, "--journal",
+                     str(store / "journal"), "--fsync", "interval:10", "--snapshot-every",
+                     f"{rate * scale * SNAPSHOT_EVERY_S:.0f}",
+                     *(["--trove", str(store / "trove")] if profile in KEEPS_TROVE else []),
+                     "--out", str(snapshots_dir(out))])  # fmt: skip
+            shutil.rmtree(store, ignore_errors=True)
+        if any(p in KEEPS_TROVE for p in lowest):
+            rows = str(int(float(TROVE_COST_ROWS) * scale))
+            rec.run_python(["benchmarks.trove_merge_cost", "--rows", rows, "--segment-rows",
+                            str(trove_segment_rows(PLAN_RATE_TPS)), "--out", str(out / "trove-cost")])  # fmt: skip
         for label, (profile, extra, rates) in rates_by_label.items():
             for rate in rates:
                 store = scratch / f"{label}-{rate:.0f}"
                 trove = ["--trove", str(store / "trove")] if profile in KEEPS_TROVE else []
-                snapshots = ["--snapshot-every", f"{rate * scale * SNAPSHOT_EVERY_S:.0f}"] if rate == min(rates) else []
                 args = ["run", "--profile", profile, *extra, "--rate", f"{rate * scale:.0f}", "--seconds", seconds,
                         "--warmup", warmup, "--accounts", accounts, "--journal", str(store / "journal"),
-                        "--fsync", "interval:10", *snapshots, *trove, "--out", str(out / "runs")]  # fmt: skip
+                        "--fsync", "interval:10", *trove, "--out", str(out / "runs")]  # fmt: skip
 
                 def one(args: list[str] = args, store: Path = store) -> Path:
                     try:
@@ -257,10 +312,31 @@ def measure(
                      "--steal-retries", str(steal_retries), "--out", str(folder)], ok=(0,))  # fmt: skip
             (out / "maxima").mkdir(parents=True, exist_ok=True)
             shutil.copy(folder / "compare.json", out / "maxima" / f"{folder.name}.json")
-            rec.lines.append(f"  copied `{folder / 'compare.json'}` to `maxima/{folder.name}.json`")
+            copied = copy_trials(folder, out / "maxima" / TRIALS / folder.name)
+            rec.lines.append(
+                f"  copied `{folder / 'compare.json'}` to `maxima/{folder.name}.json` and its {copied} search "
+                f"trials to `maxima/{TRIALS}/{folder.name}/` (what stopped each search; never fitted)"
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return rec, kept
+
+
+def snapshots_dir(out: Path) -> Path:
+    """Where the snapshot-size runs go (``SNAPSHOT_EVERY_S``): beside ``out``, read with ``--state-from``."""
+    return out.with_name(out.name + "-snapshots")
+
+
+def copy_trials(search: Path, to: Path) -> int:
+    """Copy the search trials' result files of the comparison in ``search`` to ``to`` (same relative
+    paths): the plan reads them to tell a generator-bound search from a machine out of CPU
+    (``loadgen.plan.inputs.search_stop``). How many."""
+    summary = loads_summary((search / "compare.json").read_bytes(), source=str(search / "compare.json"))
+    trials = [r.file for r in summary.runs if r.stage == "search" and (search / r.file).is_file()]
+    for trial in trials:
+        (to / trial).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(search / trial, to / trial)
+    return len(trials)
 
 
 def steal_report(kept: list[Kept]) -> str:
@@ -320,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     search_out = out.with_name(out.name + "-search")
     try:
         if not args.plan_only:
-            if out.exists() and any(out.rglob("*.json")):
-                raise SystemExit(f"{out} already holds result files: move them away, or pass --plan-only")
+            for folder in (out, snapshots_dir(out)):
+                if folder.exists() and any(folder.rglob("*.json")):
+                    raise SystemExit(f"{folder} already holds result files: move them away, or pass --plan-only")
             out.mkdir(parents=True, exist_ok=True)
             scale = 0.1 if args.tiny else 1.0
             if not args.tiny:
@@ -337,12 +414,13 @@ def main(argv: list[str] | None = None) -> int:
             rec.save()
             print(steal_report(kept), flush=True)
             print(f"measured in {(time.monotonic() - t0) / 60:.1f} minutes", flush=True)
+        state_from = [*([str(snapshots_dir(out))] if snapshots_dir(out).exists() else []), *args.state_from]
         command = (
             f"cbdc-bench plan --rate {PLAN_RATE_TPS:.0f} --accounts {PLAN_ACCOUNTS} --profile {PLAN_PROFILE} "
             f"--results {out} --machine {MACHINE} --retention 365d --replicas 3 --out {out / 'plan'}"
-            + "".join(f" --state-from {d}" for d in args.state_from)
+            + "".join(f" --state-from {d}" for d in state_from)
         )
-        inputs = read_inputs(out, state_from=args.state_from)
+        inputs = read_inputs(out, state_from=state_from)
         request = PlanRequest(
             rate_tps=PLAN_RATE_TPS, accounts=PLAN_ACCOUNTS, profile=PLAN_PROFILE,
             machine=Machine(cores=64, memory_bytes=512 * GIB),

@@ -209,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         help="codec of files a merge reads again (default: the config's)",
     )
     p.add_argument(
+        "--out",
+        default="",
+        help="also write the figures as a versioned result file in this folder (with the CPU's calibration "
+        "score and the sidecars' cost), which 'cbdc-bench plan' reads as the trove's cost per row",
+    )
+    p.add_argument(
         "--layout-rows",
         type=parse_count,
         default=0,
@@ -253,8 +259,65 @@ def main(argv: list[str] | None = None) -> int:
         + (out["merges_per_row"] - out["last_tier_merges_per_row"]) * out["merge_intermediate_ns_per_row_merged"]
         + out["last_tier_merges_per_row"] * out["merge_last_ns_per_row_merged"]
     )
+    if args.out:
+        out["result_file"] = str(write_result(args.out, out, config, argv))
     print(json.dumps(out, indent=1))
     return 0
+
+
+def measure_sidecars(rows: int, config: TroveConfig) -> dict[str, float]:
+    """The per-run sidecars (every key) of ``rows`` seeded rows in runs of ``config.segment_rows``:
+    process CPU and bytes per row (``TroveReader.build_sidecars`` on one thread, what
+    ``trove sidecars`` or the first co-location or device query does)."""
+    from engine.trove.query import TroveReader
+
+    root = Path(tempfile.mkdtemp(prefix="cbdc-trove-cost-"))
+    cfg = msgspec.structs.replace(config, dir=str(root / "t"), process=False, compact=False)
+    trove = Trove.open(msgspec.structs.replace(cfg, flush_interval_s=max(cfg.flush_interval_s, 60.0)))
+    try:
+        bulk_load(trove, rows, accounts=10**9, seed=3)
+        t0 = time.process_time_ns()
+        built = TroveReader(trove=trove).build_sidecars(threads=1)
+        return {
+            "sidecar_ns_per_row": (time.process_time_ns() - t0) / rows,
+            "sidecar_bytes_per_row": built["bytes_per_row"],
+        }
+    finally:
+        trove.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def write_result(out_dir: str, figures: dict[str, Any], config: TroveConfig, argv: list[str] | None) -> Path:
+    """``figures`` (``main``'s) with the sidecars' cost, this machine and its CPU calibration score, as
+    a ``loadgen.plan.trove_cost.TroveCost`` file in ``out_dir``: the capacity plan's trove tier."""
+    import shlex
+
+    from loadgen.harness.calibration import cpu_calibration
+    from loadgen.plan.trove_cost import TroveCost, save_trove_cost
+    from loadgen.results.environment import collect
+
+    sidecars = measure_sidecars(int(figures["measured_segment_rows"]), config)
+    figures |= sidecars
+    env = msgspec.structs.replace(collect(), calibration=cpu_calibration())
+    words = sys.argv[1:] if argv is None else argv
+    return save_trove_cost(
+        TroveCost(
+            command=shlex.join(["python", "-m", "benchmarks.trove_merge_cost", *words]),
+            environment=env,
+            writer_ns_per_row=max(figures["writer_ns_per_row"], figures["writer_memtable_ns_per_row"]),
+            merges_per_row=figures["merges_per_row"],
+            last_tier_merges_per_row=figures["last_tier_merges_per_row"],
+            merge_intermediate_ns_per_row_merged=figures["merge_intermediate_ns_per_row_merged"],
+            merge_last_ns_per_row_merged=figures["merge_last_ns_per_row_merged"],
+            steady_ns_per_row=figures["steady_ns_per_row"],
+            final_bytes_per_row=figures["merge_last_bytes_per_row"],
+            sidecar_ns_per_row=sidecars["sidecar_ns_per_row"],
+            sidecar_bytes_per_row=sidecars["sidecar_bytes_per_row"],
+            settings={k: figures[k] for k in ("fanin", "segment_rows", "intermediate_compression", "runs_at_end")}
+            | {"max_run_rows": config.max_run_rows},
+        ),
+        out_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -174,7 +174,11 @@ def format_plan(c: CapacityPlan) -> str:
         if pr.measured is not None:
             m = pr.measured
             measured = f"measured {m.median_tps:,.0f}/s [{m.low_tps:,.0f}-{m.high_tps:,.0f}]" + (
-                ", generator-limited" if m.generator_limited else ""
+                ", generator-bound"
+                if m.bounded_by_generator
+                else ", generator behind (a check)"
+                if m.generator_limited
+                else ""
             )
             error = f"error {pr.error:+.0%}" if pr.error is not None else ""
             error += f" (the sequencer used at most {pr.peak_sequencer_cores:.2f} of its core in the fitted runs)"

@@ -46,6 +46,7 @@ import msgspec
 from engine.profiles import CompareSettings
 from loadgen.generator.gateway import LoadConfig
 from loadgen.harness.engine_run import ENGINE_KIND, EngineResult
+from loadgen.plan.trove_cost import TROVE_COST_KIND, TroveCost, loads_trove_cost
 from loadgen.results.compare import SUMMARY_KIND, CompareSummary, loads_summary, peek_kind
 from loadgen.results.run import ResultVersionError, RunResult, figures_of, loads, resolved_settings, verdict_of
 from loadgen.results.tiers import measured_tiers
@@ -63,6 +64,14 @@ KERNEL = "kernel"
 #: The folder (anywhere under ``--results``) of attempts set aside because the host's steal spoiled
 #: their window (``benchmarks/plan_first_cut.py``, ``compare --steal-retries``): never read as inputs.
 SPOILED = "spoiled"
+#: The folder beside a copied comparison summary (``maxima/NAME.json``) holding its search trials'
+#: result files (``maxima/search-trials/NAME/runs/...``, ``benchmarks/plan_first_cut.py``): read
+#: only to say what stopped each search (``search_stop``), never fitted.
+TRIALS = "search-trials"
+#: A generator process at or above this share of its core ran flat out (``search_stop``).
+GENERATOR_FLAT_OUT = 0.9
+#: Cores idle over a trial's window above which the machine had CPU to spare (``search_stop``).
+IDLE_TO_SPARE_CORES = 0.25
 #: A hook whose background CPU is a tier of its own, by name.
 BACKGROUND_TIER = {"surveillance_log": "trove"}
 #: A hook that reports parts of its time as tiers (``stats[hook][part + "_ns"]``, cumulative): the
@@ -143,6 +152,9 @@ class RunCost(msgspec.Struct, frozen=True, kw_only=True):
     #: above): its measured capacity on this machine (the trove: rows made durable, which move a
     #: segment at a time, so a short window is coarse).
     flat_out_tps: dict[str, float] = {}
+    #: Rows the trove received per payment the ledger applied in the window (``trove.rows_seen``;
+    #: None: no trove stats): what turns the trove's cost per row into a cost per payment.
+    trove_rows_per_payment: float | None = None
 
 
 class MeasuredMax(msgspec.Struct, frozen=True):
@@ -164,6 +176,17 @@ class MeasuredMax(msgspec.Struct, frozen=True):
     spoiled_trials: int = 0
     retried_trials: int = 0
     cores: int = 0
+    #: Whether the generator's own CPU bounded the search (``search_stop``): its processes ran flat
+    #: out with cores idle elsewhere in the trials above the maximum. None: the trials' result files
+    #: were not found, and ``generator_limited`` (the searches' verdicts) stands in for it.
+    generator_bound: bool | None = None
+    #: What the trials above the maximum used (``search_stop``): server and generator CPU, idle cores.
+    stop: str = ""
+
+    @property
+    def bounded_by_generator(self) -> bool:
+        """The search measured the generator, not the server: no two-sided check of a prediction."""
+        return self.generator_limited if self.generator_bound is None else self.generator_bound
 
 
 class StateInput(msgspec.Struct, frozen=True):
@@ -185,6 +208,8 @@ class Inputs(msgspec.Struct, frozen=True):
     #: Result files under a ``spoiled`` folder (``SPOILED``): attempts set aside because the host's
     #: steal spoiled their window and the run was measured again. Counted, never fitted.
     spoiled: list[str] = []
+    #: The trove's whole per-row life (``benchmarks/trove_merge_cost.py --out DIR``), with their files.
+    trove_costs: list[tuple[str, TroveCost]] = []
 
 
 def read_inputs(results: str | Path, *, state_from: Sequence[str | Path] = ()) -> Inputs:
@@ -205,6 +230,7 @@ def read_inputs(results: str | Path, *, state_from: Sequence[str | Path] = ()) -
     runs: list[RunCost] = []
     maxima: list[MeasuredMax] = []
     skipped: list[str] = []
+    trove_costs: list[tuple[str, TroveCost]] = []
     for path in _json_files(root):
         data = path.read_bytes()
         name = str(path)
@@ -214,6 +240,8 @@ def read_inputs(results: str | Path, *, state_from: Sequence[str | Path] = ()) -
                 maxima.extend(measured_maxima(loads_summary(data, source=name), name))
             elif kind == ENGINE_KIND:
                 states.append(engine_state(msgspec.json.decode(data, type=EngineResult), name))
+            elif kind == TROVE_COST_KIND:
+                trove_costs.append((name, loads_trove_cost(data, source=name)))
             else:
                 result = loads(data, source=name)
                 cost = run_cost(result, name)
@@ -229,7 +257,7 @@ def read_inputs(results: str | Path, *, state_from: Sequence[str | Path] = ()) -
         except (ResultVersionError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             skipped.append(f"{name}: {exc}")
     spoiled = [str(p) for p in sorted(root.rglob("*.json")) if SPOILED in p.relative_to(root).parts[:-1]]
-    return Inputs(runs=runs, maxima=maxima, states=states, skipped=skipped, spoiled=spoiled)
+    return Inputs(runs=runs, maxima=maxima, states=states, skipped=skipped, spoiled=spoiled, trove_costs=trove_costs)
 
 
 def _json_files(root: Path) -> Iterator[Path]:
@@ -239,7 +267,7 @@ def _json_files(root: Path) -> Iterator[Path]:
     yield from sorted(
         p
         for p in root.rglob("*.json")
-        if p.name not in ("report.json", "plan.json") and SPOILED not in p.relative_to(root).parts[:-1]
+        if p.name not in ("report.json", "plan.json") and not {SPOILED, TRIALS} & set(p.relative_to(root).parts[:-1])
     )
 
 
@@ -298,6 +326,9 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
             else (result.machine_cpu.idle_s + result.machine_cpu.iowait_s) / result.machine_cpu.seconds
         ),
         stolen_cores=None if result.machine_cpu is None else result.machine_cpu.stolen_cores,
+        trove_rows_per_payment=(
+            _delta(a, b, "trove", "rows_seen") / transfers if "rows_seen" in (b.get("trove") or {}) else None
+        ),
         **_one_core_waits(a, b, window_s),
     )
 
@@ -458,10 +489,15 @@ def measured_maxima(summary: CompareSummary, file: str = "") -> list[MeasuredMax
         trials = [r for r in summary.runs if r.profile == profile and r.stage == "search"]
         steal = [r.stolen_cores for r in trials if r.stolen_cores is not None]
         cores = summary.environment.cores
+        median = float(statistics.median(values))
+        above = [
+            r.file for r in sorted(trials, key=lambda r: r.offered_tps) if r.offered_tps > median and not r.sustained
+        ]
+        bound, stop = search_stop(_trial_files(file, above))
         out.append(
             MeasuredMax(
                 profile=profile + (f"@{validators} validators" if validators else ""),
-                median_tps=float(statistics.median(values)),
+                median_tps=median,
                 low_tps=min(min(values), min(s.interval_low_tps for s in searches)),
                 high_tps=max(max(values), max(s.interval_high_tps for s in searches)),
                 repeats=len(searches),
@@ -473,9 +509,63 @@ def measured_maxima(summary: CompareSummary, file: str = "") -> list[MeasuredMax
                 spoiled_trials=sum(steal_spoiled(v, cores) for v in steal),
                 retried_trials=sum(1 for r in trials if r.spoiled_attempts),
                 cores=cores,
+                generator_bound=bound,
+                stop=stop,
             )
         )
     return out
+
+
+def _trial_files(summary_file: str, trials: Sequence[str]) -> list[Path]:
+    """The result files of ``trials`` (paths relative to the comparison's folder), beside the summary
+    (``compare --out DIR``) or in its copy's ``TRIALS`` folder (``maxima/search-trials/NAME/``)."""
+    if not summary_file:
+        return []
+    summary = Path(summary_file)
+    found = []
+    for trial in trials:
+        for folder in (summary.parent, summary.parent / TRIALS / summary.stem):
+            if (folder / trial).is_file():
+                found.append(folder / trial)
+                break
+    return found
+
+
+def search_stop(trial_files: Sequence[Path]) -> tuple[bool | None, str]:
+    """Whether the generator's own CPU stopped a search, from the failed trials above its maximum
+    (lowest first): (generator-bound, what the trials used); (None, "") without trial files.
+
+    Why: a search stops "where the generator fell behind" whenever the generator's sends lag, and
+    on a 2-core machine they lag once the machine is out of CPU, the server included (a saturated
+    server stops reading). The prediction already puts the generator's CPU on the same cores, so
+    only a generator whose processes ran flat out (``GENERATOR_FLAT_OUT`` of their cores) while
+    cores stood idle elsewhere (``IDLE_TO_SPARE_CORES``) bounds the search below the server's
+    maximum; the lowest failed trial (the one that stopped the bisection) decides.
+    """
+    used = []
+    for path in trial_files:
+        result = loads(path.read_bytes(), source=str(path))
+        window_s = result.load.seconds
+        machine = result.machine_cpu
+        if window_s <= 0 or machine is None or machine.seconds <= 0:
+            continue
+        generator = result.generator.cpu_s / window_s / max(result.load.processes, 1)
+        idle = (machine.idle_s + machine.iowait_s) / machine.seconds
+        used.append((generator, idle, (result.server.cpu_s or 0.0) / window_s, result.summary.offered_tps))
+    if not used:
+        return None, ""
+    generator, idle, _, _ = used[0]
+    bound = generator >= GENERATOR_FLAT_OUT and idle >= IDLE_TO_SPARE_CORES
+
+    def span(values: list[float]) -> str:
+        return f"{min(values):.2f}" if min(values) == max(values) else f"{min(values):.2f}-{max(values):.2f}"
+
+    stop = (
+        f"{len(used)} failed trial{'s' if len(used) > 1 else ''} above it ({used[0][3]:,.0f}/s first): server process "
+        f"{span([u[2] for u in used])} cores, generator {span([u[0] for u in used])} of its core per process, "
+        f"{span([u[1] for u in used])} cores idle"
+    )
+    return bound, stop
 
 
 def engine_state(result: EngineResult, file: str = "") -> StateInput:

@@ -48,6 +48,7 @@ from loadgen.plan.inputs import (
     RunCost,
     StateInput,
 )
+from loadgen.plan.trove_cost import TroveCost
 
 GIB = float(1 << 30)
 SECONDS_PER_DAY = 86_400.0
@@ -102,6 +103,61 @@ class Missing(msgspec.Struct, frozen=True):
 
     what: str
     command: str
+
+
+class TroveLife(msgspec.Struct, frozen=True):
+    """The trove's whole per-row life the plan charges (``loadgen.plan.trove_cost``): CPU and bytes per
+    row, the median over the cost files (ns scaled like the runs' under ``--scale-by-calibration``),
+    the lowest and highest file as its band."""
+
+    ns_per_row: float
+    ns_per_row_low: float
+    ns_per_row_high: float
+    bytes_per_row: float
+    files: list[str]
+    #: What it holds, for the plan's assumptions ("writer + 1.06 merges per row + sidecars").
+    parts: str
+
+
+#: The command that measures ``TroveLife`` (the plan names it when no cost file is given).
+TROVE_COST_COMMAND = "python -m benchmarks.trove_merge_cost --rows 8e6 --out DIR"
+
+
+def trove_life(costs: Sequence[tuple[str, TroveCost]], reference_tps: float | None = None) -> TroveLife | None:
+    """The trove's per-row life from its cost files (None: none); with ``reference_tps`` each file's
+    ns are scaled to that calibration score (ns x own score / reference), as ``scaled`` does the runs'."""
+    if not costs:
+        return None
+    ns = []
+    for _, c in costs:
+        own = c.environment.calibration.engine_tps if c.environment.calibration else None
+        ns.append(c.ns_per_row * (own / reference_tps if reference_tps and own else 1.0))
+    last = costs[-1][1]
+    sidecars = all(c.sidecar_ns_per_row is not None for _, c in costs)
+    return TroveLife(
+        ns_per_row=float(statistics.median(ns)),
+        ns_per_row_low=min(ns),
+        ns_per_row_high=max(ns),
+        bytes_per_row=float(statistics.median(c.bytes_per_row for _, c in costs)),
+        files=[f for f, _ in costs],
+        parts=f"writer (both orderings) + {last.merges_per_row:.2f} rows merged per row up to the final run"
+        + (" + per-run sidecars" if sidecars else " (sidecars not measured)"),
+    )
+
+
+def with_trove_life(fit: TierFit, life: TroveLife, rows_per_payment: float) -> TierFit:
+    """The trove tier charged its whole per-row life: per payment only (its flushes and merges follow
+    the rows, not the server's batches), at the runs' rates, its band the cost files' spread."""
+    per_payment = life.ns_per_row * rows_per_payment
+    return msgspec.structs.replace(
+        fit,
+        per_batch_ns=0.0,
+        per_tick_ns=0.0,
+        per_s_ns=0.0,
+        per_payment_ns=per_payment,
+        spread_low=life.ns_per_row_low / life.ns_per_row if life.ns_per_row else 1.0,
+        spread_high=life.ns_per_row_high / life.ns_per_row if life.ns_per_row else 1.0,
+    )
 
 
 class TierFit(msgspec.Struct, frozen=True):
@@ -536,10 +592,14 @@ def first_rate_reaching(budget_ns: float, cost: Callable[[float], float]) -> flo
 # ---- the plan --------------------------------------------------------------------------------
 
 
-def check_one_cpu(runs: Sequence[RunCost], maxima: Sequence[MeasuredMax], scale: bool) -> tuple[str, list[float]]:
-    """The CPU every figure was measured on; refuse a mix unless scaling by calibration (and possible)."""
+def check_one_cpu(
+    runs: Sequence[RunCost], maxima: Sequence[MeasuredMax], scale: bool, others: Sequence[tuple[str, str]] = ()
+) -> tuple[str, list[float]]:
+    """The CPU every figure was measured on; refuse a mix unless scaling by calibration (and possible).
+    ``others``: more (file, CPU model) pairs (the trove cost files)."""
     by_cpu: dict[str, list[str]] = {}
-    for cpu_model, file in [(r.cpu_model, r.file) for r in runs] + [(m.cpu_model, m.file) for m in maxima]:
+    pairs = [(r.cpu_model, r.file) for r in runs] + [(m.cpu_model, m.file) for m in maxima]
+    for cpu_model, file in pairs + [(cpu_model, file) for file, cpu_model in others]:
         by_cpu.setdefault(cpu_model, []).append(file)
     calibrations = [r.calibration_tps for r in runs if r.calibration_tps is not None]
     if len(by_cpu) > 1 and not scale:
@@ -574,12 +634,16 @@ def plan_profile(
     states: Sequence[StateInput],
     request: PlanRequest,
     pooled: dict[str, tuple[TierFit, list[str]]] | None = None,
+    trove: TroveLife | None = None,
 ) -> ProfilePlan:
     """The plan of one profile from its measured runs and state figures (``runs`` not empty).
 
     The CPU is fitted from the runs where the server kept up (``fitted_runs``); with fewer than two
     such rates ``cpu_problem`` says what is missing, and the machines are not counted. ``pooled``:
     tiers fitted over more labels' runs (``pooled_fits``), used instead of this label's own fit.
+    ``trove``: the trove's whole per-row life (``trove_life``), charged as the trove tier instead of
+    the CPU its child spent inside the runs' windows (only the memtable's ingest: a 3-second run
+    never flushes or merges) and as its bytes on disk; None: the plan says which command measures it.
     """
     problem = fit_problem(profile, runs)
     usable = fitted_runs(runs) or list(runs)
@@ -591,6 +655,17 @@ def plan_profile(
     batching = batch_model(usable, tier_fits, hooks)
     batches = batching.batches_per_s(rate)
     missing: list[Missing] = [problem] if problem else []
+    keeps_trove = any(r.keeps_trove for r in usable) or "trove" in tier_fits  # the trove's writer ran
+    rows_per_payment = _median(r.trove_rows_per_payment for r in usable)
+    if keeps_trove and trove is not None and "trove" in tier_fits and rows_per_payment is not None:
+        tier_fits["trove"] = with_trove_life(tier_fits["trove"], trove, rows_per_payment)
+    elif keeps_trove:
+        trove = None  # the runs' own first segments are not the final layout either
+        missing.append(Missing(
+            "the trove's whole per-row life: the writer in both orderings, every merge up to the final run, "
+            "the per-run sidecars (a trove cost result file; a run's trove child only fills its memtable)",
+            TROVE_COST_COMMAND,
+        ))  # fmt: skip
     if any(r.signed for r in usable) and "validators" not in tier_fits:
         missing.append(Missing(
             "validators: CPU per signed payment (server.tier_cpu_s.validators, issue 19)",
@@ -641,17 +716,12 @@ def plan_profile(
 
     # Disk and network: medians over the runs that measured them.
     journal = _median(r.journal_bytes_per_payment for r in usable)
-    trove = _median(r.trove_bytes_per_payment for r in usable)
+    trove_bytes = None if trove is None or rows_per_payment is None else trove.bytes_per_row * rows_per_payment
     wire = _median(r.wire_bytes_per_payment for r in usable)
     if journal is None:
         missing.append(Missing(
             "journal bytes per payment (traffic.journal_per_payment)",
             f"cbdc-bench run --profile {profile} --journal DIR --out DIR",
-        ))  # fmt: skip
-    if any(r.keeps_trove for r in usable) and trove is None:
-        missing.append(Missing(
-            "trove bytes per payment after compaction (traffic.trove_per_payment, issue 17)",
-            f"cbdc-bench run --profile {profile} --trove DIR --out DIR",
         ))  # fmt: skip
     if wire is None:
         missing.append(Missing(
@@ -659,8 +729,8 @@ def plan_profile(
         ))  # fmt: skip
     per_day = rate * SECONDS_PER_DAY
     disk_day = {"journal": per_day * journal} if journal is not None else {}
-    if trove is not None:
-        disk_day["trove"] = per_day * trove
+    if trove_bytes is not None:
+        disk_day["trove"] = per_day * trove_bytes
     snapshot_per_account = snapshot_from.snapshot_bytes_per_account if snapshot_from else None
     snapshots = None
     if snapshot_per_account is None:
@@ -672,9 +742,7 @@ def plan_profile(
         ))  # fmt: skip
     else:
         snapshots = request.snapshots_kept * request.accounts * snapshot_per_account
-    complete_disk = (
-        journal is not None and snapshots is not None and not (any(r.keeps_trove for r in usable) and trove is None)
-    )
+    complete_disk = journal is not None and snapshots is not None and not (keeps_trove and trove_bytes is None)
     retention = (
         request.replicas * (sum(disk_day.values()) * request.retention_days + (snapshots or 0.0))
         if complete_disk
@@ -700,7 +768,7 @@ def plan_profile(
         memory_pieces=pieces,
         fits_one_machine=None if memory is None else memory <= request.machine.memory_bytes,
         disk_per_day_bytes=disk_day,
-        disk_per_day_complete=journal is not None and not (any(r.keeps_trove for r in usable) and trove is None),
+        disk_per_day_complete=journal is not None and not (keeps_trove and trove_bytes is None),
         snapshot_bytes=snapshots,
         disk_retention_bytes=retention,
         network_bytes_per_s=None if wire is None else rate * wire,
@@ -934,13 +1002,14 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
     }
     error, note = None, ""
     if predicted and measured and measured.median_tps > 0:
-        if measured.generator_limited and predicted >= measured.median_tps:
+        bounded = measured.bounded_by_generator
+        if bounded and predicted >= measured.median_tps:
             note = (
                 "no check: the search stopped where the generator fell behind, not the server; the prediction is "
                 f"{(predicted - measured.median_tps) / measured.median_tps:+.0%} over that bound (consistent; the "
                 "check is bounded by the generator)"
             )
-        elif measured.generator_limited:  # the server sustained at least the measured maximum
+        elif bounded:  # the server sustained at least the measured maximum
             error = (predicted - measured.median_tps) / measured.median_tps
             note = (
                 "at least this low: the search stopped where the generator fell behind, so the server's own "
@@ -948,19 +1017,16 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
             )
         else:
             error = (predicted - measured.median_tps) / measured.median_tps
-            idle = [r.idle_cores for r in runs if not r.server_kept_up and r.idle_cores is not None]
-            if abs(error) > 0.25 and idle:
-                note = (
-                    f"the runs that saturated left {min(idle):.2f}-{max(idle):.2f} of {cores} cores idle "
-                    "(machine_cpu): the server waited (blocked, or in the run queue) rather than ran out of CPU, "
-                    "which a CPU budget does not predict"
-                )
-            elif abs(error) > 0.25 and saturated is not None and KERNEL not in tier_fits:
-                note = (
-                    f"the runs that saturated used only {saturated:.2f} of {cores} cores of CPU the result files "
-                    "account for (server + generator): the rest (kernel networking and disk, the processes' "
-                    "contention on the cores) is not measured, so a CPU budget of all the cores overshoots"
-                )
+            note = _error_note(error, measured, runs, usable, cores, saturated, KERNEL in tier_fits)
+        if measured.stop and (measured.generator_limited or bounded):
+            note = note + " " if note else ""
+            why = (
+                "generator-bound"
+                if bounded
+                else "a check although the search said the generator fell behind: its processes were not flat out "
+                "with cores to spare"
+            )
+            note += f"({why}: {measured.stop})"
     witness = [
         f"the {tier} ran flat out at {tps:,.0f}/s in a saturated run (the sequencer waited for it {waited:.0%} of "
         "the time): its measured capacity here"
@@ -974,6 +1040,41 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
     )  # fmt: skip
 
 
+def _error_note(
+    error: float,
+    measured: MeasuredMax,
+    runs: Sequence[RunCost],
+    usable: Sequence[RunCost],
+    cores: int,
+    saturated: float | None,
+    has_kernel: bool,
+) -> str:
+    """Why a checked prediction misses by more than the aim, from what the result files show ('' within it)."""
+    if abs(error) <= PREDICTION_AIM:
+        return ""
+    parts = []
+    top = max(r.offered_tps for r in usable)
+    if measured.median_tps > 1.5 * top:
+        parts.append(
+            f"the fit was measured at up to {top:,.0f}/s and the maximum is {measured.median_tps / top:.1f}x that: "
+            "its split into per-batch and per-payment cost is extrapolated there (a run nearer the maximum checks it)"
+        )
+    idle = [r.idle_cores for r in runs if not r.server_kept_up and r.idle_cores is not None]
+    if idle:
+        parts.append(
+            f"the runs that saturated left {min(idle):.2f}-{max(idle):.2f} of {cores} cores idle (machine_cpu): the "
+            "server waited (blocked, or in the run queue) rather than ran out of CPU, which a CPU budget does not "
+            "predict"
+        )
+    elif saturated is not None and not has_kernel:
+        parts.append(
+            f"the runs that saturated used only {saturated:.2f} of {cores} cores of CPU the result files "
+            "account for (server + generator): the rest (kernel networking and disk, the processes' "
+            "contention on the cores) is not measured, so a CPU budget of all the cores overshoots"
+        )
+    return "; ".join(parts)
+
+
 def meets_aim(predicted_tps: float, measured: MeasuredMax, aim: float = PREDICTION_AIM) -> bool:
     """Whether a predicted maximum is within ``aim`` of a searched one, as far as the search can tell.
 
@@ -982,7 +1083,7 @@ def meets_aim(predicted_tps: float, measured: MeasuredMax, aim: float = PREDICTI
     ``benchmarks/test_bench_plan.py`` says so when it happens).
     """
     error = (predicted_tps - measured.median_tps) / measured.median_tps
-    return error > -aim if measured.generator_limited else abs(error) < aim
+    return error > -aim if measured.bounded_by_generator else abs(error) < aim
 
 
 def one_core_limits(
@@ -1007,12 +1108,19 @@ def one_core_limits(
 
 def build_plan(inputs: Inputs, request: PlanRequest) -> CapacityPlan:
     """The capacity plan for ``request`` from ``inputs``; ValueError if the profile has no measured run."""
-    cpu, calibrations = check_one_cpu(inputs.runs, inputs.maxima, request.scale_by_calibration)
+    cpu, calibrations = check_one_cpu(
+        inputs.runs,
+        inputs.maxima,
+        request.scale_by_calibration,
+        [(f, c.environment.cpu_model) for f, c in inputs.trove_costs],
+    )
     runs = list(inputs.runs)
     assumptions = []
+    trove = trove_life(inputs.trove_costs)
     if request.scale_by_calibration and calibrations:
         reference = float(statistics.median(calibrations))
         runs = scaled(runs, reference)
+        trove = trove_life(inputs.trove_costs, reference)
         assumptions.append(
             f"costs scaled to a CPU calibration score of {reference:,.0f} transfers/s (the median of the files): "
             "each file's ns x its own score / that score"
@@ -1030,7 +1138,17 @@ def build_plan(inputs: Inputs, request: PlanRequest) -> CapacityPlan:
     if chosen != request.profile:
         assumptions.append(f"profile {request.profile} planned as measured with {chosen} (the most validators)")
     pooled = pooled_fits(by_profile)
-    plans = {p: plan_profile(p, rs, inputs.states, request, pooled.get(p)) for p, rs in sorted(by_profile.items())}
+    plans = {
+        p: plan_profile(p, rs, inputs.states, request, pooled.get(p), trove) for p, rs in sorted(by_profile.items())
+    }
+    if trove is not None:
+        assumptions.append(
+            f"the trove is charged its whole per-row life, {trove.ns_per_row:,.0f} ns of CPU "
+            f"({trove.ns_per_row_low:,.0f}-{trove.ns_per_row_high:,.0f}) and {trove.bytes_per_row:.1f} bytes per row: "
+            f"{trove.parts} (steady state, measured apart: {', '.join(trove.files)}), not the CPU its child spent "
+            "inside the runs (a 3-second run only fills its memtable); the predicted maxima on the measured machine "
+            "use the runs' own CPU, as the searches they are checked against do"
+        )
     plan = plans[chosen]
     deltas = [] if request.profile == "baseline" else [_delta_line(plan, plans.get("baseline"), "baseline")]
     if not request.profile.startswith("signed"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadgen.plan.inputs import GENERATOR, KERNEL, MeasuredMax, RunCost
+from loadgen.plan.inputs import GENERATOR, GENERATOR_FLAT_OUT, IDLE_TO_SPARE_CORES, KERNEL, MeasuredMax, RunCost
 from loadgen.plan.model import (
     DOES_NOT_FIT,
     GIB,
@@ -120,8 +120,10 @@ def measured_row(label: str, runs: Sequence[RunCost], prediction: Prediction | N
     measured = (
         "no search" if m is None else f"{rate_text(m.median_tps)} [{rate_text(m.low_tps)}-{rate_text(m.high_tps)}]"
     )
-    if m is not None and m.generator_limited:
-        measured += ", generator-limited"
+    if m is not None and m.bounded_by_generator:
+        measured += ", generator-bound"
+    elif m is not None and m.generator_limited:
+        measured += ", generator behind, not flat out: a check"
     if m is not None and m.stolen_cores is not None:
         measured += f"; trials' steal up to {m.stolen_cores:.2f}" + (
             f", {m.retried_trials} re-measured" if m.retried_trials else ""
@@ -223,8 +225,12 @@ def headline_markdown(
         "squeeze its core, the sequencer's tiers fill its one core, the generator's fill its processes "
         "(one core each), or a one-core tier (the trove child, the risk model's thread) fills its core with its "
         "CPU and its waits for a core, whichever comes first (docs/plan.md). Error: predicted against the "
-        "searched maximum, only where the search stopped at the server; where it stopped because the "
-        "generator fell behind, the searched maximum bounds the generator and there is no check:",
+        "searched maximum. A search whose trials ended with the generator behind is a check too when the "
+        "machine was out of CPU (the prediction puts the generator on the same cores); only where the "
+        f"generator's processes ran flat out (>= {GENERATOR_FLAT_OUT:.0%} of their cores) with >= "
+        f"{IDLE_TO_SPARE_CORES} cores idle elsewhere does the "
+        "searched maximum bound the generator, and there the check is one-sided (the failed trials' server, "
+        "generator and idle CPU are in the error column):",
         "",
         steal_summary(runs, [p.measured for p in plan.predictions if p.measured is not None], spoiled),
         "",

@@ -31,6 +31,7 @@ from loadgen.plan.inputs import (
 from loadgen.plan.model import (
     GIB,
     SECONDS_PER_DAY,
+    TROVE_COST_COMMAND,
     BatchModel,
     Machine,
     MixedCpuError,
@@ -47,10 +48,19 @@ from loadgen.plan.model import (
     scaled,
 )
 from loadgen.plan.table import BEGIN, END, headline_markdown, measured_row, rate_text, replace_section
+from loadgen.plan.trove_cost import loads_trove_cost, save_trove_cost
 from loadgen.results import machine_cpu
 from loadgen.results.state import StateFootprint
 from loadgen.results.verdict import Kind
-from tests.support.plan_fixtures import TEMPLATE, CostModel, default_model, full_hooks, synthetic_run, write_runs
+from tests.support.plan_fixtures import (
+    TEMPLATE,
+    CostModel,
+    default_model,
+    full_hooks,
+    synthetic_run,
+    trove_cost,
+    write_runs,
+)
 
 RATES_AND_BATCHES = ((100_000.0, 400.0), (400_000.0, 1_000.0), (1_600_000.0, 3_000.0))
 TRAFFIC = {"wire_sent_per_payment": 60.0, "wire_received_per_payment": 20.0, "journal_per_payment": 50.0,
@@ -131,17 +141,70 @@ def test_plan_arithmetic_from_result_files(tmp_path: Path, model: CostModel) -> 
     assert plan.surveillance_cores == pytest.approx(sum(t.cores for t in plan.tiers if t.tier in hooks | {"trove"}))
     assert plan.sequencer_core_busy == pytest.approx(sum(t.cores for t in plan.tiers if t.on_sequencer))
     assert plan.memory_bytes == pytest.approx(request.accounts * 14.0)
-    assert plan.disk_per_day_bytes == pytest.approx(
-        {"journal": rate * SECONDS_PER_DAY * 50, "trove": rate * SECONDS_PER_DAY * 30}
-    )
+    # No trove cost file: the runs' own trove bytes (first segments) are not the final layout, so the
+    # trove's disk is not measured and the plan names the command that measures its whole life.
+    assert plan.disk_per_day_bytes == pytest.approx({"journal": rate * SECONDS_PER_DAY * 50})
+    assert plan.disk_retention_bytes is None and not plan.disk_per_day_complete
+    assert [m.command for m in plan.missing] == [TROVE_COST_COMMAND]
     snapshots = 2 * request.accounts * 12.0
     assert plan.snapshot_bytes == pytest.approx(snapshots)
-    assert plan.disk_retention_bytes == pytest.approx(3 * (rate * SECONDS_PER_DAY * 80 * 365 + snapshots))
     assert plan.network_bytes_per_s == pytest.approx(rate * 80)
     assert plan.replication_bytes_per_s == pytest.approx(rate * 50 * 2)
     scale_out = sum(t.cores_high for t in plan.tiers if not t.on_sequencer)
     assert plan.machines == 3 + max(math.ceil((scale_out - 63) / 64), 0)
+
+
+@pytest.mark.parametrize("rows_per_payment", [1.0, 1.25])
+def test_the_trove_is_charged_its_whole_life_from_its_cost_file(
+    tmp_path: Path, model: CostModel, rows_per_payment: float
+) -> None:
+    """With a trove cost file the trove tier is its CPU per row x rows per payment x the rate (not the
+    child's CPU inside the runs), its band the files' spread, its disk the final runs' bytes per row;
+    the one-core check uses it; the predicted maximum on the measured machine keeps the runs' own CPU."""
+    write_runs(tmp_path, _runs(model, traffic=TRAFFIC, state=STATE, trove_rows_per_payment=rows_per_payment))
+    costs = [(2_000.0, 60.0), (2_600.0, 64.0), (2_300.0, 62.0)]
+    for i, (ns, size) in enumerate(costs):
+        path = save_trove_cost(trove_cost(ns, size), tmp_path / f"cost{i}")
+        assert loads_trove_cost(path.read_bytes()).ns_per_row == pytest.approx(ns)
+    request = _request()
+    inputs = read_inputs(tmp_path)
+    capacity = build_plan(inputs, request)
+    plan, rate = capacity.plan, request.rate_tps
+    trove = next(t for t in plan.tiers if t.tier == "trove")
+    assert trove.cores == pytest.approx(2_300.0 * rows_per_payment * rate / 1e9)
+    assert trove.ns_per_payment == pytest.approx(2_300.0 * rows_per_payment)
+    assert (trove.cores_low, trove.cores_high) == pytest.approx(
+        (trove.cores * 2_000 / 2_300, trove.cores * 2_600 / 2_300)
+    )
+    assert plan.disk_per_day_bytes == pytest.approx(
+        {"journal": rate * SECONDS_PER_DAY * 50, "trove": rate * SECONDS_PER_DAY * 62.0 * rows_per_payment}
+    )
+    snapshots = 2 * request.accounts * 12.0
+    per_day = rate * SECONDS_PER_DAY * (50 + 62.0 * rows_per_payment)
+    assert plan.disk_retention_bytes == pytest.approx(3 * (per_day * 365 + snapshots))
     assert plan.missing == []
+    (one_core,) = [o for o in plan.one_core if o.tier == "trove"]
+    assert one_core.busy == pytest.approx(trove.cores)
+    assert one_core.saturation_tps == pytest.approx(1e9 / (2_300.0 * rows_per_payment), rel=0.01)
+    assert any("whole per-row life" in a and "2,300 ns" in a for a in capacity.assumptions)
+    # The measured machine's maximum is checked against searches that never flush: the runs' CPU.
+    runs = [r for r in inputs.runs if r.label == "full"]
+    assert (
+        predict_max("full", runs, []).predicted_tps
+        == build_plan(read_inputs(write_runs(tmp_path / "alone", _runs(model, traffic=TRAFFIC, state=STATE))), request)
+        .predictions[0]
+        .predicted_tps
+    )
+
+
+def test_a_trove_cost_from_another_cpu_is_refused_unless_scaled(tmp_path: Path, model: CostModel) -> None:
+    write_runs(tmp_path, _runs(model, traffic=TRAFFIC, state=STATE, calibration_tps=1e7))
+    save_trove_cost(trove_cost(2_000.0, 60.0, cpu_model="Other CPU", calibration_tps=2e7), tmp_path / "cost")
+    with pytest.raises(MixedCpuError, match="Other CPU"):
+        build_plan(read_inputs(tmp_path), _request())
+    plan = build_plan(read_inputs(tmp_path), _request(scale_by_calibration=True)).plan
+    trove = next(t for t in plan.tiers if t.tier == "trove")
+    assert trove.ns_per_payment == pytest.approx(2_000.0 * 2e7 / 1e7)  # ns x own score / the runs' median
 
 
 def test_sequencer_state_that_does_not_fit_one_machine_is_said(tmp_path: Path, model: CostModel) -> None:

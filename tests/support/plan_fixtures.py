@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from engine.profiles import CompareSettings
+from loadgen.plan.trove_cost import TroveCost
 from loadgen.results.environment import Calibration
 from loadgen.results.machine_cpu import MachineCpu
 from loadgen.results.run import RunResult, Traffic, load, resolved_settings, save
@@ -81,6 +82,7 @@ def synthetic_run(
     kernel_s: float | None = None,
     trove_wait: tuple[float, float] | None = None,
     trove_append_wait_s: float = 0.0,
+    trove_rows_per_payment: float | None = 1.0,
 ) -> RunResult:
     """The template run with its CPU, hooks, stats and environment generated from ``model``.
 
@@ -117,6 +119,8 @@ def synthetic_run(
         "ledger": {"transfers": 1_000 + round(payments), "batches": 10 + batches},
         "trove": {"process_pid": 4242},  # the trove writes in its child: its CPU is not the server's
     }
+    if trove_rows_per_payment is not None:
+        end["trove"]["rows_seen"] = round(payments * trove_rows_per_payment)
     if trove_wait is not None:
         start["trove"] = {"process_pid": 4242, "process_runqueue_wait_ns": 7.0, "append_wait_ns": 3.0, "rows": 50}
         end["trove"] |= {
@@ -166,6 +170,34 @@ def machine_cpu(seconds: float, kernel_s: float) -> MachineCpu:
         seconds=seconds, cores=2, user_s=1.0, nice_s=0.0, system_s=0.0, irq_s=0.0, softirq_s=kernel_s, steal_s=0.0,
         iowait_s=0.1, idle_s=2 * seconds - 1.1 - kernel_s, processes_s=1.0,
     )  # fmt: skip
+
+
+def trove_cost(
+    ns_per_row: float, bytes_per_row: float, *, cpu_model: str = "Test CPU", calibration_tps: float | None = 1e7
+) -> TroveCost:
+    """A trove cost result (``benchmarks/trove_merge_cost.py --out``) of ``ns_per_row`` CPU (the writer a
+    third, merges and sidecars the rest) and ``bytes_per_row`` (a final run 90%, sidecars 10%), on the
+    CPU ``synthetic_run`` uses unless ``cpu_model``."""
+    template = load(TEMPLATE)
+    calibration = (
+        None
+        if calibration_tps is None
+        else Calibration(engine_tps=calibration_tps, accounts=100_000, batch=8192, seconds=0.3)
+    )
+    env = msgspec.structs.replace(template.environment, cpu_model=cpu_model, calibration=calibration)
+    return TroveCost(
+        command="python -m benchmarks.trove_merge_cost --out DIR",
+        environment=env,
+        writer_ns_per_row=ns_per_row / 3,
+        merges_per_row=2.0,
+        last_tier_merges_per_row=1.0,
+        merge_intermediate_ns_per_row_merged=ns_per_row / 6,
+        merge_last_ns_per_row_merged=ns_per_row / 6,
+        steady_ns_per_row=ns_per_row * 5 / 6,
+        final_bytes_per_row=bytes_per_row * 0.9,
+        sidecar_ns_per_row=ns_per_row / 6,
+        sidecar_bytes_per_row=bytes_per_row * 0.1,
+    )
 
 
 def write_runs(folder: Path, runs: list[RunResult]) -> Path:
