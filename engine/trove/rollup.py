@@ -126,16 +126,26 @@ def rollup_of(cols: Mapping[str, np.ndarray], config: TroveConfig) -> pa.Table:
         cols["operator"],
         code,
     ]
-    lows = [int(d.min()) for d in dims]
-    spans = [int(d.max()) - lo + 1 for d, lo in zip(dims, lows, strict=True)]
+    # Each dimension's values seen, as ranks 0..k-1 (a bincount and a gather: codes 0, 3 and 9
+    # take 3 slots, not 10), so the dense table holds the product of the values seen.
+    values, ranks = [], []
+    for d in dims:
+        lo, hi = int(d.min()), int(d.max())
+        if hi - lo >= _DENSE_SPAN:
+            return _hashed(dims, ok, cols["amount_fen"])
+        offset = (d - lo).astype(np.intp)
+        seen = np.bincount(offset, minlength=hi - lo + 1) > 0
+        values.append(np.flatnonzero(seen) + lo)
+        ranks.append((np.cumsum(seen) - 1)[offset])
     amount = cols["amount_fen"][ok]
+    spans = [len(v) for v in values]
     bins = int(np.prod(spans, dtype=object))
     if bins > _DENSE_BINS or (len(amount) and int(amount.min()) < 0) or len(ok) > _DENSE_MAX_ROWS:
         return _hashed(dims, ok, cols["amount_fen"])
     key = np.zeros(len(ok), dtype=np.int64)
-    for d, lo, span in zip(dims, lows, spans, strict=True):
+    for rank, span in zip(ranks, spans, strict=True):
         key *= span
-        key += d.astype(np.int64) - lo
+        key += rank
     payments = np.bincount(key, minlength=bins)
     accepted_key = key[ok]
     accepted = np.bincount(accepted_key, minlength=bins)
@@ -146,17 +156,19 @@ def rollup_of(cols: Mapping[str, np.ndarray], config: TroveConfig) -> pa.Table:
     present = np.flatnonzero(payments)
     columns: dict[str, Any] = {}
     rest = present
-    for name, lo, span in reversed(list(zip(KEYS, lows, spans, strict=True))):
+    for name, seen, span in reversed(list(zip(KEYS, values, spans, strict=True))):
         rest, digit = np.divmod(rest, span)
-        columns[name] = digit + lo
+        columns[name] = seen[digit]
     types = empty_rollup().schema
     columns["hour_ns"] = columns["hour_ns"] * NS_PER_HOUR - CST_OFFSET_NS
     columns |= {"payments": payments[present], "accepted": accepted[present], "accepted_fen": fen[present]}
     return pa.table({f.name: pa.array(columns[f.name].astype(f.type.to_pandas_dtype())) for f in types}, types)
 
 
-#: Keys (the product of each dimension's span) past which ``rollup_of`` groups by hashing.
-_DENSE_BINS = 1 << 22
+#: Keys (the product of the values seen per dimension) past which ``rollup_of`` groups by hashing
+#: (a dense table of 2^20 keys: ~8 MB per count), and a dimension's span past which it does.
+_DENSE_BINS = 1 << 20
+_DENSE_SPAN = 1 << 20
 #: Rows past which a slice's sum could leave float64's exact integers (2^30 rows of slices below 2^21: < 2^51).
 _DENSE_MAX_ROWS = 1 << 30
 _SLICE_MASK = np.int64((1 << 21) - 1)

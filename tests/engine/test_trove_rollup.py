@@ -232,12 +232,12 @@ def test_stats_count_every_file_the_trove_keeps(tmp_path, rng, capsys) -> None:
 def test_sidecars_count_toward_max_bytes(tmp_path, rng, with_sidecars) -> None:
     """A trove under ``max_bytes`` by its runs' files alone expires its oldest partition once its
     sidecars push it over (and not without them: the same trove, the same limit)."""
-    entries = list(random_entries(rng, 40))
-    probe = loaded(tmp_path / "probe", entries, compact=False)
-    size = probe.stats()
-    probe.close()
+    first = loaded(tmp_path / "t", list(random_entries(rng, 40)), compact=False)
+    size = first.stats()
+    first.close()
     limit = size["segment_bytes"] + size["rollup_bytes"] + size["manifest_bytes"] + 1_000
-    trove = loaded(tmp_path / "t", entries, compact=False, max_bytes=limit)
+    # The same trove reopened with the limit (no threads: retention runs when the test says).
+    trove = Trove.open(config(tmp_path / "t", compact=False, max_bytes=limit), start=False)
     try:
         parts = len({s.partition for s in trove.manifest.segments})
         assert parts > 1 and trove.manifest.rows_expired == 0
