@@ -156,9 +156,9 @@ def rollup_of(cols: Mapping[str, np.ndarray], config: TroveConfig) -> pa.Table:
     present = np.flatnonzero(payments)
     columns: dict[str, Any] = {}
     rest = present
-    for name, seen, span in reversed(list(zip(KEYS, values, spans, strict=True))):
+    for name, kept, span in reversed(list(zip(KEYS, values, spans, strict=True))):
         rest, digit = np.divmod(rest, span)
-        columns[name] = seen[digit]
+        columns[name] = kept[digit]
     types = empty_rollup().schema
     columns["hour_ns"] = columns["hour_ns"] * NS_PER_HOUR - CST_OFFSET_NS
     columns |= {"payments": payments[present], "accepted": accepted[present], "accepted_fen": fen[present]}
