@@ -571,8 +571,9 @@ class TroveReader:
 
     def build_sidecars(self, keys: Sequence[str] | None = None, *, threads: int = 1) -> dict[str, float]:
         """Build every missing sidecar of the committed runs now (what ``co_location`` and
-        ``same_device`` would build on first use), ``threads`` at a time: seconds, sidecars built,
-        the sidecars' bytes on disk and per row of the runs."""
+        ``same_device`` would build on first use), ``threads`` at a time, and (``keys`` None) every
+        missing rollup (a trove written before them: ``aggregate`` scans such runs): seconds,
+        sidecars built, the sidecars' bytes on disk and per row of the runs, rollups built."""
         import time
 
         t0 = time.perf_counter()
@@ -600,12 +601,17 @@ class TroveReader:
                     one(item)
             self._count("sidecars_built", len(todo))
             rows = sum(s.rows for s in runs)
+            missing = [s for s in runs if keys is None and rollup.usable(root, s, self.config) is None]
+            for s in missing:
+                rollup.write_rollup_from_file(root, s, self.config)
+                self._rollups.pop((s.id, s.file("payer").path), None)
         size = rollup.derived_bytes(root)["sidecar_bytes"]
         return {
             "seconds": time.perf_counter() - t0,
             "built": float(len(todo)),
             "bytes": float(size),
             "bytes_per_row": size / rows if rows else 0.0,
+            "rollups_built": float(len(missing)),
         }
 
     # ---- (e) ----------------------------------------------------------------------------------

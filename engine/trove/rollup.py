@@ -281,12 +281,20 @@ def write_merged_rollup(root: Path, sources: list[Segment], run: Segment, config
 
     paths = [usable(root, s, config) for s in sources]
     if all(p is not None for p in paths):
-        parts: Iterable[pa.Table] = [pq.read_table(p) for p in paths if p is not None]
+        write_rollup(root, run.file("payer"), [pq.read_table(p) for p in paths if p is not None], config)
     else:
-        batches = pq.ParquetFile(root / run.file("payer").path).iter_batches(
-            batch_size=_READ_ROWS, columns=list(SOURCE_COLUMNS), use_threads=False
-        )
-        parts = [rollup_of({c: b.column(c).to_numpy() for c in SOURCE_COLUMNS}, config) for b in batches]
+        write_rollup_from_file(root, run, config)
+
+
+def write_rollup_from_file(root: Path, run: Segment, config: TroveConfig) -> None:
+    """The rollup of ``run`` from its payer-sorted file, a chunk at a time (a run of an older trove:
+    ``TroveReader.build_sidecars`` makes the missing ones, a merge whose sources have none)."""
+    import pyarrow.parquet as pq
+
+    batches = pq.ParquetFile(root / run.file("payer").path).iter_batches(
+        batch_size=_READ_ROWS, columns=list(SOURCE_COLUMNS), use_threads=False
+    )
+    parts = (rollup_of({c: b.column(c).to_numpy() for c in SOURCE_COLUMNS}, config) for b in batches)
     write_rollup(root, run.file("payer"), parts, config)
 
 
