@@ -12,12 +12,16 @@ One concern per module:
 * ``store``: ``Trove``: the writer thread, the compactor thread, retention, integrity at open,
   ``rebuild_from`` journal entries, stats.
 * ``compaction``: size-tiered merges of runs sorted by payer and by payee (a k-way merge in numpy).
-* ``retention``: partitions to expire, the disk-space check.
+* ``retention``: partitions to expire (runs and their derived files counted), the disk-space
+  check, everything the trove keeps on disk (``disk_bytes``).
+* ``rollup``: per-run rollups (payments per CST hour, region, category, operator, code) that
+  ``aggregate`` sums; the derived files' naming, bytes and deletion.
 * ``query``: ``TroveReader``: the five surveillance queries in DuckDB.
 * ``bench``: bulk-load a seeded trove and time the queries (``cbdc-bench trove bench``).
 
 Layout on disk: ``trove.json``, ``runs/p<partition>/r<id>.{payer,payee}.parquet`` (sorted) and
-``segments/p<partition>/s<id>.parquet`` (arrival order, until merged; written by earlier versions).
+``segments/p<partition>/s<id>.parquet`` (arrival order, until merged; written by earlier versions);
+``index/<kind>/<digest>.v<format>-<run file>``: files derived from a run (its rollup, its sidecars).
 It is plain Parquet: any engine can read the files the manifest lists
 (``pyarrow.dataset.dataset(paths)``).
 """

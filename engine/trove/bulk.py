@@ -45,7 +45,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from engine.trove import compaction
+from engine.trove import compaction, rollup
 from engine.trove.bench import (
     BENCH_START_NS,
     QUERY_KINDS,
@@ -307,6 +307,18 @@ def _sorted_batches(buf: _RunBuffer, ordering: str, accounts: int, start_ns: int
         yield pa.RecordBatch.from_arrays([pa.array(cols[f.name], type=f.type) for f in schema], schema=schema)
 
 
+def _rollup_parts(buf: _RunBuffer, accounts: int, start_ns: int, config: TroveConfig) -> Any:
+    """Rollups of the run's rows a chunk at a time (``rollup.rollup_of``), times and codes derived as
+    ``_sorted_batches`` derives them: their sum is the run's rollup."""
+    n = buf.run.rows
+    for a in range(0, n, _WRITE_CHUNK_ROWS):
+        rows = buf.rows[a : a + _WRITE_CHUNK_ROWS]
+        g = buf.global_rows(np.arange(a, a + len(rows), dtype=np.int64))
+        cols = {name: rows[name] for name in ("location_cell", "category", "operator", "amount_fen")}
+        cols |= {"timestamp_ns": seeded_times_ns(g, accounts, start_ns), "code": np.zeros(len(g), dtype=np.uint8)}
+        yield rollup.rollup_of(cols, config)
+
+
 def build(
     directory: str | Path,
     *,
@@ -373,6 +385,7 @@ def build(
             return entry
 
         files = list(pool.map(one, compaction.ORDERINGS)) if pool else [one(o) for o in compaction.ORDERINGS]
+        rollup.write_rollup(root, files[0], _rollup_parts(buf, accounts, start_ns, cfg), cfg)  # as the writer
         return Segment(
             id=run.id,
             kind="run",

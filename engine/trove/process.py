@@ -268,7 +268,7 @@ class TroveProcess(TroveFeed):
         if self._gone:  # what the trove holds is what its last committed manifest lists
             with contextlib.suppress(OSError, ValueError):
                 if (manifest := load_manifest(self.root)) is not None:
-                    out.update(manifest_stats(manifest, manifest.segments))
+                    out.update(manifest_stats(manifest, manifest.segments, self.root))
         rows_not_persisted = out.get("rows_not_persisted", 0) + self.counters["rows_not_persisted"]
         out.update(self.counters)
         out.update(

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from engine.simtime import CST_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR
+from engine.trove import rollup
 from engine.trove.config import TroveConfig
 from engine.trove.files import CorruptSegment, check_file
 from engine.trove.manifest import FileEntry, Segment, load_manifest
@@ -116,11 +117,13 @@ class TroveReader:
         self._pool: Any = None
         #: Row groups ``payments`` read: the account column alone, and whole (what its cost follows).
         #: (the same for sidecars' key column and the rest; row groups of runs read at sidecar
-        #: positions; sidecars built.)
+        #: positions; sidecars built; ``aggregate``'s rollups read and run files scanned.)
         self.lookup_counts = dict.fromkeys(
             ("account_column_groups", "whole_groups", "sidecar_key_groups", "sidecar_groups", "position_groups"), 0
-        ) | {"sidecars_built": 0}
+        ) | {"sidecars_built": 0, "rollup_files": 0, "scanned_files": 0}
         self._count_lock = threading.Lock()
+        #: (segment id, payer file) -> its usable rollup, None if it has none (``aggregate``).
+        self._rollups: dict[tuple[int, str], Path | None] = {}
         #: Sidecars are built one at a time (``_sidecar``).
         self._sidecar_lock = threading.Lock()
 
@@ -568,8 +571,9 @@ class TroveReader:
 
     def build_sidecars(self, keys: Sequence[str] | None = None, *, threads: int = 1) -> dict[str, float]:
         """Build every missing sidecar of the committed runs now (what ``co_location`` and
-        ``same_device`` would build on first use), ``threads`` at a time: seconds, sidecars built,
-        the sidecars' bytes on disk and per row of the runs."""
+        ``same_device`` would build on first use), ``threads`` at a time, and (``keys`` None) every
+        missing rollup (a trove written before them: ``aggregate`` scans such runs): seconds,
+        sidecars built, the sidecars' bytes on disk and per row of the runs, rollups built."""
         import time
 
         t0 = time.perf_counter()
@@ -597,12 +601,17 @@ class TroveReader:
                     one(item)
             self._count("sidecars_built", len(todo))
             rows = sum(s.rows for s in runs)
-        size = sum(p.stat().st_size for p in (root / SIDECAR_DIR).glob("*/*.parquet"))
+            missing = [s for s in runs if keys is None and rollup.usable(root, s, self.config) is None]
+            for s in missing:
+                rollup.write_rollup_from_file(root, s, self.config)
+                self._rollups.pop((s.id, s.file("payer").path), None)
+        size = rollup.derived_bytes(root)["sidecar_bytes"]
         return {
             "seconds": time.perf_counter() - t0,
             "built": float(len(todo)),
             "bytes": float(size),
             "bytes_per_row": size / rows if rows else 0.0,
+            "rollups_built": float(len(missing)),
         }
 
     # ---- (e) ----------------------------------------------------------------------------------
@@ -615,13 +624,73 @@ class TroveReader:
         since: int | None = None,
         until: int | None = None,
     ) -> pa.Table:
-        """Per time bucket (CST hours or days) and ``by`` dimensions: payments, accepted, accepted amount."""
+        """Per time bucket (CST hours or days) and ``by`` dimensions: payments, accepted, accepted amount.
+
+        From the runs' rollups (``engine.trove.rollup``), not a scan: the window's whole hours
+        are summed from the rollups of the runs they touch; the rows of a partial hour at either
+        edge, and those of a segment without a usable rollup, are read from their runs (DuckDB, as
+        ``aggregate_sql``, on those runs only). Exact for any window: the same rows as
+        ``aggregate_sql`` (tests compare both and the reference model)."""
+        size, exprs = self._aggregate_terms(by, bucket)
+        lo, hi = _window(since, until)
+        (whole_lo, whole_hi), edges = rollup.split_window(lo, hi)
+        root = self.root
+        assert root is not None
+        with self._snapshot() as segs:
+            rollups: list[str] = []
+            scans: dict[tuple[int, int], list[str]] = {}
+            for s in segs:
+                ranges = [(a, b) for a, b in edges if s.max_timestamp_ns >= a and s.min_timestamp_ns < b]
+                if whole_lo < whole_hi and s.max_timestamp_ns >= whole_lo and s.min_timestamp_ns < whole_hi:
+                    path = self._rollup(root, s)
+                    if path is None:
+                        ranges.append((whole_lo, whole_hi))
+                    else:
+                        rollups.append(str(path))
+                for r in ranges:
+                    scans.setdefault(r, []).append(str(root / s.file("payer").path))
+            self._count("rollup_files", len(rollups))
+            self._count("scanned_files", sum(len(files) for files in scans.values()))
+            parts: list[str] = []
+            params: dict[str, Any] = {}
+            if rollups:
+                parts.append(
+                    f"SELECT {', '.join(rollup.KEYS + rollup.COUNTS)} FROM read_parquet($r) "
+                    "WHERE hour_ns >= $wlo AND hour_ns < $whi"
+                )
+                params |= {"r": rollups, "wlo": whole_lo, "whi": whole_hi}
+            for i, ((a, b), files) in enumerate(sorted(scans.items())):
+                hour = f"(timestamp_ns + {CST_OFFSET_NS}) // {NS_PER_HOUR} * {NS_PER_HOUR} - {CST_OFFSET_NS}"
+                parts.append(
+                    f"""SELECT {hour} AS hour_ns, {exprs["region"]} AS region, category, operator, code,
+                               {_COUNTS_SQL} FROM read_parquet($f{i})
+                        WHERE timestamp_ns >= $a{i} AND timestamp_ns < $b{i} GROUP BY ALL"""
+                )
+                params |= {f"f{i}": files, f"a{i}": a, f"b{i}": b}
+            if not parts:
+                return _empty_aggregate(by)
+            return self._run(
+                f"""SELECT (hour_ns + {CST_OFFSET_NS}) // {size} * {size} - {CST_OFFSET_NS} AS bucket_ns,
+                          {", ".join(by)}, sum(payments)::BIGINT AS payments, sum(accepted)::BIGINT AS accepted,
+                          sum(accepted_fen)::BIGINT AS accepted_fen
+                   FROM ({" UNION ALL ".join(parts)}) GROUP BY ALL ORDER BY ALL""",
+                params,
+            )
+
+    def _rollup(self, root: Path, segment: Segment) -> Path | None:
+        """The usable rollup of ``segment`` (``rollup.usable``), checked once per file (files never change)."""
+        key = (segment.id, segment.file("payer").path)
+        if key not in self._rollups:
+            self._rollups[key] = rollup.usable(root, segment, self.config)
+        return self._rollups[key]
+
+    def _aggregate_terms(self, by: Sequence[str], bucket: str) -> tuple[int, dict[str, str]]:
+        """The bucket's size and each dimension's SQL (region as the privacy hook defines it); checks both."""
         unknown = [d for d in by if d not in DIMENSIONS]
         if unknown or not by:
             raise ValueError(f"aggregate by one or more of {', '.join(DIMENSIONS)}; got {list(by)}")
         if bucket not in BUCKETS:
             raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
-        size = BUCKETS[bucket]
         c = self.config
         exprs = {
             "region": f"least(location_cell // {c.cells_per_region}, {c.regions - 1})",
@@ -629,24 +698,42 @@ class TroveReader:
             "operator": "operator",
             "code": "code",
         }
+        return BUCKETS[bucket], exprs
+
+    @_retry_on_vanished
+    def aggregate_sql(
+        self,
+        by: Sequence[str] = ("region", "category"),
+        bucket: str = "hour",
+        since: int | None = None,
+        until: int | None = None,
+    ) -> pa.Table:
+        """``aggregate`` as a DuckDB scan of the window's rows (the path before the rollups: the
+        oracle of the tests and the old side of the benchmarks' comparison)."""
+        size, exprs = self._aggregate_terms(by, bucket)
         dims = ", ".join(f"{exprs[d]} AS {d}" for d in by)
         lo, hi = _window(since, until)
         with self._snapshot() as segs:
             files = self._files(segs, "payer", lo, hi)
             if not files:
-                return _empty_accounts([])
+                return _empty_aggregate(by)
             return self._run(
                 f"""SELECT (timestamp_ns + {CST_OFFSET_NS}) // {size} * {size} - {CST_OFFSET_NS} AS bucket_ns, {dims},
-                          count(*) AS payments, count(*) FILTER (WHERE code = 0) AS accepted,
-                          coalesce(sum(amount_fen) FILTER (WHERE code = 0), 0)::BIGINT AS accepted_fen
+                          {_COUNTS_SQL}
                    FROM read_parquet($f) WHERE timestamp_ns >= $lo AND timestamp_ns < $hi
                    GROUP BY ALL ORDER BY ALL""",
                 {"f": files, "lo": lo, "hi": hi},
             )
 
 
-#: The derived per-run files ``co_location`` and ``same_device`` look up (``_keyed``), under the trove.
-SIDECAR_DIR = "index"
+#: The counts of ``aggregate`` (and of a rollup) over rows, in SQL.
+_COUNTS_SQL = """count(*) AS payments, count(*) FILTER (WHERE code = 0) AS accepted,
+                 coalesce(sum(amount_fen) FILTER (WHERE code = 0), 0)::BIGINT AS accepted_fen"""
+
+
+#: The derived per-run files ``co_location`` and ``same_device`` look up (``_keyed``), under the
+#: trove (beside the rollups ``aggregate`` reads).
+SIDECAR_DIR = rollup.DERIVED_DIR
 #: Sidecar key -> the columns ``_keyed`` returns (the key first).
 _KEYED_COLUMNS = {
     "location_cell": ("location_cell", "payer", "timestamp_ns"),
@@ -663,13 +750,11 @@ _LINK_COLUMNS = ("payer", "payee", "amount_fen", "timestamp_ns")
 def sidecar_path(root: Path, entry: FileEntry, key: str) -> Path:
     """Where the sidecar of run file ``entry`` by ``key`` lives: named by the file's digest and
     path (``sidecar_source`` reads the path back), so a sidecar never outlives or mislabels its file."""
-    digest = (entry.sha256 or entry.blake2b)[:24]
-    return root / SIDECAR_DIR / key / f"{digest}.v{SIDECAR_FORMAT}-{entry.path.replace('/', '~')}"
+    return rollup.derived_path(root, entry, key, SIDECAR_FORMAT)
 
 
-def sidecar_source(side: Path) -> str:
-    """The run file (relative to the trove) a sidecar was built from."""
-    return side.name.split("-", 1)[1].replace("~", "/")
+#: The run file (relative to the trove) a sidecar was built from.
+sidecar_source = rollup.derived_source
 
 
 def build_sidecar(source: Path, side: Path, key: str, row_group_rows: int) -> None:
@@ -846,6 +931,12 @@ def _empty(extra: list[str]) -> pa.Table:
     for name in extra:
         schema = schema.insert(0, pa.field(name, pa.string()))
     return schema.empty_table()
+
+
+def _empty_aggregate(by: Sequence[str]) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({name: pa.array([], pa.int64()) for name in ["bucket_ns", *by, *rollup.COUNTS]})
 
 
 def _empty_accounts(extra: list[str]) -> pa.Table:

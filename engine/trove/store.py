@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.trove import compaction, retention
+from engine.trove import compaction, retention, rollup
 from engine.trove.config import TroveConfig
 from engine.trove.files import CorruptSegment, check_file, write_parquet
 from engine.trove.manifest import Manifest, Segment, load_manifest, merge_ranges, save_manifest
@@ -464,7 +464,7 @@ class Trove(TroveFeed):
                 compression="zstd" if final else self.config.intermediate_compression,
             )
             files.append(entry)
-        return Segment(
+        run = Segment(
             id=seg_id,
             kind="run",
             partition=part,
@@ -475,6 +475,8 @@ class Trove(TroveFeed):
             files=files,
             tier=compaction.tier_of(n, self.config),
         )
+        rollup.write_run_rollup(self.root, run, rows, self.config)  # aggregate's rollup, before the commit
+        return run
 
     def _stop_ingest(self, exc: OSError) -> None:
         self.failure = (
@@ -543,6 +545,7 @@ class Trove(TroveFeed):
                     stopping=self._merge_gate,
                     final=step.final,
                 )
+                rollup.write_merged_rollup(self.root, sources, run, self.config)  # the sum of the sources'
                 with self._lock:
                     ids = {s.id for s in sources}
                     self.manifest.segments = [s for s in self.manifest.segments if s.id not in ids] + [run]
@@ -578,7 +581,7 @@ class Trove(TroveFeed):
 
     def _apply_retention(self) -> bool:
         with self._lock:
-            expire = retention.expired_partitions(self.manifest, self.config)
+            expire = retention.expired_partitions(self.manifest, self.config, root=self.root)
             if not expire:
                 return False
             m = self.manifest
@@ -602,6 +605,8 @@ class Trove(TroveFeed):
                 path.unlink()
             with contextlib.suppress(OSError):  # an emptied partition directory goes too
                 path.parent.rmdir()
+        if garbage:  # and the files derived from them (rollups, sidecars): no query is building one now
+            rollup.remove_derived(self.root, garbage)
 
     # ---- reading -----------------------------------------------------------------------------
 
@@ -619,7 +624,7 @@ class Trove(TroveFeed):
             self._collect_garbage()
 
     def bytes_on_disk(self) -> int:
-        return sum(s.bytes for s in self.manifest.segments)
+        return retention.disk_bytes(self.root, sum(s.bytes for s in self.manifest.segments))["bytes_on_disk"]
 
     def bytes_per_row(self) -> float:
         rows = self.manifest.rows
@@ -630,7 +635,7 @@ class Trove(TroveFeed):
         debt), CPU of the writer and compactor."""
         with self._lock:
             segs = list(self.manifest.segments)
-            out = manifest_stats(self.manifest, segs)
+            out = manifest_stats(self.manifest, segs, self.root)
             debt_rows, debt_merges = compaction.merge_debt(self.manifest, self.config)
         out.update(self.counters)
         out.update(
@@ -690,11 +695,17 @@ def _by_partition(
         yield part, take_rows(rows, (parts == part) & ~late)
 
 
-def manifest_stats(manifest: Manifest, segments: list[Segment]) -> dict[str, Any]:
-    """Figures that follow from the committed manifest alone (also for a trove no process has open)."""
+def manifest_stats(manifest: Manifest, segments: list[Segment], root: Path | None = None) -> dict[str, Any]:
+    """Figures that follow from the committed manifest alone (also for a trove no process has open).
+
+    With ``root``, ``bytes_on_disk`` is everything the trove keeps there (``retention.disk_bytes``:
+    the segments' files, ``sidecar_bytes``, ``rollup_bytes`` and the manifest, ``manifest_bytes``),
+    what retention's ``max_bytes`` bounds; without it, the segments' files alone."""
     rows = sum(s.rows for s in segments)
     size = sum(s.bytes for s in segments)
-    return {
+    derived = retention.disk_bytes(root, size) if root is not None else {}
+    size = derived.get("bytes_on_disk", size)
+    return derived | {
         "rows": rows,
         "bytes_on_disk": size,
         "bytes_per_row": size / rows if rows else 0.0,

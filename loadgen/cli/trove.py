@@ -21,7 +21,7 @@ from engine.options import parse_count
 from engine.simtime import iso_cst, parse_time
 from engine.trove.bench import QUERY_KINDS
 from engine.trove.config import TroveConfig
-from engine.trove.query import DIMENSIONS, SIDECAR_DIR, TroveReader
+from engine.trove.query import DIMENSIONS, TroveReader
 from engine.trove.store import manifest_stats
 from loadgen.cli.common_args import add_json, add_seconds, add_seed
 
@@ -233,9 +233,8 @@ def stats(directory: str, *, verify: bool = False) -> dict[str, Any]:
 
     manifest = load_manifest(reader.root) if reader.root is not None else None
     assert manifest is not None and reader.root is not None
-    # The query side's derived files (not in the manifest's bytes, nor in retention's max_bytes).
-    sidecar_bytes = sum(p.stat().st_size for p in (reader.root / SIDECAR_DIR).glob("*/*.parquet"))
-    return manifest_stats(manifest, manifest.segments) | {"sidecar_bytes": sidecar_bytes, "problems": reader.problems}
+    # bytes_on_disk counts the derived files too (sidecar_bytes, rollup_bytes), as retention's max_bytes does.
+    return manifest_stats(manifest, manifest.segments, reader.root) | {"problems": reader.problems}
 
 
 def _stats(args: argparse.Namespace) -> int:
