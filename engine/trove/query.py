@@ -801,7 +801,8 @@ class _LookupIndex:
     """A file opened for lookups: ``column``'s min and max per row group, and each group's rows.
 
     A row group without statistics gets the whole int64 range: always read, never wrongly skipped.
-    Memory: the open file's parsed footer (pyarrow's, ~5 KB a row group) and 24 bytes a row group here.
+    Memory: the open file's parsed footer (pyarrow's, ~11 KB a row group of 12 columns: measured
+    RSS) and 24 bytes a row group here.
     """
 
     def __init__(self, file: Any, mins: Any, maxs: Any, rows: Any) -> None:
@@ -813,7 +814,10 @@ class _LookupIndex:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        file = pq.ParquetFile(path)
+        # Memory-mapped, no pre-buffering: a lookup reads a few KB of one row group per file, where
+        # pre_buffer's read-ahead cache and I/O thread hand-off cost more than the read (CPU per
+        # account-column read 141 -> 84 us, shared machine, 16,384-row groups).
+        file = pq.ParquetFile(path, pre_buffer=False, memory_map=True)
         meta = file.metadata
         schema = meta.schema.to_arrow_schema()
         index = schema.get_field_index(column)
