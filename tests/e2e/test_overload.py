@@ -69,6 +69,7 @@ class _OpenLoop:
             b["transfer_id"] = np.arange(i * SUBMIT, (i + 1) * SUBMIT)
             self.batches.append(b)
         self.received = np.full(len(times), np.nan)
+        self.sent = np.full(len(times), np.nan)
         self.codes: list[np.ndarray | None] = [None] * len(times)
         self.errors: list[Error] = []
 
@@ -87,6 +88,7 @@ class _OpenLoop:
             if delay > 0:
                 time.sleep(delay)
             self.sock.sendall(self.codec.frame(Submit(i, self.batches[i].tobytes())))
+            self.sent[i] = time.monotonic() - start
         reader.join(30)
         self.sock.close()
 
@@ -128,9 +130,14 @@ def test_twice_capacity_sheds_with_bounded_memory_and_recovers(tmp_path: Path) -
 
         assert load.errors == []
         assert not np.isnan(load.received).any(), "some Submits were never answered"
+        surge = load.scheduled < 2.0
+        offered_tps = int(surge.sum()) * SUBMIT / max(float(load.sent[surge].max()), 1e-9)
+        if offered_tps < 1.5 * CAPACITY_TPS:
+            # A busy machine (another job on the cores) leaves this client unable to offer the
+            # surge: what it would test (shedding under 2x) did not happen, so it says so instead.
+            pytest.skip(f"the client offered {offered_tps:,.0f}/s, not 2x the capacity {CAPACITY_TPS:,}/s")
         codes = np.concatenate([c for c in load.codes if c is not None])
         shed = np.array([bool((c == ResultCode.OVERLOADED).all()) for c in load.codes])
-        surge = load.scheduled < 2.0
         latency = load.received - load.scheduled
         tail = load.scheduled >= 3.0  # the last second, after a second of recovery
         p99_tail = float(np.percentile(latency[tail], 99))
