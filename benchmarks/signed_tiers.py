@@ -17,7 +17,11 @@ to a third of its answer (README, issue 19). Each trial is a ``load`` of that se
 (``loadgen.harness.measured.measure``: signed pools signed before the trial, outside its window;
 warm-up, measured window, drain, conservation audit); before the next trial the script waits for
 the server to have nothing queued or being verified, so a trial past the maximum leaves no
-backlog to the next one.
+backlog to the next one. A trial whose window lost 5% of the cores to the host's steal (``verdict.steal_spoiled``) is
+measured again, up to ``--steal-retries`` times (2), and the least stolen kept
+(``loadgen.results.steal.least_stolen``, as ``benchmarks/plan_first_cut.py`` and ``compare`` do):
+the attempts set aside go to ``spoiled/`` (never read by the plan), and a trial spoiled in every
+attempt is marked ``spoiled`` in ``signed-tiers.json``.
 
 Written to ``--out`` (a new directory ``signed-tiers-<stamp>``):
 
@@ -34,7 +38,9 @@ machine they say what the machine gave at the time (the load average is recorded
 the cores the hypervisor stole with each trial). ``--validator-nice 0,10`` searches each tier
 once per nice of the local validator processes (``serve --validator-nice``; a tier with 0
 validators has none and is searched once): the A/B of that setting in one run;
-``--validator-min-parcel 32,128`` the same for the parcel size (``serve --validator-min-parcel``).
+``--validator-min-parcel 32,128`` the same for the parcel size (``serve --validator-min-parcel``),
+``--validator-policy normal,batch`` for the workers' scheduling policy and ``--validator-gather-us
+0,1000`` for the wait for a tick's other Submits (several given: every combination).
 """
 
 from __future__ import annotations
@@ -59,16 +65,22 @@ from loadgen.harness.calibration import cpu_calibration, with_ed25519
 from loadgen.harness.measured import run_measure
 from loadgen.harness.search import RunOutcome, find_max_sustainable
 from loadgen.harness.server import running_server, server_arguments
-from loadgen.plan.inputs import GENERATOR
+from loadgen.plan.inputs import GENERATOR, SPOILED
 from loadgen.results.run import RunResult, save
+from loadgen.results.steal import least_stolen, result_steal
+from loadgen.results.verdict import steal_spoiled
 
 PROFILES = ("signed", "signed-full")
 #: ``SignedTiers.format`` (history in its docstring).
-SIGNED_TIERS_FORMAT = 4
+SIGNED_TIERS_FORMAT = 5
 VALIDATORS = ("0", "1", "2")
 #: Start of each search as a share of (Ed25519 verifications per CPU second x max(workers, 1)):
 #: near the expected answer, so the bracket takes few trials (the answer is found either way).
 START_SHARE = {"0": 0.5, "1": 0.6, "2": 0.6}
+#: ``serve --validator-NAME`` settings that ``--validator-NAME A,B`` searches once per value (their product).
+SETTINGS = ("nice", "min-parcel", "policy", "gather-us")
+#: Default ``--steal-retries``: as ``benchmarks/plan_first_cut.py`` and ``compare --steal-retries``.
+STEAL_RETRIES = 2
 
 
 class TierCpu(msgspec.Struct, frozen=True):
@@ -96,6 +108,10 @@ class TrialRow(msgspec.Struct, frozen=True):
     repeat: int = 0
     #: Cores the hypervisor took over the trial's window (``machine_cpu``), -1 if not recorded.
     stolen_cores: float = -1.0
+    #: Attempts at this trial set aside because the host's steal spoiled them (``--steal-retries``,
+    #: saved under ``spoiled/``); ``spoiled``: every attempt was, this (least-stolen) one too.
+    set_aside: int = 0
+    spoiled: bool = False
 
 
 class TierResult(msgspec.Struct, frozen=True):
@@ -115,6 +131,9 @@ class TierResult(msgspec.Struct, frozen=True):
     load_average: tuple[float, float, float]
     #: ``serve --validator-min-parcel`` of this tier's server; None: the server's default.
     validator_min_parcel: int | None = None
+    #: ``serve --validator-policy`` and ``--validator-gather-us`` of this tier's server (None: default).
+    validator_policy: str | None = None
+    validator_gather_us: int | None = None
 
 
 class SignedTiers(msgspec.Struct, frozen=True):
@@ -124,7 +143,9 @@ class SignedTiers(msgspec.Struct, frozen=True):
     CPU per *applied* payment, the result files' ``cpu_ns_per_payment`` grouped (the same figures
     as the capacity plan; in a sustained trial the two counts differ by the few replies of the
     window's edges); 3 = a failed trial is repeated (``retries``; trials carry ``repeat`` and
-    ``stolen_cores``), tiers carry ``validator_nice``; 4 = tiers carry ``validator_min_parcel``.
+    ``stolen_cores``), tiers carry ``validator_nice``; 4 = tiers carry ``validator_min_parcel``;
+    5 = a trial whose window the host's steal spoiled is measured again (``steal_retries``; trials
+    carry ``set_aside`` and ``spoiled``), tiers carry ``validator_policy`` and ``validator_gather_us``.
     """
 
     kind: str
@@ -138,6 +159,7 @@ class SignedTiers(msgspec.Struct, frozen=True):
     ed25519_verify_per_cpu_s: float
     engine_calibration_tps: float
     tiers: list[TierResult]
+    steal_retries: int = 0
 
 
 def tier_cpu(result: RunResult) -> TierCpu | None:
@@ -180,22 +202,19 @@ def wait_idle(host: str, port: int, timeout_s: float = 60.0) -> None:
 def search_tier(
     profile: str,
     validators: str,
-    nice: int | None,
     args: argparse.Namespace,
     out: Path,
-    min_parcel: int | None = None,
+    settings: dict[str, str],
 ) -> TierResult:
-    """One server for ``profile`` with ``validators`` (at ``nice``, parcels of ``min_parcel``), its
-    maximum sustainable rate searched."""
+    """One server for ``profile`` with ``validators`` (and the ``serve --validator-*`` ``settings``,
+    flag name without ``--validator-`` -> value), its maximum sustainable rate searched."""
     t0 = time.perf_counter()
     rows: list[TrialRow] = []
     best: RunResult | None = None
     with contextlib.ExitStack() as stack:
         extra: tuple[str, ...] = ("--validators", validators)
-        if nice is not None:
-            extra += ("--validator-nice", str(nice))
-        if min_parcel is not None:
-            extra += ("--validator-min-parcel", str(min_parcel))
+        for name, value in settings.items():
+            extra += (f"--validator-{name}", value)
         if trove_needed(profile, None):  # signed-full keeps a surveillance trove: a fresh one, removed after
             extra += ("--trove", stack.enter_context(tempfile.TemporaryDirectory(prefix="cbdc-signed-tiers-trove-")))
         server_args = server_arguments(
@@ -213,6 +232,37 @@ def search_tier(
 
         def trial(rate: float, repeat: int) -> RunOutcome:
             nonlocal best
+            try:
+                result, spoiled = least_stolen(lambda: load(rate), result_steal, args.steal_retries)
+            except GatewayError as exc:  # a trial that could not run counts as not sustained
+                rows.append(TrialRow(rate, 0.0, -1.0, False, f"failed: {exc}", repeat))
+                return RunOutcome(offered_tps=rate, achieved_tps=0.0, p99_ms=float("inf"), sustained=False)
+            for attempt in spoiled:  # kept, apart: never read as the plan's inputs (``plan.inputs.SPOILED``)
+                save(attempt, out / SPOILED)
+            s = result.summary
+            stolen_cores, of_cores = result_steal(result)
+            # Spoiled in every attempt: the least stolen is kept, marked (steal only adds latency, so
+            # its pass still counts; its failure is repeated by ``--retries`` like any other).
+            still_spoiled = steal_spoiled(stolen_cores, of_cores)
+            ok = s.exit_status == 0
+            path = save(result, out)
+            stolen = -1.0 if result.machine_cpu is None else round(stolen_cores, 3)
+            rows.append(
+                TrialRow(rate, s.achieved_tps, s.p99_ms, ok, path.name, repeat, stolen, len(spoiled), still_spoiled)
+            )
+            if ok and (best is None or rate > best.summary.offered_tps):
+                best = result
+            return RunOutcome(
+                offered_tps=rate,
+                achieved_tps=s.achieved_tps,
+                p99_ms=s.p99_ms,
+                generator_kept_schedule=s.generator_kept_schedule,
+                scheduled_tps=s.scheduled_tps,
+                sustained=ok,
+            )
+
+        def load(rate: float) -> RunResult:
+            """One load of the server at ``rate`` (after it has nothing left of the last one)."""
             wait_idle(server.host, server.port)
             config = LoadConfig(
                 host=server.host,
@@ -224,34 +274,15 @@ def search_tier(
                 seed=args.seed,
                 signed=True,
             )
-            try:
-                result = run_measure(
-                    config,
-                    kind="run",
-                    server_pid=server.pid,
-                    audit=True,
-                    targets=args.targets,
-                    calibration=args.calibration,
-                    server_args=tuple(server_args),
-                    validators=validators,
-                )
-            except GatewayError as exc:  # a trial that could not run counts as not sustained
-                rows.append(TrialRow(rate, 0.0, -1.0, False, f"failed: {exc}", repeat))
-                return RunOutcome(offered_tps=rate, achieved_tps=0.0, p99_ms=float("inf"), sustained=False)
-            s = result.summary
-            ok = s.exit_status == 0
-            path = save(result, out)
-            stolen = -1.0 if result.machine_cpu is None else round(result.machine_cpu.stolen_cores, 3)
-            rows.append(TrialRow(rate, s.achieved_tps, s.p99_ms, ok, path.name, repeat, stolen))
-            if ok and (best is None or rate > best.summary.offered_tps):
-                best = result
-            return RunOutcome(
-                offered_tps=rate,
-                achieved_tps=s.achieved_tps,
-                p99_ms=s.p99_ms,
-                generator_kept_schedule=s.generator_kept_schedule,
-                scheduled_tps=s.scheduled_tps,
-                sustained=ok,
+            return run_measure(
+                config,
+                kind="run",
+                server_pid=server.pid,
+                audit=True,
+                targets=args.targets,
+                calibration=args.calibration,
+                server_args=tuple(server_args),
+                validators=validators,
             )
 
         start = START_SHARE[validators] * args.ed25519 * max(int(validators), 1)
@@ -270,8 +301,10 @@ def search_tier(
     return TierResult(
         profile=profile,
         validators=validators,
-        validator_nice=nice,
-        validator_min_parcel=min_parcel,
+        validator_nice=int(settings["nice"]) if "nice" in settings else None,
+        validator_min_parcel=int(settings["min-parcel"]) if "min-parcel" in settings else None,
+        validator_policy=settings.get("policy"),
+        validator_gather_us=int(settings["gather-us"]) if "gather-us" in settings else None,
         max_sustainable_tps=round(found.max_sustainable_tps),
         note=note,
         slo_p99_ms=args.targets.slo_p99_ms,
@@ -294,15 +327,18 @@ def main() -> None:
         "--retries", type=int, default=1, help="repeats of a trial that is not sustained, at the same rate (default 1)"
     )
     parser.add_argument(
-        "--validator-nice",
-        default="",
-        help="comma-separated nice values of the validator processes, each searched (default: the server's)",
+        "--steal-retries",
+        type=int,
+        default=STEAL_RETRIES,
+        help="measure a trial again, up to this many times, while the host's steal spoiled its window (5%% of "
+        f"the cores, the verdict's rule; the least stolen kept, the others under spoiled/; default {STEAL_RETRIES})",
     )
-    parser.add_argument(
-        "--validator-min-parcel",
-        default="",
-        help="comma-separated serve --validator-min-parcel values, each searched (default: the server's)",
-    )
+    for name in SETTINGS:
+        parser.add_argument(
+            f"--validator-{name}",
+            default="",
+            help=f"comma-separated serve --validator-{name} values, each searched (default: the server's)",
+        )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--drain", type=float, default=2.0, help="seconds a trial waits for late replies")
     parser.add_argument("--min", type=float, default=500, help="lowest rate a search tries")
@@ -328,15 +364,13 @@ def main() -> None:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         out = Path(args.out) / f"signed-tiers-{created.replace(':', '').replace('-', '')}"
         tiers: list[TierResult] = []
-        nices: list[int | None] = [int(n) for n in args.validator_nice.split(",")] if args.validator_nice else [None]
-        parcels: list[int | None] = (
-            [int(n) for n in args.validator_min_parcel.split(",")] if args.validator_min_parcel else [None]
-        )
+        given = {name: getattr(args, f"validator_{name.replace('-', '_')}") for name in SETTINGS}
+        axes = [[(name, v) for v in value.split(",")] for name, value in given.items() if value]
         for profile in args.profiles.split(","):
             for validators in args.validators.split(","):
-                local = validators != "0"
-                for nice, parcel in itertools.product(nices if local else [None], parcels if local else [None]):
-                    tier = search_tier(profile, validators, nice, args, out, parcel)
+                local = validators != "0"  # the inline tier has no validator processes to set
+                for combo in itertools.product(*axes) if local else [()]:
+                    tier = search_tier(profile, validators, args, out, dict(combo))
                     tiers.append(tier)
                     print(msgspec.json.encode(msgspec.structs.replace(tier, trials=[])).decode(), flush=True)
         summary = SignedTiers(
@@ -348,6 +382,7 @@ def main() -> None:
             warmup=args.warmup,
             precision=args.precision,
             retries=args.retries,
+            steal_retries=args.steal_retries,
             ed25519_verify_per_cpu_s=round(args.ed25519),
             engine_calibration_tps=round(args.calibration.engine_tps),
             tiers=tiers,

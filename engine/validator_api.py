@@ -35,6 +35,10 @@ class ValidatorStats(msgspec.Struct, kw_only=True):
     worker_deaths: int = 0
     restarts: int = 0
     failed_batches: int = 0
+    #: Times queued batches were held for their tick's other Submits (``verify_future``'s ``hold_s``,
+    #: local tier), and how many of those holds ran out of time rather than ended by those Submits.
+    holds: int = 0
+    holds_expired: int = 0
     #: User + system CPU seconds of the live worker processes (local tier, Linux /proc; a worker that
     #: died takes its share with it). The inline tier's verification is in the server's own CPU.
     cpu_s: float = 0.0
@@ -53,9 +57,17 @@ class Validators(abc.ABC):
     async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
         """OK or BAD_SIGNATURE per transfer, in order; ValidatorsUnavailable if not verified."""
 
-    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+    @property
+    def holding(self) -> bool:
+        """Whether queued batches wait for more of their tick (``verify_future``'s ``hold_s``)."""
+        return False
+
+    def verify_future(self, records: bytes, signatures: bytes, *, hold_s: float = 0.0) -> asyncio.Future[np.ndarray]:
         """``verify`` started now, as a future of the running loop: what the server's sequencer
-        holds per Submit. Tiers that can resolve a loop future directly override it (no Task)."""
+        holds per Submit. Tiers that can resolve a loop future directly override it (no Task).
+
+        ``hold_s``: more batches of the same tick follow within about that long, so a tier that
+        groups batches into parcels may wait for them (``LocalValidators``); others ignore it."""
         return asyncio.ensure_future(self.verify(records, signatures))
 
     @abc.abstractmethod

@@ -54,18 +54,33 @@ Parcels (``min_parcel``, ``ServerConfig.validator_min_parcel``, 128 by default)
     in which the tier kept pace): the workers' CPU per transfer above the verification's own 14.0
     against 2.9 us, the feeder's 7.0 against 5.9 us (33 against 80 transfers per parcel).
 
-Priority (``nice``, ``ServerConfig.validator_nice``, 0 by default)
+Ticks (``verify_future``'s ``hold_s``, ``ServerConfig.validator_gather_us``, 1 ms by default)
+    Filling parcels up to ``min_parcel`` joins only the Submits queued when the loop dispatches:
+    a generator writes its operators' Submits back to back, but the second often arrives after the
+    loop has sent the first to a worker, and about half the ticks still left in two parcels (issue
+    19, seventh session). So the server's batcher holds a signed Submit while other connected
+    operators have not sent theirs since the hold began, and the pool sends nothing (the loop's
+    dispatch included) until a Submit comes without a hold, a parcel's worth is queued, or
+    ``hold_s`` has passed since the first held one. The wait is bounded (an idle operator costs each
+    tick at most ``hold_s`` more latency) and never drops anything: a held chunk is queued like any
+    other, and a dead worker's chunks requeued meanwhile go out when the hold ends.
+
+Priority (``policy``, ``ServerConfig.validator_policy``, "batch" by default; ``nice``, 0)
     The workers are the only CPU-bound processes of a signed run; the sequencer's loop and the
-    generator wake for bursts of a few hundred microseconds per 5 ms tick, and a burst that wakes
-    on a core where a worker verifies may wait for it, at each hop of a payment. ``nice`` lowers
-    the workers' priority, so that a woken server or generator gets the core sooner; whether it
-    does is not settled: the kernel's EEVDF scheduler (6.6 on) lets a running task finish its
-    protected slice whatever its weight (``RUN_TO_PARITY``), and measurements on the shared
-    machine were inconclusive (issue 19, fifth session: lower CPU per payment at nice 10 in every
-    alternated pair under full load, worse tails when other processes left idle cores). On a
-    machine shared with other CPU-bound work niced workers get less than their share. Hence 0
-    (the workers' old priority) until a quiet A/B (``benchmarks/signed_tiers.py --validator-nice
-    0,10``) says otherwise.
+    generator wake for bursts of a few hundred microseconds per 5 ms tick. Profiled (py-spy, issue
+    19, seventh session, shared machine, 6,000/s): 29% of the server's samples sat inside the pipe
+    write of ``_dispatch``: the write wakes a worker, which (having slept, so owed time) preempts the
+    server on its own core and verifies for a whole slice while the server's loop waits with replies
+    to send. A ``SCHED_BATCH`` task never preempts on wake-up (its preemption is driven by the tick,
+    sched(7)); it still gets its full share of an otherwise idle core, so the workers lose nothing
+    but the right to cut in. Alternated pairs at 6,000/s (load average 7, so no run met the SLO;
+    shared machine): p99 97/106/426 ms normal against 57/65/121 ms batch, CPU per payment without
+    the machine's unattributed CPU 118 against 113 us (validators 78 against 73). Hence "batch".
+    ``nice`` lowers the workers' weight instead; measurements were inconclusive (fifth session:
+    lower CPU per payment at nice 10 in every alternated pair under full load, worse tails when
+    other processes left idle cores), and on a machine shared with other CPU-bound work niced
+    workers get less than their share. Hence 0. Quiet A/B commands: ``benchmarks/signed_tiers.py
+    --validator-policy normal,batch`` and ``--validator-nice 0,10``.
 
 A worker that dies (crash, OOM kill, SIGKILL)
     Its pipe reads end-of-file: the chunks it had in flight go back at the head of the queue
@@ -132,6 +147,9 @@ MAX_PARCEL_TRANSFERS = 512
 #: one parcel, one round trip, their verdicts in one reply (hence one ledger batch), rather than one
 #: parcel per worker (module docstring, "Parcel size").
 MIN_PARCEL_TRANSFERS = 128
+#: Scheduling policies of the local validator processes (module docstring, "Priority").
+POLICIES = ("batch", "normal")
+DEFAULT_POLICY = "batch"
 
 
 class InlineValidators(Validators):
@@ -155,7 +173,7 @@ class InlineValidators(Validators):
     async def verify(self, records: bytes, signatures: bytes) -> np.ndarray:
         return self.verify_now(records, signatures)
 
-    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+    def verify_future(self, records: bytes, signatures: bytes, *, hold_s: float = 0.0) -> asyncio.Future[np.ndarray]:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         future.set_result(self.verify_now(records, signatures))
         return future
@@ -170,15 +188,18 @@ class InlineValidators(Validators):
 # ---- local worker processes ------------------------------------------------------------------------
 
 
-def _worker_main(conn: Connection, path: str, seed: int, accounts: int, nice: int = 0) -> None:
+def _worker_main(conn: Connection, path: str, seed: int, accounts: int, nice: int = 0, policy: str = "normal") -> None:
     """A validator process: map the registry, then verify each parcel it is sent until end-of-file.
 
     A parcel is its records then its signatures (``LocalValidators._dispatch``): both are verified
     in place, as views into the received buffer, and the reply is one write of 1 + n bytes.
-    ``nice`` lowers the process's priority (``LocalValidators``, "Priority").
+    ``nice`` lowers the process's priority, ``policy`` "batch" makes it ``SCHED_BATCH``
+    (``LocalValidators``, "Priority").
     """
     if nice > 0:
         os.nice(nice)
+    if policy == "batch" and hasattr(os, "SCHED_BATCH"):  # Linux; elsewhere the default policy stays
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     try:
         verifier = Verifier(open_registry(path, seed=seed, accounts=accounts).public_keys())
     except RegistryError as exc:
@@ -245,7 +266,7 @@ class _Worker:
         parent, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main,
-            args=(child, str(pool.registry_path), pool.seed, pool.accounts, pool.nice),
+            args=(child, str(pool.registry_path), pool.seed, pool.accounts, pool.nice, pool.policy),
             name="cbdc-validator",
             daemon=True,
         )
@@ -303,6 +324,7 @@ class LocalValidators(Validators):
         max_restarts: int | None = None,
         chunk_timeout_s: float = 30.0,
         nice: int = 0,
+        policy: str = DEFAULT_POLICY,
     ) -> None:
         if workers < 1:
             raise ValueError(f"a local validator pool needs at least one worker, got {workers} (0 = InlineValidators)")
@@ -323,6 +345,9 @@ class LocalValidators(Validators):
         if not 0 <= nice <= 19:
             raise ValueError(f"validator nice must be in 0..19, got {nice}")
         self.nice = nice
+        if policy not in POLICIES:
+            raise ValueError(f"validator policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self.policy = policy
         self._ctx = process_context()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[_Chunk] = collections.deque()
@@ -332,6 +357,7 @@ class LocalValidators(Validators):
         self._closing = False
         self._unavailable: str | None = None
         self._dispatch_soon = False  # a ``_dispatch_queued`` is scheduled on the loop
+        self._hold_timer: asyncio.TimerHandle | None = None  # queued batches wait for their tick's others
         self._stats = ValidatorStats(kind="local", workers=workers)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -359,6 +385,9 @@ class LocalValidators(Validators):
         if self._loop is None:
             return
         self._closing = True
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         slots = list(self._slots.values())
         for slot in list(self._slots):
             self._detach(slot)
@@ -380,9 +409,18 @@ class LocalValidators(Validators):
 
     # ---- verifying -----------------------------------------------------------------------------------
 
-    def verify_future(self, records: bytes, signatures: bytes) -> asyncio.Future[np.ndarray]:
+    @property
+    def holding(self) -> bool:
+        """Queued batches are being held for the rest of their tick (``verify_future(hold=...)``)."""
+        return self._hold_timer is not None
+
+    def verify_future(self, records: bytes, signatures: bytes, *, hold_s: float = 0.0) -> asyncio.Future[np.ndarray]:
         """Queue a batch and send what the workers have room for; the future (of the running loop,
-        which must be the one the pool started on) gives its verdicts or ValidatorsUnavailable."""
+        which must be the one the pool started on) gives its verdicts or ValidatorsUnavailable.
+
+        ``hold_s`` > 0: more batches of the same tick are coming (the other operators' Submits,
+        ``Batcher``): send nothing yet, unless a parcel's worth (``min_parcel``) is queued, until a
+        batch queued without ``hold_s`` or ``hold_s`` after the first held one ("Ticks")."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         n = pair_count(records, signatures)
@@ -412,6 +450,14 @@ class LocalValidators(Validators):
         self._queued += n
         self._stats.transfers += n
         self._stats.chunks += len(offsets)
+        if hold_s > 0 and self._queued < self.min_parcel:
+            if self._hold_timer is None:
+                self._hold_timer = loop.call_later(hold_s, self._release)
+                self._stats.holds += 1
+            return future
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         if not self._dispatch_soon:  # once per loop iteration: Submits read together share parcels
             self._dispatch_soon = True
             loop.call_soon(self._dispatch_queued)
@@ -426,13 +472,19 @@ class LocalValidators(Validators):
         self._dispatch_soon = False
         self._dispatch()
 
+    def _release(self) -> None:
+        """The hold's time is up: what is queued goes to the workers (the tick's other Submits were late)."""
+        self._hold_timer = None
+        self._stats.holds_expired += 1
+        self._dispatch()
+
     def _dispatch(self) -> None:
         """Send parcels to the workers with room: first one to each idle worker, then a second to
         each with one in flight (``PIPELINE_PARCELS``), so a worker never idles for a round trip while
         work is queued. A parcel is the chunks at the queue's head up to a fair share (the queued
         transfers over the live workers, at least ``min_split``, at most ``chunk_transfers``) and
         at least one chunk."""
-        if self._closing or not self._queue or not self._slots:
+        if self._closing or not self._queue or not self._slots or self._hold_timer is not None:
             return
         share = min(self.chunk_transfers, max(self.min_parcel, math.ceil(self._queued / len(self._slots))))
         queue = self._queue
@@ -634,11 +686,18 @@ def tier_mismatch(spec: str, reported: object) -> str | None:
 
 
 def make_validators(
-    spec: str | int, registry: KeyRegistry, *, nice: int = 0, min_parcel: int = MIN_PARCEL_TRANSFERS, **options: Any
+    spec: str | int,
+    registry: KeyRegistry,
+    *,
+    nice: int = 0,
+    min_parcel: int = MIN_PARCEL_TRANSFERS,
+    policy: str = DEFAULT_POLICY,
+    **options: Any,
 ) -> Validators:
     """The tier that ``--validators spec`` names (``options`` go to its constructor); not started.
 
-    ``nice`` and ``min_parcel`` apply to local worker processes only (the Ray tier's workers are Ray's)."""
+    ``nice``, ``min_parcel`` and ``policy`` apply to local worker processes only (the Ray tier's
+    workers are Ray's)."""
     kind, arg = parse_validators(spec)
     if kind == "ray":
         from engine.validators_ray import RayValidators  # Ray is an optional extra
@@ -647,7 +706,7 @@ def make_validators(
     assert isinstance(arg, int)
     if arg == 0:
         return InlineValidators(registry)
-    return LocalValidators(registry, arg, nice=nice, min_parcel=min_parcel, **options)
+    return LocalValidators(registry, arg, nice=nice, min_parcel=min_parcel, policy=policy, **options)
 
 
 async def verify_all(validators: Validators, batches: Sequence[tuple[bytes, bytes]]) -> list[np.ndarray]:

@@ -112,6 +112,8 @@ class Batcher:
         #: waiting for those (``after_verified``), in arrival order.
         self.verifying: collections.deque[tuple[QueuedSubmit | Callable[[], None], asyncio.Future[Any]]]
         self.verifying = collections.deque()
+        #: Operators whose signed Submits the validators hold for the rest of their tick (``_parcel_hold_s``).
+        self._tick_operators: set[int] = set()
 
     # ---- admission -------------------------------------------------------------------------------
 
@@ -185,7 +187,8 @@ class Batcher:
         entry = QueuedSubmit(conn, seq, blob, n, cost, time.perf_counter_ns())
         metrics.enqueued(conn.load, n, cost)
         if type(msg) is SignedSubmit and self.validators is not None and n:
-            self._verify(entry, self.validators.verify_future(blob, signatures))
+            hold_s = self._parcel_hold_s(self.validators, session.operator)
+            self._verify(entry, self.validators.verify_future(blob, signatures, hold_s=hold_s))
         elif self.verifying:  # behind a Submit being verified: keep the arrival order
             self._verify(entry, None)
         else:
@@ -193,6 +196,23 @@ class Batcher:
             self._schedule_flush()
 
     # ---- signatures ------------------------------------------------------------------------------
+
+    def _parcel_hold_s(self, validators: Validators, operator: int) -> float:
+        """How long this signed Submit's transfers may wait for the other operators' Submits of its
+        tick before they go to the validators (0: go now): until every connected operator has sent
+        one since the hold began, at most ``validator_gather_us``. A generator sends its operators'
+        Submits back to back, but the second often arrives after the loop has sent the first to a
+        worker: two parcels, two round trips, two replies per tick, where one would do."""
+        if self.config.validator_gather_us <= 0:
+            return 0.0
+        held = self._tick_operators
+        if not validators.holding:  # the last hold ended (its tick is gone): a new tick starts here
+            held.clear()
+        held.add(operator)
+        if len(held) < self.metrics.submitters:
+            return self.config.validator_gather_us / 1e6
+        held.clear()
+        return 0.0
 
     def _verify(self, entry: QueuedSubmit, verdicts: asyncio.Future[np.ndarray] | None) -> None:
         """Wait for ``entry``'s verdicts (None: an unsigned Submit, nothing to verify) off the loop."""

@@ -16,7 +16,9 @@ from engine.population import DEFAULT_SEED, POPULATION_VERSION, Population, Popu
 from engine.profiles import risk_model_sha256
 from engine.records import MAX_BATCH, TRANSFER_DTYPE
 from engine.snapshot import SnapshotSchedule
+from engine.validators import DEFAULT_POLICY as DEFAULT_VALIDATOR_POLICY
 from engine.validators import MAX_PARCEL_TRANSFERS, MIN_PARCEL_TRANSFERS, parse_validators
+from engine.validators import POLICIES as VALIDATOR_POLICIES
 from engine.wire import DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_PORT = 7480
@@ -225,6 +227,16 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="N",
         ),
     ] = 0
+    #: Scheduling policy of the local validator processes (engine.validators, "Priority"): "batch"
+    #: (``SCHED_BATCH``) keeps a woken worker from preempting the sequencer or the generator.
+    validator_policy: Annotated[
+        str,
+        _help(
+            "scheduling policy of the local validator processes: batch (SCHED_BATCH: a woken worker does not "
+            "preempt the server or the generator mid-burst) or normal (default {default})",
+            metavar="POLICY",
+        ),
+    ] = DEFAULT_VALIDATOR_POLICY
     #: Local validator parcels are filled up to this many transfers before the queue is split
     #: across workers (engine.validators, "Parcels"): one round trip per generator tick.
     validator_min_parcel: Annotated[
@@ -235,6 +247,17 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             metavar="N",
         ),
     ] = MIN_PARCEL_TRANSFERS
+    #: A signed Submit waits up to this long for the other operators' Submits of its generator tick,
+    #: so that the tick goes to the validators as one parcel (engine.server.batcher,
+    #: ``Batcher._parcel_hold_s``; engine.validators, "Ticks"); 0 sends each Submit at once.
+    validator_gather_us: Annotated[
+        int,
+        _help(
+            "microseconds a signed Submit waits for the other operators' Submits of its tick before going to "
+            "the local validator processes with them, as one parcel, 0-5000 (default {default}; 0: at once)",
+            metavar="US",
+        ),
+    ] = 1000
     metrics_port: Annotated[
         int | None,
         _help(
@@ -295,6 +318,12 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(
                 f"validator_min_parcel must be in 1..{MAX_PARCEL_TRANSFERS}, got {self.validator_min_parcel}"
             )
+        if self.validator_policy not in VALIDATOR_POLICIES:
+            raise ValueError(
+                f"validator_policy must be one of {', '.join(VALIDATOR_POLICIES)}, got {self.validator_policy!r}"
+            )
+        if not 0 <= self.validator_gather_us <= 5000:
+            raise ValueError(f"validator_gather_us must be in 0..5000 (0: no wait), got {self.validator_gather_us}")
         if not 0 <= self.validator_nice <= 19:
             raise ValueError(f"validator_nice must be in 0..19 (0: the server's priority), got {self.validator_nice}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65_536:

@@ -206,7 +206,11 @@ class Server:
             with unsized_phase(build_progress, PHASE_KEYS):
                 registry = ensure_registry(config.seed, config.accounts)
             self.validators = make_validators(
-                config.validators, registry, nice=config.validator_nice, min_parcel=config.validator_min_parcel
+                config.validators,
+                registry,
+                nice=config.validator_nice,
+                min_parcel=config.validator_min_parcel,
+                policy=config.validator_policy,
             )
             self.batcher.validators = self.validators
             self.batcher.signatures_required = config.signature_mode == "required"

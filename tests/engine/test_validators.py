@@ -142,6 +142,36 @@ def test_submits_of_one_loop_iteration_share_parcels(
     asyncio.run(run())
 
 
+def test_a_held_submit_waits_for_its_tick_and_a_hold_runs_out(registry: signing.KeyRegistry) -> None:
+    """``hold_s``: a Submit held for its tick's others is not sent while loop iterations pass (the
+    loop's dispatch after a reply included), and leaves with the next unheld Submit as one parcel;
+    a hold that no Submit ends sends what it held after ``hold_s``. Verdicts as always."""
+    small = [signed_batch(20, stream=800 + i) for i in range(3)]
+    pairs = [(b.tobytes(), s) for b, s in small]
+    want = expected(registry, pairs)
+
+    async def run() -> None:
+        pool = LocalValidators(registry, 2, chunk_transfers=128)
+        await pool.start()
+        try:
+            first = pool.verify_future(*pairs[0], hold_s=30.0)
+            await asyncio.sleep(0.05)
+            assert (pool.stats().parcels, pool.holding) == (0, True)
+            second = pool.verify_future(*pairs[1])  # the tick's last Submit: no hold
+            assert not pool.holding
+            got = await asyncio.gather(first, second)
+            assert pool.stats().parcels == 1
+            late = await pool.verify_future(*pairs[2], hold_s=0.01)  # nobody ends this hold
+            for g, w in zip([*got, late], want, strict=True):
+                np.testing.assert_array_equal(g, w)
+            s = pool.stats()
+            assert (s.parcels, s.holds, s.holds_expired) == (2, 2, 1)
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize(
     ("n", "sizes"),
     [(1, [1]), (37, [37]), (63, [63]), (64, [32, 32]), (101, [51, 50]), (1000, [125] * 8), (129, [65, 64])],
@@ -288,3 +318,27 @@ def test_workers_run_at_the_given_nice(registry: signing.KeyRegistry) -> None:
     assert asyncio.run(run()) == [min(own + 7, 19)] * 2
     with pytest.raises(ValueError, match="nice"):
         LocalValidators(registry, 1, nice=20)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+@pytest.mark.parametrize("policy", ["batch", "normal"])
+def test_workers_run_under_the_given_policy(registry: signing.KeyRegistry, policy: str) -> None:
+    """``policy`` "batch" (the default) makes the workers SCHED_BATCH (a woken worker does not preempt
+    the server mid-burst), "normal" leaves them SCHED_OTHER; verdicts are unchanged."""
+    batch, sigs = signed_batch(40, stream=901)
+    want = expected(registry, [(batch.tobytes(), sigs)])[0]
+
+    async def run() -> list[int]:
+        pool = make_validators(2, registry) if policy == "batch" else make_validators(2, registry, policy=policy)
+        await pool.start()
+        try:
+            np.testing.assert_array_equal(await pool.verify(batch.tobytes(), sigs), want)
+            assert isinstance(pool, LocalValidators)
+            return [os.sched_getscheduler(pid) for pid in pool.worker_pids()]
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == [os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER] * 2
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the server's own policy stays
+    with pytest.raises(ValueError, match="policy"):
+        LocalValidators(registry, 1, policy="idle")

@@ -331,6 +331,47 @@ def test_a_submit_whose_verdicts_are_late_does_not_hold_those_verified_before_it
     assert server_balances(st) == ref.balance
 
 
+class _Holds(_Slow):
+    """The inline tier, recording each batch's ``hold_s`` and holding as the local pool does (until
+    a batch comes without a hold)."""
+
+    def __init__(self, inner: Validators) -> None:
+        super().__init__(inner, 0.0)
+        self.holds: list[float] = []
+
+    @property
+    def holding(self) -> bool:
+        return bool(self.holds) and self.holds[-1] > 0
+
+    def verify_future(self, records: bytes, signatures: bytes, *, hold_s: float = 0.0) -> asyncio.Future[np.ndarray]:
+        self.holds.append(hold_s)
+        return super().verify_future(records, signatures)
+
+
+@pytest.mark.parametrize("gather_us", [1000, 0])
+def test_a_signed_submit_is_held_for_the_other_operators_of_its_tick(start_server: StartServer, gather_us: int) -> None:
+    """With two operators connected, operator 0's SignedSubmit asks the tier to hold it (for
+    ``validator_gather_us``) until operator 1's comes, which goes without a hold and takes it
+    along; operator 0 alone again starts a new hold. ``validator_gather_us=0``: no holds. Results are
+    the reference model's either way."""
+    st = start_server(signatures="required", validators="0", validator_gather_us=gather_us)
+    tier = st.server.batcher.validators
+    assert tier is not None
+    holds = _Holds(tier)
+    st.call(setattr, st.server.batcher, "validators", holds)
+    ref = reference_of(st)
+    wl = Workload(WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED))
+    batches = [wl.batch(20, first_id=0, operator=0), wl.batch(20, first_id=0, operator=1)]
+    batches.append(wl.batch(20, first_id=20, operator=0))
+    with connect(st, operator=0) as op0, connect(st, operator=1) as op1:
+        for client, batch in zip([op0, op1, op0], batches, strict=True):
+            codes = signed_submit(client, batch, signing.sign_records(batch, TEST_SEED))
+            np.testing.assert_array_equal(codes, ref.apply(batch))
+    hold_s = gather_us / 1e6
+    assert holds.holds == [hold_s, 0.0, hold_s]
+    assert server_balances(st) == ref.balance
+
+
 class _Serial(_Slow):
     """A tier of fixed capacity: one batch at a time, ``pause_s`` each (a saturated validator pool)."""
 
