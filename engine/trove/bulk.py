@@ -85,6 +85,9 @@ class PlannedRun(msgspec.Struct, frozen=True):
     max_timestamp_ns: int
     tier: int
     compression: str
+    #: Never merged again (the writer's and ``compaction.plan_merge``'s verdict): zstd, and
+    #: ``final_row_group_rows`` row groups.
+    final: bool = True
 
     @property
     def rows(self) -> int:
@@ -120,6 +123,9 @@ class BuildResult(msgspec.Struct, frozen=True):
     merges_skipped: int
     rows_merged_skipped: int
     peak_rss_bytes: int
+    #: Rows per row group of the final runs (what lookups read) and the runs' size cap.
+    final_row_group_rows: int = 0
+    max_run_rows: int = 0
 
 
 class _Replay:
@@ -133,6 +139,7 @@ class _Replay:
         self.m = Manifest(trove_id="plan", partition_ns=config.partition_ns)
         self.ranges: dict[int, list[tuple[int, int]]] = {}
         self.codec: dict[int, str] = {}
+        self.final: dict[int, bool] = {}
         self.merges = self.rows_merged = 0
 
     def _new_segment(self, **fields: Any) -> Segment:
@@ -175,6 +182,7 @@ class _Replay:
             self.ranges[seg.id] = [(a, b)]
             final = held[part] < (cfg.fanin - 1) * cfg.segment_rows  # as the writer decides
             self.codec[seg.id] = "zstd" if final else cfg.intermediate_compression
+            self.final[seg.id] = final
             m.segments.append(seg)
         m.partition_starts = starts
         m.durable_through_seq = seen_seq
@@ -197,6 +205,7 @@ class _Replay:
             inclusive = merge_ranges([(a, b - 1) for s in sources for a, b in self.ranges.pop(s.id)])
             self.ranges[run.id] = [(a, b + 1) for a, b in inclusive]
             self.codec[run.id] = "zstd" if step.final else cfg.intermediate_compression
+            self.final[run.id] = step.final
             ids = {s.id for s in sources}
             m.segments = [s for s in m.segments if s.id not in ids] + [run]
             self.merges += 1
@@ -228,6 +237,7 @@ def plan_runs(rows: int, accounts: int, config: TroveConfig, *, start_ns: int = 
             max_timestamp_ns=s.max_timestamp_ns,
             tier=s.tier,
             compression=replay.codec[s.id],
+            final=replay.final[s.id],
         )
         for s in m.segments
     ]
@@ -367,17 +377,18 @@ def build(
 
     def write(buf: _RunBuffer) -> Segment:
         run = buf.run
+        group_rows = cfg.file_row_group_rows(final=run.final)
 
         def one(ordering: str) -> Any:
             entry, n = write_parquet(
                 root,
                 f"runs/p{run.partition}/r{run.id:08d}.{ordering}.parquet",
                 ordering,
-                _sorted_batches(buf, ordering, accounts, start_ns, cfg.row_group_rows),
+                _sorted_batches(buf, ordering, accounts, start_ns, group_rows),
                 schema,
                 trove_id=trove_id,
                 segment_id=run.id,
-                row_group_rows=cfg.row_group_rows,
+                row_group_rows=group_rows,
                 compression=run.compression,
             )
             if n != run.rows:
@@ -446,6 +457,8 @@ def build(
         merges_skipped=plan.merges,
         rows_merged_skipped=plan.rows_merged,
         peak_rss_bytes=_peak_rss_bytes(),
+        final_row_group_rows=cfg.file_row_group_rows(final=True),
+        max_run_rows=cfg.max_run_rows,
     )
 
 

@@ -229,7 +229,7 @@ def merge(
             schema,
             trove_id=trove_id,
             segment_id=segment_id,
-            row_group_rows=config.row_group_rows,
+            row_group_rows=config.file_row_group_rows(final=final),
             compression=compression,
         )
         files.append(entry)

@@ -460,7 +460,7 @@ class Trove(TroveFeed):
                 schema,
                 trove_id=self.manifest.trove_id,
                 segment_id=seg_id,
-                row_group_rows=self.config.row_group_rows,
+                row_group_rows=self.config.file_row_group_rows(final=final),
                 compression="zstd" if final else self.config.intermediate_compression,
             )
             files.append(entry)

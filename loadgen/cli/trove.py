@@ -146,12 +146,31 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
         help="rows per Parquet row group (default %(default)s)",
     )
     p.add_argument(
+        "--final-row-group-rows",
+        type=parse_count,
+        default=TroveConfig().final_row_group_rows,
+        help="rows per row group of final runs, the ones lookups read (0: --row-group-rows; must divide it) "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--max-run-rows",
+        type=parse_count,
+        default=TroveConfig().max_run_rows,
+        help="runs reaching this many rows are never merged again: fewer, larger runs mean fewer files "
+        "per lookup, for one more merge per row (default %(default)s)",
+    )
+    p.add_argument(
         "--threads", type=int, default=1, choices=(1, 2), help="direct build: write the two orderings side by side"
     )
 
 
 def _build_config(args: argparse.Namespace) -> TroveConfig:
-    return TroveConfig(segment_rows=int(args.segment_rows), row_group_rows=int(args.row_group_rows))
+    return TroveConfig(
+        segment_rows=int(args.segment_rows),
+        row_group_rows=int(args.row_group_rows),
+        final_row_group_rows=int(args.final_row_group_rows),
+        max_run_rows=int(args.max_run_rows),
+    )
 
 
 def _print_build(b: Any) -> None:

@@ -403,9 +403,17 @@ def test_config_rejects_bad_values() -> None:
         msgspec.convert({"partition_s": 7000}, TroveConfig)
     with pytest.raises(ValueError, match="mode"):
         SurveillanceLogConfig(mode="ring")
-    for field, bad in (("process_nice", 20), ("ring_slots", 0), ("partition_min_rows", -1)):
+    for field, bad in (
+        ("process_nice", 20),
+        ("ring_slots", 0),
+        ("partition_min_rows", -1),
+        ("final_row_group_rows", -1),
+    ):
         with pytest.raises(msgspec.ValidationError, match=field):
             msgspec.convert({field: bad}, TroveConfig)
+    with pytest.raises(ValueError, match="must divide trove"):
+        TroveConfig(row_group_rows=16_384, final_row_group_rows=3_000)
+    assert TroveConfig(row_group_rows=64, final_row_group_rows=4_096).file_row_group_rows(final=True) == 64
 
 
 def test_the_trove_is_plain_parquet_that_pyarrow_dataset_reads_too(tmp_path, entries) -> None:

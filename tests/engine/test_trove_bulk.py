@@ -30,6 +30,7 @@ def config(root: Path) -> TroveConfig:
         dir=str(root),
         segment_rows=8_192,
         row_group_rows=512,
+        final_row_group_rows=128,
         fanin=2,
         max_run_rows=16_384,
         partition_min_rows=20_000,
@@ -40,7 +41,8 @@ def config(root: Path) -> TroveConfig:
 
 
 def layout(root: Path) -> list[tuple]:
-    """Per run: partition, rows, batch ranges, and per file its ordering, codec and row groups."""
+    """Per run: partition, rows, batch ranges, and per file its ordering, codec, row groups and the
+    largest row group's rows."""
     manifest = load_manifest(root)
     assert manifest is not None
     out = []
@@ -48,7 +50,8 @@ def layout(root: Path) -> list[tuple]:
         files = []
         for f in s.files:
             meta = pq.read_metadata(root / f.path)
-            files.append((f.ordering, meta.row_group(0).column(0).compression, meta.num_row_groups))
+            largest = max(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+            files.append((f.ordering, meta.row_group(0).column(0).compression, meta.num_row_groups, largest))
         out.append((s.partition, s.rows, s.seq_ranges, s.kind, files))
     return out
 
@@ -74,6 +77,8 @@ def test_the_direct_build_leaves_the_runs_the_writer_and_compactor_leave(troves)
     assert len({r[0] for r in runs}) > 2 and max(r[1] for r in runs) == 16_384  # partitions, last-tier runs
     # Final runs, and runs a merge will read (plain: intermediate_compression "none", the default).
     assert {f[1] for r in runs for f in r[4]} == {"ZSTD", "UNCOMPRESSED"}
+    # Final runs (zstd) in ``final_row_group_rows`` groups, the ones a merge reads in ``row_group_rows``.
+    assert {(f[1], f[3]) for r in runs for f in r[4] if r[1] >= 512} == {("ZSTD", 128), ("UNCOMPRESSED", 512)}
     plan = plan_runs(ROWS, ACCOUNTS, config(direct))
     assert plan.merges > 0 and sum(r.rows for r in plan.runs) == ROWS
 
