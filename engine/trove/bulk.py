@@ -58,6 +58,7 @@ from engine.trove.config import TroveConfig
 from engine.trove.files import write_parquet
 from engine.trove.manifest import Manifest, Segment, merge_ranges, save_manifest
 from engine.trove.query import TroveReader
+from engine.trove.retention import disk_bytes
 from engine.trove.schema import COLUMNS, arrow_schema, extend_partitions, partition_of, partitions_of
 
 #: Rows per seeded batch (one journal entry each): the writer path's ``bulk_load`` batch size.
@@ -114,6 +115,8 @@ class BuildResult(msgspec.Struct, frozen=True):
     #: The writer's flush size the plan assumed (a live writer's follow its ingest rate).
     segment_rows: int
     row_group_rows: int
+    #: Everything the build left on disk (``retention.disk_bytes``: runs, rollups, manifest), as
+    #: ``trove stats`` counts it; ``segment_bytes`` the runs alone.
     bytes_on_disk: int
     bytes_per_row: float
     build_s: float
@@ -126,6 +129,7 @@ class BuildResult(msgspec.Struct, frozen=True):
     #: Rows per row group of the final runs (what lookups read) and the runs' size cap.
     final_row_group_rows: int = 0
     max_run_rows: int = 0
+    segment_bytes: int = 0
 
 
 class _Replay:
@@ -440,7 +444,8 @@ def build(
         partition_starts=plan.partition_starts,
     )
     save_manifest(root, manifest)
-    size = sum(s.bytes for s in manifest.segments)
+    segment_bytes = sum(s.bytes for s in manifest.segments)
+    size = disk_bytes(root, segment_bytes)["bytes_on_disk"]
     return BuildResult(
         rows=manifest.rows,
         accounts=accounts,
@@ -459,6 +464,7 @@ def build(
         peak_rss_bytes=_peak_rss_bytes(),
         final_row_group_rows=cfg.file_row_group_rows(final=True),
         max_run_rows=cfg.max_run_rows,
+        segment_bytes=segment_bytes,
     )
 
 
