@@ -251,7 +251,7 @@ def keep_least_stolen(measure: Callable[[], Path], spoiled_dir: Path, retries: i
 def estimate_seconds(labels: list[str], *, retries_expected: int = 0) -> float:
     """Wall seconds of the measurements on the quiet 2-core box (``ENGINE_S``, ``RUN_S``, ``SEARCH_S``);
     a trove profile's runs and search trials longer by their flush windows (``trove_run_seconds``,
-    ``TROVE_TRIAL_S``). All labels: about 25 minutes."""
+    ``TROVE_TRIAL_S``). All labels: about 22 minutes (13.6 before the flush windows)."""
     chosen = [RATES[label] for label in labels]
     engines = len({profile for profile, _, _ in chosen})
     runs = sum(
