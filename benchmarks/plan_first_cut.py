@@ -1,6 +1,6 @@
 """The runs the capacity plan needs, the plan, and the README's headline table (issue 21).
 
-Run from the repository root on a quiet machine (about 13 minutes on 2 cores, ``estimate_seconds``):
+Run from the repository root on a quiet machine (about 22 minutes on 2 cores, ``estimate_seconds``):
 
     python benchmarks/plan_first_cut.py --readme README.md
 
@@ -11,8 +11,10 @@ Run from the repository root on a quiet machine (about 13 minutes on 2 cores, ``
    OUT/trove-cost``: the trove's whole per-row life, which the plan charges as the trove tier;
 2. ``cbdc-bench run`` of each profile at and above the planned rate (``RATES``; ``signed`` with 1
    and 2 local validators at the rates 2 cores sustain), with a journal (``--fsync interval:10``)
-   and, where the profile keeps one, a trove: CPU by tier, wire and journal bytes;
-3. ``cbdc-bench compare`` searches (one repeat, short trials): each profile's measured maximum on
+   and, where the profile keeps one, a trove: CPU by tier, wire and journal bytes; a trove
+   profile's run lasts whole flush periods of its writer at its rate (``trove_run_seconds``, 7-10 s);
+3. ``cbdc-bench compare`` searches (one repeat, 1-second trials; the trove profiles in searches of
+   their own with ``TROVE_TRIAL_S`` = 10-second trials, each holding a flush): each profile's measured maximum on
    this machine, to check the plan's predicted maximum against; their ``compare.json`` are copied
    into ``OUT/maxima`` and their search trials into ``OUT/maxima/search-trials`` (what stopped each
    search: a generator flat out, or the machine out of CPU; never fitted);
@@ -27,7 +29,7 @@ set aside go to ``OUT/spoiled`` (never read as inputs), and when the retries run
 least-stolen attempt is kept and the README's table marks it SPOILED. The searches do the same
 per trial (``compare --steal-retries``). The script prints each retry, each kept run's steal and,
 at the end, how many were spoiled; the README section says so too (``table.steal_summary``). On a
-quiet host that costs nothing: about 13 minutes in all, ~11 s more per
+quiet host that costs nothing: about 22 minutes in all, ~11 s more per
 re-measured run and ~3 s per re-measured trial.
 
 Every command and the result files it wrote go to ``OUT/COMMANDS.md``. ``--tiny`` runs the same
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import shutil
 import subprocess
@@ -102,6 +105,22 @@ KEEPS_TROVE = ("surveillance", "full", "realistic", "signed-full")
 #: Rows written and merged (8e6: about a minute on the quiet 2-core box), and the segments the
 #: writer makes at the planned rate: its memtable's rows, or the rate times its flush interval.
 TROVE_COST_ROWS = "8e6"
+#: **The trove's flushes in the measured windows** (issue 21). The trove's writer flushes its memtable
+#: every ``segment_rows`` rows or ``flush_interval_s`` seconds, whichever first (``flush_period_s``:
+#: 7.0 s at 600k/s, 10 s at 420k/s and below with the shipped 2^22 rows / 10 s), and the flush (sort,
+#: encode, write both orderings) is most of the child's CPU. A 3-second window (after a 2-second
+#: warm-up) holds no flush below 800k/s: the child's CPU there was only the rows' copy into the
+#: memtable, while 1-second search trials, back to back on one server, landed on a flush now and then
+#: and failed: the fit saw a trove without flushes, the search a trove with some (``surveillance``
+#: predicted at 1.35M/s by the sequencer's core, searched at 691k/s: +96%). So a trove profile's run
+#: measures a whole number of flush periods at its rate (``trove_run_seconds``: the integral of a
+#: periodic cost over whole periods does not depend on where the window starts), and its search
+#: trials last ``TROVE_TRIAL_S``, the longest flush period at any rate, so every trial holds at least
+#: one flush. Neither holds a merge (the first merges 8 segments, 32M rows: about a minute at
+#: 600k/s): the maximum predicted and searched is the trove's steady state between merges; the
+#: merges' CPU is charged from the trove cost file (the plan's trove tier at the planned rate, and
+#: the predicted maximum's "with merges" limit, ``predict_max``).
+TROVE_TRIAL_S = TroveConfig().flush_interval_s
 #: The searches' ``[compare]`` settings. Signed pools are signed ahead of each trial, so a search
 #: from the shipped 300k/s would spend minutes signing rates 2 cores never verify.
 SEARCH: dict[str, dict[str, tuple[float, ...]]] = {
@@ -118,6 +137,12 @@ STEAL_RETRIES = 2
 #: (build, 2 s warm-up, drain, audit), and each search (``compare``), for ``estimate_seconds``.
 ENGINE_S, RUN_S, SNAPSHOT_RUN_S, TROVE_COST_S = 6.0, 11.0, 9.0, 60.0
 SEARCH_S = {"unsigned": 170.0, "validators1": 45.0, "validators2": 75.0}
+#: What ``SEARCH_S`` measured: the profiles searched and their trials each (8-11 search, 2 equal-load),
+#: 1-second trials; the 3-second runs of ``RUN_S``; and the searches' folder for the trove profiles.
+SEARCH_PROFILES = {"unsigned": 5, "validators1": 1, "validators2": 2}
+SEARCH_TRIALS = 12
+RUN_SECONDS = 3.0
+TROVE_GROUP = "trove"
 
 
 class Recorder:
@@ -224,18 +249,65 @@ def keep_least_stolen(measure: Callable[[], Path], spoiled_dir: Path, retries: i
 
 
 def estimate_seconds(labels: list[str], *, retries_expected: int = 0) -> float:
-    """Wall seconds of the measurements on the quiet 2-core box (``ENGINE_S``, ``RUN_S``, ``SEARCH_S``)."""
+    """Wall seconds of the measurements on the quiet 2-core box (``ENGINE_S``, ``RUN_S``, ``SEARCH_S``);
+    a trove profile's runs and search trials longer by their flush windows (``trove_run_seconds``,
+    ``TROVE_TRIAL_S``). All labels: about 22 minutes (13.6 before the flush windows)."""
     chosen = [RATES[label] for label in labels]
     engines = len({profile for profile, _, _ in chosen})
-    runs = sum(len(rates) for _, _, rates in chosen)
-    searches = {" ".join(extra).replace(" ", "").replace("--", "") or "unsigned" for _, extra, _ in chosen}
-    trove = TROVE_COST_S if any(profile in KEEPS_TROVE for profile, _, _ in chosen) else 0.0
-    return (
-        engines * (ENGINE_S + SNAPSHOT_RUN_S)
-        + (runs + retries_expected) * RUN_S
-        + sum(SEARCH_S.get(s, 60.0) for s in searches)
-        + trove
+    runs = sum(
+        RUN_S + (trove_run_seconds(rate, RUN_SECONDS) - RUN_SECONDS if profile in KEEPS_TROVE else 0.0)
+        for profile, _, rates in chosen
+        for rate in rates
     )
+    searches = 0.0
+    for name, (profiles, _) in search_groups(labels).items():
+        group = name.split("/")[0]
+        per_trial = SEARCH_S.get(group, 60.0) / SEARCH_PROFILES.get(group, 1) / SEARCH_TRIALS
+        longer = float(trial_seconds(name)) - 1.0
+        searches += len(profiles) * SEARCH_TRIALS * (per_trial + longer)
+    trove = TROVE_COST_S if any(profile in KEEPS_TROVE for profile, _, _ in chosen) else 0.0
+    return engines * (ENGINE_S + SNAPSHOT_RUN_S) + runs + retries_expected * RUN_S + searches + trove
+
+
+def flush_period_s(rate_tps: float, config: TroveConfig | None = None) -> float:
+    """Seconds between two flushes of the trove's writer at ``rate_tps`` (one row a payment): its
+    memtable fills (``segment_rows``) or its interval passes (``flush_interval_s``), whichever first."""
+    config = config or TroveConfig()
+    return min(config.segment_rows / rate_tps, config.flush_interval_s)
+
+
+def trove_run_seconds(rate_tps: float, seconds: float, config: TroveConfig | None = None) -> float:
+    """A trove profile's measured seconds at ``rate_tps``: the fewest whole flush periods lasting at
+    least ``seconds`` (rounded up to 0.1 s), so the window holds its flushes in their steady share
+    wherever it starts."""
+    period = flush_period_s(rate_tps, config)
+    return math.ceil(period * max(1, math.ceil(seconds / period - 1e-9)) * 10) / 10
+
+
+def run_seconds(profile: str, rate_tps: float, seconds: str, *, flush_windows: bool = True) -> str:
+    """``run --seconds`` of ``profile`` at ``rate_tps``: ``seconds``, or for a trove profile (with
+    ``flush_windows``) the whole flush periods of ``trove_run_seconds``."""
+    if profile not in KEEPS_TROVE or not flush_windows:
+        return seconds
+    return f"{trove_run_seconds(rate_tps, float(seconds)):g}"
+
+
+def trial_seconds(group: str, *, flush_windows: bool = True) -> str:
+    """``compare --search-seconds`` (and ``--equal-seconds``) of a search group (``search_groups``):
+    1 s, or ``TROVE_TRIAL_S`` for the trove profiles' (with ``flush_windows``)."""
+    return f"{TROVE_TRIAL_S:g}" if group.endswith(f"/{TROVE_GROUP}") and flush_windows else "1"
+
+
+def search_groups(labels: list[str]) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+    """The searches: one ``compare`` per validator setting (``unsigned``, ``validators1``...), the
+    trove profiles apart (``NAME/trove``: their trials last ``TROVE_TRIAL_S``), profiles in label order."""
+    groups: dict[str, tuple[list[str], tuple[str, ...]]] = {}
+    for label in labels:
+        profile, extra, _ = RATES[label]
+        name = "".join(extra).replace("--", "") or "unsigned"
+        name += f"/{TROVE_GROUP}" if profile in KEEPS_TROVE else ""
+        groups.setdefault(name, ([], extra))[0].append(profile)
+    return groups
 
 
 def trove_segment_rows(rate_tps: float) -> int:
@@ -255,9 +327,11 @@ def measure(
     warmup: str,
     labels: list[str],
     steal_retries: int = STEAL_RETRIES,
+    flush_windows: bool = True,
 ) -> tuple[Recorder, list[Kept]]:
     """Engine results, runs and searches of the ``RATES`` entries in ``labels``; every run kept by
-    ``keep_least_stolen``."""
+    ``keep_least_stolen``. ``flush_windows``: a trove profile's runs and search trials hold its
+    flushes (``trove_run_seconds``, ``TROVE_TRIAL_S``); False (``--tiny``) keeps ``seconds`` and 1-s trials."""
     rec = Recorder(out)
     kept: list[Kept] = []
     scratch = Path(tempfile.mkdtemp(prefix="plan-first-cut-"))
@@ -283,7 +357,8 @@ def measure(
             for rate in rates:
                 store = scratch / f"{label}-{rate:.0f}"
                 trove = ["--trove", str(store / "trove")] if profile in KEEPS_TROVE else []
-                args = ["run", "--profile", profile, *extra, "--rate", f"{rate * scale:.0f}", "--seconds", seconds,
+                window = run_seconds(profile, rate * scale, seconds, flush_windows=flush_windows)
+                args = ["run", "--profile", profile, *extra, "--rate", f"{rate * scale:.0f}", "--seconds", window,
                         "--warmup", warmup, "--accounts", accounts, "--journal", str(store / "journal"),
                         "--fsync", "interval:10", *trove, "--out", str(out / "runs")]  # fmt: skip
 
@@ -302,22 +377,21 @@ def measure(
                         f"kept `{k.path.relative_to(out)}` (steal {k.stolen.cores:.2f} cores"
                         + (", SPOILED: retries out)" if k.spoiled else ")")
                     )
-        searches: dict[str, tuple[list[str], tuple[str, ...]]] = {}
-        for profile, extra, _ in rates_by_label.values():
-            searches.setdefault(" ".join(extra) or "unsigned", ([], extra))[0].append(profile)
-        for name, (profiles, extra) in searches.items():
-            folder = search_out / name.replace(" ", "").replace("--", "")
+        for name, (profiles, extra) in search_groups(labels).items():
+            folder = search_out / name
+            flat = name.replace("/", "-")
             kind = "signed" if extra else "unsigned"
+            trial = trial_seconds(name, flush_windows=flush_windows)
             scenario = ["--scenario", str(search_scenario(out / f"search-{kind}.toml", SEARCH[kind], scale))]
             rec.run(["compare", "--profiles", *profiles, *extra, *scenario, "--repeats", "1", "--search-seconds",
-                     "1", "--equal-seconds", "1", "--warmup", "1", "--accounts", accounts, "--no-report",
+                     trial, "--equal-seconds", trial, "--warmup", "1", "--accounts", accounts, "--no-report",
                      "--steal-retries", str(steal_retries), "--out", str(folder)], ok=(0,))  # fmt: skip
             (out / "maxima").mkdir(parents=True, exist_ok=True)
-            shutil.copy(folder / "compare.json", out / "maxima" / f"{folder.name}.json")
-            copied = copy_trials(folder, out / "maxima" / TRIALS / folder.name)
+            shutil.copy(folder / "compare.json", out / "maxima" / f"{flat}.json")
+            copied = copy_trials(folder, out / "maxima" / TRIALS / flat)
             rec.lines.append(
-                f"  copied `{folder / 'compare.json'}` to `maxima/{folder.name}.json` and its {copied} search "
-                f"trials to `maxima/{TRIALS}/{folder.name}/` (what stopped each search; never fitted)"
+                f"  copied `{folder / 'compare.json'}` to `maxima/{flat}.json` and its {copied} search "
+                f"trials to `maxima/{TRIALS}/{flat}/` (what stopped each search; never fitted)"
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -412,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             rec, kept = measure(out, search_out, scale=scale, accounts="20000" if args.tiny else "1000000",
                                 seconds="1" if args.tiny else "3", warmup="0.5" if args.tiny else "2",
-                                labels=args.labels, steal_retries=args.steal_retries)  # fmt: skip
+                                labels=args.labels, steal_retries=args.steal_retries,
+                                flush_windows=not args.tiny)  # fmt: skip
             rec.save()
             print(steal_report(kept), flush=True)
             print(f"measured in {(time.monotonic() - t0) / 60:.1f} minutes", flush=True)

@@ -117,6 +117,10 @@ class TroveLife(msgspec.Struct, frozen=True):
     files: list[str]
     #: What it holds, for the plan's assumptions ("writer + 1.06 merges per row + sidecars").
     parts: str
+    #: The trove child's part of it per row: the writer and every merge (``TroveCost.steady_ns_per_row``,
+    #: median, scaled as ``ns_per_row``), without the sidecars (built by a query or ``trove sidecars``,
+    #: not by the child while it ingests): what its one core carries in steady state.
+    child_ns_per_row: float = 0.0
 
 
 #: The command that measures ``TroveLife`` (the plan names it when no cost file is given).
@@ -128,10 +132,12 @@ def trove_life(costs: Sequence[tuple[str, TroveCost]], reference_tps: float | No
     ns are scaled to that calibration score (ns x own score / reference), as ``scaled`` does the runs'."""
     if not costs:
         return None
-    ns = []
+    ns, child = [], []
     for _, c in costs:
         own = c.environment.calibration.engine_tps if c.environment.calibration else None
-        ns.append(c.ns_per_row * (own / reference_tps if reference_tps and own else 1.0))
+        factor = own / reference_tps if reference_tps and own else 1.0
+        ns.append(c.ns_per_row * factor)
+        child.append(c.steady_ns_per_row * factor)
     last = costs[-1][1]
     sidecars = all(c.sidecar_ns_per_row is not None for _, c in costs)
     return TroveLife(
@@ -142,6 +148,7 @@ def trove_life(costs: Sequence[tuple[str, TroveCost]], reference_tps: float | No
         files=[f for f, _ in costs],
         parts=f"writer (both orderings) + {last.merges_per_row:.2f} rows merged per row up to the final run"
         + (" + per-run sidecars" if sidecars else " (sidecars not measured)"),
+        child_ns_per_row=float(statistics.median(child)),
     )
 
 
@@ -271,6 +278,11 @@ class Prediction(msgspec.Struct, frozen=True):
     #: Payments/s a one-core tier completed in a saturated run where the sequencer waited for it
     #: (``RunCost.flat_out_tps``, the most over the runs), with the share of the sequencer's time it waited.
     flat_out: dict[str, tuple[float, float]] = {}
+    #: Where the trove child's one core fills with its merges too (``merged_trove_limit``): its whole-life
+    #: CPU per row (writer + merges, the trove cost file) + its measured waits for a core. No measured
+    #: window holds a merge (the first comes after 8 segments, ~32M rows), so this is not checked against
+    #: the search: it is the steady state beyond the first merges, said beside the checked prediction.
+    with_merges_tps: float | None = None
 
 
 class CapacityPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -948,10 +960,18 @@ def _machines(
     return total, note
 
 
-def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[MeasuredMax]) -> Prediction:
+def predict_max(
+    profile: str, runs: Sequence[RunCost], maxima: Sequence[MeasuredMax], trove: TroveLife | None = None
+) -> Prediction:
     """The maximum rate this machine sustains by the fit: the sequencer's core, all its cores (the
     server's tiers and the generator's CPU together: they share the machine), or the generator's
     processes (one core each), whichever first.
+
+    A trove profile's runs hold whole flush periods and its search trials at least one flush
+    (``benchmarks/plan_first_cut.py``, ``trove_run_seconds``), so both measure the trove between its
+    merges: that is what is predicted and checked. With ``trove`` (the cost file's whole-life CPU),
+    ``with_merges_tps`` says where the child's one core fills once its merges run too (never checked:
+    no measured window holds a merge).
 
     The error against a searched maximum is stated only where the two measure the same thing: a
     search that stopped because the generator fell behind bounds the generator, not the server,
@@ -1033,11 +1053,46 @@ def predict_max(profile: str, runs: Sequence[RunCost], maxima: Sequence[Measured
         for tier, (tps, waited) in flat_out.items()
         if limit.startswith(ONE_CORE_TIERS[tier])
     ]
+    with_merges = merged_trove_limit(usable, tier_fits, hooks, batching, cores, trove)
+    if with_merges is not None:
+        witness.append(
+            f"with its merges (whole-life CPU, {trove.child_ns_per_row if trove else 0:,.0f} ns a row, measured "
+            f"apart) the trove child's core fills at {with_merges:,.0f}/s: the steady state beyond the first "
+            "merges, which no measured window holds"
+        )
     note = "; ".join([*witness, note] if note else witness)
     return Prediction(
         profile, predicted, limit, measured, error, peak, note=note, saturated_cores=saturated,
-        limits={w: v for v, w in options}, flat_out=flat_out,
+        limits={w: v for v, w in options}, flat_out=flat_out, with_merges_tps=with_merges,
     )  # fmt: skip
+
+
+def merged_trove_limit(
+    runs: Sequence[RunCost],
+    tier_fits: dict[str, TierFit],
+    hooks: Sequence[str],
+    batching: BatchModel,
+    cores: int,
+    trove: TroveLife | None,
+) -> float | None:
+    """Where the trove child's one core fills on the measured machine with its merges: its whole-life
+    CPU per payment (``TroveLife.child_ns_per_row`` x the runs' rows per payment) + its waits for a
+    core as the runs measured them (``wall_fit`` less its CPU fit). None: no trove, or no cost file.
+
+    Why apart from the checked limits: a merge comes once 8 segments (8 x 2^22 rows) are written,
+    about a minute at 600k/s, so neither a run nor a search trial can hold one in its steady share.
+    """
+    rows = _median(r.trove_rows_per_payment for r in runs)
+    if trove is None or "trove" not in tier_fits or rows is None or trove.child_ns_per_row <= 0:
+        return None
+    cpu, wall = tier_fits["trove"], wall_fit("trove", runs)
+    per_payment = trove.child_ns_per_row * rows
+
+    def cost(rate: float) -> float:
+        b = on_machine(tier_fits, hooks, batching, rate, cores).batches_per_s
+        return per_payment * rate + max(wall.ns_per_s(b, rate) - cpu.ns_per_s(b, rate), 0.0)
+
+    return first_rate_reaching(1e9, cost)
 
 
 def _error_note(
@@ -1146,14 +1201,15 @@ def build_plan(inputs: Inputs, request: PlanRequest) -> CapacityPlan:
             f"the trove is charged its whole per-row life, {trove.ns_per_row:,.0f} ns of CPU "
             f"({trove.ns_per_row_low:,.0f}-{trove.ns_per_row_high:,.0f}) and {trove.bytes_per_row:.1f} bytes per row: "
             f"{trove.parts} (steady state, measured apart: {', '.join(trove.files)}), not the CPU its child spent "
-            "inside the runs (a 3-second run only fills its memtable); the predicted maxima on the measured machine "
-            "use the runs' own CPU, as the searches they are checked against do"
+            "inside the runs (they hold its flushes but no merge); the predicted maxima on the measured machine "
+            "use the runs' own CPU, flushes included, as the searches they are checked against do (their trials "
+            "hold a flush each), and say apart where the child's core fills with its merges"
         )
     plan = plans[chosen]
     deltas = [] if request.profile == "baseline" else [_delta_line(plan, plans.get("baseline"), "baseline")]
     if not request.profile.startswith("signed"):
         deltas.append(_signed_delta(request.profile, plans, by_profile))
-    predictions = [predict_max(p, rs, inputs.maxima) for p, rs in sorted(by_profile.items())]
+    predictions = [predict_max(p, rs, inputs.maxima, trove) for p, rs in sorted(by_profile.items())]
     assumptions += _assumptions(plan, cpu, calibrations, request)
     return CapacityPlan(
         request=request,
