@@ -290,7 +290,9 @@ class Trove(TroveFeed):
                     seen_seq = seq
                 else:
                     self.counters["rows_not_persisted"] += len(batch)
-                flush = self._buffered_rows >= self.config.segment_rows
+                # The interval counts however busy the queue is: under a steady stream (or a
+                # backlog) ``get`` never times out, and the memtable would wait for ``segment_rows``.
+                flush = self._buffered_rows >= self.config.segment_rows or time.monotonic() >= deadline
             if flush and not self.failure and (pending or seen_seq > self._handed_seq):
                 self._hand_over(pending, seen_seq)
                 pending = []

@@ -7,6 +7,7 @@ segments, partitions, merges of two tiers) runs in well under a second per test.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,6 +159,30 @@ def test_nothing_lost_nothing_invented_before_and_after_compaction(tmp_path, rng
         reader.close()
     finally:
         trove.close()
+
+
+def test_the_flush_interval_holds_under_a_backlog(tmp_path, rng, monkeypatch) -> None:
+    """A queue that never runs dry (a backlog, or a steady stream) still flushes every interval,
+    not only every ``segment_rows`` rows: the writer is slowed so batches queue up behind it."""
+    seen: list[tuple[int, int]] = []  # (segments written, batches still queued) as each batch is taken
+    needed = Trove._rows_needed
+
+    def slow(self: Trove, rows, seq: int):
+        time.sleep(0.004)
+        seen.append((self.counters["segments_written"], self._queue.qsize()))
+        return needed(self, rows, seq)
+
+    monkeypatch.setattr(Trove, "_rows_needed", slow)
+    trove = Trove.open(
+        small_config(tmp_path / "t", segment_rows=1 << 30, flush_interval_s=0.2, compact=False), start=True
+    )
+    try:
+        for seq, batch, codes in random_entries(rng, 200):  # 0.8 s of the writer's time, queued at once
+            trove.append(batch, codes, seq)
+    finally:
+        trove.close()
+    assert len(seen) == 200
+    assert any(written >= 1 and queued > 0 for written, queued in seen), "no flush while the backlog lasted"
 
 
 def test_compaction_keeps_the_multiset_of_rows_and_both_orderings(tmp_path, entries) -> None:
