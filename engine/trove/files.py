@@ -1,8 +1,9 @@
 """Writing and checking the trove's Parquet files (pyarrow, zstd, page checksums).
 
 A file is written to ``NAME.tmp`` (its SHA-256 digest taken from the bytes as they are written:
-``_HashingFile``), fsynced, then renamed into place and its directory fsynced (``manifest.replacing``): a crash leaves either no file or a whole one (and a whole file that
-the manifest does not yet list is simply not part of the trove).
+``_HashingFile``), fsynced, then renamed into place and its directory fsynced
+(``manifest.replacing``): a crash leaves either no file or a whole one (and a whole file that the
+manifest does not yet list is simply not part of the trove).
 """
 
 from __future__ import annotations
