@@ -12,7 +12,7 @@ within a factor of ``fanin`` in size, ``tier_of``) merge into one run of a highe
 of ``max_run_rows`` or more is never rewritten, so a row is merged at most once per tier
 (log_fanin(max_run_rows / segment size)) and a large base is never rewritten wholesale. A merge
 of runs is a streaming k-way merge in numpy (``merged_runs``), on the compactor's thread so its
-CPU clock sees all of the work; pyarrow writes the files (lz4 below the last tier, zstd in it).
+CPU clock sees all of the work; pyarrow writes the files (the intermediate codec below the last tier, zstd in it).
 Arrival-ordered "ingest" segments, which earlier versions wrote, are sorted in memory or, when
 large, by DuckDB (out of core past its memory limit, one thread).
 """

@@ -1,8 +1,9 @@
 """Writing and checking the trove's Parquet files (pyarrow, zstd, page checksums).
 
-A file is written to ``NAME.tmp``, fsynced, its SHA-256 digest taken, then renamed into place
-and its directory fsynced (``manifest.replacing``): a crash leaves either no file or a whole one (and a whole file that
-the manifest does not yet list is simply not part of the trove).
+A file is written to ``NAME.tmp`` (its SHA-256 digest taken from the bytes as they are written:
+``_HashingFile``), fsynced, then renamed into place and its directory fsynced
+(``manifest.replacing``): a crash leaves either no file or a whole one (and a whole file that the
+manifest does not yet list is simply not part of the trove).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from engine.trove.manifest import META_SEGMENT_ID, META_TROVE_ID, FileEntry, replacing
 
@@ -19,11 +20,42 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 _HASH_CHUNK = 1 << 22
+#: pyarrow's buffer in front of ``_HashingFile``: its writes reach Python a few MB at a time.
+_BUFFER_BYTES = 1 << 22
 #: Dictionary encoding only where values are few: on ids, times and amounts it falls back after
 #: wasting a dictionary page per row group (measured: 37 -> 25 bytes/row on a payer-sorted file).
 _DICTIONARY_COLUMNS = ["category", "operator", "code"]
 #: Delta encoding for the columns that are sorted, or nearly, in some ordering (another ~2 bytes/row).
 _DELTA_COLUMNS = dict.fromkeys(["timestamp_ns", "batch_seq", "payer", "payee"], "DELTA_BINARY_PACKED")
+
+
+class _HashingFile:
+    """A binary file that hashes what it is given as it writes it: a file's digest without reading
+    it back. pyarrow writes to it through a ``pa.BufferedOutputStream`` (``_BUFFER_BYTES``), so it
+    sees a few large writes per file, not one per page header."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f, self._hash, self._pos, self.closed = f, hashlib.sha256(), 0, False
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self._pos += len(data)
+        return self._f.write(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True  # the caller closes (and fsyncs) the file itself
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class CorruptSegment(ValueError):
@@ -57,6 +89,7 @@ def write_parquet(
     row to write and to read); a cheaper codec for files a merge will soon read and delete
     (``TroveConfig.intermediate_compression``).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = root / rel_path
@@ -66,9 +99,13 @@ def write_parquet(
     plain = compression == "none"
     meta = {META_TROVE_ID: trove_id.encode(), META_SEGMENT_ID: str(segment_id).encode()}
     rows = 0
-    with replacing(path) as tmp:
+    with replacing(path) as tmp, tmp.open("wb") as f:
+        # Hashed as written (``_HashingFile``), not read back after: the same digest of the same
+        # bytes, without a second pass over the file.
+        sink = _HashingFile(f)
+        stream = pa.BufferedOutputStream(pa.PythonFile(sink, mode="w"), buffer_size=_BUFFER_BYTES)
         with pq.ParquetWriter(
-            tmp,
+            stream,
             schema.with_metadata(meta),
             compression=compression,
             use_dictionary=False if plain else _DICTIONARY_COLUMNS,
@@ -79,9 +116,13 @@ def write_parquet(
             for batch in batches:
                 writer.write_batch(batch, row_group_size=row_group_rows)
                 rows += batch.num_rows
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-        entry = FileEntry(rel_path, ordering, tmp.stat().st_size, sha256=digest(tmp))
+        stream.close()
+        f.flush()
+        os.fsync(f.fileno())
+        size = f.tell()
+        if size != sink.tell():
+            raise OSError(f"trove file {tmp}: {size} bytes on disk, {sink.tell()} written")
+        entry = FileEntry(rel_path, ordering, size, sha256=sink.hexdigest(), codec=compression)
     return entry, rows
 
 

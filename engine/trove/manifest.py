@@ -40,6 +40,9 @@ class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     #: ~8% of the writer's and a merge's CPU). Exactly one of the two is set.
     blake2b: str = ""
     sha256: str = ""
+    #: Parquet codec of its column chunks ("zstd" for final runs, ``intermediate_compression`` for
+    #: runs a merge will read again); "" in troves written before it was recorded.
+    codec: str = ""
 
 
 class Segment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -14,7 +14,7 @@ import pytest
 
 from engine.simtime import NS_PER_HOUR
 from engine.trove import compaction
-from engine.trove.files import write_parquet
+from engine.trove.files import digest, write_parquet
 from engine.trove.manifest import Segment, load_manifest
 from engine.trove.query import TroveReader
 from engine.trove.schema import COLUMNS, arrow_schema, concat_rows, partition_of, rows_of
@@ -135,6 +135,33 @@ def test_files_a_merge_reads_again_are_lz4_the_rest_zstd(tmp_path: Path, rng) ->
         assert not compaction.is_last_tier(two.rows, partial.config) and _codec(partial.root, two) == {"LZ4"}
     finally:
         partial.close()
+
+
+@pytest.mark.parametrize("intermediate", ["none", "lz4"])
+def test_each_file_records_its_codec_and_the_digest_of_its_bytes(tmp_path: Path, rng, intermediate: str) -> None:
+    """The digest is taken as the file is written (not read back): it must be the digest of the
+    bytes on disk, for the writer's runs and for merged ones, in either codec."""
+    entries = list(random_entries(rng, 120))
+    config = small_config(tmp_path / "t", partition_s=86_400, max_run_rows=2_800, intermediate_compression=intermediate)
+    trove = Trove.open(config, start=False)
+    try:
+        load_sync(trove, entries)
+        written = list(trove.manifest.segments)
+        assert {f.codec for s in written for f in s.files} == {"zstd", intermediate}  # first runs final
+        _check_files(trove.root, written)
+        trove.compact_all()
+        _check_files(trove.root, trove.manifest.segments)
+        assert trove.counters["merges"] > 0
+    finally:
+        trove.close()
+
+
+def _check_files(root: Path, segments: list[Segment]) -> None:
+    for s in segments:
+        for f in s.files:
+            assert f.sha256 == digest(root / f.path) and f.bytes == (root / f.path).stat().st_size
+            parquet_codec = "UNCOMPRESSED" if f.codec == "none" else f.codec.upper()
+            assert _codec(root, Segment(s.id, s.kind, s.partition, s.rows, 0, 0, [], [f])) == {parquet_codec}
 
 
 def _add_arrival_segments(trove: Trove, entries, per_segment: int) -> None:
