@@ -93,7 +93,8 @@ def plan_merge(manifest: Manifest, config: TroveConfig, *, everything: bool = Fa
     * A closed partition (a newer one exists, or ``everything``: the final flush) that holds
       ``fanin`` or more runs below ``max_run_rows`` merges them, the smallest first, as many as
       fit in ``max_run_rows`` (up to ``CLOSING_MAX_SOURCES``), whatever their tiers, once no tier
-      merge is due (so a compactor that lags leaves the same runs as one that keeps up): the up to
+      merge is due (a compactor that lags may group runs otherwise, but leaves the same bounds:
+      fewer than ``fanin`` runs below ``max_run_rows`` in a closed partition): the up to
       ``fanin - 1`` runs per tier that a size-tiered policy leaves for ever (25 of the 38 runs at
       10^9 rows) become one run, in zstd. A partition of fewer runs is left as it is (a small
       day's two 1-second runs are not rewritten to save one file).
