@@ -56,6 +56,8 @@ from engine.trove.schema import (
 _COMPACTOR_POLL_S = 0.5
 #: How often a merge waiting for the flusher checks that the trove is not closing.
 _GATE_POLL_S = 0.1
+#: What the writer's loop takes when ``flush_interval_s`` passed with its queue dry.
+_INTERVAL = object()
 
 
 class TroveStopped(RuntimeError):
@@ -276,9 +278,12 @@ class Trove(TroveFeed):
             try:
                 item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001))
             except queue.Empty:
-                item = threading.Event()  # the interval passed: flush what is buffered
-                item.set()
-            flush = item is None or isinstance(item, threading.Event)
+                # The interval passed with the queue dry: flush what is buffered, and do not wait
+                # for the write (the flusher reports durability; waiting here stalled ingest, and
+                # through the ring the sequencer, for the whole write of a memtable).
+                item = _INTERVAL
+                deadline = time.monotonic() + self.config.flush_interval_s
+            flush = item is None or item is _INTERVAL or isinstance(item, threading.Event)
             if isinstance(item, tuple):
                 seq, batch, codes = item
                 self._rows_taken += len(batch)
@@ -305,6 +310,9 @@ class Trove(TroveFeed):
                 self._wait_flushed()
                 if self.on_durable is not None:
                     self.on_durable(self.durable_seq(), self._rows_taken - self._buffered_rows)
+            elif item is _INTERVAL and self._flush_idle.is_set() and self.on_durable is not None:
+                # Nothing in flight: report rows taken and skipped (durable already) meanwhile.
+                self.on_durable(self.durable_seq(), self._rows_taken - self._buffered_rows)
             now_cpu = time.thread_time_ns()
             self._add_writer_cpu(now_cpu - t_cpu)
             t_cpu = now_cpu

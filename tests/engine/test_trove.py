@@ -7,6 +7,7 @@ segments, partitions, merges of two tiers) runs in well under a second per test.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +184,40 @@ def test_the_flush_interval_holds_under_a_backlog(tmp_path, rng, monkeypatch) ->
         trove.close()
     assert len(seen) == 200
     assert any(written >= 1 and queued > 0 for written, queued in seen), "no flush while the backlog lasted"
+
+
+def test_an_interval_flush_does_not_stop_ingest_while_it_is_written(tmp_path, rng, monkeypatch) -> None:
+    """When the interval passes with the queue dry, the memtable goes to the flusher and the writer
+    goes on taking batches while it is written (it used to wait for the write: a stall of the
+    whole flush, which the ring passed on to the sequencer)."""
+    release = threading.Event()
+    write = Trove._write_segments
+
+    def slow_write(self: Trove, pending, seen_seq: int) -> None:
+        release.wait(30)
+        write(self, pending, seen_seq)
+
+    monkeypatch.setattr(Trove, "_write_segments", slow_write)
+    trove = Trove.open(
+        small_config(tmp_path / "t", segment_rows=1 << 30, flush_interval_s=0.05, compact=False), start=True
+    )
+    try:
+        entries = list(random_entries(rng, 4))
+        trove.append(*entries[0][1:], entries[0][0])
+        deadline = time.monotonic() + 30
+        while trove._flush_idle.is_set() and time.monotonic() < deadline:  # the interval flush starts
+            time.sleep(0.01)
+        assert not trove._flush_idle.is_set(), "no interval flush started"
+        taken = trove._rows_taken
+        for seq, batch, codes in entries[1:]:
+            trove.append(batch, codes, seq)
+        while trove._rows_taken == taken and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Taken while the first memtable is still being written.
+        assert trove._rows_taken > taken and not trove._flush_idle.is_set()
+    finally:
+        release.set()
+        trove.close()
 
 
 def test_compaction_keeps_the_multiset_of_rows_and_both_orderings(tmp_path, entries) -> None:
