@@ -54,7 +54,7 @@ Parcels (``min_parcel``, ``ServerConfig.validator_min_parcel``, 128 by default)
     in which the tier kept pace): the workers' CPU per transfer above the verification's own 14.0
     against 2.9 us, the feeder's 7.0 against 5.9 us (33 against 80 transfers per parcel).
 
-Ticks (``verify_future``'s ``hold_s``, ``ServerConfig.validator_gather_us``, 1 ms by default)
+Ticks (``verify_future``'s ``hold_s``, ``ServerConfig.validator_gather_us``, 0 by default: off)
     Filling parcels up to ``min_parcel`` joins only the Submits queued when the loop dispatches:
     a generator writes its operators' Submits back to back, but the second often arrives after the
     loop has sent the first to a worker, and about half the ticks still left in two parcels (issue
@@ -63,9 +63,12 @@ Ticks (``verify_future``'s ``hold_s``, ``ServerConfig.validator_gather_us``, 1 m
     dispatch included) until a Submit comes without a hold, a parcel's worth is queued, or
     ``hold_s`` has passed since the first held one. The wait is bounded (an idle operator costs each
     tick at most ``hold_s`` more latency) and never drops anything: a held chunk is queued like any
-    other, and a dead worker's chunks requeued meanwhile go out when the hold ends.
+    other, and a dead worker's chunks requeued meanwhile go out when the hold ends. Off by default
+    since the quiet A/B (issue 19, eighth session: ``signed_tiers.py --validator-policy normal,batch
+    --validator-gather-us 0,1000``, twice, with two single-axis searches): the searched maximum with
+    a 1 ms hold was 8,800-16,833/s in 7 searches against 15,992-19,800/s without it in 6.
 
-Priority (``policy``, ``ServerConfig.validator_policy``, "batch" by default; ``nice``, 0)
+Priority (``policy``, ``ServerConfig.validator_policy``, "normal" by default; ``nice``, 0)
     The workers are the only CPU-bound processes of a signed run; the sequencer's loop and the
     generator wake for bursts of a few hundred microseconds per 5 ms tick. Profiled (py-spy, issue
     19, seventh session, shared machine, 6,000/s): 29% of the server's samples sat inside the pipe
@@ -75,7 +78,10 @@ Priority (``policy``, ``ServerConfig.validator_policy``, "batch" by default; ``n
     sched(7)); it still gets its full share of an otherwise idle core, so the workers lose nothing
     but the right to cut in. Alternated pairs at 6,000/s (load average 7, so no run met the SLO;
     shared machine): p99 97/106/426 ms normal against 57/65/121 ms batch, CPU per payment without
-    the machine's unattributed CPU 118 against 113 us (validators 78 against 73). Hence "batch".
+    the machine's unattributed CPU 118 against 113 us (validators 78 against 73). Quiet, that did
+    not hold (eighth session, the searches above): normal 15,300-18,000/s, batch 8,800-19,800/s
+    (without the hold: normal 16,833 / 18,000, batch 15,992 / 16,592 / 19,800): no difference
+    beyond the searches' spread, so the default went back to "normal"; "batch" stays an option.
     ``nice`` lowers the workers' weight instead; measurements were inconclusive (fifth session:
     lower CPU per payment at nice 10 in every alternated pair under full load, worse tails when
     other processes left idle cores), and on a machine shared with other CPU-bound work niced
@@ -149,7 +155,7 @@ MAX_PARCEL_TRANSFERS = 512
 MIN_PARCEL_TRANSFERS = 128
 #: Scheduling policies of the local validator processes (module docstring, "Priority").
 POLICIES = ("batch", "normal")
-DEFAULT_POLICY = "batch"
+DEFAULT_POLICY = "normal"
 
 
 class InlineValidators(Validators):

@@ -323,13 +323,13 @@ def test_workers_run_at_the_given_nice(registry: signing.KeyRegistry) -> None:
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
 @pytest.mark.parametrize("policy", ["batch", "normal"])
 def test_workers_run_under_the_given_policy(registry: signing.KeyRegistry, policy: str) -> None:
-    """``policy`` "batch" (the default) makes the workers SCHED_BATCH (a woken worker does not preempt
+    """``policy`` "batch" makes the workers SCHED_BATCH (a woken worker does not preempt
     the server mid-burst), "normal" leaves them SCHED_OTHER; verdicts are unchanged."""
     batch, sigs = signed_batch(40, stream=901)
     want = expected(registry, [(batch.tobytes(), sigs)])[0]
 
     async def run() -> list[int]:
-        pool = make_validators(2, registry) if policy == "batch" else make_validators(2, registry, policy=policy)
+        pool = make_validators(2, registry) if policy == "normal" else make_validators(2, registry, policy=policy)
         await pool.start()
         try:
             np.testing.assert_array_equal(await pool.verify(batch.tobytes(), sigs), want)
