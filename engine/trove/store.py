@@ -275,6 +275,7 @@ class Trove(TroveFeed):
         deadline = time.monotonic() + self.config.flush_interval_s
         t_cpu = time.thread_time_ns()
         while True:
+            item: object  # a queued batch, an Event (flush and wait), None (stop) or _INTERVAL
             try:
                 item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001))
             except queue.Empty:
