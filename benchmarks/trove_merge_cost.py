@@ -8,7 +8,7 @@ measures the two and counts the tiers instead of loading the 10^9 rows a steady 
   segments of ``measured_segment_rows`` (``--segment-rows``, or ``--rows / (2 fanin)`` if smaller,
   so that there are ``fanin`` runs in the intermediate codec to merge: a merge's CPU per row
   merged hardly depends on the size of its sources); then one merge of ``fanin`` of them timed
-  twice, as an intermediate merge (lz4 out) and as a merge into the last tier (zstd out).
+  twice, as an intermediate merge (plain out, `intermediate_compression`) and as a merge into the last tier (zstd out).
 * ``merges_per_row``: the size-tiered policy (``compaction.plan_merge``) simulated over
   ``--policy-rows`` rows of segments of ``--segment-rows`` in one partition (no data: segment
   sizes only), with the runs the partition holds while live (at most, on average) and at the end,
@@ -20,7 +20,7 @@ measures the two and counts the tiers instead of loading the 10^9 rows a steady 
   does in a partition's steady state (intermediate codec); sorting and gathering 2^22 rows cost
   more per row than the smaller segments above.
 * ``steady_ns_per_row`` = writer (the larger of the two) + intermediate merges per row x an intermediate merge's CPU per
-  row + last-tier merges per row x a last-tier merge's (zstd costs more to write than lz4).
+  row + last-tier merges per row x a last-tier merge's (zstd costs more to write than plain).
 
 ``--layout-rows 1e9``: only the runs ``trove build`` would leave for that many rows and accounts
 (``bulk.plan_runs``: the writer's flushes of ``--segment-rows`` and the policy, on metadata, in
@@ -106,7 +106,7 @@ def measure(rows: int, segment_rows: int, config: TroveConfig) -> dict[str, Any]
     The writer (a thread of this process) writes ``rows`` rows in one partition, flushing by rows.
     Then the last ``fanin`` of its runs (written with the intermediate codec, as all but a
     partition's first ``fanin - 1`` are) are merged twice on this thread, timed by its CPU
-    clock: as the policy merges them below the last tier (lz4 output) and into the last (zstd).
+    clock: as the policy merges them below the last tier (plain output) and into the last (zstd).
     """
     root = Path(tempfile.mkdtemp(prefix="cbdc-trove-cost-"))
     cfg = msgspec.structs.replace(config, dir=str(root / "t"), process=False, segment_rows=segment_rows, compact=False)
