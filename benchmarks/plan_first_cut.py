@@ -119,7 +119,10 @@ TROVE_COST_ROWS = "8e6"
 #: one flush. Neither holds a merge (the first merges 8 segments, 32M rows: about a minute at
 #: 600k/s): the maximum predicted and searched is the trove's steady state between merges; the
 #: merges' CPU is charged from the trove cost file (the plan's trove tier at the planned rate, and
-#: the predicted maximum's "with merges" limit, ``predict_max``).
+#: the predicted maximum's "with merges" limit, ``predict_max``). Not enough, measured (2026-12-04,
+#: quiet, ``benchmarks/test_bench_plan.py``): the write of a window's flush can end after the window,
+#: so the child's CPU per payment still varied 544-2,042 ns between runs of 7-10 s; charging the
+#: trove per flushed row (the child's CPU over complete flushes) is the open fix (issue 21).
 TROVE_TRIAL_S = TroveConfig().flush_interval_s
 #: The searches' ``[compare]`` settings. Signed pools are signed ahead of each trial, so a search
 #: from the shipped 300k/s would spend minutes signing rates 2 cores never verify.
