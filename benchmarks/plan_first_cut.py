@@ -1,6 +1,6 @@
 """The runs the capacity plan needs, the plan, and the README's headline table (issue 21).
 
-Run from the repository root on a quiet machine (about 22 minutes on 2 cores, ``estimate_seconds``):
+Run from the repository root on a quiet machine (about 24 minutes on 2 cores, ``estimate_seconds``):
 
     python benchmarks/plan_first_cut.py --readme README.md
 
@@ -29,7 +29,7 @@ set aside go to ``OUT/spoiled`` (never read as inputs), and when the retries run
 least-stolen attempt is kept and the README's table marks it SPOILED. The searches do the same
 per trial (``compare --steal-retries``). The script prints each retry, each kept run's steal and,
 at the end, how many were spoiled; the README section says so too (``table.steal_summary``). On a
-quiet host that costs nothing: about 22 minutes in all, ~11 s more per
+quiet host that costs nothing: about 24 minutes in all, ~11 s more per
 re-measured run and ~3 s per re-measured trial.
 
 Every command and the result files it wrote go to ``OUT/COMMANDS.md``. ``--tiny`` runs the same
@@ -121,9 +121,16 @@ TROVE_COST_ROWS = "8e6"
 #: merges' CPU is charged from the trove cost file (the plan's trove tier at the planned rate, and
 #: the predicted maximum's "with merges" limit, ``predict_max``). Not enough, measured (2026-12-04,
 #: quiet, ``benchmarks/test_bench_plan.py``): the write of a window's flush can end after the window,
-#: so the child's CPU per payment still varied 544-2,042 ns between runs of 7-10 s; charging the
-#: trove per flushed row (the child's CPU over complete flushes) is the open fix (issue 21).
+#: so the child's CPU per payment still varied 544-2,042 ns between runs of 7-10 s. So a window's
+#: trove is charged per row at a finished flush's CPU (``loadgen.plan.inputs.trove_window_ns``), and
+#: each trove run waits after its drain for ``TROVE_FLUSHES`` finished flushes (``run
+#: --trove-flushes``): the first also pays first-touch memory (1.6x the second's CPU a row, shared
+#: machine), so the second and later price the rows.
 TROVE_TRIAL_S = TroveConfig().flush_interval_s
+#: Finished flushes a trove run waits for after its drain (``run --trove-flushes``; above).
+TROVE_FLUSHES = 2
+#: Seconds a flush's write takes (a 4M-row memtable on the quiet box), for ``estimate_seconds``.
+FLUSH_WRITE_S = 4.0
 #: The searches' ``[compare]`` settings. Signed pools are signed ahead of each trial, so a search
 #: from the shipped 300k/s would spend minutes signing rates 2 cores never verify.
 SEARCH: dict[str, dict[str, tuple[float, ...]]] = {
@@ -254,11 +261,12 @@ def keep_least_stolen(measure: Callable[[], Path], spoiled_dir: Path, retries: i
 def estimate_seconds(labels: list[str], *, retries_expected: int = 0) -> float:
     """Wall seconds of the measurements on the quiet 2-core box (``ENGINE_S``, ``RUN_S``, ``SEARCH_S``);
     a trove profile's runs and search trials longer by their flush windows (``trove_run_seconds``,
-    ``TROVE_TRIAL_S``). All labels: about 22 minutes (13.6 before the flush windows)."""
+    ``TROVE_TRIAL_S``) and their wait for finished flushes (``trove_run_extra_s``). All labels: about 24
+    minutes (13.6 before the flush windows)."""
     chosen = [RATES[label] for label in labels]
     engines = len({profile for profile, _, _ in chosen})
     runs = sum(
-        RUN_S + (trove_run_seconds(rate, RUN_SECONDS) - RUN_SECONDS if profile in KEEPS_TROVE else 0.0)
+        RUN_S + (trove_run_extra_s(rate) if profile in KEEPS_TROVE else 0.0)
         for profile, _, rates in chosen
         for rate in rates
     )
@@ -270,6 +278,16 @@ def estimate_seconds(labels: list[str], *, retries_expected: int = 0) -> float:
         searches += len(profiles) * SEARCH_TRIALS * (per_trial + longer)
     trove = TROVE_COST_S if any(profile in KEEPS_TROVE for profile, _, _ in chosen) else 0.0
     return engines * (ENGINE_S + SNAPSHOT_RUN_S) + runs + retries_expected * RUN_S + searches + trove
+
+
+def trove_run_extra_s(rate_tps: float) -> float:
+    """A trove run's seconds beyond ``RUN_S``: its longer window (``trove_run_seconds``) and the wait
+    after its drain for its ``TROVE_FLUSHES`` finished flushes (the child starts about the run's
+    start: its second flush ends about two flush periods and a write later)."""
+    window = trove_run_seconds(rate_tps, RUN_SECONDS)
+    longer = window - RUN_SECONDS
+    flushed_by = TROVE_FLUSHES * flush_period_s(rate_tps) + FLUSH_WRITE_S
+    return longer + max(0.0, flushed_by - (RUN_S + longer))
 
 
 def flush_period_s(rate_tps: float, config: TroveConfig | None = None) -> float:
@@ -359,7 +377,8 @@ def measure(
         for label, (profile, extra, rates) in rates_by_label.items():
             for rate in rates:
                 store = scratch / f"{label}-{rate:.0f}"
-                trove = ["--trove", str(store / "trove")] if profile in KEEPS_TROVE else []
+                flushes = ["--trove-flushes", str(TROVE_FLUSHES)] if flush_windows else []  # --tiny: a pipeline check
+                trove = ["--trove", str(store / "trove"), *flushes] if profile in KEEPS_TROVE else []
                 window = run_seconds(profile, rate * scale, seconds, flush_windows=flush_windows)
                 args = ["run", "--profile", profile, *extra, "--rate", f"{rate * scale:.0f}", "--seconds", window,
                         "--warmup", warmup, "--accounts", accounts, "--journal", str(store / "journal"),

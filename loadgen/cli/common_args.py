@@ -301,6 +301,15 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_max_batch(p, what="Submit frame", old="--batch-max")
     add_drain(p, default=5.0)
+    p.add_argument(
+        "--trove-flushes",
+        type=parse_count,
+        default=0,
+        metavar="N",
+        help="after the drain, wait (60 s at most) until the server's trove has written N memtables whole, so the "
+        "result prices its rows at a finished flush's CPU (the capacity plan's runs use 2) (default 0: only a flush "
+        "running then is waited for)",
+    )
     add_seed(p)
     p.add_argument(
         "--secrets",
@@ -332,6 +341,7 @@ def load_config(args: argparse.Namespace, *, host: str, port: int) -> LoadConfig
             seed=args.seed,
             secrets=args.secrets,
             workload=workload,
+            trove_flushes=args.trove_flushes,
         )
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from exc

@@ -86,8 +86,16 @@ class LoadConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: What the scenario fixes about the payments (its ``[workload]``, the hooks' list and caps):
     #: every gateway generates ``workload.config(accounts=<the server's>, seed=seed)``.
     workload: ScenarioWorkload = ScenarioWorkload()
+    #: ``--trove-flushes N``: after the drain the final probe waits (``FLUSH_WAIT_S`` at most) until
+    #: the server's trove has written N memtables whole (and for a flush running then, always), so the
+    #: result prices the window's trove rows at a finished flush's CPU (``loadgen.plan.inputs``). The
+    #: capacity plan's runs ask for 2: the first flush also pays first-touch memory (page faults of
+    #: fresh allocations: 1.6x the second's CPU per row, issue 21).
+    trove_flushes: int = 0
 
     def __post_init__(self) -> None:
+        if self.trove_flushes < 0:
+            raise ValueError(f"--trove-flushes must be >= 0, got {self.trove_flushes}")
         if self.rate_tps <= 0 or self.seconds <= 0:
             raise ValueError("--rate and --seconds must be > 0")
         if self.warmup < 0 or self.drain < 0:

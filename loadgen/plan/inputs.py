@@ -16,7 +16,9 @@ a per-batch plus per-payment cost. The tiers, from the figures a result file hol
 * ``features`` and ``inference``: the ``risk_model`` hook's own split (``stats.risk_model``,
   issue 18), taken out of that hook's time;
 * ``trove``: the surveillance_log hook's ``background_ns`` (the trove writer and compactor, in
-  a child process since issue 17), or ``server.tier_cpu_s["trove"]`` when a run records it;
+  a child process since issue 17), its flushes charged per row taken rather than as they fell in
+  the window and its merges left to the trove cost file (``trove_window_ns``), or
+  ``server.tier_cpu_s["trove"]`` when a run records it;
   other hooks' background CPU is ``<hook>_background``;
 * ``validators``: the local validator processes' CPU: ``server.tier_cpu_s["validators"]``, which
   every run with local validators records (``loadgen.results.tiers``, issue 19), or the same rule
@@ -429,7 +431,9 @@ def _tier_ns(result: RunResult, hooks: Sequence[str], hook_params: dict[str, Any
             for part, ns in split.items():
                 (sequencer if part in SEQUENCER_TIERS else scale_out)[part] = ns
         elif background > 0:
-            scale_out[BACKGROUND_TIER.get(name, f"{name}_background")] = background
+            tier = BACKGROUND_TIER.get(name, f"{name}_background")
+            final = None if server.trove is None else msgspec.structs.asdict(server.trove)
+            scale_out[tier] = background if tier != "trove" else trove_window_ns(a, b, background, final)
         sequencer[name] = max(own, 0.0)
     sequencer["ledger"] = max(engine_ns - inline, 0.0)
     cpu_ns = (server.cpu_s or 0.0) * 1e9
@@ -463,6 +467,53 @@ def _tier_ns(result: RunResult, hooks: Sequence[str], hook_params: dict[str, Any
         # Per second of the machine's own window (a few ms off the load's), as ns over ``window_s``.
         tiers[KERNEL] = machine.kernel_s / machine.seconds * window_s * 1e9
     return tiers
+
+
+def flush_ns_per_row(trove: dict[str, Any]) -> float | None:
+    """The trove's flush CPU per row over the memtables it wrote whole by then (its flusher's CPU,
+    ``engine.trove.store``): without the first flush (it pays one-time set-up too) once there
+    are others. None: no flush finished, or a file from before the store counted them."""
+    flushes, rows, cpu = (_num(trove.get(k)) for k in ("flushes", "rows_flushed", "flush_cpu_ns"))
+    if flushes < 1 or rows <= 0:
+        return None
+    first_rows, first_cpu = _num(trove.get("first_flush_rows")), _num(trove.get("first_flush_cpu_ns"))
+    if flushes >= 2 and rows > first_rows:
+        return (cpu - first_cpu) / (rows - first_rows)
+    return cpu / rows
+
+
+def trove_window_ns(
+    a: dict[str, Any], b: dict[str, Any], background_ns: float, final: dict[str, Any] | None = None
+) -> float:
+    """The trove child's CPU over a measured window, its flushes charged per row the window took.
+
+    Why: the child flushes a memtable every ``segment_rows`` rows or ``flush_interval_s`` (10 s)
+    and writes it over a second or more, so the flush CPU that falls inside a 7-10-s window
+    depends on where the window starts and whether the write ended inside it: the same profile
+    measured 544-2,042 ns a payment at 100k-574k/s (issue 21, quiet, ``test_bench_plan``). So the
+    flusher's CPU inside the window (its thread's, a flush still running at the end included) is
+    taken out and the rows the child took in it are charged the flush CPU per row of the memtables
+    written whole by the run's end (``final``: the result file's trove after the drain, which waits
+    for a flush then running) or else by the window's (``flush_ns_per_row``); the merges' CPU inside it is taken
+    out too (the plan charges merges from the trove cost file:
+    ``loadgen.plan.model.with_trove_life``, ``merged_trove_limit``). The rest (taking batches in,
+    building rows) is continuous and stays as measured. Without a finished flush, or in a file from
+    before these counters, the window's CPU stands as measured.
+    """
+    ta, tb = a.get("trove"), b.get("trove")
+    if not isinstance(tb, dict) or not isinstance(ta, dict) or "rows_seen" not in tb:
+        return background_ns
+    # The flushes finished by the run's end (``final``: the result's trove after the drain, a flush
+    # then running waited for) or else by the window's end.
+    per_row = next((v for t in (final, tb) if t is not None and (v := flush_ns_per_row(t)) is not None), None)
+    if per_row is None:
+        return background_ns
+    # The flusher's and compactor's threads' CPU clocks hold a flush or merge still running at the
+    # window's end; the counters, added as each ends, do not (older files have only those).
+    live = "flusher_thread_cpu_ns" in tb and "flusher_thread_cpu_ns" in ta
+    keys = ("flusher_thread_cpu_ns", "compactor_thread_cpu_ns") if live else ("flush_cpu_ns", "compaction_cpu_ns")
+    flush, merges = (_delta(a, b, "trove", k) for k in keys)
+    return max(background_ns - flush - merges, 0.0) + _delta(a, b, "trove", "rows_seen") * per_row
 
 
 def _delta(a: dict[str, Any], b: dict[str, Any], section: str, key: str) -> float:

@@ -210,6 +210,10 @@ class Server(msgspec.Struct, frozen=True):
     population_version: int | None = None
 
 
+#: The trove's flush counters a result file keeps (``engine.trove.store``, ``TroveOutcome``).
+FLUSH_FIGURES = ("flushes", "rows_flushed", "flush_cpu_ns", "first_flush_rows", "first_flush_cpu_ns")
+
+
 class TroveOutcome(msgspec.Struct, frozen=True):
     """The surveillance trove after the run's drain (profiles whose surveillance_log keeps one).
 
@@ -236,6 +240,15 @@ class TroveOutcome(msgspec.Struct, frozen=True):
     merge_debt_merges: int = 0
     #: The trove child's CPU (writer, compactor) over the whole server run, seconds.
     process_cpu_s: float = 0.0
+    #: Memtables written whole by then (``flushes``, ``rows_flushed``), the flusher's CPU for them,
+    #: the first apart (it pays one-time set-up too): what a window's trove is charged per row
+    #: (``loadgen.plan.inputs.trove_window_ns``, issue 21). The final probe waits for a flush running
+    #: at the drain's end (``loadgen.harness.measured``).
+    flushes: int = 0
+    rows_flushed: int = 0
+    flush_cpu_ns: int = 0
+    first_flush_rows: int = 0
+    first_flush_cpu_ns: int = 0
 
     @classmethod
     def of(cls, stats: dict[str, Any]) -> TroveOutcome | None:
@@ -254,6 +267,7 @@ class TroveOutcome(msgspec.Struct, frozen=True):
             merge_debt_rows=int(t.get("merge_debt_rows", 0)),
             merge_debt_merges=int(t.get("merge_debt_merges", 0)),
             process_cpu_s=int(t.get("process_cpu_ns", 0)) / 1e9,
+            **{k: int(t.get(k, 0)) for k in FLUSH_FIGURES},
         )
 
 

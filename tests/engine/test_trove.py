@@ -220,6 +220,30 @@ def test_an_interval_flush_does_not_stop_ingest_while_it_is_written(tmp_path, rn
         trove.close()
 
 
+def test_each_flush_counts_its_rows_and_cpu_the_first_apart(tmp_path, entries) -> None:
+    """The flush counters the plan charges a window's trove by (issue 21): every row written by a
+    finished flush, the flusher's CPU for them, the first flush's own figures kept apart."""
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=3600, compact=False), start=True)
+    ref = reference_rows(entries)
+    try:
+        for seq, batch, codes in entries[:20]:
+            trove.append(batch, codes, seq)
+        trove.flush()
+        first = dict(trove.stats())
+        for seq, batch, codes in entries[20:]:
+            trove.append(batch, codes, seq)
+        trove.flush()
+        st = trove.stats()
+    finally:
+        trove.close()
+    assert st["rows_flushed"] == st["rows"] == len(ref)
+    assert first["flushes"] >= 1 and st["flushes"] > first["flushes"]
+    assert st["first_flush_rows"] == first["first_flush_rows"] > 0
+    assert st["first_flush_cpu_ns"] == first["first_flush_cpu_ns"] > 0
+    assert first["rows_flushed"] < st["rows_flushed"] and first["flush_cpu_ns"] < st["flush_cpu_ns"]
+    assert st["flush_cpu_ns"] <= st["writer_cpu_ns"]  # the flusher's share of the writer's CPU
+
+
 def test_compaction_keeps_the_multiset_of_rows_and_both_orderings(tmp_path, entries) -> None:
     trove = Trove.open(small_config(tmp_path / "t", partition_s=86_400), start=False)
     load_sync(trove, entries)
