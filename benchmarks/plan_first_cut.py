@@ -14,7 +14,9 @@ Run from the repository root on a quiet machine (about 24 minutes on 2 cores, ``
    and, where the profile keeps one, a trove: CPU by tier, wire and journal bytes; a trove
    profile's run lasts whole flush periods of its writer at its rate (``trove_run_seconds``, 7-10 s);
 3. ``cbdc-bench compare`` searches (one repeat, 1-second trials; the trove profiles in searches of
-   their own with ``TROVE_TRIAL_S`` = 10-second trials, each holding a flush): each profile's measured maximum on
+   their own with ``TROVE_TRIAL_S`` = 10-second trials, each holding a flush), journalled like the
+   runs (``--journal``, ``--fsync interval:10``: the searches used to run without a journal, so they
+   measured another system than the fit): each profile's measured maximum on
    this machine, to check the plan's predicted maximum against; their ``compare.json`` are copied
    into ``OUT/maxima`` and their search trials into ``OUT/maxima/search-trials`` (what stopped each
    search: a generator flat out, or the machine out of CPU; never fitted);
@@ -405,9 +407,11 @@ def measure(
             kind = "signed" if extra else "unsigned"
             trial = trial_seconds(name, flush_windows=flush_windows)
             scenario = ["--scenario", str(search_scenario(out / f"search-{kind}.toml", SEARCH[kind], scale))]
+            # Journalled like the fitted runs (``--fsync interval:10``): the searches measure the same system.
+            journal = ["--journal", str(scratch / "search-journals"), "--fsync", "interval:10"]
             rec.run(["compare", "--profiles", *profiles, *extra, *scenario, "--repeats", "1", "--search-seconds",
                      trial, "--equal-seconds", trial, "--warmup", "1", "--accounts", accounts, "--no-report",
-                     "--steal-retries", str(steal_retries), "--out", str(folder)], ok=(0,))  # fmt: skip
+                     *journal, "--steal-retries", str(steal_retries), "--out", str(folder)], ok=(0,))  # fmt: skip
             (out / "maxima").mkdir(parents=True, exist_ok=True)
             shutil.copy(folder / "compare.json", out / "maxima" / f"{flat}.json")
             copied = copy_trials(folder, out / "maxima" / TRIALS / flat)

@@ -37,6 +37,7 @@ from loadgen.cli.common_args import (
     add_accounts,
     add_drain,
     add_hooks_path,
+    add_journal,
     add_out,
     add_resume,
     add_reuse_server,
@@ -71,6 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_seed(p, what="profile order and the workload")
     add_out(p, default=None, when_unset="results/compare-STAMP-MODE")
     add_trove(p, keep=True)
+    add_journal(p)
     add_accounts(p, default=None, unset="the plan's")
     p.add_argument(
         "--search-seconds",
@@ -143,6 +145,8 @@ def _main(args: argparse.Namespace) -> int:
             "report then says its trials were not independent); or use 'run --target HOST:PORT --repeats N' and "
             "'cbdc-bench diff'"
         )
+    if args.target is not None and args.journal is not None:
+        raise ValueError("--journal applies to the servers compare starts, not to a --target it loads")
     if args.reuse_server and args.target is None:
         raise ValueError("--reuse-server goes with --target HOST:PORT (the server to reuse)")
     if args.resume is not None:
@@ -175,6 +179,9 @@ def _main(args: argparse.Namespace) -> int:
             server_args=hooks_path_arguments(args.hooks_path) + validators_arguments(args.validators),
             trove=args.trove,
             keep_trove=args.keep_trove,
+            journal=args.journal,
+            fsync=args.fsync,
+            keep_journal=args.keep_journal,
         )
     except CompareError as exc:
         print(f"cbdc-bench compare: {exc}", file=sys.stderr)

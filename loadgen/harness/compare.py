@@ -335,6 +335,7 @@ class Session:
             targets=self.settings,
             external=self.external,
             calibration=self.calibration,
+            server_args=() if self.external else tuple(server.args),  # the serve arguments, as ``run`` records
         )
 
     def search(self, start_tps: float, growth: float) -> ProfileSearch:
@@ -387,13 +388,20 @@ def run_compare(
     trove: str | Path | None = None,
     keep_trove: bool = False,
     server_args: tuple[str, ...] = (),
+    journal: str | Path | None = None,
+    fsync: str = "batch",
+    keep_journal: bool = False,
     resume: bool = False,
     target: tuple[str, int] | None = None,
 ) -> tuple[CompareSummary, Path]:
     """Run the comparison; the summary and its path (``OUT/compare.json``).
 
     Each server of a profile that keeps a trove gets its own, ``PROFILE-rREPEAT`` under ``trove``
-    (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``. ``resume``:
+    (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``. With
+    ``journal`` each server journals (``fsync`` policy) to a fresh file there,
+    ``PROFILE-rREPEAT-N.cbj``, deleted with its lock file when the session ends unless
+    ``keep_journal``: the searches then measure the system ``run --journal`` measures (the capacity
+    plan fits journalled runs, issue 21). ``resume``:
     ``out`` holds an interrupted comparison of the same arguments; its completed phases are read
     back instead of measured (``loadgen.harness.resume``). ``target``: every session loads that
     running server instead of a fresh one (``--reuse-server``): only its profile is searched, and
@@ -493,10 +501,17 @@ def run_compare(
             if profile != ECHO and trove_needed(profile, scenario):
                 trial_trove = (Path(trove) if trove is not None else out_dir / "troves") / f"{profile}-r{repeat}"
 
+            journals: list[Path] = []
+
             def start() -> ServerProcess:
                 if target is not None:  # a stand-in that was never started: no pid, nothing to stop
                     return ServerProcess([], 0.0, host=target[0], port=target[1])
-                return servers.enter_context(_server(profile, plan, seed, scenario, trial_trove, server_args))
+                extra = server_args
+                if journal is not None:  # a fresh file per server: a restarted one must not replay the last
+                    Path(journal).mkdir(parents=True, exist_ok=True)
+                    journals.append(Path(journal) / f"{profile}-r{repeat}-{len(journals) + 1}.cbj")
+                    extra = (*extra, "--journal", str(journals[-1]), "--fsync", fsync)
+                return servers.enter_context(_server(profile, plan, seed, scenario, trial_trove, extra))
 
             try:
                 with contextlib.ExitStack() as servers:
@@ -518,6 +533,10 @@ def run_compare(
             finally:
                 if trial_trove is not None and not keep_trove:
                     shutil.rmtree(trial_trove, ignore_errors=True)
+                for file in journals:  # the servers have stopped: their lock files go too
+                    file.with_name(file.name + ".lock").unlink(missing_ok=True)
+                    if not keep_journal:
+                        file.unlink(missing_ok=True)
 
         order = profile_orders(searched, repeats=plan.repeats, rng=rng)
         for repeat, sequence in enumerate(order, start=1):

@@ -53,3 +53,33 @@ def test_each_compare_server_gets_a_trove_deleted_unless_kept(tmp_path: Path, ke
     dirs = {Path(t.dir) for t in troves if t is not None}
     assert dirs and all(d.parent == out / "troves" for d in dirs) and None not in troves
     assert all(d.is_dir() == keep for d in dirs)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["deleted", "kept"])
+def test_compare_journals_each_server_to_its_own_file_when_asked(tmp_path: Path, keep: bool) -> None:
+    # Issue 21: the capacity plan fits journalled runs, so its searches journal too.
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(SCENARIO.replace("surveillance = ", "baseline = [] \nsurveillance = "))
+    plan = tiny_plan(
+        accounts=2_000, repeats=1, precision=0.5, search_warmup_s=0.2, search_seconds=0.4,
+        equal_warmup_s=0.2, equal_seconds=0.4,
+    )  # fmt: skip
+    journals = tmp_path / "journals"
+    summary, path = run_compare(
+        str(scenario),
+        profiles=["baseline"],
+        plan=plan,
+        seed=5,
+        out=tmp_path / "out",
+        console=Console(file=io.StringIO()),
+        make_report=False,
+        journal=journals,
+        fsync="interval:10",
+        keep_journal=keep,
+    )
+    results = [load(path.parent / ref.file) for ref in summary.runs]
+    assert results and all(r.server.durability.fsync == "interval:10" for r in results)
+    files = {a for r in results for a in r.settings.server_args if a.endswith(".cbj")}
+    assert files and all(Path(f).parent == journals for f in files)
+    assert all(Path(f).is_file() == keep for f in files)
+    assert not list(journals.glob("*.lock"))
