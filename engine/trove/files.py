@@ -27,6 +27,35 @@ _BUFFER_BYTES = 1 << 22
 _DICTIONARY_COLUMNS = ["category", "operator", "code"]
 #: Delta encoding for the columns that are sorted, or nearly, in some ordering (another ~2 bytes/row).
 _DELTA_COLUMNS = dict.fromkeys(["timestamp_ns", "batch_seq", "payer", "payee"], "DELTA_BINARY_PACKED")
+#: Min/max statistics only where a reader prunes by them: the account a file is sorted by (a
+#: lookup's sparse index, ``query._LookupIndex``) and the time (DuckDB's scans filter on it).
+#: Statistics on the other 9 columns prune nothing (each spans its whole range in every row group)
+#: and cost their comparisons per value and their footer bytes: measured with the writer's other
+#: savings below (``benchmarks/trove_merge_cost.py``, shared machine).
+STATISTICS_COLUMNS = ["timestamp_ns", "payer", "payee"]
+
+
+def file_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as the trove writes it to a file: every column *required* (not nullable).
+
+    A trove row never has a null, and a nullable Parquet column carries definition levels: the
+    writer encodes one per value (``LevelEncoder``) and every reader decodes them again. Readers
+    get the columns back as not-null fields; ``nullable`` gives a table the trove's
+    ``arrow_schema`` (nullable, as older files are) so tables from old and new files concatenate.
+    """
+    import pyarrow as pa
+
+    return pa.schema([f.with_nullable(False) for f in schema], metadata=schema.metadata)
+
+
+def nullable(table: pa.Table) -> pa.Table:
+    """``table`` with every field nullable (a zero-copy cast): files' required columns
+    (``file_schema``) as the trove's ``arrow_schema`` has them."""
+    if all(f.nullable for f in table.schema):
+        return table
+    import pyarrow as pa
+
+    return table.cast(pa.schema([f.with_nullable(True) for f in table.schema], metadata=table.schema.metadata))
 
 
 class _HashingFile:
@@ -98,6 +127,7 @@ def write_parquet(
     # and plain encoding (dictionaries and delta encoding cost as much as lz4 to make).
     plain = compression == "none"
     meta = {META_TROVE_ID: trove_id.encode(), META_SEGMENT_ID: str(segment_id).encode()}
+    required = file_schema(schema)
     rows = 0
     with replacing(path) as tmp, tmp.open("wb") as f:
         # Hashed as written (``_HashingFile``), not read back after: the same digest of the same
@@ -106,14 +136,16 @@ def write_parquet(
         stream = pa.BufferedOutputStream(pa.PythonFile(sink, mode="w"), buffer_size=_BUFFER_BYTES)
         with pq.ParquetWriter(
             stream,
-            schema.with_metadata(meta),
+            required.with_metadata(meta),
             compression=compression,
             use_dictionary=False if plain else _DICTIONARY_COLUMNS,
             column_encoding=None if plain else _DELTA_COLUMNS,
             write_page_checksum=True,
-            write_statistics=True,
+            write_statistics=STATISTICS_COLUMNS,
         ) as writer:
             for batch in batches:
+                if not batch.schema.equals(required):
+                    batch = batch.cast(required)  # the same columns, declared not null
                 writer.write_batch(batch, row_group_size=row_group_rows)
                 rows += batch.num_rows
         stream.close()
