@@ -33,18 +33,21 @@ _DICTIONARY_COLUMNS = ["category", "operator", "code"]
 #: (shared machine, alternated, 9 rounds: ``delta_columns``).
 _DELTA_SORTED = ["timestamp_ns", "batch_seq"]
 #: Columns written without the file's codec: the dictionary-encoded ones (their pages are a few
-#: bits a row already) and the accounts (the file's own, delta-encoded, is a few bits a row too;
-#: the other is random in this ordering: a codec finds nothing in it). Each compressed page costs
-#: zstd a context of its own (~a quarter of its CPU in a 4,096-row final file's small pages).
-#: Measured on a 2^20-row payer-sorted final file (zstd, 4,096-row groups), shared machine,
-#: alternated, 9 rounds: 0.885x the write CPU for +0.05 B/row (25.79 -> 25.84); the dictionary
-#: columns alone 0.93x, +0.02 B/row.
-_UNCOMPRESSED = ["category", "operator", "code", "payer", "payee"]
+#: bits a row already) and, per file, the account it is sorted by (delta-encoded: a few bits a row
+#: too). Each compressed page costs zstd a context of its own (~a quarter of its CPU in a 4,096-row
+#: final file's small pages). Measured on a 2^20-row payer-sorted final file (zstd, 4,096-row
+#: groups; shared machine, alternated, 5-9 rounds): the dictionary columns 0.93x the write CPU for
+#: +0.02 B/row, the file's account besides 0.88-0.94x in all for +0.04-0.07 B/row (25.79 -> 25.84
+#: over 10^9 accounts, 24.20 -> 24.27 over 2*10^7). Not the other account: random in this ordering,
+#: zstd still takes its high bytes when the accounts are fewer than 2^32 (+0.5 B/row uncompressed
+#: over 2*10^7 accounts; nothing over 10^9).
+_UNCOMPRESSED = ["category", "operator", "code"]
 
 
-def column_compression(compression: str) -> dict[str, str]:
-    """The codec of each column in a file written with ``compression``: it, but for ``_UNCOMPRESSED``."""
-    return {name: "none" if name in _UNCOMPRESSED else compression for name in COLUMNS}
+def column_compression(compression: str, ordering: str) -> dict[str, str]:
+    """The codec of each column in a file sorted by ``ordering`` written with ``compression``: it,
+    but for ``_UNCOMPRESSED`` and ``ordering``'s column."""
+    return {name: "none" if name in _UNCOMPRESSED or name == ordering else compression for name in COLUMNS}
 
 
 def delta_columns(ordering: str) -> dict[str, str]:
@@ -163,7 +166,7 @@ def write_parquet(
         with pq.ParquetWriter(
             stream,
             required.with_metadata(meta),
-            compression=compression if plain else column_compression(compression),
+            compression=compression if plain else column_compression(compression, ordering),
             use_dictionary=False if plain else _DICTIONARY_COLUMNS,
             column_encoding=None if plain else delta_columns(ordering),
             write_page_checksum=True,
