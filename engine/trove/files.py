@@ -59,8 +59,12 @@ def delta_columns(ordering: str) -> dict[str, str]:
 #: Min/max statistics only where a reader prunes by them: the account a file is sorted by (a
 #: lookup's sparse index, ``query._LookupIndex``) and the time (DuckDB's scans filter on it).
 #: Statistics on the other 9 columns prune nothing (each spans its whole range in every row group)
-#: and cost their comparisons per value and their footer bytes: measured with the writer's other
-#: savings below (``benchmarks/trove_merge_cost.py``, shared machine).
+#: and cost their comparisons per value and their footer bytes. Measured on a 2^20-row
+#: payer-sorted file, one process, alternated, 7 rounds (shared machine): with required columns
+#: (``file_schema``) as well, 0.65x the write CPU of a plain file (16,384-row groups; 0.80x the
+#: statistics alone, 0.68x the required columns alone) and 0.78x of a zstd final file (4,096-row
+#: groups); a 2*10^7-row ``trove build``'s footers 10.65 -> 7.09 MB, its lookups' CPU no higher
+#: (``benchmarks.trove_lookup_cost``, 6 rounds each: 2.8-3.7 against 3.3-4.2 ms warm).
 STATISTICS_COLUMNS = ["timestamp_ns", "payer", "payee"]
 
 
