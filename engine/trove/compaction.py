@@ -412,14 +412,25 @@ def _regrouped(chunks: Iterable[dict[str, np.ndarray]], group_rows: int) -> Iter
     def batch(cols: dict[str, np.ndarray]) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays([pa.array(cols[name]) for name in schema.names], schema=schema)
 
+    # A chunk is not copied to join the rows carried over from the last (a merge step's rows, every
+    # column, were copied a third time so): the carry and the chunk's head make one group, the
+    # chunk's whole groups after it are a view, and the rest (less than a group) is copied over.
     carry: dict[str, np.ndarray] | None = None
     for chunk in chunks:
-        cols = concat_rows([carry, chunk]) if carry is not None else chunk
-        n = len(cols["payer"])
-        whole = n - n % group_rows
-        if whole:
-            yield batch({name: col[:whole] for name, col in cols.items()})
-        carry = {name: col[whole:] for name, col in cols.items()} if whole < n else None
+        n = len(chunk["payer"])
+        start = 0
+        if carry is not None:
+            start = min(group_rows - len(carry["payer"]), n)
+            carry = concat_rows([carry, {name: col[:start] for name, col in chunk.items()}])
+            if len(carry["payer"]) < group_rows:
+                continue
+            yield batch(carry)
+            carry = None
+        whole = start + (n - start) // group_rows * group_rows
+        if whole > start:
+            yield batch({name: col[start:whole] for name, col in chunk.items()})
+        if whole < n:
+            carry = {name: col[whole:].copy() for name, col in chunk.items()}
     if carry is not None:
         yield batch(carry)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from engine.trove.manifest import META_SEGMENT_ID, META_TROVE_ID, FileEntry, replacing
+from engine.trove.schema import COLUMNS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -25,8 +26,69 @@ _BUFFER_BYTES = 1 << 22
 #: Dictionary encoding only where values are few: on ids, times and amounts it falls back after
 #: wasting a dictionary page per row group (measured: 37 -> 25 bytes/row on a payer-sorted file).
 _DICTIONARY_COLUMNS = ["category", "operator", "code"]
-#: Delta encoding for the columns that are sorted, or nearly, in some ordering (another ~2 bytes/row).
-_DELTA_COLUMNS = dict.fromkeys(["timestamp_ns", "batch_seq", "payer", "payee"], "DELTA_BINARY_PACKED")
+#: Delta encoding for the columns that are sorted, or nearly, in a file's ordering (another ~2
+#: bytes/row): its account and, within an account, the time and batch. Not the other account (in
+#: a payer-sorted file the payee is random: its deltas are as wide as its values): measured on a
+#: 2^20-row payer-sorted final file (zstd, 4,096-row groups), 0.96x the write CPU for +0.06 B/row
+#: (shared machine, alternated, 9 rounds: ``delta_columns``).
+_DELTA_SORTED = ["timestamp_ns", "batch_seq"]
+#: Columns written without the file's codec: the dictionary-encoded ones (their pages are a few
+#: bits a row already) and, per file, the account it is sorted by (delta-encoded: a few bits a row
+#: too). Each compressed page costs zstd a context of its own (~a quarter of its CPU in a 4,096-row
+#: final file's small pages). Measured on a 2^20-row payer-sorted final file (zstd, 4,096-row
+#: groups; shared machine, alternated, 5-9 rounds): the dictionary columns 0.93x the write CPU for
+#: +0.02 B/row, the file's account besides 0.88-0.94x in all for +0.04-0.07 B/row (25.79 -> 25.84
+#: over 10^9 accounts, 24.20 -> 24.27 over 2*10^7). Not the other account: random in this ordering,
+#: zstd still takes its high bytes when the accounts are fewer than 2^32 (+0.5 B/row uncompressed
+#: over 2*10^7 accounts; nothing over 10^9).
+_UNCOMPRESSED = ["category", "operator", "code"]
+
+
+def column_compression(compression: str, ordering: str) -> dict[str, str]:
+    """The codec of each column in a file sorted by ``ordering`` written with ``compression``: it,
+    but for ``_UNCOMPRESSED`` and ``ordering``'s column."""
+    return {name: "none" if name in _UNCOMPRESSED or name == ordering else compression for name in COLUMNS}
+
+
+def delta_columns(ordering: str) -> dict[str, str]:
+    """The columns a file sorted by ``ordering`` delta-encodes: the time, the batch and the account
+    it is sorted by (``ordering``, when it names a column)."""
+    return dict.fromkeys([*_DELTA_SORTED, ordering] if ordering in COLUMNS else _DELTA_SORTED, "DELTA_BINARY_PACKED")
+
+
+#: Min/max statistics only where a reader prunes by them: the account a file is sorted by (a
+#: lookup's sparse index, ``query._LookupIndex``) and the time (DuckDB's scans filter on it).
+#: Statistics on the other 9 columns prune nothing (each spans its whole range in every row group)
+#: and cost their comparisons per value and their footer bytes. Measured on a 2^20-row
+#: payer-sorted file, one process, alternated, 7 rounds (shared machine): with required columns
+#: (``file_schema``) as well, 0.65x the write CPU of a plain file (16,384-row groups; 0.80x the
+#: statistics alone, 0.68x the required columns alone) and 0.78x of a zstd final file (4,096-row
+#: groups); a 2*10^7-row ``trove build``'s footers 10.65 -> 7.09 MB, its lookups' CPU no higher
+#: (``benchmarks.trove_lookup_cost``, 6 rounds each: 2.8-3.7 against 3.3-4.2 ms warm).
+STATISTICS_COLUMNS = ["timestamp_ns", "payer", "payee"]
+
+
+def file_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as the trove writes it to a file: every column *required* (not nullable).
+
+    A trove row never has a null, and a nullable Parquet column carries definition levels: the
+    writer encodes one per value (``LevelEncoder``) and every reader decodes them again. Readers
+    get the columns back as not-null fields; ``nullable`` gives a table the trove's
+    ``arrow_schema`` (nullable, as older files are) so tables from old and new files concatenate.
+    """
+    import pyarrow as pa
+
+    return pa.schema([f.with_nullable(False) for f in schema], metadata=schema.metadata)
+
+
+def nullable(table: pa.Table) -> pa.Table:
+    """``table`` with every field nullable (a zero-copy cast): files' required columns
+    (``file_schema``) as the trove's ``arrow_schema`` has them."""
+    if all(f.nullable for f in table.schema):
+        return table
+    import pyarrow as pa
+
+    return table.cast(pa.schema([f.with_nullable(True) for f in table.schema], metadata=table.schema.metadata))
 
 
 class _HashingFile:
@@ -98,6 +160,7 @@ def write_parquet(
     # and plain encoding (dictionaries and delta encoding cost as much as lz4 to make).
     plain = compression == "none"
     meta = {META_TROVE_ID: trove_id.encode(), META_SEGMENT_ID: str(segment_id).encode()}
+    required = file_schema(schema)
     rows = 0
     with replacing(path) as tmp, tmp.open("wb") as f:
         # Hashed as written (``_HashingFile``), not read back after: the same digest of the same
@@ -106,14 +169,16 @@ def write_parquet(
         stream = pa.BufferedOutputStream(pa.PythonFile(sink, mode="w"), buffer_size=_BUFFER_BYTES)
         with pq.ParquetWriter(
             stream,
-            schema.with_metadata(meta),
-            compression=compression,
+            required.with_metadata(meta),
+            compression=compression if plain else column_compression(compression, ordering),
             use_dictionary=False if plain else _DICTIONARY_COLUMNS,
-            column_encoding=None if plain else _DELTA_COLUMNS,
+            column_encoding=None if plain else delta_columns(ordering),
             write_page_checksum=True,
-            write_statistics=True,
+            write_statistics=STATISTICS_COLUMNS,
         ) as writer:
             for batch in batches:
+                if not batch.schema.equals(required):
+                    batch = batch.cast(required)  # the same columns, declared not null
                 writer.write_batch(batch, row_group_size=row_group_rows)
                 rows += batch.num_rows
         stream.close()

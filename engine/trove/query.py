@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from engine.simtime import CST_OFFSET_NS, NS_PER_DAY, NS_PER_HOUR
 from engine.trove import rollup
 from engine.trove.config import TroveConfig
-from engine.trove.files import CorruptSegment, check_file
+from engine.trove.files import CorruptSegment, check_file, nullable
 from engine.trove.manifest import FileEntry, Segment, load_manifest
 from engine.trove.schema import arrow_schema
 
@@ -320,7 +320,10 @@ class TroveReader:
         per_group = np.add.reduceat(hits, np.concatenate([[0], np.cumsum(index.rows[groups])[:-1]]))
         wanted = groups[per_group > 0].tolist()
         self._count(counts[1], len(wanted))
-        return index.file.read_row_groups(wanted, columns=None if columns is None else list(columns), use_threads=False)
+        # Not-null fields (``files.file_schema``) as nullable: tables of old and new files concatenate.
+        return nullable(
+            index.file.read_row_groups(wanted, columns=None if columns is None else list(columns), use_threads=False)
+        )
 
     # ---- (b) ----------------------------------------------------------------------------------
 
@@ -536,7 +539,7 @@ class TroveReader:
                 found = hits["row"].to_numpy()[np.isin(hits[key].to_numpy(), wanted)]
                 rows = self._rows_at(source, np.sort(found), columns) if len(found) else None
             else:
-                rows = pq.read_table(source, columns=list(columns), use_threads=False)
+                rows = nullable(pq.read_table(source, columns=list(columns), use_threads=False))
             return None if rows is None else _where(rows, key, wanted, lo, hi)
 
         found = [t for t in self._map(one, files) if t is not None and t.num_rows]
@@ -558,7 +561,7 @@ class TroveReader:
         table = index.file.read_row_groups(wanted.tolist(), columns=list(columns), use_threads=False)
         # Where each wanted group begins in ``table``: its rows are the groups' rows end to end.
         begins = np.concatenate([[0], np.cumsum(index.rows[wanted])[:-1]])
-        return table.take(positions - starts[groups] + begins[np.searchsorted(wanted, groups)])
+        return nullable(table.take(positions - starts[groups] + begins[np.searchsorted(wanted, groups)]))
 
     def _sidecar(self, root: Path, entry: FileEntry, key: str) -> Path:
         """The sidecar of the run file ``entry`` by ``key``, built now if it is not there (one at a

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.simtime import NS_PER_HOUR
-from engine.trove import compaction
+from engine.trove import compaction, files
 from engine.trove.files import digest, write_parquet
 from engine.trove.manifest import Segment, load_manifest
 from engine.trove.query import TroveReader
@@ -22,6 +22,7 @@ from engine.trove.store import Trove
 from tests.engine.test_trove import (
     START_NS,
     expected_payments,
+    load,
     load_sync,
     random_entries,
     reference_rows,
@@ -97,10 +98,17 @@ def _no_duckdb():
 
 
 def _codec(root: Path, seg: Segment) -> set[str]:
+    """The codecs of the columns the files compress (``files.column_compression``: not every column)."""
     out = set()
     for f in seg.files:
+        compressed = {n for n, codec in files.column_compression("zstd", f.ordering).items() if codec != "none"}
         meta = pq.read_metadata(root / f.path)
-        out |= {meta.row_group(0).column(c).compression for c in range(meta.num_columns)}
+        for c in range(meta.num_columns):
+            column = meta.row_group(0).column(c)
+            if column.path_in_schema in compressed:
+                out.add(column.compression)
+            else:
+                assert column.compression == "UNCOMPRESSED", column.path_in_schema
     return out
 
 
@@ -322,3 +330,57 @@ def test_merge_debt_follows_the_merges_a_merge_makes_due() -> None:
     assert compaction.merge_debt(manifest, config) == (8 * small + 8 * big, 2)
     assert len(manifest.segments) == len(sizes)  # the manifest itself is left alone
     assert compaction.merge_debt(manifest, TroveConfig(fanin=8, compact=False)) == (0, 0)
+
+
+def test_files_store_required_columns_with_statistics_and_codecs_where_they_pay(tmp_path: Path, rng) -> None:
+    """Every column required (no definition levels), min/max statistics on the time and the
+    accounts only, delta encoding on a file's own account (not the other), and the dictionary
+    columns and the file's own account outside zstd: what ``files.write_parquet`` promises, in
+    both orderings."""
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=86_400, compact=False), start=False)
+    try:
+        load_sync(trove, list(random_entries(rng, 30)))
+        run = trove.manifest.segments[0]  # the partition's first run: zstd
+        for ordering in ("payer", "payee"):
+            meta = pq.read_metadata(trove.root / run.file(ordering).path)
+            assert all(not field.nullable for field in meta.schema.to_arrow_schema())
+            group = meta.row_group(0)
+            by_name = {group.column(c).path_in_schema: group.column(c) for c in range(meta.num_columns)}
+            with_stats = {n for n, c in by_name.items() if c.is_stats_set and c.statistics.has_min_max}
+            assert with_stats == {"timestamp_ns", "payer", "payee"}
+            other = "payee" if ordering == "payer" else "payer"
+            assert "DELTA_BINARY_PACKED" in by_name[ordering].encodings
+            assert "DELTA_BINARY_PACKED" not in by_name[other].encodings
+            uncompressed = {n for n, c in by_name.items() if c.compression == "UNCOMPRESSED"}
+            assert uncompressed == {"category", "operator", "code", ordering}
+            assert by_name[other].compression == by_name["amount_fen"].compression == "ZSTD"
+    finally:
+        trove.close()
+
+
+def test_a_persons_payments_span_files_with_nullable_and_required_columns(tmp_path: Path, rng, monkeypatch) -> None:
+    """Files written before the columns were required (nullable: older troves) and after live side
+    by side: a lookup's tables from both concatenate, and a merge of both writes required columns."""
+    entries = list(random_entries(rng, 30))
+    half = len(entries) // 2
+    trove = Trove.open(small_config(tmp_path / "t", partition_s=86_400, compact=False), start=False)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(files, "file_schema", lambda schema: schema)  # as older versions wrote them
+            load_sync(trove, entries[:half])  # flushed before it returns
+        load(trove, entries[half:])
+        segs = trove.manifest.segments
+        nullable = [pq.read_schema(trove.root / s.files[0].path).field("payer").nullable for s in segs]
+        assert True in nullable and False in nullable
+        ref = reference_rows(entries)
+        reader = TroveReader(trove=trove)
+        for account in range(0, 60, 7):
+            assert table_rows(reader.payments(account)) == expected_payments(ref, account)
+        reader.close()
+        merged = compaction.merge(
+            trove.root, segs, 999, trove.manifest.trove_id, trove.config, duckdb_connection=_no_duckdb
+        )
+        assert not pq.read_schema(trove.root / merged.files[0].path).field("payer").nullable
+        assert sorted(table_rows(pq.read_table(trove.root / merged.files[0].path))) == sorted(ref)
+    finally:
+        trove.close()
