@@ -8,14 +8,16 @@ manifest does not yet list is simply not part of the trove).
 Incremental writeback (``SYNC_BYTES``): the file is ``fdatasync``-ed every 8 MB as it is written,
 not only once at the end. Why: the journal's fsync (every 10 ms under ``interval:10``, on the
 sequencer's thread) shares the disk with the trove, and a trove fsync carries everything written
-since the last one. With one fsync at the end, that is the whole file, dirty in the page cache
-(a flush's tier-0 files are 14-18 MB at 300,000/s; a merge's output, up to a 2^26-row run, GBs;
-``vm.dirty_background_ratio`` 10% of 24 GiB starts no writeback before ~2.4 GB): measured on
-this VM (virtio disk, ext4 without a journal, shared machine), a 150 KB append + fsync every 10 ms
-beside a 200 MB file written and then fsynced once took up to 72-80 ms, the length of the big
-fsync, against 5 ms alone (``/tmp``-style stand-alone test, 2026-12-04). Synced as it goes, no
-fsync carries more than ``SYNC_BYTES``. Durability is unchanged: the final fsync still precedes
-the rename, and the manifest lists the file only after that.
+since the last one: with one fsync at the end, the whole file, dirty in the page cache
+(``vm.dirty_background_ratio`` 10% of 24 GiB starts no writeback before ~2.4 GB). Measured with
+``python -m benchmarks.trove_fsync_beside_journal --mb 200 --rounds 3`` (this 2-core VM: virtio
+disk, ext4 without a journal, so no jbd2 commit ties the two files; shared machine, 2026-12-04):
+a journal's 150 KB append + fsync every 10 ms had fsyncs of up to 53-70 ms beside a 210 MB file with one fsync
+(1.6-4.0 ms alone), 6.3-9.7 ms with this one, in the same write time (0.44-0.72 s against
+0.48-0.67 s). At ``--mb 18``, the size of a first flush's files at 300,000/s (14-18 MB), neither
+stalls the journal (1.8-6.1 against 1.3-12.2 ms): it matters for merges, whose outputs reach ~2 GB (a 2^26-row run).
+Durability is unchanged: the final fsync still precedes the rename, and the manifest lists the
+file only after that.
 """
 
 from __future__ import annotations
