@@ -385,7 +385,7 @@ class TroveProcess(TroveFeed):
 
 
 def child_malloc_env() -> dict[str, str]:
-    """glibc malloc settings for the child (the caller's environment overrides them).
+    """glibc malloc (and OpenBLAS) settings for the child (the caller's environment overrides them).
 
     Why: the child allocates and frees a memtable's worth of numpy columns (~250 MB) per flush and
     per merge step, in arrays of 1-32 MB. glibc serves them with fresh ``mmap``s and returns them
@@ -397,10 +397,34 @@ def child_malloc_env() -> dict[str, str]:
     (the flush's peak, now kept for the next flush instead of returned).
     """
     return {
+        # No BLAS thread pool: the trove does no linear algebra, and numpy's import would start
+        # OpenBLAS's workers before the child lowers its priority (``renice_threads``).
+        "OPENBLAS_NUM_THREADS": "1",
         "MALLOC_ARENA_MAX": "1",
         "MALLOC_MMAP_THRESHOLD_": str(1 << 32),
         "MALLOC_TRIM_THRESHOLD_": str(1 << 34),
     }
+
+
+def renice_threads(increment: int) -> None:
+    """Lower every thread of this process by ``increment`` niceness (capped at 19).
+
+    Why not ``os.nice`` alone: Linux niceness is per thread, and ``os.nice`` changes only the
+    calling one. Threads made later inherit their creator's (the writer, flusher, compactor,
+    DuckDB's and pyarrow's pools are all made by reniced threads), but one made *before* stays at
+    the parent's: importing numpy starts OpenBLAS's worker (one on a 2-core machine), which was
+    measured at nice 0 in every child (``/proc/PID/task/*/stat``, 2026-12-04).
+    ``child_malloc_env`` now also asks OpenBLAS for no pool; this catches whatever else is there.
+    """
+    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + increment)
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except FileNotFoundError:  # no /proc: the calling thread only
+        os.nice(increment)
+        return
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.setpriority(os.PRIO_PROCESS, tid, max(target, os.getpriority(os.PRIO_PROCESS, tid)))
 
 
 def process_runqueue_wait_ns(pid: int) -> int:
@@ -497,7 +521,7 @@ def child_main(conn: Connection, shm: mmap.mmap, filled_r: int, freed_w: int) ->
     # Background work: on a busy machine the sequencer gets the CPU first, and the trove slows
     # it only through back-pressure (measured with other work on both cores: 0.34-0.45M/s at
     # nice 10, 0.24-0.34M/s at nice 0, in one session).
-    os.nice(config.process_nice)
+    renice_threads(config.process_nice)
     try:
         trove = Trove.open(config, deep_check=deep_check)
     except (ValueError, OSError) as exc:

@@ -18,6 +18,20 @@ journal) writes them again, and skips the rows the trove already holds, using ba
 
 Failures are loud: when the disk fills (or any write fails) ingest stops, ``failure`` says why,
 and every later ``append`` raises ``TroveStopped``; rows not persisted are counted.
+
+The first flush beside a journal (issues 17, 21: a ~90 ms latency spike in the second the first
+interval flush lands, ``surveillance`` at 300,000/s with ``--fsync interval:10``, no append
+wait). Looked at on 2026-12-04, shared machine, with ``perf`` tracepoints (every fsync and
+fdatasync, the scheduler's switches) and ``/proc`` sampled every 50 ms: the flush writes one run
+per partition it touches, two files of 14-18 MB each (fsynced in 9-171 ms on this busy disk), not
+~100 MB ones; the disk's ext4 has no journal (no jbd2 thread, no jbd2 event), so no jbd2 commit
+ties the journal's fsync to the trove's writeback; journal fsyncs overlapping a trove fsync were
+no slower than the others (max 8-43 against 51-136 ms from other disk users); no compaction
+stall, direct reclaim or major fault in the server; every child thread at nice 10 but OpenBLAS's
+idle worker (fixed: ``process.renice_threads``); the child held the CPU the sequencer waited for
+0.2-0.5 s of a 14-s run, up to 73 ms a second while flushing (the generator and other sessions'
+processes: 76-96% of its wait). What the spike is on a quiet machine stays unproven. Large files
+do stall the journal: ``files``, "Incremental writeback".
 """
 
 from __future__ import annotations

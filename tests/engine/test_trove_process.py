@@ -6,13 +6,17 @@ Each test starts one child (about half a second); the stores' own logic is teste
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -174,3 +178,41 @@ def test_the_child_runs_with_its_malloc_settings_unless_the_environment_sets_the
         trove.close()
     expected = {**child_malloc_env(), "MALLOC_ARENA_MAX": "2"}
     assert {k: environ.get(k) for k in expected} == expected
+
+
+def _thread_nices(pid: int) -> dict[int, int]:
+    """Niceness of each thread of ``pid`` (``/proc/PID/task/TID/stat``, field 19)."""
+    nices = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(FileNotFoundError):
+            nices[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[16])
+    return nices
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_every_thread_of_the_child_runs_at_its_niceness(tmp_path: Path) -> None:
+    config = msgspec.structs.replace(small_config(tmp_path / "t"), process_nice=7)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    trove = TroveProcess.open(config)
+    try:
+        trove.append(*_big_batch(np.random.default_rng(1), 5_000, 1, START_NS)[1:], 1)
+        trove.flush()  # the writer, flusher and whatever pools a flush starts are alive now
+        nices = _thread_nices(trove.pid)
+    finally:
+        trove.close()
+    assert len(nices) >= 4 and set(nices.values()) == {min(19, base + 7)}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_renice_threads_reaches_threads_started_before_it() -> None:
+    # In a child interpreter: a process cannot take its niceness back.
+    code = (
+        "import os, threading; from engine.trove.process import renice_threads\n"
+        "go = threading.Event(); t = threading.Thread(target=go.wait); t.start()\n"
+        "renice_threads(3)\n"
+        "print(os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, t.native_id))\n"
+        "go.set(); t.join()\n"
+    )
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert [int(x) for x in out] == [min(19, base + 3)] * 2
