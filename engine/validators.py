@@ -497,18 +497,29 @@ class LocalValidators(Validators):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Send parcels to the workers with room: first one to each idle worker, then a second to
-        each with one in flight (``PIPELINE_PARCELS``), so a worker never idles for a round trip while
-        work is queued. A parcel is the chunks at the queue's head up to a fair share (the queued
-        transfers over the live workers, at least ``min_split``, at most ``chunk_transfers``) and
-        at least one chunk."""
+        """Send parcels to the workers with room ("Parcels" in the module docstring).
+
+        First one to each idle worker: the queue split evenly over the idle workers (at least
+        ``min_split`` a parcel, at most ``chunk_transfers``), so a short queue is verified by every
+        idle worker at once rather than by one. Then, only while at least ``min_parcel`` transfers
+        are queued (a backlog), a second parcel behind each busy worker's (``PIPELINE_PARCELS``),
+        filled up to ``min_parcel`` or a fair share of the queue, so under load no worker idles for a
+        round trip; a shorter queue waits here for the first worker that answers (``_on_readable``
+        dispatches again), never behind a parcel a worker has only begun. A parcel is at least one
+        chunk."""
         if self._closing or not self._queue or not self._slots or self._hold_timer is not None:
             return
-        share = min(self.chunk_transfers, max(self.min_parcel, math.ceil(self._queued / len(self._slots))))
         queue = self._queue
+        idle = sum(1 for s in self._slots.values() if not s.inflight)
         for depth in range(PIPELINE_PARCELS):
+            if depth == 0:
+                if not idle:
+                    continue
+                share = min(self.chunk_transfers, max(self.min_split, math.ceil(self._queued / idle)))
+            else:
+                share = min(self.chunk_transfers, max(self.min_parcel, math.ceil(self._queued / len(self._slots))))
             for slot, s in list(self._slots.items()):
-                while queue and len(s.inflight) == depth:
+                while queue and len(s.inflight) == depth and (depth == 0 or self._queued >= self.min_parcel):
                     parcel = [queue.popleft()]
                     room = share - parcel[0].n
                     while queue and queue[0].n <= room:
