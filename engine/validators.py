@@ -17,13 +17,12 @@ Local workers (``LocalValidators``)
     A batch is cut evenly into chunks of at most ``chunk_transfers`` (one per worker, but none
     below ``min_split`` transfers: a smaller batch stays whole, ``chunk_size``), put on one queue;
     the chunks at its head
-    go to a worker together (a *parcel*: several Submits' chunks in one message), to an idle
-    worker at most its even share of what is queued (queued transfers over idle workers, at least
-    ``min_split``, at most ``chunk_transfers``), so that idle workers split a tick's Submits
-    instead of one taking them all.
-    Each worker has up to ``PIPELINE_PARCELS`` (2) parcels in flight under a backlog: while it
-    verifies one, the next waits in its pipe, so it never idles for a round trip while work piles
-    up; below ``min_parcel`` queued, a parcel waits for the first idle worker instead ("Parcels").
+    go to a worker together (a *parcel*: several Submits' chunks in one message), at most a fair
+    share of what is queued (queued transfers over live workers, at least ``min_parcel``, at most
+    ``chunk_transfers``), so that two idle workers split a burst above ``min_parcel`` instead of
+    one taking it all.
+    Each worker has up to ``PIPELINE_PARCELS`` (2) parcels in flight: while it verifies one, the
+    next waits in its pipe, so it never idles for a round trip while work is queued.
 
     Everything on the parent's side runs on the server's event loop, in its one thread: parcels
     are written to the pipes once per loop iteration after batches arrive (the Submits read in one
@@ -54,21 +53,6 @@ Parcels (``min_parcel``, ``ServerConfig.validator_min_parcel``, 128 by default)
     --min-parcel 32`` against 128, issue 19's sixth session, shared machine, the one alternated pair
     in which the tier kept pace): the workers' CPU per transfer above the verification's own 14.0
     against 2.9 us, the feeder's 7.0 against 5.9 us (33 against 80 transfers per parcel).
-
-    Since issue 19's ninth session the fill applies only under a backlog. Measured end to end
-    (``ValidatorStats``' timing counters, ``run --profile signed --validators 2 --rate 19000``,
-    shared machine, before this change): a verified transfer spent 0.10 ms queued in the server,
-    0.82 ms in a worker's pipe behind that worker's previous parcel and 4.96 ms from its parcel's
-    turn to its verdicts (57 transfers a parcel), 5.9 ms in all on average but 16-32 ms for its
-    slowest 3%, against the p99 SLO of 20 ms, of which the generator's 5 ms ticks already take up
-    to 7 ms (its send lag's p99). A tick's 96 transfers filled into one parcel take ~6 ms on one
-    core while the other worker idles, and a parcel sent behind a busy worker waits for that one
-    even when the other answers first. So now: an idle worker gets its even share of the queue
-    (the queued transfers over the idle workers, at least ``min_split``: a short queue is verified
-    by every idle worker at once); a parcel goes behind a busy worker's only while ``min_parcel``
-    or more are queued (a backlog: there the saved round trip is what counts), and a shorter queue
-    waits in the server for the first worker that answers. Under backlog parcels are filled as
-    before.
 
 Ticks (``verify_future``'s ``hold_s``, ``ServerConfig.validator_gather_us``, 0 by default: off)
     Filling parcels up to ``min_parcel`` joins only the Submits queued when the loop dispatches:
@@ -513,29 +497,18 @@ class LocalValidators(Validators):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Send parcels to the workers with room ("Parcels" in the module docstring).
-
-        First one to each idle worker: the queue split evenly over the idle workers (at least
-        ``min_split`` a parcel, at most ``chunk_transfers``), so a short queue is verified by every
-        idle worker at once rather than by one. Then, only while at least ``min_parcel`` transfers
-        are queued (a backlog), a second parcel behind each busy worker's (``PIPELINE_PARCELS``),
-        filled up to ``min_parcel`` or a fair share of the queue, so under load no worker idles for a
-        round trip; a shorter queue waits here for the first worker that answers (``_on_readable``
-        dispatches again), never behind a parcel a worker has only begun. A parcel is at least one
-        chunk."""
+        """Send parcels to the workers with room: first one to each idle worker, then a second to
+        each with one in flight (``PIPELINE_PARCELS``), so a worker never idles for a round trip while
+        work is queued. A parcel is the chunks at the queue's head up to a fair share (the queued
+        transfers over the live workers, at least ``min_split``, at most ``chunk_transfers``) and
+        at least one chunk."""
         if self._closing or not self._queue or not self._slots or self._hold_timer is not None:
             return
+        share = min(self.chunk_transfers, max(self.min_parcel, math.ceil(self._queued / len(self._slots))))
         queue = self._queue
-        idle = sum(1 for s in self._slots.values() if not s.inflight)
         for depth in range(PIPELINE_PARCELS):
-            if depth == 0:
-                if not idle:
-                    continue
-                share = min(self.chunk_transfers, max(self.min_split, math.ceil(self._queued / idle)))
-            else:
-                share = min(self.chunk_transfers, max(self.min_parcel, math.ceil(self._queued / len(self._slots))))
             for slot, s in list(self._slots.items()):
-                while queue and len(s.inflight) == depth and (depth == 0 or self._queued >= self.min_parcel):
+                while queue and len(s.inflight) == depth:
                     parcel = [queue.popleft()]
                     room = share - parcel[0].n
                     while queue and queue[0].n <= room:
