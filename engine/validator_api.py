@@ -39,6 +39,18 @@ class ValidatorStats(msgspec.Struct, kw_only=True):
     #: local tier), and how many of those holds ran out of time rather than ended by those Submits.
     holds: int = 0
     holds_expired: int = 0
+    #: Where a verified transfer's time goes (local tier), summed over transfers, in microseconds:
+    #: ``wait``: queued in the server until its parcel is sent; ``behind``: in a worker's pipe behind
+    #: that worker's previous parcel; ``service``: from its parcel's turn on the worker (sent, or
+    #: the previous parcel answered) until the verdicts are read (the verification, the worker's
+    #: and the server's wake-ups). Divide by ``timed_transfers`` for means.
+    timed_transfers: int = 0
+    wait_us_sum: float = 0.0
+    behind_us_sum: float = 0.0
+    service_us_sum: float = 0.0
+    #: Transfers by their whole time in the tier (wait + behind + service), in milliseconds
+    #: ("2-4": at least 2 ms, below 4): the tail that the sums hide.
+    tier_ms: dict[str, int] = msgspec.field(default_factory=dict)
     #: User + system CPU seconds of the live worker processes (local tier, Linux /proc; a worker that
     #: died takes its share with it). The inline tier's verification is in the server's own CPU.
     cpu_s: float = 0.0

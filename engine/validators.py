@@ -108,6 +108,7 @@ import collections
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -252,15 +253,22 @@ class _Batch:
 
 
 class _Chunk:
-    __slots__ = ("attempts", "batch", "n", "offset", "records", "signatures")
+    __slots__ = ("attempts", "batch", "n", "offset", "queued_ns", "records", "signatures")
 
-    def __init__(self, batch: _Batch, offset: int, n: int, records: bytes, signatures: bytes) -> None:
+    def __init__(self, batch: _Batch, offset: int, n: int, records: bytes, signatures: bytes, queued_ns: int) -> None:
         self.batch = batch
         self.offset = offset
         self.n = n
         self.records = records
         self.signatures = signatures
         self.attempts = 0
+        self.queued_ns = queued_ns  # perf_counter_ns when its batch was queued (ValidatorStats' times)
+
+
+def tier_ms_bucket(ns: int) -> str:
+    """``ValidatorStats.tier_ms``'s bucket of a time in the tier: "0-1", "1-2", "2-4", ... milliseconds."""
+    b = (ns // 1_000_000).bit_length()
+    return f"{1 << (b - 1)}-{1 << b}" if b else "0-1"
 
 
 class _Worker:
@@ -305,14 +313,16 @@ def _stop_all(workers: list[_Worker]) -> None:
 
 
 class _Slot:
-    """A live worker as the loop sees it: its parcels in flight (oldest first) and its deadline."""
+    """A live worker as the loop sees it: its parcels in flight (oldest first: the chunks, their
+    transfers, when the parcel was sent), its deadline, and when its last verdicts were read."""
 
-    __slots__ = ("inflight", "timer", "worker")
+    __slots__ = ("inflight", "replied_ns", "timer", "worker")
 
     def __init__(self, worker: _Worker) -> None:
         self.worker = worker
-        self.inflight: collections.deque[tuple[list[_Chunk], int]] = collections.deque()
+        self.inflight: collections.deque[tuple[list[_Chunk], int, int]] = collections.deque()
         self.timer: asyncio.TimerHandle | None = None
+        self.replied_ns = 0
 
 
 class LocalValidators(Validators):
@@ -398,7 +408,7 @@ class LocalValidators(Validators):
         for slot in list(self._slots):
             self._detach(slot)
         for s in slots:
-            for parcel, _ in s.inflight:
+            for parcel, *_ in s.inflight:
                 for c in parcel:
                     self._fail_batch(c.batch, "the validator pool was closed")
         self._fail_queued("the validator pool was closed")
@@ -409,7 +419,7 @@ class LocalValidators(Validators):
         return [s.worker.pid for s in self._slots.values()]
 
     def stats(self) -> ValidatorStats:
-        stats = msgspec.structs.replace(self._stats)
+        stats = msgspec.structs.replace(self._stats, tier_ms=dict(self._stats.tier_ms))
         stats.cpu_s = sum(process_cpu_s(pid) for pid in self.worker_pids())
         return stats
 
@@ -443,6 +453,7 @@ class LocalValidators(Validators):
         per = chunk_size(n, self.workers, self.min_split, self.chunk_transfers)
         offsets = range(0, n, per)
         batch = _Batch(n, len(offsets), future)
+        now = time.perf_counter_ns()
         self._queue.extend(
             _Chunk(
                 batch,
@@ -450,6 +461,7 @@ class LocalValidators(Validators):
                 min(per, n - o),
                 records[o * _RECORD_BYTES : (o + per) * _RECORD_BYTES],
                 signatures[o * SIGNATURE_BYTES : (o + per) * SIGNATURE_BYTES],
+                now,
             )
             for o in offsets
         )
@@ -508,7 +520,7 @@ class LocalValidators(Validators):
                     if not parcel:
                         continue
                     self._stats.parcels += 1
-                    s.inflight.append((parcel, sum(c.n for c in parcel)))
+                    s.inflight.append((parcel, sum(c.n for c in parcel), time.perf_counter_ns()))
                     if s.timer is None:
                         s.timer = self._arm(slot)
                     try:
@@ -540,12 +552,16 @@ class LocalValidators(Validators):
         if not s.inflight:
             self._died(slot, "answered a parcel it was not sent")
             return
-        parcel, n = s.inflight.popleft()
+        parcel, n, sent_ns = s.inflight.popleft()
+        now = time.perf_counter_ns()
+        turn_ns = max(sent_ns, s.replied_ns)
+        s.replied_ns = now
         if s.timer is not None:
             s.timer.cancel()
         s.timer = self._arm(slot) if s.inflight else None
         if reply[:1] == _VERDICTS and len(reply) == 1 + n:
             codes = np.frombuffer(reply, dtype=np.uint8, offset=1)
+            self._timed(parcel, n, sent_ns, turn_ns, now)
             at = 0
             for c in parcel:
                 batch = c.batch
@@ -562,6 +578,18 @@ class LocalValidators(Validators):
             for c in parcel:
                 self._fail_batch(c.batch, why)
         self._dispatch()
+
+    def _timed(self, parcel: list[_Chunk], n: int, sent_ns: int, turn_ns: int, now: int) -> None:
+        """Count where a verified parcel's transfers spent their time (``ValidatorStats``)."""
+        stats = self._stats
+        stats.timed_transfers += n
+        stats.behind_us_sum += n * (turn_ns - sent_ns) / 1e3
+        stats.service_us_sum += n * (now - turn_ns) / 1e3
+        tier_ms = stats.tier_ms
+        for c in parcel:
+            stats.wait_us_sum += c.n * (sent_ns - c.queued_ns) / 1e3
+            bucket = tier_ms_bucket(now - c.queued_ns)
+            tier_ms[bucket] = tier_ms.get(bucket, 0) + c.n
 
     # ---- workers that die ----------------------------------------------------------------------------
 
@@ -587,7 +615,7 @@ class LocalValidators(Validators):
         s = self._detach(slot)
         s.worker.process.kill()  # dead already, or hung: it must never answer later
         log.warning("validator pid %d %s; re-verifying its chunks", s.worker.pid, why)
-        chunks = [c for parcel, _ in s.inflight for c in parcel]
+        chunks = [c for parcel, *_ in s.inflight for c in parcel]
         for c in chunks:
             c.attempts += 1
         retry = [c for c in chunks if c.attempts < self.max_attempts and not c.batch.done]

@@ -20,6 +20,7 @@ from engine.validators import (
     chunk_size,
     make_validators,
     parse_validators,
+    tier_ms_bucket,
     verify_all,
 )
 from tests.engine.test_signing import ACCOUNTS, SEED, forge, signed_batch
@@ -342,3 +343,38 @@ def test_workers_run_under_the_given_policy(registry: signing.KeyRegistry, polic
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the server's own policy stays
     with pytest.raises(ValueError, match="policy"):
         LocalValidators(registry, 1, policy="idle")
+
+
+@pytest.mark.parametrize(
+    ("ns", "bucket"),
+    [(0, "0-1"), (999_999, "0-1"), (1_000_000, "1-2"), (2_500_000, "2-4"), (7_999_999, "4-8"), (40_000_000, "32-64")],
+)
+def test_tier_time_buckets(ns: int, bucket: str) -> None:
+    assert tier_ms_bucket(ns) == bucket
+
+
+def test_timing_counters_account_for_every_verified_transfer(registry: signing.KeyRegistry) -> None:
+    """Every verified transfer is timed once: its time in the server's queue, behind another
+    parcel in a worker's pipe and in service add up to what the histogram counts; a held Submit's
+    wait (``hold_s``) shows as queue time."""
+    pairs = [(b.tobytes(), s) for b, s in (signed_batch(n, stream=1000 + n) for n in (20, 40, 300, 7))]
+
+    async def run() -> None:
+        pool = LocalValidators(registry, 2, chunk_transfers=128)
+        await pool.start()
+        try:
+            await pool.verify_future(*pairs[0], hold_s=0.05)  # nobody ends this hold: 50 ms queued
+            held = pool.stats()
+            assert held.timed_transfers == 20
+            assert held.wait_us_sum / 20 >= 50_000  # the hold's timer: a lower bound, not a speed
+            assert held.service_us_sum > 0 and held.behind_us_sum == 0
+            await verify_all(pool, pairs[1:])
+            s = pool.stats()
+            assert s.timed_transfers == s.transfers == sum(len(r) // 48 for r, _ in pairs)
+            assert sum(s.tier_ms.values()) == s.timed_transfers
+            assert min(s.wait_us_sum, s.behind_us_sum) >= 0 and s.service_us_sum > 0
+            assert s.tier_ms is not pool.stats().tier_ms  # a copy: the caller cannot change the pool's
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
