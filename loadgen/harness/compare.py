@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import random
 import shutil
@@ -29,7 +30,7 @@ from loadgen.generator.gateway import GatewayError, LoadConfig, new_event_loop
 from loadgen.generator.workload import DEFAULT_SEED, ScenarioWorkload
 from loadgen.harness.admin import AdminClient
 from loadgen.harness.calibration import cpu_calibration
-from loadgen.harness.measured import run_measure
+from loadgen.harness.measured import remove_journal, run_measure
 from loadgen.harness.resume import ComparePlan, PhaseKey, PhaseLog, save_plan
 from loadgen.harness.search import RunOutcome, Trial, find_max_sustainable
 from loadgen.harness.server import ServerProcess, running_server, server_arguments
@@ -399,7 +400,8 @@ def run_compare(
     Each server of a profile that keeps a trove gets its own, ``PROFILE-rREPEAT`` under ``trove``
     (default ``OUT/troves``), deleted when that server stops unless ``keep_trove``. With
     ``journal`` each server journals (``fsync`` policy) to a fresh file there,
-    ``PROFILE-rREPEAT-N.cbj``, deleted with its lock file when the session ends unless
+    ``PROFILE-rREPEAT-N.cbj`` (N counts the comparison's servers), deleted with its segments,
+    snapshots and lock file when the session ends unless
     ``keep_journal``: the searches then measure the system ``run --journal`` measures (the capacity
     plan fits journalled runs, issue 21). ``resume``:
     ``out`` holds an interrupted comparison of the same arguments; its completed phases are read
@@ -509,7 +511,7 @@ def run_compare(
                 extra = server_args
                 if journal is not None:  # a fresh file per server: a restarted one must not replay the last
                     Path(journal).mkdir(parents=True, exist_ok=True)
-                    journals.append(Path(journal) / f"{profile}-r{repeat}-{len(journals) + 1}.cbj")
+                    journals.append(Path(journal) / f"{profile}-r{repeat}-{next(server_numbers)}.cbj")
                     extra = (*extra, "--journal", str(journals[-1]), "--fsync", fsync)
                 return servers.enter_context(_server(profile, plan, seed, scenario, trial_trove, extra))
 
@@ -533,11 +535,10 @@ def run_compare(
             finally:
                 if trial_trove is not None and not keep_trove:
                     shutil.rmtree(trial_trove, ignore_errors=True)
-                for file in journals:  # the servers have stopped: their lock files go too
-                    file.with_name(file.name + ".lock").unlink(missing_ok=True)
-                    if not keep_journal:
-                        file.unlink(missing_ok=True)
+                for file in journals:  # the servers have stopped: segments, snapshots and lock files go too
+                    remove_journal(file, keep=keep_journal)
 
+        server_numbers = itertools.count(1)  # journal names: never one a session before used
         order = profile_orders(searched, repeats=plan.repeats, rng=rng)
         for repeat, sequence in enumerate(order, start=1):
             for profile in sequence:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
+from engine.journal import segment_files
 from engine.memory import check_accounts_fit
 from engine.profiles import CompareSettings
 from engine.server.config import SIGNED_PROFILES
@@ -328,11 +330,23 @@ def run_benchmark(
             )
     finally:
         if journal is not None:
-            # The lock file outlives the server (deleting it could race a starting server); this
-            # run's journal is its own, so its lock file goes with it unless the journal is kept.
-            journal.with_name(journal.name + ".lock").unlink(missing_ok=True)
-            if not keep_journal:
-                journal.unlink(missing_ok=True)
+            remove_journal(journal, keep=keep_journal)
+
+
+def remove_journal(journal: Path, *, keep: bool = False) -> None:
+    """Delete a stopped server's own journal: its file, its segments (``J.seg-*``) and its
+    snapshots (``J.snapshots``, the server's default), unless ``keep``; its lock file always.
+
+    The lock file outlives the server (deleting it could race a starting server); a run's journal
+    is its own, so its lock file goes with it. A journal left half-deleted (its snapshots without
+    it) makes the next server of that path refuse to start, so all of it goes."""
+    journal.with_name(journal.name + ".lock").unlink(missing_ok=True)
+    if keep:
+        return
+    for _, segment in segment_files(journal):
+        segment.unlink(missing_ok=True)
+    journal.unlink(missing_ok=True)
+    shutil.rmtree(journal.with_name(journal.name + ".snapshots"), ignore_errors=True)
 
 
 def with_address(config: LoadConfig, host: str, port: int) -> LoadConfig:

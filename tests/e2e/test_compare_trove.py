@@ -79,7 +79,16 @@ def test_compare_journals_each_server_to_its_own_file_when_asked(tmp_path: Path,
     )
     results = [load(path.parent / ref.file) for ref in summary.runs]
     assert results and all(r.server.durability.fsync == "interval:10" for r in results)
-    files = {a for r in results for a in r.settings.server_args if a.endswith(".cbj")}
+    by_stage = {
+        ref.stage: {a for a in load(path.parent / ref.file).settings.server_args if a.endswith(".cbj")}
+        for ref in summary.runs
+    }
+    files = set().union(*by_stage.values())
     assert files and all(Path(f).parent == journals for f in files)
+    # Each session's server journals to a name no earlier one used (a reused name found the last
+    # server's snapshots and refused to start, in the first cut of 2026-12-04).
+    assert len(by_stage) == 2 and not set.intersection(*by_stage.values())
     assert all(Path(f).is_file() == keep for f in files)
     assert not list(journals.glob("*.lock"))
+    if not keep:  # nothing of a journal is left: no segments, no snapshots
+        assert not list(journals.iterdir())
