@@ -149,7 +149,7 @@ class Trove(TroveFeed):
             # The writer's and the flusher's threads.
             "writer_cpu_ns": 0,
             # Of it, the flusher's: memtables written whole (sorted, encoded, made durable), with
-            # their rows; the first flush apart (it also pays one-time set-up: imports, pools). A
+            # their rows; the first flush apart (it also pays first-touch memory: fresh allocations). A
             # measured window charges the trove per row flushed from these (``loadgen.plan.inputs``),
             # not the flush CPU that happened to fall inside it (issue 21).
             "flushes": 0,

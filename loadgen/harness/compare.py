@@ -496,6 +496,8 @@ def run_compare(
             rate = elapsed / done
             progress.update(overall, completed=done, eta=f"~{left * rate / 60:.1f} min left (estimate)")
 
+        server_numbers = itertools.count(1)  # journal names: never one a session before used
+
         @contextlib.contextmanager
         def session(profile: str, repeat: int) -> Iterator[Session]:
             """A fresh server for one profile and repeat, and the session that loads it."""
@@ -538,7 +540,6 @@ def run_compare(
                 for file in journals:  # the servers have stopped: segments, snapshots and lock files go too
                     remove_journal(file, keep=keep_journal)
 
-        server_numbers = itertools.count(1)  # journal names: never one a session before used
         order = profile_orders(searched, repeats=plan.repeats, rng=rng)
         for repeat, sequence in enumerate(order, start=1):
             for profile in sequence:

@@ -432,8 +432,10 @@ def _tier_ns(result: RunResult, hooks: Sequence[str], hook_params: dict[str, Any
                 (sequencer if part in SEQUENCER_TIERS else scale_out)[part] = ns
         elif background > 0:
             tier = BACKGROUND_TIER.get(name, f"{name}_background")
-            final = None if server.trove is None else msgspec.structs.asdict(server.trove)
-            scale_out[tier] = background if tier != "trove" else trove_window_ns(a, b, background, final)
+            if tier == "trove":
+                final = None if server.trove is None else msgspec.structs.asdict(server.trove)
+                background = trove_window_ns(a, b, background, final)
+            scale_out[tier] = background
         sequencer[name] = max(own, 0.0)
     sequencer["ledger"] = max(engine_ns - inline, 0.0)
     cpu_ns = (server.cpu_s or 0.0) * 1e9
@@ -471,7 +473,7 @@ def _tier_ns(result: RunResult, hooks: Sequence[str], hook_params: dict[str, Any
 
 def flush_ns_per_row(trove: dict[str, Any]) -> float | None:
     """The trove's flush CPU per row over the memtables it wrote whole by then (its flusher's CPU,
-    ``engine.trove.store``): without the first flush (it pays one-time set-up too) once there
+    ``engine.trove.store``): without the first flush (it also pays first-touch memory) once there
     are others. None: no flush finished, or a file from before the store counted them."""
     flushes, rows, cpu = (_num(trove.get(k)) for k in ("flushes", "rows_flushed", "flush_cpu_ns"))
     if flushes < 1 or rows <= 0:
