@@ -59,7 +59,15 @@ Fsync policies: ``batch`` (fsync, then the SYNC entry, before every acknowledgem
 acknowledged batch can be lost on a power cut, never on a process crash, since each entry reaches
 the kernel with ``os.write`` before the ack), ``off`` (never fsync while running: *nothing is
 promised after a power cut*; the tail is everything after the header, or after the fsync of the
-last clean shutdown). A failed write or fsync is never retried: after a failed fsync the kernel
+last clean shutdown). Under ``interval:MS`` in a running server (``start_timer`` given the loop),
+the fsync runs on the journal's own thread (``_sync_in_background``): the event loop goes on
+taking and applying frames (os.write to the same file) while the disk works, and the SYNC entry
+for what the fsync covered (the entries written before it started) is written on the loop when it
+returns. Acknowledgements never waited for it under this policy (they follow the ``os.write``),
+so durability is unchanged; what changes is that an fsync that takes 1-70 ms beside other writes
+on the disk (the trove's files: ``engine.trove.files``) no longer stalls every connection for
+that long. ``batch`` stays on the loop: its acknowledgement waits for the fsync anyway. A failed
+write or fsync is never retried: after a failed fsync the kernel
 may have dropped the unwritten pages (PostgreSQL's 2018 lesson), so the journal refuses every
 later call and the server stops; a restart replays what the file really holds.
 
@@ -82,6 +90,7 @@ Version history (``FORMAT_VERSION``):
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -516,6 +525,11 @@ class Journal:
         self._timer: Any = None
         self._call_later: Callable[[float, Callable[[], None]], Any] | None = None
         self._on_failure: Callable[[OSError], None] | None = None
+        #: interval mode in a server: the fsync thread, the loop its results go back to, and the
+        #: fsync running (its future, the last entry it covers, its start) or None.
+        self._fsync_thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: Any = None
+        self._inflight: tuple[concurrent.futures.Future[None], int, int] | None = None
 
     # ---- appending ---------------------------------------------------------------------------
 
@@ -536,7 +550,7 @@ class Journal:
             self.sync()
         elif self.policy.mode == "interval":
             if time.monotonic() - self._last_sync >= self.policy.interval_s:
-                self.sync()
+                self._sync_due()
             elif self._timer is None and self._call_later is not None:
                 self._timer = self._call_later(self.policy.interval_s, self._timer_sync)
         if self.segment_bytes and self._segment_size >= self.segment_bytes:
@@ -549,7 +563,7 @@ class Journal:
         never a torn write. The new segment (magic only) is created like the journal itself:
         temporary file, fsync, rename, directory fsync.
         """
-        self.sync()
+        self.sync()  # waits for a background fsync of this segment first
         try:
             self.io.fsync(self._fd)  # the SYNC entry that closes the segment
         except OSError as exc:
@@ -620,7 +634,10 @@ class Journal:
             raise JournalFailed(errno.EIO, f"{self.path}: an earlier write or fsync failed ({self.failed})")
 
     def sync(self) -> None:
-        """fsync, then record the durable point (a SYNC entry, itself synced by the next fsync)."""
+        """fsync, then record the durable point (a SYNC entry, itself synced by the next fsync).
+
+        On the caller's thread; a background fsync still running is waited for first."""
+        self._settle()
         self._refuse_if_failed()
         if not self._dirty:
             return
@@ -637,27 +654,102 @@ class Journal:
         self._dirty = False
         self._write(KIND_SYNC, _CLOCK.pack(self.durable_seq))
 
-    # ---- interval timer ----------------------------------------------------------------------
+    # ---- interval timer and background fsync ---------------------------------------------------
 
     def start_timer(
-        self, call_later: Callable[[float, Callable[[], None]], Any], on_failure: Callable[[OSError], None]
+        self,
+        call_later: Callable[[float, Callable[[], None]], Any],
+        on_failure: Callable[[OSError], None],
+        *,
+        loop: Any = None,
     ) -> None:
         """Under ``interval:MS``, sync MS after an unsynced write even if nothing else is written.
 
-        ``call_later`` is the event loop's; ``on_failure`` is told if the timer's fsync fails.
+        ``call_later`` is the event loop's; ``on_failure`` is told if a timer's or a background
+        fsync fails. Given the ``loop`` itself (an ``asyncio`` loop: its ``call_soon_threadsafe``),
+        the fsyncs run on a thread of the journal's and their results come back to the loop
+        (module docstring, "Fsync policies").
         """
         self._call_later = call_later
         self._on_failure = on_failure
+        if loop is not None and self.policy.mode == "interval" and self._fsync_thread is None:
+            self._loop = loop
+            self._fsync_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-fsync")
 
     def _timer_sync(self) -> None:
         self._timer = None
         if self._fd < 0 or self.failed is not None:
             return
         try:
-            self.sync()
+            self._sync_due()
         except OSError as exc:
             if self._on_failure is not None:
                 self._on_failure(exc)
+
+    def _sync_due(self) -> None:
+        """An interval's fsync is due: in the background when a loop was given, else now."""
+        if self._fsync_thread is None:
+            self.sync()
+        else:
+            self._sync_in_background()
+
+    def _sync_in_background(self) -> None:
+        """Start an fsync on the journal's thread covering every entry written so far.
+
+        One at a time: while one runs, later writes wait for the next, which its completion
+        starts (or the timer does) once the interval has passed. ``_last_sync`` counts from an
+        fsync's start, so the interval is between starts, as on the loop.
+        """
+        self._refuse_if_failed()
+        if self._inflight is not None or not self._dirty or self._fsync_thread is None:
+            return
+        target, fd, io, loop = self.seq, self._fd, self.io, self._loop
+        self._dirty = False
+        self._last_sync = time.monotonic()
+        fut = self._fsync_thread.submit(io.fsync, fd)
+        self._inflight = (fut, target, time.perf_counter_ns())
+
+        def back_to_the_loop(f: concurrent.futures.Future[None]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: ``close`` settled it
+                loop.call_soon_threadsafe(self._fsync_done, f)
+
+        fut.add_done_callback(back_to_the_loop)
+
+    def _fsync_done(self, fut: concurrent.futures.Future[None]) -> None:
+        """On the loop: a background fsync returned. Record it (``_settle``); tell the server if
+        it failed; start the next if writes came meanwhile and the interval has passed (else
+        the timer will)."""
+        if self._inflight is None or self._inflight[0] is not fut:
+            return  # ``_settle`` already took it (a roll, a close, a synchronous sync)
+        try:
+            self._settle()
+            if self._dirty and self._fd >= 0:
+                if time.monotonic() - self._last_sync >= self.policy.interval_s:
+                    self._sync_in_background()
+                elif self._timer is None and self._call_later is not None:
+                    self._timer = self._call_later(self.policy.interval_s, self._timer_sync)
+        except OSError as exc:
+            if self._on_failure is not None:
+                self._on_failure(exc)
+
+    def _settle(self) -> None:
+        """Wait for the background fsync, if one runs, and record its outcome: the durable point
+        and its SYNC entry, or the failure (raised: never retried, as on the loop)."""
+        if self._inflight is None:
+            return
+        fut, target, t0 = self._inflight
+        exc = fut.exception()  # waits
+        self._inflight = None
+        if exc is not None:
+            if self.failed is None:
+                self.failed = exc
+            raise exc
+        self.fsync_ns += time.perf_counter_ns() - t0
+        self.fsyncs += 1
+        if target > self.durable_seq:
+            self.durable_seq = target
+            if self._fd >= 0:
+                self._write(KIND_SYNC, _CLOCK.pack(target))
 
     def close(self) -> None:
         """Sync (a clean shutdown is a durable point under every policy) and close.
@@ -668,6 +760,11 @@ class Journal:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        with contextlib.suppress(OSError):
+            self._settle()  # a background fsync still running finishes before its file closes
+        if self._fsync_thread is not None:
+            self._fsync_thread.shutdown(wait=True)
+            self._fsync_thread = None
         if self._fd >= 0:
             if self.failed is None and self._dirty:
                 with contextlib.suppress(OSError):

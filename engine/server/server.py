@@ -296,8 +296,8 @@ class Server:
             lambda: Connection(self), self.config.host, self.config.port, reuse_address=True
         )
         self._sweep_handle = self._loop.call_later(self._sweep_interval_s, self._sweep)
-        if self.journal is not None:  # interval:MS syncs a quiet server's last interval by a timer
-            self.journal.start_timer(self._loop.call_later, self._journal_failed)
+        if self.journal is not None:  # interval:MS: a timer syncs a quiet server; fsyncs off the loop
+            self.journal.start_timer(self._loop.call_later, self._journal_failed, loop=self._loop)
         if self.config.metrics_port is not None:
             self.metrics_endpoint = MetricsEndpoint.start(
                 self.stats, self._loop, self.config.metrics_host, self.config.metrics_port

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import stat
 import struct
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -21,10 +26,12 @@ from engine.journal import (
     FsyncPolicy,
     Journal,
     JournalDamaged,
+    JournalFailed,
     JournalHeader,
     JournalLock,
     JournalLocked,
     JournalMismatch,
+    OsIO,
     create,
     recover,
     upgrade_v1,
@@ -290,6 +297,89 @@ def test_interval_timer_syncs_a_quiet_journal(tmp_path: Path) -> None:
     timers[0][1]()  # type: ignore[operator]  # the loop fires it: nothing else was written
     assert journal.durable_seq == 3 and journal.fsyncs == 1
     journal.close()
+
+
+class GatedFsync(OsIO):
+    """Each fsync waits for a permit (``release``; at most 10 s); all fail with EIO once ``fail`` is set."""
+
+    def __init__(self, permits: int = 0) -> None:
+        self.permits = threading.Semaphore(permits)
+        self.running = threading.Event()
+        self.fail = False
+        self.threads: list[str] = []
+
+    def fsync(self, fd: int) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.running.set()
+        self.permits.acquire(timeout=10)
+        if self.fail:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        super().fsync(fd)
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_interval_fsync_runs_off_the_loop_and_records_what_it_covered(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    create(path, HEADER)
+    io = GatedFsync()
+    journal = Journal(path, "interval:1", io=io)
+    failures: list[OSError] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        journal.start_timer(loop.call_later, failures.append, loop=loop)
+        time.sleep(0.005)  # the interval has passed: the next append starts an fsync
+        journal.append_admin(AdminEntry("freeze", [1]))  # entry 2
+        assert io.running.wait(5)
+        # The fsync is blocked on its thread; the loop goes on appending meanwhile.
+        journal.append_admin(AdminEntry("freeze", [2]))
+        journal.append_admin(AdminEntry("freeze", [3]))
+        assert journal.durable_seq == 1 and journal.fsyncs == 0
+        io.permits.release()
+        await _until(lambda: journal.durable_seq >= 2)
+        # What was written before it started (entry 2), not after; its SYNC entry is entry 5.
+        assert journal.durable_seq == 2 and journal.fsyncs == 1
+        # Entries 3 to 5 came after it started: its completion (or the timer) starts the next.
+        io.permits.release()
+        await _until(lambda: journal.durable_seq >= 5)
+        assert journal.durable_seq == 5 and journal.fsyncs == 2
+
+    asyncio.run(main())
+    journal.close()
+    assert failures == [] and journal.fsyncs >= 2
+    assert all(name.startswith("journal-fsync") for name in io.threads)
+    rec = recover(path, lambda b, c: b, lambda e: None)
+    assert rec.admin_ops == 3 and rec.truncated_bytes == 0 and rec.durable_seq >= 5
+
+
+def test_a_failed_background_fsync_stops_the_journal_and_is_not_retried(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    create(path, HEADER)
+    io = GatedFsync(permits=1)
+    io.fail = True
+    journal = Journal(path, "interval:1", io=io)
+    failures: list[OSError] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        journal.start_timer(loop.call_later, failures.append, loop=loop)
+        time.sleep(0.005)
+        journal.append_admin(AdminEntry("freeze", [1]))
+        await _until(lambda: bool(failures))
+
+    asyncio.run(main())
+    assert failures[0].errno == errno.EIO and journal.failed is failures[0]
+    with pytest.raises(JournalFailed):
+        journal.append_admin(AdminEntry("freeze", [2]))
+    journal.close()
+    assert len(io.threads) == 1 and journal.durable_seq == 1  # never retried, not even at close
 
 
 @pytest.mark.parametrize(("text", "mode"), [("batch", "batch"), ("off", "off"), ("interval:5", "interval")])
