@@ -15,6 +15,16 @@ and the backlog at 1,000,000/s), about 3 minutes:
 
     python -m benchmarks.trove_ingest_ratio --rates 500000,1000000 --seconds 20
 
+While a run with the trove goes on, its manifest is read every ``--sample-s`` seconds (5) from
+the disk, as any reader of the trove could, and the merge debt at each sample is kept
+(``debt_series``: seconds since the run started, rows in the trove, runs, merge debt in rows and
+merges, and the CPU seconds of the server's child processes: the trove's writer and compactor),
+with ``debt_trend``: the largest debt, the debt at the end, and the debt's least-squares slope
+over the samples of the ingest's second half (until the rows stop growing), in rows per second and as a fraction of the
+offered rate. A compactor that keeps up holds its debt below about one merge (a 2^26-row final
+merge is ~67M rows) with a slope near zero; one that falls behind shows a slope that is a
+steady fraction of the offered rate.
+
 ``--memtable 1048576,1`` adds, per rate, a third run: the trove with that memtable (earlier
 versions' 1-second runs) in the same session, so the default's and the old flushes' ratios to
 ``full`` without a trove come from one session.
@@ -23,13 +33,17 @@ versions' 1-second runs) in the same session, so the default's and the old flush
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 import engine.scenarios
 from engine.options import parse_count
@@ -90,6 +104,80 @@ def compaction_backlog(trove: Path) -> dict[str, Any]:
     }
 
 
+def _children_cpu_s(run: psutil.Process) -> float | None:
+    """CPU seconds of the server's child processes (the trove's), the server being the ``serve``
+    process under ``run``; None before it exists."""
+    try:
+        for proc in run.children(recursive=True):
+            if "serve" in proc.cmdline():
+                total = 0.0
+                for child in proc.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        t = child.cpu_times()
+                        total += t.user + t.system
+                return total
+    except psutil.Error:
+        pass
+    return None
+
+
+def debt_sample(trove: Path, started: float, run: psutil.Process) -> dict[str, Any] | None:
+    """The trove's merge debt now, read from its manifest on disk (None: no manifest yet)."""
+    try:
+        manifest = load_manifest(trove)
+    except (OSError, ValueError):
+        return None
+    if manifest is None:
+        return None
+    rows, merges = compaction.merge_debt(manifest, TroveConfig())
+    return {
+        "t_s": round(time.monotonic() - started, 2),
+        "rows": sum(s.rows for s in manifest.segments),
+        "runs": len(manifest.segments),
+        "merge_debt_rows": rows,
+        "merge_debt_merges": merges,
+        "children_cpu_s": _children_cpu_s(run),
+    }
+
+
+def debt_trend(series: list[dict[str, Any]], rate: int, from_s: float) -> dict[str, Any]:
+    """The largest debt, the last, and the slope (least squares) of the ingest's samples from
+    ``from_s`` (``ingest_second_half_s``) to the last that saw rows arrive."""
+    if not series:
+        return {}
+    last_rows = series[-1]["rows"]
+    end = next(x["t_s"] for x in series if x["rows"] == last_rows)
+    late = [x for x in series if from_s <= x["t_s"] <= end]
+    slope = None
+    if len(late) >= 3:
+        t = [x["t_s"] for x in late]
+        d = [x["merge_debt_rows"] for x in late]
+        mt, md = sum(t) / len(t), sum(d) / len(d)
+        var = sum((a - mt) ** 2 for a in t)
+        slope = sum((a - mt) * (b - md) for a, b in zip(t, d, strict=True)) / var if var else None
+    return {
+        "debt_max_rows": max(x["merge_debt_rows"] for x in series),
+        "debt_end_rows": series[-1]["merge_debt_rows"],
+        "debt_end_merges": series[-1]["merge_debt_merges"],
+        "slope_rows_per_s": None if slope is None else round(slope),
+        "slope_fraction_of_rate": None if slope is None else round(slope / rate, 4),
+        "samples": len(series),
+        "slope_samples": len(late),
+    }
+
+
+def ingest_second_half_s(series: list[dict[str, Any]]) -> float:
+    """Where the second half of the ingest begins, in the samples' clock: the ingest runs from the
+    first sample with rows to the first that holds the final row count (the drain, the final
+    flush wait and the audit follow it, with no rows coming: their falling debt is left out)."""
+    with_rows = [x for x in series if x["rows"] > 0]
+    if not with_rows:
+        return 0.0
+    last = max(x["rows"] for x in with_rows)
+    end = next(x["t_s"] for x in with_rows if x["rows"] == last)
+    return (with_rows[0]["t_s"] + end) / 2
+
+
 def one_run(
     args: argparse.Namespace, rate: int, scenario: Path | None, out: Path, *, trove: bool = True
 ) -> dict[str, Any]:
@@ -98,9 +186,17 @@ def one_run(
     trove_dir = out / "trove"
     cmd += ["--scenario", str(scenario)] if scenario else []
     cmd += ["--trove", str(trove_dir)] if trove else []
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    series: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL) as proc:
+        run = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=args.sample_s)
+            if trove and proc.poll() is None and (sample := debt_sample(trove_dir, started, run)) is not None:
+                series.append(sample)
     files = sorted((out / "results").glob("*.json"))
-    row: dict[str, Any] = {"command": " ".join(cmd), "exit_status": done.returncode}
+    row: dict[str, Any] = {"command": " ".join(cmd), "exit_status": proc.returncode}
     if files:
         result = json.loads(files[-1].read_bytes())
         s = result["summary"]
@@ -116,6 +212,8 @@ def one_run(
             row["append_waits"] = trove_end.get("append_waits")
             row["append_wait_s"] = trove_end.get("append_wait_ns", 0) / 1e9
             row["compaction_backlog"] = compaction_backlog(trove_dir)
+            row["debt_series"] = series
+            row["debt_trend"] = debt_trend(series, rate, ingest_second_half_s(series))
     shutil.rmtree(out, ignore_errors=True)
     return row
 
@@ -125,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="500000,1000000", help="comma-separated offered rates (default 500000,1000000)")
     p.add_argument("--seconds", type=float, default=20.0, help="each run's measured window (default 20)")
     p.add_argument("--accounts", type=parse_count, default=1_000_000, help="ledger accounts (default 1e6)")
+    p.add_argument("--sample-s", type=float, default=5.0, help="seconds between merge-debt samples (default 5)")
     p.add_argument("--dir", default="", help="scratch directory on the disk to measure (default: temporary)")
     p.add_argument(
         "--memtable",
