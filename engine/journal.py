@@ -66,7 +66,11 @@ for what the fsync covered (the entries written before it started) is written on
 returns. Acknowledgements never waited for it under this policy (they follow the ``os.write``),
 so durability is unchanged; what changes is that an fsync that takes 1-70 ms beside other writes
 on the disk (the trove's files: ``engine.trove.files``) no longer stalls every connection for
-that long. ``batch`` stays on the loop: its acknowledgement waits for the fsync anyway. A failed
+that long. Under ``batch`` in a running server the same thread gives a pipelined group commit
+(``append_batch(wait=False)``): the batcher holds a batch's Results until an fsync that covers it
+has returned (``on_durable``), and meanwhile applies and writes the next batches, which the next
+fsync covers together; an acknowledgement still follows the fsync of its batch, as before, but the
+loop no longer stops for it. Admin entries still wait on the loop (``append_admin``). A failed
 write or fsync is never retried: after a failed fsync the kernel
 may have dropped the unwritten pages (PostgreSQL's 2018 lesson), so the journal refuses every
 later call and the server stops; a restart replays what the file really holds.
@@ -511,6 +515,7 @@ class Journal:
         self.retired_bytes = 0
         self.io: FileIO = io or OsIO()
         self.seq = entries
+        self._entry_seq = entries  # the last entry ``_append`` wrote (a roll's SYNC entries follow it)
         # What recovery replayed may still be only in the page cache (a killed server under
         # interval or off): make it durable before anything is appended after it.
         os.fsync(self._fd)
@@ -530,24 +535,39 @@ class Journal:
         self._fsync_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: Any = None
         self._inflight: tuple[concurrent.futures.Future[None], int, int] | None = None
+        #: Told the new ``durable_seq`` each time an fsync has made more entries durable (the
+        #: batcher releases the Results it held for them: ``defers_acks``).
+        self.on_durable: Callable[[int], None] | None = None
 
     # ---- appending ---------------------------------------------------------------------------
 
-    def append_batch(self, batch: np.ndarray, codes: np.ndarray, clock: int = 0) -> None:
-        """Record an applied engine batch; returns once it is as durable as the policy says.
+    def append_batch(self, batch: np.ndarray, codes: np.ndarray, clock: int = 0, *, wait: bool = True) -> int:
+        """Record an applied engine batch; returns its entry's sequence number once it is as
+        durable as the policy says, or, with ``wait=False`` where ``defers_acks``, once it is
+        written and an fsync that will cover it is under way (its Results wait for ``on_durable``).
 
         ``clock`` is the sequencer clock (payments sequenced) at the batch's start.
         """
         payload = _CLOCK.pack(clock) + batch.tobytes() + codes.astype(CODE_DTYPE, copy=False).tobytes()
-        self._append(KIND_BATCH, payload)
+        self._append(KIND_BATCH, payload, wait=wait)
+        return self._entry_seq
 
     def append_admin(self, entry: AdminEntry) -> None:
         self._append(KIND_ADMIN, self._encoder.encode(entry))
 
-    def _append(self, kind: int, payload: bytes) -> None:
+    @property
+    def defers_acks(self) -> bool:
+        """Whether ``append_batch(wait=False)`` pipelines: ``batch`` with a loop and an fsync thread."""
+        return self.policy.mode == "batch" and self._fsync_thread is not None and self.failed is None
+
+    def _append(self, kind: int, payload: bytes, *, wait: bool = True) -> None:
         self._write(kind, payload)
+        self._entry_seq = self.seq
         if self.policy.mode == "batch":
-            self.sync()
+            if wait or self._fsync_thread is None:
+                self.sync()
+            else:
+                self._sync_in_background()
         elif self.policy.mode == "interval":
             if time.monotonic() - self._last_sync >= self.policy.interval_s:
                 self._sync_due()
@@ -653,6 +673,8 @@ class Journal:
         self.durable_seq = self.seq
         self._dirty = False
         self._write(KIND_SYNC, _CLOCK.pack(self.durable_seq))
+        if self.on_durable is not None:
+            self.on_durable(self.durable_seq)
 
     # ---- interval timer and background fsync ---------------------------------------------------
 
@@ -672,7 +694,7 @@ class Journal:
         """
         self._call_later = call_later
         self._on_failure = on_failure
-        if loop is not None and self.policy.mode == "interval" and self._fsync_thread is None:
+        if loop is not None and self.policy.mode in ("interval", "batch") and self._fsync_thread is None:
             self._loop = loop
             self._fsync_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-fsync")
 
@@ -724,7 +746,7 @@ class Journal:
         try:
             self._settle()
             if self._dirty and self._fd >= 0:
-                if time.monotonic() - self._last_sync >= self.policy.interval_s:
+                if self.policy.mode == "batch" or time.monotonic() - self._last_sync >= self.policy.interval_s:
                     self._sync_in_background()
                 elif self._timer is None and self._call_later is not None:
                     self._timer = self._call_later(self.policy.interval_s, self._timer_sync)
@@ -750,6 +772,8 @@ class Journal:
             self.durable_seq = target
             if self._fd >= 0:
                 self._write(KIND_SYNC, _CLOCK.pack(target))
+            if self.on_durable is not None:
+                self.on_durable(target)
 
     def close(self) -> None:
         """Sync (a clean shutdown is a durable point under every policy) and close.

@@ -81,13 +81,20 @@ Durability (``journal``)
     it. A restart restores the newest valid snapshot (a damaged one is refused by name and the
     previous one used) and replays only the segments after it.
 
-    The fsync runs on the event-loop thread. Measured on the 2-core benchmark machine: ~0.25 ms
-    per fsync idle, ~0.64 ms under 200,000 transfers/s (215 fsyncs/s, 14% of the loop's time;
-    throughput unchanged, p99 6.7 -> 19 ms; benchmarks/durability_table.py). While it
-    blocks, requests accumulate in the socket buffers and the next batch grows, so group commit
-    adapts to load by itself. A writer thread could hide at most that 14% (fsync releases the
-    GIL) but would make the order of journal entries and replies depend on thread scheduling;
-    ``interval:MS`` is the measured cheaper alternative (p99 ~9 ms).
+    The fsync runs on the journal's own thread (``engine.journal``, "Fsync policies"), never on
+    the event loop, since 2026-12-04 (session 10). Under ``batch`` that is a pipelined group
+    commit: the loop writes a batch's entry, hands the fsync to the thread and goes on applying
+    and writing the next batches (``Batcher.held`` keeps each batch's Results, by connection, in
+    order); when an fsync returns, ``Journal.on_durable`` releases the Results of every batch it
+    covered, and the next fsync starts at once for whatever was written meanwhile. A payment still
+    waits for an fsync that covers its batch, but no longer for the loop to be free of another
+    batch's fsync, and one fsync covers as many batches as were written while the previous one ran
+    (group commit adapting to load without the loop stopping). Admin entries and the drains before
+    admin requests and at shutdown still sync on the loop (their Ack waits anyway). The order of
+    journal entries is still the loop's (only the fsync moved); replies still follow their entry's
+    durability. Before, the fsync blocked the loop (~0.25 ms per fsync idle, ~0.64 ms under
+    200,000 transfers/s, 14% of the loop's time; benchmarks/durability_table.py). Under
+    ``interval:MS`` acknowledgements never waited for the fsync; now neither does the loop.
 
 Authentication (``secrets``)
     With secrets, ``Hello`` is answered with a ``Challenge`` nonce and the client must answer

@@ -114,6 +114,9 @@ class Batcher:
         self.verifying = collections.deque()
         #: Operators whose signed Submits the validators hold for the rest of their tick (``_parcel_hold_s``).
         self._tick_operators: set[int] = set()
+        #: Pipelined group commit (``Journal.defers_acks``, ``--fsync batch``): each applied batch's
+        #: journal entry and its Results, by connection, until an fsync covering it returns.
+        self.held: collections.deque[tuple[int, dict[Connection, list[bytes]]]] = collections.deque()
 
     # ---- admission -------------------------------------------------------------------------------
 
@@ -351,9 +354,22 @@ class Batcher:
             self._flush_handle = None
 
     def drain(self) -> None:
-        """Apply and answer everything queued now (before admin requests and at shutdown)."""
+        """Apply and answer everything queued now (before admin requests and at shutdown): with a
+        pipelined group commit, the Results held for an fsync are sent once one (on this thread)
+        has made them durable."""
         while self.queue:
             self._run_batch()
+        if self.held and self.journal is not None:
+            try:
+                self.journal.sync()  # its ``on_durable`` releases them
+            except OSError as exc:
+                self._on_journal_failed(exc)
+
+    def release(self, durable_seq: int) -> None:
+        """The journal is durable through ``durable_seq``: send the Results held for its batches."""
+        held = self.held
+        while held and held[0][0] <= durable_seq:
+            self._send(held.popleft()[1])
 
     def clear(self) -> None:
         """Drop everything queued, unanswered (a fatal fault)."""
@@ -362,7 +378,17 @@ class Batcher:
             future.cancel()
         self.verifying.clear()
         self.queue.clear()
+        self.held.clear()  # never acknowledged: their fsync failed or never ran
         self.metrics.queue_cleared(loads)
+
+    def _send(self, out: dict[Connection, list[bytes]]) -> None:
+        """Write a batch's Results frames, one write per connection."""
+        for conn, frames in out.items():
+            if conn.closing:
+                continue
+            conn.write(b"".join(frames))
+            if conn.close_when_idle and conn.load.pending == 0:
+                conn.close()
 
     def _run_batch(self) -> None:
         """One engine batch from the head of the queue: apply, split, reply."""
@@ -392,10 +418,15 @@ class Batcher:
         except Exception as exc:  # a bug, not a hook error (the ledger turns those into HOOK_ERROR)
             self._on_fatal(ErrorCode.ENGINE_FAILED, f"the engine failed applying a batch ({type(exc).__name__}: {exc})")
             return
+        entry_seq = 0
         if self.journal is not None:
-            # Durable (as the fsync policy says) before any of its Results is written.
+            # Durable (as the fsync policy says) before any of its Results is written: now, or
+            # (pipelined: ``defers_acks``) when an fsync covering ``entry_seq`` returns.
             try:
-                self.journal.append_batch(batch, codes, clock)
+                if self.journal.defers_acks:
+                    entry_seq = self.journal.append_batch(batch, codes, clock, wait=False)
+                else:
+                    self.journal.append_batch(batch, codes, clock)
             except OSError as exc:
                 self._on_journal_failed(exc)
                 return
@@ -427,10 +458,10 @@ class Batcher:
                 out[conn] = [pack(len(body)), body]
             else:
                 frames += (pack(len(body)), body)
-        for conn, frames in out.items():
-            conn.write(b"".join(frames))
-            if conn.close_when_idle and conn.load.pending == 0:
-                conn.close()
+        if self.journal is not None and entry_seq > self.journal.durable_seq:
+            self.held.append((entry_seq, out))
+        else:
+            self._send(out)
         if self.ledger is not None:
             # The replies are written: observers run off the latency path, after every batch (so
             # that replaying the journal batch by batch rebuilds the same hook state).

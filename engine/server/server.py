@@ -188,6 +188,7 @@ class Server:
             self.journal, self._journal_lock, self.recovery = opened.journal, opened.lock, opened.recovery
             self.recovery_s, self._journal_notes = opened.seconds, opened.notes
             self.batcher.journal = self.admin.journal = self.journal
+            self.journal.on_durable = self.batcher.release
             schedule = SnapshotSchedule.parse(config.snapshot_every)
             refusal = snapshot_refusal(self.ledger)
             if refusal and schedule.enabled:

@@ -9,10 +9,13 @@ lost and none that was never written appears.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +61,7 @@ class RecordingIO(OsIO):
     def __init__(self, start: int) -> None:
         self.offset = start
         self.writes: list[tuple[int, bytes]] = []
-        self.fsync_after: list[int] = []  # number of writes issued before each fsync
+        self.fsync_after: list[int] = []  # number of writes issued before each fsync started
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         self.writes.append((self.offset, bytes(data)))
@@ -66,8 +69,66 @@ class RecordingIO(OsIO):
         return super().write(fd, data)
 
     def fsync(self, fd: int) -> None:
+        # What an fsync covers for sure: the writes done before it started (a background fsync
+        # runs while the loop writes on; those may or may not be covered).
+        before = len(self.writes)
         super().fsync(fd)
-        self.fsync_after.append(len(self.writes))
+        self.fsync_after.append(before)
+
+
+class GatedIO(OsIO):
+    """Each fsync waits for a permit (``permits.release()``; at most 10 s)."""
+
+    def __init__(self) -> None:
+        self.permits = threading.Semaphore(0)
+        self.started = 0
+
+    def fsync(self, fd: int) -> None:
+        self.started += 1
+        self.permits.acquire(timeout=10)
+        super().fsync(fd)
+
+
+def test_batch_fsync_is_pipelined_and_results_wait_for_their_fsync(start_server: StartServer, tmp_path: Path) -> None:
+    """``--fsync batch`` in a server: the loop applies the next batches while an fsync runs on the
+    journal's thread, and no Results leave before an fsync covering their batch has returned."""
+    workload = Workload(
+        WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED, invalid_fraction=0, duplicate_fraction=0)
+    )
+    st = start_server(journal=str(tmp_path / "j"))
+    c = connect(st)
+    c.transfer(workload.batch(100, first_id=0))  # the handshake's and this batch's fsyncs ran freely
+    io = GatedIO()
+
+    def gate() -> bool:
+        assert st.server.journal is not None and st.server.journal.defers_acks
+        st.server.journal.io = io
+        return True
+
+    st.call(gate)
+    a = c.submit(workload.batch(100, first_id=100))
+
+    def applied(n: int) -> bool:
+        for _ in range(500):
+            if st.call(lambda: st.server.ledger.stats.transfers) >= n:
+                return True
+            time.sleep(0.01)
+        return False
+
+    assert applied(200)
+    b = c.submit(workload.batch(100, first_id=200))  # a's fsync is still blocked
+    assert applied(300)  # the loop applied b meanwhile
+    held = st.call(lambda: [seq for seq, _ in st.server.batcher.held])
+    durable = st.call(lambda: st.server.journal.durable_seq)
+    assert len(held) == 2 and all(seq > durable for seq in held), (held, durable)
+    assert io.started == 1  # one fsync at a time: b's waits for a's
+    io.permits.release(2)
+    replies = [c.recv(), c.recv()]
+    assert [type(m) for m in replies] == [Results, Results]
+    assert [m.seq for m in replies] == [a, b]  # type: ignore[union-attr]
+    assert st.call(lambda: st.server.journal.durable_seq) >= held[-1]
+    c.close()
+    st.stop()
 
 
 def _ledger(workload: Workload) -> Ledger:
@@ -188,27 +249,55 @@ def _power_cut_states(base: bytes, io: RecordingIO, k: int) -> list[tuple[str, b
     return states
 
 
-@pytest.mark.parametrize("fsync", ["batch", "interval:1000000"])
+@pytest.mark.parametrize("fsync", ["batch", "interval:1000000", "batch-pipelined"])
 def test_power_cut_loses_no_acknowledged_batch_and_invents_none(tmp_path: Path, seed: int, fsync: str) -> None:
     workload = Workload(WorkloadConfig(accounts=3_000, seed=seed))
     path = tmp_path / "j"
     create(path, HEADER)
     base = path.read_bytes()
     io = RecordingIO(len(base))
-    journal = Journal(path, fsync, io=io)
+    pipelined = fsync == "batch-pipelined"
+    journal = Journal(path, "batch" if pipelined else fsync, io=io)
     ledger = _ledger(workload)
     stream = BatchPool(workload, 3, 40)  # ~2 KB entries: several sector boundaries each
     written: list[np.ndarray] = []
     covered: list[int] = []  # per batch: how many writes must be on disk for it to be there
-    for i in range(14):
+    acked: list[int] = []  # pipelined: the entries each fsync's completion made durable (the acks)
+    entry_of: list[int] = []
+
+    def append(i: int) -> None:
         b = stream.next().copy()
         clock = ledger.clock.payments
         covered.append(len(io.writes) + 1)  # its entry is the first write of the append
-        journal.append_batch(b, ledger.apply(b), clock)
+        entry_of.append(journal.append_batch(b, ledger.apply(b), clock, wait=not pipelined))
         written.append(b)
-        if fsync != "batch" and i % 4 == 3:
+        if fsync.startswith("interval") and i % 4 == 3:
             journal.sync()  # the interval's fsync, at chosen points: several unsynced writes between
+
+    if pipelined:
+        # The server's pipelined group commit: fsyncs on the journal's thread while the loop
+        # appends on; a batch is acknowledged when ``on_durable`` reaches its entry.
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            journal.start_timer(loop.call_later, lambda exc: None, loop=loop)
+            journal.on_durable = acked.append
+            for i in range(14):
+                append(i)
+                if i % 3 == 2:
+                    await asyncio.sleep(0.002)  # completions come back between some appends only
+
+        asyncio.run(run())
+        assert journal.defers_acks
+    else:
+        for i in range(14):
+            append(i)
     journal.close()
+    if pipelined:
+        assert max(acked) >= entry_of[-1]  # the close's sync acknowledged the last
+        # Every acknowledgement followed an fsync that started after the batch's entry was written.
+        for durable in acked[:-1]:
+            n_acked = sum(1 for e in entry_of if e <= durable)
+            assert n_acked == 0 or any(w >= covered[n_acked - 1] for w in io.fsync_after), durable
     k = 10
     states = _power_cut_states(base, io, k)
     assert len(states) >= 2 * k

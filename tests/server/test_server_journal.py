@@ -146,7 +146,7 @@ def test_failed_journal_write_acknowledges_nothing(
         journal = st.server.journal
         assert journal is not None
 
-        def fail(*_: object) -> None:
+        def fail(*_: object, **__: object) -> None:
             raise OSError(28, "No space left on device")
 
         journal.append_batch = fail  # type: ignore[method-assign]
