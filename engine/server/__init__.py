@@ -89,7 +89,10 @@ Durability (``journal``)
     covered, and the next fsync starts at once for whatever was written meanwhile. A payment still
     waits for an fsync that covers its batch, but no longer for the loop to be free of another
     batch's fsync, and one fsync covers as many batches as were written while the previous one ran
-    (group commit adapting to load without the loop stopping). Admin entries and the drains before
+    (group commit adapting to load without the loop stopping). Held Results are bounded like the
+    queue: past ``queue_limit`` transfers held, the loop syncs itself (a disk slower than the load
+    then slows the clients through their sockets, as before); the stats show ``journal.held_batches``
+    and ``held_transfers``. Admin entries and the drains before
     admin requests and at shutdown still sync on the loop (their Ack waits anyway). The order of
     journal entries is still the loop's (only the fsync moved); replies still follow their entry's
     durability. Before, the fsync blocked the loop (~0.25 ms per fsync idle, ~0.64 ms under

@@ -116,7 +116,9 @@ class Batcher:
         self._tick_operators: set[int] = set()
         #: Pipelined group commit (``Journal.defers_acks``, ``--fsync batch``): each applied batch's
         #: journal entry and its Results, by connection, until an fsync covering it returns.
-        self.held: collections.deque[tuple[int, dict[Connection, list[bytes]]]] = collections.deque()
+        #: (journal entry, Results frames by connection, transfers); at most ``queue_limit`` transfers.
+        self.held: collections.deque[tuple[int, dict[Connection, list[bytes]], int]] = collections.deque()
+        self.held_transfers = 0
 
     # ---- admission -------------------------------------------------------------------------------
 
@@ -359,17 +361,26 @@ class Batcher:
         has made them durable."""
         while self.queue:
             self._run_batch()
-        if self.held and self.journal is not None:
-            try:
-                self.journal.sync()  # its ``on_durable`` releases them
-            except OSError as exc:
-                self._on_journal_failed(exc)
+        if self.held:
+            self._sync_now()
+
+    def _sync_now(self) -> None:
+        """fsync on this thread (after the one running, if any); its ``on_durable`` releases the
+        held Results."""
+        if self.journal is None:
+            return
+        try:
+            self.journal.sync()
+        except OSError as exc:
+            self._on_journal_failed(exc)
 
     def release(self, durable_seq: int) -> None:
         """The journal is durable through ``durable_seq``: send the Results held for its batches."""
         held = self.held
         while held and held[0][0] <= durable_seq:
-            self._send(held.popleft()[1])
+            _, out, n = held.popleft()
+            self.held_transfers -= n
+            self._send(out)
 
     def clear(self) -> None:
         """Drop everything queued, unanswered (a fatal fault)."""
@@ -379,6 +390,7 @@ class Batcher:
         self.verifying.clear()
         self.queue.clear()
         self.held.clear()  # never acknowledged: their fsync failed or never ran
+        self.held_transfers = 0
         self.metrics.queue_cleared(loads)
 
     def _send(self, out: dict[Connection, list[bytes]]) -> None:
@@ -459,7 +471,12 @@ class Batcher:
             else:
                 frames += (pack(len(body)), body)
         if self.journal is not None and entry_seq > self.journal.durable_seq:
-            self.held.append((entry_seq, out))
+            self.held.append((entry_seq, out, n))
+            self.held_transfers += n
+            if self.held_transfers > self.config.queue_limit:
+                # Bounded like the queue: a disk slower than the offered load stops the loop (and
+                # so, through the sockets, the clients) rather than holding Results without end.
+                self._sync_now()
         else:
             self._send(out)
         if self.ledger is not None:

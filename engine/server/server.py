@@ -573,6 +573,10 @@ class Server:
             recovery_s=self.recovery_s,
             ledger=self.ledger,
         )
+        if self.journal is not None and "journal" in report:
+            # Pipelined group commit: applied, written, Results waiting for an fsync to cover them.
+            report["journal"]["held_batches"] = len(self.batcher.held)
+            report["journal"]["held_transfers"] = self.batcher.held_transfers
         if self.validators is not None:
             # Submits waiting for their verdicts (admin requests waiting behind them are not counted).
             waiting = [entry for entry, _ in self.batcher.verifying if isinstance(entry, QueuedSubmit)]

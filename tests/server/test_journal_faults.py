@@ -82,9 +82,11 @@ class GatedIO(OsIO):
     def __init__(self) -> None:
         self.permits = threading.Semaphore(0)
         self.started = 0
+        self.threads: list[str] = []
 
     def fsync(self, fd: int) -> None:
         self.started += 1
+        self.threads.append(threading.current_thread().name)
         self.permits.acquire(timeout=10)
         super().fsync(fd)
 
@@ -118,7 +120,7 @@ def test_batch_fsync_is_pipelined_and_results_wait_for_their_fsync(start_server:
     assert applied(200)
     b = c.submit(workload.batch(100, first_id=200))  # a's fsync is still blocked
     assert applied(300)  # the loop applied b meanwhile
-    held = st.call(lambda: [seq for seq, _ in st.server.batcher.held])
+    held = st.call(lambda: [seq for seq, _, _ in st.server.batcher.held])
     durable = st.call(lambda: st.server.journal.durable_seq)
     assert len(held) == 2 and all(seq > durable for seq in held), (held, durable)
     assert io.started == 1  # one fsync at a time: b's waits for a's
@@ -127,6 +129,34 @@ def test_batch_fsync_is_pipelined_and_results_wait_for_their_fsync(start_server:
     assert [type(m) for m in replies] == [Results, Results]
     assert [m.seq for m in replies] == [a, b]  # type: ignore[union-attr]
     assert st.call(lambda: st.server.journal.durable_seq) >= held[-1]
+    c.close()
+    st.stop()
+
+
+def test_results_held_for_an_fsync_are_bounded_by_the_queue_limit(start_server: StartServer, tmp_path: Path) -> None:
+    """Past ``queue_limit`` transfers held for an fsync, the loop waits for the disk itself (the
+    clients then through their sockets) rather than hold Results without end."""
+    workload = Workload(
+        WorkloadConfig(accounts=TEST_ACCOUNTS, seed=TEST_SEED, invalid_fraction=0, duplicate_fraction=0)
+    )
+    st = start_server(journal=str(tmp_path / "j"), queue_limit=200, max_batch=100)
+    c = connect(st)
+    c.transfer(workload.batch(100, first_id=0))
+    io = GatedIO()
+    st.call(lambda: setattr(st.server.journal, "io", io))
+    seqs = [c.submit(workload.batch(100, first_id=100 * (i + 1))) for i in range(3)]
+    for _ in range(500):  # the third batch takes the held Results past 200: the loop blocks in an fsync
+        if len(io.threads) >= 1 and io.started >= 1:
+            break
+        time.sleep(0.01)
+    time.sleep(0.2)
+    io.permits.release(10)
+    replies = [c.recv() for _ in seqs]
+    assert [m.seq for m in replies] == seqs and all(type(m) is Results for m in replies)  # type: ignore[union-attr]
+    assert any(not name.startswith("journal-fsync") for name in io.threads), io.threads  # synced on the loop
+    assert st.call(lambda: (len(st.server.batcher.held), st.server.batcher.held_transfers)) == (0, 0)
+    stats = st.call(lambda: st.server.stats())
+    assert stats["journal"]["held_transfers"] == 0 and stats["journal"]["durable_seq"] >= 1
     c.close()
     st.stop()
 
