@@ -104,7 +104,10 @@ class SocialCredit(Hook):
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         threshold = self.config.threshold
         codes, vetoed = restricted_veto(
-            transfers, self.restricted, lambda payers: self.score[payers] < threshold, ResultCode.CREDIT_RESTRICTED
+            transfers,
+            self.restricted,
+            lambda at: self.score[transfers.payer[at]] < threshold,
+            ResultCode.CREDIT_RESTRICTED,
         )
         self.vetoed += vetoed
         return codes
