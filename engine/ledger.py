@@ -28,7 +28,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from engine.accounts import FLAG_BLACKLISTED, FLAG_FROZEN, WALLET_CLASSES, bits_of_class, class_of_bits
+from engine.accounts import (
+    FLAG_BLACKLISTED,
+    FLAG_FROZEN,
+    WALLET_CLASSES,
+    bits_of_class,
+    class_of_bits,
+    unique_accounts,
+)
 from engine.balances import NarrowBalances
 from engine.build_progress import PHASE_HOOKS, BuildProgress, BuildStep
 from engine.clock import SequencerClock
@@ -450,7 +457,7 @@ class Ledger:
         codes = np.zeros(k, dtype=CODE_DTYPE)
         if k == 0:
             return codes
-        accounts, local = np.unique(np.concatenate([payer, payee]), return_inverse=True)
+        accounts, local = unique_accounts(np.concatenate([payer, payee]))
         lp, lq = local[:k], local[k:]
         m = len(accounts)
         debit = np.zeros(m, dtype=np.int64)
