@@ -22,6 +22,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+from engine.accounts import unique_accounts
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
 from engine.chunks import count_where, fill_in_chunks
 from engine.codes import ResultCode
@@ -117,7 +118,7 @@ class SocialCredit(Hook):
         moving = np.flatnonzero((delta != 0) & (codes == ResultCode.OK))
         if len(moving) == 0:
             return
-        accounts, inverse = np.unique(batch["payer"][moving], return_inverse=True)
+        accounts, inverse = unique_accounts(batch["payer"][moving])
         total = np.zeros(len(accounts), dtype=np.int64)
         np.add.at(total, inverse, delta[moving])
         c = self.config
