@@ -43,9 +43,10 @@ def unique_accounts(accounts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The distinct accounts, sorted (intp, ready to index the per-account columns), and each
     position's index among them. ``np.unique`` argsorts and then gathers; this sorts one uint64
-    key per position (account in the high 32 bits, position in the low), which carries both, and
-    took ~0.7x of ``np.unique``'s CPU for the 8,192 payers and payees of a 4,096-transfer batch
-    (numpy 2.4, this 2-core AMD EPYC, shared machine).
+    key per position (account in the high 32 bits, position in the low), which carries both. Its
+    thread CPU against ``np.unique``'s (numpy 2.4, this 2-core AMD EPYC, shared machine; medians
+    of 5, half uniform and half Zipf accounts out of 5x10^7): 0.61x for 4,096 positions (a
+    2,048-transfer batch's payers and payees), 0.84-0.97x for 1,024-16,384 others, 1.04x for 32,768.
     """
     n = len(accounts)
     if n >= 2**32:
