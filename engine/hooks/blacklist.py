@@ -87,7 +87,7 @@ class Blacklist(Hook):
         codes, vetoed = restricted_veto(
             transfers,
             self.restricted,
-            lambda payers: (self._flags[payers] & FLAG_BLACKLISTED) != 0,
+            lambda at: (transfers.payer_flags_at(self._flags, at) & FLAG_BLACKLISTED) != 0,
             ResultCode.BLACKLISTED,
         )
         self.vetoed += vetoed

@@ -72,7 +72,7 @@ class Freeze(Hook):
         if self._frozen == 0:
             return None
         flags = self._flags
-        hit = ((flags[transfers.payer] | flags[transfers.payee]) & FLAG_FROZEN) != 0
+        hit = ((transfers.payer_flags(flags) | transfers.payee_flags(flags)) & FLAG_FROZEN) != 0
         n = int(np.count_nonzero(hit))
         if n == 0:
             return None

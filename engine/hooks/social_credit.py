@@ -22,6 +22,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+from engine.accounts import unique_accounts
 from engine.categories import RESTRICTED_DEFAULT, category_table, check_names
 from engine.chunks import count_where, fill_in_chunks
 from engine.codes import ResultCode
@@ -104,7 +105,10 @@ class SocialCredit(Hook):
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray | None:
         threshold = self.config.threshold
         codes, vetoed = restricted_veto(
-            transfers, self.restricted, lambda payers: self.score[payers] < threshold, ResultCode.CREDIT_RESTRICTED
+            transfers,
+            self.restricted,
+            lambda at: self.score[transfers.payer[at]] < threshold,
+            ResultCode.CREDIT_RESTRICTED,
         )
         self.vetoed += vetoed
         return codes
@@ -114,7 +118,7 @@ class SocialCredit(Hook):
         moving = np.flatnonzero((delta != 0) & (codes == ResultCode.OK))
         if len(moving) == 0:
             return
-        accounts, inverse = np.unique(batch["payer"][moving], return_inverse=True)
+        accounts, inverse = unique_accounts(batch["payer"][moving])
         total = np.zeros(len(accounts), dtype=np.int64)
         np.add.at(total, inverse, delta[moving])
         c = self.config

@@ -179,7 +179,7 @@ class WalletLimits(Hook):
         return False
 
     def authorize(self, transfers: Transfers, ledger: LedgerView) -> np.ndarray:
-        cap = self.single_cap_fen[class_of_bits(self._flags[transfers.payer])]
+        cap = self.single_cap_fen[class_of_bits(transfers.payer_flags(self._flags))]
         return np.where(transfers.amount_fen > cap, ResultCode.WALLET_SINGLE_LIMIT, 0).astype(CODE_DTYPE)
 
     def state_bytes(self) -> int:

@@ -284,3 +284,21 @@ def test_enforcement_state_fits_12_bytes_per_account() -> None:
     ledger = ledger_with(WalletLimits(), Blacklist(), Freeze(), SocialCredit(), accounts=1000)
     # balance uint32 + class and flags 1 + day-stamped spend 4 + score 2 (docs/design.md).
     assert ledger.bytes_per_account() == 4 + 1 + 4 + 2 <= 12
+
+
+def test_transfers_gather_flags_once_and_per_column() -> None:
+    from engine.hooks.base import Transfers
+
+    flags = np.arange(10, dtype=np.uint8) * 3
+    batch = make_batch([1, 4, 7, 2], [5, 0, 9, 3], [1, 1, 1, 1])
+    transfers = Transfers(batch, np.array([0, 2, 3]))
+    at = np.array([2, 0])
+    assert transfers.payer_flags_at(flags, at).tolist() == [6, 3]  # no gather yet: only these
+    payer = transfers.payer_flags(flags)
+    assert payer.tolist() == [3, 21, 6]
+    assert transfers.payer_flags(flags) is payer  # the batch's one gather, shared
+    assert transfers.payee_flags(flags).tolist() == [15, 27, 9]
+    assert transfers.payer_flags_at(flags, at).tolist() == [6, 3]
+    other = flags + 1  # another column is gathered anew, never read from the first one's bytes
+    assert transfers.payer_flags(other).tolist() == [4, 22, 7]
+    assert transfers.payer_flags_at(other, at).tolist() == [7, 4]

@@ -72,3 +72,37 @@ def test_balance_cap_released_by_a_later_debit_is_exact() -> None:
     batch = make_batch([1, 0, 1], [0, 2, 0], [100, 40_000, 100])
     codes = assert_same(ledger, ref, batch)
     assert codes.tolist() == [ResultCode.WALLET_BALANCE_LIMIT, ResultCode.OK, ResultCode.OK]
+
+
+def test_certain_insufficient_funds_leave_the_loop() -> None:
+    # 0 asks 100 holding 10, with at most 5 coming in: it fails in any order, so it neither
+    # sends its payer's other transfers to the one-at-a-time loop nor holds up the payee's.
+    ledger, ref = twins([10, 0, 5, 0])
+    batch = make_batch([0, 2, 0], [1, 0, 3], [100, 5, 3])
+    codes = assert_same(ledger, ref, batch)
+    assert codes.tolist() == [ResultCode.INSUFFICIENT_FUNDS, ResultCode.OK, ResultCode.OK]
+    assert ledger.stats.exact_path_transfers == 0
+
+
+def test_certain_daily_limit_leaves_the_loop() -> None:
+    # Class 4: daily cap 1,000 yuan, single cap 500. Account 0 spends the day's cap in the first
+    # batch; in the second its payment fails the daily cap in any order, and the credit it gets
+    # (and the payer's other checks) are decided without the loop.
+    # A thousand accounts, so that the sequencer's clock (a payment per account a day) stays in one day.
+    balances, classes = np.zeros(1_000, dtype=np.int64), np.zeros(1_000, dtype=np.uint8)
+    balances[[0, 2]], classes[0] = [100_000, 10**6], 4
+    ledger, ref = twins(balances, classes, limits=True)
+    assert_same(ledger, ref, make_batch([0, 0], [1, 1], [50_000, 50_000], transfer_id=[0, 1]))
+    codes = assert_same(ledger, ref, make_batch([0, 2], [1, 0], [1, 5], transfer_id=[2, 3]))
+    assert codes.tolist() == [ResultCode.WALLET_DAILY_LIMIT, ResultCode.OK]
+    assert ledger.stats.exact_path_transfers == 0
+
+
+def test_certain_failures_beside_order_dependent_ones() -> None:
+    # Account 0 (holding 10) has one hopeless debit (50 > 10 + 20) and two that depend on a
+    # credit of 20 arriving in the middle: the loop decides those, the hopeless one stays out.
+    ledger, ref = twins([10, 100, 0, 0])
+    batch = make_batch([0, 0, 1, 0], [2, 3, 0, 2], [50, 10, 20, 15])
+    codes = assert_same(ledger, ref, batch)
+    assert codes.tolist() == [ResultCode.INSUFFICIENT_FUNDS, ResultCode.OK, ResultCode.OK, ResultCode.OK]
+    assert ledger.stats.exact_path_transfers == 3

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.accounts import unique_accounts
 from engine.balances import SPILLED, NarrowBalances
 from engine.clock import SequencerClock
 from engine.hooks.wallet_limits import WalletLimits, WalletLimitsConfig
@@ -153,3 +154,14 @@ def test_daily_cap_above_24_bits_is_refused_with_the_reason() -> None:
     with pytest.raises(ValueError, match="24 bits"):
         WalletLimitsConfig(class_1=ClassCaps(500_000, 50_000, 167_773))
     WalletLimitsConfig(class_1=ClassCaps(500_000, 50_000, 167_772))
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=300), st.integers(1, 2**32 - 1))
+@settings(max_examples=200, deadline=None)
+def test_unique_accounts_is_numpy_unique_with_inverse(ids: list[int], modulus: int) -> None:
+    accounts = (np.array(ids, dtype=np.uint64) % modulus).astype(np.uint32)  # small moduli repeat ids
+    distinct, inverse = unique_accounts(accounts)
+    expected, expected_inverse = np.unique(accounts, return_inverse=True)
+    assert distinct.dtype == np.intp and inverse.dtype == np.intp
+    assert distinct.tolist() == expected.tolist()
+    assert inverse.tolist() == expected_inverse.ravel().tolist()
