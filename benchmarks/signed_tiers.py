@@ -40,7 +40,10 @@ once per nice of the local validator processes (``serve --validator-nice``; a ti
 validators has none and is searched once): the A/B of that setting in one run;
 ``--validator-min-parcel 32,128`` the same for the parcel size (``serve --validator-min-parcel``),
 ``--validator-policy normal,batch`` for the workers' scheduling policy and ``--validator-gather-us
-0,1000`` for the wait for a tick's other Submits (several given: every combination).
+0,1000`` for the wait for a tick's other Submits (several given: every combination). ``--tick-us
+5000,2000`` searches each tier once per generator tick (``load --tick-us``; 0 = the generator's
+auto tick): the wait in the operators' outboxes against the generator's and the server's cost per
+frame.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ from loadgen.results.verdict import steal_spoiled
 
 PROFILES = ("signed", "signed-full")
 #: ``SignedTiers.format`` (history in its docstring).
-SIGNED_TIERS_FORMAT = 5
+SIGNED_TIERS_FORMAT = 6
 VALIDATORS = ("0", "1", "2")
 #: Start of each search as a share of (Ed25519 verifications per CPU second x max(workers, 1)):
 #: near the expected answer, so the bracket takes few trials (the answer is found either way).
@@ -134,6 +137,8 @@ class TierResult(msgspec.Struct, frozen=True):
     #: ``serve --validator-policy`` and ``--validator-gather-us`` of this tier's server (None: default).
     validator_policy: str | None = None
     validator_gather_us: int | None = None
+    #: The generator's ``--tick-us`` in this tier's trials (0: its auto tick; None: before format 6).
+    tick_us: int | None = None
 
 
 class SignedTiers(msgspec.Struct, frozen=True):
@@ -145,7 +150,8 @@ class SignedTiers(msgspec.Struct, frozen=True):
     window's edges); 3 = a failed trial is repeated (``retries``; trials carry ``repeat`` and
     ``stolen_cores``), tiers carry ``validator_nice``; 4 = tiers carry ``validator_min_parcel``;
     5 = a trial whose window the host's steal spoiled is measured again (``steal_retries``; trials
-    carry ``set_aside`` and ``spoiled``), tiers carry ``validator_policy`` and ``validator_gather_us``.
+    carry ``set_aside`` and ``spoiled``), tiers carry ``validator_policy`` and ``validator_gather_us``;
+    6 = tiers carry ``tick_us`` (``--tick-us``).
     """
 
     kind: str
@@ -205,9 +211,11 @@ def search_tier(
     args: argparse.Namespace,
     out: Path,
     settings: dict[str, str],
+    tick_us: int = 0,
 ) -> TierResult:
     """One server for ``profile`` with ``validators`` (and the ``serve --validator-*`` ``settings``,
-    flag name without ``--validator-`` -> value), its maximum sustainable rate searched."""
+    flag name without ``--validator-`` -> value), its maximum sustainable rate searched with the
+    generator's tick at ``tick_us`` (0: auto)."""
     t0 = time.perf_counter()
     rows: list[TrialRow] = []
     best: RunResult | None = None
@@ -273,6 +281,7 @@ def search_tier(
                 drain=args.drain,
                 seed=args.seed,
                 signed=True,
+                tick_us=tick_us,
             )
             return run_measure(
                 config,
@@ -305,6 +314,7 @@ def search_tier(
         validator_min_parcel=int(settings["min-parcel"]) if "min-parcel" in settings else None,
         validator_policy=settings.get("policy"),
         validator_gather_us=int(settings["gather-us"]) if "gather-us" in settings else None,
+        tick_us=tick_us,
         max_sustainable_tps=round(found.max_sustainable_tps),
         note=note,
         slo_p99_ms=args.targets.slo_p99_ms,
@@ -339,6 +349,11 @@ def main() -> None:
             default="",
             help=f"comma-separated serve --validator-{name} values, each searched (default: the server's)",
         )
+    parser.add_argument(
+        "--tick-us",
+        default="0",
+        help="comma-separated generator ticks in us (load --tick-us), each searched (default 0: the auto tick)",
+    )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--drain", type=float, default=2.0, help="seconds a trial waits for late replies")
     parser.add_argument("--min", type=float, default=500, help="lowest rate a search tries")
@@ -366,13 +381,15 @@ def main() -> None:
         tiers: list[TierResult] = []
         given = {name: getattr(args, f"validator_{name.replace('-', '_')}") for name in SETTINGS}
         axes = [[(name, v) for v in value.split(",")] for name, value in given.items() if value]
+        ticks = [int(v) for v in args.tick_us.split(",")]
         for profile in args.profiles.split(","):
             for validators in args.validators.split(","):
                 local = validators != "0"  # the inline tier has no validator processes to set
                 for combo in itertools.product(*axes) if local else [()]:
-                    tier = search_tier(profile, validators, args, out, dict(combo))
-                    tiers.append(tier)
-                    print(msgspec.json.encode(msgspec.structs.replace(tier, trials=[])).decode(), flush=True)
+                    for tick_us in ticks:
+                        tier = search_tier(profile, validators, args, out, dict(combo), tick_us)
+                        tiers.append(tier)
+                        print(msgspec.json.encode(msgspec.structs.replace(tier, trials=[])).decode(), flush=True)
         summary = SignedTiers(
             kind="signed-tiers",
             format=SIGNED_TIERS_FORMAT,

@@ -297,7 +297,10 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
         "--arrival", choices=[a.value for a in Arrival], default="constant", help="arrival process (default constant)"
     )
     p.add_argument(
-        "--tick-us", type=parse_count, default=0, help="send tick in us (default 0 = auto: ~1,000/frame, 1-5 ms)"
+        "--tick-us",
+        type=parse_count,
+        default=0,
+        help="send tick in us (default 0 = auto: ~1,000/frame, 1-5 ms; signed loads 1-3 ms)",
     )
     add_max_batch(p, what="Submit frame", old="--batch-max")
     add_drain(p, default=5.0)

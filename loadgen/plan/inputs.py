@@ -92,9 +92,16 @@ class Arrivals(msgspec.Struct, frozen=True):
 
     load: LoadConfig
     max_batch: int
+    #: The auto tick's longest tick (ns) the run was made under, where it is not today's rule's
+    #: (``auto_tick_max_ns``); 0: today's. Signed runs made before issue 19's 3 ms cap ticked at up
+    #: to 5 ms: their per-tick costs are fitted, and predicted, at the ticks they had.
+    auto_tick_max_ns: int = 0
 
     def ticks_per_s(self, rate_tps: float) -> float:
-        return 1e9 / msgspec.structs.replace(self.load, rate_tps=rate_tps).tick_ns
+        load = msgspec.structs.replace(self.load, rate_tps=rate_tps)
+        if self.auto_tick_max_ns and not load.tick_us:
+            return 1e9 / load.auto_tick_ns(self.auto_tick_max_ns / 1e9)
+        return 1e9 / load.tick_ns
 
     def submit_transfers(self, rate_tps: float) -> float:
         """Mean transfers in one gateway's Submit at ``rate_tps`` (one per gateway per tick)."""
@@ -273,6 +280,17 @@ def _json_files(root: Path) -> Iterator[Path]:
     )
 
 
+def auto_tick_max_ns(load: LoadConfig, ticked_us: int) -> int:
+    """``Arrivals.auto_tick_max_ns`` of a signed run whose generator ticked every ``ticked_us`` (its
+    result file's ``generator.tick_us``) under ``load``: 0 when that is what the auto tick gives
+    today (or the tick was set, or the load is unsigned: its rule never changed), else the tick it
+    had, which was then the cap: signed rates stay far below the ~1,000 transfers a frame of the
+    auto rule, so a signed run ticked at the cap, 5 ms before issue 19's 3 ms."""
+    if not load.signed or load.tick_us or ticked_us <= 0 or ticked_us == load.tick_ns // 1000:
+        return 0
+    return ticked_us * 1000
+
+
 def run_cost(result: RunResult, file: str = "") -> RunCost | None:
     """``result`` reduced to CPU by tier per second of its window; None without ledger figures."""
     server = result.server
@@ -296,7 +314,11 @@ def run_cost(result: RunResult, file: str = "") -> RunCost | None:
         offered_tps=result.summary.offered_tps,
         transfers_per_s=transfers / window_s,
         batches_per_s=batches / window_s,
-        arrivals=Arrivals(result.load, int(_num(server.welcome.get("max_batch")) or result.load.batch_max)),
+        arrivals=Arrivals(
+            result.load,
+            int(_num(server.welcome.get("max_batch")) or result.load.batch_max),
+            auto_tick_max_ns(result.load, result.generator.tick_us),
+        ),
         tier_ns_per_s={k: v / window_s for k, v in tiers.items()},
         hooks=[_hook_name(h) for h in settings.hooks],
         workers=_workers(server.stats_end) | dict(server.tier_workers),

@@ -12,7 +12,13 @@ import uvloop
 from engine import wire
 from engine.behaviours import labels
 from engine.codes import ResultCode
-from loadgen.generator.gateway import Gateway, LoadConfig, run_load
+from loadgen.generator.gateway import (
+    AUTO_TICK_MAX_S,
+    SIGNED_AUTO_TICK_MAX_S,
+    Gateway,
+    LoadConfig,
+    run_load,
+)
 from loadgen.generator.measure import Measurement
 from tests.support.wire_double import DoubleServer
 
@@ -96,6 +102,17 @@ def test_gateway_sends_each_scheduled_transfer_once_never_early_and_replays_the_
     # Record timestamps follow the simulated business clock, in schedule order.
     assert np.all(np.diff(records["timestamp_ns"]) >= 0)
     assert g.pending and m.results_total == 0
+
+
+def test_the_auto_tick_of_a_signed_load_is_capped_shorter_and_an_explicit_tick_wins() -> None:
+    # Signed rates (tens of thousands a second) are far below ~1,000 transfers a frame: the cap applies.
+    signed = LoadConfig(rate_tps=19_000, signed=True)
+    unsigned = LoadConfig(rate_tps=19_000)
+    assert signed.tick_ns == int(SIGNED_AUTO_TICK_MAX_S * 1e9) < unsigned.tick_ns == int(AUTO_TICK_MAX_S * 1e9)
+    assert signed.late_ns == signed.tick_ns + 2 * MS  # lateness is judged against the tick in force
+    # Where frames of ~1,000 transfers come sooner than either cap, signed or not makes no difference.
+    assert LoadConfig(rate_tps=1_000_000, signed=True).tick_ns == LoadConfig(rate_tps=1_000_000).tick_ns == 2 * MS
+    assert LoadConfig(rate_tps=19_000, signed=True, tick_us=5_000).tick_ns == 5 * MS
 
 
 def test_every_transfer_sent_gets_exactly_one_result_counted() -> None:

@@ -24,6 +24,7 @@ from loadgen.plan.inputs import (
     Inputs,
     MeasuredMax,
     RunCost,
+    auto_tick_max_ns,
     read_inputs,
     run_cost,
     server_kept_up,
@@ -300,6 +301,24 @@ def _ticks_per_s(rate_tps: float) -> float:
 
 def _arrivals() -> Arrivals:
     return Arrivals(LoadConfig(rate_tps=1.0, operators=2), max_batch=8192)
+
+
+def test_a_signed_run_made_under_the_old_5_ms_cap_is_fitted_and_predicted_at_its_own_ticks() -> None:
+    """Signed loads' auto tick is capped at 3 ms since issue 19 (5 ms before): a run whose file says
+    its generator ticked every 5 ms keeps 200 ticks/s at its rate and 5 ms ticks at other rates;
+    a run made under today's rule, an unsigned run and a run with a set tick are read by the rule."""
+    signed = LoadConfig(rate_tps=20_000.0, operators=2, signed=True)
+    assert auto_tick_max_ns(signed, 5_000) == 5_000_000
+    old = Arrivals(signed, max_batch=8192, auto_tick_max_ns=5_000_000)
+    assert old.ticks_per_s(20_000.0) == pytest.approx(200.0)
+    assert old.ticks_per_s(300_000.0) == pytest.approx(200.0)  # 150,000/s a gateway: still the cap
+    assert old.ticks_per_s(1_000_000.0) == pytest.approx(500.0)  # ~1,000 a frame: below either cap
+    assert auto_tick_max_ns(signed, signed.tick_ns // 1000) == 0
+    assert Arrivals(signed, max_batch=8192).ticks_per_s(20_000.0) == pytest.approx(1e9 / signed.tick_ns)
+    assert auto_tick_max_ns(LoadConfig(rate_tps=20_000.0, operators=2), 4_000) == 0  # unsigned: today's rule
+    fast = msgspec.structs.replace(signed, rate_tps=1_200_000.0)  # 1,666,666 ns: recorded as 1,666 us
+    assert auto_tick_max_ns(fast, fast.tick_ns // 1000) == 0
+    assert auto_tick_max_ns(msgspec.structs.replace(signed, tick_us=5_000), 5_000) == 0
 
 
 def test_batch_model_idle_busy_and_full_regimes() -> None:
