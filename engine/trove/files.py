@@ -22,14 +22,17 @@ file only after that.
 Intermediate files (``whole_digest=False``: the writer's runs and the merges' below the last
 tier, read once by a merge minutes later and deleted) get no whole-file SHA-256: the digest of
 their Parquet footer (``FileEntry.footer_sha256``) instead, and every page's CRC-32 (written for
-every file) is verified whenever a merge reads them (``check_pages``, ``compaction._RunReader``)
-and by a deep check. So a damaged or foreign intermediate file is still reported by name, never
-silently read: its size, footer digest, trove and segment id are checked before a merge reads
-it, and a changed page fails its CRC (tests/engine/test_trove_files.py). Hashing the whole file
-as it was written cost the writer ~75-80 ns a row (its two plain files, ~120 bytes a row, at
-~1.5 GB/s); verifying the pages' CRCs when the merge reads them costs about half that (~18 ns a
-row per file read, measured on a 2^21-row plain file in page cache: 10 -> 28 ns/row). Final
-(zstd) files, which stay, keep their whole-file SHA-256.
+every file) is verified whenever a merge reads them (``compaction._RunReader``) and by a deep
+check (``check_pages``). A damaged or foreign intermediate file is still reported by name, never
+silently read: before a merge reads its sources, their size, footer digest, trove, segment and
+rows are checked (``compaction.check_sources``), and a changed page fails its CRC
+(tests/engine/test_trove_files.py, test_trove_merge.py). Stronger than before, when a merge
+read them unverified (the whole-file digest was checked only by a deep check at open). Measured
+in one process, alternated (shared machine, 2026-12-04, ``/tmp`` scripts, not kept): one 2^22-row
+plain payer-sorted file written with and without the whole-file SHA-256, 8 rounds, medians 127
+-> 106 ns a row (~40 ns a row for the writer's two files); a final merge of 8 plain 2^19-row
+runs with and without verifying their pages' CRCs, 5 rounds, medians 707 -> 729 ns a row
+merged (+22). Net ~20 ns a row less. Final (zstd) files, which stay, keep their whole-file SHA-256.
 """
 
 from __future__ import annotations
@@ -82,12 +85,17 @@ def column_compression(compression: str, ordering: str) -> dict[str, str]:
 #: Byte-stream split (each value's bytes in separate streams: the high bytes of ids, amounts and
 #: cells, alike from row to row, become runs) for every other column that is not dictionary-encoded:
 #: the codec then finds long matches fast. Measured on 2^20-row final files (zstd, 4,096-row groups,
-#: one process, medians of 5 alternated rounds, shared machine, 2026-12-04:
-#: ``/tmp`` script, not kept), against plain encoding of these columns: the encoding 0.76x
+#: one process, medians of 5 alternated rounds, shared machine, 2026-12-04, a ``/tmp`` script,
+#: not kept), against plain encoding of these columns: the encoding 0.76x
 #: (payer-sorted) and 0.72x (payee-sorted) the CPU over 10^9 accounts, 0.68x and 0.74x over 2*10^7;
 #: bytes 25.85 -> 24.03 and 28.03 -> 26.23 B/row (10^9 accounts), 24.27 -> 22.05 and 26.80 -> 24.79
 #: (2*10^7); reading them back (pyarrow, all columns) no slower (21-28 against 28-76 ns/row, noisy).
-#: DuckDB (2.0) reads it (tests/engine/test_trove_files.py).
+#: A 2*10^7-row ``trove build`` over as many accounts: 51.08 -> 47.71 B/row, 22.1 -> 17.9 s of
+#: CPU. Its lookups, ``python -m benchmarks.trove_lookup_cost --queries 200``, 4 rounds alternated
+#: between the two troves: a person's day (column-first, warm) 2.8-3.2 -> 2.1-2.8 ms CPU, whole
+#: row groups 5.6-6.9 -> 4.4-4.9 ms. DuckDB (2.0) reads it (tests/engine/test_trove_files.py); its
+#: scans of the same payer-sorted files, one thread, medians of 4 alternated: a cell 339 -> 345 ms
+#: CPU, a payee 280 -> 322, a device 449 -> 337, a category aggregate 765 -> 581.
 _BYTE_STREAM_SPLIT = "BYTE_STREAM_SPLIT"
 
 
