@@ -103,6 +103,44 @@ def test_a_file_written_with_incremental_writeback_is_the_same_file(tmp_path: Pa
     assert pq.read_table(tmp_path / "synced.parquet").cast(table.schema).equals(table)  # columns are written not-null
 
 
+def test_an_intermediate_file_is_written_by_pyarrow_synced_as_it_goes_and_the_same_bytes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Without a whole-file digest pyarrow writes the file itself, synced once ``sync_bytes`` reached
+    the file, between slices of whole row groups: the same bytes as the hashed path's."""
+    table = _seeded_table(200_000, "payer")  # ~12 MB plain
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    written = {}
+    for whole in (False, True):
+        written[whole], rows = write_parquet(
+            tmp_path,
+            f"{whole}.parquet",
+            "payer",
+            table.to_batches(),
+            table.schema,
+            trove_id="t",
+            segment_id=1,
+            row_group_rows=4_096,
+            compression="none",
+            sync_bytes=1 << 20,
+            whole_digest=whole,
+        )
+        assert rows == len(table)
+        if not whole:
+            # Synced as it went: each of pyarrow's buffers (_BUFFER_BYTES >= sync_bytes) but the last.
+            assert len(calls) >= written[False].bytes // _BUFFER_BYTES - 1 >= 2
+    assert (tmp_path / "False.parquet").read_bytes() == (tmp_path / "True.parquet").read_bytes()
+    assert written[False].footer_sha256 == footer_digest(tmp_path / "True.parquet") and not written[False].sha256
+    assert pq.read_table(tmp_path / "False.parquet").cast(table.schema).equals(table)
+
+
 def _seeded_table(n: int, ordering: str) -> pa.Table:
     codes = np.zeros(MAX_BATCH, dtype=np.uint8)
     batches = seeded_batches(n, 10_000, seed=5, batch_rows=4_096)
