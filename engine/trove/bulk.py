@@ -394,6 +394,7 @@ def build(
                 segment_id=run.id,
                 row_group_rows=group_rows,
                 compression=run.compression,
+                whole_digest=run.final,
             )
             if n != run.rows:
                 raise RuntimeError(f"run {run.id}: wrote {n} rows, planned {run.rows}")

@@ -29,8 +29,8 @@ import msgspec
 import numpy as np
 
 from engine.trove.config import TroveConfig
-from engine.trove.files import write_parquet
-from engine.trove.manifest import Manifest, Segment, merge_ranges
+from engine.trove.files import CorruptSegment, check_file, footer_digest, write_parquet
+from engine.trove.manifest import FileEntry, Manifest, Segment, merge_ranges
 from engine.trove.schema import COLUMNS, ROW_BYTES, account_order, arrow_schema, concat_rows, take_rows
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def merge(
     expected = sum(s.rows for s in sources)
     if final is None:
         final = is_last_tier(expected, config)
-    compression = "zstd" if final else config.intermediate_compression
+    check_sources(root, sources, trove_id)
     orderings: dict[str, Iterable[pa.RecordBatch]]
     if all(s.kind == "run" for s in sources):
         orderings = {o: merged_runs(root, sources, o, config, stopping) for o in ORDERINGS}
@@ -219,25 +219,20 @@ def merge(
         orderings = {o: _sorted_in_memory(cols, o, config.row_group_rows) for o in ORDERINGS}
     else:
         orderings = {o: _duckdb_sorted(duckdb_connection(), root, sources, o, config) for o in ORDERINGS}
-    files = []
+    files: list[FileEntry] = []
     rows = 0
-    for ordering, batches in orderings.items():
-        entry, rows = write_parquet(
-            root,
-            f"runs/p{part}/r{segment_id:08d}.{ordering}.parquet",
-            ordering,
-            (b if b.schema.equals(schema) else b.cast(schema) for b in batches),
-            schema,
-            trove_id=trove_id,
-            segment_id=segment_id,
-            row_group_rows=config.file_row_group_rows(final=final),
-            compression=compression,
-        )
-        files.append(entry)
-        if rows != expected:
-            raise RuntimeError(
-                f"compaction of segments {[s.id for s in sources]} wrote {rows} rows, expected {expected}"
-            )
+    try:
+        for ordering, batches in orderings.items():
+            entry, rows = _write_ordering(root, part, segment_id, ordering, batches, schema, trove_id, config, final)
+            files.append(entry)
+            if rows != expected:
+                raise RuntimeError(
+                    f"compaction of segments {[s.id for s in sources]} wrote {rows} rows, expected {expected}"
+                )
+    except BaseException:
+        for f in files:  # a merge that fails writes nothing: not one ordering's file without the other
+            (root / f.path).unlink(missing_ok=True)
+        raise
     return Segment(
         id=segment_id,
         kind="run",
@@ -249,6 +244,44 @@ def merge(
         files=files,
         tier=tier_of(rows, config),
     )
+
+
+def _write_ordering(
+    root: Path,
+    part: int,
+    segment_id: int,
+    ordering: str,
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    trove_id: str,
+    config: TroveConfig,
+    final: bool,
+) -> tuple[FileEntry, int]:
+    """One ordering's file of a merged run (zstd and a whole-file digest if ``final``)."""
+    return write_parquet(
+        root,
+        f"runs/p{part}/r{segment_id:08d}.{ordering}.parquet",
+        ordering,
+        (b if b.schema.equals(schema) else b.cast(schema) for b in batches),
+        schema,
+        trove_id=trove_id,
+        segment_id=segment_id,
+        row_group_rows=config.file_row_group_rows(final=final),
+        compression="zstd" if final else config.intermediate_compression,
+        whole_digest=final,
+    )
+
+
+def check_sources(root: Path, sources: list[Segment], trove_id: str) -> None:
+    """Before a merge reads them: every file of ``sources`` is this trove's and that segment's, of
+    the size and rows recorded (``files.check_file``), and an intermediate file's footer is the one
+    written (``FileEntry.footer_sha256``); else CorruptSegment naming the file. (Their pages' CRCs
+    are verified as the merge reads them: ``_RunReader``.)"""
+    for s in sources:
+        for f in s.files:
+            check_file(root, f, trove_id=trove_id, segment_id=s.id, rows=s.rows, deep=False)
+            if f.footer_sha256 and footer_digest(root / f.path, f.bytes) != f.footer_sha256:
+                raise CorruptSegment(f"trove file {root / f.path} does not match its recorded footer digest")
 
 
 class MergeStopped(RuntimeError):
@@ -307,21 +340,34 @@ def _disjoint(sources: list[Segment]) -> bool:
     return True
 
 
-class _RunReader:
-    """One source run's file read ahead in batches: ``cols`` holds rows read and not yet merged."""
+#: Whether a merge verifies its sources' page CRC-32s as it reads them (``_RunReader``).
+VERIFY_PAGES = True
 
-    def __init__(self, path: Path, key: str, read_rows: int) -> None:
+
+class _RunReader:
+    """One source run's file read ahead in batches: ``cols`` holds rows read and not yet merged.
+
+    Every page's CRC-32 is verified as it is read (the file itself was checked before the merge
+    began: ``check_sources``): a damaged page fails the merge with a CorruptSegment naming the file."""
+
+    def __init__(self, root: Path, source: Segment, ordering: str, read_rows: int) -> None:
         import pyarrow.parquet as pq
 
-        self.key = key
-        self._batches = pq.ParquetFile(path).iter_batches(batch_size=read_rows, use_threads=False)
+        self.path = root / source.file(ordering).path
+        self.key = ordering
+        self._batches = pq.ParquetFile(self.path, page_checksum_verification=VERIFY_PAGES).iter_batches(
+            batch_size=read_rows, use_threads=False
+        )
         self.cols: dict[str, np.ndarray] = {name: np.empty(0, dtype=dtype) for name, dtype in COLUMNS.items()}
         self._next: dict[str, np.ndarray] | None = self._read()
 
     def _read(self) -> dict[str, np.ndarray] | None:
-        for batch in self._batches:
-            if batch.num_rows:
-                return _columns(batch)
+        try:
+            for batch in self._batches:
+                if batch.num_rows:
+                    return _columns(batch)
+        except OSError as exc:  # a page's CRC (pyarrow: "CRC checksum verification failed"), a short read
+            raise CorruptSegment(f"trove file {self.path} could not be merged: {exc}") from None
         return None
 
     @property
@@ -344,7 +390,11 @@ class _RunReader:
 
 
 def merged_runs(
-    root: Path, sources: list[Segment], ordering: str, config: TroveConfig, stopping: Callable[[], bool]
+    root: Path,
+    sources: list[Segment],
+    ordering: str,
+    config: TroveConfig,
+    stopping: Callable[[], bool],
 ) -> Iterator[pa.RecordBatch]:
     """The rows of runs, each sorted by (``ordering``, time, batch_seq, batch_index), merged into
     that order: a streaming k-way merge whose memory is a few read-ahead batches per source.
@@ -361,7 +411,7 @@ def merged_runs(
     check = not _disjoint(ordered)
     # Past fanin sources (a closed partition's leftovers), less read-ahead each: the same memory.
     read_rows = max(MERGE_READ_ROWS * config.fanin // max(len(ordered), config.fanin), 1)
-    readers = [_RunReader(root / s.file(ordering).path, ordering, read_rows) for s in ordered]
+    readers = [_RunReader(root, s, ordering, read_rows) for s in ordered]
 
     def step_rows() -> Iterator[dict[str, np.ndarray]]:
         while True:

@@ -30,6 +30,25 @@ class TroveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     a final merge 0.84x, writer + final merge 1,399 -> 1,157 ns a row. Bytes: final runs 53.71
     -> 53.49 B/row over 10^9 accounts; a 2*10^7-row ``trove build`` over as many accounts 50.89
     -> 51.08 B/row (its own account outside zstd, +0.04-0.07 B/row a file).
+
+    Then (tc3, same command, main at 0a3f17f and this branch alternated, 3 runs each per
+    session, shared machine at load 2-5, 2026-12-04): medians 1,614 -> 1,336 and 1,452 -> 1,226
+    ns a row (0.83x, 0.84x; pairs 0.65-0.94x) before intermediate files were written by pyarrow
+    itself, 1,501 -> 1,210 after (0.81x; pairs 0.78-0.82x); the last-tier merge 656-703 ->
+    582-615 ns a row merged, the writer's memtable 765-845 -> 513-621 (that session); final runs
+    53.27 -> 50.61 B/row, a 2*10^7-row ``trove build`` 51.08 -> 47.71 B/row. From: byte-stream
+    split for the final files' unsorted columns (``files.column_encodings``: ~0.75x their
+    encoding's CPU, fewer bytes), intermediate files without a whole-file SHA-256 (their footer's,
+    and their pages' CRCs verified when merged; ~20 ns a row net) written by pyarrow itself (~28
+    ns a row: ``files`` docstring), and pyarrow's buffers in glibc's arena
+    (``process.child_malloc_env``: no page faults per flush or merge, a few percent). A person's
+    day reads the same row groups, at less CPU (``files.column_encodings``).
+    Where the CPU still goes (cProfile on the thread's CPU clock, steady memtables, before the
+    native writes): the writer's ~600 ns a row is ~160 writing its two plain files into the page
+    cache (kernel), ~125 the two ``take``s, ~120 the two sorts, ~100 Parquet's plain encoding
+    (with page CRCs), ~40 the rollup; a final merge's ~650, ~60% encoding zstd files in
+    4,096-row groups (a zstd context per page: row groups are what lookups read, so not larger),
+    the rest reading, merging (concatenate, stable argsort, take: ~85) and writing.
     """
 
     #: Directory of the trove; "" = a temporary directory deleted when the hook closes (tests,

@@ -37,9 +37,13 @@ class FileEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     bytes: int
     #: The file's digest: BLAKE2b-128 in troves written before, SHA-256 since (with the CPU's SHA
     #: instructions 4-5x faster than hashlib's BLAKE2b here, 1.7 against 0.4 GB/s: the digest was
-    #: ~8% of the writer's and a merge's CPU). Exactly one of the two is set.
+    #: ~8% of the writer's and a merge's CPU). Exactly one of the three is set: intermediate files
+    #: (read once by a merge, then deleted) record ``footer_sha256`` instead (``files`` docstring).
     blake2b: str = ""
     sha256: str = ""
+    #: SHA-256 of the Parquet footer and trailer alone (``files.footer_digest``), for files without
+    #: a whole-file digest: their pages' CRC-32s are verified when read instead.
+    footer_sha256: str = ""
     #: Parquet codec of its column chunks ("zstd" for final runs, ``intermediate_compression`` for
     #: runs a merge will read again); "" in troves written before it was recorded.
     codec: str = ""

@@ -395,6 +395,13 @@ def child_malloc_env() -> dict[str, str]:
     ~20% less per row (shared machine, alternated, steady memtables: 865-1,109 -> 622-903 ns/row),
     a final merge's ~9% (1,002-1,235 -> 867-1,209 ns/row, within the noise), the same peak RSS
     (the flush's peak, now kept for the next flush instead of returned).
+
+    pyarrow's buffers (a table's ``take``, the pages a merge reads, a writer's pages) come from its
+    own pool, mimalloc by default, which returns freed memory to the kernel after ~10 ms, so each
+    flush and merge faulted its Arrow buffers in again: ~4,800 faults per 2^22-row memtable after
+    the first, ~5,700-10,400 per final merge of 8 x 2^19 rows. ``ARROW_DEFAULT_MEMORY_POOL=system``
+    puts them in glibc's arena above, kept: 0-200 faults a memtable or merge (shared machine,
+    ``/tmp`` harness, 2026-12-04; the CPU saved is within a few percent, see ``TroveConfig``).
     """
     return {
         # No BLAS thread pool: the trove does no linear algebra, and numpy's import would start
@@ -403,6 +410,7 @@ def child_malloc_env() -> dict[str, str]:
         "MALLOC_ARENA_MAX": "1",
         "MALLOC_MMAP_THRESHOLD_": str(1 << 32),
         "MALLOC_TRIM_THRESHOLD_": str(1 << 34),
+        "ARROW_DEFAULT_MEMORY_POOL": "system",
     }
 
 

@@ -62,7 +62,7 @@ SOURCE_COLUMNS = ("timestamp_ns", "location_cell", "category", "operator", "code
 def derived_path(root: Path, entry: FileEntry, kind: str, version: int) -> Path:
     """Where the file of ``kind`` derived from run file ``entry`` lives: named by the file's digest
     and path (``derived_source`` reads the path back), so it never outlives or mislabels its file."""
-    digest = (entry.sha256 or entry.blake2b)[:24]
+    digest = (entry.sha256 or entry.blake2b or entry.footer_sha256)[:24]
     return root / DERIVED_DIR / kind / f"{digest}.v{version}-{entry.path.replace('/', '~')}"
 
 

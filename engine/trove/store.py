@@ -512,6 +512,7 @@ class Trove(TroveFeed):
                 segment_id=seg_id,
                 row_group_rows=self.config.file_row_group_rows(final=final),
                 compression="zstd" if final else self.config.intermediate_compression,
+                whole_digest=final,
             )
             files.append(entry)
         run = Segment(

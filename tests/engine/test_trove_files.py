@@ -1,5 +1,7 @@
 """Writing a trove file (``engine.trove.files``): incremental writeback (the file synced as it is
-written, so no fsync carries a whole file beside the journal's), same bytes and digest either way."""
+written, so no fsync carries a whole file beside the journal's), same bytes and digest either way;
+the encodings of final files, which every reader must read; intermediate files' footer digest and
+page checksums."""
 
 from __future__ import annotations
 
@@ -8,11 +10,26 @@ import io
 import os
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.trove.files import _BUFFER_BYTES, _HashingFile, digest, write_parquet
+from engine.records import MAX_BATCH
+from engine.trove.bench import seeded_batches
+from engine.trove.files import (
+    _BUFFER_BYTES,
+    CorruptSegment,
+    _HashingFile,
+    check_file,
+    check_pages,
+    column_encodings,
+    digest,
+    footer_digest,
+    write_parquet,
+)
+from engine.trove.schema import COLUMNS, account_order, arrow_schema, concat_rows, rows_of
 
 
 class _Recorder(io.BytesIO):
@@ -84,3 +101,113 @@ def test_a_file_written_with_incremental_writeback_is_the_same_file(tmp_path: Pa
     assert rows == n and synced.bytes == plain.bytes
     assert synced.sha256 == digest(tmp_path / "synced.parquet") == plain.sha256
     assert pq.read_table(tmp_path / "synced.parquet").cast(table.schema).equals(table)  # columns are written not-null
+
+
+def test_an_intermediate_file_is_written_by_pyarrow_synced_as_it_goes_and_the_same_bytes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Without a whole-file digest pyarrow writes the file itself, synced once ``sync_bytes`` reached
+    the file, between slices of whole row groups: the same bytes as the hashed path's."""
+    table = _seeded_table(200_000, "payer")  # ~12 MB plain
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    written = {}
+    for whole in (False, True):
+        written[whole], rows = write_parquet(
+            tmp_path,
+            f"{whole}.parquet",
+            "payer",
+            table.to_batches(),
+            table.schema,
+            trove_id="t",
+            segment_id=1,
+            row_group_rows=4_096,
+            compression="none",
+            sync_bytes=1 << 20,
+            whole_digest=whole,
+        )
+        assert rows == len(table)
+        if not whole:
+            # Synced as it went: each of pyarrow's buffers (_BUFFER_BYTES >= sync_bytes) but the last.
+            assert len(calls) >= written[False].bytes // _BUFFER_BYTES - 1 >= 2
+    assert (tmp_path / "False.parquet").read_bytes() == (tmp_path / "True.parquet").read_bytes()
+    assert written[False].footer_sha256 == footer_digest(tmp_path / "True.parquet") and not written[False].sha256
+    assert pq.read_table(tmp_path / "False.parquet").cast(table.schema).equals(table)
+
+
+def _seeded_table(n: int, ordering: str) -> pa.Table:
+    codes = np.zeros(MAX_BATCH, dtype=np.uint8)
+    batches = seeded_batches(n, 10_000, seed=5, batch_rows=4_096)
+    cols = concat_rows([rows_of(b, codes[: len(b)], seq) for seq, b in enumerate(batches, start=1)])
+    order = account_order(cols[ordering], cols["timestamp_ns"])
+    return pa.table({name: cols[name][order] for name in COLUMNS}, schema=arrow_schema())
+
+
+@pytest.mark.parametrize("ordering", ["payer", "payee"])
+def test_final_files_split_the_bytes_of_unsorted_columns_and_duckdb_reads_them(tmp_path: Path, ordering) -> None:
+    table = _seeded_table(30_000, ordering)
+    entry, rows = write_parquet(
+        tmp_path,
+        "f.parquet",
+        ordering,
+        table.to_batches(),
+        table.schema,
+        trove_id="t",
+        segment_id=1,
+        row_group_rows=4_096,
+    )
+    meta = pq.read_metadata(tmp_path / "f.parquet")
+    encodings = {meta.schema.column(i).name: meta.row_group(0).column(i).encodings for i in range(meta.num_columns)}
+    expected = column_encodings(ordering)
+    assert expected[ordering] == "DELTA_BINARY_PACKED" and expected["amount_fen"] == "BYTE_STREAM_SPLIT"
+    for name, encoding in expected.items():
+        assert encoding in encodings[name], (name, encodings[name])
+    assert rows == len(table) and entry.sha256 == digest(tmp_path / "f.parquet") and not entry.footer_sha256
+    assert pq.read_table(tmp_path / "f.parquet").cast(table.schema).equals(table)
+    con = duckdb.connect()
+    try:  # DuckDB keeps a scan's rows in file order (preserve_insertion_order)
+        back = con.execute(f"SELECT * FROM read_parquet('{tmp_path / 'f.parquet'}')").fetchnumpy()
+    finally:
+        con.close()
+    for name in COLUMNS:
+        assert np.array_equal(np.asarray(back[name]), table[name].to_numpy()), name
+
+
+def test_an_intermediate_file_records_its_footer_and_a_changed_page_is_named(tmp_path: Path) -> None:
+    """No whole-file digest for intermediate files: the footer's, and the pages' CRCs checked when
+    read (deep check, ``check_pages``), so a changed page is still a CorruptSegment naming the file."""
+    table = _seeded_table(30_000, "payer")
+    entry, rows = write_parquet(
+        tmp_path,
+        "i.parquet",
+        "payer",
+        table.to_batches(),
+        table.schema,
+        trove_id="t",
+        segment_id=3,
+        row_group_rows=4_096,
+        compression="none",
+        whole_digest=False,
+    )
+    path = tmp_path / "i.parquet"
+    assert not entry.sha256 and entry.footer_sha256 == footer_digest(path) == footer_digest(path, entry.bytes)
+    check_file(tmp_path, entry, trove_id="t", segment_id=3, rows=rows, deep=True)
+    data = bytearray(path.read_bytes())
+    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    data[footer_start // 2] ^= 0x01  # one bit of a data page: same size, same footer
+    path.write_bytes(bytes(data))
+    assert footer_digest(path) == entry.footer_sha256
+    check_file(tmp_path, entry, trove_id="t", segment_id=3, rows=rows, deep=False)  # the footer cannot tell
+    with pytest.raises(CorruptSegment, match=f"{path}.*page checksums"):
+        check_pages(path)
+    with pytest.raises(CorruptSegment, match=f"{path}.*page checksums"):
+        check_file(tmp_path, entry, trove_id="t", segment_id=3, rows=rows, deep=True)
+    path.write_bytes(b"not a parquet file")
+    with pytest.raises(CorruptSegment, match=str(path)):
+        footer_digest(path)

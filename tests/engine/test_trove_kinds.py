@@ -168,7 +168,7 @@ def test_sidecars_are_built_once_named_by_digest_and_pruned_with_their_runs(tmp_
         assert built == len(runs) > 1
         sides = sorted((root / SIDECAR_DIR / "device_id").glob("*.parquet"))
         assert {sidecar_source(p) for p in sides} == {s.file("payer").path for s in runs}
-        digests = {(s.file("payer").sha256 or s.file("payer").blake2b)[:24] for s in runs}
+        digests = {(s.file("payer").sha256 or s.file("payer").footer_sha256)[:24] for s in runs}
         assert {p.name.split(".", 1)[0] for p in sides} == digests
         assert reader.same_device(a).num_rows == len(ref_same_device(rows, a, *ALL_TIME))
         assert reader.lookup_counts["sidecars_built"] == built  # reused, not rebuilt

@@ -148,7 +148,8 @@ def test_files_a_merge_reads_again_are_lz4_the_rest_zstd(tmp_path: Path, rng) ->
 @pytest.mark.parametrize("intermediate", ["none", "lz4"])
 def test_each_file_records_its_codec_and_the_digest_of_its_bytes(tmp_path: Path, rng, intermediate: str) -> None:
     """The digest is taken as the file is written (not read back): it must be the digest of the
-    bytes on disk, for the writer's runs and for merged ones, in either codec."""
+    bytes on disk, for the writer's runs and for merged ones, in either codec. Final (zstd) files
+    record the whole file's SHA-256; intermediate ones their footer's (their pages carry CRCs)."""
     entries = list(random_entries(rng, 120))
     config = small_config(tmp_path / "t", partition_s=86_400, max_run_rows=2_800, intermediate_compression=intermediate)
     trove = Trove.open(config, start=False)
@@ -167,7 +168,11 @@ def test_each_file_records_its_codec_and_the_digest_of_its_bytes(tmp_path: Path,
 def _check_files(root: Path, segments: list[Segment]) -> None:
     for s in segments:
         for f in s.files:
-            assert f.sha256 == digest(root / f.path) and f.bytes == (root / f.path).stat().st_size
+            if f.codec == "zstd":
+                assert f.sha256 == digest(root / f.path) and not f.footer_sha256
+            else:
+                assert f.footer_sha256 == files.footer_digest(root / f.path) and not f.sha256
+            assert f.bytes == (root / f.path).stat().st_size
             parquet_codec = "UNCOMPRESSED" if f.codec == "none" else f.codec.upper()
             assert _codec(root, Segment(s.id, s.kind, s.partition, s.rows, 0, 0, [], [f])) == {parquet_codec}
 
@@ -384,3 +389,40 @@ def test_a_persons_payments_span_files_with_nullable_and_required_columns(tmp_pa
         assert sorted(table_rows(pq.read_table(trove.root / merged.files[0].path))) == sorted(ref)
     finally:
         trove.close()
+
+
+def _flip_a_data_byte(path: Path) -> None:
+    """One byte changed in the file's pages (same size, footer intact: only its pages can tell)."""
+    data = bytearray(path.read_bytes())
+    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    data[(4 + footer_start) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["page", "foreign"])
+def test_a_damaged_or_foreign_intermediate_file_is_named_not_merged(tmp_path: Path, rng, damage: str) -> None:
+    """Intermediate files have no whole-file digest: a merge checks their size, footer digest, trove
+    and segment, and every page's CRC as it reads them; a deep check does the same. A changed page
+    or another run's file in its place is a CorruptSegment naming the file, never merged."""
+    entries = list(random_entries(rng, 120))
+    config = small_config(tmp_path / "t", partition_s=86_400, compact=False, intermediate_compression="none")
+    trove = Trove.open(config, start=False)
+    try:
+        load_sync(trove, entries)
+        runs = [s for s in sorted(trove.manifest.segments, key=lambda s: s.id) if s.file("payee").codec == "none"]
+        assert len(runs) >= 3 and all(s.file("payee").footer_sha256 and not s.file("payee").sha256 for s in runs)
+        victim = trove.root / runs[1].file("payee").path
+        if damage == "page":
+            _flip_a_data_byte(victim)
+        else:  # another run's payee file, renamed into its place
+            victim.write_bytes((trove.root / runs[2].file("payee").path).read_bytes())
+        with pytest.raises(files.CorruptSegment, match=str(victim)):
+            compaction.merge(
+                trove.root, runs[:2], 998, trove.manifest.trove_id, trove.config, duckdb_connection=_no_duckdb
+            )
+        assert not list((trove.root / "runs").rglob("r00000998.*"))  # nothing of the merge was kept
+    finally:
+        trove.close()
+    reopened = Trove.open(config, deep_check=True, start=False)
+    reopened.close()
+    assert len(reopened.problems) == 1 and str(victim) in reopened.problems[0]
