@@ -19,11 +19,13 @@ While a run with the trove goes on, its manifest is read every ``--sample-s`` se
 the disk, as any reader of the trove could, and the merge debt at each sample is kept
 (``debt_series``: seconds since the run started, rows in the trove, runs, merge debt in rows and
 merges, and the CPU seconds of the server's child processes: the trove's writer and compactor),
-with ``debt_trend``: the largest debt, the debt at the end, and the debt's least-squares slope
-over the samples of the ingest's second half (until the rows stop growing), in rows per second and as a fraction of the
-offered rate. A compactor that keeps up holds its debt below about one merge (a 2^26-row final
-merge is ~67M rows) with a slope near zero; one that falls behind shows a slope that is a
-steady fraction of the offered rate.
+with ``debt_trend``: the largest debt (rows, merges), the debt at the end, each stretch of
+samples with debt (``owed_spans``: from, to, seconds, most rows and merges owed), and the debt's
+least-squares slope over the ingest's second half (until the rows stop growing), in rows per
+second and as a fraction of the offered rate. A compactor that keeps up owes at most one merge
+at a time (a 2^26-row final merge is ~67M rows) and pays it off before the next falls due; one
+that falls behind owes more merges as the run goes on. The slope says little over a run of a few
+merges (each adds a step of a whole merge's rows): read the spans.
 
 ``--memtable 1048576,1`` adds, per rate, a third run: the trove with that memtable (earlier
 versions' 1-second runs) in the same session, so the default's and the old flushes' ratios to
@@ -157,8 +159,10 @@ def debt_trend(series: list[dict[str, Any]], rate: int, from_s: float) -> dict[s
         slope = sum((a - mt) * (b - md) for a, b in zip(t, d, strict=True)) / var if var else None
     return {
         "debt_max_rows": max(x["merge_debt_rows"] for x in series),
+        "debt_max_merges": max(x["merge_debt_merges"] for x in series),
         "debt_end_rows": series[-1]["merge_debt_rows"],
         "debt_end_merges": series[-1]["merge_debt_merges"],
+        "owed_spans": owed_spans(series),
         "slope_rows_per_s": None if slope is None else round(slope),
         "slope_fraction_of_rate": None if slope is None else round(slope / rate, 4),
         "samples": len(series),
@@ -176,6 +180,29 @@ def ingest_second_half_s(series: list[dict[str, Any]]) -> float:
     last = max(x["rows"] for x in with_rows)
     end = next(x["t_s"] for x in with_rows if x["rows"] == last)
     return (with_rows[0]["t_s"] + end) / 2
+
+
+def owed_spans(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each stretch of samples with merge debt: when it began and ended (None: still owed at the
+    last sample), its seconds, and its most rows and merges owed. A compactor that keeps up pays
+    each merge off before the next falls due (one merge owed at a time, stretches apart); one
+    that falls behind owes more merges as the run goes on."""
+    spans: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for x in series:
+        if x["merge_debt_rows"] > 0:
+            if current is None:
+                current = {"from_s": x["t_s"], "to_s": None, "max_rows": 0, "max_merges": 0}
+                spans.append(current)
+            current["max_rows"] = max(current["max_rows"], x["merge_debt_rows"])
+            current["max_merges"] = max(current["max_merges"], x["merge_debt_merges"])
+        elif current is not None:
+            current["to_s"] = x["t_s"]
+            current = None
+    for span in spans:
+        end = span["to_s"] if span["to_s"] is not None else series[-1]["t_s"]
+        span["seconds"] = round(end - span["from_s"], 2)
+    return spans
 
 
 def one_run(
@@ -223,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="500000,1000000", help="comma-separated offered rates (default 500000,1000000)")
     p.add_argument("--seconds", type=float, default=20.0, help="each run's measured window (default 20)")
     p.add_argument("--accounts", type=parse_count, default=1_000_000, help="ledger accounts (default 1e6)")
+    p.add_argument(
+        "--trove-only",
+        action="store_true",
+        help="only the runs with the trove (no ratio): a long run of the compaction's debt in half the time",
+    )
     p.add_argument("--sample-s", type=float, default=5.0, help="seconds between merge-debt samples (default 5)")
     p.add_argument("--dir", default="", help="scratch directory on the disk to measure (default: temporary)")
     p.add_argument(
@@ -244,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             other = memtable_scenario(scratch, int(parse_count(rows)), float(seconds))
         for rate in (parse_count(r) for r in args.rates.split(",")):
             with_trove = one_run(args, int(rate), None, scratch / f"trove-{rate}")
+            if args.trove_only:
+                report[str(rate)] = {"with_trove": with_trove}
+                print(json.dumps({str(rate): report[str(rate)]}), file=sys.stderr, flush=True)
+                continue
             without = one_run(args, int(rate), no_trove, scratch / f"buffer-{rate}", trove=False)
             ratio = (with_trove.get("achieved_tps") or 0) / (without.get("achieved_tps") or float("nan"))
             report[str(rate)] = {

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.trove_ingest_ratio import debt_trend, ingest_second_half_s
+from benchmarks.trove_ingest_ratio import debt_trend, ingest_second_half_s, owed_spans
 
 
 def _series(debts: list[int], rows_per_sample: int, idle_after: int) -> list[dict[str, Any]]:
@@ -41,3 +41,15 @@ def test_a_compactor_that_keeps_up_has_a_flat_debt_and_the_drain_is_left_out() -
 def test_no_samples_no_trend() -> None:
     assert debt_trend([], 500_000, 0.0) == {}
     assert ingest_second_half_s([]) == 0.0
+
+
+def test_owed_spans_say_how_long_each_merge_was_owed() -> None:
+    debts = [0, 0, 3, 3, 0, 0, 5, 5, 5]
+    series = _series([d * 1_000_000 for d in debts], 1_000_000, idle_after=20)
+    spans = owed_spans(series)
+    assert [(s["from_s"], s["to_s"], s["seconds"], s["max_rows"]) for s in spans] == [
+        (10.0, 20.0, 10.0, 3_000_000),
+        (30.0, None, 10.0, 5_000_000),  # still owed at the last sample (t = 40 s)
+    ]
+    trend = debt_trend(series, 500_000, 0.0)
+    assert trend["debt_max_merges"] == 1 and trend["owed_spans"] == spans
