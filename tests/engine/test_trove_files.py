@@ -39,6 +39,20 @@ class _Recorder(io.BytesIO):
         return 42
 
 
+@pytest.fixture
+def fdatasync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The descriptors ``os.fdatasync`` is called with during the test (the calls still sync)."""
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    return calls
+
+
 def test_the_sink_syncs_each_time_sync_bytes_were_written_since_the_last(rng) -> None:
     chunks = [rng.bytes(int(n)) for n in rng.integers(1, 300_000, size=40)]
     synced_at: list[int] = []
@@ -81,17 +95,10 @@ def _write(root: Path, name: str, table: pa.Table, sync_bytes: int):
     )
 
 
-def test_a_file_written_with_incremental_writeback_is_the_same_file(tmp_path: Path, rng, monkeypatch) -> None:
+def test_a_file_written_with_incremental_writeback_is_the_same_file(tmp_path: Path, rng, fdatasync_calls) -> None:
     n = 1_500_000  # ~24 MB plain: several of pyarrow's 4 MB buffers reach the sink
     table = pa.table({"a": rng.integers(0, 1 << 62, n), "b": rng.integers(0, 1 << 62, n)})
-    calls: list[int] = []
-    real = os.fdatasync
-
-    def counting(fd: int) -> None:
-        calls.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", counting)
+    calls = fdatasync_calls
     synced, rows = _write(tmp_path, "synced.parquet", table, 1 << 20)
     during = len(calls)
     plain, _ = _write(tmp_path, "plain.parquet", table, 0)
@@ -104,19 +111,12 @@ def test_a_file_written_with_incremental_writeback_is_the_same_file(tmp_path: Pa
 
 
 def test_an_intermediate_file_is_written_by_pyarrow_synced_as_it_goes_and_the_same_bytes(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, fdatasync_calls
 ) -> None:
     """Without a whole-file digest pyarrow writes the file itself, synced once ``sync_bytes`` reached
     the file, between slices of whole row groups: the same bytes as the hashed path's."""
     table = _seeded_table(200_000, "payer")  # ~12 MB plain
-    calls: list[int] = []
-    real = os.fdatasync
-
-    def counting(fd: int) -> None:
-        calls.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", counting)
+    calls = fdatasync_calls
     written = {}
     for whole in (False, True):
         written[whole], rows = write_parquet(
