@@ -185,18 +185,25 @@ class TroveProcess(TroveFeed):
         records = np.ascontiguousarray(batch).view(np.uint8).reshape(-1)
         codes_u8 = np.ascontiguousarray(codes, dtype=CODE_DTYPE)
         width = TRANSFER_DTYPE.itemsize
-        for first in range(0, max(n, 1), SLOT_ROWS):
-            k = min(SLOT_ROWS, n - first)
-            if not self._take_slot():
-                self.counters["rows_not_persisted"] += n
-                raise TroveStopped(self.failure)
-            base = (self._slots_sent % self._slots) * SLOT_BYTES
-            self._ring[base : base + _RECORDS_AT].view(_HEADER)[0] = (batch_seq, first, k, n)
-            at = base + _RECORDS_AT
-            self._ring[at : at + k * width] = records[first * width : (first + k) * width]
-            self._ring[base + _CODES_AT : base + _CODES_AT + k] = codes_u8[first : first + k]
-            os.write(self._filled_w, b"\x01")  # never blocks: at most ring_slots bytes are in flight
-            self._slots_sent += 1
+        try:
+            for first in range(0, max(n, 1), SLOT_ROWS):
+                k = min(SLOT_ROWS, n - first)
+                if not self._take_slot():
+                    self.counters["rows_not_persisted"] += n
+                    raise TroveStopped(self.failure)
+                base = (self._slots_sent % self._slots) * SLOT_BYTES
+                self._ring[base : base + _RECORDS_AT].view(_HEADER)[0] = (batch_seq, first, k, n)
+                at = base + _RECORDS_AT
+                self._ring[at : at + k * width] = records[first * width : (first + k) * width]
+                self._ring[base + _CODES_AT : base + _CODES_AT + k] = codes_u8[first : first + k]
+                os.write(self._filled_w, b"\x01")  # never blocks: at most ring_slots bytes are in flight
+                self._slots_sent += 1
+        except OSError as exc:  # a pipe's other end closed under us: the child died mid-append
+            if self._alive():
+                raise
+            self._vanished()
+            self.counters["rows_not_persisted"] += n
+            raise TroveStopped(self.failure) from exc
         self._rows_sent += n
         backlog = self.backlog_rows
         if backlog > self.counters["backlog_rows_peak"]:
