@@ -363,7 +363,7 @@ def _frame(kind: int, seq: int, payload: bytes) -> bytes:
 
 
 def _timed_fsync(io: FileIO, fd: int) -> int:
-    """``io.fsync(fd)`` on the journal's fsync thread; returns the ns it took."""
+    """``io.fsync(fd)``, on whichever thread syncs; returns the ns it took."""
     t0 = time.perf_counter_ns()
     io.fsync(fd)
     return time.perf_counter_ns() - t0
@@ -537,8 +537,8 @@ class Journal:
         self._timer: Any = None
         self._call_later: Callable[[float, Callable[[], None]], Any] | None = None
         self._on_failure: Callable[[OSError], None] | None = None
-        #: interval mode in a server: the fsync thread, the loop its results go back to, and the
-        #: fsync running (its future, the last entry it covers, its start) or None.
+        #: interval and batch modes in a server: the fsync thread, the loop its results go back
+        #: to, and the fsync running (its future, the last entry it covers) or None.
         self._fsync_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: Any = None
         self._inflight: tuple[concurrent.futures.Future[int], int] | None = None
@@ -668,20 +668,14 @@ class Journal:
         self._refuse_if_failed()
         if not self._dirty:
             return
-        t0 = time.perf_counter_ns()
         try:
-            self.io.fsync(self._fd)
+            took = _timed_fsync(self.io, self._fd)
         except OSError as exc:
             self.failed = exc  # never retried: the kernel may have dropped the pages it could not write
             raise
-        self.fsync_ns += time.perf_counter_ns() - t0
-        self.fsyncs += 1
         self._last_sync = time.monotonic()
-        self.durable_seq = self.seq
         self._dirty = False
-        self._write(KIND_SYNC, _CLOCK.pack(self.durable_seq))
-        if self.on_durable is not None:
-            self.on_durable(self.durable_seq)
+        self._synced(self.seq, took)
 
     # ---- interval timer and background fsync ---------------------------------------------------
 
@@ -773,7 +767,13 @@ class Journal:
             if self.failed is None:
                 self.failed = exc
             raise exc
-        self.fsync_ns += fut.result()  # the fsync's own time, not the loop's wait to notice it
+        self._synced(target, fut.result())  # the fsync's own time, not the loop's wait to notice it
+
+    def _synced(self, target: int, fsync_ns: int) -> None:
+        """An fsync that took ``fsync_ns`` made every entry through ``target`` durable: count it,
+        record the durable point (a SYNC entry, itself synced by the next fsync) and tell
+        ``on_durable``."""
+        self.fsync_ns += fsync_ns
         self.fsyncs += 1
         if target > self.durable_seq:
             self.durable_seq = target
