@@ -68,7 +68,7 @@ Ticks (``verify_future``'s ``hold_s``, ``ServerConfig.validator_gather_us``, 0 b
     --validator-gather-us 0,1000``, twice, with two single-axis searches): the searched maximum with
     a 1 ms hold was 8,800-16,833/s in 7 searches against 15,992-19,800/s without it in 6.
 
-Priority (``policy``, ``ServerConfig.validator_policy``, "normal" by default; ``nice``, 0)
+Priority (``policy``, ``ServerConfig.validator_policy``: "normal" by default, "batch" or "idle"; ``nice``, 0)
     The workers are the only CPU-bound processes of a signed run; the sequencer's loop and the
     generator wake for bursts of a few hundred microseconds per 5 ms tick. Profiled (py-spy, issue
     19, seventh session, shared machine, 6,000/s): 29% of the server's samples sat inside the pipe
@@ -85,8 +85,13 @@ Priority (``policy``, ``ServerConfig.validator_policy``, "normal" by default; ``
     ``nice`` lowers the workers' weight instead; measurements were inconclusive (fifth session:
     lower CPU per payment at nice 10 in every alternated pair under full load, worse tails when
     other processes left idle cores), and on a machine shared with other CPU-bound work niced
-    workers get less than their share. Hence 0. Quiet A/B commands: ``benchmarks/signed_tiers.py
-    --validator-policy normal,batch`` and ``--validator-nice 0,10``.
+    workers get less than their share. Hence 0. "idle" (``SCHED_IDLE``) goes further: any other
+    task preempts a verifying worker at once, and the workers get only what nothing else wants.
+    Quiet, seven alternated searches (issue 19, eleventh session): idle 18,338-28,375/s, median
+    0.71 of two cores' verification rate, against normal 17,692-28,625/s, median 0.67, idle ahead
+    in 4 of 7: within the host's spread, and an idle worker starves beside any other busy process,
+    so "normal" stays the default. Quiet A/B commands: ``benchmarks/signed_tiers.py
+    --validator-policy normal,batch,idle`` and ``--validator-nice 0,10``.
 
 A worker that dies (crash, OOM kill, SIGKILL)
     Its pipe reads end-of-file: the chunks it had in flight go back at the head of the queue
@@ -155,8 +160,10 @@ MAX_PARCEL_TRANSFERS = 512
 #: parcel per worker (module docstring, "Parcel size").
 MIN_PARCEL_TRANSFERS = 128
 #: Scheduling policies of the local validator processes (module docstring, "Priority").
-POLICIES = ("batch", "normal")
+POLICIES = ("batch", "idle", "normal")
 DEFAULT_POLICY = "normal"
+#: The ``os`` constant of each policy other than "normal".
+_SCHED = {"batch": "SCHED_BATCH", "idle": "SCHED_IDLE"}
 
 
 class InlineValidators(Validators):
@@ -205,8 +212,8 @@ def _worker_main(conn: Connection, path: str, seed: int, accounts: int, nice: in
     """
     if nice > 0:
         os.nice(nice)
-    if policy == "batch" and hasattr(os, "SCHED_BATCH"):  # Linux; elsewhere the default policy stays
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    if policy in _SCHED and hasattr(os, _SCHED[policy]):  # Linux; elsewhere the default policy stays
+        os.sched_setscheduler(0, getattr(os, _SCHED[policy]), os.sched_param(0))
     try:
         verifier = Verifier(open_registry(path, seed=seed, accounts=accounts).public_keys())
     except RegistryError as exc:

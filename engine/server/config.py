@@ -233,8 +233,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     validator_policy: Annotated[
         str,
         _help(
-            "scheduling policy of the local validator processes: normal or batch (SCHED_BATCH: a woken worker "
-            "does not preempt the server or the generator mid-burst) (default {default})",
+            "scheduling policy of the local validator processes: normal, batch (SCHED_BATCH: a woken worker "
+            "does not preempt the server or the generator mid-burst) or idle (SCHED_IDLE: the server and the "
+            "generator preempt a verifying worker at once) (default {default})",
             metavar="POLICY",
         ),
     ] = DEFAULT_VALIDATOR_POLICY

@@ -322,10 +322,11 @@ def test_workers_run_at_the_given_nice(registry: signing.KeyRegistry) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
-@pytest.mark.parametrize("policy", ["batch", "normal"])
+@pytest.mark.parametrize("policy", ["batch", "idle", "normal"])
 def test_workers_run_under_the_given_policy(registry: signing.KeyRegistry, policy: str) -> None:
     """``policy`` "batch" makes the workers SCHED_BATCH (a woken worker does not preempt
-    the server mid-burst), "normal" leaves them SCHED_OTHER; verdicts are unchanged."""
+    the server mid-burst), "idle" SCHED_IDLE (any other task preempts them), "normal" leaves them
+    SCHED_OTHER; verdicts are unchanged."""
     batch, sigs = signed_batch(40, stream=901)
     want = expected(registry, [(batch.tobytes(), sigs)])[0]
 
@@ -339,10 +340,11 @@ def test_workers_run_under_the_given_policy(registry: signing.KeyRegistry, polic
         finally:
             await pool.close()
 
-    assert asyncio.run(run()) == [os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER] * 2
+    scheduler = {"batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE, "normal": os.SCHED_OTHER}[policy]
+    assert asyncio.run(run()) == [scheduler] * 2
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the server's own policy stays
     with pytest.raises(ValueError, match="policy"):
-        LocalValidators(registry, 1, policy="idle")
+        LocalValidators(registry, 1, policy="realtime")
 
 
 @pytest.mark.parametrize(

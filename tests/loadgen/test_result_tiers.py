@@ -88,3 +88,17 @@ def test_no_tier_cpu_where_the_stats_do_not_measure_it(
     result = _run(start, end)
     assert result.server.tier_cpu_s == {} and result.server.tier_workers == {}
     assert tier_cpu(result) is not None and tier_cpu(result).validators_us == 0.0  # type: ignore[union-attr]
+
+
+def test_each_signed_trial_is_calibrated_just_before_it_and_keeps_the_rate_in_its_calibration() -> None:
+    """``signed_tiers`` judges a trial against the host's Ed25519 speed measured just before it
+    (the host's speed moves within minutes): the trial's calibration carries that rate, the other
+    rates stay, and 0 seconds keeps the search's own."""
+    from benchmarks.signed_tiers import trial_calibration
+    from loadgen.harness.calibration import ED25519_RATE, Calibration
+
+    search = Calibration(engine_tps=1e6, accounts=10, batch=10, seconds=0.1, rates={ED25519_RATE: 1.0, "other": 7.0})
+    assert trial_calibration(search, 0) is search
+    trial = trial_calibration(search, 0.05)
+    assert trial.rates["other"] == 7.0 and trial.engine_tps == search.engine_tps
+    assert trial.rates[ED25519_RATE] > 1_000  # measured now (libsodium verifies thousands a core-second)
