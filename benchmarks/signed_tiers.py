@@ -122,7 +122,7 @@ class TrialRow(msgspec.Struct, frozen=True):
     spoiled: bool = False
     #: Ed25519 verifications per CPU second of one core, measured just before the trial (``--trial-calibration-s``
     #: on the idle machine, after the last trial's backlog): the host's speed at the time, which
-    #: moved by ~45% within minutes on the shared VM with no steal recorded. -1: not measured.
+    #: moved by up to 40% within minutes on the shared VM with no steal recorded. -1: not measured.
     ed25519_verify_per_cpu_s: float = -1.0
 
 

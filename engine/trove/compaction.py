@@ -29,7 +29,7 @@ import msgspec
 import numpy as np
 
 from engine.trove.config import TroveConfig
-from engine.trove.files import CorruptSegment, check_file, footer_digest, write_parquet
+from engine.trove.files import CorruptSegment, check_file, write_parquet
 from engine.trove.manifest import FileEntry, Manifest, Segment, merge_ranges
 from engine.trove.schema import COLUMNS, ROW_BYTES, account_order, arrow_schema, concat_rows, take_rows
 
@@ -275,13 +275,12 @@ def _write_ordering(
 def check_sources(root: Path, sources: list[Segment], trove_id: str) -> None:
     """Before a merge reads them: every file of ``sources`` is this trove's and that segment's, of
     the size and rows recorded (``files.check_file``), and an intermediate file's footer is the one
-    written (``FileEntry.footer_sha256``); else CorruptSegment naming the file. (Their pages' CRCs
-    are verified as the merge reads them: ``_RunReader``.)"""
+    written (``FileEntry.footer_sha256``: ``check_file`` compares it on every check); else
+    CorruptSegment naming the file. (Their pages' CRCs are verified as the merge reads them:
+    ``_RunReader``.)"""
     for s in sources:
         for f in s.files:
             check_file(root, f, trove_id=trove_id, segment_id=s.id, rows=s.rows, deep=False)
-            if f.footer_sha256 and footer_digest(root / f.path, f.bytes) != f.footer_sha256:
-                raise CorruptSegment(f"trove file {root / f.path} does not match its recorded footer digest")
 
 
 class MergeStopped(RuntimeError):
@@ -367,7 +366,7 @@ class _RunReader:
                 if batch.num_rows:
                     return _columns(batch)
         except OSError as exc:  # a page's CRC (pyarrow: "CRC checksum verification failed"), a short read
-            raise CorruptSegment(f"trove file {self.path} could not be merged: {exc}") from None
+            raise CorruptSegment(f"trove file {self.path} could not be merged: {exc}", path=self.path) from None
         return None
 
     @property

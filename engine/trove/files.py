@@ -194,7 +194,11 @@ class _HashingFile:
 
 
 class CorruptSegment(ValueError):
-    """A trove file is missing, damaged or not this trove's; the message names it."""
+    """A trove file is missing, damaged or not this trove's; the message names it, ``path`` is it."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def digest(path: Path, algorithm: str = "sha256") -> str:
@@ -220,12 +224,12 @@ def footer_digest(path: Path, size: int | None = None) -> str:
         if size is None:
             size = f.seek(0, os.SEEK_END)
         if size < _TRAILER_BYTES + len(_MAGIC):
-            raise CorruptSegment(f"trove file {path} has {size} bytes: too short for a Parquet file")
+            raise CorruptSegment(f"trove file {path} has {size} bytes: too short for a Parquet file", path=path)
         f.seek(size - _TRAILER_BYTES)
         tail = f.read(_TRAILER_BYTES)
         n = int.from_bytes(tail[:4], "little")
         if tail[4:] != _MAGIC or n + _TRAILER_BYTES + len(_MAGIC) > size:
-            raise CorruptSegment(f"trove file {path} has no Parquet footer (its last 8 bytes are {tail!r})")
+            raise CorruptSegment(f"trove file {path} has no Parquet footer (its last 8 bytes are {tail!r})", path=path)
         f.seek(size - _TRAILER_BYTES - n)
         footer = f.read(n)
     return hashlib.sha256(footer + tail).hexdigest()
@@ -241,7 +245,9 @@ def check_pages(path: Path, *, read_rows: int = 1 << 16) -> None:
         ):
             pass
     except OSError as exc:  # pyarrow: "could not verify page integrity, CRC checksum verification failed"
-        raise CorruptSegment(f"trove file {path} failed its page checksums: its bytes changed ({exc})") from None
+        raise CorruptSegment(
+            f"trove file {path} failed its page checksums: its bytes changed ({exc})", path=path
+        ) from None
 
 
 def write_parquet(
@@ -366,27 +372,35 @@ def check_file(root: Path, entry: FileEntry, *, trove_id: str, segment_id: int, 
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise CorruptSegment(f"trove file {path} is missing") from None
+        raise CorruptSegment(f"trove file {path} is missing", path=path) from None
     if size != entry.bytes:
-        raise CorruptSegment(f"trove file {path} has {size} bytes, the manifest recorded {entry.bytes}")
+        raise CorruptSegment(f"trove file {path} has {size} bytes, the manifest recorded {entry.bytes}", path=path)
     try:
         meta = pq.read_metadata(path)
     except Exception as exc:  # pyarrow raises several types for a bad footer
-        raise CorruptSegment(f"trove file {path} has no readable Parquet footer ({exc})") from None
+        raise CorruptSegment(f"trove file {path} has no readable Parquet footer ({exc})", path=path) from None
     kv = meta.metadata or {}
     if kv.get(META_TROVE_ID) != trove_id.encode() or kv.get(META_SEGMENT_ID) != str(segment_id).encode():
         raise CorruptSegment(
             f"trove file {path} belongs to another trove or segment (footer says trove "
-            f"{kv.get(META_TROVE_ID)!r} segment {kv.get(META_SEGMENT_ID)!r}; expected {trove_id!r} {segment_id})"
+            f"{kv.get(META_TROVE_ID)!r} segment {kv.get(META_SEGMENT_ID)!r}; expected {trove_id!r} {segment_id})",
+            path=path,
         )
     if meta.num_rows != rows:
-        raise CorruptSegment(f"trove file {path} has {meta.num_rows} rows, the manifest recorded {rows}")
-    if deep and entry.footer_sha256 and not (entry.sha256 or entry.blake2b):
-        # An intermediate file (``write_parquet``'s ``whole_digest=False``): its footer's digest, then every page's CRC.
+        raise CorruptSegment(f"trove file {path} has {meta.num_rows} rows, the manifest recorded {rows}", path=path)
+    if entry.footer_sha256 and not (entry.sha256 or entry.blake2b):
+        # An intermediate file (``write_parquet``'s ``whole_digest=False``): its footer's digest on
+        # every check (a few KB read; a merge, a query and an open all see a changed footer), every
+        # page's CRC when ``deep`` (a merge verifies them as it reads: ``compaction._RunReader``).
         if footer_digest(path, size) != entry.footer_sha256:
-            raise CorruptSegment(f"trove file {path} does not match its recorded footer digest: its bytes changed")
-        check_pages(path)
+            raise CorruptSegment(
+                f"trove file {path} does not match its recorded footer digest: its bytes changed", path=path
+            )
+        if deep:
+            check_pages(path)
     elif deep:
         algorithm, recorded = ("sha256", entry.sha256) if entry.sha256 else ("blake2b", entry.blake2b)
         if digest(path, algorithm) != recorded:
-            raise CorruptSegment(f"trove file {path} does not match its recorded {algorithm} digest: its bytes changed")
+            raise CorruptSegment(
+                f"trove file {path} does not match its recorded {algorithm} digest: its bytes changed", path=path
+            )

@@ -14,7 +14,10 @@ measure their own CPU time (``time.thread_time_ns``), which the hook charges to 
 The journal is the source of truth. A segment whose file is missing or damaged at open is
 taken out of the manifest, named in ``problems``, and remembered as rows to rebuild (its
 partition and batch ranges); ``rebuild_from(entries)`` (or the live hook fed the replayed
-journal) writes them again, and skips the rows the trove already holds, using batch_seq.
+journal) writes them again, and skips the rows the trove already holds, using batch_seq. A
+segment that a merge finds damaged while the trove runs is taken out the same way
+(``_set_aside_live``): its ranges committed as rows to rebuild at the next open, ingest and the
+other merges going on.
 
 Failures are loud: when the disk fills (or any write fails) ingest stops, ``failure`` says why,
 and every later ``append`` raises ``TroveStopped``; rows not persisted are counted.
@@ -108,6 +111,10 @@ class Trove(TroveFeed):
         self.problems: list[str] = []
         #: (partition, batch ranges) whose rows must be rebuilt from the journal.
         self.to_rebuild: list[tuple[int, list[tuple[int, int]]]] = [(p, list(r)) for p, r in manifest.to_rebuild]
+        #: Of the same kind, segments a merge found damaged while the trove ran (``_set_aside_live``):
+        #: committed in the manifest's ``to_rebuild``, so the next open rebuilds them from the journal,
+        #: but not in ``to_rebuild`` now (its ranges are claimed by the flushes that replay a journal).
+        self._set_aside: list[tuple[int, list[tuple[int, int]]]] = []
         self.failure = ""
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[int, np.ndarray, np.ndarray] | threading.Event | None] = queue.Queue(
@@ -143,6 +150,9 @@ class Trove(TroveFeed):
             "segments_written": 0,
             "merges": 0,
             "rows_merged": 0,
+            # Segments a merge found damaged while the trove ran, taken out (``_set_aside_live``).
+            "segments_set_aside": 0,
+            "rows_set_aside": 0,
             "append_wait_ns": 0,
             # The writer waiting for the flusher (a memtable full while the previous one is written).
             "flush_wait_ns": 0,
@@ -218,12 +228,8 @@ class Trove(TroveFeed):
                 for f in s.files:
                     check_file(self.root, f, trove_id=self.manifest.trove_id, segment_id=s.id, rows=s.rows, deep=deep)
             except CorruptSegment as exc:
-                self.problems.append(str(exc))
                 self.to_rebuild.append((s.partition, list(s.seq_ranges)))
-                for f in s.files:  # keep the evidence, out of the way of the trove's names
-                    path = self.root / f.path
-                    if path.exists():
-                        path.rename(path.with_name(path.name + ".damaged"))
+                self._quarantine(s, str(exc))
                 continue
             good.append(s)
         listed = {f.path for s in self.manifest.segments for f in s.files}
@@ -234,6 +240,33 @@ class Trove(TroveFeed):
             self.manifest.segments = good
             self.manifest.to_rebuild = [(p, list(r)) for p, r in self.to_rebuild]
             save_manifest(self.root, self.manifest)
+
+    def _quarantine(self, segment: Segment, problem: str) -> None:
+        """Name a damaged segment in ``problems`` and rename its files ``*.damaged``: the evidence
+        kept, out of the way of the trove's names (the caller takes it out of the manifest)."""
+        self.problems.append(problem)
+        for f in segment.files:
+            path = self.root / f.path
+            if path.exists():
+                path.rename(path.with_name(path.name + ".damaged"))
+
+    def _set_aside_live(self, segment: Segment, exc: CorruptSegment) -> None:
+        """A merge found ``segment`` damaged while the trove runs: take it out of the manifest,
+        quarantine it, and commit its batch ranges as rows to rebuild, which the next open does from
+        the journal (the watermark, ``durable_seq``, falls back below them at once, so the journal
+        is kept from there). Ingest and the other merges go on; queries meanwhile lack its rows."""
+        with self._lock:
+            m = self.manifest
+            m.segments = [s for s in m.segments if s.id != segment.id]
+            self._set_aside.append((segment.partition, list(segment.seq_ranges)))
+            m.to_rebuild = [(p, list(r)) for p, r in [*self.to_rebuild, *self._set_aside]]
+            save_manifest(self.root, m)
+            self.counters["segments_set_aside"] += 1
+            self.counters["rows_set_aside"] += segment.rows
+        self._quarantine(
+            segment, f"{exc}: set aside while the trove ran, to be rebuilt from the journal at its next open"
+        )
+        rollup.remove_derived(self.root, [self.root / f.path for f in segment.files])
 
     # ---- the sequencer's side ----------------------------------------------------------------
 
@@ -474,7 +507,7 @@ class Trove(TroveFeed):
             m.partition_starts = starts
             m.durable_through_seq = max(m.durable_through_seq, seen_seq)
             self.to_rebuild = still_missing
-            m.to_rebuild = [(p, list(r)) for p, r in still_missing]
+            m.to_rebuild = [(p, list(r)) for p, r in [*still_missing, *self._set_aside]]
             save_manifest(self.root, m)
         self.counters["segments_written"] += len(new)
         self.counters["rows_appended"] += sum(s.rows for s in new)
@@ -587,16 +620,23 @@ class Trove(TroveFeed):
                     seg_id = self.manifest.next_segment_id
                     self.manifest.next_segment_id += 1
             if step is not None:
-                run = compaction.merge(
-                    self.root,
-                    sources,
-                    seg_id,
-                    self.manifest.trove_id,
-                    self.config,
-                    duckdb_connection=self._duckdb,
-                    stopping=self._merge_gate,
-                    final=step.final,
-                )
+                try:
+                    run = compaction.merge(
+                        self.root,
+                        sources,
+                        seg_id,
+                        self.manifest.trove_id,
+                        self.config,
+                        duckdb_connection=self._duckdb,
+                        stopping=self._merge_gate,
+                        final=step.final,
+                    )
+                except CorruptSegment as exc:  # a source's file damaged: that source set aside, the rest merge on
+                    damaged = next((s for s in sources for f in s.files if exc.path == self.root / f.path), None)
+                    if damaged is None:
+                        raise
+                    self._set_aside_live(damaged, exc)
+                    return True
                 rollup.write_merged_rollup(self.root, sources, run, self.config)  # the sum of the sources'
                 with self._lock:
                     ids = {s.id for s in sources}

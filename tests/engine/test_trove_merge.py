@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +21,7 @@ from engine.trove.query import TroveReader
 from engine.trove.schema import COLUMNS, arrow_schema, concat_rows, partition_of, rows_of
 from engine.trove.store import Trove
 from tests.engine.test_trove import (
+    ACCOUNTS,
     START_NS,
     expected_payments,
     load,
@@ -426,3 +428,83 @@ def test_a_damaged_or_foreign_intermediate_file_is_named_not_merged(tmp_path: Pa
     reopened = Trove.open(config, deep_check=True, start=False)
     reopened.close()
     assert len(reopened.problems) == 1 and str(victim) in reopened.problems[0]
+
+
+def test_a_damaged_run_found_by_a_live_merge_is_set_aside_and_rebuilt_at_the_next_open(tmp_path: Path, rng) -> None:
+    """A merge that meets a damaged source while the trove runs takes that source out (named,
+    its files renamed ``*.damaged``, its batch ranges committed as rows to rebuild: the watermark
+    falls below them), and compaction and ingest go on; the next open rebuilds its rows from the
+    journal, and every query then answers as the reference does."""
+    entries = list(random_entries(rng, 120))
+    config = small_config(tmp_path / "t", partition_s=86_400, compact=False, intermediate_compression="none")
+    trove = Trove.open(config, start=False)
+    load_sync(trove, entries)
+    runs = [s for s in sorted(trove.manifest.segments, key=lambda s: s.id) if s.file("payee").codec == "none"]
+    assert len(runs) >= 3
+    victim_segment = runs[1]
+    victim = trove.root / victim_segment.file("payee").path
+    _flip_a_data_byte(victim)
+    durable_before, rows_before = trove.durable_seq(), trove.stats()["rows"]
+    trove.config = msgspec.structs.replace(trove.config, compact=True)
+    trove.compact_all()  # before: the CorruptSegment stopped compaction (and, in the thread, ingest)
+    stats = trove.stats()
+    assert stats["segments_set_aside"] == 1 and stats["rows_set_aside"] == victim_segment.rows
+    assert not trove.failure and stats["merges"] >= 1
+    assert any(str(victim) in p and "set aside" in p for p in trove.problems), trove.problems
+    assert victim_segment.id not in {s.id for s in trove.manifest.segments}
+    assert not victim.exists() and victim.with_name(victim.name + ".damaged").exists()
+    first_lost = min(lo for lo, _ in victim_segment.seq_ranges)
+    assert trove.durable_seq() == first_lost - 1 < durable_before
+    assert stats["rows"] == rows_before - victim_segment.rows
+    more = list(random_entries(rng, 10))
+    more = [(seq + len(entries), batch, codes) for seq, batch, codes in more]
+    load(trove, more)  # ingest goes on, and a flush keeps the set-aside ranges committed
+    assert load_manifest(trove.root).to_rebuild and trove.durable_seq() == first_lost - 1
+    trove.close()
+
+    reopened = Trove.open(config, start=False)
+    try:
+        assert reopened.to_rebuild and reopened.needs_journal_from() == first_lost
+        load_sync(reopened, entries + more)  # the whole journal: only the lost rows are written again
+        assert not reopened.to_rebuild
+        assert reopened.durable_seq() == len(entries) + len(more)
+        ref = reference_rows(entries + more)
+        reader = TroveReader(trove=reopened)
+        for a in range(0, ACCOUNTS, 7):
+            assert table_rows(reader.payments(a)) == expected_payments(ref, a)
+        reader.close()
+    finally:
+        reopened.close()
+
+
+def test_a_changed_footer_of_an_intermediate_file_is_named_by_the_cheap_check(tmp_path: Path, rng) -> None:
+    """An intermediate run has no whole-file digest; its footer's is compared on every check (a
+    query's open, a merge, the trove's open), not only a deep one: a footer changed in a way that
+    still parses (a statistic's byte) is named, and the run is never read."""
+    entries = list(random_entries(rng, 60))
+    config = small_config(tmp_path / "t", partition_s=86_400, compact=False, intermediate_compression="none")
+    trove = Trove.open(config, start=False)
+    load_sync(trove, entries)
+    run = next(s for s in trove.manifest.segments if s.file("payee").footer_sha256)
+    victim = trove.root / run.file("payee").path
+    trove.close()
+    data = bytearray(victim.read_bytes())
+    footer_len = int.from_bytes(data[-8:-4], "little")
+    before = pq.read_metadata(victim)
+    for pos in range(len(data) - 9, len(data) - 8 - footer_len, -1):  # a flip that still parses alike
+        data[pos] ^= 0x01
+        victim.write_bytes(bytes(data))
+        try:
+            meta = pq.read_metadata(victim)
+            if meta.num_rows == before.num_rows and meta.metadata == before.metadata:
+                break
+        except Exception:
+            pass
+        data[pos] ^= 0x01
+    else:
+        pytest.fail("no byte of this footer changes it and still parses alike")
+    reader = TroveReader.open(trove.root, deep_check=False)
+    try:
+        assert any(str(victim) in p and "footer digest" in p for p in reader.problems), reader.problems
+    finally:
+        reader.close()
