@@ -106,6 +106,17 @@ def expected_payments(ref: list[tuple[int, ...]], account: int, lo: int = -(2**6
     return sorted(hits, key=lambda r: (r[ts], r[1], r[2]))
 
 
+def assert_answers_as_the_reference(trove: Trove, entries: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+    """Every seventh account's payments, read from ``trove``, are those ``entries`` hold."""
+    ref = reference_rows(entries)
+    reader = TroveReader(trove=trove)
+    try:
+        for a in range(0, ACCOUNTS, 7):
+            assert table_rows(reader.payments(a)) == expected_payments(ref, a)
+    finally:
+        reader.close()
+
+
 @pytest.fixture
 def entries(rng: np.random.Generator) -> list[tuple[int, np.ndarray, np.ndarray]]:
     return list(random_entries(rng, 40))
@@ -358,11 +369,7 @@ def test_a_corrupt_or_foreign_file_is_named_and_the_lost_rows_rebuilt_from_the_j
         reopened.rebuild_from(entries)  # the whole journal: only the lost rows are written again
         assert reopened.stats()["rows"] == full and not reopened.to_rebuild
         reopened.compact_all()
-        ref = reference_rows(entries)
-        reader = TroveReader(trove=reopened)
-        for a in range(0, ACCOUNTS, 7):
-            assert table_rows(reader.payments(a)) == expected_payments(ref, a)
-        reader.close()
+        assert_answers_as_the_reference(reopened, entries)
     finally:
         reopened.close()
 
