@@ -139,6 +139,8 @@ class Trove(TroveFeed):
         self._thread_cpu: dict[str, int] = {"flusher_thread_cpu_ns": 0, "compactor_thread_cpu_ns": 0}
         self._readers = 0
         self._garbage: list[Path] = []
+        #: Files of segments set aside while the trove ran, renamed ``*.damaged`` with the garbage.
+        self._damaged: list[Path] = []
         self._compact_now = threading.Event()
         self._compacting = threading.Lock()  # one merge at a time (compactor thread or compact_all)
         self._stop = threading.Event()
@@ -263,10 +265,10 @@ class Trove(TroveFeed):
             save_manifest(self.root, m)
             self.counters["segments_set_aside"] += 1
             self.counters["rows_set_aside"] += segment.rows
-        self._quarantine(
-            segment, f"{exc}: set aside while the trove ran, to be rebuilt from the journal at its next open"
-        )
-        rollup.remove_derived(self.root, [self.root / f.path for f in segment.files])
+            # Renamed once no query holds a snapshot that lists them (``_collect_garbage``).
+            self._damaged.extend(self.root / f.path for f in segment.files)
+        self.problems.append(f"{exc}: set aside while the trove ran, to be rebuilt from the journal at its next open")
+        self._collect_garbage()
 
     # ---- the sequencer's side ----------------------------------------------------------------
 
@@ -687,18 +689,23 @@ class Trove(TroveFeed):
         return True
 
     def _collect_garbage(self) -> None:
-        """Delete files no longer listed, once no in-process query holds a snapshot."""
+        """Delete files no longer listed (and rename those set aside), once no in-process query holds
+        a snapshot."""
         with self._lock:
             if self._readers:
                 return
             garbage, self._garbage = self._garbage, []
+            damaged, self._damaged = self._damaged, []
         for path in garbage:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             with contextlib.suppress(OSError):  # an emptied partition directory goes too
                 path.parent.rmdir()
-        if garbage:  # and the files derived from them (rollups, sidecars): no query is building one now
-            rollup.remove_derived(self.root, garbage)
+        for path in damaged:  # the evidence kept, out of the way of the trove's names (``_set_aside_live``)
+            with contextlib.suppress(FileNotFoundError):
+                path.rename(path.with_name(path.name + ".damaged"))
+        if garbage or damaged:  # and the files derived from them (rollups, sidecars): no query is building one now
+            rollup.remove_derived(self.root, [*garbage, *damaged])
 
     # ---- reading -----------------------------------------------------------------------------
 
