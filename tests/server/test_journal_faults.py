@@ -144,7 +144,17 @@ def test_results_held_for_an_fsync_are_bounded_by_the_queue_limit(start_server: 
     c.transfer(workload.batch(100, first_id=0))
     io = GatedIO()
     st.call(lambda: setattr(st.server.journal, "io", io))
-    seqs = [c.submit(workload.batch(100, first_id=100 * (i + 1))) for i in range(3)]
+    seqs = []
+    for i in range(3):
+        seqs.append(c.submit(workload.batch(100, first_id=100 * (i + 1))))
+        # One at a time: sent together they would queue 300 transfers past the queue's own limit
+        # (200) and the last would be answered OVERLOADED at once, ahead of the others (seen under
+        # a loaded machine). The first two are applied and held for the gated fsync; the loop is
+        # free to answer ``st.call`` until the third.
+        for _ in range(500):
+            if i == 2 or st.call(lambda: st.server.batcher.held_transfers) >= 100 * (i + 1):
+                break
+            time.sleep(0.01)
     for _ in range(500):  # the third batch takes the held Results past 200: the loop blocks in an fsync
         if len(io.threads) >= 1 and io.started >= 1:
             break
