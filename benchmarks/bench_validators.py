@@ -236,10 +236,14 @@ def run_one(
         else:  # 4 batches of 4,096
             parts = [(records, sigs)] * 4
         inline = InlineValidators(registry)
+
+        def single_core() -> tuple[float, float]:
+            return _rate(lambda: len(inline.verify_now(records, sigs)), seconds / 2)
+
         # The single-core reference is measured before and after the tier and averaged: the host's
         # speed moves by several percent within seconds, and one reference taken before judged the
         # tier against a different machine than it ran on.
-        before = _rate(lambda: len(inline.verify_now(records, sigs)), seconds / 2)
+        before = single_core()
 
         async def measure_tier() -> tuple[float, float, float, float, int]:
             pool = LocalValidators(registry, workers)
@@ -280,7 +284,7 @@ def run_one(
                 await pool.close()
 
         tier, tier_cpu, worker_cpu, parent_cpu, verified = asyncio.run(measure_tier())
-        after = _rate(lambda: len(inline.verify_now(records, sigs)), seconds / 2)
+        after = single_core()
         single, single_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
         out |= {
             "single_core_rate_per_s": single,

@@ -209,9 +209,7 @@ def tier_cpu(result: RunResult) -> TierCpu | None:
 def trial_calibration(calibration: Calibration, seconds: float) -> Calibration:
     """``calibration`` with its Ed25519 rate measured now for ``seconds`` (the search's own, from its
     start, if ``seconds`` is 0)."""
-    if seconds <= 0:
-        return calibration
-    return msgspec.structs.replace(calibration, rates={**calibration.rates, ED25519_RATE: ed25519_verify_rate(seconds)})
+    return with_ed25519(calibration, seconds) if seconds > 0 else calibration
 
 
 def wait_idle(host: str, port: int, timeout_s: float = 60.0) -> None:

@@ -139,7 +139,8 @@ class Trove(TroveFeed):
         self._thread_cpu: dict[str, int] = {"flusher_thread_cpu_ns": 0, "compactor_thread_cpu_ns": 0}
         self._readers = 0
         self._garbage: list[Path] = []
-        #: Files of segments set aside while the trove ran, renamed ``*.damaged`` with the garbage.
+        #: Files of damaged segments (found at open, or set aside by a merge), renamed ``*.damaged``
+        #: with the garbage: the evidence kept, out of the way of the trove's names.
         self._damaged: list[Path] = []
         self._compact_now = threading.Event()
         self._compacting = threading.Lock()  # one merge at a time (compactor thread or compact_all)
@@ -230,38 +231,36 @@ class Trove(TroveFeed):
                 for f in s.files:
                     check_file(self.root, f, trove_id=self.manifest.trove_id, segment_id=s.id, rows=s.rows, deep=deep)
             except CorruptSegment as exc:
+                self.problems.append(str(exc))
                 self.to_rebuild.append((s.partition, list(s.seq_ranges)))
-                self._quarantine(s, str(exc))
+                self._damaged.extend(self.root / f.path for f in s.files)
                 continue
             good.append(s)
+        self._collect_garbage()  # no reader yet: the damaged files are renamed now
         listed = {f.path for s in self.manifest.segments for f in s.files}
         for path in sorted([*self.root.glob("segments/*/*.parquet"), *self.root.glob("runs/*/*.parquet")]):
             if str(path.relative_to(self.root)) not in listed:
                 self.problems.append(f"trove file {path} is not listed in the manifest: ignored, never read")
         if len(good) != len(self.manifest.segments):
             self.manifest.segments = good
-            self.manifest.to_rebuild = [(p, list(r)) for p, r in self.to_rebuild]
+            self.manifest.to_rebuild = self._committed_to_rebuild()
             save_manifest(self.root, self.manifest)
 
-    def _quarantine(self, segment: Segment, problem: str) -> None:
-        """Name a damaged segment in ``problems`` and rename its files ``*.damaged``: the evidence
-        kept, out of the way of the trove's names (the caller takes it out of the manifest)."""
-        self.problems.append(problem)
-        for f in segment.files:
-            path = self.root / f.path
-            if path.exists():
-                path.rename(path.with_name(path.name + ".damaged"))
+    def _committed_to_rebuild(self) -> list[tuple[int, list[tuple[int, int]]]]:
+        """The manifest's ``to_rebuild``: the ranges being rebuilt now and those set aside since."""
+        return [(p, list(r)) for p, r in [*self.to_rebuild, *self._set_aside]]
 
     def _set_aside_live(self, segment: Segment, exc: CorruptSegment) -> None:
         """A merge found ``segment`` damaged while the trove runs: take it out of the manifest,
-        quarantine it, and commit its batch ranges as rows to rebuild, which the next open does from
-        the journal (the watermark, ``durable_seq``, falls back below them at once, so the journal
-        is kept from there). Ingest and the other merges go on; queries meanwhile lack its rows."""
+        rename its files ``*.damaged`` (once no query reads them), and commit its batch ranges as
+        rows to rebuild, which the next open does from the journal (the watermark, ``durable_seq``,
+        falls back below them at once, so the journal is kept from there). Ingest and the other
+        merges go on; queries meanwhile lack its rows."""
         with self._lock:
             m = self.manifest
             m.segments = [s for s in m.segments if s.id != segment.id]
             self._set_aside.append((segment.partition, list(segment.seq_ranges)))
-            m.to_rebuild = [(p, list(r)) for p, r in [*self.to_rebuild, *self._set_aside]]
+            m.to_rebuild = self._committed_to_rebuild()
             save_manifest(self.root, m)
             self.counters["segments_set_aside"] += 1
             self.counters["rows_set_aside"] += segment.rows
@@ -509,7 +508,7 @@ class Trove(TroveFeed):
             m.partition_starts = starts
             m.durable_through_seq = max(m.durable_through_seq, seen_seq)
             self.to_rebuild = still_missing
-            m.to_rebuild = [(p, list(r)) for p, r in [*still_missing, *self._set_aside]]
+            m.to_rebuild = self._committed_to_rebuild()
             save_manifest(self.root, m)
         self.counters["segments_written"] += len(new)
         self.counters["rows_appended"] += sum(s.rows for s in new)

@@ -38,10 +38,12 @@ def cpu_calibration() -> Calibration:
     return Calibration(engine_tps=r.transfers_per_s, accounts=r.accounts, batch=r.batch, seconds=r.seconds)
 
 
-def with_ed25519(calibration: Calibration) -> Calibration:
+def with_ed25519(calibration: Calibration, seconds: float | None = None) -> Calibration:
     """``calibration`` with the Ed25519 verification rate (``engine.signing.ed25519_verify_rate``,
     ~0.25 s) in its ``rates``, for signed runs: their throughput is bound by verification, so it
-    compares across machines against this, as unsigned runs do against ``engine_tps``."""
-    if ED25519_RATE in calibration.rates:
+    compares across machines against this, as unsigned runs do against ``engine_tps``. Given
+    ``seconds``, measured anew for that long even if it has one (a calibration per trial)."""
+    if seconds is None and ED25519_RATE in calibration.rates:
         return calibration
-    return msgspec.structs.replace(calibration, rates={**calibration.rates, ED25519_RATE: ed25519_verify_rate()})
+    rate = ed25519_verify_rate() if seconds is None else ed25519_verify_rate(seconds)
+    return msgspec.structs.replace(calibration, rates={**calibration.rates, ED25519_RATE: rate})

@@ -106,6 +106,16 @@ def expected_payments(ref: list[tuple[int, ...]], account: int, lo: int = -(2**6
     return sorted(hits, key=lambda r: (r[ts], r[1], r[2]))
 
 
+def flip_a_data_byte(path: Path) -> None:
+    """One byte of a Parquet file's data pages changed: the same size, the footer intact (a flip
+    between the leading magic and the footer whose length the last 8 bytes give), so only a digest
+    of the whole file or the pages' CRCs can tell."""
+    data = bytearray(path.read_bytes())
+    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    data[(4 + footer_start) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def assert_answers_as_the_reference(trove: Trove, entries: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
     """Every seventh account's payments, read from ``trove``, are those ``entries`` hold."""
     ref = reference_rows(entries)
@@ -346,12 +356,7 @@ def test_a_corrupt_or_foreign_file_is_named_and_the_lost_rows_rebuilt_from_the_j
     full = trove.stats()["rows"]
     victim = trove.manifest.segments[0].files[1]  # a run's payee file
     trove.close()
-    data = bytearray((root / victim.path).read_bytes())
-    # Same size, footer intact (a flip in the data pages, between the leading magic and the footer
-    # whose length the last 8 bytes give): only the digest can tell.
-    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
-    data[(4 + footer_start) // 2] ^= 0xFF
-    (root / victim.path).write_bytes(bytes(data))
+    flip_a_data_byte(root / victim.path)  # only the digest (or the pages' CRCs) can tell
     foreign = root / "segments" / "p1" / "stray.parquet"
     foreign.parent.mkdir(parents=True)
     pq.write_table(pq.read_table(root / trove.manifest.segments[-1].files[0].path), foreign)

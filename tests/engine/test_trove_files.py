@@ -30,6 +30,7 @@ from engine.trove.files import (
     write_parquet,
 )
 from engine.trove.schema import COLUMNS, account_order, arrow_schema, concat_rows, rows_of
+from tests.engine.test_trove import flip_a_data_byte
 
 
 class _Recorder(io.BytesIO):
@@ -80,18 +81,17 @@ def test_without_sync_bytes_the_sink_never_syncs(rng) -> None:
     assert sink.syncs == 0
 
 
-def _write(root: Path, name: str, table: pa.Table, sync_bytes: int):
+def _write(root: Path, name: str, table: pa.Table, ordering: str = "payer", *, chunk_rows=None, **options):
+    """``table`` written as trove "t"'s file ``root/name`` (segment 1, 4,096-row groups unless
+    ``options`` say otherwise), in batches of ``chunk_rows``."""
     return write_parquet(
         root,
         name,
-        "payer",
-        table.to_batches(max_chunksize=200_000),
+        ordering,
+        table.to_batches(max_chunksize=chunk_rows),
         table.schema,
         trove_id="t",
-        segment_id=1,
-        row_group_rows=100_000,
-        compression="none",
-        sync_bytes=sync_bytes,
+        **{"segment_id": 1, "row_group_rows": 4_096, **options},
     )
 
 
@@ -99,9 +99,10 @@ def test_a_file_written_with_incremental_writeback_is_the_same_file(tmp_path: Pa
     n = 1_500_000  # ~24 MB plain: several of pyarrow's 4 MB buffers reach the sink
     table = pa.table({"a": rng.integers(0, 1 << 62, n), "b": rng.integers(0, 1 << 62, n)})
     calls = fdatasync_calls
-    synced, rows = _write(tmp_path, "synced.parquet", table, 1 << 20)
+    options = {"chunk_rows": 200_000, "row_group_rows": 100_000, "compression": "none"}
+    synced, rows = _write(tmp_path, "synced.parquet", table, sync_bytes=1 << 20, **options)
     during = len(calls)
-    plain, _ = _write(tmp_path, "plain.parquet", table, 0)
+    plain, _ = _write(tmp_path, "plain.parquet", table, sync_bytes=0, **options)
     assert len(calls) == during  # sync_bytes=0: only the final fsync (os.fsync), no fdatasync
     # Every buffer pyarrow hands over (>= 1 MB each) is synced, but the last, which the final fsync covers.
     assert during >= synced.bytes // _BUFFER_BYTES - 1 >= 4
@@ -119,18 +120,8 @@ def test_an_intermediate_file_is_written_by_pyarrow_synced_as_it_goes_and_the_sa
     calls = fdatasync_calls
     written = {}
     for whole in (False, True):
-        written[whole], rows = write_parquet(
-            tmp_path,
-            f"{whole}.parquet",
-            "payer",
-            table.to_batches(),
-            table.schema,
-            trove_id="t",
-            segment_id=1,
-            row_group_rows=4_096,
-            compression="none",
-            sync_bytes=1 << 20,
-            whole_digest=whole,
+        written[whole], rows = _write(
+            tmp_path, f"{whole}.parquet", table, compression="none", sync_bytes=1 << 20, whole_digest=whole
         )
         assert rows == len(table)
         if not whole:
@@ -152,16 +143,7 @@ def _seeded_table(n: int, ordering: str) -> pa.Table:
 @pytest.mark.parametrize("ordering", ["payer", "payee"])
 def test_final_files_split_the_bytes_of_unsorted_columns_and_duckdb_reads_them(tmp_path: Path, ordering) -> None:
     table = _seeded_table(30_000, ordering)
-    entry, rows = write_parquet(
-        tmp_path,
-        "f.parquet",
-        ordering,
-        table.to_batches(),
-        table.schema,
-        trove_id="t",
-        segment_id=1,
-        row_group_rows=4_096,
-    )
+    entry, rows = _write(tmp_path, "f.parquet", table, ordering)
     meta = pq.read_metadata(tmp_path / "f.parquet")
     encodings = {meta.schema.column(i).name: meta.row_group(0).column(i).encodings for i in range(meta.num_columns)}
     expected = column_encodings(ordering)
@@ -183,25 +165,11 @@ def test_an_intermediate_file_records_its_footer_and_a_changed_page_is_named(tmp
     """No whole-file digest for intermediate files: the footer's, and the pages' CRCs checked when
     read (deep check, ``check_pages``), so a changed page is still a CorruptSegment naming the file."""
     table = _seeded_table(30_000, "payer")
-    entry, rows = write_parquet(
-        tmp_path,
-        "i.parquet",
-        "payer",
-        table.to_batches(),
-        table.schema,
-        trove_id="t",
-        segment_id=3,
-        row_group_rows=4_096,
-        compression="none",
-        whole_digest=False,
-    )
+    entry, rows = _write(tmp_path, "i.parquet", table, segment_id=3, compression="none", whole_digest=False)
     path = tmp_path / "i.parquet"
     assert not entry.sha256 and entry.footer_sha256 == footer_digest(path) == footer_digest(path, entry.bytes)
     check_file(tmp_path, entry, trove_id="t", segment_id=3, rows=rows, deep=True)
-    data = bytearray(path.read_bytes())
-    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
-    data[footer_start // 2] ^= 0x01  # one bit of a data page: same size, same footer
-    path.write_bytes(bytes(data))
+    flip_a_data_byte(path)  # same size, same footer
     assert footer_digest(path) == entry.footer_sha256
     check_file(tmp_path, entry, trove_id="t", segment_id=3, rows=rows, deep=False)  # the footer cannot tell
     with pytest.raises(CorruptSegment, match=f"{path}.*page checksums"):

@@ -24,6 +24,7 @@ from tests.engine.test_trove import (
     START_NS,
     assert_answers_as_the_reference,
     expected_payments,
+    flip_a_data_byte,
     load,
     load_sync,
     random_entries,
@@ -393,14 +394,6 @@ def test_a_persons_payments_span_files_with_nullable_and_required_columns(tmp_pa
         trove.close()
 
 
-def _flip_a_data_byte(path: Path) -> None:
-    """One byte changed in the file's pages (same size, footer intact: only its pages can tell)."""
-    data = bytearray(path.read_bytes())
-    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
-    data[(4 + footer_start) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("damage", ["page", "foreign"])
 def test_a_damaged_or_foreign_intermediate_file_is_named_not_merged(tmp_path: Path, rng, damage: str) -> None:
     """Intermediate files have no whole-file digest: a merge checks their size, footer digest, trove
@@ -415,7 +408,7 @@ def test_a_damaged_or_foreign_intermediate_file_is_named_not_merged(tmp_path: Pa
         assert len(runs) >= 3 and all(s.file("payee").footer_sha256 and not s.file("payee").sha256 for s in runs)
         victim = trove.root / runs[1].file("payee").path
         if damage == "page":
-            _flip_a_data_byte(victim)
+            flip_a_data_byte(victim)
         else:  # another run's payee file, renamed into its place
             victim.write_bytes((trove.root / runs[2].file("payee").path).read_bytes())
         with pytest.raises(files.CorruptSegment, match=str(victim)):
@@ -443,7 +436,7 @@ def test_a_damaged_run_found_by_a_live_merge_is_set_aside_and_rebuilt_at_the_nex
     assert len(runs) >= 3
     victim_segment = runs[1]
     victim = trove.root / victim_segment.file("payee").path
-    _flip_a_data_byte(victim)
+    flip_a_data_byte(victim)
     durable_before, rows_before = trove.durable_seq(), trove.stats()["rows"]
     trove.config = msgspec.structs.replace(trove.config, compact=True)
     with trove.snapshot():  # a query reading meanwhile: the damaged files keep their names until it ends
